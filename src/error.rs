@@ -1,0 +1,289 @@
+//! The library's error type and the one place where database errors are classified.
+//!
+//! Diesel maps only a few SQLSTATEs to [`DatabaseErrorKind`] (unique, foreign key, not-null and
+//! check violations, serialization failure, closed connection) and reports everything else as an
+//! unnamed kind without the SQLSTATE. The classes this crate needs beyond those (deadlock
+//! `40P01`, lock timeout `55P03`, statement timeout and query cancel `57014`, administrator
+//! shutdown `57P01`) are therefore recognised by the server's primary message, which PostgreSQL
+//! emits in English unless `lc_messages` is set to another language. On a server with translated
+//! messages those errors fall back to [`Error::Database`], which is never retried: the safe side.
+
+use diesel::result::{DatabaseErrorInformation, DatabaseErrorKind};
+use std::fmt;
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Every error the library returns.
+///
+/// Ask an error what to do with it through [`Error::is_retryable`] and
+/// [`Error::is_outcome_unknown`] instead of matching on variants: the classification lives here.
+/// Messages never contain bind values, tokens or database passwords.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The input was rejected before anything was written.
+    #[error("invalid input: {0}")]
+    InvalidInput(#[from] InvalidInput),
+
+    /// A constraint of the schema rejected the write (permanent: retrying gives the same answer).
+    #[error("{kind} violated{}: {message}", constraint.as_deref().map(|c| format!(" (constraint \"{c}\")")).unwrap_or_default())]
+    Constraint {
+        /// Which kind of constraint.
+        kind: ConstraintKind,
+        /// The constraint's name, when the server reported it.
+        constraint: Option<String>,
+        /// The server's primary message.
+        message: String,
+    },
+
+    /// A serializable or repeatable-read transaction lost a race (`40001`); retry the whole
+    /// transaction.
+    #[error("serialization failure, retry the transaction: {0}")]
+    SerializationFailure(String),
+
+    /// The server broke a deadlock by aborting this transaction (`40P01`); retry it.
+    #[error("deadlock detected, retry the transaction: {0}")]
+    Deadlock(String),
+
+    /// A lock could not be acquired within `lock_timeout` (`55P03`).
+    #[error("lock not acquired within the lock timeout: {0}")]
+    LockTimeout(String),
+
+    /// The statement ran longer than `statement_timeout` (`57014`).
+    #[error("statement timeout: {0}")]
+    StatementTimeout(String),
+
+    /// The statement was cancelled (`57014`, `pg_cancel_backend`).
+    #[error("statement cancelled: {0}")]
+    Cancelled(String),
+
+    /// The connection was lost before the transaction's `COMMIT` was sent: nothing was
+    /// applied, so the transaction can be retried on a new connection.
+    #[error("connection lost before commit (nothing was applied): {0}")]
+    ConnectionLost(String),
+
+    /// The connection was lost while `COMMIT` was in flight: the transaction may or may not
+    /// have been applied. Retry only writes that carry an idempotency key.
+    #[error("connection lost during commit, the outcome is unknown: {0}")]
+    OutcomeUnknown(String),
+
+    /// The same idempotency key was used earlier with different arguments.
+    #[error("idempotency key {key:?} was already used with different arguments")]
+    IdempotencyConflict {
+        /// The key (keys are identifiers, never secrets).
+        key: String,
+    },
+
+    /// A reservation or consumption would exceed the limit.
+    #[error("quota exceeded: {requested} requested, {available} available")]
+    QuotaExceeded {
+        /// Units asked for.
+        requested: i64,
+        /// Units left under the limit at the time of the request.
+        available: i64,
+    },
+
+    /// A row the operation needs does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+
+    /// No connection could be taken from the pool in time.
+    #[error("connection pool: {0}")]
+    Pool(String),
+
+    /// Migrations could not be applied.
+    #[error("migration failed: {0}")]
+    Migration(String),
+
+    /// Any other database error (permanent unless the variants above say otherwise).
+    #[error("database error: {0}")]
+    Database(#[source] diesel::result::Error),
+}
+
+/// The constraint kinds of [`Error::Constraint`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConstraintKind {
+    /// A unique index or primary key (`23505`).
+    Unique,
+    /// A foreign key (`23503`).
+    ForeignKey,
+    /// A `NOT NULL` column (`23502`).
+    NotNull,
+    /// A `CHECK` constraint (`23514`).
+    Check,
+    /// An exclusion constraint (`23P01`).
+    Exclusion,
+}
+
+impl fmt::Display for ConstraintKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ConstraintKind::Unique => "unique constraint",
+            ConstraintKind::ForeignKey => "foreign key constraint",
+            ConstraintKind::NotNull => "not-null constraint",
+            ConstraintKind::Check => "check constraint",
+            ConstraintKind::Exclusion => "exclusion constraint",
+        })
+    }
+}
+
+/// Input rejected before anything was sent to the database.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct InvalidInput {
+    /// The offending field or argument.
+    pub field: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl InvalidInput {
+    /// An input error for `field`.
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl Error {
+    /// A shorthand for [`Error::InvalidInput`].
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::InvalidInput(InvalidInput::new(field, reason))
+    }
+
+    /// Whether re-running the whole transaction on a healthy connection can succeed and is
+    /// safe: serialization failures, deadlocks, and connections lost before `COMMIT`
+    /// (the server rolled the transaction back). [`Error::OutcomeUnknown`] is *not* retryable:
+    /// see [`Error::is_outcome_unknown`].
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Error::SerializationFailure(_) | Error::Deadlock(_) | Error::ConnectionLost(_)
+        )
+    }
+
+    /// Whether the write may or may not have been applied (connection lost during `COMMIT`).
+    /// Such a write may be retried only if it is idempotent (carries an idempotency key).
+    pub fn is_outcome_unknown(&self) -> bool {
+        matches!(self, Error::OutcomeUnknown(_))
+    }
+
+    /// The constraint's name for [`Error::Constraint`].
+    pub fn constraint_name(&self) -> Option<&str> {
+        match self {
+            Error::Constraint { constraint, .. } => constraint.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// Reclassifies an error raised while committing: a lost connection then means the outcome
+    /// is unknown rather than "nothing applied".
+    pub(crate) fn at_commit(self) -> Self {
+        match self {
+            Error::ConnectionLost(m) => Error::OutcomeUnknown(m),
+            other => other,
+        }
+    }
+}
+
+fn classify_database(
+    kind: DatabaseErrorKind,
+    info: &dyn DatabaseErrorInformation,
+) -> Option<Error> {
+    let message = info.message().trim_end().to_owned();
+    let constraint = |k| Error::Constraint {
+        kind: k,
+        constraint: info.constraint_name().map(str::to_owned),
+        message: message.clone(),
+    };
+    Some(match kind {
+        DatabaseErrorKind::UniqueViolation => constraint(ConstraintKind::Unique),
+        DatabaseErrorKind::ForeignKeyViolation => constraint(ConstraintKind::ForeignKey),
+        DatabaseErrorKind::NotNullViolation => constraint(ConstraintKind::NotNull),
+        DatabaseErrorKind::CheckViolation => constraint(ConstraintKind::Check),
+        DatabaseErrorKind::ExclusionViolation => constraint(ConstraintKind::Exclusion),
+        DatabaseErrorKind::SerializationFailure => Error::SerializationFailure(message),
+        DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand => {
+            Error::ConnectionLost(message)
+        }
+        _ => return classify_by_message(&message),
+    })
+}
+
+/// The classes Diesel leaves unnamed, recognised by PostgreSQL's (English) primary message.
+fn classify_by_message(message: &str) -> Option<Error> {
+    let m = message.to_owned();
+    if message.starts_with("deadlock detected") {
+        Some(Error::Deadlock(m))
+    } else if message.starts_with("canceling statement due to lock timeout")
+        || message.starts_with("could not obtain lock")
+    {
+        Some(Error::LockTimeout(m))
+    } else if message.starts_with("canceling statement due to statement timeout") {
+        Some(Error::StatementTimeout(m))
+    } else if message.starts_with("canceling statement due to user request") {
+        Some(Error::Cancelled(m))
+    } else if message.starts_with("terminating connection")
+        || message.starts_with("server closed the connection unexpectedly")
+        || message.starts_with("no connection to the server")
+        || message.starts_with("could not receive data from server")
+        || message.starts_with("could not send data to server")
+        || message.starts_with("SSL connection has been closed unexpectedly")
+    {
+        Some(Error::ConnectionLost(m))
+    } else if message.starts_with("database is locked")
+        || message.starts_with("database table is locked")
+    {
+        // SQLite: another writer held the lock past the busy timeout. Nothing was applied.
+        Some(Error::LockTimeout(m))
+    } else if message.starts_with("UNIQUE constraint failed") {
+        Some(Error::Constraint {
+            kind: ConstraintKind::Unique,
+            constraint: message
+                .strip_prefix("UNIQUE constraint failed: ")
+                .map(str::to_owned),
+            message: m,
+        })
+    } else {
+        None
+    }
+}
+
+impl From<diesel::result::Error> for Error {
+    fn from(e: diesel::result::Error) -> Self {
+        use diesel::result::Error as D;
+        match e {
+            D::DatabaseError(kind, ref info) => {
+                classify_database(kind, info.as_ref()).unwrap_or(Error::Database(e))
+            }
+            D::NotFound => Error::NotFound("no such row".into()),
+            D::BrokenTransactionManager => {
+                Error::ConnectionLost("the connection's transaction state is broken".into())
+            }
+            D::RollbackErrorOnCommit {
+                rollback_error,
+                commit_error,
+            } => {
+                tracing::debug!(error = %rollback_error, "rollback after a failed commit failed too");
+                Error::from(*commit_error).at_commit()
+            }
+            other => Error::Database(other),
+        }
+    }
+}
+
+impl From<r2d2::Error> for Error {
+    fn from(e: r2d2::Error) -> Self {
+        Error::Pool(e.to_string())
+    }
+}
+
+impl From<diesel::ConnectionError> for Error {
+    fn from(e: diesel::ConnectionError) -> Self {
+        Error::ConnectionLost(crate::db::redact_message(&e.to_string()))
+    }
+}
