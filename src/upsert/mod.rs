@@ -1,0 +1,575 @@
+//! Atomic upserts: one `INSERT … ON CONFLICT (key) DO UPDATE` per row or per chunk of rows.
+//!
+//! # Outcomes
+//! Each row is reported [`UpsertOutcome::Inserted`], [`UpsertOutcome::Updated`] or
+//! [`UpsertOutcome::Unchanged`] (the row exists and the update's condition left it alone).
+//! - PostgreSQL: one statement, `RETURNING (xmax = 0)`. A tuple written by an insert has no
+//!   `xmax`; one written by `DO UPDATE` carries the updating transaction's id. This relies on an
+//!   implementation detail of PostgreSQL's MVCC that has held since `ON CONFLICT` exists (9.5).
+//!   A row filtered out by the condition returns nothing.
+//! - SQLite: inside one `BEGIN IMMEDIATE` transaction (SQLite has one writer, so nothing can
+//!   slip in between), `INSERT … ON CONFLICT DO NOTHING`, and only if that inserted nothing, the
+//!   `DO UPDATE` statement; the number of changed rows tells the outcome.
+//!
+//! # Concurrency
+//! The statement is atomic on both backends: concurrent upserts of one new key never raise a
+//! duplicate-key error and leave exactly one row; the last writer's values win. The update's
+//! condition is evaluated against the newest committed version of the row (PostgreSQL re-checks
+//! it after waiting for a concurrent writer), so "only if newer" conditions cannot regress.
+
+mod helpers;
+pub(crate) mod model;
+pub(crate) mod statement;
+
+pub use helpers::{atomic_upsert_auth, atomic_upsert_stats, AuthModel, Changed, Newer, StatsModel};
+pub use model::{BindColumns, BindRow, CheckedValue, ColumnArrays, UpsertModel};
+
+use crate::error::{Error, InvalidInput, Result};
+use crate::tx;
+use diesel::expression::{AppearsOnTable, Expression};
+use diesel::pg::{Pg, PgConnection};
+use diesel::query_builder::{AstPass, QueryFragment, QueryId};
+use diesel::r2d2::{ConnectionManager, PooledConnection, R2D2Connection};
+use diesel::sqlite::{Sqlite, SqliteConnection};
+use diesel::{Column, QueryResult, RunQueryDsl};
+use statement::{OnConflict, UpsertSql, Values};
+use std::fmt;
+
+/// What an upsert did to one row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UpsertOutcome {
+    /// The key was new: the row was inserted.
+    Inserted,
+    /// The key existed: the row was overwritten.
+    Updated,
+    /// The key existed and the update's condition left the row as it was.
+    Unchanged,
+}
+
+impl UpsertOutcome {
+    /// `"inserted"`, `"updated"` or `"unchanged"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpsertOutcome::Inserted => "inserted",
+            UpsertOutcome::Updated => "updated",
+            UpsertOutcome::Unchanged => "unchanged",
+        }
+    }
+}
+
+impl fmt::Display for UpsertOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a bulk upsert did: counts over the distinct keys it was given.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct BulkOutcome {
+    /// Rows inserted.
+    pub inserted: usize,
+    /// Rows overwritten.
+    pub updated: usize,
+    /// Existing rows the update's condition left alone.
+    pub unchanged: usize,
+    /// Input rows dropped because a later row in the same call had the same key.
+    pub collapsed: usize,
+}
+
+impl BulkOutcome {
+    /// Adds one row's outcome.
+    pub fn record(&mut self, outcome: UpsertOutcome) {
+        match outcome {
+            UpsertOutcome::Inserted => self.inserted += 1,
+            UpsertOutcome::Updated => self.updated += 1,
+            UpsertOutcome::Unchanged => self.unchanged += 1,
+        }
+    }
+
+    /// Distinct keys written or checked: `inserted + updated + unchanged`.
+    pub fn rows(&self) -> usize {
+        self.inserted + self.updated + self.unchanged
+    }
+}
+
+/// The absence of an update condition: every existing row is overwritten.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoCondition;
+
+impl QueryId for NoCondition {
+    type QueryId = NoCondition;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl<DB: diesel::backend::Backend> QueryFragment<DB> for NoCondition {
+    fn walk_ast<'b>(&'b self, _out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        Ok(())
+    }
+}
+
+/// Connections an upsert of `Self` can run on, with update condition `F`.
+///
+/// Implemented for [`PgConnection`], [`SqliteConnection`] and r2d2 pooled connections of
+/// either, for every model declared with [`upsert_model!`](crate::upsert_model) whose field
+/// types the backend can store. Advisory locks and claims are PostgreSQL-only; upserts are not.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be upserted over a `{C}`",
+    note = "declare the model with `upsert_kit::upsert_model!`, check that each field's Rust type maps to its column's SQL type on this backend, and pass `&mut PgConnection`, `&mut SqliteConnection` or a pooled connection of either"
+)]
+pub trait Upsertable<C, F = NoCondition>: UpsertModel + Sized {
+    /// Upserts one validated row.
+    #[doc(hidden)]
+    fn upsert_one(
+        conn: &mut C,
+        row: &Self,
+        update: &[&'static str],
+        condition: Option<&F>,
+    ) -> Result<UpsertOutcome>;
+
+    /// Upserts distinct, key-sorted, validated rows in one transaction.
+    #[doc(hidden)]
+    fn upsert_sorted(
+        conn: &mut C,
+        rows: &[&Self],
+        update: &[&'static str],
+        condition: Option<&F>,
+        chunk_size: usize,
+    ) -> Result<BulkOutcome>;
+}
+
+impl<M, F> Upsertable<PgConnection, F> for M
+where
+    M: BindRow<Pg> + BindColumns<Pg>,
+    M::Table: QueryFragment<Pg>,
+    F: QueryFragment<Pg>,
+{
+    fn upsert_one(
+        conn: &mut PgConnection,
+        row: &Self,
+        update: &[&'static str],
+        condition: Option<&F>,
+    ) -> Result<UpsertOutcome> {
+        let sql = UpsertSql::<M, F, Pg> {
+            table: M::Table::default(),
+            values: Values::Row(row),
+            update,
+            condition,
+            on_conflict: OnConflict::Update,
+            returning_inserted: true,
+        };
+        match sql.load::<bool>(conn) {
+            Ok(flags) => Ok(match flags.first() {
+                Some(true) => UpsertOutcome::Inserted,
+                Some(false) => UpsertOutcome::Updated,
+                None => UpsertOutcome::Unchanged,
+            }),
+            Err(e) => Err(tx::statement_error(conn, e)),
+        }
+    }
+
+    fn upsert_sorted(
+        conn: &mut PgConnection,
+        rows: &[&Self],
+        update: &[&'static str],
+        condition: Option<&F>,
+        chunk_size: usize,
+    ) -> Result<BulkOutcome> {
+        let run_chunk = |conn: &mut PgConnection, chunk: &[&M]| -> Result<BulkOutcome> {
+            let sql = UpsertSql::<M, F, Pg> {
+                table: M::Table::default(),
+                values: Values::Arrays(M::bind_columns(chunk)),
+                update,
+                condition,
+                on_conflict: OnConflict::Update,
+                returning_inserted: true,
+            };
+            let flags = sql
+                .load::<bool>(conn)
+                .map_err(|e| tx::statement_error(conn, e))?;
+            let inserted = flags.iter().filter(|inserted| **inserted).count();
+            Ok(BulkOutcome {
+                inserted,
+                updated: flags.len() - inserted,
+                unchanged: chunk.len() - flags.len(),
+                collapsed: 0,
+            })
+        };
+        if rows.len() <= chunk_size {
+            // One statement is atomic on its own: no transaction round trips needed.
+            return run_chunk(conn, rows);
+        }
+        tx::transaction(conn, |conn| {
+            let mut total = BulkOutcome::default();
+            for chunk in rows.chunks(chunk_size) {
+                let part = run_chunk(conn, chunk)?;
+                total.inserted += part.inserted;
+                total.updated += part.updated;
+                total.unchanged += part.unchanged;
+            }
+            Ok(total)
+        })
+    }
+}
+
+fn sqlite_upsert_in_tx<M, F>(
+    conn: &mut SqliteConnection,
+    row: &M,
+    update: &[&'static str],
+    condition: Option<&F>,
+) -> Result<UpsertOutcome>
+where
+    M: BindRow<Sqlite>,
+    M::Table: QueryFragment<Sqlite>,
+    F: QueryFragment<Sqlite>,
+{
+    let statement = |on_conflict| UpsertSql::<M, F, Sqlite> {
+        table: M::Table::default(),
+        values: Values::Row(row),
+        update,
+        condition,
+        on_conflict,
+        returning_inserted: false,
+    };
+    if statement(OnConflict::Nothing).execute(conn)? == 1 {
+        return Ok(UpsertOutcome::Inserted);
+    }
+    if update.is_empty() {
+        return Ok(UpsertOutcome::Unchanged);
+    }
+    Ok(match statement(OnConflict::Update).execute(conn)? {
+        0 => UpsertOutcome::Unchanged,
+        _ => UpsertOutcome::Updated,
+    })
+}
+
+impl<M, F> Upsertable<SqliteConnection, F> for M
+where
+    M: BindRow<Sqlite>,
+    M::Table: QueryFragment<Sqlite>,
+    F: QueryFragment<Sqlite>,
+{
+    fn upsert_one(
+        conn: &mut SqliteConnection,
+        row: &Self,
+        update: &[&'static str],
+        condition: Option<&F>,
+    ) -> Result<UpsertOutcome> {
+        conn.immediate_transaction(|conn| sqlite_upsert_in_tx(conn, row, update, condition))
+    }
+
+    fn upsert_sorted(
+        conn: &mut SqliteConnection,
+        rows: &[&Self],
+        update: &[&'static str],
+        condition: Option<&F>,
+        _chunk_size: usize,
+    ) -> Result<BulkOutcome> {
+        // SQLite runs in-process: a statement per row costs no round trip, and with at most one
+        // row per statement the bind-parameter limit can never be reached.
+        conn.immediate_transaction(|conn| {
+            let mut total = BulkOutcome::default();
+            for row in rows {
+                total.record(sqlite_upsert_in_tx(conn, *row, update, condition)?);
+            }
+            Ok(total)
+        })
+    }
+}
+
+impl<M, F, Conn> Upsertable<PooledConnection<ConnectionManager<Conn>>, F> for M
+where
+    Conn: R2D2Connection + 'static,
+    M: Upsertable<Conn, F>,
+{
+    fn upsert_one(
+        conn: &mut PooledConnection<ConnectionManager<Conn>>,
+        row: &Self,
+        update: &[&'static str],
+        condition: Option<&F>,
+    ) -> Result<UpsertOutcome> {
+        M::upsert_one(&mut **conn, row, update, condition)
+    }
+
+    fn upsert_sorted(
+        conn: &mut PooledConnection<ConnectionManager<Conn>>,
+        rows: &[&Self],
+        update: &[&'static str],
+        condition: Option<&F>,
+        chunk_size: usize,
+    ) -> Result<BulkOutcome> {
+        M::upsert_sorted(&mut **conn, rows, update, condition, chunk_size)
+    }
+}
+
+/// The columns an existing row takes from the incoming one: every written column but the key,
+/// the model's `keep` columns and `extra_keep`.
+fn update_columns<M: UpsertModel>(extra_keep: &[&'static str]) -> Vec<&'static str> {
+    M::COLUMNS
+        .iter()
+        .copied()
+        .filter(|c| !M::KEY.contains(c) && !M::KEEP.contains(c) && !extra_keep.contains(c))
+        .collect()
+}
+
+/// An upsert of one row, configured before it runs. Start with [`Upsert::new`] or call
+/// [`atomic_upsert`] for the defaults.
+///
+/// # Examples
+///
+/// Overwrite only when the incoming row is newer, and never touch `updated_at` on conflict:
+///
+/// ```
+/// # use upsert_kit::{upsert_model, Upsert, UpsertOutcome};
+/// # use upsert_kit::schema::strava_auth;
+/// # use diesel::{Connection, SqliteConnection, ExpressionMethods};
+/// use diesel::upsert::excluded;
+/// # upsert_model! {
+/// #     table = strava_auth, key = (id);
+/// #     pub struct Token { pub id: i64, pub athlete_id: i64, pub access_token: String,
+/// #         pub refresh_token: String, pub expires_at: chrono::NaiveDateTime, pub updated_at: chrono::NaiveDateTime }
+/// # }
+/// # let mut conn = SqliteConnection::establish(":memory:")?;
+/// # upsert_kit::db::run_migrations(&mut conn)?;
+/// # let t = |h: u32| chrono::NaiveDate::from_ymd_opt(2026, 1, 1).unwrap().and_hms_opt(h, 0, 0).unwrap();
+/// let newer = Token { id: 1, athlete_id: 7, access_token: "a2".into(), refresh_token: "r2".into(), expires_at: t(12), updated_at: t(6) };
+/// let older = Token { expires_at: t(11), ..newer.clone() };
+/// # impl Clone for Token { fn clone(&self) -> Self { Token { id: self.id, athlete_id: self.athlete_id, access_token: self.access_token.clone(), refresh_token: self.refresh_token.clone(), expires_at: self.expires_at, updated_at: self.updated_at } } }
+/// let only_newer = |row| {
+///     Upsert::new(row)
+///         .keep(strava_auth::updated_at)
+///         .update_if(excluded(strava_auth::expires_at).gt(strava_auth::expires_at))
+/// };
+/// assert_eq!(only_newer(&newer).execute(&mut conn)?, UpsertOutcome::Inserted);
+/// assert_eq!(only_newer(&older).execute(&mut conn)?, UpsertOutcome::Unchanged);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[must_use = "an upsert does nothing until `.execute(conn)`"]
+pub struct Upsert<'a, M, F = NoCondition> {
+    row: &'a M,
+    keep: Vec<&'static str>,
+    condition: Option<F>,
+}
+
+impl<M, F> fmt::Debug for Upsert<'_, M, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Rows may hold secrets (tokens): show the shape, never the values.
+        f.debug_struct("Upsert")
+            .field("model", &std::any::type_name::<M>())
+            .field("keep", &self.keep)
+            .field("conditional", &self.condition.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a, M: UpsertModel> Upsert<'a, M> {
+    /// An upsert of `row` that, on conflict, overwrites every non-key column but the model's
+    /// `keep` columns, unconditionally.
+    pub fn new(row: &'a M) -> Self {
+        Upsert {
+            row,
+            keep: Vec::new(),
+            condition: None,
+        }
+    }
+}
+
+impl<'a, M: UpsertModel, F> Upsert<'a, M, F> {
+    /// Leaves `column` as it is when the row exists (it is still written on insert).
+    pub fn keep<C>(mut self, _column: C) -> Self
+    where
+        C: Column<Table = M::Table>,
+    {
+        self.keep.push(C::NAME);
+        self
+    }
+
+    /// Updates an existing row only where `condition` holds; otherwise the row is reported
+    /// [`UpsertOutcome::Unchanged`]. Refer to the stored row through the table's columns and to
+    /// the incoming one through [`diesel::upsert::excluded`].
+    pub fn update_if<G>(self, condition: G) -> Upsert<'a, M, G>
+    where
+        G: Expression + AppearsOnTable<M::Table>,
+        G::SqlType: diesel::sql_types::BoolOrNullableBool,
+    {
+        Upsert {
+            row: self.row,
+            keep: self.keep,
+            condition: Some(condition),
+        }
+    }
+
+    /// Runs the upsert: one statement on PostgreSQL (one round trip), one immediate
+    /// transaction on SQLite.
+    ///
+    /// # Errors
+    /// - [`Error::InvalidInput`] before anything is sent, when [`UpsertModel::validate`] rejects
+    ///   the row.
+    /// - [`Error::Constraint`] when another constraint than the conflict key rejects the row
+    ///   (e.g. a second unique index): it names the constraint and is not retryable.
+    /// - [`Error::OutcomeUnknown`] when the connection drops while the statement commits on its
+    ///   own (outside a transaction). An upsert is idempotent, so running it again is safe.
+    pub fn execute<C>(&self, conn: &mut C) -> Result<UpsertOutcome>
+    where
+        M: Upsertable<C, F>,
+    {
+        self.row.validate()?;
+        let update = update_columns::<M>(&self.keep);
+        M::upsert_one(conn, self.row, &update, self.condition.as_ref())
+    }
+}
+
+/// Upserts `row`: inserts it, or overwrites every non-key column of the existing row (but the
+/// model's `keep` columns). Shorthand for `Upsert::new(row).execute(conn)`.
+///
+/// # Errors
+/// As [`Upsert::execute`].
+pub fn atomic_upsert<C, M>(conn: &mut C, row: &M) -> Result<UpsertOutcome>
+where
+    M: Upsertable<C>,
+{
+    Upsert::new(row).execute(conn)
+}
+
+/// Rows per statement of a bulk upsert on PostgreSQL, unless set with
+/// [`UpsertMany::chunk_size`].
+pub const DEFAULT_CHUNK_SIZE: usize = 5_000;
+
+/// A bulk upsert, configured before it runs. Start with [`UpsertMany::new`] or call
+/// [`bulk_upsert`] for the defaults.
+///
+/// Before anything is sent, the rows are validated, rows that share a key are collapsed (the
+/// last one wins: a single statement must not touch one row twice, which PostgreSQL refuses
+/// with "ON CONFLICT DO UPDATE command cannot affect row a second time") and sorted by key, so
+/// that two bulk upserts running at once lock their rows in the same order and cannot
+/// deadlock. On PostgreSQL each chunk is one statement carrying one array per column (its text
+/// is the same whatever the row count, so the prepared statement is reused, and the
+/// bind-parameter limit of 65,535 is never approached). The whole call is one transaction: all
+/// rows or none.
+#[must_use = "a bulk upsert does nothing until `.execute(conn)`"]
+pub struct UpsertMany<'a, M, F = NoCondition> {
+    rows: &'a [M],
+    keep: Vec<&'static str>,
+    condition: Option<F>,
+    chunk_size: usize,
+}
+
+impl<M, F> fmt::Debug for UpsertMany<'_, M, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpsertMany")
+            .field("model", &std::any::type_name::<M>())
+            .field("rows", &self.rows.len())
+            .field("keep", &self.keep)
+            .field("conditional", &self.condition.is_some())
+            .field("chunk_size", &self.chunk_size)
+            .finish()
+    }
+}
+
+impl<'a, M: UpsertModel> UpsertMany<'a, M> {
+    /// A bulk upsert of `rows` with the defaults of [`Upsert::new`] and chunks of
+    /// [`DEFAULT_CHUNK_SIZE`] rows.
+    pub fn new(rows: &'a [M]) -> Self {
+        UpsertMany {
+            rows,
+            keep: Vec::new(),
+            condition: None,
+            chunk_size: DEFAULT_CHUNK_SIZE,
+        }
+    }
+}
+
+impl<'a, M: UpsertModel, F> UpsertMany<'a, M, F> {
+    /// As [`Upsert::keep`].
+    pub fn keep<C>(mut self, _column: C) -> Self
+    where
+        C: Column<Table = M::Table>,
+    {
+        self.keep.push(C::NAME);
+        self
+    }
+
+    /// As [`Upsert::update_if`].
+    pub fn update_if<G>(self, condition: G) -> UpsertMany<'a, M, G>
+    where
+        G: Expression + AppearsOnTable<M::Table>,
+        G::SqlType: diesel::sql_types::BoolOrNullableBool,
+    {
+        UpsertMany {
+            rows: self.rows,
+            keep: self.keep,
+            condition: Some(condition),
+            chunk_size: self.chunk_size,
+        }
+    }
+
+    /// Rows per statement on PostgreSQL (defaults to [`DEFAULT_CHUNK_SIZE`]).
+    ///
+    /// # Panics
+    /// When `rows` is 0.
+    pub fn chunk_size(mut self, rows: usize) -> Self {
+        assert!(rows > 0, "a chunk holds at least one row");
+        self.chunk_size = rows;
+        self
+    }
+
+    /// Runs the bulk upsert. An empty input returns at once without touching the database.
+    ///
+    /// # Errors
+    /// - [`Error::InvalidInput`] naming the first invalid row (`rows[i].field`); nothing is
+    ///   written.
+    /// - Any database error; the whole call is rolled back.
+    pub fn execute<C>(&self, conn: &mut C) -> Result<BulkOutcome>
+    where
+        M: Upsertable<C, F>,
+    {
+        for (i, row) in self.rows.iter().enumerate() {
+            row.validate().map_err(|e| {
+                Error::InvalidInput(InvalidInput::new(
+                    format!("rows[{i}].{}", e.field),
+                    e.reason,
+                ))
+            })?;
+        }
+        let sorted = collapse_and_sort(self.rows);
+        if sorted.is_empty() {
+            return Ok(BulkOutcome::default());
+        }
+        let update = update_columns::<M>(&self.keep);
+        let mut outcome = M::upsert_sorted(
+            conn,
+            &sorted,
+            &update,
+            self.condition.as_ref(),
+            self.chunk_size,
+        )?;
+        outcome.collapsed = self.rows.len() - sorted.len();
+        Ok(outcome)
+    }
+}
+
+/// The rows sorted by key, keeping only the last row of each key.
+fn collapse_and_sort<M: UpsertModel>(rows: &[M]) -> Vec<&M> {
+    let mut order: Vec<usize> = (0..rows.len()).collect();
+    order.sort_by(|&a, &b| rows[a].cmp_key(&rows[b]).then(a.cmp(&b)));
+    let mut out: Vec<&M> = Vec::with_capacity(rows.len());
+    for i in order {
+        match out.last_mut() {
+            Some(last) if last.cmp_key(&rows[i]).is_eq() => *last = &rows[i],
+            _ => out.push(&rows[i]),
+        }
+    }
+    out
+}
+
+/// Upserts many rows with the defaults of [`atomic_upsert`], all or nothing. Shorthand for
+/// `UpsertMany::new(rows).execute(conn)`; see [`UpsertMany`] for how rows are collapsed,
+/// sorted and chunked.
+///
+/// # Errors
+/// As [`UpsertMany::execute`].
+pub fn bulk_upsert<C, M>(conn: &mut C, rows: &[M]) -> Result<BulkOutcome>
+where
+    M: Upsertable<C>,
+{
+    UpsertMany::new(rows).execute(conn)
+}
