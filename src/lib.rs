@@ -5,6 +5,7 @@
 pub mod db;
 mod error;
 pub mod jobs;
+pub mod lock;
 pub mod naive;
 pub mod schema;
 mod tx;
