@@ -33,14 +33,12 @@ where
         .map_or(true, |depth| depth.is_some())
 }
 
-/// Classifies the error of a single statement: outside a transaction the statement commits on
-/// its own, so a connection lost while it ran leaves its outcome unknown.
-pub(crate) fn statement_error<C>(conn: &mut C, e: diesel::result::Error) -> Error
-where
-    C: Connection<TransactionManager = AnsiTransactionManager>,
-{
+/// Classifies the error of a single statement: outside a transaction (`in_transaction` is
+/// false, as it was *before* the statement ran) the statement commits on its own, so a
+/// connection lost while it ran leaves its outcome unknown.
+pub(crate) fn statement_error(in_transaction: bool, e: diesel::result::Error) -> Error {
     let err = Error::from(e);
-    if err.is_retryable() && matches!(err, Error::ConnectionLost(_)) && !in_transaction(conn) {
+    if matches!(err, Error::ConnectionLost(_)) && !in_transaction {
         err.at_commit()
     } else {
         err

@@ -157,13 +157,14 @@ where
             on_conflict: OnConflict::Update,
             returning_inserted: true,
         };
+        let in_tx = tx::in_transaction(conn);
         match sql.load::<bool>(conn) {
             Ok(flags) => Ok(match flags.first() {
                 Some(true) => UpsertOutcome::Inserted,
                 Some(false) => UpsertOutcome::Updated,
                 None => UpsertOutcome::Unchanged,
             }),
-            Err(e) => Err(tx::statement_error(conn, e)),
+            Err(e) => Err(tx::statement_error(in_tx, e)),
         }
     }
 
@@ -183,9 +184,10 @@ where
                 on_conflict: OnConflict::Update,
                 returning_inserted: true,
             };
+            let in_tx = tx::in_transaction(conn);
             let flags = sql
                 .load::<bool>(conn)
-                .map_err(|e| tx::statement_error(conn, e))?;
+                .map_err(|e| tx::statement_error(in_tx, e))?;
             let inserted = flags.iter().filter(|inserted| **inserted).count();
             Ok(BulkOutcome {
                 inserted,
