@@ -1,4 +1,4 @@
-//! upsert-kit: race-free database writes for synchronous cron jobs, on Diesel and r2d2.
+#![doc = include_str!("../README.md")]
 #![deny(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]
 
