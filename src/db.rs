@@ -95,10 +95,10 @@ pub fn run_migrations<C: Migrate>(conn: &mut C) -> Result<usize> {
 /// Opens a PostgreSQL connection. The error never contains the URL's password.
 ///
 /// # Errors
-/// [`Error::ConnectionLost`] when the server does not answer or refuses the login.
+/// [`Error::Connect`] when the server does not answer or refuses the login.
 pub fn connect_pg(url: &str) -> Result<PgConnection> {
     PgConnection::establish(url).map_err(|e| {
-        Error::ConnectionLost(format!(
+        Error::Connect(format!(
             "cannot connect to {}: {}",
             redact_url(url),
             redact_message(&e.to_string())
@@ -110,14 +110,14 @@ pub fn connect_pg(url: &str) -> Result<PgConnection> {
 /// WAL journal, a 5 s busy timeout, foreign keys on.
 ///
 /// # Errors
-/// [`Error::ConnectionLost`] when the file cannot be opened.
+/// [`Error::Connect`] when the file cannot be opened.
 pub fn connect_sqlite(url: &str) -> Result<SqliteConnection> {
     let path = sqlite_path(url);
     let mut conn = SqliteConnection::establish(path)
-        .map_err(|e| Error::ConnectionLost(format!("cannot open SQLite database {path:?}: {e}")))?;
+        .map_err(|e| Error::Connect(format!("cannot open SQLite database {path:?}: {e}")))?;
     SqliteSetup
         .on_acquire(&mut conn)
-        .map_err(|e| Error::ConnectionLost(e.to_string()))?;
+        .map_err(|e| Error::Connect(format!("cannot set up SQLite database {path:?}: {e}")))?;
     Ok(conn)
 }
 

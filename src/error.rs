@@ -58,6 +58,11 @@ pub enum Error {
     #[error("statement cancelled: {0}")]
     Cancelled(String),
 
+    /// No connection could be opened (server down, refused, bad credentials). Nothing was
+    /// applied.
+    #[error("cannot connect: {0}")]
+    Connect(String),
+
     /// The connection was lost before the transaction's `COMMIT` was sent: nothing was
     /// applied, so the transaction can be retried on a new connection.
     #[error("connection lost before commit (nothing was applied): {0}")]
@@ -156,13 +161,16 @@ impl Error {
     }
 
     /// Whether re-running the whole transaction on a healthy connection can succeed and is
-    /// safe: serialization failures, deadlocks, and connections lost before `COMMIT`
-    /// (the server rolled the transaction back). [`Error::OutcomeUnknown`] is *not* retryable:
+    /// safe: serialization failures, deadlocks, connections lost before `COMMIT` (the server
+    /// rolled the transaction back) and failed connects. [`Error::OutcomeUnknown`] is *not* retryable:
     /// see [`Error::is_outcome_unknown`].
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            Error::SerializationFailure(_) | Error::Deadlock(_) | Error::ConnectionLost(_)
+            Error::SerializationFailure(_)
+                | Error::Deadlock(_)
+                | Error::ConnectionLost(_)
+                | Error::Connect(_)
         )
     }
 
@@ -284,6 +292,6 @@ impl From<r2d2::Error> for Error {
 
 impl From<diesel::ConnectionError> for Error {
     fn from(e: diesel::ConnectionError) -> Self {
-        Error::ConnectionLost(crate::db::redact_message(&e.to_string()))
+        Error::Connect(crate::db::redact_message(&e.to_string()))
     }
 }

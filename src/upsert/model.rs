@@ -63,7 +63,7 @@ pub trait BindColumns<DB: Backend>: UpsertModel {
 pub trait ArrayBackend<ST>: Backend {
     fn push_array<'b, T: ToSql<ST, Self>>(
         out: &mut AstPass<'_, 'b, Self>,
-        values: &'b Vec<&T>,
+        values: &'b [&T],
     ) -> QueryResult<()>;
 }
 
@@ -73,9 +73,9 @@ where
 {
     fn push_array<'b, T: ToSql<ST, Self>>(
         out: &mut AstPass<'_, 'b, Self>,
-        values: &'b Vec<&T>,
+        values: &'b [&T],
     ) -> QueryResult<()> {
-        out.push_bind_param::<Array<ST>, Vec<&T>>(values)
+        out.push_bind_param::<Array<ST>, [&T]>(values)
     }
 }
 

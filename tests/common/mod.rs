@@ -94,7 +94,11 @@ fn find_server() -> Result<Server, String> {
 
     match throwaway::start() {
         Ok((url, watchdog)) => {
-            eprintln!(
+            // Straight to stderr, past the test harness's capture: one line per test binary
+            // that says which server the tests ran on.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
                 "upsert-kit tests: no server at {} ({probe_error}); started a throwaway \
                  cluster at {url}, removed when this test process exits",
                 redact_url(&probe)
@@ -403,9 +407,10 @@ pub mod throwaway {
     ///
     /// The server's stdin is /dev/null and its log is `$1/postgres.log`. A background reader
     /// waits for end-of-file on the pipe (saved as fd 3: an asynchronous command's own stdin is
-    /// /dev/null), marks the stop as asked for and stops the server. When the server exits by
-    /// itself (it failed to start), the reader is ended without signalling anything and the
-    /// directory is left for the test process to read the log from.
+    /// /dev/null), marks the stop as asked for and stops the server: `SIGINT`, then `SIGKILL`
+    /// if it is still there 30 s later. When the server exits by itself (it failed to start),
+    /// the reader is ended without signalling anything and the directory is left for the test
+    /// process to read the log from and remove.
     const WATCHDOG: &str = r#"
 dir=$1
 "$3" -D "$dir/data" -p "$2" -k "$dir" \
@@ -414,7 +419,14 @@ dir=$1
     </dev/null >>"$dir/postgres.log" 2>&1 &
 server=$!
 exec 3<&0
-( cat <&3 >/dev/null; : >"$dir/stop"; kill -INT "$server" 2>/dev/null ) &
+(
+    cat <&3 >/dev/null
+    : >"$dir/stop"
+    kill -INT "$server" 2>/dev/null
+    n=0
+    while [ "$n" -lt 30 ] && kill -0 "$server" 2>/dev/null; do sleep 1; n=$((n + 1)); done
+    kill -0 "$server" 2>/dev/null && kill -KILL "$server"
+) &
 reader=$!
 exec 3<&-
 wait "$server"
@@ -465,6 +477,12 @@ fi
             .tempdir()
             .map_err(|e| other(format!("cannot create a temporary directory: {e}")))?;
         let dir = temp.path().to_owned();
+        // Only the cluster's user may reach its socket and files.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+                .map_err(|e| other(format!("cannot restrict {}: {e}", dir.display())))?;
+        }
         if let Some(o) = owner {
             std::os::unix::fs::chown(&dir, Some(o.uid), Some(o.gid)).map_err(|e| {
                 other(format!(
@@ -567,9 +585,10 @@ fi
             c.args(["-u", "postgres", "--"]).arg(program);
             c
         } else {
-            // util-linux su passes the arguments after the user name to the shell: $0, $1, …
+            // util-linux su passes the arguments after the user name to the shell ($0, $1, …);
+            // `--` keeps it from reading the program's options (`-D`) as its own.
             let mut c = Command::new("su");
-            c.args(["-s", "/bin/sh", "-c", r#"exec "$0" "$@""#, "postgres"])
+            c.args(["-s", "/bin/sh", "-c", r#"exec "$0" "$@""#, "--", "postgres"])
                 .arg(program);
             c
         }
