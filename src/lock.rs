@@ -252,10 +252,7 @@ pub fn shared_xact_lock(conn: &mut PgConnection, key: LockKey) -> Result<()> {
 /// # Ok(()) }
 /// ```
 pub fn try_shared_xact_lock(conn: &mut PgConnection, key: LockKey) -> Result<bool> {
-    Ok(
-        diesel::select(pg_try_advisory_xact_lock_shared(key.class, key.object))
-            .get_result(conn)?,
-    )
+    Ok(diesel::select(pg_try_advisory_xact_lock_shared(key.class, key.object)).get_result(conn)?)
 }
 
 /// A PostgreSQL connection a [`SessionLock`] can hold: `&mut PgConnection`, an owned
@@ -581,12 +578,8 @@ pub fn try_lock<C: PgSession>(mut conn: C, key: LockKey) -> Result<Option<Sessio
 /// assert!(reader.is_some());
 /// # Ok(()) }
 /// ```
-pub fn try_lock_shared<C: PgSession>(
-    mut conn: C,
-    key: LockKey,
-) -> Result<Option<SessionLock<C>>> {
-    Ok(try_acquire(conn.pg(), key, LockMode::Shared)?
-        .then(|| guard(conn, key, LockMode::Shared)))
+pub fn try_lock_shared<C: PgSession>(mut conn: C, key: LockKey) -> Result<Option<SessionLock<C>>> {
+    Ok(try_acquire(conn.pg(), key, LockMode::Shared)?.then(|| guard(conn, key, LockMode::Shared)))
 }
 
 /// Waits at most `timeout` for the exclusive session-scoped advisory lock `key`: `Ok(None)`
@@ -634,7 +627,10 @@ pub fn try_lock_for<C: PgSession>(
         return try_lock(conn, key);
     }
     let millis = i32::try_from(timeout.as_nanos().div_ceil(1_000_000)).map_err(|_| {
-        Error::invalid("timeout", "must be at most i32::MAX milliseconds (about 24 days)")
+        Error::invalid(
+            "timeout",
+            "must be at most i32::MAX milliseconds (about 24 days)",
+        )
     })?;
     let pg = conn.pg();
     let nested = tx::in_transaction(pg);
