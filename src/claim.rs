@@ -19,9 +19,9 @@
 //!
 //! # Guarantees
 //! - No two live claims on one row: the claim's sub-select locks the candidate rows
-//!   `FOR UPDATE SKIP LOCKED` (rows another claim is taking are skipped, never waited for) and
-//!   the update re-checks nothing it does not own; a row is claimable again only once it is
-//!   back in `pending`/`retry`.
+//!   `FOR UPDATE SKIP LOCKED` (rows another claim is taking are skipped, never waited for),
+//!   re-checks them against its `WHERE` once locked, and the same statement marks them
+//!   `processing`; a row is claimable again only once it is back in `pending`/`retry`.
 //! - Each claim is fenced by `(id, holder, attempts)`: after a lease expired and the row was
 //!   reaped or re-claimed, the old holder's [`Queue::complete`], [`Queue::fail`] and
 //!   [`Queue::extend`] are refused with [`Error::NotFound`] instead of touching the new claim.
@@ -36,6 +36,16 @@
 //!   too: an item that kills its workers is parked after `max_attempts`, not retried forever.
 //!
 //! Times are the server's (`statement_timestamp()`), never the workers' clocks.
+//!
+//! Claims are PostgreSQL-only (SQLite has no `SKIP LOCKED`), by type:
+//!
+//! ```compile_fail
+//! use diesel::{Connection, SqliteConnection};
+//! use upsert_kit::claim::{BackfillMonth, Queue};
+//! let mut conn = SqliteConnection::establish(":memory:").unwrap();
+//! let queue = Queue::<BackfillMonth>::new("w").unwrap();
+//! let _ = queue.claim(&mut conn, 1); // expects &mut PgConnection
+//! ```
 
 use crate::error::{Error, Result};
 use crate::schema::backfill_log;

@@ -144,19 +144,55 @@ diesel::define_sql_function! {
 /// [`Connection::transaction`](diesel::Connection::transaction) (outside one, the lock would
 /// be released as soon as the statement ends).
 ///
+/// Guarantee: until the transaction ends, no other session holds `key` (exclusively or
+/// shared). One round trip (`pg_advisory_xact_lock`); the wait is visible to the deadlock
+/// detector.
+///
 /// # Errors
-/// [`Error::Deadlock`](crate::Error::Deadlock) when waiting would deadlock,
-/// [`Error::LockTimeout`](crate::Error::LockTimeout) when `lock_timeout` is set and expires.
+/// [`Error::Deadlock`] when waiting would deadlock (retryable: re-run the whole transaction),
+/// [`Error::LockTimeout`] when `lock_timeout` is set and expires. Either error aborts the
+/// caller's transaction.
+///
+/// # Examples
+/// ```no_run
+/// use diesel::Connection;
+/// use upsert_kit::lock::{xact_lock, LockKey};
+/// # fn main() -> upsert_kit::Result<()> {
+/// let mut conn = upsert_kit::db::connect_pg("postgres://postgres@127.0.0.1/app")?;
+/// conn.transaction(|conn| {
+///     xact_lock(conn, LockKey::new("token-refresh", 42))?;
+///     // … read, decide, write: no other holder of this key runs meanwhile …
+///     Ok::<_, upsert_kit::Error>(())
+/// })?; // released here
+/// # Ok(()) }
+/// ```
 pub fn xact_lock(conn: &mut PgConnection, key: LockKey) -> Result<()> {
     diesel::select(pg_advisory_xact_lock(key.class, key.object)).execute(conn)?;
     Ok(())
 }
 
 /// Takes the exclusive transaction-scoped advisory lock `key` if no other session holds it;
-/// returns whether it did, at once, without waiting.
+/// returns whether it did, at once, without waiting. When taken, the server releases it at the
+/// end of the caller's transaction. One round trip (`pg_try_advisory_xact_lock`).
 ///
 /// # Errors
 /// Database errors of the round trip.
+///
+/// # Examples
+/// ```no_run
+/// use diesel::Connection;
+/// use upsert_kit::lock::{try_xact_lock, LockKey};
+/// # fn main() -> upsert_kit::Result<()> {
+/// let mut conn = upsert_kit::db::connect_pg("postgres://postgres@127.0.0.1/app")?;
+/// conn.transaction(|conn| {
+///     if !try_xact_lock(conn, LockKey::new("nightly", 0))? {
+///         return Ok(()); // another run holds it: skip
+///     }
+///     // … the work …
+///     Ok::<_, upsert_kit::Error>(())
+/// })?;
+/// # Ok(()) }
+/// ```
 pub fn try_xact_lock(conn: &mut PgConnection, key: LockKey) -> Result<bool> {
     Ok(diesel::select(pg_try_advisory_xact_lock(key.class, key.object)).get_result(conn)?)
 }
@@ -505,6 +541,7 @@ fn guard<C: PgSession>(conn: C, key: LockKey, mode: LockMode) -> SessionLock<C> 
 ///
 /// # Examples
 /// ```no_run
+/// use diesel::RunQueryDsl;
 /// use upsert_kit::lock::{lock, LockKey};
 /// # fn main() -> upsert_kit::Result<()> {
 /// let pool = upsert_kit::db::pg_pool("postgres://postgres@127.0.0.1/app", 4)?;
@@ -513,7 +550,6 @@ fn guard<C: PgSession>(conn: C, key: LockKey, mode: LockMode) -> SessionLock<C> 
 /// diesel::sql_query("SELECT 1").execute(&mut *guard)?;
 /// guard.release()?;
 /// # Ok(()) }
-/// # use diesel::RunQueryDsl;
 /// ```
 pub fn lock<C: PgSession>(mut conn: C, key: LockKey) -> Result<SessionLock<C>> {
     acquire(conn.pg(), key, LockMode::Exclusive)?;
@@ -744,7 +780,7 @@ impl From<LockRow> for AdvisoryLock {
                 object: r.objid as u32 as i32,
             })
         } else {
-            AdvisoryKey::Single(((r.classid << 32) | (r.objid & 0xffff_ffff)) as i64)
+            AdvisoryKey::Single((r.classid << 32) | (r.objid & 0xffff_ffff))
         };
         AdvisoryLock {
             pid: r.pid,

@@ -129,11 +129,17 @@ fn eight_workers_drain_five_thousand_items_each_exactly_once() {
     let total = all.len();
     all.sort_unstable();
     all.dedup();
-    eprintln!("claim: {total} items processed by 8 workers {per_worker:?}; {} distinct", all.len());
+    eprintln!(
+        "claim: {total} items processed by 8 workers {per_worker:?}; {} distinct",
+        all.len()
+    );
     assert_eq!(total, ITEMS as usize);
     assert_eq!(all, (1..=ITEMS).collect::<Vec<_>>());
     let mut conn = db.conn();
-    assert_eq!(states(&mut conn), HashMap::from([("finished".into(), 5000)]));
+    assert_eq!(
+        states(&mut conn),
+        HashMap::from([("finished".into(), 5000)])
+    );
     let not_once: i64 = jobs::table
         .filter(jobs::runs.ne(1))
         .count()
@@ -193,7 +199,10 @@ fn the_lockless_select_then_update_claim_hands_items_out_twice_and_claim_never_d
          claim (SKIP LOCKED) handed out {atomic_twice}"
     );
     assert_eq!(naive_distinct, 360);
-    assert!(naive_twice > 0, "the naive claim never handed an item out twice");
+    assert!(
+        naive_twice > 0,
+        "the naive claim never handed an item out twice"
+    );
     assert_eq!((atomic_twice, atomic_distinct), (0, 360));
 }
 
@@ -249,7 +258,10 @@ fn the_naive_scheduler_processes_some_month_twice_and_backfill_processes_each_on
         extra(&atomic_seen)
     );
     assert_eq!(naive_seen.len(), MONTHS);
-    assert!(naive_seen.values().any(|&n| n > 1), "no month processed twice");
+    assert!(
+        naive_seen.values().any(|&n| n > 1),
+        "no month processed twice"
+    );
     assert_eq!(atomic_seen.len(), MONTHS);
     assert!(atomic_seen.values().all(|&n| n == 1), "{atomic_seen:?}");
     assert_eq!(
@@ -291,8 +303,12 @@ fn a_dead_workers_claims_are_reclaimed_after_the_lease_and_its_late_completion_i
     let mut conn = db.conn();
     schedule_months(&mut conn, (2026, 1), (2026, 5)).unwrap();
     let lease = Duration::from_secs(1);
-    let dead = Queue::<BackfillMonth>::new("dead-worker").unwrap().lease(lease);
-    let alive = Queue::<BackfillMonth>::new("live-worker").unwrap().lease(lease);
+    let dead = Queue::<BackfillMonth>::new("dead-worker")
+        .unwrap()
+        .lease(lease);
+    let alive = Queue::<BackfillMonth>::new("live-worker")
+        .unwrap()
+        .lease(lease);
 
     // The dead worker claims three months and never comes back.
     let mut dead_conn = db.conn();
@@ -344,10 +360,7 @@ fn a_dead_workers_claims_are_reclaimed_after_the_lease_and_its_late_completion_i
     for c in &retaken {
         alive.complete(&mut conn, c).unwrap();
     }
-    assert_eq!(
-        month_states(&mut conn),
-        HashMap::from([("done".into(), 5)])
-    );
+    assert_eq!(month_states(&mut conn), HashMap::from([("done".into(), 5)]));
 }
 
 #[test]
@@ -397,7 +410,10 @@ fn failures_count_attempts_back_off_and_park_the_item_past_the_maximum() {
         }
     }
     std::thread::sleep(Duration::from_millis(350));
-    assert!(queue.claim(&mut conn, 1).unwrap().is_empty(), "parked item claimed");
+    assert!(
+        queue.claim(&mut conn, 1).unwrap().is_empty(),
+        "parked item claimed"
+    );
 }
 
 #[test]
@@ -454,8 +470,14 @@ fn extend_keeps_a_lease_alive_past_its_original_expiry() {
 fn backfill_records_failures_and_a_later_run_retries_them() {
     let db = TestDb::new();
     let mut conn = db.conn();
-    assert_eq!(schedule_months(&mut conn, (2025, 11), (2026, 2)).unwrap(), 4);
-    assert_eq!(schedule_months(&mut conn, (2025, 12), (2026, 3)).unwrap(), 1);
+    assert_eq!(
+        schedule_months(&mut conn, (2025, 11), (2026, 2)).unwrap(),
+        4
+    );
+    assert_eq!(
+        schedule_months(&mut conn, (2025, 12), (2026, 3)).unwrap(),
+        1
+    );
     let queue = Queue::<BackfillMonth>::new("s")
         .unwrap()
         .backoff(Duration::from_millis(100), Duration::from_millis(100));
@@ -485,10 +507,7 @@ fn backfill_records_failures_and_a_later_run_retries_them() {
     .unwrap();
     assert_eq!(seen, [(2025, 12)]);
     assert_eq!(report.done, 1);
-    assert_eq!(
-        month_states(&mut conn),
-        HashMap::from([("done".into(), 5)])
-    );
+    assert_eq!(month_states(&mut conn), HashMap::from([("done".into(), 5)]));
 
     #[derive(QueryableByName)]
     struct Row {
@@ -510,7 +529,11 @@ fn backfill_records_failures_and_a_later_run_retries_them() {
 fn schedule_months_rejects_impossible_months_and_writes_nothing() {
     let db = TestDb::new();
     let mut conn = db.conn();
-    for (from, to) in [((2026, 0), (2026, 1)), ((2026, 1), (2026, 13)), ((0, 1), (1, 1))] {
+    for (from, to) in [
+        ((2026, 0), (2026, 1)),
+        ((2026, 1), (2026, 13)),
+        ((0, 1), (1, 1)),
+    ] {
         assert!(matches!(
             schedule_months(&mut conn, from, to),
             Err(Error::InvalidInput(_))
@@ -521,5 +544,8 @@ fn schedule_months_rejects_impossible_months_and_writes_nothing() {
         Err(Error::InvalidInput(_))
     ));
     assert!(month_states(&mut conn).is_empty());
-    assert_eq!(schedule_months(&mut conn, (1999, 12), (2000, 1)).unwrap(), 2);
+    assert_eq!(
+        schedule_months(&mut conn, (1999, 12), (2000, 1)).unwrap(),
+        2
+    );
 }

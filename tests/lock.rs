@@ -159,7 +159,10 @@ fn shared_locks_admit_each_other_and_exclude_an_exclusive_holder() {
     assert_eq!(reader.mode(), LockMode::Shared);
     b.transaction(|b| {
         shared_xact_lock(b, key)?;
-        assert!(try_lock(&mut c, key)?.is_none(), "exclusive despite readers");
+        assert!(
+            try_lock(&mut c, key)?.is_none(),
+            "exclusive despite readers"
+        );
         assert!(try_lock_shared(&mut c, key)?.is_some());
         Ok::<_, Error>(())
     })
@@ -328,8 +331,7 @@ fn server_locks_shows_holders_and_waiters_by_backend() {
 }
 
 #[test]
-fn a_panic_while_holding_a_lock_on_a_pool_of_one_leaves_the_next_checkout_without_advisory_locks()
-{
+fn a_panic_while_holding_a_lock_on_a_pool_of_one_leaves_the_next_checkout_without_advisory_locks() {
     let db = TestDb::new();
     let pool = db.pool(1);
     let key = LockKey::new("panic", 1);
@@ -372,7 +374,9 @@ fn a_guard_whose_release_fails_never_returns_its_connection_to_the_pool_holding_
         .max_size(1)
         .test_on_check_out(false)
         .connection_timeout(Duration::from_secs(10))
-        .build(diesel::r2d2::ConnectionManager::<PgConnection>::new(db.url()))
+        .build(diesel::r2d2::ConnectionManager::<PgConnection>::new(
+            db.url(),
+        ))
         .unwrap();
     let key = LockKey::new("poison", 1);
 
