@@ -354,12 +354,18 @@ impl<Q: ClaimQueue> Queue<Q> {
     /// UPDATE t SET status = 'processing', holder = $1,
     ///        locked_until = statement_timestamp() + $2 * interval '1 millisecond',
     ///        attempts = attempts + 1
-    /// WHERE id IN (SELECT id FROM t
-    ///              WHERE status IN ('pending', 'retry')
-    ///                AND (locked_until IS NULL OR locked_until <= statement_timestamp())
-    ///              ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)
+    /// WHERE id = ANY(ARRAY(SELECT id FROM t
+    ///                      WHERE status IN ('pending', 'retry')
+    ///                        AND (locked_until IS NULL OR locked_until <= statement_timestamp())
+    ///                      ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED))
     /// RETURNING *
     /// ```
+    ///
+    /// `= ANY(ARRAY(SELECT …))` rather than `IN (SELECT …)`: the sub-select becomes an
+    /// init-plan, run exactly once by construction (a locking sub-select re-run by a
+    /// nested loop could pick other rows), and the update finds its rows through the primary
+    /// key instead of a semi-join over the whole table (checked with `EXPLAIN ANALYZE` on
+    /// PostgreSQL 15: index scans only, on 100,000 rows).
     ///
     /// Row locks: the candidate rows, from the sub-select until the statement's transaction
     /// ends; rows locked by a concurrent claim (or any other row-locking writer) are skipped,
@@ -663,7 +669,7 @@ impl<Q: ClaimQueue, ST> QueryFragment<Pg> for QueueSql<'_, Q, ST> {
                 out.push_identifier(Q::ATTEMPTS)?;
                 out.push_sql(" + 1 WHERE ");
                 out.push_identifier(Q::ID)?;
-                out.push_sql(" IN (SELECT ");
+                out.push_sql(" = ANY(ARRAY(SELECT ");
                 out.push_identifier(Q::ID)?;
                 out.push_sql(" FROM ");
                 table.walk_ast(out.reborrow())?;
@@ -681,7 +687,7 @@ impl<Q: ClaimQueue, ST> QueryFragment<Pg> for QueueSql<'_, Q, ST> {
                 out.push_identifier(Q::ID)?;
                 out.push_sql(" LIMIT ");
                 out.push_bind_param::<BigInt, _>(*limit)?;
-                out.push_sql(" FOR UPDATE SKIP LOCKED) RETURNING *");
+                out.push_sql(" FOR UPDATE SKIP LOCKED)) RETURNING *");
             }
             Statement::Complete {
                 id,
@@ -770,7 +776,7 @@ impl<Q: ClaimQueue, ST> QueryFragment<Pg> for QueueSql<'_, Q, ST> {
                 out.push_identifier(Q::LOCKED_UNTIL)?;
                 out.push_sql(" = NULL WHERE ");
                 out.push_identifier(Q::ID)?;
-                out.push_sql(" IN (SELECT ");
+                out.push_sql(" = ANY(ARRAY(SELECT ");
                 out.push_identifier(Q::ID)?;
                 out.push_sql(" FROM ");
                 table.walk_ast(out.reborrow())?;
@@ -780,7 +786,7 @@ impl<Q: ClaimQueue, ST> QueryFragment<Pg> for QueueSql<'_, Q, ST> {
                 push_literal(&mut out, Q::PROCESSING);
                 out.push_sql(" AND ");
                 out.push_identifier(Q::LOCKED_UNTIL)?;
-                out.push_sql(" <= statement_timestamp() FOR UPDATE SKIP LOCKED) RETURNING ");
+                out.push_sql(" <= statement_timestamp() FOR UPDATE SKIP LOCKED)) RETURNING ");
                 out.push_identifier(Q::STATUS)?;
             }
         }
@@ -980,9 +986,9 @@ mod tests {
         assert!(sql.starts_with(
             "UPDATE \"backfill_log\" SET \"status\" = 'processing', \"holder\" = $1, \
              \"locked_until\" = statement_timestamp() + $2 * interval '1 millisecond', \
-             \"attempts\" = \"attempts\" + 1 WHERE \"id\" IN (SELECT \"id\" FROM \"backfill_log\" \
+             \"attempts\" = \"attempts\" + 1 WHERE \"id\" = ANY(ARRAY(SELECT \"id\" FROM \"backfill_log\" \
              WHERE \"status\" IN ('pending', 'retry')"
         ));
-        assert!(sql.contains("LIMIT $3 FOR UPDATE SKIP LOCKED) RETURNING *"));
+        assert!(sql.contains("LIMIT $3 FOR UPDATE SKIP LOCKED)) RETURNING *"));
     }
 }

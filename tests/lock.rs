@@ -450,8 +450,14 @@ fn killing_the_holders_backend_frees_the_lock_and_its_guard_drops_quietly() {
     drop(got);
 
     // The killed side notices on its next statement; the guard's release says so, no panic.
-    assert!(guard.batch_execute("SELECT 1").is_err());
+    let noticed = guard.batch_execute("SELECT 1").map_err(Error::from);
+    eprintln!("killed holder: next statement {noticed:?}");
+    assert!(
+        matches!(noticed, Err(Error::ConnectionLost(_))),
+        "{noticed:?}"
+    );
     let released = guard.release();
+    eprintln!("killed holder: release {released:?}");
     assert!(released.is_err(), "{released:?}");
     // The pool replaces the dead connection.
     let mut next = pool.get().unwrap();
