@@ -15,7 +15,9 @@
 //! (a collision makes two unrelated holders wait for each other). With 32-bit hashes a
 //! collision becomes likely (50 %) around 77,000 distinct names in one namespace.
 //!
-//! Advisory locks exist per database: the same key in two databases names two locks.
+//! Advisory locks exist per database: the same key in two databases names two locks. They
+//! hold across processes and hosts that share one server; on distributed PostgreSQL (Citus)
+//! they are per node, so take them on the coordinator only.
 //!
 //! # Three ways to hold a lock
 //! - **Transaction-scoped** ([`xact_lock`], [`try_xact_lock`], [`shared_xact_lock`],
@@ -801,7 +803,7 @@ const LOCKS_SQL: &str = "SELECT l.pid, l.classid::int8 AS classid, l.objid::int8
      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())";
 
 /// The advisory locks this connection's session holds or waits for, in this database, session-
-/// and transaction-scoped alike (a key held twice is listed once). One round trip; reads
+/// and transaction-scoped alike (a key held several times is listed once). One round trip; reads
 /// `pg_locks`, a snapshot of the lock manager that takes no lock of its own. For debugging and
 /// tests.
 ///
