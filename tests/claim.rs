@@ -195,8 +195,8 @@ fn the_lockless_select_then_update_claim_hands_items_out_twice_and_claim_never_d
     schedule_months(&mut conn, (2000, 1), (2029, 12)).unwrap();
     let (atomic_twice, atomic_distinct) = run(true);
     eprintln!(
-        "360 months, 8 workers: naive select-then-update handed out {naive_twice} claims twice; \
-         claim (SKIP LOCKED) handed out {atomic_twice}"
+        "360 months, 8 workers: naive select-then-update handed out {naive_twice} duplicate \
+         claims; claim (SKIP LOCKED) handed out {atomic_twice}"
     );
     assert_eq!(naive_distinct, 360);
     assert!(
