@@ -2,6 +2,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]
 
+pub mod claim;
 pub mod db;
 mod error;
 pub mod jobs;

@@ -144,3 +144,77 @@ where
         Ok(())
     }
 }
+
+/// The backfill scheduler as it was before [`claim`](crate::claim): query the due months
+/// (outside any transaction), then for each one take its transaction-scoped advisory lock,
+/// process it and mark it done.
+///
+/// **Racy.** The lock is taken, but the candidates were read before it and are never re-read
+/// under it: two schedulers that read the same list serialize on each month's lock, and the
+/// second one, once the first committed `done`, processes the month again. Returns how many
+/// months this call processed.
+///
+/// # Errors
+/// Whatever the statements raise.
+pub fn backfill_query_then_lock<F>(conn: &mut PgConnection, mut process: F) -> Result<usize>
+where
+    F: FnMut(i32, u32),
+{
+    use crate::schema::backfill_log::dsl as b;
+    use diesel::{ExpressionMethods, QueryDsl};
+    let due: Vec<(i64, i32, i32)> = b::backfill_log
+        .filter(b::status.eq_any(["pending", "retry"]))
+        .order(b::id)
+        .select((b::id, b::year, b::month))
+        .load(conn)?;
+    let mut processed = 0;
+    for (id, year, month) in due {
+        crate::tx::transaction(conn, |conn| {
+            crate::lock::xact_lock(conn, crate::lock::LockKey::new("backfill_log", id))?;
+            // The bug: nothing re-checks that the month is still due now that the lock is held.
+            process(year, u32::try_from(month).unwrap_or(0));
+            diesel::update(b::backfill_log.find(id))
+                .set((b::status.eq("done"), b::attempts.eq(b::attempts + 1)))
+                .execute(conn)?;
+            Ok(())
+        })?;
+        processed += 1;
+    }
+    Ok(processed)
+}
+
+/// The lockless claim: `SELECT` up to `limit` due months of `backfill_log`, then `UPDATE`
+/// them to `processing` under `holder` (a 60 s lease), in two statements without a row lock
+/// and without re-checking the status in the update.
+///
+/// **Racy.** Two workers that run the `SELECT` before either ran the `UPDATE` both get the
+/// same months; each believes it claimed them. Returns the claimed `(id, year, month)`s.
+///
+/// # Errors
+/// Whatever the statements raise.
+pub fn claim_select_then_update(
+    conn: &mut PgConnection,
+    holder: &str,
+    limit: i64,
+) -> Result<Vec<(i64, i32, i32)>> {
+    use crate::schema::backfill_log::dsl as b;
+    use diesel::{ExpressionMethods, QueryDsl};
+    let due: Vec<(i64, i32, i32)> = b::backfill_log
+        .filter(b::status.eq_any(["pending", "retry"]))
+        .order(b::id)
+        .limit(limit)
+        .select((b::id, b::year, b::month))
+        .load(conn)?;
+    let ids: Vec<i64> = due.iter().map(|d| d.0).collect();
+    diesel::update(b::backfill_log.filter(b::id.eq_any(&ids)))
+        .set((
+            b::status.eq("processing"),
+            b::holder.eq(holder),
+            b::locked_until.eq(diesel::dsl::sql::<
+                diesel::sql_types::Nullable<diesel::sql_types::Timestamptz>,
+            >("now() + interval '60 seconds'")),
+            b::attempts.eq(b::attempts + 1),
+        ))
+        .execute(conn)?;
+    Ok(due)
+}

@@ -1,0 +1,994 @@
+//! Work claims with `FOR UPDATE SKIP LOCKED` and a lease (PostgreSQL only).
+//!
+//! A queue is any table with a status column and a few bookkeeping columns ([`ClaimQueue`]).
+//! Workers on any number of connections, processes and hosts call [`Queue::claim`]: one
+//! statement picks up to `n` due rows that no one else is claiming at that instant, marks them
+//! `processing` under this worker's name until a lease expires, counts the attempt, and
+//! returns them. The worker then [completes](Queue::complete) or [fails](Queue::fail) each
+//! claim, [extends](Queue::extend) the lease of long work, and some worker now and then
+//! [reaps](Queue::reap_expired) expired leases (their holder died) back into the queue.
+//!
+//! # States
+//! ```text
+//!            claim                    complete
+//! pending ──────────► processing ───────────────► done
+//! retry   ◄────────── (lease)    ───────────────► failed   (parked: attempts ≥ max)
+//!   ▲       fail / reap                fail / reap
+//!   └── due again once its backoff (`locked_until`) has passed
+//! ```
+//!
+//! # Guarantees
+//! - No two live claims on one row: the claim's sub-select locks the candidate rows
+//!   `FOR UPDATE SKIP LOCKED` (rows another claim is taking are skipped, never waited for),
+//!   re-checks them against its `WHERE` once locked, and the same statement marks them
+//!   `processing`; a row is claimable again only once it is back in `pending`/`retry`.
+//! - Each claim is fenced by `(id, holder, attempts)`: after a lease expired and the row was
+//!   reaped or re-claimed, the old holder's [`Queue::complete`], [`Queue::fail`] and
+//!   [`Queue::extend`] are refused with [`Error::NotFound`] instead of touching the new claim.
+//! - Work is processed at most once *as long as the holder finishes (or extends) within its
+//!   lease*. A holder that outlives its lease may find its work done twice: choose the lease
+//!   well above the work's duration, or heartbeat with [`Queue::extend`]. Work whose effects
+//!   live in the same database can run in the same transaction as [`Queue::complete`], which
+//!   then rolls them back when the claim was lost.
+//! - A claim on an empty queue, or on a queue whose due rows are all being claimed by others,
+//!   returns an empty `Vec` at once.
+//! - Attempts are counted at claim time, so a worker that crashes mid-item uses up an attempt
+//!   too: an item that kills its workers is parked after `max_attempts`, not retried forever.
+//!
+//! Times are the server's (`statement_timestamp()`), never the workers' clocks.
+//!
+//! Claims are PostgreSQL-only (SQLite has no `SKIP LOCKED`), by type:
+//!
+//! ```compile_fail
+//! use diesel::{Connection, SqliteConnection};
+//! use upsert_kit::claim::{BackfillMonth, Queue};
+//! let mut conn = SqliteConnection::establish(":memory:").unwrap();
+//! let queue = Queue::<BackfillMonth>::new("w").unwrap();
+//! let _ = queue.claim(&mut conn, 1); // expects &mut PgConnection
+//! ```
+
+use crate::error::{Error, Result};
+use crate::schema::backfill_log;
+use chrono::{DateTime, Utc};
+use diesel::deserialize::{self, QueryableByName};
+use diesel::pg::{Pg, PgConnection};
+use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
+use diesel::row::NamedRow;
+use diesel::sql_types::{BigInt, Double, Integer, Text, Timestamptz, Untyped};
+use diesel::{QueryResult, RunQueryDsl};
+use std::fmt;
+use std::marker::PhantomData;
+use std::time::Duration;
+
+/// A table used as a work queue, declared by its row type.
+///
+/// The row type is what a claim returns to the worker (`#[derive(QueryableByName)]` with
+/// `#[diesel(table_name = …)]`, any subset of the table's columns). The table needs these
+/// columns (names overridable by the constants, which default to the names shown):
+///
+/// | constant | default | SQL type | meaning |
+/// |---|---|---|---|
+/// | [`ID`](ClaimQueue::ID) | `id` | `BIGINT`, unique | claim order and identity |
+/// | [`STATUS`](ClaimQueue::STATUS) | `status` | `TEXT NOT NULL` | the state, values below |
+/// | [`ATTEMPTS`](ClaimQueue::ATTEMPTS) | `attempts` | `INTEGER NOT NULL DEFAULT 0` | claims so far |
+/// | [`LOCKED_UNTIL`](ClaimQueue::LOCKED_UNTIL) | `locked_until` | `TIMESTAMPTZ` | the lease's end while processing; "not before" while waiting to retry |
+/// | [`HOLDER`](ClaimQueue::HOLDER) | `holder` | `TEXT` | the lease's holder |
+/// | [`LAST_ERROR`](ClaimQueue::LAST_ERROR) | `last_error` | `TEXT` | the last failure |
+///
+/// A partial index on `(id) WHERE status IN ('pending', 'retry')` keeps claims cheap on a long
+/// table, and one on `(locked_until) WHERE status = 'processing'` the reaper (see the
+/// `backfill_log` migration).
+///
+/// ```
+/// use upsert_kit::claim::ClaimQueue;
+/// use upsert_kit::schema::backfill_log;
+///
+/// // A queue over the backfill table returning only the year of each claimed row.
+/// #[derive(Debug, diesel::QueryableByName)]
+/// #[diesel(table_name = backfill_log)]
+/// struct Year {
+///     year: i32,
+/// }
+///
+/// impl ClaimQueue for Year {
+///     type Table = backfill_log::table;
+/// }
+/// assert_eq!(Year::PROCESSING, "processing");
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a claim queue's row type",
+    note = "implement `upsert_kit::claim::ClaimQueue` for it (`type Table = my_table::table;`) and derive `diesel::QueryableByName`"
+)]
+pub trait ClaimQueue: QueryableByName<Pg> + Sized + 'static {
+    /// The Diesel table (`schema::my_table::table`).
+    type Table: diesel::Table + Default + QueryFragment<Pg>;
+    /// The id column.
+    const ID: &'static str = "id";
+    /// The status column.
+    const STATUS: &'static str = "status";
+    /// The attempts column.
+    const ATTEMPTS: &'static str = "attempts";
+    /// The lease (and backoff) column.
+    const LOCKED_UNTIL: &'static str = "locked_until";
+    /// The holder column.
+    const HOLDER: &'static str = "holder";
+    /// The last error column.
+    const LAST_ERROR: &'static str = "last_error";
+    /// Status of a new item, due at once.
+    const PENDING: &'static str = "pending";
+    /// Status of a failed item waiting for its next attempt (due once `locked_until` passed).
+    const RETRY: &'static str = "retry";
+    /// Status of a claimed item.
+    const PROCESSING: &'static str = "processing";
+    /// Status of a completed item.
+    const DONE: &'static str = "done";
+    /// Status of an item parked after its last allowed attempt.
+    const FAILED: &'static str = "failed";
+}
+
+/// One claimed item: the row, and the lease that fences this worker's updates of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Claim<Q> {
+    /// The row's id.
+    pub id: i64,
+    /// Which attempt this is (1 for the first claim).
+    pub attempt: i32,
+    /// Who holds the lease.
+    pub holder: String,
+    /// When the lease expires (server time).
+    pub locked_until: DateTime<Utc>,
+    /// The row, as the queue's row type reads it.
+    pub item: Q,
+}
+
+impl<Q: ClaimQueue> QueryableByName<Pg> for Claim<Q> {
+    fn build<'a>(row: &impl NamedRow<'a, Pg>) -> deserialize::Result<Self> {
+        Ok(Claim {
+            id: NamedRow::get::<BigInt, i64>(row, Q::ID)?,
+            attempt: NamedRow::get::<Integer, i32>(row, Q::ATTEMPTS)?,
+            holder: NamedRow::get::<Text, String>(row, Q::HOLDER)?,
+            locked_until: NamedRow::get::<Timestamptz, DateTime<Utc>>(row, Q::LOCKED_UNTIL)?,
+            item: Q::build(row)?,
+        })
+    }
+}
+
+/// What [`Queue::fail`] did with the item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failed {
+    /// Back in the queue (status `retry`), due again at this server time.
+    Retry {
+        /// When the item is due again.
+        at: DateTime<Utc>,
+    },
+    /// That was the last allowed attempt: parked (status `failed`), never claimed again.
+    Parked,
+}
+
+/// What [`Queue::reap_expired`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reaped {
+    /// Expired claims put back in the queue (status `retry`, due at once).
+    pub requeued: usize,
+    /// Expired claims that had used their last attempt: parked (status `failed`).
+    pub parked: usize,
+}
+
+/// The longest `last_error` kept, in characters.
+pub const MAX_ERROR_CHARS: usize = 2000;
+/// The longest holder name, in bytes.
+pub const MAX_HOLDER_BYTES: usize = 200;
+
+/// A worker's handle on a [`ClaimQueue`]: its holder name and its lease, attempt and backoff
+/// settings. Cheap to clone; holds no connection (every method takes one).
+///
+/// Defaults: a 60 s lease, 5 attempts, backoff 1 s doubling up to 5 min.
+#[must_use = "a queue does nothing until you claim from it"]
+pub struct Queue<Q> {
+    holder: String,
+    lease: Duration,
+    max_attempts: i32,
+    backoff_base: Duration,
+    backoff_cap: Duration,
+    _rows: PhantomData<fn() -> Q>,
+}
+
+impl<Q> Clone for Queue<Q> {
+    fn clone(&self) -> Self {
+        Queue {
+            holder: self.holder.clone(),
+            lease: self.lease,
+            max_attempts: self.max_attempts,
+            backoff_base: self.backoff_base,
+            backoff_cap: self.backoff_cap,
+            _rows: PhantomData,
+        }
+    }
+}
+
+impl<Q> fmt::Debug for Queue<Q> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Queue")
+            .field("rows", &std::any::type_name::<Q>())
+            .field("holder", &self.holder)
+            .field("lease", &self.lease)
+            .field("max_attempts", &self.max_attempts)
+            .field("backoff_base", &self.backoff_base)
+            .field("backoff_cap", &self.backoff_cap)
+            .finish()
+    }
+}
+
+/// The longest lease or backoff: what fits in an `i32` of milliseconds (about 24 days).
+const MAX_MILLIS: u128 = i32::MAX as u128;
+
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+impl<Q: ClaimQueue> Queue<Q> {
+    /// A queue handle for the worker `holder` (a name unique among live workers, e.g.
+    /// `"host:pid:thread"`; it is stored in the holder column and shown in reaped errors).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] when `holder` is empty or longer than [`MAX_HOLDER_BYTES`], or
+    /// when a status constant of `Q` is not made of ASCII letters, digits and `_` (they are
+    /// written into the statements as literals, so that partial indexes apply).
+    ///
+    /// # Examples
+    /// ```
+    /// use std::time::Duration;
+    /// use upsert_kit::claim::{BackfillMonth, Queue};
+    /// let q = Queue::<BackfillMonth>::new("host-1:4242")?
+    ///     .lease(Duration::from_secs(30))
+    ///     .max_attempts(3)
+    ///     .backoff(Duration::from_secs(2), Duration::from_secs(60));
+    /// assert_eq!(q.backoff_for(1), Duration::from_secs(2));
+    /// assert_eq!(q.backoff_for(2), Duration::from_secs(4));
+    /// assert_eq!(q.backoff_for(10), Duration::from_secs(60));
+    /// assert!(Queue::<BackfillMonth>::new("").is_err());
+    /// # Ok::<(), upsert_kit::Error>(())
+    /// ```
+    pub fn new(holder: impl Into<String>) -> Result<Self> {
+        let holder = holder.into();
+        if holder.is_empty() || holder.len() > MAX_HOLDER_BYTES {
+            return Err(Error::invalid(
+                "holder",
+                format!("must be 1 to {MAX_HOLDER_BYTES} bytes long"),
+            ));
+        }
+        for status in [Q::PENDING, Q::RETRY, Q::PROCESSING, Q::DONE, Q::FAILED] {
+            if status.is_empty()
+                || !status
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            {
+                return Err(Error::invalid(
+                    "ClaimQueue status",
+                    format!("{status:?} must be ASCII letters, digits and '_'"),
+                ));
+            }
+        }
+        Ok(Queue {
+            holder,
+            lease: Duration::from_secs(60),
+            max_attempts: 5,
+            backoff_base: Duration::from_secs(1),
+            backoff_cap: Duration::from_secs(300),
+            _rows: PhantomData,
+        })
+    }
+
+    /// How long a claim is held before others may reap it (default 60 s).
+    ///
+    /// # Panics
+    /// When `lease` is under 1 ms or over `i32::MAX` ms.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        assert!(
+            lease >= Duration::from_millis(1) && lease.as_millis() <= MAX_MILLIS,
+            "a lease must be between 1 ms and i32::MAX ms"
+        );
+        self.lease = lease;
+        self
+    }
+
+    /// How many claims an item gets before a failure parks it (default 5).
+    ///
+    /// # Panics
+    /// When `max_attempts` is under 1.
+    pub fn max_attempts(mut self, max_attempts: i32) -> Self {
+        assert!(max_attempts >= 1, "max_attempts must be at least 1");
+        self.max_attempts = max_attempts;
+        self
+    }
+
+    /// The wait before the next attempt after a failure: `base` after the first attempt,
+    /// doubling with each further attempt, never above `cap` (defaults 1 s and 5 min).
+    ///
+    /// # Panics
+    /// When `base` is zero, `cap < base`, or `cap` is over `i32::MAX` ms.
+    pub fn backoff(mut self, base: Duration, cap: Duration) -> Self {
+        assert!(!base.is_zero(), "the backoff base must be positive");
+        assert!(cap >= base, "the backoff cap must be at least its base");
+        assert!(
+            cap.as_millis() <= MAX_MILLIS,
+            "the backoff cap must be at most i32::MAX ms"
+        );
+        self.backoff_base = base;
+        self.backoff_cap = cap;
+        self
+    }
+
+    /// The holder's name.
+    pub fn holder(&self) -> &str {
+        &self.holder
+    }
+
+    /// The configured lease.
+    pub fn lease_duration(&self) -> Duration {
+        self.lease
+    }
+
+    /// The configured maximum number of attempts.
+    pub fn attempts_allowed(&self) -> i32 {
+        self.max_attempts
+    }
+
+    /// The wait after the failure of attempt `attempt` (1-based): `base · 2^(attempt-1)`,
+    /// capped.
+    pub fn backoff_for(&self, attempt: i32) -> Duration {
+        let doublings = u32::try_from(attempt.saturating_sub(1))
+            .unwrap_or(0)
+            .min(40);
+        self.backoff_base
+            .checked_mul(1_u32 << doublings.min(31))
+            .map_or(self.backoff_cap, |d| d.min(self.backoff_cap))
+    }
+
+    /// Claims up to `limit` due items for this holder, in id order, and returns them.
+    ///
+    /// One statement, one round trip, atomic on its own (it needs no transaction from the
+    /// caller, and inside one its lease becomes visible at the caller's commit):
+    ///
+    /// ```sql
+    /// UPDATE t SET status = 'processing', holder = $1,
+    ///        locked_until = statement_timestamp() + $2 * interval '1 millisecond',
+    ///        attempts = attempts + 1
+    /// WHERE id = ANY(ARRAY(SELECT id FROM t
+    ///                      WHERE status IN ('pending', 'retry')
+    ///                        AND (locked_until IS NULL OR locked_until <= statement_timestamp())
+    ///                      ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED))
+    /// RETURNING *
+    /// ```
+    ///
+    /// `= ANY(ARRAY(SELECT …))` rather than `IN (SELECT …)`: the sub-select becomes an
+    /// init-plan, run exactly once by construction (a locking sub-select re-run by a
+    /// nested loop could pick other rows), and the update finds its rows through the primary
+    /// key instead of a semi-join over the whole table (checked with `EXPLAIN ANALYZE` on
+    /// PostgreSQL 15: index scans only, on 100,000 rows).
+    ///
+    /// Row locks: the candidate rows, from the sub-select until the statement's transaction
+    /// ends; rows locked by a concurrent claim (or any other row-locking writer) are skipped,
+    /// never waited for. Under READ COMMITTED the locked rows are re-checked against the
+    /// `WHERE` clause, so a row claimed and committed by someone else in the meantime is not
+    /// taken. Expired leases are not taken here: [`Queue::reap_expired`] returns them first.
+    ///
+    /// An empty queue, or `limit == 0`, returns an empty `Vec` at once (`limit == 0` without a
+    /// round trip).
+    ///
+    /// # Errors
+    /// The statement's errors (e.g. [`Error::Database`] when the table lacks a column).
+    ///
+    /// # Examples
+    /// ```no_run
+    /// use upsert_kit::claim::{BackfillMonth, Queue};
+    /// # fn main() -> upsert_kit::Result<()> {
+    /// let mut conn = upsert_kit::db::connect_pg("postgres://postgres@127.0.0.1/app")?;
+    /// let queue = Queue::<BackfillMonth>::new("worker-1")?;
+    /// for claim in queue.claim(&mut conn, 10)? {
+    ///     println!("{}-{:02}", claim.item.year, claim.item.month);
+    ///     queue.complete(&mut conn, &claim)?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn claim(&self, conn: &mut PgConnection, limit: usize) -> Result<Vec<Claim<Q>>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let lease_ms = millis(self.lease);
+        let mut claims: Vec<Claim<Q>> = QueueSql::<Q, Untyped>::new(Statement::Claim {
+            holder: &self.holder,
+            lease_ms: &lease_ms,
+            limit: &limit,
+        })
+        .load(conn)?;
+        claims.sort_by_key(|c| c.id);
+        Ok(claims)
+    }
+
+    /// Marks a claimed item done. One statement, fenced by the claim's id, holder and attempt.
+    /// Run it in the same transaction as the work's own writes to make them exactly-once.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] when the claim is no longer this holder's (its lease expired and it
+    /// was reaped or re-claimed): the item may be processed again elsewhere. The statement's
+    /// errors otherwise.
+    ///
+    /// # Examples
+    /// See [`Queue::claim`].
+    pub fn complete(&self, conn: &mut PgConnection, claim: &Claim<Q>) -> Result<()> {
+        let n = QueueSql::<Q, Untyped>::new(Statement::Complete {
+            id: &claim.id,
+            holder: &claim.holder,
+            attempt: &claim.attempt,
+        })
+        .execute(conn)?;
+        fenced(n, claim)
+    }
+
+    /// Records a failed attempt: back to the queue (status `retry`, due after
+    /// [`Queue::backoff_for`]`(claim.attempt)`), or parked (status `failed`) when this was
+    /// attempt `max_attempts` or later. `error` is stored in the last-error column, cut to
+    /// [`MAX_ERROR_CHARS`]; never pass secrets in it. One statement, fenced as
+    /// [`Queue::complete`].
+    ///
+    /// # Errors
+    /// As [`Queue::complete`].
+    ///
+    /// # Examples
+    /// ```no_run
+    /// use upsert_kit::claim::{BackfillMonth, Failed, Queue};
+    /// # fn main() -> upsert_kit::Result<()> {
+    /// let mut conn = upsert_kit::db::connect_pg("postgres://postgres@127.0.0.1/app")?;
+    /// let queue = Queue::<BackfillMonth>::new("worker-1")?.max_attempts(3);
+    /// for claim in queue.claim(&mut conn, 1)? {
+    ///     match queue.fail(&mut conn, &claim, "upstream returned 503")? {
+    ///         Failed::Retry { at } => println!("retry at {at}"),
+    ///         Failed::Parked => println!("gave up"),
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn fail(&self, conn: &mut PgConnection, claim: &Claim<Q>, error: &str) -> Result<Failed> {
+        let error: String = error.chars().take(MAX_ERROR_CHARS).collect();
+        let park = claim.attempt >= self.max_attempts;
+        let delay_ms = millis(self.backoff_for(claim.attempt));
+        let rows: Vec<Option<DateTime<Utc>>> =
+            QueueSql::<Q, diesel::sql_types::Nullable<Timestamptz>>::new(Statement::Fail {
+                id: &claim.id,
+                holder: &claim.holder,
+                attempt: &claim.attempt,
+                error: &error,
+                retry_after_ms: (!park).then_some(&delay_ms),
+            })
+            .load(conn)?;
+        fenced(rows.len(), claim)?;
+        Ok(match rows.into_iter().next().flatten() {
+            Some(at) => Failed::Retry { at },
+            None => Failed::Parked,
+        })
+    }
+
+    /// Extends the claim's lease to now + the configured lease (a heartbeat for long work) and
+    /// updates `claim.locked_until`. One statement, fenced as [`Queue::complete`]; a lease
+    /// that expired but was not reaped yet is still this holder's and is extended.
+    ///
+    /// # Errors
+    /// As [`Queue::complete`].
+    ///
+    /// # Examples
+    /// ```no_run
+    /// use upsert_kit::claim::{BackfillMonth, Queue};
+    /// # fn main() -> upsert_kit::Result<()> {
+    /// let mut conn = upsert_kit::db::connect_pg("postgres://postgres@127.0.0.1/app")?;
+    /// let queue = Queue::<BackfillMonth>::new("worker-1")?;
+    /// for mut claim in queue.claim(&mut conn, 1)? {
+    ///     // … a long step …
+    ///     queue.extend(&mut conn, &mut claim)?;
+    ///     // … the next step …
+    ///     queue.complete(&mut conn, &claim)?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn extend(&self, conn: &mut PgConnection, claim: &mut Claim<Q>) -> Result<()> {
+        let lease_ms = millis(self.lease);
+        let rows: Vec<DateTime<Utc>> = QueueSql::<Q, Timestamptz>::new(Statement::Extend {
+            id: &claim.id,
+            holder: &claim.holder,
+            attempt: &claim.attempt,
+            lease_ms: &lease_ms,
+        })
+        .load(conn)?;
+        fenced(rows.len(), claim)?;
+        if let Some(until) = rows.into_iter().next() {
+            claim.locked_until = until;
+        }
+        Ok(())
+    }
+
+    /// Returns every expired lease to the queue: status `retry`, due at once, the last error
+    /// saying whose lease expired; claims that had used `max_attempts` are parked (`failed`)
+    /// instead. One statement; it locks the expired rows `FOR UPDATE SKIP LOCKED`, so
+    /// concurrent reapers (and a holder completing at that instant) never block each other and
+    /// never reap one row twice. Call it before claiming (as [`backfill`] does), or from a
+    /// timer.
+    ///
+    /// # Errors
+    /// The statement's errors.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// use upsert_kit::claim::{BackfillMonth, Queue};
+    /// # fn main() -> upsert_kit::Result<()> {
+    /// let mut conn = upsert_kit::db::connect_pg("postgres://postgres@127.0.0.1/app")?;
+    /// let reaped = Queue::<BackfillMonth>::new("reaper")?.reap_expired(&mut conn)?;
+    /// println!("{} requeued, {} parked", reaped.requeued, reaped.parked);
+    /// # Ok(()) }
+    /// ```
+    pub fn reap_expired(&self, conn: &mut PgConnection) -> Result<Reaped> {
+        let statuses: Vec<String> = QueueSql::<Q, Text>::new(Statement::Reap {
+            max_attempts: &self.max_attempts,
+        })
+        .load(conn)?;
+        let parked = statuses.iter().filter(|s| *s == Q::FAILED).count();
+        Ok(Reaped {
+            requeued: statuses.len() - parked,
+            parked,
+        })
+    }
+}
+
+fn fenced<Q>(rows: usize, claim: &Claim<Q>) -> Result<()> {
+    if rows == 1 {
+        Ok(())
+    } else {
+        Err(Error::NotFound(format!(
+            "claim of item {} (attempt {}) is no longer held by {:?}",
+            claim.id, claim.attempt, claim.holder
+        )))
+    }
+}
+
+/// The queue's statements. Identifiers and status literals come from [`ClaimQueue`]; every
+/// value is a bind parameter.
+enum Statement<'a> {
+    Claim {
+        holder: &'a String,
+        lease_ms: &'a f64,
+        limit: &'a i64,
+    },
+    Complete {
+        id: &'a i64,
+        holder: &'a String,
+        attempt: &'a i32,
+    },
+    Fail {
+        id: &'a i64,
+        holder: &'a String,
+        attempt: &'a i32,
+        error: &'a String,
+        /// `None`: park.
+        retry_after_ms: Option<&'a f64>,
+    },
+    Extend {
+        id: &'a i64,
+        holder: &'a String,
+        attempt: &'a i32,
+        lease_ms: &'a f64,
+    },
+    Reap {
+        max_attempts: &'a i32,
+    },
+}
+
+struct QueueSql<'a, Q: ClaimQueue, ST> {
+    table: Q::Table,
+    statement: Statement<'a>,
+    _types: PhantomData<fn() -> (Q, ST)>,
+}
+
+impl<'a, Q: ClaimQueue, ST> QueueSql<'a, Q, ST> {
+    fn new(statement: Statement<'a>) -> Self {
+        QueueSql {
+            table: Q::Table::default(),
+            statement,
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<Q: ClaimQueue, ST> QueryId for QueueSql<'_, Q, ST> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl<Q: ClaimQueue, ST: 'static> Query for QueueSql<'_, Q, ST> {
+    type SqlType = ST;
+}
+
+impl<Q: ClaimQueue, ST, Conn> RunQueryDsl<Conn> for QueueSql<'_, Q, ST> {}
+
+/// `'literal'` (status names are checked by [`Queue::new`] to need no escaping).
+fn push_literal(out: &mut AstPass<'_, '_, Pg>, s: &str) {
+    out.push_sql("'");
+    out.push_sql(s);
+    out.push_sql("'");
+}
+
+impl<Q: ClaimQueue, ST> QueryFragment<Pg> for QueueSql<'_, Q, ST> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        let table = &self.table;
+        // `WHERE id = $ AND status = 'processing' AND holder = $ AND attempts = $`
+        let fence = |out: &mut AstPass<'_, 'b, Pg>,
+                     id: &'b i64,
+                     holder: &'b String,
+                     attempt: &'b i32|
+         -> QueryResult<()> {
+            out.push_sql(" WHERE ");
+            out.push_identifier(Q::ID)?;
+            out.push_sql(" = ");
+            out.push_bind_param::<BigInt, _>(id)?;
+            out.push_sql(" AND ");
+            out.push_identifier(Q::STATUS)?;
+            out.push_sql(" = ");
+            push_literal(out, Q::PROCESSING);
+            out.push_sql(" AND ");
+            out.push_identifier(Q::HOLDER)?;
+            out.push_sql(" = ");
+            out.push_bind_param::<Text, _>(holder)?;
+            out.push_sql(" AND ");
+            out.push_identifier(Q::ATTEMPTS)?;
+            out.push_sql(" = ");
+            out.push_bind_param::<Integer, _>(attempt)?;
+            Ok(())
+        };
+        out.push_sql("UPDATE ");
+        table.walk_ast(out.reborrow())?;
+        out.push_sql(" SET ");
+        match &self.statement {
+            Statement::Claim {
+                holder,
+                lease_ms,
+                limit,
+            } => {
+                out.push_identifier(Q::STATUS)?;
+                out.push_sql(" = ");
+                push_literal(&mut out, Q::PROCESSING);
+                out.push_sql(", ");
+                out.push_identifier(Q::HOLDER)?;
+                out.push_sql(" = ");
+                out.push_bind_param::<Text, _>(*holder)?;
+                out.push_sql(", ");
+                out.push_identifier(Q::LOCKED_UNTIL)?;
+                out.push_sql(" = statement_timestamp() + ");
+                out.push_bind_param::<Double, _>(*lease_ms)?;
+                out.push_sql(" * interval '1 millisecond', ");
+                out.push_identifier(Q::ATTEMPTS)?;
+                out.push_sql(" = ");
+                out.push_identifier(Q::ATTEMPTS)?;
+                out.push_sql(" + 1 WHERE ");
+                out.push_identifier(Q::ID)?;
+                out.push_sql(" = ANY(ARRAY(SELECT ");
+                out.push_identifier(Q::ID)?;
+                out.push_sql(" FROM ");
+                table.walk_ast(out.reborrow())?;
+                out.push_sql(" WHERE ");
+                out.push_identifier(Q::STATUS)?;
+                out.push_sql(" IN (");
+                push_literal(&mut out, Q::PENDING);
+                out.push_sql(", ");
+                push_literal(&mut out, Q::RETRY);
+                out.push_sql(") AND (");
+                out.push_identifier(Q::LOCKED_UNTIL)?;
+                out.push_sql(" IS NULL OR ");
+                out.push_identifier(Q::LOCKED_UNTIL)?;
+                out.push_sql(" <= statement_timestamp()) ORDER BY ");
+                out.push_identifier(Q::ID)?;
+                out.push_sql(" LIMIT ");
+                out.push_bind_param::<BigInt, _>(*limit)?;
+                out.push_sql(" FOR UPDATE SKIP LOCKED)) RETURNING *");
+            }
+            Statement::Complete {
+                id,
+                holder,
+                attempt,
+            } => {
+                out.push_identifier(Q::STATUS)?;
+                out.push_sql(" = ");
+                push_literal(&mut out, Q::DONE);
+                for column in [Q::HOLDER, Q::LOCKED_UNTIL, Q::LAST_ERROR] {
+                    out.push_sql(", ");
+                    out.push_identifier(column)?;
+                    out.push_sql(" = NULL");
+                }
+                fence(&mut out, id, holder, attempt)?;
+            }
+            Statement::Fail {
+                id,
+                holder,
+                attempt,
+                error,
+                retry_after_ms,
+            } => {
+                out.push_identifier(Q::STATUS)?;
+                out.push_sql(" = ");
+                push_literal(
+                    &mut out,
+                    if retry_after_ms.is_some() {
+                        Q::RETRY
+                    } else {
+                        Q::FAILED
+                    },
+                );
+                out.push_sql(", ");
+                out.push_identifier(Q::HOLDER)?;
+                out.push_sql(" = NULL, ");
+                out.push_identifier(Q::LAST_ERROR)?;
+                out.push_sql(" = ");
+                out.push_bind_param::<Text, _>(*error)?;
+                out.push_sql(", ");
+                out.push_identifier(Q::LOCKED_UNTIL)?;
+                match retry_after_ms {
+                    Some(ms) => {
+                        out.push_sql(" = statement_timestamp() + ");
+                        out.push_bind_param::<Double, _>(*ms)?;
+                        out.push_sql(" * interval '1 millisecond'");
+                    }
+                    None => out.push_sql(" = NULL"),
+                }
+                fence(&mut out, id, holder, attempt)?;
+                out.push_sql(" RETURNING ");
+                out.push_identifier(Q::LOCKED_UNTIL)?;
+            }
+            Statement::Extend {
+                id,
+                holder,
+                attempt,
+                lease_ms,
+            } => {
+                out.push_identifier(Q::LOCKED_UNTIL)?;
+                out.push_sql(" = statement_timestamp() + ");
+                out.push_bind_param::<Double, _>(*lease_ms)?;
+                out.push_sql(" * interval '1 millisecond'");
+                fence(&mut out, id, holder, attempt)?;
+                out.push_sql(" RETURNING ");
+                out.push_identifier(Q::LOCKED_UNTIL)?;
+            }
+            Statement::Reap { max_attempts } => {
+                // Every expression of SET reads the row as it was before the update.
+                out.push_identifier(Q::STATUS)?;
+                out.push_sql(" = CASE WHEN ");
+                out.push_identifier(Q::ATTEMPTS)?;
+                out.push_sql(" >= ");
+                out.push_bind_param::<Integer, _>(*max_attempts)?;
+                out.push_sql(" THEN ");
+                push_literal(&mut out, Q::FAILED);
+                out.push_sql(" ELSE ");
+                push_literal(&mut out, Q::RETRY);
+                out.push_sql(" END, ");
+                out.push_identifier(Q::LAST_ERROR)?;
+                out.push_sql(" = 'lease of ' || coalesce(");
+                out.push_identifier(Q::HOLDER)?;
+                out.push_sql(", '?') || ' expired', ");
+                out.push_identifier(Q::HOLDER)?;
+                out.push_sql(" = NULL, ");
+                out.push_identifier(Q::LOCKED_UNTIL)?;
+                out.push_sql(" = NULL WHERE ");
+                out.push_identifier(Q::ID)?;
+                out.push_sql(" = ANY(ARRAY(SELECT ");
+                out.push_identifier(Q::ID)?;
+                out.push_sql(" FROM ");
+                table.walk_ast(out.reborrow())?;
+                out.push_sql(" WHERE ");
+                out.push_identifier(Q::STATUS)?;
+                out.push_sql(" = ");
+                push_literal(&mut out, Q::PROCESSING);
+                out.push_sql(" AND ");
+                out.push_identifier(Q::LOCKED_UNTIL)?;
+                out.push_sql(" <= statement_timestamp() FOR UPDATE SKIP LOCKED)) RETURNING ");
+                out.push_identifier(Q::STATUS)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The backfill scheduler's queue row: one month of the `backfill_log` table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, diesel::QueryableByName)]
+#[diesel(table_name = backfill_log)]
+pub struct BackfillMonth {
+    /// The year.
+    pub year: i32,
+    /// The month, 1–12.
+    pub month: i32,
+}
+
+impl ClaimQueue for BackfillMonth {
+    type Table = backfill_log::table;
+}
+
+/// Schedules every month from `from` to `to` (inclusive, `(year, month)`) as `pending` in
+/// `backfill_log`; months already there (whatever their status) are left alone. Returns how
+/// many were added. One `INSERT … ON CONFLICT (year, month) DO NOTHING` per 10,000 months,
+/// in one transaction; safe to run from several schedulers at once.
+///
+/// # Errors
+/// [`Error::InvalidInput`] when a month is outside 1–12, a year outside 1–9999, or `from` is
+/// after `to`; nothing is written then. The statements' errors otherwise.
+///
+/// # Examples
+/// ```no_run
+/// # fn main() -> upsert_kit::Result<()> {
+/// let mut conn = upsert_kit::db::connect_pg("postgres://postgres@127.0.0.1/app")?;
+/// let added = upsert_kit::claim::schedule_months(&mut conn, (2025, 11), (2026, 2))?;
+/// assert!(added <= 4);
+/// # Ok(()) }
+/// ```
+pub fn schedule_months(conn: &mut PgConnection, from: (i32, u32), to: (i32, u32)) -> Result<usize> {
+    use diesel::ExpressionMethods;
+    for (name, (year, month)) in [("from", from), ("to", to)] {
+        if !(1..=9999).contains(&year) || !(1..=12).contains(&month) {
+            return Err(Error::invalid(
+                name,
+                format!("({year}, {month}) is not a month of years 1-9999"),
+            ));
+        }
+    }
+    if from > to {
+        return Err(Error::invalid("from", "is after `to`"));
+    }
+    let index = |(y, m): (i32, u32)| y * 12 + m as i32 - 1;
+    let rows: Vec<_> = (index(from)..=index(to))
+        .map(|i| {
+            (
+                backfill_log::year.eq(i.div_euclid(12)),
+                backfill_log::month.eq(i.rem_euclid(12) + 1),
+            )
+        })
+        .collect();
+    crate::tx::transaction(conn, |conn| {
+        let mut added = 0;
+        for chunk in rows.chunks(10_000) {
+            added += diesel::insert_into(backfill_log::table)
+                .values(chunk)
+                .on_conflict((backfill_log::year, backfill_log::month))
+                .do_nothing()
+                .execute(conn)?;
+        }
+        Ok(added)
+    })
+}
+
+/// What one [`backfill`] run did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BackfillReport {
+    /// Months processed and marked done.
+    pub done: usize,
+    /// Months whose processing failed and that will be retried after their backoff.
+    pub retried: usize,
+    /// Months whose processing failed for the last allowed time: parked as `failed`.
+    pub parked: usize,
+    /// Months processed whose claim had been lost meanwhile (the lease expired and another
+    /// scheduler took them back): their processing may be repeated elsewhere.
+    pub lost: usize,
+    /// Expired leases of other schedulers returned to the queue (or parked) by this run.
+    pub reaped: usize,
+}
+
+/// Runs the backfill scheduler on `conn` until no month is due: reaps expired leases, claims
+/// the next due month ([`Queue::claim`], one at a time, in month-scheduling order), calls
+/// `process(year, month)`, and marks the month done, or on `Err` records the error for a retry
+/// after backoff (parked past the queue's `max_attempts`). Months failing in this run are not
+/// retried by it (their backoff has not passed): the next run takes them.
+///
+/// Any number of schedulers may run at once on their own connections, in one process or many:
+/// each due month is processed by exactly one of them, provided `process` returns within the
+/// queue's lease (see [`Queue::lease`]; a scheduler that dies mid-month leaves it to be
+/// reaped once its lease expires, and that attempt counts).
+///
+/// Three round trips per month (reap, claim, complete or fail), plus `process`'s own. No
+/// lock is held while `process` runs: the lease alone keeps other schedulers off the month.
+/// A panic in `process` propagates; the month is then reaped after its lease.
+///
+/// # Errors
+/// The statements' errors ([`Error::is_retryable`] tells whether running again helps). The
+/// months completed before the error stay done.
+///
+/// # Examples
+/// ```no_run
+/// use std::time::Duration;
+/// use upsert_kit::claim::{backfill, schedule_months, BackfillMonth, Queue};
+/// # fn main() -> upsert_kit::Result<()> {
+/// let mut conn = upsert_kit::db::connect_pg("postgres://postgres@127.0.0.1/app")?;
+/// schedule_months(&mut conn, (2024, 1), (2026, 10))?;
+/// let queue = Queue::<BackfillMonth>::new(format!("scheduler-{}", std::process::id()))?
+///     .lease(Duration::from_secs(120));
+/// let report = backfill(&mut conn, &queue, |year, month| {
+///     println!("recomputing {year}-{month:02}");
+///     Ok::<(), std::io::Error>(())
+/// })?;
+/// println!("{} done, {} to retry", report.done, report.retried);
+/// # Ok(()) }
+/// ```
+pub fn backfill<F, E>(
+    conn: &mut PgConnection,
+    queue: &Queue<BackfillMonth>,
+    mut process: F,
+) -> Result<BackfillReport>
+where
+    F: FnMut(i32, u32) -> std::result::Result<(), E>,
+    E: fmt::Display,
+{
+    let mut report = BackfillReport::default();
+    loop {
+        let reaped = queue.reap_expired(conn)?;
+        report.reaped += reaped.requeued + reaped.parked;
+        let claims = queue.claim(conn, 1)?;
+        if claims.is_empty() {
+            return Ok(report);
+        }
+        for claim in claims {
+            // The month column is CHECKed to 1-12.
+            let month = u32::try_from(claim.item.month).unwrap_or(0);
+            let outcome = match process(claim.item.year, month) {
+                Ok(()) => queue.complete(conn, &claim).map(|()| &mut report.done),
+                Err(e) => queue
+                    .fail(conn, &claim, &e.to_string())
+                    .map(|failed| match failed {
+                        Failed::Retry { .. } => &mut report.retried,
+                        Failed::Parked => &mut report.parked,
+                    }),
+            };
+            match outcome {
+                Ok(counter) => *counter += 1,
+                Err(Error::NotFound(_)) => report.lost += 1,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_its_base_and_stops_at_its_cap() {
+        let q = Queue::<BackfillMonth>::new("t")
+            .unwrap()
+            .backoff(Duration::from_millis(100), Duration::from_secs(1));
+        let waits: Vec<_> = (1..=6).map(|a| q.backoff_for(a).as_millis()).collect();
+        assert_eq!(waits, [100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(q.backoff_for(i32::MAX), Duration::from_secs(1));
+        assert_eq!(q.backoff_for(0), Duration::from_millis(100));
+    }
+
+    #[test]
+    fn holder_names_must_be_present_and_short() {
+        assert!(Queue::<BackfillMonth>::new("").is_err());
+        assert!(Queue::<BackfillMonth>::new("x".repeat(MAX_HOLDER_BYTES + 1)).is_err());
+        assert!(Queue::<BackfillMonth>::new("x".repeat(MAX_HOLDER_BYTES)).is_ok());
+    }
+
+    #[test]
+    fn statements_name_the_columns_and_bind_the_values() {
+        let holder = "w1".to_owned();
+        let (ms, limit) = (1000.0, 5_i64);
+        let sql = diesel::debug_query::<Pg, _>(&QueueSql::<BackfillMonth, Untyped>::new(
+            Statement::Claim {
+                holder: &holder,
+                lease_ms: &ms,
+                limit: &limit,
+            },
+        ))
+        .to_string();
+        assert!(sql.starts_with(
+            "UPDATE \"backfill_log\" SET \"status\" = 'processing', \"holder\" = $1, \
+             \"locked_until\" = statement_timestamp() + $2 * interval '1 millisecond', \
+             \"attempts\" = \"attempts\" + 1 WHERE \"id\" = ANY(ARRAY(SELECT \"id\" FROM \"backfill_log\" \
+             WHERE \"status\" IN ('pending', 'retry')"
+        ));
+        assert!(sql.contains("LIMIT $3 FOR UPDATE SKIP LOCKED)) RETURNING *"));
+    }
+}
