@@ -1,0 +1,56 @@
+//! What the two sync binaries share: logging, the database argument, output and exit codes.
+
+use std::process::ExitCode;
+use upsert_kit::db::{redact_url, BackendKind};
+use upsert_kit::jobs::SyncSummary;
+
+/// Logs to stderr at the level `RUST_LOG` sets (default: warnings and errors only).
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+/// Reads an environment variable, treating an empty value as unset.
+pub fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// Prints the summary (`--json`: one JSON object; otherwise a short human summary) and
+/// returns success.
+pub fn report_success(
+    job: &str,
+    database_url: &str,
+    source: &str,
+    json: bool,
+    summary: &SyncSummary,
+) -> ExitCode {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(summary).expect("a summary serialises to JSON")
+        );
+    } else {
+        let backend = match BackendKind::of(database_url) {
+            BackendKind::Postgres => "PostgreSQL",
+            BackendKind::Sqlite => "SQLite",
+        };
+        println!(
+            "{job}: synced {source} into {} ({backend})",
+            redact_url(database_url)
+        );
+        println!("{summary}");
+    }
+    ExitCode::SUCCESS
+}
+
+/// Prints one line `<job>: error: <cause>: <cause>…` on stderr and returns failure.
+pub fn report_error(job: &str, error: &anyhow::Error) -> ExitCode {
+    let line = format!("{error:#}").replace(['\n', '\r'], " ");
+    eprintln!("{job}: error: {line}");
+    ExitCode::FAILURE
+}
