@@ -213,12 +213,17 @@ impl fmt::Debug for SyncDatabase {
     }
 }
 
+/// The advisory-lock namespace that serialises migrations of concurrent runs (PostgreSQL).
+pub const MIGRATION_LOCK_NAMESPACE: &str = "upsert-kit-migrations";
+
 /// Seconds libpq waits for a PostgreSQL server to answer, unless the URL says otherwise.
 pub const CONNECT_TIMEOUT_SECS: u32 = 10;
 
 impl SyncDatabase {
     /// Opens the database `url` names (see [`BackendKind::of`]) and applies the pending
-    /// migrations. An SQLite file is created if missing; a PostgreSQL URL without a
+    /// migrations, in one transaction that holds the advisory lock
+    /// [`MIGRATION_LOCK_NAMESPACE`] on PostgreSQL (SQLite: an immediate transaction), so runs
+    /// that start together on a fresh database migrate it once. An SQLite file is created if missing; a PostgreSQL URL without a
     /// `connect_timeout` gets one of [`CONNECT_TIMEOUT_SECS`].
     ///
     /// ```
@@ -246,9 +251,15 @@ impl SyncDatabase {
                 SyncDatabase::Sqlite(db::connect_sqlite(url).map_err(unavailable)?)
             }
         };
+        // Runs that start together on a fresh database must not race to create the tables:
+        // the migrations run in one transaction, under an advisory lock on PostgreSQL and
+        // under SQLite's write lock, so the second run finds them applied.
         let applied = match &mut db {
-            SyncDatabase::Postgres(c) => db::run_migrations(c)?,
-            SyncDatabase::Sqlite(c) => db::run_migrations(c)?,
+            SyncDatabase::Postgres(c) => c.sync_transaction(|c| {
+                lock::xact_lock(c, LockKey::new(MIGRATION_LOCK_NAMESPACE, 0))?;
+                Ok(db::run_migrations(c)?)
+            })?,
+            SyncDatabase::Sqlite(c) => c.sync_transaction(|c| Ok(db::run_migrations(c)?))?,
         };
         tracing::info!(url = %db::redact_url(url), applied, "database open, migrations applied");
         Ok(db)
