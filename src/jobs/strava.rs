@@ -135,13 +135,15 @@ impl AthleteStats {
     /// non-negative integer, a distance that is not a finite non-negative number, …).
     pub fn from_json(source_name: &str, path: &str, value: &Value) -> Result<Self, JobError> {
         let o = Obj::of(source_name, path, value)?;
+        let recent = period(&o, "recent")?;
+        let ytd = period(&o, "ytd")?;
         let mut all_time = period(&o, "all")?;
         all_time.biggest_ride_distance = optional_amount(&o, "biggest_ride_distance")?;
         all_time.biggest_climb_elevation_gain =
             optional_amount(&o, "biggest_climb_elevation_gain")?;
         Ok(AthleteStats {
-            recent: period(&o, "recent")?,
-            ytd: period(&o, "ytd")?,
+            recent,
+            ytd,
             all_time,
         })
     }
