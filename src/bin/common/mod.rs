@@ -4,15 +4,27 @@ use std::process::ExitCode;
 use upsert_kit::db::{redact_url, BackendKind};
 use upsert_kit::jobs::SyncSummary;
 
-/// Logs to stderr at the level `RUST_LOG` sets (default: warnings and errors only).
+/// Logs to stderr at the level `RUST_LOG` sets (default: warnings and errors only). The HTTP
+/// client's own logs are capped at `debug`: at `trace` it dumps raw bodies, and token
+/// responses carry secrets.
 pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    use tracing_subscriber::filter::{FilterExt, LevelFilter, Targets};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
+
+    let env = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let no_raw_bodies = Targets::new()
+        .with_default(LevelFilter::TRACE)
+        .with_target("ureq", LevelFilter::DEBUG)
+        .with_target("ureq_proto", LevelFilter::DEBUG);
+    let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
-        .init();
+        .with_filter(no_raw_bodies.and(env));
+    tracing_subscriber::registry().with(layer).init();
 }
 
 /// Reads an environment variable, treating an empty value as unset.
