@@ -37,13 +37,26 @@ fn upserts_inside_a_run_on_sqlite_join_its_transaction_and_roll_back_with_it() {
     let mut conn = db.conn();
     // A failing run: both upserts happen inside the run's BEGIN IMMEDIATE, then it fails.
     let failed = conn.sync_transaction(|c| -> Result<(), JobError> {
-        assert_eq!(atomic_upsert_stats(c, &row("ytd", 1))?, UpsertOutcome::Inserted);
-        assert_eq!(atomic_upsert_stats(c, &row("ytd", 1))?, UpsertOutcome::Unchanged);
-        assert_eq!(atomic_upsert_stats(c, &row("recent", 2))?, UpsertOutcome::Inserted);
+        assert_eq!(
+            atomic_upsert_stats(c, &row("ytd", 1))?,
+            UpsertOutcome::Inserted
+        );
+        assert_eq!(
+            atomic_upsert_stats(c, &row("ytd", 1))?,
+            UpsertOutcome::Unchanged
+        );
+        assert_eq!(
+            atomic_upsert_stats(c, &row("recent", 2))?,
+            UpsertOutcome::Inserted
+        );
         Err(JobError::Config("the run fails after writing".into()))
     });
     assert!(matches!(failed, Err(JobError::Config(_))));
-    assert_eq!(count_sqlite(&mut conn), 0, "nothing of the failed run is left");
+    assert_eq!(
+        count_sqlite(&mut conn),
+        0,
+        "nothing of the failed run is left"
+    );
     // A successful run commits everything.
     conn.sync_transaction(|c| {
         atomic_upsert_stats(c, &row("ytd", 1))?;
@@ -64,8 +77,14 @@ fn upserts_inside_a_run_on_postgres_roll_back_with_it() {
     let db = TestDb::new();
     let mut conn = db.conn();
     let failed = conn.sync_transaction(|c| -> Result<(), JobError> {
-        assert_eq!(atomic_upsert_stats(c, &row("ytd", 1))?, UpsertOutcome::Inserted);
-        assert_eq!(atomic_upsert_stats(c, &row("ytd", 2))?, UpsertOutcome::Updated);
+        assert_eq!(
+            atomic_upsert_stats(c, &row("ytd", 1))?,
+            UpsertOutcome::Inserted
+        );
+        assert_eq!(
+            atomic_upsert_stats(c, &row("ytd", 2))?,
+            UpsertOutcome::Updated
+        );
         Err(JobError::Config("the run fails after writing".into()))
     });
     assert!(failed.is_err());

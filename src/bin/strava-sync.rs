@@ -64,7 +64,7 @@ fn run(args: &Args) -> anyhow::Result<(String, SyncSummary)> {
         Some(path) => {
             let (text, name) = read_capture(path)?;
             let capture = StravaCapture::parse(&name, &text)?;
-            (StravaSource::Capture(capture), name)
+            (StravaSource::Capture(Box::new(capture)), name)
         }
         None => (
             StravaSource::Online(StravaApi {

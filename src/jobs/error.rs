@@ -96,7 +96,15 @@ impl JobError {
     }
 
     /// Whether running the job again later can succeed without changing anything: rate
-    /// limits, server errors, transport failures and retryable database errors.
+    /// limits, server errors, transport failures, an unreachable database and retryable
+    /// database errors. A 401, a bad payload or a configuration error needs a person.
+    ///
+    /// ```
+    /// use upsert_kit::jobs::JobError;
+    /// let busy = JobError::Api { endpoint: "GET https://x/stats".into(), status: 503, detail: None };
+    /// assert!(busy.is_transient());
+    /// assert!(!JobError::payload("stdin", "truncated JSON").is_transient());
+    /// ```
     pub fn is_transient(&self) -> bool {
         match self {
             JobError::RateLimited { .. } | JobError::Transport { .. } => true,
@@ -109,6 +117,13 @@ impl JobError {
 }
 
 /// A secret string (a token, a client secret): `Debug` and `Display` print `<redacted>`.
+///
+/// ```
+/// use upsert_kit::jobs::Secret;
+/// let token = Secret::new("abc123");
+/// assert_eq!(format!("{token:?} {token}"), "<redacted> <redacted>");
+/// assert_eq!(token.expose(), "abc123");
+/// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
 

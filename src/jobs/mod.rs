@@ -21,6 +21,15 @@ pub use run::{AuthOutcome, StatsCounts, SyncConnection, SyncDatabase, SyncSummar
 /// Reads a capture from `path`, or from stdin when `path` is `-`. Returns the text and the
 /// name to use in error messages (the path, or `stdin`).
 ///
+/// ```
+/// let (text, name) = upsert_kit::jobs::read_capture("examples/data/strava.json")?;
+/// assert_eq!(name, "examples/data/strava.json");
+/// assert!(text.contains("ytd_ride_totals"));
+/// let err = upsert_kit::jobs::read_capture("no/such/file.json").unwrap_err();
+/// assert!(err.to_string().starts_with("no/such/file.json: cannot read"));
+/// # Ok::<(), upsert_kit::jobs::JobError>(())
+/// ```
+///
 /// # Errors
 /// [`JobError::Payload`] when the file cannot be read or is not UTF-8.
 pub fn read_capture(path: &str) -> Result<(String, String), JobError> {

@@ -7,7 +7,7 @@
 //!   written in **one transaction**: all or nothing.
 //! - **Online**: first the token transaction (take the account's refresh lock, re-read the
 //!   stored token, refresh it at the API when it expires within the margin, store the new one
-//!   with [`atomic_upsert_auth`](crate::atomic_upsert_auth), commit); then the stats are
+//!   with [`atomic_upsert_auth`], commit); then the stats are
 //!   fetched and validated with no transaction open, and written in one transaction. A
 //!   refreshed token is committed before the stats are fetched on purpose: the API has already
 //!   retired the old refresh token, so rolling the new one back when the stats request fails
@@ -24,7 +24,7 @@
 //!   that waits longer than the connection's busy timeout (5 s) fails with a lock timeout and
 //!   writes nothing.
 //!
-//! In every case the store itself is monotonic ([`atomic_upsert_auth`](crate::atomic_upsert_auth)):
+//! In every case the store itself is monotonic ([`atomic_upsert_auth`]):
 //! an older token never overwrites a newer one.
 
 use super::error::JobError;
@@ -44,6 +44,30 @@ use std::time::Duration;
 
 /// Connections a sync run can write through: PostgreSQL and SQLite. Implemented for
 /// [`PgConnection`] and [`SqliteConnection`]; the run logic is generic over it.
+///
+/// # Examples
+///
+/// A run that fails after writing leaves nothing behind (upserts inside the run's transaction
+/// join it):
+///
+/// ```
+/// use diesel::{Connection, QueryDsl, RunQueryDsl, SqliteConnection};
+/// use upsert_kit::jobs::{models::StravaStats, JobError, SyncConnection};
+/// use upsert_kit::schema::strava_stats;
+///
+/// let mut conn = SqliteConnection::establish(":memory:")?;
+/// upsert_kit::db::run_migrations(&mut conn)?;
+/// let now = chrono::Utc::now().naive_utc();
+/// let row = StravaStats { stats_type: "ytd".into(), data: serde_json::json!({"count": 1}), created_at: now, updated_at: now };
+/// let run = conn.sync_transaction(|c| -> Result<(), JobError> {
+///     upsert_kit::atomic_upsert_stats(c, &row)?;
+///     Err(JobError::Config("the API failed after the first row".into()))
+/// });
+/// assert!(run.is_err());
+/// assert_eq!(strava_stats::table.count().get_result::<i64>(&mut conn)?, 0);
+/// assert!(conn.strava_token(1)?.is_none());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub trait SyncConnection: Sized {
     /// Runs `f` in one transaction: PostgreSQL `BEGIN` (READ COMMITTED), SQLite `BEGIN
     /// IMMEDIATE` (takes the write lock at once, so concurrent runs on one file are serialised).
@@ -240,7 +264,9 @@ impl SyncDatabase {
     /// [`crate::Error::Migration`] when a migration fails.
     pub fn open(url: &str) -> Result<Self, JobError> {
         let unavailable = |e: crate::Error| match e {
-            crate::Error::ConnectionLost(m) => JobError::DatabaseUnavailable(m),
+            crate::Error::Connect(m) | crate::Error::ConnectionLost(m) => {
+                JobError::DatabaseUnavailable(m)
+            }
             other => JobError::Database(other),
         };
         let mut db = match BackendKind::of(url) {

@@ -148,7 +148,17 @@ impl AthleteStats {
         })
     }
 
-    /// The three stats rows, stamped `now`.
+    /// The three stats rows (`ytd`, `all_time`, `recent`), stamped `now`.
+    ///
+    /// ```
+    /// # let text = std::fs::read_to_string("examples/data/strava.json")?;
+    /// # let capture = upsert_kit::jobs::strava::StravaCapture::parse("capture", &text)?;
+    /// let rows = capture.stats.rows(chrono::Utc::now().naive_utc());
+    /// let kinds: Vec<&str> = rows.iter().map(|r| r.stats_type.as_str()).collect();
+    /// assert_eq!(kinds, ["ytd", "all_time", "recent"]);
+    /// assert_eq!(rows[0].data["run"]["count"], 121);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn rows(&self, now: NaiveDateTime) -> Vec<StravaStats> {
         [
             ("ytd", &self.ytd),
@@ -181,6 +191,17 @@ pub struct StravaToken {
 
 impl StravaToken {
     /// Validates a token response found at `path` of `source_name`.
+    ///
+    /// ```
+    /// use upsert_kit::jobs::strava::StravaToken;
+    /// let v = serde_json::json!({"access_token": "a", "refresh_token": "r", "expires_at": 1796000000, "athlete": {"id": 7}});
+    /// let token = StravaToken::from_json("POST /oauth/token", "", &v)?;
+    /// assert_eq!((token.athlete_id, token.expires_at.to_string().as_str()), (Some(7), "2026-11-30 00:53:20"));
+    /// let v = serde_json::json!({"access_token": "a", "refresh_token": "r", "expires_at": "soon"});
+    /// let err = StravaToken::from_json("POST /oauth/token", "", &v).unwrap_err();
+    /// assert_eq!(err.to_string(), "POST /oauth/token: expires_at: expected an integer, found a string");
+    /// # Ok::<(), upsert_kit::jobs::JobError>(())
+    /// ```
     ///
     /// # Errors
     /// [`JobError::Payload`] for a missing or empty token, or an `expires_at` that is not a
@@ -305,7 +326,7 @@ pub enum StravaSource {
     /// Call the API.
     Online(StravaApi),
     /// A capture read from a file or stdin.
-    Capture(StravaCapture),
+    Capture(Box<StravaCapture>),
 }
 
 /// Runs one Strava sync for `account` on `db` (see [`crate::jobs::run`] for transactions
@@ -318,7 +339,7 @@ pub enum StravaSource {
 /// let dir = tempfile::tempdir()?;
 /// let mut db = SyncDatabase::open(dir.path().join("sync.db").to_str().unwrap())?;
 /// let text = std::fs::read_to_string("examples/data/strava.json")?;
-/// let source = strava::StravaSource::Capture(strava::StravaCapture::parse("capture", &text)?);
+/// let source = strava::StravaSource::Capture(Box::new(strava::StravaCapture::parse("capture", &text)?));
 /// let first = strava::sync(&mut db, 1, &source)?;
 /// assert_eq!((first.stats.inserted, first.auth), (3, AuthOutcome::Inserted));
 /// let second = strava::sync(&mut db, 1, &source)?;
@@ -341,6 +362,17 @@ pub fn sync(
 }
 
 /// [`sync`] on a connection of either backend.
+///
+/// ```
+/// use diesel::{Connection, SqliteConnection};
+/// use upsert_kit::jobs::strava::{sync_with, StravaCapture, StravaSource};
+/// let mut conn = SqliteConnection::establish(":memory:")?;
+/// upsert_kit::db::run_migrations(&mut conn)?;
+/// let text = std::fs::read_to_string("examples/data/strava.json")?;
+/// let source = StravaSource::Capture(Box::new(StravaCapture::parse("capture", &text)?));
+/// assert_eq!(sync_with(&mut conn, 1, &source)?.stats.inserted, 3);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 ///
 /// # Errors
 /// As [`sync`].

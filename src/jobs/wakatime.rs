@@ -182,6 +182,17 @@ impl RangeStats {
     /// Validates a stats response (the object holding `data`) found at `path` of
     /// `source_name`, for `range`.
     ///
+    /// ```
+    /// use upsert_kit::jobs::wakatime::{RangeStats, StatsRange};
+    /// let v = serde_json::json!({"data": {"range": "last_7_days", "total_seconds": 3600.5,
+    ///     "languages": [{"name": "Rust", "total_seconds": 3600.5, "percent": 100.0}]}});
+    /// let stats = RangeStats::from_json("GET …/stats/last_7_days", "", StatsRange::Last7Days, &v)?;
+    /// assert_eq!(stats.languages[0].name, "Rust");
+    /// let err = RangeStats::from_json("GET …/stats/last_year", "", StatsRange::LastYear, &v).unwrap_err();
+    /// assert!(err.to_string().contains("data.range: the response is for \"last_7_days\", expected \"last_year\""));
+    /// # Ok::<(), upsert_kit::jobs::JobError>(())
+    /// ```
+    ///
     /// # Errors
     /// [`JobError::Payload`] naming the first missing or invalid field, or a `data.range` that
     /// is not `range`.
@@ -251,6 +262,16 @@ pub struct WakatimeToken {
 impl WakatimeToken {
     /// Validates a token response found at `path` of `source_name`. The expiry is
     /// `expires_at` (RFC 3339 text or Unix seconds) or, without it, now + `expires_in`.
+    ///
+    /// ```
+    /// use upsert_kit::jobs::wakatime::WakatimeToken;
+    /// let v = serde_json::json!({"access_token": "a", "refresh_token": "r", "uid": "u1",
+    ///     "expires_at": "2027-11-29T03:12:44Z"});
+    /// let token = WakatimeToken::from_json("POST /oauth/token", "", &v)?;
+    /// assert_eq!(token.expires_at.to_string(), "2027-11-29 03:12:44");
+    /// assert_eq!(format!("{:?}", token.access_token), "<redacted>");
+    /// # Ok::<(), upsert_kit::jobs::JobError>(())
+    /// ```
     ///
     /// # Errors
     /// [`JobError::Payload`] for a missing or empty token, or an expiry that is missing or
@@ -431,6 +452,17 @@ pub fn sync(
 }
 
 /// [`sync`] on a connection of either backend.
+///
+/// ```
+/// use diesel::{Connection, SqliteConnection};
+/// use upsert_kit::jobs::wakatime::{sync_with, WakatimeCapture, WakatimeSource};
+/// let mut conn = SqliteConnection::establish(":memory:")?;
+/// upsert_kit::db::run_migrations(&mut conn)?;
+/// let text = std::fs::read_to_string("examples/data/wakatime.json")?;
+/// let source = WakatimeSource::Capture(WakatimeCapture::parse("capture", &text)?);
+/// assert_eq!(sync_with(&mut conn, 1, &source)?.stats.inserted, 5);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 ///
 /// # Errors
 /// As [`sync`].
