@@ -385,12 +385,13 @@ fn every_bad_capture_fails_with_one_clear_line_and_leaves_the_database_unchanged
             .args(["--range", "last_7_days,last_week"])
             .output()
             .unwrap();
-        assert!(!out.status.success());
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            stderr.contains("unknown stats range \"last_week\""),
-            "unknown --range: {stderr}"
+        assert_one_clear_line(
+            "wakatime-sync",
+            &out,
+            "invalid value 'last_week' for '--range <RANGE>': unknown stats range \"last_week\"; expected one of last_7_days",
+            "unknown --range",
         );
+        assert_eq!(out.status.code(), Some(2), "a usage error exits 2");
         assert_eq!(
             snapshot(url),
             before,

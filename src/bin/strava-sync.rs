@@ -4,14 +4,13 @@
 mod common;
 
 use anyhow::Context;
-use clap::Parser;
 use std::process::ExitCode;
 use std::time::Duration;
 use upsert_kit::jobs::strava::{self, StravaApi, StravaCapture, StravaSource};
 use upsert_kit::jobs::{read_capture, HttpClient, Secret, SyncDatabase, SyncSummary};
 
 /// Sync a Strava athlete's totals (ytd, all_time, recent) and OAuth token into the database.
-#[derive(Debug, Parser)]
+#[derive(Debug, clap::Parser)]
 #[command(
     name = "strava-sync",
     version,
@@ -85,7 +84,7 @@ fn run(args: &Args) -> anyhow::Result<(String, SyncSummary)> {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args: Args = common::parse_args("strava-sync");
     common::init_tracing();
     match run(&args) {
         Ok((source, summary)) => common::report_success(

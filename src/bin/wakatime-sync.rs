@@ -4,14 +4,13 @@
 mod common;
 
 use anyhow::Context;
-use clap::Parser;
 use std::process::ExitCode;
 use std::time::Duration;
 use upsert_kit::jobs::wakatime::{self, StatsRange, WakatimeApi, WakatimeCapture, WakatimeSource};
 use upsert_kit::jobs::{read_capture, HttpClient, Secret, SyncDatabase, SyncSummary};
 
 /// Sync the current WakaTime user's stats (one row per range) and OAuth token into the database.
-#[derive(Debug, Parser)]
+#[derive(Debug, clap::Parser)]
 #[command(
     name = "wakatime-sync",
     version,
@@ -105,7 +104,7 @@ fn run(args: &Args) -> anyhow::Result<(String, SyncSummary)> {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    let args: Args = common::parse_args("wakatime-sync");
     common::init_tracing();
     match run(&args) {
         Ok((source, summary)) => common::report_success(

@@ -37,7 +37,7 @@ pub enum JobError {
     RateLimited {
         /// The request.
         endpoint: String,
-        /// The server's `Retry-After`, when it sent one in seconds.
+        /// The server's `Retry-After` (delay seconds or an HTTP date), when it sent one.
         retry_after: Option<Duration>,
     },
 

@@ -94,8 +94,7 @@ fn read(
                 .headers()
                 .get("retry-after")
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
+                .and_then(retry_after);
             Err(JobError::RateLimited {
                 endpoint,
                 retry_after,
@@ -107,6 +106,17 @@ fn read(
             detail: body.ok().and_then(|b| error_detail(&b)),
         }),
     }
+}
+
+/// A `Retry-After` value: delay seconds, or an HTTP date (a date in the past means now).
+fn retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
+    let seconds = (at.timestamp() - chrono::Utc::now().timestamp()).max(0);
+    Some(Duration::from_secs(seconds.unsigned_abs()))
 }
 
 /// The human message of a JSON error body (`message`, `error_description` or `error`), on one
@@ -122,4 +132,31 @@ fn error_detail(body: &str) -> Option<String> {
         .take(MAX_DETAIL_CHARS)
         .collect();
     Some(one_line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_takes_seconds_or_an_http_date() {
+        assert_eq!(retry_after(" 120 "), Some(Duration::from_secs(120)));
+        assert_eq!(
+            retry_after("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(Duration::ZERO)
+        );
+        let soon = (chrono::Utc::now() + chrono::Duration::seconds(300)).to_rfc2822();
+        let d = retry_after(&soon).unwrap().as_secs();
+        assert!((295..=300).contains(&d), "{d}");
+        assert_eq!(retry_after("later"), None);
+    }
+
+    #[test]
+    fn error_details_are_quoted_from_json_messages_only() {
+        assert_eq!(
+            error_detail(r#"{"message":"Bad\nRequest"}"#).as_deref(),
+            Some("Bad Request")
+        );
+        assert_eq!(error_detail("<html>token=abc</html>"), None);
+    }
 }

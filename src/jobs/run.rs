@@ -450,8 +450,7 @@ pub(crate) fn ensure_fresh_token<C, A>(
     conn: &mut C,
     lock_key: LockKey,
     margin: Duration,
-    load: impl FnOnce(&mut C) -> Result<Option<A>, JobError>,
-    reload: impl FnOnce(&mut C) -> Result<Option<A>, JobError>,
+    load: impl Fn(&mut C) -> Result<Option<A>, JobError>,
     refresh: impl FnOnce(Option<&A>) -> Result<A, JobError>,
 ) -> Result<(A, AuthOutcome), JobError>
 where
@@ -480,7 +479,7 @@ where
         if outcome == UpsertOutcome::Unchanged {
             // A newer token is already stored (it cannot happen under the lock, but the store
             // is monotonic whatever the caller does): use the stored one.
-            if let Some(newer) = reload(conn)? {
+            if let Some(newer) = load(conn)? {
                 return Ok((newer, outcome.into()));
             }
         }

@@ -404,7 +404,6 @@ where
                 lock_key,
                 api.refresh_margin,
                 |c| c.strava_token(account),
-                |c| c.strava_token(account),
                 |stored| refresh(api, account, stored),
             )?;
             let url = format!(

@@ -500,7 +500,6 @@ where
                 lock_key,
                 api.refresh_margin,
                 |c| c.wakatime_token(account),
-                |c| c.wakatime_token(account),
                 |stored| refresh(api, account, stored),
             )?;
             let bearer = Secret::new(token.access_token.clone());

@@ -27,6 +27,25 @@ pub fn init_tracing() {
     tracing_subscriber::registry().with(layer).init();
 }
 
+/// Parses the command line. `--help` and `--version` print and exit 0; a usage error (an
+/// unknown option, an unknown stats range, …) prints one line `<job>: error: …` and exits 2.
+pub fn parse_args<T: clap::Parser>(job: &str) -> T {
+    match T::try_parse() {
+        Ok(args) => args,
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            let rendered = e.render().to_string();
+            let first = rendered
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("invalid arguments");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("{job}: error: {first} (see --help)");
+            std::process::exit(2)
+        }
+    }
+}
+
 /// Reads an environment variable, treating an empty value as unset.
 pub fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
