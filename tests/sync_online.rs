@@ -328,12 +328,16 @@ fn wakatime_refreshes_its_token_and_fetches_each_configured_range() {
         api.on(
             "POST",
             "/oauth/token",
+            // WakaTime answers token requests form-encoded unless it honours the Accept header.
             Reply::json(
                 200,
-                json!({"access_token": "waka-access-1", "refresh_token": "waka-refresh-1",
-                       "uid": "user-1", "token_type": "bearer", "expires_at": expires.to_rfc3339()})
-                .to_string(),
-            ),
+                format!(
+                    "access_token=waka-access-1&refresh_token=waka-refresh-1&uid=user-1\
+                     &token_type=bearer&scope=read_stats&expires_at={}",
+                    expires.format("%Y-%m-%dT%H%%3A%M%%3A%SZ")
+                ),
+            )
+            .header("Content-Type", "application/x-www-form-urlencoded"),
         );
         let capture: Value = serde_json::from_str(&example_text("wakatime.json")).unwrap();
         for (range, response) in capture["stats"].as_object().unwrap() {
@@ -365,6 +369,22 @@ fn wakatime_refreshes_its_token_and_fetches_each_configured_range() {
         assert_eq!(counts(&summary(&out)), (2, 0, 0, "inserted".into()));
         assert_eq!(counts(&summary(&run())), (0, 0, 2, "none".into()));
         assert_eq!(api.count("POST", "/oauth/token"), 1);
+        let refresh = api.seen().into_iter().find(|s| s.method == "POST").unwrap();
+        assert!(
+            refresh.body.contains("grant_type=refresh_token")
+                && refresh
+                    .body
+                    .contains("refresh_token=bootstrap-refresh-token")
+                && refresh.body.contains("client_id=app"),
+            "{}",
+            refresh.body
+        );
+        assert!(
+            snapshot(url)
+                .iter()
+                .any(|l| l.starts_with("wakatime_auth|1|waka-access-1|waka-refresh-1|")),
+            "the form-encoded token was stored"
+        );
         let stats: Vec<_> = api
             .seen()
             .into_iter()

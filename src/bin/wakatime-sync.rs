@@ -76,27 +76,22 @@ fn run(args: &Args) -> anyhow::Result<(String, SyncSummary)> {
             let capture = WakatimeCapture::parse(&name, &text)?;
             (WakatimeSource::Capture(capture), name)
         }
-        None => {
-            let mut ranges = args.range.clone();
-            ranges.sort();
-            ranges.dedup();
-            (
-                WakatimeSource::Online(WakatimeApi {
-                    api_base: args.api_base.clone(),
-                    oauth_base: args.oauth_base.clone(),
-                    client_id: common::env("WAKATIME_CLIENT_ID").unwrap_or_default(),
-                    client_secret: Secret::new(
-                        common::env("WAKATIME_CLIENT_SECRET").unwrap_or_default(),
-                    ),
-                    redirect_uri: common::env("WAKATIME_REDIRECT_URI"),
-                    bootstrap_refresh_token: common::env("WAKATIME_REFRESH_TOKEN").map(Secret::new),
-                    ranges,
-                    refresh_margin: Duration::from_secs(args.refresh_margin),
-                    http: HttpClient::new(Duration::from_secs(args.timeout)),
-                }),
-                args.api_base.clone(),
-            )
-        }
+        None => (
+            WakatimeSource::Online(WakatimeApi {
+                api_base: args.api_base.clone(),
+                oauth_base: args.oauth_base.clone(),
+                client_id: common::env("WAKATIME_CLIENT_ID").unwrap_or_default(),
+                client_secret: Secret::new(
+                    common::env("WAKATIME_CLIENT_SECRET").unwrap_or_default(),
+                ),
+                redirect_uri: common::env("WAKATIME_REDIRECT_URI"),
+                bootstrap_refresh_token: common::env("WAKATIME_REFRESH_TOKEN").map(Secret::new),
+                ranges: args.range.clone(),
+                refresh_margin: Duration::from_secs(args.refresh_margin),
+                http: HttpClient::new(Duration::from_secs(args.timeout)),
+            }),
+            args.api_base.clone(),
+        ),
     };
     let mut db = SyncDatabase::open(&args.database_url).context("opening the database")?;
     let summary = wakatime::sync(&mut db, args.account, &source)?;

@@ -86,7 +86,18 @@ fn read(
     match status {
         200..=299 => {
             let body = body.map_err(|e| transport(&endpoint, e))?;
-            json::parse(&endpoint, &body)
+            let form = response
+                .headers()
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+            if form {
+                // OAuth servers may answer a token request form-encoded (WakaTime does unless
+                // it honours `Accept: application/json`).
+                Ok(form_to_json(&body))
+            } else {
+                json::parse(&endpoint, &body)
+            }
         }
         401 => Err(JobError::Unauthorized { endpoint }),
         429 => {
@@ -106,6 +117,50 @@ fn read(
             detail: body.ok().and_then(|b| error_detail(&b)),
         }),
     }
+}
+
+/// A form-encoded body (`a=1&b=x%3Ay`) as a JSON object of strings; numbers stay text except
+/// `expires_in` and `expires_at` when they are integers.
+fn form_to_json(body: &str) -> Value {
+    let mut map = serde_json::Map::new();
+    for pair in body.trim().split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let (k, v) = (percent_decode(k), percent_decode(v));
+        let value = match (k.as_str(), v.parse::<i64>()) {
+            ("expires_in" | "expires_at", Ok(n)) => Value::from(n),
+            _ => Value::String(v),
+        };
+        map.insert(k, value);
+    }
+    Value::Object(map)
+}
+
+/// Decodes `+` and `%XX` of a form-encoded component (invalid escapes are kept as they are).
+fn percent_decode(s: &str) -> String {
+    let hex = |b: u8| (b as char).to_digit(16);
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                match (
+                    bytes.get(i + 1).and_then(|b| hex(*b)),
+                    bytes.get(i + 2).and_then(|b| hex(*b)),
+                ) {
+                    (Some(hi), Some(lo)) => {
+                        out.push((hi * 16 + lo) as u8);
+                        i += 2;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A `Retry-After` value: delay seconds, or an HTTP date (a date in the past means now).
@@ -149,6 +204,19 @@ mod tests {
         let d = retry_after(&soon).unwrap().as_secs();
         assert!((295..=300).contains(&d), "{d}");
         assert_eq!(retry_after("later"), None);
+    }
+
+    #[test]
+    fn form_encoded_token_responses_become_json() {
+        let v = form_to_json(
+            "access_token=waka_tok_1&refresh_token=waka_ref_1&uid=u%2B1&expires_at=2027-11-29T03%3A12%3A44Z&expires_in=3600&scope=read_stats+email&bad=%zz%",
+        );
+        assert_eq!(v["access_token"], "waka_tok_1");
+        assert_eq!(v["uid"], "u+1");
+        assert_eq!(v["expires_at"], "2027-11-29T03:12:44Z");
+        assert_eq!(v["expires_in"], 3600);
+        assert_eq!(v["scope"], "read_stats email");
+        assert_eq!(v["bad"], "%zz%");
     }
 
     #[test]

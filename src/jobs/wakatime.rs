@@ -402,7 +402,7 @@ pub struct WakatimeApi {
     /// A refresh token to start from when no token is stored for the account yet
     /// (`WAKATIME_REFRESH_TOKEN`). A stored token always wins.
     pub bootstrap_refresh_token: Option<Secret>,
-    /// The ranges to fetch, one request each.
+    /// The ranges to fetch, one request each (in [`StatsRange`] order, duplicates ignored).
     pub ranges: Vec<StatsRange>,
     /// Refresh when the token expires within this long ([`DEFAULT_REFRESH_MARGIN`]).
     pub refresh_margin: Duration,
@@ -492,7 +492,12 @@ where
             Ok(summary)
         }),
         WakatimeSource::Online(api) => {
-            if api.ranges.is_empty() {
+            // Fetched and written in one fixed order, so that concurrent runs lock the rows in
+            // the same order and cannot deadlock.
+            let mut ranges = api.ranges.clone();
+            ranges.sort();
+            ranges.dedup();
+            if ranges.is_empty() {
                 return Err(JobError::Config("no stats range to fetch".into()));
             }
             let (token, auth) = ensure_fresh_token(
@@ -503,8 +508,8 @@ where
                 |stored| refresh(api, account, stored),
             )?;
             let bearer = Secret::new(token.access_token.clone());
-            let mut stats = Vec::with_capacity(api.ranges.len());
-            for range in &api.ranges {
+            let mut stats = Vec::with_capacity(ranges.len());
+            for range in &ranges {
                 let url = format!(
                     "{}/users/current/stats/{range}",
                     api.api_base.trim_end_matches('/')
