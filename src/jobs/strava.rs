@@ -329,8 +329,18 @@ pub enum StravaSource {
     Capture(Box<StravaCapture>),
 }
 
-/// Runs one Strava sync for `account` on `db` (see [`crate::jobs::run`] for transactions
-/// and locking).
+/// Runs one Strava sync for `account` on `db`: the three stats rows are inserted, updated or
+/// left unchanged, never duplicated, and the token only ever moves forward.
+///
+/// Transactions, locks and round trips (details in [`crate::jobs::run`]):
+/// - Offline: one transaction: the token upsert (under the advisory lock
+///   `(LOCK_NAMESPACE, account)` on PostgreSQL, released at commit) and three stats upserts,
+///   one statement each.
+/// - Online: the token transaction (lock, one read, and only when the token expires within
+///   the margin: one `POST /oauth/token` and one upsert; the lock is released at its commit),
+///   then one `GET /athletes/{id}/stats` with no transaction open, then one transaction of
+///   three upserts. PostgreSQL runs at READ COMMITTED, so the read after the lock sees the
+///   token a concurrent run committed; SQLite's `BEGIN IMMEDIATE` serialises runs on a file.
 ///
 /// # Examples
 ///

@@ -419,8 +419,18 @@ pub enum WakatimeSource {
     Capture(WakatimeCapture),
 }
 
-/// Runs one WakaTime sync for `account` on `db` (see [`crate::jobs::run`] for transactions
-/// and locking).
+/// Runs one WakaTime sync for `account` on `db`: one stats row per range is inserted, updated
+/// or left unchanged, never duplicated, and the token only ever moves forward.
+///
+/// Transactions, locks and round trips (details in [`crate::jobs::run`]):
+/// - Offline: one transaction: the token upsert (under the advisory lock
+///   `(LOCK_NAMESPACE, account)` on PostgreSQL, released at commit) and one upsert per range,
+///   in [`StatsRange`] order.
+/// - Online: the token transaction (lock, one read, and only when the token expires within
+///   the margin: one `POST /oauth/token` and one upsert; the lock is released at its commit),
+///   then one `GET /users/current/stats/{range}` per range with no transaction open, then one
+///   transaction of one upsert per range, in [`StatsRange`] order (concurrent runs lock rows
+///   in the same order: no deadlock).
 ///
 /// # Examples
 ///
