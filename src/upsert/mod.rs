@@ -9,7 +9,11 @@
 //!   A row filtered out by the condition returns nothing.
 //! - SQLite: inside one `BEGIN IMMEDIATE` transaction (SQLite has one writer, so nothing can
 //!   slip in between), `INSERT … ON CONFLICT DO NOTHING`, and only if that inserted nothing, the
-//!   `DO UPDATE` statement; the number of changed rows tells the outcome.
+//!   `DO UPDATE` statement; the number of changed rows tells the outcome. When the caller
+//!   already has a transaction open (a whole job run in one `immediate_transaction`), the two
+//!   statements run in a savepoint of it instead (SQLite refuses a nested `BEGIN`); the first
+//!   statement takes the write lock if the caller's transaction does not hold it yet, so
+//!   nothing slips in between either.
 //!
 //! # Concurrency
 //! The statement is atomic on both backends: concurrent upserts of one new key never raise a
