@@ -254,7 +254,9 @@ where
         update: &[&'static str],
         condition: Option<&F>,
     ) -> Result<UpsertOutcome> {
-        conn.immediate_transaction(|conn| sqlite_upsert_in_tx(conn, row, update, condition))
+        crate::get_or_create::sqlite_write_tx(conn, |conn| {
+            sqlite_upsert_in_tx(conn, row, update, condition)
+        })
     }
 
     fn upsert_sorted(
@@ -266,7 +268,7 @@ where
     ) -> Result<BulkOutcome> {
         // SQLite runs in-process: a statement per row costs no round trip, and with at most one
         // row per statement the bind-parameter limit can never be reached.
-        conn.immediate_transaction(|conn| {
+        crate::get_or_create::sqlite_write_tx(conn, |conn| {
             let mut total = BulkOutcome::default();
             for row in rows {
                 total.record(sqlite_upsert_in_tx(conn, *row, update, condition)?);
