@@ -1,34 +1,45 @@
 //! Usage counters: atomic increments recorded once per idempotency key.
 //!
-//! An increment is one transaction of three statements on the account's current period:
+//! An increment finds the account's current period (one `SELECT`), then, on PostgreSQL, runs
+//! one statement that is its own transaction:
 //!
-//! 1. `INSERT INTO usage_events … ON CONFLICT (account, idempotency_key) DO NOTHING RETURNING id`:
-//!    the ledger row claims the key. A concurrent transaction holding the same key makes this
-//!    statement wait until it commits (then this one inserts nothing) or rolls back (then this
-//!    one inserts).
-//! 2. When the key was new: `UPDATE usage_periods SET tokens_used = tokens_used + $d, … RETURNING`
-//!    (the row lock serialises concurrent increments; nothing is read and written back, so
-//!    nothing is lost), and the resulting totals are stored in the ledger row.
-//! 3. When the key existed: the ledger row is read and compared with this request. Same amounts:
-//!    its stored result is returned and nothing is counted. Other amounts:
-//!    [`Error::IdempotencyConflict`].
+//! ```sql
+//! WITH up AS (UPDATE usage_periods SET tokens_used = tokens_used + $t, …
+//!             WHERE id = $period RETURNING id, tokens_used, …)
+//! INSERT INTO usage_events (account, idempotency_key, …, tokens_total, …)
+//! SELECT $account, $key, …, up.tokens_used, … FROM up
+//! RETURNING id, tokens_total, …
+//! ```
+//!
+//! - The counter update is `SET n = n + d` under the row lock: concurrent increments queue on
+//!   the row, none reads a value and writes it back, so none is lost.
+//! - The ledger row, carrying the totals right after the update, commits with the counter
+//!   change or not at all. A key already in the ledger (committed by another call; a concurrent
+//!   holder of the key is waited for) makes the insert fail with a unique violation, which
+//!   undoes the whole statement, counter update included. The ledger row is then read and
+//!   compared with this request: same amounts, its stored result is returned and nothing is
+//!   counted; other amounts, [`Error::IdempotencyConflict`].
+//! - Inside the caller's transaction the statement runs in a savepoint, so that a repeated key
+//!   does not abort the caller's transaction.
 //!
 //! Because the ledger row and the counter change commit together, a retry after any failure,
-//! even one whose outcome is unknown (connection lost during `COMMIT`), counts the request
+//! even one whose outcome is unknown (connection lost during the commit), counts the request
 //! exactly once, as long as the key is still in the ledger: [`prune_idempotency_keys`] removes
 //! keys after a retention period the caller chooses, longer than any retry can take.
 //!
-//! Locks (PostgreSQL, READ COMMITTED): the key's unique-index entry, then the period row; every
-//! increment takes them in this order, so increments cannot deadlock each other. On SQLite the
-//! transaction is `BEGIN IMMEDIATE`: increments run one at a time (see [`crate::usage`]).
+//! Locks (PostgreSQL, READ COMMITTED): the period row, then the key's unique-index entry; every
+//! increment takes them in this order, so increments cannot deadlock each other, and the row
+//! lock is held only for the statement's own commit. On SQLite the ledger insert
+//! (`ON CONFLICT DO NOTHING`), the counter update and the totals' update run in one
+//! `BEGIN IMMEDIATE` transaction: increments run one at a time (see [`crate::usage`]).
 //!
 //! Increments count what happened; they are not checked against the limits. Use
 //! [`crate::quota`] to refuse work that would exceed a limit.
 
 use crate::error::{Error, Result};
 use crate::usage::{
-    check_amount, check_instant, period_for, Backend, NewUsageEvent, Usage, UsageConnection,
-    WriteTx,
+    check_amount, check_instant, period_for, ApplyKeyed, Backend, Keyed, NewUsageEvent, Usage,
+    UsageConnection,
 };
 use chrono::NaiveDateTime;
 
@@ -107,11 +118,12 @@ pub struct Increment {
 /// [`Retry::idempotent`](crate::retry::Retry::idempotent)). A repeat is recognised by the key
 /// alone, whatever its `at`.
 ///
-/// **Cost** (PostgreSQL, READ COMMITTED assumed): `BEGIN`, one `SELECT` of the period (three
-/// more statements on the first use of a month), the ledger insert, the counter update, the
-/// ledger update, `COMMIT`: six round trips; a repeat costs five. Under REPEATABLE READ or
-/// SERIALIZABLE concurrent increments fail with [`Error::SerializationFailure`] instead of
-/// waiting: retry them. Inside the caller's transaction it runs in a savepoint.
+/// **Cost** (PostgreSQL, READ COMMITTED assumed): two round trips, the period's `SELECT` and
+/// the increment statement (see the [module documentation](self)); two or three more on the
+/// first use of a month; one more (the ledger read) for a repeated key. Inside the caller's
+/// transaction it runs in a savepoint (two more). Under REPEATABLE READ or SERIALIZABLE
+/// concurrent increments of one period fail with [`Error::SerializationFailure`] instead of
+/// waiting: retry them with [`Retry`](crate::retry::Retry).
 ///
 /// # Errors
 /// - [`Error::InvalidInput`], nothing written: a bad key (see [`IdempotencyKey::new`]), an
@@ -154,60 +166,62 @@ pub fn increment<C: UsageConnection>(
     check_amounts(&amounts)?;
     check_instant("at", at)?;
     let hash = request_hash(&amounts);
-    conn.backend().write_tx(|b| {
+    let b = conn.backend();
+    for _ in 0..KEY_ATTEMPTS {
         let period = period_for(b, account, at)?.row;
-        for _ in 0..KEY_ATTEMPTS {
-            let event = NewUsageEvent {
-                account,
-                idempotency_key: key.as_str(),
-                period_id: period.id,
-                tokens: amounts.tokens,
-                reports: amounts.reports,
-                chats: amounts.chats,
-                request_hash: hash,
-                created_at: chrono::Utc::now().naive_utc(),
-            };
-            if let Some(event_id) = b.insert_event(&event)? {
-                let totals = b.apply_increment(period.id, event_id, amounts)?;
+        let event = NewUsageEvent {
+            account,
+            idempotency_key: key.as_str(),
+            period_id: period.id,
+            tokens: amounts.tokens,
+            reports: amounts.reports,
+            chats: amounts.chats,
+            request_hash: hash,
+            created_at: chrono::Utc::now().naive_utc(),
+        };
+        match b.apply_keyed(&event, amounts)? {
+            Keyed::Applied { event_id, totals } => {
                 return Ok(Increment {
                     event_id,
                     period_id: period.id,
                     totals,
                     applied: true,
-                });
+                })
             }
-            if let Some(first) = b.find_event(account, key.as_str())? {
-                let first_amounts = Usage {
-                    tokens: first.tokens,
-                    reports: first.reports,
-                    chats: first.chats,
-                };
-                if first.request_hash != hash || first_amounts != amounts {
-                    return Err(Error::IdempotencyConflict {
-                        key: key.as_str().to_owned(),
+            Keyed::KeyTaken => {
+                if let Some(first) = b.find_event(account, key.as_str())? {
+                    let first_amounts = Usage {
+                        tokens: first.tokens,
+                        reports: first.reports,
+                        chats: first.chats,
+                    };
+                    if first.request_hash != hash || first_amounts != amounts {
+                        return Err(Error::IdempotencyConflict {
+                            key: key.as_str().to_owned(),
+                        });
+                    }
+                    return Ok(Increment {
+                        event_id: first.id,
+                        period_id: first.period_id,
+                        totals: Usage {
+                            tokens: first.tokens_total,
+                            reports: first.reports_total,
+                            chats: first.chats_total,
+                        },
+                        applied: false,
                     });
                 }
-                return Ok(Increment {
-                    event_id: first.id,
-                    period_id: first.period_id,
-                    totals: Usage {
-                        tokens: first.tokens_total,
-                        reports: first.reports_total,
-                        chats: first.chats_total,
-                    },
-                    applied: false,
-                });
+                tracing::debug!(account, "idempotency key pruned while in use; trying again");
             }
-            tracing::debug!(
-                account,
-                "idempotency key pruned while in use; inserting it again"
-            );
+            Keyed::PeriodGone => {
+                tracing::debug!(account, "usage period deleted while in use; trying again");
+            }
         }
-        Err(Error::NotFound(format!(
-            "idempotency key {:?}: its ledger row kept disappearing",
-            key.as_str()
-        )))
-    })
+    }
+    Err(Error::NotFound(format!(
+        "idempotency key {:?}: its ledger row or period kept disappearing",
+        key.as_str()
+    )))
 }
 
 /// Deletes the ledger rows (idempotency keys) recorded before `older_than`, and returns how

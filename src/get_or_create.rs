@@ -255,9 +255,10 @@ where
     for<'a> InsertReturning<'a, M, diesel::dsl::AsSelect<R, DB>, DB>: LoadQuery<'a, C, R>,
     for<'a> SelectByKey<'a, M, diesel::dsl::AsSelect<R, DB>>: LoadQuery<'a, C, R>,
 {
+    let in_tx = tx::in_transaction(conn);
     let inserted = InsertReturning::<M, _, DB>::new(row, R::as_select())
         .load::<R>(conn)
-        .map_err(|e| tx::statement_error(conn, e))?;
+        .map_err(|e| autocommit_error(in_tx, e))?;
     if let Some(created) = inserted.into_iter().next() {
         return Ok(Some(Obtained {
             row: created,
@@ -331,6 +332,20 @@ where
         row: &Self,
     ) -> Result<Obtained<R>> {
         M::get_or_create_validated(&mut **conn, row)
+    }
+}
+
+/// Classifies the error of one statement; `in_tx` says whether a transaction was open when it
+/// started. Outside a transaction the statement commits on its own, so a connection lost while
+/// it ran leaves its outcome unknown. (`in_tx` must be read before the statement: once the
+/// connection is lost, Diesel reports its transaction state as broken, which reads as "in a
+/// transaction".)
+pub(crate) fn autocommit_error(in_tx: bool, e: diesel::result::Error) -> Error {
+    let err = Error::from(e);
+    if in_tx {
+        err
+    } else {
+        err.at_commit()
     }
 }
 

@@ -212,7 +212,11 @@ pub fn get_or_create_usage_period_select_then_insert(
 ///
 /// # Errors
 /// Database errors.
-pub fn increment_read_add_write(conn: &mut PgConnection, period_id: i64, tokens: i64) -> Result<i64> {
+pub fn increment_read_add_write(
+    conn: &mut PgConnection,
+    period_id: i64,
+    tokens: i64,
+) -> Result<i64> {
     use crate::schema::usage_periods;
     use diesel::prelude::*;
     let used: i64 = usage_periods::table

@@ -20,7 +20,7 @@
 //! timeout gets [`Error::LockTimeout`], which nothing was applied by).
 
 use crate::error::{Error, Result};
-use crate::get_or_create::{get_or_create, sqlite_write_tx, Obtained};
+use crate::get_or_create::{autocommit_error, get_or_create, sqlite_write_tx, Obtained};
 use crate::schema::{usage_accounts, usage_events, usage_periods, usage_reservations};
 use crate::tx;
 use chrono::{Datelike, NaiveDate, NaiveDateTime};
@@ -337,6 +337,108 @@ pub(crate) mod sealed {
         }
     }
 
+    /// What [`ApplyKeyed::apply_keyed`] did.
+    #[derive(Debug)]
+    pub enum Keyed {
+        /// The key was new: the amounts were added; the ledger row and the totals after.
+        Applied { event_id: i64, totals: Usage },
+        /// The key is in the ledger already (committed by another call): nothing was changed.
+        KeyTaken,
+        /// The period row is gone: nothing was changed.
+        PeriodGone,
+    }
+
+    /// The keyed increment: ledger row and counter change, atomically.
+    pub trait ApplyKeyed {
+        /// Adds `d` to the event's period and records the event with the totals after, unless
+        /// its key is in the ledger.
+        fn apply_keyed(&mut self, event: &NewUsageEvent<'_>, d: Usage) -> Result<Keyed>;
+    }
+
+    /// The totals `RETURNING` of the PostgreSQL keyed increment.
+    #[derive(QueryableByName)]
+    struct Applied {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        id: i64,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        tokens_total: i64,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        reports_total: i64,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        chats_total: i64,
+    }
+
+    /// The ledger's unique constraint on `(account, idempotency_key)`.
+    const KEY_CONSTRAINT: &str = "usage_events_account_idempotency_key_key";
+
+    /// One statement: the counter update, then the ledger insert fed by its `RETURNING`. When
+    /// the key exists the insert raises a unique violation and the whole statement, counter
+    /// update included, is undone. The period row is locked first, then the key's index entry,
+    /// by every increment: no deadlock between increments.
+    const PG_KEYED_INCREMENT: &str = "WITH up AS (\
+         UPDATE usage_periods SET tokens_used = tokens_used + $1, \
+         reports_used = reports_used + $2, chats_used = chats_used + $3 \
+         WHERE id = $4 RETURNING id, tokens_used, reports_used, chats_used) \
+         INSERT INTO usage_events (account, idempotency_key, period_id, tokens, reports, chats, \
+         request_hash, tokens_total, reports_total, chats_total, created_at) \
+         SELECT $5, $6, up.id, $1, $2, $3, $7, up.tokens_used, up.reports_used, up.chats_used, $8 \
+         FROM up RETURNING id, tokens_total, reports_total, chats_total";
+
+    impl ApplyKeyed for PgConnection {
+        fn apply_keyed(&mut self, event: &NewUsageEvent<'_>, d: Usage) -> Result<Keyed> {
+            use diesel::sql_types::{BigInt, Text, Timestamp};
+            let in_tx = tx::in_transaction(self);
+            let statement = |conn: &mut PgConnection| -> Result<Vec<Applied>> {
+                diesel::sql_query(PG_KEYED_INCREMENT)
+                    .bind::<BigInt, _>(d.tokens)
+                    .bind::<BigInt, _>(d.reports)
+                    .bind::<BigInt, _>(d.chats)
+                    .bind::<BigInt, _>(event.period_id)
+                    .bind::<BigInt, _>(event.account)
+                    .bind::<Text, _>(event.idempotency_key)
+                    .bind::<BigInt, _>(event.request_hash)
+                    .bind::<Timestamp, _>(event.created_at)
+                    .load(conn)
+                    .map_err(|e| autocommit_error(in_tx, e))
+            };
+            // Alone, the statement is its own transaction (one round trip). Inside the
+            // caller's transaction a savepoint keeps a unique violation from aborting it.
+            let result = if in_tx {
+                tx::transaction(self, statement)
+            } else {
+                statement(self)
+            };
+            match result {
+                Ok(rows) => Ok(match rows.into_iter().next() {
+                    Some(a) => Keyed::Applied {
+                        event_id: a.id,
+                        totals: Usage {
+                            tokens: a.tokens_total,
+                            reports: a.reports_total,
+                            chats: a.chats_total,
+                        },
+                    },
+                    None => Keyed::PeriodGone,
+                }),
+                Err(e) if e.constraint_name() == Some(KEY_CONSTRAINT) => Ok(Keyed::KeyTaken),
+                Err(e) => Err(e),
+            }
+        }
+    }
+
+    impl ApplyKeyed for SqliteConnection {
+        fn apply_keyed(&mut self, event: &NewUsageEvent<'_>, d: Usage) -> Result<Keyed> {
+            // One writer at a time: claim the key, then count, in one immediate transaction.
+            sqlite_write_tx(self, |conn| match conn.insert_event(event)? {
+                Some(event_id) => Ok(Keyed::Applied {
+                    event_id,
+                    totals: conn.apply_increment(event.period_id, event_id, d)?,
+                }),
+                None => Ok(Keyed::KeyTaken),
+            })
+        }
+    }
+
     /// `$used`, `$reserved` and `$limit` bound to `metric`'s columns inside `$body`.
     macro_rules! with_metric {
         ($metric:expr, |$used:ident, $reserved:ident, $limit:ident| $body:expr) => {
@@ -558,7 +660,7 @@ pub(crate) mod sealed {
     }
 
     /// The statements, one method each; see the callers for the transactions around them.
-    pub trait Backend: WriteTx {
+    pub trait Backend: WriteTx + ApplyKeyed {
         fn find_period(
             &mut self,
             account: i64,
@@ -619,7 +721,7 @@ pub(crate) mod sealed {
     backend!(PgConnection, SqliteConnection);
 }
 
-pub(crate) use sealed::{Backend, WriteTx};
+pub(crate) use sealed::{ApplyKeyed, Backend, Keyed, WriteTx};
 
 /// Checks a caller's instant (years 1 to 9999, the range both backends store).
 pub(crate) fn check_instant(field: &str, at: NaiveDateTime) -> Result<()> {
