@@ -259,66 +259,82 @@ fn bad_input_is_a_typed_error_and_writes_nothing() {
 }
 
 /// RELIABILITY 9 and 19: the backend of a connection is killed (`pg_terminate_backend`) while
-/// its increment waits for the period row: the error is "connection lost", retryable (nothing
-/// was applied); the retry helper runs it again with the same key on a new connection, and it
-/// counts once.
+/// its increment waits for the period row. Inside the caller's transaction the error is
+/// "connection lost" before COMMIT: retryable, nothing applied. Alone, the increment statement
+/// is its own transaction, so the outcome is unknown. Either way the retry helper runs it again
+/// with the same key on a new connection (declared idempotent: it carries a key), and it counts
+/// once.
 #[test]
 fn a_connection_killed_mid_increment_is_retried_with_the_same_key_and_counted_once() {
     let db = TestDb::new();
     let mut admin = db.conn();
-    set_usage_limits(&mut admin, ACCOUNT, big_limits(), at()).unwrap();
-    let period = get_or_create_usage_period(&mut admin, ACCOUNT, at())
-        .unwrap()
-        .row
-        .id;
-
-    // A blocker holds the period row, so the victim's increment stops at its UPDATE.
-    let mut blocker = db.conn();
-    blocker.batch_execute("BEGIN").unwrap();
-    blocker
-        .batch_execute(&format!(
-            "SELECT 1 FROM usage_periods WHERE id = {period} FOR UPDATE"
-        ))
-        .unwrap();
-
-    let victim_url = url_with_app_name(db.url(), "victim-increment");
-    let url = db.url().to_owned();
-    let attempts = Arc::new(AtomicU32::new(0));
-    let counted = Arc::clone(&attempts);
-    let worker = std::thread::spawn(move || {
-        let mut first_error = None;
-        let result = Retry::new().idempotent().run(|attempt| {
-            counted.fetch_add(1, Ordering::SeqCst);
-            let mut conn = connect_pg(if attempt == 0 { &victim_url } else { &url })?;
-            let r = increment(&mut conn, ACCOUNT, "request-9", at(), Usage::tokens(5));
-            if let Err(e) = &r {
-                first_error.get_or_insert_with(|| format!("{e:?}"));
-                assert!(e.is_retryable(), "lost before COMMIT is retryable: {e:?}");
-            }
-            r
-        });
-        (result, first_error)
-    });
-    let pid = wait_for_session(&mut admin, "victim-increment", "wait_event_type = 'Lock'");
-    terminate(&mut admin, pid);
-    // Let the retry run, then free the row for it.
-    std::thread::sleep(Duration::from_millis(50));
-    blocker.batch_execute("ROLLBACK").unwrap();
-    let (result, first_error) = worker.join().unwrap();
-    let counted = result.unwrap();
-    eprintln!("killed increment failed with {first_error:?}; retried: {counted:?}");
-    assert!(matches!(first_error.as_deref(), Some(e) if e.starts_with("ConnectionLost")));
-    assert_eq!(attempts.load(Ordering::SeqCst), 2);
-    assert!(counted.applied, "the killed attempt applied nothing");
-    assert_eq!(counted.totals.tokens, 5);
-    // One more retry of the same request: recognised, not counted.
-    assert!(
-        !increment(&mut admin, ACCOUNT, "request-9", at(), Usage::tokens(5))
+    for (account, in_caller_tx) in [(1, true), (2, false)] {
+        set_usage_limits(&mut admin, account, big_limits(), at()).unwrap();
+        let period = get_or_create_usage_period(&mut admin, account, at())
             .unwrap()
-            .applied
-    );
-    assert_eq!(tokens_used(&mut admin, ACCOUNT), 5);
-    assert_eq!(ledger_rows(&mut admin), 1);
+            .row
+            .id;
+
+        // A blocker holds the period row, so the victim's increment stops at its UPDATE.
+        let mut blocker = db.conn();
+        blocker.batch_execute("BEGIN").unwrap();
+        blocker
+            .batch_execute(&format!(
+                "SELECT 1 FROM usage_periods WHERE id = {period} FOR UPDATE"
+            ))
+            .unwrap();
+
+        let app = format!("victim-increment-{account}");
+        let victim_url = url_with_app_name(db.url(), &app);
+        let url = db.url().to_owned();
+        let attempts = Arc::new(AtomicU32::new(0));
+        let counted = Arc::clone(&attempts);
+        let worker = std::thread::spawn(move || {
+            let mut first_error = None;
+            let result = Retry::new().idempotent().run(|attempt| {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let mut conn = connect_pg(if attempt == 0 { &victim_url } else { &url })?;
+                let r = if in_caller_tx {
+                    conn.transaction(|c| increment(c, account, "request-9", at(), Usage::tokens(5)))
+                } else {
+                    increment(&mut conn, account, "request-9", at(), Usage::tokens(5))
+                };
+                if let Err(e) = &r {
+                    first_error.get_or_insert_with(|| format!("{e:?}"));
+                }
+                r
+            });
+            (result, first_error)
+        });
+        let pid = wait_for_session(&mut admin, &app, "wait_event_type = 'Lock'");
+        terminate(&mut admin, pid);
+        // Let the retry start, then free the row for it.
+        std::thread::sleep(Duration::from_millis(50));
+        blocker.batch_execute("ROLLBACK").unwrap();
+        let (result, first_error) = worker.join().unwrap();
+        let counted = result.unwrap();
+        eprintln!(
+            "in the caller's transaction: {in_caller_tx}; killed increment failed with \
+             {first_error:?}; retried: {counted:?}"
+        );
+        let expected = if in_caller_tx {
+            "ConnectionLost"
+        } else {
+            "OutcomeUnknown"
+        };
+        assert!(
+            matches!(first_error.as_deref(), Some(e) if e.starts_with(expected)),
+            "{first_error:?}"
+        );
+        assert_eq!(attempts.load(Ordering::SeqCst), 2);
+        assert!(counted.applied, "the killed attempt applied nothing");
+        assert_eq!(counted.totals.tokens, 5);
+        // One more retry of the same request: recognised, not counted.
+        let again = increment(&mut admin, account, "request-9", at(), Usage::tokens(5)).unwrap();
+        assert!(!again.applied);
+        assert_eq!(tokens_used(&mut admin, account), 5);
+    }
+    assert_eq!(ledger_rows(&mut admin), 2);
 }
 
 /// RELIABILITY 9: the connection is lost while COMMIT is in flight (a deferred trigger keeps
