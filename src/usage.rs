@@ -310,7 +310,7 @@ where
 {
     type Backend = C;
     fn backend(&mut self) -> &mut C {
-        &mut **self
+        self
     }
 }
 
@@ -843,7 +843,7 @@ pub fn set_usage_limits<C: UsageConnection>(
 ///
 /// **Guarantee**: concurrent calls for one account and month return the same row and exactly
 /// one reports `created` (the unique index on `(account, period_start)` decides; see
-/// [`get_or_create`](crate::get_or_create::get_or_create)).
+/// [`get_or_create`]).
 /// **Cost**: one round trip when the period exists (a `SELECT`, the common case, which does not
 /// consume a sequence value); on first use of a month, the account's limits are read and the
 /// period is created with `get_or_create` (two or three more). No transaction of its own: inside

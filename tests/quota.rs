@@ -219,6 +219,10 @@ fn reserve_commit_release_and_expiry_keep_the_sums() {
     // The periodic sweep: r4 expires at 70 s.
     assert_eq!(expire_reservations(&mut conn, secs(69)).unwrap(), 0);
     assert_eq!(expire_reservations(&mut conn, secs(70)).unwrap(), 1);
+    assert!(matches!(
+        commit(&mut conn, &r4, 1, secs(70)),
+        Err(Error::NotFound(_))
+    ));
     assert_eq!(sums(&mut conn), (30, 0));
     assert_eq!(reservation_rows(&mut conn), 0);
     // try_consume sees the whole room again.
