@@ -168,3 +168,50 @@ fn constraint_violations_from_the_server_are_not_retried() {
         );
     }
 }
+
+/// RELIABILITY 19: a lock timeout and a statement timeout raised by the server are their own
+/// classes, not retried by the helper (waiting again would wait as long), and leave the
+/// connection usable.
+#[test]
+fn lock_and_statement_timeouts_are_their_own_classes_and_not_retried() {
+    let db = TestDb::new();
+    let mut conn = setup(&db);
+    let mut holder = db.conn();
+    holder
+        .batch_execute("BEGIN; SELECT 1 FROM counters WHERE id = 1 FOR UPDATE;")
+        .unwrap();
+    let mut calls = 0;
+    let err = Retry::new()
+        .run(|_| {
+            calls += 1;
+            conn.transaction(|c| {
+                c.batch_execute("SET LOCAL lock_timeout = '50ms'")?;
+                diesel::update(counters::table.find(1))
+                    .set(counters::n.eq(counters::n + 1))
+                    .execute(c)?;
+                Ok::<_, Error>(())
+            })
+        })
+        .unwrap_err();
+    assert!(matches!(err, Error::LockTimeout(_)), "{err:?}");
+    assert_eq!(calls, 1);
+    holder.batch_execute("ROLLBACK").unwrap();
+
+    calls = 0;
+    let err = Retry::new()
+        .run(|_| {
+            calls += 1;
+            conn.transaction(|c| {
+                c.batch_execute("SET LOCAL statement_timeout = '50ms'; SELECT pg_sleep(5);")?;
+                Ok::<_, Error>(())
+            })
+        })
+        .unwrap_err();
+    assert!(matches!(err, Error::StatementTimeout(_)), "{err:?}");
+    assert_eq!(calls, 1);
+    assert_eq!(
+        read_n(&mut conn, 1).unwrap(),
+        0,
+        "the connection is still usable"
+    );
+}
