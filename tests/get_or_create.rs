@@ -265,3 +265,24 @@ fn sqlite_concurrent_get_or_create_returns_one_row_and_one_creator() {
     let stats: i64 = strava_stats::table.count().get_result(&mut conn).unwrap();
     assert_eq!((periods, stats), (1, 1));
 }
+
+/// SQLite: inside the caller's transaction, get-or-create, upserts and increments run in
+/// savepoints of it (not in a transaction of their own, which SQLite would refuse), and the
+/// caller's rollback undoes them all.
+#[test]
+fn sqlite_helpers_run_inside_a_callers_transaction_and_roll_back_with_it() {
+    let db = TestSqlite::new();
+    let mut conn = db.conn();
+    set_usage_limits(&mut conn, 1, Usage::tokens(100), month(1)).unwrap();
+    let result: upsert_kit::Result<()> = conn.immediate_transaction(|c| {
+        let got: Obtained<Stats> = get_or_create(c, &new_stats("ytd", 1))?;
+        assert!(got.created);
+        upsert_kit::atomic_upsert(c, &new_stats("all", 2))?;
+        upsert_kit::counter::increment(c, 1, "k", month(1), Usage::tokens(5))?;
+        Err(Error::invalid("test", "roll back"))
+    });
+    assert!(matches!(result, Err(Error::InvalidInput(_))));
+    let stats: i64 = strava_stats::table.count().get_result(&mut conn).unwrap();
+    let periods: i64 = usage_periods::table.count().get_result(&mut conn).unwrap();
+    assert_eq!((stats, periods), (0, 0), "nothing half-written");
+}
