@@ -27,7 +27,10 @@
 //!
 //! Locks (PostgreSQL): commit, release and sweeps take the reservation row, then the period row;
 //! reserve takes the period row and inserts a new reservation row. None waits for a row the
-//! other holds in the opposite order.
+//! other holds in the opposite order. Call these functions outside a transaction of your own:
+//! inside one, their transactions become savepoints and the locks of a refused attempt are
+//! still held when it sweeps, so a sweep racing a commit can end in [`Error::Deadlock`]
+//! (retryable, never a hang).
 //!
 //! # Clocks
 //! Every function takes the current instant (`at`, UTC) from the caller, and compares it with
