@@ -1,13 +1,17 @@
 //! Quotas: reserve units against a period's limit, then commit or release them; or consume
 //! units at once.
 //!
-//! The check and the change are one conditional statement:
+//! The check and the change are one conditional statement, which on PostgreSQL also inserts
+//! the reservation (one statement, its own transaction: both happen or neither):
 //!
 //! ```sql
-//! UPDATE usage_periods SET tokens_reserved = tokens_reserved + $n
-//!  WHERE id = $period AND tokens_used + tokens_reserved + $n <= tokens_limit
-//! RETURNING …
+//! WITH up AS (UPDATE usage_periods SET tokens_reserved = tokens_reserved + $n
+//!              WHERE id = $period AND tokens_used + tokens_reserved + $n <= tokens_limit
+//!             RETURNING id)
+//! INSERT INTO usage_reservations (period_id, …) SELECT up.id, … FROM up RETURNING id
 //! ```
+//!
+//! [`try_consume`] is the same `UPDATE` on `tokens_used`, alone.
 //!
 //! On PostgreSQL (READ COMMITTED) a concurrent writer of the row makes the statement wait, and
 //! the condition is then evaluated again against the newest committed row, so two requests can
@@ -37,12 +41,15 @@
 //! `expires_at`; use one clock (e.g. `chrono::Utc::now().naive_utc()`) for all of them.
 //!
 //! # SQLite
-//! Every call is one `BEGIN IMMEDIATE` transaction: the conditional update and its reads run
-//! with the write lock held, so the same sums hold (see [`crate::usage`]).
+//! A reservation's conditional update and insert run in one `BEGIN IMMEDIATE` transaction, a
+//! consumption's update is one statement, commits, releases and sweeps are immediate
+//! transactions: each runs with the write lock held, so the same sums hold (see
+//! [`crate::usage`]). Because an SQLite statement cannot contain an `UPDATE` inside `WITH`,
+//! the reservation is two statements there, made atomic by the transaction.
 
 use crate::error::{Error, Result};
 use crate::usage::{
-    check_amount, check_instant, period_for, Backend, Metric, NewReservation, Usage,
+    check_amount, check_instant, period_for, Backend, Metric, NewReservation, QuotaStep, Usage,
     UsageConnection, UsagePeriod, WriteTx,
 };
 use chrono::NaiveDateTime;
@@ -76,10 +83,12 @@ pub struct Reservation {
 /// one conditional `UPDATE … RETURNING` (see the [module documentation](self)); concurrent
 /// reservations never overshoot the limit, and when demand exceeds it they fill it exactly.
 ///
-/// **Cost** (PostgreSQL, READ COMMITTED assumed): one transaction of the period `SELECT`, the
-/// conditional update and the reservation insert (five round trips). When refused: the period
-/// is read for the error, expired reservations of the period are swept (own transaction) and,
-/// if any were, the reservation is tried once more.
+/// **Cost** (PostgreSQL, READ COMMITTED assumed): two round trips, the period's `SELECT` and
+/// the reservation statement (its own transaction; inside the caller's transaction, part of
+/// it). When refused: the expired reservations of the period are
+/// swept (own transaction) and, if any were, the reservation is tried once more; the period is
+/// read for the error. A connection lost during the statement outside a transaction is
+/// [`Error::OutcomeUnknown`]: a reservation may have been made; it expires after `ttl`.
 ///
 /// # Errors
 /// - [`Error::InvalidInput`]: `amount` not in `1..=MAX_AMOUNT`, `ttl` zero or above
@@ -128,18 +137,15 @@ pub fn reserve<C: UsageConnection>(
     check_instant("ttl", expires_at)?;
     let b = conn.backend();
     with_sweep(b, account, metric, amount, at, |b, period| {
-        if b.reserve_room(period.id, metric, amount)?.is_none() {
-            return Ok(None);
-        }
-        let id = b.insert_reservation(&NewReservation {
+        let new = NewReservation {
             period_id: period.id,
             account,
             metric: metric.as_str(),
             amount,
             expires_at,
             created_at: chrono::Utc::now().naive_utc(),
-        })?;
-        Ok(Some(Reservation {
+        };
+        Ok(b.reserve_one(&new, metric)?.map(|id| Reservation {
             id,
             account,
             period_id: period.id,
@@ -154,8 +160,10 @@ pub fn reserve<C: UsageConnection>(
 /// allows it: `UPDATE … SET used = used + n WHERE used + reserved + n <= limit RETURNING`.
 /// Returns the period after the change.
 ///
-/// **Guarantee and cost**: as [`reserve`], without a reservation row (four round trips on
-/// PostgreSQL).
+/// **Guarantee and cost**: as [`reserve`], without a reservation row: two round trips on
+/// PostgreSQL (the period's `SELECT`, the conditional `UPDATE`). A connection lost during the
+/// update outside a transaction is [`Error::OutcomeUnknown`]: do not retry it blindly, the
+/// units may have been consumed.
 ///
 /// # Errors
 /// As [`reserve`] (without the `ttl` errors).
@@ -186,13 +194,13 @@ pub fn try_consume<C: UsageConnection>(
     check_amount("amount", amount, false)?;
     check_instant("at", at)?;
     with_sweep(conn.backend(), account, metric, amount, at, |b, period| {
-        b.consume_room(period.id, metric, amount)
+        b.consume_one(period.id, metric, amount)
     })
 }
 
-/// Runs `attempt` in a write transaction on the current period; when it is refused (`None`),
-/// sweeps the period's expired reservations in a transaction of its own and, if that freed
-/// anything, runs `attempt` once more.
+/// Runs `attempt` on the current period; when it is refused (`None`), sweeps the period's
+/// expired reservations in a transaction of their own and, if that freed anything, runs
+/// `attempt` once more.
 fn with_sweep<B: Backend, T>(
     b: &mut B,
     account: i64,
@@ -201,25 +209,20 @@ fn with_sweep<B: Backend, T>(
     at: NaiveDateTime,
     attempt: impl Fn(&mut B, &UsagePeriod) -> Result<Option<T>>,
 ) -> Result<T> {
-    let run = |b: &mut B| -> Result<std::result::Result<T, UsagePeriod>> {
-        b.write_tx(|b| {
-            let period = period_for(b, account, at)?.row;
-            match attempt(b, &period)? {
-                Some(done) => Ok(Ok(done)),
-                None => Ok(Err(b.period_by_id(period.id)?)),
-            }
-        })
+    let run = |b: &mut B| -> Result<std::result::Result<T, i64>> {
+        let period = period_for(b, account, at)?.row;
+        Ok(attempt(b, &period)?.ok_or(period.id))
     };
     let refused = match run(b)? {
         Ok(done) => return Ok(done),
-        Err(period) => period,
+        Err(period_id) => period_id,
     };
-    if sweep(b, Some(refused.id), at)? > 0 {
+    if sweep(b, Some(refused), at)? > 0 {
         if let Ok(done) = run(b)? {
             return Ok(done);
         }
     }
-    let available = b.period_by_id(refused.id)?.available(metric);
+    let available = b.period_by_id(refused)?.available(metric);
     Err(Error::QuotaExceeded {
         requested: amount,
         available,

@@ -439,6 +439,106 @@ pub(crate) mod sealed {
         }
     }
 
+    /// The quota statements that change a period and (for a reservation) insert a row, as one
+    /// atomic step.
+    pub trait QuotaStep {
+        /// `reserved += amount` if `used + reserved + amount <= limit`, and the reservation's
+        /// insert, atomically: the reservation's id, or `None` when refused.
+        fn reserve_one(&mut self, new: &NewReservation<'_>, metric: Metric) -> Result<Option<i64>>;
+        /// `used += amount` if `used + reserved + amount <= limit`: the period after, or `None`
+        /// when refused.
+        fn consume_one(
+            &mut self,
+            period_id: i64,
+            metric: Metric,
+            amount: i64,
+        ) -> Result<Option<UsagePeriod>>;
+    }
+
+    /// The id `RETURNING` of the PostgreSQL reservation statement.
+    #[derive(QueryableByName)]
+    struct ReservedId {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        id: i64,
+    }
+
+    /// One statement: the conditional update of the period feeds the reservation's insert, so
+    /// both happen or neither. The metric's columns are fixed identifiers, one text per metric.
+    macro_rules! pg_reserve_sql {
+        ($m:literal) => {
+            concat!(
+                "WITH up AS (UPDATE usage_periods SET ", $m, "_reserved = ", $m, "_reserved + $1 ",
+                "WHERE id = $2 AND ", $m, "_used + ", $m, "_reserved + $1 <= ", $m, "_limit ",
+                "RETURNING id) ",
+                "INSERT INTO usage_reservations (period_id, account, metric, amount, expires_at, created_at) ",
+                "SELECT up.id, $3, $4, $1, $5, $6 FROM up RETURNING id"
+            )
+        };
+    }
+
+    /// A statement's result, with a lost connection reported as an unknown outcome when the
+    /// statement was its own transaction (`in_tx` read before it ran).
+    fn alone<T>(in_tx: bool, result: Result<T>) -> Result<T> {
+        if in_tx {
+            result
+        } else {
+            result.map_err(Error::at_commit)
+        }
+    }
+
+    impl QuotaStep for PgConnection {
+        fn reserve_one(&mut self, new: &NewReservation<'_>, metric: Metric) -> Result<Option<i64>> {
+            use diesel::sql_types::{BigInt, Text, Timestamp};
+            let sql = match metric {
+                Metric::Tokens => pg_reserve_sql!("tokens"),
+                Metric::Reports => pg_reserve_sql!("reports"),
+                Metric::Chats => pg_reserve_sql!("chats"),
+            };
+            let in_tx = tx::in_transaction(self);
+            let rows: Vec<ReservedId> = diesel::sql_query(sql)
+                .bind::<BigInt, _>(new.amount)
+                .bind::<BigInt, _>(new.period_id)
+                .bind::<BigInt, _>(new.account)
+                .bind::<Text, _>(new.metric)
+                .bind::<Timestamp, _>(new.expires_at)
+                .bind::<Timestamp, _>(new.created_at)
+                .load(self)
+                .map_err(|e| autocommit_error(in_tx, e))?;
+            Ok(rows.first().map(|r| r.id))
+        }
+
+        fn consume_one(
+            &mut self,
+            period_id: i64,
+            metric: Metric,
+            amount: i64,
+        ) -> Result<Option<UsagePeriod>> {
+            let in_tx = tx::in_transaction(self);
+            alone(in_tx, self.consume_room(period_id, metric, amount))
+        }
+    }
+
+    impl QuotaStep for SqliteConnection {
+        fn reserve_one(&mut self, new: &NewReservation<'_>, metric: Metric) -> Result<Option<i64>> {
+            sqlite_write_tx(self, |c| {
+                if c.reserve_room(new.period_id, metric, new.amount)?.is_none() {
+                    return Ok(None);
+                }
+                Ok(Some(c.insert_reservation(new)?))
+            })
+        }
+
+        fn consume_one(
+            &mut self,
+            period_id: i64,
+            metric: Metric,
+            amount: i64,
+        ) -> Result<Option<UsagePeriod>> {
+            // One statement: atomic on its own, under SQLite's write lock.
+            self.consume_room(period_id, metric, amount)
+        }
+    }
+
     /// `$used`, `$reserved` and `$limit` bound to `metric`'s columns inside `$body`.
     macro_rules! with_metric {
         ($metric:expr, |$used:ident, $reserved:ident, $limit:ident| $body:expr) => {
@@ -660,7 +760,7 @@ pub(crate) mod sealed {
     }
 
     /// The statements, one method each; see the callers for the transactions around them.
-    pub trait Backend: WriteTx + ApplyKeyed {
+    pub trait Backend: WriteTx + ApplyKeyed + QuotaStep {
         fn find_period(
             &mut self,
             account: i64,
@@ -721,7 +821,7 @@ pub(crate) mod sealed {
     backend!(PgConnection, SqliteConnection);
 }
 
-pub(crate) use sealed::{ApplyKeyed, Backend, Keyed, WriteTx};
+pub(crate) use sealed::{ApplyKeyed, Backend, Keyed, QuotaStep, WriteTx};
 
 /// Checks a caller's instant (years 1 to 9999, the range both backends store).
 pub(crate) fn check_instant(field: &str, at: NaiveDateTime) -> Result<()> {
