@@ -218,3 +218,121 @@ pub fn claim_select_then_update(
         .execute(conn)?;
     Ok(due)
 }
+
+/// Select-then-insert creation of a usage period, as request handlers often write it: in one
+/// transaction, `SELECT` the account's period; if there is none, read the limits and `INSERT`.
+///
+/// **Racy.** Two requests at the start of a month both see "no period" and both insert: one
+/// fails with a duplicate-key error on `(account, period_start)` (without the unique index, two
+/// periods would exist and usage would be split between them). Use
+/// [`get_or_create_usage_period`](crate::usage::get_or_create_usage_period).
+///
+/// # Errors
+/// [`Error::Constraint`](crate::Error::Constraint) (unique) when it loses the race;
+/// [`Error::NotFound`](crate::Error::NotFound) for an unknown account.
+pub fn get_or_create_usage_period_select_then_insert(
+    conn: &mut PgConnection,
+    account: i64,
+    at: chrono::NaiveDateTime,
+) -> Result<crate::get_or_create::Obtained<crate::usage::UsagePeriod>> {
+    use crate::schema::{usage_accounts, usage_periods};
+    use crate::usage::UsagePeriod;
+    use diesel::prelude::*;
+    let (start, end) = crate::usage::monthly_period(at)?;
+    conn.transaction(|conn| {
+        let existing = usage_periods::table
+            .filter(usage_periods::account.eq(account))
+            .filter(usage_periods::period_start.eq(start))
+            .select(UsagePeriod::as_select())
+            .first(conn)
+            .optional()?;
+        if let Some(row) = existing {
+            return Ok(crate::get_or_create::Obtained {
+                row,
+                created: false,
+            });
+        }
+        let (tokens, reports, chats): (i64, i64, i64) = usage_accounts::table
+            .find(account)
+            .select((
+                usage_accounts::tokens_limit,
+                usage_accounts::reports_limit,
+                usage_accounts::chats_limit,
+            ))
+            .first(conn)
+            .optional()?
+            .ok_or_else(|| crate::usage::unknown_account(account))?;
+        let row = diesel::insert_into(usage_periods::table)
+            .values((
+                usage_periods::account.eq(account),
+                usage_periods::period_start.eq(start),
+                usage_periods::period_end.eq(end),
+                usage_periods::tokens_limit.eq(tokens),
+                usage_periods::reports_limit.eq(reports),
+                usage_periods::chats_limit.eq(chats),
+            ))
+            .returning(UsagePeriod::as_returning())
+            .get_result(conn)?;
+        Ok(crate::get_or_create::Obtained { row, created: true })
+    })
+}
+
+/// Read-add-write increment of a period's tokens: `SELECT tokens_used`, then
+/// `UPDATE … SET tokens_used = <value read> + $d`. Returns the value written.
+///
+/// **Racy.** Two increments that read the same value both write `value + d`: one increment is
+/// lost. (And without an idempotency key, a retried request counts twice.) Use
+/// [`increment`](crate::counter::increment).
+///
+/// # Errors
+/// Database errors.
+pub fn increment_read_add_write(
+    conn: &mut PgConnection,
+    period_id: i64,
+    tokens: i64,
+) -> Result<i64> {
+    use crate::schema::usage_periods;
+    use diesel::prelude::*;
+    let used: i64 = usage_periods::table
+        .find(period_id)
+        .select(usage_periods::tokens_used)
+        .first(conn)?;
+    diesel::update(usage_periods::table.find(period_id))
+        .set(usage_periods::tokens_used.eq(used + tokens))
+        .execute(conn)?;
+    Ok(used + tokens)
+}
+
+/// Check-then-consume of a period's tokens: read `used`, `reserved` and `limit`; if
+/// `used + reserved + n <= limit`, `UPDATE … SET tokens_used = tokens_used + n`. Returns whether
+/// it consumed.
+///
+/// **Racy.** Requests that check at the same time all see the same room and all consume it: the
+/// limit is overshot. Use [`try_consume`](crate::quota::try_consume) or
+/// [`reserve`](crate::quota::reserve).
+///
+/// # Errors
+/// Database errors.
+pub fn try_consume_check_then_act(
+    conn: &mut PgConnection,
+    period_id: i64,
+    tokens: i64,
+) -> Result<bool> {
+    use crate::schema::usage_periods;
+    use diesel::prelude::*;
+    let (used, reserved, limit): (i64, i64, i64) = usage_periods::table
+        .find(period_id)
+        .select((
+            usage_periods::tokens_used,
+            usage_periods::tokens_reserved,
+            usage_periods::tokens_limit,
+        ))
+        .first(conn)?;
+    if used + reserved + tokens > limit {
+        return Ok(false);
+    }
+    diesel::update(usage_periods::table.find(period_id))
+        .set(usage_periods::tokens_used.eq(usage_periods::tokens_used + tokens))
+        .execute(conn)?;
+    Ok(true)
+}

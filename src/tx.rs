@@ -2,6 +2,7 @@
 
 use crate::error::{Error, Result};
 use diesel::connection::{AnsiTransactionManager, Connection, TransactionManager};
+use diesel::sqlite::SqliteConnection;
 
 /// Runs `f` in a transaction (a savepoint when one is already open). An error raised while
 /// committing a lost connection is reported as [`Error::OutcomeUnknown`], since the server may
@@ -42,5 +43,20 @@ pub(crate) fn statement_error(in_transaction: bool, e: diesel::result::Error) ->
         err.at_commit()
     } else {
         err
+    }
+}
+
+/// Runs `f` in a `BEGIN IMMEDIATE` transaction, or, when the caller already has a transaction
+/// open (e.g. a whole job run in one `immediate_transaction`), in a savepoint of it: SQLite
+/// refuses a nested `BEGIN`, and the caller's transaction already holds (or takes at the first
+/// write) the database's single write lock.
+pub(crate) fn sqlite_write<T>(
+    conn: &mut SqliteConnection,
+    f: impl FnOnce(&mut SqliteConnection) -> Result<T>,
+) -> Result<T> {
+    if in_transaction(conn) {
+        transaction(conn, f)
+    } else {
+        conn.immediate_transaction(f)
     }
 }

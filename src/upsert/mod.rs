@@ -248,21 +248,6 @@ where
     })
 }
 
-/// Runs `f` in a `BEGIN IMMEDIATE` transaction, or, when the caller already has a transaction
-/// open (e.g. a whole job run in one `immediate_transaction`), in a savepoint of it: SQLite
-/// refuses a nested `BEGIN`, and the caller's transaction already holds (or takes at the first
-/// write) the database's single write lock.
-fn sqlite_write_transaction<T>(
-    conn: &mut SqliteConnection,
-    f: impl FnOnce(&mut SqliteConnection) -> Result<T>,
-) -> Result<T> {
-    if tx::in_transaction(conn) {
-        tx::transaction(conn, f)
-    } else {
-        conn.immediate_transaction(f)
-    }
-}
-
 impl<M, F> Upsertable<SqliteConnection, F> for M
 where
     M: BindRow<Sqlite>,
@@ -275,7 +260,7 @@ where
         update: &[&'static str],
         condition: Option<&F>,
     ) -> Result<UpsertOutcome> {
-        sqlite_write_transaction(conn, |conn| {
+        tx::sqlite_write(conn, |conn| {
             sqlite_upsert_in_tx(conn, row, update, condition)
         })
     }
@@ -289,7 +274,7 @@ where
     ) -> Result<BulkOutcome> {
         // SQLite runs in-process: a statement per row costs no round trip, and with at most one
         // row per statement the bind-parameter limit can never be reached.
-        sqlite_write_transaction(conn, |conn| {
+        tx::sqlite_write(conn, |conn| {
             let mut total = BulkOutcome::default();
             for row in rows {
                 total.record(sqlite_upsert_in_tx(conn, *row, update, condition)?);

@@ -1,0 +1,336 @@
+//! Get-or-create: return the row with a given unique key, inserting it if it is missing, and
+//! say whether this call created it, under any concurrency.
+//!
+//! # Which path is taken, and why
+//! - **PostgreSQL**: `INSERT … ON CONFLICT (key) DO NOTHING RETURNING <row>`. When it returns a
+//!   row, this call created it (one round trip). When it returns nothing the key exists, and a
+//!   second statement reads it: `SELECT <row> FROM t WHERE key = …` (two round trips). Under READ
+//!   COMMITTED each statement takes a new snapshot, and `ON CONFLICT` waits for a concurrent
+//!   inserter of the key to commit or roll back before deciding, so the `SELECT` sees the row
+//!   the `INSERT` collided with. The two statements need no transaction of their own (which would
+//!   cost a `BEGIN` and a `COMMIT`): inside the caller's transaction they run in it. The one gap
+//!   is a row deleted between the two statements: the pair is then retried, up to
+//!   [`GET_OR_CREATE_ATTEMPTS`] times, after which [`Error::NotFound`] is returned.
+//!   One statement cannot do both: a `SELECT` in the same statement as the `INSERT` uses the
+//!   statement's snapshot, which does not contain a row committed by the transaction the
+//!   `INSERT` waited for.
+//! - **SQLite**: the same two statements inside one `BEGIN IMMEDIATE` transaction (a savepoint
+//!   when the caller already has a transaction open). SQLite admits one writer at a time, so
+//!   nothing can slip in between them and the read cannot miss.
+//!
+//! No advisory lock is taken: the unique index is the lock. A second creator blocks on the
+//! first one's uncommitted index entry until it commits, so even rows that creation
+//! initialises in the same transaction are complete when the loser reads them. An advisory
+//! transaction lock ([`crate::lock::xact_lock`]) is only needed when "the same row" is not a
+//! unique key (e.g. "an open period overlapping this instant"), which this helper does not
+//! serve.
+//!
+//! # Isolation levels
+//! Under REPEATABLE READ or SERIALIZABLE, PostgreSQL raises a serialization failure when the
+//! conflicting row is not visible to the transaction's snapshot
+//! ([`Error::SerializationFailure`]); re-run the whole transaction with
+//! [`Retry`](crate::retry::Retry).
+//!
+//! # Costs
+//! Each `INSERT … ON CONFLICT DO NOTHING` that finds the key takes a value from the table's
+//! sequence (a `BIGSERIAL` id) without using it. When most calls find the row, read first and
+//! call `get_or_create` only on a miss, as
+//! [`get_or_create_usage_period`](crate::usage::get_or_create_usage_period) does.
+
+use crate::error::{Error, Result};
+use crate::tx;
+use crate::upsert::statement::{push_identifiers, OnConflict, UpsertSql, Values};
+use crate::upsert::{BindRow, NoCondition, UpsertModel};
+use diesel::backend::Backend;
+use diesel::connection::Connection;
+use diesel::expression::{Expression, SelectableHelper};
+use diesel::pg::{Pg, PgConnection};
+use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
+use diesel::query_dsl::methods::LoadQuery;
+use diesel::r2d2::{ConnectionManager, PooledConnection, R2D2Connection};
+use diesel::sqlite::{Sqlite, SqliteConnection};
+use diesel::{QueryResult, RunQueryDsl, Selectable};
+
+/// How many times [`get_or_create`] runs its insert-then-read pair on PostgreSQL before giving
+/// up, when the row keeps being deleted between the two statements.
+pub const GET_OR_CREATE_ATTEMPTS: u32 = 3;
+
+/// The row [`get_or_create`] returned, and whether this call created it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Obtained<R> {
+    /// The row, as stored.
+    pub row: R,
+    /// `true` when this call inserted the row, `false` when it existed.
+    pub created: bool,
+}
+
+/// Models that [`get_or_create`] can insert over a connection `C`, returning rows of type `R`.
+///
+/// Implemented for every model declared with [`upsert_model!`](crate::upsert_model) over
+/// [`PgConnection`], [`SqliteConnection`] and r2d2 pooled connections of either, for every
+/// `R` that derives `Queryable` and `Selectable` for the model's table.
+#[diagnostic::on_unimplemented(
+    message = "cannot get-or-create `{Self}` as `{R}` over a `{C}`",
+    note = "declare the model with `upsert_kit::upsert_model!`, derive `Queryable` and `Selectable` (with `#[diesel(table_name = …)]` of the same table) on the row type, and pass `&mut PgConnection`, `&mut SqliteConnection` or a pooled connection of either"
+)]
+pub trait GetOrCreate<C, R>: UpsertModel + Sized {
+    /// Runs the get-or-create of a validated row.
+    #[doc(hidden)]
+    fn get_or_create_validated(conn: &mut C, row: &Self) -> Result<Obtained<R>>;
+}
+
+/// Returns the row whose unique key ([`UpsertModel::KEY`]) is `row`'s, inserting `row` when
+/// there is none, and whether this call inserted it.
+///
+/// **Guarantee**: concurrent calls for one key, from any number of sessions, all return the
+/// same row, exactly one of them reports `created`, and none fails with a duplicate-key
+/// error. An existing row is returned as stored: `row`'s other values are used only to create.
+///
+/// **Cost**: PostgreSQL, one round trip when the row is created, two when it exists (see the
+/// [module documentation](self) for the statements and why no transaction is opened); SQLite,
+/// one immediate transaction.
+///
+/// # Errors
+/// - [`Error::InvalidInput`] when [`UpsertModel::validate`] rejects `row`; nothing is sent.
+/// - [`Error::Constraint`] when another constraint than the key rejects the insert (a foreign
+///   key, a check, a second unique index): not retryable.
+/// - [`Error::NotFound`] when the row was deleted between the insert and the read
+///   [`GET_OR_CREATE_ATTEMPTS`] times in a row.
+/// - [`Error::SerializationFailure`] under REPEATABLE READ or SERIALIZABLE when the row was
+///   committed after the transaction's snapshot.
+/// - [`Error::OutcomeUnknown`] when the connection drops while an insert outside a transaction
+///   commits; get-or-create is idempotent, so calling it again is safe.
+///
+/// # Examples
+///
+/// ```
+/// use diesel::prelude::*;
+/// use upsert_kit::get_or_create::get_or_create;
+/// use upsert_kit::schema::strava_stats;
+/// use upsert_kit::upsert_model;
+///
+/// upsert_model! {
+///     table = strava_stats, key = (stats_type);
+///     pub struct NewStats {
+///         pub stats_type: String,
+///         pub data: serde_json::Value,
+///     }
+/// }
+///
+/// #[derive(Debug, Queryable, Selectable)]
+/// #[diesel(table_name = strava_stats)]
+/// struct Stats {
+///     id: i64,
+///     stats_type: String,
+///     data: serde_json::Value,
+/// }
+///
+/// let mut conn = SqliteConnection::establish(":memory:")?;
+/// upsert_kit::db::run_migrations(&mut conn)?;
+/// let first = get_or_create::<_, _, Stats>(&mut conn, &NewStats { stats_type: "ytd".into(), data: serde_json::json!(1) })?;
+/// let again = get_or_create::<_, _, Stats>(&mut conn, &NewStats { stats_type: "ytd".into(), data: serde_json::json!(2) })?;
+/// assert!(first.created && !again.created);
+/// assert_eq!(first.row.id, again.row.id);
+/// assert_eq!(again.row.data, serde_json::json!(1)); // the stored row, not the new values
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn get_or_create<C, M, R>(conn: &mut C, row: &M) -> Result<Obtained<R>>
+where
+    M: GetOrCreate<C, R>,
+{
+    row.validate()?;
+    M::get_or_create_validated(conn, row)
+}
+
+/// `INSERT … ON CONFLICT (key) DO NOTHING RETURNING <selection>`.
+struct InsertReturning<'a, M: UpsertModel, S, DB: Backend> {
+    insert: UpsertSql<'a, M, NoCondition, DB>,
+    selection: S,
+}
+
+impl<'a, M: UpsertModel, S, DB: Backend> InsertReturning<'a, M, S, DB> {
+    fn new(row: &'a M, selection: S) -> Self {
+        InsertReturning {
+            insert: UpsertSql {
+                table: M::Table::default(),
+                values: Values::Row(row),
+                update: &[],
+                condition: None,
+                on_conflict: OnConflict::Nothing,
+                returning_inserted: false,
+            },
+            selection,
+        }
+    }
+}
+
+impl<M: UpsertModel, S, DB: Backend> QueryId for InsertReturning<'_, M, S, DB> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl<M: UpsertModel, S: Expression, DB: Backend> Query for InsertReturning<'_, M, S, DB> {
+    type SqlType = S::SqlType;
+}
+
+impl<M: UpsertModel, S, DB: Backend, Conn> RunQueryDsl<Conn> for InsertReturning<'_, M, S, DB> {}
+
+impl<M, S, DB> QueryFragment<DB> for InsertReturning<'_, M, S, DB>
+where
+    DB: Backend,
+    M: BindRow<DB>,
+    M::Table: QueryFragment<DB>,
+    S: QueryFragment<DB>,
+{
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        self.insert.walk_ast(out.reborrow())?;
+        out.push_sql(" RETURNING ");
+        self.selection.walk_ast(out.reborrow())
+    }
+}
+
+/// The name of the one-row table of incoming values in [`SelectByKey`].
+const KEY_ROW: &str = "__upsert_kit_key";
+
+/// `WITH k (cols) AS (VALUES (…)) SELECT <selection> FROM t, k WHERE t.key = k.key`: the row
+/// with `row`'s key, binding the model's values the same way the insert does.
+struct SelectByKey<'a, M: UpsertModel, S> {
+    table: M::Table,
+    row: &'a M,
+    selection: S,
+}
+
+impl<M: UpsertModel, S> QueryId for SelectByKey<'_, M, S> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl<M: UpsertModel, S: Expression> Query for SelectByKey<'_, M, S> {
+    type SqlType = S::SqlType;
+}
+
+impl<M: UpsertModel, S, Conn> RunQueryDsl<Conn> for SelectByKey<'_, M, S> {}
+
+impl<M, S, DB> QueryFragment<DB> for SelectByKey<'_, M, S>
+where
+    DB: Backend,
+    M: BindRow<DB>,
+    M::Table: QueryFragment<DB>,
+    S: QueryFragment<DB>,
+{
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        out.push_sql("WITH ");
+        out.push_identifier(KEY_ROW)?;
+        out.push_sql(" (");
+        push_identifiers(&mut out, M::COLUMNS)?;
+        out.push_sql(") AS (VALUES (");
+        self.row.walk_row(out.reborrow())?;
+        out.push_sql(")) SELECT ");
+        self.selection.walk_ast(out.reborrow())?;
+        out.push_sql(" FROM ");
+        self.table.walk_ast(out.reborrow())?;
+        out.push_sql(", ");
+        out.push_identifier(KEY_ROW)?;
+        for (i, key) in M::KEY.iter().enumerate() {
+            out.push_sql(if i == 0 { " WHERE " } else { " AND " });
+            self.table.walk_ast(out.reborrow())?;
+            out.push_sql(".");
+            out.push_identifier(key)?;
+            out.push_sql(" = ");
+            out.push_identifier(KEY_ROW)?;
+            out.push_sql(".");
+            out.push_identifier(key)?;
+        }
+        Ok(())
+    }
+}
+
+/// One insert-then-read pair: `Ok(None)` when the row vanished in between.
+fn attempt<C, M, R, DB>(conn: &mut C, row: &M) -> Result<Option<Obtained<R>>>
+where
+    DB: Backend,
+    C: Connection<Backend = DB, TransactionManager = diesel::connection::AnsiTransactionManager>,
+    M: UpsertModel,
+    R: Selectable<DB>,
+    for<'a> InsertReturning<'a, M, diesel::dsl::AsSelect<R, DB>, DB>: LoadQuery<'a, C, R>,
+    for<'a> SelectByKey<'a, M, diesel::dsl::AsSelect<R, DB>>: LoadQuery<'a, C, R>,
+{
+    let in_tx = tx::in_transaction(conn);
+    let inserted = InsertReturning::<M, _, DB>::new(row, R::as_select())
+        .load::<R>(conn)
+        .map_err(|e| tx::statement_error(in_tx, e))?;
+    if let Some(created) = inserted.into_iter().next() {
+        return Ok(Some(Obtained {
+            row: created,
+            created: true,
+        }));
+    }
+    let found = SelectByKey {
+        table: M::Table::default(),
+        row,
+        selection: R::as_select(),
+    }
+    .load::<R>(conn)?;
+    Ok(found.into_iter().next().map(|existing| Obtained {
+        row: existing,
+        created: false,
+    }))
+}
+
+fn vanished() -> Error {
+    Error::NotFound(format!(
+        "get-or-create: the row was deleted between the insert and the read \
+         {GET_OR_CREATE_ATTEMPTS} times in a row"
+    ))
+}
+
+impl<M, R> GetOrCreate<PgConnection, R> for M
+where
+    M: UpsertModel,
+    R: Selectable<Pg>,
+    for<'a> InsertReturning<'a, M, diesel::dsl::AsSelect<R, Pg>, Pg>:
+        LoadQuery<'a, PgConnection, R>,
+    for<'a> SelectByKey<'a, M, diesel::dsl::AsSelect<R, Pg>>: LoadQuery<'a, PgConnection, R>,
+{
+    fn get_or_create_validated(conn: &mut PgConnection, row: &Self) -> Result<Obtained<R>> {
+        for _ in 0..GET_OR_CREATE_ATTEMPTS {
+            if let Some(obtained) = attempt::<_, M, R, Pg>(conn, row)? {
+                return Ok(obtained);
+            }
+            tracing::debug!(
+                model = std::any::type_name::<M>(),
+                "get-or-create: the conflicting row vanished before it was read; trying again"
+            );
+        }
+        Err(vanished())
+    }
+}
+
+impl<M, R> GetOrCreate<SqliteConnection, R> for M
+where
+    M: UpsertModel,
+    R: Selectable<Sqlite>,
+    for<'a> InsertReturning<'a, M, diesel::dsl::AsSelect<R, Sqlite>, Sqlite>:
+        LoadQuery<'a, SqliteConnection, R>,
+    for<'a> SelectByKey<'a, M, diesel::dsl::AsSelect<R, Sqlite>>:
+        LoadQuery<'a, SqliteConnection, R>,
+{
+    fn get_or_create_validated(conn: &mut SqliteConnection, row: &Self) -> Result<Obtained<R>> {
+        tx::sqlite_write(conn, |conn| {
+            attempt::<_, M, R, Sqlite>(conn, row)?.ok_or_else(vanished)
+        })
+    }
+}
+
+impl<M, R, Conn> GetOrCreate<PooledConnection<ConnectionManager<Conn>>, R> for M
+where
+    Conn: R2D2Connection + 'static,
+    M: GetOrCreate<Conn, R>,
+{
+    fn get_or_create_validated(
+        conn: &mut PooledConnection<ConnectionManager<Conn>>,
+        row: &Self,
+    ) -> Result<Obtained<R>> {
+        M::get_or_create_validated(&mut **conn, row)
+    }
+}
