@@ -49,6 +49,11 @@ struct Args {
     #[arg(long)]
     ops: Option<u64>,
 
+    /// Rounds: each cell runs once per round (the patterns of a cell back to back) and the
+    /// rounds are summed, which evens out a shared machine's slow moments.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
+
     /// Keys of the steady-state upsert scenario.
     #[arg(long, default_value_t = 64)]
     keys: u64,
@@ -111,6 +116,7 @@ fn main() -> Result<()> {
             .collect::<Result<_>>()?,
         workers: args.workers.clone(),
         stop,
+        rounds: args.rounds,
         params: scenarios::Params {
             keys: args.keys,
             batch: args.batch,

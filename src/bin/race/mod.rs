@@ -40,8 +40,12 @@ pub struct Config {
     pub patterns: Vec<Pattern>,
     /// Worker counts to sweep.
     pub workers: Vec<usize>,
-    /// Per cell.
+    /// Per cell and round.
     pub stop: Stop,
+    /// Rounds: every cell runs once per round, the patterns of a cell back to back, and the
+    /// rounds are summed. On a shared machine whose disk latency moves, this spreads the slow
+    /// moments evenly over the patterns being compared.
+    pub rounds: usize,
     /// The scenarios' sizes.
     pub params: scenarios::Params,
     /// Draw a progress bar (on a terminal).
@@ -109,26 +113,85 @@ pub fn run(config: &Config) -> Result<Vec<Row>> {
                 .flat_map(move |&w| config.patterns.iter().map(move |&p| (s.as_ref(), p, w)))
         })
         .collect();
-    let bar = progress_bar(config.progress, cells.len() as u64);
-    let mut rows = Vec::with_capacity(cells.len());
-    for (scenario, pattern, workers) in cells {
-        bar.set_message(format!(
-            "{} {} x{workers}",
-            scenario.name(),
-            pattern.as_str()
-        ));
-        let row = run_cell(&db, scenario, pattern, workers, config.stop).with_context(|| {
-            format!(
+    let rounds = config.rounds.max(1);
+    let bar = progress_bar(config.progress, (cells.len() * rounds) as u64);
+    let mut measured: Vec<Option<Measured>> = (0..cells.len()).map(|_| None).collect();
+    for round in 0..rounds {
+        for (i, &(scenario, pattern, workers)) in cells.iter().enumerate() {
+            let name = format!(
                 "{} / {} / {workers} workers",
                 scenario.name(),
                 pattern.as_str()
-            )
-        })?;
-        bar.inc(1);
-        rows.push(row);
+            );
+            bar.set_message(format!("round {}: {name}", round + 1));
+            let m = run_cell(&db, scenario, pattern, workers, config.stop)
+                .with_context(|| name.clone())?;
+            match &mut measured[i] {
+                Some(sum) => sum.add(m),
+                slot => *slot = Some(m),
+            }
+            bar.inc(1);
+        }
     }
     bar.finish_and_clear();
-    Ok(rows)
+    Ok(cells
+        .iter()
+        .zip(measured)
+        .map(|(&(scenario, pattern, workers), m)| {
+            m.expect("every cell ran").row(scenario, pattern, workers)
+        })
+        .collect())
+}
+
+/// The raw figures of a cell (summed over rounds).
+struct Measured {
+    latencies_ns: Vec<u64>,
+    operations: u64,
+    ok: u64,
+    errors: BTreeMap<String, u64>,
+    anomalies: Anomalies,
+    seconds: f64,
+}
+
+impl Measured {
+    fn add(&mut self, other: Measured) {
+        self.latencies_ns.extend(other.latencies_ns);
+        self.operations += other.operations;
+        self.ok += other.ok;
+        for (kind, n) in other.errors {
+            *self.errors.entry(kind).or_insert(0) += n;
+        }
+        self.anomalies.duplicate_rows += other.anomalies.duplicate_rows;
+        self.anomalies.lost_updates += other.anomalies.lost_updates;
+        self.anomalies.over_limit += other.anomalies.over_limit;
+        self.seconds += other.seconds;
+    }
+
+    fn row(mut self, scenario: &dyn Scenario, pattern: Pattern, workers: usize) -> Row {
+        self.latencies_ns.sort_unstable();
+        let errors: u64 = self.errors.values().sum();
+        Row {
+            scenario: scenario.name().to_owned(),
+            pattern: pattern.as_str().to_owned(),
+            workers,
+            operations: self.operations,
+            unit: scenario.unit().to_owned(),
+            per_sec: (self.ok * scenario.units_per_op()) as f64 / self.seconds,
+            p50_us: percentile(&self.latencies_ns, 0.50),
+            p99_us: percentile(&self.latencies_ns, 0.99),
+            errors,
+            error_rate: if self.operations == 0 {
+                0.0
+            } else {
+                errors as f64 / self.operations as f64
+            },
+            error_kinds: self.errors,
+            duplicate_rows: self.anomalies.duplicate_rows,
+            lost_updates: self.anomalies.lost_updates,
+            over_limit: self.anomalies.over_limit,
+            seconds: self.seconds,
+        }
+    }
 }
 
 fn progress_bar(enabled: bool, cells: u64) -> indicatif::ProgressBar {
@@ -161,7 +224,7 @@ fn run_cell(
     pattern: Pattern,
     workers: usize,
     stop: Stop,
-) -> Result<Row> {
+) -> Result<Measured> {
     let mut admin = db.conn()?;
     scenario.prepare(&mut admin)?;
     // Every worker connects before the start, so connecting is not measured.
@@ -190,11 +253,6 @@ fn run_cell(
         (results, t0.elapsed())
     });
 
-    let mut latencies: Vec<u64> = results
-        .iter()
-        .flat_map(|r| r.latencies_ns.iter().copied())
-        .collect();
-    latencies.sort_unstable();
     let mut error_kinds = BTreeMap::new();
     for r in &results {
         for (kind, n) in &r.errors {
@@ -206,34 +264,14 @@ fn run_cell(
         effect: results.iter().map(|r| r.effect).sum(),
         rounds: results.iter().map(|r| r.rounds).max().unwrap_or(0),
     };
-    let Anomalies {
-        duplicate_rows,
-        lost_updates,
-        over_limit,
-    } = scenario.verify(&mut admin, &tally)?;
-    let operations: u64 = results.iter().map(|r| r.operations).sum();
-    let errors: u64 = error_kinds.values().sum();
-    let seconds = elapsed.as_secs_f64();
-    Ok(Row {
-        scenario: scenario.name().to_owned(),
-        pattern: pattern.as_str().to_owned(),
-        workers,
-        operations,
-        unit: scenario.unit().to_owned(),
-        per_sec: (tally.ok * scenario.units_per_op()) as f64 / seconds,
-        p50_us: percentile(&latencies, 0.50),
-        p99_us: percentile(&latencies, 0.99),
-        errors,
-        error_rate: if operations == 0 {
-            0.0
-        } else {
-            errors as f64 / operations as f64
-        },
-        error_kinds,
-        duplicate_rows,
-        lost_updates,
-        over_limit,
-        seconds,
+    let anomalies = scenario.verify(&mut admin, &tally)?;
+    Ok(Measured {
+        operations: results.iter().map(|r| r.operations).sum(),
+        ok: tally.ok,
+        latencies_ns: results.into_iter().flat_map(|r| r.latencies_ns).collect(),
+        errors: error_kinds,
+        anomalies,
+        seconds: elapsed.as_secs_f64(),
     })
 }
 
