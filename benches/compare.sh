@@ -5,7 +5,8 @@
 #   cargo build --release --bin upsert-race
 #   benches/compare.sh [SECONDS]          # per measurement, default 5; ROUNDS=3 rounds
 #
-# Environment: DATABASE_URL (admin URL, default postgres://postgres@127.0.0.1:5432/postgres),
+# Environment: PGOPTIONS applies to both sides (e.g. '-c synchronous_commit=off' to take the
+# commit's flush out of the measurement), DATABASE_URL (admin URL, default postgres://postgres@127.0.0.1:5432/postgres),
 # RACE (the upsert-race binary, default target/release/upsert-race), OUT (directory for the
 # JSON and pgbench logs, default a temporary one). Needs pgbench, psql and jq.
 #
@@ -92,12 +93,15 @@ for round in $(seq "$ROUNDS"); do
     unnest=$(awk -v t="$(pgbench_tps 1 bulk_unnest.sql)" -v b=$BATCH 'BEGIN { print t * b }')
     seed $BULK_KEYS
     generate=$(awk -v t="$(pgbench_tps 1 bulk_generate.sql)" -v b=$BATCH 'BEGIN { print t * b }')
+    seed $BULK_KEYS
+    parse=$(awk -v t="$(pgbench_tps 1 bulk_generate_parse.sql)" -v b=$BATCH 'BEGIN { print t * b }')
     race "bulk-$round" --scenario bulk --patterns naive,atomic --workers 1 --batch $BATCH --bulk-keys $BULK_KEYS
     bulk=$(per_sec "bulk-$round" atomic 1)
     loop=$(per_sec "bulk-$round" naive 1)
-    add pg_unnest "$unnest"; add pg_generate "$generate"; add crate_bulk "$bulk"; add crate_loop "$loop"
+    add pg_unnest "$unnest"; add pg_generate "$generate"; add pg_parse "$parse"; add crate_bulk "$bulk"; add crate_loop "$loop"
     ROUND_RATIOS[unnest]+="$(ratio "$bulk" "$unnest") "
     ROUND_RATIOS[generate]+="$(ratio "$bulk" "$generate") "
+    ROUND_RATIOS[parse]+="$(ratio "$bulk" "$parse") "
     ROUND_RATIOS[loop]+="$(ratio "$bulk" "$loop") "
 done
 
@@ -114,4 +118,5 @@ for c in $CLIENTS; do
 done
 line "1,000-row batch, rows/s (unnest)" 1 pg_unnest crate_bulk unnest
 line "1,000-row batch, rows/s (server-generated)" 1 pg_generate crate_bulk generate
+line "1,000-row batch, rows/s (generated, JSON per row)" 1 pg_parse crate_bulk parse
 line "loop of single upserts, rows/s (ratio: bulk/loop)" 1 - crate_loop loop
