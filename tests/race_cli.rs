@@ -112,3 +112,39 @@ fn an_unknown_scenario_is_refused_with_the_known_ones() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_report_is_redrawn_from_its_json_without_a_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("rows.json");
+    let plot = dir.path().join("rows.svg");
+    let row = |pattern: &str, per_sec: f64, errors: u64| {
+        serde_json::json!({
+            "scenario": "first-insert", "pattern": pattern, "workers": 8, "operations": 100,
+            "unit": "ops", "per_sec": per_sec, "p50_us": 900.0, "p99_us": 4000.0,
+            "errors": errors, "error_rate": errors as f64 / 100.0, "error_kinds": {},
+            "duplicate_rows": 0, "lost_updates": 0, "over_limit": 0, "seconds": 1.0
+        })
+    };
+    let rows = serde_json::json!([row("naive", 1000.0, 57), row("atomic", 2000.0, 0)]);
+    std::fs::write(&json, rows.to_string()).unwrap();
+    let output = Command::cargo_bin("upsert-race")
+        .unwrap()
+        .args(["--database-url", "postgres://postgres@127.0.0.1:1/postgres"])
+        .arg("--from-json")
+        .arg(&json)
+        .arg("--plot")
+        .arg(&plot)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("first-insert x8: 2.00"), "{stdout}");
+    assert!(std::fs::read_to_string(&plot)
+        .unwrap()
+        .contains("error rate"));
+}

@@ -82,6 +82,11 @@ struct Args {
     #[arg(long)]
     no_progress: bool,
 
+    /// Run nothing: read the rows of an earlier `--json` report, print its table, and draw
+    /// `--plot` from it.
+    #[arg(long, value_name = "JSON", conflicts_with = "json")]
+    from_json: Option<PathBuf>,
+
     /// Print the stats payload the scenarios write (compact JSON) and exit; pgbench scripts
     /// send the same one.
     #[arg(long)]
@@ -93,6 +98,10 @@ fn main() -> Result<()> {
     if args.print_payload {
         println!("{}", race::payload::stats_payload(0));
         return Ok(());
+    }
+    if let Some(path) = &args.from_json {
+        let rows = race::report::read_json(path)?;
+        return report(&rows, &args);
     }
     let stop = match args.ops {
         Some(0) => bail!("--ops must be positive"),
@@ -126,13 +135,17 @@ fn main() -> Result<()> {
         progress: !args.no_progress,
     };
     let rows = race::run(&config)?;
-    print!("{}", race::report::table(&rows));
+    report(&rows, &args)
+}
+
+/// Prints the table and writes the JSON and the plot that `args` ask for.
+fn report(rows: &[race::Row], args: &Args) -> Result<()> {
+    print!("{}", race::report::table(rows));
     if let Some(path) = &args.json {
-        race::report::write_json(&rows, path)?;
+        race::report::write_json(rows, path)?;
     }
     if let Some(path) = &args.plot {
-        race::report::write_plot(&rows, path)
-            .with_context(|| format!("plot {}", path.display()))?;
+        race::report::write_plot(rows, path).with_context(|| format!("plot {}", path.display()))?;
     }
     Ok(())
 }

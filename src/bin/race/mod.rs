@@ -14,7 +14,7 @@ pub mod scratch;
 use anyhow::{bail, Context, Result};
 use diesel::pg::PgConnection;
 use scenarios::{Anomalies, Op, Pattern, Scenario, Tally};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Barrier;
@@ -53,7 +53,7 @@ pub struct Config {
 }
 
 /// One cell of the report: a scenario, a pattern, a worker count.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Row {
     /// Scenario name.
     pub scenario: String,

@@ -68,6 +68,13 @@ pub fn table(rows: &[Row]) -> String {
     out
 }
 
+/// Reads rows written by [`write_json`].
+pub fn read_json(path: &Path) -> Result<Vec<Row>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("{} is not an upsert-race JSON report", path.display()))
+}
+
 /// Writes the rows as a JSON array.
 pub fn write_json(rows: &[Row], path: &Path) -> Result<()> {
     let text = serde_json::to_string_pretty(rows)?;
@@ -78,7 +85,8 @@ fn plot_error<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow!("cannot draw the plot: {e:?}")
 }
 
-/// Draws, for each scenario, throughput and error rate against workers, one line per pattern.
+/// Draws, for each scenario, throughput, error rate and anomalies (duplicate rows, lost
+/// updates and over-limit units per 100 operations) against workers, one line per pattern.
 pub fn write_plot(rows: &[Row], path: &Path) -> Result<()> {
     let mut scenarios: Vec<&str> = Vec::new();
     for r in rows {
@@ -90,9 +98,9 @@ pub fn write_plot(rows: &[Row], path: &Path) -> Result<()> {
         return Err(anyhow!("no rows to plot"));
     }
     let height = 260 * scenarios.len() as u32;
-    let root = SVGBackend::new(path, (1100, height)).into_drawing_area();
+    let root = SVGBackend::new(path, (1500, height)).into_drawing_area();
     root.fill(&WHITE).map_err(plot_error)?;
-    let panels = root.split_evenly((scenarios.len(), 2));
+    let panels = root.split_evenly((scenarios.len(), 3));
     for (i, scenario) in scenarios.iter().enumerate() {
         let cells: Vec<&Row> = rows.iter().filter(|r| r.scenario == *scenario).collect();
         let unit = if cells[0].unit == "ops" {
@@ -101,16 +109,29 @@ pub fn write_plot(rows: &[Row], path: &Path) -> Result<()> {
             "rows/s"
         };
         draw(
-            &panels[2 * i],
+            &panels[3 * i],
             &format!("{scenario}: {unit}"),
             &cells,
             |r| r.per_sec,
         )?;
         draw(
-            &panels[2 * i + 1],
+            &panels[3 * i + 1],
             &format!("{scenario}: error rate (%)"),
             &cells,
             |r| r.error_rate * 100.0,
+        )?;
+        draw(
+            &panels[3 * i + 2],
+            &format!("{scenario}: dup + lost + over-limit per 100 ops"),
+            &cells,
+            |r| {
+                let damage = (r.duplicate_rows + r.lost_updates + r.over_limit) as f64;
+                if r.operations == 0 {
+                    0.0
+                } else {
+                    100.0 * damage / r.operations as f64
+                }
+            },
         )?;
     }
     root.present().map_err(plot_error)?;
@@ -147,7 +168,13 @@ fn draw(
                 String::new()
             }
         })
-        .y_label_formatter(&|y| format!("{y:.0}"))
+        .y_label_formatter(&move |y| {
+            if top < 10.0 {
+                format!("{y:.1}")
+            } else {
+                format!("{y:.0}")
+            }
+        })
         .x_desc("workers")
         .draw()
         .map_err(plot_error)?;
