@@ -150,7 +150,7 @@ fn single_row_pg(c: &mut Criterion, url: &str) {
     g.bench_function(BenchmarkId::new("naive", "8 threads"), |b| {
         b.iter_custom(|iters| {
             on_threads(&pool, iters, |conn, i| {
-                if naive::query_then_upsert(&mut **conn, &rows[i as usize % KEYS]).is_err() {
+                if naive::query_then_upsert(conn, &rows[i as usize % KEYS]).is_err() {
                     naive_errors.fetch_add(1, Ordering::Relaxed);
                 }
             })

@@ -1,10 +1,10 @@
 //! The race report: runs the naive and the atomic pattern of each scenario side by side, under
 //! real concurrency, and measures throughput, latency, errors and the anomalies each leaves.
 //!
-//! The core here is generic: a [`Scenario`](scenarios::Scenario) says how to reset its state,
+//! The core here is generic: a [`Scenario`] says how to reset its state,
 //! what one operation of each pattern is, and how to count the damage afterwards; the runner
 //! gives each worker its own connection, releases them together on a barrier, and times
-//! every operation. A new primitive is one more `Scenario` in [`scenarios::all`].
+//! every operation. A new primitive is one more `Scenario` in [`scenarios::by_name`].
 
 pub mod payload;
 pub mod report;

@@ -418,6 +418,9 @@ impl Scenario for LockedCounter {
     }
 }
 
+/// Units one `quota` operation asks for.
+const UNITS: i64 = 1;
+
 /// `quota`: workers take one unit at a time from the current window of `limit` units; a
 /// worker told "full" opens the next window. Demand always exceeds supply, so every window
 /// but the last must end exactly full.
@@ -482,9 +485,9 @@ impl Scenario for Quota {
                 let (used, lim): (i64, i64) = q
                     .select((race_quota::used, race_quota::lim))
                     .get_result(conn)?;
-                if used + 1 <= lim {
+                if used + UNITS <= lim {
                     diesel::update(q)
-                        .set(race_quota::used.eq(race_quota::used + 1_i64))
+                        .set(race_quota::used.eq(race_quota::used + UNITS))
                         .execute(conn)?;
                     true
                 } else {
@@ -493,8 +496,8 @@ impl Scenario for Quota {
             }
             // One conditional statement; to become `upsert_kit::reserve` when quotas land.
             Pattern::Atomic => {
-                diesel::update(q.filter((race_quota::used + 1_i64).le(race_quota::lim)))
-                    .set(race_quota::used.eq(race_quota::used + 1_i64))
+                diesel::update(q.filter((race_quota::used + UNITS).le(race_quota::lim)))
+                    .set(race_quota::used.eq(race_quota::used + UNITS))
                     .returning(race_quota::used)
                     .get_result::<i64>(conn)
                     .optional()?
@@ -502,7 +505,7 @@ impl Scenario for Quota {
             }
         };
         if granted {
-            Ok(1)
+            Ok(UNITS as u64)
         } else {
             self.advance(conn, window)?;
             Ok(0)
