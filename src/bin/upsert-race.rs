@@ -1,0 +1,151 @@
+//! `upsert-race`: the naive and the atomic pattern side by side under real concurrency.
+//!
+//! ```text
+//! upsert-race --workers 1,2,4,8,16 --duration 3 --json race.json --plot race.svg
+//! upsert-race --scenario first-insert --workers 8 --ops 200
+//! ```
+//!
+//! It creates its own database (`upsert_kit_race_<pid>`) on the server of `--database-url`
+//! (default: `DATABASE_URL`, else the local server) and drops it at the end.
+
+mod race;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use race::scenarios::{self, Pattern};
+use race::{Config, Stop};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Runs the naive and the atomic pattern of each scenario side by side under concurrency and
+/// prints throughput, latency, errors, duplicate rows, lost updates and over-limit units.
+#[derive(Debug, Parser)]
+#[command(name = "upsert-race", version)]
+struct Args {
+    /// Admin URL of the PostgreSQL server (a user allowed to CREATE DATABASE); the run uses a
+    /// database of its own there. Default: DATABASE_URL, else
+    /// postgres://postgres@127.0.0.1:5432/postgres.
+    #[arg(long)]
+    database_url: Option<String>,
+
+    /// Scenarios, comma-separated: upsert, first-insert, counter, quota, lock, bulk (claim
+    /// needs the library's claims). Default: all that this build has.
+    #[arg(long, value_delimiter = ',')]
+    scenario: Vec<String>,
+
+    /// Patterns, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "naive,atomic")]
+    patterns: Vec<String>,
+
+    /// Worker counts to sweep, comma-separated; each worker has its own connection.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4,8,16")]
+    workers: Vec<usize>,
+
+    /// Seconds per cell (scenario × pattern × workers).
+    #[arg(long, default_value_t = 3.0, conflicts_with = "ops")]
+    duration: f64,
+
+    /// Operations per worker per cell, instead of a duration (first-insert: rounds).
+    #[arg(long)]
+    ops: Option<u64>,
+
+    /// Rounds: each cell runs once per round (the patterns of a cell back to back) and the
+    /// rounds are summed, which evens out a shared machine's slow moments.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
+
+    /// Keys of the steady-state upsert scenario.
+    #[arg(long, default_value_t = 64)]
+    keys: u64,
+
+    /// Rows per batch of the bulk scenario.
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+
+    /// Keys of the bulk scenario.
+    #[arg(long, default_value_t = 20_000)]
+    bulk_keys: u64,
+
+    /// Units per quota window of the quota scenario.
+    #[arg(long, default_value_t = 20)]
+    quota_limit: i64,
+
+    /// Also write the rows as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+
+    /// Also draw throughput and error rate against workers to this SVG file.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+
+    /// No progress bar (it is drawn only on a terminal anyway).
+    #[arg(long)]
+    no_progress: bool,
+
+    /// Run nothing: read the rows of an earlier `--json` report, print its table, and draw
+    /// `--plot` from it.
+    #[arg(long, value_name = "JSON", conflicts_with = "json")]
+    from_json: Option<PathBuf>,
+
+    /// Print the stats payload the scenarios write (compact JSON) and exit; pgbench scripts
+    /// send the same one.
+    #[arg(long)]
+    print_payload: bool,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if args.print_payload {
+        println!("{}", race::payload::stats_payload(0));
+        return Ok(());
+    }
+    if let Some(path) = &args.from_json {
+        let rows = race::report::read_json(path)?;
+        return report(&rows, &args);
+    }
+    let stop = match args.ops {
+        Some(0) => bail!("--ops must be positive"),
+        Some(n) => Stop::Ops(n),
+        None if args.duration > 0.0 && args.duration.is_finite() => {
+            Stop::Duration(Duration::from_secs_f64(args.duration))
+        }
+        None => bail!("--duration must be a positive number of seconds"),
+    };
+    let config = Config {
+        admin_url: race::scratch::admin_url(args.database_url.as_deref()),
+        scenarios: if args.scenario.is_empty() {
+            scenarios::available()
+        } else {
+            args.scenario.clone()
+        },
+        patterns: args
+            .patterns
+            .iter()
+            .map(|p| Pattern::parse(p))
+            .collect::<Result<_>>()?,
+        workers: args.workers.clone(),
+        stop,
+        rounds: args.rounds,
+        params: scenarios::Params {
+            keys: args.keys,
+            batch: args.batch,
+            bulk_keys: args.bulk_keys,
+            quota_limit: args.quota_limit,
+        },
+        progress: !args.no_progress,
+    };
+    let rows = race::run(&config)?;
+    report(&rows, &args)
+}
+
+/// Prints the table and writes the JSON and the plot that `args` ask for.
+fn report(rows: &[race::Row], args: &Args) -> Result<()> {
+    print!("{}", race::report::table(rows));
+    if let Some(path) = &args.json {
+        race::report::write_json(rows, path)?;
+    }
+    if let Some(path) = &args.plot {
+        race::report::write_plot(rows, path).with_context(|| format!("plot {}", path.display()))?;
+    }
+    Ok(())
+}

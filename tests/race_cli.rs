@@ -1,0 +1,150 @@
+//! `upsert-race` end to end: the real binary against a real server, tiny settings.
+
+mod common;
+
+use assert_cmd::Command;
+use serde_json::Value;
+
+const SCENARIOS: &[&str] = &["upsert", "first-insert", "counter", "quota", "lock", "bulk"];
+
+fn field(row: &Value, name: &str) -> i64 {
+    row[name]
+        .as_i64()
+        .unwrap_or_else(|| panic!("{name} missing in {row}"))
+}
+
+#[test]
+fn every_atomic_pattern_runs_clean_and_every_cell_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("race.json");
+    let plot = dir.path().join("race.svg");
+    let output = Command::cargo_bin("upsert-race")
+        .unwrap()
+        .args(["--database-url", &common::admin_url()])
+        .args([
+            "--workers",
+            "2",
+            "--ops",
+            "50",
+            "--batch",
+            "20",
+            "--bulk-keys",
+            "400",
+        ])
+        .arg("--json")
+        .arg(&json)
+        .arg("--plot")
+        .arg(&plot)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "upsert-race failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    eprintln!("{stdout}");
+    let rows: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(
+        rows.len(),
+        SCENARIOS.len() * 2,
+        "one row per scenario and pattern"
+    );
+    for scenario in SCENARIOS {
+        for pattern in ["naive", "atomic"] {
+            let row = rows
+                .iter()
+                .find(|r| r["scenario"] == *scenario && r["pattern"] == pattern)
+                .unwrap_or_else(|| panic!("no row for {scenario}/{pattern}"));
+            assert_eq!(field(row, "workers"), 2);
+            assert_eq!(
+                field(row, "operations"),
+                100,
+                "{scenario}/{pattern}: 2 workers x 50 ops"
+            );
+            assert!(row["per_sec"].as_f64().unwrap() > 0.0);
+            assert!(stdout.contains(scenario), "the table shows {scenario}");
+            if pattern == "atomic" {
+                for anomaly in ["errors", "duplicate_rows", "lost_updates", "over_limit"] {
+                    assert_eq!(
+                        field(row, anomaly),
+                        0,
+                        "{scenario}/atomic: {anomaly} in {row}"
+                    );
+                }
+            }
+        }
+    }
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("first-insert"),
+        "an SVG plot of the run"
+    );
+}
+
+#[test]
+fn the_claim_scenario_is_refused_until_claims_exist() {
+    let output = Command::cargo_bin("upsert-race")
+        .unwrap()
+        .args(["--database-url", "postgres://postgres@127.0.0.1:1/postgres"])
+        .args(["--scenario", "claim", "--ops", "1"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("claim scenario needs the library's claims"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn an_unknown_scenario_is_refused_with_the_known_ones() {
+    let output = Command::cargo_bin("upsert-race")
+        .unwrap()
+        .args(["--scenario", "upsrt", "--ops", "1"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("unknown scenario \"upsrt\"") && stderr.contains("first-insert"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_report_is_redrawn_from_its_json_without_a_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("rows.json");
+    let plot = dir.path().join("rows.svg");
+    let row = |pattern: &str, per_sec: f64, errors: u64| {
+        serde_json::json!({
+            "scenario": "first-insert", "pattern": pattern, "workers": 8, "operations": 100,
+            "unit": "ops", "per_sec": per_sec, "p50_us": 900.0, "p99_us": 4000.0,
+            "errors": errors, "error_rate": errors as f64 / 100.0, "error_kinds": {},
+            "duplicate_rows": 0, "lost_updates": 0, "over_limit": 0, "seconds": 1.0
+        })
+    };
+    let rows = serde_json::json!([row("naive", 1000.0, 57), row("atomic", 2000.0, 0)]);
+    std::fs::write(&json, rows.to_string()).unwrap();
+    let output = Command::cargo_bin("upsert-race")
+        .unwrap()
+        .args(["--database-url", "postgres://postgres@127.0.0.1:1/postgres"])
+        .arg("--from-json")
+        .arg(&json)
+        .arg("--plot")
+        .arg(&plot)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("first-insert x8: 2.00"), "{stdout}");
+    assert!(std::fs::read_to_string(&plot)
+        .unwrap()
+        .contains("error rate"));
+}
