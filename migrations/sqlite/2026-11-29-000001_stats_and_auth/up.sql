@@ -1,7 +1,9 @@
 -- SQLite twin of migrations/postgres: same tables, same columns, same constraints.
 -- JSON is stored in SQLite's binary JSONB form; timestamps are UTC text.
+-- Stats ids are plain rowid aliases (no AUTOINCREMENT): AUTOINCREMENT writes sqlite_sequence on
+-- every insert attempt, turning an upsert that conflicts into a write that must be synced.
 CREATE TABLE strava_stats (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id INTEGER PRIMARY KEY,
     stats_type TEXT NOT NULL UNIQUE CHECK (stats_type <> '' AND length(stats_type) <= 64),
     data BLOB NOT NULL,
     created_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
@@ -9,7 +11,7 @@ CREATE TABLE strava_stats (
 );
 
 CREATE TABLE wakatime_stats (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id INTEGER PRIMARY KEY,
     stats_type TEXT NOT NULL UNIQUE CHECK (stats_type <> '' AND length(stats_type) <= 64),
     data BLOB NOT NULL,
     created_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
