@@ -3,7 +3,7 @@
 //! temporary file).
 //!
 //! ```text
-//! cargo bench                                   # about 3 minutes here (2 cores)
+//! cargo bench --bench upsert                    # about 3 minutes here (2 cores)
 //! UPSERT_KIT_BENCH_QUICK=1 cargo bench          # CI smoke run: short timings, smaller sizes
 //! DATABASE_URL=postgres://… cargo bench         # another server (a user allowed to CREATE DATABASE)
 //! ```
@@ -14,8 +14,8 @@
 //! - `bulk/{pg,sqlite}`: a loop of `atomic_upsert` vs one `bulk_upsert`, at 1,000 and 10,000 rows.
 //! - `lock/pg`: an empty transaction vs one that takes `xact_lock` or `try_xact_lock`.
 //!
-//! A new primitive is one more function called from `main` (get-or-create, increment and
-//! reserve against their naive baselines, claim-and-complete: once they land).
+//! The usage, session-lock and claim primitives are in `benches/primitives.rs`
+//! (`cargo bench --bench primitives`).
 
 #[path = "../src/bin/race/payload.rs"]
 mod payload;

@@ -5,7 +5,17 @@ mod common;
 use assert_cmd::Command;
 use serde_json::Value;
 
-const SCENARIOS: &[&str] = &["upsert", "first-insert", "counter", "quota", "lock", "bulk"];
+const SCENARIOS: &[&str] = &[
+    "upsert",
+    "first-insert",
+    "counter",
+    "counter-retry",
+    "quota",
+    "get-or-create",
+    "lock",
+    "bulk",
+    "claim",
+];
 
 fn field(row: &Value, name: &str) -> i64 {
     row[name]
@@ -30,6 +40,8 @@ fn every_atomic_pattern_runs_clean_and_every_cell_is_reported() {
             "20",
             "--bulk-keys",
             "400",
+            "--claim-items",
+            "500",
         ])
         .arg("--json")
         .arg(&json)
@@ -83,19 +95,45 @@ fn every_atomic_pattern_runs_clean_and_every_cell_is_reported() {
 }
 
 #[test]
-fn the_claim_scenario_is_refused_until_claims_exist() {
+fn a_retried_request_is_counted_twice_by_the_naive_counter_and_once_by_the_library() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("retry.json");
     let output = Command::cargo_bin("upsert-race")
         .unwrap()
-        .args(["--database-url", "postgres://postgres@127.0.0.1:1/postgres"])
-        .args(["--scenario", "claim", "--ops", "1"])
+        .args(["--database-url", &common::admin_url()])
+        .args([
+            "--scenario",
+            "counter-retry",
+            "--workers",
+            "1",
+            "--ops",
+            "20",
+        ])
+        .arg("--json")
+        .arg(&json)
         .output()
         .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("claim scenario needs the library's claims"),
-        "{stderr}"
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
     );
+    let rows: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let counted_twice = |pattern: &str| {
+        let row = rows.iter().find(|r| r["pattern"] == pattern).unwrap();
+        (field(row, "duplicate_rows"), field(row, "lost_updates"))
+    };
+    eprintln!(
+        "20 requests each delivered twice: naive (double counts, lost) = {:?}; atomic = {:?}",
+        counted_twice("naive"),
+        counted_twice("atomic")
+    );
+    assert_eq!(
+        counted_twice("naive"),
+        (20, 0),
+        "one worker: no race, every retry counted"
+    );
+    assert_eq!(counted_twice("atomic"), (0, 0));
 }
 
 #[test]

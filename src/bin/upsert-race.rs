@@ -28,8 +28,8 @@ struct Args {
     #[arg(long)]
     database_url: Option<String>,
 
-    /// Scenarios, comma-separated: upsert, first-insert, counter, quota, lock, bulk (claim
-    /// needs the library's claims). Default: all that this build has.
+    /// Scenarios, comma-separated: upsert, first-insert, counter, counter-retry, quota,
+    /// get-or-create, lock, bulk, claim. Default: all.
     #[arg(long, value_delimiter = ',')]
     scenario: Vec<String>,
 
@@ -69,6 +69,11 @@ struct Args {
     /// Units per quota window of the quota scenario.
     #[arg(long, default_value_t = 20)]
     quota_limit: i64,
+
+    /// Items queued for each cell of the claim scenario (at most 108000); a cell that drains
+    /// them keeps claiming from the empty queue.
+    #[arg(long, default_value_t = 30_000)]
+    claim_items: usize,
 
     /// Also write the rows as JSON to this file.
     #[arg(long)]
@@ -131,6 +136,7 @@ fn main() -> Result<()> {
             batch: args.batch,
             bulk_keys: args.bulk_keys,
             quota_limit: args.quota_limit,
+            claim_items: args.claim_items,
         },
         progress: !args.no_progress,
     };

@@ -7,6 +7,7 @@
 //! every operation. A new primitive is one more `Scenario` in [`scenarios::by_name`].
 
 pub mod payload;
+pub mod primitives;
 pub mod report;
 pub mod scenarios;
 pub mod scratch;

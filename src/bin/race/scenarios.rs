@@ -4,21 +4,18 @@
 //! |---|---|---|
 //! | `upsert` | [`naive::query_then_upsert`] over K existing keys | [`atomic_upsert`] |
 //! | `first-insert` | [`naive::query_then_upsert`], all workers on one fresh key per round | [`atomic_upsert`] |
-//! | `counter` | read, add, write (`SELECT n`, then `UPDATE … SET n = <read + 1>`) | `UPDATE … SET n = n + 1` |
-//! | `quota` | check, then consume (`SELECT used, lim`, then `UPDATE … SET used = used + 1`) | `UPDATE … SET used = used + 1 WHERE used + 1 <= lim RETURNING used` |
+//! | `counter`, `counter-retry`, `quota`, `get-or-create`, `claim` | see [`super::primitives`] | |
 //! | `lock` | read-modify-write in a transaction | the same under [`lock::xact_lock`] |
 //! | `bulk` | a loop of [`atomic_upsert`] over a batch | one [`bulk_upsert`] of the batch |
 //!
-//! `counter` and `quota` run plain Diesel statements on tables of their own (`race_counter`,
-//! `race_quota`); when the library's counters and quotas land they take the atomic side's
-//! place (`increment`, `reserve`). `claim` is listed but needs the library's claims.
+//! `lock` runs plain Diesel statements on a table of its own (`race_counter`).
 
+use super::primitives;
 use anyhow::{bail, Result};
 use chrono::{NaiveDate, NaiveDateTime};
 use diesel::connection::SimpleConnection;
 use diesel::pg::PgConnection;
 use diesel::prelude::*;
-use std::sync::atomic::{AtomicI64, Ordering};
 use upsert_kit::jobs::models::{StravaStats, WakatimeStats};
 use upsert_kit::lock::{self, LockKey};
 use upsert_kit::schema::{strava_stats, wakatime_stats};
@@ -63,6 +60,8 @@ pub struct Params {
     pub bulk_keys: u64,
     /// Units per quota window of the `quota` scenario.
     pub quota_limit: i64,
+    /// Items queued for each cell of the `claim` scenario.
+    pub claim_items: usize,
 }
 
 /// One operation's context.
@@ -127,12 +126,14 @@ pub trait Scenario: Send + Sync {
     fn verify(&self, conn: &mut PgConnection, tally: &Tally) -> Result<Anomalies>;
 }
 
-/// Every scenario name, in report order; `claim` waits for the library's claims.
+/// Every scenario name, in report order.
 pub const NAMES: &[&str] = &[
     "upsert",
     "first-insert",
     "counter",
+    "counter-retry",
     "quota",
+    "get-or-create",
     "lock",
     "bulk",
     "claim",
@@ -143,27 +144,25 @@ pub fn by_name(name: &str, params: &Params) -> Result<Box<dyn Scenario>> {
     Ok(match name {
         "upsert" => Box::new(SteadyUpsert::new(params.keys)),
         "first-insert" => Box::new(FirstInsert),
-        "counter" => Box::new(Counter),
-        "quota" => Box::new(Quota::new(params.quota_limit)),
+        "counter" => Box::new(primitives::Counter::new()),
+        "counter-retry" => Box::new(primitives::CounterRetry::new()),
+        "quota" => Box::new(primitives::Quota::new(params.quota_limit)),
+        "get-or-create" => Box::new(primitives::GetOrCreate),
         "lock" => Box::new(LockedCounter),
         "bulk" => Box::new(Bulk::new(params.bulk_keys, params.batch)?),
-        "claim" => bail!("the claim scenario needs the library's claims (not in this build)"),
+        "claim" => Box::new(primitives::Claim::new(params.claim_items)?),
         other => bail!("unknown scenario {other:?}; known: {}", NAMES.join(", ")),
     })
 }
 
-/// The scenarios that can run in this build.
+/// Every scenario, in report order.
 pub fn available() -> Vec<String> {
-    NAMES
-        .iter()
-        .filter(|n| **n != "claim")
-        .map(|n| (*n).to_owned())
-        .collect()
+    NAMES.iter().map(|n| (*n).to_owned()).collect()
 }
 
 /// The timestamp every benchmark row carries, `2026-11-29 00:00:00` (fixed, so pgbench can
 /// send the same one).
-fn timestamp() -> NaiveDateTime {
+pub fn timestamp() -> NaiveDateTime {
     NaiveDate::from_ymd_opt(2026, 11, 29)
         .and_then(|d| d.and_hms_opt(0, 0, 0))
         .expect("a valid date")
@@ -187,28 +186,16 @@ fn stats_rows(n: u64) -> Vec<StravaStats> {
 }
 
 diesel::table! {
-    /// Counters of the `counter` (id 1) and `lock` (id 2) scenarios.
+    /// The counter of the `lock` scenario (id 2).
     race_counter (id) {
         id -> Int4,
         n -> Int8,
     }
 }
 
-diesel::table! {
-    /// Quota windows of the `quota` scenario.
-    race_quota (id) {
-        id -> Int8,
-        lim -> Int8,
-        used -> Int8,
-    }
-}
-
 /// Creates the scenarios' own tables (the stats tables come from the crate's migrations).
 pub fn create_tables(conn: &mut PgConnection) -> Result<()> {
-    conn.batch_execute(
-        "CREATE TABLE race_counter (id INT4 PRIMARY KEY, n INT8 NOT NULL);
-         CREATE TABLE race_quota (id INT8 PRIMARY KEY, lim INT8 NOT NULL, used INT8 NOT NULL);",
-    )?;
+    conn.batch_execute("CREATE TABLE race_counter (id INT4 PRIMARY KEY, n INT8 NOT NULL);")?;
     Ok(())
 }
 
@@ -347,41 +334,6 @@ fn read_add_write(conn: &mut PgConnection, id: i32) -> QueryResult<()> {
     Ok(())
 }
 
-/// `counter`: every worker increments one hot counter.
-struct Counter;
-
-const COUNTER_ID: i32 = 1;
-
-impl Scenario for Counter {
-    fn name(&self) -> &'static str {
-        "counter"
-    }
-    fn prepare(&self, conn: &mut PgConnection) -> Result<()> {
-        reset_counter(conn, COUNTER_ID)
-    }
-    fn op(
-        &self,
-        conn: &mut PgConnection,
-        pattern: Pattern,
-        _op: &mut Op<'_>,
-    ) -> upsert_kit::Result<u64> {
-        match pattern {
-            // As ORM code writes it: load, add, save (two round trips, no transaction).
-            Pattern::Naive => read_add_write(conn, COUNTER_ID)?,
-            // To become `upsert_kit::increment` when counters land.
-            Pattern::Atomic => {
-                diesel::update(race_counter::table.find(COUNTER_ID))
-                    .set(race_counter::n.eq(race_counter::n + 1_i64))
-                    .execute(conn)?;
-            }
-        }
-        Ok(1)
-    }
-    fn verify(&self, conn: &mut PgConnection, tally: &Tally) -> Result<Anomalies> {
-        counter_anomalies(conn, COUNTER_ID, tally)
-    }
-}
-
 /// `lock`: a read-modify-write in a transaction, bare or under a transaction-scoped advisory
 /// lock (the pattern for work that cannot be one statement).
 struct LockedCounter;
@@ -415,116 +367,6 @@ impl Scenario for LockedCounter {
     }
     fn verify(&self, conn: &mut PgConnection, tally: &Tally) -> Result<Anomalies> {
         counter_anomalies(conn, LOCK_COUNTER_ID, tally)
-    }
-}
-
-/// Units one `quota` operation asks for.
-const UNITS: i64 = 1;
-
-/// `quota`: workers take one unit at a time from the current window of `limit` units; a
-/// worker told "full" opens the next window. Demand always exceeds supply, so every window
-/// but the last must end exactly full.
-struct Quota {
-    limit: i64,
-    current: AtomicI64,
-}
-
-impl Quota {
-    fn new(limit: i64) -> Self {
-        Quota {
-            limit: limit.max(1),
-            current: AtomicI64::new(0),
-        }
-    }
-
-    /// Opens window `window + 1` (once, whoever gets there first).
-    fn advance(&self, conn: &mut PgConnection, window: i64) -> QueryResult<()> {
-        diesel::insert_into(race_quota::table)
-            .values((
-                race_quota::id.eq(window + 1),
-                race_quota::lim.eq(self.limit),
-                race_quota::used.eq(0_i64),
-            ))
-            .on_conflict_do_nothing()
-            .execute(conn)?;
-        // The row exists before any worker is sent to it.
-        let _ =
-            self.current
-                .compare_exchange(window, window + 1, Ordering::SeqCst, Ordering::SeqCst);
-        Ok(())
-    }
-}
-
-impl Scenario for Quota {
-    fn name(&self) -> &'static str {
-        "quota"
-    }
-    fn prepare(&self, conn: &mut PgConnection) -> Result<()> {
-        conn.batch_execute("TRUNCATE race_quota")?;
-        diesel::insert_into(race_quota::table)
-            .values((
-                race_quota::id.eq(0_i64),
-                race_quota::lim.eq(self.limit),
-                race_quota::used.eq(0_i64),
-            ))
-            .execute(conn)?;
-        self.current.store(0, Ordering::SeqCst);
-        Ok(())
-    }
-    fn op(
-        &self,
-        conn: &mut PgConnection,
-        pattern: Pattern,
-        _op: &mut Op<'_>,
-    ) -> upsert_kit::Result<u64> {
-        let window = self.current.load(Ordering::SeqCst);
-        let q = race_quota::table.find(window);
-        let granted = match pattern {
-            // Check, then act: two round trips, and the check may be stale when the act runs.
-            Pattern::Naive => {
-                let (used, lim): (i64, i64) = q
-                    .select((race_quota::used, race_quota::lim))
-                    .get_result(conn)?;
-                if used + UNITS <= lim {
-                    diesel::update(q)
-                        .set(race_quota::used.eq(race_quota::used + UNITS))
-                        .execute(conn)?;
-                    true
-                } else {
-                    false
-                }
-            }
-            // One conditional statement; to become `upsert_kit::reserve` when quotas land.
-            Pattern::Atomic => {
-                diesel::update(q.filter((race_quota::used + UNITS).le(race_quota::lim)))
-                    .set(race_quota::used.eq(race_quota::used + UNITS))
-                    .returning(race_quota::used)
-                    .get_result::<i64>(conn)
-                    .optional()?
-                    .is_some()
-            }
-        };
-        if granted {
-            Ok(UNITS as u64)
-        } else {
-            self.advance(conn, window)?;
-            Ok(0)
-        }
-    }
-    fn verify(&self, conn: &mut PgConnection, tally: &Tally) -> Result<Anomalies> {
-        use diesel::dsl::sql;
-        use diesel::sql_types::BigInt;
-        let (over, used): (i64, i64) = race_quota::table
-            .select((
-                sql::<BigInt>("coalesce(sum(greatest(used - lim, 0)), 0)::int8"),
-                sql::<BigInt>("coalesce(sum(used), 0)::int8"),
-            ))
-            .get_result(conn)?;
-        Ok(Anomalies {
-            duplicate_rows: 0,
-            lost_updates: tally.effect as i64 - used,
-            over_limit: over,
-        })
     }
 }
 
