@@ -19,22 +19,8 @@ use upsert_kit::jobs::{read_capture, HttpClient, Secret, SyncDatabase, SyncSumma
 Logging: RUST_LOG=info (default: warn)."
 )]
 struct Args {
-    /// Database: postgres://… for PostgreSQL, otherwise an SQLite file path (created if missing).
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "sync.db",
-        hide_env_values = true
-    )]
-    database_url: String,
-
-    /// Read a capture of the token and stats responses instead of calling the API ("-": stdin).
-    #[arg(long, value_name = "PATH")]
-    from_file: Option<String>,
-
-    /// Print the summary as one JSON object.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    common: common::CommonArgs,
 
     /// The account whose token row is used.
     #[arg(long, env = "STRAVA_ACCOUNT", default_value_t = 1)]
@@ -59,7 +45,7 @@ struct Args {
 
 fn run(args: &Args) -> anyhow::Result<(String, SyncSummary)> {
     // Read and validate the input before touching the database: bad input writes nothing.
-    let (source, source_name) = match &args.from_file {
+    let (source, source_name) = match &args.common.from_file {
         Some(path) => {
             let (text, name) = read_capture(path)?;
             let capture = StravaCapture::parse(&name, &text)?;
@@ -78,7 +64,7 @@ fn run(args: &Args) -> anyhow::Result<(String, SyncSummary)> {
             args.api_base.clone(),
         ),
     };
-    let mut db = SyncDatabase::open(&args.database_url).context("opening the database")?;
+    let mut db = SyncDatabase::open(&args.common.database_url).context("opening the database")?;
     let summary = strava::sync(&mut db, args.account, &source)?;
     Ok((source_name, summary))
 }
@@ -89,9 +75,9 @@ fn main() -> ExitCode {
     match run(&args) {
         Ok((source, summary)) => common::report_success(
             "strava-sync",
-            &args.database_url,
+            &args.common.database_url,
             &source,
-            args.json,
+            args.common.json,
             &summary,
         ),
         Err(e) => common::report_error("strava-sync", &e),

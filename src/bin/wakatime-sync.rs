@@ -20,22 +20,8 @@ WAKATIME_REFRESH_TOKEN (to start when no token is stored yet).\n\
 Logging: RUST_LOG=info (default: warn)."
 )]
 struct Args {
-    /// Database: postgres://… for PostgreSQL, otherwise an SQLite file path (created if missing).
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "sync.db",
-        hide_env_values = true
-    )]
-    database_url: String,
-
-    /// Read a capture of the token and stats responses instead of calling the API ("-": stdin).
-    #[arg(long, value_name = "PATH")]
-    from_file: Option<String>,
-
-    /// Print the summary as one JSON object.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    common: common::CommonArgs,
 
     /// The account whose token row is used.
     #[arg(long, env = "WAKATIME_ACCOUNT", default_value_t = 1)]
@@ -70,7 +56,7 @@ struct Args {
 
 fn run(args: &Args) -> anyhow::Result<(String, SyncSummary)> {
     // Read and validate the input before touching the database: bad input writes nothing.
-    let (source, source_name) = match &args.from_file {
+    let (source, source_name) = match &args.common.from_file {
         Some(path) => {
             let (text, name) = read_capture(path)?;
             let capture = WakatimeCapture::parse(&name, &text)?;
@@ -93,7 +79,7 @@ fn run(args: &Args) -> anyhow::Result<(String, SyncSummary)> {
             args.api_base.clone(),
         ),
     };
-    let mut db = SyncDatabase::open(&args.database_url).context("opening the database")?;
+    let mut db = SyncDatabase::open(&args.common.database_url).context("opening the database")?;
     let summary = wakatime::sync(&mut db, args.account, &source)?;
     Ok((source_name, summary))
 }
@@ -104,9 +90,9 @@ fn main() -> ExitCode {
     match run(&args) {
         Ok((source, summary)) => common::report_success(
             "wakatime-sync",
-            &args.database_url,
+            &args.common.database_url,
             &source,
-            args.json,
+            args.common.json,
             &summary,
         ),
         Err(e) => common::report_error("wakatime-sync", &e),

@@ -4,6 +4,27 @@ use std::process::ExitCode;
 use upsert_kit::db::{redact_url, BackendKind};
 use upsert_kit::jobs::SyncSummary;
 
+/// The options both sync jobs take.
+#[derive(Debug, clap::Args)]
+pub struct CommonArgs {
+    /// Database: postgres://… for PostgreSQL, otherwise an SQLite file path (created if missing).
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sync.db",
+        hide_env_values = true
+    )]
+    pub database_url: String,
+
+    /// Read a capture of the token and stats responses instead of calling the API ("-": stdin).
+    #[arg(long, value_name = "PATH")]
+    pub from_file: Option<String>,
+
+    /// Print the summary as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// Logs to stderr at the level `RUST_LOG` sets (default: warnings and errors only). The HTTP
 /// client's own logs are capped at `debug`: at `trace` it dumps raw bodies, and token
 /// responses carry secrets.

@@ -235,19 +235,7 @@ impl Scenario for SteadyUpsert {
         Ok(1)
     }
     fn verify(&self, conn: &mut PgConnection, _tally: &Tally) -> Result<Anomalies> {
-        use diesel::dsl::{count, count_star};
-        use diesel::prelude::AggregateExpressionMethods;
-        let (rows, distinct): (i64, i64) = strava_stats::table
-            .select((
-                count_star(),
-                count(strava_stats::stats_type).aggregate_distinct(),
-            ))
-            .get_result(conn)?;
-        Ok(Anomalies {
-            duplicate_rows: rows - distinct,
-            lost_updates: self.rows.len() as i64 - distinct,
-            over_limit: 0,
-        })
+        stats_anomalies(conn, self.rows.len())
     }
 }
 
@@ -424,18 +412,24 @@ impl Scenario for Bulk {
         Ok(self.batch as u64)
     }
     fn verify(&self, conn: &mut PgConnection, _tally: &Tally) -> Result<Anomalies> {
-        use diesel::dsl::{count, count_star};
-        use diesel::prelude::AggregateExpressionMethods;
-        let (rows, distinct): (i64, i64) = strava_stats::table
-            .select((
-                count_star(),
-                count(strava_stats::stats_type).aggregate_distinct(),
-            ))
-            .get_result(conn)?;
-        Ok(Anomalies {
-            duplicate_rows: rows - distinct,
-            lost_updates: self.rows.len() as i64 - distinct,
-            over_limit: 0,
-        })
+        stats_anomalies(conn, self.rows.len())
     }
+}
+
+/// Duplicate rows (more rows than distinct keys) and keys missing from `strava_stats`, when
+/// `expected` distinct keys were written.
+fn stats_anomalies(conn: &mut PgConnection, expected: usize) -> Result<Anomalies> {
+    use diesel::dsl::{count, count_star};
+    use diesel::prelude::AggregateExpressionMethods;
+    let (rows, distinct): (i64, i64) = strava_stats::table
+        .select((
+            count_star(),
+            count(strava_stats::stats_type).aggregate_distinct(),
+        ))
+        .get_result(conn)?;
+    Ok(Anomalies {
+        duplicate_rows: rows - distinct,
+        lost_updates: expected as i64 - distinct,
+        over_limit: 0,
+    })
 }
