@@ -1,6 +1,7 @@
 //! Criterion benches: each primitive against its naive baseline, on PostgreSQL (a database
-//! created for the run, `upsert_kit_bench_<pid>`, dropped at the end) and on SQLite (a
-//! temporary file).
+//! of its own on the test harness's server, `upsert_kit_support::TestDb`: `DATABASE_URL`, else
+//! the local server, else a throwaway cluster; dropped at the end) and on SQLite (a temporary
+//! file), on the library tests' own `stats` table (`tests/fixture`).
 //!
 //! ```text
 //! cargo bench --bench upsert                    # about 3 minutes here (2 cores)
@@ -14,26 +15,24 @@
 //! - `bulk/{pg,sqlite}`: a loop of `atomic_upsert` vs one `bulk_upsert`, at 1,000 and 10,000 rows.
 //! - `lock/pg`: an empty transaction vs one that takes `xact_lock` or `try_xact_lock`.
 //!
-//! The usage, session-lock and claim primitives are in `benches/primitives.rs`
-//! (`cargo bench --bench primitives`).
+//! The adopters' primitives (usage counters and quotas, session locks, the backfill claims)
+//! are benched with the race report: `cargo bench -p upsert-race --bench primitives`.
 
-#[path = "../src/bin/race/payload.rs"]
-mod payload;
-#[path = "../src/bin/race/scratch.rs"]
-mod scratch;
+#[path = "../tests/fixture/mod.rs"]
+mod fixture;
 
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, PooledConnection};
+use fixture::{stats, Stats};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
-use upsert_kit::db::{connect_sqlite, pg_pool, run_migrations, sqlite_pool};
-use upsert_kit::jobs::models::StravaStats;
+use upsert_kit::db::{connect_sqlite, pg_pool, sqlite_pool};
 use upsert_kit::lock::{self, LockKey};
-use upsert_kit::schema::strava_stats;
-use upsert_kit::{atomic_upsert, bulk_upsert, naive};
+use upsert_kit::{atomic_upsert, bulk_upsert};
+use upsert_kit_support::{naive, payload};
 
 /// Keys of the single-row benches (the race report's `upsert` scenario uses as many).
 const KEYS: usize = 64;
@@ -52,13 +51,13 @@ fn bulk_sizes() -> &'static [usize] {
     }
 }
 
-fn rows(n: usize) -> Vec<StravaStats> {
+fn rows(n: usize) -> Vec<Stats> {
     let data = payload::stats_payload(0);
     let at = chrono::NaiveDate::from_ymd_opt(2026, 11, 29)
         .and_then(|d| d.and_hms_opt(0, 0, 0))
         .expect("a valid date");
     (0..n)
-        .map(|i| StravaStats {
+        .map(|i| Stats {
             stats_type: format!("key-{i}"),
             data: data.clone(),
             created_at: at,
@@ -69,8 +68,8 @@ fn rows(n: usize) -> Vec<StravaStats> {
 
 /// The naive query-then-insert on SQLite (the library's baseline is PostgreSQL-only): a
 /// deferred transaction that reads, then updates or inserts.
-fn sqlite_query_then_upsert(conn: &mut SqliteConnection, row: &StravaStats) -> QueryResult<()> {
-    use strava_stats::dsl::{created_at, data, stats_type, strava_stats as table, updated_at};
+fn sqlite_query_then_upsert(conn: &mut SqliteConnection, row: &Stats) -> QueryResult<()> {
+    use stats::dsl::{created_at, data, stats as table, stats_type, updated_at};
     conn.transaction(|conn| {
         let existing: i64 = table
             .filter(stats_type.eq(&row.stats_type))
@@ -220,7 +219,7 @@ fn report_errors(name: &str, errors: &AtomicU64) {
 
 fn bulk<C>(c: &mut Criterion, group: &str, conn: &mut C, loop_max: usize)
 where
-    StravaStats: upsert_kit::Upsertable<C>,
+    Stats: upsert_kit::Upsertable<C>,
 {
     let sizes = bulk_sizes();
     let rows = rows(*sizes.iter().max().expect("sizes"));
@@ -276,16 +275,11 @@ fn locks_pg(c: &mut Criterion, url: &str) {
 }
 
 fn main() {
-    let admin = scratch::admin_url(None);
-    let db = scratch::ScratchDb::create(&admin, "upsert_kit_bench").unwrap_or_else(|e| {
-        panic!("the benches need a PostgreSQL server (DATABASE_URL or the local one): {e}")
-    });
-    let mut pg = db.conn().expect("connect to the bench database");
-    run_migrations(&mut pg).expect("migrate");
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let sqlite_url = dir.path().join("bench.sqlite3").display().to_string();
+    let db = fixture::pg();
+    let mut pg = db.conn();
+    let lite = fixture::sqlite();
+    let sqlite_url = lite.url().to_owned();
     let mut sqlite = connect_sqlite(&sqlite_url).expect("open SQLite");
-    run_migrations(&mut sqlite).expect("migrate SQLite");
 
     let base = if quick() {
         Criterion::default()
@@ -301,17 +295,15 @@ fn main() {
 
     single_row_pg(&mut c, db.url());
     single_row_sqlite(&mut c, &sqlite_url);
-    pg.batch_execute("TRUNCATE strava_stats").expect("truncate");
+    pg.batch_execute("TRUNCATE stats").expect("truncate");
     bulk(&mut c, "bulk/pg", &mut pg, usize::MAX);
-    sqlite
-        .batch_execute("DELETE FROM strava_stats")
-        .expect("delete");
+    sqlite.batch_execute("DELETE FROM stats").expect("delete");
     // Each single upsert on SQLite is its own durable commit: the 10,000-row loop would take
     // minutes, so SQLite loops only up to 1,000 rows.
     bulk(&mut c, "bulk/sqlite", &mut sqlite, 1_000);
     locks_pg(&mut c, db.url());
 
     c.final_summary();
-    drop(pg);
-    drop(db);
+    drop((pg, sqlite));
+    drop((db, lite));
 }

@@ -40,15 +40,16 @@
 //! Claims are PostgreSQL-only (SQLite has no `SKIP LOCKED`), by type:
 //!
 //! ```compile_fail
-//! use diesel::{Connection, SqliteConnection};
-//! use upsert_kit::claim::{BackfillMonth, Queue};
-//! let mut conn = SqliteConnection::establish(":memory:").unwrap();
-//! let queue = Queue::<BackfillMonth>::new("w").unwrap();
+//! # include!("doctest_setup.rs");
+//! use upsert_kit::claim::Queue;
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut conn = establish_sqlite()?;
+//! let queue = Queue::<Task>::new("w")?;
 //! let _ = queue.claim(&mut conn, 1); // expects &mut PgConnection
+//! # Ok(()) }
 //! ```
 
 use crate::error::{Error, Result};
-use crate::schema::backfill_log;
 use chrono::{DateTime, Utc};
 use diesel::deserialize::{self, QueryableByName};
 use diesel::pg::{Pg, PgConnection};
@@ -76,25 +77,48 @@ use std::time::Duration;
 /// | [`LAST_ERROR`](ClaimQueue::LAST_ERROR) | `last_error` | `TEXT` | the last failure |
 ///
 /// A partial index on `(id) WHERE status IN ('pending', 'retry')` keeps claims cheap on a long
-/// table, and one on `(locked_until) WHERE status = 'processing'` the reaper (see the
-/// `backfill_log` migration).
+/// table, and one on `(locked_until) WHERE status = 'processing'` the reaper.
 ///
 /// ```
 /// use upsert_kit::claim::ClaimQueue;
-/// use upsert_kit::schema::backfill_log;
 ///
-/// // A queue over the backfill table returning only the year of each claimed row.
+/// diesel::table! {
+///     tasks (id) {
+///         id -> BigInt,
+///         name -> Text,
+///     }
+/// }
+///
+/// // What a worker reads of each claimed row; the bookkeeping columns need not be fields.
 /// #[derive(Debug, diesel::QueryableByName)]
-/// #[diesel(table_name = backfill_log)]
-/// struct Year {
-///     year: i32,
+/// #[diesel(table_name = tasks)]
+/// struct Task {
+///     name: String,
 /// }
 ///
-/// impl ClaimQueue for Year {
-///     type Table = backfill_log::table;
+/// impl ClaimQueue for Task {
+///     type Table = tasks::table;
 /// }
-/// assert_eq!(Year::PROCESSING, "processing");
+/// assert_eq!(Task::PROCESSING, "processing");
 /// ```
+///
+/// The table, on PostgreSQL:
+///
+/// ```sql
+/// CREATE TABLE tasks (
+///     id BIGSERIAL PRIMARY KEY,
+///     name TEXT NOT NULL,
+///     status TEXT NOT NULL DEFAULT 'pending',
+///     attempts INT NOT NULL DEFAULT 0,
+///     locked_until TIMESTAMPTZ,
+///     holder TEXT,
+///     last_error TEXT
+/// );
+/// CREATE INDEX tasks_due ON tasks (id) WHERE status IN ('pending', 'retry');
+/// CREATE INDEX tasks_leased ON tasks (locked_until) WHERE status = 'processing';
+/// ```
+///
+/// The examples of this module use this `Task` queue.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a claim queue's row type",
     note = "implement `upsert_kit::claim::ClaimQueue` for it (`type Table = my_table::table;`) and derive `diesel::QueryableByName`"
@@ -237,17 +261,19 @@ impl<Q: ClaimQueue> Queue<Q> {
     ///
     /// # Examples
     /// ```
+    /// # include!("doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// use std::time::Duration;
-    /// use upsert_kit::claim::{BackfillMonth, Queue};
-    /// let q = Queue::<BackfillMonth>::new("host-1:4242")?
+    /// use upsert_kit::claim::Queue;
+    /// let q = Queue::<Task>::new("host-1:4242")?
     ///     .lease(Duration::from_secs(30))
     ///     .max_attempts(3)
     ///     .backoff(Duration::from_secs(2), Duration::from_secs(60));
     /// assert_eq!(q.backoff_for(1), Duration::from_secs(2));
     /// assert_eq!(q.backoff_for(2), Duration::from_secs(4));
     /// assert_eq!(q.backoff_for(10), Duration::from_secs(60));
-    /// assert!(Queue::<BackfillMonth>::new("").is_err());
-    /// # Ok::<(), upsert_kit::Error>(())
+    /// assert!(Queue::<Task>::new("").is_err());
+    /// # Ok(()) }
     /// ```
     pub fn new(holder: impl Into<String>) -> Result<Self> {
         let holder = holder.into();
@@ -380,13 +406,14 @@ impl<Q: ClaimQueue> Queue<Q> {
     /// The statement's errors (e.g. [`Error::Database`] when the table lacks a column).
     ///
     /// # Examples
-    /// ```no_run
-    /// use upsert_kit::claim::{BackfillMonth, Queue};
-    /// # fn main() -> upsert_kit::Result<()> {
-    /// let mut conn = upsert_kit::db::connect_pg("postgres://postgres@127.0.0.1/app")?;
-    /// let queue = Queue::<BackfillMonth>::new("worker-1")?;
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// use upsert_kit::claim::Queue;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (_db, mut conn) = establish_pg()?;
+    /// let queue = Queue::<Task>::new("worker-1")?;
     /// for claim in queue.claim(&mut conn, 10)? {
-    ///     println!("{}-{:02}", claim.item.year, claim.item.month);
+    ///     println!("running {}", claim.item.name);
     ///     queue.complete(&mut conn, &claim)?;
     /// }
     /// # Ok(()) }
@@ -437,11 +464,12 @@ impl<Q: ClaimQueue> Queue<Q> {
     /// As [`Queue::complete`].
     ///
     /// # Examples
-    /// ```no_run
-    /// use upsert_kit::claim::{BackfillMonth, Failed, Queue};
-    /// # fn main() -> upsert_kit::Result<()> {
-    /// let mut conn = upsert_kit::db::connect_pg("postgres://postgres@127.0.0.1/app")?;
-    /// let queue = Queue::<BackfillMonth>::new("worker-1")?.max_attempts(3);
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// use upsert_kit::claim::{Failed, Queue};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (_db, mut conn) = establish_pg()?;
+    /// let queue = Queue::<Task>::new("worker-1")?.max_attempts(3);
     /// for claim in queue.claim(&mut conn, 1)? {
     ///     match queue.fail(&mut conn, &claim, "upstream returned 503")? {
     ///         Failed::Retry { at } => println!("retry at {at}"),
@@ -478,11 +506,12 @@ impl<Q: ClaimQueue> Queue<Q> {
     /// As [`Queue::complete`].
     ///
     /// # Examples
-    /// ```no_run
-    /// use upsert_kit::claim::{BackfillMonth, Queue};
-    /// # fn main() -> upsert_kit::Result<()> {
-    /// let mut conn = upsert_kit::db::connect_pg("postgres://postgres@127.0.0.1/app")?;
-    /// let queue = Queue::<BackfillMonth>::new("worker-1")?;
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// use upsert_kit::claim::Queue;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (_db, mut conn) = establish_pg()?;
+    /// let queue = Queue::<Task>::new("worker-1")?;
     /// for mut claim in queue.claim(&mut conn, 1)? {
     ///     // … a long step …
     ///     queue.extend(&mut conn, &mut claim)?;
@@ -511,18 +540,19 @@ impl<Q: ClaimQueue> Queue<Q> {
     /// saying whose lease expired; claims that had used `max_attempts` are parked (`failed`)
     /// instead. One statement; it locks the expired rows `FOR UPDATE SKIP LOCKED`, so
     /// concurrent reapers (and a holder completing at that instant) never block each other and
-    /// never reap one row twice. Call it before claiming (as [`backfill`] does), or from a
+    /// never reap one row twice. Call it before claiming (as a scheduler's loop does), or from a
     /// timer.
     ///
     /// # Errors
     /// The statement's errors.
     ///
     /// # Examples
-    /// ```no_run
-    /// use upsert_kit::claim::{BackfillMonth, Queue};
-    /// # fn main() -> upsert_kit::Result<()> {
-    /// let mut conn = upsert_kit::db::connect_pg("postgres://postgres@127.0.0.1/app")?;
-    /// let reaped = Queue::<BackfillMonth>::new("reaper")?.reap_expired(&mut conn)?;
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// use upsert_kit::claim::Queue;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (_db, mut conn) = establish_pg()?;
+    /// let reaped = Queue::<Task>::new("reaper")?.reap_expired(&mut conn)?;
     /// println!("{} requeued, {} parked", reaped.requeued, reaped.parked);
     /// # Ok(()) }
     /// ```
@@ -794,168 +824,31 @@ impl<Q: ClaimQueue, ST> QueryFragment<Pg> for QueueSql<'_, Q, ST> {
     }
 }
 
-/// The backfill scheduler's queue row: one month of the `backfill_log` table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, diesel::QueryableByName)]
-#[diesel(table_name = backfill_log)]
-pub struct BackfillMonth {
-    /// The year.
-    pub year: i32,
-    /// The month, 1–12.
-    pub month: i32,
-}
-
-impl ClaimQueue for BackfillMonth {
-    type Table = backfill_log::table;
-}
-
-/// Schedules every month from `from` to `to` (inclusive, `(year, month)`) as `pending` in
-/// `backfill_log`; months already there (whatever their status) are left alone. Returns how
-/// many were added. One `INSERT … ON CONFLICT (year, month) DO NOTHING` per 10,000 months,
-/// in one transaction; safe to run from several schedulers at once.
-///
-/// # Errors
-/// [`Error::InvalidInput`] when a month is outside 1–12, a year outside 1–9999, or `from` is
-/// after `to`; nothing is written then. The statements' errors otherwise.
-///
-/// # Examples
-/// ```no_run
-/// # fn main() -> upsert_kit::Result<()> {
-/// let mut conn = upsert_kit::db::connect_pg("postgres://postgres@127.0.0.1/app")?;
-/// let added = upsert_kit::claim::schedule_months(&mut conn, (2025, 11), (2026, 2))?;
-/// assert!(added <= 4);
-/// # Ok(()) }
-/// ```
-pub fn schedule_months(conn: &mut PgConnection, from: (i32, u32), to: (i32, u32)) -> Result<usize> {
-    use diesel::ExpressionMethods;
-    for (name, (year, month)) in [("from", from), ("to", to)] {
-        if !(1..=9999).contains(&year) || !(1..=12).contains(&month) {
-            return Err(Error::invalid(
-                name,
-                format!("({year}, {month}) is not a month of years 1-9999"),
-            ));
-        }
-    }
-    if from > to {
-        return Err(Error::invalid("from", "is after `to`"));
-    }
-    let index = |(y, m): (i32, u32)| y * 12 + m as i32 - 1;
-    let rows: Vec<_> = (index(from)..=index(to))
-        .map(|i| {
-            (
-                backfill_log::year.eq(i.div_euclid(12)),
-                backfill_log::month.eq(i.rem_euclid(12) + 1),
-            )
-        })
-        .collect();
-    crate::tx::transaction(conn, |conn| {
-        let mut added = 0;
-        for chunk in rows.chunks(10_000) {
-            added += diesel::insert_into(backfill_log::table)
-                .values(chunk)
-                .on_conflict((backfill_log::year, backfill_log::month))
-                .do_nothing()
-                .execute(conn)?;
-        }
-        Ok(added)
-    })
-}
-
-/// What one [`backfill`] run did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct BackfillReport {
-    /// Months processed and marked done.
-    pub done: usize,
-    /// Months whose processing failed and that will be retried after their backoff.
-    pub retried: usize,
-    /// Months whose processing failed for the last allowed time: parked as `failed`.
-    pub parked: usize,
-    /// Months processed whose claim had been lost meanwhile (the lease expired and another
-    /// scheduler took them back): their processing may be repeated elsewhere.
-    pub lost: usize,
-    /// Expired leases of other schedulers returned to the queue (or parked) by this run.
-    pub reaped: usize,
-}
-
-/// Runs the backfill scheduler on `conn` until no month is due: reaps expired leases, claims
-/// the next due month ([`Queue::claim`], one at a time, in month-scheduling order), calls
-/// `process(year, month)`, and marks the month done, or on `Err` records the error for a retry
-/// after backoff (parked past the queue's `max_attempts`). Months failing in this run are not
-/// retried by it (their backoff has not passed): the next run takes them.
-///
-/// Any number of schedulers may run at once on their own connections, in one process or many:
-/// each due month is processed by exactly one of them, provided `process` returns within the
-/// queue's lease (see [`Queue::lease`]; a scheduler that dies mid-month leaves it to be
-/// reaped once its lease expires, and that attempt counts).
-///
-/// Three round trips per month (reap, claim, complete or fail), plus `process`'s own. No
-/// lock is held while `process` runs: the lease alone keeps other schedulers off the month.
-/// A panic in `process` propagates; the month is then reaped after its lease.
-///
-/// # Errors
-/// The statements' errors ([`Error::is_retryable`] tells whether running again helps). The
-/// months completed before the error stay done.
-///
-/// # Examples
-/// ```no_run
-/// use std::time::Duration;
-/// use upsert_kit::claim::{backfill, schedule_months, BackfillMonth, Queue};
-/// # fn main() -> upsert_kit::Result<()> {
-/// let mut conn = upsert_kit::db::connect_pg("postgres://postgres@127.0.0.1/app")?;
-/// schedule_months(&mut conn, (2024, 1), (2026, 10))?;
-/// let queue = Queue::<BackfillMonth>::new(format!("scheduler-{}", std::process::id()))?
-///     .lease(Duration::from_secs(120));
-/// let report = backfill(&mut conn, &queue, |year, month| {
-///     println!("recomputing {year}-{month:02}");
-///     Ok::<(), std::io::Error>(())
-/// })?;
-/// println!("{} done, {} to retry", report.done, report.retried);
-/// # Ok(()) }
-/// ```
-pub fn backfill<F, E>(
-    conn: &mut PgConnection,
-    queue: &Queue<BackfillMonth>,
-    mut process: F,
-) -> Result<BackfillReport>
-where
-    F: FnMut(i32, u32) -> std::result::Result<(), E>,
-    E: fmt::Display,
-{
-    let mut report = BackfillReport::default();
-    loop {
-        let reaped = queue.reap_expired(conn)?;
-        report.reaped += reaped.requeued + reaped.parked;
-        let claims = queue.claim(conn, 1)?;
-        if claims.is_empty() {
-            return Ok(report);
-        }
-        for claim in claims {
-            // The month column is CHECKed to 1-12.
-            let month = u32::try_from(claim.item.month).unwrap_or(0);
-            let outcome = match process(claim.item.year, month) {
-                Ok(()) => queue.complete(conn, &claim).map(|()| &mut report.done),
-                Err(e) => queue
-                    .fail(conn, &claim, &e.to_string())
-                    .map(|failed| match failed {
-                        Failed::Retry { .. } => &mut report.retried,
-                        Failed::Parked => &mut report.parked,
-                    }),
-            };
-            match outcome {
-                Ok(counter) => *counter += 1,
-                Err(Error::NotFound(_)) => report.lost += 1,
-                Err(e) => return Err(e),
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    diesel::table! {
+        work_items (id) {
+            id -> Int8,
+            status -> Text,
+        }
+    }
+
+    #[derive(Debug, diesel::QueryableByName)]
+    #[diesel(table_name = work_items)]
+    struct Item {
+        #[allow(dead_code)]
+        id: i64,
+    }
+
+    impl ClaimQueue for Item {
+        type Table = work_items::table;
+    }
+
     #[test]
     fn backoff_doubles_from_its_base_and_stops_at_its_cap() {
-        let q = Queue::<BackfillMonth>::new("t")
+        let q = Queue::<Item>::new("t")
             .unwrap()
             .backoff(Duration::from_millis(100), Duration::from_secs(1));
         let waits: Vec<_> = (1..=6).map(|a| q.backoff_for(a).as_millis()).collect();
@@ -966,27 +859,25 @@ mod tests {
 
     #[test]
     fn holder_names_must_be_present_and_short() {
-        assert!(Queue::<BackfillMonth>::new("").is_err());
-        assert!(Queue::<BackfillMonth>::new("x".repeat(MAX_HOLDER_BYTES + 1)).is_err());
-        assert!(Queue::<BackfillMonth>::new("x".repeat(MAX_HOLDER_BYTES)).is_ok());
+        assert!(Queue::<Item>::new("").is_err());
+        assert!(Queue::<Item>::new("x".repeat(MAX_HOLDER_BYTES + 1)).is_err());
+        assert!(Queue::<Item>::new("x".repeat(MAX_HOLDER_BYTES)).is_ok());
     }
 
     #[test]
     fn statements_name_the_columns_and_bind_the_values() {
         let holder = "w1".to_owned();
         let (ms, limit) = (1000.0, 5_i64);
-        let sql = diesel::debug_query::<Pg, _>(&QueueSql::<BackfillMonth, Untyped>::new(
-            Statement::Claim {
-                holder: &holder,
-                lease_ms: &ms,
-                limit: &limit,
-            },
-        ))
+        let sql = diesel::debug_query::<Pg, _>(&QueueSql::<Item, Untyped>::new(Statement::Claim {
+            holder: &holder,
+            lease_ms: &ms,
+            limit: &limit,
+        }))
         .to_string();
         assert!(sql.starts_with(
-            "UPDATE \"backfill_log\" SET \"status\" = 'processing', \"holder\" = $1, \
+            "UPDATE \"work_items\" SET \"status\" = 'processing', \"holder\" = $1, \
              \"locked_until\" = statement_timestamp() + $2 * interval '1 millisecond', \
-             \"attempts\" = \"attempts\" + 1 WHERE \"id\" = ANY(ARRAY(SELECT \"id\" FROM \"backfill_log\" \
+             \"attempts\" = \"attempts\" + 1 WHERE \"id\" = ANY(ARRAY(SELECT \"id\" FROM \"work_items\" \
              WHERE \"status\" IN ('pending', 'retry')"
         ));
         assert!(sql.contains("LIMIT $3 FOR UPDATE SKIP LOCKED)) RETURNING *"));

@@ -1,24 +1,29 @@
-//! Connections, pools and migrations for the two backends.
+//! Connections and pools, with errors that never print a password.
 //!
 //! A database URL that starts with `postgres://` or `postgresql://` names a PostgreSQL server;
 //! anything else is an SQLite file path (`sqlite://` and `file:` prefixes are accepted).
+//!
+//! Nothing here is required: every primitive takes any Diesel connection of a supported
+//! backend. These helpers add what a cron job usually wants around Diesel's own
+//! `establish`: redacted errors and, for SQLite, the settings of a file shared by writers.
 
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 use crate::error::{Error, Result};
+#[cfg(feature = "postgres")]
 use diesel::pg::PgConnection;
-use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool};
+#[cfg(feature = "r2d2")]
+use diesel::r2d2::{ConnectionManager, Pool};
+#[cfg(feature = "sqlite")]
 use diesel::sqlite::SqliteConnection;
 use diesel::{Connection, RunQueryDsl};
-use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+#[cfg(feature = "r2d2")]
 use std::time::Duration;
 
-/// The PostgreSQL migrations (tables of the crate's worked examples and of the sync jobs).
-pub const PG_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
-/// The SQLite migrations: the same tables as [`PG_MIGRATIONS`].
-pub const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
-
 /// An r2d2 pool of PostgreSQL connections.
+#[cfg(all(feature = "postgres", feature = "r2d2"))]
 pub type PgPool = Pool<ConnectionManager<PgConnection>>;
 /// An r2d2 pool of SQLite connections.
+#[cfg(all(feature = "sqlite", feature = "r2d2"))]
 pub type SqlitePool = Pool<ConnectionManager<SqliteConnection>>;
 
 /// Which backend a database URL names.
@@ -54,48 +59,11 @@ pub fn sqlite_path(url: &str) -> &str {
         .unwrap_or(url)
 }
 
-/// Connections whose schema this crate can migrate.
-pub trait Migrate {
-    /// Applies every pending migration of this backend's set; returns how many ran.
-    ///
-    /// # Errors
-    /// [`Error::Migration`] when a migration fails; it is rolled back.
-    fn run_migrations(&mut self) -> Result<usize>;
-}
-
-impl Migrate for PgConnection {
-    fn run_migrations(&mut self) -> Result<usize> {
-        self.run_pending_migrations(PG_MIGRATIONS)
-            .map(|v| v.len())
-            .map_err(|e| Error::Migration(e.to_string()))
-    }
-}
-
-impl Migrate for SqliteConnection {
-    fn run_migrations(&mut self) -> Result<usize> {
-        self.run_pending_migrations(SQLITE_MIGRATIONS)
-            .map(|v| v.len())
-            .map_err(|e| Error::Migration(e.to_string()))
-    }
-}
-
-/// Applies the pending migrations of `conn`'s backend (see [`Migrate`]).
-///
-/// ```
-/// use diesel::{Connection, SqliteConnection};
-/// let mut conn = SqliteConnection::establish(":memory:")?;
-/// assert!(upsert_kit::db::run_migrations(&mut conn)? > 0);
-/// assert_eq!(upsert_kit::db::run_migrations(&mut conn)?, 0);
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
-pub fn run_migrations<C: Migrate>(conn: &mut C) -> Result<usize> {
-    conn.run_migrations()
-}
-
 /// Opens a PostgreSQL connection. The error never contains the URL's password.
 ///
 /// # Errors
 /// [`Error::Connect`] when the server does not answer or refuses the login.
+#[cfg(feature = "postgres")]
 pub fn connect_pg(url: &str) -> Result<PgConnection> {
     PgConnection::establish(url).map_err(|e| {
         Error::Connect(format!(
@@ -111,30 +79,37 @@ pub fn connect_pg(url: &str) -> Result<PgConnection> {
 ///
 /// # Errors
 /// [`Error::Connect`] when the file cannot be opened.
+#[cfg(feature = "sqlite")]
 pub fn connect_sqlite(url: &str) -> Result<SqliteConnection> {
     let path = sqlite_path(url);
     let mut conn = SqliteConnection::establish(path)
         .map_err(|e| Error::Connect(format!("cannot open SQLite database {path:?}: {e}")))?;
-    SqliteSetup
-        .on_acquire(&mut conn)
+    sqlite_setup(&mut conn)
         .map_err(|e| Error::Connect(format!("cannot set up SQLite database {path:?}: {e}")))?;
     Ok(conn)
 }
 
-/// Per-connection SQLite settings, also used as the pool's connection customizer.
+/// Per-connection SQLite settings of [`connect_sqlite`] and [`sqlite_pool`].
+#[cfg(feature = "sqlite")]
+fn sqlite_setup(conn: &mut SqliteConnection) -> diesel::QueryResult<()> {
+    use diesel::connection::SimpleConnection;
+    conn.batch_execute(
+        "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON;",
+    )
+}
+
+/// [`sqlite_setup`] as the pool's connection customizer.
+#[cfg(all(feature = "sqlite", feature = "r2d2"))]
 #[derive(Debug, Clone, Copy)]
 struct SqliteSetup;
 
-impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqliteSetup {
+#[cfg(all(feature = "sqlite", feature = "r2d2"))]
+impl diesel::r2d2::CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqliteSetup {
     fn on_acquire(
         &self,
         conn: &mut SqliteConnection,
     ) -> std::result::Result<(), diesel::r2d2::Error> {
-        use diesel::connection::SimpleConnection;
-        conn.batch_execute(
-            "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON;",
-        )
-        .map_err(diesel::r2d2::Error::QueryError)
+        sqlite_setup(conn).map_err(diesel::r2d2::Error::QueryError)
     }
 }
 
@@ -145,6 +120,7 @@ impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqliteSetup 
 ///
 /// # Panics
 /// When `size` is 0.
+#[cfg(all(feature = "postgres", feature = "r2d2"))]
 pub fn pg_pool(url: &str, size: u32) -> Result<PgPool> {
     assert!(size > 0, "a pool needs at least one connection");
     Pool::builder()
@@ -168,6 +144,7 @@ pub fn pg_pool(url: &str, size: u32) -> Result<PgPool> {
 ///
 /// # Panics
 /// When `size` is 0.
+#[cfg(all(feature = "sqlite", feature = "r2d2"))]
 pub fn sqlite_pool(url: &str, size: u32) -> Result<SqlitePool> {
     assert!(size > 0, "a pool needs at least one connection");
     Pool::builder()

@@ -189,8 +189,18 @@ impl Error {
     }
 
     /// Reclassifies an error raised while committing: a lost connection then means the outcome
-    /// is unknown rather than "nothing applied".
-    pub(crate) fn at_commit(self) -> Self {
+    /// is unknown rather than "nothing applied". [`transaction`](crate::transaction) does this
+    /// for its own `COMMIT`; call it for a statement that committed on its own.
+    ///
+    /// ```
+    /// use upsert_kit::Error;
+    /// let lost = Error::ConnectionLost("server closed the connection unexpectedly".into());
+    /// assert!(lost.is_retryable());
+    /// let at_commit = lost.at_commit();
+    /// assert!(at_commit.is_outcome_unknown() && !at_commit.is_retryable());
+    /// ```
+    #[must_use]
+    pub fn at_commit(self) -> Self {
         match self {
             Error::ConnectionLost(m) => Error::OutcomeUnknown(m),
             other => other,
@@ -284,6 +294,7 @@ impl From<diesel::result::Error> for Error {
     }
 }
 
+#[cfg(feature = "r2d2")]
 impl From<r2d2::Error> for Error {
     fn from(e: r2d2::Error) -> Self {
         Error::Pool(e.to_string())

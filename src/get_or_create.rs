@@ -34,8 +34,7 @@
 //! # Costs
 //! Each `INSERT … ON CONFLICT DO NOTHING` that finds the key takes a value from the table's
 //! sequence (a `BIGSERIAL` id) without using it. When most calls find the row, read first and
-//! call `get_or_create` only on a miss, as
-//! [`get_or_create_usage_period`](crate::usage::get_or_create_usage_period) does.
+//! call `get_or_create` only on a miss (a plain `SELECT` by key first).
 
 use crate::error::{Error, Result};
 use crate::tx;
@@ -44,10 +43,13 @@ use crate::upsert::{BindRow, NoCondition, UpsertModel};
 use diesel::backend::Backend;
 use diesel::connection::Connection;
 use diesel::expression::{Expression, SelectableHelper};
+#[cfg(feature = "postgres")]
 use diesel::pg::{Pg, PgConnection};
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
 use diesel::query_dsl::methods::LoadQuery;
+#[cfg(feature = "r2d2")]
 use diesel::r2d2::{ConnectionManager, PooledConnection, R2D2Connection};
+#[cfg(feature = "sqlite")]
 use diesel::sqlite::{Sqlite, SqliteConnection};
 use diesel::{QueryResult, RunQueryDsl, Selectable};
 
@@ -67,7 +69,7 @@ pub struct Obtained<R> {
 /// Models that [`get_or_create`] can insert over a connection `C`, returning rows of type `R`.
 ///
 /// Implemented for every model declared with [`upsert_model!`](crate::upsert_model) over
-/// [`PgConnection`], [`SqliteConnection`] and r2d2 pooled connections of either, for every
+/// [`diesel::PgConnection`], [`diesel::SqliteConnection`] and r2d2 pooled connections of either, for every
 /// `R` that derives `Queryable` and `Selectable` for the model's table.
 #[diagnostic::on_unimplemented(
     message = "cannot get-or-create `{Self}` as `{R}` over a `{C}`",
@@ -106,11 +108,12 @@ pub trait GetOrCreate<C, R>: UpsertModel + Sized {
 /// ```
 /// use diesel::prelude::*;
 /// use upsert_kit::get_or_create::get_or_create;
-/// use upsert_kit::schema::strava_stats;
+/// # include!("doctest_setup.rs");
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use upsert_kit::upsert_model;
 ///
 /// upsert_model! {
-///     table = strava_stats, key = (stats_type);
+///     table = stats, key = (stats_type);
 ///     pub struct NewStats {
 ///         pub stats_type: String,
 ///         pub data: serde_json::Value,
@@ -118,21 +121,20 @@ pub trait GetOrCreate<C, R>: UpsertModel + Sized {
 /// }
 ///
 /// #[derive(Debug, Queryable, Selectable)]
-/// #[diesel(table_name = strava_stats)]
+/// #[diesel(table_name = stats)]
 /// struct Stats {
 ///     id: i64,
 ///     stats_type: String,
 ///     data: serde_json::Value,
 /// }
 ///
-/// let mut conn = SqliteConnection::establish(":memory:")?;
-/// upsert_kit::db::run_migrations(&mut conn)?;
+/// let mut conn = establish_sqlite()?;
 /// let first = get_or_create::<_, _, Stats>(&mut conn, &NewStats { stats_type: "ytd".into(), data: serde_json::json!(1) })?;
 /// let again = get_or_create::<_, _, Stats>(&mut conn, &NewStats { stats_type: "ytd".into(), data: serde_json::json!(2) })?;
 /// assert!(first.created && !again.created);
 /// assert_eq!(first.row.id, again.row.id);
 /// assert_eq!(again.row.data, serde_json::json!(1)); // the stored row, not the new values
-/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # Ok(()) }
 /// ```
 pub fn get_or_create<C, M, R>(conn: &mut C, row: &M) -> Result<Obtained<R>>
 where
@@ -284,6 +286,7 @@ fn vanished() -> Error {
     ))
 }
 
+#[cfg(feature = "postgres")]
 impl<M, R> GetOrCreate<PgConnection, R> for M
 where
     M: UpsertModel,
@@ -306,6 +309,7 @@ where
     }
 }
 
+#[cfg(feature = "sqlite")]
 impl<M, R> GetOrCreate<SqliteConnection, R> for M
 where
     M: UpsertModel,
@@ -322,6 +326,7 @@ where
     }
 }
 
+#[cfg(feature = "r2d2")]
 impl<M, R, Conn> GetOrCreate<PooledConnection<ConnectionManager<Conn>>, R> for M
 where
     Conn: R2D2Connection + 'static,

@@ -46,13 +46,14 @@
 //! use diesel::{Connection, SqliteConnection};
 //! use upsert_kit::lock::{lock, LockKey};
 //! let mut conn = SqliteConnection::establish(":memory:").unwrap();
-//! let _guard = lock(&mut conn, LockKey::new("backfill", 1)); // SqliteConnection is no PgSession
+//! let _guard = lock(&mut conn, LockKey::new("reports", 1)); // SqliteConnection is no PgSession
 //! ```
 
 use crate::error::{Error, Result};
 use crate::tx;
 use diesel::connection::{AnsiTransactionManager, TransactionManager};
 use diesel::pg::PgConnection;
+#[cfg(feature = "r2d2")]
 use diesel::r2d2::{ConnectionManager, PooledConnection};
 use diesel::sql_types::{BigInt, Bool, Integer, Text};
 use diesel::RunQueryDsl;
@@ -114,7 +115,7 @@ impl LockKey {
     /// let a = LockKey::new("token-refresh", 42);
     /// assert_eq!(a.object, 42);
     /// assert_eq!(a, LockKey::new("token-refresh", 42_i64));
-    /// assert_ne!(a, LockKey::new("backfill", 42));
+    /// assert_ne!(a, LockKey::new("reports", 42));
     /// // Stable across builds: FNV-1a of "a" is 0xe40c292c.
     /// assert_eq!(LockKey::new("a", 0).class, 0xe40c292c_u32 as i32);
     /// ```
@@ -156,11 +157,12 @@ diesel::define_sql_function! {
 /// caller's transaction.
 ///
 /// # Examples
-/// ```no_run
+/// ```
+/// # include!("doctest_setup.rs");
 /// use diesel::Connection;
 /// use upsert_kit::lock::{xact_lock, LockKey};
-/// # fn main() -> upsert_kit::Result<()> {
-/// let mut conn = upsert_kit::db::connect_pg("postgres://postgres@127.0.0.1/app")?;
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let (_db, mut conn) = establish_pg()?;
 /// conn.transaction(|conn| {
 ///     xact_lock(conn, LockKey::new("token-refresh", 42))?;
 ///     // … read, decide, write: no other holder of this key runs meanwhile …
@@ -181,11 +183,12 @@ pub fn xact_lock(conn: &mut PgConnection, key: LockKey) -> Result<()> {
 /// Database errors of the round trip.
 ///
 /// # Examples
-/// ```no_run
+/// ```
+/// # include!("doctest_setup.rs");
 /// use diesel::Connection;
 /// use upsert_kit::lock::{try_xact_lock, LockKey};
-/// # fn main() -> upsert_kit::Result<()> {
-/// let mut conn = upsert_kit::db::connect_pg("postgres://postgres@127.0.0.1/app")?;
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let (_db, mut conn) = establish_pg()?;
 /// conn.transaction(|conn| {
 ///     if !try_xact_lock(conn, LockKey::new("nightly", 0))? {
 ///         return Ok(()); // another run holds it: skip
@@ -255,11 +258,12 @@ diesel::define_sql_function! {
 /// As [`xact_lock`].
 ///
 /// # Examples
-/// ```no_run
+/// ```
+/// # include!("doctest_setup.rs");
 /// use diesel::Connection;
 /// use upsert_kit::lock::{shared_xact_lock, LockKey};
-/// # fn main() -> upsert_kit::Result<()> {
-/// let mut conn = upsert_kit::db::connect_pg("postgres://postgres@127.0.0.1/app")?;
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let (_db, mut conn) = establish_pg()?;
 /// conn.transaction(|conn| {
 ///     // Readers share the lock; a writer holding it exclusively makes them wait.
 ///     shared_xact_lock(conn, LockKey::new("report", "2026-11"))?;
@@ -280,11 +284,12 @@ pub fn shared_xact_lock(conn: &mut PgConnection, key: LockKey) -> Result<()> {
 /// Database errors of the round trip.
 ///
 /// # Examples
-/// ```no_run
+/// ```
+/// # include!("doctest_setup.rs");
 /// use diesel::Connection;
 /// use upsert_kit::lock::{try_shared_xact_lock, LockKey};
-/// # fn main() -> upsert_kit::Result<()> {
-/// let mut conn = upsert_kit::db::connect_pg("postgres://postgres@127.0.0.1/app")?;
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let (_db, mut conn) = establish_pg()?;
 /// let got = conn.transaction(|conn| try_shared_xact_lock(conn, LockKey::new("report", 7)))?;
 /// println!("shared lock taken: {got}");
 /// # Ok(()) }
@@ -329,6 +334,7 @@ impl PgSession for PgConnection {
     }
 }
 
+#[cfg(feature = "r2d2")]
 impl PgSession for PooledConnection<ConnectionManager<PgConnection>> {
     fn pg(&mut self) -> &mut PgConnection {
         self
@@ -423,11 +429,12 @@ impl<C: PgSession> SessionLock<C> {
     ///   called `pg_advisory_unlock_all()` on it); nothing is held, the connection is kept.
     ///
     /// # Examples
-    /// ```no_run
+    /// ```
+    /// # include!("doctest_setup.rs");
     /// use upsert_kit::lock::{lock, LockKey};
-    /// # fn main() -> upsert_kit::Result<()> {
-    /// let mut conn = upsert_kit::db::connect_pg("postgres://postgres@127.0.0.1/app")?;
-    /// let guard = lock(&mut conn, LockKey::new("backfill", 2026))?;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (_db, mut conn) = establish_pg()?;
+    /// let guard = lock(&mut conn, LockKey::new("reports", 2026))?;
     /// guard.release()?;
     /// # Ok(()) }
     /// ```
@@ -542,11 +549,13 @@ fn guard<C: PgSession>(conn: C, key: LockKey, mode: LockMode) -> SessionLock<C> 
 /// the round trip's other errors. No lock is held after an error.
 ///
 /// # Examples
-/// ```no_run
+/// ```
+/// # include!("doctest_setup.rs");
 /// use diesel::RunQueryDsl;
 /// use upsert_kit::lock::{lock, LockKey};
-/// # fn main() -> upsert_kit::Result<()> {
-/// let pool = upsert_kit::db::pg_pool("postgres://postgres@127.0.0.1/app", 4)?;
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let (db, _) = establish_pg()?;
+/// let pool = upsert_kit::db::pg_pool(db.url(), 4)?;
 /// // The guard owns the pooled connection: it goes back to the pool only after the unlock.
 /// let mut guard = lock(pool.get()?, LockKey::new("token-refresh", 42))?;
 /// diesel::sql_query("SELECT 1").execute(&mut *guard)?;
@@ -565,10 +574,11 @@ pub fn lock<C: PgSession>(mut conn: C, key: LockKey) -> Result<SessionLock<C>> {
 /// As [`lock`].
 ///
 /// # Examples
-/// ```no_run
+/// ```
+/// # include!("doctest_setup.rs");
 /// use upsert_kit::lock::{lock_shared, LockKey};
-/// # fn main() -> upsert_kit::Result<()> {
-/// let mut conn = upsert_kit::db::connect_pg("postgres://postgres@127.0.0.1/app")?;
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let (_db, mut conn) = establish_pg()?;
 /// let guard = lock_shared(&mut conn, LockKey::new("schema", "stats"))?;
 /// drop(guard); // released
 /// # Ok(()) }
@@ -586,10 +596,11 @@ pub fn lock_shared<C: PgSession>(mut conn: C, key: LockKey) -> Result<SessionLoc
 /// The round trip's errors.
 ///
 /// # Examples
-/// ```no_run
+/// ```
+/// # include!("doctest_setup.rs");
 /// use upsert_kit::lock::{try_lock, LockKey};
-/// # fn main() -> upsert_kit::Result<()> {
-/// let mut conn = upsert_kit::db::connect_pg("postgres://postgres@127.0.0.1/app")?;
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let (_db, mut conn) = establish_pg()?;
 /// match try_lock(&mut conn, LockKey::new("nightly", 0))? {
 ///     Some(_guard) => println!("this run does the work"),
 ///     None => println!("another run is at it; exiting"),
@@ -608,10 +619,11 @@ pub fn try_lock<C: PgSession>(mut conn: C, key: LockKey) -> Result<Option<Sessio
 /// The round trip's errors.
 ///
 /// # Examples
-/// ```no_run
+/// ```
+/// # include!("doctest_setup.rs");
 /// use upsert_kit::lock::{try_lock_shared, LockKey};
-/// # fn main() -> upsert_kit::Result<()> {
-/// let mut conn = upsert_kit::db::connect_pg("postgres://postgres@127.0.0.1/app")?;
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let (_db, mut conn) = establish_pg()?;
 /// let reader = try_lock_shared(&mut conn, LockKey::new("schema", "stats"))?;
 /// assert!(reader.is_some());
 /// # Ok(()) }
@@ -645,12 +657,13 @@ pub fn try_lock_shared<C: PgSession>(mut conn: C, key: LockKey) -> Result<Option
 /// held after an error.
 ///
 /// # Examples
-/// ```no_run
+/// ```
+/// # include!("doctest_setup.rs");
 /// use std::time::Duration;
 /// use upsert_kit::lock::{try_lock_for, LockKey};
-/// # fn main() -> upsert_kit::Result<()> {
-/// let mut conn = upsert_kit::db::connect_pg("postgres://postgres@127.0.0.1/app")?;
-/// let Some(guard) = try_lock_for(&mut conn, LockKey::new("backfill", 2026), Duration::from_secs(2))? else {
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let (_db, mut conn) = establish_pg()?;
+/// let Some(guard) = try_lock_for(&mut conn, LockKey::new("reports", 2026), Duration::from_secs(2))? else {
 ///     return Ok(()); // still busy after 2 s
 /// };
 /// guard.release()?;
@@ -712,11 +725,12 @@ pub fn try_lock_for<C: PgSession>(
 /// [`SessionLock::release`]).
 ///
 /// # Examples
-/// ```no_run
+/// ```
+/// # include!("doctest_setup.rs");
 /// use diesel::RunQueryDsl;
 /// use upsert_kit::lock::{with_lock, LockKey};
-/// # fn main() -> upsert_kit::Result<()> {
-/// let mut conn = upsert_kit::db::connect_pg("postgres://postgres@127.0.0.1/app")?;
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let (_db, mut conn) = establish_pg()?;
 /// let n = with_lock(&mut conn, LockKey::new("token-refresh", 42), |conn| {
 ///     // Only one process at a time gets here for account 42.
 ///     Ok::<_, upsert_kit::Error>(diesel::sql_query("SELECT 1").execute(conn)?)
@@ -811,11 +825,12 @@ const LOCKS_SQL: &str = "SELECT l.pid, l.classid::int8 AS classid, l.objid::int8
 /// The round trip's errors.
 ///
 /// # Examples
-/// ```no_run
+/// ```
+/// # include!("doctest_setup.rs");
 /// use upsert_kit::lock::{held_locks, lock, AdvisoryKey, LockKey};
-/// # fn main() -> upsert_kit::Result<()> {
-/// let mut conn = upsert_kit::db::connect_pg("postgres://postgres@127.0.0.1/app")?;
-/// let key = LockKey::new("backfill", 1);
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let (_db, mut conn) = establish_pg()?;
+/// let key = LockKey::new("reports", 1);
 /// let mut guard = lock(&mut conn, key)?;
 /// assert!(held_locks(&mut guard)?.iter().any(|l| l.key == AdvisoryKey::Pair(key)));
 /// # Ok(()) }
@@ -834,10 +849,11 @@ pub fn held_locks(conn: &mut PgConnection) -> Result<Vec<AdvisoryLock>> {
 /// The round trip's errors.
 ///
 /// # Examples
-/// ```no_run
+/// ```
+/// # include!("doctest_setup.rs");
 /// use upsert_kit::lock::server_locks;
-/// # fn main() -> upsert_kit::Result<()> {
-/// let mut conn = upsert_kit::db::connect_pg("postgres://postgres@127.0.0.1/app")?;
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let (_db, mut conn) = establish_pg()?;
 /// for l in server_locks(&mut conn)? {
 ///     println!("backend {} {} {:?} granted={}", l.pid, l.mode, l.key, l.granted);
 /// }
@@ -856,9 +872,10 @@ pub fn server_locks(conn: &mut PgConnection) -> Result<Vec<AdvisoryLock>> {
 /// The round trip's errors.
 ///
 /// # Examples
-/// ```no_run
-/// # fn main() -> upsert_kit::Result<()> {
-/// let mut conn = upsert_kit::db::connect_pg("postgres://postgres@127.0.0.1/app")?;
+/// ```
+/// # include!("doctest_setup.rs");
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let (_db, mut conn) = establish_pg()?;
 /// println!("backend {}", upsert_kit::lock::backend_pid(&mut conn)?);
 /// # Ok(()) }
 /// ```

@@ -10,7 +10,7 @@
 //! A write whose outcome is unknown ([`Error::OutcomeUnknown`]: the connection dropped while
 //! `COMMIT` was in flight) may have been applied. It is retried only when the caller declares
 //! the closure idempotent with [`Retry::idempotent`], e.g. because it carries an idempotency
-//! key ([`crate::counter::increment`]) or is an upsert of fixed values.
+//! key (a ledger row written in the same transaction) or is an upsert of fixed values.
 //!
 //! A closure that lost its connection must take a new one on the next attempt: take it from a
 //! pool inside the closure, as the examples do.
@@ -33,21 +33,23 @@ pub const DEFAULT_MAX_DELAY: Duration = Duration::from_millis(500);
 /// # Examples
 ///
 /// ```
-/// use diesel::{Connection, SqliteConnection};
-/// use upsert_kit::retry::Retry;
-/// use upsert_kit::counter::increment;
-/// use upsert_kit::usage::{set_usage_limits, Usage};
+/// # include!("doctest_setup.rs");
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use upsert_kit::{atomic_upsert, upsert_model, Retry, UpsertOutcome};
 ///
-/// let mut conn = SqliteConnection::establish(":memory:")?;
-/// upsert_kit::db::run_migrations(&mut conn)?;
-/// let now = chrono::Utc::now().naive_utc();
-/// set_usage_limits(&mut conn, 7, Usage::tokens(1000), now)?;
-/// // The increment carries an idempotency key: even an unknown outcome may be retried.
-/// let counted = Retry::new()
+/// upsert_model! {
+///     table = items, key = (sku);
+///     pub struct Item { pub sku: String, pub name: String }
+/// }
+///
+/// let mut conn = establish_sqlite()?;
+/// let item = Item { sku: "a-1".into(), name: "first".into() };
+/// // An upsert is idempotent: even an unknown outcome may be retried.
+/// let outcome = Retry::new()
 ///     .idempotent()
-///     .run(|_attempt| increment(&mut conn, 7, "job-42", now, Usage::tokens(3)))?;
-/// assert_eq!(counted.totals.tokens, 3);
-/// # Ok::<(), Box<dyn std::error::Error>>(())
+///     .run(|_attempt| atomic_upsert(&mut conn, &item))?;
+/// assert_eq!(outcome, UpsertOutcome::Inserted);
+/// # Ok(()) }
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use = "a retry policy does nothing until `.run(…)`"]

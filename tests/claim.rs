@@ -1,20 +1,15 @@
 //! Work claims (`FOR UPDATE SKIP LOCKED` with leases) on a real PostgreSQL server
-//! (RELIABILITY.md 16–18) and the backfill scheduler.
+//! (RELIABILITY.md 16–18), on two queues of the tests' own: `jobs` with its own column and
+//! status names, `tasks` with the defaults.
 
-mod common;
-
-use common::{race, TestDb};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Integer};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use upsert_kit::claim::{
-    backfill, schedule_months, BackfillMonth, BackfillReport, ClaimQueue, Failed, Queue,
-};
-use upsert_kit::schema::backfill_log;
-use upsert_kit::{naive, Error};
+use upsert_kit::claim::{ClaimQueue, Failed, Queue};
+use upsert_kit::Error;
+use upsert_kit_support::{race, TestDb};
 
 // A queue of the test's own, with its own column and status names, to show the claims are
 // generic over the table.
@@ -79,10 +74,58 @@ fn states(conn: &mut PgConnection) -> HashMap<String, i64> {
         .collect()
 }
 
-fn month_states(conn: &mut PgConnection) -> HashMap<String, i64> {
-    backfill_log::table
-        .group_by(backfill_log::status)
-        .select((backfill_log::status, diesel::dsl::count_star()))
+// A queue with the default column names and statuses.
+diesel::table! {
+    tasks (id) {
+        id -> Int8,
+        name -> Text,
+        status -> Text,
+        attempts -> Int4,
+        locked_until -> Nullable<Timestamptz>,
+        holder -> Nullable<Text>,
+        last_error -> Nullable<Text>,
+    }
+}
+
+#[derive(Debug, Clone, QueryableByName)]
+#[diesel(table_name = tasks)]
+struct Task {
+    #[allow(dead_code)]
+    name: String,
+}
+
+impl ClaimQueue for Task {
+    type Table = tasks::table;
+}
+
+/// A database with an empty `tasks` queue.
+fn tasks_db() -> TestDb {
+    TestDb::with_sql(
+        "CREATE TABLE tasks (
+             id BIGSERIAL PRIMARY KEY,
+             name TEXT NOT NULL,
+             status TEXT NOT NULL DEFAULT 'pending',
+             attempts INT NOT NULL DEFAULT 0,
+             locked_until TIMESTAMPTZ,
+             holder TEXT,
+             last_error TEXT);
+         CREATE INDEX tasks_due ON tasks (id) WHERE status IN ('pending', 'retry');
+         CREATE INDEX tasks_leased ON tasks (locked_until) WHERE status = 'processing';",
+    )
+}
+
+/// Adds `n` pending tasks.
+fn schedule(conn: &mut PgConnection, n: i32) {
+    conn.batch_execute(&format!(
+        "INSERT INTO tasks (name) SELECT 'task-' || g FROM generate_series(1, {n}) g"
+    ))
+    .unwrap();
+}
+
+fn task_states(conn: &mut PgConnection) -> HashMap<String, i64> {
+    tasks::table
+        .group_by(tasks::status)
+        .select((tasks::status, diesel::dsl::count_star()))
         .load::<(String, i64)>(conn)
         .unwrap()
         .into_iter()
@@ -149,147 +192,23 @@ fn eight_workers_drain_five_thousand_items_each_exactly_once() {
 }
 
 #[test]
-fn the_lockless_select_then_update_claim_hands_items_out_twice_and_claim_never_does() {
-    const WORKERS: usize = 8;
-    let db = TestDb::new();
-    let mut conn = db.conn();
-
-    let run = |atomic: bool| -> (usize, usize) {
-        let conns = conns(&db, WORKERS);
-        let claimed = race(WORKERS, move |i| {
-            let mut conn = conns.lock().unwrap().pop().unwrap();
-            let holder = format!("w{i}");
-            let queue = Queue::<BackfillMonth>::new(&holder).unwrap();
-            let mut mine = Vec::new();
-            loop {
-                let ids: Vec<i64> = if atomic {
-                    queue
-                        .claim(&mut conn, 5)
-                        .unwrap()
-                        .into_iter()
-                        .map(|c| c.id)
-                        .collect()
-                } else {
-                    match naive::claim_select_then_update(&mut conn, &holder, 5) {
-                        Ok(claimed) => claimed.into_iter().map(|c| c.0).collect(),
-                        // Overlapping lockless claims can also deadlock each other: one more
-                        // way the naive pattern fails. The victim tries again.
-                        Err(Error::Deadlock(_)) => continue,
-                        Err(e) => panic!("naive claim: {e:?}"),
-                    }
-                };
-                if ids.is_empty() {
-                    return mine;
-                }
-                mine.extend(ids);
-            }
-        });
-        let all: Vec<i64> = claimed.into_iter().flatten().collect();
-        let mut distinct = all.clone();
-        distinct.sort_unstable();
-        distinct.dedup();
-        (all.len() - distinct.len(), distinct.len())
-    };
-
-    schedule_months(&mut conn, (2000, 1), (2029, 12)).unwrap(); // 360 months
-    let (naive_twice, naive_distinct) = run(false);
-    conn.batch_execute("TRUNCATE backfill_log").unwrap();
-    schedule_months(&mut conn, (2000, 1), (2029, 12)).unwrap();
-    let (atomic_twice, atomic_distinct) = run(true);
-    eprintln!(
-        "360 months, 8 workers: naive select-then-update handed out {naive_twice} duplicate \
-         claims; claim (SKIP LOCKED) handed out {atomic_twice}"
-    );
-    assert_eq!(naive_distinct, 360);
-    assert!(
-        naive_twice > 0,
-        "the naive claim never handed an item out twice"
-    );
-    assert_eq!((atomic_twice, atomic_distinct), (0, 360));
-}
-
-#[test]
-fn the_naive_scheduler_processes_some_month_twice_and_backfill_processes_each_once() {
-    const SCHEDULERS: usize = 8;
-    const MONTHS: usize = 24;
-    let db = TestDb::new();
-    let mut conn = db.conn();
-
-    let run = |atomic: bool| -> HashMap<(i32, u32), usize> {
-        let seen = Arc::new(Mutex::new(HashMap::<(i32, u32), usize>::new()));
-        let record = {
-            let seen = Arc::clone(&seen);
-            move |year: i32, month: u32| {
-                *seen.lock().unwrap().entry((year, month)).or_default() += 1;
-                // The month's work: long enough for the schedulers to overlap.
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        };
-        let conns = conns(&db, SCHEDULERS);
-        race(SCHEDULERS, move |i| {
-            let mut conn = conns.lock().unwrap().pop().unwrap();
-            let mut record = record.clone();
-            if atomic {
-                let queue = Queue::<BackfillMonth>::new(format!("scheduler-{i}")).unwrap();
-                let report = backfill(&mut conn, &queue, |y, m| {
-                    record(y, m);
-                    Ok::<(), Error>(())
-                })
-                .unwrap();
-                assert_eq!((report.retried, report.parked, report.lost), (0, 0, 0));
-            } else {
-                naive::backfill_query_then_lock(&mut conn, &mut record).unwrap();
-            }
-        });
-        let seen = seen.lock().unwrap().clone();
-        seen
-    };
-
-    schedule_months(&mut conn, (2024, 1), (2025, 12)).unwrap();
-    let naive_seen = run(false);
-    conn.batch_execute("TRUNCATE backfill_log").unwrap();
-    schedule_months(&mut conn, (2024, 1), (2025, 12)).unwrap();
-    let atomic_seen = run(true);
-
-    let extra = |seen: &HashMap<(i32, u32), usize>| seen.values().map(|n| n - 1).sum::<usize>();
-    eprintln!(
-        "{MONTHS} months, {SCHEDULERS} schedulers: naive query-then-lock processed {} months \
-         again (worst month {} times); backfill processed {} again",
-        extra(&naive_seen),
-        naive_seen.values().max().unwrap(),
-        extra(&atomic_seen)
-    );
-    assert_eq!(naive_seen.len(), MONTHS);
-    assert!(
-        naive_seen.values().any(|&n| n > 1),
-        "no month processed twice"
-    );
-    assert_eq!(atomic_seen.len(), MONTHS);
-    assert!(atomic_seen.values().all(|&n| n == 1), "{atomic_seen:?}");
-    assert_eq!(
-        month_states(&mut conn),
-        HashMap::from([("done".into(), MONTHS as i64)])
-    );
-}
-
-#[test]
 fn an_empty_queue_returns_nothing_at_once_even_when_every_due_row_is_locked_elsewhere() {
-    let db = TestDb::new();
+    let db = tasks_db();
     let mut conn = db.conn();
     // A claim that waited would fail here instead of hanging.
     conn.batch_execute("SET statement_timeout = '5s'").unwrap();
-    let queue = Queue::<BackfillMonth>::new("w").unwrap();
+    let queue = Queue::<Task>::new("w").unwrap();
 
     assert!(queue.claim(&mut conn, 10).unwrap().is_empty());
     assert!(queue.claim(&mut conn, 0).unwrap().is_empty());
     assert_eq!(queue.reap_expired(&mut conn).unwrap().requeued, 0);
 
-    schedule_months(&mut conn, (2026, 1), (2026, 3)).unwrap();
+    schedule(&mut conn, 3);
     let mut other = db.conn();
     other
         .transaction(|other| {
             // Another transaction holds every due row's lock (a claim in flight, say).
-            other.batch_execute("SELECT id FROM backfill_log FOR UPDATE")?;
+            other.batch_execute("SELECT id FROM tasks FOR UPDATE")?;
             assert!(queue.claim(&mut conn, 10)?.is_empty());
             Ok::<_, Error>(())
         })
@@ -301,16 +220,12 @@ fn an_empty_queue_returns_nothing_at_once_even_when_every_due_row_is_locked_else
 
 #[test]
 fn a_dead_workers_claims_are_reclaimed_after_the_lease_and_its_late_completion_is_refused() {
-    let db = TestDb::new();
+    let db = tasks_db();
     let mut conn = db.conn();
-    schedule_months(&mut conn, (2026, 1), (2026, 5)).unwrap();
+    schedule(&mut conn, 5);
     let lease = Duration::from_secs(1);
-    let dead = Queue::<BackfillMonth>::new("dead-worker")
-        .unwrap()
-        .lease(lease);
-    let alive = Queue::<BackfillMonth>::new("live-worker")
-        .unwrap()
-        .lease(lease);
+    let dead = Queue::<Task>::new("dead-worker").unwrap().lease(lease);
+    let alive = Queue::<Task>::new("live-worker").unwrap().lease(lease);
 
     // The dead worker claims three months and never comes back.
     let mut dead_conn = db.conn();
@@ -330,9 +245,9 @@ fn a_dead_workers_claims_are_reclaimed_after_the_lease_and_its_late_completion_i
     std::thread::sleep(lease + Duration::from_millis(300));
     let reaped = alive.reap_expired(&mut conn).unwrap();
     assert_eq!((reaped.requeued, reaped.parked), (3, 0));
-    let last_error: Option<String> = backfill_log::table
+    let last_error: Option<String> = tasks::table
         .find(stale[0].id)
-        .select(backfill_log::last_error)
+        .select(tasks::last_error)
         .get_result(&mut conn)
         .unwrap();
     assert_eq!(last_error.as_deref(), Some("lease of dead-worker expired"));
@@ -362,16 +277,16 @@ fn a_dead_workers_claims_are_reclaimed_after_the_lease_and_its_late_completion_i
     for c in &retaken {
         alive.complete(&mut conn, c).unwrap();
     }
-    assert_eq!(month_states(&mut conn), HashMap::from([("done".into(), 5)]));
+    assert_eq!(task_states(&mut conn), HashMap::from([("done".into(), 5)]));
 }
 
 #[test]
 fn failures_count_attempts_back_off_and_park_the_item_past_the_maximum() {
-    let db = TestDb::new();
+    let db = tasks_db();
     let mut conn = db.conn();
-    schedule_months(&mut conn, (2026, 1), (2026, 1)).unwrap();
+    schedule(&mut conn, 1);
     let backoff = Duration::from_millis(200);
-    let queue = Queue::<BackfillMonth>::new("w")
+    let queue = Queue::<Task>::new("w")
         .unwrap()
         .max_attempts(3)
         .backoff(backoff, Duration::from_millis(300));
@@ -384,13 +299,9 @@ fn failures_count_attempts_back_off_and_park_the_item_past_the_maximum() {
         let failed = queue
             .fail(&mut conn, claim, &format!("failure {attempt}"))
             .unwrap();
-        let (status, attempts, error): (String, i32, Option<String>) = backfill_log::table
+        let (status, attempts, error): (String, i32, Option<String>) = tasks::table
             .find(claim.id)
-            .select((
-                backfill_log::status,
-                backfill_log::attempts,
-                backfill_log::last_error,
-            ))
+            .select((tasks::status, tasks::attempts, tasks::last_error))
             .get_result(&mut conn)
             .unwrap();
         assert_eq!(attempts, attempt);
@@ -420,11 +331,11 @@ fn failures_count_attempts_back_off_and_park_the_item_past_the_maximum() {
 
 #[test]
 fn a_worker_that_keeps_dying_gets_its_item_parked_by_the_reaper() {
-    let db = TestDb::new();
+    let db = tasks_db();
     let mut conn = db.conn();
-    schedule_months(&mut conn, (2026, 6), (2026, 6)).unwrap();
+    schedule(&mut conn, 1);
     let lease = Duration::from_millis(500);
-    let queue = Queue::<BackfillMonth>::new("crashy")
+    let queue = Queue::<Task>::new("crashy")
         .unwrap()
         .lease(lease)
         .max_attempts(2);
@@ -442,19 +353,19 @@ fn a_worker_that_keeps_dying_gets_its_item_parked_by_the_reaper() {
     assert_eq!(parked, 1);
     assert!(queue.claim(&mut conn, 1).unwrap().is_empty());
     assert_eq!(
-        month_states(&mut conn),
+        task_states(&mut conn),
         HashMap::from([("failed".into(), 1)])
     );
 }
 
 #[test]
 fn extend_keeps_a_lease_alive_past_its_original_expiry() {
-    let db = TestDb::new();
+    let db = tasks_db();
     let mut conn = db.conn();
-    schedule_months(&mut conn, (2026, 7), (2026, 7)).unwrap();
+    schedule(&mut conn, 1);
     let lease = Duration::from_millis(600);
-    let queue = Queue::<BackfillMonth>::new("slow").unwrap().lease(lease);
-    let reaper = Queue::<BackfillMonth>::new("reaper").unwrap();
+    let queue = Queue::<Task>::new("slow").unwrap().lease(lease);
+    let reaper = Queue::<Task>::new("reaper").unwrap();
 
     let mut claim = queue.claim(&mut conn, 1).unwrap().remove(0);
     let first_until = claim.locked_until;
@@ -466,88 +377,4 @@ fn extend_keeps_a_lease_alive_past_its_original_expiry() {
     assert!(claim.locked_until > first_until);
     // 900 ms after the claim, past its first lease: still ours.
     queue.complete(&mut conn, &claim).unwrap();
-}
-
-#[test]
-fn backfill_records_failures_and_a_later_run_retries_them() {
-    let db = TestDb::new();
-    let mut conn = db.conn();
-    assert_eq!(
-        schedule_months(&mut conn, (2025, 11), (2026, 2)).unwrap(),
-        4
-    );
-    assert_eq!(
-        schedule_months(&mut conn, (2025, 12), (2026, 3)).unwrap(),
-        1
-    );
-    let queue = Queue::<BackfillMonth>::new("s")
-        .unwrap()
-        .backoff(Duration::from_millis(100), Duration::from_millis(100));
-
-    let report = backfill(&mut conn, &queue, |year, month| {
-        if (year, month) == (2025, 12) {
-            Err("upstream returned 503")
-        } else {
-            Ok(())
-        }
-    })
-    .unwrap();
-    assert_eq!(
-        report,
-        BackfillReport {
-            done: 4,
-            retried: 1,
-            ..BackfillReport::default()
-        }
-    );
-    std::thread::sleep(Duration::from_millis(150));
-    let mut seen = Vec::new();
-    let report = backfill(&mut conn, &queue, |year, month| {
-        seen.push((year, month));
-        Ok::<(), Error>(())
-    })
-    .unwrap();
-    assert_eq!(seen, [(2025, 12)]);
-    assert_eq!(report.done, 1);
-    assert_eq!(month_states(&mut conn), HashMap::from([("done".into(), 5)]));
-
-    #[derive(QueryableByName)]
-    struct Row {
-        #[diesel(sql_type = BigInt)]
-        n: i64,
-        #[diesel(sql_type = Integer)]
-        attempts: i32,
-    }
-    let row = diesel::sql_query(
-        "SELECT count(*) AS n, max(attempts) AS attempts FROM backfill_log \
-         WHERE year = 2025 AND month = 12",
-    )
-    .get_result::<Row>(&mut conn)
-    .unwrap();
-    assert_eq!((row.n, row.attempts), (1, 2));
-}
-
-#[test]
-fn schedule_months_rejects_impossible_months_and_writes_nothing() {
-    let db = TestDb::new();
-    let mut conn = db.conn();
-    for (from, to) in [
-        ((2026, 0), (2026, 1)),
-        ((2026, 1), (2026, 13)),
-        ((0, 1), (1, 1)),
-    ] {
-        assert!(matches!(
-            schedule_months(&mut conn, from, to),
-            Err(Error::InvalidInput(_))
-        ));
-    }
-    assert!(matches!(
-        schedule_months(&mut conn, (2026, 2), (2026, 1)),
-        Err(Error::InvalidInput(_))
-    ));
-    assert!(month_states(&mut conn).is_empty());
-    assert_eq!(
-        schedule_months(&mut conn, (1999, 12), (2000, 1)).unwrap(),
-        2
-    );
 }

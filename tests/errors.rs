@@ -1,19 +1,19 @@
 //! Each error class raised for real by the server, and how the crate classifies it.
 
-mod common;
+mod fixture;
 
-use common::{race, TestDb};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Integer, Text};
+use fixture::Stats;
 use serde_json::json;
 use std::time::Duration;
-use upsert_kit::jobs::models::StravaStats;
 use upsert_kit::{atomic_upsert, ConstraintKind, Error, UpsertMany};
+use upsert_kit_support::race;
 
-fn stats(kind: &str) -> StravaStats {
+fn stats(kind: &str) -> Stats {
     let now = chrono::Utc::now().naive_utc();
-    StravaStats {
+    Stats {
         stats_type: kind.to_owned(),
         data: json!({"n": 1}),
         created_at: now,
@@ -69,7 +69,7 @@ fn wait_for_query(conn: &mut PgConnection, pid: i32, needle: &str) {
 
 #[test]
 fn constraint_violations_are_permanent_and_named() {
-    let db = TestDb::new();
+    let db = fixture::pg();
     let mut conn = db.conn();
     conn.batch_execute(
         "CREATE TABLE parent (id INT PRIMARY KEY);
@@ -122,7 +122,7 @@ fn constraint_violations_are_permanent_and_named() {
 
 #[test]
 fn a_serialization_failure_is_retryable() {
-    let db = TestDb::new();
+    let db = fixture::pg();
     let mut setup = db.conn();
     setup
         .batch_execute("CREATE TABLE t (id INT PRIMARY KEY, n INT); INSERT INTO t VALUES (1, 0);")
@@ -138,7 +138,7 @@ fn a_serialization_failure_is_retryable() {
 
 #[test]
 fn a_deadlock_is_detected_and_retryable() {
-    let db = TestDb::new();
+    let db = fixture::pg();
     let mut setup = db.conn();
     setup
         .batch_execute(
@@ -174,7 +174,7 @@ fn a_deadlock_is_detected_and_retryable() {
 
 #[test]
 fn lock_and_statement_timeouts_and_cancels_have_their_own_classes() {
-    let db = TestDb::new();
+    let db = fixture::pg();
     let mut holder = db.conn();
     holder
         .batch_execute("CREATE TABLE t (id INT PRIMARY KEY); INSERT INTO t VALUES (1);")
@@ -218,7 +218,7 @@ fn lock_and_statement_timeouts_and_cancels_have_their_own_classes() {
 
 #[test]
 fn a_connection_terminated_inside_a_transaction_is_lost_before_commit() {
-    let db = TestDb::new();
+    let db = fixture::pg();
     let mut victim = db.conn();
     let mut admin = db.conn();
     victim.batch_execute("BEGIN").unwrap();
@@ -232,9 +232,9 @@ fn a_connection_terminated_inside_a_transaction_is_lost_before_commit() {
 /// A trigger that sleeps lets the test terminate the backend while the write is in flight.
 fn slow_writes(conn: &mut PgConnection, deferred: bool) {
     let timing = if deferred {
-        "CREATE CONSTRAINT TRIGGER slow AFTER INSERT OR UPDATE ON strava_stats DEFERRABLE INITIALLY DEFERRED"
+        "CREATE CONSTRAINT TRIGGER slow AFTER INSERT OR UPDATE ON stats DEFERRABLE INITIALLY DEFERRED"
     } else {
-        "CREATE TRIGGER slow BEFORE INSERT OR UPDATE ON strava_stats"
+        "CREATE TRIGGER slow BEFORE INSERT OR UPDATE ON stats"
     };
     conn.batch_execute(&format!(
         "CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -246,7 +246,7 @@ fn slow_writes(conn: &mut PgConnection, deferred: bool) {
 
 #[test]
 fn a_connection_lost_while_an_autocommit_upsert_runs_leaves_the_outcome_unknown() {
-    let db = TestDb::new();
+    let db = fixture::pg();
     let mut conn = db.conn();
     slow_writes(&mut conn, false);
     let pid = backend_pid(&mut conn);
@@ -266,7 +266,7 @@ fn a_connection_lost_while_an_autocommit_upsert_runs_leaves_the_outcome_unknown(
 
 #[test]
 fn a_connection_lost_during_commit_leaves_the_outcome_unknown() {
-    let db = TestDb::new();
+    let db = fixture::pg();
     let mut conn = db.conn();
     slow_writes(&mut conn, true);
     let pid = backend_pid(&mut conn);

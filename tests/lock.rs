@@ -1,8 +1,5 @@
 //! Advisory locks on a real PostgreSQL server (RELIABILITY.md 11–15).
 
-mod common;
-
-use common::{race, TestDb};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sql_types::{Integer, Text};
@@ -14,6 +11,7 @@ use upsert_kit::lock::{
     AdvisoryKey, LockKey, LockMode,
 };
 use upsert_kit::Error;
+use upsert_kit_support::{race, TestDb};
 
 #[derive(QueryableByName)]
 struct N {
@@ -175,7 +173,7 @@ fn shared_locks_admit_each_other_and_exclude_an_exclusive_holder() {
 #[test]
 fn try_lock_for_gives_up_within_its_bound_and_leaves_the_connection_usable() {
     let db = TestDb::new();
-    let key = LockKey::new("backfill", 2026);
+    let key = LockKey::new("reports", 2026);
     let mut waiter = db.conn();
     let before = lock_timeout(&mut waiter);
     // The guard owns its connection, so it can be released from another thread below.
@@ -206,15 +204,53 @@ fn try_lock_for_gives_up_within_its_bound_and_leaves_the_connection_usable() {
         })
         .unwrap();
 
-    // Released while waiting: granted without waiting out the bound.
+    // Released while waiting: the waiter waits in the server (its backend shows an ungranted
+    // advisory lock in pg_locks, which a polling loop of try-locks never would) and is granted
+    // as soon as the holder lets go, without waiting out its bound.
+    let bound = Duration::from_secs(10);
+    let waiter_pid = backend_pid(&mut waiter).unwrap();
+    let mut observer = db.conn();
     let releaser = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(200));
+        let deadline = Instant::now() + bound;
+        let seen_waiting = loop {
+            let waiting: i64 = diesel::sql_query(
+                "SELECT count(*) AS n FROM pg_locks \
+                 WHERE pid = $1 AND locktype = 'advisory' AND NOT granted",
+            )
+            .bind::<diesel::sql_types::Integer, _>(waiter_pid)
+            .get_result::<Count>(&mut observer)
+            .unwrap()
+            .n;
+            if waiting > 0 {
+                break true;
+            }
+            if Instant::now() > deadline {
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let released_at = Instant::now();
         guard.release().unwrap();
+        (seen_waiting, released_at)
     });
-    let got = try_lock_for(&mut waiter, key, Duration::from_secs(10)).unwrap();
-    assert!(got.is_some());
+    let got = try_lock_for(&mut waiter, key, bound).unwrap();
+    let granted_at = Instant::now();
+    let (seen_waiting, released_at) = releaser.join().unwrap();
+    assert!(
+        seen_waiting,
+        "the waiter never waited in the server for the lock"
+    );
+    assert!(
+        got.is_some(),
+        "not granted after the holder released the lock"
+    );
+    let after_release = granted_at.duration_since(released_at);
+    eprintln!("granted {after_release:?} after the release (bound {bound:?})");
+    assert!(
+        after_release < bound / 2,
+        "granted {after_release:?} after the release: it waited out its bound"
+    );
     drop(got);
-    releaser.join().unwrap();
     assert_eq!(lock_timeout(&mut waiter), before);
     assert!(held_locks(&mut waiter).unwrap().is_empty());
 
@@ -504,4 +540,10 @@ fn opposite_lock_order_deadlocks_one_side_with_a_retryable_error() {
     assert_eq!(errors.len(), 1, "{outcomes:?}");
     assert!(matches!(errors[0], Error::Deadlock(_)), "{:?}", errors[0]);
     assert!(errors[0].is_retryable());
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
 }

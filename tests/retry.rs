@@ -1,8 +1,5 @@
 //! The retry helper against errors raised for real by a PostgreSQL server.
 
-mod common;
-
-use common::{race, TestDb};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -10,6 +7,7 @@ use std::sync::{Arc, Barrier};
 use std::time::Duration;
 use upsert_kit::retry::Retry;
 use upsert_kit::{ConstraintKind, Error};
+use upsert_kit_support::{race, TestDb};
 
 diesel::table! {
     counters (id) {

@@ -1,20 +1,21 @@
 //! Atomic upserts on a real PostgreSQL server.
 
-mod common;
+mod fixture;
 
 use chrono::{Duration, NaiveDate, NaiveDateTime};
-use common::{race, TestDb};
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::upsert::excluded;
+use fixture::{stats, tokens};
+use fixture::{Stats, Token};
 use serde_json::json;
 use std::sync::{Arc, Barrier};
-use upsert_kit::jobs::models::{StravaAuth, StravaStats};
-use upsert_kit::schema::{strava_auth, strava_stats};
 use upsert_kit::{
-    atomic_upsert, atomic_upsert_auth, atomic_upsert_stats, bulk_upsert, naive, upsert_model,
+    atomic_upsert, atomic_upsert_auth, atomic_upsert_stats, bulk_upsert, upsert_model,
     ConstraintKind, Error, Upsert, UpsertMany, UpsertOutcome,
 };
+use upsert_kit_support::naive;
+use upsert_kit_support::race;
 
 fn at(hour: i64) -> NaiveDateTime {
     NaiveDate::from_ymd_opt(2026, 11, 1)
@@ -24,8 +25,8 @@ fn at(hour: i64) -> NaiveDateTime {
         + Duration::hours(hour)
 }
 
-fn stats(kind: &str, n: i64) -> StravaStats {
-    StravaStats {
+fn stats(kind: &str, n: i64) -> Stats {
+    Stats {
         stats_type: kind.to_owned(),
         data: json!({ "count": n, "distance": n as f64 * 1.5 }),
         created_at: at(n),
@@ -33,10 +34,10 @@ fn stats(kind: &str, n: i64) -> StravaStats {
     }
 }
 
-fn token(access: &str, expires_hour: i64) -> StravaAuth {
-    StravaAuth {
+fn token(access: &str, expires_hour: i64) -> Token {
+    Token {
         id: 1,
-        athlete_id: 42,
+        user_id: 42,
         access_token: access.to_owned(),
         refresh_token: format!("refresh-{access}"),
         expires_at: at(expires_hour),
@@ -47,28 +48,28 @@ fn token(access: &str, expires_hour: i64) -> StravaAuth {
 fn stored_stats(
     conn: &mut PgConnection,
 ) -> Vec<(String, serde_json::Value, NaiveDateTime, NaiveDateTime)> {
-    strava_stats::table
+    stats::table
         .select((
-            strava_stats::stats_type,
-            strava_stats::data,
-            strava_stats::created_at,
-            strava_stats::updated_at,
+            stats::stats_type,
+            stats::data,
+            stats::created_at,
+            stats::updated_at,
         ))
-        .order(strava_stats::stats_type)
+        .order(stats::stats_type)
         .load(conn)
         .unwrap()
 }
 
 fn stored_token(conn: &mut PgConnection) -> (String, NaiveDateTime) {
-    strava_auth::table
-        .select((strava_auth::access_token, strava_auth::expires_at))
+    tokens::table
+        .select((tokens::access_token, tokens::expires_at))
         .get_result(conn)
         .unwrap()
 }
 
 #[test]
 fn upsert_of_a_new_key_reports_inserted() {
-    let db = TestDb::new();
+    let db = fixture::pg();
     let mut conn = db.conn();
     assert_eq!(
         atomic_upsert(&mut conn, &stats("ytd", 1)).unwrap(),
@@ -81,7 +82,7 @@ fn upsert_of_a_new_key_reports_inserted() {
 
 #[test]
 fn upsert_of_an_existing_key_updates_it_and_keeps_created_at() {
-    let db = TestDb::new();
+    let db = fixture::pg();
     let mut conn = db.conn();
     atomic_upsert(&mut conn, &stats("ytd", 1)).unwrap();
     assert_eq!(
@@ -97,11 +98,11 @@ fn upsert_of_an_existing_key_updates_it_and_keeps_created_at() {
 
 #[test]
 fn upsert_with_a_false_condition_reports_unchanged_and_writes_nothing() {
-    let db = TestDb::new();
+    let db = fixture::pg();
     let mut conn = db.conn();
     atomic_upsert(&mut conn, &stats("ytd", 5)).unwrap();
     let outcome = Upsert::new(&stats("ytd", 3))
-        .update_if(excluded(strava_stats::updated_at).gt(strava_stats::updated_at))
+        .update_if(excluded(stats::updated_at).gt(stats::updated_at))
         .execute(&mut conn)
         .unwrap();
     assert_eq!(outcome, UpsertOutcome::Unchanged);
@@ -110,11 +111,11 @@ fn upsert_with_a_false_condition_reports_unchanged_and_writes_nothing() {
 
 #[test]
 fn keep_leaves_a_column_alone_on_update() {
-    let db = TestDb::new();
+    let db = fixture::pg();
     let mut conn = db.conn();
     atomic_upsert(&mut conn, &stats("ytd", 1)).unwrap();
     Upsert::new(&stats("ytd", 2))
-        .keep(strava_stats::updated_at)
+        .keep(stats::updated_at)
         .execute(&mut conn)
         .unwrap();
     let rows = stored_stats(&mut conn);
@@ -124,7 +125,7 @@ fn keep_leaves_a_column_alone_on_update() {
 
 #[test]
 fn stats_upsert_with_identical_data_reports_unchanged() {
-    let db = TestDb::new();
+    let db = fixture::pg();
     let mut conn = db.conn();
     assert_eq!(
         atomic_upsert_stats(&mut conn, &stats("ytd", 1)).unwrap(),
@@ -149,7 +150,7 @@ fn stats_upsert_with_identical_data_reports_unchanged() {
 
 #[test]
 fn auth_upsert_never_replaces_a_token_with_an_older_one() {
-    let db = TestDb::new();
+    let db = fixture::pg();
     let mut conn = db.conn();
     assert_eq!(
         atomic_upsert_auth(&mut conn, &token("t12", 12)).unwrap(),
@@ -173,7 +174,7 @@ fn auth_upsert_never_replaces_a_token_with_an_older_one() {
 
 #[test]
 fn concurrent_token_writers_leave_the_newest_token() {
-    let db = TestDb::new();
+    let db = fixture::pg();
     let pool = db.pool(16);
     let outcomes = race(16, move |i| {
         let mut conn = pool.get().unwrap();
@@ -242,7 +243,7 @@ fn usage(account: i64, day: u32, tokens: i64) -> DailyUsage {
 
 #[test]
 fn composite_keys_conflict_on_all_their_columns() {
-    let db = TestDb::new();
+    let db = fixture::pg();
     let mut conn = db.conn();
     create_daily_usage(&mut conn);
     assert_eq!(
@@ -274,7 +275,7 @@ fn composite_keys_conflict_on_all_their_columns() {
 
 #[test]
 fn a_collision_on_a_second_unique_index_is_reported_with_its_name() {
-    let db = TestDb::new();
+    let db = fixture::pg();
     let mut conn = db.conn();
     create_daily_usage(&mut conn);
     atomic_upsert(&mut conn, &usage(1, 1, 10)).unwrap();
@@ -299,7 +300,7 @@ fn a_collision_on_a_second_unique_index_is_reported_with_its_name() {
 
 #[test]
 fn bad_input_is_a_typed_error_and_writes_nothing() {
-    let db = TestDb::new();
+    let db = fixture::pg();
     let mut conn = db.conn();
     create_daily_usage(&mut conn);
 
@@ -352,7 +353,7 @@ fn bad_input_is_a_typed_error_and_writes_nothing() {
 
 #[test]
 fn bulk_upsert_collapses_duplicate_keys_and_the_last_row_wins() {
-    let db = TestDb::new();
+    let db = fixture::pg();
     let mut conn = db.conn();
     atomic_upsert(&mut conn, &stats("recent", 1)).unwrap();
     let rows = vec![
@@ -389,7 +390,7 @@ fn bulk_upsert_collapses_duplicate_keys_and_the_last_row_wins() {
 
 #[test]
 fn bulk_upsert_larger_than_one_chunk_is_all_or_nothing() {
-    let db = TestDb::new();
+    let db = fixture::pg();
     let mut conn = db.conn();
     create_daily_usage(&mut conn);
     let rows: Vec<DailyUsage> = (0..1_050)
@@ -444,7 +445,7 @@ fn bulk_upsert_larger_than_one_chunk_is_all_or_nothing() {
 
 #[test]
 fn many_threads_upserting_one_new_key_leave_one_row_and_no_error() {
-    let db = TestDb::new();
+    let db = fixture::pg();
     let pool = db.pool(16);
     let outcomes = race(16, move |i| {
         let mut conn = pool.get().unwrap();
@@ -478,7 +479,7 @@ fn many_threads_upserting_one_new_key_leave_one_row_and_no_error() {
 fn naive_query_then_insert_fails_where_the_atomic_upsert_does_not() {
     const THREADS: usize = 8;
     const ROUNDS: usize = 30;
-    let db = TestDb::new();
+    let db = fixture::pg();
     let pool = db.pool(THREADS as u32);
     let barrier = Arc::new(Barrier::new(THREADS));
     let handles: Vec<_> = (0..THREADS)
@@ -519,9 +520,9 @@ fn naive_query_then_insert_fails_where_the_atomic_upsert_does_not() {
     assert_eq!(naive_other, 0);
     assert_eq!(atomic_errors, 0);
     let mut conn = db.conn();
-    let per_key: Vec<(String, i64)> = strava_stats::table
-        .group_by(strava_stats::stats_type)
-        .select((strava_stats::stats_type, diesel::dsl::count_star()))
+    let per_key: Vec<(String, i64)> = stats::table
+        .group_by(stats::stats_type)
+        .select((stats::stats_type, diesel::dsl::count_star()))
         .load(&mut conn)
         .unwrap();
     assert_eq!(
@@ -539,7 +540,7 @@ fn naive_query_then_insert_fails_where_the_atomic_upsert_does_not() {
 #[test]
 fn a_blocked_upsert_sees_the_outcome_of_the_transaction_it_waited_for() {
     for commit in [true, false] {
-        let db = TestDb::new();
+        let db = fixture::pg();
         let mut t1 = db.conn();
         let url = db.url().to_owned();
         t1.batch_execute("BEGIN").unwrap();
@@ -578,7 +579,7 @@ fn a_blocked_upsert_sees_the_outcome_of_the_transaction_it_waited_for() {
 /// waits for T1's newer one, then is skipped.
 #[test]
 fn a_conditional_update_is_judged_against_the_newest_committed_row() {
-    let db = TestDb::new();
+    let db = fixture::pg();
     let mut setup = db.conn();
     atomic_upsert_auth(&mut setup, &token("t10", 10)).unwrap();
     let mut t1 = db.conn();
@@ -627,7 +628,7 @@ fn wait_until_blocked(conn: &mut PgConnection, application_name: &str) {
 /// and reuses it: the server parses and plans it once, not on every call.
 #[test]
 fn the_upsert_statement_is_prepared_once_per_connection() {
-    let db = TestDb::new();
+    let db = fixture::pg();
     let mut conn = db.conn();
     for i in 0..5 {
         atomic_upsert(&mut conn, &stats(&format!("k{i}"), i)).unwrap();
@@ -645,7 +646,7 @@ fn the_upsert_statement_is_prepared_once_per_connection() {
     let upserts: Vec<&str> = prepared
         .iter()
         .map(|p| p.statement.as_str())
-        .filter(|s| s.starts_with("INSERT INTO \"strava_stats\""))
+        .filter(|s| s.starts_with("INSERT INTO \"stats\""))
         .collect();
     assert_eq!(
         upserts.len(),

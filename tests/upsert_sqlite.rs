@@ -1,18 +1,18 @@
 //! Atomic upserts on SQLite: the same calls as on PostgreSQL.
 
-mod common;
+mod fixture;
 
 use chrono::{Duration, NaiveDate, NaiveDateTime};
-use common::{race, TestSqlite};
 use diesel::prelude::*;
 use diesel::upsert::excluded;
+use fixture::{stats, tokens};
+use fixture::{Stats, Token};
 use serde_json::json;
-use upsert_kit::jobs::models::{StravaAuth, StravaStats};
-use upsert_kit::schema::{strava_auth, strava_stats};
 use upsert_kit::{
     atomic_upsert, atomic_upsert_auth, atomic_upsert_stats, bulk_upsert, ConstraintKind, Error,
     Upsert, UpsertMany, UpsertOutcome,
 };
+use upsert_kit_support::race;
 
 fn at(hour: i64) -> NaiveDateTime {
     NaiveDate::from_ymd_opt(2026, 11, 1)
@@ -22,8 +22,8 @@ fn at(hour: i64) -> NaiveDateTime {
         + Duration::hours(hour)
 }
 
-fn stats(kind: &str, n: i64) -> StravaStats {
-    StravaStats {
+fn stats(kind: &str, n: i64) -> Stats {
+    Stats {
         stats_type: kind.to_owned(),
         data: json!({ "count": n }),
         created_at: at(n),
@@ -31,10 +31,10 @@ fn stats(kind: &str, n: i64) -> StravaStats {
     }
 }
 
-fn token(access: &str, expires_hour: i64) -> StravaAuth {
-    StravaAuth {
+fn token(access: &str, expires_hour: i64) -> Token {
+    Token {
         id: 1,
-        athlete_id: 42,
+        user_id: 42,
         access_token: access.to_owned(),
         refresh_token: format!("refresh-{access}"),
         expires_at: at(expires_hour),
@@ -43,20 +43,16 @@ fn token(access: &str, expires_hour: i64) -> StravaAuth {
 }
 
 fn stored(conn: &mut SqliteConnection) -> Vec<(String, serde_json::Value, NaiveDateTime)> {
-    strava_stats::table
-        .select((
-            strava_stats::stats_type,
-            strava_stats::data,
-            strava_stats::created_at,
-        ))
-        .order(strava_stats::stats_type)
+    stats::table
+        .select((stats::stats_type, stats::data, stats::created_at))
+        .order(stats::stats_type)
         .load(conn)
         .unwrap()
 }
 
 #[test]
 fn insert_update_and_unchanged_are_reported_as_on_postgres() {
-    let db = TestSqlite::new();
+    let db = fixture::sqlite();
     let mut conn = db.conn();
     assert_eq!(
         atomic_upsert(&mut conn, &stats("ytd", 1)).unwrap(),
@@ -67,7 +63,7 @@ fn insert_update_and_unchanged_are_reported_as_on_postgres() {
         UpsertOutcome::Updated
     );
     let skipped = Upsert::new(&stats("ytd", 1))
-        .update_if(excluded(strava_stats::updated_at).gt(strava_stats::updated_at))
+        .update_if(excluded(stats::updated_at).gt(stats::updated_at))
         .execute(&mut conn)
         .unwrap();
     assert_eq!(skipped, UpsertOutcome::Unchanged);
@@ -79,7 +75,7 @@ fn insert_update_and_unchanged_are_reported_as_on_postgres() {
 
 #[test]
 fn stats_and_auth_helpers_behave_as_on_postgres() {
-    let db = TestSqlite::new();
+    let db = fixture::sqlite();
     let mut conn = db.conn();
     assert_eq!(
         atomic_upsert_stats(&mut conn, &stats("ytd", 1)).unwrap(),
@@ -106,8 +102,8 @@ fn stats_and_auth_helpers_behave_as_on_postgres() {
         atomic_upsert_auth(&mut conn, &token("t13", 13)).unwrap(),
         UpsertOutcome::Updated
     );
-    let (access, expires): (String, NaiveDateTime) = strava_auth::table
-        .select((strava_auth::access_token, strava_auth::expires_at))
+    let (access, expires): (String, NaiveDateTime) = tokens::table
+        .select((tokens::access_token, tokens::expires_at))
         .get_result(&mut conn)
         .unwrap();
     assert_eq!((access.as_str(), expires), ("t13", at(13)));
@@ -115,7 +111,7 @@ fn stats_and_auth_helpers_behave_as_on_postgres() {
 
 #[test]
 fn bulk_upsert_collapses_duplicates_and_is_all_or_nothing() {
-    let db = TestSqlite::new();
+    let db = fixture::sqlite();
     let mut conn = db.conn();
     atomic_upsert(&mut conn, &stats("recent", 1)).unwrap();
     let rows = vec![stats("ytd", 1), stats("recent", 2), stats("ytd", 3)];
@@ -126,7 +122,7 @@ fn bulk_upsert_collapses_duplicates_and_is_all_or_nothing() {
     );
     assert_eq!(stored(&mut conn)[1].1, json!({"count": 3}));
 
-    let many: Vec<StravaStats> = (0..2_000)
+    let many: Vec<Stats> = (0..2_000)
         .map(|i| stats(&format!("k{i:04}"), i % 50))
         .collect();
     let outcome = UpsertMany::new(&many)
@@ -135,7 +131,7 @@ fn bulk_upsert_collapses_duplicates_and_is_all_or_nothing() {
         .unwrap();
     assert_eq!(outcome.inserted, 2_000);
 
-    let mut broken: Vec<StravaStats> = (0..2_000).map(|i| stats(&format!("k{i:04}"), 7)).collect();
+    let mut broken: Vec<Stats> = (0..2_000).map(|i| stats(&format!("k{i:04}"), 7)).collect();
     broken[1_999].stats_type = "y".repeat(65);
     let err = bulk_upsert(&mut conn, &broken).unwrap_err();
     assert!(
@@ -148,8 +144,8 @@ fn bulk_upsert_collapses_duplicates_and_is_all_or_nothing() {
         ),
         "{err:?}"
     );
-    let sevens: i64 = strava_stats::table
-        .filter(strava_stats::created_at.eq(at(7)))
+    let sevens: i64 = stats::table
+        .filter(stats::created_at.eq(at(7)))
         .count()
         .get_result(&mut conn)
         .unwrap();
@@ -162,7 +158,7 @@ fn bulk_upsert_collapses_duplicates_and_is_all_or_nothing() {
 
 #[test]
 fn bad_input_writes_nothing() {
-    let db = TestSqlite::new();
+    let db = fixture::sqlite();
     let mut conn = db.conn();
     assert!(matches!(
         atomic_upsert(&mut conn, &stats("", 1)),
@@ -186,7 +182,7 @@ fn bad_input_writes_nothing() {
 /// timeout) and each runs whole; one row, no error.
 #[test]
 fn concurrent_upserts_of_one_new_key_leave_one_row() {
-    let db = TestSqlite::new();
+    let db = fixture::sqlite();
     let pool = db.pool(8);
     let outcomes = race(8, move |i| {
         let mut conn = pool.get().unwrap();

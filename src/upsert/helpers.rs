@@ -40,12 +40,13 @@ pub trait AuthModel: UpsertModel {
 ///
 /// ```
 /// use upsert_kit::{atomic_upsert_stats, upsert_model, StatsModel, UpsertOutcome};
-/// use upsert_kit::schema::wakatime_stats;
+/// # include!("../doctest_setup.rs");
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use diesel::{Connection, SqliteConnection};
 /// use serde_json::json;
 ///
 /// upsert_model! {
-///     table = wakatime_stats, key = (stats_type), keep = (created_at);
+///     table = stats, key = (stats_type), keep = (created_at);
 ///     pub struct Stats {
 ///         pub stats_type: String,
 ///         pub data: serde_json::Value,
@@ -54,17 +55,16 @@ pub trait AuthModel: UpsertModel {
 ///     }
 /// }
 /// impl StatsModel for Stats {
-///     type Data = wakatime_stats::data;
+///     type Data = stats::data;
 /// }
 ///
-/// let mut conn = SqliteConnection::establish(":memory:")?;
-/// upsert_kit::db::run_migrations(&mut conn)?;
+/// let mut conn = establish_sqlite()?;
 /// let now = chrono::Utc::now().naive_utc();
 /// let row = |hours| Stats { stats_type: "last_7_days".into(), data: json!({"hours": hours}), created_at: now, updated_at: now };
 /// assert_eq!(atomic_upsert_stats(&mut conn, &row(10))?, UpsertOutcome::Inserted);
 /// assert_eq!(atomic_upsert_stats(&mut conn, &row(10))?, UpsertOutcome::Unchanged);
 /// assert_eq!(atomic_upsert_stats(&mut conn, &row(12))?, UpsertOutcome::Updated);
-/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # Ok(()) }
 /// ```
 ///
 /// # Errors
@@ -88,15 +88,16 @@ where
 ///
 /// ```
 /// use upsert_kit::{atomic_upsert_auth, upsert_model, AuthModel, UpsertOutcome};
-/// use upsert_kit::schema::strava_auth;
+/// # include!("../doctest_setup.rs");
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use diesel::{Connection, SqliteConnection};
 /// use chrono::{Duration, Utc};
 ///
 /// upsert_model! {
-///     table = strava_auth, key = (id);
+///     table = tokens, key = (id);
 ///     pub struct Token {
 ///         pub id: i64,
-///         pub athlete_id: i64,
+///         pub user_id: i64,
 ///         pub access_token: String,
 ///         pub refresh_token: String,
 ///         pub expires_at: chrono::NaiveDateTime,
@@ -104,20 +105,19 @@ where
 ///     }
 /// }
 /// impl AuthModel for Token {
-///     type ExpiresAt = strava_auth::expires_at;
+///     type ExpiresAt = tokens::expires_at;
 /// }
 ///
-/// let mut conn = SqliteConnection::establish(":memory:")?;
-/// upsert_kit::db::run_migrations(&mut conn)?;
+/// let mut conn = establish_sqlite()?;
 /// let now = Utc::now().naive_utc();
 /// let token = |access: &str, expires_at| Token {
-///     id: 1, athlete_id: 42, access_token: access.into(), refresh_token: "r".into(), expires_at, updated_at: now,
+///     id: 1, user_id: 42, access_token: access.into(), refresh_token: "r".into(), expires_at, updated_at: now,
 /// };
 /// let newer = token("new", now + Duration::hours(6));
 /// let older = token("old", now + Duration::hours(5));
 /// assert_eq!(atomic_upsert_auth(&mut conn, &newer)?, UpsertOutcome::Inserted);
 /// assert_eq!(atomic_upsert_auth(&mut conn, &older)?, UpsertOutcome::Unchanged);
-/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # Ok(()) }
 /// ```
 ///
 /// # Errors

@@ -31,9 +31,12 @@ pub use model::{BindColumns, BindRow, CheckedValue, ColumnArrays, UpsertModel};
 use crate::error::{Error, InvalidInput, Result};
 use crate::tx;
 use diesel::expression::{AppearsOnTable, Expression};
+#[cfg(feature = "postgres")]
 use diesel::pg::{Pg, PgConnection};
 use diesel::query_builder::{AstPass, QueryFragment, QueryId};
+#[cfg(feature = "r2d2")]
 use diesel::r2d2::{ConnectionManager, PooledConnection, R2D2Connection};
+#[cfg(feature = "sqlite")]
 use diesel::sqlite::{Sqlite, SqliteConnection};
 use diesel::{Column, QueryResult, RunQueryDsl};
 use statement::{OnConflict, UpsertSql, Values};
@@ -113,7 +116,7 @@ impl<DB: diesel::backend::Backend> QueryFragment<DB> for NoCondition {
 
 /// Connections an upsert of `Self` can run on, with update condition `F`.
 ///
-/// Implemented for [`PgConnection`], [`SqliteConnection`] and r2d2 pooled connections of
+/// Implemented for [`diesel::PgConnection`], [`diesel::SqliteConnection`] and r2d2 pooled connections of
 /// either, for every model declared with [`upsert_model!`](crate::upsert_model) whose field
 /// types the backend can store. Advisory locks and claims are PostgreSQL-only; upserts are not.
 #[diagnostic::on_unimplemented(
@@ -141,6 +144,7 @@ pub trait Upsertable<C, F = NoCondition>: UpsertModel + Sized {
     ) -> Result<BulkOutcome>;
 }
 
+#[cfg(feature = "postgres")]
 impl<M, F> Upsertable<PgConnection, F> for M
 where
     M: BindRow<Pg> + BindColumns<Pg>,
@@ -217,6 +221,7 @@ where
     }
 }
 
+#[cfg(feature = "sqlite")]
 fn sqlite_upsert_in_tx<M, F>(
     conn: &mut SqliteConnection,
     row: &M,
@@ -248,6 +253,7 @@ where
     })
 }
 
+#[cfg(feature = "sqlite")]
 impl<M, F> Upsertable<SqliteConnection, F> for M
 where
     M: BindRow<Sqlite>,
@@ -284,6 +290,7 @@ where
     }
 }
 
+#[cfg(feature = "r2d2")]
 impl<M, F, Conn> Upsertable<PooledConnection<ConnectionManager<Conn>>, F> for M
 where
     Conn: R2D2Connection + 'static,
@@ -328,28 +335,28 @@ fn update_columns<M: UpsertModel>(extra_keep: &[&'static str]) -> Vec<&'static s
 ///
 /// ```
 /// # use upsert_kit::{upsert_model, Upsert, UpsertOutcome};
-/// # use upsert_kit::schema::strava_auth;
+/// # include!("../doctest_setup.rs");
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// # use diesel::{Connection, SqliteConnection, ExpressionMethods};
 /// use diesel::upsert::excluded;
 /// # upsert_model! {
-/// #     table = strava_auth, key = (id);
-/// #     pub struct Token { pub id: i64, pub athlete_id: i64, pub access_token: String,
+/// #     table = tokens, key = (id);
+/// #     pub struct Token { pub id: i64, pub user_id: i64, pub access_token: String,
 /// #         pub refresh_token: String, pub expires_at: chrono::NaiveDateTime, pub updated_at: chrono::NaiveDateTime }
 /// # }
-/// # let mut conn = SqliteConnection::establish(":memory:")?;
-/// # upsert_kit::db::run_migrations(&mut conn)?;
+/// # let mut conn = establish_sqlite()?;
 /// # let t = |h: u32| chrono::NaiveDate::from_ymd_opt(2026, 1, 1).unwrap().and_hms_opt(h, 0, 0).unwrap();
-/// let newer = Token { id: 1, athlete_id: 7, access_token: "a2".into(), refresh_token: "r2".into(), expires_at: t(12), updated_at: t(6) };
+/// let newer = Token { id: 1, user_id: 7, access_token: "a2".into(), refresh_token: "r2".into(), expires_at: t(12), updated_at: t(6) };
 /// let older = Token { expires_at: t(11), ..newer.clone() };
-/// # impl Clone for Token { fn clone(&self) -> Self { Token { id: self.id, athlete_id: self.athlete_id, access_token: self.access_token.clone(), refresh_token: self.refresh_token.clone(), expires_at: self.expires_at, updated_at: self.updated_at } } }
+/// # impl Clone for Token { fn clone(&self) -> Self { Token { id: self.id, user_id: self.user_id, access_token: self.access_token.clone(), refresh_token: self.refresh_token.clone(), expires_at: self.expires_at, updated_at: self.updated_at } } }
 /// let only_newer = |row| {
 ///     Upsert::new(row)
-///         .keep(strava_auth::updated_at)
-///         .update_if(excluded(strava_auth::expires_at).gt(strava_auth::expires_at))
+///         .keep(tokens::updated_at)
+///         .update_if(excluded(tokens::expires_at).gt(tokens::expires_at))
 /// };
 /// assert_eq!(only_newer(&newer).execute(&mut conn)?, UpsertOutcome::Inserted);
 /// assert_eq!(only_newer(&older).execute(&mut conn)?, UpsertOutcome::Unchanged);
-/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # Ok(()) }
 /// ```
 #[must_use = "an upsert does nothing until `.execute(conn)`"]
 pub struct Upsert<'a, M, F = NoCondition> {

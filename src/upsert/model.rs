@@ -4,7 +4,6 @@ use crate::error::InvalidInput;
 use diesel::backend::Backend;
 use diesel::query_builder::{AstPass, QueryFragment, QueryId};
 use diesel::serialize::ToSql;
-use diesel::sql_types::{Array, HasSqlType};
 use diesel::QueryResult;
 use std::cmp::Ordering;
 use std::marker::PhantomData;
@@ -67,15 +66,16 @@ pub trait ArrayBackend<ST>: Backend {
     ) -> QueryResult<()>;
 }
 
+#[cfg(feature = "postgres")]
 impl<ST: 'static> ArrayBackend<ST> for diesel::pg::Pg
 where
-    diesel::pg::Pg: HasSqlType<ST>,
+    diesel::pg::Pg: diesel::sql_types::HasSqlType<ST>,
 {
     fn push_array<'b, T: ToSql<ST, Self>>(
         out: &mut AstPass<'_, 'b, Self>,
         values: &'b [&T],
     ) -> QueryResult<()> {
-        out.push_bind_param::<Array<ST>, [&T]>(values)
+        out.push_bind_param::<diesel::sql_types::Array<ST>, [&T]>(values)
     }
 }
 
@@ -230,11 +230,12 @@ impl<T: CheckedValue> CheckedValue for Option<T> {
 ///
 /// ```
 /// use upsert_kit::{atomic_upsert, upsert_model, UpsertOutcome};
-/// use upsert_kit::schema::strava_stats;
+/// # include!("../doctest_setup.rs");
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use diesel::{Connection, SqliteConnection};
 ///
 /// upsert_model! {
-///     table = strava_stats, key = (stats_type), keep = (created_at);
+///     table = stats, key = (stats_type), keep = (created_at);
 ///     #[derive(Debug, Clone)]
 ///     pub struct StatsRow {
 ///         pub stats_type: String,
@@ -244,13 +245,12 @@ impl<T: CheckedValue> CheckedValue for Option<T> {
 ///     }
 /// }
 ///
-/// let mut conn = SqliteConnection::establish(":memory:")?;
-/// upsert_kit::db::run_migrations(&mut conn)?;
+/// let mut conn = establish_sqlite()?;
 /// let now = chrono::Utc::now().naive_utc();
 /// let row = StatsRow { stats_type: "ytd".into(), data: serde_json::json!({"count": 1}), created_at: now, updated_at: now };
 /// assert_eq!(atomic_upsert(&mut conn, &row)?, UpsertOutcome::Inserted);
 /// assert_eq!(atomic_upsert(&mut conn, &row)?, UpsertOutcome::Updated);
-/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # Ok(()) }
 /// ```
 #[macro_export]
 macro_rules! upsert_model {

@@ -16,7 +16,8 @@ use diesel::{QueryResult, RunQueryDsl};
 pub(crate) enum Values<'a, M, DB: Backend> {
     /// One row: `VALUES ($1, $2, …)`.
     Row(&'a M),
-    /// Many rows, one array per column: `SELECT * FROM unnest($1, $2, …)`.
+    /// Many rows, one array per column: `SELECT * FROM unnest($1, $2, …)` (PostgreSQL).
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     Arrays(ColumnArrays<'a, DB>),
 }
 

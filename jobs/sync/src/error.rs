@@ -1,0 +1,182 @@
+//! What a sync run can fail with.
+
+use std::fmt;
+use std::time::Duration;
+
+/// Every error of a sync run. Messages are one line and never contain tokens, client secrets
+/// or database passwords: API errors name the endpoint (a URL without credentials) and the
+/// status, never the request's headers or form.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum JobError {
+    /// A payload (a capture file, stdin or an API response) is not what the job expects:
+    /// malformed or truncated JSON, a missing field, a wrong type, a non-finite number, an
+    /// unknown stats range. Nothing was written.
+    #[error("{source_name}: {reason}")]
+    Payload {
+        /// Where the payload came from (`examples/data/strava.json`, `stdin`, `GET …/stats`).
+        source_name: String,
+        /// What is wrong, with the JSON path of the offending field.
+        reason: String,
+    },
+
+    /// The run is not configured well enough to start (a missing client id, no stored token
+    /// and no refresh token to start from, …).
+    #[error("configuration: {0}")]
+    Config(String),
+
+    /// The API refused the credentials (HTTP 401).
+    #[error("{endpoint} answered 401 Unauthorized: the access token was refused (revoked or expired); re-authorize the account")]
+    Unauthorized {
+        /// The request, e.g. `GET https://www.strava.com/api/v3/athletes/1/stats`.
+        endpoint: String,
+    },
+
+    /// The API's rate limit was reached (HTTP 429).
+    #[error("{endpoint} answered 429 Too Many Requests: rate limited, {}", retry_hint(*.retry_after))]
+    RateLimited {
+        /// The request.
+        endpoint: String,
+        /// The server's `Retry-After` (delay seconds or an HTTP date), when it sent one.
+        retry_after: Option<Duration>,
+    },
+
+    /// The API answered with another error status (4xx or 5xx).
+    #[error("{endpoint} answered {status}{}{}", if *.status >= 500 { " (a server error at the API; try again later)" } else { "" }, detail_suffix(.detail))]
+    Api {
+        /// The request.
+        endpoint: String,
+        /// The HTTP status code.
+        status: u16,
+        /// The start of the response's body (its `message` field when it is JSON), if any.
+        detail: Option<String>,
+    },
+
+    /// The request did not complete: connection refused, DNS failure, timeout, TLS error.
+    #[error("{endpoint} failed: {message}")]
+    Transport {
+        /// The request.
+        endpoint: String,
+        /// The transport's error.
+        message: String,
+    },
+
+    /// The database could not be opened: a PostgreSQL server that does not answer or refuses
+    /// the login, an SQLite file that cannot be created. The message shows the URL with its
+    /// password redacted.
+    #[error("{0}")]
+    DatabaseUnavailable(String),
+
+    /// The sync jobs' migrations ([`crate::db`]) could not be applied; the failed one was
+    /// rolled back.
+    #[error("migration failed: {0}")]
+    Migration(String),
+
+    /// The database refused or failed (the stats written by this run were rolled back).
+    #[error(transparent)]
+    Database(#[from] upsert_kit::Error),
+}
+
+fn retry_hint(after: Option<Duration>) -> String {
+    match after {
+        Some(d) => format!("retry after {} s", d.as_secs()),
+        None => "retry later (no Retry-After given)".to_owned(),
+    }
+}
+
+fn detail_suffix(detail: &Option<String>) -> String {
+    detail
+        .as_deref()
+        .map(|d| format!(": {d}"))
+        .unwrap_or_default()
+}
+
+impl JobError {
+    /// A [`JobError::Payload`] error.
+    pub fn payload(source_name: impl Into<String>, reason: impl Into<String>) -> Self {
+        JobError::Payload {
+            source_name: source_name.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Whether running the job again later can succeed without changing anything: rate
+    /// limits, server errors, transport failures, an unreachable database and retryable
+    /// database errors. A 401, a bad payload or a configuration error needs a person.
+    ///
+    /// ```
+    /// use sync_jobs::JobError;
+    /// let busy = JobError::Api { endpoint: "GET https://x/stats".into(), status: 503, detail: None };
+    /// assert!(busy.is_transient());
+    /// assert!(!JobError::payload("stdin", "truncated JSON").is_transient());
+    /// ```
+    pub fn is_transient(&self) -> bool {
+        match self {
+            JobError::RateLimited { .. } | JobError::Transport { .. } => true,
+            JobError::Api { status, .. } => *status >= 500,
+            JobError::Database(e) => e.is_retryable(),
+            JobError::DatabaseUnavailable(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// A secret string (a token, a client secret): `Debug` and `Display` print `<redacted>`.
+///
+/// ```
+/// use sync_jobs::Secret;
+/// let token = Secret::new("abc123");
+/// assert_eq!(format!("{token:?} {token}"), "<redacted> <redacted>");
+/// assert_eq!(token.expose(), "abc123");
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    /// The secret itself, for the one place that must send or store it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_never_print() {
+        let s = Secret::new("abc123");
+        assert_eq!(format!("{s:?} {s}"), "<redacted> <redacted>");
+        assert_eq!(s.expose(), "abc123");
+    }
+
+    #[test]
+    fn rate_limit_message_names_the_retry_after() {
+        let e = JobError::RateLimited {
+            endpoint: "GET http://x/stats".into(),
+            retry_after: Some(Duration::from_secs(120)),
+        };
+        assert_eq!(
+            e.to_string(),
+            "GET http://x/stats answered 429 Too Many Requests: rate limited, retry after 120 s"
+        );
+        assert!(e.is_transient());
+    }
+}

@@ -1,0 +1,488 @@
+//! What both jobs share: the database a run writes to, its transactions, the single-flight
+//! token refresh, and the run's summary.
+//!
+//! # Transactions
+//! - **Offline** (`--from-file`): the capture is parsed and validated completely before the
+//!   database is touched; then the token (when the capture has one) and every stats row are
+//!   written in **one transaction**: all or nothing.
+//! - **Online**: first the token transaction (take the account's refresh lock, re-read the
+//!   stored token, refresh it at the API when it expires within the margin, store the new one
+//!   with [`atomic_upsert_auth`], commit); then the stats are
+//!   fetched and validated with no transaction open, and written in one transaction. A
+//!   refreshed token is committed before the stats are fetched on purpose: the API has already
+//!   retired the old refresh token, so rolling the new one back when the stats request fails
+//!   would lock the account out. Every other failure leaves the database as it was.
+//!
+//! # Single-flight token refresh
+//! - PostgreSQL: the token transaction holds the transaction-scoped advisory lock
+//!   `LockKey::new("<job>-token-refresh", account)` (see [`upsert_kit::lock`]) around the read,
+//!   the refresh and the store. Runs that start together queue on the lock; each one re-reads the
+//!   token after taking it, so only the first refreshes and the others find a fresh token.
+//!   The lock is released at commit or rollback; it holds across processes and hosts.
+//! - SQLite: the token transaction is `BEGIN IMMEDIATE`, which takes the database's single
+//!   write lock at once; it plays the advisory lock's part (for every account at once). A run
+//!   that waits longer than the connection's busy timeout (5 s) fails with a lock timeout and
+//!   writes nothing.
+//!
+//! In every case the store itself is monotonic ([`atomic_upsert_auth`]):
+//! an older token never overwrites a newer one.
+
+use crate::db as migrations;
+use crate::error::JobError;
+use crate::models::{StravaAuth, WakatimeAuth};
+use crate::schema::{strava_auth, wakatime_auth};
+use chrono::NaiveDateTime;
+use diesel::pg::PgConnection;
+use diesel::sqlite::SqliteConnection;
+use diesel::{OptionalExtension, QueryDsl, RunQueryDsl};
+use serde::Serialize;
+use std::fmt;
+use std::time::Duration;
+use upsert_kit::db::{self, BackendKind};
+use upsert_kit::lock::{self, LockKey};
+use upsert_kit::upsert::Newer;
+use upsert_kit::{atomic_upsert_auth, AuthModel, UpsertOutcome, Upsertable};
+
+/// Connections a sync run can write through: PostgreSQL and SQLite. Implemented for
+/// [`PgConnection`] and [`SqliteConnection`]; the run logic is generic over it.
+///
+/// # Examples
+///
+/// A run that fails after writing leaves nothing behind (upserts inside the run's transaction
+/// join it):
+///
+/// ```
+/// use diesel::{Connection, QueryDsl, RunQueryDsl, SqliteConnection};
+/// use sync_jobs::{models::StravaStats, JobError, SyncConnection};
+/// use sync_jobs::schema::strava_stats;
+///
+/// let mut conn = SqliteConnection::establish(":memory:")?;
+/// sync_jobs::db::run_migrations(&mut conn)?;
+/// let now = chrono::Utc::now().naive_utc();
+/// let row = StravaStats { stats_type: "ytd".into(), data: serde_json::json!({"count": 1}), created_at: now, updated_at: now };
+/// let run = conn.sync_transaction(|c| -> Result<(), JobError> {
+///     upsert_kit::atomic_upsert_stats(c, &row)?;
+///     Err(JobError::Config("the API failed after the first row".into()))
+/// });
+/// assert!(run.is_err());
+/// assert_eq!(strava_stats::table.count().get_result::<i64>(&mut conn)?, 0);
+/// assert!(conn.strava_token(1)?.is_none());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub trait SyncConnection: Sized {
+    /// Runs `f` in one transaction: PostgreSQL `BEGIN` (READ COMMITTED), SQLite `BEGIN
+    /// IMMEDIATE` (takes the write lock at once, so concurrent runs on one file are serialised);
+    /// a savepoint when a transaction is already open. `f`'s error rolls everything back.
+    /// Built on [`upsert_kit::transaction`] and [`upsert_kit::tx::immediate_transaction`].
+    ///
+    /// # Errors
+    /// `f`'s error, unchanged, or the database's; a connection lost while committing is
+    /// [`upsert_kit::Error::OutcomeUnknown`] (the run may or may not have been applied).
+    fn sync_transaction<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<T, JobError>,
+    ) -> Result<T, JobError>;
+
+    /// Serialises token refreshes of one account for the rest of the current transaction:
+    /// PostgreSQL waits for the transaction-scoped advisory lock `key`; SQLite does nothing
+    /// (its immediate transaction already holds the database's write lock).
+    ///
+    /// # Errors
+    /// Database errors (deadlock, lock timeout).
+    fn lock_token_refresh(&mut self, key: LockKey) -> Result<(), JobError>;
+
+    /// The stored Strava token of `account`, if any.
+    ///
+    /// # Errors
+    /// Database errors.
+    fn strava_token(&mut self, account: i64) -> Result<Option<StravaAuth>, JobError>;
+
+    /// The stored WakaTime token of `account`, if any.
+    ///
+    /// # Errors
+    /// Database errors.
+    fn wakatime_token(&mut self, account: i64) -> Result<Option<WakatimeAuth>, JobError>;
+}
+
+impl From<diesel::result::Error> for JobError {
+    fn from(e: diesel::result::Error) -> Self {
+        JobError::Database(e.into())
+    }
+}
+
+macro_rules! token_readers {
+    () => {
+        fn strava_token(&mut self, account: i64) -> Result<Option<StravaAuth>, JobError> {
+            use strava_auth::dsl as t;
+            let row = t::strava_auth
+                .find(account)
+                .select((
+                    t::id,
+                    t::athlete_id,
+                    t::access_token,
+                    t::refresh_token,
+                    t::expires_at,
+                    t::updated_at,
+                ))
+                .first::<(i64, i64, String, String, NaiveDateTime, NaiveDateTime)>(self)
+                .optional()?;
+            Ok(row.map(
+                |(id, athlete_id, access_token, refresh_token, expires_at, updated_at)| {
+                    StravaAuth {
+                        id,
+                        athlete_id,
+                        access_token,
+                        refresh_token,
+                        expires_at,
+                        updated_at,
+                    }
+                },
+            ))
+        }
+
+        fn wakatime_token(&mut self, account: i64) -> Result<Option<WakatimeAuth>, JobError> {
+            use wakatime_auth::dsl as t;
+            let row = t::wakatime_auth
+                .find(account)
+                .select((
+                    t::id,
+                    t::user_id,
+                    t::access_token,
+                    t::refresh_token,
+                    t::expires_at,
+                    t::updated_at,
+                ))
+                .first::<(i64, String, String, String, NaiveDateTime, NaiveDateTime)>(self)
+                .optional()?;
+            Ok(row.map(
+                |(id, user_id, access_token, refresh_token, expires_at, updated_at)| WakatimeAuth {
+                    id,
+                    user_id,
+                    access_token,
+                    refresh_token,
+                    expires_at,
+                    updated_at,
+                },
+            ))
+        }
+    };
+}
+
+impl SyncConnection for PgConnection {
+    fn sync_transaction<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<T, JobError>,
+    ) -> Result<T, JobError> {
+        upsert_kit::transaction(self, f)
+    }
+
+    fn lock_token_refresh(&mut self, key: LockKey) -> Result<(), JobError> {
+        lock::xact_lock(self, key)?;
+        Ok(())
+    }
+
+    token_readers!();
+}
+
+impl SyncConnection for SqliteConnection {
+    fn sync_transaction<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<T, JobError>,
+    ) -> Result<T, JobError> {
+        upsert_kit::tx::immediate_transaction(self, f)
+    }
+
+    fn lock_token_refresh(&mut self, _key: LockKey) -> Result<(), JobError> {
+        Ok(())
+    }
+
+    token_readers!();
+}
+
+/// The database of a sync run: a PostgreSQL connection or an SQLite file.
+pub enum SyncDatabase {
+    /// `postgres://…` or `postgresql://…`.
+    Postgres(PgConnection),
+    /// Any other URL: an SQLite file path.
+    Sqlite(SqliteConnection),
+}
+
+impl fmt::Debug for SyncDatabase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SyncDatabase::Postgres(_) => "SyncDatabase::Postgres",
+            SyncDatabase::Sqlite(_) => "SyncDatabase::Sqlite",
+        })
+    }
+}
+
+/// The advisory-lock namespace that serialises migrations of concurrent runs (PostgreSQL).
+pub const MIGRATION_LOCK_NAMESPACE: &str = "upsert-kit-migrations";
+
+/// Seconds libpq waits for a PostgreSQL server to answer, unless the URL says otherwise.
+pub const CONNECT_TIMEOUT_SECS: u32 = 10;
+
+impl SyncDatabase {
+    /// Opens the database `url` names (see [`BackendKind::of`]) and applies the pending
+    /// migrations, in one transaction that holds the advisory lock
+    /// [`MIGRATION_LOCK_NAMESPACE`] on PostgreSQL (SQLite: an immediate transaction), so runs
+    /// that start together on a fresh database migrate it once. An SQLite file is created if missing; a PostgreSQL URL without a
+    /// `connect_timeout` gets one of [`CONNECT_TIMEOUT_SECS`].
+    ///
+    /// ```
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("sync.db");
+    /// let db = sync_jobs::SyncDatabase::open(path.to_str().unwrap())?;
+    /// assert_eq!(db.backend(), upsert_kit::db::BackendKind::Sqlite);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`JobError::DatabaseUnavailable`] when the server does not answer or the file cannot be
+    /// opened (the message shows the URL with its password redacted),
+    /// [`JobError::Migration`] when a migration fails.
+    pub fn open(url: &str) -> Result<Self, JobError> {
+        let unavailable = |e: upsert_kit::Error| match e {
+            upsert_kit::Error::Connect(m) | upsert_kit::Error::ConnectionLost(m) => {
+                JobError::DatabaseUnavailable(m)
+            }
+            other => JobError::Database(other),
+        };
+        let mut db = match BackendKind::of(url) {
+            BackendKind::Postgres => {
+                SyncDatabase::Postgres(db::connect_pg(&with_timeout(url)).map_err(unavailable)?)
+            }
+            BackendKind::Sqlite => {
+                SyncDatabase::Sqlite(db::connect_sqlite(url).map_err(unavailable)?)
+            }
+        };
+        // Runs that start together on a fresh database must not race to create the tables:
+        // the migrations run in one transaction, under an advisory lock on PostgreSQL and
+        // under SQLite's write lock, so the second run finds them applied.
+        let applied = match &mut db {
+            SyncDatabase::Postgres(c) => c.sync_transaction(|c| {
+                lock::xact_lock(c, LockKey::new(MIGRATION_LOCK_NAMESPACE, 0))?;
+                migrations::run_migrations(c)
+            })?,
+            SyncDatabase::Sqlite(c) => c.sync_transaction(migrations::run_migrations)?,
+        };
+        tracing::info!(url = %db::redact_url(url), applied, "database open, migrations applied");
+        Ok(db)
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> BackendKind {
+        match self {
+            SyncDatabase::Postgres(_) => BackendKind::Postgres,
+            SyncDatabase::Sqlite(_) => BackendKind::Sqlite,
+        }
+    }
+}
+
+fn with_timeout(url: &str) -> String {
+    if url.contains("connect_timeout=") {
+        return url.to_owned();
+    }
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}connect_timeout={CONNECT_TIMEOUT_SECS}")
+}
+
+/// What a run did to the token row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthOutcome {
+    /// A token was stored for a new account.
+    Inserted,
+    /// A newer token replaced the stored one.
+    Updated,
+    /// A token was offered, and the stored one was as new or newer: left alone.
+    Unchanged,
+    /// The run wrote no token (it was fresh enough, or the capture had none).
+    None,
+}
+
+impl From<UpsertOutcome> for AuthOutcome {
+    fn from(o: UpsertOutcome) -> Self {
+        match o {
+            UpsertOutcome::Inserted => AuthOutcome::Inserted,
+            UpsertOutcome::Updated => AuthOutcome::Updated,
+            UpsertOutcome::Unchanged => AuthOutcome::Unchanged,
+        }
+    }
+}
+
+impl AuthOutcome {
+    /// `"inserted"`, `"updated"`, `"unchanged"` or `"none"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthOutcome::Inserted => "inserted",
+            AuthOutcome::Updated => "updated",
+            AuthOutcome::Unchanged => "unchanged",
+            AuthOutcome::None => "none",
+        }
+    }
+}
+
+/// Stats rows by outcome.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct StatsCounts {
+    /// New stats types.
+    pub inserted: usize,
+    /// Rows whose data changed.
+    pub updated: usize,
+    /// Rows whose data was already stored as it is.
+    pub unchanged: usize,
+}
+
+/// What one run wrote. Serialises exactly as
+/// `{"stats": {"inserted": I, "updated": U, "unchanged": N}, "auth": "inserted" | "updated" | "unchanged" | "none"}`;
+/// `Display` gives the human summary, with each stats type's outcome.
+///
+/// ```
+/// use sync_jobs::{AuthOutcome, SyncSummary};
+/// use upsert_kit::UpsertOutcome;
+/// let mut s = SyncSummary::new();
+/// s.record_stats("ytd", UpsertOutcome::Inserted);
+/// s.auth = AuthOutcome::Unchanged;
+/// assert_eq!(
+///     serde_json::to_string(&s)?,
+///     r#"{"stats":{"inserted":1,"updated":0,"unchanged":0},"auth":"unchanged"}"#
+/// );
+/// assert_eq!(s.to_string(), "stats: 1 inserted, 0 updated, 0 unchanged (ytd: inserted)\nauth:  unchanged");
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SyncSummary {
+    /// Stats rows by outcome.
+    pub stats: StatsCounts,
+    /// What happened to the token.
+    pub auth: AuthOutcome,
+    /// Each stats type's outcome, in the order written (not serialised).
+    #[serde(skip)]
+    pub rows: Vec<(String, UpsertOutcome)>,
+}
+
+impl Default for SyncSummary {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SyncSummary {
+    /// Nothing written yet: no stats, auth [`AuthOutcome::None`].
+    pub fn new() -> Self {
+        SyncSummary {
+            stats: StatsCounts::default(),
+            auth: AuthOutcome::None,
+            rows: Vec::new(),
+        }
+    }
+
+    /// Counts one stats row's outcome.
+    pub fn record_stats(&mut self, stats_type: &str, outcome: UpsertOutcome) {
+        match outcome {
+            UpsertOutcome::Inserted => self.stats.inserted += 1,
+            UpsertOutcome::Updated => self.stats.updated += 1,
+            UpsertOutcome::Unchanged => self.stats.unchanged += 1,
+        }
+        self.rows.push((stats_type.to_owned(), outcome));
+    }
+}
+
+impl fmt::Display for SyncSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = &self.stats;
+        write!(
+            f,
+            "stats: {} inserted, {} updated, {} unchanged",
+            s.inserted, s.updated, s.unchanged
+        )?;
+        if !self.rows.is_empty() {
+            let rows: Vec<String> = self.rows.iter().map(|(t, o)| format!("{t}: {o}")).collect();
+            write!(f, " ({})", rows.join(", "))?;
+        }
+        write!(f, "\nauth:  {}", self.auth.as_str())
+    }
+}
+
+/// A token a job knows how to judge and refresh.
+pub(crate) trait StoredToken: AuthModel + Clone {
+    fn expires_at(&self) -> NaiveDateTime;
+}
+
+impl StoredToken for StravaAuth {
+    fn expires_at(&self) -> NaiveDateTime {
+        self.expires_at
+    }
+}
+
+impl StoredToken for WakatimeAuth {
+    fn expires_at(&self) -> NaiveDateTime {
+        self.expires_at
+    }
+}
+
+/// The token transaction of an online run (see the module docs): lock, re-read, refresh if it
+/// expires within `margin`, store monotonically, commit. Returns the token to use and what
+/// happened to the stored row.
+pub(crate) fn ensure_fresh_token<C, A>(
+    conn: &mut C,
+    lock_key: LockKey,
+    margin: Duration,
+    load: impl Fn(&mut C) -> Result<Option<A>, JobError>,
+    refresh: impl FnOnce(Option<&A>) -> Result<A, JobError>,
+) -> Result<(A, AuthOutcome), JobError>
+where
+    C: SyncConnection,
+    A: StoredToken + Upsertable<C, Newer<A::ExpiresAt>>,
+{
+    conn.sync_transaction(|conn| {
+        conn.lock_token_refresh(lock_key)?;
+        // Read only now, under the lock: a run that waited finds the token the first refreshed.
+        let stored = load(conn)?;
+        let margin = chrono::Duration::from_std(margin)
+            .map_err(|_| JobError::Config("the refresh margin is too large".into()))?;
+        let deadline = chrono::Utc::now().naive_utc() + margin;
+        if let Some(token) = &stored {
+            if token.expires_at() > deadline {
+                tracing::info!(expires_at = %token.expires_at(), "stored token is fresh; no refresh");
+                return Ok((token.clone(), AuthOutcome::None));
+            }
+            tracing::info!(expires_at = %token.expires_at(), "stored token expires within the margin; refreshing");
+        } else {
+            tracing::info!("no stored token; refreshing from the configured refresh token");
+        }
+        let fresh = refresh(stored.as_ref())?;
+        let outcome = atomic_upsert_auth(conn, &fresh)?;
+        tracing::info!(%outcome, expires_at = %fresh.expires_at(), "token stored");
+        if outcome == UpsertOutcome::Unchanged {
+            // A newer token is already stored (it cannot happen under the lock, but the store
+            // is monotonic whatever the caller does): use the stored one.
+            if let Some(newer) = load(conn)? {
+                return Ok((newer, outcome.into()));
+            }
+        }
+        Ok((fresh, outcome.into()))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postgres_urls_get_a_connect_timeout_unless_they_have_one() {
+        assert_eq!(
+            with_timeout("postgres://h/db"),
+            "postgres://h/db?connect_timeout=10"
+        );
+        assert_eq!(
+            with_timeout("postgres://h/db?sslmode=disable"),
+            "postgres://h/db?sslmode=disable&connect_timeout=10"
+        );
+        assert_eq!(
+            with_timeout("postgres://h/db?connect_timeout=3"),
+            "postgres://h/db?connect_timeout=3"
+        );
+    }
+}

@@ -1,0 +1,349 @@
+//! Usage counters: atomic increments recorded once per idempotency key.
+//!
+//! An increment finds the account's current period (one `SELECT`), then, on PostgreSQL, runs
+//! one statement that is its own transaction:
+//!
+//! ```sql
+//! WITH up AS (UPDATE usage_periods SET tokens_used = tokens_used + $t, …
+//!             WHERE id = $period RETURNING id, tokens_used, …)
+//! INSERT INTO usage_events (account, idempotency_key, …, tokens_total, …)
+//! SELECT $account, $key, …, up.tokens_used, … FROM up
+//! RETURNING id, tokens_total, …
+//! ```
+//!
+//! - The counter update is `SET n = n + d` under the row lock: concurrent increments queue on
+//!   the row, none reads a value and writes it back, so none is lost.
+//! - The ledger row, carrying the totals right after the update, commits with the counter
+//!   change or not at all. A key already in the ledger (committed by another call; a concurrent
+//!   holder of the key is waited for) makes the insert fail with a unique violation, which
+//!   undoes the whole statement, counter update included. The ledger row is then read and
+//!   compared with this request: same amounts, its stored result is returned and nothing is
+//!   counted; other amounts, [`Error::IdempotencyConflict`].
+//! - Inside the caller's transaction the statement runs in a savepoint, so that a repeated key
+//!   does not abort the caller's transaction.
+//!
+//! Because the ledger row and the counter change commit together, a retry after any failure,
+//! even one whose outcome is unknown (connection lost during the commit), counts the request
+//! exactly once, as long as the key is still in the ledger: [`prune_idempotency_keys`] removes
+//! keys after a retention period the caller chooses, longer than any retry can take.
+//!
+//! Locks (PostgreSQL, READ COMMITTED): the period row, then the key's unique-index entry; every
+//! increment takes them in this order, so increments cannot deadlock each other, and the row
+//! lock is held only for the statement's own commit. On SQLite the ledger insert
+//! (`ON CONFLICT DO NOTHING`), the counter update and the totals' update run in one
+//! `BEGIN IMMEDIATE` transaction: increments run one at a time (see [the crate's notes on
+//! SQLite](crate#sqlite)).
+//!
+//! Increments count what happened; they are not checked against the limits. Use
+//! [`crate::quota`] to refuse work that would exceed a limit.
+
+use crate::{
+    check_amount, check_instant, period_for, ApplyKeyed, Backend, Keyed, NewUsageEvent, Usage,
+    UsageConnection,
+};
+use chrono::NaiveDateTime;
+use upsert_kit::{Error, Result};
+
+/// The longest idempotency key, in bytes (UTF-8).
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
+
+/// How many times an increment inserts its key again when the key's ledger row was pruned
+/// between the conflicting insert and the read.
+const KEY_ATTEMPTS: u32 = 2;
+
+/// An idempotency key: 1 to [`MAX_IDEMPOTENCY_KEY_LEN`] bytes, not blank, no control
+/// characters. Keys are scoped per account: two accounts may use the same key.
+///
+/// ```
+/// use usage_tracking::counter::IdempotencyKey;
+/// assert!(IdempotencyKey::new("job-42:2026-11-29").is_ok());
+/// assert!(IdempotencyKey::new("").is_err());
+/// assert!(IdempotencyKey::new("x".repeat(129)).is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    /// Checks and wraps `key`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] (field `idempotency_key`) when `key` is empty or blank, longer
+    /// than [`MAX_IDEMPOTENCY_KEY_LEN`] bytes, or contains a control character.
+    pub fn new(key: impl Into<String>) -> Result<Self> {
+        let key = key.into();
+        let field = "idempotency_key";
+        if key.trim().is_empty() {
+            return Err(Error::invalid(field, "must not be empty"));
+        }
+        if key.len() > MAX_IDEMPOTENCY_KEY_LEN {
+            return Err(Error::invalid(
+                field,
+                format!(
+                    "{} bytes is longer than the limit of {MAX_IDEMPOTENCY_KEY_LEN}",
+                    key.len()
+                ),
+            ));
+        }
+        if key.chars().any(char::is_control) {
+            return Err(Error::invalid(field, "must not contain control characters"));
+        }
+        Ok(IdempotencyKey(key))
+    }
+
+    /// The key.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// What an increment did, or, for a repeated key, what the first call with that key did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Increment {
+    /// The ledger row of the key.
+    pub event_id: i64,
+    /// The period the amounts were counted in.
+    pub period_id: i64,
+    /// The period's counters right after the amounts were added.
+    pub totals: Usage,
+    /// `true` for the call that counted the amounts, `false` for a repeat of its key.
+    pub applied: bool,
+}
+
+/// Adds `amounts` to `account`'s period containing `at`, once per `key`.
+///
+/// **Guarantee**: concurrent increments never lose a count (`SET n = n + d` under the row
+/// lock). A key is counted once: every call with it, concurrent or later, returns the first
+/// call's [`Increment`] (with `applied: false`), as long as the key has not been pruned. It is
+/// therefore safe to retry an increment after any error, including
+/// [`Error::OutcomeUnknown`], with the same key (see
+/// [`Retry::idempotent`](upsert_kit::Retry::idempotent) and the second example). A repeat is recognised by the key
+/// alone, whatever its `at`.
+///
+/// **Cost** (PostgreSQL, READ COMMITTED assumed): two round trips, the period's `SELECT` and
+/// the increment statement (see the [module documentation](self)); two or three more on the
+/// first use of a month; one more (the ledger read) for a repeated key. Inside the caller's
+/// transaction it runs in a savepoint (two more). Under REPEATABLE READ or SERIALIZABLE
+/// concurrent increments of one period fail with [`Error::SerializationFailure`] instead of
+/// waiting: retry them with [`Retry`](upsert_kit::Retry).
+///
+/// # Errors
+/// - [`Error::InvalidInput`], nothing written: a bad key (see [`IdempotencyKey::new`]), an
+///   amount below 0 or above [`MAX_AMOUNT`](crate::MAX_AMOUNT), all amounts 0, `at` out
+///   of range.
+/// - [`Error::NotFound`]: `account` is not registered; nothing written.
+/// - [`Error::IdempotencyConflict`]: `key` was used for other amounts; nothing written.
+/// - [`Error::ConnectionLost`] / [`Error::OutcomeUnknown`]: retry with the same key.
+///
+/// # Examples
+///
+/// ```
+/// use diesel::{Connection, SqliteConnection};
+/// use upsert_kit::Error;
+/// use usage_tracking::counter::increment;
+/// use usage_tracking::{set_usage_limits, Usage};
+/// let mut conn = SqliteConnection::establish(":memory:")?;
+/// usage_tracking::run_migrations(&mut conn)?;
+/// let now = chrono::Utc::now().naive_utc();
+/// set_usage_limits(&mut conn, 7, Usage { tokens: 1000, reports: 10, chats: 50 }, now)?;
+///
+/// let first = increment(&mut conn, 7, "request-1", now, Usage::tokens(120))?;
+/// let again = increment(&mut conn, 7, "request-1", now, Usage::tokens(120))?;
+/// assert!(first.applied && !again.applied);
+/// assert_eq!((first.totals, first.event_id), (again.totals, again.event_id));
+/// assert_eq!(first.totals.tokens, 120);
+///
+/// let other = increment(&mut conn, 7, "request-1", now, Usage::tokens(5));
+/// assert!(matches!(other, Err(Error::IdempotencyConflict { .. })));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// Retried with [`upsert_kit::Retry`]: the increment carries its key, so the closure is
+/// declared [`idempotent`](upsert_kit::Retry::idempotent) and even an unknown outcome (the
+/// connection lost while the increment committed) is retried; the retry is recognised by its
+/// key and counts nothing twice. On a server, take a new connection from a pool inside the
+/// closure, so that a retry does not run on the connection that was lost.
+///
+/// ```
+/// use diesel::{Connection, SqliteConnection};
+/// use upsert_kit::Retry;
+/// use usage_tracking::counter::increment;
+/// use usage_tracking::{set_usage_limits, Usage};
+/// let mut conn = SqliteConnection::establish(":memory:")?;
+/// usage_tracking::run_migrations(&mut conn)?;
+/// let now = chrono::Utc::now().naive_utc();
+/// set_usage_limits(&mut conn, 7, Usage::tokens(1000), now)?;
+///
+/// let counted = Retry::new()
+///     .idempotent()
+///     .run(|_attempt| increment(&mut conn, 7, "job-42", now, Usage::tokens(3)))?;
+/// assert_eq!(counted.totals.tokens, 3);
+/// // The job runs again (say the scheduler did not see it finish): counted once.
+/// let again = Retry::new()
+///     .idempotent()
+///     .run(|_attempt| increment(&mut conn, 7, "job-42", now, Usage::tokens(3)))?;
+/// assert!(!again.applied);
+/// assert_eq!(again.totals.tokens, 3);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn increment<C: UsageConnection>(
+    conn: &mut C,
+    account: i64,
+    key: &str,
+    at: NaiveDateTime,
+    amounts: Usage,
+) -> Result<Increment> {
+    let key = IdempotencyKey::new(key)?;
+    check_amounts(&amounts)?;
+    check_instant("at", at)?;
+    let hash = request_hash(&amounts);
+    let b = conn.backend();
+    for _ in 0..KEY_ATTEMPTS {
+        let period = period_for(b, account, at)?.row;
+        let event = NewUsageEvent {
+            account,
+            idempotency_key: key.as_str(),
+            period_id: period.id,
+            tokens: amounts.tokens,
+            reports: amounts.reports,
+            chats: amounts.chats,
+            request_hash: hash,
+            created_at: chrono::Utc::now().naive_utc(),
+        };
+        match b.apply_keyed(&event, amounts)? {
+            Keyed::Applied { event_id, totals } => {
+                return Ok(Increment {
+                    event_id,
+                    period_id: period.id,
+                    totals,
+                    applied: true,
+                })
+            }
+            Keyed::KeyTaken => {
+                if let Some(first) = b.find_event(account, key.as_str())? {
+                    let first_amounts = Usage {
+                        tokens: first.tokens,
+                        reports: first.reports,
+                        chats: first.chats,
+                    };
+                    if first.request_hash != hash || first_amounts != amounts {
+                        return Err(Error::IdempotencyConflict {
+                            key: key.as_str().to_owned(),
+                        });
+                    }
+                    return Ok(Increment {
+                        event_id: first.id,
+                        period_id: first.period_id,
+                        totals: Usage {
+                            tokens: first.tokens_total,
+                            reports: first.reports_total,
+                            chats: first.chats_total,
+                        },
+                        applied: false,
+                    });
+                }
+                tracing::debug!(account, "idempotency key pruned while in use; trying again");
+            }
+            Keyed::PeriodGone => {
+                tracing::debug!(account, "usage period deleted while in use; trying again");
+            }
+        }
+    }
+    Err(Error::NotFound(format!(
+        "idempotency key {:?}: its ledger row or period kept disappearing",
+        key.as_str()
+    )))
+}
+
+/// Deletes the ledger rows (idempotency keys) recorded before `older_than`, and returns how
+/// many. A pruned key is forgotten: a later increment with it counts again. Choose a retention
+/// longer than any retry of a request can take (e.g. days).
+///
+/// **Cost**: one `DELETE` (indexed on `created_at`), in its own statement.
+///
+/// # Errors
+/// [`Error::InvalidInput`] when `older_than` is out of range; database errors.
+///
+/// # Examples
+///
+/// ```
+/// use diesel::{Connection, SqliteConnection};
+/// use usage_tracking::counter::{increment, prune_idempotency_keys};
+/// use usage_tracking::{set_usage_limits, Usage};
+/// let mut conn = SqliteConnection::establish(":memory:")?;
+/// usage_tracking::run_migrations(&mut conn)?;
+/// let now = chrono::Utc::now().naive_utc();
+/// set_usage_limits(&mut conn, 7, Usage::tokens(1000), now)?;
+/// increment(&mut conn, 7, "request-1", now, Usage::tokens(1))?;
+/// let week_ago = now - chrono::Duration::days(7);
+/// assert_eq!(prune_idempotency_keys(&mut conn, week_ago)?, 0);
+/// assert_eq!(prune_idempotency_keys(&mut conn, now + chrono::Duration::minutes(1))?, 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn prune_idempotency_keys<C: UsageConnection>(
+    conn: &mut C,
+    older_than: NaiveDateTime,
+) -> Result<usize> {
+    check_instant("older_than", older_than)?;
+    conn.backend().prune_events(older_than)
+}
+
+fn check_amounts(amounts: &Usage) -> Result<()> {
+    for (name, amount) in [
+        ("amounts.tokens", amounts.tokens),
+        ("amounts.reports", amounts.reports),
+        ("amounts.chats", amounts.chats),
+    ] {
+        check_amount(name, amount, true)?;
+    }
+    if *amounts == Usage::default() {
+        return Err(Error::invalid(
+            "amounts",
+            "all amounts are 0: an increment must add something",
+        ));
+    }
+    Ok(())
+}
+
+/// The request's fingerprint stored with its key: 64-bit FNV-1a over the amounts (little-endian),
+/// stable across builds and platforms.
+fn request_hash(amounts: &Usage) -> i64 {
+    let mut hash = 0xcbf2_9ce4_8422_2325_u64;
+    for value in [amounts.tokens, amounts.reports, amounts.chats] {
+        for byte in value.to_le_bytes() {
+            hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    hash as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_request_hash_is_stable_and_tells_amounts_apart() {
+        let a = request_hash(&Usage::tokens(5));
+        assert_eq!(a, request_hash(&Usage::tokens(5)));
+        assert_ne!(a, request_hash(&Usage::tokens(6)));
+        assert_ne!(
+            request_hash(&Usage {
+                tokens: 0,
+                reports: 5,
+                chats: 0
+            }),
+            a
+        );
+    }
+
+    #[test]
+    fn keys_are_bounded_and_not_blank() {
+        assert!(IdempotencyKey::new("k").is_ok());
+        assert!(IdempotencyKey::new("é".repeat(64)).is_ok()); // 128 bytes
+        for bad in [String::new(), "  ".into(), "a\0b".into(), "x".repeat(129)] {
+            assert!(matches!(
+                IdempotencyKey::new(bad),
+                Err(Error::InvalidInput(ref e)) if e.field == "idempotency_key"
+            ));
+        }
+    }
+}

@@ -1,0 +1,422 @@
+//! The scenarios of the usage and claim primitives: each adopter crate's call against the
+//! naive baseline it replaces (`usage_tracking::naive`, `backfill_scheduler::naive`).
+//!
+//! | scenario | naive | atomic |
+//! |---|---|---|
+//! | `counter` | [`naive::increment_read_add_write`] | [`counter::increment`], a fresh key per operation |
+//! | `counter-retry` | the same, each request delivered twice (a retry after a lost acknowledgement) | [`counter::increment`], both deliveries with the request's key |
+//! | `quota` | [`naive::try_consume_check_then_act`] | [`quota::try_consume`] |
+//! | `get-or-create` | [`naive::get_or_create_usage_period_select_then_insert`], all workers on one fresh period per round | [`get_or_create_usage_period`] |
+//! | `claim` | [`backfill_scheduler::naive::claim_select_then_update`] of one item, then mark it done | [`Queue::claim`] of one item, then [`Queue::complete`] |
+
+use crate::scenarios::{timestamp, Anomalies, Op, Pattern, Scenario, Tally};
+use anyhow::{bail, Result};
+use backfill_scheduler::schema::backfill_log;
+use backfill_scheduler::{schedule_months, BackfillMonth};
+use chrono::{NaiveDate, NaiveDateTime};
+use diesel::connection::SimpleConnection;
+use diesel::dsl::sql;
+use diesel::pg::PgConnection;
+use diesel::prelude::*;
+use diesel::sql_types::BigInt;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Mutex;
+use upsert_kit::claim::Queue;
+use upsert_kit::Error;
+use usage_tracking::schema::usage_periods;
+use usage_tracking::{counter, naive, quota};
+use usage_tracking::{get_or_create_usage_period, set_usage_limits, Metric, Usage};
+
+/// The account of the `counter`, `counter-retry` and `get-or-create` scenarios.
+const ACCOUNT: i64 = 1;
+
+/// Empties the usage tables and registers `account` with `limits`; returns the id of its
+/// period containing [`timestamp`].
+fn reset_usage(conn: &mut PgConnection, account: i64, limits: Usage) -> Result<i64> {
+    conn.batch_execute(
+        "TRUNCATE usage_events, usage_reservations, usage_periods, usage_accounts CASCADE",
+    )?;
+    set_usage_limits(conn, account, limits, timestamp())?;
+    Ok(get_or_create_usage_period(conn, account, timestamp())?
+        .row
+        .id)
+}
+
+fn tokens_used(conn: &mut PgConnection, period: i64) -> Result<i64> {
+    Ok(usage_periods::table
+        .find(period)
+        .select(usage_periods::tokens_used)
+        .get_result(conn)?)
+}
+
+/// Limits no scenario reaches.
+fn unlimited() -> Usage {
+    Usage {
+        tokens: usage_tracking::MAX_AMOUNT,
+        reports: 0,
+        chats: 0,
+    }
+}
+
+/// `counter`: every worker adds one token to one hot period.
+#[derive(Debug, Default)]
+pub struct Counter {
+    period: AtomicI64,
+}
+
+impl Counter {
+    /// The scenario (its period is made by [`Scenario::prepare`]).
+    pub fn new() -> Self {
+        Counter {
+            period: AtomicI64::new(0),
+        }
+    }
+}
+
+impl Scenario for Counter {
+    fn name(&self) -> &'static str {
+        "counter"
+    }
+    fn prepare(&self, conn: &mut PgConnection) -> Result<()> {
+        let period = reset_usage(conn, ACCOUNT, unlimited())?;
+        self.period.store(period, Ordering::SeqCst);
+        Ok(())
+    }
+    fn op(
+        &self,
+        conn: &mut PgConnection,
+        pattern: Pattern,
+        op: &mut Op<'_>,
+    ) -> upsert_kit::Result<u64> {
+        match pattern {
+            // As ORM code writes it: load, add, save (two round trips, no transaction).
+            Pattern::Naive => {
+                naive::increment_read_add_write(conn, self.period.load(Ordering::SeqCst), 1)?;
+            }
+            Pattern::Atomic => {
+                let key = format!("w{}-{}", op.worker, op.round);
+                counter::increment(conn, ACCOUNT, &key, timestamp(), Usage::tokens(1))?;
+            }
+        }
+        Ok(1)
+    }
+    fn verify(&self, conn: &mut PgConnection, tally: &Tally) -> Result<Anomalies> {
+        let used = tokens_used(conn, self.period.load(Ordering::SeqCst))?;
+        Ok(Anomalies {
+            lost_updates: tally.effect as i64 - used,
+            ..Anomalies::default()
+        })
+    }
+}
+
+/// `counter-retry`: every request is delivered twice (the client retries after losing the
+/// acknowledgement); it must count once. The report's "dup rows" column shows the net counts
+/// beyond one per request, "lost upd" the net requests not counted.
+#[derive(Debug, Default)]
+pub struct CounterRetry {
+    period: AtomicI64,
+}
+
+impl CounterRetry {
+    /// The scenario (its period is made by [`Scenario::prepare`]).
+    pub fn new() -> Self {
+        CounterRetry {
+            period: AtomicI64::new(0),
+        }
+    }
+}
+
+impl Scenario for CounterRetry {
+    fn name(&self) -> &'static str {
+        "counter-retry"
+    }
+    fn prepare(&self, conn: &mut PgConnection) -> Result<()> {
+        let period = reset_usage(conn, ACCOUNT, unlimited())?;
+        self.period.store(period, Ordering::SeqCst);
+        Ok(())
+    }
+    fn op(
+        &self,
+        conn: &mut PgConnection,
+        pattern: Pattern,
+        op: &mut Op<'_>,
+    ) -> upsert_kit::Result<u64> {
+        let key = format!("request-w{}-{}", op.worker, op.round);
+        for _delivery in 0..2 {
+            match pattern {
+                // No key: the retry is counted again.
+                Pattern::Naive => {
+                    naive::increment_read_add_write(conn, self.period.load(Ordering::SeqCst), 1)?;
+                }
+                Pattern::Atomic => {
+                    counter::increment(conn, ACCOUNT, &key, timestamp(), Usage::tokens(1))?;
+                }
+            }
+        }
+        // One request.
+        Ok(1)
+    }
+    fn verify(&self, conn: &mut PgConnection, tally: &Tally) -> Result<Anomalies> {
+        let used = tokens_used(conn, self.period.load(Ordering::SeqCst))?;
+        let surplus = used - tally.effect as i64;
+        Ok(Anomalies {
+            duplicate_rows: surplus.max(0),
+            lost_updates: (-surplus).max(0),
+            over_limit: 0,
+        })
+    }
+}
+
+/// `quota`: workers take one token at a time from the current window (an account whose period
+/// allows `limit` tokens); a worker refused opens the next window. Demand always exceeds
+/// supply, so every window but the last ends exactly full.
+#[derive(Debug)]
+pub struct Quota {
+    limit: i64,
+    current: AtomicI64,
+    /// The period id of each window opened so far.
+    periods: Mutex<Vec<i64>>,
+}
+
+impl Quota {
+    /// The scenario with windows of `limit` tokens (at least 1).
+    pub fn new(limit: i64) -> Self {
+        Quota {
+            limit: limit.max(1),
+            current: AtomicI64::new(0),
+            periods: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn limits(&self) -> Usage {
+        Usage {
+            tokens: self.limit,
+            reports: 0,
+            chats: 0,
+        }
+    }
+
+    /// Window `w`'s account (accounts of other scenarios are below 1000).
+    fn account(window: i64) -> i64 {
+        1000 + window
+    }
+
+    /// Opens window `window + 1` (once, whoever gets there first; the calls are idempotent).
+    fn advance(&self, conn: &mut PgConnection, window: i64) -> upsert_kit::Result<()> {
+        let next = window + 1;
+        set_usage_limits(conn, Self::account(next), self.limits(), timestamp())?;
+        let period = get_or_create_usage_period(conn, Self::account(next), timestamp())?
+            .row
+            .id;
+        let mut periods = self.periods.lock().expect("quota windows");
+        if periods.len() as i64 == next {
+            periods.push(period);
+        }
+        drop(periods);
+        // The period exists before any worker is sent to it.
+        let _ = self
+            .current
+            .compare_exchange(window, next, Ordering::SeqCst, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+impl Scenario for Quota {
+    fn name(&self) -> &'static str {
+        "quota"
+    }
+    fn prepare(&self, conn: &mut PgConnection) -> Result<()> {
+        let period = reset_usage(conn, Self::account(0), self.limits())?;
+        *self.periods.lock().expect("quota windows") = vec![period];
+        self.current.store(0, Ordering::SeqCst);
+        Ok(())
+    }
+    fn op(
+        &self,
+        conn: &mut PgConnection,
+        pattern: Pattern,
+        _op: &mut Op<'_>,
+    ) -> upsert_kit::Result<u64> {
+        let window = self.current.load(Ordering::SeqCst);
+        let granted = match pattern {
+            // Check, then act: two round trips, and the check may be stale when the act runs.
+            Pattern::Naive => {
+                let period = self.periods.lock().expect("quota windows")[window as usize];
+                naive::try_consume_check_then_act(conn, period, 1)?
+            }
+            // One conditional statement after the period's lookup.
+            Pattern::Atomic => match quota::try_consume(
+                conn,
+                Self::account(window),
+                Metric::Tokens,
+                1,
+                timestamp(),
+            ) {
+                Ok(_) => true,
+                Err(Error::QuotaExceeded { .. }) => false,
+                Err(e) => return Err(e),
+            },
+        };
+        if granted {
+            Ok(1)
+        } else {
+            self.advance(conn, window)?;
+            Ok(0)
+        }
+    }
+    fn verify(&self, conn: &mut PgConnection, tally: &Tally) -> Result<Anomalies> {
+        let (over, used): (i64, i64) = usage_periods::table
+            .select((
+                sql::<BigInt>("coalesce(sum(greatest(tokens_used - tokens_limit, 0)), 0)::int8"),
+                sql::<BigInt>("coalesce(sum(tokens_used), 0)::int8"),
+            ))
+            .get_result(conn)?;
+        Ok(Anomalies {
+            duplicate_rows: 0,
+            lost_updates: tally.effect as i64 - used,
+            over_limit: over,
+        })
+    }
+}
+
+/// `get-or-create`: every round, all workers ask at once for the account's period of a month
+/// no one has asked for yet (the first request of a month, from every server at once).
+#[derive(Debug)]
+pub struct GetOrCreate;
+
+/// The first month of the scenario; round `r` asks for the month `r` months later.
+const FIRST_YEAR: i32 = 2000;
+
+fn month_of_round(round: u64) -> NaiveDateTime {
+    let index = i64::from(FIRST_YEAR) * 12 + round as i64;
+    let (year, month) = (index.div_euclid(12), index.rem_euclid(12) + 1);
+    // Beyond year 9999 the library refuses the instant (an error the report shows).
+    NaiveDate::from_ymd_opt(year.min(i64::from(i32::MAX)) as i32, month as u32, 15)
+        .and_then(|d| d.and_hms_opt(12, 0, 0))
+        .unwrap_or(NaiveDateTime::MAX)
+}
+
+impl Scenario for GetOrCreate {
+    fn name(&self) -> &'static str {
+        "get-or-create"
+    }
+    fn lockstep(&self) -> bool {
+        true
+    }
+    fn prepare(&self, conn: &mut PgConnection) -> Result<()> {
+        reset_usage(conn, ACCOUNT, unlimited())?;
+        // Only the rounds' periods stay.
+        diesel::delete(usage_periods::table).execute(conn)?;
+        Ok(())
+    }
+    fn op(
+        &self,
+        conn: &mut PgConnection,
+        pattern: Pattern,
+        op: &mut Op<'_>,
+    ) -> upsert_kit::Result<u64> {
+        let at = month_of_round(op.round);
+        let obtained = match pattern {
+            Pattern::Naive => {
+                naive::get_or_create_usage_period_select_then_insert(conn, ACCOUNT, at)?
+            }
+            Pattern::Atomic => get_or_create_usage_period(conn, ACCOUNT, at)?,
+        };
+        Ok(u64::from(obtained.created))
+    }
+    fn verify(&self, conn: &mut PgConnection, tally: &Tally) -> Result<Anomalies> {
+        let (rows, distinct): (i64, i64) = usage_periods::table
+            .select((
+                sql::<BigInt>("count(*)"),
+                sql::<BigInt>("count(DISTINCT (account, period_start))"),
+            ))
+            .get_result(conn)?;
+        Ok(Anomalies {
+            duplicate_rows: rows - distinct,
+            // One period per round is expected, and exactly one caller per round created it.
+            lost_updates: (tally.rounds as i64 - distinct)
+                + (tally.rounds as i64 - tally.effect as i64).abs(),
+            over_limit: 0,
+        })
+    }
+}
+
+/// `claim`: workers drain a queue of months, one item per claim, and mark each done.
+#[derive(Debug)]
+pub struct Claim {
+    items: usize,
+}
+
+impl Claim {
+    /// The scenario with a queue of `items` months per cell.
+    ///
+    /// # Errors
+    /// When `items` is 0 or above 108,000 (the months of years 1000 to 9999).
+    pub fn new(items: usize) -> Result<Self> {
+        if items == 0 || items > 9_000 * 12 {
+            bail!("--claim-items must be between 1 and 108000");
+        }
+        Ok(Claim { items })
+    }
+}
+
+impl Scenario for Claim {
+    fn name(&self) -> &'static str {
+        "claim"
+    }
+    fn prepare(&self, conn: &mut PgConnection) -> Result<()> {
+        conn.batch_execute("TRUNCATE backfill_log")?;
+        let last = 1000 * 12 + self.items as i32 - 1;
+        schedule_months(
+            conn,
+            (1000, 1),
+            (last.div_euclid(12), (last.rem_euclid(12) + 1) as u32),
+        )?;
+        Ok(())
+    }
+    fn op(
+        &self,
+        conn: &mut PgConnection,
+        pattern: Pattern,
+        op: &mut Op<'_>,
+    ) -> upsert_kit::Result<u64> {
+        let holder = format!("worker-{}", op.worker);
+        match pattern {
+            Pattern::Naive => {
+                let claimed =
+                    backfill_scheduler::naive::claim_select_then_update(conn, &holder, 1)?;
+                for (id, _year, _month) in &claimed {
+                    diesel::update(backfill_log::table.find(id))
+                        .set(backfill_log::status.eq("done"))
+                        .execute(conn)?;
+                }
+                Ok(claimed.len() as u64)
+            }
+            Pattern::Atomic => {
+                let queue = Queue::<BackfillMonth>::new(holder)?;
+                let claimed = queue.claim(conn, 1)?;
+                for claim in &claimed {
+                    queue.complete(conn, claim)?;
+                }
+                Ok(claimed.len() as u64)
+            }
+        }
+    }
+    fn verify(&self, conn: &mut PgConnection, tally: &Tally) -> Result<Anomalies> {
+        // Both patterns count an attempt per hand-out: attempts beyond the first are items
+        // handed out twice.
+        let (duplicates, attempts, unfinished): (i64, i64, i64) = backfill_log::table
+            .select((
+                sql::<BigInt>("coalesce(sum(greatest(attempts - 1, 0)), 0)::int8"),
+                sql::<BigInt>("coalesce(sum(attempts), 0)::int8"),
+                sql::<BigInt>("count(*) FILTER (WHERE status = 'processing')"),
+            ))
+            .get_result(conn)?;
+        Ok(Anomalies {
+            duplicate_rows: duplicates,
+            // Hand-outs the workers saw but the queue does not show, and items left claimed.
+            lost_updates: (tally.effect as i64 - attempts).abs() + unfinished,
+            over_limit: 0,
+        })
+    }
+}

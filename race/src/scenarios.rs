@@ -1,0 +1,439 @@
+//! The race scenarios: each one a naive pattern and its atomic replacement.
+//!
+//! | scenario | naive | atomic |
+//! |---|---|---|
+//! | `upsert` | [`naive::query_then_upsert`] over K existing keys | [`atomic_upsert`] |
+//! | `first-insert` | [`naive::query_then_upsert`], all workers on one fresh key per round | [`atomic_upsert`] |
+//! | `counter`, `counter-retry`, `quota`, `get-or-create`, `claim` | see [`crate::primitives`] | |
+//! | `lock` | read-modify-write in a transaction | the same under [`lock::xact_lock`] |
+//! | `bulk` | a loop of [`atomic_upsert`] over a batch | one [`bulk_upsert`] of the batch |
+//!
+//! `lock` runs plain Diesel statements on a table of its own (`race_counter`).
+
+use crate::naive;
+use crate::primitives;
+use anyhow::{bail, Result};
+use chrono::{NaiveDate, NaiveDateTime};
+use diesel::connection::SimpleConnection;
+use diesel::pg::PgConnection;
+use diesel::prelude::*;
+use sync_jobs::models::{StravaStats, WakatimeStats};
+use sync_jobs::schema::{strava_stats, wakatime_stats};
+use upsert_kit::lock::{self, LockKey};
+use upsert_kit::{atomic_upsert, bulk_upsert};
+
+/// The two sides of every scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pattern {
+    /// The racy pattern the crate replaces.
+    Naive,
+    /// The crate's pattern.
+    Atomic,
+}
+
+impl Pattern {
+    /// `naive` or `atomic`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pattern::Naive => "naive",
+            Pattern::Atomic => "atomic",
+        }
+    }
+
+    /// Parses `naive` or `atomic`.
+    pub fn parse(s: &str) -> Result<Pattern> {
+        match s {
+            "naive" => Ok(Pattern::Naive),
+            "atomic" => Ok(Pattern::Atomic),
+            other => bail!("unknown pattern {other:?} (naive, atomic)"),
+        }
+    }
+}
+
+/// The scenarios' sizes.
+#[derive(Debug, Clone)]
+pub struct Params {
+    /// Keys of the steady-state `upsert` scenario.
+    pub keys: u64,
+    /// Rows per batch of the `bulk` scenario.
+    pub batch: usize,
+    /// Keys of the `bulk` scenario (each batch is `batch` consecutive keys).
+    pub bulk_keys: u64,
+    /// Units per quota window of the `quota` scenario.
+    pub quota_limit: i64,
+    /// Items queued for each cell of the `claim` scenario.
+    pub claim_items: usize,
+}
+
+/// One operation's context.
+#[derive(Debug)]
+pub struct Op<'a> {
+    /// The worker's index.
+    pub worker: usize,
+    /// This worker's operation number (in lockstep scenarios, the round, the same for all).
+    pub round: u64,
+    /// The worker's random numbers (seeded per worker: runs are repeatable).
+    pub rng: &'a mut fastrand::Rng,
+}
+
+/// What the workers of a cell did, summed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Tally {
+    /// Operations that succeeded.
+    pub ok: u64,
+    /// The sum of the successful operations' effects (increments applied, units granted…).
+    pub effect: u64,
+    /// Rounds run (lockstep scenarios).
+    pub rounds: u64,
+}
+
+/// The damage found after a cell.
+#[derive(Debug, Default)]
+pub struct Anomalies {
+    /// Rows beyond the first for one key.
+    pub duplicate_rows: i64,
+    /// Acknowledged writes the final state does not show (for `first-insert`: keys left
+    /// without a row).
+    pub lost_updates: i64,
+    /// Units granted beyond a limit.
+    pub over_limit: i64,
+}
+
+/// A race scenario.
+pub trait Scenario: Send + Sync {
+    /// Its name on the command line and in the report.
+    fn name(&self) -> &'static str;
+    /// What the throughput counts.
+    fn unit(&self) -> &'static str {
+        "ops"
+    }
+    /// Units per operation (rows per batch for bulk scenarios).
+    fn units_per_op(&self) -> u64 {
+        1
+    }
+    /// Whether all workers start each operation together (a barrier per round).
+    fn lockstep(&self) -> bool {
+        false
+    }
+    /// Resets the scenario's tables before a cell.
+    fn prepare(&self, conn: &mut PgConnection) -> Result<()>;
+    /// One operation of `pattern`; returns its effect (see [`Tally::effect`]).
+    fn op(
+        &self,
+        conn: &mut PgConnection,
+        pattern: Pattern,
+        op: &mut Op<'_>,
+    ) -> upsert_kit::Result<u64>;
+    /// Counts the damage after a cell.
+    fn verify(&self, conn: &mut PgConnection, tally: &Tally) -> Result<Anomalies>;
+}
+
+/// Every scenario name, in report order.
+pub const NAMES: &[&str] = &[
+    "upsert",
+    "first-insert",
+    "counter",
+    "counter-retry",
+    "quota",
+    "get-or-create",
+    "lock",
+    "bulk",
+    "claim",
+];
+
+/// The scenario called `name`.
+pub fn by_name(name: &str, params: &Params) -> Result<Box<dyn Scenario>> {
+    Ok(match name {
+        "upsert" => Box::new(SteadyUpsert::new(params.keys)),
+        "first-insert" => Box::new(FirstInsert),
+        "counter" => Box::new(primitives::Counter::new()),
+        "counter-retry" => Box::new(primitives::CounterRetry::new()),
+        "quota" => Box::new(primitives::Quota::new(params.quota_limit)),
+        "get-or-create" => Box::new(primitives::GetOrCreate),
+        "lock" => Box::new(LockedCounter),
+        "bulk" => Box::new(Bulk::new(params.bulk_keys, params.batch)?),
+        "claim" => Box::new(primitives::Claim::new(params.claim_items)?),
+        other => bail!("unknown scenario {other:?}; known: {}", NAMES.join(", ")),
+    })
+}
+
+/// Every scenario, in report order.
+pub fn available() -> Vec<String> {
+    NAMES.iter().map(|n| (*n).to_owned()).collect()
+}
+
+/// The timestamp every benchmark row carries, `2026-11-29 00:00:00` (fixed, so pgbench can
+/// send the same one).
+pub fn timestamp() -> NaiveDateTime {
+    NaiveDate::from_ymd_opt(2026, 11, 29)
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .expect("a valid date")
+}
+
+/// The key of row `i` in the upsert and bulk scenarios (pgbench builds the same).
+pub fn key(i: u64) -> String {
+    format!("key-{i}")
+}
+
+fn stats_rows(n: u64) -> Vec<StravaStats> {
+    let data = crate::payload::stats_payload(0);
+    (0..n)
+        .map(|i| StravaStats {
+            stats_type: key(i),
+            data: data.clone(),
+            created_at: timestamp(),
+            updated_at: timestamp(),
+        })
+        .collect()
+}
+
+diesel::table! {
+    /// The counter of the `lock` scenario (id 2).
+    race_counter (id) {
+        /// The counter's id (the `lock` scenario's is 2).
+        id -> Int4,
+        /// Its value.
+        n -> Int8,
+    }
+}
+
+/// Creates the scenarios' own tables (the stats tables come from the crate's migrations).
+pub fn create_tables(conn: &mut PgConnection) -> Result<()> {
+    conn.batch_execute("CREATE TABLE race_counter (id INT4 PRIMARY KEY, n INT8 NOT NULL);")?;
+    Ok(())
+}
+
+/// `upsert`: steady state over K existing keys, each operation on a random one.
+struct SteadyUpsert {
+    rows: Vec<StravaStats>,
+}
+
+impl SteadyUpsert {
+    fn new(keys: u64) -> Self {
+        SteadyUpsert {
+            rows: stats_rows(keys.max(1)),
+        }
+    }
+}
+
+impl Scenario for SteadyUpsert {
+    fn name(&self) -> &'static str {
+        "upsert"
+    }
+    fn prepare(&self, conn: &mut PgConnection) -> Result<()> {
+        conn.batch_execute("TRUNCATE strava_stats")?;
+        bulk_upsert(conn, &self.rows)?;
+        Ok(())
+    }
+    fn op(
+        &self,
+        conn: &mut PgConnection,
+        pattern: Pattern,
+        op: &mut Op<'_>,
+    ) -> upsert_kit::Result<u64> {
+        let row = &self.rows[op.rng.usize(..self.rows.len())];
+        match pattern {
+            Pattern::Naive => naive::query_then_upsert(conn, row)?,
+            Pattern::Atomic => atomic_upsert(conn, row)?,
+        };
+        Ok(1)
+    }
+    fn verify(&self, conn: &mut PgConnection, _tally: &Tally) -> Result<Anomalies> {
+        stats_anomalies(conn, self.rows.len())
+    }
+}
+
+/// `first-insert`: every round, all workers write the same new key at once (the cron storm).
+struct FirstInsert;
+
+impl Scenario for FirstInsert {
+    fn name(&self) -> &'static str {
+        "first-insert"
+    }
+    fn lockstep(&self) -> bool {
+        true
+    }
+    fn prepare(&self, conn: &mut PgConnection) -> Result<()> {
+        conn.batch_execute("TRUNCATE wakatime_stats")?;
+        Ok(())
+    }
+    fn op(
+        &self,
+        conn: &mut PgConnection,
+        pattern: Pattern,
+        op: &mut Op<'_>,
+    ) -> upsert_kit::Result<u64> {
+        let row = WakatimeStats {
+            stats_type: format!("round-{}", op.round),
+            data: crate::payload::stats_payload(op.round),
+            created_at: timestamp(),
+            updated_at: timestamp(),
+        };
+        match pattern {
+            Pattern::Naive => naive::query_then_upsert(conn, &row)?,
+            Pattern::Atomic => atomic_upsert(conn, &row)?,
+        };
+        Ok(1)
+    }
+    fn verify(&self, conn: &mut PgConnection, tally: &Tally) -> Result<Anomalies> {
+        use diesel::dsl::{count, count_star};
+        use diesel::prelude::AggregateExpressionMethods;
+        let (rows, distinct): (i64, i64) = wakatime_stats::table
+            .select((
+                count_star(),
+                count(wakatime_stats::stats_type).aggregate_distinct(),
+            ))
+            .get_result(conn)?;
+        Ok(Anomalies {
+            duplicate_rows: rows - distinct,
+            // One row per round is expected: a round without its row lost its write.
+            lost_updates: tally.rounds as i64 - distinct,
+            over_limit: 0,
+        })
+    }
+}
+
+fn reset_counter(conn: &mut PgConnection, id: i32) -> Result<()> {
+    diesel::insert_into(race_counter::table)
+        .values((race_counter::id.eq(id), race_counter::n.eq(0_i64)))
+        .on_conflict(race_counter::id)
+        .do_update()
+        .set(race_counter::n.eq(0_i64))
+        .execute(conn)?;
+    Ok(())
+}
+
+fn counter_anomalies(conn: &mut PgConnection, id: i32, tally: &Tally) -> Result<Anomalies> {
+    let n: i64 = race_counter::table
+        .find(id)
+        .select(race_counter::n)
+        .get_result(conn)?;
+    Ok(Anomalies {
+        lost_updates: tally.effect as i64 - n,
+        ..Anomalies::default()
+    })
+}
+
+/// Read, add one, write back the sum the client computed.
+fn read_add_write(conn: &mut PgConnection, id: i32) -> QueryResult<()> {
+    let n: i64 = race_counter::table
+        .find(id)
+        .select(race_counter::n)
+        .get_result(conn)?;
+    diesel::update(race_counter::table.find(id))
+        .set(race_counter::n.eq(n + 1))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// `lock`: a read-modify-write in a transaction, bare or under a transaction-scoped advisory
+/// lock (the pattern for work that cannot be one statement).
+struct LockedCounter;
+
+const LOCK_COUNTER_ID: i32 = 2;
+
+impl Scenario for LockedCounter {
+    fn name(&self) -> &'static str {
+        "lock"
+    }
+    fn prepare(&self, conn: &mut PgConnection) -> Result<()> {
+        reset_counter(conn, LOCK_COUNTER_ID)
+    }
+    fn op(
+        &self,
+        conn: &mut PgConnection,
+        pattern: Pattern,
+        _op: &mut Op<'_>,
+    ) -> upsert_kit::Result<u64> {
+        conn.transaction(|conn| {
+            if pattern == Pattern::Atomic {
+                lock::xact_lock(
+                    conn,
+                    LockKey::new("upsert-race", i64::from(LOCK_COUNTER_ID)),
+                )?;
+            }
+            read_add_write(conn, LOCK_COUNTER_ID)?;
+            Ok::<_, upsert_kit::Error>(())
+        })?;
+        Ok(1)
+    }
+    fn verify(&self, conn: &mut PgConnection, tally: &Tally) -> Result<Anomalies> {
+        counter_anomalies(conn, LOCK_COUNTER_ID, tally)
+    }
+}
+
+/// `bulk`: batches of consecutive keys over a steady state; naive loops single upserts.
+struct Bulk {
+    rows: Vec<StravaStats>,
+    batch: usize,
+}
+
+impl Bulk {
+    fn new(keys: u64, batch: usize) -> Result<Self> {
+        if batch == 0 || keys < batch as u64 {
+            bail!("--batch must be between 1 and --bulk-keys ({keys})");
+        }
+        Ok(Bulk {
+            rows: stats_rows(keys),
+            batch,
+        })
+    }
+}
+
+impl Scenario for Bulk {
+    fn name(&self) -> &'static str {
+        "bulk"
+    }
+    fn unit(&self) -> &'static str {
+        "rows"
+    }
+    fn units_per_op(&self) -> u64 {
+        self.batch as u64
+    }
+    fn prepare(&self, conn: &mut PgConnection) -> Result<()> {
+        conn.batch_execute("TRUNCATE strava_stats")?;
+        bulk_upsert(conn, &self.rows)?;
+        Ok(())
+    }
+    fn op(
+        &self,
+        conn: &mut PgConnection,
+        pattern: Pattern,
+        op: &mut Op<'_>,
+    ) -> upsert_kit::Result<u64> {
+        let start = op.rng.usize(..=self.rows.len() - self.batch);
+        let batch = &self.rows[start..start + self.batch];
+        match pattern {
+            Pattern::Naive => {
+                for row in batch {
+                    atomic_upsert(conn, row)?;
+                }
+            }
+            Pattern::Atomic => {
+                bulk_upsert(conn, batch)?;
+            }
+        }
+        Ok(self.batch as u64)
+    }
+    fn verify(&self, conn: &mut PgConnection, _tally: &Tally) -> Result<Anomalies> {
+        stats_anomalies(conn, self.rows.len())
+    }
+}
+
+/// Duplicate rows (more rows than distinct keys) and keys missing from `strava_stats`, when
+/// `expected` distinct keys were written.
+fn stats_anomalies(conn: &mut PgConnection, expected: usize) -> Result<Anomalies> {
+    use diesel::dsl::{count, count_star};
+    use diesel::prelude::AggregateExpressionMethods;
+    let (rows, distinct): (i64, i64) = strava_stats::table
+        .select((
+            count_star(),
+            count(strava_stats::stats_type).aggregate_distinct(),
+        ))
+        .get_result(conn)?;
+    Ok(Anomalies {
+        duplicate_rows: rows - distinct,
+        lost_updates: expected as i64 - distinct,
+        over_limit: 0,
+    })
+}

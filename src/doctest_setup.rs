@@ -1,0 +1,113 @@
+// The tables of the documentation's examples, included by each example with
+// `include!("doctest_setup.rs")` (hidden), the way diesel's own doctests do. An example sees
+// three Diesel tables (`stats`, `tokens`, `items`) and `establish_sqlite()`, an in-memory SQLite
+// database that has them.
+
+diesel::table! {
+    /// A stats table: one row per `stats_type`, the payload as JSON.
+    stats (id) {
+        id -> BigInt,
+        stats_type -> Text,
+        data -> Jsonb,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    /// OAuth tokens: one row per account, monotonic in `expires_at`.
+    tokens (id) {
+        id -> BigInt,
+        user_id -> BigInt,
+        access_token -> Text,
+        refresh_token -> Text,
+        expires_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    /// A catalogue keyed by its unique `sku`.
+    items (id) {
+        id -> BigInt,
+        sku -> Text,
+        name -> Text,
+    }
+}
+
+/// An in-memory SQLite database with the examples' tables.
+#[allow(dead_code)]
+fn establish_sqlite() -> Result<diesel::SqliteConnection, Box<dyn std::error::Error>> {
+    use diesel::connection::SimpleConnection;
+    use diesel::Connection;
+    let mut conn = diesel::SqliteConnection::establish(":memory:")?;
+    conn.batch_execute(
+        "CREATE TABLE stats (
+            id INTEGER PRIMARY KEY,
+            stats_type TEXT NOT NULL UNIQUE,
+            data BLOB NOT NULL,
+            created_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP,
+            updated_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP
+        );
+        CREATE TABLE tokens (
+            id BIGINT PRIMARY KEY NOT NULL,
+            user_id BIGINT NOT NULL,
+            access_token TEXT NOT NULL,
+            refresh_token TEXT NOT NULL,
+            expires_at TIMESTAMP NOT NULL,
+            updated_at TIMESTAMP NOT NULL
+        );
+        CREATE TABLE items (
+            id INTEGER PRIMARY KEY,
+            sku TEXT NOT NULL UNIQUE,
+            name TEXT NOT NULL
+        );",
+    )?;
+    Ok(conn)
+}
+
+#[cfg(feature = "postgres")]
+diesel::table! {
+    /// A work queue with the default column names of `upsert_kit::claim::ClaimQueue`.
+    tasks (id) {
+        id -> BigInt,
+        name -> Text,
+    }
+}
+
+/// A claimed task, as a worker reads it.
+#[cfg(feature = "postgres")]
+#[derive(Debug, diesel::QueryableByName)]
+#[diesel(table_name = tasks)]
+#[allow(dead_code)]
+struct Task {
+    id: i64,
+    name: String,
+}
+
+#[cfg(feature = "postgres")]
+impl upsert_kit::claim::ClaimQueue for Task {
+    type Table = tasks::table;
+}
+
+/// A database of its own on the test server (see the `upsert-kit-support` crate), with the
+/// examples' tables and three pending tasks; dropped with the returned guard.
+#[cfg(feature = "postgres")]
+#[allow(dead_code)]
+fn establish_pg(
+) -> Result<(upsert_kit_support::TestDb, diesel::PgConnection), Box<dyn std::error::Error>> {
+    let db = upsert_kit_support::TestDb::with_sql(
+        "CREATE TABLE items (id BIGSERIAL PRIMARY KEY, sku TEXT NOT NULL UNIQUE, name TEXT NOT NULL);
+         CREATE TABLE tasks (
+             id BIGSERIAL PRIMARY KEY,
+             name TEXT NOT NULL,
+             status TEXT NOT NULL DEFAULT 'pending',
+             attempts INT NOT NULL DEFAULT 0,
+             locked_until TIMESTAMPTZ,
+             holder TEXT,
+             last_error TEXT);
+         INSERT INTO tasks (name) VALUES ('resize'), ('index'), ('mail');",
+    );
+    let conn = db.conn();
+    Ok((db, conn))
+}
