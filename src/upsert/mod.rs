@@ -21,6 +21,7 @@
 //! condition is evaluated against the newest committed version of the row (PostgreSQL re-checks
 //! it after waiting for a concurrent writer), so "only if newer" conditions cannot regress.
 
+pub(crate) mod derive_support;
 mod helpers;
 pub(crate) mod model;
 pub(crate) mod statement;
