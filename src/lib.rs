@@ -1,9 +1,14 @@
 #![doc = include_str!("../README.md")]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
-// The front page links every primitive; with a backend or r2d2 left out, some of them do not
+// The front page links every primitive; with a backend, r2d2 or the derive left out, some do not
 // exist. Links are checked in full by the build with every feature (CI builds each set).
 #![cfg_attr(
-    not(all(feature = "postgres", feature = "sqlite", feature = "r2d2")),
+    not(all(
+        feature = "postgres",
+        feature = "sqlite",
+        feature = "r2d2",
+        feature = "derive"
+    )),
     allow(rustdoc::broken_intra_doc_links)
 )]
 #![deny(unsafe_code)]

@@ -72,21 +72,25 @@ fn skip_value(meta: &ParseNestedMeta<'_>) -> syn::Result<()> {
 
 fn name_list(meta: &ParseNestedMeta<'_>) -> syn::Result<NameList> {
     let span = meta.path.span();
+    let content;
+    syn::parenthesized!(content in meta.input);
     let mut names = Vec::new();
-    meta.parse_nested_meta(|inner| {
-        match inner.path.get_ident() {
-            Some(ident) if inner.input.is_empty() || inner.input.peek(Token![,]) => {
-                names.push(ident.clone())
-            }
-            _ => {
+    while !content.is_empty() {
+        let path: Path = content.parse()?;
+        match path.get_ident() {
+            Some(ident) => names.push(ident.clone()),
+            None => {
                 return Err(syn::Error::new_spanned(
-                    &inner.path,
-                    "expected a field name: `key(a, b)` lists fields of this struct",
+                    &path,
+                    "expected a field name: `key(a, b)` and `keep(c)` list fields of this struct",
                 ))
             }
         }
-        Ok(())
-    })?;
+        if content.is_empty() {
+            break;
+        }
+        content.parse::<Token![,]>()?;
+    }
     Ok(NameList { span, names })
 }
 

@@ -118,11 +118,11 @@ impl<DB: diesel::backend::Backend> QueryFragment<DB> for NoCondition {
 /// Connections an upsert of `Self` can run on, with update condition `F`.
 ///
 /// Implemented for [`diesel::PgConnection`], [`diesel::SqliteConnection`] and r2d2 pooled connections of
-/// either, for every model declared with [`upsert_model!`](crate::upsert_model) whose field
+/// either, for every model declared with [`#[derive(Upsert)]`](macro@crate::Upsert) whose field
 /// types the backend can store. Advisory locks and claims are PostgreSQL-only; upserts are not.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be upserted over a `{C}`",
-    note = "declare the model with `upsert_kit::upsert_model!`, check that each field's Rust type maps to its column's SQL type on this backend, and pass `&mut PgConnection`, `&mut SqliteConnection` or a pooled connection of either"
+    note = "derive the model with `#[derive(upsert_kit::Upsert)]`, check that each field's Rust type maps to its column's SQL type on this backend, and pass `&mut PgConnection`, `&mut SqliteConnection` or a pooled connection of either"
 )]
 pub trait Upsertable<C, F = NoCondition>: UpsertModel + Sized {
     /// Upserts one validated row.
