@@ -110,14 +110,14 @@ pub trait GetOrCreate<C, R>: UpsertModel + Sized {
 /// use upsert_kit::get_or_create::get_or_create;
 /// # include!("doctest_setup.rs");
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// use upsert_kit::upsert_model;
+/// use upsert_kit::Upsert;
 ///
-/// upsert_model! {
-///     table = stats, key = (stats_type);
-///     pub struct NewStats {
-///         pub stats_type: String,
-///         pub data: serde_json::Value,
-///     }
+/// #[derive(Insertable, Upsert)]
+/// #[diesel(table_name = stats)]
+/// #[upsert(key(stats_type))]
+/// pub struct NewStats {
+///     pub stats_type: String,
+///     pub data: serde_json::Value,
 /// }
 ///
 /// #[derive(Debug, Queryable, Selectable)]

@@ -335,16 +335,21 @@ fn update_columns<M: UpsertModel>(extra_keep: &[&'static str]) -> Vec<&'static s
 /// Overwrite only when the incoming row is newer, and never touch `updated_at` on conflict:
 ///
 /// ```
-/// # use upsert_kit::{upsert_model, Upsert, UpsertOutcome};
+/// # use upsert_kit::{Upsert, UpsertOutcome};
 /// # include!("../doctest_setup.rs");
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// # use diesel::{Connection, SqliteConnection, ExpressionMethods};
 /// use diesel::upsert::excluded;
-/// # upsert_model! {
-/// #     table = tokens, key = (id);
-/// #     pub struct Token { pub id: i64, pub user_id: i64, pub access_token: String,
-/// #         pub refresh_token: String, pub expires_at: chrono::NaiveDateTime, pub updated_at: chrono::NaiveDateTime }
-/// # }
+/// #[derive(Upsert)]
+/// #[upsert(table = tokens, key(id))]
+/// pub struct Token {
+///     pub id: i64,
+///     pub user_id: i64,
+///     pub access_token: String,
+///     pub refresh_token: String,
+///     pub expires_at: chrono::NaiveDateTime,
+///     pub updated_at: chrono::NaiveDateTime,
+/// }
 /// # let mut conn = establish_sqlite()?;
 /// # let t = |h: u32| chrono::NaiveDate::from_ymd_opt(2026, 1, 1).unwrap().and_hms_opt(h, 0, 0).unwrap();
 /// let newer = Token { id: 1, user_id: 7, access_token: "a2".into(), refresh_token: "r2".into(), expires_at: t(12), updated_at: t(6) };
