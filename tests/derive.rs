@@ -371,3 +371,69 @@ fn upsert_model_wrapper_declares_the_same_model_as_the_derive() {
     assert_eq!(row, ("b".to_owned(), 1));
     conn.batch_execute("DELETE FROM notes").unwrap();
 }
+
+/// The `time` crate's timestamps, checked like chrono's (the library's `time` feature; CI runs
+/// this file with it, see `.ci/run`).
+#[cfg(feature = "time")]
+mod time_fields {
+    use super::*;
+
+    diesel::table! {
+        events (name) {
+            name -> Text,
+            at -> Timestamp,
+            logged -> Timestamptz,
+        }
+    }
+
+    #[derive(Upsert)]
+    #[upsert(table = events, key(name))]
+    struct Event {
+        name: String,
+        at: time::PrimitiveDateTime,
+        logged: time::OffsetDateTime,
+    }
+
+    /// Midnight of a day (the `time` crate's macros are not enabled here).
+    fn midnight(year: i32, month: u8, day: u8) -> time::PrimitiveDateTime {
+        let month = time::Month::try_from(month).unwrap();
+        time::Date::from_calendar_date(year, month, day)
+            .unwrap()
+            .midnight()
+    }
+
+    #[test]
+    fn time_timestamps_outside_years_1_to_9999_are_refused_and_others_stored_on_postgres() {
+        let db = TestDb::with_sql(
+            "CREATE TABLE events (name TEXT PRIMARY KEY, at TIMESTAMP NOT NULL, logged TIMESTAMPTZ NOT NULL)",
+        );
+        let mut conn = db.conn();
+        let at = midnight(2026, 12, 1);
+        let event = Event {
+            name: "deploy".into(),
+            at,
+            logged: at.assume_utc(),
+        };
+        assert_eq!(
+            atomic_upsert(&mut conn, &event).unwrap(),
+            UpsertOutcome::Inserted
+        );
+        let stored: time::PrimitiveDateTime =
+            events::table.select(events::at).first(&mut conn).unwrap();
+        assert_eq!(stored, at);
+
+        let year_zero = midnight(0, 1, 1);
+        let err = atomic_upsert(
+            &mut conn,
+            &Event {
+                at: year_zero,
+                ..event
+            },
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidInput(e) if e.field == "at"),
+            "{err}"
+        );
+    }
+}

@@ -114,7 +114,8 @@ where
 /// Values a model may hold, with the checks the upsert runs before writing.
 ///
 /// Implemented for the common field types: a key that is an empty string or `NULL`, a float
-/// that is not finite, a timestamp outside years 1–9999 are refused before anything is sent.
+/// that is not finite, a timestamp outside years 1–9999 are refused before anything is sent
+/// (chrono's timestamps always, the `time` crate's with the `time` feature).
 /// A field whose type does not implement it (a foreign type such as `uuid::Uuid`, or a type of
 /// your own) is written unchecked, and `#[upsert(unchecked)]` turns the checks of one field off.
 /// Implement it for a type of your own to refuse some values: override [`CheckedValue::check`]
@@ -208,14 +209,7 @@ impl CheckedValue for f32 {
 impl CheckedValue for chrono::NaiveDateTime {
     fn check(&self, field: &'static str) -> Result<(), InvalidInput> {
         use chrono::Datelike;
-        if (1..=9999).contains(&self.year()) {
-            Ok(())
-        } else {
-            Err(InvalidInput::new(
-                field,
-                format!("timestamp {self} is out of range (years 1 to 9999)"),
-            ))
-        }
+        check_year(field, self.year(), self)
     }
 }
 
@@ -224,6 +218,45 @@ impl CheckedValue for chrono::DateTime<chrono::Utc> {
         self.naive_utc().check(field)
     }
 }
+
+/// Years 1 to 9999: what every backend stores and gives back alike (SQLite keeps timestamps
+/// as text with four-digit years).
+fn check_year(
+    field: &'static str,
+    year: i32,
+    value: &dyn std::fmt::Display,
+) -> Result<(), InvalidInput> {
+    if (1..=9999).contains(&year) {
+        Ok(())
+    } else {
+        Err(InvalidInput::new(
+            field,
+            format!("timestamp {value} is out of range (years 1 to 9999)"),
+        ))
+    }
+}
+
+#[cfg(feature = "time")]
+impl CheckedValue for time::PrimitiveDateTime {
+    fn check(&self, field: &'static str) -> Result<(), InvalidInput> {
+        check_year(field, self.year(), self)
+    }
+}
+
+#[cfg(feature = "time")]
+impl CheckedValue for time::OffsetDateTime {
+    fn check(&self, field: &'static str) -> Result<(), InvalidInput> {
+        let utc = self.to_offset(time::UtcOffset::UTC);
+        check_year(field, utc.year(), self)
+    }
+}
+
+// As chrono's `NaiveDate` and `NaiveTime`: accepted as they are.
+#[cfg(feature = "time")]
+impl CheckedValue for time::Date {}
+
+#[cfg(feature = "time")]
+impl CheckedValue for time::Time {}
 
 impl<T: CheckedValue> CheckedValue for Option<T> {
     fn check(&self, field: &'static str) -> Result<(), InvalidInput> {
