@@ -331,6 +331,61 @@ fn a_null_key_of_a_foreign_type_is_refused_before_anything_is_sent() {
     );
 }
 
+mod schema {
+    diesel::table! {
+        widgets (code) {
+            code -> Text,
+            label -> Text,
+        }
+    }
+}
+use schema::widgets;
+
+/// No table attribute: Diesel's default name (`Widget` → `widgets`).
+#[derive(Debug, Upsert)]
+#[upsert(key(code))]
+struct Widget {
+    code: String,
+    label: String,
+}
+
+/// A table given by its path, and a key named by its column rather than its field.
+#[derive(Debug, Upsert)]
+#[diesel(table_name = schema::widgets)]
+#[upsert(key(label))]
+struct WidgetByLabel {
+    code: String,
+    #[diesel(column_name = label)]
+    title: String,
+}
+
+#[test]
+fn tables_are_inferred_or_given_by_path_and_keys_may_name_the_column() {
+    assert_eq!(Widget::COLUMNS, ["code", "label"]);
+    assert_eq!(WidgetByLabel::KEY, ["label"]);
+    let db = TestSqlite::with_sql(
+        "CREATE TABLE widgets (code TEXT NOT NULL, label TEXT NOT NULL UNIQUE)",
+    );
+    let mut conn = db.conn();
+    let by_label = |code: &str| WidgetByLabel {
+        code: code.into(),
+        title: "gear".into(),
+    };
+    assert_eq!(
+        atomic_upsert(&mut conn, &by_label("g-1")).unwrap(),
+        UpsertOutcome::Inserted
+    );
+    assert_eq!(
+        atomic_upsert(&mut conn, &by_label("g-2")).unwrap(),
+        UpsertOutcome::Updated
+    );
+    let codes: Vec<String> = widgets::table
+        .select(widgets::code)
+        .load(&mut conn)
+        .unwrap();
+    assert_eq!(codes, ["g-2"]);
+}
+
 upsert_model! {
     table = notes, key = (slug), keep = (views);
     /// The wrapper puts the derive on the struct: field attributes work inside it.
