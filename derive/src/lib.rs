@@ -14,21 +14,8 @@ mod expand;
 use proc_macro::TokenStream;
 use syn::{parse_macro_input, DeriveInput};
 
-/// Declares a struct as an upsert model of a Diesel table.
-///
-/// ```text
-/// #[derive(Insertable, Upsert)]
-/// #[diesel(table_name = products)]
-/// #[upsert(key(sku), keep(created_at))]
-/// struct NewProduct<'a> {
-///     sku: &'a str,
-///     #[diesel(column_name = name)]
-///     title: Cow<'a, str>,
-///     created_at: NaiveDateTime,
-/// }
-/// ```
-///
-/// See `upsert_kit::Upsert` for the attributes and examples.
+/// The derive's implementation; its attributes and examples are documented as
+/// `upsert_kit::Upsert`.
 #[proc_macro_derive(Upsert, attributes(upsert, diesel))]
 pub fn derive_upsert(input: TokenStream) -> TokenStream {
     let input = parse_macro_input!(input as DeriveInput);
