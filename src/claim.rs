@@ -37,17 +37,9 @@
 //!
 //! Times are the server's (`statement_timestamp()`), never the workers' clocks.
 //!
-//! Claims are PostgreSQL-only (SQLite has no `SKIP LOCKED`), by type:
-//!
-//! ```compile_fail
-//! # include!("doctest_setup.rs");
-//! use upsert_kit::claim::Queue;
-//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let mut conn = establish_sqlite()?;
-//! let queue = Queue::<Task>::new("w")?;
-//! let _ = queue.claim(&mut conn, 1); // expects &mut PgConnection
-//! # Ok(()) }
-//! ```
+//! Claims are PostgreSQL-only (SQLite has no `SKIP LOCKED`), by type: [`Queue::claim`] takes
+//! a `&mut PgConnection`, so a claim over an SQLite connection does not compile (the library's
+//! compile-fail suite, `tests/ui/claim_on_sqlite.rs`, holds the message).
 
 use crate::error::{Error, Result};
 use chrono::{DateTime, Utc};

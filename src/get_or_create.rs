@@ -68,12 +68,12 @@ pub struct Obtained<R> {
 
 /// Models that [`get_or_create`] can insert over a connection `C`, returning rows of type `R`.
 ///
-/// Implemented for every model declared with [`upsert_model!`](crate::upsert_model) over
+/// Implemented for every model declared with [`#[derive(Upsert)]`](macro@crate::Upsert) over
 /// [`diesel::PgConnection`], [`diesel::SqliteConnection`] and r2d2 pooled connections of either, for every
 /// `R` that derives `Queryable` and `Selectable` for the model's table.
 #[diagnostic::on_unimplemented(
     message = "cannot get-or-create `{Self}` as `{R}` over a `{C}`",
-    note = "declare the model with `upsert_kit::upsert_model!`, derive `Queryable` and `Selectable` (with `#[diesel(table_name = …)]` of the same table) on the row type, and pass `&mut PgConnection`, `&mut SqliteConnection` or a pooled connection of either"
+    note = "derive the model with `#[derive(upsert_kit::Upsert)]`, derive `Queryable` and `Selectable` (with `#[diesel(table_name = …)]` of the same table) on the row type, and pass `&mut PgConnection`, `&mut SqliteConnection` or a pooled connection of either"
 )]
 pub trait GetOrCreate<C, R>: UpsertModel + Sized {
     /// Runs the get-or-create of a validated row.
@@ -110,14 +110,14 @@ pub trait GetOrCreate<C, R>: UpsertModel + Sized {
 /// use upsert_kit::get_or_create::get_or_create;
 /// # include!("doctest_setup.rs");
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// use upsert_kit::upsert_model;
+/// use upsert_kit::Upsert;
 ///
-/// upsert_model! {
-///     table = stats, key = (stats_type);
-///     pub struct NewStats {
-///         pub stats_type: String,
-///         pub data: serde_json::Value,
-///     }
+/// #[derive(Insertable, Upsert)]
+/// #[diesel(table_name = stats)]
+/// #[upsert(key(stats_type))]
+/// pub struct NewStats {
+///     pub stats_type: String,
+///     pub data: serde_json::Value,
 /// }
 ///
 /// #[derive(Debug, Queryable, Selectable)]

@@ -1,9 +1,14 @@
 #![doc = include_str!("../README.md")]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
-// The front page links every primitive; with a backend or r2d2 left out, some of them do not
+// The front page links every primitive; with a backend, r2d2 or the derive left out, some do not
 // exist. Links are checked in full by the build with every feature (CI builds each set).
 #![cfg_attr(
-    not(all(feature = "postgres", feature = "sqlite", feature = "r2d2")),
+    not(all(
+        feature = "postgres",
+        feature = "sqlite",
+        feature = "r2d2",
+        feature = "derive"
+    )),
     allow(rustdoc::broken_intra_doc_links)
 )]
 #![deny(unsafe_code)]
@@ -32,6 +37,87 @@ pub use upsert::{
     UpsertOutcome, Upsertable,
 };
 
+/// Declares a struct as an upsert model of a Diesel table: writes [`UpsertModel`], [`BindRow`]
+/// for every backend whose types fit and [`BindColumns`] (bulk upserts on PostgreSQL).
+///
+/// ```text
+/// #[derive(Insertable, Upsert)]
+/// #[diesel(table_name = products)]              // or #[upsert(table = products)]
+/// #[upsert(key(sku), keep(created_at))]
+/// struct NewProduct<'a> {
+///     sku: &'a str,
+///     #[diesel(column_name = name)]             // the field `title` is the column `name`
+///     title: std::borrow::Cow<'a, str>,
+///     #[upsert(unchecked)]                      // no value check for this field
+///     note: Option<String>,
+///     created_at: chrono::NaiveDateTime,        // or #[upsert(keep)] here
+/// }
+/// ```
+///
+/// Struct attributes, in `#[upsert(…)]`:
+/// - `key(a, b)` (required): the conflict target, the fields of a unique index or of the
+///   primary key, in any order. A name may be a field or the column a field is renamed to.
+/// - `keep(c, …)`: columns written on insert and never overwritten on update (`created_at`).
+///   Every other non-key field is overwritten with the incoming value (`excluded.col`).
+/// - `table = path`: the `table!` module, when no `#[diesel(table_name = …)]` says it. Without
+///   either, Diesel's default: the struct's name in snake case plus `s`.
+/// - `crate = path`: where upsert-kit is, when the dependency is renamed (default `::upsert_kit`).
+///
+/// Field attributes: `#[upsert(keep)]` (as `keep(…)`), `#[upsert(unchecked)]` (no
+/// [`CheckedValue`] check of the value), and Diesel's `#[diesel(column_name = …)]` and
+/// `#[diesel(skip_insertion)]` (the field is not written).
+///
+/// Field types: anything Diesel can write to the column (`ToSql<SqlType, DB>`), borrowed
+/// (`&'a str`, `Cow<'a, str>`, `&'a [u8]`) or owned, foreign types included (`uuid::Uuid` with
+/// diesel's `uuid` feature): a type that implements [`CheckedValue`] is checked before writing,
+/// any other is written as it is. The struct may have lifetime and type parameters; fields whose
+/// type uses a type parameter get their bounds on the impls instead of a check at the field.
+///
+/// # Compile errors
+/// Each mistake is reported at the field or attribute that makes it:
+/// - a field whose type cannot be written to its column's SQL type on any backend upsert-kit is
+///   built with (names the field, its type, the column and the SQL type);
+/// - a field that is not a column of the table (`cannot find type … in module …`);
+/// - a key or keep name that is not a field, a kept key column, an empty or missing key, a key
+///   column listed twice, a key whose type is not `Ord` (bulk upserts sort by key).
+///
+/// # Examples
+///
+/// ```
+/// use diesel::prelude::*;
+/// use std::borrow::Cow;
+/// use upsert_kit::{atomic_upsert, bulk_upsert, Upsert, UpsertOutcome};
+/// # include!("doctest_setup.rs");
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+///
+/// #[derive(Insertable, Upsert)]
+/// #[diesel(table_name = items)]
+/// #[upsert(key(sku))]
+/// struct NewItem<'a> {
+///     sku: &'a str,
+///     #[diesel(column_name = name)]
+///     title: Cow<'a, str>,
+/// }
+///
+/// let mut conn = establish_sqlite()?;
+/// let item = NewItem { sku: "a-1", title: "anvil".into() };
+/// assert_eq!(atomic_upsert(&mut conn, &item)?, UpsertOutcome::Inserted);
+/// let renamed = NewItem { title: Cow::Owned(format!("{} (large)", item.title)), ..item };
+/// assert_eq!(atomic_upsert(&mut conn, &renamed)?, UpsertOutcome::Updated);
+///
+/// // An empty key is refused before anything is sent.
+/// let empty = NewItem { sku: " ", title: "nothing".into() };
+/// assert!(matches!(atomic_upsert(&mut conn, &empty), Err(upsert_kit::Error::InvalidInput(_))));
+///
+/// let outcome = bulk_upsert(&mut conn, &[NewItem { sku: "b-2", title: "bolt".into() }])?;
+/// assert_eq!(outcome.inserted, 1);
+/// let names: Vec<String> = items::table.select(items::name).order(items::sku).load(&mut conn)?;
+/// assert_eq!(names, ["anvil (large)", "bolt"]);
+/// # Ok(()) }
+/// ```
+#[cfg(feature = "derive")]
+pub use upsert_kit_derive::Upsert;
+
 #[cfg(not(any(feature = "postgres", feature = "sqlite")))]
 compile_error!(
     "upsert-kit needs at least one backend: enable the `postgres` or the `sqlite` feature"
@@ -39,6 +125,7 @@ compile_error!(
 
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::upsert::derive_support::*;
     pub use crate::upsert::model::{ArrayBackend, ArrayBind};
     pub use diesel;
 }

@@ -40,14 +40,9 @@
 //! r2d2 closes it instead of reusing it, and closing it makes the server release its locks.
 //! See [`PgSession`].
 //!
-//! Locks and claims take PostgreSQL connections only: an SQLite connection does not compile.
-//!
-//! ```compile_fail
-//! use diesel::{Connection, SqliteConnection};
-//! use upsert_kit::lock::{lock, LockKey};
-//! let mut conn = SqliteConnection::establish(":memory:").unwrap();
-//! let _guard = lock(&mut conn, LockKey::new("reports", 1)); // SqliteConnection is no PgSession
-//! ```
+//! Locks and claims take PostgreSQL connections only: `lock(&mut sqlite_conn, key)` does not
+//! compile (``the trait `PgSession` is not implemented for `SqliteConnection` ``; the
+//! library's compile-fail suite, `tests/ui/lock_on_sqlite.rs`, holds the full message).
 
 use crate::error::{Error, Result};
 use crate::tx;

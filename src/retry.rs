@@ -35,11 +35,13 @@ pub const DEFAULT_MAX_DELAY: Duration = Duration::from_millis(500);
 /// ```
 /// # include!("doctest_setup.rs");
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// use upsert_kit::{atomic_upsert, upsert_model, Retry, UpsertOutcome};
+/// use upsert_kit::{atomic_upsert, Retry, Upsert, UpsertOutcome};
 ///
-/// upsert_model! {
-///     table = items, key = (sku);
-///     pub struct Item { pub sku: String, pub name: String }
+/// #[derive(Upsert)]
+/// #[upsert(table = items, key(sku))]
+/// pub struct Item {
+///     pub sku: String,
+///     pub name: String,
 /// }
 ///
 /// let mut conn = establish_sqlite()?;

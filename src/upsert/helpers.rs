@@ -39,20 +39,19 @@ pub trait AuthModel: UpsertModel {
 /// # Examples
 ///
 /// ```
-/// use upsert_kit::{atomic_upsert_stats, upsert_model, StatsModel, UpsertOutcome};
+/// use upsert_kit::{atomic_upsert_stats, StatsModel, Upsert, UpsertOutcome};
 /// # include!("../doctest_setup.rs");
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use diesel::{Connection, SqliteConnection};
 /// use serde_json::json;
 ///
-/// upsert_model! {
-///     table = stats, key = (stats_type), keep = (created_at);
-///     pub struct Stats {
-///         pub stats_type: String,
-///         pub data: serde_json::Value,
-///         pub created_at: chrono::NaiveDateTime,
-///         pub updated_at: chrono::NaiveDateTime,
-///     }
+/// #[derive(Upsert)]
+/// #[upsert(table = stats, key(stats_type), keep(created_at))]
+/// pub struct Stats {
+///     pub stats_type: String,
+///     pub data: serde_json::Value,
+///     pub created_at: chrono::NaiveDateTime,
+///     pub updated_at: chrono::NaiveDateTime,
 /// }
 /// impl StatsModel for Stats {
 ///     type Data = stats::data;
@@ -87,22 +86,21 @@ where
 /// # Examples
 ///
 /// ```
-/// use upsert_kit::{atomic_upsert_auth, upsert_model, AuthModel, UpsertOutcome};
+/// use upsert_kit::{atomic_upsert_auth, AuthModel, Upsert, UpsertOutcome};
 /// # include!("../doctest_setup.rs");
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use diesel::{Connection, SqliteConnection};
 /// use chrono::{Duration, Utc};
 ///
-/// upsert_model! {
-///     table = tokens, key = (id);
-///     pub struct Token {
-///         pub id: i64,
-///         pub user_id: i64,
-///         pub access_token: String,
-///         pub refresh_token: String,
-///         pub expires_at: chrono::NaiveDateTime,
-///         pub updated_at: chrono::NaiveDateTime,
-///     }
+/// #[derive(Upsert)]
+/// #[upsert(table = tokens, key(id))]
+/// pub struct Token {
+///     pub id: i64,
+///     pub user_id: i64,
+///     pub access_token: String,
+///     pub refresh_token: String,
+///     pub expires_at: chrono::NaiveDateTime,
+///     pub updated_at: chrono::NaiveDateTime,
 /// }
 /// impl AuthModel for Token {
 ///     type ExpiresAt = tokens::expires_at;

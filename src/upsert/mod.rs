@@ -21,6 +21,7 @@
 //! condition is evaluated against the newest committed version of the row (PostgreSQL re-checks
 //! it after waiting for a concurrent writer), so "only if newer" conditions cannot regress.
 
+pub(crate) mod derive_support;
 mod helpers;
 pub(crate) mod model;
 pub(crate) mod statement;
@@ -117,11 +118,11 @@ impl<DB: diesel::backend::Backend> QueryFragment<DB> for NoCondition {
 /// Connections an upsert of `Self` can run on, with update condition `F`.
 ///
 /// Implemented for [`diesel::PgConnection`], [`diesel::SqliteConnection`] and r2d2 pooled connections of
-/// either, for every model declared with [`upsert_model!`](crate::upsert_model) whose field
+/// either, for every model declared with [`#[derive(Upsert)]`](macro@crate::Upsert) whose field
 /// types the backend can store. Advisory locks and claims are PostgreSQL-only; upserts are not.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be upserted over a `{C}`",
-    note = "declare the model with `upsert_kit::upsert_model!`, check that each field's Rust type maps to its column's SQL type on this backend, and pass `&mut PgConnection`, `&mut SqliteConnection` or a pooled connection of either"
+    note = "derive the model with `#[derive(upsert_kit::Upsert)]`, check that each field's Rust type maps to its column's SQL type on this backend, and pass `&mut PgConnection`, `&mut SqliteConnection` or a pooled connection of either"
 )]
 pub trait Upsertable<C, F = NoCondition>: UpsertModel + Sized {
     /// Upserts one validated row.
@@ -334,16 +335,21 @@ fn update_columns<M: UpsertModel>(extra_keep: &[&'static str]) -> Vec<&'static s
 /// Overwrite only when the incoming row is newer, and never touch `updated_at` on conflict:
 ///
 /// ```
-/// # use upsert_kit::{upsert_model, Upsert, UpsertOutcome};
+/// # use upsert_kit::{Upsert, UpsertOutcome};
 /// # include!("../doctest_setup.rs");
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// # use diesel::{Connection, SqliteConnection, ExpressionMethods};
 /// use diesel::upsert::excluded;
-/// # upsert_model! {
-/// #     table = tokens, key = (id);
-/// #     pub struct Token { pub id: i64, pub user_id: i64, pub access_token: String,
-/// #         pub refresh_token: String, pub expires_at: chrono::NaiveDateTime, pub updated_at: chrono::NaiveDateTime }
-/// # }
+/// #[derive(Upsert)]
+/// #[upsert(table = tokens, key(id))]
+/// pub struct Token {
+///     pub id: i64,
+///     pub user_id: i64,
+///     pub access_token: String,
+///     pub refresh_token: String,
+///     pub expires_at: chrono::NaiveDateTime,
+///     pub updated_at: chrono::NaiveDateTime,
+/// }
 /// # let mut conn = establish_sqlite()?;
 /// # let t = |h: u32| chrono::NaiveDate::from_ymd_opt(2026, 1, 1).unwrap().and_hms_opt(h, 0, 0).unwrap();
 /// let newer = Token { id: 1, user_id: 7, access_token: "a2".into(), refresh_token: "r2".into(), expires_at: t(12), updated_at: t(6) };

@@ -10,13 +10,12 @@ use std::marker::PhantomData;
 
 /// A row type that can be upserted: its table, the columns it writes, its conflict key.
 ///
-/// Declare it with [`upsert_model!`](crate::upsert_model), which writes this trait and the
-/// bind traits from the struct definition. Implement it by hand only for unusual models
-/// (fields named differently from their columns); then also implement [`BindRow`] and, for
-/// bulk upserts on PostgreSQL, [`BindColumns`].
+/// Declare it with `#[derive(Upsert)]` (the `derive` feature), which writes this trait and
+/// the bind traits from the struct definition. Implementing it by hand is possible (then also
+/// implement [`BindRow`] and, for bulk upserts on PostgreSQL, [`BindColumns`]) but rarely needed.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not an upsert model",
-    note = "declare the struct inside `upsert_kit::upsert_model! {{ table = …, key = (…); struct … }}`"
+    note = "derive it: `#[derive(upsert_kit::Upsert)]` and `#[upsert(key(…))]` on the struct"
 )]
 pub trait UpsertModel {
     /// The Diesel table (`schema::my_table::table`).
@@ -114,8 +113,13 @@ where
 
 /// Values a model may hold, with the checks the upsert runs before writing.
 ///
-/// Implemented for the common field types. For a type of your own, `impl CheckedValue for
-/// MyType {}` accepts every value; override [`CheckedValue::check`] to reject some.
+/// Implemented for the common field types: a key that is an empty string or `NULL`, a float
+/// that is not finite, a timestamp outside years 1–9999 are refused before anything is sent
+/// (chrono's timestamps always, the `time` crate's with the `time` feature).
+/// A field whose type does not implement it (a foreign type such as `uuid::Uuid`, or a type of
+/// your own) is written unchecked, and `#[upsert(unchecked)]` turns the checks of one field off.
+/// Implement it for a type of your own to refuse some values: override [`CheckedValue::check`]
+/// (and [`CheckedValue::check_key`] for values that may not be a key).
 pub trait CheckedValue {
     /// Rejects a value that must not be written.
     ///
@@ -147,12 +151,39 @@ accept_all!(
     chrono::NaiveDate
 );
 
-impl CheckedValue for String {
+impl CheckedValue for str {
     fn check_key(&self, field: &'static str) -> Result<(), InvalidInput> {
         if self.trim().is_empty() {
             return Err(InvalidInput::new(field, "a key must not be empty"));
         }
         Ok(())
+    }
+}
+
+impl CheckedValue for String {
+    fn check_key(&self, field: &'static str) -> Result<(), InvalidInput> {
+        self.as_str().check_key(field)
+    }
+}
+
+impl CheckedValue for [u8] {}
+
+/// Borrowed rows (`&'a str`) are checked as the values they borrow.
+impl<T: CheckedValue + ?Sized> CheckedValue for &T {
+    fn check(&self, field: &'static str) -> Result<(), InvalidInput> {
+        (**self).check(field)
+    }
+    fn check_key(&self, field: &'static str) -> Result<(), InvalidInput> {
+        (**self).check_key(field)
+    }
+}
+
+impl<T: CheckedValue + ToOwned + ?Sized> CheckedValue for std::borrow::Cow<'_, T> {
+    fn check(&self, field: &'static str) -> Result<(), InvalidInput> {
+        (**self).check(field)
+    }
+    fn check_key(&self, field: &'static str) -> Result<(), InvalidInput> {
+        (**self).check_key(field)
     }
 }
 
@@ -178,14 +209,7 @@ impl CheckedValue for f32 {
 impl CheckedValue for chrono::NaiveDateTime {
     fn check(&self, field: &'static str) -> Result<(), InvalidInput> {
         use chrono::Datelike;
-        if (1..=9999).contains(&self.year()) {
-            Ok(())
-        } else {
-            Err(InvalidInput::new(
-                field,
-                format!("timestamp {self} is out of range (years 1 to 9999)"),
-            ))
-        }
+        check_year(field, self.year(), self)
     }
 }
 
@@ -194,6 +218,45 @@ impl CheckedValue for chrono::DateTime<chrono::Utc> {
         self.naive_utc().check(field)
     }
 }
+
+/// Years 1 to 9999: what every backend stores and gives back alike (SQLite keeps timestamps
+/// as text with four-digit years).
+fn check_year(
+    field: &'static str,
+    year: i32,
+    value: &dyn std::fmt::Display,
+) -> Result<(), InvalidInput> {
+    if (1..=9999).contains(&year) {
+        Ok(())
+    } else {
+        Err(InvalidInput::new(
+            field,
+            format!("timestamp {value} is out of range (years 1 to 9999)"),
+        ))
+    }
+}
+
+#[cfg(feature = "time")]
+impl CheckedValue for time::PrimitiveDateTime {
+    fn check(&self, field: &'static str) -> Result<(), InvalidInput> {
+        check_year(field, self.year(), self)
+    }
+}
+
+#[cfg(feature = "time")]
+impl CheckedValue for time::OffsetDateTime {
+    fn check(&self, field: &'static str) -> Result<(), InvalidInput> {
+        let utc = self.to_offset(time::UtcOffset::UTC);
+        check_year(field, utc.year(), self)
+    }
+}
+
+// As chrono's `NaiveDate` and `NaiveTime`: accepted as they are.
+#[cfg(feature = "time")]
+impl CheckedValue for time::Date {}
+
+#[cfg(feature = "time")]
+impl CheckedValue for time::Time {}
 
 impl<T: CheckedValue> CheckedValue for Option<T> {
     fn check(&self, field: &'static str) -> Result<(), InvalidInput> {
@@ -207,7 +270,8 @@ impl<T: CheckedValue> CheckedValue for Option<T> {
     }
 }
 
-/// Declares an upsert model: a struct whose fields are columns of one table, and its conflict key.
+/// Declares an upsert model with the syntax of upsert-kit 0.1: a thin wrapper that puts
+/// `#[derive(Upsert)]` on the struct (the same code, the same checks).
 ///
 /// ```text
 /// upsert_kit::upsert_model! {
@@ -217,14 +281,17 @@ impl<T: CheckedValue> CheckedValue for Option<T> {
 /// }
 /// ```
 ///
-/// - `table`: the Diesel table module (`table!`'s name); field names must be its column names.
-/// - `key`: the conflict target, a unique index or primary key (composite keys list several).
-/// - `keep` (optional): columns written on insert and left alone on update (e.g. `created_at`).
-///   Every other non-key field is overwritten with the incoming value (`excluded.col`).
+/// is
 ///
-/// It emits the struct as written and implements [`UpsertModel`], [`BindRow`] for every
-/// backend whose types fit, and [`BindColumns`] for bulk upserts on PostgreSQL. Every field type
-/// must implement [`CheckedValue`] (the common ones do), key types also [`Ord`].
+/// ```text
+/// #[derive(Debug, Clone, upsert_kit::Upsert)]
+/// #[upsert(table = schema::my_table, key(key_column, …), keep(column, …))]
+/// pub struct MyRow { pub key_column: Type, pub other: Type, … }
+/// ```
+///
+/// Prefer the derive in new code: rustfmt formats it, and it sits next to Diesel's derives on
+/// the struct you already have. Field attributes (`#[diesel(column_name = …)]`,
+/// `#[upsert(unchecked)]`) work inside the macro too.
 ///
 /// # Examples
 ///
@@ -232,8 +299,6 @@ impl<T: CheckedValue> CheckedValue for Option<T> {
 /// use upsert_kit::{atomic_upsert, upsert_model, UpsertOutcome};
 /// # include!("../doctest_setup.rs");
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// use diesel::{Connection, SqliteConnection};
-///
 /// upsert_model! {
 ///     table = stats, key = (stats_type), keep = (created_at);
 ///     #[derive(Debug, Clone)]
@@ -252,91 +317,17 @@ impl<T: CheckedValue> CheckedValue for Option<T> {
 /// assert_eq!(atomic_upsert(&mut conn, &row)?, UpsertOutcome::Updated);
 /// # Ok(()) }
 /// ```
+#[cfg(feature = "derive")]
 #[macro_export]
 macro_rules! upsert_model {
     (
         table = $($tp:ident)::+ , key = ( $($key:ident),+ $(,)? ) $(, keep = ( $($keep:ident),* $(,)? ))? $(,)? ;
         $(#[$meta:meta])*
-        $vis:vis struct $name:ident {
-            $( $(#[$fmeta:meta])* $fvis:vis $field:ident : $fty:ty ),+ $(,)?
-        }
+        $vis:vis struct $name:ident $($body:tt)*
     ) => {
         $(#[$meta])*
-        $vis struct $name {
-            $( $(#[$fmeta])* $fvis $field : $fty ),+
-        }
-
-        const _: () = {
-        use $($tp)::+ as __upsert_table;
-
-        impl $crate::UpsertModel for $name {
-            type Table = __upsert_table::table;
-            const COLUMNS: &'static [&'static str] =
-                &[$( <__upsert_table::$field as $crate::__private::diesel::Column>::NAME ),+];
-            const KEY: &'static [&'static str] =
-                &[$( <__upsert_table::$key as $crate::__private::diesel::Column>::NAME ),+];
-            const KEEP: &'static [&'static str] =
-                &[$($( <__upsert_table::$keep as $crate::__private::diesel::Column>::NAME ),*)?];
-
-            fn cmp_key(&self, other: &Self) -> ::std::cmp::Ordering {
-                ::std::cmp::Ordering::Equal
-                    $( .then_with(|| ::std::cmp::Ord::cmp(&self.$key, &other.$key)) )+
-            }
-
-            fn validate(&self) -> ::std::result::Result<(), $crate::InvalidInput> {
-                $( $crate::CheckedValue::check(&self.$field, stringify!($field))?; )+
-                $( $crate::CheckedValue::check_key(&self.$key, stringify!($key))?; )+
-                Ok(())
-            }
-        }
-
-        impl<DB> $crate::BindRow<DB> for $name
-        where
-            DB: $crate::__private::diesel::backend::Backend,
-            $(
-                DB: $crate::__private::diesel::sql_types::HasSqlType<
-                    $crate::__private::diesel::dsl::SqlTypeOf<__upsert_table::$field>>,
-                $fty: $crate::__private::diesel::serialize::ToSql<
-                    $crate::__private::diesel::dsl::SqlTypeOf<__upsert_table::$field>, DB>,
-            )+
-        {
-            fn walk_row<'b>(
-                &'b self,
-                mut out: $crate::__private::diesel::query_builder::AstPass<'_, 'b, DB>,
-            ) -> $crate::__private::diesel::QueryResult<()> {
-                let mut first = true;
-                $(
-                    if !::std::mem::take(&mut first) {
-                        out.push_sql(", ");
-                    }
-                    out.push_bind_param::<$crate::__private::diesel::dsl::SqlTypeOf<__upsert_table::$field>, $fty>(&self.$field)?;
-                )+
-                let _ = first;
-                Ok(())
-            }
-        }
-
-        impl<DB> $crate::BindColumns<DB> for $name
-        where
-            DB: $crate::__private::diesel::backend::Backend,
-            $(
-                DB: $crate::__private::ArrayBackend<
-                    $crate::__private::diesel::dsl::SqlTypeOf<__upsert_table::$field>>,
-                $fty: $crate::__private::diesel::serialize::ToSql<
-                    $crate::__private::diesel::dsl::SqlTypeOf<__upsert_table::$field>, DB>,
-            )+
-        {
-            fn bind_columns<'a>(rows: &[&'a Self]) -> $crate::ColumnArrays<'a, DB> {
-                ::std::vec![
-                    $(
-                        ::std::boxed::Box::new($crate::__private::ArrayBind::<
-                            $crate::__private::diesel::dsl::SqlTypeOf<__upsert_table::$field>,
-                            $fty,
-                        >::new(rows.iter().map(|r| &r.$field).collect()))
-                    ),+
-                ]
-            }
-        }
-        };
+        #[derive($crate::Upsert)]
+        #[upsert(crate = $crate, table = $($tp)::+, key($($key),+) $(, keep($($keep),*))?)]
+        $vis struct $name $($body)*
     };
 }

@@ -14,7 +14,7 @@ use diesel::connection::SimpleConnection;
 use diesel::pg::PgConnection;
 use diesel::upsert::excluded;
 use diesel::ExpressionMethods;
-use upsert_kit::{upsert_model, Upsert, UpsertOutcome};
+use upsert_kit::{Upsert, UpsertOutcome};
 
 diesel::table! {
     /// The last reported status of each service.
@@ -38,20 +38,19 @@ pub const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS service_status (
     first_seen TIMESTAMP NOT NULL
 )";
 
-upsert_model! {
-    table = service_status, key = (service), keep = (first_seen);
-    /// One health check's report.
-    #[derive(Debug, Clone, PartialEq, Eq)]
-    pub struct Report {
-        /// The service.
-        pub service: String,
-        /// Its status.
-        pub status: String,
-        /// When the check ran.
-        pub reported_at: NaiveDateTime,
-        /// Written on insert only.
-        pub first_seen: NaiveDateTime,
-    }
+/// One health check's report.
+#[derive(Debug, Clone, PartialEq, Eq, diesel::Insertable, Upsert)]
+#[diesel(table_name = service_status)]
+#[upsert(key(service), keep(first_seen))]
+pub struct Report {
+    /// The service.
+    pub service: String,
+    /// Its status.
+    pub status: String,
+    /// When the check ran.
+    pub reported_at: NaiveDateTime,
+    /// Written on insert only.
+    pub first_seen: NaiveDateTime,
 }
 
 /// Creates the table when it is missing.

@@ -2,90 +2,86 @@
 
 use crate::schema::{strava_auth, strava_stats, wakatime_auth, wakatime_stats};
 use chrono::NaiveDateTime;
-use upsert_kit::{upsert_model, AuthModel, StatsModel};
+use upsert_kit::{AuthModel, StatsModel, Upsert};
 
-upsert_model! {
-    table = strava_stats, key = (stats_type), keep = (created_at);
-    /// One Strava stats row (`ytd`, `all_time`, `recent`).
-    #[derive(Debug, Clone, PartialEq)]
-    pub struct StravaStats {
-        /// Unique stats kind.
-        pub stats_type: String,
-        /// The API's payload.
-        pub data: serde_json::Value,
-        /// Set on insert only.
-        pub created_at: NaiveDateTime,
-        /// Set whenever the data changes.
-        pub updated_at: NaiveDateTime,
-    }
+/// One Strava stats row (`ytd`, `all_time`, `recent`).
+#[derive(Debug, Clone, PartialEq, Upsert)]
+#[diesel(table_name = strava_stats)]
+#[upsert(key(stats_type), keep(created_at))]
+pub struct StravaStats {
+    /// Unique stats kind.
+    pub stats_type: String,
+    /// The API's payload.
+    pub data: serde_json::Value,
+    /// Set on insert only.
+    pub created_at: NaiveDateTime,
+    /// Set whenever the data changes.
+    pub updated_at: NaiveDateTime,
 }
 
 impl StatsModel for StravaStats {
     type Data = strava_stats::data;
 }
 
-upsert_model! {
-    table = wakatime_stats, key = (stats_type), keep = (created_at);
-    /// One WakaTime stats row (a stats range such as `last_7_days`).
-    #[derive(Debug, Clone, PartialEq)]
-    pub struct WakatimeStats {
-        /// Unique stats kind.
-        pub stats_type: String,
-        /// The API's payload.
-        pub data: serde_json::Value,
-        /// Set on insert only.
-        pub created_at: NaiveDateTime,
-        /// Set whenever the data changes.
-        pub updated_at: NaiveDateTime,
-    }
+/// One WakaTime stats row (a stats range such as `last_7_days`).
+#[derive(Debug, Clone, PartialEq, Upsert)]
+#[diesel(table_name = wakatime_stats)]
+#[upsert(key(stats_type), keep(created_at))]
+pub struct WakatimeStats {
+    /// Unique stats kind.
+    pub stats_type: String,
+    /// The API's payload.
+    pub data: serde_json::Value,
+    /// Set on insert only.
+    pub created_at: NaiveDateTime,
+    /// Set whenever the data changes.
+    pub updated_at: NaiveDateTime,
 }
 
 impl StatsModel for WakatimeStats {
     type Data = wakatime_stats::data;
 }
 
-upsert_model! {
-    table = strava_auth, key = (id);
-    /// A Strava OAuth token of one account.
-    #[derive(Clone, PartialEq)]
-    pub struct StravaAuth {
-        /// The account.
-        pub id: i64,
-        /// Strava's athlete id.
-        pub athlete_id: i64,
-        /// Secret: never printed.
-        pub access_token: String,
-        /// Secret: never printed.
-        pub refresh_token: String,
-        /// When the access token expires (UTC).
-        pub expires_at: NaiveDateTime,
-        /// When the row was written (UTC).
-        pub updated_at: NaiveDateTime,
-    }
+/// A Strava OAuth token of one account.
+#[derive(Clone, PartialEq, Upsert)]
+#[diesel(table_name = strava_auth)]
+#[upsert(key(id))]
+pub struct StravaAuth {
+    /// The account.
+    pub id: i64,
+    /// Strava's athlete id.
+    pub athlete_id: i64,
+    /// Secret: never printed.
+    pub access_token: String,
+    /// Secret: never printed.
+    pub refresh_token: String,
+    /// When the access token expires (UTC).
+    pub expires_at: NaiveDateTime,
+    /// When the row was written (UTC).
+    pub updated_at: NaiveDateTime,
 }
 
 impl AuthModel for StravaAuth {
     type ExpiresAt = strava_auth::expires_at;
 }
 
-upsert_model! {
-    table = wakatime_auth, key = (id);
-    /// A WakaTime OAuth token of one account.
-    #[derive(Clone, PartialEq)]
-    pub struct WakatimeAuth {
-        /// The account.
-        pub id: i64,
-        /// WakaTime's user id.
-        pub user_id: String,
-        /// Secret: never printed.
-        pub access_token: String,
-        /// Secret: never printed.
-        pub refresh_token: String,
-        /// When the access token expires (UTC).
-        pub expires_at: NaiveDateTime,
-        /// When the row was written (UTC).
-        pub updated_at: NaiveDateTime,
-    }
+/// A WakaTime OAuth token of one account.
+#[derive(Clone, PartialEq, Upsert)]
+#[diesel(table_name = wakatime_auth)]
+#[upsert(key(id))]
+pub struct WakatimeAuth {
+    /// The account.
+    pub id: i64,
+    /// WakaTime's user id.
+    pub user_id: String,
+    /// Secret: never printed.
+    pub access_token: String,
+    /// Secret: never printed.
+    pub refresh_token: String,
+    /// When the access token expires (UTC).
+    pub expires_at: NaiveDateTime,
+    /// When the row was written (UTC).
+    pub updated_at: NaiveDateTime,
 }
 
 impl AuthModel for WakatimeAuth {

@@ -261,30 +261,30 @@ impl UsagePeriod {
 pub(crate) mod rows {
     use super::*;
 
-    upsert_kit::upsert_model! {
-        table = usage_periods, key = (account, period_start);
-        #[derive(Debug)]
-        pub struct NewUsagePeriod {
-            pub account: i64,
-            pub period_start: NaiveDateTime,
-            pub period_end: NaiveDateTime,
-            pub tokens_limit: i64,
-            pub reports_limit: i64,
-            pub chats_limit: i64,
-            pub created_at: NaiveDateTime,
-        }
+    /// A new month of an account (get-or-create: never overwritten).
+    #[derive(Debug, Insertable, upsert_kit::Upsert)]
+    #[diesel(table_name = usage_periods)]
+    #[upsert(key(account, period_start))]
+    pub struct NewUsagePeriod {
+        pub account: i64,
+        pub period_start: NaiveDateTime,
+        pub period_end: NaiveDateTime,
+        pub tokens_limit: i64,
+        pub reports_limit: i64,
+        pub chats_limit: i64,
+        pub created_at: NaiveDateTime,
     }
 
-    upsert_kit::upsert_model! {
-        table = usage_accounts, key = (account);
-        #[derive(Debug)]
-        pub struct UsageAccountRow {
-            pub account: i64,
-            pub tokens_limit: i64,
-            pub reports_limit: i64,
-            pub chats_limit: i64,
-            pub updated_at: NaiveDateTime,
-        }
+    /// An account's limits (upserted when they change).
+    #[derive(Debug, Insertable, upsert_kit::Upsert)]
+    #[diesel(table_name = usage_accounts)]
+    #[upsert(key(account))]
+    pub struct UsageAccountRow {
+        pub account: i64,
+        pub tokens_limit: i64,
+        pub reports_limit: i64,
+        pub chats_limit: i64,
+        pub updated_at: NaiveDateTime,
     }
 
     /// A new row of the idempotency ledger.

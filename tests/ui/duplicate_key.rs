@@ -1,0 +1,21 @@
+// A key column listed twice.
+use upsert_kit::Upsert;
+
+diesel::table! {
+    usage (account, day) {
+        account -> BigInt,
+        day -> Date,
+        tokens -> BigInt,
+    }
+}
+
+#[derive(Upsert)]
+#[diesel(table_name = usage)]
+#[upsert(key(account, day, account))]
+struct Usage {
+    account: i64,
+    day: chrono::NaiveDate,
+    tokens: i64,
+}
+
+fn main() {}
