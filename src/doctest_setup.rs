@@ -35,6 +35,18 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    /// A counter table: calls and bytes per user and day, with optional limits.
+    api_calls (user_id, day) {
+        user_id -> BigInt,
+        day -> Date,
+        calls -> BigInt,
+        bytes -> BigInt,
+        max_calls -> BigInt,
+        max_bytes -> BigInt,
+    }
+}
+
 /// An in-memory SQLite database with the examples' tables.
 #[allow(dead_code)]
 fn establish_sqlite() -> Result<diesel::SqliteConnection, Box<dyn std::error::Error>> {
@@ -61,6 +73,15 @@ fn establish_sqlite() -> Result<diesel::SqliteConnection, Box<dyn std::error::Er
             id INTEGER PRIMARY KEY,
             sku TEXT NOT NULL UNIQUE,
             name TEXT NOT NULL
+        );
+        CREATE TABLE api_calls (
+            user_id BIGINT NOT NULL,
+            day DATE NOT NULL,
+            calls BIGINT NOT NULL DEFAULT 0,
+            bytes BIGINT NOT NULL DEFAULT 0,
+            max_calls BIGINT NOT NULL DEFAULT 1000,
+            max_bytes BIGINT NOT NULL DEFAULT 1000000,
+            PRIMARY KEY (user_id, day)
         );",
     )?;
     Ok(conn)

@@ -89,6 +89,23 @@ pub enum Error {
         available: i64,
     },
 
+    /// A counter increment would take an amount column across one of its bounds; nothing was
+    /// written (permanent for these amounts: retrying gives the same answer until the row
+    /// changes).
+    #[error("counter column {column:?} at {current} cannot take {delta:+}: it would cross its {bound} of {limit} (nothing was written)")]
+    CounterBound {
+        /// The amount column.
+        column: String,
+        /// Which bound.
+        bound: BoundKind,
+        /// The column's value when the refusal was explained (read right after it).
+        current: i64,
+        /// The amount that was refused.
+        delta: i64,
+        /// The bound's value.
+        limit: i64,
+    },
+
     /// A row the operation needs does not exist.
     #[error("not found: {0}")]
     NotFound(String),
@@ -130,6 +147,28 @@ impl fmt::Display for ConstraintKind {
             ConstraintKind::NotNull => "not-null constraint",
             ConstraintKind::Check => "check constraint",
             ConstraintKind::Exclusion => "exclusion constraint",
+        })
+    }
+}
+
+/// The bounds of [`Error::CounterBound`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BoundKind {
+    /// The constant floor of [`Increment::at_least`](crate::counter::Increment::at_least).
+    Floor,
+    /// The constant ceiling of [`Increment::at_most`](crate::counter::Increment::at_most).
+    Ceiling,
+    /// The row's limit column ([`Increment::within_limits`](crate::counter::Increment::within_limits)).
+    Limit,
+}
+
+impl fmt::Display for BoundKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BoundKind::Floor => "floor",
+            BoundKind::Ceiling => "ceiling",
+            BoundKind::Limit => "limit column",
         })
     }
 }

@@ -11,7 +11,10 @@
 
 #[cfg(feature = "postgres")]
 pub mod claim;
+pub mod conn;
+pub mod counter;
 pub mod db;
+mod declare;
 mod error;
 pub mod get_or_create;
 #[cfg(feature = "postgres")]
@@ -25,7 +28,7 @@ pub use crate::{
     retry::Retry,
     tx::transaction,
 };
-pub use error::{ConstraintKind, Error, InvalidInput, Result};
+pub use error::{BoundKind, ConstraintKind, Error, InvalidInput, Result};
 pub use upsert::{
     atomic_upsert, atomic_upsert_auth, atomic_upsert_stats, bulk_upsert, AuthModel, BindColumns,
     BindRow, BulkOutcome, CheckedValue, ColumnArrays, StatsModel, Upsert, UpsertMany, UpsertModel,
