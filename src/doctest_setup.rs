@@ -47,6 +47,26 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    /// A quota per account.
+    credits (account) {
+        account -> BigInt,
+        credit_limit -> BigInt,
+        used -> BigInt,
+        reserved -> BigInt,
+    }
+}
+
+diesel::table! {
+    /// The reservations held against `credits`.
+    credit_holds (id) {
+        id -> BigInt,
+        account -> BigInt,
+        amount -> BigInt,
+        expires_at -> Timestamp,
+    }
+}
+
 /// An in-memory SQLite database with the examples' tables.
 #[allow(dead_code)]
 fn establish_sqlite() -> Result<diesel::SqliteConnection, Box<dyn std::error::Error>> {
@@ -82,6 +102,18 @@ fn establish_sqlite() -> Result<diesel::SqliteConnection, Box<dyn std::error::Er
             max_calls BIGINT NOT NULL DEFAULT 1000,
             max_bytes BIGINT NOT NULL DEFAULT 1000000,
             PRIMARY KEY (user_id, day)
+        );
+        CREATE TABLE credits (
+            account BIGINT PRIMARY KEY NOT NULL,
+            credit_limit BIGINT NOT NULL,
+            used BIGINT NOT NULL DEFAULT 0,
+            reserved BIGINT NOT NULL DEFAULT 0
+        );
+        CREATE TABLE credit_holds (
+            id INTEGER PRIMARY KEY,
+            account BIGINT NOT NULL REFERENCES credits (account),
+            amount BIGINT NOT NULL,
+            expires_at TIMESTAMP NOT NULL
         );",
     )?;
     Ok(conn)

@@ -19,6 +19,7 @@ mod error;
 pub mod get_or_create;
 #[cfg(feature = "postgres")]
 pub mod lock;
+pub mod quota;
 pub mod retry;
 pub mod tx;
 pub mod upsert;
