@@ -437,25 +437,27 @@ struct Bounds<'a> {
     limits: bool,
 }
 
-impl<'a> Bounds<'a> {
+impl Bounds<'_> {
     fn any(&self) -> bool {
         self.floor.is_some() || self.ceiling.is_some() || self.limits
     }
+}
 
+impl<'a> Bounds<'a> {
     /// ` AND (col + d >= $floor OR d >= 0) AND …` for each amount column: `new(i, out)` writes
     /// the new value of column `i`, `delta(i, out)` its delta.
-    fn walk<'b, T: Counter + BindKey<DB>, DB: Dialect>(
-        &'b self,
-        out: &mut AstPass<'_, 'b, DB>,
-        amounts: &'b [i64],
+    fn walk<T: Counter + BindKey<DB>, DB: Dialect>(
+        self,
+        out: &mut AstPass<'_, 'a, DB>,
+        amounts: &'a [i64],
         qualify: bool,
         excluded: bool,
         first: &mut bool,
     ) -> QueryResult<()> {
-        let mut condition = |out: &mut AstPass<'_, 'b, DB>,
+        let mut condition = |out: &mut AstPass<'_, 'a, DB>,
                              i: usize,
                              op: &str,
-                             bound: Bound<'b>|
+                             bound: Bound<'a>|
          -> QueryResult<()> {
             out.push_sql(if std::mem::take(first) { " " } else { " AND " });
             out.push_sql("(");
@@ -576,20 +578,54 @@ where
     DB: Dialect,
 {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        let this = UpsertIncrementSql::<T> {
+            key: self.key,
+            amounts: self.amounts,
+            bounds: self.bounds,
+        };
+        this.walk_into(&mut out)
+    }
+}
+
+/// The unbounded upserting increment, for statements that embed it (the keyed increment).
+pub(crate) fn upsert_increment_sql<'b, T: Counter + BindKey<DB>, DB: Dialect>(
+    out: &mut AstPass<'_, 'b, DB>,
+    key: &'b T::Key,
+    amounts: &'b [i64],
+) -> QueryResult<()> {
+    // The fragment borrows nothing of its own: every bind points into `key` and `amounts`.
+    let sql = UpsertIncrementSql::<T> {
+        key,
+        amounts,
+        bounds: Bounds {
+            floor: None,
+            ceiling: None,
+            limits: false,
+        },
+    };
+    sql.walk_into(out)
+}
+
+impl<'a, T: Counter> UpsertIncrementSql<'a, T> {
+    /// Writes the statement into `out`, with binds borrowed for `'a`.
+    fn walk_into<DB: Dialect>(&self, out: &mut AstPass<'_, 'a, DB>) -> QueryResult<()>
+    where
+        T: BindKey<DB>,
+    {
         out.push_sql("INSERT INTO ");
         T::walk_table(out.reborrow())?;
         out.push_sql(" (");
-        crate::upsert::statement::push_identifiers(&mut out, T::KEY)?;
+        crate::upsert::statement::push_identifiers(out, T::KEY)?;
         out.push_sql(", ");
-        crate::upsert::statement::push_identifiers(&mut out, T::AMOUNTS)?;
+        crate::upsert::statement::push_identifiers(out, T::AMOUNTS)?;
         out.push_sql(") VALUES (");
         T::walk_key(self.key, KeyStyle::Values, out.reborrow())?;
         for amount in self.amounts {
             out.push_sql(", ");
-            DB::push_int(&mut out, amount)?;
+            DB::push_int(out, amount)?;
         }
         out.push_sql(") ON CONFLICT (");
-        crate::upsert::statement::push_identifiers(&mut out, T::KEY)?;
+        crate::upsert::statement::push_identifiers(out, T::KEY)?;
         out.push_sql(") DO UPDATE SET ");
         for (i, column) in T::AMOUNTS.iter().enumerate() {
             if i > 0 {
@@ -597,16 +633,16 @@ where
             }
             out.push_identifier(column)?;
             out.push_sql(" = ");
-            walk_new::<T, DB>(&mut out, i, self.amounts, true, true)?;
+            walk_new::<T, DB>(out, i, self.amounts, true, true)?;
         }
         if self.bounds.any() {
             out.push_sql(" WHERE");
             let mut first = true;
-            self.bounds
-                .walk::<T, DB>(&mut out, self.amounts, true, true, &mut first)?;
+            let bounds = self.bounds;
+            bounds.walk::<T, DB>(out, self.amounts, true, true, &mut first)?;
         }
         out.push_sql(" RETURNING ");
-        DB::push_int_array(&mut out, T::AMOUNTS)
+        DB::push_int_array(out, T::AMOUNTS)
     }
 }
 

@@ -67,6 +67,16 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    /// An idempotency ledger.
+    idempotency_keys (key) {
+        key -> Text,
+        fingerprint -> Text,
+        result -> Nullable<Text>,
+        created_at -> Timestamp,
+    }
+}
+
 /// An in-memory SQLite database with the examples' tables.
 #[allow(dead_code)]
 fn establish_sqlite() -> Result<diesel::SqliteConnection, Box<dyn std::error::Error>> {
@@ -114,6 +124,12 @@ fn establish_sqlite() -> Result<diesel::SqliteConnection, Box<dyn std::error::Er
             account BIGINT NOT NULL REFERENCES credits (account),
             amount BIGINT NOT NULL,
             expires_at TIMESTAMP NOT NULL
+        );
+        CREATE TABLE idempotency_keys (
+            key TEXT PRIMARY KEY NOT NULL,
+            fingerprint TEXT NOT NULL,
+            result TEXT,
+            created_at TIMESTAMP NOT NULL
         );",
     )?;
     Ok(conn)

@@ -80,6 +80,14 @@ pub enum Error {
         key: String,
     },
 
+    /// The idempotency key's first call is still in flight (its ledger row holds no result yet);
+    /// nothing was written. Try again later with the same key.
+    #[error("idempotency key {key:?} is in use by a call still in flight")]
+    IdempotencyInFlight {
+        /// The key.
+        key: String,
+    },
+
     /// A reservation or consumption would exceed the limit.
     #[error("quota exceeded: {requested} requested, {available} available")]
     QuotaExceeded {

@@ -17,6 +17,7 @@ pub mod db;
 mod declare;
 mod error;
 pub mod get_or_create;
+pub mod idempotency;
 #[cfg(feature = "postgres")]
 pub mod lock;
 pub mod quota;
