@@ -77,6 +77,16 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    /// Period rows: one per account and window start.
+    periods (id) {
+        id -> BigInt,
+        account -> BigInt,
+        starts_at -> Timestamp,
+        ends_at -> Timestamp,
+    }
+}
+
 /// An in-memory SQLite database with the examples' tables.
 #[allow(dead_code)]
 fn establish_sqlite() -> Result<diesel::SqliteConnection, Box<dyn std::error::Error>> {
@@ -130,6 +140,13 @@ fn establish_sqlite() -> Result<diesel::SqliteConnection, Box<dyn std::error::Er
             fingerprint TEXT NOT NULL,
             result TEXT,
             created_at TIMESTAMP NOT NULL
+        );
+        CREATE TABLE periods (
+            id INTEGER PRIMARY KEY,
+            account BIGINT NOT NULL,
+            starts_at TIMESTAMP NOT NULL,
+            ends_at TIMESTAMP NOT NULL,
+            UNIQUE (account, starts_at)
         );",
     )?;
     Ok(conn)

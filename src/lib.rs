@@ -20,6 +20,7 @@ pub mod get_or_create;
 pub mod idempotency;
 #[cfg(feature = "postgres")]
 pub mod lock;
+pub mod period;
 pub mod quota;
 pub mod retry;
 pub mod tx;
