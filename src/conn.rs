@@ -1,7 +1,7 @@
 //! The connections the counters, quotas and idempotency keys run on, and what they need to
 //! know about each backend's SQL.
 //!
-//! The primitives of [`counter`](crate::counter), [`quota`](crate::quota) and
+//! The primitives of [`counter`](mod@crate::counter), [`quota`](mod@crate::quota) and
 //! [`idempotency`](crate::idempotency) are written once, generic over [`WriteConnection`]:
 //! `PgConnection`, `SqliteConnection` and r2d2 pooled connections of either. Each statement is a
 //! Diesel query fragment whose text depends only on the declaration (table and column names)

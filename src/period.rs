@@ -1,7 +1,7 @@
 //! Calendar windows for period rows: the start and end of the day, week, month, year or fixed
 //! interval that contains an instant.
 //!
-//! Getting or creating "the current period" is [`get_or_create`](crate::get_or_create) on a
+//! Getting or creating "the current period" is [`get_or_create`](crate::get_or_create()) on a
 //! table whose unique key includes the window's start: every caller computes the same start
 //! for instants in the same window, so concurrent callers share one row. Nothing here writes;
 //! nothing in the library assumes months.
