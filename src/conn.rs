@@ -33,6 +33,10 @@ pub trait Dialect: Backend + sealed::Sealed {
     /// steps run in one `BEGIN IMMEDIATE` transaction instead).
     const WRITABLE_CTE: bool;
 
+    /// The SQL of the ready-made tables ([`crate::tables`]) on this backend.
+    #[doc(hidden)]
+    const DEFAULT_TABLES_SQL: &'static str;
+
     /// Pushes an expression that gives `columns` (integers, in order) as one JSON array text,
     /// e.g. `json_build_array("a", "b")::text` (PostgreSQL), `json_array("a", "b")` (SQLite).
     #[doc(hidden)]
@@ -72,6 +76,8 @@ macro_rules! binds {
 #[cfg(feature = "postgres")]
 impl Dialect for diesel::pg::Pg {
     const WRITABLE_CTE: bool = true;
+    const DEFAULT_TABLES_SQL: &'static str =
+        include_str!("../migrations/postgres/2026-12-01-000010_upsert_kit_tables/up.sql");
     binds!();
     fn push_int_array(out: &mut AstPass<'_, '_, Self>, columns: &[&str]) -> QueryResult<()> {
         out.push_sql("json_build_array(");
@@ -84,6 +90,8 @@ impl Dialect for diesel::pg::Pg {
 #[cfg(feature = "sqlite")]
 impl Dialect for diesel::sqlite::Sqlite {
     const WRITABLE_CTE: bool = false;
+    const DEFAULT_TABLES_SQL: &'static str =
+        include_str!("../migrations/sqlite/2026-12-01-000010_upsert_kit_tables/up.sql");
     binds!();
     fn push_int_array(out: &mut AstPass<'_, '_, Self>, columns: &[&str]) -> QueryResult<()> {
         out.push_sql("json_array(");

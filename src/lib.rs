@@ -23,6 +23,7 @@ pub mod lock;
 pub mod period;
 pub mod quota;
 pub mod retry;
+pub mod tables;
 pub mod tx;
 pub mod upsert;
 
