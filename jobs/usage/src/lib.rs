@@ -61,7 +61,7 @@ pub mod quota;
 pub mod schema;
 
 use crate::schema::{usage_accounts, usage_events, usage_periods, usage_reservations};
-use chrono::{Datelike, NaiveDate, NaiveDateTime};
+use chrono::{Datelike, NaiveDateTime};
 use diesel::pg::PgConnection;
 use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, PooledConnection};
@@ -957,19 +957,15 @@ pub(crate) fn check_amount(field: &str, amount: i64, zero_ok: bool) -> Result<()
 /// ```
 pub fn monthly_period(at: NaiveDateTime) -> Result<(NaiveDateTime, NaiveDateTime)> {
     check_instant("at", at)?;
-    let first = |y, m| NaiveDate::from_ymd_opt(y, m, 1).map(|d| d.and_time(chrono::NaiveTime::MIN));
-    let (ny, nm) = if at.month() == 12 {
-        (at.year() + 1, 1)
-    } else {
-        (at.year(), at.month() + 1)
-    };
-    match (first(at.year(), at.month()), first(ny, nm)) {
-        (Some(start), Some(end)) if ny <= 9999 => Ok((start, end)),
-        _ => Err(Error::invalid(
+    // The library's calendar windows; this crate only adds its own range (years 1 to 9999).
+    let (start, end) = upsert_kit::period::Window::Month.bounds(at)?;
+    if end.year() > 9999 {
+        return Err(Error::invalid(
             "at",
             format!("the month of {at} ends outside years 1 to 9999"),
-        )),
+        ));
     }
+    Ok((start, end))
 }
 
 /// Registers `account` with its per-period `limits`, or changes them. The new limits apply
