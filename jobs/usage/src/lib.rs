@@ -726,16 +726,13 @@ pub(crate) mod sealed {
                 }
 
                 fn apply_increment(&mut self, period_id: i64, event_id: i64, d: Usage) -> Result<Usage> {
-                    use usage_periods::{chats_used, reports_used, tokens_used};
-                    let (tokens, reports, chats): (i64, i64, i64) =
-                        diesel::update(usage_periods::table.find(period_id))
-                            .set((
-                                tokens_used.eq(tokens_used + d.tokens),
-                                reports_used.eq(reports_used + d.reports),
-                                chats_used.eq(chats_used + d.chats),
-                            ))
-                            .returning((tokens_used, reports_used, chats_used))
-                            .get_result(self)?;
+                    // The library's generic counter on this crate's period table.
+                    let [tokens, reports, chats] = upsert_kit::counter::increment::<PeriodCounters, _>(
+                        self,
+                        &period_id,
+                        [d.tokens, d.reports, d.chats],
+                    )?
+                    .ok_or_else(|| Error::NotFound(format!("usage period {period_id}")))?;
                     diesel::update(usage_events::table.find(event_id))
                         .set((
                             usage_events::tokens_total.eq(tokens),
@@ -937,6 +934,13 @@ pub(crate) fn check_amount(field: &str, amount: i64, zero_ok: bool) -> Result<()
         ));
     }
     Ok(())
+}
+
+upsert_kit::counter! {
+    table = usage_periods, key = (id: i64), amounts = (tokens_used, reports_used, chats_used);
+    /// The usage counters of a period row, declared for [`upsert_kit::counter`].
+    #[derive(Debug, Clone, Copy)]
+    pub struct PeriodCounters;
 }
 
 /// The calendar month (UTC) containing `at`: `[first day 00:00, first day of the next month)`.
