@@ -35,6 +35,58 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    /// A counter table: calls and bytes per user and day, with optional limits.
+    api_calls (user_id, day) {
+        user_id -> BigInt,
+        day -> Date,
+        calls -> BigInt,
+        bytes -> BigInt,
+        max_calls -> BigInt,
+        max_bytes -> BigInt,
+    }
+}
+
+diesel::table! {
+    /// A quota per account.
+    credits (account) {
+        account -> BigInt,
+        credit_limit -> BigInt,
+        used -> BigInt,
+        reserved -> BigInt,
+    }
+}
+
+diesel::table! {
+    /// The reservations held against `credits`.
+    credit_holds (id) {
+        id -> BigInt,
+        account -> BigInt,
+        amount -> BigInt,
+        expires_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    /// An idempotency ledger.
+    idempotency_keys (key) {
+        key -> Text,
+        fingerprint -> Text,
+        result -> Nullable<Text>,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    /// Period rows: one per account and window start.
+    periods (id) {
+        id -> BigInt,
+        account -> BigInt,
+        starts_at -> Timestamp,
+        ends_at -> Timestamp,
+    }
+}
+
 /// An in-memory SQLite database with the examples' tables.
 #[allow(dead_code)]
 fn establish_sqlite() -> Result<diesel::SqliteConnection, Box<dyn std::error::Error>> {
@@ -61,6 +113,40 @@ fn establish_sqlite() -> Result<diesel::SqliteConnection, Box<dyn std::error::Er
             id INTEGER PRIMARY KEY,
             sku TEXT NOT NULL UNIQUE,
             name TEXT NOT NULL
+        );
+        CREATE TABLE api_calls (
+            user_id BIGINT NOT NULL,
+            day DATE NOT NULL,
+            calls BIGINT NOT NULL DEFAULT 0,
+            bytes BIGINT NOT NULL DEFAULT 0,
+            max_calls BIGINT NOT NULL DEFAULT 1000,
+            max_bytes BIGINT NOT NULL DEFAULT 1000000,
+            PRIMARY KEY (user_id, day)
+        );
+        CREATE TABLE credits (
+            account BIGINT PRIMARY KEY NOT NULL,
+            credit_limit BIGINT NOT NULL,
+            used BIGINT NOT NULL DEFAULT 0,
+            reserved BIGINT NOT NULL DEFAULT 0
+        );
+        CREATE TABLE credit_holds (
+            id INTEGER PRIMARY KEY,
+            account BIGINT NOT NULL REFERENCES credits (account),
+            amount BIGINT NOT NULL,
+            expires_at TIMESTAMP NOT NULL
+        );
+        CREATE TABLE idempotency_keys (
+            key TEXT PRIMARY KEY NOT NULL,
+            fingerprint TEXT NOT NULL,
+            result TEXT,
+            created_at TIMESTAMP NOT NULL
+        );
+        CREATE TABLE periods (
+            id INTEGER PRIMARY KEY,
+            account BIGINT NOT NULL,
+            starts_at TIMESTAMP NOT NULL,
+            ends_at TIMESTAMP NOT NULL,
+            UNIQUE (account, starts_at)
         );",
     )?;
     Ok(conn)

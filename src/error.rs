@@ -80,6 +80,14 @@ pub enum Error {
         key: String,
     },
 
+    /// The idempotency key's first call is still in flight (its ledger row holds no result yet);
+    /// nothing was written. Try again later with the same key.
+    #[error("idempotency key {key:?} is in use by a call still in flight")]
+    IdempotencyInFlight {
+        /// The key.
+        key: String,
+    },
+
     /// A reservation or consumption would exceed the limit.
     #[error("quota exceeded: {requested} requested, {available} available")]
     QuotaExceeded {
@@ -87,6 +95,23 @@ pub enum Error {
         requested: i64,
         /// Units left under the limit at the time of the request.
         available: i64,
+    },
+
+    /// A counter increment would take an amount column across one of its bounds; nothing was
+    /// written (permanent for these amounts: retrying gives the same answer until the row
+    /// changes).
+    #[error("counter column {column:?} at {current} cannot take {delta:+}: it would cross its {bound} of {limit} (nothing was written)")]
+    CounterBound {
+        /// The amount column.
+        column: String,
+        /// Which bound.
+        bound: BoundKind,
+        /// The column's value when the refusal was explained (read right after it).
+        current: i64,
+        /// The amount that was refused.
+        delta: i64,
+        /// The bound's value.
+        limit: i64,
     },
 
     /// A row the operation needs does not exist.
@@ -130,6 +155,28 @@ impl fmt::Display for ConstraintKind {
             ConstraintKind::NotNull => "not-null constraint",
             ConstraintKind::Check => "check constraint",
             ConstraintKind::Exclusion => "exclusion constraint",
+        })
+    }
+}
+
+/// The bounds of [`Error::CounterBound`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BoundKind {
+    /// The constant floor of [`Increment::at_least`](crate::counter::Increment::at_least).
+    Floor,
+    /// The constant ceiling of [`Increment::at_most`](crate::counter::Increment::at_most).
+    Ceiling,
+    /// The row's limit column ([`Increment::within_limits`](crate::counter::Increment::within_limits)).
+    Limit,
+}
+
+impl fmt::Display for BoundKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BoundKind::Floor => "floor",
+            BoundKind::Ceiling => "ceiling",
+            BoundKind::Limit => "limit column",
         })
     }
 }

@@ -16,12 +16,19 @@
 
 #[cfg(feature = "postgres")]
 pub mod claim;
+pub mod conn;
+pub mod counter;
 pub mod db;
+mod declare;
 mod error;
 pub mod get_or_create;
+pub mod idempotency;
 #[cfg(feature = "postgres")]
 pub mod lock;
+pub mod period;
+pub mod quota;
 pub mod retry;
+pub mod tables;
 pub mod tx;
 pub mod upsert;
 
@@ -30,7 +37,7 @@ pub use crate::{
     retry::Retry,
     tx::transaction,
 };
-pub use error::{ConstraintKind, Error, InvalidInput, Result};
+pub use error::{BoundKind, ConstraintKind, Error, InvalidInput, Result};
 pub use upsert::{
     atomic_upsert, atomic_upsert_auth, atomic_upsert_stats, bulk_upsert, AuthModel, BindColumns,
     BindRow, BulkOutcome, CheckedValue, ColumnArrays, StatsModel, Upsert, UpsertMany, UpsertModel,

@@ -61,7 +61,7 @@ pub mod quota;
 pub mod schema;
 
 use crate::schema::{usage_accounts, usage_events, usage_periods, usage_reservations};
-use chrono::{Datelike, NaiveDate, NaiveDateTime};
+use chrono::{Datelike, NaiveDateTime};
 use diesel::pg::PgConnection;
 use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, PooledConnection};
@@ -726,16 +726,13 @@ pub(crate) mod sealed {
                 }
 
                 fn apply_increment(&mut self, period_id: i64, event_id: i64, d: Usage) -> Result<Usage> {
-                    use usage_periods::{chats_used, reports_used, tokens_used};
-                    let (tokens, reports, chats): (i64, i64, i64) =
-                        diesel::update(usage_periods::table.find(period_id))
-                            .set((
-                                tokens_used.eq(tokens_used + d.tokens),
-                                reports_used.eq(reports_used + d.reports),
-                                chats_used.eq(chats_used + d.chats),
-                            ))
-                            .returning((tokens_used, reports_used, chats_used))
-                            .get_result(self)?;
+                    // The library's generic counter on this crate's period table.
+                    let [tokens, reports, chats] = upsert_kit::counter::increment::<PeriodCounters, _>(
+                        self,
+                        &period_id,
+                        [d.tokens, d.reports, d.chats],
+                    )?
+                    .ok_or_else(|| Error::NotFound(format!("usage period {period_id}")))?;
                     diesel::update(usage_events::table.find(event_id))
                         .set((
                             usage_events::tokens_total.eq(tokens),
@@ -939,6 +936,13 @@ pub(crate) fn check_amount(field: &str, amount: i64, zero_ok: bool) -> Result<()
     Ok(())
 }
 
+upsert_kit::counter! {
+    table = usage_periods, key = (id: i64), amounts = (tokens_used, reports_used, chats_used);
+    /// The usage counters of a period row, declared for [`upsert_kit::counter`].
+    #[derive(Debug, Clone, Copy)]
+    pub struct PeriodCounters;
+}
+
 /// The calendar month (UTC) containing `at`: `[first day 00:00, first day of the next month)`.
 ///
 /// # Errors
@@ -957,19 +961,15 @@ pub(crate) fn check_amount(field: &str, amount: i64, zero_ok: bool) -> Result<()
 /// ```
 pub fn monthly_period(at: NaiveDateTime) -> Result<(NaiveDateTime, NaiveDateTime)> {
     check_instant("at", at)?;
-    let first = |y, m| NaiveDate::from_ymd_opt(y, m, 1).map(|d| d.and_time(chrono::NaiveTime::MIN));
-    let (ny, nm) = if at.month() == 12 {
-        (at.year() + 1, 1)
-    } else {
-        (at.year(), at.month() + 1)
-    };
-    match (first(at.year(), at.month()), first(ny, nm)) {
-        (Some(start), Some(end)) if ny <= 9999 => Ok((start, end)),
-        _ => Err(Error::invalid(
+    // The library's calendar windows; this crate only adds its own range (years 1 to 9999).
+    let (start, end) = upsert_kit::period::Window::Month.bounds(at)?;
+    if end.year() > 9999 {
+        return Err(Error::invalid(
             "at",
             format!("the month of {at} ends outside years 1 to 9999"),
-        )),
+        ));
     }
+    Ok((start, end))
 }
 
 /// Registers `account` with its per-period `limits`, or changes them. The new limits apply

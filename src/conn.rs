@@ -1,0 +1,395 @@
+//! The connections the counters, quotas and idempotency keys run on, and what they need to
+//! know about each backend's SQL.
+//!
+//! The primitives of [`counter`](mod@crate::counter), [`quota`](mod@crate::quota) and
+//! [`idempotency`](crate::idempotency) are written once, generic over [`WriteConnection`]:
+//! `PgConnection`, `SqliteConnection` and r2d2 pooled connections of either. Each statement is a
+//! Diesel query fragment whose text depends only on the declaration (table and column names)
+//! and on which options are set, never on the values (bind parameters), so Diesel prepares it
+//! once per connection and keeps it in its statement cache.
+//!
+//! What differs between backends is said by [`Dialect`]: whether a statement may contain a
+//! data-modifying `WITH` (PostgreSQL: one statement; elsewhere the same steps run in one
+//! transaction, which on SQLite holds the single write lock), and how a row's integers come
+//! back as one value. A MySQL backend is one more implementation of both traits (`JSON_ARRAY`,
+//! no writable `WITH`, the affected-rows count instead of `RETURNING`); nothing above them
+//! changes.
+
+use crate::error::{Error, Result};
+use crate::tx;
+use diesel::backend::Backend;
+use diesel::connection::{AnsiTransactionManager, Connection};
+use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
+use diesel::sql_types::{BigInt, Nullable, Text};
+use diesel::{QueryResult, RunQueryDsl};
+use std::marker::PhantomData;
+
+/// What the generic statements need to know about a backend's SQL.
+///
+/// Implemented for [`diesel::pg::Pg`] and [`diesel::sqlite::Sqlite`]; sealed.
+pub trait Dialect: Backend + sealed::Sealed {
+    /// Whether one statement may chain data-modifying steps
+    /// (`WITH up AS (UPDATE … RETURNING …) INSERT …`): PostgreSQL yes, SQLite no (there the
+    /// steps run in one `BEGIN IMMEDIATE` transaction instead).
+    const WRITABLE_CTE: bool;
+
+    /// The SQL of the ready-made tables ([`crate::tables`]) on this backend.
+    #[doc(hidden)]
+    const DEFAULT_TABLES_SQL: &'static str;
+
+    /// Pushes an expression that gives `columns` (integers, in order) as one JSON array text,
+    /// e.g. `json_build_array("a", "b")::text` (PostgreSQL), `json_array("a", "b")` (SQLite).
+    #[doc(hidden)]
+    fn push_int_array(out: &mut AstPass<'_, '_, Self>, columns: &[&str]) -> QueryResult<()>;
+
+    /// Binds a `BIGINT`.
+    #[doc(hidden)]
+    fn push_int<'b>(out: &mut AstPass<'_, 'b, Self>, value: &'b i64) -> QueryResult<()>;
+    /// Binds a `TEXT`.
+    #[doc(hidden)]
+    fn push_text<'b>(out: &mut AstPass<'_, 'b, Self>, value: &'b str) -> QueryResult<()>;
+    /// Binds a `TIMESTAMP` (UTC, without time zone).
+    #[doc(hidden)]
+    fn push_timestamp<'b>(
+        out: &mut AstPass<'_, 'b, Self>,
+        value: &'b chrono::NaiveDateTime,
+    ) -> QueryResult<()>;
+}
+
+macro_rules! binds {
+    () => {
+        fn push_int<'b>(out: &mut AstPass<'_, 'b, Self>, value: &'b i64) -> QueryResult<()> {
+            out.push_bind_param::<BigInt, i64>(value)
+        }
+        fn push_text<'b>(out: &mut AstPass<'_, 'b, Self>, value: &'b str) -> QueryResult<()> {
+            out.push_bind_param::<Text, str>(value)
+        }
+        fn push_timestamp<'b>(
+            out: &mut AstPass<'_, 'b, Self>,
+            value: &'b chrono::NaiveDateTime,
+        ) -> QueryResult<()> {
+            out.push_bind_param::<diesel::sql_types::Timestamp, chrono::NaiveDateTime>(value)
+        }
+    };
+}
+
+#[cfg(feature = "postgres")]
+impl Dialect for diesel::pg::Pg {
+    const WRITABLE_CTE: bool = true;
+    const DEFAULT_TABLES_SQL: &'static str =
+        include_str!("../migrations/postgres/2026-12-01-000010_upsert_kit_tables/up.sql");
+    binds!();
+    fn push_int_array(out: &mut AstPass<'_, '_, Self>, columns: &[&str]) -> QueryResult<()> {
+        out.push_sql("json_build_array(");
+        crate::upsert::statement::push_identifiers(out, columns)?;
+        out.push_sql(")::text");
+        Ok(())
+    }
+}
+
+#[cfg(feature = "sqlite")]
+impl Dialect for diesel::sqlite::Sqlite {
+    const WRITABLE_CTE: bool = false;
+    const DEFAULT_TABLES_SQL: &'static str =
+        include_str!("../migrations/sqlite/2026-12-01-000010_upsert_kit_tables/up.sql");
+    binds!();
+    fn push_int_array(out: &mut AstPass<'_, '_, Self>, columns: &[&str]) -> QueryResult<()> {
+        out.push_sql("json_array(");
+        crate::upsert::statement::push_identifiers(out, columns)?;
+        out.push_sql(")");
+        Ok(())
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+    #[cfg(feature = "postgres")]
+    impl Sealed for diesel::pg::Pg {}
+    #[cfg(feature = "sqlite")]
+    impl Sealed for diesel::sqlite::Sqlite {}
+    #[cfg(feature = "postgres")]
+    impl Sealed for diesel::PgConnection {}
+    #[cfg(feature = "sqlite")]
+    impl Sealed for diesel::SqliteConnection {}
+    #[cfg(feature = "r2d2")]
+    impl<C: diesel::r2d2::R2D2Connection + 'static> Sealed
+        for diesel::r2d2::PooledConnection<diesel::r2d2::ConnectionManager<C>>
+    {
+    }
+}
+
+/// A connection the counters, quotas and idempotency keys run on: `PgConnection`,
+/// `SqliteConnection`, or an r2d2 pooled connection of either. Sealed: its methods are the
+/// crate's plumbing.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a connection upsert-kit's counters, quotas and ledgers run on",
+    note = "pass `&mut PgConnection`, `&mut SqliteConnection` or an r2d2 pooled connection of either (features `postgres`, `sqlite`, `r2d2`)"
+)]
+pub trait WriteConnection: sealed::Sealed {
+    /// The backend.
+    type Backend: Dialect;
+    /// The connection itself (the pooled connection's inner one).
+    #[doc(hidden)]
+    type Raw: WriteConnection<Backend = Self::Backend, Raw = Self::Raw>
+        + Connection<Backend = Self::Backend, TransactionManager = AnsiTransactionManager>;
+
+    /// The connection itself.
+    #[doc(hidden)]
+    fn raw(&mut self) -> &mut Self::Raw;
+
+    /// Runs `f` as one atomic write: a transaction (a savepoint inside the caller's) on
+    /// PostgreSQL, a `BEGIN IMMEDIATE` transaction on SQLite (one writer at a time).
+    #[doc(hidden)]
+    fn write<T>(&mut self, f: impl FnOnce(&mut Self::Raw) -> Result<T>) -> Result<T>;
+
+    /// Runs one statement that is atomic by itself: as is on PostgreSQL, in an immediate
+    /// transaction on SQLite (so it waits for the write lock in the busy handler instead of
+    /// failing to upgrade a read).
+    #[doc(hidden)]
+    fn single<T>(&mut self, f: impl FnOnce(&mut Self::Raw) -> Result<T>) -> Result<T>;
+
+    /// Runs a statement, returning the affected rows.
+    #[doc(hidden)]
+    fn run_execute(&mut self, q: &dyn QueryFragment<Self::Backend>) -> Result<usize>;
+    /// Runs a statement returning one text column.
+    #[doc(hidden)]
+    fn run_texts(&mut self, q: &dyn QueryFragment<Self::Backend>) -> Result<Vec<String>>;
+    /// Runs a statement returning one `BIGINT` column.
+    #[doc(hidden)]
+    fn run_ints(&mut self, q: &dyn QueryFragment<Self::Backend>) -> Result<Vec<i64>>;
+    /// Runs a statement returning three `BIGINT` columns.
+    #[doc(hidden)]
+    fn run_int3(&mut self, q: &dyn QueryFragment<Self::Backend>) -> Result<Vec<(i64, i64, i64)>>;
+    /// Runs a statement returning a text column and a nullable text column.
+    #[doc(hidden)]
+    fn run_text_pairs(
+        &mut self,
+        q: &dyn QueryFragment<Self::Backend>,
+    ) -> Result<Vec<(String, Option<String>)>>;
+}
+
+/// A borrowed fragment given the SQL type of its rows, so Diesel can load it.
+struct Typed<'q, DB: Backend, ST> {
+    inner: &'q dyn QueryFragment<DB>,
+    _st: PhantomData<ST>,
+}
+
+impl<DB: Backend, ST> Typed<'_, DB, ST> {
+    fn of(inner: &dyn QueryFragment<DB>) -> Typed<'_, DB, ST> {
+        Typed {
+            inner,
+            _st: PhantomData,
+        }
+    }
+}
+
+impl<DB: Backend, ST> QueryId for Typed<'_, DB, ST> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl<DB: Backend, ST> Query for Typed<'_, DB, ST> {
+    type SqlType = ST;
+}
+
+impl<DB: Backend, ST> QueryFragment<DB> for Typed<'_, DB, ST> {
+    fn walk_ast<'b>(&'b self, out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        self.inner.walk_ast(out)
+    }
+}
+
+impl<DB: Backend, ST, C> RunQueryDsl<C> for Typed<'_, DB, ST> {}
+
+/// Runs `f` on `c` as is: one PostgreSQL statement is atomic by itself.
+#[cfg(feature = "postgres")]
+fn direct<C, T>(c: &mut C, f: impl FnOnce(&mut C) -> Result<T>) -> Result<T> {
+    f(c)
+}
+
+macro_rules! direct_connection {
+    ($conn:ty, $single:path, $write:path) => {
+        impl WriteConnection for $conn {
+            type Backend = <$conn as Connection>::Backend;
+            type Raw = $conn;
+
+            fn raw(&mut self) -> &mut Self::Raw {
+                self
+            }
+
+            fn write<T>(&mut self, f: impl FnOnce(&mut Self::Raw) -> Result<T>) -> Result<T> {
+                $write(self, f)
+            }
+
+            fn single<T>(&mut self, f: impl FnOnce(&mut Self::Raw) -> Result<T>) -> Result<T> {
+                $single(self, f)
+            }
+
+            fn run_execute(&mut self, q: &dyn QueryFragment<Self::Backend>) -> Result<usize> {
+                let in_tx = tx::in_transaction(self);
+                Typed::<_, Text>::of(q)
+                    .execute(self)
+                    .map_err(|e| tx::statement_error(in_tx, e))
+            }
+
+            fn run_texts(&mut self, q: &dyn QueryFragment<Self::Backend>) -> Result<Vec<String>> {
+                let in_tx = tx::in_transaction(self);
+                Typed::<_, Text>::of(q)
+                    .load(self)
+                    .map_err(|e| tx::statement_error(in_tx, e))
+            }
+
+            fn run_ints(&mut self, q: &dyn QueryFragment<Self::Backend>) -> Result<Vec<i64>> {
+                let in_tx = tx::in_transaction(self);
+                Typed::<_, BigInt>::of(q)
+                    .load(self)
+                    .map_err(|e| tx::statement_error(in_tx, e))
+            }
+
+            fn run_int3(
+                &mut self,
+                q: &dyn QueryFragment<Self::Backend>,
+            ) -> Result<Vec<(i64, i64, i64)>> {
+                let in_tx = tx::in_transaction(self);
+                Typed::<_, (BigInt, BigInt, BigInt)>::of(q)
+                    .load(self)
+                    .map_err(|e| tx::statement_error(in_tx, e))
+            }
+
+            fn run_text_pairs(
+                &mut self,
+                q: &dyn QueryFragment<Self::Backend>,
+            ) -> Result<Vec<(String, Option<String>)>> {
+                let in_tx = tx::in_transaction(self);
+                Typed::<_, (Text, Nullable<Text>)>::of(q)
+                    .load(self)
+                    .map_err(|e| tx::statement_error(in_tx, e))
+            }
+        }
+    };
+}
+
+#[cfg(feature = "postgres")]
+direct_connection!(diesel::PgConnection, direct, tx::transaction);
+
+#[cfg(feature = "sqlite")]
+direct_connection!(diesel::SqliteConnection, tx::sqlite_write, tx::sqlite_write);
+
+#[cfg(feature = "r2d2")]
+impl<C> WriteConnection for diesel::r2d2::PooledConnection<diesel::r2d2::ConnectionManager<C>>
+where
+    C: diesel::r2d2::R2D2Connection + WriteConnection<Raw = C> + 'static,
+    C: Connection<
+        Backend = <C as WriteConnection>::Backend,
+        TransactionManager = AnsiTransactionManager,
+    >,
+{
+    type Backend = <C as WriteConnection>::Backend;
+    type Raw = C;
+
+    fn raw(&mut self) -> &mut C {
+        self
+    }
+    fn write<T>(&mut self, f: impl FnOnce(&mut C) -> Result<T>) -> Result<T> {
+        (**self).write(f)
+    }
+    fn single<T>(&mut self, f: impl FnOnce(&mut C) -> Result<T>) -> Result<T> {
+        (**self).single(f)
+    }
+    fn run_execute(&mut self, q: &dyn QueryFragment<Self::Backend>) -> Result<usize> {
+        (**self).run_execute(q)
+    }
+    fn run_texts(&mut self, q: &dyn QueryFragment<Self::Backend>) -> Result<Vec<String>> {
+        (**self).run_texts(q)
+    }
+    fn run_ints(&mut self, q: &dyn QueryFragment<Self::Backend>) -> Result<Vec<i64>> {
+        (**self).run_ints(q)
+    }
+    fn run_int3(&mut self, q: &dyn QueryFragment<Self::Backend>) -> Result<Vec<(i64, i64, i64)>> {
+        (**self).run_int3(q)
+    }
+    fn run_text_pairs(
+        &mut self,
+        q: &dyn QueryFragment<Self::Backend>,
+    ) -> Result<Vec<(String, Option<String>)>> {
+        (**self).run_text_pairs(q)
+    }
+}
+
+/// How a declaration's key is written into a statement.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyStyle {
+    /// `$1, $2`: the values, for an insert's `VALUES` or `SELECT` list.
+    Values,
+    /// `"k1" = $1 AND "k2" = $2`: a `WHERE` condition on the key columns.
+    Match,
+}
+
+impl KeyStyle {
+    /// Writes what comes before the `i`-th key value (named `column`).
+    #[doc(hidden)]
+    pub fn before<DB: Backend>(
+        self,
+        out: &mut AstPass<'_, '_, DB>,
+        column: &str,
+        i: usize,
+    ) -> QueryResult<()> {
+        match self {
+            KeyStyle::Values => {
+                if i > 0 {
+                    out.push_sql(", ");
+                }
+            }
+            KeyStyle::Match => {
+                if i > 0 {
+                    out.push_sql(" AND ");
+                }
+                out.push_identifier(column)?;
+                out.push_sql(" = ");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A table whose rows are addressed by a key of one or several columns: the common part of
+/// [`Counter`](crate::counter::Counter) and [`Quota`](crate::quota::Quota) declarations.
+pub trait Keyed {
+    /// The Diesel table (`schema::my_table::table`).
+    type Table: diesel::Table + Default;
+    /// The key's Rust value: the column's type for a one-column key, a tuple for several.
+    type Key: Clone + std::fmt::Debug;
+    /// The key columns (a unique index or the primary key), in the order of [`Keyed::Key`].
+    const KEY: &'static [&'static str];
+    /// Rejects a key that must never reach the database (an empty string, a NULL).
+    ///
+    /// # Errors
+    /// The first offending key column.
+    fn validate_key(key: &Self::Key) -> std::result::Result<(), crate::InvalidInput>;
+}
+
+/// Writes a declaration's table and its key's values (as bind parameters, each with its
+/// column's SQL type) into a statement. The declaration macros implement it for every backend.
+pub trait BindKey<DB: Backend>: Keyed {
+    /// Pushes the table's (quoted, possibly schema-qualified) name.
+    ///
+    /// # Errors
+    /// Never in practice (identifiers only).
+    fn walk_table(out: AstPass<'_, '_, DB>) -> QueryResult<()>;
+
+    /// Pushes the key's values in [`Keyed::KEY`] order, in `style`.
+    ///
+    /// # Errors
+    /// Serialization errors of the values.
+    fn walk_key<'b>(
+        key: &'b Self::Key,
+        style: KeyStyle,
+        out: AstPass<'_, 'b, DB>,
+    ) -> QueryResult<()>;
+}
+
+/// Parses a JSON array of integers a statement returned.
+pub(crate) fn parse_ints(text: &str) -> Result<Vec<i64>> {
+    serde_json::from_str(text)
+        .map_err(|e| Error::Database(diesel::result::Error::DeserializationError(Box::new(e))))
+}

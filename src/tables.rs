@@ -1,0 +1,95 @@
+//! Ready-made tables for users who do not bring their own: an idempotency ledger, a quota table
+//! and its reservations, declared for [`idempotency`](crate::idempotency) and
+//! [`quota`](mod@crate::quota) exactly as a user's own tables would be.
+//!
+//! The SQL is the repository's `migrations/` (one directory per backend, for the diesel CLI, see
+//! the root `diesel.toml`); [`create_tables`] runs the same SQL. Every statement is
+//! `CREATE … IF NOT EXISTS`, so both may run on one database.
+//!
+//! # Examples
+//!
+//! ```
+//! use diesel::{Connection, RunQueryDsl, SqliteConnection};
+//! use upsert_kit::idempotency::{run, IdempotencyKey};
+//! use upsert_kit::tables::{create_tables, IdempotencyKeys, Quotas};
+//! let mut conn = SqliteConnection::establish(":memory:")?;
+//! create_tables(&mut conn)?;
+//! create_tables(&mut conn)?; // idempotent
+//! let now = chrono::Utc::now().naive_utc();
+//! let key = IdempotencyKey::new("job-1")?;
+//! let first = run::<IdempotencyKeys, _, _, _>(&mut conn, &key, "", now, |_| Ok(1_i64))?;
+//! assert!(first.applied);
+//!
+//! diesel::sql_query("INSERT INTO upsert_kit_quotas (quota_key, quota_limit) VALUES ('tokens:7', 10)")
+//!     .execute(&mut conn)?;
+//! let usage = upsert_kit::quota::try_consume::<Quotas, _>(&mut conn, &"tokens:7".to_owned(), 4, now)?;
+//! assert_eq!(usage.available(), 6);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+#![allow(missing_docs)] // the columns of `diesel::table!`
+
+use crate::conn::{Dialect, WriteConnection};
+use crate::error::Result;
+
+diesel::table! {
+    /// The ready-made idempotency ledger.
+    upsert_kit_idempotency_keys (key) {
+        key -> Text,
+        fingerprint -> Text,
+        result -> Nullable<Text>,
+        created_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    /// The ready-made quota table: one row per quota key.
+    upsert_kit_quotas (quota_key) {
+        quota_key -> Text,
+        quota_limit -> BigInt,
+        used -> BigInt,
+        reserved -> BigInt,
+    }
+}
+
+diesel::table! {
+    /// The reservations held against [`upsert_kit_quotas`].
+    upsert_kit_reservations (id) {
+        id -> BigInt,
+        quota_key -> Text,
+        amount -> BigInt,
+        expires_at -> Timestamp,
+    }
+}
+
+crate::ledger! {
+    table = upsert_kit_idempotency_keys, key = key, fingerprint = fingerprint, result = result, created_at = created_at;
+    /// The ready-made ledger's declaration.
+    #[derive(Debug, Clone, Copy)]
+    pub struct IdempotencyKeys;
+}
+
+crate::quota! {
+    table = upsert_kit_quotas, key = (quota_key: String), limit = quota_limit, used = used, reserved = reserved;
+    reservations = upsert_kit_reservations(id, amount, expires_at);
+    /// The ready-made quota table's declaration (with its reservations).
+    #[derive(Debug, Clone, Copy)]
+    pub struct Quotas;
+}
+
+/// Creates the ready-made tables when they are missing (the SQL of `migrations/` for the
+/// connection's backend), in one transaction.
+///
+/// # Errors
+/// Database errors (e.g. a table of the same name with other columns is left alone and will fail
+/// later; one with a conflicting index name fails here).
+///
+/// # Examples
+/// See the [module documentation](self).
+pub fn create_tables<C: WriteConnection>(conn: &mut C) -> Result<()> {
+    let sql = <C::Backend as Dialect>::DEFAULT_TABLES_SQL;
+    conn.write(|c| {
+        diesel::connection::SimpleConnection::batch_execute(c, sql)?;
+        Ok(())
+    })
+}
