@@ -235,9 +235,11 @@ fn backfill_records_failures_and_a_later_run_retries_them() {
         schedule_months(&mut conn, (2025, 12), (2026, 3)).unwrap(),
         1
     );
+    // A backoff far longer than the run: the failed month cannot come due again within it,
+    // however slow the machine. Its backoff is then ended by hand, as time passing would.
     let queue = Queue::<BackfillMonth>::new("s")
         .unwrap()
-        .backoff(Duration::from_millis(100), Duration::from_millis(100));
+        .backoff(Duration::from_secs(3600), Duration::from_secs(3600));
 
     let report = backfill(&mut conn, &queue, |year, month| {
         if (year, month) == (2025, 12) {
@@ -255,7 +257,16 @@ fn backfill_records_failures_and_a_later_run_retries_them() {
             ..BackfillReport::default()
         }
     );
-    std::thread::sleep(Duration::from_millis(150));
+    // Before its backoff ends, a run finds nothing due.
+    let report = backfill(&mut conn, &queue, |_, _| Ok::<(), Error>(())).unwrap();
+    assert_eq!(report, BackfillReport::default());
+    let due_again = diesel::sql_query(
+        "UPDATE backfill_log SET locked_until = statement_timestamp() - interval '1 second' \
+         WHERE status = 'retry'",
+    )
+    .execute(&mut conn)
+    .unwrap();
+    assert_eq!(due_again, 1);
     let mut seen = Vec::new();
     let report = backfill(&mut conn, &queue, |year, month| {
         seen.push((year, month));
