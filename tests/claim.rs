@@ -285,11 +285,19 @@ fn failures_count_attempts_back_off_and_park_the_item_past_the_maximum() {
     let db = tasks_db();
     let mut conn = db.conn();
     schedule(&mut conn, 1);
-    let backoff = Duration::from_millis(200);
+    // Backoffs far longer than anything the test does, so "not due yet" holds however slow
+    // the machine; each backoff is then ended by hand, as time passing would end it.
+    let backoff = Duration::from_secs(60);
     let queue = Queue::<Task>::new("w")
         .unwrap()
         .max_attempts(3)
-        .backoff(backoff, Duration::from_millis(300));
+        .backoff(backoff, Duration::from_secs(90));
+    let end_backoffs = |conn: &mut PgConnection| {
+        conn.batch_execute(
+            "UPDATE tasks SET locked_until = statement_timestamp() - interval '1 second'",
+        )
+        .unwrap();
+    };
 
     for attempt in 1..=3 {
         let claims = queue.claim(&mut conn, 1).unwrap();
@@ -315,14 +323,15 @@ fn failures_count_attempts_back_off_and_park_the_item_past_the_maximum() {
             assert!(queue.claim(&mut conn, 1).unwrap().is_empty());
             let wait = (at - chrono::Utc::now()).to_std().unwrap_or_default();
             assert!(wait <= queue.backoff_for(attempt));
+            assert!(wait > queue.backoff_for(attempt) / 2, "due in {wait:?}");
             // …and due after it.
-            std::thread::sleep(wait + Duration::from_millis(50));
+            end_backoffs(&mut conn);
         } else {
             assert_eq!(failed, Failed::Parked);
             assert_eq!(status, "failed");
         }
     }
-    std::thread::sleep(Duration::from_millis(350));
+    end_backoffs(&mut conn);
     assert!(
         queue.claim(&mut conn, 1).unwrap().is_empty(),
         "parked item claimed"
