@@ -121,7 +121,9 @@ impl JobError {
     }
 }
 
-/// A secret string (a token, a client secret): `Debug` and `Display` print `<redacted>`.
+/// A secret string (a token, a client secret): `Debug` and `Display` print `<redacted>`, and
+/// making one registers its value with [`crate::secrets`], so that no message or log line of
+/// the process shows it.
 ///
 /// ```
 /// use sync_jobs::Secret;
@@ -133,9 +135,11 @@ impl JobError {
 pub struct Secret(String);
 
 impl Secret {
-    /// Wraps a secret.
+    /// Wraps a secret and registers it with [`crate::secrets`].
     pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
+        let value = value.into();
+        crate::secrets::register(&value);
+        Secret(value)
     }
 
     /// The secret itself, for the one place that must send or store it.

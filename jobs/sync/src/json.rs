@@ -38,6 +38,15 @@ fn non_finite_at(text: &str, line: usize, column: usize) -> bool {
     rest.starts_with("NaN") || rest.starts_with("Infinity") || rest.starts_with("-Infinity")
 }
 
+/// Registers the string values of `keys` of `value` (an object) as secrets.
+pub(crate) fn register_secrets(value: &Value, keys: &[&str]) {
+    for k in keys {
+        if let Some(s) = value.get(*k).and_then(Value::as_str) {
+            crate::secrets::register(s);
+        }
+    }
+}
+
 /// A JSON object being read, with its path for error messages.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Obj<'a> {

@@ -126,6 +126,10 @@ macro_rules! token_readers {
                 ))
                 .first::<(i64, i64, String, String, NaiveDateTime, NaiveDateTime)>(self)
                 .optional()?;
+            if let Some((_, _, access, refresh, _, _)) = &row {
+                crate::secrets::register(access);
+                crate::secrets::register(refresh);
+            }
             Ok(row.map(
                 |(id, athlete_id, access_token, refresh_token, expires_at, updated_at)| {
                     StravaAuth {
@@ -154,6 +158,10 @@ macro_rules! token_readers {
                 ))
                 .first::<(i64, String, String, String, NaiveDateTime, NaiveDateTime)>(self)
                 .optional()?;
+            if let Some((_, _, access, refresh, _, _)) = &row {
+                crate::secrets::register(access);
+                crate::secrets::register(refresh);
+            }
             Ok(row.map(
                 |(id, user_id, access_token, refresh_token, expires_at, updated_at)| WakatimeAuth {
                     id,
@@ -279,11 +287,15 @@ impl SyncDatabase {
     }
 }
 
+/// `url` with `connect_timeout` added to its query unless it has one. The query is looked for
+/// after the userinfo (which ends at the last `@`): a password may hold `?` or `&`.
 fn with_timeout(url: &str) -> String {
-    if url.contains("connect_timeout=") {
+    let after_userinfo = url.rfind('@').map_or(0, |at| at + 1);
+    let tail = &url[after_userinfo..];
+    if tail.contains("connect_timeout=") {
         return url.to_owned();
     }
-    let sep = if url.contains('?') { '&' } else { '?' };
+    let sep = if tail.contains('?') { '&' } else { '?' };
     format!("{url}{sep}connect_timeout={CONNECT_TIMEOUT_SECS}")
 }
 
@@ -483,6 +495,10 @@ mod tests {
         assert_eq!(
             with_timeout("postgres://h/db?connect_timeout=3"),
             "postgres://h/db?connect_timeout=3"
+        );
+        assert_eq!(
+            with_timeout("postgres://u:p?ss&connect_timeout=/w@h/db"),
+            "postgres://u:p?ss&connect_timeout=/w@h/db?connect_timeout=10"
         );
     }
 }

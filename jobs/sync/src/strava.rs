@@ -207,6 +207,8 @@ impl StravaToken {
     /// [`JobError::Payload`] for a missing or empty token, or an `expires_at` that is not a
     /// Unix time in years 1970–9999.
     pub fn from_json(source_name: &str, path: &str, value: &Value) -> Result<Self, JobError> {
+        // The tokens are secrets from the moment they arrive, before anything else is checked.
+        json::register_secrets(value, &["access_token", "refresh_token"]);
         let o = Obj::of(source_name, path, value)?;
         let seconds = o.int("expires_at")?;
         let expires_at = chrono::DateTime::from_timestamp(seconds, 0)
@@ -424,7 +426,7 @@ where
             let body = api
                 .http
                 .get_json(&url, &Secret::new(token.access_token.clone()))?;
-            let stats = AthleteStats::from_json(&format!("GET {url}"), "", &body)?;
+            let stats = AthleteStats::from_json(&crate::http::endpoint("GET", &url), "", &body)?;
             let mut summary = conn.sync_transaction(|conn| {
                 let mut summary = SyncSummary::new();
                 write_stats(conn, &stats, &mut summary)?;
@@ -483,7 +485,7 @@ fn refresh(
             ("refresh_token", refresh_token.expose()),
         ],
     )?;
-    let token = StravaToken::from_json(&format!("POST {url}"), "", &body)?;
+    let token = StravaToken::from_json(&crate::http::endpoint("POST", &url), "", &body)?;
     let athlete_id = token
         .athlete_id
         .or(api.athlete_id)

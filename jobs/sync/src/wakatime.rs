@@ -277,6 +277,8 @@ impl WakatimeToken {
     /// [`JobError::Payload`] for a missing or empty token, or an expiry that is missing or
     /// out of range.
     pub fn from_json(source_name: &str, path: &str, value: &Value) -> Result<Self, JobError> {
+        // The tokens are secrets from the moment they arrive, before anything else is checked.
+        json::register_secrets(value, &["access_token", "refresh_token"]);
         let o = Obj::of(source_name, path, value)?;
         let bad = |reason: String| {
             JobError::payload(
@@ -526,7 +528,7 @@ where
                 );
                 let body = api.http.get_json(&url, &bearer)?;
                 stats.push(RangeStats::from_json(
-                    &format!("GET {url}"),
+                    &crate::http::endpoint("GET", &url),
                     "",
                     *range,
                     &body,
@@ -594,6 +596,6 @@ fn refresh(
         form.push(("redirect_uri", uri.as_str()));
     }
     let body = api.http.post_form_json(&url, &form)?;
-    let token = WakatimeToken::from_json(&format!("POST {url}"), "", &body)?;
+    let token = WakatimeToken::from_json(&crate::http::endpoint("POST", &url), "", &body)?;
     Ok(token.into_row(account, stored.map(|s| s.user_id.as_str())))
 }

@@ -70,7 +70,12 @@ fn run(args: &Args) -> anyhow::Result<(String, SyncSummary)> {
 }
 
 fn main() -> ExitCode {
+    common::protect(
+        "strava-sync",
+        &["STRAVA_CLIENT_SECRET", "STRAVA_REFRESH_TOKEN"],
+    );
     let args: Args = common::parse_args("strava-sync");
+    sync_jobs::secrets::register_url(&args.common.database_url);
     common::init_tracing();
     match run(&args) {
         Ok((source, summary)) => common::report_success(

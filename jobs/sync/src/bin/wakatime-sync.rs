@@ -85,7 +85,12 @@ fn run(args: &Args) -> anyhow::Result<(String, SyncSummary)> {
 }
 
 fn main() -> ExitCode {
+    common::protect(
+        "wakatime-sync",
+        &["WAKATIME_CLIENT_SECRET", "WAKATIME_REFRESH_TOKEN"],
+    );
     let args: Args = common::parse_args("wakatime-sync");
+    sync_jobs::secrets::register_url(&args.common.database_url);
     common::init_tracing();
     match run(&args) {
         Ok((source, summary)) => common::report_success(
