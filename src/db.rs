@@ -52,11 +52,70 @@ impl BackendKind {
     }
 }
 
-/// Strips an `sqlite://` or `file:` prefix, giving the path SQLite opens.
-pub fn sqlite_path(url: &str) -> &str {
-    url.strip_prefix("sqlite://")
+/// The busy timeout of [`connect_sqlite`] and [`sqlite_pool`] unless the URL's
+/// `busy_timeout` parameter sets another: how long a statement waits for another connection's
+/// lock before it fails with [`Error::Busy`].
+#[cfg(feature = "sqlite")]
+pub const DEFAULT_SQLITE_BUSY_TIMEOUT_MS: u32 = 5_000;
+
+/// Strips an `sqlite://` or `file:` prefix and the crate's own `busy_timeout` parameter,
+/// giving the path SQLite opens.
+///
+/// ```
+/// use upsert_kit::db::sqlite_path;
+/// assert_eq!(sqlite_path("sqlite://data/sync.db"), "data/sync.db");
+/// assert_eq!(sqlite_path("sync.db?busy_timeout=30000"), "sync.db");
+/// ```
+pub fn sqlite_path(url: &str) -> String {
+    split_busy_timeout(url).0
+}
+
+/// The path SQLite opens, and the `busy_timeout=<milliseconds>` parameter's text if the URL
+/// has one (taken out of the query; other parameters stay).
+fn split_busy_timeout(url: &str) -> (String, Option<String>) {
+    let path = url
+        .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("file:"))
-        .unwrap_or(url)
+        .unwrap_or(url);
+    let Some((head, query)) = path.rsplit_once('?') else {
+        return (path.to_owned(), None);
+    };
+    let mut timeout = None;
+    let rest: Vec<&str> = query
+        .split('&')
+        .filter(|kv| match kv.split_once('=') {
+            Some(("busy_timeout", v)) => {
+                timeout = Some(v.to_owned());
+                false
+            }
+            _ => true,
+        })
+        .collect();
+    if timeout.is_none() {
+        return (path.to_owned(), None);
+    }
+    let path = if rest.is_empty() {
+        head.to_owned()
+    } else {
+        format!("{head}?{}", rest.join("&"))
+    };
+    (path, timeout)
+}
+
+/// The path and busy timeout (milliseconds) an SQLite URL asks for.
+#[cfg(feature = "sqlite")]
+fn sqlite_target(url: &str) -> Result<(String, u32)> {
+    let (path, timeout) = split_busy_timeout(url);
+    let ms = match timeout {
+        None => DEFAULT_SQLITE_BUSY_TIMEOUT_MS,
+        Some(t) => t.parse::<u32>().map_err(|_| {
+            Error::invalid(
+                "busy_timeout",
+                "expected the busy timeout in milliseconds (0 to 4294967295)",
+            )
+        })?,
+    };
+    Ok((path, ms))
 }
 
 /// Opens a PostgreSQL connection. The error never contains the URL's password.
@@ -76,33 +135,45 @@ pub fn connect_pg(url: &str) -> Result<PgConnection> {
 }
 
 /// Opens an SQLite file (created if missing) set up for a writer that shares the file:
-/// WAL journal, a 5 s busy timeout, foreign keys on.
+/// WAL journal, a busy timeout, foreign keys on.
+///
+/// The busy timeout is [`DEFAULT_SQLITE_BUSY_TIMEOUT_MS`] unless the URL's `busy_timeout`
+/// parameter (milliseconds) says otherwise: `sync.db?busy_timeout=30000`. A statement that
+/// waits longer than that for another connection's lock fails with [`Error::Busy`], which is
+/// retryable: nothing was applied.
 ///
 /// # Errors
-/// [`Error::Connect`] when the file cannot be opened.
+/// [`Error::Connect`] when the file cannot be opened, [`Error::Busy`] when it stays locked
+/// past the busy timeout while the connection is set up, [`Error::InvalidInput`] for a
+/// `busy_timeout` that is not a number of milliseconds.
 #[cfg(feature = "sqlite")]
 pub fn connect_sqlite(url: &str) -> Result<SqliteConnection> {
-    let path = sqlite_path(url);
-    let mut conn = SqliteConnection::establish(path)
+    let (path, busy_ms) = sqlite_target(url)?;
+    let mut conn = SqliteConnection::establish(&path)
         .map_err(|e| Error::Connect(format!("cannot open SQLite database {path:?}: {e}")))?;
-    sqlite_setup(&mut conn)
-        .map_err(|e| Error::Connect(format!("cannot set up SQLite database {path:?}: {e}")))?;
+    sqlite_setup(&mut conn, busy_ms).map_err(|e| match Error::from(e) {
+        Error::Busy(m) => Error::Busy(format!("{path:?}: {m}")),
+        other => Error::Connect(format!("cannot set up SQLite database {path:?}: {other}")),
+    })?;
     Ok(conn)
 }
 
 /// Per-connection SQLite settings of [`connect_sqlite`] and [`sqlite_pool`].
 #[cfg(feature = "sqlite")]
-fn sqlite_setup(conn: &mut SqliteConnection) -> diesel::QueryResult<()> {
+fn sqlite_setup(conn: &mut SqliteConnection, busy_ms: u32) -> diesel::QueryResult<()> {
     use diesel::connection::SimpleConnection;
-    conn.batch_execute(
-        "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON;",
-    )
+    // The busy timeout first: the journal-mode change may wait for another connection.
+    conn.batch_execute(&format!(
+        "PRAGMA busy_timeout = {busy_ms}; PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON;"
+    ))
 }
 
 /// [`sqlite_setup`] as the pool's connection customizer.
 #[cfg(all(feature = "sqlite", feature = "r2d2"))]
 #[derive(Debug, Clone, Copy)]
-struct SqliteSetup;
+struct SqliteSetup {
+    busy_ms: u32,
+}
 
 #[cfg(all(feature = "sqlite", feature = "r2d2"))]
 impl diesel::r2d2::CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqliteSetup {
@@ -110,7 +181,7 @@ impl diesel::r2d2::CustomizeConnection<SqliteConnection, diesel::r2d2::Error> fo
         &self,
         conn: &mut SqliteConnection,
     ) -> std::result::Result<(), diesel::r2d2::Error> {
-        sqlite_setup(conn).map_err(diesel::r2d2::Error::QueryError)
+        sqlite_setup(conn, self.busy_ms).map_err(diesel::r2d2::Error::QueryError)
     }
 }
 
@@ -166,21 +237,23 @@ impl r2d2::HandleError<diesel::r2d2::Error> for RedactingErrorHandler {
 }
 
 /// Builds an r2d2 pool of `size` SQLite connections on one file, each set up as
-/// [`connect_sqlite`] does.
+/// [`connect_sqlite`] does (the URL's `busy_timeout` parameter included).
 ///
 /// # Errors
-/// [`Error::Pool`] when the file cannot be opened.
+/// [`Error::Pool`] when the file cannot be opened, [`Error::InvalidInput`] for a bad
+/// `busy_timeout`.
 ///
 /// # Panics
 /// When `size` is 0.
 #[cfg(all(feature = "sqlite", feature = "r2d2"))]
 pub fn sqlite_pool(url: &str, size: u32) -> Result<SqlitePool> {
     assert!(size > 0, "a pool needs at least one connection");
+    let (path, busy_ms) = sqlite_target(url)?;
     Pool::builder()
         .max_size(size)
         .connection_timeout(Duration::from_secs(10))
-        .connection_customizer(Box::new(SqliteSetup))
-        .build(ConnectionManager::<SqliteConnection>::new(sqlite_path(url)))
+        .connection_customizer(Box::new(SqliteSetup { busy_ms }))
+        .build(ConnectionManager::<SqliteConnection>::new(path))
         .map_err(|e| Error::Pool(e.to_string()))
 }
 

@@ -50,6 +50,14 @@ pub enum Error {
     #[error("lock not acquired within the lock timeout: {0}")]
     LockTimeout(String),
 
+    /// SQLite: another connection held the database's lock past this connection's busy
+    /// timeout (`database is locked`). SQLite applies a transaction whole or not at all, and a
+    /// busy statement did not run: nothing was applied, so the transaction can be retried
+    /// ([`Error::is_retryable`]). The timeout is the URL's `busy_timeout` parameter of
+    /// [`connect_sqlite`](crate::db::connect_sqlite).
+    #[error("database busy: another connection held the SQLite write lock past the busy timeout; nothing was applied, so retrying can succeed: {0}")]
+    Busy(String),
+
     /// The statement ran longer than `statement_timeout` (`57014`).
     #[error("statement timeout: {0}")]
     StatementTimeout(String),
@@ -162,8 +170,8 @@ impl Error {
 
     /// Whether re-running the whole transaction on a healthy connection can succeed and is
     /// safe: serialization failures, deadlocks, connections lost before `COMMIT` (the server
-    /// rolled the transaction back) and failed connects. [`Error::OutcomeUnknown`] is *not* retryable:
-    /// see [`Error::is_outcome_unknown`].
+    /// rolled the transaction back), failed connects and a busy SQLite database.
+    /// [`Error::OutcomeUnknown`] is *not* retryable: see [`Error::is_outcome_unknown`].
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
@@ -171,6 +179,7 @@ impl Error {
                 | Error::Deadlock(_)
                 | Error::ConnectionLost(_)
                 | Error::Connect(_)
+                | Error::Busy(_)
         )
     }
 
@@ -257,7 +266,7 @@ fn classify_by_message(message: &str) -> Option<Error> {
         || message.starts_with("database table is locked")
     {
         // SQLite: another writer held the lock past the busy timeout. Nothing was applied.
-        Some(Error::LockTimeout(m))
+        Some(Error::Busy(m))
     } else if message.starts_with("UNIQUE constraint failed") {
         Some(Error::Constraint {
             kind: ConstraintKind::Unique,

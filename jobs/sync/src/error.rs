@@ -100,6 +100,12 @@ impl JobError {
         }
     }
 
+    /// Whether the database was busy (SQLite locked past the busy timeout): nothing was
+    /// written, and running again can succeed ([`JobError::is_transient`]).
+    pub fn is_busy(&self) -> bool {
+        matches!(self, JobError::Database(upsert_kit::Error::Busy(_)))
+    }
+
     /// Whether running the job again later can succeed without changing anything: rate
     /// limits, server errors, transport failures, an unreachable database and retryable
     /// database errors. A 401, a bad payload or a configuration error needs a person.

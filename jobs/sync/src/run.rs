@@ -21,8 +21,13 @@
 //!   The lock is released at commit or rollback; it holds across processes and hosts.
 //! - SQLite: the token transaction is `BEGIN IMMEDIATE`, which takes the database's single
 //!   write lock at once; it plays the advisory lock's part (for every account at once). A run
-//!   that waits longer than the connection's busy timeout (5 s) fails with a lock timeout and
-//!   writes nothing.
+//!   that waits longer than the connection's busy timeout (5 s unless the URL's
+//!   `busy_timeout=<ms>` parameter says otherwise, see [`upsert_kit::db::connect_sqlite`])
+//!   fails with [`upsert_kit::Error::Busy`], which is retryable: it wrote nothing.
+//!
+//! # Opening
+//! A run opens the database and applies pending migrations (see [`SyncDatabase::open`]). On
+//! SQLite a run with nothing to migrate only reads: it takes no write lock.
 //!
 //! In every case the store itself is monotonic ([`atomic_upsert_auth`]):
 //! an older token never overwrites a newer one.
@@ -233,8 +238,9 @@ pub const CONNECT_TIMEOUT_SECS: u32 = 10;
 impl SyncDatabase {
     /// Opens the database `url` names (see [`BackendKind::of`]) and applies the pending
     /// migrations, in one transaction that holds the advisory lock
-    /// [`MIGRATION_LOCK_NAMESPACE`] on PostgreSQL (SQLite: an immediate transaction), so runs
-    /// that start together on a fresh database migrate it once. An SQLite file is created if missing; a PostgreSQL URL without a
+    /// [`MIGRATION_LOCK_NAMESPACE`] on PostgreSQL (SQLite: an immediate transaction, taken only
+    /// when a plain read finds a migration missing), so runs that start together on a fresh
+    /// database migrate it once. An SQLite file is created if missing; a PostgreSQL URL without a
     /// `connect_timeout` gets one of [`CONNECT_TIMEOUT_SECS`].
     ///
     /// ```
@@ -272,7 +278,15 @@ impl SyncDatabase {
                 lock::xact_lock(c, LockKey::new(MIGRATION_LOCK_NAMESPACE, 0))?;
                 migrations::run_migrations(c)
             })?,
-            SyncDatabase::Sqlite(c) => c.sync_transaction(migrations::run_migrations)?,
+            // Only a run with something to migrate takes SQLite's write lock: the check is a
+            // plain read, so runs on a migrated file do not queue behind each other here.
+            SyncDatabase::Sqlite(c) => {
+                if migrations::sqlite_needs_migrations(c)? {
+                    c.sync_transaction(migrations::run_migrations)?
+                } else {
+                    0
+                }
+            }
         };
         tracing::info!(url = %db::redact_url(url), applied, "database open, migrations applied");
         Ok(db)

@@ -490,19 +490,24 @@ where
 {
     let lock_key = LockKey::new(LOCK_NAMESPACE, account);
     match source {
-        WakatimeSource::Capture(capture) => conn.sync_transaction(|conn| {
-            let mut summary = SyncSummary::new();
-            if let Some(token) = &capture.token {
-                conn.lock_token_refresh(lock_key)?;
-                let stored = conn.wakatime_token(account)?;
-                let row = token
-                    .clone()
-                    .into_row(account, stored.as_ref().map(|s| s.user_id.as_str()));
-                summary.auth = atomic_upsert_auth(conn, &row)?.into();
-            }
-            write_stats(conn, &capture.stats, &mut summary)?;
-            Ok(summary)
-        }),
+        WakatimeSource::Capture(capture) => {
+            // Built before the transaction: on SQLite it holds the file's only write lock, and
+            // turning large stats into rows is work that needs no lock.
+            let rows = stats_rows(&capture.stats);
+            conn.sync_transaction(|conn| {
+                let mut summary = SyncSummary::new();
+                if let Some(token) = &capture.token {
+                    conn.lock_token_refresh(lock_key)?;
+                    let stored = conn.wakatime_token(account)?;
+                    let row = token
+                        .clone()
+                        .into_row(account, stored.as_ref().map(|s| s.user_id.as_str()));
+                    summary.auth = atomic_upsert_auth(conn, &row)?.into();
+                }
+                write_stats(conn, &rows, &mut summary)?;
+                Ok(summary)
+            })
+        }
         WakatimeSource::Online(api) => {
             // Fetched and written in one fixed order, so that concurrent runs lock the rows in
             // the same order and cannot deadlock.
@@ -534,9 +539,10 @@ where
                     &body,
                 )?);
             }
+            let rows = stats_rows(&stats);
             let mut summary = conn.sync_transaction(|conn| {
                 let mut summary = SyncSummary::new();
-                write_stats(conn, &stats, &mut summary)?;
+                write_stats(conn, &rows, &mut summary)?;
                 Ok(summary)
             })?;
             summary.auth = auth;
@@ -545,18 +551,22 @@ where
     }
 }
 
+/// The stats rows of `stats`, stamped now.
+fn stats_rows(stats: &[RangeStats]) -> Vec<WakatimeStats> {
+    let now = chrono::Utc::now().naive_utc();
+    stats.iter().map(|s| s.row(now)).collect()
+}
+
 fn write_stats<C>(
     conn: &mut C,
-    stats: &[RangeStats],
+    rows: &[WakatimeStats],
     summary: &mut SyncSummary,
 ) -> Result<(), JobError>
 where
     WakatimeStats: Upsertable<C, Changed<wakatime_stats::data>>,
 {
-    let now = chrono::Utc::now().naive_utc();
-    for s in stats {
-        let row = s.row(now);
-        let outcome = atomic_upsert_stats(conn, &row)?;
+    for row in rows {
+        let outcome = atomic_upsert_stats(conn, row)?;
         tracing::info!(stats_type = %row.stats_type, %outcome, "stats row");
         summary.record_stats(&row.stats_type, outcome);
     }

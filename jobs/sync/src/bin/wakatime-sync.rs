@@ -79,8 +79,12 @@ fn run(args: &Args) -> anyhow::Result<(String, SyncSummary)> {
             args.api_base.clone(),
         ),
     };
-    let mut db = SyncDatabase::open(&args.common.database_url).context("opening the database")?;
-    let summary = wakatime::sync(&mut db, args.account, &source)?;
+    let url = &args.common.database_url;
+    let mut db = SyncDatabase::open(url)
+        .map_err(|e| common::name_busy_database(e, url))
+        .context("opening the database")?;
+    let summary = wakatime::sync(&mut db, args.account, &source)
+        .map_err(|e| common::name_busy_database(e, url))?;
     Ok((source_name, summary))
 }
 

@@ -167,6 +167,16 @@ pub fn parse_args<T: clap::Parser>(job: &str) -> T {
     }
 }
 
+/// `error`, naming the database (its URL redacted) when it was busy: the line then says which
+/// file to look at and that the run can be retried.
+pub fn name_busy_database(error: sync_jobs::JobError, database_url: &str) -> anyhow::Error {
+    if error.is_busy() {
+        anyhow::Error::new(error).context(redact_url(database_url))
+    } else {
+        error.into()
+    }
+}
+
 /// Reads an environment variable, treating an empty value as unset.
 pub fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
