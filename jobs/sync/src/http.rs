@@ -38,8 +38,13 @@ impl HttpClient {
         HttpClient { agent }
     }
 
-    /// `GET url` with a bearer token; the JSON body of a 2xx answer.
-    pub(crate) fn get_json(&self, url: &str, bearer: &Secret) -> Result<Value, JobError> {
+    /// `GET url` with a bearer token; the JSON body of a 2xx answer (what `shape` reads).
+    pub(crate) fn get_json(
+        &self,
+        url: &str,
+        bearer: &Secret,
+        shape: &json::Shape,
+    ) -> Result<Value, JobError> {
         let endpoint = endpoint("GET", url);
         tracing::debug!(%endpoint, "request");
         let response = self
@@ -48,15 +53,16 @@ impl HttpClient {
             .header("Authorization", format!("Bearer {}", bearer.expose()))
             .header("Accept", "application/json")
             .call();
-        read(endpoint, response)
+        read(endpoint, response, shape)
     }
 
     /// `POST url` with a form body (which may hold secrets: it is never logged); the JSON body
-    /// of a 2xx answer.
+    /// of a 2xx answer (what `shape` reads).
     pub(crate) fn post_form_json(
         &self,
         url: &str,
         form: &[(&str, &str)],
+        shape: &json::Shape,
     ) -> Result<Value, JobError> {
         let endpoint = endpoint("POST", url);
         tracing::debug!(%endpoint, "request");
@@ -65,7 +71,7 @@ impl HttpClient {
             .post(url)
             .header("Accept", "application/json")
             .send_form(form.iter().copied());
-        read(endpoint, response)
+        read(endpoint, response, shape)
     }
 }
 
@@ -77,6 +83,7 @@ pub(crate) fn endpoint(method: &str, url: &str) -> String {
 fn read(
     endpoint: String,
     response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    shape: &json::Shape,
 ) -> Result<Value, JobError> {
     let transport = |endpoint: &str, e: ureq::Error| JobError::Transport {
         endpoint: endpoint.to_owned(),
@@ -103,7 +110,7 @@ fn read(
                 // it honours `Accept: application/json`).
                 Ok(form_to_json(&body))
             } else {
-                json::parse(&endpoint, &body)
+                json::parse_shaped(&endpoint, &body, shape)
             }
         }
         401 => Err(JobError::Unauthorized { endpoint }),

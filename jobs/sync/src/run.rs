@@ -431,6 +431,19 @@ impl fmt::Display for SyncSummary {
     }
 }
 
+/// Names the capture and the field for a value that the library refused before writing
+/// ([`upsert_kit::Error::InvalidInput`]: the checks that only hold after conversion, such as
+/// a timestamp's range): `stdin: token.expires_at: …` instead of `invalid input: expires_at: …`.
+/// Other errors, and errors of online runs (`source` `None`), are returned as they are.
+pub(crate) fn name_input(e: JobError, source: Option<&str>, path: &str) -> JobError {
+    match (e, source) {
+        (JobError::Database(upsert_kit::Error::InvalidInput(i)), Some(source)) => {
+            JobError::payload(source, format!("{path}.{}: {}", i.field, i.reason))
+        }
+        (e, _) => e,
+    }
+}
+
 /// A token a job knows how to judge and refresh.
 pub(crate) trait StoredToken: AuthModel + Clone {
     fn expires_at(&self) -> NaiveDateTime;
@@ -495,6 +508,24 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_value_the_library_refuses_is_named_by_capture_and_field() {
+        let refused = || {
+            JobError::Database(upsert_kit::Error::invalid(
+                "expires_at",
+                "timestamp +10000-01-01 00:59:59 is out of range (years 1 to 9999)",
+            ))
+        };
+        assert_eq!(
+            name_input(refused(), Some("stdin"), "token").to_string(),
+            "stdin: token.expires_at: timestamp +10000-01-01 00:59:59 is out of range (years 1 to 9999)"
+        );
+        assert!(matches!(
+            name_input(refused(), None, "token"),
+            JobError::Database(upsert_kit::Error::InvalidInput(_))
+        ));
+    }
 
     #[test]
     fn postgres_urls_get_a_connect_timeout_unless_they_have_one() {

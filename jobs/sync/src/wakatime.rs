@@ -25,9 +25,9 @@
 
 use super::error::{JobError, Secret};
 use super::http::HttpClient;
-use super::json::{self, Obj};
+use super::json::{self, Obj, Shape};
 use super::models::{WakatimeAuth, WakatimeStats};
-use super::run::{ensure_fresh_token, SyncConnection, SyncDatabase, SyncSummary};
+use super::run::{ensure_fresh_token, name_input, SyncConnection, SyncDatabase, SyncSummary};
 use crate::schema::{wakatime_auth, wakatime_stats};
 use chrono::NaiveDateTime;
 use serde::Serialize;
@@ -93,7 +93,9 @@ impl fmt::Display for StatsRange {
 
 /// A stats range name that WakaTime does not have.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown stats range {0:?}; expected one of last_7_days, last_30_days, last_6_months, last_year, all_time")]
+// The name is not repeated: the caller names where it was (`stats.last_week: …`), and a
+// usage error must not echo an argument's value.
+#[error("unknown stats range; expected one of last_7_days, last_30_days, last_6_months, last_year, all_time")]
 pub struct UnknownRange(pub String);
 
 impl FromStr for StatsRange {
@@ -102,7 +104,9 @@ impl FromStr for StatsRange {
     /// ```
     /// use sync_jobs::wakatime::StatsRange;
     /// assert_eq!("last_year".parse::<StatsRange>(), Ok(StatsRange::LastYear));
-    /// assert!("last_week".parse::<StatsRange>().unwrap_err().to_string().starts_with("unknown stats range \"last_week\""));
+    /// let err = "last_week".parse::<StatsRange>().unwrap_err();
+    /// assert_eq!(err.0, "last_week");
+    /// assert!(err.to_string().starts_with("unknown stats range; expected one of last_7_days"));
     /// ```
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         StatsRange::ALL
@@ -152,6 +156,43 @@ pub struct RangeStats {
     /// Projects (absent when the user keeps them private).
     pub projects: Vec<Share>,
 }
+
+/// What the job reads of a share (a language, an editor, …).
+const SHARE_SHAPE: Shape = Shape::Object(&[
+    ("name", Shape::Value),
+    ("total_seconds", Shape::Value),
+    ("percent", Shape::Value),
+]);
+
+/// What the job reads of a stats response.
+pub(crate) const STATS_SHAPE: Shape = Shape::Object(&[(
+    "data",
+    Shape::Object(&[
+        ("range", Shape::Value),
+        ("start", Shape::Value),
+        ("end", Shape::Value),
+        ("total_seconds", Shape::Value),
+        ("daily_average", Shape::Value),
+        ("languages", Shape::Array(&SHARE_SHAPE)),
+        ("editors", Shape::Array(&SHARE_SHAPE)),
+        ("operating_systems", Shape::Array(&SHARE_SHAPE)),
+        ("categories", Shape::Array(&SHARE_SHAPE)),
+        ("projects", Shape::Array(&SHARE_SHAPE)),
+    ]),
+)]);
+
+/// What the job reads of a token response.
+pub(crate) const TOKEN_SHAPE: Shape = Shape::Object(&[
+    ("access_token", Shape::Value),
+    ("refresh_token", Shape::Value),
+    ("expires_at", Shape::Value),
+    ("expires_in", Shape::Value),
+    ("uid", Shape::Value),
+]);
+
+/// What the job reads of a capture: any other field is only checked to be valid JSON.
+const CAPTURE_SHAPE: Shape =
+    Shape::Object(&[("token", TOKEN_SHAPE), ("stats", Shape::Map(&STATS_SHAPE))]);
 
 fn shares(data: &Obj<'_>, key: &str) -> Result<Vec<Share>, JobError> {
     if data.opt(key).is_none() {
@@ -287,9 +328,19 @@ impl WakatimeToken {
             )
         };
         let expires_at = match o.opt("expires_at") {
-            Some(Value::String(s)) => chrono::DateTime::parse_from_rfc3339(s)
-                .map_err(|e| bad(format!("{s:?} is not an RFC 3339 time: {e}")))?
-                .naive_utc(),
+            Some(Value::String(s)) => {
+                let utc = chrono::DateTime::parse_from_rfc3339(s)
+                    .map_err(|e| bad(format!("{s:?} is not an RFC 3339 time: {e}")))?
+                    .naive_utc();
+                // Checked after the conversion: `9999-12-31T23:59:59-01:00` is in year 10000
+                // in UTC, which the database cannot store.
+                if !(1970..=9999).contains(&chrono::Datelike::year(&utc)) {
+                    return Err(bad(format!(
+                        "{s:?} is {utc} in UTC, outside years 1970-9999"
+                    )));
+                }
+                utc
+            }
             Some(Value::Number(_)) => {
                 let secs = o.int("expires_at")?;
                 chrono::DateTime::from_timestamp(secs, 0)
@@ -335,6 +386,8 @@ impl WakatimeToken {
 /// A capture of the token and stats responses (the format is in the module docs).
 #[derive(Debug, Clone, PartialEq)]
 pub struct WakatimeCapture {
+    /// Where the capture was read from (a path, or `stdin`): errors name it.
+    pub source_name: String,
     /// The token response, if captured.
     pub token: Option<WakatimeToken>,
     /// One validated response per range, in [`StatsRange`] order.
@@ -350,7 +403,7 @@ impl WakatimeCapture {
     /// let capture = WakatimeCapture::parse("examples/data/wakatime.json", &text)?;
     /// assert_eq!(capture.stats.len(), 5);
     /// let err = WakatimeCapture::parse("stdin", r#"{"stats": {"last_week": {"data": {}}}}"#).unwrap_err();
-    /// assert!(err.to_string().contains("unknown stats range \"last_week\""));
+    /// assert!(err.to_string().contains("stats.last_week: unknown stats range; expected one of"));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     ///
@@ -358,7 +411,7 @@ impl WakatimeCapture {
     /// [`JobError::Payload`]: malformed, truncated or non-finite JSON, an unknown range, a
     /// missing field or a wrong type.
     pub fn parse(source_name: &str, text: &str) -> Result<Self, JobError> {
-        let root = json::parse(source_name, text)?;
+        let root = json::parse_shaped(source_name, text, &CAPTURE_SHAPE)?;
         let o = Obj::of(source_name, "", &root)?;
         let stats_obj = o.object("stats", "stats")?;
         let mut stats = Vec::new();
@@ -384,7 +437,11 @@ impl WakatimeCapture {
             .opt("token")
             .map(|t| WakatimeToken::from_json(source_name, "token", t))
             .transpose()?;
-        Ok(WakatimeCapture { token, stats })
+        Ok(WakatimeCapture {
+            source_name: source_name.to_owned(),
+            token,
+            stats,
+        })
     }
 }
 
@@ -504,7 +561,7 @@ where
                         .into_row(account, stored.as_ref().map(|s| s.user_id.as_str()));
                     summary.auth = atomic_upsert_auth(conn, &row)?.into();
                 }
-                write_stats(conn, &rows, &mut summary)?;
+                write_stats(conn, &rows, None, &mut summary)?;
                 Ok(summary)
             })
         }
@@ -531,7 +588,7 @@ where
                     "{}/users/current/stats/{range}",
                     api.api_base.trim_end_matches('/')
                 );
-                let body = api.http.get_json(&url, &bearer)?;
+                let body = api.http.get_json(&url, &bearer, &STATS_SHAPE)?;
                 stats.push(RangeStats::from_json(
                     &crate::http::endpoint("GET", &url),
                     "",
@@ -542,7 +599,7 @@ where
             let rows = stats_rows(&stats);
             let mut summary = conn.sync_transaction(|conn| {
                 let mut summary = SyncSummary::new();
-                write_stats(conn, &rows, &mut summary)?;
+                write_stats(conn, &rows, None, &mut summary)?;
                 Ok(summary)
             })?;
             summary.auth = auth;
@@ -560,13 +617,15 @@ fn stats_rows(stats: &[RangeStats]) -> Vec<WakatimeStats> {
 fn write_stats<C>(
     conn: &mut C,
     rows: &[WakatimeStats],
+    source: Option<&str>,
     summary: &mut SyncSummary,
 ) -> Result<(), JobError>
 where
     WakatimeStats: Upsertable<C, Changed<wakatime_stats::data>>,
 {
     for row in rows {
-        let outcome = atomic_upsert_stats(conn, row)?;
+        let outcome = atomic_upsert_stats(conn, row)
+            .map_err(|e| name_input(e.into(), source, &format!("stats.{}", row.stats_type)))?;
         tracing::info!(stats_type = %row.stats_type, %outcome, "stats row");
         summary.record_stats(&row.stats_type, outcome);
     }
@@ -605,7 +664,7 @@ fn refresh(
     if let Some(uri) = &api.redirect_uri {
         form.push(("redirect_uri", uri.as_str()));
     }
-    let body = api.http.post_form_json(&url, &form)?;
+    let body = api.http.post_form_json(&url, &form, &TOKEN_SHAPE)?;
     let token = WakatimeToken::from_json(&crate::http::endpoint("POST", &url), "", &body)?;
     Ok(token.into_row(account, stored.map(|s| s.user_id.as_str())))
 }
