@@ -52,11 +52,70 @@ impl BackendKind {
     }
 }
 
-/// Strips an `sqlite://` or `file:` prefix, giving the path SQLite opens.
-pub fn sqlite_path(url: &str) -> &str {
-    url.strip_prefix("sqlite://")
+/// The busy timeout of [`connect_sqlite`] and [`sqlite_pool`] unless the URL's
+/// `busy_timeout` parameter sets another: how long a statement waits for another connection's
+/// lock before it fails with [`Error::Busy`].
+#[cfg(feature = "sqlite")]
+pub const DEFAULT_SQLITE_BUSY_TIMEOUT_MS: u32 = 5_000;
+
+/// Strips an `sqlite://` or `file:` prefix and the crate's own `busy_timeout` parameter,
+/// giving the path SQLite opens.
+///
+/// ```
+/// use upsert_kit::db::sqlite_path;
+/// assert_eq!(sqlite_path("sqlite://data/sync.db"), "data/sync.db");
+/// assert_eq!(sqlite_path("sync.db?busy_timeout=30000"), "sync.db");
+/// ```
+pub fn sqlite_path(url: &str) -> String {
+    split_busy_timeout(url).0
+}
+
+/// The path SQLite opens, and the `busy_timeout=<milliseconds>` parameter's text if the URL
+/// has one (taken out of the query; other parameters stay).
+fn split_busy_timeout(url: &str) -> (String, Option<String>) {
+    let path = url
+        .strip_prefix("sqlite://")
         .or_else(|| url.strip_prefix("file:"))
-        .unwrap_or(url)
+        .unwrap_or(url);
+    let Some((head, query)) = path.rsplit_once('?') else {
+        return (path.to_owned(), None);
+    };
+    let mut timeout = None;
+    let rest: Vec<&str> = query
+        .split('&')
+        .filter(|kv| match kv.split_once('=') {
+            Some(("busy_timeout", v)) => {
+                timeout = Some(v.to_owned());
+                false
+            }
+            _ => true,
+        })
+        .collect();
+    if timeout.is_none() {
+        return (path.to_owned(), None);
+    }
+    let path = if rest.is_empty() {
+        head.to_owned()
+    } else {
+        format!("{head}?{}", rest.join("&"))
+    };
+    (path, timeout)
+}
+
+/// The path and busy timeout (milliseconds) an SQLite URL asks for.
+#[cfg(feature = "sqlite")]
+fn sqlite_target(url: &str) -> Result<(String, u32)> {
+    let (path, timeout) = split_busy_timeout(url);
+    let ms = match timeout {
+        None => DEFAULT_SQLITE_BUSY_TIMEOUT_MS,
+        Some(t) => t.parse::<u32>().map_err(|_| {
+            Error::invalid(
+                "busy_timeout",
+                "expected the busy timeout in milliseconds (0 to 4294967295)",
+            )
+        })?,
+    };
+    Ok((path, ms))
 }
 
 /// Opens a PostgreSQL connection. The error never contains the URL's password.
@@ -66,42 +125,55 @@ pub fn sqlite_path(url: &str) -> &str {
 #[cfg(feature = "postgres")]
 pub fn connect_pg(url: &str) -> Result<PgConnection> {
     PgConnection::establish(url).map_err(|e| {
+        let password = url_password(url);
         Error::Connect(format!(
             "cannot connect to {}: {}",
             redact_url(url),
-            redact_message(&e.to_string())
+            redact_message_with(&e.to_string(), password.as_deref())
         ))
     })
 }
 
 /// Opens an SQLite file (created if missing) set up for a writer that shares the file:
-/// WAL journal, a 5 s busy timeout, foreign keys on.
+/// WAL journal, a busy timeout, foreign keys on.
+///
+/// The busy timeout is [`DEFAULT_SQLITE_BUSY_TIMEOUT_MS`] unless the URL's `busy_timeout`
+/// parameter (milliseconds) says otherwise: `sync.db?busy_timeout=30000`. A statement that
+/// waits longer than that for another connection's lock fails with [`Error::Busy`], which is
+/// retryable: nothing was applied.
 ///
 /// # Errors
-/// [`Error::Connect`] when the file cannot be opened.
+/// [`Error::Connect`] when the file cannot be opened, [`Error::Busy`] when it stays locked
+/// past the busy timeout while the connection is set up, [`Error::InvalidInput`] for a
+/// `busy_timeout` that is not a number of milliseconds.
 #[cfg(feature = "sqlite")]
 pub fn connect_sqlite(url: &str) -> Result<SqliteConnection> {
-    let path = sqlite_path(url);
-    let mut conn = SqliteConnection::establish(path)
+    let (path, busy_ms) = sqlite_target(url)?;
+    let mut conn = SqliteConnection::establish(&path)
         .map_err(|e| Error::Connect(format!("cannot open SQLite database {path:?}: {e}")))?;
-    sqlite_setup(&mut conn)
-        .map_err(|e| Error::Connect(format!("cannot set up SQLite database {path:?}: {e}")))?;
+    sqlite_setup(&mut conn, busy_ms).map_err(|e| match Error::from(e) {
+        Error::Busy(m) => Error::Busy(format!("{path:?}: {m}")),
+        other => Error::Connect(format!("cannot set up SQLite database {path:?}: {other}")),
+    })?;
     Ok(conn)
 }
 
 /// Per-connection SQLite settings of [`connect_sqlite`] and [`sqlite_pool`].
 #[cfg(feature = "sqlite")]
-fn sqlite_setup(conn: &mut SqliteConnection) -> diesel::QueryResult<()> {
+fn sqlite_setup(conn: &mut SqliteConnection, busy_ms: u32) -> diesel::QueryResult<()> {
     use diesel::connection::SimpleConnection;
-    conn.batch_execute(
-        "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON;",
-    )
+    // The busy timeout first: the journal-mode change may wait for another connection.
+    conn.batch_execute(&format!(
+        "PRAGMA busy_timeout = {busy_ms}; PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON;"
+    ))
 }
 
 /// [`sqlite_setup`] as the pool's connection customizer.
 #[cfg(all(feature = "sqlite", feature = "r2d2"))]
 #[derive(Debug, Clone, Copy)]
-struct SqliteSetup;
+struct SqliteSetup {
+    busy_ms: u32,
+}
 
 #[cfg(all(feature = "sqlite", feature = "r2d2"))]
 impl diesel::r2d2::CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqliteSetup {
@@ -109,7 +181,7 @@ impl diesel::r2d2::CustomizeConnection<SqliteConnection, diesel::r2d2::Error> fo
         &self,
         conn: &mut SqliteConnection,
     ) -> std::result::Result<(), diesel::r2d2::Error> {
-        sqlite_setup(conn).map_err(diesel::r2d2::Error::QueryError)
+        sqlite_setup(conn, self.busy_ms).map_err(diesel::r2d2::Error::QueryError)
     }
 }
 
@@ -123,90 +195,389 @@ impl diesel::r2d2::CustomizeConnection<SqliteConnection, diesel::r2d2::Error> fo
 #[cfg(all(feature = "postgres", feature = "r2d2"))]
 pub fn pg_pool(url: &str, size: u32) -> Result<PgPool> {
     assert!(size > 0, "a pool needs at least one connection");
+    let password = url_password(url);
     Pool::builder()
         .max_size(size)
         .connection_timeout(Duration::from_secs(10))
+        .error_handler(Box::new(RedactingErrorHandler {
+            password: password.clone(),
+        }))
         .build(ConnectionManager::<PgConnection>::new(url))
         .map_err(|e| {
             Error::Pool(format!(
                 "cannot open a pool on {}: {}",
                 redact_url(url),
-                redact_message(&e.to_string())
+                redact_message_with(&e.to_string(), password.as_deref())
             ))
         })
 }
 
+/// The pool's error handler: r2d2's default one logs each failed connection attempt with the
+/// driver's message, which may quote the URL's password; this one logs it redacted.
+#[cfg(all(feature = "postgres", feature = "r2d2"))]
+struct RedactingErrorHandler {
+    password: Option<String>,
+}
+
+#[cfg(all(feature = "postgres", feature = "r2d2"))]
+impl std::fmt::Debug for RedactingErrorHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RedactingErrorHandler")
+    }
+}
+
+#[cfg(all(feature = "postgres", feature = "r2d2"))]
+impl r2d2::HandleError<diesel::r2d2::Error> for RedactingErrorHandler {
+    fn handle_error(&self, error: diesel::r2d2::Error) {
+        tracing::error!(
+            "connection pool: {}",
+            redact_message_with(&error.to_string(), self.password.as_deref())
+        );
+    }
+}
+
 /// Builds an r2d2 pool of `size` SQLite connections on one file, each set up as
-/// [`connect_sqlite`] does.
+/// [`connect_sqlite`] does (the URL's `busy_timeout` parameter included).
 ///
 /// # Errors
-/// [`Error::Pool`] when the file cannot be opened.
+/// [`Error::Pool`] when the file cannot be opened, [`Error::InvalidInput`] for a bad
+/// `busy_timeout`.
 ///
 /// # Panics
 /// When `size` is 0.
 #[cfg(all(feature = "sqlite", feature = "r2d2"))]
 pub fn sqlite_pool(url: &str, size: u32) -> Result<SqlitePool> {
     assert!(size > 0, "a pool needs at least one connection");
+    let (path, busy_ms) = sqlite_target(url)?;
     Pool::builder()
         .max_size(size)
         .connection_timeout(Duration::from_secs(10))
-        .connection_customizer(Box::new(SqliteSetup))
-        .build(ConnectionManager::<SqliteConnection>::new(sqlite_path(url)))
+        .connection_customizer(Box::new(SqliteSetup { busy_ms }))
+        .build(ConnectionManager::<SqliteConnection>::new(path))
         .map_err(|e| Error::Pool(e.to_string()))
 }
 
-/// A database URL with its password replaced by `***`, safe to print.
+/// What a redacted password or secret is replaced with.
+pub const REDACTED: &str = "***";
+
+/// Secret fragments shorter than this are not scrubbed on their own by [`scrub_secret`] (the
+/// whole secret always is): scrubbing every two-letter piece of a password would blank out
+/// ordinary words of the message, and a piece that short gives little away.
+pub const MIN_SECRET_FRAGMENT: usize = 4;
+
+/// Where the password of a `scheme://user:password@host…` URL lies, as a byte range.
+///
+/// The userinfo ends at the **last** `@` of the URL, not at the first `/`, `?` or `#`: a user
+/// who does not percent-encode may have any of them in the password, and a host never holds an
+/// `@`. When a path or query holds an `@` and the URL has no password, this over-redacts,
+/// which is the safe side.
+fn url_password_range(url: &str) -> Option<std::ops::Range<usize>> {
+    let rest_start = url.find("://")? + 3;
+    let at = rest_start + url[rest_start..].rfind('@')?;
+    let colon = rest_start + url[rest_start..at].find(':')?;
+    Some(colon + 1..at)
+}
+
+/// The `password=` values of a query string or of a keyword/value connection string
+/// (`host=db password='a b'`), as byte ranges (quotes excluded).
+fn keyword_password_ranges(text: &str) -> Vec<std::ops::Range<usize>> {
+    const KEY: &str = "password";
+    let lower = text.to_ascii_lowercase();
+    let mut ranges = Vec::new();
+    let mut from = 0;
+    while let Some(i) = lower[from..].find(KEY) {
+        let key_start = from + i;
+        let mut j = key_start + KEY.len();
+        from = j;
+        let starts_word = key_start == 0
+            || matches!(
+                text.as_bytes()[key_start - 1],
+                b'?' | b'&' | b' ' | b'\t' | b'\n' | b';'
+            );
+        if !starts_word {
+            continue;
+        }
+        let bytes = text.as_bytes();
+        while j < bytes.len() && bytes[j] == b' ' {
+            j += 1;
+        }
+        if j >= bytes.len() || bytes[j] != b'=' {
+            continue;
+        }
+        j += 1;
+        while j < bytes.len() && bytes[j] == b' ' {
+            j += 1;
+        }
+        let (start, end) = if bytes.get(j) == Some(&b'\'') {
+            let start = j + 1;
+            let mut k = start;
+            while k < bytes.len() && bytes[k] != b'\'' {
+                k += if bytes[k] == b'\\' { 2 } else { 1 };
+            }
+            (start, k.min(bytes.len()))
+        } else {
+            let end = text[j..]
+                .find(['&', '#', ' ', '\t', '\n', ';'])
+                .map_or(text.len(), |k| j + k);
+            (j, end)
+        };
+        if end > start {
+            ranges.push(start..end);
+        }
+        from = end.max(from);
+    }
+    ranges
+}
+
+/// A database URL (or keyword/value connection string) with its password replaced by `***`,
+/// safe to print. The password may hold any character, percent-encoded or not (`?`, `/`, `#`,
+/// `@`, `%`, `:`): the userinfo is taken to end at the URL's last `@`.
 ///
 /// ```
 /// use upsert_kit::db::redact_url;
 /// assert_eq!(redact_url("postgres://app:s3cret@db:5432/app"), "postgres://app:***@db:5432/app");
+/// assert_eq!(redact_url("postgres://u:p?ss/w0rd@db/app"), "postgres://u:***@db/app");
+/// assert_eq!(redact_url("postgres://u:a#b@c%40d:e@db/app?sslmode=disable"), "postgres://u:***@db/app?sslmode=disable");
 /// assert_eq!(redact_url("postgres://db/app?password=s3cret"), "postgres://db/app?password=***");
+/// assert_eq!(redact_url("host=db password='a b' user=app"), "host=db password='***' user=app");
 /// assert_eq!(redact_url("stats.db"), "stats.db");
 /// ```
 pub fn redact_url(url: &str) -> String {
-    let mut out = url.to_owned();
-    if let Some(scheme_end) = out.find("://") {
-        let rest_start = scheme_end + 3;
-        let authority_end = out[rest_start..]
-            .find(['/', '?'])
-            .map_or(out.len(), |i| rest_start + i);
-        if let Some(at) = out[rest_start..authority_end].rfind('@') {
-            let userinfo = &out[rest_start..rest_start + at];
-            if let Some(colon) = userinfo.find(':') {
-                out.replace_range(rest_start + colon + 1..rest_start + at, "***");
+    let mut ranges = keyword_password_ranges(url);
+    if let Some(r) = url_password_range(url) {
+        ranges.retain(|k| k.end <= r.start || k.start >= r.end);
+        ranges.push(r);
+    }
+    ranges.sort_by_key(|r| r.start);
+    let mut out = String::with_capacity(url.len());
+    let mut at = 0;
+    for r in ranges {
+        if r.start < at {
+            continue;
+        }
+        out.push_str(&url[at..r.start]);
+        out.push_str(REDACTED);
+        at = r.end;
+    }
+    out.push_str(&url[at..]);
+    out
+}
+
+/// The password a database URL (or keyword/value connection string) carries, as written (not
+/// percent-decoded), if any: what [`redact_url`] hides. For scrubbing texts by the secret
+/// itself with [`scrub_secret`].
+///
+/// ```
+/// use upsert_kit::db::url_password;
+/// assert_eq!(url_password("postgres://u:p?ss/w0rd@db/app").as_deref(), Some("p?ss/w0rd"));
+/// assert_eq!(url_password("postgres://db/app?password=s3cret").as_deref(), Some("s3cret"));
+/// assert_eq!(url_password("stats.db"), None);
+/// ```
+pub fn url_password(url: &str) -> Option<String> {
+    url_password_range(url)
+        .into_iter()
+        .chain(keyword_password_ranges(url))
+        .map(|r| url[r].to_owned())
+        .find(|p| !p.is_empty())
+}
+
+/// Characters that split a secret into the fragments a driver may quote on their own (libpq
+/// cuts a URL at `?`, `/`, `#`, `@`, `:`, `&`, `=` and quotes what follows).
+const SECRET_SEPARATORS: &[char] = &[
+    '?', '/', '#', '@', ':', '&', '=', '%', '+', ';', ',', ' ', '\t', '"', '\'', '\\',
+];
+
+/// Decodes `%XX` escapes (invalid ones are kept as they are).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let hex = |b: u8| (b as char).to_digit(16);
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            if let (Some(hi), Some(lo)) = (
+                bytes.get(i + 1).and_then(|b| hex(*b)),
+                bytes.get(i + 2).and_then(|b| hex(*b)),
+            ) {
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Percent-encodes every byte but the unreserved ones (`A-Z a-z 0-9 - . _ ~`); with `form`,
+/// a space becomes `+` (`application/x-www-form-urlencoded`).
+fn percent_encode(s: &str, form: bool) -> String {
+    let mut out = String::with_capacity(s.len() * 3);
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                out.push(b as char)
+            }
+            b' ' if form => out.push('+'),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// Every text by which `secret` could appear in a message: as written, percent-decoded,
+/// percent- and form-encoded (lower- and upper-case hex), JSON-escaped, and each fragment
+/// between the separators that drivers cut at (see [`MIN_SECRET_FRAGMENT`]); longest first.
+pub fn secret_forms(secret: &str) -> Vec<String> {
+    if secret.is_empty() {
+        return Vec::new();
+    }
+    let decoded = percent_decode(secret);
+    let mut whole = vec![secret.to_owned(), decoded.clone()];
+    for base in [secret, decoded.as_str()] {
+        for form in [false, true] {
+            let enc = percent_encode(base, form);
+            whole.push(lower_hex(&enc));
+            whole.push(enc);
+        }
+        let json = serde_json::to_string(base).unwrap_or_default();
+        whole.push(json.trim_matches('"').to_owned());
+    }
+    let mut forms: Vec<String> = whole.into_iter().filter(|f| !f.is_empty()).collect();
+    // Fragments: every piece between two cut points (the ends, and each side of a separator),
+    // so that a suffix such as libpq's `"ss/w0rd@host"` quote of `p?ss/w0rd` is covered.
+    for base in [secret, decoded.as_str()] {
+        let mut cuts = vec![0, base.len()];
+        for (i, c) in base.char_indices() {
+            if SECRET_SEPARATORS.contains(&c) {
+                cuts.push(i);
+                cuts.push(i + c.len_utf8());
+            }
+        }
+        cuts.sort_unstable();
+        cuts.dedup();
+        // Bounded: a pathological secret full of separators keeps its single pieces only.
+        let all_pairs = cuts.len() <= 64;
+        for (n, &a) in cuts.iter().enumerate() {
+            let ends: &[usize] = if all_pairs {
+                &cuts[n + 1..]
+            } else {
+                &cuts[n + 1..(n + 2).min(cuts.len())]
+            };
+            for &b in ends {
+                let piece = base[a..b].trim_matches(SECRET_SEPARATORS);
+                if piece.chars().count() >= MIN_SECRET_FRAGMENT {
+                    forms.push(piece.to_owned());
+                }
             }
         }
     }
-    if let Some(q) = out.find('?') {
-        let (head, query) = out.split_at(q + 1);
-        let redacted: Vec<String> = query
-            .split('&')
-            .map(|kv| match kv.split_once('=') {
-                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
-                _ => kv.to_owned(),
-            })
-            .collect();
-        out = format!("{head}{}", redacted.join("&"));
+    forms.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+    forms.dedup();
+    forms
+}
+
+/// `%2F` → `%2f`: some servers echo percent-encoding in lower case.
+fn lower_hex(encoded: &str) -> String {
+    let mut out = String::with_capacity(encoded.len());
+    let mut chars = encoded.chars();
+    while let Some(c) = chars.next() {
+        out.push(c);
+        if c == '%' {
+            for h in chars.by_ref().take(2) {
+                out.push(h.to_ascii_lowercase());
+            }
+        }
     }
     out
+}
+
+/// `text` with every appearance of `secret` replaced by `***`: the secret as written, decoded
+/// or encoded (see [`secret_forms`]), and its fragments of at least [`MIN_SECRET_FRAGMENT`]
+/// characters, as a driver may quote them (libpq quotes the part of a malformed URL after a
+/// `?` or `@`). Unlike [`redact_url`] it does not depend on the shape of the text.
+///
+/// ```
+/// use upsert_kit::db::scrub_secret;
+/// let libpq = r#"missing key/value separator "=" in URI query parameter: "ss/w0rd@127.0.0.1:1/db""#;
+/// assert_eq!(
+///     scrub_secret(libpq, "p?ss/w0rd"),
+///     r#"missing key/value separator "=" in URI query parameter: "***@127.0.0.1:1/db""#
+/// );
+/// assert_eq!(scrub_secret("client_secret=a%2Fb%3Fc", "a/b?c"), "client_secret=***");
+/// assert_eq!(scrub_secret("oauth: token a refused", "a"), "oauth: token *** refused");
+/// ```
+pub fn scrub_secret(text: &str, secret: &str) -> String {
+    scrub_forms(text, &secret_forms(secret))
+}
+
+/// `text` with each of `forms` (longest first, as [`secret_forms`] gives them) replaced by `***`.
+/// A form shorter than [`MIN_SECRET_FRAGMENT`] (a secret of one to three characters) is
+/// replaced only where it stands alone, not inside a longer word: `"a"` must not turn
+/// `oauth` into `o***uth`.
+pub fn scrub_forms(text: &str, forms: &[String]) -> String {
+    let mut out = text.to_owned();
+    for f in forms {
+        if f.is_empty() || !out.contains(f.as_str()) {
+            continue;
+        }
+        if f.chars().count() >= MIN_SECRET_FRAGMENT {
+            out = out.replace(f.as_str(), REDACTED);
+        } else {
+            out = replace_standalone(&out, f);
+        }
+    }
+    out
+}
+
+/// Replaces the occurrences of `needle` that no letter, digit or `_` touches.
+fn replace_standalone(text: &str, needle: &str) -> String {
+    let word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    for (i, _) in text.match_indices(needle) {
+        if i < copied {
+            continue;
+        }
+        let before = text[..i].chars().next_back();
+        let after = text[i + needle.len()..].chars().next();
+        if !word(before) && !word(after) {
+            out.push_str(&text[copied..i]);
+            out.push_str(REDACTED);
+            copied = i + needle.len();
+        }
+    }
+    out.push_str(&text[copied..]);
+    out
+}
+
+/// Removes anything that looks like a password from a driver message (libpq quotes
+/// connection strings in some of its errors) and, when it is known, the password itself and
+/// its fragments (see [`scrub_secret`]).
+#[cfg(feature = "postgres")]
+pub(crate) fn redact_message_with(message: &str, password: Option<&str>) -> String {
+    let shaped = redact_message(message);
+    match password {
+        Some(p) => scrub_secret(&shaped, p),
+        None => shaped,
+    }
 }
 
 /// Removes anything that looks like a password from a driver message (libpq quotes
 /// connection strings in some of its errors).
 pub(crate) fn redact_message(message: &str) -> String {
     message
-        .split_whitespace()
+        .trim_end()
+        .split_inclusive(char::is_whitespace)
         .map(|w| {
-            if w.contains("://") {
+            if w.contains("://") || w.to_ascii_lowercase().contains("password") {
                 redact_url(w)
-            } else if w.to_ascii_lowercase().starts_with("password=") {
-                "password=***".to_owned()
             } else {
                 w.to_owned()
             }
         })
-        .collect::<Vec<_>>()
-        .join(" ")
+        .collect::<String>()
 }
 
 /// Runs `SELECT 1`, to check that a connection answers.

@@ -23,8 +23,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[non_exhaustive]
 pub enum Error {
     /// The input was rejected before anything was written.
+    // Not `#[from]`: that would make the `InvalidInput` the source too, and a report of the
+    // error chain would print its text twice.
     #[error("invalid input: {0}")]
-    InvalidInput(#[from] InvalidInput),
+    InvalidInput(InvalidInput),
 
     /// A constraint of the schema rejected the write (permanent: retrying gives the same answer).
     #[error("{kind} violated{}: {message}", constraint.as_deref().map(|c| format!(" (constraint \"{c}\")")).unwrap_or_default())]
@@ -50,6 +52,14 @@ pub enum Error {
     #[error("lock not acquired within the lock timeout: {0}")]
     LockTimeout(String),
 
+    /// SQLite: another connection held the database's lock past this connection's busy
+    /// timeout (`database is locked`). SQLite applies a transaction whole or not at all, and a
+    /// busy statement did not run: nothing was applied, so the transaction can be retried
+    /// ([`Error::is_retryable`]). The timeout is the URL's `busy_timeout` parameter of
+    /// [`connect_sqlite`](crate::db::connect_sqlite).
+    #[error("database busy: another connection held the SQLite write lock past the busy timeout; nothing was applied, so retrying can succeed: {0}")]
+    Busy(String),
+
     /// The statement ran longer than `statement_timeout` (`57014`).
     #[error("statement timeout: {0}")]
     StatementTimeout(String),
@@ -59,8 +69,9 @@ pub enum Error {
     Cancelled(String),
 
     /// No connection could be opened (server down, refused, bad credentials). Nothing was
-    /// applied.
-    #[error("cannot connect: {0}")]
+    /// applied. The message is a whole sentence (`cannot connect to postgres://app:***@db/app:
+    /// …`, `cannot open SQLite database …`).
+    #[error("{0}")]
     Connect(String),
 
     /// The connection was lost before the transaction's `COMMIT` was sent: nothing was
@@ -68,9 +79,11 @@ pub enum Error {
     #[error("connection lost before commit (nothing was applied): {0}")]
     ConnectionLost(String),
 
-    /// The connection was lost while `COMMIT` was in flight: the transaction may or may not
-    /// have been applied. Retry only writes that carry an idempotency key.
-    #[error("connection lost during commit, the outcome is unknown: {0}")]
+    /// The connection was lost while a write may have been committing: during the
+    /// transaction's `COMMIT`, or while a statement outside any transaction (which commits on
+    /// its own) ran. It may or may not have been applied; the message says which case it was.
+    /// Retry only writes that carry an idempotency key.
+    #[error("the outcome is unknown: {0}")]
     OutcomeUnknown(String),
 
     /// The same idempotency key was used earlier with different arguments.
@@ -127,8 +140,10 @@ pub enum Error {
     Migration(String),
 
     /// Any other database error (permanent unless the variants above say otherwise).
+    // Not `#[source]`: the message already holds Diesel's, which would otherwise be printed
+    // twice by a report of the error chain (`database error: X: X`).
     #[error("database error: {0}")]
-    Database(#[source] diesel::result::Error),
+    Database(diesel::result::Error),
 }
 
 /// The constraint kinds of [`Error::Constraint`].
@@ -209,8 +224,8 @@ impl Error {
 
     /// Whether re-running the whole transaction on a healthy connection can succeed and is
     /// safe: serialization failures, deadlocks, connections lost before `COMMIT` (the server
-    /// rolled the transaction back) and failed connects. [`Error::OutcomeUnknown`] is *not* retryable:
-    /// see [`Error::is_outcome_unknown`].
+    /// rolled the transaction back), failed connects and a busy SQLite database.
+    /// [`Error::OutcomeUnknown`] is *not* retryable: see [`Error::is_outcome_unknown`].
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
@@ -218,6 +233,7 @@ impl Error {
                 | Error::Deadlock(_)
                 | Error::ConnectionLost(_)
                 | Error::Connect(_)
+                | Error::Busy(_)
         )
     }
 
@@ -245,11 +261,17 @@ impl Error {
     /// assert!(lost.is_retryable());
     /// let at_commit = lost.at_commit();
     /// assert!(at_commit.is_outcome_unknown() && !at_commit.is_retryable());
+    /// assert_eq!(
+    ///     at_commit.to_string(),
+    ///     "the outcome is unknown: connection lost during COMMIT: server closed the connection unexpectedly"
+    /// );
     /// ```
     #[must_use]
     pub fn at_commit(self) -> Self {
         match self {
-            Error::ConnectionLost(m) => Error::OutcomeUnknown(m),
+            Error::ConnectionLost(m) => {
+                Error::OutcomeUnknown(format!("connection lost during COMMIT: {m}"))
+            }
             other => other,
         }
     }
@@ -304,7 +326,7 @@ fn classify_by_message(message: &str) -> Option<Error> {
         || message.starts_with("database table is locked")
     {
         // SQLite: another writer held the lock past the busy timeout. Nothing was applied.
-        Some(Error::LockTimeout(m))
+        Some(Error::Busy(m))
     } else if message.starts_with("UNIQUE constraint failed") {
         Some(Error::Constraint {
             kind: ConstraintKind::Unique,
@@ -344,12 +366,58 @@ impl From<diesel::result::Error> for Error {
 #[cfg(feature = "r2d2")]
 impl From<r2d2::Error> for Error {
     fn from(e: r2d2::Error) -> Self {
-        Error::Pool(e.to_string())
+        // r2d2 quotes the last connection error, which may quote the URL.
+        Error::Pool(crate::db::redact_message(&e.to_string()))
     }
 }
 
 impl From<diesel::ConnectionError> for Error {
     fn from(e: diesel::ConnectionError) -> Self {
-        Error::Connect(crate::db::redact_message(&e.to_string()))
+        Error::Connect(format!(
+            "cannot connect: {}",
+            crate::db::redact_message(&e.to_string())
+        ))
+    }
+}
+
+impl From<InvalidInput> for Error {
+    fn from(e: InvalidInput) -> Self {
+        Error::InvalidInput(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::error::Error as _;
+
+    /// Every cause in an error chain, joined as `anyhow`'s `{:#}` and most loggers print it.
+    fn chain(e: &Error) -> String {
+        let mut out = e.to_string();
+        let mut next = e.source();
+        while let Some(s) = next {
+            out.push_str(": ");
+            out.push_str(&s.to_string());
+            next = s.source();
+        }
+        out
+    }
+
+    #[test]
+    fn a_report_of_the_error_chain_never_repeats_a_message() {
+        let invalid = Error::invalid("expires_at", "timestamp +10000-01-01 is out of range");
+        assert_eq!(
+            chain(&invalid),
+            "invalid input: expires_at: timestamp +10000-01-01 is out of range"
+        );
+        let db = Error::from(diesel::result::Error::QueryBuilderError("bad query".into()));
+        assert_eq!(chain(&db), "database error: bad query");
+        let connect = Error::from(diesel::ConnectionError::BadConnection(
+            "could not translate host name".into(),
+        ));
+        assert_eq!(
+            chain(&connect),
+            "cannot connect: could not translate host name"
+        );
     }
 }

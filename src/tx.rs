@@ -152,14 +152,18 @@ where
 ///     Box::new(String::from("server closed the connection unexpectedly")),
 /// );
 /// assert!(statement_error(false, lost()).is_outcome_unknown());
+/// assert!(!statement_error(false, lost()).to_string().contains("COMMIT"));
 /// assert!(statement_error(true, lost()).is_retryable());
 /// ```
 pub fn statement_error(in_transaction: bool, e: diesel::result::Error) -> Error {
-    let err = Error::from(e);
-    if matches!(err, Error::ConnectionLost(_)) && !in_transaction {
-        err.at_commit()
-    } else {
-        err
+    match Error::from(e) {
+        // No COMMIT was sent: the statement was its own transaction. Whether the server
+        // committed it before the connection went is just as unknown, but the message must not
+        // send the reader looking for a COMMIT.
+        Error::ConnectionLost(m) if !in_transaction => Error::OutcomeUnknown(format!(
+            "connection lost while a statement outside any transaction ran (it commits on its own): {m}"
+        )),
+        err => err,
     }
 }
 

@@ -262,6 +262,13 @@ fn a_connection_lost_while_an_autocommit_upsert_runs_leaves_the_outcome_unknown(
     killer.join().unwrap();
     assert!(matches!(e, Error::OutcomeUnknown(_)), "{e:?}");
     assert!(e.is_outcome_unknown() && !e.is_retryable());
+    // No COMMIT was in flight: the message says what was.
+    let message = e.to_string();
+    assert!(
+        message.contains("while a statement outside any transaction ran")
+            && !message.to_lowercase().contains("commit:"),
+        "{message}"
+    );
 }
 
 #[test]
@@ -287,4 +294,8 @@ fn a_connection_lost_during_commit_leaves_the_outcome_unknown() {
     killer.join().unwrap();
     assert!(matches!(e, Error::OutcomeUnknown(_)), "{e:?}");
     assert!(e.is_outcome_unknown() && !e.is_retryable());
+    assert!(
+        e.to_string().contains("connection lost during COMMIT: "),
+        "{e}"
+    );
 }

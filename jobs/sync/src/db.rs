@@ -52,6 +52,49 @@ impl Migrate for SqliteConnection {
     }
 }
 
+/// Whether `conn` (SQLite) lacks any migration of [`SQLITE_MIGRATIONS`], found with a plain
+/// read: unlike Diesel's `has_pending_migration`, which first runs `CREATE TABLE IF NOT
+/// EXISTS __diesel_schema_migrations` (a write), it takes no write lock, so a run with nothing
+/// to migrate does not queue behind other writers of the file.
+///
+/// ```
+/// use diesel::{Connection, SqliteConnection};
+/// let mut conn = SqliteConnection::establish(":memory:")?;
+/// assert!(sync_jobs::db::sqlite_needs_migrations(&mut conn)?);
+/// sync_jobs::db::run_migrations(&mut conn)?;
+/// assert!(!sync_jobs::db::sqlite_needs_migrations(&mut conn)?);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// # Errors
+/// [`JobError::Migration`] when the embedded migrations cannot be listed; the database's
+/// error (e.g. [`upsert_kit::Error::Busy`]) when the read fails otherwise.
+pub fn sqlite_needs_migrations(conn: &mut SqliteConnection) -> Result<bool, JobError> {
+    use diesel::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct Applied {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        version: String,
+    }
+    let applied = match diesel::sql_query("SELECT version FROM __diesel_schema_migrations")
+        .load::<Applied>(conn)
+    {
+        Ok(rows) => rows,
+        Err(diesel::result::Error::DatabaseError(_, info))
+            if info.message().starts_with("no such table") =>
+        {
+            return Ok(true)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let embedded = MigrationSource::<Sqlite>::migrations(&SQLITE_MIGRATIONS)
+        .map_err(|e| JobError::Migration(e.to_string()))?;
+    Ok(embedded.iter().any(|m| {
+        let version = m.name().version().to_string();
+        !applied.iter().any(|a| a.version == version)
+    }))
+}
+
 /// Applies the pending migrations of `conn`'s backend (see [`Migrate`]); returns how many ran.
 ///
 /// ```

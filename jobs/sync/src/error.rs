@@ -100,6 +100,12 @@ impl JobError {
         }
     }
 
+    /// Whether the database was busy (SQLite locked past the busy timeout): nothing was
+    /// written, and running again can succeed ([`JobError::is_transient`]).
+    pub fn is_busy(&self) -> bool {
+        matches!(self, JobError::Database(upsert_kit::Error::Busy(_)))
+    }
+
     /// Whether running the job again later can succeed without changing anything: rate
     /// limits, server errors, transport failures, an unreachable database and retryable
     /// database errors. A 401, a bad payload or a configuration error needs a person.
@@ -121,7 +127,9 @@ impl JobError {
     }
 }
 
-/// A secret string (a token, a client secret): `Debug` and `Display` print `<redacted>`.
+/// A secret string (a token, a client secret): `Debug` and `Display` print `<redacted>`, and
+/// making one registers its value with [`crate::secrets`], so that no message or log line of
+/// the process shows it.
 ///
 /// ```
 /// use sync_jobs::Secret;
@@ -133,9 +141,11 @@ impl JobError {
 pub struct Secret(String);
 
 impl Secret {
-    /// Wraps a secret.
+    /// Wraps a secret and registers it with [`crate::secrets`].
     pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
+        let value = value.into();
+        crate::secrets::register(&value);
+        Secret(value)
     }
 
     /// The secret itself, for the one place that must send or store it.

@@ -2,8 +2,10 @@
 
 use super::error::{JobError, Secret};
 use super::json;
+use crate::secrets;
 use serde_json::Value;
 use std::time::Duration;
+use upsert_kit::db::redact_url;
 
 /// Largest response body read (stats responses are a few kilobytes).
 const MAX_BODY_BYTES: u64 = 8 * 1024 * 1024;
@@ -36,9 +38,14 @@ impl HttpClient {
         HttpClient { agent }
     }
 
-    /// `GET url` with a bearer token; the JSON body of a 2xx answer.
-    pub(crate) fn get_json(&self, url: &str, bearer: &Secret) -> Result<Value, JobError> {
-        let endpoint = format!("GET {url}");
+    /// `GET url` with a bearer token; the JSON body of a 2xx answer (what `shape` reads).
+    pub(crate) fn get_json(
+        &self,
+        url: &str,
+        bearer: &Secret,
+        shape: &json::Shape,
+    ) -> Result<Value, JobError> {
+        let endpoint = endpoint("GET", url);
         tracing::debug!(%endpoint, "request");
         let response = self
             .agent
@@ -46,34 +53,41 @@ impl HttpClient {
             .header("Authorization", format!("Bearer {}", bearer.expose()))
             .header("Accept", "application/json")
             .call();
-        read(endpoint, response)
+        read(endpoint, response, shape)
     }
 
     /// `POST url` with a form body (which may hold secrets: it is never logged); the JSON body
-    /// of a 2xx answer.
+    /// of a 2xx answer (what `shape` reads).
     pub(crate) fn post_form_json(
         &self,
         url: &str,
         form: &[(&str, &str)],
+        shape: &json::Shape,
     ) -> Result<Value, JobError> {
-        let endpoint = format!("POST {url}");
+        let endpoint = endpoint("POST", url);
         tracing::debug!(%endpoint, "request");
         let response = self
             .agent
             .post(url)
             .header("Accept", "application/json")
             .send_form(form.iter().copied());
-        read(endpoint, response)
+        read(endpoint, response, shape)
     }
+}
+
+/// `METHOD url` for messages, with any credentials of the URL redacted.
+pub(crate) fn endpoint(method: &str, url: &str) -> String {
+    format!("{method} {}", secrets::scrub(&redact_url(url)))
 }
 
 fn read(
     endpoint: String,
     response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    shape: &json::Shape,
 ) -> Result<Value, JobError> {
     let transport = |endpoint: &str, e: ureq::Error| JobError::Transport {
         endpoint: endpoint.to_owned(),
-        message: e.to_string(),
+        message: secrets::scrub(&e.to_string()),
     };
     let mut response = response.map_err(|e| transport(&endpoint, e))?;
     let status = response.status().as_u16();
@@ -96,7 +110,7 @@ fn read(
                 // it honours `Accept: application/json`).
                 Ok(form_to_json(&body))
             } else {
-                json::parse(&endpoint, &body)
+                json::parse_shaped(&endpoint, &body, shape)
             }
         }
         401 => Err(JobError::Unauthorized { endpoint }),
@@ -175,7 +189,10 @@ fn retry_after(value: &str) -> Option<Duration> {
 }
 
 /// The human message of a JSON error body (`message`, `error_description` or `error`), on one
-/// line and shortened. Other bodies are not quoted: they could echo anything.
+/// line, scrubbed of every secret the process holds and of anything shaped like a credential
+/// ([`secrets::scrub`]), and only then shortened (shortening first could cut a secret into a
+/// piece the scrubber no longer recognises). Other bodies are not quoted: they could echo
+/// anything. The raw body is never logged.
 fn error_detail(body: &str) -> Option<String> {
     let v: Value = serde_json::from_str(body).ok()?;
     let text = ["message", "error_description", "error"]
@@ -184,9 +201,13 @@ fn error_detail(body: &str) -> Option<String> {
     let one_line: String = text
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
-        .take(MAX_DETAIL_CHARS)
         .collect();
-    Some(one_line)
+    let scrubbed = secrets::scrub(&one_line);
+    let mut capped: String = scrubbed.chars().take(MAX_DETAIL_CHARS).collect();
+    if capped.len() < scrubbed.len() {
+        capped.push('…');
+    }
+    Some(capped)
 }
 
 #[cfg(test)]
@@ -226,5 +247,16 @@ mod tests {
             Some("Bad Request")
         );
         assert_eq!(error_detail("<html>token=abc</html>"), None);
+        crate::secrets::register("echoed-secret-1234");
+        let echo = r#"{"message":"bad form: client_id=1&client_secret=echoed-secret-1234&refresh_token=r-unknown"}"#;
+        assert_eq!(
+            error_detail(echo).as_deref(),
+            Some("bad form: client_id=1&client_secret=***&refresh_token=***")
+        );
+        let long = format!(r#"{{"message":"{}"}}"#, "x".repeat(500));
+        assert_eq!(
+            error_detail(&long).unwrap().chars().count(),
+            MAX_DETAIL_CHARS + 1
+        );
     }
 }

@@ -18,6 +18,7 @@ mod json;
 pub mod models;
 pub mod run;
 pub mod schema;
+pub mod secrets;
 pub mod strava;
 pub mod wakatime;
 

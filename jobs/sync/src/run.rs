@@ -21,8 +21,13 @@
 //!   The lock is released at commit or rollback; it holds across processes and hosts.
 //! - SQLite: the token transaction is `BEGIN IMMEDIATE`, which takes the database's single
 //!   write lock at once; it plays the advisory lock's part (for every account at once). A run
-//!   that waits longer than the connection's busy timeout (5 s) fails with a lock timeout and
-//!   writes nothing.
+//!   that waits longer than the connection's busy timeout (5 s unless the URL's
+//!   `busy_timeout=<ms>` parameter says otherwise, see [`upsert_kit::db::connect_sqlite`])
+//!   fails with [`upsert_kit::Error::Busy`], which is retryable: it wrote nothing.
+//!
+//! # Opening
+//! A run opens the database and applies pending migrations (see [`SyncDatabase::open`]). On
+//! SQLite a run with nothing to migrate only reads: it takes no write lock.
 //!
 //! In every case the store itself is monotonic ([`atomic_upsert_auth`]):
 //! an older token never overwrites a newer one.
@@ -126,6 +131,10 @@ macro_rules! token_readers {
                 ))
                 .first::<(i64, i64, String, String, NaiveDateTime, NaiveDateTime)>(self)
                 .optional()?;
+            if let Some((_, _, access, refresh, _, _)) = &row {
+                crate::secrets::register(access);
+                crate::secrets::register(refresh);
+            }
             Ok(row.map(
                 |(id, athlete_id, access_token, refresh_token, expires_at, updated_at)| {
                     StravaAuth {
@@ -154,6 +163,10 @@ macro_rules! token_readers {
                 ))
                 .first::<(i64, String, String, String, NaiveDateTime, NaiveDateTime)>(self)
                 .optional()?;
+            if let Some((_, _, access, refresh, _, _)) = &row {
+                crate::secrets::register(access);
+                crate::secrets::register(refresh);
+            }
             Ok(row.map(
                 |(id, user_id, access_token, refresh_token, expires_at, updated_at)| WakatimeAuth {
                     id,
@@ -225,8 +238,9 @@ pub const CONNECT_TIMEOUT_SECS: u32 = 10;
 impl SyncDatabase {
     /// Opens the database `url` names (see [`BackendKind::of`]) and applies the pending
     /// migrations, in one transaction that holds the advisory lock
-    /// [`MIGRATION_LOCK_NAMESPACE`] on PostgreSQL (SQLite: an immediate transaction), so runs
-    /// that start together on a fresh database migrate it once. An SQLite file is created if missing; a PostgreSQL URL without a
+    /// [`MIGRATION_LOCK_NAMESPACE`] on PostgreSQL (SQLite: an immediate transaction, taken only
+    /// when a plain read finds a migration missing), so runs that start together on a fresh
+    /// database migrate it once. An SQLite file is created if missing; a PostgreSQL URL without a
     /// `connect_timeout` gets one of [`CONNECT_TIMEOUT_SECS`].
     ///
     /// ```
@@ -264,7 +278,15 @@ impl SyncDatabase {
                 lock::xact_lock(c, LockKey::new(MIGRATION_LOCK_NAMESPACE, 0))?;
                 migrations::run_migrations(c)
             })?,
-            SyncDatabase::Sqlite(c) => c.sync_transaction(migrations::run_migrations)?,
+            // Only a run with something to migrate takes SQLite's write lock: the check is a
+            // plain read, so runs on a migrated file do not queue behind each other here.
+            SyncDatabase::Sqlite(c) => {
+                if migrations::sqlite_needs_migrations(c)? {
+                    c.sync_transaction(migrations::run_migrations)?
+                } else {
+                    0
+                }
+            }
         };
         tracing::info!(url = %db::redact_url(url), applied, "database open, migrations applied");
         Ok(db)
@@ -279,11 +301,15 @@ impl SyncDatabase {
     }
 }
 
+/// `url` with `connect_timeout` added to its query unless it has one. The query is looked for
+/// after the userinfo (which ends at the last `@`): a password may hold `?` or `&`.
 fn with_timeout(url: &str) -> String {
-    if url.contains("connect_timeout=") {
+    let after_userinfo = url.rfind('@').map_or(0, |at| at + 1);
+    let tail = &url[after_userinfo..];
+    if tail.contains("connect_timeout=") {
         return url.to_owned();
     }
-    let sep = if url.contains('?') { '&' } else { '?' };
+    let sep = if tail.contains('?') { '&' } else { '?' };
     format!("{url}{sep}connect_timeout={CONNECT_TIMEOUT_SECS}")
 }
 
@@ -405,6 +431,19 @@ impl fmt::Display for SyncSummary {
     }
 }
 
+/// Names the capture and the field for a value that the library refused before writing
+/// ([`upsert_kit::Error::InvalidInput`]: the checks that only hold after conversion, such as
+/// a timestamp's range): `stdin: token.expires_at: …` instead of `invalid input: expires_at: …`.
+/// Other errors, and errors of online runs (`source` `None`), are returned as they are.
+pub(crate) fn name_input(e: JobError, source: Option<&str>, path: &str) -> JobError {
+    match (e, source) {
+        (JobError::Database(upsert_kit::Error::InvalidInput(i)), Some(source)) => {
+            JobError::payload(source, format!("{path}.{}: {}", i.field, i.reason))
+        }
+        (e, _) => e,
+    }
+}
+
 /// A token a job knows how to judge and refresh.
 pub(crate) trait StoredToken: AuthModel + Clone {
     fn expires_at(&self) -> NaiveDateTime;
@@ -471,6 +510,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_value_the_library_refuses_is_named_by_capture_and_field() {
+        let refused = || {
+            JobError::Database(upsert_kit::Error::invalid(
+                "expires_at",
+                "timestamp +10000-01-01 00:59:59 is out of range (years 1 to 9999)",
+            ))
+        };
+        assert_eq!(
+            name_input(refused(), Some("stdin"), "token").to_string(),
+            "stdin: token.expires_at: timestamp +10000-01-01 00:59:59 is out of range (years 1 to 9999)"
+        );
+        assert!(matches!(
+            name_input(refused(), None, "token"),
+            JobError::Database(upsert_kit::Error::InvalidInput(_))
+        ));
+    }
+
+    #[test]
     fn postgres_urls_get_a_connect_timeout_unless_they_have_one() {
         assert_eq!(
             with_timeout("postgres://h/db"),
@@ -483,6 +540,10 @@ mod tests {
         assert_eq!(
             with_timeout("postgres://h/db?connect_timeout=3"),
             "postgres://h/db?connect_timeout=3"
+        );
+        assert_eq!(
+            with_timeout("postgres://u:p?ss&connect_timeout=/w@h/db"),
+            "postgres://u:p?ss&connect_timeout=/w@h/db?connect_timeout=10"
         );
     }
 }

@@ -24,9 +24,9 @@
 
 use super::error::{JobError, Secret};
 use super::http::HttpClient;
-use super::json::{self, Obj};
+use super::json::{self, Obj, Shape};
 use super::models::{StravaAuth, StravaStats};
-use super::run::{ensure_fresh_token, SyncConnection, SyncDatabase, SyncSummary};
+use super::run::{ensure_fresh_token, name_input, SyncConnection, SyncDatabase, SyncSummary};
 use crate::schema::{strava_auth, strava_stats};
 use chrono::NaiveDateTime;
 use serde::Serialize;
@@ -88,6 +88,46 @@ pub struct AthleteStats {
     /// Ever (`all_*_totals`).
     pub all_time: PeriodTotals,
 }
+
+/// What the job reads of a totals object.
+const TOTALS_SHAPE: Shape = Shape::Object(&[
+    ("count", Shape::Value),
+    ("distance", Shape::Value),
+    ("moving_time", Shape::Value),
+    ("elapsed_time", Shape::Value),
+    ("elevation_gain", Shape::Value),
+    ("achievement_count", Shape::Value),
+]);
+
+/// What the job reads of a stats response.
+pub(crate) const STATS_SHAPE: Shape = Shape::Object(&[
+    ("recent_ride_totals", TOTALS_SHAPE),
+    ("recent_run_totals", TOTALS_SHAPE),
+    ("recent_swim_totals", TOTALS_SHAPE),
+    ("ytd_ride_totals", TOTALS_SHAPE),
+    ("ytd_run_totals", TOTALS_SHAPE),
+    ("ytd_swim_totals", TOTALS_SHAPE),
+    ("all_ride_totals", TOTALS_SHAPE),
+    ("all_run_totals", TOTALS_SHAPE),
+    ("all_swim_totals", TOTALS_SHAPE),
+    ("biggest_ride_distance", Shape::Value),
+    ("biggest_climb_elevation_gain", Shape::Value),
+]);
+
+/// What the job reads of a token response.
+pub(crate) const TOKEN_SHAPE: Shape = Shape::Object(&[
+    ("access_token", Shape::Value),
+    ("refresh_token", Shape::Value),
+    ("expires_at", Shape::Value),
+    ("athlete", Shape::Object(&[("id", Shape::Value)])),
+]);
+
+/// What the job reads of a capture: any other field is only checked to be valid JSON.
+const CAPTURE_SHAPE: Shape = Shape::Object(&[
+    ("athlete_id", Shape::Value),
+    ("token", TOKEN_SHAPE),
+    ("stats", STATS_SHAPE),
+]);
 
 fn totals(stats: &Obj<'_>, key: &str) -> Result<ActivityTotals, JobError> {
     let path = json::join(stats.path, key);
@@ -207,6 +247,8 @@ impl StravaToken {
     /// [`JobError::Payload`] for a missing or empty token, or an `expires_at` that is not a
     /// Unix time in years 1970–9999.
     pub fn from_json(source_name: &str, path: &str, value: &Value) -> Result<Self, JobError> {
+        // The tokens are secrets from the moment they arrive, before anything else is checked.
+        json::register_secrets(value, &["access_token", "refresh_token"]);
         let o = Obj::of(source_name, path, value)?;
         let seconds = o.int("expires_at")?;
         let expires_at = chrono::DateTime::from_timestamp(seconds, 0)
@@ -251,6 +293,8 @@ impl StravaToken {
 /// A capture of the token and stats responses (the format is in the module docs).
 #[derive(Debug, Clone, PartialEq)]
 pub struct StravaCapture {
+    /// Where the capture was read from (a path, or `stdin`): errors name it.
+    pub source_name: String,
     /// The athlete of the token row.
     pub athlete_id: Option<i64>,
     /// The token response, if captured.
@@ -275,7 +319,7 @@ impl StravaCapture {
     /// [`JobError::Payload`]: malformed, truncated or non-finite JSON, a missing field, a wrong
     /// type, or a token without an athlete id.
     pub fn parse(source_name: &str, text: &str) -> Result<Self, JobError> {
-        let root = json::parse(source_name, text)?;
+        let root = json::parse_shaped(source_name, text, &CAPTURE_SHAPE)?;
         let o = Obj::of(source_name, "", &root)?;
         let stats = AthleteStats::from_json(source_name, "stats", o.get("stats")?)?;
         let token = o
@@ -293,6 +337,7 @@ impl StravaCapture {
             ));
         }
         Ok(StravaCapture {
+            source_name: source_name.to_owned(),
             athlete_id,
             token,
             stats,
@@ -403,9 +448,16 @@ where
             if let (Some(token), Some(athlete)) = (&capture.token, capture.athlete_id) {
                 conn.lock_token_refresh(lock_key)?;
                 let row = token.clone().into_row(account, athlete);
-                summary.auth = atomic_upsert_auth(conn, &row)?.into();
+                summary.auth = atomic_upsert_auth(conn, &row)
+                    .map_err(|e| name_input(e.into(), Some(&capture.source_name), "token"))?
+                    .into();
             }
-            write_stats(conn, &capture.stats, &mut summary)?;
+            write_stats(
+                conn,
+                &capture.stats,
+                Some(&capture.source_name),
+                &mut summary,
+            )?;
             Ok(summary)
         }),
         StravaSource::Online(api) => {
@@ -421,13 +473,13 @@ where
                 api.api_base.trim_end_matches('/'),
                 token.athlete_id
             );
-            let body = api
-                .http
-                .get_json(&url, &Secret::new(token.access_token.clone()))?;
-            let stats = AthleteStats::from_json(&format!("GET {url}"), "", &body)?;
+            let body =
+                api.http
+                    .get_json(&url, &Secret::new(token.access_token.clone()), &STATS_SHAPE)?;
+            let stats = AthleteStats::from_json(&crate::http::endpoint("GET", &url), "", &body)?;
             let mut summary = conn.sync_transaction(|conn| {
                 let mut summary = SyncSummary::new();
-                write_stats(conn, &stats, &mut summary)?;
+                write_stats(conn, &stats, None, &mut summary)?;
                 Ok(summary)
             })?;
             summary.auth = auth;
@@ -439,13 +491,15 @@ where
 fn write_stats<C>(
     conn: &mut C,
     stats: &AthleteStats,
+    source: Option<&str>,
     summary: &mut SyncSummary,
 ) -> Result<(), JobError>
 where
     StravaStats: Upsertable<C, Changed<strava_stats::data>>,
 {
     for row in stats.rows(chrono::Utc::now().naive_utc()) {
-        let outcome = atomic_upsert_stats(conn, &row)?;
+        let outcome = atomic_upsert_stats(conn, &row)
+            .map_err(|e| name_input(e.into(), source, &format!("stats[{}]", row.stats_type)))?;
         tracing::info!(stats_type = %row.stats_type, %outcome, "stats row");
         summary.record_stats(&row.stats_type, outcome);
     }
@@ -482,8 +536,9 @@ fn refresh(
             ("grant_type", "refresh_token"),
             ("refresh_token", refresh_token.expose()),
         ],
+        &TOKEN_SHAPE,
     )?;
-    let token = StravaToken::from_json(&format!("POST {url}"), "", &body)?;
+    let token = StravaToken::from_json(&crate::http::endpoint("POST", &url), "", &body)?;
     let athlete_id = token
         .athlete_id
         .or(api.athlete_id)

@@ -25,9 +25,9 @@
 
 use super::error::{JobError, Secret};
 use super::http::HttpClient;
-use super::json::{self, Obj};
+use super::json::{self, Obj, Shape};
 use super::models::{WakatimeAuth, WakatimeStats};
-use super::run::{ensure_fresh_token, SyncConnection, SyncDatabase, SyncSummary};
+use super::run::{ensure_fresh_token, name_input, SyncConnection, SyncDatabase, SyncSummary};
 use crate::schema::{wakatime_auth, wakatime_stats};
 use chrono::NaiveDateTime;
 use serde::Serialize;
@@ -93,7 +93,9 @@ impl fmt::Display for StatsRange {
 
 /// A stats range name that WakaTime does not have.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown stats range {0:?}; expected one of last_7_days, last_30_days, last_6_months, last_year, all_time")]
+// The name is not repeated: the caller names where it was (`stats.last_week: …`), and a
+// usage error must not echo an argument's value.
+#[error("unknown stats range; expected one of last_7_days, last_30_days, last_6_months, last_year, all_time")]
 pub struct UnknownRange(pub String);
 
 impl FromStr for StatsRange {
@@ -102,7 +104,9 @@ impl FromStr for StatsRange {
     /// ```
     /// use sync_jobs::wakatime::StatsRange;
     /// assert_eq!("last_year".parse::<StatsRange>(), Ok(StatsRange::LastYear));
-    /// assert!("last_week".parse::<StatsRange>().unwrap_err().to_string().starts_with("unknown stats range \"last_week\""));
+    /// let err = "last_week".parse::<StatsRange>().unwrap_err();
+    /// assert_eq!(err.0, "last_week");
+    /// assert!(err.to_string().starts_with("unknown stats range; expected one of last_7_days"));
     /// ```
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         StatsRange::ALL
@@ -152,6 +156,43 @@ pub struct RangeStats {
     /// Projects (absent when the user keeps them private).
     pub projects: Vec<Share>,
 }
+
+/// What the job reads of a share (a language, an editor, …).
+const SHARE_SHAPE: Shape = Shape::Object(&[
+    ("name", Shape::Value),
+    ("total_seconds", Shape::Value),
+    ("percent", Shape::Value),
+]);
+
+/// What the job reads of a stats response.
+pub(crate) const STATS_SHAPE: Shape = Shape::Object(&[(
+    "data",
+    Shape::Object(&[
+        ("range", Shape::Value),
+        ("start", Shape::Value),
+        ("end", Shape::Value),
+        ("total_seconds", Shape::Value),
+        ("daily_average", Shape::Value),
+        ("languages", Shape::Array(&SHARE_SHAPE)),
+        ("editors", Shape::Array(&SHARE_SHAPE)),
+        ("operating_systems", Shape::Array(&SHARE_SHAPE)),
+        ("categories", Shape::Array(&SHARE_SHAPE)),
+        ("projects", Shape::Array(&SHARE_SHAPE)),
+    ]),
+)]);
+
+/// What the job reads of a token response.
+pub(crate) const TOKEN_SHAPE: Shape = Shape::Object(&[
+    ("access_token", Shape::Value),
+    ("refresh_token", Shape::Value),
+    ("expires_at", Shape::Value),
+    ("expires_in", Shape::Value),
+    ("uid", Shape::Value),
+]);
+
+/// What the job reads of a capture: any other field is only checked to be valid JSON.
+const CAPTURE_SHAPE: Shape =
+    Shape::Object(&[("token", TOKEN_SHAPE), ("stats", Shape::Map(&STATS_SHAPE))]);
 
 fn shares(data: &Obj<'_>, key: &str) -> Result<Vec<Share>, JobError> {
     if data.opt(key).is_none() {
@@ -277,6 +318,8 @@ impl WakatimeToken {
     /// [`JobError::Payload`] for a missing or empty token, or an expiry that is missing or
     /// out of range.
     pub fn from_json(source_name: &str, path: &str, value: &Value) -> Result<Self, JobError> {
+        // The tokens are secrets from the moment they arrive, before anything else is checked.
+        json::register_secrets(value, &["access_token", "refresh_token"]);
         let o = Obj::of(source_name, path, value)?;
         let bad = |reason: String| {
             JobError::payload(
@@ -285,9 +328,19 @@ impl WakatimeToken {
             )
         };
         let expires_at = match o.opt("expires_at") {
-            Some(Value::String(s)) => chrono::DateTime::parse_from_rfc3339(s)
-                .map_err(|e| bad(format!("{s:?} is not an RFC 3339 time: {e}")))?
-                .naive_utc(),
+            Some(Value::String(s)) => {
+                let utc = chrono::DateTime::parse_from_rfc3339(s)
+                    .map_err(|e| bad(format!("{s:?} is not an RFC 3339 time: {e}")))?
+                    .naive_utc();
+                // Checked after the conversion: `9999-12-31T23:59:59-01:00` is in year 10000
+                // in UTC, which the database cannot store.
+                if !(1970..=9999).contains(&chrono::Datelike::year(&utc)) {
+                    return Err(bad(format!(
+                        "{s:?} is {utc} in UTC, outside years 1970-9999"
+                    )));
+                }
+                utc
+            }
             Some(Value::Number(_)) => {
                 let secs = o.int("expires_at")?;
                 chrono::DateTime::from_timestamp(secs, 0)
@@ -333,6 +386,8 @@ impl WakatimeToken {
 /// A capture of the token and stats responses (the format is in the module docs).
 #[derive(Debug, Clone, PartialEq)]
 pub struct WakatimeCapture {
+    /// Where the capture was read from (a path, or `stdin`): errors name it.
+    pub source_name: String,
     /// The token response, if captured.
     pub token: Option<WakatimeToken>,
     /// One validated response per range, in [`StatsRange`] order.
@@ -348,7 +403,7 @@ impl WakatimeCapture {
     /// let capture = WakatimeCapture::parse("examples/data/wakatime.json", &text)?;
     /// assert_eq!(capture.stats.len(), 5);
     /// let err = WakatimeCapture::parse("stdin", r#"{"stats": {"last_week": {"data": {}}}}"#).unwrap_err();
-    /// assert!(err.to_string().contains("unknown stats range \"last_week\""));
+    /// assert!(err.to_string().contains("stats.last_week: unknown stats range; expected one of"));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     ///
@@ -356,7 +411,7 @@ impl WakatimeCapture {
     /// [`JobError::Payload`]: malformed, truncated or non-finite JSON, an unknown range, a
     /// missing field or a wrong type.
     pub fn parse(source_name: &str, text: &str) -> Result<Self, JobError> {
-        let root = json::parse(source_name, text)?;
+        let root = json::parse_shaped(source_name, text, &CAPTURE_SHAPE)?;
         let o = Obj::of(source_name, "", &root)?;
         let stats_obj = o.object("stats", "stats")?;
         let mut stats = Vec::new();
@@ -382,7 +437,11 @@ impl WakatimeCapture {
             .opt("token")
             .map(|t| WakatimeToken::from_json(source_name, "token", t))
             .transpose()?;
-        Ok(WakatimeCapture { token, stats })
+        Ok(WakatimeCapture {
+            source_name: source_name.to_owned(),
+            token,
+            stats,
+        })
     }
 }
 
@@ -488,19 +547,24 @@ where
 {
     let lock_key = LockKey::new(LOCK_NAMESPACE, account);
     match source {
-        WakatimeSource::Capture(capture) => conn.sync_transaction(|conn| {
-            let mut summary = SyncSummary::new();
-            if let Some(token) = &capture.token {
-                conn.lock_token_refresh(lock_key)?;
-                let stored = conn.wakatime_token(account)?;
-                let row = token
-                    .clone()
-                    .into_row(account, stored.as_ref().map(|s| s.user_id.as_str()));
-                summary.auth = atomic_upsert_auth(conn, &row)?.into();
-            }
-            write_stats(conn, &capture.stats, &mut summary)?;
-            Ok(summary)
-        }),
+        WakatimeSource::Capture(capture) => {
+            // Built before the transaction: on SQLite it holds the file's only write lock, and
+            // turning large stats into rows is work that needs no lock.
+            let rows = stats_rows(&capture.stats);
+            conn.sync_transaction(|conn| {
+                let mut summary = SyncSummary::new();
+                if let Some(token) = &capture.token {
+                    conn.lock_token_refresh(lock_key)?;
+                    let stored = conn.wakatime_token(account)?;
+                    let row = token
+                        .clone()
+                        .into_row(account, stored.as_ref().map(|s| s.user_id.as_str()));
+                    summary.auth = atomic_upsert_auth(conn, &row)?.into();
+                }
+                write_stats(conn, &rows, None, &mut summary)?;
+                Ok(summary)
+            })
+        }
         WakatimeSource::Online(api) => {
             // Fetched and written in one fixed order, so that concurrent runs lock the rows in
             // the same order and cannot deadlock.
@@ -524,17 +588,18 @@ where
                     "{}/users/current/stats/{range}",
                     api.api_base.trim_end_matches('/')
                 );
-                let body = api.http.get_json(&url, &bearer)?;
+                let body = api.http.get_json(&url, &bearer, &STATS_SHAPE)?;
                 stats.push(RangeStats::from_json(
-                    &format!("GET {url}"),
+                    &crate::http::endpoint("GET", &url),
                     "",
                     *range,
                     &body,
                 )?);
             }
+            let rows = stats_rows(&stats);
             let mut summary = conn.sync_transaction(|conn| {
                 let mut summary = SyncSummary::new();
-                write_stats(conn, &stats, &mut summary)?;
+                write_stats(conn, &rows, None, &mut summary)?;
                 Ok(summary)
             })?;
             summary.auth = auth;
@@ -543,18 +608,24 @@ where
     }
 }
 
+/// The stats rows of `stats`, stamped now.
+fn stats_rows(stats: &[RangeStats]) -> Vec<WakatimeStats> {
+    let now = chrono::Utc::now().naive_utc();
+    stats.iter().map(|s| s.row(now)).collect()
+}
+
 fn write_stats<C>(
     conn: &mut C,
-    stats: &[RangeStats],
+    rows: &[WakatimeStats],
+    source: Option<&str>,
     summary: &mut SyncSummary,
 ) -> Result<(), JobError>
 where
     WakatimeStats: Upsertable<C, Changed<wakatime_stats::data>>,
 {
-    let now = chrono::Utc::now().naive_utc();
-    for s in stats {
-        let row = s.row(now);
-        let outcome = atomic_upsert_stats(conn, &row)?;
+    for row in rows {
+        let outcome = atomic_upsert_stats(conn, row)
+            .map_err(|e| name_input(e.into(), source, &format!("stats.{}", row.stats_type)))?;
         tracing::info!(stats_type = %row.stats_type, %outcome, "stats row");
         summary.record_stats(&row.stats_type, outcome);
     }
@@ -593,7 +664,7 @@ fn refresh(
     if let Some(uri) = &api.redirect_uri {
         form.push(("redirect_uri", uri.as_str()));
     }
-    let body = api.http.post_form_json(&url, &form)?;
-    let token = WakatimeToken::from_json(&format!("POST {url}"), "", &body)?;
+    let body = api.http.post_form_json(&url, &form, &TOKEN_SHAPE)?;
+    let token = WakatimeToken::from_json(&crate::http::endpoint("POST", &url), "", &body)?;
     Ok(token.into_row(account, stored.map(|s| s.user_id.as_str())))
 }

@@ -292,7 +292,7 @@ fn wakatime_bad_captures() -> Vec<(&'static str, String, &'static str)> {
                 let week = s.remove("last_7_days").unwrap();
                 s.insert("last_week".into(), week);
             }),
-            "stats.last_week: unknown stats range \"last_week\"; expected one of last_7_days",
+            "stats.last_week: unknown stats range; expected one of last_7_days",
         ),
         (
             "range mismatch",
@@ -311,6 +311,13 @@ fn wakatime_bad_captures() -> Vec<(&'static str, String, &'static str)> {
             "non-finite number at line",
         ),
         (
+            "an expiry past year 9999 only in UTC",
+            edited("wakatime.json", |v| {
+                v["token"]["expires_at"] = "9999-12-31T23:59:59-01:00".into();
+            }),
+            "token.expires_at: \"9999-12-31T23:59:59-01:00\" is +10000-01-01 00:59:59 in UTC, outside years 1970-9999",
+        ),
+        (
             "wrong type in a list",
             edited("wakatime.json", |v| {
                 v["stats"]["all_time"]["data"]["languages"][1]["total_seconds"] = true.into();
@@ -320,12 +327,25 @@ fn wakatime_bad_captures() -> Vec<(&'static str, String, &'static str)> {
     ]
 }
 
+/// Asserts that no part of an error line (between `: `) of a dozen characters or more comes
+/// twice: each cause is said once (`database error: X: X` is not).
+fn assert_no_repeated_text(line: &str, case: &str) {
+    let parts: Vec<&str> = line.split(": ").filter(|p| p.len() >= 12).collect();
+    for (i, p) in parts.iter().enumerate() {
+        assert!(
+            !parts[i + 1..].contains(p),
+            "{case}: {p:?} is said twice in {line:?}"
+        );
+    }
+}
+
 fn assert_one_clear_line(bin: &str, out: &std::process::Output, expected: &str, case: &str) {
     assert!(!out.status.success(), "{case}: the run succeeded");
     assert!(out.stdout.is_empty(), "{case}: printed a summary");
     let stderr = String::from_utf8(out.stderr.clone()).unwrap();
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(lines.len(), 1, "{case}: one line on stderr, got {stderr:?}");
+    assert_no_repeated_text(lines[0], case);
     assert!(
         lines[0].starts_with(&format!("{bin}: error: ")) && lines[0].contains(expected),
         "{case}: expected {expected:?} in {:?}",
@@ -387,7 +407,7 @@ fn every_bad_capture_fails_with_one_clear_line_and_leaves_the_database_unchanged
         assert_one_clear_line(
             "wakatime-sync",
             &out,
-            "invalid value 'last_week' for '--range <RANGE>': unknown stats range \"last_week\"; expected one of last_7_days",
+            "invalid value '<value not shown>' for '--range <RANGE>': unknown stats range",
             "unknown --range",
         );
         assert_eq!(out.status.code(), Some(2), "a usage error exits 2");
@@ -455,4 +475,60 @@ fn help_never_shows_the_database_url_or_secrets_from_the_environment() {
             "{help}"
         );
     }
+}
+
+#[test]
+fn fields_the_jobs_do_not_use_are_only_required_to_be_json_even_nested_200_deep() {
+    let nested = format!("{}\"deep\"{}", "{\"a\":[".repeat(200), "]}".repeat(200));
+    let lite = TestSqlite::new();
+    for (bin, name) in [
+        ("strava-sync", "strava.json"),
+        ("wakatime-sync", "wakatime.json"),
+    ] {
+        // Unused fields at the top, inside the token and inside a stats response.
+        let mut text = example_text(name);
+        let at = text.rfind('}').unwrap();
+        text.insert_str(at, &format!(", \"unused\": {nested}"));
+        let at = text.find("\"token\": {").unwrap() + "\"token\": {".len();
+        text.insert_str(at, &format!("\"unused\": {nested}, "));
+        let out = job(bin, lite.url())
+            .args(["--json", "--from-file", "-"])
+            .write_stdin(text)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{bin}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn a_write_the_schema_refuses_is_reported_once_in_one_line() {
+    // A stats table that refuses every row: the run fails at the write, and says so once.
+    let db = TestDb::new();
+    summary(
+        &job("strava-sync", db.url())
+            .args(["--json", "--from-file"])
+            .arg(example("strava.json"))
+            .output()
+            .unwrap(),
+    );
+    execute(db.url(), "DELETE FROM strava_stats");
+    execute(
+        db.url(),
+        "ALTER TABLE strava_stats ADD CONSTRAINT refuse CHECK (stats_type = 'none')",
+    );
+    let out = job("strava-sync", db.url())
+        .arg("--from-file")
+        .arg(example("strava.json"))
+        .output()
+        .unwrap();
+    assert_one_clear_line(
+        "strava-sync",
+        &out,
+        "check constraint violated (constraint \"refuse\")",
+        "check violation",
+    );
 }

@@ -64,13 +64,22 @@ fn run(args: &Args) -> anyhow::Result<(String, SyncSummary)> {
             args.api_base.clone(),
         ),
     };
-    let mut db = SyncDatabase::open(&args.common.database_url).context("opening the database")?;
-    let summary = strava::sync(&mut db, args.account, &source)?;
+    let url = &args.common.database_url;
+    let mut db = SyncDatabase::open(url)
+        .map_err(|e| common::name_busy_database(e, url))
+        .context("opening the database")?;
+    let summary = strava::sync(&mut db, args.account, &source)
+        .map_err(|e| common::name_busy_database(e, url))?;
     Ok((source_name, summary))
 }
 
 fn main() -> ExitCode {
+    common::protect(
+        "strava-sync",
+        &["STRAVA_CLIENT_SECRET", "STRAVA_REFRESH_TOKEN"],
+    );
     let args: Args = common::parse_args("strava-sync");
+    sync_jobs::secrets::register_url(&args.common.database_url);
     common::init_tracing();
     match run(&args) {
         Ok((source, summary)) => common::report_success(

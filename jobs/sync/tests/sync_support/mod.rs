@@ -12,7 +12,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use upsert_kit::db::BackendKind;
 
-/// One scripted answer.
+/// In a [`Reply`]'s body: replaced by the request's body, as it was received.
+pub const ECHO_BODY: &str = "{{request_body}}";
+/// In a [`Reply`]'s body: replaced by the request's body as the inside of a JSON string.
+pub const ECHO_BODY_JSON: &str = "{{request_body_json}}";
+/// In a [`Reply`]'s body: replaced by the request's `Authorization` header (JSON-escaped).
+pub const ECHO_AUTHORIZATION: &str = "{{authorization}}";
+
+/// One scripted answer. Its body may echo the request ([`ECHO_BODY`], [`ECHO_BODY_JSON`],
+/// [`ECHO_AUTHORIZATION`]), as a token endpoint or a proxy error page may.
 #[derive(Debug, Clone)]
 pub struct Reply {
     pub status: u16,
@@ -133,7 +141,13 @@ fn serve(stream: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
     }
     let mut body = vec![0; length];
     reader.read_exact(&mut body)?;
-    let reply = {
+    let echo_body = String::from_utf8_lossy(&body).into_owned();
+    let echo_auth = authorization.clone().unwrap_or_default();
+    let json_inner = |s: &str| {
+        let quoted = serde_json::to_string(s).unwrap();
+        quoted[1..quoted.len() - 1].to_owned()
+    };
+    let mut reply = {
         let mut st = state.lock().unwrap();
         st.seen.push(Seen {
             method: method.clone(),
@@ -146,6 +160,11 @@ fn serve(stream: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
             .cloned()
             .unwrap_or_else(|| Reply::json(404, r#"{"message":"Record Not Found"}"#))
     };
+    reply.body = reply
+        .body
+        .replace(ECHO_BODY_JSON, &json_inner(&echo_body))
+        .replace(ECHO_BODY, &echo_body)
+        .replace(ECHO_AUTHORIZATION, &json_inner(&echo_auth));
     std::thread::sleep(reply.delay);
     let mut out = stream;
     let mut head = format!(

@@ -1,8 +1,84 @@
 //! What the two sync binaries share: logging, the database argument, output and exit codes.
 
 use std::process::ExitCode;
-use sync_jobs::SyncSummary;
+use sync_jobs::{secrets, SyncSummary};
 use upsert_kit::db::{redact_url, BackendKind};
+
+/// What a usage error shows instead of an argument's value.
+const VALUE_NOT_SHOWN: &str = "<value not shown>";
+
+/// Registers every secret the process may hold before anything can print: the environment's
+/// secrets `env_secrets` (by variable name), the password of `DATABASE_URL` and of any URL on
+/// the command line; and makes a panic print one scrubbed line (`<job>: error: internal
+/// error: …`) instead of the default message.
+pub fn protect(job: &'static str, env_secrets: &[&str]) {
+    for name in env_secrets {
+        if let Ok(value) = std::env::var(name) {
+            secrets::register(&value);
+        }
+    }
+    if let Ok(url) = std::env::var("DATABASE_URL") {
+        secrets::register_url(&url);
+    }
+    for arg in std::env::args_os().skip(1) {
+        secrets::register_url(&arg.to_string_lossy());
+    }
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".to_owned());
+        let at = info
+            .location()
+            .map(|l| format!(" (at {}:{})", l.file(), l.line()))
+            .unwrap_or_default();
+        let line = secrets::scrub(&format!("{payload}{at}")).replace(['\n', '\r'], " ");
+        // Writing may fail too (stderr closed): there is nobody left to tell then.
+        let _ = std::io::Write::write_all(
+            &mut std::io::stderr(),
+            format!("{job}: error: internal error: {line}\n").as_bytes(),
+        );
+    }));
+}
+
+/// Whether a command-line word is an option name (`-v`, `--api-base`), which a usage error
+/// may show; anything else may be a value, and a value may hold a credential.
+fn is_option_name(word: &str) -> bool {
+    let name = word
+        .strip_prefix("--")
+        .or_else(|| word.strip_prefix('-'))
+        .unwrap_or("");
+    !name.is_empty()
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+}
+
+/// A usage error's line with every argument value of the command line replaced by
+/// [`VALUE_NOT_SHOWN`]: a URL given to the wrong option, a token pasted as a stray argument
+/// or a mistyped range all look alike to the parser, so none is echoed. Option names are kept.
+fn without_values(line: &str, args: &[String]) -> String {
+    let mut values: Vec<String> = Vec::new();
+    for arg in args {
+        let value = match arg.split_once('=') {
+            Some((name, value)) if is_option_name(name) => value,
+            _ if is_option_name(arg) => continue,
+            _ => arg.as_str(),
+        };
+        values.push(value.to_owned());
+        values.extend(value.split(',').map(str::to_owned));
+    }
+    values.retain(|v| !v.is_empty());
+    values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    values.dedup();
+    let mut out = line.to_owned();
+    for v in &values {
+        out = out.replace(&format!("'{v}'"), &format!("'{VALUE_NOT_SHOWN}'"));
+        out = out.replace(&format!("\"{v}\""), &format!("\"{VALUE_NOT_SHOWN}\""));
+    }
+    secrets::scrub(&out)
+}
 
 /// The options both sync jobs take.
 #[derive(Debug, clap::Args)]
@@ -25,9 +101,25 @@ pub struct CommonArgs {
     pub json: bool,
 }
 
-/// Logs to stderr at the level `RUST_LOG` sets (default: warnings and errors only). The HTTP
-/// client's own logs are capped at `debug`: at `trace` it dumps raw bodies, and token
-/// responses carry secrets.
+/// Stderr for log lines, each one passed through [`secrets::scrub`] (the formatter writes one
+/// event in one call).
+struct ScrubbingStderr;
+
+impl std::io::Write for ScrubbingStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let line = secrets::scrub(&String::from_utf8_lossy(buf));
+        std::io::stderr().write_all(line.as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+/// Logs to stderr at the level `RUST_LOG` sets (default: warnings and errors only), every
+/// line scrubbed of the process's secrets ([`secrets::scrub`]). The HTTP client's own logs
+/// are capped at `debug`: at `trace` it dumps raw bodies, and token responses carry secrets.
 pub fn init_tracing() {
     use tracing_subscriber::filter::{FilterExt, LevelFilter, Targets};
     use tracing_subscriber::layer::SubscriberExt;
@@ -41,7 +133,7 @@ pub fn init_tracing() {
         .with_target("ureq", LevelFilter::DEBUG)
         .with_target("ureq_proto", LevelFilter::DEBUG);
     let layer = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
+        .with_writer(|| ScrubbingStderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .with_filter(no_raw_bodies.and(env));
@@ -50,6 +142,7 @@ pub fn init_tracing() {
 
 /// Parses the command line. `--help` and `--version` print and exit 0; a usage error (an
 /// unknown option, an unknown stats range, …) prints one line `<job>: error: …` and exits 2.
+/// The line names the option but never shows an argument's value (see [`without_values`]).
 pub fn parse_args<T: clap::Parser>(job: &str) -> T {
     match T::try_parse() {
         Ok(args) => args,
@@ -61,9 +154,26 @@ pub fn parse_args<T: clap::Parser>(job: &str) -> T {
                 .find(|l| !l.trim().is_empty())
                 .unwrap_or("invalid arguments");
             let first = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("{job}: error: {first} (see --help)");
+            let args: Vec<String> = std::env::args_os()
+                .skip(1)
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect();
+            eprintln!(
+                "{job}: error: {} (see --help)",
+                without_values(first, &args)
+            );
             std::process::exit(2)
         }
+    }
+}
+
+/// `error`, naming the database (its URL redacted) when it was busy: the line then says which
+/// file to look at and that the run can be retried.
+pub fn name_busy_database(error: sync_jobs::JobError, database_url: &str) -> anyhow::Error {
+    if error.is_busy() {
+        anyhow::Error::new(error).context(redact_url(database_url))
+    } else {
+        error.into()
     }
 }
 
@@ -73,7 +183,7 @@ pub fn env(name: &str) -> Option<String> {
 }
 
 /// Prints the summary (`--json`: one JSON object; otherwise a short human summary) and
-/// returns success.
+/// returns success. `source` and the database are shown with their credentials redacted.
 pub fn report_success(
     job: &str,
     database_url: &str,
@@ -92,7 +202,8 @@ pub fn report_success(
             BackendKind::Sqlite => "SQLite",
         };
         println!(
-            "{job}: synced {source} into {} ({backend})",
+            "{job}: synced {} into {} ({backend})",
+            secrets::scrub(&redact_url(source)),
             redact_url(database_url)
         );
         println!("{summary}");
@@ -100,9 +211,10 @@ pub fn report_success(
     ExitCode::SUCCESS
 }
 
-/// Prints one line `<job>: error: <cause>: <cause>…` on stderr and returns failure.
+/// Prints one line `<job>: error: <cause>: <cause>…` on stderr, scrubbed of the process's
+/// secrets, and returns failure.
 pub fn report_error(job: &str, error: &anyhow::Error) -> ExitCode {
-    let line = format!("{error:#}").replace(['\n', '\r'], " ");
+    let line = secrets::scrub(&format!("{error:#}")).replace(['\n', '\r'], " ");
     eprintln!("{job}: error: {line}");
     ExitCode::FAILURE
 }
