@@ -23,7 +23,7 @@
 //! - In flight (another session holds the key's uncommitted row): on PostgreSQL the insert
 //!   waits on the key's unique-index entry until the first call commits (then the repeat gets its
 //!   result) or rolls back (then the repeat claims the key and runs); on SQLite the transaction
-//!   waits for the single write lock (up to the busy timeout, then [`Error::LockTimeout`], nothing
+//!   waits for the single write lock (up to the busy timeout, then [`Error::Busy`], nothing
 //!   applied). Never a second write. A row seen without a result (written by something else than
 //!   this module) is [`Error::IdempotencyInFlight`] (the draft's 409).
 //!
@@ -314,7 +314,7 @@ pub struct Idempotent<T> {
 /// - [`Error::IdempotencyConflict`]: the key was used with another fingerprint; nothing runs.
 /// - [`Error::IdempotencyInFlight`]: the key's row holds no result (see the
 ///   [module documentation](self)).
-/// - [`Error::LockTimeout`] (SQLite): another writer held the database past the busy timeout;
+/// - [`Error::Busy`] (SQLite): another writer held the database past the busy timeout;
 ///   nothing was applied, retry with the same key.
 /// - [`Error::OutcomeUnknown`]: the connection dropped during `COMMIT`; retry with the same
 ///   key, it is applied at most once.

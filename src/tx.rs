@@ -75,7 +75,7 @@ where
 ///
 /// # Errors
 /// `f`'s error, or the classified error of `BEGIN`, `COMMIT` or `ROLLBACK`; a busy database
-/// past its timeout is [`Error::LockTimeout`], and nothing was applied then.
+/// past its timeout is [`Error::Busy`] (retryable: nothing was applied).
 ///
 /// # Examples
 ///

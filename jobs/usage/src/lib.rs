@@ -28,7 +28,7 @@
 //! steps inside it cannot interleave with another writer, in this process or another one on
 //! the same file. The guarantees of PostgreSQL therefore hold on SQLite too; writers queue
 //! instead of running side by side (a writer that waits longer than the connection's busy
-//! timeout gets [`Error::LockTimeout`], which nothing was applied by).
+//! timeout gets [`Error::Busy`], retryable: nothing was applied).
 //!
 //! # Examples
 //!
