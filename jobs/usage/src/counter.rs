@@ -51,49 +51,36 @@ pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
 /// between the conflicting insert and the read.
 const KEY_ATTEMPTS: u32 = 2;
 
-/// An idempotency key: 1 to [`MAX_IDEMPOTENCY_KEY_LEN`] bytes, not blank, no control
-/// characters. Keys are scoped per account: two accounts may use the same key.
+/// The library's idempotency key (not blank, no control characters, at most
+/// [`upsert_kit::idempotency::MAX_KEY_LEN`] bytes); the usage ledger's column holds at most
+/// [`MAX_IDEMPOTENCY_KEY_LEN`] of them, checked by [`increment`]. Keys are scoped per account:
+/// two accounts may use the same key.
+pub use upsert_kit::idempotency::IdempotencyKey;
+
+/// A key for the usage ledger: the library's checks, and at most [`MAX_IDEMPOTENCY_KEY_LEN`]
+/// bytes (the `usage_events.idempotency_key` column's limit).
 ///
 /// ```
-/// use usage_tracking::counter::IdempotencyKey;
-/// assert!(IdempotencyKey::new("job-42:2026-11-29").is_ok());
-/// assert!(IdempotencyKey::new("").is_err());
-/// assert!(IdempotencyKey::new("x".repeat(129)).is_err());
+/// use usage_tracking::counter::checked_key;
+/// assert!(checked_key("job-42:2026-11-29").is_ok());
+/// assert!(checked_key("").is_err());
+/// assert!(checked_key(&"x".repeat(129)).is_err());
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct IdempotencyKey(String);
-
-impl IdempotencyKey {
-    /// Checks and wraps `key`.
-    ///
-    /// # Errors
-    /// [`Error::InvalidInput`] (field `idempotency_key`) when `key` is empty or blank, longer
-    /// than [`MAX_IDEMPOTENCY_KEY_LEN`] bytes, or contains a control character.
-    pub fn new(key: impl Into<String>) -> Result<Self> {
-        let key = key.into();
-        let field = "idempotency_key";
-        if key.trim().is_empty() {
-            return Err(Error::invalid(field, "must not be empty"));
-        }
-        if key.len() > MAX_IDEMPOTENCY_KEY_LEN {
-            return Err(Error::invalid(
-                field,
-                format!(
-                    "{} bytes is longer than the limit of {MAX_IDEMPOTENCY_KEY_LEN}",
-                    key.len()
-                ),
-            ));
-        }
-        if key.chars().any(char::is_control) {
-            return Err(Error::invalid(field, "must not contain control characters"));
-        }
-        Ok(IdempotencyKey(key))
+///
+/// # Errors
+/// [`Error::InvalidInput`] (field `idempotency_key`) when `key` is empty or blank, longer
+/// than [`MAX_IDEMPOTENCY_KEY_LEN`] bytes, or contains a control character.
+pub fn checked_key(key: &str) -> Result<IdempotencyKey> {
+    if key.len() > MAX_IDEMPOTENCY_KEY_LEN {
+        return Err(Error::invalid(
+            "idempotency_key",
+            format!(
+                "{} bytes is longer than the limit of {MAX_IDEMPOTENCY_KEY_LEN}",
+                key.len()
+            ),
+        ));
     }
-
-    /// The key.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
+    IdempotencyKey::new(key)
 }
 
 /// What an increment did, or, for a repeated key, what the first call with that key did.
@@ -127,7 +114,7 @@ pub struct Increment {
 /// waiting: retry them with [`Retry`](upsert_kit::Retry).
 ///
 /// # Errors
-/// - [`Error::InvalidInput`], nothing written: a bad key (see [`IdempotencyKey::new`]), an
+/// - [`Error::InvalidInput`], nothing written: a bad key (see [`checked_key`]), an
 ///   amount below 0 or above [`MAX_AMOUNT`](crate::MAX_AMOUNT), all amounts 0, `at` out
 ///   of range.
 /// - [`Error::NotFound`]: `account` is not registered; nothing written.
@@ -192,7 +179,7 @@ pub fn increment<C: UsageConnection>(
     at: NaiveDateTime,
     amounts: Usage,
 ) -> Result<Increment> {
-    let key = IdempotencyKey::new(key)?;
+    let key = checked_key(key)?;
     check_amounts(&amounts)?;
     check_instant("at", at)?;
     let hash = request_hash(&amounts);
@@ -337,11 +324,11 @@ mod tests {
 
     #[test]
     fn keys_are_bounded_and_not_blank() {
-        assert!(IdempotencyKey::new("k").is_ok());
-        assert!(IdempotencyKey::new("é".repeat(64)).is_ok()); // 128 bytes
+        assert!(checked_key("k").is_ok());
+        assert!(checked_key(&"é".repeat(64)).is_ok()); // 128 bytes
         for bad in [String::new(), "  ".into(), "a\0b".into(), "x".repeat(129)] {
             assert!(matches!(
-                IdempotencyKey::new(bad),
+                checked_key(&bad),
                 Err(Error::InvalidInput(ref e)) if e.field == "idempotency_key"
             ));
         }
