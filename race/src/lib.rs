@@ -4,7 +4,7 @@
 //!
 //! The `upsert-race` binary parses its flags into a [`Config`] and calls [`run`], which
 //! creates a scratch database of its own (with the migrations of `sync-jobs`,
-//! `usage-tracking` and `backfill-scheduler`), runs every cell and returns the [`Row`]s;
+//! `usage-tracking` and `backfill-scheduler`, and the race crate's own tables), runs every cell and returns the [`Row`]s;
 //! [`report`] turns them into a text table, JSON and an SVG plot.
 //!
 //! The core is generic: a [`Scenario`] says how to reset its state, what one operation of each
@@ -12,13 +12,18 @@
 //! connection, releases them together on a barrier, and times every operation. A new primitive
 //! is one more `Scenario` in [`scenarios::by_name`].
 //!
-//! [`naive`] holds the generic racy baseline of the upserts, [`naive::query_then_upsert`];
-//! the baselines of the other primitives live next to the code that replaces them, in
-//! `usage_tracking::naive` and `backfill_scheduler::naive`. None of them is for application
-//! code.
+//! The `counter`, `counter-retry` and `quota` scenarios ([`generic`]) run the library's generic
+//! primitives on tables the race crate declares itself; the `usage-*`, `get-or-create` and
+//! `claim` scenarios ([`primitives`]) run the adopters' code.
+//!
+//! [`naive`] holds the racy baselines of the upserts ([`naive::query_then_upsert`]) and of the
+//! generic counters and quotas, on the race crate's tables; the baselines of the adopters'
+//! primitives live next to the code that replaces them, in `usage_tracking::naive` and
+//! `backfill_scheduler::naive`. None of them is for application code.
 #![deny(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]
 
+pub mod generic;
 pub mod naive;
 pub mod payload;
 pub mod primitives;
@@ -106,8 +111,10 @@ pub struct Row {
 }
 
 /// The migrations of the race database, in the order they are applied: the sync jobs' stats
-/// tables (`upsert`, `first-insert`, `bulk`), the usage tables (`counter`, `counter-retry`,
-/// `quota`, `get-or-create`) and the backfill queue (`claim`).
+/// tables (`upsert`, `first-insert`, `bulk`), the usage tables (`usage-counter`,
+/// `usage-counter-retry`, `usage-quota`, `get-or-create`) and the backfill queue (`claim`).
+/// The tables of `counter`, `counter-retry`, `quota` and `lock` are the race crate's own
+/// ([`scenarios::create_tables`]).
 pub const MIGRATIONS: [(&str, EmbeddedMigrations); 3] = [
     ("sync-jobs", sync_jobs::db::PG_MIGRATIONS),
     ("usage-tracking", usage_tracking::PG_MIGRATIONS),

@@ -30,7 +30,8 @@ struct Args {
     database_url: Option<String>,
 
     /// Scenarios, comma-separated: upsert, first-insert, counter, counter-retry, quota,
-    /// get-or-create, lock, bulk, claim. Default: all.
+    /// get-or-create, lock, bulk, claim, usage-counter, usage-counter-retry, usage-quota.
+    /// Default: all.
     #[arg(long, value_delimiter = ',')]
     scenario: Vec<String>,
 

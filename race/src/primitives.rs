@@ -1,11 +1,13 @@
-//! The scenarios of the usage and claim primitives: each adopter crate's call against the
-//! naive baseline it replaces (`usage_tracking::naive`, `backfill_scheduler::naive`).
+//! The scenarios of the adopters' primitives (the usage-tracking example's counters, quotas and
+//! periods, the backfill scheduler's claims): each adopter crate's call against the naive
+//! baseline it replaces (`usage_tracking::naive`, `backfill_scheduler::naive`). The library's
+//! generic counter, idempotency and quota primitives have theirs in [`crate::generic`].
 //!
 //! | scenario | naive | atomic |
 //! |---|---|---|
-//! | `counter` | [`naive::increment_read_add_write`] | [`counter::increment`], a fresh key per operation |
-//! | `counter-retry` | the same, each request delivered twice (a retry after a lost acknowledgement) | [`counter::increment`], both deliveries with the request's key |
-//! | `quota` | [`naive::try_consume_check_then_act`] | [`quota::try_consume`] |
+//! | `usage-counter` | [`naive::increment_read_add_write`] | [`counter::increment`], a fresh key per operation |
+//! | `usage-counter-retry` | the same, each request delivered twice (a retry after a lost acknowledgement) | [`counter::increment`], both deliveries with the request's key |
+//! | `usage-quota` | [`naive::try_consume_check_then_act`] | [`quota::try_consume`] |
 //! | `get-or-create` | [`naive::get_or_create_usage_period_select_then_insert`], all workers on one fresh period per round | [`get_or_create_usage_period`] |
 //! | `claim` | [`backfill_scheduler::naive::claim_select_then_update`] of one item, then mark it done | [`Queue::claim`] of one item, then [`Queue::complete`] |
 
@@ -27,7 +29,7 @@ use usage_tracking::schema::usage_periods;
 use usage_tracking::{counter, naive, quota};
 use usage_tracking::{get_or_create_usage_period, set_usage_limits, Metric, Usage};
 
-/// The account of the `counter`, `counter-retry` and `get-or-create` scenarios.
+/// The account of the `usage-counter`, `usage-counter-retry` and `get-or-create` scenarios.
 const ACCOUNT: i64 = 1;
 
 /// Empties the usage tables and registers `account` with `limits`; returns the id of its
@@ -58,24 +60,24 @@ fn unlimited() -> Usage {
     }
 }
 
-/// `counter`: every worker adds one token to one hot period.
+/// `usage-counter`: every worker adds one token to one hot period.
 #[derive(Debug, Default)]
-pub struct Counter {
+pub struct UsageCounter {
     period: AtomicI64,
 }
 
-impl Counter {
+impl UsageCounter {
     /// The scenario (its period is made by [`Scenario::prepare`]).
     pub fn new() -> Self {
-        Counter {
+        UsageCounter {
             period: AtomicI64::new(0),
         }
     }
 }
 
-impl Scenario for Counter {
+impl Scenario for UsageCounter {
     fn name(&self) -> &'static str {
-        "counter"
+        "usage-counter"
     }
     fn prepare(&self, conn: &mut PgConnection) -> Result<()> {
         let period = reset_usage(conn, ACCOUNT, unlimited())?;
@@ -109,26 +111,26 @@ impl Scenario for Counter {
     }
 }
 
-/// `counter-retry`: every request is delivered twice (the client retries after losing the
+/// `usage-counter-retry`: every request is delivered twice (the client retries after losing the
 /// acknowledgement); it must count once. The report's "dup rows" column shows the net counts
 /// beyond one per request, "lost upd" the net requests not counted.
 #[derive(Debug, Default)]
-pub struct CounterRetry {
+pub struct UsageCounterRetry {
     period: AtomicI64,
 }
 
-impl CounterRetry {
+impl UsageCounterRetry {
     /// The scenario (its period is made by [`Scenario::prepare`]).
     pub fn new() -> Self {
-        CounterRetry {
+        UsageCounterRetry {
             period: AtomicI64::new(0),
         }
     }
 }
 
-impl Scenario for CounterRetry {
+impl Scenario for UsageCounterRetry {
     fn name(&self) -> &'static str {
-        "counter-retry"
+        "usage-counter-retry"
     }
     fn prepare(&self, conn: &mut PgConnection) -> Result<()> {
         let period = reset_usage(conn, ACCOUNT, unlimited())?;
@@ -167,21 +169,21 @@ impl Scenario for CounterRetry {
     }
 }
 
-/// `quota`: workers take one token at a time from the current window (an account whose period
+/// `usage-quota`: workers take one token at a time from the current window (an account whose period
 /// allows `limit` tokens); a worker refused opens the next window. Demand always exceeds
 /// supply, so every window but the last ends exactly full.
 #[derive(Debug)]
-pub struct Quota {
+pub struct UsageQuota {
     limit: i64,
     current: AtomicI64,
     /// The period id of each window opened so far.
     periods: Mutex<Vec<i64>>,
 }
 
-impl Quota {
+impl UsageQuota {
     /// The scenario with windows of `limit` tokens (at least 1).
     pub fn new(limit: i64) -> Self {
-        Quota {
+        UsageQuota {
             limit: limit.max(1),
             current: AtomicI64::new(0),
             periods: Mutex::new(Vec::new()),
@@ -221,9 +223,9 @@ impl Quota {
     }
 }
 
-impl Scenario for Quota {
+impl Scenario for UsageQuota {
     fn name(&self) -> &'static str {
-        "quota"
+        "usage-quota"
     }
     fn prepare(&self, conn: &mut PgConnection) -> Result<()> {
         let period = reset_usage(conn, Self::account(0), self.limits())?;

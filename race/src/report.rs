@@ -10,9 +10,11 @@ use std::path::Path;
 /// The rows as an aligned text table, then the atomic/naive throughput ratio of each cell.
 pub fn table(rows: &[Row]) -> String {
     let mut out = String::new();
+    // As wide as the longest scenario name, at least 13.
+    let w = rows.iter().map(|r| r.scenario.len()).fold(13, usize::max);
     let _ = writeln!(
         out,
-        "{:<13} {:<7} {:>7} {:>10} {:>12} {:>10} {:>10} {:>7} {:>7} {:>9} {:>8} {:>10}",
+        "{:<w$} {:<7} {:>7} {:>10} {:>12} {:>10} {:>10} {:>7} {:>7} {:>9} {:>8} {:>10}",
         "scenario",
         "pattern",
         "workers",
@@ -30,7 +32,7 @@ pub fn table(rows: &[Row]) -> String {
         let _ =
             writeln!(
             out,
-            "{:<13} {:<7} {:>7} {:>10} {:>12} {:>10.3} {:>10.3} {:>7} {:>7.2} {:>9} {:>8} {:>10}",
+            "{:<w$} {:<7} {:>7} {:>10} {:>12} {:>10.3} {:>10.3} {:>7} {:>7.2} {:>9} {:>8} {:>10}",
             r.scenario,
             r.pattern,
             r.workers,

@@ -4,12 +4,16 @@
 //! |---|---|---|
 //! | `upsert` | [`naive::query_then_upsert`] over K existing keys | [`atomic_upsert`] |
 //! | `first-insert` | [`naive::query_then_upsert`], all workers on one fresh key per round | [`atomic_upsert`] |
-//! | `counter`, `counter-retry`, `quota`, `get-or-create`, `claim` | see [`crate::primitives`] | |
-//! | `lock` | read-modify-write in a transaction | the same under [`lock::xact_lock`] |
+//! | `counter`, `counter-retry`, `quota` | see [`crate::generic`] (the library's generic primitives) | |
+//! | `usage-counter`, `usage-counter-retry`, `usage-quota`, `get-or-create`, `claim` | see [`crate::primitives`] (the adopters') | |
+//! | `lock` | [`naive::read_add_write`] in a transaction | the same under [`lock::xact_lock`] |
 //! | `bulk` | a loop of [`atomic_upsert`] over a batch | one [`bulk_upsert`] of the batch |
 //!
-//! `lock` runs plain Diesel statements on a table of its own (`race_counter`).
+//! `counter`, `counter-retry` and `lock` run on a table of the race crate's own
+//! ([`race_counter`], one row each); `counter-retry` and `quota` on the library's ready-made
+//! ledger and quota tables ([`upsert_kit::tables`]). [`create_tables`] creates them all.
 
+use crate::generic;
 use crate::naive;
 use crate::primitives;
 use anyhow::{bail, Result};
@@ -59,7 +63,7 @@ pub struct Params {
     pub batch: usize,
     /// Keys of the `bulk` scenario (each batch is `batch` consecutive keys).
     pub bulk_keys: u64,
-    /// Units per quota window of the `quota` scenario.
+    /// Units per quota window of the `quota` and `usage-quota` scenarios.
     pub quota_limit: i64,
     /// Items queued for each cell of the `claim` scenario.
     pub claim_items: usize,
@@ -139,6 +143,9 @@ pub const NAMES: &[&str] = &[
     "lock",
     "bulk",
     "claim",
+    "usage-counter",
+    "usage-counter-retry",
+    "usage-quota",
 ];
 
 /// The scenario called `name`.
@@ -146,13 +153,16 @@ pub fn by_name(name: &str, params: &Params) -> Result<Box<dyn Scenario>> {
     Ok(match name {
         "upsert" => Box::new(SteadyUpsert::new(params.keys)),
         "first-insert" => Box::new(FirstInsert),
-        "counter" => Box::new(primitives::Counter::new()),
-        "counter-retry" => Box::new(primitives::CounterRetry::new()),
-        "quota" => Box::new(primitives::Quota::new(params.quota_limit)),
+        "counter" => Box::new(generic::Counter),
+        "counter-retry" => Box::new(generic::CounterRetry),
+        "quota" => Box::new(generic::Quota::new(params.quota_limit)),
         "get-or-create" => Box::new(primitives::GetOrCreate),
         "lock" => Box::new(LockedCounter),
         "bulk" => Box::new(Bulk::new(params.bulk_keys, params.batch)?),
         "claim" => Box::new(primitives::Claim::new(params.claim_items)?),
+        "usage-counter" => Box::new(primitives::UsageCounter::new()),
+        "usage-counter-retry" => Box::new(primitives::UsageCounterRetry::new()),
+        "usage-quota" => Box::new(primitives::UsageQuota::new(params.quota_limit)),
         other => bail!("unknown scenario {other:?}; known: {}", NAMES.join(", ")),
     })
 }
@@ -188,18 +198,24 @@ fn stats_rows(n: u64) -> Vec<StravaStats> {
 }
 
 diesel::table! {
-    /// The counter of the `lock` scenario (id 2).
+    /// The counters of the `counter` (id 1), `lock` (id 2) and `counter-retry` (id 3)
+    /// scenarios, declared for [`upsert_kit::counter`](mod@upsert_kit::counter) as [`generic::RaceCounter`].
     race_counter (id) {
-        /// The counter's id (the `lock` scenario's is 2).
+        /// The counter's id.
         id -> Int4,
         /// Its value.
         n -> Int8,
     }
 }
 
-/// Creates the scenarios' own tables (the stats tables come from the crate's migrations).
+/// Creates the scenarios' own tables next to the adopters' migrations: [`race_counter`], and
+/// the library's ready-made ledger, quota and reservation tables
+/// ([`upsert_kit::tables::create_tables`]).
 pub fn create_tables(conn: &mut PgConnection) -> Result<()> {
-    conn.batch_execute("CREATE TABLE race_counter (id INT4 PRIMARY KEY, n INT8 NOT NULL);")?;
+    conn.batch_execute(
+        "CREATE TABLE race_counter (id INT4 PRIMARY KEY, n INT8 NOT NULL DEFAULT 0);",
+    )?;
+    upsert_kit::tables::create_tables(conn)?;
     Ok(())
 }
 
@@ -293,7 +309,8 @@ impl Scenario for FirstInsert {
     }
 }
 
-fn reset_counter(conn: &mut PgConnection, id: i32) -> Result<()> {
+/// Sets counter `id` of [`race_counter`] to 0, creating its row.
+pub(crate) fn reset_counter(conn: &mut PgConnection, id: i32) -> Result<()> {
     diesel::insert_into(race_counter::table)
         .values((race_counter::id.eq(id), race_counter::n.eq(0_i64)))
         .on_conflict(race_counter::id)
@@ -312,18 +329,6 @@ fn counter_anomalies(conn: &mut PgConnection, id: i32, tally: &Tally) -> Result<
         lost_updates: tally.effect as i64 - n,
         ..Anomalies::default()
     })
-}
-
-/// Read, add one, write back the sum the client computed.
-fn read_add_write(conn: &mut PgConnection, id: i32) -> QueryResult<()> {
-    let n: i64 = race_counter::table
-        .find(id)
-        .select(race_counter::n)
-        .get_result(conn)?;
-    diesel::update(race_counter::table.find(id))
-        .set(race_counter::n.eq(n + 1))
-        .execute(conn)?;
-    Ok(())
 }
 
 /// `lock`: a read-modify-write in a transaction, bare or under a transaction-scoped advisory
@@ -352,7 +357,7 @@ impl Scenario for LockedCounter {
                     LockKey::new("upsert-race", i64::from(LOCK_COUNTER_ID)),
                 )?;
             }
-            read_add_write(conn, LOCK_COUNTER_ID)?;
+            naive::read_add_write(conn, LOCK_COUNTER_ID)?;
             Ok::<_, upsert_kit::Error>(())
         })?;
         Ok(1)

@@ -13,6 +13,9 @@ const SCENARIOS: &[&str] = &[
     "lock",
     "bulk",
     "claim",
+    "usage-counter",
+    "usage-counter-retry",
+    "usage-quota",
 ];
 
 fn field(row: &Value, name: &str) -> i64 {
@@ -101,7 +104,7 @@ fn a_retried_request_is_counted_twice_by_the_naive_counter_and_once_by_the_libra
         .args(["--database-url", &upsert_kit_support::admin_url()])
         .args([
             "--scenario",
-            "counter-retry",
+            "counter-retry,usage-counter-retry",
             "--workers",
             "1",
             "--ops",
@@ -117,21 +120,28 @@ fn a_retried_request_is_counted_twice_by_the_naive_counter_and_once_by_the_libra
         String::from_utf8_lossy(&output.stderr)
     );
     let rows: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    let counted_twice = |pattern: &str| {
-        let row = rows.iter().find(|r| r["pattern"] == pattern).unwrap();
-        (field(row, "duplicate_rows"), field(row, "lost_updates"))
-    };
-    eprintln!(
-        "20 requests each delivered twice: naive (double counts, lost) = {:?}; atomic = {:?}",
-        counted_twice("naive"),
-        counted_twice("atomic")
-    );
-    assert_eq!(
-        counted_twice("naive"),
-        (20, 0),
-        "one worker: no race, every retry counted"
-    );
-    assert_eq!(counted_twice("atomic"), (0, 0));
+    // The library's generic `increment_once`, and the usage-tracking example's counter.
+    for scenario in ["counter-retry", "usage-counter-retry"] {
+        let counted_twice = |pattern: &str| {
+            let row = rows
+                .iter()
+                .find(|r| r["scenario"] == scenario && r["pattern"] == pattern)
+                .unwrap_or_else(|| panic!("no row for {scenario}/{pattern}"));
+            (field(row, "duplicate_rows"), field(row, "lost_updates"))
+        };
+        eprintln!(
+            "{scenario}: 20 requests each delivered twice: naive (double counts, lost) = {:?}; \
+             atomic = {:?}",
+            counted_twice("naive"),
+            counted_twice("atomic")
+        );
+        assert_eq!(
+            counted_twice("naive"),
+            (20, 0),
+            "{scenario}: one worker, no race, every retry counted"
+        );
+        assert_eq!(counted_twice("atomic"), (0, 0), "{scenario}");
+    }
 }
 
 #[test]

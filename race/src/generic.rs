@@ -1,0 +1,230 @@
+//! The scenarios of the library's generic primitives, on tables the race crate declares itself:
+//! the counter table [`race_counter`] (created by [`scenarios::create_tables`]) and the
+//! ready-made ledger and quota tables of [`upsert_kit::tables`] (created with
+//! [`upsert_kit::tables::create_tables`]), each against its naive baseline in [`naive`] on the
+//! same table.
+//!
+//! | scenario | naive | atomic |
+//! |---|---|---|
+//! | `counter` | [`naive::read_add_write`] of one hot row | [`counter::increment`] of it |
+//! | `counter-retry` | the same, each request delivered twice (a retry after a lost acknowledgement) | [`idempotency::increment_once`], both deliveries with the request's key |
+//! | `quota` | [`naive::try_consume_check_then_act`] | [`quota::try_consume`] |
+//!
+//! [`scenarios::create_tables`]: crate::scenarios::create_tables
+
+use crate::naive;
+use crate::scenarios::{
+    race_counter, reset_counter, timestamp, Anomalies, Op, Pattern, Scenario, Tally,
+};
+use anyhow::Result;
+use diesel::connection::SimpleConnection;
+use diesel::dsl::sql;
+use diesel::pg::PgConnection;
+use diesel::prelude::*;
+use diesel::sql_types::BigInt;
+use std::sync::atomic::{AtomicI64, Ordering};
+use upsert_kit::idempotency::{self, IdempotencyKey};
+use upsert_kit::tables::{upsert_kit_quotas, IdempotencyKeys, Quotas};
+use upsert_kit::{counter, quota, Error};
+
+upsert_kit::counter! {
+    table = race_counter, key = (id: i32), amounts = (n);
+    /// The race crate's counter table, [`race_counter`], declared for [`upsert_kit::counter`](mod@upsert_kit::counter).
+    #[derive(Debug, Clone, Copy)]
+    pub struct RaceCounter;
+}
+
+/// The row of the `counter` scenario.
+const COUNTER_ID: i32 = 1;
+/// The row of the `counter-retry` scenario.
+const RETRY_ID: i32 = 3;
+
+fn counter_value(conn: &mut PgConnection, id: i32) -> Result<i64> {
+    Ok(race_counter::table
+        .find(id)
+        .select(race_counter::n)
+        .get_result(conn)?)
+}
+
+/// `counter`: every worker adds one to one hot row.
+#[derive(Debug, Default)]
+pub struct Counter;
+
+impl Scenario for Counter {
+    fn name(&self) -> &'static str {
+        "counter"
+    }
+    fn prepare(&self, conn: &mut PgConnection) -> Result<()> {
+        reset_counter(conn, COUNTER_ID)
+    }
+    fn op(
+        &self,
+        conn: &mut PgConnection,
+        pattern: Pattern,
+        _op: &mut Op<'_>,
+    ) -> upsert_kit::Result<u64> {
+        match pattern {
+            // As ORM code writes it: load, add, save (two round trips, no transaction).
+            Pattern::Naive => naive::read_add_write(conn, COUNTER_ID)?,
+            // One `UPDATE … SET n = n + 1 … RETURNING n`.
+            Pattern::Atomic => {
+                counter::increment::<RaceCounter, _>(conn, &COUNTER_ID, [1])?
+                    .ok_or_else(|| Error::NotFound("the counter row is missing".into()))?;
+            }
+        }
+        Ok(1)
+    }
+    fn verify(&self, conn: &mut PgConnection, tally: &Tally) -> Result<Anomalies> {
+        Ok(Anomalies {
+            lost_updates: tally.effect as i64 - counter_value(conn, COUNTER_ID)?,
+            ..Anomalies::default()
+        })
+    }
+}
+
+/// `counter-retry`: every request is delivered twice (the client retries after losing the
+/// acknowledgement); it must count once. The report's "dup rows" column shows the net counts
+/// beyond one per request, "lost upd" the net requests not counted.
+#[derive(Debug, Default)]
+pub struct CounterRetry;
+
+impl Scenario for CounterRetry {
+    fn name(&self) -> &'static str {
+        "counter-retry"
+    }
+    fn prepare(&self, conn: &mut PgConnection) -> Result<()> {
+        // The keys of a cell are reused by the next one: forget them.
+        conn.batch_execute("TRUNCATE upsert_kit_idempotency_keys")?;
+        reset_counter(conn, RETRY_ID)
+    }
+    fn op(
+        &self,
+        conn: &mut PgConnection,
+        pattern: Pattern,
+        op: &mut Op<'_>,
+    ) -> upsert_kit::Result<u64> {
+        let key = IdempotencyKey::new(format!("request-w{}-{}", op.worker, op.round))?;
+        for _delivery in 0..2 {
+            match pattern {
+                // No key: the retry is counted again.
+                Pattern::Naive => naive::read_add_write(conn, RETRY_ID)?,
+                // One statement: the increment and the key's ledger row, or neither.
+                Pattern::Atomic => {
+                    idempotency::increment_once::<IdempotencyKeys, RaceCounter, _>(
+                        conn,
+                        &key,
+                        &RETRY_ID,
+                        [1],
+                        timestamp(),
+                    )?;
+                }
+            }
+        }
+        // One request.
+        Ok(1)
+    }
+    fn verify(&self, conn: &mut PgConnection, tally: &Tally) -> Result<Anomalies> {
+        let surplus = counter_value(conn, RETRY_ID)? - tally.effect as i64;
+        Ok(Anomalies {
+            duplicate_rows: surplus.max(0),
+            lost_updates: (-surplus).max(0),
+            over_limit: 0,
+        })
+    }
+}
+
+/// `quota`: workers take one unit at a time from the current window (a row of
+/// `upsert_kit_quotas` with a limit of `limit` units); a worker refused opens the next window.
+/// Demand always exceeds supply, so every window but the last ends exactly full.
+#[derive(Debug)]
+pub struct Quota {
+    limit: i64,
+    current: AtomicI64,
+}
+
+impl Quota {
+    /// The scenario with windows of `limit` units (at least 1).
+    pub fn new(limit: i64) -> Self {
+        Quota {
+            limit: limit.max(1),
+            current: AtomicI64::new(0),
+        }
+    }
+
+    /// Window `w`'s quota key.
+    fn key(window: i64) -> String {
+        format!("window-{window}")
+    }
+
+    /// Creates window `window`'s quota row, unless it exists.
+    fn open(&self, conn: &mut PgConnection, window: i64) -> QueryResult<()> {
+        diesel::insert_into(upsert_kit_quotas::table)
+            .values((
+                upsert_kit_quotas::quota_key.eq(Self::key(window)),
+                upsert_kit_quotas::quota_limit.eq(self.limit),
+            ))
+            .on_conflict_do_nothing()
+            .execute(conn)?;
+        Ok(())
+    }
+
+    /// Opens window `window + 1` (whoever gets there first; the calls are idempotent).
+    fn advance(&self, conn: &mut PgConnection, window: i64) -> upsert_kit::Result<()> {
+        self.open(conn, window + 1)?;
+        // The row exists before any worker is sent to it.
+        let _ =
+            self.current
+                .compare_exchange(window, window + 1, Ordering::SeqCst, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+impl Scenario for Quota {
+    fn name(&self) -> &'static str {
+        "quota"
+    }
+    fn prepare(&self, conn: &mut PgConnection) -> Result<()> {
+        conn.batch_execute("TRUNCATE upsert_kit_reservations, upsert_kit_quotas")?;
+        self.open(conn, 0)?;
+        self.current.store(0, Ordering::SeqCst);
+        Ok(())
+    }
+    fn op(
+        &self,
+        conn: &mut PgConnection,
+        pattern: Pattern,
+        _op: &mut Op<'_>,
+    ) -> upsert_kit::Result<u64> {
+        let window = self.current.load(Ordering::SeqCst);
+        let key = Self::key(window);
+        let granted = match pattern {
+            // Check, then act: two round trips, and the check may be stale when the act runs.
+            Pattern::Naive => naive::try_consume_check_then_act(conn, &key, 1)?,
+            // One conditional `UPDATE`.
+            Pattern::Atomic => match quota::try_consume::<Quotas, _>(conn, &key, 1, timestamp()) {
+                Ok(_) => true,
+                Err(Error::QuotaExceeded { .. }) => false,
+                Err(e) => return Err(e),
+            },
+        };
+        if granted {
+            Ok(1)
+        } else {
+            self.advance(conn, window)?;
+            Ok(0)
+        }
+    }
+    fn verify(&self, conn: &mut PgConnection, tally: &Tally) -> Result<Anomalies> {
+        let (over, used): (i64, i64) = upsert_kit_quotas::table
+            .select((
+                sql::<BigInt>("coalesce(sum(greatest(used - quota_limit, 0)), 0)::int8"),
+                sql::<BigInt>("coalesce(sum(used), 0)::int8"),
+            ))
+            .get_result(conn)?;
+        Ok(Anomalies {
+            duplicate_rows: 0,
+            lost_updates: tally.effect as i64 - used,
+            over_limit: over,
+        })
+    }
+}
