@@ -309,12 +309,24 @@ impl TestDb {
     }
 
     /// A URL of the database through this test process's PgBouncer in transaction pool mode
-    /// ([`pgbouncer`]).
+    /// ([`pgbouncer`]), without the crate's pooler mode: add
+    /// [`POOLER_PARAM`](upsert_kit::db::POOLER_PARAM) (or use [`TestDb::pooled_url`]) to turn
+    /// it on.
     ///
     /// # Panics
     /// When no PgBouncer can be started; the message says how to provide one.
     pub fn through_pooler(&self) -> String {
         pgbouncer().url_of(&self.name)
+    }
+
+    /// [`TestDb::through_pooler`] with the crate's pooler mode on
+    /// (`?upsert_kit_pooler=transaction`): what an application behind a transaction-mode
+    /// pooler is told to use.
+    ///
+    /// # Panics
+    /// As [`TestDb::through_pooler`].
+    pub fn pooled_url(&self) -> String {
+        with_query_param(&self.through_pooler(), upsert_kit::db::POOLER_PARAM)
     }
 }
 
