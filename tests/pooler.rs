@@ -389,3 +389,26 @@ fn without_pooler_mode_a_session_lock_is_held_by_the_wrong_client() {
     drop(stolen);
     drop(guard);
 }
+
+#[test]
+fn without_pooler_mode_a_prepared_statement_is_missing_on_the_next_server_connection() {
+    let db = db();
+    let bouncer = PgBouncer::start(&admin_url(), 2).unwrap_or_else(|e| panic!("{e}"));
+    let url = bouncer.url_of(db.name());
+    let mut a = connect_pg(&url).unwrap();
+    let mut b = connect_pg(&url).unwrap();
+    // A prepares the upsert on the server connection it gets (PgBouncer reuses the most
+    // recently used idle one).
+    atomic_upsert(&mut a, &row("a", 1)).unwrap();
+    // B holds that server connection inside a transaction, so A's next transaction runs on
+    // the other one, where the statement was never prepared.
+    b.batch_execute("BEGIN; SELECT 1").unwrap();
+    let e = atomic_upsert(&mut a, &row("a", 2)).unwrap_err();
+    let message = e.to_string();
+    assert!(
+        message.contains("prepared statement \"__diesel_stmt_")
+            && message.contains("does not exist"),
+        "{message}"
+    );
+    b.batch_execute("ROLLBACK").unwrap();
+}
