@@ -5,7 +5,47 @@
 //!
 //! Nothing here is required: every primitive takes any Diesel connection of a supported
 //! backend. These helpers add what a cron job usually wants around Diesel's own
-//! `establish`: redacted errors and, for SQLite, the settings of a file shared by writers.
+//! `establish`: redacted errors, the pooler mode below and, for SQLite, the settings of a
+//! file shared by writers.
+//!
+//! # Behind a transaction-mode pooler: pooler mode
+//! Hosted PostgreSQL is usually reached through a pooler in *transaction* mode (PgBouncer,
+//! Supabase's pooler on port 6543, RDS Proxy): each transaction of one client connection may
+//! run on a different server connection. Two things break there:
+//!
+//! - **Named prepared statements.** Diesel prepares each cacheable statement once per
+//!   connection under a name (`__diesel_stmt_0`, …) and executes it by name later; the crate's
+//!   upserts, counters, quotas and claims are all such statements. Behind the pooler the name
+//!   lives on one server connection only: the next transaction, on another one, fails with
+//!   `prepared statement "__diesel_stmt_0" does not exist`, and a second client preparing the
+//!   same name on a server connection that already has it fails with `… already exists`
+//!   (PgBouncer before 1.21 does not track prepared statements at all).
+//! - **Session state.** A session advisory lock, or a `SET` without `LOCAL`, stays on the
+//!   server connection that ran it, which the pooler then hands to another client.
+//!
+//! **Pooler mode** answers both. Turn it on with the URL parameter
+//! `upsert_kit_pooler=transaction` ([`POOLER_PARAM`]) given to [`connect_pg`] or [`pg_pool`]
+//! (the crate takes it out of the URL before libpq sees it), or on a connection of your own
+//! with [`set_pooler_mode`]. A connection in pooler mode:
+//!
+//! - has Diesel's prepared-statement cache disabled, so every statement is sent as libpq's
+//!   *unnamed* statement (`PQsendQueryParams`: parse, bind and execute in one message
+//!   sequence, which the pooler keeps on one server connection). The cost is a parse and plan
+//!   per statement (measured in the race report); the results are the same.
+//! - refuses the session-scoped advisory locks ([`lock::lock`](crate::lock::lock),
+//!   [`try_lock`](crate::lock::try_lock), [`try_lock_for`](crate::lock::try_lock_for),
+//!   [`with_lock`](crate::lock::with_lock), the shared ones) with
+//!   [`Error::SessionStateUnavailable`] before sending anything: use the transaction-scoped
+//!   locks ([`xact_lock`](crate::lock::xact_lock) inside a transaction) or a claim with a lease
+//!   ([`claim`](crate::claim)), which hold without a session.
+//!
+//! The mode is a marker the crate keeps in the connection's Diesel instrumentation slot
+//! (wrapping the default instrumentation, which still receives every event): it moves with
+//! the connection, also through an r2d2 pool. Calling `set_instrumentation` on the connection
+//! afterwards replaces the marker: call [`set_pooler_mode`] again after it.
+//!
+//! `upsert_kit_pooler=session` (or `off`) leaves the mode off, for a pooler in session mode,
+//! which keeps one server connection per client connection.
 
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 use crate::error::{Error, Result};
@@ -118,20 +158,154 @@ fn sqlite_target(url: &str) -> Result<(String, u32)> {
     Ok((path, ms))
 }
 
-/// Opens a PostgreSQL connection. The error never contains the URL's password.
+/// The URL parameter that turns [pooler mode](self#behind-a-transaction-mode-pooler-pooler-mode)
+/// on: `postgres://app@pooler:6432/app?upsert_kit_pooler=transaction`.
+#[cfg(feature = "postgres")]
+pub const POOLER_PARAM: &str = "upsert_kit_pooler=transaction";
+
+/// The name of [`POOLER_PARAM`]'s key.
+#[cfg(feature = "postgres")]
+const POOLER_KEY: &str = "upsert_kit_pooler";
+
+/// `url` without its `upsert_kit_pooler` parameter, and whether it asked for pooler mode.
+///
+/// ```
+/// use upsert_kit::db::split_pooler_param;
+/// assert_eq!(
+///     split_pooler_param("postgres://db/app?upsert_kit_pooler=transaction&sslmode=require").unwrap(),
+///     ("postgres://db/app?sslmode=require".to_owned(), true)
+/// );
+/// assert_eq!(split_pooler_param("postgres://db/app").unwrap(), ("postgres://db/app".to_owned(), false));
+/// assert!(split_pooler_param("postgres://db/app?upsert_kit_pooler=yes").is_err());
+/// ```
 ///
 /// # Errors
-/// [`Error::Connect`] when the server does not answer or refuses the login.
+/// [`Error::InvalidInput`] when the parameter's value is not `transaction`, `session` or `off`.
+#[cfg(feature = "postgres")]
+pub fn split_pooler_param(url: &str) -> Result<(String, bool)> {
+    let Some((head, query)) = url.split_once('?') else {
+        return Ok((url.to_owned(), false));
+    };
+    let mut pooler = None;
+    let mut rest = Vec::new();
+    for kv in query.split('&') {
+        match kv.split_once('=') {
+            Some((POOLER_KEY, v)) => pooler = Some(v),
+            _ => rest.push(kv),
+        }
+    }
+    let on = match pooler {
+        None => return Ok((url.to_owned(), false)),
+        Some("transaction") => true,
+        Some("session" | "off") => false,
+        Some(_) => {
+            return Err(Error::invalid(
+                POOLER_KEY,
+                "expected `transaction` (pooler mode on), `session` or `off`",
+            ))
+        }
+    };
+    let url = if rest.is_empty() {
+        head.to_owned()
+    } else {
+        format!("{head}?{}", rest.join("&"))
+    };
+    Ok((url, on))
+}
+
+/// The marker of pooler mode, kept as the connection's instrumentation; it forwards every
+/// event to the instrumentation it replaced.
+#[cfg(feature = "postgres")]
+struct PoolerMode {
+    inner: Option<Box<dyn diesel::connection::Instrumentation>>,
+}
+
+#[cfg(feature = "postgres")]
+impl diesel::connection::Instrumentation for PoolerMode {
+    fn on_connection_event(&mut self, event: diesel::connection::InstrumentationEvent<'_>) {
+        if let Some(inner) = self.inner.as_deref_mut() {
+            inner.on_connection_event(event);
+        }
+    }
+}
+
+/// Puts `conn` in [pooler mode](self#behind-a-transaction-mode-pooler-pooler-mode): Diesel's
+/// prepared-statement cache off (every statement unnamed), session-scoped locks refused. For
+/// connections not opened by [`connect_pg`] or [`pg_pool`]; those take
+/// [`POOLER_PARAM`] in the URL instead. Statements already prepared on the connection are
+/// forgotten by Diesel (they stay on whichever server connection has them).
+///
+/// The connection's instrumentation becomes the diesel default one
+/// ([`get_default_instrumentation`](diesel::connection::get_default_instrumentation)) behind
+/// the marker; set a custom instrumentation before this call, not after (see the module docs).
+///
+/// ```
+/// # include!("doctest_setup.rs");
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let (_db, mut conn) = establish_pg()?;
+/// use upsert_kit::db::{is_pooler_mode, set_pooler_mode};
+/// assert!(!is_pooler_mode(&mut conn));
+/// set_pooler_mode(&mut conn);
+/// assert!(is_pooler_mode(&mut conn));
+/// # Ok(()) }
+/// ```
+#[cfg(feature = "postgres")]
+pub fn set_pooler_mode(conn: &mut PgConnection) {
+    use diesel::connection::CacheSize;
+    conn.set_prepared_statement_cache_size(CacheSize::Disabled);
+    if !is_pooler_mode(conn) {
+        conn.set_instrumentation(PoolerMode {
+            inner: diesel::connection::get_default_instrumentation(),
+        });
+    }
+}
+
+/// Whether `conn` is in [pooler mode](self#behind-a-transaction-mode-pooler-pooler-mode).
+#[cfg(feature = "postgres")]
+pub fn is_pooler_mode(conn: &mut PgConnection) -> bool {
+    conn.instrumentation()
+        .downcast_ref::<PoolerMode>()
+        .is_some()
+}
+
+/// Opens a PostgreSQL connection. The error never contains the URL's password.
+///
+/// With `upsert_kit_pooler=transaction` in the URL ([`POOLER_PARAM`]) the connection is in
+/// [pooler mode](self#behind-a-transaction-mode-pooler-pooler-mode); the parameter is taken
+/// out before libpq sees the URL.
+///
+/// # Errors
+/// [`Error::Connect`] when the server does not answer or refuses the login;
+/// [`Error::InvalidInput`] for an `upsert_kit_pooler` value other than `transaction`,
+/// `session` or `off`.
 #[cfg(feature = "postgres")]
 pub fn connect_pg(url: &str) -> Result<PgConnection> {
-    PgConnection::establish(url).map_err(|e| {
+    let (libpq_url, pooler) = split_pooler_param(url)?;
+    let mut conn = PgConnection::establish(&libpq_url).map_err(|e| {
         let password = url_password(url);
         Error::Connect(format!(
             "cannot connect to {}: {}",
-            redact_url(url),
+            redact_url(&libpq_url),
             redact_message_with(&e.to_string(), password.as_deref())
         ))
-    })
+    })?;
+    if pooler {
+        set_pooler_mode(&mut conn);
+    }
+    Ok(conn)
+}
+
+/// [`set_pooler_mode`] as the pool's connection customizer.
+#[cfg(all(feature = "postgres", feature = "r2d2"))]
+#[derive(Debug, Clone, Copy)]
+struct PoolerSetup;
+
+#[cfg(all(feature = "postgres", feature = "r2d2"))]
+impl diesel::r2d2::CustomizeConnection<PgConnection, diesel::r2d2::Error> for PoolerSetup {
+    fn on_acquire(&self, conn: &mut PgConnection) -> std::result::Result<(), diesel::r2d2::Error> {
+        set_pooler_mode(conn);
+        Ok(())
+    }
 }
 
 /// Opens an SQLite file (created if missing) set up for a writer that shares the file:
@@ -187,8 +361,12 @@ impl diesel::r2d2::CustomizeConnection<SqliteConnection, diesel::r2d2::Error> fo
 
 /// Builds an r2d2 pool of `size` PostgreSQL connections (a 10 s checkout timeout).
 ///
+/// With `upsert_kit_pooler=transaction` in the URL ([`POOLER_PARAM`]) every connection of the
+/// pool is in [pooler mode](self#behind-a-transaction-mode-pooler-pooler-mode).
+///
 /// # Errors
 /// [`Error::Pool`] when no connection can be opened; the message never contains the password.
+/// [`Error::InvalidInput`] for a bad `upsert_kit_pooler` value.
 ///
 /// # Panics
 /// When `size` is 0.
@@ -196,13 +374,18 @@ impl diesel::r2d2::CustomizeConnection<SqliteConnection, diesel::r2d2::Error> fo
 pub fn pg_pool(url: &str, size: u32) -> Result<PgPool> {
     assert!(size > 0, "a pool needs at least one connection");
     let password = url_password(url);
-    Pool::builder()
+    let (libpq_url, pooler) = split_pooler_param(url)?;
+    let mut builder = Pool::builder()
         .max_size(size)
         .connection_timeout(Duration::from_secs(10))
         .error_handler(Box::new(RedactingErrorHandler {
             password: password.clone(),
-        }))
-        .build(ConnectionManager::<PgConnection>::new(url))
+        }));
+    if pooler {
+        builder = builder.connection_customizer(Box::new(PoolerSetup));
+    }
+    builder
+        .build(ConnectionManager::<PgConnection>::new(libpq_url))
         .map_err(|e| {
             Error::Pool(format!(
                 "cannot open a pool on {}: {}",

@@ -131,6 +131,19 @@ pub enum Error {
     #[error("not found: {0}")]
     NotFound(String),
 
+    /// The operation needs state kept in one server session (a session-scoped advisory lock),
+    /// and the connection is in pooler mode
+    /// ([`db`](crate::db#behind-a-transaction-mode-pooler-pooler-mode)): behind a
+    /// transaction-mode pooler the next transaction may run on another server connection, and
+    /// the lock would stay on one the pooler hands to another client. Nothing was sent.
+    /// Permanent: use a transaction-scoped lock ([`xact_lock`](crate::lock::xact_lock) inside
+    /// a transaction) or a claim with a lease ([`claim`](crate::claim)) instead.
+    #[error("{operation} needs one server session, which a transaction-mode pooler does not keep (the connection is in pooler mode); nothing was sent. Use a transaction-scoped lock (lock::xact_lock / try_xact_lock inside a transaction) or a claim with a lease (claim::Queue) instead")]
+    SessionStateUnavailable {
+        /// What was refused (`"lock::lock"`, …).
+        operation: &'static str,
+    },
+
     /// No connection could be taken from the pool in time.
     #[error("connection pool: {0}")]
     Pool(String),

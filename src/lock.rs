@@ -31,6 +31,18 @@
 //! - Either way the server releases every advisory lock of a session when the session ends
 //!   (connection closed, backend killed), so a crashed process never leaves a lock behind.
 //!
+//! # Behind a transaction-mode pooler
+//! A session lock lives on one server session; behind PgBouncer (or Supabase's pooler, RDS
+//! Proxy) in transaction mode the next transaction of the same client may run on another
+//! server connection, and the one holding the lock goes to another client, which then holds
+//! it too. On a connection in [pooler mode](crate::db#behind-a-transaction-mode-pooler-pooler-mode)
+//! the session-scoped functions ([`lock`], [`lock_shared`], [`try_lock`], [`try_lock_shared`],
+//! [`try_lock_for`], [`with_lock`]) therefore refuse with
+//! [`Error::SessionStateUnavailable`], sending nothing. The transaction-scoped ones hold there
+//! (the pooler keeps a transaction on one server connection, and the server releases the lock
+//! at its end); for work longer than a transaction use a claim with a lease
+//! ([`claim`](crate::claim)).
+//!
 //! # Pools
 //! A session lock belongs to the server session, not to the Rust value: a pooled connection
 //! that went back to an r2d2 pool still holding one would hand the lock to whoever checks it
@@ -522,6 +534,16 @@ fn try_acquire(conn: &mut PgConnection, key: LockKey, mode: LockMode) -> Result<
     Ok(taken?)
 }
 
+/// [`Error::SessionStateUnavailable`] when `conn` is in pooler mode: a session lock would stay
+/// on a server connection the pooler hands to other clients.
+fn refuse_in_pooler_mode(conn: &mut PgConnection, operation: &'static str) -> Result<()> {
+    if crate::db::is_pooler_mode(conn) {
+        Err(Error::SessionStateUnavailable { operation })
+    } else {
+        Ok(())
+    }
+}
+
 fn guard<C: PgSession>(conn: C, key: LockKey, mode: LockMode) -> SessionLock<C> {
     SessionLock {
         conn: Some(conn),
@@ -558,6 +580,7 @@ fn guard<C: PgSession>(conn: C, key: LockKey, mode: LockMode) -> SessionLock<C> 
 /// # Ok(()) }
 /// ```
 pub fn lock<C: PgSession>(mut conn: C, key: LockKey) -> Result<SessionLock<C>> {
+    refuse_in_pooler_mode(conn.pg(), "lock::lock")?;
     acquire(conn.pg(), key, LockMode::Exclusive)?;
     Ok(guard(conn, key, LockMode::Exclusive))
 }
@@ -579,6 +602,7 @@ pub fn lock<C: PgSession>(mut conn: C, key: LockKey) -> Result<SessionLock<C>> {
 /// # Ok(()) }
 /// ```
 pub fn lock_shared<C: PgSession>(mut conn: C, key: LockKey) -> Result<SessionLock<C>> {
+    refuse_in_pooler_mode(conn.pg(), "lock::lock_shared")?;
     acquire(conn.pg(), key, LockMode::Shared)?;
     Ok(guard(conn, key, LockMode::Shared))
 }
@@ -603,6 +627,7 @@ pub fn lock_shared<C: PgSession>(mut conn: C, key: LockKey) -> Result<SessionLoc
 /// # Ok(()) }
 /// ```
 pub fn try_lock<C: PgSession>(mut conn: C, key: LockKey) -> Result<Option<SessionLock<C>>> {
+    refuse_in_pooler_mode(conn.pg(), "lock::try_lock")?;
     Ok(try_acquire(conn.pg(), key, LockMode::Exclusive)?
         .then(|| guard(conn, key, LockMode::Exclusive)))
 }
@@ -624,6 +649,7 @@ pub fn try_lock<C: PgSession>(mut conn: C, key: LockKey) -> Result<Option<Sessio
 /// # Ok(()) }
 /// ```
 pub fn try_lock_shared<C: PgSession>(mut conn: C, key: LockKey) -> Result<Option<SessionLock<C>>> {
+    refuse_in_pooler_mode(conn.pg(), "lock::try_lock_shared")?;
     Ok(try_acquire(conn.pg(), key, LockMode::Shared)?.then(|| guard(conn, key, LockMode::Shared)))
 }
 
@@ -669,6 +695,7 @@ pub fn try_lock_for<C: PgSession>(
     key: LockKey,
     timeout: Duration,
 ) -> Result<Option<SessionLock<C>>> {
+    refuse_in_pooler_mode(conn.pg(), "lock::try_lock_for")?;
     if timeout.is_zero() {
         return try_lock(conn, key);
     }
@@ -738,6 +765,8 @@ where
     F: FnOnce(&mut PgConnection) -> std::result::Result<T, E>,
     E: From<Error>,
 {
+    let mut conn = conn;
+    refuse_in_pooler_mode(conn.pg(), "lock::with_lock")?;
     let mut guard = lock(conn, key)?;
     let value = f(&mut guard)?;
     guard.release()?;

@@ -24,6 +24,10 @@
 //! dropped when the value is dropped, so tests may run in parallel, in any order, from several
 //! test binaries at once. SQLite tests get a file in a temporary directory ([`TestSqlite`]).
 //! [`race`] starts threads together on a barrier.
+//!
+//! Tests of the pooler mode reach their database through PgBouncer in transaction pool mode:
+//! [`pgbouncer`] starts one per test process in front of this server (see [`pooler`]), and
+//! [`TestDb::through_pooler`] gives a database's URL through it.
 
 // `new()` creates a database on a server or a file on disk: not a `Default` value.
 #![allow(clippy::new_without_default)]
@@ -303,6 +307,52 @@ impl TestDb {
     pub fn pool(&self, size: u32) -> PgPool {
         pg_pool(&self.url, size).unwrap_or_else(|e| panic!("{e}"))
     }
+
+    /// A URL of the database through this test process's PgBouncer in transaction pool mode
+    /// ([`pgbouncer`]), without the crate's pooler mode: add
+    /// [`POOLER_PARAM`](upsert_kit::db::POOLER_PARAM) (or use [`TestDb::pooled_url`]) to turn
+    /// it on.
+    ///
+    /// # Panics
+    /// When no PgBouncer can be started; the message says how to provide one.
+    pub fn through_pooler(&self) -> String {
+        pgbouncer().url_of(&self.name)
+    }
+
+    /// [`TestDb::through_pooler`] with the crate's pooler mode on
+    /// (`?upsert_kit_pooler=transaction`): what an application behind a transaction-mode
+    /// pooler is told to use.
+    ///
+    /// # Panics
+    /// As [`TestDb::through_pooler`].
+    pub fn pooled_url(&self) -> String {
+        with_query_param(&self.through_pooler(), upsert_kit::db::POOLER_PARAM)
+    }
+}
+
+/// `url` with `param` (`key=value`) added to its query string.
+pub fn with_query_param(url: &str, param: &str) -> String {
+    if url.contains('?') {
+        format!("{url}&{param}")
+    } else {
+        format!("{url}?{param}")
+    }
+}
+
+/// This test process's PgBouncer (transaction pool mode, in front of [`admin_url`]'s server),
+/// started on first use and stopped when the process exits.
+///
+/// # Panics
+/// When there is no server or PgBouncer cannot be started: the message says how to provide
+/// it (`apt-get install -y pgbouncer`, or `UPSERT_KIT_PGBOUNCER=/path/to/pgbouncer`). A test
+/// that needs the pooler fails; it never skips.
+pub fn pgbouncer() -> &'static pooler::PgBouncer {
+    static BOUNCER: OnceLock<Result<pooler::PgBouncer, String>> = OnceLock::new();
+    match BOUNCER.get_or_init(|| pooler::PgBouncer::start(&admin_url(), pooler::DEFAULT_POOL_SIZE))
+    {
+        Ok(b) => b,
+        Err(message) => panic!("{message}"),
+    }
 }
 
 impl Drop for TestDb {
@@ -435,6 +485,317 @@ pub fn race<T: Send + 'static>(
     results
 }
 
+/// PgBouncer in transaction pool mode, started from the `pgbouncer` binary.
+///
+/// Each [`PgBouncer`](pooler::PgBouncer) has a temporary directory of its own holding its configuration
+/// (`pgbouncer.ini`: every database of the server, `pool_mode = transaction`, `auth_type =
+/// trust` on 127.0.0.1), its auth file (the server URL's user and password, which PgBouncer
+/// uses to log in to the server) and its log. It runs under a small `sh` watchdog whose stdin
+/// is a pipe held by the test process, as the throwaway cluster does: when the process ends,
+/// the pipe closes and the watchdog stops PgBouncer and removes the directory. As root it runs
+/// as the `postgres` system user (PgBouncer refuses root), through `runuser` (or `su`).
+pub mod pooler {
+    use super::throwaway::{as_owner, command_output, is_executable, on_path, postgres_user};
+    use std::fs;
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Stdio};
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+
+    /// Server connections per database and user of [`super::pgbouncer`].
+    pub const DEFAULT_POOL_SIZE: u32 = 20;
+    /// Overrides where the `pgbouncer` binary is looked for (`PATH`, `/usr/sbin`).
+    pub const PGBOUNCER_VAR: &str = "UPSERT_KIT_PGBOUNCER";
+    const START_TIMEOUT: Duration = Duration::from_secs(20);
+    const PORT_ATTEMPTS: usize = 3;
+
+    /// `$1` the directory, `$2` the `pgbouncer` binary. As the cluster's watchdog: end-of-file
+    /// on stdin stops PgBouncer (`SIGINT`: safe shutdown, then `SIGKILL`) and removes the
+    /// directory.
+    const WATCHDOG: &str = r#"
+dir=$1
+"$2" "$dir/pgbouncer.ini" </dev/null >>"$dir/pgbouncer.log" 2>&1 &
+bouncer=$!
+exec 3<&0
+(
+    cat <&3 >/dev/null
+    : >"$dir/stop"
+    kill -INT "$bouncer" 2>/dev/null
+    n=0
+    while [ "$n" -lt 10 ] && kill -0 "$bouncer" 2>/dev/null; do sleep 1; n=$((n + 1)); done
+    kill -0 "$bouncer" 2>/dev/null && kill -KILL "$bouncer"
+) &
+reader=$!
+exec 3<&-
+wait "$bouncer"
+kill "$reader" 2>/dev/null
+if [ -e "$dir/stop" ]; then
+    case "$dir" in */upsert-kit-pgbouncer-*) rm -rf "$dir" ;; esac
+fi
+"#;
+
+    /// A running PgBouncer; stopped when the test process exits (or this value is dropped).
+    #[derive(Debug)]
+    pub struct PgBouncer {
+        port: u16,
+        user: String,
+        password: Option<String>,
+        dir: PathBuf,
+        _watchdog: Mutex<Child>,
+    }
+
+    impl Drop for PgBouncer {
+        fn drop(&mut self) {
+            if let Ok(mut w) = self._watchdog.lock() {
+                drop(w.stdin.take());
+                let _ = w.wait();
+            }
+        }
+    }
+
+    /// The parts of a `postgres://user:password@host:port/db` URL PgBouncer needs.
+    struct Target {
+        user: String,
+        password: Option<String>,
+        host: String,
+        port: u16,
+    }
+
+    fn parse(url: &str) -> Result<Target, String> {
+        let bad = || {
+            format!(
+                "cannot put PgBouncer in front of {}: expected postgres://user[:password]@host[:port]/database",
+                upsert_kit::db::redact_url(url)
+            )
+        };
+        let rest = url.split_once("://").ok_or_else(bad)?.1;
+        let rest = rest.split(['/', '?']).next().unwrap_or("");
+        let (userinfo, hostport) = rest.rsplit_once('@').ok_or_else(bad)?;
+        let (user, password) = match userinfo.split_once(':') {
+            Some((u, p)) => (u.to_owned(), Some(p.to_owned())),
+            None => (userinfo.to_owned(), None),
+        };
+        let (host, port) = match hostport.rsplit_once(':') {
+            Some((h, p)) => (h.to_owned(), p.parse().map_err(|_| bad())?),
+            None => (hostport.to_owned(), 5432),
+        };
+        if user.is_empty() || host.is_empty() {
+            return Err(bad());
+        }
+        Ok(Target {
+            user,
+            password,
+            host,
+            port,
+        })
+    }
+
+    impl PgBouncer {
+        /// Starts PgBouncer in transaction pool mode in front of the server of `server_url`
+        /// (a PostgreSQL URL with a user), with `pool_size` server connections per database
+        /// and user.
+        ///
+        /// # Errors
+        /// A message saying what is missing and how to provide it.
+        pub fn start(server_url: &str, pool_size: u32) -> Result<PgBouncer, String> {
+            let target = parse(server_url)?;
+            let bin = find_pgbouncer()?;
+            let owner = if command_output("id", &["-u"])? == "0" {
+                Some(postgres_user()?)
+            } else {
+                None
+            };
+            let mut last = String::new();
+            for _ in 0..PORT_ATTEMPTS {
+                match start_once(&bin, owner, &target, pool_size) {
+                    Ok(b) => return Ok(b),
+                    Err((true, log)) => last = log,
+                    Err((false, e)) => return Err(e),
+                }
+            }
+            Err(format!(
+                "PgBouncer could not bind a free port in {PORT_ATTEMPTS} attempts; its log:\n{last}"
+            ))
+        }
+
+        /// A URL of database `database` through this PgBouncer (the server URL's user and
+        /// password; no pooler-mode parameter).
+        pub fn url_of(&self, database: &str) -> String {
+            let auth = match &self.password {
+                Some(p) => format!("{}:{p}", self.user),
+                None => self.user.clone(),
+            };
+            format!("postgres://{auth}@127.0.0.1:{}/{database}", self.port)
+        }
+
+        /// The port it listens on (127.0.0.1).
+        pub fn port(&self) -> u16 {
+            self.port
+        }
+
+        /// Its log so far (for a failing test's message).
+        pub fn log(&self) -> String {
+            fs::read_to_string(self.dir.join("pgbouncer.log")).unwrap_or_default()
+        }
+    }
+
+    fn find_pgbouncer() -> Result<PathBuf, String> {
+        if let Some(p) = std::env::var_os(PGBOUNCER_VAR).filter(|p| !p.is_empty()) {
+            let p = PathBuf::from(p);
+            return if is_executable(&p) {
+                Ok(p)
+            } else {
+                Err(format!(
+                    "{PGBOUNCER_VAR}={} is not an executable file",
+                    p.display()
+                ))
+            };
+        }
+        on_path("pgbouncer")
+            .or_else(|| {
+                [
+                    "/usr/sbin/pgbouncer",
+                    "/usr/local/sbin/pgbouncer",
+                    "/usr/local/bin/pgbouncer",
+                ]
+                .into_iter()
+                .map(PathBuf::from)
+                .find(|p| is_executable(p))
+            })
+            .ok_or_else(|| {
+                format!(
+                    "the pooler tests need PgBouncer, and no `pgbouncer` binary is on PATH nor \
+                     in /usr/sbin: install it (Debian/Ubuntu: apt-get install -y pgbouncer, \
+                     then stop the service it starts: service pgbouncer stop), or set \
+                     {PGBOUNCER_VAR}=/path/to/pgbouncer. The tests start their own PgBouncer."
+                )
+            })
+    }
+
+    /// `Err((true, log))` when the port was taken.
+    fn start_once(
+        bin: &Path,
+        owner: Option<super::throwaway::Owner>,
+        target: &Target,
+        pool_size: u32,
+    ) -> Result<PgBouncer, (bool, String)> {
+        let other = |e: String| (false, e);
+        let temp = tempfile::Builder::new()
+            .prefix("upsert-kit-pgbouncer-")
+            .tempdir()
+            .map_err(|e| other(format!("cannot create a temporary directory: {e}")))?;
+        let dir = temp.path().to_owned();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| other(format!("cannot find a free port: {e}")))?
+            .port();
+        // PgBouncer's auth file: "user" "password"; double quotes doubled.
+        let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+        let userlist = format!(
+            "{} {}\n",
+            quote(&target.user),
+            quote(target.password.as_deref().unwrap_or(""))
+        );
+        let ini = format!(
+            "[databases]\n\
+             * = host={host} port={sport}\n\
+             [pgbouncer]\n\
+             listen_addr = 127.0.0.1\n\
+             listen_port = {port}\n\
+             unix_socket_dir =\n\
+             auth_type = trust\n\
+             auth_file = {dir}/userlist.txt\n\
+             pool_mode = transaction\n\
+             default_pool_size = {pool_size}\n\
+             min_pool_size = 0\n\
+             reserve_pool_size = 0\n\
+             max_client_conn = 1000\n\
+             max_db_connections = 0\n\
+             server_lifetime = 3600\n\
+             server_idle_timeout = 60\n\
+             ignore_startup_parameters = extra_float_digits,options\n\
+             admin_users = {user}\n",
+            host = target.host,
+            sport = target.port,
+            dir = dir.display(),
+            user = target.user,
+        );
+        for (name, text) in [("pgbouncer.ini", ini), ("userlist.txt", userlist)] {
+            fs::write(dir.join(name), text)
+                .map_err(|e| other(format!("cannot write PgBouncer's {name}: {e}")))?;
+        }
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
+                .map_err(|e| other(format!("cannot restrict {}: {e}", dir.display())))?;
+        }
+        if let Some(o) = owner {
+            for p in [
+                dir.clone(),
+                dir.join("pgbouncer.ini"),
+                dir.join("userlist.txt"),
+            ] {
+                std::os::unix::fs::chown(&p, Some(o.uid), Some(o.gid)).map_err(|e| {
+                    other(format!(
+                        "cannot give {} to the postgres user: {e}",
+                        p.display()
+                    ))
+                })?;
+            }
+        }
+        let mut watchdog = {
+            use std::os::unix::process::CommandExt;
+            as_owner(owner, Path::new("/bin/sh"))
+                .args(["-c", WATCHDOG, "upsert-kit-pgbouncer-watchdog"])
+                .arg(&dir)
+                .arg(bin)
+                .current_dir(&dir)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .process_group(0)
+                .spawn()
+                .map_err(|e| other(format!("cannot start PgBouncer's watchdog: {e}")))?
+        };
+        // From here the watchdog owns the directory.
+        let _ = temp.keep();
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let log = || fs::read_to_string(dir.join("pgbouncer.log")).unwrap_or_default();
+            // Listening, and its own log says so (not another process that took the port).
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+                && log().contains("process up")
+            {
+                return Ok(PgBouncer {
+                    port,
+                    user: target.user.clone(),
+                    password: target.password.clone(),
+                    dir,
+                    _watchdog: Mutex::new(watchdog),
+                });
+            }
+            let exited = watchdog.try_wait().ok().flatten();
+            if exited.is_some() || Instant::now() > deadline {
+                let log = log();
+                drop(watchdog.stdin.take());
+                if exited.is_some() {
+                    let _ = fs::remove_dir_all(&dir);
+                }
+                return Err(if log.contains("Address already in use") {
+                    (true, log)
+                } else if exited.is_some() {
+                    other(format!("PgBouncer exited at once; its log:\n{log}"))
+                } else {
+                    other(format!(
+                        "PgBouncer did not listen within {START_TIMEOUT:?}; its log:\n{log}"
+                    ))
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 /// A PostgreSQL cluster of this test process's own, for machines without a server.
 ///
 /// `initdb` makes a cluster in a new temporary directory (trust authentication, superuser
@@ -493,9 +854,9 @@ fi
 
     /// Who runs `initdb` and the server: this process's user, or (as root) `postgres`.
     #[derive(Debug, Clone, Copy)]
-    struct Owner {
-        uid: u32,
-        gid: u32,
+    pub(crate) struct Owner {
+        pub(crate) uid: u32,
+        pub(crate) gid: u32,
     }
 
     /// Starts a cluster; returns its admin URL and the watchdog, whose stdin must stay open
@@ -631,7 +992,7 @@ fi
     }
 
     /// A command that runs `program` as `owner` (as this process's user when `None`).
-    fn as_owner(owner: Option<Owner>, program: &Path) -> Command {
+    pub(crate) fn as_owner(owner: Option<Owner>, program: &Path) -> Command {
         if owner.is_none() {
             return Command::new(program);
         }
@@ -678,18 +1039,18 @@ fi
         })
     }
 
-    fn on_path(name: &str) -> Option<PathBuf> {
+    pub(crate) fn on_path(name: &str) -> Option<PathBuf> {
         std::env::split_paths(&std::env::var_os("PATH")?)
             .map(|d| d.join(name))
             .find(|p| is_executable(p))
     }
 
-    fn is_executable(path: &Path) -> bool {
+    pub(crate) fn is_executable(path: &Path) -> bool {
         use std::os::unix::fs::PermissionsExt;
         fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
     }
 
-    fn postgres_user() -> Result<Owner, String> {
+    pub(crate) fn postgres_user() -> Result<Owner, String> {
         let id = |flag| {
             command_output("id", &[flag, "postgres"])?
                 .parse::<u32>()
@@ -705,7 +1066,7 @@ fi
         }
     }
 
-    fn command_output(program: &str, args: &[&str]) -> Result<String, String> {
+    pub(crate) fn command_output(program: &str, args: &[&str]) -> Result<String, String> {
         let out = Command::new(program)
             .args(args)
             .stdin(Stdio::null())

@@ -465,6 +465,20 @@ fn naive_refreshes(url: &str, api: &FakeApi, runs: usize) -> usize {
 
 #[test]
 fn eight_strava_sync_processes_started_together_refresh_the_token_once() {
+    eight_runs_refresh_once(false);
+}
+
+/// The same eight runs through PgBouncer in transaction mode, with the crate's pooler mode on
+/// (`?upsert_kit_pooler=transaction`): the token lock is transaction-scoped, so it holds
+/// there too (RELIABILITY case 28).
+#[test]
+fn eight_strava_sync_processes_through_pgbouncer_in_pooler_mode_refresh_the_token_once() {
+    eight_runs_refresh_once(true);
+}
+
+/// Eight `strava-sync` runs started together on an expired token, on the database directly or
+/// through the test process's PgBouncer in pooler mode: one refresh, each row written once.
+fn eight_runs_refresh_once(through_pooler: bool) {
     const RUNS: usize = 8;
     let db = TestDb::migrated(PG_MIGRATIONS);
     let api = strava_api();
@@ -478,7 +492,11 @@ fn eight_strava_sync_processes_started_together_refresh_the_token_once() {
     let naive = naive_refreshes(db.url(), &api, RUNS);
 
     let before = api.count("POST", "/oauth/token");
-    let url = db.url().to_owned();
+    let url = if through_pooler {
+        db.pooled_url()
+    } else {
+        db.url().to_owned()
+    };
     let base = api.url();
     let outputs = run_together(RUNS, move || {
         let mut cmd = job_std("strava-sync", &url);
