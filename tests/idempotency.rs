@@ -116,25 +116,15 @@ fn eight_concurrent_repeats_and_three_sequential_ones_run_the_write_once_on_post
     assert_eq!((orders, ledger_rows_pg(&mut conn)), (1, 1));
 }
 
-#[test]
-fn a_keyed_increment_repeated_8_times_at_once_and_3_times_after_counts_once_in_one_statement() {
-    let db = TestDb::with_sql(PG_SQL);
-    let pool = db.pool(8);
-    let p = pool.clone();
-    let mut outcomes = race(8, move |_| {
-        let mut conn = p.get().unwrap();
-        increment_once::<RequestLog, Visits, _>(
-            &mut conn,
-            &key("hit-1"),
-            &"home".into(),
-            [5],
-            now(),
-        )
-        .unwrap()
-    });
-    let mut conn = db.conn();
-    for _ in 0..3 {
-        outcomes.push(
+/// Delivers the keyed increment `hit-1` (+5 to `home`) from 8 pooled connections released
+/// together, then 3 times more on a connection of its own, and checks it was applied once, every
+/// caller told the same totals, the counter at 5. Returns that connection. A macro because the
+/// call's bounds differ per backend.
+macro_rules! repeat_hit_8_at_once_and_3_after {
+    ($db:expr, $pool:expr) => {{
+        let p = $pool.clone();
+        let mut outcomes = race(8, move |_| {
+            let mut conn = p.get().unwrap();
             increment_once::<RequestLog, Visits, _>(
                 &mut conn,
                 &key("hit-1"),
@@ -142,16 +132,37 @@ fn a_keyed_increment_repeated_8_times_at_once_and_3_times_after_counts_once_in_o
                 [5],
                 now(),
             )
-            .unwrap(),
-        );
-    }
-    assert_eq!(outcomes.iter().filter(|o| o.applied).count(), 1);
-    assert!(outcomes.iter().all(|o| o.value == [5]));
-    let n: i64 = visits::table
-        .select(visits::n)
-        .get_result(&mut conn)
-        .unwrap();
-    assert_eq!(n, 5);
+            .unwrap()
+        });
+        let mut conn = $db.conn();
+        for _ in 0..3 {
+            outcomes.push(
+                increment_once::<RequestLog, Visits, _>(
+                    &mut conn,
+                    &key("hit-1"),
+                    &"home".into(),
+                    [5],
+                    now(),
+                )
+                .unwrap(),
+            );
+        }
+        assert_eq!(outcomes.iter().filter(|o| o.applied).count(), 1);
+        assert!(outcomes.iter().all(|o| o.value == [5]));
+        let n: i64 = visits::table
+            .select(visits::n)
+            .get_result(&mut conn)
+            .unwrap();
+        assert_eq!(n, 5);
+        conn
+    }};
+}
+
+#[test]
+fn a_keyed_increment_repeated_8_times_at_once_and_3_times_after_counts_once_in_one_statement() {
+    let db = TestDb::with_sql(PG_SQL);
+    let pool = db.pool(8);
+    let mut conn = repeat_hit_8_at_once_and_3_after!(db, pool);
     assert_eq!(ledger_rows_pg(&mut conn), 1);
     // Other keys count, each once.
     for k in ["hit-2", "hit-3", "hit-2"] {
@@ -338,38 +349,7 @@ fn pruning_forgets_keys_older_than_the_retention_and_a_forgotten_key_runs_again(
 fn eight_concurrent_repeats_and_three_sequential_ones_count_once_on_one_sqlite_file() {
     let db = TestSqlite::with_sql(SQLITE_SQL);
     let pool = db.pool(8);
-    let p = pool.clone();
-    let mut outcomes = race(8, move |_| {
-        let mut conn = p.get().unwrap();
-        increment_once::<RequestLog, Visits, _>(
-            &mut conn,
-            &key("hit-1"),
-            &"home".into(),
-            [5],
-            now(),
-        )
-        .unwrap()
-    });
-    let mut conn = db.conn();
-    for _ in 0..3 {
-        outcomes.push(
-            increment_once::<RequestLog, Visits, _>(
-                &mut conn,
-                &key("hit-1"),
-                &"home".into(),
-                [5],
-                now(),
-            )
-            .unwrap(),
-        );
-    }
-    assert_eq!(outcomes.iter().filter(|o| o.applied).count(), 1);
-    assert!(outcomes.iter().all(|o| o.value == [5]));
-    let n: i64 = visits::table
-        .select(visits::n)
-        .get_result(&mut conn)
-        .unwrap();
-    assert_eq!(n, 5);
+    let mut conn = repeat_hit_8_at_once_and_3_after!(db, pool);
     let rows: i64 = request_log::table.count().get_result(&mut conn).unwrap();
     assert_eq!(rows, 1);
     let old = now() - chrono::Duration::days(30);
