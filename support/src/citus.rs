@@ -155,16 +155,21 @@ impl Instrumentation for Recorder {
 
 /// Runs `f` on `conn` and returns its result with the text of every statement it sent, in
 /// order. The connection's instrumentation is replaced by the recorder for the call and by
-/// Diesel's default one afterwards (so do not use it on a connection in pooler mode, whose
-/// marker lives there).
+/// Diesel's default one afterwards. On a connection in pooler mode (whose marker lives in that
+/// slot) statements stay unnamed during the call, but session locks are not refused then; the
+/// mode is set again afterwards.
 pub fn capture<T>(
     conn: &mut PgConnection,
     f: impl FnOnce(&mut PgConnection) -> T,
 ) -> (T, Vec<String>) {
+    let pooler_mode = upsert_kit::db::is_pooler_mode(conn);
     let seen = Arc::new(Mutex::new(Vec::new()));
     conn.set_instrumentation(Recorder(Arc::clone(&seen)));
     let value = f(conn);
     conn.set_instrumentation(diesel::connection::get_default_instrumentation());
+    if pooler_mode {
+        upsert_kit::db::set_pooler_mode(conn);
+    }
     let seen = std::mem::take(&mut *seen.lock().unwrap());
     (value, seen)
 }
