@@ -73,7 +73,7 @@ use std::time::Duration;
 ///
 /// | constant | default | SQL type | meaning |
 /// |---|---|---|---|
-/// | [`ID`](ClaimQueue::ID) | `id` | `BIGINT`, unique | claim order and identity |
+/// | [`ID`](ClaimQueue::ID) | `id` | `BIGINT`, unique (with the tenant, when [`TENANT`](ClaimQueue::TENANT) is set) | claim order and identity |
 /// | [`STATUS`](ClaimQueue::STATUS) | `status` | `TEXT NOT NULL` | the state, values below |
 /// | [`ATTEMPTS`](ClaimQueue::ATTEMPTS) | `attempts` | `INTEGER NOT NULL DEFAULT 0` | claims so far |
 /// | [`LOCKED_UNTIL`](ClaimQueue::LOCKED_UNTIL) | `locked_until` | `TIMESTAMPTZ` | the lease's end while processing; "not before" while waiting to retry |
