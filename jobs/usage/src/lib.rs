@@ -74,7 +74,9 @@ use upsert_kit::{get_or_create, Error, Obtained, Result};
 /// `usage_events`, `usage_reservations`), for `diesel_migrations` or [`run_migrations`].
 pub const PG_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 
-/// The SQLite migrations: the same tables, columns and constraints as [`PG_MIGRATIONS`].
+/// The SQLite migrations: the same tables, columns and constraints as [`PG_MIGRATIONS`], except
+/// that the keys stay those of the first migration (PostgreSQL's second one makes every key
+/// include the account, so that the tables can be distributed by it on Citus).
 pub const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 
 /// Applies the pending migrations of the usage tables on `conn`'s backend ([`PG_MIGRATIONS`] or

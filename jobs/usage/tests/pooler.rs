@@ -30,9 +30,21 @@ fn periods_increments_and_reservations_hold_through_pgbouncer_in_pooler_mode() {
     let url = db.pooled_url();
     let mut conn = connect_pg(&url).unwrap();
     assert!(is_pooler_mode(&mut conn));
-    set_usage_limits(&mut conn, ACCOUNT, Usage { tokens: 1000, reports: 0, chats: 0 }, at()).unwrap();
+    set_usage_limits(
+        &mut conn,
+        ACCOUNT,
+        Usage {
+            tokens: 1000,
+            reports: 0,
+            chats: 0,
+        },
+        at(),
+    )
+    .unwrap();
     let conns = Arc::new(Mutex::new(
-        (0..CLIENTS).map(|_| connect_pg(&url).unwrap()).collect::<Vec<_>>(),
+        (0..CLIENTS)
+            .map(|_| connect_pg(&url).unwrap())
+            .collect::<Vec<_>>(),
     ));
 
     // One period, one creator.
@@ -54,7 +66,10 @@ fn periods_increments_and_reservations_hold_through_pgbouncer_in_pooler_mode() {
         for n in 0..20 {
             for _ in 0..2 {
                 let key = format!("req-{i}-{n}");
-                if increment(&mut conn, ACCOUNT, &key, at(), Usage::tokens(1)).unwrap().applied {
+                if increment(&mut conn, ACCOUNT, &key, at(), Usage::tokens(1))
+                    .unwrap()
+                    .applied
+                {
                     applied += 1;
                 }
             }
@@ -63,7 +78,9 @@ fn periods_increments_and_reservations_hold_through_pgbouncer_in_pooler_mode() {
         applied
     });
     assert_eq!(applied.iter().sum::<usize>(), CLIENTS * 20);
-    let period = get_or_create_usage_period(&mut conn, ACCOUNT, at()).unwrap().row;
+    let period = get_or_create_usage_period(&mut conn, ACCOUNT, at())
+        .unwrap()
+        .row;
     assert_eq!(period.tokens_used, (CLIENTS * 20) as i64);
 
     // 840 tokens left; 8 clients × 15 reservations of 10: exactly 84 granted, then committed.
@@ -72,7 +89,14 @@ fn periods_increments_and_reservations_hold_through_pgbouncer_in_pooler_mode() {
         let mut conn = c.lock().unwrap().pop().unwrap();
         let mut granted = 0;
         for _ in 0..15 {
-            match reserve(&mut conn, ACCOUNT, Metric::Tokens, 10, at(), Duration::from_secs(60)) {
+            match reserve(
+                &mut conn,
+                ACCOUNT,
+                Metric::Tokens,
+                10,
+                at(),
+                Duration::from_secs(60),
+            ) {
                 Ok(held) => {
                     commit(&mut conn, &held, 10, at()).unwrap();
                     granted += 1;
@@ -84,6 +108,8 @@ fn periods_increments_and_reservations_hold_through_pgbouncer_in_pooler_mode() {
         granted
     });
     assert_eq!(granted.iter().sum::<usize>(), 84);
-    let period = get_or_create_usage_period(&mut conn, ACCOUNT, at()).unwrap().row;
+    let period = get_or_create_usage_period(&mut conn, ACCOUNT, at())
+        .unwrap()
+        .row;
     assert_eq!((period.tokens_used, period.tokens_reserved), (1000, 0));
 }
