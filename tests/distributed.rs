@@ -403,3 +403,39 @@ fn replays_and_get_or_create_hold_whatever_the_unique_keys_are_called() {
         );
     }
 }
+
+/// The library's ready-made tables are distributable by their keys, whether created by the
+/// library (twice: it is idempotent) or by the migrations.
+#[test]
+fn the_ready_made_tables_keys_include_their_distribution_column() {
+    use diesel_migrations::{embed_migrations, EmbeddedMigrations};
+    const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+    let tables = [
+        ("upsert_kit_idempotency_keys", Placement::Distributed("key")),
+        ("upsert_kit_quotas", Placement::Distributed("quota_key")),
+        (
+            "upsert_kit_reservations",
+            Placement::Distributed("quota_key"),
+        ),
+    ];
+    let created = TestDb::new();
+    let mut conn = created.conn();
+    upsert_kit::tables::create_tables(&mut conn).unwrap();
+    upsert_kit::tables::create_tables(&mut conn).unwrap();
+    assert_eq!(
+        distribution_problems(&mut conn, &tables),
+        Vec::<String>::new()
+    );
+    let migrated = TestDb::migrated(MIGRATIONS);
+    let mut conn = migrated.conn();
+    assert_eq!(
+        distribution_problems(&mut conn, &tables),
+        Vec::<String>::new()
+    );
+    // The first migration alone: the reservations' surrogate key.
+    diesel_migrations::MigrationHarness::revert_last_migration(&mut conn, MIGRATIONS).unwrap();
+    assert_eq!(
+        distribution_problems(&mut conn, &tables),
+        ["upsert_kit_reservations: constraint upsert_kit_reservations_pkey on (id) does not include the distribution column quota_key"]
+    );
+}
