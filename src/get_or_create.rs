@@ -38,7 +38,7 @@
 
 use crate::error::{Error, Result};
 use crate::tx;
-use crate::upsert::statement::{push_identifiers, OnConflict, UpsertSql, Values};
+use crate::upsert::statement::{OnConflict, UpsertSql, Values};
 use crate::upsert::{BindRow, NoCondition, UpsertModel};
 use diesel::backend::Backend;
 use diesel::connection::Connection;
@@ -191,11 +191,8 @@ where
     }
 }
 
-/// The name of the one-row table of incoming values in [`SelectByKey`].
-const KEY_ROW: &str = "__upsert_kit_key";
-
-/// `WITH k (cols) AS (VALUES (…)) SELECT <selection> FROM t, k WHERE t.key = k.key`: the row
-/// with `row`'s key, binding the model's values the same way the insert does.
+/// `SELECT <selection> FROM t WHERE k1 = $1 AND k2 = $2`: the row with `row`'s key, each key
+/// column compared with its value (so that a distributed table routes the read to one shard).
 struct SelectByKey<'a, M: UpsertModel, S> {
     table: M::Table,
     row: &'a M,
@@ -221,29 +218,12 @@ where
     S: QueryFragment<DB>,
 {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
-        out.push_sql("WITH ");
-        out.push_identifier(KEY_ROW)?;
-        out.push_sql(" (");
-        push_identifiers(&mut out, M::COLUMNS)?;
-        out.push_sql(") AS (VALUES (");
-        self.row.walk_row(out.reborrow())?;
-        out.push_sql(")) SELECT ");
+        out.push_sql("SELECT ");
         self.selection.walk_ast(out.reborrow())?;
         out.push_sql(" FROM ");
         self.table.walk_ast(out.reborrow())?;
-        out.push_sql(", ");
-        out.push_identifier(KEY_ROW)?;
-        for (i, key) in M::KEY.iter().enumerate() {
-            out.push_sql(if i == 0 { " WHERE " } else { " AND " });
-            self.table.walk_ast(out.reborrow())?;
-            out.push_sql(".");
-            out.push_identifier(key)?;
-            out.push_sql(" = ");
-            out.push_identifier(KEY_ROW)?;
-            out.push_sql(".");
-            out.push_identifier(key)?;
-        }
-        Ok(())
+        out.push_sql(" WHERE ");
+        self.row.walk_key_match(out.reborrow())
     }
 }
 

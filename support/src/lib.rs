@@ -33,6 +33,7 @@
 #![allow(clippy::new_without_default)]
 #![warn(missing_docs)]
 
+pub mod citus;
 pub mod naive;
 pub mod payload;
 
