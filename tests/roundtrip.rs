@@ -212,43 +212,41 @@ enum Verdict {
     Stored(Sample),
 }
 
-fn pg_case(conn: &mut PgConnection, row: &Sample) -> Verdict {
-    let before: i64 = samples::table.count().get_result(conn).unwrap();
-    match atomic_upsert(conn, row) {
-        Ok(_) => Verdict::Stored(
-            samples::table
-                .find(&row.k)
-                .select(Sample::as_select())
-                .get_result(conn)
-                .unwrap_or_else(|e| panic!("PostgreSQL stored the row but cannot load it: {e}")),
-        ),
-        Err(Error::InvalidInput(e)) => {
-            let after: i64 = samples::table.count().get_result(conn).unwrap();
-            assert_eq!(before, after, "a refused row changed the table");
-            Verdict::Refused(e.field, e.reason)
+/// Writes `row` with the upsert and reads it back, or returns the refusal; asserts that a
+/// refused row left the table as it was and that the server refuses nothing the checks accept.
+macro_rules! case_on {
+    ($name:ident, $conn:ty, $backend:literal) => {
+        fn $name(conn: &mut $conn, row: &Sample) -> Verdict {
+            let before: i64 = samples::table.count().get_result(conn).unwrap();
+            match atomic_upsert(conn, row) {
+                Ok(_) => Verdict::Stored(
+                    samples::table
+                        .find(&row.k)
+                        .select(Sample::as_select())
+                        .get_result(conn)
+                        .unwrap_or_else(|e| {
+                            panic!(
+                                concat!($backend, " stored the row but cannot load it: {}"),
+                                e
+                            )
+                        }),
+                ),
+                Err(Error::InvalidInput(e)) => {
+                    let after: i64 = samples::table.count().get_result(conn).unwrap();
+                    assert_eq!(before, after, "a refused row changed the table");
+                    Verdict::Refused(e.field, e.reason)
+                }
+                Err(e) => panic!(
+                    concat!($backend, " refused a row the checks accepted: {} ({:?})"),
+                    e, row
+                ),
+            }
         }
-        Err(e) => panic!("PostgreSQL refused a row the checks accepted: {e} ({row:?})"),
-    }
+    };
 }
 
-fn sqlite_case(conn: &mut SqliteConnection, row: &Sample) -> Verdict {
-    let before: i64 = samples::table.count().get_result(conn).unwrap();
-    match atomic_upsert(conn, row) {
-        Ok(_) => Verdict::Stored(
-            samples::table
-                .find(&row.k)
-                .select(Sample::as_select())
-                .get_result(conn)
-                .unwrap_or_else(|e| panic!("SQLite stored the row but cannot load it: {e}")),
-        ),
-        Err(Error::InvalidInput(e)) => {
-            let after: i64 = samples::table.count().get_result(conn).unwrap();
-            assert_eq!(before, after, "a refused row changed the table");
-            Verdict::Refused(e.field, e.reason)
-        }
-        Err(e) => panic!("SQLite refused a row the checks accepted: {e} ({row:?})"),
-    }
-}
+case_on!(pg_case, PgConnection, "PostgreSQL");
+case_on!(sqlite_case, SqliteConnection, "SQLite");
 
 /// The number of generated rows; `ROUNDTRIP_CASES` raises it for a longer run.
 fn cases() -> u32 {

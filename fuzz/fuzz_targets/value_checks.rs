@@ -40,7 +40,11 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     if doc.check("doc").is_ok() {
-        assert!(depth(&doc) <= MAX_JSON_DEPTH, "accepted a document {} deep", depth(&doc));
+        assert!(
+            depth(&doc) <= MAX_JSON_DEPTH,
+            "accepted a document {} deep",
+            depth(&doc)
+        );
         assert!(!has_nul(&doc), "accepted a NUL");
         let text = serde_json::to_string(&doc).expect("a Value serialises");
         let back: serde_json::Value = serde_json::from_str(&text).expect("reads back");
