@@ -23,6 +23,7 @@ mod declare;
 mod error;
 pub mod get_or_create;
 pub mod idempotency;
+pub mod limits;
 #[cfg(feature = "postgres")]
 pub mod lock;
 pub mod period;

@@ -1,6 +1,7 @@
 //! How a model describes itself to the upsert: its table, columns and conflict key.
 
 use crate::error::InvalidInput;
+use crate::limits as values;
 use diesel::backend::Backend;
 use diesel::query_builder::{AstPass, QueryFragment, QueryId};
 use diesel::serialize::ToSql;
@@ -148,33 +149,47 @@ pub trait CheckedValue {
 macro_rules! accept_all {
     ($($t:ty),*) => { $(impl CheckedValue for $t {})* };
 }
-accept_all!(
-    bool,
-    i16,
-    i32,
-    i64,
-    u8,
-    Vec<u8>,
-    serde_json::Value,
-    chrono::NaiveDate
-);
+accept_all!(bool, i16, i32, i64, u8, chrono::NaiveDate);
 
 impl CheckedValue for str {
+    fn check(&self, field: &'static str) -> Result<(), InvalidInput> {
+        values::check_text(field, self)
+    }
     fn check_key(&self, field: &'static str) -> Result<(), InvalidInput> {
+        self.check(field)?;
         if self.trim().is_empty() {
             return Err(InvalidInput::new(field, "a key must not be empty"));
         }
-        Ok(())
+        values::check_key_len(field, self.len())
     }
 }
 
 impl CheckedValue for String {
+    fn check(&self, field: &'static str) -> Result<(), InvalidInput> {
+        self.as_str().check(field)
+    }
     fn check_key(&self, field: &'static str) -> Result<(), InvalidInput> {
         self.as_str().check_key(field)
     }
 }
 
-impl CheckedValue for [u8] {}
+impl CheckedValue for [u8] {
+    fn check_key(&self, field: &'static str) -> Result<(), InvalidInput> {
+        values::check_key_len(field, self.len())
+    }
+}
+
+impl CheckedValue for Vec<u8> {
+    fn check_key(&self, field: &'static str) -> Result<(), InvalidInput> {
+        self.as_slice().check_key(field)
+    }
+}
+
+impl CheckedValue for serde_json::Value {
+    fn check(&self, field: &'static str) -> Result<(), InvalidInput> {
+        values::check_json(field, self)
+    }
+}
 
 /// Borrowed rows (`&'a str`) are checked as the values they borrow.
 impl<T: CheckedValue + ?Sized> CheckedValue for &T {

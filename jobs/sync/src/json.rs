@@ -273,7 +273,12 @@ impl<'a> Obj<'a> {
         let v = self.get(key)?;
         match v.as_str() {
             Some("") => Err(self.err(key, "expected a non-empty string")),
-            Some(s) => Ok(s),
+            // The library refuses such text at the upsert on every backend; refused here, the
+            // error names the capture or response and the field.
+            Some(s) => match upsert_kit::CheckedValue::check(s, "text") {
+                Ok(()) => Ok(s),
+                Err(e) => Err(self.err(key, e.reason)),
+            },
             None => Err(self.err(key, format!("expected a string, found {}", kind(v)))),
         }
     }

@@ -280,6 +280,13 @@ fn strava_bad_captures() -> Vec<(&'static str, String, &'static str)> {
             }),
             "token.expires_at: 999999999999999 is not a Unix time",
         ),
+        (
+            "a NUL in the refresh token (found by fuzz/strava_capture)",
+            edited("strava.json", |v| {
+                v["token"]["refresh_token"] = "r3fr3sh\u{0}t0ken".into();
+            }),
+            "token.refresh_token: contains a NUL character (U+0000) at byte 7",
+        ),
     ]
 }
 
@@ -323,6 +330,13 @@ fn wakatime_bad_captures() -> Vec<(&'static str, String, &'static str)> {
                 v["stats"]["all_time"]["data"]["languages"][1]["total_seconds"] = true.into();
             }),
             "stats.all_time.data.languages[1].total_seconds: expected a number, found a boolean",
+        ),
+        (
+            "a NUL in a language's name",
+            edited("wakatime.json", |v| {
+                v["stats"]["all_time"]["data"]["languages"][0]["name"] = "Ru\u{0}st".into();
+            }),
+            "stats.all_time.data.languages[0].name: contains a NUL character (U+0000) at byte 2",
         ),
     ]
 }
