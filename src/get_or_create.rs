@@ -37,12 +37,16 @@
 //! call `get_or_create` only on a miss (a plain `SELECT` by key first).
 
 use crate::error::{Error, Result};
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 use crate::tx;
 use crate::upsert::statement::{push_identifiers, OnConflict, UpsertSql, Values};
 use crate::upsert::{BindRow, NoCondition, UpsertModel};
 use diesel::backend::Backend;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 use diesel::connection::Connection;
 use diesel::expression::{Expression, SelectableHelper};
+#[cfg(feature = "mysql")]
+use diesel::mysql::{Mysql, MysqlConnection};
 #[cfg(feature = "postgres")]
 use diesel::pg::{Pg, PgConnection};
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
@@ -145,11 +149,13 @@ where
 }
 
 /// `INSERT … ON CONFLICT (key) DO NOTHING RETURNING <selection>`.
+#[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
 struct InsertReturning<'a, M: UpsertModel, S, DB: Backend> {
     insert: UpsertSql<'a, M, NoCondition, DB>,
     selection: S,
 }
 
+#[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
 impl<'a, M: UpsertModel, S, DB: Backend> InsertReturning<'a, M, S, DB> {
     fn new(row: &'a M, selection: S) -> Self {
         InsertReturning {
@@ -196,6 +202,7 @@ const KEY_ROW: &str = "__upsert_kit_key";
 
 /// `WITH k (cols) AS (VALUES (…)) SELECT <selection> FROM t, k WHERE t.key = k.key`: the row
 /// with `row`'s key, binding the model's values the same way the insert does.
+#[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
 struct SelectByKey<'a, M: UpsertModel, S> {
     table: M::Table,
     row: &'a M,
@@ -248,6 +255,7 @@ where
 }
 
 /// One insert-then-read pair: `Ok(None)` when the row vanished in between.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 fn attempt<C, M, R, DB>(conn: &mut C, row: &M) -> Result<Option<Obtained<R>>>
 where
     DB: Backend,
@@ -323,6 +331,109 @@ where
         tx::sqlite_write(conn, |conn| {
             attempt::<_, M, R, Sqlite>(conn, row)?.ok_or_else(vanished)
         })
+    }
+}
+
+/// MySQL: `SELECT <selection> FROM t, (SELECT <cols> FROM t WHERE FALSE UNION ALL SELECT ?, …)
+/// AS k WHERE t.key = k.key FOR UPDATE`. The union's first branch names the columns (MariaDB
+/// has no derived-table column list, MySQL no bare `VALUES` row), the second binds the model's
+/// values the way the insert does; `FOR UPDATE` reads the newest committed row even inside a
+/// REPEATABLE READ transaction whose snapshot predates it.
+#[cfg(feature = "mysql")]
+struct MysqlSelectByKey<'a, M: UpsertModel, S> {
+    table: M::Table,
+    row: &'a M,
+    selection: S,
+}
+
+#[cfg(feature = "mysql")]
+impl<M: UpsertModel, S> QueryId for MysqlSelectByKey<'_, M, S> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+#[cfg(feature = "mysql")]
+impl<M: UpsertModel, S: Expression> Query for MysqlSelectByKey<'_, M, S> {
+    type SqlType = S::SqlType;
+}
+
+#[cfg(feature = "mysql")]
+impl<M: UpsertModel, S, Conn> RunQueryDsl<Conn> for MysqlSelectByKey<'_, M, S> {}
+
+#[cfg(feature = "mysql")]
+impl<M, S> QueryFragment<Mysql> for MysqlSelectByKey<'_, M, S>
+where
+    M: BindRow<Mysql>,
+    M::Table: QueryFragment<Mysql>,
+    S: QueryFragment<Mysql>,
+{
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Mysql>) -> QueryResult<()> {
+        out.push_sql("SELECT ");
+        self.selection.walk_ast(out.reborrow())?;
+        out.push_sql(" FROM ");
+        self.table.walk_ast(out.reborrow())?;
+        out.push_sql(", (SELECT ");
+        push_identifiers(&mut out, M::COLUMNS)?;
+        out.push_sql(" FROM ");
+        self.table.walk_ast(out.reborrow())?;
+        out.push_sql(" WHERE FALSE UNION ALL SELECT ");
+        self.row.walk_row(out.reborrow())?;
+        out.push_sql(") AS ");
+        out.push_identifier(KEY_ROW)?;
+        for (i, key) in M::KEY.iter().enumerate() {
+            out.push_sql(if i == 0 { " WHERE " } else { " AND " });
+            self.table.walk_ast(out.reborrow())?;
+            out.push_sql(".");
+            out.push_identifier(key)?;
+            out.push_sql(" = ");
+            out.push_identifier(KEY_ROW)?;
+            out.push_sql(".");
+            out.push_identifier(key)?;
+        }
+        out.push_sql(" FOR UPDATE");
+        Ok(())
+    }
+}
+
+/// MySQL: `INSERT … ON DUPLICATE KEY UPDATE` that changes nothing but records whether the key
+/// existed (see [`crate::upsert`]'s MySQL notes; not `INSERT IGNORE`, which turns unrelated
+/// errors into warnings), then the read. A row that collides on another unique index than the
+/// key fails with that index's duplicate-key error, as on PostgreSQL.
+#[cfg(feature = "mysql")]
+impl<M, R> GetOrCreate<MysqlConnection, R> for M
+where
+    M: BindRow<Mysql>,
+    M::Table: QueryFragment<Mysql>,
+    R: Selectable<Mysql>,
+    for<'a> MysqlSelectByKey<'a, M, diesel::dsl::AsSelect<R, Mysql>>:
+        LoadQuery<'a, MysqlConnection, R>,
+{
+    fn get_or_create_validated(conn: &mut MysqlConnection, row: &Self) -> Result<Obtained<R>> {
+        for _ in 0..GET_OR_CREATE_ATTEMPTS {
+            let outcome = <M as crate::upsert::Upsertable<MysqlConnection>>::upsert_one(
+                conn,
+                row,
+                &[],
+                None::<&NoCondition>,
+            )?;
+            let found = MysqlSelectByKey {
+                table: M::Table::default(),
+                row,
+                selection: R::as_select(),
+            }
+            .load::<R>(conn)?;
+            if let Some(found) = found.into_iter().next() {
+                return Ok(Obtained {
+                    row: found,
+                    created: outcome == crate::UpsertOutcome::Inserted,
+                });
+            }
+            tracing::debug!(
+                model = std::any::type_name::<M>(),
+                "get-or-create: the row vanished before it was read; trying again"
+            );
+        }
+        Err(vanished())
     }
 }
 

@@ -343,6 +343,15 @@ where
             amount: &amount,
             margin: &margin,
         };
+        if !<C::Backend as Dialect>::RETURNING {
+            // MySQL: the update, then the row it changed, in one transaction.
+            return conn.write(|c| {
+                if c.run_execute(&sql)? == 0 {
+                    return Ok(None);
+                }
+                read_row::<Q, _>(c, key)
+            });
+        }
         Ok(conn
             .single(|c| c.run_int3(&sql))?
             .into_iter()
@@ -405,7 +414,12 @@ where
                     key,
                     amount: &amount,
                 };
-                if c.run_int3(&held)?.is_empty() {
+                let held = if <C::Backend as Dialect>::RETURNING {
+                    !c.run_int3(&held)?.is_empty()
+                } else {
+                    c.run_execute(&held)? > 0
+                };
+                if !held {
                     return Ok(None);
                 }
                 let insert: Sql<'_, Q> = Sql::ReserveInsert {
@@ -413,6 +427,11 @@ where
                     amount: &amount,
                     expires_at: &expires_at,
                 };
+                if !<C::Backend as Dialect>::RETURNING {
+                    c.run_execute(&insert)?;
+                    let last: Sql<'_, Q> = Sql::LastId;
+                    return Ok(c.run_ints(&last)?.into_iter().next());
+                }
                 Ok(c.run_ints(&insert)?.into_iter().next())
             })
         }
@@ -536,11 +555,20 @@ where
             let Some(amount) = c.run_ints(&take)?.into_iter().next() else {
                 return Ok(None);
             };
+            if !<C::Backend as Dialect>::RETURNING {
+                // MySQL: `take` read the reservation FOR UPDATE; delete it now.
+                let drop: Sql<'_, Q> = Sql::Drop { id };
+                c.run_execute(&drop)?;
+            }
             let sql: Sql<'_, Q> = Sql::Settle {
                 key,
                 actual: &actual,
                 amount: &amount,
             };
+            if !<C::Backend as Dialect>::RETURNING {
+                c.run_execute(&sql)?;
+                return read_row::<Q, _>(c, key);
+            }
             Ok(c.run_int3(&sql)?.into_iter().next().map(QuotaUsage::from))
         })
     }
@@ -673,6 +701,16 @@ where
     read::<Q, C>(conn, key)
 }
 
+/// The quota row with `key`, read on `c` (inside the caller's transaction, if any).
+fn read_row<Q, C>(c: &mut C, key: &Q::Key) -> Result<Option<QuotaUsage>>
+where
+    Q: BindQuota<C::Backend>,
+    C: WriteConnection,
+{
+    let sql: Sql<'_, Q> = Sql::Read { key };
+    Ok(c.run_int3(&sql)?.into_iter().next().map(QuotaUsage::from))
+}
+
 fn read<Q, C>(conn: &mut C, key: &Q::Key) -> Result<Option<QuotaUsage>>
 where
     Q: BindQuota<C::Backend>,
@@ -763,6 +801,10 @@ enum Sql<'a, Q: Quota> {
     },
     /// `SELECT limit, used, reserved FROM q WHERE key`.
     Read { key: &'a Q::Key },
+    /// MySQL: the id the reservation insert generated, `SELECT LAST_INSERT_ID()`.
+    LastId,
+    /// MySQL: `DELETE FROM r WHERE id = $id` (after [`Sql::Take`] read it `FOR UPDATE`).
+    Drop { id: &'a i64 },
 }
 
 fn col<DB: Dialect>(out: &mut AstPass<'_, '_, DB>, name: &str) -> QueryResult<()> {
@@ -789,8 +831,11 @@ fn rcol<Q: BindQuota<DB>, DB: Dialect>(
     out.push_identifier(name)
 }
 
-/// ` RETURNING limit, used, reserved`.
+/// ` RETURNING limit, used, reserved` (nothing on MySQL).
 fn returning_usage<Q: Quota, DB: Dialect>(out: &mut AstPass<'_, '_, DB>) -> QueryResult<()> {
+    if !DB::RETURNING {
+        return Ok(());
+    }
     out.push_sql(" RETURNING ");
     crate::upsert::statement::push_identifiers(out, &[Q::LIMIT, Q::USED, Q::RESERVED])
 }
@@ -861,12 +906,16 @@ fn walk_insert_reservation<'b, Q: BindQuota<DB>, DB: Dialect>(
         }
         None => out.push_sql(")"),
     }
-    out.push_sql(" RETURNING ");
-    col(out, Q::RESERVATION_ID)
+    if DB::RETURNING {
+        out.push_sql(" RETURNING ");
+        col(out, Q::RESERVATION_ID)?;
+    }
+    Ok(())
 }
 
 /// `DELETE FROM r WHERE id = $id AND key AND amount >= $actual [AND expires_at > $at]
-/// RETURNING amount AS __kit_amount`.
+/// RETURNING amount AS __kit_amount`; on MySQL `SELECT amount FROM r WHERE … FOR UPDATE`
+/// (followed by [`Sql::Drop`]).
 fn walk_take<'b, Q: BindQuota<DB>, DB: Dialect>(
     out: &mut AstPass<'_, 'b, DB>,
     id: &'b i64,
@@ -874,7 +923,13 @@ fn walk_take<'b, Q: BindQuota<DB>, DB: Dialect>(
     actual: &'b i64,
     at: Option<&'b NaiveDateTime>,
 ) -> QueryResult<()> {
-    out.push_sql("DELETE FROM ");
+    if DB::RETURNING {
+        out.push_sql("DELETE FROM ");
+    } else {
+        out.push_sql("SELECT ");
+        col(out, Q::RESERVATION_AMOUNT)?;
+        out.push_sql(" FROM ");
+    }
     Q::walk_reservations(out.reborrow())?;
     out.push_sql(" WHERE ");
     col(out, Q::RESERVATION_ID)?;
@@ -891,6 +946,10 @@ fn walk_take<'b, Q: BindQuota<DB>, DB: Dialect>(
         col(out, Q::RESERVATION_EXPIRES_AT)?;
         out.push_sql(" > ");
         DB::push_timestamp(out, at)?;
+    }
+    if !DB::RETURNING {
+        out.push_sql(" FOR UPDATE");
+        return Ok(());
     }
     out.push_sql(" RETURNING ");
     col(out, Q::RESERVATION_AMOUNT)?;
@@ -1126,6 +1185,18 @@ where
                 Q::walk_table(out.reborrow())?;
                 out.push_sql(" WHERE ");
                 Q::walk_key(key, KeyStyle::Match, out.reborrow())
+            }
+            Sql::LastId => {
+                out.push_sql("SELECT CAST(LAST_INSERT_ID() AS SIGNED)");
+                Ok(())
+            }
+            Sql::Drop { id } => {
+                out.push_sql("DELETE FROM ");
+                Q::walk_reservations(out.reborrow())?;
+                out.push_sql(" WHERE ");
+                col(out, Q::RESERVATION_ID)?;
+                out.push_sql(" = ");
+                DB::push_int(out, id)
             }
         }
     }

@@ -24,12 +24,18 @@
 pub(crate) mod derive_support;
 mod helpers;
 pub(crate) mod model;
+#[cfg(feature = "mysql")]
+mod mysql;
 pub(crate) mod statement;
 
-pub use helpers::{atomic_upsert_auth, atomic_upsert_stats, AuthModel, Changed, Newer, StatsModel};
+pub use helpers::{
+    atomic_upsert_auth, atomic_upsert_stats, incoming, AuthModel, Changed, Incoming, Newer,
+    StatsModel,
+};
 pub use model::{BindColumns, BindRow, CheckedValue, ColumnArrays, UpsertModel};
 
 use crate::error::{Error, InvalidInput, Result};
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 use crate::tx;
 use diesel::expression::{AppearsOnTable, Expression};
 #[cfg(feature = "postgres")]
@@ -39,7 +45,10 @@ use diesel::query_builder::{AstPass, QueryFragment, QueryId};
 use diesel::r2d2::{ConnectionManager, PooledConnection, R2D2Connection};
 #[cfg(feature = "sqlite")]
 use diesel::sqlite::{Sqlite, SqliteConnection};
-use diesel::{Column, QueryResult, RunQueryDsl};
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+use diesel::RunQueryDsl;
+use diesel::{Column, QueryResult};
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 use statement::{OnConflict, UpsertSql, Values};
 use std::fmt;
 
@@ -288,6 +297,33 @@ where
             }
             Ok(total)
         })
+    }
+}
+
+#[cfg(feature = "mysql")]
+impl<M, F> Upsertable<diesel::MysqlConnection, F> for M
+where
+    M: BindRow<diesel::mysql::Mysql>,
+    M::Table: QueryFragment<diesel::mysql::Mysql>,
+    F: QueryFragment<diesel::mysql::Mysql>,
+{
+    fn upsert_one(
+        conn: &mut diesel::MysqlConnection,
+        row: &Self,
+        update: &[&'static str],
+        condition: Option<&F>,
+    ) -> Result<UpsertOutcome> {
+        mysql::upsert_one(conn, row, update, condition)
+    }
+
+    fn upsert_sorted(
+        conn: &mut diesel::MysqlConnection,
+        rows: &[&Self],
+        update: &[&'static str],
+        condition: Option<&F>,
+        chunk_size: usize,
+    ) -> Result<BulkOutcome> {
+        mysql::upsert_sorted(conn, rows, update, condition, chunk_size)
     }
 }
 
