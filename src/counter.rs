@@ -339,7 +339,10 @@ impl<'k, T: Counter> Increment<'k, T> {
         };
         for _ in 0..BOUND_ATTEMPTS {
             if !<C::Backend as Dialect>::RETURNING {
-                match self.run_without_returning(conn, amounts, bounds, fresh_row_fits)? {
+                let step = crate::tx::retry_deadlocks(conn, |c| {
+                    self.run_without_returning(c, amounts, bounds, fresh_row_fits)
+                })?;
+                match step {
                     Step::Done(totals) => return Ok(totals),
                     Step::Refused(row) => {
                         if let Some(e) = self.refusal(&row) {
@@ -808,9 +811,9 @@ where
         out.push_sql("SELECT ");
         if let Some(nonce) = self.nonce {
             // The variables' values then the amounts, as one JSON array (MySQL only).
-            out.push_sql("CAST(JSON_ARRAY(COALESCE(@upsert_kit_hit = ");
+            out.push_sql("CAST(JSON_ARRAY(CAST(COALESCE(@upsert_kit_hit = ");
             DB::push_int(&mut out, nonce)?;
-            out.push_sql(", 0), COALESCE(@upsert_kit_ok, 0), ");
+            out.push_sql(", 0) AS SIGNED), CAST(COALESCE(@upsert_kit_ok, 0) AS SIGNED), ");
             crate::upsert::statement::push_identifiers(&mut out, T::AMOUNTS)?;
             out.push_sql(") AS CHAR)");
         } else if self.limits {

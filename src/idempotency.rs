@@ -576,7 +576,7 @@ enum Sql<'a, L> {
     Claimed { nonce: &'a i64 },
     /// `UPDATE l SET result = $1 WHERE key = $2`.
     Store { key: &'a str, result: &'a str },
-    /// `SELECT fingerprint, result FROM l WHERE key = $1`.
+    /// `SELECT fingerprint, result FROM l WHERE key = $1` (`LOCK IN SHARE MODE` on MySQL).
     Read { key: &'a str },
     /// `DELETE FROM l WHERE created_at < $1`.
     Prune { older_than: &'a NaiveDateTime },
@@ -656,7 +656,13 @@ where
                 out.push_sql(" WHERE ");
                 out.push_identifier(L::KEY)?;
                 out.push_sql(" = ");
-                DB::push_text(&mut out, key)
+                DB::push_text(&mut out, key)?;
+                if !DB::RETURNING {
+                    // MySQL: a locking read sees the newest committed row, also inside a
+                    // REPEATABLE READ transaction whose snapshot predates it.
+                    out.push_sql(" LOCK IN SHARE MODE");
+                }
+                Ok(())
             }
             Sql::Prune { older_than } => {
                 out.push_sql("DELETE FROM ");

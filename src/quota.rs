@@ -345,11 +345,13 @@ where
         };
         if !<C::Backend as Dialect>::RETURNING {
             // MySQL: the update, then the row it changed, in one transaction.
-            return conn.write(|c| {
-                if c.run_execute(&sql)? == 0 {
-                    return Ok(None);
-                }
-                read_row::<Q, _>(c, key)
+            return crate::tx::retry_deadlocks(conn, |conn| {
+                conn.write(|c| {
+                    if c.run_execute(&sql)? == 0 {
+                        return Ok(None);
+                    }
+                    read_row::<Q, _>(c, key)
+                })
             });
         }
         Ok(conn
@@ -409,30 +411,32 @@ where
             };
             Ok(conn.single(|c| c.run_ints(&sql))?.into_iter().next())
         } else {
-            conn.write(|c| {
-                let held: Sql<'_, Q> = Sql::ReserveUpdate {
-                    key,
-                    amount: &amount,
-                };
-                let held = if <C::Backend as Dialect>::RETURNING {
-                    !c.run_int3(&held)?.is_empty()
-                } else {
-                    c.run_execute(&held)? > 0
-                };
-                if !held {
-                    return Ok(None);
-                }
-                let insert: Sql<'_, Q> = Sql::ReserveInsert {
-                    key,
-                    amount: &amount,
-                    expires_at: &expires_at,
-                };
-                if !<C::Backend as Dialect>::RETURNING {
-                    c.run_execute(&insert)?;
-                    let last: Sql<'_, Q> = Sql::LastId;
-                    return Ok(c.run_ints(&last)?.into_iter().next());
-                }
-                Ok(c.run_ints(&insert)?.into_iter().next())
+            crate::tx::retry_deadlocks(conn, |conn| {
+                conn.write(|c| {
+                    let held: Sql<'_, Q> = Sql::ReserveUpdate {
+                        key,
+                        amount: &amount,
+                    };
+                    let held = if <C::Backend as Dialect>::RETURNING {
+                        !c.run_int3(&held)?.is_empty()
+                    } else {
+                        c.run_execute(&held)? > 0
+                    };
+                    if !held {
+                        return Ok(None);
+                    }
+                    let insert: Sql<'_, Q> = Sql::ReserveInsert {
+                        key,
+                        amount: &amount,
+                        expires_at: &expires_at,
+                    };
+                    if !<C::Backend as Dialect>::RETURNING {
+                        c.run_execute(&insert)?;
+                        let last: Sql<'_, Q> = Sql::LastId;
+                        return Ok(c.run_ints(&last)?.into_iter().next());
+                    }
+                    Ok(c.run_ints(&insert)?.into_iter().next())
+                })
             })
         }
     };
@@ -545,31 +549,39 @@ where
             .next()
             .map(QuotaUsage::from))
     } else {
-        conn.write(|c| {
-            let take: Sql<'_, Q> = Sql::Take {
-                id,
-                key,
-                actual: &actual,
-                at,
-            };
-            let Some(amount) = c.run_ints(&take)?.into_iter().next() else {
-                return Ok(None);
-            };
-            if !<C::Backend as Dialect>::RETURNING {
-                // MySQL: `take` read the reservation FOR UPDATE; delete it now.
-                let drop: Sql<'_, Q> = Sql::Drop { id };
-                c.run_execute(&drop)?;
-            }
-            let sql: Sql<'_, Q> = Sql::Settle {
-                key,
-                actual: &actual,
-                amount: &amount,
-            };
-            if !<C::Backend as Dialect>::RETURNING {
-                c.run_execute(&sql)?;
-                return read_row::<Q, _>(c, key);
-            }
-            Ok(c.run_int3(&sql)?.into_iter().next().map(QuotaUsage::from))
+        crate::tx::retry_deadlocks(conn, |conn| {
+            conn.write(|c| {
+                if !<C::Backend as Dialect>::RETURNING {
+                    // MySQL: the quota row first, as `reserve` takes it, so that neither waits on
+                    // the other's gap lock in the reservations while holding what the other needs.
+                    let lock: Sql<'_, Q> = Sql::LockQuota { key };
+                    c.run_ints(&lock)?;
+                }
+                let take: Sql<'_, Q> = Sql::Take {
+                    id,
+                    key,
+                    actual: &actual,
+                    at,
+                };
+                let Some(amount) = c.run_ints(&take)?.into_iter().next() else {
+                    return Ok(None);
+                };
+                if !<C::Backend as Dialect>::RETURNING {
+                    // MySQL: `take` read the reservation FOR UPDATE; delete it now.
+                    let drop: Sql<'_, Q> = Sql::Drop { id };
+                    c.run_execute(&drop)?;
+                }
+                let sql: Sql<'_, Q> = Sql::Settle {
+                    key,
+                    actual: &actual,
+                    amount: &amount,
+                };
+                if !<C::Backend as Dialect>::RETURNING {
+                    c.run_execute(&sql)?;
+                    return read_row::<Q, _>(c, key);
+                }
+                Ok(c.run_int3(&sql)?.into_iter().next().map(QuotaUsage::from))
+            })
         })
     }
 }
@@ -623,11 +635,13 @@ where
             .next()
             .unwrap_or(0)
     } else {
-        conn.write(|c| {
-            let update: Sql<'_, Q> = Sql::SweepUpdate { key, at };
-            c.run_execute(&update)?;
-            let delete: Sql<'_, Q> = Sql::SweepDelete { key, at };
-            Ok(c.run_execute(&delete)? as i64)
+        crate::tx::retry_deadlocks(conn, |conn| {
+            conn.write(|c| {
+                let update: Sql<'_, Q> = Sql::SweepUpdate { key, at };
+                c.run_execute(&update)?;
+                let delete: Sql<'_, Q> = Sql::SweepDelete { key, at };
+                Ok(c.run_execute(&delete)? as i64)
+            })
         })?
     };
     if n > 0 {
@@ -803,6 +817,8 @@ enum Sql<'a, Q: Quota> {
     Read { key: &'a Q::Key },
     /// MySQL: the id the reservation insert generated, `SELECT LAST_INSERT_ID()`.
     LastId,
+    /// MySQL: `SELECT 1 FROM q WHERE key FOR UPDATE`, the quota row locked first.
+    LockQuota { key: &'a Q::Key },
     /// MySQL: `DELETE FROM r WHERE id = $id` (after [`Sql::Take`] read it `FOR UPDATE`).
     Drop { id: &'a i64 },
 }
@@ -1188,6 +1204,14 @@ where
             }
             Sql::LastId => {
                 out.push_sql("SELECT CAST(LAST_INSERT_ID() AS SIGNED)");
+                Ok(())
+            }
+            Sql::LockQuota { key } => {
+                out.push_sql("SELECT CAST(1 AS SIGNED) FROM ");
+                Q::walk_table(out.reborrow())?;
+                out.push_sql(" WHERE ");
+                Q::walk_key(key, KeyStyle::Match, out.reborrow())?;
+                out.push_sql(" FOR UPDATE");
                 Ok(())
             }
             Sql::Drop { id } => {

@@ -226,6 +226,20 @@ where
     M::Table: QueryFragment<Mysql>,
     F: QueryFragment<Mysql>,
 {
+    tx::retry_deadlocks(conn, |conn| upsert_one_once(conn, row, update, condition))
+}
+
+fn upsert_one_once<M, F>(
+    conn: &mut MysqlConnection,
+    row: &M,
+    update: &[&'static str],
+    condition: Option<&F>,
+) -> Result<UpsertOutcome>
+where
+    M: BindRow<Mysql>,
+    M::Table: QueryFragment<Mysql>,
+    F: QueryFragment<Mysql>,
+{
     let nonce = fastrand::i64(1..);
     let rows = [row];
     let sql = MysqlUpsertSql {
@@ -328,7 +342,42 @@ where
     M::Table: QueryFragment<Mysql>,
     F: QueryFragment<Mysql>,
 {
-    let result = tx::transaction(conn, |conn: &mut MysqlConnection| {
+    let result = tx::retry_deadlocks(conn, |conn| {
+        bulk_once(conn, rows, update, condition, chunk_size)
+    });
+    match result {
+        Err(Error::Constraint {
+            constraint: None,
+            ref message,
+            ..
+        }) if message == ANOTHER_INDEX => {
+            // Rolled back: run the rows one by one, which names the index at the offending row
+            // (and rolls back again), or succeeds if that row went away meanwhile.
+            tx::transaction(conn, |conn: &mut MysqlConnection| {
+                let mut total = BulkOutcome::default();
+                for row in rows {
+                    total.record(upsert_one_once(conn, *row, update, condition)?);
+                }
+                Ok(total)
+            })
+        }
+        other => other,
+    }
+}
+
+fn bulk_once<M, F>(
+    conn: &mut MysqlConnection,
+    rows: &[&M],
+    update: &[&'static str],
+    condition: Option<&F>,
+    chunk_size: usize,
+) -> Result<BulkOutcome>
+where
+    M: BindRow<Mysql> + UpsertModel,
+    M::Table: QueryFragment<Mysql>,
+    F: QueryFragment<Mysql>,
+{
+    tx::transaction(conn, |conn: &mut MysqlConnection| {
         let max_packet = conn
             .run_ints(&Vars::MaxPacket)?
             .first()
@@ -363,25 +412,7 @@ where
             total.unchanged += hits.saturating_sub(updates);
         }
         Ok(total)
-    });
-    match result {
-        Err(Error::Constraint {
-            constraint: None,
-            ref message,
-            ..
-        }) if message == ANOTHER_INDEX => {
-            // Rolled back: run the rows one by one, which names the index at the offending row
-            // (and rolls back again), or succeeds if that row went away meanwhile.
-            tx::transaction(conn, |conn: &mut MysqlConnection| {
-                let mut total = BulkOutcome::default();
-                for row in rows {
-                    total.record(upsert_one(conn, *row, update, condition)?);
-                }
-                Ok(total)
-            })
-        }
-        other => other,
-    }
+    })
 }
 
 /// The marker of a bulk chunk that met another unique index (never returned to the caller).
