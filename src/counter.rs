@@ -34,6 +34,15 @@
 //! (PostgreSQL refuses a total past an `INTEGER` column's range with an error, nothing written).
 //!
 //! On SQLite each statement runs in a `BEGIN IMMEDIATE` transaction (one writer at a time).
+//!
+//! On MySQL and MariaDB (no `RETURNING`) the increment and the read of the row's totals run in
+//! one transaction: `UPDATE t SET a = a + ? … WHERE key [AND bounds]`, then `SELECT
+//! CAST(JSON_ARRAY(a, b) AS CHAR) FROM t WHERE key`; the row lock taken by the write makes the
+//! read give this increment's totals. The creating form is `INSERT … ON DUPLICATE KEY UPDATE a =
+//! t.a + VALUES(a), …`; with bounds, which `ON DUPLICATE KEY` cannot put in a `WHERE`, the first
+//! assignment stores a nonce and the bounds (judged once, before any column changes) in session
+//! variables, every column is assigned only if they held, and the read returns both variables
+//! with the totals. Any isolation level, REPEATABLE READ included (tested).
 //! Under REPEATABLE READ or SERIALIZABLE on PostgreSQL, concurrent increments of one row fail
 //! with [`Error::SerializationFailure`] instead of waiting: retry them with
 //! [`Retry`](crate::Retry).

@@ -337,6 +337,29 @@ fn mysql_url(url: &str) -> String {
 /// its character set to `utf8mb4`; the upserts report exact outcomes whatever the flag (see
 /// [`upsert`](crate::upsert#outcomes)).
 ///
+/// # Examples
+///
+/// ```
+/// # include!("doctest_setup.rs");
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let db = upsert_kit_support::TestMysql::with_sql(
+/// #     "CREATE TABLE items (id BIGINT AUTO_INCREMENT PRIMARY KEY, sku VARCHAR(64) NOT NULL UNIQUE, name TEXT NOT NULL)");
+/// # let url = db.url();
+/// use upsert_kit::{atomic_upsert, bulk_upsert, Upsert, UpsertOutcome};
+///
+/// #[derive(Upsert)]
+/// #[upsert(table = items, key(sku))]
+/// struct Item { sku: String, name: String }
+///
+/// let mut conn = upsert_kit::db::connect_mysql(url)?; // mysql://user:password@host:3306/app
+/// let anvil = Item { sku: "a-1".into(), name: "anvil".into() };
+/// assert_eq!(atomic_upsert(&mut conn, &anvil)?, UpsertOutcome::Inserted);
+/// assert_eq!(atomic_upsert(&mut conn, &anvil)?, UpsertOutcome::Updated);
+/// let outcome = bulk_upsert(&mut conn, &[anvil, Item { sku: "b-2".into(), name: "bolt".into() }])?;
+/// assert_eq!((outcome.inserted, outcome.updated), (1, 1));
+/// # Ok(()) }
+/// ```
+///
 /// # Errors
 /// [`Error::Connect`] when the server does not answer or refuses the login.
 #[cfg(feature = "mysql")]

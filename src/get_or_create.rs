@@ -17,6 +17,13 @@
 //! - **SQLite**: the same two statements inside one `BEGIN IMMEDIATE` transaction (a savepoint
 //!   when the caller already has a transaction open). SQLite admits one writer at a time, so
 //!   nothing can slip in between them and the read cannot miss.
+//! - **MySQL / MariaDB**: `INSERT … ON DUPLICATE KEY UPDATE k = IF((@upsert_kit_hit := nonce)
+//!   IS NULL, k, k)`, which changes nothing but records whether the key existed (not
+//!   `INSERT IGNORE`, which would turn unrelated errors into warnings), then `SELECT … FOR
+//!   UPDATE` of the row by key. The locking read sees the newest committed row even inside a
+//!   REPEATABLE READ transaction whose snapshot predates it, so there is no serialization
+//!   failure to retry on MySQL. A row colliding on another unique index than the key fails with
+//!   that index's duplicate-key error (see [`crate::upsert`]).
 //!
 //! No advisory lock is taken: the unique index is the lock. A second creator blocks on the
 //! first one's uncommitted index entry until it commits, so even rows that creation

@@ -37,6 +37,16 @@
 //! On SQLite (no data-modifying `WITH`) the same steps run as two statements inside one
 //! `BEGIN IMMEDIATE` transaction, which holds the single write lock: the same sums hold.
 //!
+//! On MySQL and MariaDB (neither `RETURNING` nor writable `WITH`) each call is one transaction
+//! of the same conditional statements followed by a read: consume is the `UPDATE`, then `SELECT
+//! limit, used, reserved`; reserve the `UPDATE`, the `INSERT` of the reservation and `SELECT
+//! LAST_INSERT_ID()`; commit and release lock the quota row (`SELECT … FOR UPDATE`), read the
+//! reservation `FOR UPDATE`, `DELETE` it and update the quota. The quota row comes first in every
+//! writer, so InnoDB's gap locks on the reservations cannot make reserve and commit deadlock;
+//! a deadlock victim outside a caller's transaction is run again. Any isolation level, the
+//! default REPEATABLE READ included (tested): every decision is made by a locking statement on
+//! the newest committed row.
+//!
 //! # Soft limits
 //! [`try_consume_soft`] allows an overshoot of up to a stated margin (`used + reserved + n <=
 //! limit + margin`) and reports it ([`QuotaUsage::overshoot`]): for limits where refusing is worse
