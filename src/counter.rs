@@ -759,7 +759,10 @@ impl<'a, T: Counter> UpsertIncrementSql<'a, T> {
                         )
                     })?;
                     DB::push_int(out, nonce)?;
-                    out.push_sql(") IS NULL OR (@upsert_kit_ok := COALESCE((");
+                    // Nested IFs: each condition is evaluated before its branches, in order.
+                    out.push_sql(") IS NULL, ");
+                    out.push_identifier(column)?;
+                    out.push_sql(", IF((@upsert_kit_ok := COALESCE((");
                     let mut first = true;
                     let bounds = self.bounds;
                     bounds.walk::<T, DB>(out, self.amounts, true, true, &mut first)?;
@@ -769,7 +772,7 @@ impl<'a, T: Counter> UpsertIncrementSql<'a, T> {
                     walk_new::<T, DB>(out, i, self.amounts, true, true)?;
                     out.push_sql(", ");
                     out.push_identifier(column)?;
-                    out.push_sql("))");
+                    out.push_sql(")))");
                 } else {
                     out.push_sql("@upsert_kit_ok, ");
                     walk_new::<T, DB>(out, i, self.amounts, true, true)?;

@@ -80,7 +80,10 @@ fn the_migrations_and_the_library_agree_on_mysql() {
     use diesel_migrations::MigrationHarness;
     let db = TestMysql::new();
     let mut conn = db.conn();
-    assert_eq!(conn.run_pending_migrations(MYSQL_MIGRATIONS).unwrap().len(), 1);
+    assert_eq!(
+        conn.run_pending_migrations(MYSQL_MIGRATIONS).unwrap().len(),
+        1
+    );
     create_tables(&mut conn).unwrap();
     exercise!(&mut conn);
     let fresh = TestMysql::new();
