@@ -265,3 +265,48 @@ fn a_mysql_password_never_reaches_a_message() {
         "mariadb://u:***@db:3306/app"
     );
 }
+
+/// 2013: the session killed while its statement runs ("Lost connection to server during
+/// query") is a lost connection (the crate's own statements outside a transaction then report
+/// an unknown outcome, as the autocommit upsert above shows).
+#[test]
+fn a_session_killed_during_its_statement_is_a_lost_connection() {
+    let db = TestMysql::with_sql(SQL);
+    let mut admin = db.conn();
+    let mut conn = db.conn();
+    let id = connection_id(&mut conn);
+    let running = std::thread::spawn(move || {
+        diesel::sql_query("UPDATE accounts SET balance = balance + SLEEP(30) WHERE id = 1")
+            .execute(&mut conn)
+            .map_err(|e| {
+                let e = Error::from(e);
+                (e.to_string(), matches!(e, Error::ConnectionLost(_)))
+            })
+    });
+    // Wait until the statement is seen running, then end the session.
+    loop {
+        let n: i64 = diesel::select(diesel::dsl::sql::<BigInt>(&format!(
+            "(SELECT CAST(COUNT(*) AS SIGNED) FROM information_schema.PROCESSLIST \
+             WHERE ID = {id} AND INFO LIKE 'UPDATE accounts%')"
+        )))
+        .get_result(&mut admin)
+        .unwrap();
+        if n > 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    kill(&mut admin, id);
+    let (message, lost) = running.join().unwrap().unwrap_err();
+    assert!(lost, "{message}");
+    assert!(
+        message.contains("Lost connection") || message.contains("gone away"),
+        "{message}"
+    );
+    let balance: i64 = accounts::table
+        .find(1)
+        .select(accounts::balance)
+        .get_result(&mut admin)
+        .unwrap();
+    assert_eq!(balance, 10, "the killed statement was rolled back");
+}
