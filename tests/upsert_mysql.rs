@@ -377,6 +377,19 @@ fn a_row_colliding_on_another_unique_index_is_refused_naming_it_and_the_other_ro
         "nothing of the refused call was written"
     );
 
+    // RELIABILITY 4: the key exists and its update would take another row's email: the
+    // unique violation comes back naming that index, nothing changed.
+    let err = atomic_upsert(
+        &mut conn,
+        &Person {
+            id: 1,
+            email: "bob@example.com".into(),
+            name: "Ann".into(),
+        },
+    )
+    .unwrap_err();
+    assert_eq!(err.constraint_name(), Some("people_email"), "{err}");
+
     // The key's own conflict still updates; a new key with a new email inserts.
     assert_eq!(
         bulk_upsert(&mut conn, &[batch[0].clone(), batch[2].clone()])
