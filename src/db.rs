@@ -48,6 +48,18 @@
 //!
 //! `upsert_kit_pooler=session` (or `off`) leaves the mode off, for a pooler in session mode,
 //! which keeps one server connection per client connection.
+//!
+//! **Session settings.** A `SET` without `LOCAL` stays on the server connection, where the
+//! next client of a transaction-mode pooler finds it. The crate sends none: its one setting is
+//! `set_config('lock_timeout', …, true)` in [`try_lock_for`](crate::lock::try_lock_for),
+//! transaction-local (and refused in pooler mode with the other session locks). Diesel's
+//! connection setup sends `SET TIME ZONE 'UTC'` and `SET CLIENT_ENCODING TO 'UTF8'`: PgBouncer
+//! tracks these two parameters and gives each client its own values on whatever server
+//! connection it gets (the library's `tests/pooler.rs` checks both, and that an untracked
+//! session `SET` does leak). RDS Proxy instead pins a client that sends a `SET` to its server
+//! connection (correct, but without multiplexing): see the workspace's
+//! `docs/hosted-databases.md`. Settings of your own: use `SET LOCAL` (or
+//! `set_config(…, true)`) inside the transaction that needs them.
 
 #[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 use crate::error::{Error, Result};

@@ -578,7 +578,7 @@ where
                 };
                 if !<C::Backend as Dialect>::RETURNING {
                     // MySQL: `take` read the reservation FOR UPDATE; delete it now.
-                    let drop: Sql<'_, Q> = Sql::Drop { id };
+                    let drop: Sql<'_, Q> = Sql::Drop { id, key };
                     c.run_execute(&drop)?;
                 }
                 let sql: Sql<'_, Q> = Sql::Settle {
@@ -829,8 +829,8 @@ enum Sql<'a, Q: Quota> {
     LastId,
     /// MySQL: `SELECT 1 FROM q WHERE key FOR UPDATE`, the quota row locked first.
     LockQuota { key: &'a Q::Key },
-    /// MySQL: `DELETE FROM r WHERE id = $id` (after [`Sql::Take`] read it `FOR UPDATE`).
-    Drop { id: &'a i64 },
+    /// MySQL: `DELETE FROM r WHERE id = $id AND key` (after [`Sql::Take`] read it `FOR UPDATE`).
+    Drop { id: &'a i64, key: &'a Q::Key },
 }
 
 fn col<DB: Dialect>(out: &mut AstPass<'_, '_, DB>, name: &str) -> QueryResult<()> {
@@ -1224,13 +1224,15 @@ where
                 out.push_sql(" FOR UPDATE");
                 Ok(())
             }
-            Sql::Drop { id } => {
+            Sql::Drop { id, key } => {
                 out.push_sql("DELETE FROM ");
                 Q::walk_reservations(out.reborrow())?;
                 out.push_sql(" WHERE ");
                 col(out, Q::RESERVATION_ID)?;
                 out.push_sql(" = ");
-                DB::push_int(out, id)
+                DB::push_int(out, id)?;
+                out.push_sql(" AND ");
+                Q::walk_key(key, KeyStyle::Match, out.reborrow())
             }
         }
     }
