@@ -10,10 +10,11 @@
 //!
 //! What differs between backends is said by [`Dialect`]: whether a statement may contain a
 //! data-modifying `WITH` (PostgreSQL: one statement; elsewhere the same steps run in one
-//! transaction, which on SQLite holds the single write lock), and how a row's integers come
-//! back as one value. A MySQL backend is one more implementation of both traits (`JSON_ARRAY`,
-//! no writable `WITH`, the affected-rows count instead of `RETURNING`); nothing above them
-//! changes.
+//! transaction, which on SQLite holds the single write lock), whether it may return rows
+//! (`RETURNING`: PostgreSQL and SQLite; MySQL has none, so there the write runs in a
+//! transaction and the row is read back in it), how an upsert names the incoming row
+//! (`excluded.c` or `VALUES(c)`), and how a row's integers come back as one value
+//! (`json_build_array`, `json_array`, `JSON_ARRAY`).
 
 use crate::error::{Error, Result};
 use crate::tx;
@@ -26,12 +27,36 @@ use std::marker::PhantomData;
 
 /// What the generic statements need to know about a backend's SQL.
 ///
-/// Implemented for [`diesel::pg::Pg`] and [`diesel::sqlite::Sqlite`]; sealed.
+/// Implemented for [`diesel::pg::Pg`], [`diesel::sqlite::Sqlite`] and [`diesel::mysql::Mysql`];
+/// sealed.
 pub trait Dialect: Backend + sealed::Sealed {
     /// Whether one statement may chain data-modifying steps
-    /// (`WITH up AS (UPDATE … RETURNING …) INSERT …`): PostgreSQL yes, SQLite no (there the
-    /// steps run in one `BEGIN IMMEDIATE` transaction instead).
+    /// (`WITH up AS (UPDATE … RETURNING …) INSERT …`): PostgreSQL yes, SQLite and MySQL no
+    /// (there the steps run in one transaction instead).
     const WRITABLE_CTE: bool;
+
+    /// Whether `INSERT`, `UPDATE` and `DELETE` may return rows (`RETURNING`): PostgreSQL and
+    /// SQLite yes, MySQL no (MariaDB's `RETURNING` does not cover `UPDATE`). Without it, the
+    /// write runs in a transaction with the read of its row after it.
+    const RETURNING: bool;
+
+    /// Pushes the incoming row's value of `column` inside an upsert's update:
+    /// `excluded."c"` (PostgreSQL, SQLite) or ``VALUES(`c`)`` (MySQL).
+    #[doc(hidden)]
+    fn push_excluded(out: &mut AstPass<'_, '_, Self>, column: &str) -> QueryResult<()> {
+        out.push_sql("excluded.");
+        out.push_identifier(column)
+    }
+
+    /// Pushes what starts an upsert's update of `key`'s conflict:
+    /// ` ON CONFLICT ("k") DO UPDATE SET ` or ` ON DUPLICATE KEY UPDATE `.
+    #[doc(hidden)]
+    fn push_on_conflict_update(out: &mut AstPass<'_, '_, Self>, key: &[&str]) -> QueryResult<()> {
+        out.push_sql(" ON CONFLICT (");
+        crate::upsert::statement::push_identifiers(out, key)?;
+        out.push_sql(") DO UPDATE SET ");
+        Ok(())
+    }
 
     /// The SQL of the ready-made tables ([`crate::tables`]) on this backend.
     #[doc(hidden)]
@@ -76,6 +101,7 @@ macro_rules! binds {
 #[cfg(feature = "postgres")]
 impl Dialect for diesel::pg::Pg {
     const WRITABLE_CTE: bool = true;
+    const RETURNING: bool = true;
     const DEFAULT_TABLES_SQL: &'static str = concat!(
         include_str!("../migrations/postgres/2026-12-01-000010_upsert_kit_tables/up.sql"),
         "\n",
@@ -95,6 +121,7 @@ impl Dialect for diesel::pg::Pg {
 #[cfg(feature = "sqlite")]
 impl Dialect for diesel::sqlite::Sqlite {
     const WRITABLE_CTE: bool = false;
+    const RETURNING: bool = true;
     const DEFAULT_TABLES_SQL: &'static str =
         include_str!("../migrations/sqlite/2026-12-01-000010_upsert_kit_tables/up.sql");
     binds!();
@@ -106,8 +133,40 @@ impl Dialect for diesel::sqlite::Sqlite {
     }
 }
 
+#[cfg(feature = "mysql")]
+impl Dialect for diesel::mysql::Mysql {
+    const WRITABLE_CTE: bool = false;
+    const RETURNING: bool = false;
+    const DEFAULT_TABLES_SQL: &'static str =
+        include_str!("../migrations/mysql/2026-12-01-000010_upsert_kit_tables/up.sql");
+    binds!();
+    fn push_int_array(out: &mut AstPass<'_, '_, Self>, columns: &[&str]) -> QueryResult<()> {
+        // MySQL 8's JSON_ARRAY is of type JSON; the cast makes it text on both servers.
+        out.push_sql("CAST(JSON_ARRAY(");
+        crate::upsert::statement::push_identifiers(out, columns)?;
+        out.push_sql(") AS CHAR)");
+        Ok(())
+    }
+    fn push_excluded(out: &mut AstPass<'_, '_, Self>, column: &str) -> QueryResult<()> {
+        // MariaDB has no row alias (MySQL 8.0.19's `AS new`); VALUES(c) works on both, though
+        // MySQL 8.0.20+ calls it deprecated.
+        out.push_sql("VALUES(");
+        out.push_identifier(column)?;
+        out.push_sql(")");
+        Ok(())
+    }
+    fn push_on_conflict_update(out: &mut AstPass<'_, '_, Self>, _key: &[&str]) -> QueryResult<()> {
+        out.push_sql(" ON DUPLICATE KEY UPDATE ");
+        Ok(())
+    }
+}
+
 mod sealed {
     pub trait Sealed {}
+    #[cfg(feature = "mysql")]
+    impl Sealed for diesel::mysql::Mysql {}
+    #[cfg(feature = "mysql")]
+    impl Sealed for diesel::MysqlConnection {}
     #[cfg(feature = "postgres")]
     impl Sealed for diesel::pg::Pg {}
     #[cfg(feature = "sqlite")]
@@ -124,11 +183,11 @@ mod sealed {
 }
 
 /// A connection the counters, quotas and idempotency keys run on: `PgConnection`,
-/// `SqliteConnection`, or an r2d2 pooled connection of either. Sealed: its methods are the
-/// crate's plumbing.
+/// `SqliteConnection`, `MysqlConnection`, or an r2d2 pooled connection of one of them. Sealed:
+/// its methods are the crate's plumbing.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a connection upsert-kit's counters, quotas and ledgers run on",
-    note = "pass `&mut PgConnection`, `&mut SqliteConnection` or an r2d2 pooled connection of either (features `postgres`, `sqlite`, `r2d2`)"
+    note = "pass `&mut PgConnection`, `&mut SqliteConnection`, `&mut MysqlConnection` or an r2d2 pooled connection of one of them (features `postgres`, `sqlite`, `mysql`, `r2d2`)"
 )]
 pub trait WriteConnection: sealed::Sealed {
     /// The backend.
@@ -143,7 +202,7 @@ pub trait WriteConnection: sealed::Sealed {
     fn raw(&mut self) -> &mut Self::Raw;
 
     /// Runs `f` as one atomic write: a transaction (a savepoint inside the caller's) on
-    /// PostgreSQL, a `BEGIN IMMEDIATE` transaction on SQLite (one writer at a time).
+    /// PostgreSQL and MySQL, a `BEGIN IMMEDIATE` transaction on SQLite (one writer at a time).
     #[doc(hidden)]
     fn write<T>(&mut self, f: impl FnOnce(&mut Self::Raw) -> Result<T>) -> Result<T>;
 
@@ -205,8 +264,8 @@ impl<DB: Backend, ST> QueryFragment<DB> for Typed<'_, DB, ST> {
 
 impl<DB: Backend, ST, C> RunQueryDsl<C> for Typed<'_, DB, ST> {}
 
-/// Runs `f` on `c` as is: one PostgreSQL statement is atomic by itself.
-#[cfg(feature = "postgres")]
+/// Runs `f` on `c` as is: one PostgreSQL or MySQL statement is atomic by itself.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
 fn direct<C, T>(c: &mut C, f: impl FnOnce(&mut C) -> Result<T>) -> Result<T> {
     f(c)
 }
@@ -278,6 +337,11 @@ direct_connection!(diesel::PgConnection, direct, tx::transaction);
 
 #[cfg(feature = "sqlite")]
 direct_connection!(diesel::SqliteConnection, tx::sqlite_write, tx::sqlite_write);
+
+// MySQL has no `RETURNING`: the primitives run their write and the read of its row in
+// `write` (a transaction); `single` runs a statement that is atomic by itself.
+#[cfg(feature = "mysql")]
+direct_connection!(diesel::MysqlConnection, direct, tx::transaction);
 
 #[cfg(feature = "r2d2")]
 impl<C> WriteConnection for diesel::r2d2::PooledConnection<diesel::r2d2::ConnectionManager<C>>

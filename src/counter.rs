@@ -34,6 +34,15 @@
 //! (PostgreSQL refuses a total past an `INTEGER` column's range with an error, nothing written).
 //!
 //! On SQLite each statement runs in a `BEGIN IMMEDIATE` transaction (one writer at a time).
+//!
+//! On MySQL and MariaDB (no `RETURNING`) the increment and the read of the row's totals run in
+//! one transaction: `UPDATE t SET a = a + ? … WHERE key [AND bounds]`, then `SELECT
+//! CAST(JSON_ARRAY(a, b) AS CHAR) FROM t WHERE key`; the row lock taken by the write makes the
+//! read give this increment's totals. The creating form is `INSERT … ON DUPLICATE KEY UPDATE a =
+//! t.a + VALUES(a), …`; with bounds, which `ON DUPLICATE KEY` cannot put in a `WHERE`, the first
+//! assignment stores a nonce and the bounds (judged once, before any column changes) in session
+//! variables, every column is assigned only if they held, and the read returns both variables
+//! with the totals. Any isolation level, REPEATABLE READ included (tested).
 //! Under REPEATABLE READ or SERIALIZABLE on PostgreSQL, concurrent increments of one row fail
 //! with [`Error::SerializationFailure`] instead of waiting: retry them with
 //! [`Retry`](crate::Retry).
@@ -338,11 +347,26 @@ impl<'k, T: Counter> Increment<'k, T> {
             limits: self.limits,
         };
         for _ in 0..BOUND_ATTEMPTS {
+            if !<C::Backend as Dialect>::RETURNING {
+                let step = crate::tx::retry_deadlocks(conn, |c| {
+                    self.run_without_returning(c, amounts, bounds, fresh_row_fits)
+                })?;
+                match step {
+                    Step::Done(totals) => return Ok(totals),
+                    Step::Refused(row) => {
+                        if let Some(e) = self.refusal(&row) {
+                            return Err(e);
+                        }
+                        continue;
+                    }
+                }
+            }
             let texts = if self.create && fresh_row_fits {
                 let sql = UpsertIncrementSql::<T> {
                     key: self.key,
                     amounts,
                     bounds,
+                    nonce: None,
                 };
                 conn.single(|c| c.run_texts(&sql))?
             } else {
@@ -363,6 +387,7 @@ impl<'k, T: Counter> Increment<'k, T> {
             let read = ReadSql::<T> {
                 key: self.key,
                 limits: self.limits,
+                nonce: None,
             };
             let Some(text) = conn.raw().run_texts(&read)?.into_iter().next() else {
                 return Ok(None);
@@ -379,6 +404,79 @@ impl<'k, T: Counter> Increment<'k, T> {
         Err(Error::SerializationFailure(format!(
             "the counter row kept changing under a bounded increment {BOUND_ATTEMPTS} times"
         )))
+    }
+
+    /// MySQL (no `RETURNING`): the write and the read of its row in one transaction. The
+    /// creating statement records in session variables whether the key existed
+    /// (`@upsert_kit_hit`, set to a fresh nonce by the update clause only) and whether the bounds
+    /// held (`@upsert_kit_ok`, evaluated once, before any column is assigned: MySQL assigns left
+    /// to right, and a bound read after `a = a + d` would see the new `a`).
+    fn run_without_returning<C>(
+        &self,
+        conn: &mut C,
+        amounts: &[i64],
+        bounds: Bounds<'_>,
+        fresh_row_fits: bool,
+    ) -> Result<Step<T::Amounts>>
+    where
+        T: BindKey<C::Backend>,
+        C: WriteConnection,
+    {
+        let n = T::AMOUNTS.len();
+        conn.write(|c| {
+            if self.create && fresh_row_fits {
+                let nonce = fastrand::i64(1..);
+                let sql = UpsertIncrementSql::<T> {
+                    key: self.key,
+                    amounts,
+                    bounds,
+                    nonce: Some(&nonce),
+                };
+                c.run_execute(&sql)?;
+                let read = ReadSql::<T> {
+                    key: self.key,
+                    limits: false,
+                    nonce: bounds.any().then_some(&nonce),
+                };
+                let Some(text) = c.run_texts(&read)?.into_iter().next() else {
+                    return Err(Error::NotFound("the upserted counter row is gone".into()));
+                };
+                let row = crate::conn::parse_ints(&text)?;
+                if !bounds.any() {
+                    return totals_of::<T>(&row).map(|t| Step::Done(Some(t)));
+                }
+                let (hit, ok, values) = (row[0] != 0, row[1] != 0, &row[2..]);
+                if !hit || ok {
+                    return totals_of::<T>(values).map(|t| Step::Done(Some(t)));
+                }
+                Ok(Step::Refused(values.to_vec()))
+            } else {
+                let sql = IncrementSql::<T> {
+                    key: self.key,
+                    amounts,
+                    bounds,
+                };
+                let changed = c.run_execute(&sql)?;
+                let read = ReadSql::<T> {
+                    key: self.key,
+                    limits: self.limits,
+                    nonce: None,
+                };
+                let Some(text) = c.run_texts(&read)?.into_iter().next() else {
+                    return Ok(Step::Done(None));
+                };
+                let row = crate::conn::parse_ints(&text)?;
+                // Without CLIENT_FOUND_ROWS a zero increment changes nothing and counts 0; no
+                // bound refuses it either.
+                if changed > 0 || amounts.iter().all(|&d| d == 0) {
+                    return totals_of::<T>(&row[..n]).map(|t| Step::Done(Some(t)));
+                }
+                if !bounds.any() {
+                    return Ok(Step::Done(None));
+                }
+                Ok(Step::Refused(row))
+            }
+        })
     }
 
     /// The bound the increment crosses on `row` (amounts, then limits), if any.
@@ -420,9 +518,20 @@ impl<'k, T: Counter> Increment<'k, T> {
     }
 }
 
+/// What one try of an increment without `RETURNING` found.
+enum Step<A> {
+    /// The totals (or no row).
+    Done(Option<A>),
+    /// A bound refused it; the row as [`ReadSql`] reads it.
+    Refused(Vec<i64>),
+}
+
 fn totals<T: Counter>(text: &str) -> Result<T::Amounts> {
-    let values = crate::conn::parse_ints(text)?;
-    T::Amounts::from_slice(&values).ok_or_else(|| {
+    totals_of::<T>(&crate::conn::parse_ints(text)?)
+}
+
+fn totals_of<T: Counter>(values: &[i64]) -> Result<T::Amounts> {
+    T::Amounts::from_slice(values).ok_or_else(|| {
         Error::Database(diesel::result::Error::DeserializationError(
             format!("expected {} totals, got {}", T::AMOUNTS.len(), values.len()).into(),
         ))
@@ -523,8 +632,7 @@ fn walk_delta<'b, T: Counter, DB: Dialect>(
     excluded: bool,
 ) -> QueryResult<()> {
     if excluded {
-        out.push_sql("excluded.");
-        out.push_identifier(T::AMOUNTS[i])
+        DB::push_excluded(out, T::AMOUNTS[i])
     } else {
         DB::push_int(out, &amounts[i])
     }
@@ -559,8 +667,11 @@ where
         let mut first = false;
         self.bounds
             .walk::<T, DB>(&mut out, self.amounts, false, false, &mut first)?;
-        out.push_sql(" RETURNING ");
-        DB::push_int_array(&mut out, T::AMOUNTS)
+        if DB::RETURNING {
+            out.push_sql(" RETURNING ");
+            DB::push_int_array(&mut out, T::AMOUNTS)?;
+        }
+        Ok(())
     }
 }
 
@@ -570,6 +681,8 @@ struct UpsertIncrementSql<'a, T: Counter> {
     key: &'a T::Key,
     amounts: &'a [i64],
     bounds: Bounds<'a>,
+    /// MySQL with bounds: the value the update clause stores in `@upsert_kit_hit`.
+    nonce: Option<&'a i64>,
 }
 
 impl<T, DB> QueryFragment<DB> for UpsertIncrementSql<'_, T>
@@ -582,6 +695,7 @@ where
             key: self.key,
             amounts: self.amounts,
             bounds: self.bounds,
+            nonce: self.nonce,
         };
         this.walk_into(&mut out)
     }
@@ -602,6 +716,7 @@ pub(crate) fn upsert_increment_sql<'b, T: Counter + BindKey<DB>, DB: Dialect>(
             ceiling: None,
             limits: false,
         },
+        nonce: None,
     };
     sql.walk_into(out)
 }
@@ -624,9 +739,50 @@ impl<'a, T: Counter> UpsertIncrementSql<'a, T> {
             out.push_sql(", ");
             DB::push_int(out, amount)?;
         }
-        out.push_sql(") ON CONFLICT (");
-        crate::upsert::statement::push_identifiers(out, T::KEY)?;
-        out.push_sql(") DO UPDATE SET ");
+        out.push_sql(")");
+        DB::push_on_conflict_update(out, T::KEY)?;
+        if !DB::RETURNING && self.bounds.any() {
+            // MySQL: no WHERE on the update. The first assignment stores the nonce (the key
+            // existed) and the bounds, judged once on the stored row, before any column is
+            // assigned; every column then takes its new value only if they held.
+            for (i, column) in T::AMOUNTS.iter().enumerate() {
+                if i > 0 {
+                    out.push_sql(", ");
+                }
+                out.push_identifier(column)?;
+                out.push_sql(" = IF(");
+                if i == 0 {
+                    out.push_sql("(@upsert_kit_hit := ");
+                    let nonce = self.nonce.ok_or_else(|| {
+                        diesel::result::Error::QueryBuilderError(
+                            "a bounded MySQL upsert increment needs its nonce".into(),
+                        )
+                    })?;
+                    DB::push_int(out, nonce)?;
+                    // Nested IFs: each condition is evaluated before its branches, in order.
+                    out.push_sql(") IS NULL, ");
+                    out.push_identifier(column)?;
+                    out.push_sql(", IF((@upsert_kit_ok := COALESCE((");
+                    let mut first = true;
+                    let bounds = self.bounds;
+                    bounds.walk::<T, DB>(out, self.amounts, true, true, &mut first)?;
+                    out.push_sql("), FALSE)) IS NULL, ");
+                    out.push_identifier(column)?;
+                    out.push_sql(", IF(@upsert_kit_ok, ");
+                    walk_new::<T, DB>(out, i, self.amounts, true, true)?;
+                    out.push_sql(", ");
+                    out.push_identifier(column)?;
+                    out.push_sql(")))");
+                } else {
+                    out.push_sql("@upsert_kit_ok, ");
+                    walk_new::<T, DB>(out, i, self.amounts, true, true)?;
+                    out.push_sql(", ");
+                    out.push_identifier(column)?;
+                    out.push_sql(")");
+                }
+            }
+            return Ok(());
+        }
         for (i, column) in T::AMOUNTS.iter().enumerate() {
             if i > 0 {
                 out.push_sql(", ");
@@ -641,8 +797,11 @@ impl<'a, T: Counter> UpsertIncrementSql<'a, T> {
             let bounds = self.bounds;
             bounds.walk::<T, DB>(out, self.amounts, true, true, &mut first)?;
         }
-        out.push_sql(" RETURNING ");
-        DB::push_int_array(out, T::AMOUNTS)
+        if DB::RETURNING {
+            out.push_sql(" RETURNING ");
+            DB::push_int_array(out, T::AMOUNTS)?;
+        }
+        Ok(())
     }
 }
 
@@ -650,6 +809,9 @@ impl<'a, T: Counter> UpsertIncrementSql<'a, T> {
 struct ReadSql<'a, T: Counter> {
     key: &'a T::Key,
     limits: bool,
+    /// MySQL: first the session variables of a bounded upsert increment (whether the key
+    /// existed, `@upsert_kit_hit = nonce`, and whether its bounds held) as 0 or 1.
+    nonce: Option<&'a i64>,
 }
 
 impl<T, DB> QueryFragment<DB> for ReadSql<'_, T>
@@ -659,7 +821,14 @@ where
 {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
         out.push_sql("SELECT ");
-        if self.limits {
+        if let Some(nonce) = self.nonce {
+            // The variables' values then the amounts, as one JSON array (MySQL only).
+            out.push_sql("CAST(JSON_ARRAY(CAST(COALESCE(@upsert_kit_hit = ");
+            DB::push_int(&mut out, nonce)?;
+            out.push_sql(", 0) AS SIGNED), CAST(COALESCE(@upsert_kit_ok, 0) AS SIGNED), ");
+            crate::upsert::statement::push_identifiers(&mut out, T::AMOUNTS)?;
+            out.push_sql(") AS CHAR)");
+        } else if self.limits {
             let columns: Vec<&str> = T::AMOUNTS.iter().chain(T::LIMITS).copied().collect();
             DB::push_int_array(&mut out, &columns)?;
         } else {

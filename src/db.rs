@@ -1,7 +1,9 @@
 //! Connections and pools, with errors that never print a password.
 //!
-//! A database URL that starts with `postgres://` or `postgresql://` names a PostgreSQL server;
-//! anything else is an SQLite file path (`sqlite://` and `file:` prefixes are accepted).
+//! A database URL that starts with `postgres://` or `postgresql://` names a PostgreSQL server,
+//! one that starts with `mysql://` (or `mariadb://`, which [`connect_mysql`] rewrites) a MySQL or
+//! MariaDB server; anything else is an SQLite file path (`sqlite://` and `file:` prefixes are
+//! accepted).
 //!
 //! Nothing here is required: every primitive takes any Diesel connection of a supported
 //! backend. These helpers add what a cron job usually wants around Diesel's own
@@ -59,8 +61,10 @@
 //! `docs/hosted-databases.md`. Settings of your own: use `SET LOCAL` (or
 //! `set_config(…, true)`) inside the transaction that needs them.
 
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 use crate::error::{Error, Result};
+#[cfg(feature = "mysql")]
+use diesel::mysql::MysqlConnection;
 #[cfg(feature = "postgres")]
 use diesel::pg::PgConnection;
 #[cfg(feature = "r2d2")]
@@ -74,6 +78,9 @@ use std::time::Duration;
 /// An r2d2 pool of PostgreSQL connections.
 #[cfg(all(feature = "postgres", feature = "r2d2"))]
 pub type PgPool = Pool<ConnectionManager<PgConnection>>;
+/// An r2d2 pool of MySQL/MariaDB connections.
+#[cfg(all(feature = "mysql", feature = "r2d2"))]
+pub type MysqlPool = Pool<ConnectionManager<MysqlConnection>>;
 /// An r2d2 pool of SQLite connections.
 #[cfg(all(feature = "sqlite", feature = "r2d2"))]
 pub type SqlitePool = Pool<ConnectionManager<SqliteConnection>>;
@@ -83,6 +90,8 @@ pub type SqlitePool = Pool<ConnectionManager<SqliteConnection>>;
 pub enum BackendKind {
     /// A PostgreSQL server (`postgres://…`, `postgresql://…`).
     Postgres,
+    /// A MySQL or MariaDB server (`mysql://…`, `mariadb://…`).
+    Mysql,
     /// An SQLite file (any other string).
     Sqlite,
 }
@@ -93,11 +102,14 @@ impl BackendKind {
     /// ```
     /// use upsert_kit::db::BackendKind;
     /// assert_eq!(BackendKind::of("postgres://localhost/app"), BackendKind::Postgres);
+    /// assert_eq!(BackendKind::of("mysql://app@localhost/app"), BackendKind::Mysql);
     /// assert_eq!(BackendKind::of("sync.db"), BackendKind::Sqlite);
     /// ```
     pub fn of(url: &str) -> Self {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             BackendKind::Postgres
+        } else if url.starts_with("mysql://") || url.starts_with("mariadb://") {
+            BackendKind::Mysql
         } else {
             BackendKind::Sqlite
         }
@@ -320,6 +332,89 @@ impl diesel::r2d2::CustomizeConnection<PgConnection, diesel::r2d2::Error> for Po
     }
 }
 
+/// The URL Diesel's MySQL connection takes: `mariadb://` becomes `mysql://` (the same
+/// protocol; Diesel accepts only the latter).
+#[cfg(feature = "mysql")]
+fn mysql_url(url: &str) -> String {
+    match url.strip_prefix("mariadb://") {
+        Some(rest) => format!("mysql://{rest}"),
+        None => url.to_owned(),
+    }
+}
+
+/// Opens a MySQL or MariaDB connection (`mysql://user:password@host:port/database`, or
+/// `mariadb://…`). The error never contains the URL's password.
+///
+/// Diesel's connection sets the `CLIENT_FOUND_ROWS` flag, the session's time zone to UTC and
+/// its character set to `utf8mb4`; the upserts report exact outcomes whatever the flag (see
+/// [`upsert`](crate::upsert#outcomes)).
+///
+/// # Examples
+///
+/// ```
+/// # include!("doctest_setup.rs");
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let db = upsert_kit_support::TestMysql::with_sql(
+/// #     "CREATE TABLE items (id BIGINT AUTO_INCREMENT PRIMARY KEY, sku VARCHAR(64) NOT NULL UNIQUE, name TEXT NOT NULL)");
+/// # let url = db.url();
+/// use upsert_kit::{atomic_upsert, bulk_upsert, Upsert, UpsertOutcome};
+///
+/// #[derive(Upsert)]
+/// #[upsert(table = items, key(sku))]
+/// struct Item { sku: String, name: String }
+///
+/// let mut conn = upsert_kit::db::connect_mysql(url)?; // mysql://user:password@host:3306/app
+/// let anvil = Item { sku: "a-1".into(), name: "anvil".into() };
+/// assert_eq!(atomic_upsert(&mut conn, &anvil)?, UpsertOutcome::Inserted);
+/// assert_eq!(atomic_upsert(&mut conn, &anvil)?, UpsertOutcome::Updated);
+/// let outcome = bulk_upsert(&mut conn, &[anvil, Item { sku: "b-2".into(), name: "bolt".into() }])?;
+/// assert_eq!((outcome.inserted, outcome.updated), (1, 1));
+/// # Ok(()) }
+/// ```
+///
+/// # Errors
+/// [`Error::Connect`] when the server does not answer or refuses the login.
+#[cfg(feature = "mysql")]
+pub fn connect_mysql(url: &str) -> Result<MysqlConnection> {
+    let url = mysql_url(url);
+    MysqlConnection::establish(&url).map_err(|e| {
+        let password = url_password(&url);
+        Error::Connect(format!(
+            "cannot connect to {}: {}",
+            redact_url(&url),
+            redact_message_with(&e.to_string(), password.as_deref())
+        ))
+    })
+}
+
+/// Builds an r2d2 pool of `size` MySQL or MariaDB connections (a 10 s checkout timeout).
+///
+/// # Errors
+/// [`Error::Pool`] when no connection can be opened; the message never contains the password.
+///
+/// # Panics
+/// When `size` is 0.
+#[cfg(all(feature = "mysql", feature = "r2d2"))]
+pub fn mysql_pool(url: &str, size: u32) -> Result<MysqlPool> {
+    assert!(size > 0, "a pool needs at least one connection");
+    let url = mysql_url(url);
+    let password = url_password(&url);
+    Pool::builder()
+        .max_size(size)
+        .connection_timeout(Duration::from_secs(10))
+        .error_handler(Box::new(RedactingErrorHandler {
+            password: password.clone(),
+        }))
+        .build(ConnectionManager::<MysqlConnection>::new(url.clone()))
+        .map_err(|e| {
+            Error::Pool(format!(
+                "cannot open a pool on {}: {}",
+                redact_url(&url),
+                redact_message_with(&e.to_string(), password.as_deref())
+            ))
+        })
+}
+
 /// Opens an SQLite file (created if missing) set up for a writer that shares the file:
 /// WAL journal, a busy timeout, foreign keys on.
 ///
@@ -409,19 +504,19 @@ pub fn pg_pool(url: &str, size: u32) -> Result<PgPool> {
 
 /// The pool's error handler: r2d2's default one logs each failed connection attempt with the
 /// driver's message, which may quote the URL's password; this one logs it redacted.
-#[cfg(all(feature = "postgres", feature = "r2d2"))]
+#[cfg(all(any(feature = "postgres", feature = "mysql"), feature = "r2d2"))]
 struct RedactingErrorHandler {
     password: Option<String>,
 }
 
-#[cfg(all(feature = "postgres", feature = "r2d2"))]
+#[cfg(all(any(feature = "postgres", feature = "mysql"), feature = "r2d2"))]
 impl std::fmt::Debug for RedactingErrorHandler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("RedactingErrorHandler")
     }
 }
 
-#[cfg(all(feature = "postgres", feature = "r2d2"))]
+#[cfg(all(any(feature = "postgres", feature = "mysql"), feature = "r2d2"))]
 impl r2d2::HandleError<diesel::r2d2::Error> for RedactingErrorHandler {
     fn handle_error(&self, error: diesel::r2d2::Error) {
         tracing::error!(
@@ -750,7 +845,7 @@ fn replace_standalone(text: &str, needle: &str) -> String {
 /// Removes anything that looks like a password from a driver message (libpq quotes
 /// connection strings in some of its errors) and, when it is known, the password itself and
 /// its fragments (see [`scrub_secret`]).
-#[cfg(feature = "postgres")]
+#[cfg(any(feature = "postgres", feature = "mysql"))]
 pub(crate) fn redact_message_with(message: &str, password: Option<&str>) -> String {
     let shaped = redact_message(message);
     match password {

@@ -7,6 +7,20 @@
 //! shutdown `57P01`) are therefore recognised by the server's primary message, which PostgreSQL
 //! emits in English unless `lc_messages` is set to another language. On a server with translated
 //! messages those errors fall back to [`Error::Database`], which is never retried: the safe side.
+//!
+//! MySQL and MariaDB: Diesel keeps only the message (no error number), and maps 1062 (duplicate
+//! key) to a unique violation, 1213 (deadlock) to a serialization failure, 1048 to not-null,
+//! 1452 to foreign key and 3819 to check. The rest is recognised by the server's English
+//! message (`lc_messages` is `en_US` unless set otherwise), as for PostgreSQL:
+//!
+//! | error | message starts with | class |
+//! |---|---|---|
+//! | 1213 | `Deadlock found when trying to get lock` | [`Error::Deadlock`] (retryable) |
+//! | 1205 | `Lock wait timeout exceeded` | [`Error::LockTimeout`] (InnoDB undoes the statement, not the transaction) |
+//! | 1062 | `Duplicate entry '…' for key '…'` | [`Error::Constraint`], `Unique`, the key's name as the constraint |
+//! | 2006, 2013, 1927, 4031 | `… server has gone away`, `Lost connection to …`, `Connection was killed`, `The client was disconnected …` | [`Error::ConnectionLost`]; [`Error::OutcomeUnknown`] during `COMMIT` or a statement outside a transaction |
+//! | 1317 | `Query execution was interrupted` | [`Error::Cancelled`] (or [`Error::StatementTimeout`] when the message says the maximum statement time was exceeded) |
+//! | 1290, 1792 | `The MariaDB server is running with the --read-only option`, `Cannot execute statement in a READ ONLY transaction` | [`Error::Database`]: permanent on this server (after a failover, reconnect to the new primary) |
 
 use diesel::result::{DatabaseErrorInformation, DatabaseErrorKind};
 use std::fmt;
@@ -301,6 +315,17 @@ fn classify_database(
         message: message.clone(),
     };
     Some(match kind {
+        DatabaseErrorKind::UniqueViolation if info.constraint_name().is_none() => {
+            // MySQL: `Duplicate entry 'x' for key 'name'` (MySQL 8: 'table.name').
+            Error::Constraint {
+                kind: ConstraintKind::Unique,
+                constraint: mysql_duplicate_key_name(&message),
+                message: message.clone(),
+            }
+        }
+        DatabaseErrorKind::SerializationFailure if message.starts_with("Deadlock found") => {
+            Error::Deadlock(message)
+        }
         DatabaseErrorKind::UniqueViolation => constraint(ConstraintKind::Unique),
         DatabaseErrorKind::ForeignKeyViolation => constraint(ConstraintKind::ForeignKey),
         DatabaseErrorKind::NotNullViolation => constraint(ConstraintKind::NotNull),
@@ -314,9 +339,21 @@ fn classify_database(
     })
 }
 
-/// The classes Diesel leaves unnamed, recognised by PostgreSQL's (English) primary message.
+/// The index named by MySQL's `Duplicate entry '…' for key '…'`, without MySQL 8's table
+/// prefix.
+fn mysql_duplicate_key_name(message: &str) -> Option<String> {
+    let rest = message.rsplit_once(" for key '")?.1;
+    let name = rest.strip_suffix('\'')?;
+    Some(name.rsplit_once('.').map_or(name, |(_, n)| n).to_owned())
+}
+
+/// The classes Diesel leaves unnamed, recognised by PostgreSQL's (English) primary message,
+/// and MySQL's / MariaDB's.
 fn classify_by_message(message: &str) -> Option<Error> {
     let m = message.to_owned();
+    if let Some(e) = classify_mysql_message(message) {
+        return Some(e);
+    }
     if message.starts_with("deadlock detected") {
         Some(Error::Deadlock(m))
     } else if message.starts_with("canceling statement due to lock timeout")
@@ -348,6 +385,54 @@ fn classify_by_message(message: &str) -> Option<Error> {
                 .map(str::to_owned),
             message: m,
         })
+    } else {
+        None
+    }
+}
+
+/// MySQL's and MariaDB's messages of the classes Diesel leaves unnamed.
+fn classify_mysql_message(message: &str) -> Option<Error> {
+    let m = message.to_owned();
+    if message.starts_with("Lock wait timeout exceeded") {
+        Some(Error::LockTimeout(m))
+    } else if message.starts_with("Deadlock found when trying to get lock") {
+        Some(Error::Deadlock(m))
+    } else if message
+        .to_ascii_lowercase()
+        .ends_with("server has gone away")
+        || message.starts_with("Lost connection to")
+        || message.starts_with("Connection was killed")
+        || message.starts_with("The client was disconnected")
+        || message.starts_with("Server shutdown in progress")
+    {
+        Some(Error::ConnectionLost(m))
+    } else if message.starts_with("Duplicate entry ") {
+        // Diesel names the kind for prepared statements only; a plain query's error comes here.
+        Some(Error::Constraint {
+            kind: ConstraintKind::Unique,
+            constraint: mysql_duplicate_key_name(message),
+            message: m,
+        })
+    } else if let Some(rest) = message.strip_prefix("CONSTRAINT `") {
+        // MariaDB 4025: CONSTRAINT `name` failed for `db`.`table`
+        Some(Error::Constraint {
+            kind: ConstraintKind::Check,
+            constraint: rest.split_once('`').map(|(name, _)| name.to_owned()),
+            message: m,
+        })
+    } else if let Some(rest) = message.strip_prefix("Check constraint '") {
+        // MySQL 8 3819: Check constraint 'name' is violated.
+        Some(Error::Constraint {
+            kind: ConstraintKind::Check,
+            constraint: rest.split_once('\'').map(|(name, _)| name.to_owned()),
+            message: m,
+        })
+    } else if message.starts_with("Query execution was interrupted") {
+        if message.contains("max_statement_time") || message.contains("maximum statement") {
+            Some(Error::StatementTimeout(m))
+        } else {
+            Some(Error::Cancelled(m))
+        }
     } else {
         None
     }

@@ -17,6 +17,13 @@
 //! - **SQLite**: the same two statements inside one `BEGIN IMMEDIATE` transaction (a savepoint
 //!   when the caller already has a transaction open). SQLite admits one writer at a time, so
 //!   nothing can slip in between them and the read cannot miss.
+//! - **MySQL / MariaDB**: `INSERT … ON DUPLICATE KEY UPDATE k = IF((@upsert_kit_hit := nonce)
+//!   IS NULL, k, k)`, which changes nothing but records whether the key existed (not
+//!   `INSERT IGNORE`, which would turn unrelated errors into warnings), then `SELECT … FOR
+//!   UPDATE` of the row by key. The locking read sees the newest committed row even inside a
+//!   REPEATABLE READ transaction whose snapshot predates it, so there is no serialization
+//!   failure to retry on MySQL. A row colliding on another unique index than the key fails with
+//!   that index's duplicate-key error (see [`crate::upsert`]).
 //!
 //! No advisory lock is taken: the unique index is the lock. A second creator blocks on the
 //! first one's uncommitted index entry until it commits, so even rows that creation
@@ -37,12 +44,16 @@
 //! call `get_or_create` only on a miss (a plain `SELECT` by key first).
 
 use crate::error::{Error, Result};
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 use crate::tx;
 use crate::upsert::statement::{OnConflict, UpsertSql, Values};
 use crate::upsert::{BindRow, NoCondition, UpsertModel};
 use diesel::backend::Backend;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 use diesel::connection::Connection;
 use diesel::expression::{Expression, SelectableHelper};
+#[cfg(feature = "mysql")]
+use diesel::mysql::{Mysql, MysqlConnection};
 #[cfg(feature = "postgres")]
 use diesel::pg::{Pg, PgConnection};
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
@@ -145,11 +156,13 @@ where
 }
 
 /// `INSERT … ON CONFLICT (key) DO NOTHING RETURNING <selection>`.
+#[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
 struct InsertReturning<'a, M: UpsertModel, S, DB: Backend> {
     insert: UpsertSql<'a, M, NoCondition, DB>,
     selection: S,
 }
 
+#[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
 impl<'a, M: UpsertModel, S, DB: Backend> InsertReturning<'a, M, S, DB> {
     fn new(row: &'a M, selection: S) -> Self {
         InsertReturning {
@@ -193,6 +206,7 @@ where
 
 /// `SELECT <selection> FROM t WHERE k1 = $1 AND k2 = $2`: the row with `row`'s key, each key
 /// column compared with its value (so that a distributed table routes the read to one shard).
+#[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
 struct SelectByKey<'a, M: UpsertModel, S> {
     table: M::Table,
     row: &'a M,
@@ -228,6 +242,7 @@ where
 }
 
 /// One insert-then-read pair: `Ok(None)` when the row vanished in between.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 fn attempt<C, M, R, DB>(conn: &mut C, row: &M) -> Result<Option<Obtained<R>>>
 where
     DB: Backend,
@@ -303,6 +318,81 @@ where
         tx::sqlite_write(conn, |conn| {
             attempt::<_, M, R, Sqlite>(conn, row)?.ok_or_else(vanished)
         })
+    }
+}
+
+/// MySQL: `SELECT <selection> FROM t WHERE k1 = ? AND … FOR UPDATE`: the locking read sees the
+/// newest committed row even inside a REPEATABLE READ transaction whose snapshot predates it.
+#[cfg(feature = "mysql")]
+struct MysqlSelectByKey<'a, M: UpsertModel, S>(SelectByKey<'a, M, S>);
+
+#[cfg(feature = "mysql")]
+impl<M: UpsertModel, S> QueryId for MysqlSelectByKey<'_, M, S> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+#[cfg(feature = "mysql")]
+impl<M: UpsertModel, S: Expression> Query for MysqlSelectByKey<'_, M, S> {
+    type SqlType = S::SqlType;
+}
+
+#[cfg(feature = "mysql")]
+impl<M: UpsertModel, S, Conn> RunQueryDsl<Conn> for MysqlSelectByKey<'_, M, S> {}
+
+#[cfg(feature = "mysql")]
+impl<M, S> QueryFragment<Mysql> for MysqlSelectByKey<'_, M, S>
+where
+    M: BindRow<Mysql>,
+    M::Table: QueryFragment<Mysql>,
+    S: QueryFragment<Mysql>,
+{
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Mysql>) -> QueryResult<()> {
+        self.0.walk_ast(out.reborrow())?;
+        out.push_sql(" FOR UPDATE");
+        Ok(())
+    }
+}
+
+/// MySQL: `INSERT … ON DUPLICATE KEY UPDATE` that changes nothing but records whether the key
+/// existed (see [`crate::upsert`]'s MySQL notes; not `INSERT IGNORE`, which turns unrelated
+/// errors into warnings), then the read. A row that collides on another unique index than the
+/// key fails with that index's duplicate-key error, as on PostgreSQL.
+#[cfg(feature = "mysql")]
+impl<M, R> GetOrCreate<MysqlConnection, R> for M
+where
+    M: BindRow<Mysql>,
+    M::Table: QueryFragment<Mysql>,
+    R: Selectable<Mysql>,
+    for<'a> MysqlSelectByKey<'a, M, diesel::dsl::AsSelect<R, Mysql>>:
+        LoadQuery<'a, MysqlConnection, R>,
+{
+    fn get_or_create_validated(conn: &mut MysqlConnection, row: &Self) -> Result<Obtained<R>> {
+        for _ in 0..GET_OR_CREATE_ATTEMPTS {
+            let outcome = <M as crate::upsert::Upsertable<MysqlConnection>>::upsert_one(
+                conn,
+                row,
+                &[],
+                None::<&NoCondition>,
+            )?;
+            let found = MysqlSelectByKey(SelectByKey {
+                table: M::Table::default(),
+                row,
+                selection: R::as_select(),
+            })
+            .load::<R>(conn)?;
+            if let Some(found) = found.into_iter().next() {
+                return Ok(Obtained {
+                    row: found,
+                    created: outcome == crate::UpsertOutcome::Inserted,
+                });
+            }
+            tracing::debug!(
+                model = std::any::type_name::<M>(),
+                "get-or-create: the row vanished before it was read; trying again"
+            );
+        }
+        Err(vanished())
     }
 }
 

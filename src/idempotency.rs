@@ -39,7 +39,15 @@
 //! is then read as above.
 //!
 //! Under REPEATABLE READ or SERIALIZABLE, a repeat of a key committed after the caller's
-//! snapshot is a [`Error::SerializationFailure`]: retry the caller's transaction.
+//! snapshot is a [`Error::SerializationFailure`] on PostgreSQL: retry the caller's transaction.
+//!
+//! On MySQL and MariaDB the claim is `INSERT … ON DUPLICATE KEY UPDATE key = IF((@upsert_kit_hit
+//! := nonce) IS NULL, key, key)` (a no-op update that records that the key was taken; not
+//! `INSERT IGNORE`) and `SELECT … WHERE NOT COALESCE(@upsert_kit_hit = nonce, FALSE)`; an
+//! in-flight first call holds the key's row lock, so a repeat waits for its commit or rollback
+//! as on PostgreSQL. The stored result is read `LOCK IN SHARE MODE`, which sees the newest
+//! committed row at any isolation level, REPEATABLE READ included. [`increment_once`] runs as
+//! [`run`] around the counter increment (one transaction).
 
 use crate::conn::{BindKey, Dialect, WriteConnection};
 use crate::counter::{Amounts, Counter};
@@ -337,13 +345,24 @@ where
 {
     let mut f = Some(f);
     for _ in 0..KEY_ATTEMPTS {
+        let nonce = fastrand::i64(1..);
         let outcome = conn.write(|c| {
             let claim: Sql<'_, L> = Sql::Claim {
                 key: key.as_str(),
                 fingerprint,
                 at: &at,
+                nonce: &nonce,
             };
-            if c.run_ints(&claim)?.is_empty() {
+            let claimed = if <C::Backend as Dialect>::RETURNING {
+                !c.run_ints(&claim)?.is_empty()
+            } else {
+                // MySQL: the claim's update clause (run only when the key exists) stores the
+                // nonce in @upsert_kit_hit.
+                c.run_execute(&claim)?;
+                let claimed: Sql<'_, L> = Sql::Claimed { nonce: &nonce };
+                !c.run_ints(&claimed)?.is_empty()
+            };
+            if !claimed {
                 return Ok(None);
             }
             let f = f
@@ -552,15 +571,20 @@ where
 /// The ledger statements.
 enum Sql<'a, L> {
     /// `INSERT INTO l (key, fingerprint, result, created_at) VALUES ($1, $2, NULL, $3)
-    /// ON CONFLICT (key) DO NOTHING RETURNING 1`.
+    /// ON CONFLICT (key) DO NOTHING RETURNING 1`; on MySQL (no `RETURNING`, and not
+    /// `INSERT IGNORE`, which turns other errors into warnings) `… ON DUPLICATE KEY UPDATE
+    /// key = IF((@upsert_kit_hit := $nonce) IS NULL, key, key)`, which changes nothing.
     Claim {
         key: &'a str,
         fingerprint: &'a str,
         at: &'a NaiveDateTime,
+        nonce: &'a i64,
     },
+    /// MySQL: one row when the claim inserted (`@upsert_kit_hit` is not its nonce).
+    Claimed { nonce: &'a i64 },
     /// `UPDATE l SET result = $1 WHERE key = $2`.
     Store { key: &'a str, result: &'a str },
-    /// `SELECT fingerprint, result FROM l WHERE key = $1`.
+    /// `SELECT fingerprint, result FROM l WHERE key = $1` (`LOCK IN SHARE MODE` on MySQL).
     Read { key: &'a str },
     /// `DELETE FROM l WHERE created_at < $1`.
     Prune { older_than: &'a NaiveDateTime },
@@ -579,6 +603,7 @@ where
                 key,
                 fingerprint,
                 at,
+                nonce,
             } => {
                 out.push_sql("INSERT INTO ");
                 L::walk_table(out.reborrow())?;
@@ -593,9 +618,30 @@ where
                 DB::push_text(&mut out, fingerprint)?;
                 out.push_sql(", NULL, ");
                 DB::push_timestamp(&mut out, at)?;
+                if !DB::RETURNING {
+                    out.push_sql(")");
+                    DB::push_on_conflict_update(&mut out, &[L::KEY])?;
+                    out.push_identifier(L::KEY)?;
+                    out.push_sql(" = IF((@upsert_kit_hit := ");
+                    DB::push_int(&mut out, nonce)?;
+                    out.push_sql(") IS NULL, ");
+                    out.push_identifier(L::KEY)?;
+                    out.push_sql(", ");
+                    out.push_identifier(L::KEY)?;
+                    out.push_sql(")");
+                    return Ok(());
+                }
                 out.push_sql(") ON CONFLICT (");
                 out.push_identifier(L::KEY)?;
                 out.push_sql(") DO NOTHING RETURNING CAST(1 AS BIGINT)");
+                Ok(())
+            }
+            Sql::Claimed { nonce } => {
+                out.push_sql(
+                    "SELECT CAST(1 AS SIGNED) FROM DUAL WHERE NOT COALESCE(@upsert_kit_hit = ",
+                );
+                DB::push_int(&mut out, nonce)?;
+                out.push_sql(", FALSE)");
                 Ok(())
             }
             Sql::Store { key, result } => {
@@ -618,7 +664,13 @@ where
                 out.push_sql(" WHERE ");
                 out.push_identifier(L::KEY)?;
                 out.push_sql(" = ");
-                DB::push_text(&mut out, key)
+                DB::push_text(&mut out, key)?;
+                if !DB::RETURNING {
+                    // MySQL: a locking read sees the newest committed row, also inside a
+                    // REPEATABLE READ transaction whose snapshot predates it.
+                    out.push_sql(" LOCK IN SHARE MODE");
+                }
+                Ok(())
             }
             Sql::Prune { older_than } => {
                 out.push_sql("DELETE FROM ");

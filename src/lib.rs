@@ -6,6 +6,7 @@
     not(all(
         feature = "postgres",
         feature = "sqlite",
+        feature = "mysql",
         feature = "r2d2",
         feature = "derive"
     )),
@@ -126,9 +127,9 @@ pub use upsert::{
 #[cfg(feature = "derive")]
 pub use upsert_kit_derive::Upsert;
 
-#[cfg(not(any(feature = "postgres", feature = "sqlite")))]
+#[cfg(not(any(feature = "postgres", feature = "sqlite", feature = "mysql")))]
 compile_error!(
-    "upsert-kit needs at least one backend: enable the `postgres` or the `sqlite` feature"
+    "upsert-kit needs at least one backend: enable the `postgres`, `sqlite` or `mysql` feature"
 );
 
 #[doc(hidden)]

@@ -37,6 +37,16 @@
 //! On SQLite (no data-modifying `WITH`) the same steps run as two statements inside one
 //! `BEGIN IMMEDIATE` transaction, which holds the single write lock: the same sums hold.
 //!
+//! On MySQL and MariaDB (neither `RETURNING` nor writable `WITH`) each call is one transaction
+//! of the same conditional statements followed by a read: consume is the `UPDATE`, then `SELECT
+//! limit, used, reserved`; reserve the `UPDATE`, the `INSERT` of the reservation and `SELECT
+//! LAST_INSERT_ID()`; commit and release lock the quota row (`SELECT … FOR UPDATE`), read the
+//! reservation `FOR UPDATE`, `DELETE` it and update the quota. The quota row comes first in every
+//! writer, so InnoDB's gap locks on the reservations cannot make reserve and commit deadlock;
+//! a deadlock victim outside a caller's transaction is run again. Any isolation level, the
+//! default REPEATABLE READ included (tested): every decision is made by a locking statement on
+//! the newest committed row.
+//!
 //! # Soft limits
 //! [`try_consume_soft`] allows an overshoot of up to a stated margin (`used + reserved + n <=
 //! limit + margin`) and reports it ([`QuotaUsage::overshoot`]): for limits where refusing is worse
@@ -343,6 +353,17 @@ where
             amount: &amount,
             margin: &margin,
         };
+        if !<C::Backend as Dialect>::RETURNING {
+            // MySQL: the update, then the row it changed, in one transaction.
+            return crate::tx::retry_deadlocks(conn, |conn| {
+                conn.write(|c| {
+                    if c.run_execute(&sql)? == 0 {
+                        return Ok(None);
+                    }
+                    read_row::<Q, _>(c, key)
+                })
+            });
+        }
         Ok(conn
             .single(|c| c.run_int3(&sql))?
             .into_iter()
@@ -400,20 +421,32 @@ where
             };
             Ok(conn.single(|c| c.run_ints(&sql))?.into_iter().next())
         } else {
-            conn.write(|c| {
-                let held: Sql<'_, Q> = Sql::ReserveUpdate {
-                    key,
-                    amount: &amount,
-                };
-                if c.run_int3(&held)?.is_empty() {
-                    return Ok(None);
-                }
-                let insert: Sql<'_, Q> = Sql::ReserveInsert {
-                    key,
-                    amount: &amount,
-                    expires_at: &expires_at,
-                };
-                Ok(c.run_ints(&insert)?.into_iter().next())
+            crate::tx::retry_deadlocks(conn, |conn| {
+                conn.write(|c| {
+                    let held: Sql<'_, Q> = Sql::ReserveUpdate {
+                        key,
+                        amount: &amount,
+                    };
+                    let held = if <C::Backend as Dialect>::RETURNING {
+                        !c.run_int3(&held)?.is_empty()
+                    } else {
+                        c.run_execute(&held)? > 0
+                    };
+                    if !held {
+                        return Ok(None);
+                    }
+                    let insert: Sql<'_, Q> = Sql::ReserveInsert {
+                        key,
+                        amount: &amount,
+                        expires_at: &expires_at,
+                    };
+                    if !<C::Backend as Dialect>::RETURNING {
+                        c.run_execute(&insert)?;
+                        let last: Sql<'_, Q> = Sql::LastId;
+                        return Ok(c.run_ints(&last)?.into_iter().next());
+                    }
+                    Ok(c.run_ints(&insert)?.into_iter().next())
+                })
             })
         }
     };
@@ -526,22 +559,39 @@ where
             .next()
             .map(QuotaUsage::from))
     } else {
-        conn.write(|c| {
-            let take: Sql<'_, Q> = Sql::Take {
-                id,
-                key,
-                actual: &actual,
-                at,
-            };
-            let Some(amount) = c.run_ints(&take)?.into_iter().next() else {
-                return Ok(None);
-            };
-            let sql: Sql<'_, Q> = Sql::Settle {
-                key,
-                actual: &actual,
-                amount: &amount,
-            };
-            Ok(c.run_int3(&sql)?.into_iter().next().map(QuotaUsage::from))
+        crate::tx::retry_deadlocks(conn, |conn| {
+            conn.write(|c| {
+                if !<C::Backend as Dialect>::RETURNING {
+                    // MySQL: the quota row first, as `reserve` takes it, so that neither waits on
+                    // the other's gap lock in the reservations while holding what the other needs.
+                    let lock: Sql<'_, Q> = Sql::LockQuota { key };
+                    c.run_ints(&lock)?;
+                }
+                let take: Sql<'_, Q> = Sql::Take {
+                    id,
+                    key,
+                    actual: &actual,
+                    at,
+                };
+                let Some(amount) = c.run_ints(&take)?.into_iter().next() else {
+                    return Ok(None);
+                };
+                if !<C::Backend as Dialect>::RETURNING {
+                    // MySQL: `take` read the reservation FOR UPDATE; delete it now.
+                    let drop: Sql<'_, Q> = Sql::Drop { id, key };
+                    c.run_execute(&drop)?;
+                }
+                let sql: Sql<'_, Q> = Sql::Settle {
+                    key,
+                    actual: &actual,
+                    amount: &amount,
+                };
+                if !<C::Backend as Dialect>::RETURNING {
+                    c.run_execute(&sql)?;
+                    return read_row::<Q, _>(c, key);
+                }
+                Ok(c.run_int3(&sql)?.into_iter().next().map(QuotaUsage::from))
+            })
         })
     }
 }
@@ -595,11 +645,13 @@ where
             .next()
             .unwrap_or(0)
     } else {
-        conn.write(|c| {
-            let update: Sql<'_, Q> = Sql::SweepUpdate { key, at };
-            c.run_execute(&update)?;
-            let delete: Sql<'_, Q> = Sql::SweepDelete { key, at };
-            Ok(c.run_execute(&delete)? as i64)
+        crate::tx::retry_deadlocks(conn, |conn| {
+            conn.write(|c| {
+                let update: Sql<'_, Q> = Sql::SweepUpdate { key, at };
+                c.run_execute(&update)?;
+                let delete: Sql<'_, Q> = Sql::SweepDelete { key, at };
+                Ok(c.run_execute(&delete)? as i64)
+            })
         })?
     };
     if n > 0 {
@@ -671,6 +723,16 @@ where
 {
     Q::validate_key(key)?;
     read::<Q, C>(conn, key)
+}
+
+/// The quota row with `key`, read on `c` (inside the caller's transaction, if any).
+fn read_row<Q, C>(c: &mut C, key: &Q::Key) -> Result<Option<QuotaUsage>>
+where
+    Q: BindQuota<C::Backend>,
+    C: WriteConnection,
+{
+    let sql: Sql<'_, Q> = Sql::Read { key };
+    Ok(c.run_int3(&sql)?.into_iter().next().map(QuotaUsage::from))
 }
 
 fn read<Q, C>(conn: &mut C, key: &Q::Key) -> Result<Option<QuotaUsage>>
@@ -763,6 +825,12 @@ enum Sql<'a, Q: Quota> {
     },
     /// `SELECT limit, used, reserved FROM q WHERE key`.
     Read { key: &'a Q::Key },
+    /// MySQL: the id the reservation insert generated, `SELECT LAST_INSERT_ID()`.
+    LastId,
+    /// MySQL: `SELECT 1 FROM q WHERE key FOR UPDATE`, the quota row locked first.
+    LockQuota { key: &'a Q::Key },
+    /// MySQL: `DELETE FROM r WHERE id = $id AND key` (after [`Sql::Take`] read it `FOR UPDATE`).
+    Drop { id: &'a i64, key: &'a Q::Key },
 }
 
 fn col<DB: Dialect>(out: &mut AstPass<'_, '_, DB>, name: &str) -> QueryResult<()> {
@@ -789,8 +857,11 @@ fn rcol<Q: BindQuota<DB>, DB: Dialect>(
     out.push_identifier(name)
 }
 
-/// ` RETURNING limit, used, reserved`.
+/// ` RETURNING limit, used, reserved` (nothing on MySQL).
 fn returning_usage<Q: Quota, DB: Dialect>(out: &mut AstPass<'_, '_, DB>) -> QueryResult<()> {
+    if !DB::RETURNING {
+        return Ok(());
+    }
     out.push_sql(" RETURNING ");
     crate::upsert::statement::push_identifiers(out, &[Q::LIMIT, Q::USED, Q::RESERVED])
 }
@@ -861,12 +932,16 @@ fn walk_insert_reservation<'b, Q: BindQuota<DB>, DB: Dialect>(
         }
         None => out.push_sql(")"),
     }
-    out.push_sql(" RETURNING ");
-    col(out, Q::RESERVATION_ID)
+    if DB::RETURNING {
+        out.push_sql(" RETURNING ");
+        col(out, Q::RESERVATION_ID)?;
+    }
+    Ok(())
 }
 
 /// `DELETE FROM r WHERE id = $id AND key AND amount >= $actual [AND expires_at > $at]
-/// RETURNING amount AS __kit_amount`.
+/// RETURNING amount AS __kit_amount`; on MySQL `SELECT amount FROM r WHERE … FOR UPDATE`
+/// (followed by [`Sql::Drop`]).
 fn walk_take<'b, Q: BindQuota<DB>, DB: Dialect>(
     out: &mut AstPass<'_, 'b, DB>,
     id: &'b i64,
@@ -874,7 +949,13 @@ fn walk_take<'b, Q: BindQuota<DB>, DB: Dialect>(
     actual: &'b i64,
     at: Option<&'b NaiveDateTime>,
 ) -> QueryResult<()> {
-    out.push_sql("DELETE FROM ");
+    if DB::RETURNING {
+        out.push_sql("DELETE FROM ");
+    } else {
+        out.push_sql("SELECT ");
+        col(out, Q::RESERVATION_AMOUNT)?;
+        out.push_sql(" FROM ");
+    }
     Q::walk_reservations(out.reborrow())?;
     out.push_sql(" WHERE ");
     col(out, Q::RESERVATION_ID)?;
@@ -891,6 +972,10 @@ fn walk_take<'b, Q: BindQuota<DB>, DB: Dialect>(
         col(out, Q::RESERVATION_EXPIRES_AT)?;
         out.push_sql(" > ");
         DB::push_timestamp(out, at)?;
+    }
+    if !DB::RETURNING {
+        out.push_sql(" FOR UPDATE");
+        return Ok(());
     }
     out.push_sql(" RETURNING ");
     col(out, Q::RESERVATION_AMOUNT)?;
@@ -1125,6 +1210,28 @@ where
                 out.push_sql(" FROM ");
                 Q::walk_table(out.reborrow())?;
                 out.push_sql(" WHERE ");
+                Q::walk_key(key, KeyStyle::Match, out.reborrow())
+            }
+            Sql::LastId => {
+                out.push_sql("SELECT CAST(LAST_INSERT_ID() AS SIGNED)");
+                Ok(())
+            }
+            Sql::LockQuota { key } => {
+                out.push_sql("SELECT CAST(1 AS SIGNED) FROM ");
+                Q::walk_table(out.reborrow())?;
+                out.push_sql(" WHERE ");
+                Q::walk_key(key, KeyStyle::Match, out.reborrow())?;
+                out.push_sql(" FOR UPDATE");
+                Ok(())
+            }
+            Sql::Drop { id, key } => {
+                out.push_sql("DELETE FROM ");
+                Q::walk_reservations(out.reborrow())?;
+                out.push_sql(" WHERE ");
+                col(out, Q::RESERVATION_ID)?;
+                out.push_sql(" = ");
+                DB::push_int(out, id)?;
+                out.push_sql(" AND ");
                 Q::walk_key(key, KeyStyle::Match, out.reborrow())
             }
         }

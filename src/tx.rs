@@ -175,3 +175,40 @@ pub(crate) fn sqlite_write<T>(
 ) -> Result<T> {
     immediate_transaction(conn, f)
 }
+
+/// How many times a MySQL write of the crate's own is run when InnoDB picks it as a deadlock's
+/// victim (concurrent first inserts of one key can deadlock on the index's gap locks).
+#[cfg(feature = "mysql")]
+pub(crate) const DEADLOCK_ATTEMPTS: u32 = 5;
+
+/// Runs `f` (a write whose every statement the crate sends, with no effect outside the
+/// database) again when the server rolled it back as a deadlock victim ([`Error::Deadlock`]),
+/// up to [`DEADLOCK_ATTEMPTS`] times, unless a transaction of the caller's is open: InnoDB
+/// then rolled back the caller's whole transaction, which only the caller can re-run.
+pub(crate) fn retry_deadlocks<C, T>(
+    conn: &mut C,
+    mut f: impl FnMut(&mut C) -> Result<T>,
+) -> Result<T>
+where
+    C: crate::conn::WriteConnection,
+{
+    #[cfg(feature = "mysql")]
+    {
+        if !in_transaction(conn.raw()) {
+            let mut attempt = 1;
+            loop {
+                match f(conn) {
+                    Err(Error::Deadlock(m)) if attempt < DEADLOCK_ATTEMPTS => {
+                        tracing::debug!(attempt, "deadlock victim, running the write again: {m}");
+                        attempt += 1;
+                        std::thread::sleep(std::time::Duration::from_millis(fastrand::u64(
+                            1..=5 * u64::from(attempt),
+                        )));
+                    }
+                    other => return other,
+                }
+            }
+        }
+    }
+    f(conn)
+}

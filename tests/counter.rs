@@ -1,4 +1,5 @@
-//! Generic counters on tables these tests declare themselves, on PostgreSQL and SQLite:
+//! Generic counters on tables these tests declare themselves, on PostgreSQL, SQLite and
+//! MySQL/MariaDB (at its default REPEATABLE READ):
 //! exact sums under concurrency, first increments of a fresh key, bounds never crossed, and the
 //! naive read-add-write losing counts on the same schedule (RELIABILITY case 7).
 
@@ -6,7 +7,7 @@ use diesel::prelude::*;
 use std::sync::{Arc, Barrier};
 use upsert_kit::counter::{increment, upsert_increment, Increment};
 use upsert_kit::{BoundKind, Error};
-use upsert_kit_support::{race, TestDb, TestSqlite};
+use upsert_kit_support::{race, TestDb, TestMysql, TestSqlite};
 
 diesel::table! {
     /// Page views and bytes served, with a limit per column.
@@ -46,6 +47,21 @@ CREATE TABLE daily (user_id BIGINT NOT NULL, day DATE NOT NULL,
     calls INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (user_id, day));";
 
 const SQLITE_SQL: &str = PG_SQL;
+
+const MYSQL_SQL: &str = "
+CREATE TABLE hits (page VARCHAR(255) PRIMARY KEY, views BIGINT NOT NULL DEFAULT 0,
+    bytes BIGINT NOT NULL DEFAULT 0, max_views BIGINT NOT NULL DEFAULT 0,
+    max_bytes BIGINT NOT NULL DEFAULT 0);
+CREATE TABLE daily (user_id BIGINT NOT NULL, day DATE NOT NULL,
+    calls INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (user_id, day));";
+
+fn mysql_views(conn: &mut MysqlConnection, page: &str) -> i64 {
+    hits::table
+        .filter(hits::page.eq(page))
+        .select(hits::views)
+        .get_result(conn)
+        .unwrap()
+}
 
 fn views(conn: &mut PgConnection, page: &str) -> i64 {
     hits::table
@@ -362,4 +378,200 @@ fn the_same_call_runs_on_a_plain_sqlite_connection() {
             ..
         })
     ));
+}
+
+/// MySQL: the naive read-add-write loses counts on the barrier's schedule; the increment (an
+/// `UPDATE … SET c = c + d`, then the row read in the same transaction) loses none, and its
+/// totals are each caller's own.
+#[test]
+fn on_mysql_increments_sum_exactly_where_the_naive_read_add_write_loses_counts() {
+    const THREADS: usize = 16;
+    const ROUNDS: usize = 20;
+    let db = TestMysql::with_sql(MYSQL_SQL);
+    let pool = db.pool(THREADS as u32);
+    let mut conn = db.conn();
+    diesel::sql_query("INSERT INTO hits (page) VALUES ('naive'), ('atomic')")
+        .execute(&mut conn)
+        .unwrap();
+    let barrier = Arc::new(Barrier::new(THREADS));
+    let (p, b) = (pool.clone(), barrier.clone());
+    race(THREADS, move |_| {
+        let mut conn = p.get().unwrap();
+        for _ in 0..ROUNDS {
+            let seen = mysql_views(&mut conn, "naive");
+            b.wait();
+            diesel::update(hits::table.filter(hits::page.eq("naive")))
+                .set(hits::views.eq(seen + 1))
+                .execute(&mut conn)
+                .unwrap();
+            b.wait();
+        }
+    });
+    assert_eq!(mysql_views(&mut conn, "naive"), ROUNDS as i64);
+    let (p, b) = (pool.clone(), barrier);
+    let totals = race(THREADS, move |_| {
+        let mut conn = p.get().unwrap();
+        let key = "atomic".to_owned();
+        let mut seen = Vec::new();
+        for _ in 0..ROUNDS {
+            b.wait();
+            seen.push(
+                increment::<Hits, _>(&mut conn, &key, [1, 10])
+                    .unwrap()
+                    .unwrap()[0],
+            );
+            b.wait();
+        }
+        seen
+    });
+    assert_eq!(mysql_views(&mut conn, "atomic"), (THREADS * ROUNDS) as i64);
+    let mut all: Vec<i64> = totals.into_iter().flatten().collect();
+    all.sort_unstable();
+    assert_eq!(
+        all,
+        (1..=(THREADS * ROUNDS) as i64).collect::<Vec<_>>(),
+        "every caller got the totals of its own increment"
+    );
+}
+
+#[test]
+fn on_mysql_first_increments_of_a_fresh_key_create_one_row_and_bounds_hold() {
+    let db = TestMysql::with_sql(MYSQL_SQL);
+    let pool = db.pool(16);
+    let p = pool.clone();
+    let totals = race(16, move |_| {
+        let mut conn = p.get().unwrap();
+        upsert_increment::<Daily, _>(&mut conn, &(7, day()), [3]).unwrap()[0]
+    });
+    let mut sorted = totals.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, (1..=16).map(|i| i * 3).collect::<Vec<i64>>());
+    let mut conn = db.conn();
+    let rows: Vec<i32> = daily::table.select(daily::calls).load(&mut conn).unwrap();
+    assert_eq!(rows, vec![48]);
+
+    // A bounded creating increment from 16 threads on a fresh key: the ceiling of 20 is reached
+    // exactly, never crossed; the refused ones say so and write nothing.
+    let p = pool.clone();
+    let outcomes = race(16, move |_| {
+        let mut conn = p.get().unwrap();
+        let key = (8, day());
+        let (mut ok, mut refused) = (0, 0);
+        for _ in 0..5 {
+            match Increment::<Daily>::new(&key, [1])
+                .at_most(20)
+                .creating()
+                .run(&mut conn)
+            {
+                Ok(Some(t)) => {
+                    assert!(t[0] <= 20);
+                    ok += 1;
+                }
+                Err(Error::CounterBound {
+                    bound: BoundKind::Ceiling,
+                    current: 20,
+                    ..
+                }) => refused += 1,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        (ok, refused)
+    });
+    let ok: i32 = outcomes.iter().map(|o| o.0).sum();
+    let refused: i32 = outcomes.iter().map(|o| o.1).sum();
+    assert_eq!((ok, refused), (20, 16 * 5 - 20));
+    let calls: i32 = daily::table
+        .filter(daily::user_id.eq(8))
+        .select(daily::calls)
+        .get_result(&mut conn)
+        .unwrap();
+    assert_eq!(calls, 20);
+
+    let too_big = Increment::<Daily>::new(&(9, day()), [11])
+        .at_most(10)
+        .creating()
+        .run(&mut conn)
+        .unwrap();
+    assert_eq!(too_big, None, "no row is created above the ceiling");
+    let zero = Increment::<Daily>::new(&(8, day()), [0])
+        .at_most(20)
+        .creating()
+        .run(&mut conn)
+        .unwrap();
+    assert_eq!(
+        zero,
+        Some([20]),
+        "a zero increment is no move towards the bound"
+    );
+}
+
+#[test]
+fn on_mysql_limits_and_floors_are_never_crossed_and_a_refusal_writes_no_column() {
+    let db = TestMysql::with_sql(MYSQL_SQL);
+    let pool = db.pool(16);
+    let mut conn = db.conn();
+    diesel::sql_query("INSERT INTO hits (page, max_views, max_bytes) VALUES ('p', 100, 1000000)")
+        .execute(&mut conn)
+        .unwrap();
+    diesel::sql_query("INSERT INTO hits (page, views) VALUES ('stock', 50)")
+        .execute(&mut conn)
+        .unwrap();
+    let p = pool.clone();
+    let outcomes = race(16, move |_| {
+        let mut conn = p.get().unwrap();
+        let (key, stock) = ("p".to_owned(), "stock".to_owned());
+        let (mut ok, mut refused, mut taken) = (0_i64, 0_i64, 0_i64);
+        for _ in 0..20 {
+            match Increment::<Hits>::new(&key, [1, 1])
+                .within_limits()
+                .run(&mut conn)
+            {
+                Ok(Some(t)) => {
+                    assert!(t[0] <= 100);
+                    ok += 1;
+                }
+                Err(Error::CounterBound {
+                    column,
+                    bound: BoundKind::Limit,
+                    limit: 100,
+                    ..
+                }) if column == "views" => refused += 1,
+                other => panic!("unexpected {other:?}"),
+            }
+            match Increment::<Hits>::new(&stock, [-1, 0])
+                .at_least(0)
+                .run(&mut conn)
+            {
+                Ok(Some(t)) => {
+                    assert!(t[0] >= 0);
+                    taken += 1;
+                }
+                Err(Error::CounterBound {
+                    bound: BoundKind::Floor,
+                    current: 0,
+                    ..
+                }) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        (ok, refused, taken)
+    });
+    let ok: i64 = outcomes.iter().map(|o| o.0).sum();
+    let refused: i64 = outcomes.iter().map(|o| o.1).sum();
+    let taken: i64 = outcomes.iter().map(|o| o.2).sum();
+    assert_eq!((ok, refused, taken), (100, 16 * 20 - 100, 50));
+    assert_eq!(mysql_views(&mut conn, "p"), 100);
+    assert_eq!(mysql_views(&mut conn, "stock"), 0);
+    let bytes: i64 = hits::table
+        .filter(hits::page.eq("p"))
+        .select(hits::bytes)
+        .get_result(&mut conn)
+        .unwrap();
+    assert_eq!(bytes, 100, "a refused increment writes no column at all");
+    assert_eq!(
+        increment::<Hits, _>(&mut conn, &"nowhere".to_owned(), [1, 1]).unwrap(),
+        None
+    );
+    let zero = increment::<Hits, _>(&mut conn, &"p".to_owned(), [0, 0]).unwrap();
+    assert_eq!(zero, Some([100, 100]), "a zero increment reads the row");
 }

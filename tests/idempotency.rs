@@ -1,13 +1,14 @@
 //! Idempotency keys on a ledger these tests declare themselves (RELIABILITY cases 8 and 9):
 //! concurrent and sequential repeats applied once, a changed payload refused, a repeat while
-//! the first call is in flight, failed first calls, pruning, on PostgreSQL and SQLite.
+//! the first call is in flight, failed first calls, pruning, on PostgreSQL, SQLite and
+//! MySQL/MariaDB (at its default REPEATABLE READ).
 
 use diesel::prelude::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use upsert_kit::idempotency::{increment_once, prune, run, IdempotencyKey, Idempotent};
 use upsert_kit::Error;
-use upsert_kit_support::{race, TestDb, TestSqlite};
+use upsert_kit_support::{race, TestDb, TestMysql, TestSqlite};
 
 diesel::table! {
     /// A ledger with column names of its own.
@@ -54,6 +55,12 @@ CREATE TABLE request_log (request_id TEXT PRIMARY KEY NOT NULL, request_hash TEX
     response TEXT, first_seen TIMESTAMP NOT NULL);
 CREATE TABLE visits (page TEXT PRIMARY KEY NOT NULL, n BIGINT NOT NULL DEFAULT 0);
 CREATE TABLE orders (id INTEGER PRIMARY KEY, note TEXT NOT NULL);";
+
+const MYSQL_SQL: &str = "
+CREATE TABLE request_log (request_id VARCHAR(255) NOT NULL PRIMARY KEY, request_hash TEXT NOT NULL,
+    response TEXT, first_seen DATETIME(6) NOT NULL);
+CREATE TABLE visits (page VARCHAR(255) NOT NULL PRIMARY KEY, n BIGINT NOT NULL DEFAULT 0);
+CREATE TABLE orders (id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY, note TEXT NOT NULL);";
 
 fn now() -> chrono::NaiveDateTime {
     chrono::NaiveDate::from_ymd_opt(2026, 12, 1)
@@ -358,4 +365,119 @@ fn eight_concurrent_repeats_and_three_sequential_ones_count_once_on_one_sqlite_f
         prune::<RequestLog, _>(&mut conn, now() + chrono::Duration::seconds(1)).unwrap(),
         1
     );
+}
+
+#[test]
+fn eight_concurrent_repeats_and_three_sequential_ones_count_once_on_mysql() {
+    let db = TestMysql::with_sql(MYSQL_SQL);
+    let pool = db.pool(8);
+    let mut conn = repeat_hit_8_at_once_and_3_after!(db, pool);
+    let rows: i64 = request_log::table.count().get_result(&mut conn).unwrap();
+    assert_eq!(rows, 1);
+    assert_eq!(
+        prune::<RequestLog, _>(&mut conn, now() + chrono::Duration::seconds(1)).unwrap(),
+        1
+    );
+}
+
+#[test]
+fn eight_concurrent_repeats_and_three_sequential_ones_run_the_write_once_on_mysql() {
+    let db = TestMysql::with_sql(MYSQL_SQL);
+    let pool = db.pool(8);
+    let runs = Arc::new(AtomicUsize::new(0));
+    let (p, r) = (pool.clone(), runs.clone());
+    let mut outcomes: Vec<Idempotent<serde_json::Value>> = race(8, move |_| {
+        let mut conn = p.get().unwrap();
+        let r = r.clone();
+        run::<RequestLog, _, _, _>(&mut conn, &key("order-1"), "sku=a", now(), move |c| {
+            r.fetch_add(1, Ordering::SeqCst);
+            place_order(c, "a")
+        })
+        .unwrap()
+    });
+    let mut conn = db.conn();
+    for _ in 0..3 {
+        outcomes.push(
+            run::<RequestLog, _, _, _>(&mut conn, &key("order-1"), "sku=a", now(), |c| {
+                place_order(c, "a")
+            })
+            .unwrap(),
+        );
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    assert_eq!(outcomes.iter().filter(|o| o.applied).count(), 1);
+    let orders: i64 = orders::table.count().get_result(&mut conn).unwrap();
+    let ledger: i64 = request_log::table.count().get_result(&mut conn).unwrap();
+    assert_eq!((orders, ledger), (1, 1));
+
+    let changed = run::<RequestLog, _, _, _>(&mut conn, &key("order-1"), "sku=b", now(), |c| {
+        place_order(c, "b")
+    });
+    assert!(matches!(changed, Err(Error::IdempotencyConflict { .. })));
+    let failed = run::<RequestLog, _, serde_json::Value, _>(
+        &mut conn,
+        &key("order-9"),
+        "sku=a",
+        now(),
+        |c| {
+            place_order(c, "x")?;
+            Err(Error::invalid("sku", "out of stock"))
+        },
+    );
+    assert!(matches!(failed, Err(Error::InvalidInput(_))));
+    let orders: i64 = orders::table.count().get_result(&mut conn).unwrap();
+    let ledger: i64 = request_log::table.count().get_result(&mut conn).unwrap();
+    assert_eq!(
+        (orders, ledger),
+        (1, 1),
+        "a failed call leaves no key and no write"
+    );
+    let totals = upsert_kit::transaction(&mut conn, |c| {
+        increment_once::<RequestLog, Visits, _>(c, &key("k"), &"p".into(), [2], now())?;
+        let again = increment_once::<RequestLog, Visits, _>(c, &key("k"), &"p".into(), [2], now())?;
+        assert!(!again.applied);
+        Ok::<_, Error>(again.value)
+    })
+    .unwrap();
+    assert_eq!(totals, [2]);
+}
+
+/// RELIABILITY 9 on MySQL: the session is killed at the end of the first call's write (the
+/// statement storing its result then finds the connection gone: lost before COMMIT, InnoDB
+/// rolls the transaction back); the retry with the same key, on a new connection, leaves the
+/// write applied exactly once. (A loss during COMMIT itself, outcome unknown, is raised in
+/// `errors_mysql.rs`.)
+#[test]
+fn on_mysql_a_retry_after_the_session_is_lost_mid_write_applies_once() {
+    let db = TestMysql::with_sql(MYSQL_SQL);
+    let mut admin = db.conn();
+    let mut conn = db.conn();
+    let id: i64 = diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+        "CAST(CONNECTION_ID() AS SIGNED)",
+    ))
+    .get_result(&mut conn)
+    .unwrap();
+    let lost = run::<RequestLog, _, _, _>(&mut conn, &key("order-7"), "sku=a", now(), |c| {
+        let value = place_order(c, "a")?;
+        diesel::sql_query(format!("KILL {id}"))
+            .execute(&mut admin)
+            .unwrap();
+        Ok(value)
+    })
+    .unwrap_err();
+    assert!(matches!(lost, Error::ConnectionLost(_)), "{lost:?}");
+    assert!(lost.is_retryable());
+    let mut fresh = db.conn();
+    let retried = upsert_kit::Retry::new()
+        .idempotent()
+        .run(|_| {
+            run::<RequestLog, _, _, _>(&mut fresh, &key("order-7"), "sku=a", now(), |c| {
+                place_order(c, "a")
+            })
+        })
+        .unwrap();
+    assert_eq!(retried.value, serde_json::json!({ "note": "a" }));
+    let orders: i64 = orders::table.count().get_result(&mut fresh).unwrap();
+    let ledger: i64 = request_log::table.count().get_result(&mut fresh).unwrap();
+    assert_eq!((orders, ledger), (1, 1), "applied once");
 }

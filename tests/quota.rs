@@ -1,4 +1,5 @@
-//! Generic quotas on tables these tests declare themselves, on PostgreSQL and SQLite
+//! Generic quotas on tables these tests declare themselves, on PostgreSQL, SQLite and
+//! MySQL/MariaDB (its default REPEATABLE READ)
 //! (RELIABILITY case 10). The quota table carries `CHECK (used + reserved <= seat_limit +
 //! margin)`: a single statement that pushed a quota past its limit would fail the test at once,
 //! so "always" is checked by the server at every write, not only at the end.
@@ -9,7 +10,7 @@ use upsert_kit::quota::{
     commit, expire, release, reserve, try_consume, try_consume_soft, usage, QuotaUsage,
 };
 use upsert_kit::Error;
-use upsert_kit_support::{race, TestDb, TestSqlite};
+use upsert_kit_support::{race, TestDb, TestMysql, TestSqlite};
 
 diesel::table! {
     seats (event) {
@@ -55,6 +56,18 @@ CREATE TABLE seat_holds (hold_id INTEGER PRIMARY KEY, event TEXT NOT NULL REFERE
     seats BIGINT NOT NULL, until TIMESTAMP NOT NULL);
 INSERT INTO seats (event, seat_limit) VALUES ('gig', 100);
 INSERT INTO seats (event, seat_limit, margin) VALUES ('soft', 100, 5);";
+
+const MYSQL_SQL: &str = "
+CREATE TABLE seats (event VARCHAR(255) PRIMARY KEY, seat_limit BIGINT NOT NULL,
+    taken BIGINT NOT NULL DEFAULT 0 CHECK (taken >= 0), held BIGINT NOT NULL DEFAULT 0 CHECK (held >= 0),
+    margin BIGINT NOT NULL DEFAULT 0,
+    CHECK (taken + held <= seat_limit + margin));
+CREATE TABLE seat_holds (hold_id BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+    event VARCHAR(255) NOT NULL, seats BIGINT NOT NULL, until DATETIME(6) NOT NULL,
+    FOREIGN KEY (event) REFERENCES seats (event));
+INSERT INTO seats (event, seat_limit) VALUES ('gig', 100);
+INSERT INTO seats (event, seat_limit, margin) VALUES ('soft', 100, 5);
+INSERT INTO seats (event, seat_limit, margin) VALUES ('naive', 100, 1000000);";
 
 const TTL: Duration = Duration::from_secs(60);
 
@@ -296,4 +309,139 @@ fn sixteen_threads_on_one_sqlite_file_fill_the_limit_exactly_and_expiry_gives_un
     ));
     let soft = try_consume_soft::<Seats, _>(&mut conn, &"soft".to_owned(), 104, 5, later).unwrap();
     assert_eq!(soft.overshoot(), 4);
+}
+
+/// MySQL: the naive check-then-act (read `taken`, then write `taken + 1` if it was under the
+/// limit) overspends on the barrier's schedule; reservations and consumptions from 16 threads
+/// fill the limit exactly and never cross it (the table's CHECK would fail any statement that
+/// did), and reserve / commit / release / expiry keep the sums.
+#[test]
+fn on_mysql_sixteen_threads_fill_the_limit_exactly_where_the_naive_check_then_act_overspends() {
+    let db = TestMysql::with_sql(MYSQL_SQL);
+    let pool = db.pool(16);
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(16));
+    let (p, b) = (pool.clone(), barrier.clone());
+    race(16, move |_| {
+        let mut conn = p.get().unwrap();
+        for _ in 0..10 {
+            let (limit, taken): (i64, i64) = seats::table
+                .find("naive")
+                .select((seats::seat_limit, seats::taken))
+                .get_result(&mut conn)
+                .unwrap();
+            b.wait();
+            if taken < limit {
+                diesel::update(seats::table.find("naive"))
+                    .set(seats::taken.eq(seats::taken + 1))
+                    .execute(&mut conn)
+                    .unwrap();
+            }
+            b.wait();
+        }
+    });
+    let mut conn = db.conn();
+    let naive = usage::<Seats, _>(&mut conn, &"naive".to_owned())
+        .unwrap()
+        .unwrap();
+    // Each round all 16 see the same `taken`: 0, 16, …, 96 pass the check, so 7 rounds of 16.
+    assert_eq!(naive.used, 112, "the naive code spent 112 of 100");
+
+    let p = pool.clone();
+    let won = race(16, move |i| {
+        let mut conn = p.get().unwrap();
+        let mut won = 0;
+        for _ in 0..10 {
+            let ok = if i % 2 == 0 {
+                reserve::<Seats, _>(&mut conn, &gig(), 1, TTL, now()).map(|_| ())
+            } else {
+                try_consume::<Seats, _>(&mut conn, &gig(), 1, now()).map(|_| ())
+            };
+            match ok {
+                Ok(()) => won += 1,
+                Err(Error::QuotaExceeded {
+                    requested: 1,
+                    available: 0,
+                }) => {}
+                Err(e) => panic!("unexpected {e:?}"),
+            }
+        }
+        won
+    });
+    assert_eq!(won.iter().sum::<i64>(), 100);
+    let u = usage::<Seats, _>(&mut conn, &gig()).unwrap().unwrap();
+    assert_eq!(u.used + u.reserved, 100);
+    let rows: i64 = seat_holds::table.count().get_result(&mut conn).unwrap();
+    assert_eq!(rows, u.reserved, "one reservation row per unit held");
+    let later = now() + chrono::Duration::seconds(61);
+    assert_eq!(
+        expire::<Seats, _>(&mut conn, later).unwrap() as i64,
+        u.reserved
+    );
+    let after = usage::<Seats, _>(&mut conn, &gig()).unwrap().unwrap();
+    assert_eq!((after.used, after.reserved), (u.used, 0));
+}
+
+#[test]
+fn on_mysql_reserve_commit_release_and_consume_from_16_threads_keep_the_sums() {
+    let db = TestMysql::with_sql(MYSQL_SQL);
+    let pool = db.pool(16);
+    let p = pool.clone();
+    let counted = race(16, move |i| {
+        let mut conn = p.get().unwrap();
+        let mut counted = 0;
+        for round in 0..20 {
+            match reserve::<Seats, _>(&mut conn, &gig(), 3, TTL, now()) {
+                Ok(r) => {
+                    if (i + round) % 3 == 0 {
+                        assert!(release(&mut conn, &r).unwrap());
+                        assert!(!release(&mut conn, &r).unwrap());
+                    } else {
+                        let actual = ((i + round) % 4) as i64;
+                        let u = commit(&mut conn, &r, actual, now()).unwrap();
+                        assert!(u.used + u.reserved <= u.limit);
+                        assert!(matches!(
+                            commit(&mut conn, &r, actual, now()),
+                            Err(Error::NotFound(_))
+                        ));
+                        counted += actual;
+                    }
+                }
+                Err(Error::QuotaExceeded { .. }) => {}
+                Err(e) => panic!("unexpected {e:?}"),
+            }
+            match try_consume::<Seats, _>(&mut conn, &gig(), 1, now()) {
+                Ok(u) => {
+                    assert!(u.used + u.reserved <= u.limit);
+                    counted += 1;
+                }
+                Err(Error::QuotaExceeded { .. }) => {}
+                Err(e) => panic!("unexpected {e:?}"),
+            }
+        }
+        counted
+    });
+    let mut conn = db.conn();
+    let u = usage::<Seats, _>(&mut conn, &gig()).unwrap().unwrap();
+    assert_eq!(u.reserved, 0, "every reservation was committed or released");
+    assert_eq!(
+        u.used,
+        counted.iter().sum::<i64>(),
+        "no unit lost or doubled"
+    );
+    let rows: i64 = seat_holds::table.count().get_result(&mut conn).unwrap();
+    assert_eq!(rows, 0);
+
+    // Expiry on a refused consumption, and the soft limit.
+    let all = reserve::<Seats, _>(&mut conn, &"soft".to_owned(), 100, TTL, now()).unwrap();
+    let later = now() + chrono::Duration::seconds(60);
+    let soft = try_consume_soft::<Seats, _>(&mut conn, &"soft".to_owned(), 104, 5, later).unwrap();
+    assert_eq!((soft.used, soft.reserved, soft.overshoot()), (104, 0, 4));
+    assert!(matches!(
+        commit(&mut conn, &all, 50, later),
+        Err(Error::NotFound(_))
+    ));
+    assert!(matches!(
+        try_consume::<Seats, _>(&mut conn, &"nothing".to_owned(), 1, now()),
+        Err(Error::NotFound(_))
+    ));
 }

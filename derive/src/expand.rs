@@ -190,7 +190,7 @@ pub(crate) fn expand(input: &DeriveInput, model: &Model) -> TokenStream {
              `{table_text}.{column}` of SQL type `{{ST}}`"
         );
         let note = "a field's type must implement `diesel::serialize::ToSql<{ST}, DB>` for a backend `DB` \
-                    that upsert-kit is built with (PostgreSQL, SQLite): change the field's type or the \
+                    that upsert-kit is built with (PostgreSQL, SQLite, MySQL): change the field's type or the \
                     column's SQL type in `table!`";
         check_items.push(quote! {
             #[diagnostic::on_unimplemented(message = #message, label = "cannot be written as `{ST}`", note = #note)]
@@ -199,7 +199,7 @@ pub(crate) fn expand(input: &DeriveInput, model: &Model) -> TokenStream {
             fn #assert_fits<P: #fits<T, ST>, T: ?Sized, ST>(_: P) {}
         });
         check_calls.push(quote_spanned! {ty.span()=>
-            #assert_fits::<_, #ty, #st>((&&&#private::Probe::<#ty, #st>::NEW).fits());
+            #assert_fits::<_, #ty, #st>((&&&&#private::Probe::<#ty, #st>::NEW).fits());
         });
     }
     for &i in key {
@@ -234,7 +234,7 @@ pub(crate) fn expand(input: &DeriveInput, model: &Model) -> TokenStream {
         #(#check_items)*
         fn __upsert_field_checks<#(#lifetimes),*>() {
             #[allow(unused_imports)]
-            use #private::{FitsNoBackend as _, FitsPg as _, FitsSqlite as _, NotOrdered as _, Ordered as _};
+            use #private::{FitsMysql as _, FitsNoBackend as _, FitsPg as _, FitsSqlite as _, NotOrdered as _, Ordered as _};
             #(#check_calls)*
         }
     };

@@ -3,9 +3,9 @@
 //!
 //! The derive cannot know, where the struct is declared, which backends upsert-kit is built
 //! with, nor whether a field's type implements [`CheckedValue`]. It asks the compiler by method
-//! resolution on references ("autoref specialization"): a call on `&&&Probe` takes the first
+//! resolution on references ("autoref specialization"): a call on `&&&&Probe` takes the first
 //! impl, from the most references down, whose bounds hold. So a field type that fits its column
-//! on PostgreSQL or SQLite yields [`Fits`], one that fits on neither yields [`DoesNotFit`], and
+//! on PostgreSQL, SQLite or MySQL yields [`Fits`], one that fits on none yields [`DoesNotFit`], and
 //! the derive's per-field check turns [`DoesNotFit`] into an error at the field.
 
 #![allow(missing_debug_implementations)] // markers the derive's code names, never printed
@@ -40,7 +40,8 @@ pub trait FitsPg {
 }
 
 #[cfg(feature = "postgres")]
-impl<T, ST> FitsPg for &&Probe<T, ST> where T: ?Sized + diesel::serialize::ToSql<ST, diesel::pg::Pg> {}
+impl<T, ST> FitsPg for &&&Probe<T, ST> where T: ?Sized + diesel::serialize::ToSql<ST, diesel::pg::Pg>
+{}
 
 /// `T: ToSql<ST, Sqlite>`.
 pub trait FitsSqlite {
@@ -51,8 +52,22 @@ pub trait FitsSqlite {
 }
 
 #[cfg(feature = "sqlite")]
-impl<T, ST> FitsSqlite for &Probe<T, ST> where
+impl<T, ST> FitsSqlite for &&Probe<T, ST> where
     T: ?Sized + diesel::serialize::ToSql<ST, diesel::sqlite::Sqlite>
+{
+}
+
+/// `T: ToSql<ST, Mysql>`.
+pub trait FitsMysql {
+    /// [`Fits`].
+    fn fits(&self) -> Fits {
+        Fits
+    }
+}
+
+#[cfg(feature = "mysql")]
+impl<T, ST> FitsMysql for &Probe<T, ST> where
+    T: ?Sized + diesel::serialize::ToSql<ST, diesel::mysql::Mysql>
 {
 }
 

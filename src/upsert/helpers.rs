@@ -2,8 +2,8 @@
 //! that must never move backwards in time.
 
 use super::{Upsert, UpsertModel, UpsertOutcome, Upsertable};
+use crate::conn::Dialect;
 use crate::error::Result;
-use diesel::backend::Backend;
 use diesel::expression::{AppearsOnTable, Expression, ValidGrouping};
 use diesel::query_builder::{AstPass, QueryFragment, QueryId};
 use diesel::sql_types::Bool;
@@ -158,7 +158,7 @@ macro_rules! excluded_comparison {
 
         impl<C, DB> QueryFragment<DB> for $name<C>
         where
-            DB: Backend,
+            DB: Dialect,
             C: Column + QueryFragment<DB>,
         {
             fn walk_ast<'b>(&'b self, mut $out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
@@ -172,22 +172,94 @@ macro_rules! excluded_comparison {
 
 excluded_comparison!(
     /// `stored.col IS DISTINCT FROM excluded.col`: the incoming value differs from the stored
-    /// one (NULL-safe).
+    /// one (NULL-safe). On MySQL: ``NOT (stored.col <=> VALUES(`col`))``.
     Changed,
     |column, out| {
-        column.walk_ast(out.reborrow())?;
-        out.push_sql(" IS DISTINCT FROM excluded.");
-        out.push_identifier(C::NAME)?;
+        // MySQL, the one backend without RETURNING, is also the one without IS DISTINCT FROM.
+        if DB::RETURNING {
+            column.walk_ast(out.reborrow())?;
+            out.push_sql(" IS DISTINCT FROM ");
+            DB::push_excluded(&mut out, C::NAME)?;
+        } else {
+            out.push_sql("NOT (");
+            column.walk_ast(out.reborrow())?;
+            out.push_sql(" <=> ");
+            DB::push_excluded(&mut out, C::NAME)?;
+            out.push_sql(")");
+        }
     }
 );
 
 excluded_comparison!(
-    /// `excluded.col > stored.col`: the incoming value is strictly greater than the stored one.
+    /// `excluded.col > stored.col`: the incoming value is strictly greater than the stored one
+    /// (``VALUES(`col`) > stored.col`` on MySQL).
     Newer,
     |column, out| {
-        out.push_sql("excluded.");
-        out.push_identifier(C::NAME)?;
+        DB::push_excluded(&mut out, C::NAME)?;
         out.push_sql(" > ");
         column.walk_ast(out.reborrow())?;
     }
 );
+
+/// The incoming row's value of `column`, for an [`Upsert::update_if`] condition, on every
+/// backend: `excluded.col` on PostgreSQL and SQLite, ``VALUES(`col`)`` on MySQL. Diesel's own
+/// [`excluded`](diesel::upsert::excluded) does the same on PostgreSQL and SQLite but does not
+/// exist on MySQL; this one gives every backend the same call.
+///
+/// ```
+/// # use upsert_kit::{Upsert, UpsertOutcome};
+/// # include!("../doctest_setup.rs");
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use diesel::ExpressionMethods;
+/// use upsert_kit::upsert::incoming;
+/// #[derive(Upsert)]
+/// #[upsert(table = tokens, key(id))]
+/// pub struct Token {
+///     pub id: i64,
+///     pub user_id: i64,
+///     pub access_token: String,
+///     pub refresh_token: String,
+///     pub expires_at: chrono::NaiveDateTime,
+///     pub updated_at: chrono::NaiveDateTime,
+/// }
+/// # let mut conn = establish_sqlite()?;
+/// let t = |h| chrono::NaiveDate::from_ymd_opt(2026, 1, 1).unwrap().and_hms_opt(h, 0, 0).unwrap();
+/// let token = |access: &str, h| Token { id: 1, user_id: 7, access_token: access.into(), refresh_token: "r".into(), expires_at: t(h), updated_at: t(0) };
+/// let mut newer_only = |row: &Token| {
+///     Upsert::new(row)
+///         .update_if(incoming(tokens::expires_at).gt(tokens::expires_at))
+///         .execute(&mut conn)
+/// };
+/// assert_eq!(newer_only(&token("a", 12))?, UpsertOutcome::Inserted);
+/// assert_eq!(newer_only(&token("b", 11))?, UpsertOutcome::Unchanged);
+/// assert_eq!(newer_only(&token("c", 13))?, UpsertOutcome::Updated);
+/// # Ok(()) }
+/// ```
+pub fn incoming<C: Column>(column: C) -> Incoming<C> {
+    Incoming(column)
+}
+
+/// The incoming row's value of a column: see [`incoming`].
+#[derive(Debug, Clone, Copy)]
+pub struct Incoming<C>(C);
+
+impl<C: Column> Expression for Incoming<C> {
+    type SqlType = C::SqlType;
+}
+
+impl<C: Column> AppearsOnTable<C::Table> for Incoming<C> {}
+
+impl<C: Column, GB> ValidGrouping<GB> for Incoming<C> {
+    type IsAggregate = diesel::expression::is_aggregate::Never;
+}
+
+impl<C: QueryId + 'static> QueryId for Incoming<C> {
+    type QueryId = Incoming<C>;
+    const HAS_STATIC_QUERY_ID: bool = C::HAS_STATIC_QUERY_ID;
+}
+
+impl<C: Column, DB: Dialect> QueryFragment<DB> for Incoming<C> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        DB::push_excluded(&mut out, C::NAME)
+    }
+}

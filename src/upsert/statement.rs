@@ -6,6 +6,10 @@
 //! travel as one array per column), so Diesel keeps it in the connection's prepared-statement
 //! cache, keyed by its SQL.
 
+// MySQL writes its own statement (`super::mysql`); a MySQL-only build uses only
+// `push_identifiers` from here.
+#![cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
+
 use super::model::{BindRow, ColumnArrays, UpsertModel};
 use diesel::backend::Backend;
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};

@@ -25,6 +25,10 @@
 //! test binaries at once. SQLite tests get a file in a temporary directory ([`TestSqlite`]).
 //! [`race`] starts threads together on a barrier.
 //!
+//! MySQL/MariaDB tests get a database of their own the same way, on the server that
+//! [`mysql_admin_url`] finds (`MYSQL_DATABASE_URL`, else 127.0.0.1:3306, else a throwaway
+//! `mariadbd`): see [`mod@mysql`] and [`TestMysql`].
+//!
 //! Tests of the pooler mode reach their database through PgBouncer in transaction pool mode:
 //! [`pgbouncer`] starts one per test process in front of this server (see [`pooler`]), and
 //! [`TestDb::through_pooler`] gives a database's URL through it.
@@ -34,8 +38,11 @@
 #![warn(missing_docs)]
 
 pub mod citus;
+pub mod mysql;
 pub mod naive;
 pub mod payload;
+
+pub use mysql::{mysql_admin_url, TestMysql};
 
 use diesel::connection::SimpleConnection;
 use diesel::migration::MigrationSource;

@@ -269,6 +269,13 @@ impl SyncDatabase {
             BackendKind::Sqlite => {
                 SyncDatabase::Sqlite(db::connect_sqlite(url).map_err(unavailable)?)
             }
+            BackendKind::Mysql => {
+                return Err(JobError::Config(format!(
+                    "{}: the sync jobs do not run on MySQL/MariaDB yet; use a postgres:// URL \
+                     or an SQLite file",
+                    db::redact_url(url)
+                )))
+            }
         };
         // Runs that start together on a fresh database must not race to create the tables:
         // the migrations run in one transaction, under an advisory lock on PostgreSQL and

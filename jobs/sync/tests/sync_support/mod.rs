@@ -294,6 +294,7 @@ pub fn snapshot(url: &str) -> Vec<String> {
             "stats_type || '|' || json(data) || '|' || created_at || '|' || updated_at",
             "id || '|' || access_token || '|' || refresh_token || '|' || expires_at || '|' || updated_at",
         ),
+        BackendKind::Mysql => panic!("the sync tests run on PostgreSQL and SQLite"),
     };
     let sql = format!(
         "SELECT 'strava_stats|' || {stats} AS line FROM strava_stats \
@@ -310,6 +311,7 @@ pub fn snapshot(url: &str) -> Vec<String> {
             let mut c = SqliteConnection::establish(url).unwrap();
             diesel::sql_query(sql).load::<Line>(&mut c).unwrap()
         }
+        BackendKind::Mysql => panic!("the sync tests run on PostgreSQL and SQLite"),
     }
     .into_iter()
     .map(|l| l.line)
@@ -339,6 +341,7 @@ pub fn rows_per_type(url: &str, table: &str) -> Vec<(String, i64)> {
             let mut c = SqliteConnection::establish(url).unwrap();
             diesel::sql_query(sql).load::<Row>(&mut c).unwrap()
         }
+        BackendKind::Mysql => panic!("the sync tests run on PostgreSQL and SQLite"),
     };
     rows.into_iter().map(|r| (r.stats_type, r.n)).collect()
 }
@@ -356,5 +359,6 @@ pub fn execute(url: &str, sql: &str) {
                 .execute(&mut SqliteConnection::establish(url).unwrap())
                 .unwrap();
         }
+        BackendKind::Mysql => panic!("the sync tests run on PostgreSQL and SQLite"),
     }
 }

@@ -200,6 +200,7 @@ pub fn report_success(
         let backend = match BackendKind::of(database_url) {
             BackendKind::Postgres => "PostgreSQL",
             BackendKind::Sqlite => "SQLite",
+            BackendKind::Mysql => "MySQL/MariaDB",
         };
         println!(
             "{job}: synced {} into {} ({backend})",

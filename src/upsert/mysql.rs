@@ -1,0 +1,419 @@
+//! Upserts on MySQL and MariaDB: `INSERT … ON DUPLICATE KEY UPDATE`, with exact outcomes.
+//!
+//! # Why the affected-rows count is not enough
+//! MySQL reports 1 for an inserted row, 2 for an updated one, and for a row found but left
+//! as it was 0, or 1 when the connection has the `CLIENT_FOUND_ROWS` flag, which Diesel's
+//! `MysqlConnection` always sets. So "inserted" and "unchanged" read the same. And an update
+//! whose values equal the stored ones counts as unchanged, where PostgreSQL and SQLite report
+//! the row updated (the condition held, the row was written).
+//!
+//! # What the statement records instead
+//! The first assignment of the update clause is a no-op on the first key column whose
+//! nested `IF`s (an `IF` evaluates its condition before its branches: a fixed order) store in
+//! session variables, once per conflicting row and before any column is assigned:
+//! - `@upsert_kit_hit := nonce` (one row) or `@upsert_kit_hits := @upsert_kit_hits + 1`
+//!   (bulk): the key existed. The update clause runs only for a row that exists, so a fresh
+//!   nonce (a bind parameter) cannot be mistaken for an earlier call's.
+//! - `@upsert_kit_own`: the existing row has the incoming key. `ON DUPLICATE KEY` fires on
+//!   *any* unique index of the table; a row that collides on another unique index than the
+//!   key is another row, which must not be overwritten (see "Another unique index" below).
+//! - `@upsert_kit_ok := @upsert_kit_own AND COALESCE(condition, FALSE)`: the update
+//!   condition, judged on the stored row. MySQL assigns the columns left to right and an
+//!   expression after `c = …` sees the new `c`; evaluated first, the condition sees the row as
+//!   it was stored.
+//!
+//! Every other column is then `c = IF(@upsert_kit_ok, VALUES(c), c)`. After the statement,
+//! `SELECT @upsert_kit_hit = nonce, @upsert_kit_own, @upsert_kit_ok` (skipped when the count
+//! is 2: a changed row was updated) gives the outcome: no hit is `Inserted`, a hit with the
+//! condition holding `Updated`, otherwise `Unchanged`, whatever the `CLIENT_FOUND_ROWS` flag.
+//! Session variables belong to the connection, so concurrent sessions cannot see each other's.
+//! `VALUES(c)` works on MariaDB and MySQL 8 (which deprecates it since 8.0.20 in favour of row
+//! aliases, which MariaDB does not have), and so do assignments to user variables inside
+//! expressions (deprecated by MySQL 8.0.13, with a warning).
+//!
+//! # Another unique index
+//! When the incoming key is new but another unique index of the table matches an existing row,
+//! that row is left untouched (`@upsert_kit_own` is false) and the row is inserted again with a
+//! plain `INSERT`, which fails with the duplicate-key error naming that index
+//! ([`Error::Constraint`](crate::Error::Constraint), `Unique`) as PostgreSQL's `ON CONFLICT
+//! (key)` does (or inserts, if the other row went away in between). A bulk upsert that meets
+//! such a row is rolled back whole and re-run row by row in one transaction, which fails the same
+//! way at that row.
+
+use super::model::{BindRow, UpsertModel};
+use super::{BulkOutcome, UpsertOutcome};
+use crate::conn::{Dialect, WriteConnection};
+use crate::error::{Error, Result};
+use crate::tx;
+use diesel::mysql::{Mysql, MysqlConnection};
+use diesel::query_builder::{AstPass, QueryFragment};
+use diesel::QueryResult;
+
+/// The most bind parameters a MySQL statement may carry.
+pub(crate) const MAX_PLACEHOLDERS: usize = 65_535;
+
+/// How the first assignment records what it found.
+#[derive(Clone, Copy)]
+enum Marks<'a> {
+    /// One row: `@upsert_kit_hit := nonce`.
+    One(&'a i64),
+    /// Many rows: counters `@upsert_kit_hits`, `@upsert_kit_foreign`, `@upsert_kit_updates`.
+    Counting,
+    /// No marks (a plain `INSERT` without `ON DUPLICATE KEY`).
+    PlainInsert,
+}
+
+/// `INSERT INTO t (cols) VALUES (…), (…) ON DUPLICATE KEY UPDATE k1 = IF(…marks…, k1, k1),
+/// c = IF(@upsert_kit_ok, VALUES(c), c), …`.
+struct MysqlUpsertSql<'a, M: UpsertModel, F> {
+    table: M::Table,
+    rows: &'a [&'a M],
+    update: &'a [&'static str],
+    condition: Option<&'a F>,
+    marks: Marks<'a>,
+}
+
+impl<M, F> QueryFragment<Mysql> for MysqlUpsertSql<'_, M, F>
+where
+    M: BindRow<Mysql>,
+    M::Table: QueryFragment<Mysql>,
+    F: QueryFragment<Mysql>,
+{
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Mysql>) -> QueryResult<()> {
+        if self.rows.len() > 1 {
+            // One text per row count: do not fill the statement cache with them.
+            out.unsafe_to_cache_prepared();
+        }
+        out.push_sql("INSERT INTO ");
+        self.table.walk_ast(out.reborrow())?;
+        out.push_sql(" (");
+        super::statement::push_identifiers(&mut out, M::COLUMNS)?;
+        out.push_sql(") VALUES ");
+        for (i, row) in self.rows.iter().enumerate() {
+            out.push_sql(if i == 0 { "(" } else { ", (" });
+            row.walk_row(out.reborrow())?;
+            out.push_sql(")");
+        }
+        let nonce = match self.marks {
+            Marks::PlainInsert => return Ok(()),
+            Marks::One(nonce) => Some(nonce),
+            Marks::Counting => None,
+        };
+        out.push_sql(" ON DUPLICATE KEY UPDATE ");
+        let first_key = M::KEY[0];
+        out.push_identifier(first_key)?;
+        out.push_sql(" = ");
+        // Each step: `IF((@v := expr) IS NULL, k, <next step>)`; no assignment gives NULL.
+        fn step(out: &mut AstPass<'_, '_, Mysql>, steps: &mut usize, var: &str) {
+            *steps += 1;
+            out.push_sql("IF((@");
+            out.push_sql(var);
+            out.push_sql(" := ");
+        }
+        fn close(out: &mut AstPass<'_, '_, Mysql>, first_key: &str) -> QueryResult<()> {
+            out.push_sql(") IS NULL, ");
+            out.push_identifier(first_key)?;
+            out.push_sql(", ");
+            Ok(())
+        }
+        let mut steps = 0;
+        match nonce {
+            Some(nonce) => {
+                step(&mut out, &mut steps, "upsert_kit_hit");
+                out.push_bind_param::<diesel::sql_types::BigInt, i64>(nonce)?;
+            }
+            None => {
+                step(&mut out, &mut steps, "upsert_kit_hits");
+                out.push_sql("@upsert_kit_hits + 1");
+            }
+        }
+        close(&mut out, first_key)?;
+        step(&mut out, &mut steps, "upsert_kit_own");
+        out.push_sql("(");
+        for (i, k) in M::KEY.iter().enumerate() {
+            if i > 0 {
+                out.push_sql(" AND ");
+            }
+            out.push_identifier(k)?;
+            out.push_sql(" <=> ");
+            Mysql::push_excluded(&mut out, k)?;
+        }
+        out.push_sql(")");
+        close(&mut out, first_key)?;
+        if nonce.is_none() {
+            step(&mut out, &mut steps, "upsert_kit_foreign");
+            out.push_sql("@upsert_kit_foreign + 1 - @upsert_kit_own");
+            close(&mut out, first_key)?;
+        }
+        step(&mut out, &mut steps, "upsert_kit_ok");
+        match self.condition {
+            Some(condition) => {
+                out.push_sql("@upsert_kit_own AND COALESCE((");
+                condition.walk_ast(out.reborrow())?;
+                out.push_sql("), FALSE)");
+            }
+            None => out.push_sql("@upsert_kit_own"),
+        }
+        close(&mut out, first_key)?;
+        if nonce.is_none() {
+            step(&mut out, &mut steps, "upsert_kit_updates");
+            out.push_sql("@upsert_kit_updates + @upsert_kit_ok");
+            close(&mut out, first_key)?;
+        }
+        out.push_identifier(first_key)?;
+        for _ in 0..steps {
+            out.push_sql(")");
+        }
+        for column in self.update {
+            out.push_sql(", ");
+            out.push_identifier(column)?;
+            out.push_sql(" = IF(@upsert_kit_ok, ");
+            Mysql::push_excluded(&mut out, column)?;
+            out.push_sql(", ");
+            out.push_identifier(column)?;
+            out.push_sql(")");
+        }
+        Ok(())
+    }
+}
+
+/// A statement of session-variable plumbing, or a read of the variables.
+enum Vars<'a> {
+    /// `SET @upsert_kit_hits = 0, @upsert_kit_foreign = 0, @upsert_kit_updates = 0`.
+    Reset,
+    /// `SELECT hit = nonce, own, ok` as three integers.
+    One(&'a i64),
+    /// `SELECT hits, foreign, updates`.
+    Counts,
+    /// `SELECT @@max_allowed_packet`.
+    MaxPacket,
+}
+
+impl QueryFragment<Mysql> for Vars<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Mysql>) -> QueryResult<()> {
+        match self {
+            Vars::Reset => out.push_sql(
+                "SET @upsert_kit_hits = 0, @upsert_kit_foreign = 0, @upsert_kit_updates = 0",
+            ),
+            Vars::One(nonce) => {
+                out.push_sql("SELECT CAST(COALESCE(@upsert_kit_hit = ");
+                out.push_bind_param::<diesel::sql_types::BigInt, i64>(nonce)?;
+                out.push_sql(
+                    ", 0) AS SIGNED), CAST(COALESCE(@upsert_kit_own, 0) AS SIGNED), \
+                     CAST(COALESCE(@upsert_kit_ok, 0) AS SIGNED)",
+                );
+            }
+            Vars::Counts => out.push_sql(
+                "SELECT CAST(@upsert_kit_hits AS SIGNED), CAST(@upsert_kit_foreign AS SIGNED), \
+                 CAST(@upsert_kit_updates AS SIGNED)",
+            ),
+            Vars::MaxPacket => out.push_sql("SELECT CAST(@@max_allowed_packet AS SIGNED)"),
+        }
+        Ok(())
+    }
+}
+
+/// One row (validated): the statement, then (unless the count already says "updated") the
+/// variables.
+pub(crate) fn upsert_one<M, F>(
+    conn: &mut MysqlConnection,
+    row: &M,
+    update: &[&'static str],
+    condition: Option<&F>,
+) -> Result<UpsertOutcome>
+where
+    M: BindRow<Mysql>,
+    M::Table: QueryFragment<Mysql>,
+    F: QueryFragment<Mysql>,
+{
+    tx::retry_deadlocks(conn, |conn| upsert_one_once(conn, row, update, condition))
+}
+
+fn upsert_one_once<M, F>(
+    conn: &mut MysqlConnection,
+    row: &M,
+    update: &[&'static str],
+    condition: Option<&F>,
+) -> Result<UpsertOutcome>
+where
+    M: BindRow<Mysql>,
+    M::Table: QueryFragment<Mysql>,
+    F: QueryFragment<Mysql>,
+{
+    let nonce = fastrand::i64(1..);
+    let rows = [row];
+    let sql = MysqlUpsertSql {
+        table: M::Table::default(),
+        rows: &rows,
+        update,
+        condition,
+        marks: Marks::One(&nonce),
+    };
+    if conn.run_execute(&sql)? == 2 {
+        // 2 only for a row that existed and changed: the condition held.
+        return Ok(UpsertOutcome::Updated);
+    }
+    let (hit, own, ok) = conn
+        .run_int3(&Vars::One(&nonce))?
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::NotFound("the upsert's session variables".into()))?;
+    Ok(match (hit != 0, own != 0, ok != 0) {
+        (false, _, _) => UpsertOutcome::Inserted,
+        (true, false, _) => {
+            // Another unique index matched another row, left as it was: insert plainly, which
+            // fails naming that index (or inserts, if the other row is gone now).
+            let plain = MysqlUpsertSql {
+                table: M::Table::default(),
+                rows: &rows,
+                update,
+                condition,
+                marks: Marks::PlainInsert,
+            };
+            conn.run_execute(&plain)?;
+            UpsertOutcome::Inserted
+        }
+        (true, true, true) => UpsertOutcome::Updated,
+        (true, true, false) => UpsertOutcome::Unchanged,
+    })
+}
+
+/// Rows per statement: at most `chunk_size`, under the placeholder limit, and with the values'
+/// estimated size under half of `max_allowed_packet`.
+fn chunks<'r, M>(rows: &[&'r M], chunk_size: usize, max_packet: usize) -> Vec<Vec<&'r M>>
+where
+    M: BindRow<Mysql>,
+    M::Table: QueryFragment<Mysql>,
+{
+    let per_row = M::COLUMNS.len().max(1);
+    let max_rows = chunk_size.min(MAX_PLACEHOLDERS / per_row).max(1);
+    let budget = max_packet / 2;
+    let mut out: Vec<Vec<&M>> = Vec::new();
+    let mut current: Vec<&M> = Vec::new();
+    let mut bytes = 0;
+    for row in rows {
+        let size = estimated_size(*row);
+        if !current.is_empty() && (current.len() >= max_rows || bytes + size > budget) {
+            out.push(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        bytes += size;
+        current.push(*row);
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    out
+}
+
+/// An upper estimate of the bytes a row's values take in the protocol: the length of their
+/// `Debug` text (quoted and escaped, so never shorter than the text itself) plus 16 bytes per
+/// value for type and length headers and fixed-size numbers.
+fn estimated_size<M: BindRow<Mysql>>(row: &M) -> usize
+where
+    M::Table: QueryFragment<Mysql>,
+{
+    struct RowValues<'a, M>(&'a M);
+    impl<M: BindRow<Mysql>> QueryFragment<Mysql> for RowValues<'_, M> {
+        fn walk_ast<'b>(&'b self, out: AstPass<'_, 'b, Mysql>) -> QueryResult<()> {
+            self.0.walk_row(out)
+        }
+    }
+    impl<M> diesel::query_builder::QueryId for RowValues<'_, M> {
+        type QueryId = ();
+        const HAS_STATIC_QUERY_ID: bool = false;
+    }
+    diesel::debug_query::<Mysql, _>(&RowValues(row))
+        .to_string()
+        .len()
+        + 16 * M::COLUMNS.len()
+}
+
+/// Distinct, key-sorted, validated rows in one transaction.
+pub(crate) fn upsert_sorted<M, F>(
+    conn: &mut MysqlConnection,
+    rows: &[&M],
+    update: &[&'static str],
+    condition: Option<&F>,
+    chunk_size: usize,
+) -> Result<BulkOutcome>
+where
+    M: BindRow<Mysql> + UpsertModel,
+    M::Table: QueryFragment<Mysql>,
+    F: QueryFragment<Mysql>,
+{
+    let result = tx::retry_deadlocks(conn, |conn| {
+        bulk_once(conn, rows, update, condition, chunk_size)
+    });
+    match result {
+        Err(Error::Constraint {
+            constraint: None,
+            ref message,
+            ..
+        }) if message == ANOTHER_INDEX => {
+            // Rolled back: run the rows one by one, which names the index at the offending row
+            // (and rolls back again), or succeeds if that row went away meanwhile.
+            tx::transaction(conn, |conn: &mut MysqlConnection| {
+                let mut total = BulkOutcome::default();
+                for row in rows {
+                    total.record(upsert_one_once(conn, *row, update, condition)?);
+                }
+                Ok(total)
+            })
+        }
+        other => other,
+    }
+}
+
+fn bulk_once<M, F>(
+    conn: &mut MysqlConnection,
+    rows: &[&M],
+    update: &[&'static str],
+    condition: Option<&F>,
+    chunk_size: usize,
+) -> Result<BulkOutcome>
+where
+    M: BindRow<Mysql> + UpsertModel,
+    M::Table: QueryFragment<Mysql>,
+    F: QueryFragment<Mysql>,
+{
+    tx::transaction(conn, |conn: &mut MysqlConnection| {
+        let max_packet = conn
+            .run_ints(&Vars::MaxPacket)?
+            .first()
+            .map_or(4 << 20, |&n| usize::try_from(n).unwrap_or(4 << 20));
+        let mut total = BulkOutcome::default();
+        for chunk in chunks(rows, chunk_size, max_packet) {
+            conn.run_execute(&Vars::Reset)?;
+            let sql = MysqlUpsertSql {
+                table: M::Table::default(),
+                rows: &chunk,
+                update,
+                condition,
+                marks: Marks::Counting,
+            };
+            conn.run_execute(&sql)?;
+            let (hits, foreign, updates) = conn
+                .run_int3(&Vars::Counts)?
+                .into_iter()
+                .next()
+                .ok_or_else(|| Error::NotFound("the bulk upsert's session variables".into()))?;
+            if foreign > 0 {
+                return Err(Error::Constraint {
+                    kind: crate::ConstraintKind::Unique,
+                    constraint: None,
+                    message: ANOTHER_INDEX.into(),
+                });
+            }
+            let hits = usize::try_from(hits).unwrap_or(0);
+            let updates = usize::try_from(updates).unwrap_or(0);
+            total.inserted += chunk.len().saturating_sub(hits);
+            total.updated += updates;
+            total.unchanged += hits.saturating_sub(updates);
+        }
+        Ok(total)
+    })
+}
+
+/// The marker of a bulk chunk that met another unique index (never returned to the caller).
+const ANOTHER_INDEX: &str = "upsert-kit: a row matched another unique index than the key";
