@@ -11,7 +11,7 @@
 //! |---|---|---|
 //! | text (`String`, `&str`) | a NUL character (U+0000) | PostgreSQL's `text` cannot hold it |
 //! | JSON (`serde_json::Value`) | a NUL in a string or an object key | PostgreSQL's `jsonb` cannot hold it |
-//! | JSON | nesting deeper than [`MAX_JSON_DEPTH`] | MySQL's limit; serde_json reads 128 levels back |
+//! | JSON | nesting deeper than [`MAX_JSON_DEPTH`] (32) | MariaDB's limit (MySQL's is 100, serde_json reads 128 levels back) |
 //! | JSON | an integer above `i64::MAX` | SQLite stores it, after which Diesel cannot load the row |
 //!
 //! Every finite JSON float is accepted and reads back exactly: the crate turns on serde_json's
@@ -20,7 +20,7 @@
 //!
 //! | Value | Refused | Why |
 //! |---|---|---|
-//! | a key (text or bytes) | longer than [`MAX_KEY_BYTES`] | the unique index must hold it: PostgreSQL's B-tree entries are at most 2,704 bytes, InnoDB's index keys 3,072 |
+//! | a key (text or bytes) | longer than [`MAX_KEY_BYTES`] | the unique index must hold it: PostgreSQL's B-tree entries are at most 2,704 bytes, InnoDB's index keys 3,072, a `VARCHAR(768)` in `utf8mb4` |
 //! | a key | empty, blank or `NULL` | not a key |
 //! | a float | NaN or infinite | not comparable, not JSON |
 //! | a timestamp | outside years 1 to 9999 | SQLite keeps four-digit years as text |
@@ -34,13 +34,14 @@
 //!   whole microseconds since 2000-01-01, dropping the rest toward that date, so
 //!   `2026-12-01 12:00:00.000000900` is stored as `12:00:00.000000` and
 //!   `1999-12-31 23:59:59.000000900` as `23:59:59.000001`. SQLite keeps the nanoseconds (its
-//!   timestamps are text).
+//!   timestamps are text). MySQL's `DATETIME(6)` keeps microseconds, the rest truncated (down,
+//!   whatever the date).
 //!   Truncate to microseconds yourself (`DurationRound::trunc_subsecs(6)`) when a value must
 //!   compare equal after a round trip on every backend.
 //! - **Negative zero.** `jsonb` keeps numbers as `numeric`, which has no `-0`: a JSON `-0.0`
 //!   comes back from PostgreSQL as `0.0`; SQLite stores a `REAL` with an integral value as an
-//!   integer, so `-0.0` in a `REAL` column comes back as `0.0` (both equal by `==`, not by
-//!   `to_bits`). PostgreSQL's `DOUBLE PRECISION` keeps the sign.
+//!   integer, so `-0.0` in a `REAL` column comes back as `0.0`, and so does MySQL's `DOUBLE`
+//!   (all equal by `==`, not by `to_bits`). PostgreSQL's `DOUBLE PRECISION` keeps the sign.
 //! - **A JSON float with an integral value of 10¹⁶ or more** (written `1e16`) comes back from
 //!   `jsonb` as the integer it equals; the number is the same (`as_f64()` is equal) but
 //!   `serde_json::Value`'s `==` tells a float from an integer.
@@ -52,21 +53,28 @@ use crate::error::InvalidInput;
 
 /// The longest key value (text in UTF-8, or bytes) accepted, in bytes.
 ///
-/// A key is held by a unique index, and each backend bounds an index entry: PostgreSQL's
-/// B-tree refuses entries above 2,704 bytes (a third of an 8 kB page, after compression:
-/// `index row size … exceeds btree version 4 maximum 2704`), InnoDB refuses index keys above
-/// 3,072 bytes, SQLite has no such bound. 1,024 bytes leaves room for a second key column of
-/// the same length and the entry's overhead within PostgreSQL's bound. A key of three or more
-/// long text columns can still exceed it: the server then refuses the write with a constraint
-/// or database error, and nothing is written.
-pub const MAX_KEY_BYTES: usize = 1024;
-
-/// The deepest JSON document accepted, counted as MySQL counts: a scalar or an empty array or
-/// object has depth 1, a non-empty array or object one more than its deepest element.
+/// A key is held by a unique index, and each backend bounds an index entry: InnoDB refuses
+/// index keys above 3,072 bytes, which is a `VARCHAR(768)` in `utf8mb4` (4 bytes a character);
+/// PostgreSQL's B-tree refuses entries above 2,704 bytes (a third of an 8 kB page:
+/// `index row size … exceeds btree version 4 maximum 2704`); SQLite has no such bound. 768
+/// bytes fit a MySQL key column declared `VARCHAR(768)` whatever the characters, and three such
+/// key columns fit PostgreSQL's bound. A key of more long text columns can still exceed it,
+/// and a MySQL column declared shorter refuses longer values itself (`Data too long`): the
+/// server then refuses the write and nothing is written.
 ///
-/// MySQL refuses documents deeper than 100; serde_json, which Diesel reads JSON with, stops at
-/// 128 levels; PostgreSQL and SQLite take deeper ones (that then cannot be loaded).
-pub const MAX_JSON_DEPTH: usize = 100;
+/// On MySQL and MariaDB, declare text keys with a binary `NO PAD` collation
+/// (`utf8mb4_0900_bin` on MySQL 8, `utf8mb4_nopad_bin` on MariaDB): under a `PAD SPACE`
+/// collation such as `utf8mb4_bin`, `"a"` and `"a "` are one key there and two keys on
+/// PostgreSQL and SQLite.
+pub const MAX_KEY_BYTES: usize = 768;
+
+/// The deepest JSON document accepted, counted as MySQL and MariaDB count: a scalar or an empty
+/// array or object has depth 1, a non-empty array or object one more than its deepest element.
+///
+/// MariaDB's `JSON` column (a `JSON_VALID` check) refuses documents deeper than 32, MySQL's
+/// deeper than 100; serde_json, which Diesel reads JSON with, stops at 128 levels; PostgreSQL
+/// and SQLite take deeper ones (that then cannot be loaded).
+pub const MAX_JSON_DEPTH: usize = 32;
 
 /// Text: no NUL character.
 pub(crate) fn check_text(field: &'static str, value: &str) -> Result<(), InvalidInput> {
@@ -147,7 +155,7 @@ pub(crate) fn check_json(
 }
 
 fn too_deep() -> String {
-    format!("JSON nested deeper than {MAX_JSON_DEPTH} levels (MySQL's limit)")
+    format!("JSON nested deeper than {MAX_JSON_DEPTH} levels (MariaDB's limit)")
 }
 
 fn check_json_number(n: &serde_json::Number) -> Result<(), String> {
@@ -197,7 +205,7 @@ mod tests {
         assert!(check_json("j", &nested(MAX_JSON_DEPTH)).is_ok());
         let err = check_json("j", &nested(MAX_JSON_DEPTH + 1)).unwrap_err();
         assert_eq!(err.field, "j");
-        assert!(err.reason.contains("deeper than 100"), "{}", err.reason);
+        assert!(err.reason.contains("deeper than 32"), "{}", err.reason);
         // An empty container at the limit is still within it.
         let mut v = json!([]);
         for _ in 1..MAX_JSON_DEPTH {

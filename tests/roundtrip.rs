@@ -13,7 +13,7 @@ use proptest::test_runner::{Config, TestRunner};
 use serde_json::Value;
 use upsert_kit::limits::{MAX_JSON_DEPTH, MAX_KEY_BYTES};
 use upsert_kit::{atomic_upsert, Error, Upsert};
-use upsert_kit_support::{TestDb, TestSqlite};
+use upsert_kit_support::{TestDb, TestMysql, TestSqlite};
 
 diesel::table! {
     samples (k) {
@@ -46,6 +46,76 @@ const SQLITE_SQL: &str = "CREATE TABLE samples (
     bytes BLOB NOT NULL,
     n BIGINT NOT NULL
 )";
+
+/// The same table on MySQL/MariaDB, where JSON is `JSON` (Diesel has no `Jsonb` there) and a
+/// timestamp `DATETIME(6)`. The key is a `VARCHAR(768)` (InnoDB's 3,072-byte index key in
+/// `utf8mb4`) with a binary `NO PAD` collation, as `upsert_kit::limits` advises.
+mod on_mysql {
+    diesel::table! {
+        samples (k) {
+            k -> Text,
+            label -> Text,
+            doc -> Json,
+            ratio -> Double,
+            at -> Datetime,
+            bytes -> Blob,
+            n -> BigInt,
+        }
+    }
+}
+
+const MYSQL_SQL: &str = "CREATE TABLE samples (
+    k VARCHAR(768) CHARACTER SET utf8mb4 COLLATE utf8mb4_nopad_bin PRIMARY KEY,
+    label LONGTEXT CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL,
+    doc JSON NOT NULL,
+    ratio DOUBLE NOT NULL,
+    at DATETIME(6) NOT NULL,
+    bytes BLOB NOT NULL,
+    n BIGINT NOT NULL
+)";
+
+/// [`Sample`] on MySQL's table.
+#[derive(Debug, Clone, PartialEq, Insertable, Queryable, Selectable, Upsert)]
+#[diesel(table_name = on_mysql::samples)]
+#[upsert(key(k))]
+struct MysqlSample {
+    k: String,
+    label: String,
+    doc: Value,
+    ratio: f64,
+    at: NaiveDateTime,
+    bytes: Vec<u8>,
+    n: i64,
+}
+
+impl From<&Sample> for MysqlSample {
+    fn from(s: &Sample) -> Self {
+        let s = s.clone();
+        MysqlSample {
+            k: s.k,
+            label: s.label,
+            doc: s.doc,
+            ratio: s.ratio,
+            at: s.at,
+            bytes: s.bytes,
+            n: s.n,
+        }
+    }
+}
+
+impl From<MysqlSample> for Sample {
+    fn from(s: MysqlSample) -> Self {
+        Sample {
+            k: s.k,
+            label: s.label,
+            doc: s.doc,
+            ratio: s.ratio,
+            at: s.at,
+            bytes: s.bytes,
+            n: s.n,
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Insertable, Queryable, Selectable, Upsert)]
 #[diesel(table_name = samples)]
@@ -190,6 +260,12 @@ fn json_equal(written: &Value, read: &Value) -> bool {
     }
 }
 
+/// `at` as MySQL keeps it through Diesel: whole microseconds, the rest dropped.
+fn floor_micros(at: NaiveDateTime) -> NaiveDateTime {
+    use chrono::Timelike;
+    at.with_nanosecond(at.nanosecond() / 1000 * 1000).unwrap()
+}
+
 /// `at` as PostgreSQL keeps it through Diesel: whole microseconds counted from 2000-01-01, the
 /// rest dropped (toward 2000: down after it, up before it).
 fn micros(at: NaiveDateTime) -> NaiveDateTime {
@@ -215,21 +291,24 @@ enum Verdict {
 /// Writes `row` with the upsert and reads it back, or returns the refusal; asserts that a
 /// refused row left the table as it was and that the server refuses nothing the checks accept.
 macro_rules! case_on {
-    ($name:ident, $conn:ty, $backend:literal) => {
+    ($name:ident, $conn:ty, $backend:literal, $table:path, $model:ty) => {
         fn $name(conn: &mut $conn, row: &Sample) -> Verdict {
+            use $table as samples;
             let before: i64 = samples::table.count().get_result(conn).unwrap();
-            match atomic_upsert(conn, row) {
+            let written = <$model>::from(row);
+            match atomic_upsert(conn, &written) {
                 Ok(_) => Verdict::Stored(
                     samples::table
                         .find(&row.k)
-                        .select(Sample::as_select())
-                        .get_result(conn)
+                        .select(<$model>::as_select())
+                        .get_result::<$model>(conn)
                         .unwrap_or_else(|e| {
                             panic!(
                                 concat!($backend, " stored the row but cannot load it: {}"),
                                 e
                             )
-                        }),
+                        })
+                        .into(),
                 ),
                 Err(Error::InvalidInput(e)) => {
                     let after: i64 = samples::table.count().get_result(conn).unwrap();
@@ -245,8 +324,27 @@ macro_rules! case_on {
     };
 }
 
-case_on!(pg_case, PgConnection, "PostgreSQL");
-case_on!(sqlite_case, SqliteConnection, "SQLite");
+impl From<&Sample> for Sample {
+    fn from(s: &Sample) -> Self {
+        s.clone()
+    }
+}
+
+case_on!(pg_case, PgConnection, "PostgreSQL", self::samples, Sample);
+case_on!(
+    sqlite_case,
+    SqliteConnection,
+    "SQLite",
+    self::samples,
+    Sample
+);
+case_on!(
+    mysql_case,
+    MysqlConnection,
+    "MySQL",
+    on_mysql::samples,
+    MysqlSample
+);
 
 /// The number of generated rows; `ROUNDTRIP_CASES` raises it for a longer run.
 fn cases() -> u32 {
@@ -260,7 +358,8 @@ fn cases() -> u32 {
 fn every_row_is_refused_alike_or_read_back_equal_on_every_backend() {
     let pg = TestDb::with_sql(PG_SQL);
     let sqlite = TestSqlite::with_sql(SQLITE_SQL);
-    let conns = std::cell::RefCell::new((pg.conn(), sqlite.conn()));
+    let mysql = TestMysql::with_sql(MYSQL_SQL);
+    let conns = std::cell::RefCell::new((pg.conn(), sqlite.conn(), mysql.conn()));
     let mut runner = TestRunner::new(Config {
         cases: cases(),
         failure_persistence: None,
@@ -269,62 +368,81 @@ fn every_row_is_refused_alike_or_read_back_equal_on_every_backend() {
     let counts = std::cell::Cell::new((0usize, 0usize));
     runner
         .run(&sample(), |row| {
-            let (on_pg, on_sqlite) = {
-                let (pg, lite) = &mut *conns.borrow_mut();
-                (pg_case(pg, &row), sqlite_case(lite, &row))
+            let verdicts = {
+                let (pg, lite, my) = &mut *conns.borrow_mut();
+                [
+                    ("PostgreSQL", pg_case(pg, &row)),
+                    ("SQLite", sqlite_case(lite, &row)),
+                    ("MySQL", mysql_case(my, &row)),
+                ]
             };
             let (mut r, mut s) = counts.get();
-            match (&on_pg, &on_sqlite) {
-                (Verdict::Refused(f1, why1), Verdict::Refused(f2, why2)) => {
-                    prop_assert_eq!((f1, why1), (f2, why2), "one error on every backend");
-                    r += 1;
-                }
-                (Verdict::Stored(a), Verdict::Stored(b)) => {
-                    for (backend, got, at) in
-                        [("PostgreSQL", a, micros(row.at)), ("SQLite", b, row.at)]
-                    {
-                        prop_assert_eq!(&got.k, &row.k, "{} key", backend);
-                        prop_assert_eq!(&got.label, &row.label, "{} label", backend);
-                        prop_assert!(
-                            json_equal(&row.doc, &got.doc),
-                            "{} doc: wrote {} read {}",
-                            backend,
-                            row.doc,
-                            got.doc
-                        );
-                        // SQLite stores an integral REAL as an integer: `-0.0` comes back `0.0`.
-                        let ratio = if backend == "SQLite" && row.ratio == 0.0 {
-                            0.0
-                        } else {
-                            row.ratio
-                        };
-                        prop_assert_eq!(
-                            got.ratio.to_bits(),
-                            ratio.to_bits(),
-                            "{} ratio {} read {}",
-                            backend,
-                            row.ratio,
-                            got.ratio
-                        );
-                        prop_assert_eq!(got.at, at, "{} timestamp", backend);
-                        prop_assert_eq!(&got.bytes, &row.bytes, "{} bytes", backend);
-                        prop_assert_eq!(got.n, row.n, "{} integer", backend);
+            if let (_, Verdict::Refused(field, why)) = &verdicts[0] {
+                for (backend, v) in &verdicts[1..] {
+                    match v {
+                        Verdict::Refused(f, w) => prop_assert_eq!(
+                            (f, w),
+                            (field, why),
+                            "{}: one error on every backend",
+                            backend
+                        ),
+                        Verdict::Stored(_) => prop_assert!(
+                            false,
+                            "PostgreSQL refused {} ({}), {} stored it",
+                            field,
+                            why,
+                            backend
+                        ),
                     }
-                    s += 1;
                 }
-                _ => prop_assert!(
-                    false,
-                    "the backends disagree: PostgreSQL {:?}, SQLite {:?}",
-                    on_pg,
-                    on_sqlite
-                ),
+                r += 1;
+            } else {
+                for (backend, v) in &verdicts {
+                    let Verdict::Stored(got) = v else {
+                        prop_assert!(false, "PostgreSQL stored the row, {} {:?}", backend, v);
+                        unreachable!()
+                    };
+                    let at = match *backend {
+                        "PostgreSQL" => micros(row.at),
+                        "MySQL" => floor_micros(row.at),
+                        _ => row.at,
+                    };
+                    prop_assert_eq!(&got.k, &row.k, "{} key", backend);
+                    prop_assert_eq!(&got.label, &row.label, "{} label", backend);
+                    prop_assert!(
+                        json_equal(&row.doc, &got.doc),
+                        "{} doc: wrote {} read {}",
+                        backend,
+                        row.doc,
+                        got.doc
+                    );
+                    // SQLite stores an integral REAL as an integer and MySQL's DOUBLE drops the
+                    // sign of zero: `-0.0` comes back `0.0` there.
+                    let ratio = if *backend != "PostgreSQL" && row.ratio == 0.0 {
+                        0.0
+                    } else {
+                        row.ratio
+                    };
+                    prop_assert_eq!(
+                        got.ratio.to_bits(),
+                        ratio.to_bits(),
+                        "{} ratio {} read {}",
+                        backend,
+                        row.ratio,
+                        got.ratio
+                    );
+                    prop_assert_eq!(got.at, at, "{} timestamp", backend);
+                    prop_assert_eq!(&got.bytes, &row.bytes, "{} bytes", backend);
+                    prop_assert_eq!(got.n, row.n, "{} integer", backend);
+                }
+                s += 1;
             }
             counts.set((r, s));
             Ok(())
         })
         .unwrap_or_else(|e| panic!("{e}"));
     let (refused, stored) = counts.get();
-    eprintln!("round trip: {} rows, {refused} refused alike, {stored} read back equal on PostgreSQL and SQLite", refused + stored);
+    eprintln!("round trip: {} rows, {refused} refused alike, {stored} read back equal on PostgreSQL, SQLite and MySQL", refused + stored);
     // Both sides of the property were exercised.
     assert!(
         refused > cases() as usize / 20,
@@ -351,13 +469,14 @@ fn plain(k: &str) -> Sample {
 }
 
 /// The hostile inputs of the issue that one backend stored and another refused or could not
-/// read back: each is now the same `InvalidInput`, naming the field, on both; and the values at
-/// the edge of each limit are stored and read back on both.
+/// read back: each is now the same `InvalidInput`, naming the field, on every backend; and the
+/// values at the edge of each limit are stored and read back on every backend.
 #[test]
 fn hostile_values_get_one_typed_error_on_every_backend() {
     let pg = TestDb::with_sql(PG_SQL);
     let sqlite = TestSqlite::with_sql(SQLITE_SQL);
-    let (mut pg, mut lite) = (pg.conn(), sqlite.conn());
+    let mysql = TestMysql::with_sql(MYSQL_SQL);
+    let (mut pg, mut lite, mut my) = (pg.conn(), sqlite.conn(), mysql.conn());
     let refused: Vec<(&str, Sample)> = vec![
         (
             "label",
@@ -408,12 +527,19 @@ fn hostile_values_get_one_typed_error_on_every_backend() {
     for (field, row) in &refused {
         let a = pg_case(&mut pg, row);
         let b = sqlite_case(&mut lite, row);
-        match (&a, &b) {
-            (Verdict::Refused(f1, why1), Verdict::Refused(f2, why2)) => {
-                assert_eq!((f1.as_str(), f2.as_str()), (*field, *field), "{row:?}");
-                assert_eq!(why1, why2, "one message on every backend");
+        let c = mysql_case(&mut my, row);
+        match (&a, &b, &c) {
+            (
+                Verdict::Refused(f1, why1),
+                Verdict::Refused(f2, why2),
+                Verdict::Refused(f3, why3),
+            ) => {
+                assert_eq!([f1, f2, f3], [*field; 3], "{row:?}");
+                assert!(why1 == why2 && why2 == why3, "one message on every backend");
             }
-            _ => panic!("expected {field} refused on both: PostgreSQL {a:?}, SQLite {b:?}"),
+            _ => panic!(
+                "expected {field} refused everywhere: PostgreSQL {a:?}, SQLite {b:?}, MySQL {c:?}"
+            ),
         }
     }
     let accepted = vec![
@@ -435,6 +561,7 @@ fn hostile_values_get_one_typed_error_on_every_backend() {
         for (backend, verdict) in [
             ("PostgreSQL", pg_case(&mut pg, row)),
             ("SQLite", sqlite_case(&mut lite, row)),
+            ("MySQL", mysql_case(&mut my, row)),
         ] {
             match verdict {
                 Verdict::Stored(got) => {
