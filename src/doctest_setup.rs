@@ -197,3 +197,25 @@ fn establish_pg(
     let conn = db.conn();
     Ok((db, conn))
 }
+
+/// A MySQL/MariaDB database of its own on the test server (see the `upsert-kit-support`
+/// crate), with the examples' `tasks` queue and three pending tasks; dropped with the guard.
+#[cfg(feature = "mysql")]
+#[allow(dead_code)]
+fn establish_mysql(
+) -> Result<(upsert_kit_support::TestMysql, diesel::MysqlConnection), Box<dyn std::error::Error>> {
+    let db = upsert_kit_support::TestMysql::with_sql(
+        "CREATE TABLE tasks (
+             id BIGINT AUTO_INCREMENT PRIMARY KEY,
+             name TEXT NOT NULL,
+             status VARCHAR(16) NOT NULL DEFAULT 'pending',
+             attempts INT NOT NULL DEFAULT 0,
+             locked_until DATETIME(6) NULL,
+             holder VARCHAR(200) NULL,
+             last_error TEXT NULL,
+             KEY tasks_due (status, id));
+         INSERT INTO tasks (name) VALUES ('resize'), ('index'), ('mail');",
+    );
+    let conn = db.conn();
+    Ok((db, conn))
+}

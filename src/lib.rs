@@ -23,7 +23,7 @@ mod declare;
 mod error;
 pub mod get_or_create;
 pub mod idempotency;
-#[cfg(feature = "postgres")]
+#[cfg(any(feature = "postgres", feature = "mysql"))]
 pub mod lock;
 pub mod period;
 pub mod quota;
