@@ -37,21 +37,37 @@
 //!
 //! Times are the server's (`statement_timestamp()`), never the workers' clocks.
 //!
-//! Claims are PostgreSQL-only (SQLite has no `SKIP LOCKED`), by type: [`Queue::claim`] takes
-//! a `&mut PgConnection`, so a claim over an SQLite connection does not compile (the library's
+//! # On MySQL and MariaDB
+//! The same calls take a `MysqlConnection` (MariaDB 10.6+, MySQL 8.0+, which have
+//! `SKIP LOCKED`), with the same guarantees; [`mysql`](crate::claim::mysql) says what each one
+//! sends (no `RETURNING` there: one short transaction per call) and which isolation it needs.
+//!
+//! Claims take PostgreSQL and MySQL connections only ([`ClaimConnection`]; SQLite has no
+//! `SKIP LOCKED`), by type: a claim over an SQLite connection does not compile (the library's
 //! compile-fail suite, `tests/ui/claim_on_sqlite.rs`, holds the message).
 
 use crate::error::{Error, Result};
 use chrono::{DateTime, Utc};
-use diesel::deserialize::{self, QueryableByName};
+#[cfg(feature = "postgres")]
+use diesel::deserialize;
+#[cfg(feature = "postgres")]
+use diesel::deserialize::QueryableByName;
+#[cfg(feature = "postgres")]
 use diesel::pg::{Pg, PgConnection};
+#[cfg(feature = "postgres")]
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
+#[cfg(feature = "postgres")]
 use diesel::row::NamedRow;
+#[cfg(feature = "postgres")]
 use diesel::sql_types::{BigInt, Double, Integer, Text, Timestamptz, Untyped};
+#[cfg(feature = "postgres")]
 use diesel::{QueryResult, RunQueryDsl};
 use std::fmt;
 use std::marker::PhantomData;
 use std::time::Duration;
+
+#[cfg(feature = "mysql")]
+pub mod mysql;
 
 /// A table used as a work queue, declared by its row type.
 ///
@@ -110,14 +126,17 @@ use std::time::Duration;
 /// CREATE INDEX tasks_leased ON tasks (locked_until) WHERE status = 'processing';
 /// ```
 ///
+/// On MySQL/MariaDB: `DATETIME(6)` (UTC) for the lease, `VARCHAR` for the status and holder,
+/// and an index on `(status, id)` (see [`mysql`](crate::claim::mysql#the-table)).
+///
 /// The examples of this module use this `Task` queue.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a claim queue's row type",
     note = "implement `upsert_kit::claim::ClaimQueue` for it (`type Table = my_table::table;`) and derive `diesel::QueryableByName`"
 )]
-pub trait ClaimQueue: QueryableByName<Pg> + Sized + 'static {
+pub trait ClaimQueue: Sized + 'static {
     /// The Diesel table (`schema::my_table::table`).
-    type Table: diesel::Table + Default + QueryFragment<Pg>;
+    type Table: diesel::Table + Default;
     /// The id column.
     const ID: &'static str = "id";
     /// The status column.
@@ -157,7 +176,8 @@ pub struct Claim<Q> {
     pub item: Q,
 }
 
-impl<Q: ClaimQueue> QueryableByName<Pg> for Claim<Q> {
+#[cfg(feature = "postgres")]
+impl<Q: ClaimQueue + QueryableByName<Pg>> QueryableByName<Pg> for Claim<Q> {
     fn build<'a>(row: &impl NamedRow<'a, Pg>) -> deserialize::Result<Self> {
         Ok(Claim {
             id: NamedRow::get::<BigInt, i64>(row, Q::ID)?,
@@ -188,6 +208,91 @@ pub struct Reaped {
     pub requeued: usize,
     /// Expired claims that had used their last attempt: parked (status `failed`).
     pub parked: usize,
+}
+
+/// A connection claims run on: `PgConnection`, `MysqlConnection` (MariaDB 10.6+, MySQL 8.0+),
+/// or an r2d2 pooled connection of either, for a queue whose row type reads rows of that
+/// backend (`#[derive(QueryableByName)]` does for every backend its field types fit).
+/// Sealed; SQLite has no `SKIP LOCKED`, so an SQLite connection is not one.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot run claims of `{Q}`",
+    note = "claims need a PostgreSQL or MySQL/MariaDB connection (`&mut PgConnection`, `&mut MysqlConnection`, or a pooled one) and a queue row type that derives `diesel::QueryableByName`"
+)]
+pub trait ClaimConnection<Q: ClaimQueue>: sealed::Sealed {
+    /// [`Queue::claim`].
+    #[doc(hidden)]
+    fn claim_items(&mut self, queue: &Queue<Q>, limit: usize) -> Result<Vec<Claim<Q>>>;
+    /// [`Queue::complete`].
+    #[doc(hidden)]
+    fn complete_item(&mut self, queue: &Queue<Q>, claim: &Claim<Q>) -> Result<()>;
+    /// [`Queue::fail`].
+    #[doc(hidden)]
+    fn fail_item(&mut self, queue: &Queue<Q>, claim: &Claim<Q>, error: &str) -> Result<Failed>;
+    /// [`Queue::extend`].
+    #[doc(hidden)]
+    fn extend_item(&mut self, queue: &Queue<Q>, claim: &mut Claim<Q>) -> Result<()>;
+    /// [`Queue::reap_expired`].
+    #[doc(hidden)]
+    fn reap_items(&mut self, queue: &Queue<Q>) -> Result<Reaped>;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    #[cfg(feature = "postgres")]
+    impl Sealed for diesel::PgConnection {}
+    #[cfg(feature = "mysql")]
+    impl Sealed for diesel::MysqlConnection {}
+    #[cfg(feature = "r2d2")]
+    impl<C: diesel::r2d2::R2D2Connection + 'static> Sealed
+        for diesel::r2d2::PooledConnection<diesel::r2d2::ConnectionManager<C>>
+    {
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl<Q> ClaimConnection<Q> for PgConnection
+where
+    Q: ClaimQueue + QueryableByName<Pg>,
+    Q::Table: QueryFragment<Pg>,
+{
+    fn claim_items(&mut self, queue: &Queue<Q>, limit: usize) -> Result<Vec<Claim<Q>>> {
+        queue.pg_claim(self, limit)
+    }
+    fn complete_item(&mut self, queue: &Queue<Q>, claim: &Claim<Q>) -> Result<()> {
+        queue.pg_complete(self, claim)
+    }
+    fn fail_item(&mut self, queue: &Queue<Q>, claim: &Claim<Q>, error: &str) -> Result<Failed> {
+        queue.pg_fail(self, claim, error)
+    }
+    fn extend_item(&mut self, queue: &Queue<Q>, claim: &mut Claim<Q>) -> Result<()> {
+        queue.pg_extend(self, claim)
+    }
+    fn reap_items(&mut self, queue: &Queue<Q>) -> Result<Reaped> {
+        queue.pg_reap_expired(self)
+    }
+}
+
+#[cfg(feature = "r2d2")]
+impl<Q, C> ClaimConnection<Q> for diesel::r2d2::PooledConnection<diesel::r2d2::ConnectionManager<C>>
+where
+    Q: ClaimQueue,
+    C: ClaimConnection<Q> + diesel::r2d2::R2D2Connection + 'static,
+{
+    fn claim_items(&mut self, queue: &Queue<Q>, limit: usize) -> Result<Vec<Claim<Q>>> {
+        (**self).claim_items(queue, limit)
+    }
+    fn complete_item(&mut self, queue: &Queue<Q>, claim: &Claim<Q>) -> Result<()> {
+        (**self).complete_item(queue, claim)
+    }
+    fn fail_item(&mut self, queue: &Queue<Q>, claim: &Claim<Q>, error: &str) -> Result<Failed> {
+        (**self).fail_item(queue, claim, error)
+    }
+    fn extend_item(&mut self, queue: &Queue<Q>, claim: &mut Claim<Q>) -> Result<()> {
+        (**self).extend_item(queue, claim)
+    }
+    fn reap_items(&mut self, queue: &Queue<Q>) -> Result<Reaped> {
+        (**self).reap_items(queue)
+    }
 }
 
 /// The longest `last_error` kept, in characters.
@@ -238,6 +343,7 @@ impl<Q> fmt::Debug for Queue<Q> {
 /// The longest lease or backoff: what fits in an `i32` of milliseconds (about 24 days).
 const MAX_MILLIS: u128 = i32::MAX as u128;
 
+#[cfg(feature = "postgres")]
 fn millis(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -365,8 +471,9 @@ impl<Q: ClaimQueue> Queue<Q> {
 
     /// Claims up to `limit` due items for this holder, in id order, and returns them.
     ///
-    /// One statement, one round trip, atomic on its own (it needs no transaction from the
-    /// caller, and inside one its lease becomes visible at the caller's commit):
+    /// On PostgreSQL one statement, one round trip, atomic on its own (it needs no transaction
+    /// from the caller, and inside one its lease becomes visible at the caller's commit); on
+    /// MySQL one short transaction ([`mysql`](crate::claim::mysql#what-is-sent)):
     ///
     /// ```sql
     /// UPDATE t SET status = 'processing', holder = $1,
@@ -410,20 +517,12 @@ impl<Q: ClaimQueue> Queue<Q> {
     /// }
     /// # Ok(()) }
     /// ```
-    pub fn claim(&self, conn: &mut PgConnection, limit: usize) -> Result<Vec<Claim<Q>>> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let lease_ms = millis(self.lease);
-        let mut claims: Vec<Claim<Q>> = QueueSql::<Q, Untyped>::new(Statement::Claim {
-            holder: &self.holder,
-            lease_ms: &lease_ms,
-            limit: &limit,
-        })
-        .load(conn)?;
-        claims.sort_by_key(|c| c.id);
-        Ok(claims)
+    pub fn claim<C: ClaimConnection<Q> + ?Sized>(
+        &self,
+        conn: &mut C,
+        limit: usize,
+    ) -> Result<Vec<Claim<Q>>> {
+        conn.claim_items(self, limit)
     }
 
     /// Marks a claimed item done. One statement, fenced by the claim's id, holder and attempt.
@@ -436,14 +535,12 @@ impl<Q: ClaimQueue> Queue<Q> {
     ///
     /// # Examples
     /// See [`Queue::claim`].
-    pub fn complete(&self, conn: &mut PgConnection, claim: &Claim<Q>) -> Result<()> {
-        let n = QueueSql::<Q, Untyped>::new(Statement::Complete {
-            id: &claim.id,
-            holder: &claim.holder,
-            attempt: &claim.attempt,
-        })
-        .execute(conn)?;
-        fenced(n, claim)
+    pub fn complete<C: ClaimConnection<Q> + ?Sized>(
+        &self,
+        conn: &mut C,
+        claim: &Claim<Q>,
+    ) -> Result<()> {
+        conn.complete_item(self, claim)
     }
 
     /// Records a failed attempt: back to the queue (status `retry`, due after
@@ -470,24 +567,13 @@ impl<Q: ClaimQueue> Queue<Q> {
     /// }
     /// # Ok(()) }
     /// ```
-    pub fn fail(&self, conn: &mut PgConnection, claim: &Claim<Q>, error: &str) -> Result<Failed> {
-        let error: String = error.chars().take(MAX_ERROR_CHARS).collect();
-        let park = claim.attempt >= self.max_attempts;
-        let delay_ms = millis(self.backoff_for(claim.attempt));
-        let rows: Vec<Option<DateTime<Utc>>> =
-            QueueSql::<Q, diesel::sql_types::Nullable<Timestamptz>>::new(Statement::Fail {
-                id: &claim.id,
-                holder: &claim.holder,
-                attempt: &claim.attempt,
-                error: &error,
-                retry_after_ms: (!park).then_some(&delay_ms),
-            })
-            .load(conn)?;
-        fenced(rows.len(), claim)?;
-        Ok(match rows.into_iter().next().flatten() {
-            Some(at) => Failed::Retry { at },
-            None => Failed::Parked,
-        })
+    pub fn fail<C: ClaimConnection<Q> + ?Sized>(
+        &self,
+        conn: &mut C,
+        claim: &Claim<Q>,
+        error: &str,
+    ) -> Result<Failed> {
+        conn.fail_item(self, claim, error)
     }
 
     /// Extends the claim's lease to now + the configured lease (a heartbeat for long work) and
@@ -512,20 +598,12 @@ impl<Q: ClaimQueue> Queue<Q> {
     /// }
     /// # Ok(()) }
     /// ```
-    pub fn extend(&self, conn: &mut PgConnection, claim: &mut Claim<Q>) -> Result<()> {
-        let lease_ms = millis(self.lease);
-        let rows: Vec<DateTime<Utc>> = QueueSql::<Q, Timestamptz>::new(Statement::Extend {
-            id: &claim.id,
-            holder: &claim.holder,
-            attempt: &claim.attempt,
-            lease_ms: &lease_ms,
-        })
-        .load(conn)?;
-        fenced(rows.len(), claim)?;
-        if let Some(until) = rows.into_iter().next() {
-            claim.locked_until = until;
-        }
-        Ok(())
+    pub fn extend<C: ClaimConnection<Q> + ?Sized>(
+        &self,
+        conn: &mut C,
+        claim: &mut Claim<Q>,
+    ) -> Result<()> {
+        conn.extend_item(self, claim)
     }
 
     /// Returns every expired lease to the queue: status `retry`, due at once, the last error
@@ -548,7 +626,80 @@ impl<Q: ClaimQueue> Queue<Q> {
     /// println!("{} requeued, {} parked", reaped.requeued, reaped.parked);
     /// # Ok(()) }
     /// ```
-    pub fn reap_expired(&self, conn: &mut PgConnection) -> Result<Reaped> {
+    pub fn reap_expired<C: ClaimConnection<Q> + ?Sized>(&self, conn: &mut C) -> Result<Reaped> {
+        conn.reap_items(self)
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl<Q: ClaimQueue> Queue<Q>
+where
+    Q: QueryableByName<Pg>,
+    Q::Table: QueryFragment<Pg>,
+{
+    fn pg_claim(&self, conn: &mut PgConnection, limit: usize) -> Result<Vec<Claim<Q>>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let lease_ms = millis(self.lease);
+        let mut claims: Vec<Claim<Q>> = QueueSql::<Q, Untyped>::new(Statement::Claim {
+            holder: &self.holder,
+            lease_ms: &lease_ms,
+            limit: &limit,
+        })
+        .load(conn)?;
+        claims.sort_by_key(|c| c.id);
+        Ok(claims)
+    }
+
+    fn pg_complete(&self, conn: &mut PgConnection, claim: &Claim<Q>) -> Result<()> {
+        let n = QueueSql::<Q, Untyped>::new(Statement::Complete {
+            id: &claim.id,
+            holder: &claim.holder,
+            attempt: &claim.attempt,
+        })
+        .execute(conn)?;
+        fenced(n, claim)
+    }
+
+    fn pg_fail(&self, conn: &mut PgConnection, claim: &Claim<Q>, error: &str) -> Result<Failed> {
+        let error: String = error.chars().take(MAX_ERROR_CHARS).collect();
+        let park = claim.attempt >= self.max_attempts;
+        let delay_ms = millis(self.backoff_for(claim.attempt));
+        let rows: Vec<Option<DateTime<Utc>>> =
+            QueueSql::<Q, diesel::sql_types::Nullable<Timestamptz>>::new(Statement::Fail {
+                id: &claim.id,
+                holder: &claim.holder,
+                attempt: &claim.attempt,
+                error: &error,
+                retry_after_ms: (!park).then_some(&delay_ms),
+            })
+            .load(conn)?;
+        fenced(rows.len(), claim)?;
+        Ok(match rows.into_iter().next().flatten() {
+            Some(at) => Failed::Retry { at },
+            None => Failed::Parked,
+        })
+    }
+
+    fn pg_extend(&self, conn: &mut PgConnection, claim: &mut Claim<Q>) -> Result<()> {
+        let lease_ms = millis(self.lease);
+        let rows: Vec<DateTime<Utc>> = QueueSql::<Q, Timestamptz>::new(Statement::Extend {
+            id: &claim.id,
+            holder: &claim.holder,
+            attempt: &claim.attempt,
+            lease_ms: &lease_ms,
+        })
+        .load(conn)?;
+        fenced(rows.len(), claim)?;
+        if let Some(until) = rows.into_iter().next() {
+            claim.locked_until = until;
+        }
+        Ok(())
+    }
+
+    fn pg_reap_expired(&self, conn: &mut PgConnection) -> Result<Reaped> {
         let statuses: Vec<String> = QueueSql::<Q, Text>::new(Statement::Reap {
             max_attempts: &self.max_attempts,
         })
@@ -574,6 +725,7 @@ fn fenced<Q>(rows: usize, claim: &Claim<Q>) -> Result<()> {
 
 /// The queue's statements. Identifiers and status literals come from [`ClaimQueue`]; every
 /// value is a bind parameter.
+#[cfg(feature = "postgres")]
 enum Statement<'a> {
     Claim {
         holder: &'a String,
@@ -604,12 +756,14 @@ enum Statement<'a> {
     },
 }
 
+#[cfg(feature = "postgres")]
 struct QueueSql<'a, Q: ClaimQueue, ST> {
     table: Q::Table,
     statement: Statement<'a>,
     _types: PhantomData<fn() -> (Q, ST)>,
 }
 
+#[cfg(feature = "postgres")]
 impl<'a, Q: ClaimQueue, ST> QueueSql<'a, Q, ST> {
     fn new(statement: Statement<'a>) -> Self {
         QueueSql {
@@ -620,25 +774,33 @@ impl<'a, Q: ClaimQueue, ST> QueueSql<'a, Q, ST> {
     }
 }
 
+#[cfg(feature = "postgres")]
 impl<Q: ClaimQueue, ST> QueryId for QueueSql<'_, Q, ST> {
     type QueryId = ();
     const HAS_STATIC_QUERY_ID: bool = false;
 }
 
+#[cfg(feature = "postgres")]
 impl<Q: ClaimQueue, ST: 'static> Query for QueueSql<'_, Q, ST> {
     type SqlType = ST;
 }
 
+#[cfg(feature = "postgres")]
 impl<Q: ClaimQueue, ST, Conn> RunQueryDsl<Conn> for QueueSql<'_, Q, ST> {}
 
 /// `'literal'` (status names are checked by [`Queue::new`] to need no escaping).
+#[cfg(feature = "postgres")]
 fn push_literal(out: &mut AstPass<'_, '_, Pg>, s: &str) {
     out.push_sql("'");
     out.push_sql(s);
     out.push_sql("'");
 }
 
-impl<Q: ClaimQueue, ST> QueryFragment<Pg> for QueueSql<'_, Q, ST> {
+#[cfg(feature = "postgres")]
+impl<Q: ClaimQueue, ST> QueryFragment<Pg> for QueueSql<'_, Q, ST>
+where
+    Q::Table: QueryFragment<Pg>,
+{
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
         let table = &self.table;
         // `WHERE id = $ AND status = 'processing' AND holder = $ AND attempts = $`
@@ -816,7 +978,7 @@ impl<Q: ClaimQueue, ST> QueryFragment<Pg> for QueueSql<'_, Q, ST> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "postgres"))]
 mod tests {
     use super::*;
 

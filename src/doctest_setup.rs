@@ -162,7 +162,7 @@ diesel::table! {
 }
 
 /// A claimed task, as a worker reads it.
-#[cfg(feature = "postgres")]
+#[cfg(any(feature = "postgres", feature = "mysql"))]
 #[derive(Debug, diesel::QueryableByName)]
 #[diesel(table_name = tasks)]
 #[allow(dead_code)]
@@ -171,7 +171,7 @@ struct Task {
     name: String,
 }
 
-#[cfg(feature = "postgres")]
+#[cfg(any(feature = "postgres", feature = "mysql"))]
 impl upsert_kit::claim::ClaimQueue for Task {
     type Table = tasks::table;
 }
