@@ -324,3 +324,34 @@ fn killing_a_waiting_get_lock_is_a_cancelled_error_and_holds_nothing() {
     assert!(matches!(got, Err(Error::Cancelled(_))), "{got:?}");
     assert_eq!(holder_seen, Some(first_id));
 }
+
+#[test]
+fn opposite_lock_order_deadlocks_one_side_with_a_retryable_error() {
+    let db = TestMysql::new();
+    let (a, b) = (LockKey::new("order", 1), LockKey::new("order", 2));
+    let conns = Arc::new(Mutex::new(vec![db.conn(), db.conn()]));
+    let both_hold_one = Arc::new(Barrier::new(2));
+    let outcomes = race(2, move |i| {
+        let mut conn = conns.lock().unwrap().pop().unwrap();
+        let (first, second) = if i == 0 { (a, b) } else { (b, a) };
+        let mut held = lock(&mut conn, first).unwrap();
+        both_hold_one.wait();
+        // Each now waits for the other's lock; the first lock is released when `held` drops,
+        // after this result is taken, so the survivor is granted its second lock then.
+        let second = lock(&mut *held, second).map(|g| g.server_name().is_some());
+        second
+    });
+    let deadlocks = outcomes
+        .iter()
+        .filter(|o| matches!(o, Err(Error::Deadlock(_))))
+        .count();
+    assert_eq!(deadlocks, 1, "{outcomes:?}");
+    assert!(
+        outcomes.iter().any(|o| matches!(o, Ok(true))),
+        "{outcomes:?}"
+    );
+    assert!(outcomes
+        .iter()
+        .filter_map(|o| o.as_ref().err())
+        .all(Error::is_retryable));
+}

@@ -68,8 +68,10 @@
 //! # Stacking, transactions, deadlocks
 //! A session that takes a name it holds takes it again (MySQL 5.7+, MariaDB 10.0.2+) and must
 //! release it as often; each guard releases its own level. The lock is not tied to a
-//! transaction: commits and rollbacks leave it held. MySQL 8 detects deadlocks between named
-//! locks (`ER_USER_LOCK_DEADLOCK`); the server releases a session's named locks when it ends.
+//! transaction: commits and rollbacks leave it held. The server detects deadlocks between
+//! named locks (two sessions each waiting for the other's): MariaDB fails one `GET_LOCK` with
+//! 1213, [`Error::Deadlock`] (retryable; tested), MySQL 8 with `ER_USER_LOCK_DEADLOCK` (3058).
+//! The server releases a session's named locks when it ends.
 //!
 //! # Isolation
 //! A named lock takes no row locks and reads no table, so it is the same at every isolation
