@@ -39,7 +39,7 @@
 //!
 //! # On MySQL and MariaDB
 //! The same calls take a `MysqlConnection` (MariaDB 10.6+, MySQL 8.0+, which have
-//! `SKIP LOCKED`), with the same guarantees; [`mysql`](crate::claim::mysql) says what each one
+//! `SKIP LOCKED`), with the same guarantees; [`mysql`] says what each one
 //! sends (no `RETURNING` there: one short transaction per call) and which isolation it needs.
 //!
 //! Claims take PostgreSQL and MySQL connections only ([`ClaimConnection`]; SQLite has no

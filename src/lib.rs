@@ -6,6 +6,7 @@
     not(all(
         feature = "postgres",
         feature = "sqlite",
+        feature = "mysql",
         feature = "r2d2",
         feature = "derive"
     )),

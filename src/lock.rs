@@ -1,5 +1,5 @@
 //! Named locks, by a namespace and a key: PostgreSQL advisory locks and MySQL/MariaDB named
-//! locks (`GET_LOCK`, in [`mysql`](crate::lock::mysql)), behind the same guard.
+//! locks (`GET_LOCK`, in [`mysql`]), behind the same guard.
 //!
 //! # Lock keys
 //! A [`LockKey`] is a pair of 32-bit integers, the form taken by
@@ -56,7 +56,7 @@
 //! # On MySQL and MariaDB
 //! The session-scoped calls are the same ([`lock`], [`try_lock`], [`try_lock_for`],
 //! [`with_lock`], the [`SessionLock`] guard and its poisoning) on a `MysqlConnection` or a
-//! pooled one, with `GET_LOCK` / `RELEASE_LOCK`; [`mysql`](crate::lock::mysql) says how a
+//! pooled one, with `GET_LOCK` / `RELEASE_LOCK`; [`mysql`] says how a
 //! [`LockKey`] becomes a lock name and what each call sends. MySQL has no transaction-scoped
 //! named lock and no shared one, so [`xact_lock`], [`try_xact_lock`], [`shared_xact_lock`],
 //! [`try_shared_xact_lock`], [`lock_shared`] and [`try_lock_shared`] take PostgreSQL
@@ -755,7 +755,7 @@ fn take<C: LockSession>(
 ///   `lock_timeout` and `statement_timeout` (see [`try_lock_for`] for a bound of its own); the
 ///   wait is visible to PostgreSQL's deadlock detector.
 /// - MySQL/MariaDB: `GET_LOCK(name, 31536000)` (a year: MariaDB refuses the negative timeout
-///   MySQL 8 reads as "forever"). See [`mysql`](crate::lock::mysql) for the name.
+///   MySQL 8 reads as "forever"). See [`mysql`] for the name.
 ///
 /// # Errors
 /// [`Error::Deadlock`] when waiting would deadlock (two sessions taking two locks in opposite

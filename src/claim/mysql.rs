@@ -57,7 +57,7 @@
 //! transaction at READ COMMITTED (`SET TRANSACTION` applies to the next transaction only; the
 //! session keeps its level), where InnoDB takes no gap locks for these statements, and never
 //! wait (SKIP LOCKED). Inside a caller's transaction they run at the caller's level: at
-//! REPEATABLE READ two such claims may then deadlock, reported as [`Error::Deadlock`]
+//! REPEATABLE READ two such claims may then deadlock, reported as [`Error::Deadlock`](crate::Error::Deadlock)
 //! (retryable: re-run the whole transaction). Complete, fail and extend touch one row by its
 //! primary key and need nothing beyond any level's current reads.
 //!
