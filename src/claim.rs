@@ -37,6 +37,18 @@
 //!
 //! Times are the server's (`statement_timestamp()`), never the workers' clocks.
 //!
+//! # Tenants (distributed tables)
+//! A queue may declare a tenant column ([`ClaimQueue::TENANT`], e.g. the column a Citus table
+//! is distributed by). Every statement of such a queue then filters by it: a claim claims
+//! within the tenants the [`Queue`] names ([`Queue::tenant`]), one statement per tenant, in
+//! the order given, until `limit` items are claimed; [`Queue::complete`], [`Queue::fail`] and
+//! [`Queue::extend`] name the claim's tenant next to its id, and [`Queue::reap_expired`] reaps
+//! tenant by tenant. On Citus each such statement is routed to the one shard of its tenant,
+//! where `FOR UPDATE SKIP LOCKED` works as on one server (a claim across the shards of a
+//! hash-distributed table is refused by Citus: "could not run distributed query with FOR
+//! UPDATE/SHARE commands"). Without a tenant column the statements filter by id alone: keep
+//! such a queue on one server, or on one shard of a distributed database.
+//!
 //! # On MySQL and MariaDB
 //! The same calls take a `MysqlConnection` (MariaDB 10.6+, MySQL 8.0+, which have
 //! `SKIP LOCKED`), with the same guarantees; [`mysql`] says what each one
@@ -77,7 +89,7 @@ pub mod mysql;
 ///
 /// | constant | default | SQL type | meaning |
 /// |---|---|---|---|
-/// | [`ID`](ClaimQueue::ID) | `id` | `BIGINT`, unique | claim order and identity |
+/// | [`ID`](ClaimQueue::ID) | `id` | `BIGINT`, unique (with the tenant, when [`TENANT`](ClaimQueue::TENANT) is set) | claim order and identity |
 /// | [`STATUS`](ClaimQueue::STATUS) | `status` | `TEXT NOT NULL` | the state, values below |
 /// | [`ATTEMPTS`](ClaimQueue::ATTEMPTS) | `attempts` | `INTEGER NOT NULL DEFAULT 0` | claims so far |
 /// | [`LOCKED_UNTIL`](ClaimQueue::LOCKED_UNTIL) | `locked_until` | `TIMESTAMPTZ` | the lease's end while processing; "not before" while waiting to retry |
@@ -139,6 +151,11 @@ pub trait ClaimQueue: Sized + 'static {
     type Table: diesel::Table + Default;
     /// The id column.
     const ID: &'static str = "id";
+    /// The tenant column, when the queue has one (default: none). Every statement then
+    /// filters by it (see [the module documentation](self#tenants-distributed-tables)), and
+    /// [`Queue::tenant`] names the tenants a worker claims within. Its SQL type must be the
+    /// one of the [`Tenant`] values given (`INTEGER`, `BIGINT` or `TEXT`).
+    const TENANT: Option<&'static str> = None;
     /// The status column.
     const STATUS: &'static str = "status";
     /// The attempts column.
@@ -161,11 +178,75 @@ pub trait ClaimQueue: Sized + 'static {
     const FAILED: &'static str = "failed";
 }
 
+/// A value of a queue's tenant column ([`ClaimQueue::TENANT`]), bound with its SQL type.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Tenant {
+    /// An `INTEGER` column's value.
+    Int(i32),
+    /// A `BIGINT` column's value.
+    BigInt(i64),
+    /// A `TEXT` column's value.
+    Text(String),
+}
+
+impl From<i32> for Tenant {
+    fn from(v: i32) -> Self {
+        Tenant::Int(v)
+    }
+}
+
+impl From<i64> for Tenant {
+    fn from(v: i64) -> Self {
+        Tenant::BigInt(v)
+    }
+}
+
+impl From<&str> for Tenant {
+    fn from(v: &str) -> Self {
+        Tenant::Text(v.to_owned())
+    }
+}
+
+impl From<String> for Tenant {
+    fn from(v: String) -> Self {
+        Tenant::Text(v)
+    }
+}
+
+impl fmt::Display for Tenant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Tenant::Int(v) => write!(f, "{v}"),
+            Tenant::BigInt(v) => write!(f, "{v}"),
+            Tenant::Text(v) => write!(f, "{v:?}"),
+        }
+    }
+}
+
+/// `tenant_column = $n`, bound with the value's SQL type.
+#[cfg(feature = "postgres")]
+fn push_tenant<'b>(
+    out: &mut AstPass<'_, 'b, Pg>,
+    column: &str,
+    tenant: &'b Tenant,
+) -> QueryResult<()> {
+    out.push_identifier(column)?;
+    out.push_sql(" = ");
+    match tenant {
+        Tenant::Int(v) => out.push_bind_param::<Integer, _>(v),
+        Tenant::BigInt(v) => out.push_bind_param::<BigInt, _>(v),
+        Tenant::Text(v) => out.push_bind_param::<Text, _>(v),
+    }
+}
+
 /// One claimed item: the row, and the lease that fences this worker's updates of it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Claim<Q> {
     /// The row's id.
     pub id: i64,
+    /// The row's tenant, for a queue with a tenant column ([`ClaimQueue::TENANT`]): every
+    /// update of the claim names it next to the id.
+    pub tenant: Option<Tenant>,
     /// Which attempt this is (1 for the first claim).
     pub attempt: i32,
     /// Who holds the lease.
@@ -181,6 +262,8 @@ impl<Q: ClaimQueue + QueryableByName<Pg>> QueryableByName<Pg> for Claim<Q> {
     fn build<'a>(row: &impl NamedRow<'a, Pg>) -> deserialize::Result<Self> {
         Ok(Claim {
             id: NamedRow::get::<BigInt, i64>(row, Q::ID)?,
+            // Set by `Queue::claim` from the tenant its statement named.
+            tenant: None,
             attempt: NamedRow::get::<Integer, i32>(row, Q::ATTEMPTS)?,
             holder: NamedRow::get::<Text, String>(row, Q::HOLDER)?,
             locked_until: NamedRow::get::<Timestamptz, DateTime<Utc>>(row, Q::LOCKED_UNTIL)?,
@@ -307,6 +390,7 @@ pub const MAX_HOLDER_BYTES: usize = 200;
 #[must_use = "a queue does nothing until you claim from it"]
 pub struct Queue<Q> {
     holder: String,
+    tenants: Vec<Tenant>,
     lease: Duration,
     max_attempts: i32,
     backoff_base: Duration,
@@ -318,6 +402,7 @@ impl<Q> Clone for Queue<Q> {
     fn clone(&self) -> Self {
         Queue {
             holder: self.holder.clone(),
+            tenants: self.tenants.clone(),
             lease: self.lease,
             max_attempts: self.max_attempts,
             backoff_base: self.backoff_base,
@@ -332,6 +417,7 @@ impl<Q> fmt::Debug for Queue<Q> {
         f.debug_struct("Queue")
             .field("rows", &std::any::type_name::<Q>())
             .field("holder", &self.holder)
+            .field("tenants", &self.tenants)
             .field("lease", &self.lease)
             .field("max_attempts", &self.max_attempts)
             .field("backoff_base", &self.backoff_base)
@@ -395,6 +481,7 @@ impl<Q: ClaimQueue> Queue<Q> {
         }
         Ok(Queue {
             holder,
+            tenants: Vec::new(),
             lease: Duration::from_secs(60),
             max_attempts: 5,
             backoff_base: Duration::from_secs(1),
@@ -441,6 +528,68 @@ impl<Q: ClaimQueue> Queue<Q> {
         self.backoff_base = base;
         self.backoff_cap = cap;
         self
+    }
+
+    /// Adds `tenant` to the tenants this worker claims within (a queue with a tenant column,
+    /// [`ClaimQueue::TENANT`]); call it once per tenant. [`Queue::claim`] and
+    /// [`Queue::reap_expired`] run one statement per tenant, in the order added.
+    ///
+    /// # Panics
+    /// When `Q` declares no tenant column.
+    ///
+    /// # Examples
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use upsert_kit::claim::{ClaimQueue, Queue, Tenant};
+    /// # let (_db, mut conn) = establish_pg()?;
+    /// # diesel::connection::SimpleConnection::batch_execute(&mut conn,
+    /// #     "ALTER TABLE tasks ADD COLUMN account BIGINT NOT NULL DEFAULT 1")?;
+    /// #[derive(Debug, diesel::QueryableByName)]
+    /// #[diesel(table_name = tasks)]
+    /// struct AccountTask {
+    ///     name: String,
+    /// }
+    /// impl ClaimQueue for AccountTask {
+    ///     type Table = tasks::table;
+    ///     const TENANT: Option<&'static str> = Some("account");
+    /// }
+    /// let queue = Queue::<AccountTask>::new("worker-1")?.tenant(1_i64).tenant(2_i64);
+    /// for claim in queue.claim(&mut conn, 10)? {
+    ///     assert!(matches!(claim.tenant, Some(Tenant::BigInt(1 | 2))));
+    ///     queue.complete(&mut conn, &claim)?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn tenant(mut self, tenant: impl Into<Tenant>) -> Self {
+        assert!(
+            Q::TENANT.is_some(),
+            "Queue::tenant: {} declares no tenant column (ClaimQueue::TENANT)",
+            std::any::type_name::<Q>()
+        );
+        self.tenants.push(tenant.into());
+        self
+    }
+
+    /// The tenants this worker claims within, in claim order.
+    pub fn tenants(&self) -> &[Tenant] {
+        &self.tenants
+    }
+
+    /// The tenants to run a claim or reap for: `[None]` without a tenant column.
+    #[cfg(feature = "postgres")]
+    fn scopes(&self) -> Result<Vec<Option<&Tenant>>> {
+        match Q::TENANT {
+            None => Ok(vec![None]),
+            Some(column) if self.tenants.is_empty() => Err(Error::invalid(
+                "tenant",
+                format!(
+                    "the queue has a tenant column ({column}): name the tenants to claim within \
+                     with Queue::tenant"
+                ),
+            )),
+            Some(_) => Ok(self.tenants.iter().map(Some).collect()),
+        }
     }
 
     /// The holder's name.
@@ -641,24 +790,41 @@ where
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let scopes = self.scopes()?;
         let lease_ms = millis(self.lease);
-        let mut claims: Vec<Claim<Q>> = QueueSql::<Q, Untyped>::new(Statement::Claim {
-            holder: &self.holder,
-            lease_ms: &lease_ms,
-            limit: &limit,
-        })
-        .load(conn)?;
-        claims.sort_by_key(|c| c.id);
-        Ok(claims)
+        let mut all = Vec::new();
+        for tenant in scopes {
+            let left = i64::try_from(limit - all.len()).unwrap_or(i64::MAX);
+            let mut claims: Vec<Claim<Q>> = QueueSql::<Q, Untyped>::new(
+                tenant,
+                Statement::Claim {
+                    holder: &self.holder,
+                    lease_ms: &lease_ms,
+                    limit: &left,
+                },
+            )
+            .load(conn)?;
+            claims.sort_by_key(|c| c.id);
+            for claim in &mut claims {
+                claim.tenant = tenant.cloned();
+            }
+            all.extend(claims);
+            if all.len() >= limit {
+                break;
+            }
+        }
+        Ok(all)
     }
 
     fn pg_complete(&self, conn: &mut PgConnection, claim: &Claim<Q>) -> Result<()> {
-        let n = QueueSql::<Q, Untyped>::new(Statement::Complete {
-            id: &claim.id,
-            holder: &claim.holder,
-            attempt: &claim.attempt,
-        })
+        let n = QueueSql::<Q, Untyped>::new(
+            claim.tenant.as_ref(),
+            Statement::Complete {
+                id: &claim.id,
+                holder: &claim.holder,
+                attempt: &claim.attempt,
+            },
+        )
         .execute(conn)?;
         fenced(n, claim)
     }
@@ -668,13 +834,16 @@ where
         let park = claim.attempt >= self.max_attempts;
         let delay_ms = millis(self.backoff_for(claim.attempt));
         let rows: Vec<Option<DateTime<Utc>>> =
-            QueueSql::<Q, diesel::sql_types::Nullable<Timestamptz>>::new(Statement::Fail {
-                id: &claim.id,
-                holder: &claim.holder,
-                attempt: &claim.attempt,
-                error: &error,
-                retry_after_ms: (!park).then_some(&delay_ms),
-            })
+            QueueSql::<Q, diesel::sql_types::Nullable<Timestamptz>>::new(
+                claim.tenant.as_ref(),
+                Statement::Fail {
+                    id: &claim.id,
+                    holder: &claim.holder,
+                    attempt: &claim.attempt,
+                    error: &error,
+                    retry_after_ms: (!park).then_some(&delay_ms),
+                },
+            )
             .load(conn)?;
         fenced(rows.len(), claim)?;
         Ok(match rows.into_iter().next().flatten() {
@@ -685,12 +854,15 @@ where
 
     fn pg_extend(&self, conn: &mut PgConnection, claim: &mut Claim<Q>) -> Result<()> {
         let lease_ms = millis(self.lease);
-        let rows: Vec<DateTime<Utc>> = QueueSql::<Q, Timestamptz>::new(Statement::Extend {
-            id: &claim.id,
-            holder: &claim.holder,
-            attempt: &claim.attempt,
-            lease_ms: &lease_ms,
-        })
+        let rows: Vec<DateTime<Utc>> = QueueSql::<Q, Timestamptz>::new(
+            claim.tenant.as_ref(),
+            Statement::Extend {
+                id: &claim.id,
+                holder: &claim.holder,
+                attempt: &claim.attempt,
+                lease_ms: &lease_ms,
+            },
+        )
         .load(conn)?;
         fenced(rows.len(), claim)?;
         if let Some(until) = rows.into_iter().next() {
@@ -700,15 +872,20 @@ where
     }
 
     fn pg_reap_expired(&self, conn: &mut PgConnection) -> Result<Reaped> {
-        let statuses: Vec<String> = QueueSql::<Q, Text>::new(Statement::Reap {
-            max_attempts: &self.max_attempts,
-        })
-        .load(conn)?;
-        let parked = statuses.iter().filter(|s| *s == Q::FAILED).count();
-        Ok(Reaped {
-            requeued: statuses.len() - parked,
-            parked,
-        })
+        let mut reaped = Reaped::default();
+        for tenant in self.scopes()? {
+            let statuses: Vec<String> = QueueSql::<Q, Text>::new(
+                tenant,
+                Statement::Reap {
+                    max_attempts: &self.max_attempts,
+                },
+            )
+            .load(conn)?;
+            let parked = statuses.iter().filter(|s| *s == Q::FAILED).count();
+            reaped.requeued += statuses.len() - parked;
+            reaped.parked += parked;
+        }
+        Ok(reaped)
     }
 }
 
@@ -717,8 +894,15 @@ fn fenced<Q>(rows: usize, claim: &Claim<Q>) -> Result<()> {
         Ok(())
     } else {
         Err(Error::NotFound(format!(
-            "claim of item {} (attempt {}) is no longer held by {:?}",
-            claim.id, claim.attempt, claim.holder
+            "claim of item {}{} (attempt {}) is no longer held by {:?}",
+            claim.id,
+            claim
+                .tenant
+                .as_ref()
+                .map(|t| format!(" of tenant {t}"))
+                .unwrap_or_default(),
+            claim.attempt,
+            claim.holder
         )))
     }
 }
@@ -759,15 +943,18 @@ enum Statement<'a> {
 #[cfg(feature = "postgres")]
 struct QueueSql<'a, Q: ClaimQueue, ST> {
     table: Q::Table,
+    /// The tenant every part of the statement filters by (a queue with a tenant column).
+    tenant: Option<&'a Tenant>,
     statement: Statement<'a>,
     _types: PhantomData<fn() -> (Q, ST)>,
 }
 
 #[cfg(feature = "postgres")]
 impl<'a, Q: ClaimQueue, ST> QueueSql<'a, Q, ST> {
-    fn new(statement: Statement<'a>) -> Self {
+    fn new(tenant: Option<&'a Tenant>, statement: Statement<'a>) -> Self {
         QueueSql {
             table: Q::Table::default(),
+            tenant,
             statement,
             _types: PhantomData,
         }
@@ -803,13 +990,28 @@ where
 {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
         let table = &self.table;
-        // `WHERE id = $ AND status = 'processing' AND holder = $ AND attempts = $`
+        // ` AND tenant = $` for a queue with a tenant column.
+        let tenant = self
+            .tenant
+            .and_then(|t| Q::TENANT.map(|column| (column, t)));
+        let and_tenant = |out: &mut AstPass<'_, 'b, Pg>| -> QueryResult<()> {
+            if let Some((column, value)) = tenant {
+                out.push_sql(" AND ");
+                push_tenant(out, column, value)?;
+            }
+            Ok(())
+        };
+        // `WHERE [tenant = $ AND] id = $ AND status = 'processing' AND holder = $ AND attempts = $`
         let fence = |out: &mut AstPass<'_, 'b, Pg>,
                      id: &'b i64,
                      holder: &'b String,
                      attempt: &'b i32|
          -> QueryResult<()> {
             out.push_sql(" WHERE ");
+            if let Some((column, value)) = tenant {
+                push_tenant(out, column, value)?;
+                out.push_sql(" AND ");
+            }
             out.push_identifier(Q::ID)?;
             out.push_sql(" = ");
             out.push_bind_param::<BigInt, _>(id)?;
@@ -852,12 +1054,20 @@ where
                 out.push_sql(" = ");
                 out.push_identifier(Q::ATTEMPTS)?;
                 out.push_sql(" + 1 WHERE ");
+                if let Some((column, value)) = tenant {
+                    push_tenant(&mut out, column, value)?;
+                    out.push_sql(" AND ");
+                }
                 out.push_identifier(Q::ID)?;
                 out.push_sql(" = ANY(ARRAY(SELECT ");
                 out.push_identifier(Q::ID)?;
                 out.push_sql(" FROM ");
                 table.walk_ast(out.reborrow())?;
                 out.push_sql(" WHERE ");
+                if let Some((column, value)) = tenant {
+                    push_tenant(&mut out, column, value)?;
+                    out.push_sql(" AND ");
+                }
                 out.push_identifier(Q::STATUS)?;
                 out.push_sql(" IN (");
                 push_literal(&mut out, Q::PENDING);
@@ -959,6 +1169,10 @@ where
                 out.push_sql(" = NULL, ");
                 out.push_identifier(Q::LOCKED_UNTIL)?;
                 out.push_sql(" = NULL WHERE ");
+                if let Some((column, value)) = tenant {
+                    push_tenant(&mut out, column, value)?;
+                    out.push_sql(" AND ");
+                }
                 out.push_identifier(Q::ID)?;
                 out.push_sql(" = ANY(ARRAY(SELECT ");
                 out.push_identifier(Q::ID)?;
@@ -968,6 +1182,7 @@ where
                 out.push_identifier(Q::STATUS)?;
                 out.push_sql(" = ");
                 push_literal(&mut out, Q::PROCESSING);
+                and_tenant(&mut out)?;
                 out.push_sql(" AND ");
                 out.push_identifier(Q::LOCKED_UNTIL)?;
                 out.push_sql(" <= statement_timestamp() FOR UPDATE SKIP LOCKED)) RETURNING ");
@@ -1022,11 +1237,14 @@ mod tests {
     fn statements_name_the_columns_and_bind_the_values() {
         let holder = "w1".to_owned();
         let (ms, limit) = (1000.0, 5_i64);
-        let sql = diesel::debug_query::<Pg, _>(&QueueSql::<Item, Untyped>::new(Statement::Claim {
-            holder: &holder,
-            lease_ms: &ms,
-            limit: &limit,
-        }))
+        let sql = diesel::debug_query::<Pg, _>(&QueueSql::<Item, Untyped>::new(
+            None,
+            Statement::Claim {
+                holder: &holder,
+                lease_ms: &ms,
+                limit: &limit,
+            },
+        ))
         .to_string();
         assert!(sql.starts_with(
             "UPDATE \"work_items\" SET \"status\" = 'processing', \"holder\" = $1, \

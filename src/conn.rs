@@ -102,8 +102,13 @@ macro_rules! binds {
 impl Dialect for diesel::pg::Pg {
     const WRITABLE_CTE: bool = true;
     const RETURNING: bool = true;
-    const DEFAULT_TABLES_SQL: &'static str =
-        include_str!("../migrations/postgres/2026-12-01-000010_upsert_kit_tables/up.sql");
+    const DEFAULT_TABLES_SQL: &'static str = concat!(
+        include_str!("../migrations/postgres/2026-12-01-000010_upsert_kit_tables/up.sql"),
+        "\n",
+        include_str!(
+            "../migrations/postgres/2026-12-01-000164_upsert_kit_reservations_keyed_by_quota/up.sql"
+        ),
+    );
     binds!();
     fn push_int_array(out: &mut AstPass<'_, '_, Self>, columns: &[&str]) -> QueryResult<()> {
         out.push_sql("json_build_array(");

@@ -34,6 +34,15 @@
 //! (PostgreSQL refuses a total past an `INTEGER` column's range with an error, nothing written).
 //!
 //! On SQLite each statement runs in a `BEGIN IMMEDIATE` transaction (one writer at a time).
+//!
+//! On MySQL and MariaDB (no `RETURNING`) the increment and the read of the row's totals run in
+//! one transaction: `UPDATE t SET a = a + ? … WHERE key [AND bounds]`, then `SELECT
+//! CAST(JSON_ARRAY(a, b) AS CHAR) FROM t WHERE key`; the row lock taken by the write makes the
+//! read give this increment's totals. The creating form is `INSERT … ON DUPLICATE KEY UPDATE a =
+//! t.a + VALUES(a), …`; with bounds, which `ON DUPLICATE KEY` cannot put in a `WHERE`, the first
+//! assignment stores a nonce and the bounds (judged once, before any column changes) in session
+//! variables, every column is assigned only if they held, and the read returns both variables
+//! with the totals. Any isolation level, REPEATABLE READ included (tested).
 //! Under REPEATABLE READ or SERIALIZABLE on PostgreSQL, concurrent increments of one row fail
 //! with [`Error::SerializationFailure`] instead of waiting: retry them with
 //! [`Retry`](crate::Retry).
@@ -750,7 +759,10 @@ impl<'a, T: Counter> UpsertIncrementSql<'a, T> {
                         )
                     })?;
                     DB::push_int(out, nonce)?;
-                    out.push_sql(") IS NULL OR (@upsert_kit_ok := COALESCE((");
+                    // Nested IFs: each condition is evaluated before its branches, in order.
+                    out.push_sql(") IS NULL, ");
+                    out.push_identifier(column)?;
+                    out.push_sql(", IF((@upsert_kit_ok := COALESCE((");
                     let mut first = true;
                     let bounds = self.bounds;
                     bounds.walk::<T, DB>(out, self.amounts, true, true, &mut first)?;
@@ -760,7 +772,7 @@ impl<'a, T: Counter> UpsertIncrementSql<'a, T> {
                     walk_new::<T, DB>(out, i, self.amounts, true, true)?;
                     out.push_sql(", ");
                     out.push_identifier(column)?;
-                    out.push_sql("))");
+                    out.push_sql(")))");
                 } else {
                     out.push_sql("@upsert_kit_ok, ");
                     walk_new::<T, DB>(out, i, self.amounts, true, true)?;

@@ -48,6 +48,18 @@
 //!
 //! `upsert_kit_pooler=session` (or `off`) leaves the mode off, for a pooler in session mode,
 //! which keeps one server connection per client connection.
+//!
+//! **Session settings.** A `SET` without `LOCAL` stays on the server connection, where the
+//! next client of a transaction-mode pooler finds it. The crate sends none: its one setting is
+//! `set_config('lock_timeout', …, true)` in [`try_lock_for`](crate::lock::try_lock_for),
+//! transaction-local (and refused in pooler mode with the other session locks). Diesel's
+//! connection setup sends `SET TIME ZONE 'UTC'` and `SET CLIENT_ENCODING TO 'UTF8'`: PgBouncer
+//! tracks these two parameters and gives each client its own values on whatever server
+//! connection it gets (the library's `tests/pooler.rs` checks both, and that an untracked
+//! session `SET` does leak). RDS Proxy instead pins a client that sends a `SET` to its server
+//! connection (correct, but without multiplexing): see the workspace's
+//! `docs/hosted-databases.md`. Settings of your own: use `SET LOCAL` (or
+//! `set_config(…, true)`) inside the transaction that needs them.
 
 #[cfg(any(feature = "postgres", feature = "sqlite", feature = "mysql"))]
 use crate::error::{Error, Result};
@@ -336,6 +348,29 @@ fn mysql_url(url: &str) -> String {
 /// Diesel's connection sets the `CLIENT_FOUND_ROWS` flag, the session's time zone to UTC and
 /// its character set to `utf8mb4`; the upserts report exact outcomes whatever the flag (see
 /// [`upsert`](crate::upsert#outcomes)).
+///
+/// # Examples
+///
+/// ```
+/// # include!("doctest_setup.rs");
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let db = upsert_kit_support::TestMysql::with_sql(
+/// #     "CREATE TABLE items (id BIGINT AUTO_INCREMENT PRIMARY KEY, sku VARCHAR(64) NOT NULL UNIQUE, name TEXT NOT NULL)");
+/// # let url = db.url();
+/// use upsert_kit::{atomic_upsert, bulk_upsert, Upsert, UpsertOutcome};
+///
+/// #[derive(Upsert)]
+/// #[upsert(table = items, key(sku))]
+/// struct Item { sku: String, name: String }
+///
+/// let mut conn = upsert_kit::db::connect_mysql(url)?; // mysql://user:password@host:3306/app
+/// let anvil = Item { sku: "a-1".into(), name: "anvil".into() };
+/// assert_eq!(atomic_upsert(&mut conn, &anvil)?, UpsertOutcome::Inserted);
+/// assert_eq!(atomic_upsert(&mut conn, &anvil)?, UpsertOutcome::Updated);
+/// let outcome = bulk_upsert(&mut conn, &[anvil, Item { sku: "b-2".into(), name: "bolt".into() }])?;
+/// assert_eq!((outcome.inserted, outcome.updated), (1, 1));
+/// # Ok(()) }
+/// ```
 ///
 /// # Errors
 /// [`Error::Connect`] when the server does not answer or refuses the login.

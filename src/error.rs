@@ -397,13 +397,36 @@ fn classify_mysql_message(message: &str) -> Option<Error> {
         Some(Error::LockTimeout(m))
     } else if message.starts_with("Deadlock found when trying to get lock") {
         Some(Error::Deadlock(m))
-    } else if message.ends_with("server has gone away")
+    } else if message
+        .to_ascii_lowercase()
+        .ends_with("server has gone away")
         || message.starts_with("Lost connection to")
         || message.starts_with("Connection was killed")
         || message.starts_with("The client was disconnected")
         || message.starts_with("Server shutdown in progress")
     {
         Some(Error::ConnectionLost(m))
+    } else if message.starts_with("Duplicate entry ") {
+        // Diesel names the kind for prepared statements only; a plain query's error comes here.
+        Some(Error::Constraint {
+            kind: ConstraintKind::Unique,
+            constraint: mysql_duplicate_key_name(message),
+            message: m,
+        })
+    } else if let Some(rest) = message.strip_prefix("CONSTRAINT `") {
+        // MariaDB 4025: CONSTRAINT `name` failed for `db`.`table`
+        Some(Error::Constraint {
+            kind: ConstraintKind::Check,
+            constraint: rest.split_once('`').map(|(name, _)| name.to_owned()),
+            message: m,
+        })
+    } else if let Some(rest) = message.strip_prefix("Check constraint '") {
+        // MySQL 8 3819: Check constraint 'name' is violated.
+        Some(Error::Constraint {
+            kind: ConstraintKind::Check,
+            constraint: rest.split_once('\'').map(|(name, _)| name.to_owned()),
+            message: m,
+        })
     } else if message.starts_with("Query execution was interrupted") {
         if message.contains("max_statement_time") || message.contains("maximum statement") {
             Some(Error::StatementTimeout(m))

@@ -17,6 +17,13 @@
 //! - **SQLite**: the same two statements inside one `BEGIN IMMEDIATE` transaction (a savepoint
 //!   when the caller already has a transaction open). SQLite admits one writer at a time, so
 //!   nothing can slip in between them and the read cannot miss.
+//! - **MySQL / MariaDB**: `INSERT … ON DUPLICATE KEY UPDATE k = IF((@upsert_kit_hit := nonce)
+//!   IS NULL, k, k)`, which changes nothing but records whether the key existed (not
+//!   `INSERT IGNORE`, which would turn unrelated errors into warnings), then `SELECT … FOR
+//!   UPDATE` of the row by key. The locking read sees the newest committed row even inside a
+//!   REPEATABLE READ transaction whose snapshot predates it, so there is no serialization
+//!   failure to retry on MySQL. A row colliding on another unique index than the key fails with
+//!   that index's duplicate-key error (see [`crate::upsert`]).
 //!
 //! No advisory lock is taken: the unique index is the lock. A second creator blocks on the
 //! first one's uncommitted index entry until it commits, so even rows that creation
@@ -39,7 +46,7 @@
 use crate::error::{Error, Result};
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 use crate::tx;
-use crate::upsert::statement::{push_identifiers, OnConflict, UpsertSql, Values};
+use crate::upsert::statement::{OnConflict, UpsertSql, Values};
 use crate::upsert::{BindRow, NoCondition, UpsertModel};
 use diesel::backend::Backend;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
@@ -197,11 +204,8 @@ where
     }
 }
 
-/// The name of the one-row table of incoming values in [`SelectByKey`].
-const KEY_ROW: &str = "__upsert_kit_key";
-
-/// `WITH k (cols) AS (VALUES (…)) SELECT <selection> FROM t, k WHERE t.key = k.key`: the row
-/// with `row`'s key, binding the model's values the same way the insert does.
+/// `SELECT <selection> FROM t WHERE k1 = $1 AND k2 = $2`: the row with `row`'s key, each key
+/// column compared with its value (so that a distributed table routes the read to one shard).
 #[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
 struct SelectByKey<'a, M: UpsertModel, S> {
     table: M::Table,
@@ -228,29 +232,12 @@ where
     S: QueryFragment<DB>,
 {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
-        out.push_sql("WITH ");
-        out.push_identifier(KEY_ROW)?;
-        out.push_sql(" (");
-        push_identifiers(&mut out, M::COLUMNS)?;
-        out.push_sql(") AS (VALUES (");
-        self.row.walk_row(out.reborrow())?;
-        out.push_sql(")) SELECT ");
+        out.push_sql("SELECT ");
         self.selection.walk_ast(out.reborrow())?;
         out.push_sql(" FROM ");
         self.table.walk_ast(out.reborrow())?;
-        out.push_sql(", ");
-        out.push_identifier(KEY_ROW)?;
-        for (i, key) in M::KEY.iter().enumerate() {
-            out.push_sql(if i == 0 { " WHERE " } else { " AND " });
-            self.table.walk_ast(out.reborrow())?;
-            out.push_sql(".");
-            out.push_identifier(key)?;
-            out.push_sql(" = ");
-            out.push_identifier(KEY_ROW)?;
-            out.push_sql(".");
-            out.push_identifier(key)?;
-        }
-        Ok(())
+        out.push_sql(" WHERE ");
+        self.row.walk_key_match(out.reborrow())
     }
 }
 
@@ -334,17 +321,10 @@ where
     }
 }
 
-/// MySQL: `SELECT <selection> FROM t, (SELECT <cols> FROM t WHERE FALSE UNION ALL SELECT ?, …)
-/// AS k WHERE t.key = k.key FOR UPDATE`. The union's first branch names the columns (MariaDB
-/// has no derived-table column list, MySQL no bare `VALUES` row), the second binds the model's
-/// values the way the insert does; `FOR UPDATE` reads the newest committed row even inside a
-/// REPEATABLE READ transaction whose snapshot predates it.
+/// MySQL: `SELECT <selection> FROM t WHERE k1 = ? AND … FOR UPDATE`: the locking read sees the
+/// newest committed row even inside a REPEATABLE READ transaction whose snapshot predates it.
 #[cfg(feature = "mysql")]
-struct MysqlSelectByKey<'a, M: UpsertModel, S> {
-    table: M::Table,
-    row: &'a M,
-    selection: S,
-}
+struct MysqlSelectByKey<'a, M: UpsertModel, S>(SelectByKey<'a, M, S>);
 
 #[cfg(feature = "mysql")]
 impl<M: UpsertModel, S> QueryId for MysqlSelectByKey<'_, M, S> {
@@ -368,28 +348,7 @@ where
     S: QueryFragment<Mysql>,
 {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Mysql>) -> QueryResult<()> {
-        out.push_sql("SELECT ");
-        self.selection.walk_ast(out.reborrow())?;
-        out.push_sql(" FROM ");
-        self.table.walk_ast(out.reborrow())?;
-        out.push_sql(", (SELECT ");
-        push_identifiers(&mut out, M::COLUMNS)?;
-        out.push_sql(" FROM ");
-        self.table.walk_ast(out.reborrow())?;
-        out.push_sql(" WHERE FALSE UNION ALL SELECT ");
-        self.row.walk_row(out.reborrow())?;
-        out.push_sql(") AS ");
-        out.push_identifier(KEY_ROW)?;
-        for (i, key) in M::KEY.iter().enumerate() {
-            out.push_sql(if i == 0 { " WHERE " } else { " AND " });
-            self.table.walk_ast(out.reborrow())?;
-            out.push_sql(".");
-            out.push_identifier(key)?;
-            out.push_sql(" = ");
-            out.push_identifier(KEY_ROW)?;
-            out.push_sql(".");
-            out.push_identifier(key)?;
-        }
+        self.0.walk_ast(out.reborrow())?;
         out.push_sql(" FOR UPDATE");
         Ok(())
     }
@@ -416,11 +375,11 @@ where
                 &[],
                 None::<&NoCondition>,
             )?;
-            let found = MysqlSelectByKey {
+            let found = MysqlSelectByKey(SelectByKey {
                 table: M::Table::default(),
                 row,
                 selection: R::as_select(),
-            }
+            })
             .load::<R>(conn)?;
             if let Some(found) = found.into_iter().next() {
                 return Ok(Obtained {

@@ -39,7 +39,15 @@
 //! is then read as above.
 //!
 //! Under REPEATABLE READ or SERIALIZABLE, a repeat of a key committed after the caller's
-//! snapshot is a [`Error::SerializationFailure`]: retry the caller's transaction.
+//! snapshot is a [`Error::SerializationFailure`] on PostgreSQL: retry the caller's transaction.
+//!
+//! On MySQL and MariaDB the claim is `INSERT … ON DUPLICATE KEY UPDATE key = IF((@upsert_kit_hit
+//! := nonce) IS NULL, key, key)` (a no-op update that records that the key was taken; not
+//! `INSERT IGNORE`) and `SELECT … WHERE NOT COALESCE(@upsert_kit_hit = nonce, FALSE)`; an
+//! in-flight first call holds the key's row lock, so a repeat waits for its commit or rollback
+//! as on PostgreSQL. The stored result is read `LOCK IN SHARE MODE`, which sees the newest
+//! committed row at any isolation level, REPEATABLE READ included. [`increment_once`] runs as
+//! [`run`] around the counter increment (one transaction).
 
 use crate::conn::{BindKey, Dialect, WriteConnection};
 use crate::counter::{Amounts, Counter};

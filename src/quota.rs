@@ -37,6 +37,16 @@
 //! On SQLite (no data-modifying `WITH`) the same steps run as two statements inside one
 //! `BEGIN IMMEDIATE` transaction, which holds the single write lock: the same sums hold.
 //!
+//! On MySQL and MariaDB (neither `RETURNING` nor writable `WITH`) each call is one transaction
+//! of the same conditional statements followed by a read: consume is the `UPDATE`, then `SELECT
+//! limit, used, reserved`; reserve the `UPDATE`, the `INSERT` of the reservation and `SELECT
+//! LAST_INSERT_ID()`; commit and release lock the quota row (`SELECT … FOR UPDATE`), read the
+//! reservation `FOR UPDATE`, `DELETE` it and update the quota. The quota row comes first in every
+//! writer, so InnoDB's gap locks on the reservations cannot make reserve and commit deadlock;
+//! a deadlock victim outside a caller's transaction is run again. Any isolation level, the
+//! default REPEATABLE READ included (tested): every decision is made by a locking statement on
+//! the newest committed row.
+//!
 //! # Soft limits
 //! [`try_consume_soft`] allows an overshoot of up to a stated margin (`used + reserved + n <=
 //! limit + margin`) and reports it ([`QuotaUsage::overshoot`]): for limits where refusing is worse
@@ -568,7 +578,7 @@ where
                 };
                 if !<C::Backend as Dialect>::RETURNING {
                     // MySQL: `take` read the reservation FOR UPDATE; delete it now.
-                    let drop: Sql<'_, Q> = Sql::Drop { id };
+                    let drop: Sql<'_, Q> = Sql::Drop { id, key };
                     c.run_execute(&drop)?;
                 }
                 let sql: Sql<'_, Q> = Sql::Settle {
@@ -819,8 +829,8 @@ enum Sql<'a, Q: Quota> {
     LastId,
     /// MySQL: `SELECT 1 FROM q WHERE key FOR UPDATE`, the quota row locked first.
     LockQuota { key: &'a Q::Key },
-    /// MySQL: `DELETE FROM r WHERE id = $id` (after [`Sql::Take`] read it `FOR UPDATE`).
-    Drop { id: &'a i64 },
+    /// MySQL: `DELETE FROM r WHERE id = $id AND key` (after [`Sql::Take`] read it `FOR UPDATE`).
+    Drop { id: &'a i64, key: &'a Q::Key },
 }
 
 fn col<DB: Dialect>(out: &mut AstPass<'_, '_, DB>, name: &str) -> QueryResult<()> {
@@ -1214,13 +1224,15 @@ where
                 out.push_sql(" FOR UPDATE");
                 Ok(())
             }
-            Sql::Drop { id } => {
+            Sql::Drop { id, key } => {
                 out.push_sql("DELETE FROM ");
                 Q::walk_reservations(out.reborrow())?;
                 out.push_sql(" WHERE ");
                 col(out, Q::RESERVATION_ID)?;
                 out.push_sql(" = ");
-                DB::push_int(out, id)
+                DB::push_int(out, id)?;
+                out.push_sql(" AND ");
+                Q::walk_key(key, KeyStyle::Match, out.reborrow())
             }
         }
     }

@@ -492,3 +492,57 @@ mod time_fields {
         );
     }
 }
+
+diesel::table! {
+    /// A MySQL-only column type: `BIGINT UNSIGNED`.
+    counters_u (name) {
+        name -> Text,
+        hits -> Unsigned<BigInt>,
+        label -> Text,
+    }
+}
+
+/// A `u64` field fits `Unsigned<BigInt>` only on MySQL: the derive's field check accepts it
+/// because upsert-kit is built with `mysql` (the probe of each backend), and borrowed rows
+/// upsert there as elsewhere; the value checks run before anything is sent, as on every backend.
+#[derive(Debug, Clone, Upsert)]
+#[diesel(table_name = counters_u)]
+#[upsert(key(name))]
+struct UnsignedRow<'a> {
+    name: &'a str,
+    hits: u64,
+    #[diesel(column_name = label)]
+    title: Cow<'a, str>,
+}
+
+#[test]
+fn a_mysql_only_field_type_and_borrowed_rows_upsert_on_mysql() {
+    let db = upsert_kit_support::TestMysql::with_sql(
+        "CREATE TABLE counters_u (name VARCHAR(64) PRIMARY KEY, hits BIGINT UNSIGNED NOT NULL, label TEXT NOT NULL)",
+    );
+    let mut conn = db.conn();
+    let big = UnsignedRow {
+        name: "a",
+        hits: u64::MAX,
+        title: Cow::Borrowed("max"),
+    };
+    assert_eq!(
+        atomic_upsert(&mut conn, &big).unwrap(),
+        UpsertOutcome::Inserted
+    );
+    let again = UnsignedRow {
+        title: Cow::Owned("max again".into()),
+        ..big.clone()
+    };
+    assert_eq!(bulk_upsert(&mut conn, &[again]).unwrap().updated, 1);
+    let (hits, label): (u64, String) = counters_u::table
+        .select((counters_u::hits, counters_u::label))
+        .first(&mut conn)
+        .unwrap();
+    assert_eq!((hits, label.as_str()), (u64::MAX, "max again"));
+    let empty = UnsignedRow { name: " ", ..big };
+    assert!(matches!(
+        atomic_upsert(&mut conn, &empty),
+        Err(Error::InvalidInput(e)) if e.field == "name"
+    ));
+}

@@ -441,3 +441,43 @@ fn eight_concurrent_repeats_and_three_sequential_ones_run_the_write_once_on_mysq
     .unwrap();
     assert_eq!(totals, [2]);
 }
+
+/// RELIABILITY 9 on MySQL: the session is killed at the end of the first call's write (the
+/// statement storing its result then finds the connection gone: lost before COMMIT, InnoDB
+/// rolls the transaction back); the retry with the same key, on a new connection, leaves the
+/// write applied exactly once. (A loss during COMMIT itself, outcome unknown, is raised in
+/// `errors_mysql.rs`.)
+#[test]
+fn on_mysql_a_retry_after_the_session_is_lost_mid_write_applies_once() {
+    let db = TestMysql::with_sql(MYSQL_SQL);
+    let mut admin = db.conn();
+    let mut conn = db.conn();
+    let id: i64 = diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+        "CAST(CONNECTION_ID() AS SIGNED)",
+    ))
+    .get_result(&mut conn)
+    .unwrap();
+    let lost = run::<RequestLog, _, _, _>(&mut conn, &key("order-7"), "sku=a", now(), |c| {
+        let value = place_order(c, "a")?;
+        diesel::sql_query(format!("KILL {id}"))
+            .execute(&mut admin)
+            .unwrap();
+        Ok(value)
+    })
+    .unwrap_err();
+    assert!(matches!(lost, Error::ConnectionLost(_)), "{lost:?}");
+    assert!(lost.is_retryable());
+    let mut fresh = db.conn();
+    let retried = upsert_kit::Retry::new()
+        .idempotent()
+        .run(|_| {
+            run::<RequestLog, _, _, _>(&mut fresh, &key("order-7"), "sku=a", now(), |c| {
+                place_order(c, "a")
+            })
+        })
+        .unwrap();
+    assert_eq!(retried.value, serde_json::json!({ "note": "a" }));
+    let orders: i64 = orders::table.count().get_result(&mut fresh).unwrap();
+    let ledger: i64 = request_log::table.count().get_result(&mut fresh).unwrap();
+    assert_eq!((orders, ledger), (1, 1), "applied once");
+}

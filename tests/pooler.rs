@@ -412,3 +412,77 @@ fn without_pooler_mode_a_prepared_statement_is_missing_on_the_next_server_connec
     );
     b.batch_execute("ROLLBACK").unwrap();
 }
+
+#[derive(QueryableByName)]
+struct Setting {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    value: String,
+}
+
+fn show(conn: &mut PgConnection, name: &str) -> String {
+    diesel::sql_query(format!("SELECT current_setting('{name}') AS value"))
+        .get_result::<Setting>(conn)
+        .unwrap()
+        .value
+}
+
+/// What the crate and Diesel send that is session-scoped: Diesel's connection setup runs
+/// `SET TIME ZONE 'UTC'` and `SET CLIENT_ENCODING TO 'UTF8'`, parameters PgBouncer tracks (it
+/// restores each client's values on whatever server connection it gets); the crate's own only
+/// setting is `set_config('lock_timeout', …, true)`, transaction-local. An untracked `SET`
+/// without `LOCAL`, by contrast, leaks to the next client of the server connection, which is why
+/// the crate never sends one.
+#[test]
+fn behind_the_pooler_only_tracked_or_local_settings_are_safe_and_the_crate_sends_no_other() {
+    let db = db();
+    let bouncer = single_server_bouncer();
+    let pooled = format!(
+        "{}?{}",
+        bouncer.url_of(db.name()),
+        upsert_kit::db::POOLER_PARAM
+    );
+    let mut a = connect_pg(&pooled).unwrap();
+    let mut b = connect_pg(&pooled).unwrap();
+
+    // B changes a tracked parameter for its session: A still sees its own (Diesel's) value.
+    b.batch_execute("SET TIME ZONE 'America/New_York'").unwrap();
+    assert_eq!(show(&mut a, "TimeZone"), "UTC");
+    assert_eq!(show(&mut b, "TimeZone"), "America/New_York");
+    assert_eq!(show(&mut a, "client_encoding"), "UTF8");
+
+    // An untracked session SET by B is seen by A: the one server connection carries it.
+    b.batch_execute("SET lock_timeout = '1234ms'").unwrap();
+    assert_eq!(
+        show(&mut a, "lock_timeout"),
+        "1234ms",
+        "the naive session SET leaks"
+    );
+    b.batch_execute("RESET lock_timeout").unwrap();
+
+    // The crate's own setting is transaction-local: nothing is left for the next client. (The
+    // capture keeps statements unnamed and puts pooler mode back afterwards.)
+    let (_, statements) = upsert_kit_support::citus::capture(&mut a, |a| {
+        upsert_kit::transaction(a, |a| {
+            lock::xact_lock(a, LockKey::new("pooler-set", 1))?;
+            atomic_upsert(a, &row("s", 1))?;
+            counter_hit(a)
+        })
+        .unwrap();
+    });
+    assert_eq!(show(&mut b, "lock_timeout"), "0");
+    let session_sets: Vec<&String> = statements
+        .iter()
+        .filter(|s| {
+            let s = s.to_ascii_uppercase();
+            (s.trim_start().starts_with("SET ") && !s.trim_start().starts_with("SET LOCAL"))
+                || (s.contains("SET_CONFIG(") && !s.contains("TRUE"))
+        })
+        .collect();
+    assert!(session_sets.is_empty(), "{session_sets:#?}");
+    assert!(is_pooler_mode(&mut a));
+}
+
+fn counter_hit(conn: &mut PgConnection) -> upsert_kit::Result<()> {
+    upsert_increment::<Hits, _>(conn, &"p".to_owned(), [1])?;
+    Ok(())
+}

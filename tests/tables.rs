@@ -7,10 +7,11 @@ use upsert_kit::idempotency::{run, IdempotencyKey};
 use upsert_kit::quota;
 use upsert_kit::tables::{create_tables, IdempotencyKeys, Quotas};
 use upsert_kit::Error;
-use upsert_kit_support::{TestDb, TestSqlite};
+use upsert_kit_support::{TestDb, TestMysql, TestSqlite};
 
 const PG_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+const MYSQL_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/mysql");
 
 /// The same calls on either backend's connection.
 macro_rules! exercise {
@@ -70,6 +71,24 @@ fn the_migrations_and_the_library_agree_on_sqlite() {
     exercise!(&mut conn);
     let fresh = TestSqlite::new();
     let mut conn = fresh.conn();
+    create_tables(&mut conn).unwrap();
+    exercise!(&mut conn);
+}
+
+#[test]
+fn the_migrations_and_the_library_agree_on_mysql() {
+    use diesel_migrations::MigrationHarness;
+    let db = TestMysql::new();
+    let mut conn = db.conn();
+    assert_eq!(
+        conn.run_pending_migrations(MYSQL_MIGRATIONS).unwrap().len(),
+        1
+    );
+    create_tables(&mut conn).unwrap();
+    exercise!(&mut conn);
+    let fresh = TestMysql::new();
+    let mut conn = fresh.conn();
+    create_tables(&mut conn).unwrap();
     create_tables(&mut conn).unwrap();
     exercise!(&mut conn);
 }

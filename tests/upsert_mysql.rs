@@ -377,6 +377,19 @@ fn a_row_colliding_on_another_unique_index_is_refused_naming_it_and_the_other_ro
         "nothing of the refused call was written"
     );
 
+    // RELIABILITY 4: the key exists and its update would take another row's email: the
+    // unique violation comes back naming that index, nothing changed.
+    let err = atomic_upsert(
+        &mut conn,
+        &Person {
+            id: 1,
+            email: "bob@example.com".into(),
+            name: "Ann".into(),
+        },
+    )
+    .unwrap_err();
+    assert_eq!(err.constraint_name(), Some("people_email"), "{err}");
+
     // The key's own conflict still updates; a new key with a new email inserts.
     assert_eq!(
         bulk_upsert(&mut conn, &[batch[0].clone(), batch[2].clone()])
@@ -689,4 +702,143 @@ fn pooled_connections_take_the_same_calls() {
         bulk_upsert(&mut conn, &[row("pooled", 2)]).unwrap().updated,
         1
     );
+}
+
+// Get-or-create on MySQL.
+
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable)]
+#[diesel(table_name = stats)]
+struct StoredStats {
+    id: i64,
+    stats_type: String,
+    data: serde_json::Value,
+}
+
+#[derive(Debug, Clone, upsert_kit::Upsert)]
+#[diesel(table_name = stats)]
+#[upsert(key(stats_type))]
+struct NewStats {
+    stats_type: String,
+    data: serde_json::Value,
+}
+
+fn new_stats(kind: &str, n: i64) -> NewStats {
+    NewStats {
+        stats_type: kind.to_owned(),
+        data: json!({ "n": n }),
+    }
+}
+
+/// RELIABILITY 3 with the naive query-then-insert in the same test: 8 sessions at once get one
+/// row, the same id each, exactly one told "created"; the naive SELECT-then-INSERT from 8
+/// sessions at once gets duplicate-key errors.
+#[test]
+fn get_or_create_from_8_threads_returns_one_row_and_one_creator_where_the_naive_one_fails() {
+    use upsert_kit::get_or_create::{get_or_create, Obtained};
+    let db = db();
+    let pool = db.pool(8);
+    let p = pool.clone();
+    let naive_errors: usize = race(8, move |i| {
+        let mut conn = p.get().unwrap();
+        let found: Option<StoredStats> = stats::table
+            .filter(stats::stats_type.eq("naive"))
+            .select(StoredStats::as_select())
+            .first(&mut conn)
+            .optional()
+            .unwrap();
+        if found.is_some() {
+            return 0;
+        }
+        let inserted = diesel::insert_into(stats::table)
+            .values(&row("naive", i as i64))
+            .execute(&mut conn);
+        usize::from(inserted.is_err())
+    })
+    .into_iter()
+    .sum();
+    let p = pool.clone();
+    let got: Vec<Obtained<StoredStats>> = race(8, move |i| {
+        get_or_create(&mut p.get().unwrap(), &new_stats("ytd", i as i64)).unwrap()
+    });
+    eprintln!("MariaDB get-or-create x8: naive duplicate-key errors = {naive_errors}, atomic creators = {}",
+        got.iter().filter(|g| g.created).count());
+    assert!(naive_errors > 0, "the naive pattern should lose the race");
+    assert_eq!(got.iter().filter(|g| g.created).count(), 1);
+    let creator = got.iter().find(|g| g.created).unwrap();
+    assert!(got.iter().all(|g| g.row == creator.row));
+    let mut conn = db.conn();
+    let again: Obtained<StoredStats> = get_or_create(&mut conn, &new_stats("ytd", 99)).unwrap();
+    assert!(!again.created);
+    assert_eq!(again.row, creator.row, "the stored row, not the new values");
+}
+
+/// RELIABILITY 6 on MySQL: inside a REPEATABLE READ transaction whose snapshot predates another
+/// session's creation of the row, get-or-create still finds that row (its read is a locking
+/// read, which sees the newest committed row): no serialization failure, nothing to retry. The
+/// naive consistent read in the same transaction does not see it.
+#[test]
+fn under_repeatable_read_get_or_create_finds_a_row_committed_after_the_snapshot() {
+    use upsert_kit::get_or_create::{get_or_create, Obtained};
+    let db = db();
+    let mut conn = db.conn();
+    let mut other = db.conn();
+    let got = upsert_kit::transaction(&mut conn, |c| {
+        let before: i64 = stats::table.count().get_result(c)?; // takes the snapshot
+        assert_eq!(before, 0);
+        let elsewhere: Obtained<StoredStats> = get_or_create(&mut other, &new_stats("ytd", 1))?;
+        assert!(elsewhere.created);
+        let naive: i64 = stats::table
+            .filter(stats::stats_type.eq("ytd"))
+            .count()
+            .get_result(c)?;
+        assert_eq!(naive, 0, "the snapshot's read misses the row");
+        get_or_create::<_, _, StoredStats>(c, &new_stats("ytd", 2))
+    })
+    .unwrap();
+    assert!(!got.created);
+    assert_eq!(got.row.data, json!({ "n": 1 }));
+}
+
+#[test]
+fn get_or_create_reports_other_constraints_and_rejects_invalid_rows() {
+    use upsert_kit::get_or_create::{get_or_create, Obtained};
+    let db = db();
+    let mut conn = db.conn();
+    let err =
+        get_or_create::<_, _, StoredStats>(&mut conn, &new_stats(&"x".repeat(65), 1)).unwrap_err();
+    assert!(!err.is_retryable(), "{err:?}");
+    let err = get_or_create::<_, _, StoredStats>(&mut conn, &new_stats(" ", 1)).unwrap_err();
+    assert!(matches!(err, Error::InvalidInput(_)), "{err:?}");
+    let rows: i64 = stats::table.count().get_result(&mut conn).unwrap();
+    assert_eq!(rows, 0);
+
+    #[derive(Debug, PartialEq, Queryable, Selectable)]
+    #[diesel(table_name = people)]
+    struct Stored {
+        id: i64,
+        email: String,
+    }
+    conn.batch_execute("INSERT INTO people VALUES (1, 'ann@example.com', 'Ann')")
+        .unwrap();
+    let got: Obtained<Stored> = get_or_create(
+        &mut conn,
+        &Person {
+            id: 1,
+            email: "other@example.com".into(),
+            name: "x".into(),
+        },
+    )
+    .unwrap();
+    assert!(!got.created);
+    assert_eq!(got.row.email, "ann@example.com");
+    let err = get_or_create::<_, _, Stored>(
+        &mut conn,
+        &Person {
+            id: 2,
+            email: "ann@example.com".into(),
+            name: "x".into(),
+        },
+    )
+    .unwrap_err();
+    assert_eq!(err.constraint_name(), Some("people_email"), "{err}");
 }

@@ -120,6 +120,20 @@ pub(crate) fn expand(input: &DeriveInput, model: &Model) -> TokenStream {
             out.push_bind_param::<#st, #ty>(&self.#ident)?;
         }
     });
+    let key_binds = key.iter().enumerate().map(|(n, &i)| {
+        let f = &fields[i];
+        let ident = &f.ident;
+        let ty = &f.ty;
+        let st = sql_type(f);
+        let name = column_name(f);
+        let and = (n > 0).then(|| quote!(out.push_sql(" AND ");));
+        quote! {
+            #and
+            out.push_identifier(#name)?;
+            out.push_sql(" = ");
+            out.push_bind_param::<#st, #ty>(&self.#ident)?;
+        }
+    });
     let arrays = fields.iter().map(|f| {
         let ident = &f.ident;
         let ty = &f.ty;
@@ -137,6 +151,14 @@ pub(crate) fn expand(input: &DeriveInput, model: &Model) -> TokenStream {
                 mut out: #diesel::query_builder::AstPass<'_, '__b, __DB>,
             ) -> #diesel::QueryResult<()> {
                 #(#binds)*
+                ::core::result::Result::Ok(())
+            }
+
+            fn walk_key_match<'__b>(
+                &'__b self,
+                mut out: #diesel::query_builder::AstPass<'_, '__b, __DB>,
+            ) -> #diesel::QueryResult<()> {
+                #(#key_binds)*
                 ::core::result::Result::Ok(())
             }
         }

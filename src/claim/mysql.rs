@@ -46,6 +46,9 @@
 //! MySQL assigns left to right, each assignment seeing the ones before it, so `last_error`
 //! reads the holder before it is cleared.
 //!
+//! A queue with a tenant column ([`ClaimQueue::TENANT`], for distributed PostgreSQL) is refused
+//! with [`Error::InvalidInput`](crate::Error::InvalidInput) before anything is sent.
+//!
 //! # Isolation
 //! The claim is correct at every isolation level: `SELECT … FOR UPDATE` is a locking read,
 //! which reads the newest committed row (never a REPEATABLE READ snapshot) and locks it until
@@ -105,6 +108,7 @@ impl<Q: ClaimQueue + QueryableByName<Mysql>> QueryableByName<Mysql> for Claim<Q>
     fn build<'a>(row: &impl NamedRow<'a, Mysql>) -> deserialize::Result<Self> {
         Ok(Claim {
             id: NamedRow::get::<BigInt, i64>(row, Q::ID)?,
+            tenant: None,
             attempt: NamedRow::get::<Integer, i32>(row, Q::ATTEMPTS)?,
             holder: NamedRow::get::<Text, String>(row, Q::HOLDER)?,
             locked_until: NamedRow::get::<Datetime, chrono::NaiveDateTime>(row, Q::LOCKED_UNTIL)?
@@ -269,6 +273,18 @@ fn from_now(sql: Sql, d: std::time::Duration) -> Sql {
         .sql(" MICROSECOND")
 }
 
+/// Tenant-scoped queues ([`ClaimQueue::TENANT`], for distributed PostgreSQL) are refused on
+/// MySQL before anything is sent: its statements do not filter by a tenant.
+fn refuse_tenants<Q: ClaimQueue>() -> Result<()> {
+    match Q::TENANT {
+        Some(_) => Err(crate::Error::invalid(
+            "ClaimQueue::TENANT",
+            "tenant-scoped queues are PostgreSQL-only (distributed tables); declare the MySQL queue without TENANT",
+        )),
+        None => Ok(()),
+    }
+}
+
 /// How many ids one `IN (…)` list names at most.
 const IDS_PER_STATEMENT: usize = 1000;
 
@@ -278,6 +294,7 @@ where
     Q::Table: QueryFragment<Mysql>,
 {
     fn claim_items(&mut self, queue: &Queue<Q>, limit: usize) -> Result<Vec<Claim<Q>>> {
+        refuse_tenants::<Q>()?;
         if limit == 0 {
             return Ok(Vec::new());
         }
@@ -322,6 +339,7 @@ where
     }
 
     fn complete_item(&mut self, _queue: &Queue<Q>, claim: &Claim<Q>) -> Result<()> {
+        refuse_tenants::<Q>()?;
         let mut sql = Sql::new(format!(
             "UPDATE {} SET {} = {}",
             table::<Q>(),
@@ -336,6 +354,7 @@ where
     }
 
     fn fail_item(&mut self, queue: &Queue<Q>, claim: &Claim<Q>, error: &str) -> Result<Failed> {
+        refuse_tenants::<Q>()?;
         let error: String = error.chars().take(MAX_ERROR_CHARS).collect();
         let park = claim.attempt >= queue.attempts_allowed();
         let t = table::<Q>();
@@ -375,6 +394,7 @@ where
     }
 
     fn extend_item(&mut self, queue: &Queue<Q>, claim: &mut Claim<Q>) -> Result<()> {
+        refuse_tenants::<Q>()?;
         let t = table::<Q>();
         let lu = ident(Q::LOCKED_UNTIL);
         let until = tx::transaction(self, |conn| -> Result<_> {
@@ -393,6 +413,7 @@ where
     }
 
     fn reap_items(&mut self, queue: &Queue<Q>) -> Result<Reaped> {
+        refuse_tenants::<Q>()?;
         let t = table::<Q>();
         let (id, attempts) = (ident(Q::ID), ident(Q::ATTEMPTS));
         let max_attempts = queue.attempts_allowed();

@@ -175,6 +175,7 @@ excluded_comparison!(
     /// one (NULL-safe). On MySQL: ``NOT (stored.col <=> VALUES(`col`))``.
     Changed,
     |column, out| {
+        // MySQL, the one backend without RETURNING, is also the one without IS DISTINCT FROM.
         if DB::RETURNING {
             column.walk_ast(out.reborrow())?;
             out.push_sql(" IS DISTINCT FROM ");
@@ -224,10 +225,14 @@ excluded_comparison!(
 /// # let mut conn = establish_sqlite()?;
 /// let t = |h| chrono::NaiveDate::from_ymd_opt(2026, 1, 1).unwrap().and_hms_opt(h, 0, 0).unwrap();
 /// let token = |access: &str, h| Token { id: 1, user_id: 7, access_token: access.into(), refresh_token: "r".into(), expires_at: t(h), updated_at: t(0) };
-/// let newer_only = |row| Upsert::new(row).update_if(incoming(tokens::expires_at).gt(tokens::expires_at));
-/// assert_eq!(newer_only(&token("a", 12)).execute(&mut conn)?, UpsertOutcome::Inserted);
-/// assert_eq!(newer_only(&token("b", 11)).execute(&mut conn)?, UpsertOutcome::Unchanged);
-/// assert_eq!(newer_only(&token("c", 13)).execute(&mut conn)?, UpsertOutcome::Updated);
+/// let mut newer_only = |row: &Token| {
+///     Upsert::new(row)
+///         .update_if(incoming(tokens::expires_at).gt(tokens::expires_at))
+///         .execute(&mut conn)
+/// };
+/// assert_eq!(newer_only(&token("a", 12))?, UpsertOutcome::Inserted);
+/// assert_eq!(newer_only(&token("b", 11))?, UpsertOutcome::Unchanged);
+/// assert_eq!(newer_only(&token("c", 13))?, UpsertOutcome::Updated);
 /// # Ok(()) }
 /// ```
 pub fn incoming<C: Column>(column: C) -> Incoming<C> {

@@ -1,4 +1,5 @@
-//! Atomic upserts: one `INSERT … ON CONFLICT (key) DO UPDATE` per row or per chunk of rows.
+//! Atomic upserts: one `INSERT … ON CONFLICT (key) DO UPDATE` (MySQL: `INSERT … ON DUPLICATE KEY
+//! UPDATE`) per row or per chunk of rows.
 //!
 //! # Outcomes
 //! Each row is reported [`UpsertOutcome::Inserted`], [`UpsertOutcome::Updated`] or
@@ -14,12 +15,38 @@
 //!   statements run in a savepoint of it instead (SQLite refuses a nested `BEGIN`); the first
 //!   statement takes the write lock if the caller's transaction does not hold it yet, so
 //!   nothing slips in between either.
+//! - MySQL and MariaDB: one `INSERT … ON DUPLICATE KEY UPDATE` whose first assignment records
+//!   in session variables whether the key existed (a fresh nonce), whether the existing row is
+//!   the key's own and whether the condition held (judged once, on the stored row, before any
+//!   column is assigned); `SELECT` of those variables follows unless the affected-rows count
+//!   (2) already says "updated". Exact whatever the connection's `CLIENT_FOUND_ROWS` flag (which
+//!   Diesel sets, making "inserted" and "unchanged" both read 1). An update whose values equal
+//!   the stored ones is `Updated`, as on the other backends. Write conditions with
+//!   [`incoming`] (Diesel's `excluded` has no MySQL form); it is `VALUES(c)` there, which
+//!   MySQL 8.0.20+ deprecates in favour of row aliases that MariaDB lacks, and the variables are
+//!   assigned inside expressions, which MySQL 8.0.13+ deprecates (a warning; both still work on
+//!   MySQL 8.4).
+//!
+//! # Another unique index (MySQL)
+//! `ON DUPLICATE KEY` fires on *any* unique index, not on a chosen conflict target. When the
+//! incoming key is new but another unique index matches an existing row, that row is left as
+//! it was and the upsert fails with the duplicate-key error naming that index
+//! ([`Error::Constraint`], `Unique`), as PostgreSQL's `ON CONFLICT (key)` does; a bulk upsert
+//! then writes nothing. Tested in `tests/upsert_mysql.rs`.
 //!
 //! # Concurrency
-//! The statement is atomic on both backends: concurrent upserts of one new key never raise a
+//! The statement is atomic on every backend: concurrent upserts of one new key never raise a
 //! duplicate-key error and leave exactly one row; the last writer's values win. The update's
 //! condition is evaluated against the newest committed version of the row (PostgreSQL re-checks
-//! it after waiting for a concurrent writer), so "only if newer" conditions cannot regress.
+//! it after waiting for a concurrent writer; InnoDB's `ON DUPLICATE KEY UPDATE` locks the row and
+//! reads its newest version, also under REPEATABLE READ), so "only if newer" conditions cannot
+//! regress. On MySQL a concurrent first insert of one key can be picked as a deadlock victim
+//! (InnoDB's gap locks); outside a transaction of the caller's the upsert then runs again (up
+//! to 5 times), inside one the caller gets [`Error::Deadlock`], retryable.
+//!
+//! # Isolation
+//! Any level: the statement's own row lock decides, not the snapshot (tested at PostgreSQL's
+//! READ COMMITTED and MySQL's default REPEATABLE READ).
 
 pub(crate) mod derive_support;
 mod helpers;
@@ -126,12 +153,13 @@ impl<DB: diesel::backend::Backend> QueryFragment<DB> for NoCondition {
 
 /// Connections an upsert of `Self` can run on, with update condition `F`.
 ///
-/// Implemented for [`diesel::PgConnection`], [`diesel::SqliteConnection`] and r2d2 pooled connections of
-/// either, for every model declared with [`#[derive(Upsert)]`](macro@crate::Upsert) whose field
-/// types the backend can store. Advisory locks and claims are PostgreSQL-only; upserts are not.
+/// Implemented for [`diesel::PgConnection`], [`diesel::SqliteConnection`],
+/// `diesel::MysqlConnection` (feature `mysql`) and r2d2 pooled connections of them, for every
+/// model declared with [`#[derive(Upsert)]`](macro@crate::Upsert) whose field types the backend
+/// can store. Advisory locks and claims are PostgreSQL-only; upserts are not.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be upserted over a `{C}`",
-    note = "derive the model with `#[derive(upsert_kit::Upsert)]`, check that each field's Rust type maps to its column's SQL type on this backend, and pass `&mut PgConnection`, `&mut SqliteConnection` or a pooled connection of either"
+    note = "derive the model with `#[derive(upsert_kit::Upsert)]`, check that each field's Rust type maps to its column's SQL type on this backend, and pass `&mut PgConnection`, `&mut SqliteConnection`, `&mut MysqlConnection` or a pooled connection of one of them"
 )]
 pub trait Upsertable<C, F = NoCondition>: UpsertModel + Sized {
     /// Upserts one validated row.
@@ -456,7 +484,8 @@ impl<'a, M: UpsertModel, F> Upsert<'a, M, F> {
     }
 
     /// Runs the upsert: one statement on PostgreSQL (one round trip), one immediate
-    /// transaction on SQLite.
+    /// transaction on SQLite, one statement and (unless it updated) a read of its session
+    /// variables on MySQL.
     ///
     /// # Errors
     /// - [`Error::InvalidInput`] before anything is sent, when [`UpsertModel::validate`] rejects
@@ -500,8 +529,10 @@ pub const DEFAULT_CHUNK_SIZE: usize = 5_000;
 /// that two bulk upserts running at once lock their rows in the same order and cannot
 /// deadlock. On PostgreSQL each chunk is one statement carrying one array per column (its text
 /// is the same whatever the row count, so the prepared statement is reused, and the
-/// bind-parameter limit of 65,535 is never approached). The whole call is one transaction: all
-/// rows or none.
+/// bind-parameter limit of 65,535 is never approached). On MySQL each chunk is one multi-row
+/// `VALUES` statement, cut below 65,535 placeholders and below half of the server's
+/// `max_allowed_packet` (the values' size estimated from above), with its counts read from
+/// session variables. The whole call is one transaction: all rows or none.
 #[must_use = "a bulk upsert does nothing until `.execute(conn)`"]
 pub struct UpsertMany<'a, M, F = NoCondition> {
     rows: &'a [M],
@@ -559,7 +590,8 @@ impl<'a, M: UpsertModel, F> UpsertMany<'a, M, F> {
         }
     }
 
-    /// Rows per statement on PostgreSQL (defaults to [`DEFAULT_CHUNK_SIZE`]).
+    /// Rows per statement on PostgreSQL and MySQL (defaults to [`DEFAULT_CHUNK_SIZE`]; MySQL
+    /// also cuts below its placeholder and packet limits).
     ///
     /// # Panics
     /// When `rows` is 0.

@@ -43,6 +43,14 @@ pub trait BindRow<DB: Backend>: UpsertModel {
     /// # Errors
     /// Serialization errors of the values.
     fn walk_row<'b>(&'b self, out: AstPass<'_, 'b, DB>) -> QueryResult<()>;
+
+    /// Pushes the key's columns compared with this row's values, in [`UpsertModel::KEY`]
+    /// order: `"k1" = $1 AND "k2" = $2`. A read by key (get-or-create's) names each key column
+    /// next to its value, so that a distributed table routes it to one shard.
+    ///
+    /// # Errors
+    /// Serialization errors of the values.
+    fn walk_key_match<'b>(&'b self, out: AstPass<'_, 'b, DB>) -> QueryResult<()>;
 }
 
 /// One boxed bind parameter per column, holding that column's values of many rows as an array

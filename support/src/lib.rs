@@ -37,6 +37,7 @@
 #![allow(clippy::new_without_default)]
 #![warn(missing_docs)]
 
+pub mod citus;
 pub mod mysql;
 pub mod naive;
 pub mod payload;

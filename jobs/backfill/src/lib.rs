@@ -10,7 +10,18 @@
 //! - [`schedule_months`] adds a range of months as `pending`;
 //! - [`backfill`] claims, processes and completes (or fails) due months until none is left;
 //! - [`BackfillMonth`] is the queue's row type, for direct use of [`Queue`]
-//!   (claim, complete, fail, extend, reap).
+//!   (claim, complete, fail, extend, reap); [`BackfillMonthByYear`] the same row with `year`
+//!   as the queue's tenant column (the table distributed by year).
+//!
+//! # Behind a pooler, and on Citus
+//! Claims hold by their lease, a row of the table, so the scheduler needs no server session of
+//! its own: behind a transaction-mode pooler (PgBouncer, Supabase's, RDS Proxy) connect with
+//! `?upsert_kit_pooler=transaction` and run [`backfill`] unchanged. Session advisory locks,
+//! which the racy scheduler of the production report held across `COMMIT`, are refused there
+//! ([`Error::SessionStateUnavailable`]); transaction locks (`upsert_kit::lock::xact_lock`) hold,
+//! for work that fits in one transaction. On Citus, keep `backfill_log` on one shard and use
+//! [`BackfillMonth`], or distribute it by `year` and use [`BackfillMonthByYear`], whose queue
+//! names the years it claims within. The crate's README has the table of which to use where.
 //!
 //! [`naive`] keeps the racy scheduler this crate replaces, as the baseline of its race tests
 //! and of the race report (`upsert-race`). It is not for application code.
@@ -44,7 +55,7 @@ use diesel::pg::PgConnection;
 use diesel::RunQueryDsl;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 use std::fmt;
-use upsert_kit::claim::{ClaimQueue, Failed, Queue};
+use upsert_kit::claim::{ClaimConnection, ClaimQueue, Failed, Queue};
 use upsert_kit::{Error, Result};
 
 /// The crate's migrations (PostgreSQL): the `backfill_log` table and its indexes. Run them
@@ -76,6 +87,65 @@ pub struct BackfillMonth {
 
 impl ClaimQueue for BackfillMonth {
     type Table = backfill_log::table;
+}
+
+/// The same queue row as [`BackfillMonth`], with `year` declared as the queue's tenant column
+/// ([`ClaimQueue::TENANT`]): every claim, completion, failure and reap names the year, and a
+/// [`Queue`] of it claims within the years it names ([`Queue::tenant`]), one statement per
+/// year. Use it when `backfill_log` is distributed by `year` (Citus, see the workspace's
+/// docs/citus.md): each statement then runs on the one shard of its year, where `FOR UPDATE
+/// SKIP LOCKED` works as on one server. On one server, or with the table on one shard,
+/// [`BackfillMonth`] needs no years named.
+///
+/// ```no_run
+/// use backfill_scheduler::{backfill, BackfillMonthByYear};
+/// use upsert_kit::claim::Queue;
+/// # fn main() -> upsert_kit::Result<()> {
+/// let mut conn = upsert_kit::db::connect_pg("postgres://postgres@127.0.0.1/app")?;
+/// let queue = Queue::<BackfillMonthByYear>::new("scheduler-1")?.tenant(2025).tenant(2026);
+/// backfill(&mut conn, &queue, |year, month| {
+///     println!("recomputing {year}-{month:02}");
+///     Ok::<(), std::io::Error>(())
+/// })?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, diesel::QueryableByName)]
+#[diesel(table_name = backfill_log)]
+pub struct BackfillMonthByYear {
+    /// The year (the tenant column).
+    pub year: i32,
+    /// The month, 1–12.
+    pub month: i32,
+}
+
+impl ClaimQueue for BackfillMonthByYear {
+    type Table = backfill_log::table;
+    const TENANT: Option<&'static str> = Some("year");
+}
+
+/// The queue row types of `backfill_log` that [`backfill`] drains: [`BackfillMonth`] and
+/// [`BackfillMonthByYear`].
+pub trait MonthRow: ClaimQueue + private::Sealed {
+    /// The row's year and month.
+    fn year_month(&self) -> (i32, i32);
+}
+
+impl MonthRow for BackfillMonth {
+    fn year_month(&self) -> (i32, i32) {
+        (self.year, self.month)
+    }
+}
+
+impl MonthRow for BackfillMonthByYear {
+    fn year_month(&self) -> (i32, i32) {
+        (self.year, self.month)
+    }
+}
+
+mod private {
+    pub trait Sealed {}
+    impl Sealed for super::BackfillMonth {}
+    impl Sealed for super::BackfillMonthByYear {}
 }
 
 /// Schedules every month from `from` to `to` (inclusive, `(year, month)`) as `pending` in
@@ -184,12 +254,14 @@ pub struct BackfillReport {
 /// println!("{} done, {} to retry", report.done, report.retried);
 /// # Ok(()) }
 /// ```
-pub fn backfill<F, E>(
+pub fn backfill<Q, F, E>(
     conn: &mut PgConnection,
-    queue: &Queue<BackfillMonth>,
+    queue: &Queue<Q>,
     mut process: F,
 ) -> Result<BackfillReport>
 where
+    Q: MonthRow,
+    PgConnection: ClaimConnection<Q>,
     F: FnMut(i32, u32) -> std::result::Result<(), E>,
     E: fmt::Display,
 {
@@ -203,8 +275,9 @@ where
         }
         for claim in claims {
             // The month column is CHECKed to 1-12.
-            let month = u32::try_from(claim.item.month).unwrap_or(0);
-            let outcome = match process(claim.item.year, month) {
+            let (year, month) = claim.item.year_month();
+            let month = u32::try_from(month).unwrap_or(0);
+            let outcome = match process(year, month) {
                 Ok(()) => queue.complete(conn, &claim).map(|()| &mut report.done),
                 Err(e) => queue
                     .fail(conn, &claim, &e.to_string())

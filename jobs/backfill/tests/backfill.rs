@@ -322,7 +322,7 @@ fn schedule_months_rejects_impossible_months_and_writes_nothing() {
 fn run_migrations_creates_the_backfill_table_once_and_then_has_nothing_to_do() {
     let db = TestDb::new();
     let mut conn = db.conn();
-    assert_eq!(backfill_scheduler::run_migrations(&mut conn).unwrap(), 1);
+    assert_eq!(backfill_scheduler::run_migrations(&mut conn).unwrap(), 2);
     assert_eq!(backfill_scheduler::run_migrations(&mut conn).unwrap(), 0);
     assert_eq!(
         schedule_months(&mut conn, (2026, 1), (2026, 12)).unwrap(),

@@ -5,7 +5,7 @@
 //!
 //! ```sql
 //! WITH up AS (UPDATE usage_periods SET tokens_used = tokens_used + $t, …
-//!             WHERE id = $period RETURNING id, tokens_used, …)
+//!             WHERE account = $account AND id = $period RETURNING id, tokens_used, …)
 //! INSERT INTO usage_events (account, idempotency_key, …, tokens_total, …)
 //! SELECT $account, $key, …, up.tokens_used, … FROM up
 //! RETURNING id, tokens_total, …
@@ -184,6 +184,7 @@ pub fn increment<C: UsageConnection>(
     check_instant("at", at)?;
     let hash = request_hash(&amounts);
     let b = conn.backend();
+    let mut violation = None;
     for _ in 0..KEY_ATTEMPTS {
         let period = period_for(b, account, at)?.row;
         let event = NewUsageEvent {
@@ -205,7 +206,7 @@ pub fn increment<C: UsageConnection>(
                     applied: true,
                 })
             }
-            Keyed::KeyTaken => {
+            Keyed::KeyTaken { violation: v } => {
                 if let Some(first) = b.find_event(account, key.as_str())? {
                     let first_amounts = Usage {
                         tokens: first.tokens,
@@ -228,17 +229,25 @@ pub fn increment<C: UsageConnection>(
                         applied: false,
                     });
                 }
-                tracing::debug!(account, "idempotency key pruned while in use; trying again");
+                // No ledger row for the key: pruned in between, or the violation was another
+                // unique index's. Try once more; a violation that stays is reported.
+                tracing::debug!(
+                    account,
+                    "unique violation without a ledger row; trying again"
+                );
+                violation = v;
             }
             Keyed::PeriodGone => {
                 tracing::debug!(account, "usage period deleted while in use; trying again");
             }
         }
     }
-    Err(Error::NotFound(format!(
-        "idempotency key {:?}: its ledger row or period kept disappearing",
-        key.as_str()
-    )))
+    Err(violation.unwrap_or_else(|| {
+        Error::NotFound(format!(
+            "idempotency key {:?}: its ledger row or period kept disappearing",
+            key.as_str()
+        ))
+    }))
 }
 
 /// Deletes the ledger rows (idempotency keys) recorded before `older_than`, and returns how

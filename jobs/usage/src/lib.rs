@@ -74,7 +74,9 @@ use upsert_kit::{get_or_create, Error, Obtained, Result};
 /// `usage_events`, `usage_reservations`), for `diesel_migrations` or [`run_migrations`].
 pub const PG_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 
-/// The SQLite migrations: the same tables, columns and constraints as [`PG_MIGRATIONS`].
+/// The SQLite migrations: the same tables, columns and constraints as [`PG_MIGRATIONS`], except
+/// that the keys stay those of the first migration (PostgreSQL's second one makes every key
+/// include the account, so that the tables can be distributed by it on Citus).
 pub const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 
 /// Applies the pending migrations of the usage tables on `conn`'s backend ([`PG_MIGRATIONS`] or
@@ -333,6 +335,7 @@ pub(crate) mod rows {
     #[diesel(table_name = usage_reservations)]
     pub struct ReservationRow {
         pub id: i64,
+        pub account: i64,
         pub period_id: i64,
         pub metric: String,
         pub amount: i64,
@@ -428,7 +431,11 @@ pub(crate) mod sealed {
         /// The key was new: the amounts were added; the ledger row and the totals after.
         Applied { event_id: i64, totals: Usage },
         /// The key is in the ledger already (committed by another call): nothing was changed.
-        KeyTaken,
+        /// On PostgreSQL this is decided from the statement's unique violation (SQLSTATE
+        /// 23505, whatever the constraint's or index's name, which Citus changes or drops);
+        /// the violation is carried along, to be reported if the ledger then has no row for
+        /// the key (the violation was another unique index's).
+        KeyTaken { violation: Option<Error> },
         /// The period row is gone: nothing was changed.
         PeriodGone,
     }
@@ -453,9 +460,6 @@ pub(crate) mod sealed {
         chats_total: i64,
     }
 
-    /// The ledger's unique constraint on `(account, idempotency_key)`.
-    const KEY_CONSTRAINT: &str = "usage_events_account_idempotency_key_key";
-
     /// One statement: the counter update, then the ledger insert fed by its `RETURNING`. When
     /// the key exists the insert raises a unique violation and the whole statement, counter
     /// update included, is undone. The period row is locked first, then the key's index entry,
@@ -463,7 +467,7 @@ pub(crate) mod sealed {
     const PG_KEYED_INCREMENT: &str = "WITH up AS (\
          UPDATE usage_periods SET tokens_used = tokens_used + $1, \
          reports_used = reports_used + $2, chats_used = chats_used + $3 \
-         WHERE id = $4 RETURNING id, tokens_used, reports_used, chats_used) \
+         WHERE account = $5 AND id = $4 RETURNING id, tokens_used, reports_used, chats_used) \
          INSERT INTO usage_events (account, idempotency_key, period_id, tokens, reports, chats, \
          request_hash, tokens_total, reports_total, chats_total, created_at) \
          SELECT $5, $6, up.id, $1, $2, $3, $7, up.tokens_used, up.reports_used, up.chats_used, $8 \
@@ -505,7 +509,16 @@ pub(crate) mod sealed {
                     },
                     None => Keyed::PeriodGone,
                 }),
-                Err(e) if e.constraint_name() == Some(KEY_CONSTRAINT) => Ok(Keyed::KeyTaken),
+                // The statement inserts one ledger row: a unique violation means its key (or,
+                // rarely, another unique index of the ledger) is taken. The caller reads the
+                // key to tell; no constraint name is looked at (on Citus it carries a shard
+                // suffix, or is missing when the violation comes from another node).
+                Err(
+                    e @ Error::Constraint {
+                        kind: upsert_kit::ConstraintKind::Unique,
+                        ..
+                    },
+                ) => Ok(Keyed::KeyTaken { violation: Some(e) }),
                 Err(e) => Err(e),
             }
         }
@@ -517,9 +530,9 @@ pub(crate) mod sealed {
             upsert_kit::tx::immediate_transaction(self, |conn| match conn.insert_event(event)? {
                 Some(event_id) => Ok(Keyed::Applied {
                     event_id,
-                    totals: conn.apply_increment(event.period_id, event_id, d)?,
+                    totals: conn.apply_increment(event.account, event.period_id, event_id, d)?,
                 }),
-                None => Ok(Keyed::KeyTaken),
+                None => Ok(Keyed::KeyTaken { violation: None }),
             })
         }
     }
@@ -534,6 +547,7 @@ pub(crate) mod sealed {
         /// when refused.
         fn consume_one(
             &mut self,
+            account: i64,
             period_id: i64,
             metric: Metric,
             amount: i64,
@@ -553,7 +567,7 @@ pub(crate) mod sealed {
         ($m:literal) => {
             concat!(
                 "WITH up AS (UPDATE usage_periods SET ", $m, "_reserved = ", $m, "_reserved + $1 ",
-                "WHERE id = $2 AND ", $m, "_used + ", $m, "_reserved + $1 <= ", $m, "_limit ",
+                "WHERE account = $3 AND id = $2 AND ", $m, "_used + ", $m, "_reserved + $1 <= ", $m, "_limit ",
                 "RETURNING id) ",
                 "INSERT INTO usage_reservations (period_id, account, metric, amount, expires_at, created_at) ",
                 "SELECT up.id, $3, $4, $1, $5, $6 FROM up RETURNING id"
@@ -594,19 +608,22 @@ pub(crate) mod sealed {
 
         fn consume_one(
             &mut self,
+            account: i64,
             period_id: i64,
             metric: Metric,
             amount: i64,
         ) -> Result<Option<UsagePeriod>> {
             let in_tx = upsert_kit::tx::in_transaction(self);
-            alone(in_tx, self.consume_room(period_id, metric, amount))
+            alone(in_tx, self.consume_room(account, period_id, metric, amount))
         }
     }
 
     impl QuotaStep for SqliteConnection {
         fn reserve_one(&mut self, new: &NewReservation<'_>, metric: Metric) -> Result<Option<i64>> {
             upsert_kit::tx::immediate_transaction(self, |c| {
-                if c.reserve_room(new.period_id, metric, new.amount)?.is_none() {
+                if c.reserve_room(new.account, new.period_id, metric, new.amount)?
+                    .is_none()
+                {
                     return Ok(None);
                 }
                 Ok(Some(c.insert_reservation(new)?))
@@ -615,12 +632,13 @@ pub(crate) mod sealed {
 
         fn consume_one(
             &mut self,
+            account: i64,
             period_id: i64,
             metric: Metric,
             amount: i64,
         ) -> Result<Option<UsagePeriod>> {
             // One statement: atomic on its own, under SQLite's write lock.
-            self.consume_room(period_id, metric, amount)
+            self.consume_room(account, period_id, metric, amount)
         }
     }
 
@@ -663,9 +681,10 @@ pub(crate) mod sealed {
                         .optional()?)
                 }
 
-                fn period_by_id(&mut self, id: i64) -> Result<UsagePeriod> {
+                fn period_by_id(&mut self, account: i64, id: i64) -> Result<UsagePeriod> {
                     Ok(usage_periods::table
-                        .find(id)
+                        .filter(usage_periods::account.eq(account))
+                        .filter(usage_periods::id.eq(id))
                         .select(UsagePeriod::as_select())
                         .first(self)?)
                 }
@@ -725,15 +744,19 @@ pub(crate) mod sealed {
                         .optional()?)
                 }
 
-                fn apply_increment(&mut self, period_id: i64, event_id: i64, d: Usage) -> Result<Usage> {
+                fn apply_increment(&mut self, account: i64, period_id: i64, event_id: i64, d: Usage) -> Result<Usage> {
                     // The library's generic counter on this crate's period table.
                     let [tokens, reports, chats] = upsert_kit::counter::increment::<PeriodCounters, _>(
                         self,
-                        &period_id,
+                        &(account, period_id),
                         [d.tokens, d.reports, d.chats],
                     )?
                     .ok_or_else(|| Error::NotFound(format!("usage period {period_id}")))?;
-                    diesel::update(usage_events::table.find(event_id))
+                    diesel::update(
+                        usage_events::table
+                            .filter(usage_events::account.eq(account))
+                            .filter(usage_events::id.eq(event_id)),
+                    )
                         .set((
                             usage_events::tokens_total.eq(tokens),
                             usage_events::reports_total.eq(reports),
@@ -748,11 +771,12 @@ pub(crate) mod sealed {
                         .execute(self)?)
                 }
 
-                fn reserve_room(&mut self, period_id: i64, metric: Metric, amount: i64) -> Result<Option<UsagePeriod>> {
+                fn reserve_room(&mut self, account: i64, period_id: i64, metric: Metric, amount: i64) -> Result<Option<UsagePeriod>> {
                     Ok(with_metric!(metric, |used, reserved, limit| {
                         diesel::update(
                             usage_periods::table
-                                .find(period_id)
+                                .filter(usage_periods::account.eq(account))
+                                .filter(usage_periods::id.eq(period_id))
                                 .filter((used + reserved + amount).le(limit)),
                         )
                         .set(reserved.eq(reserved + amount))
@@ -762,11 +786,12 @@ pub(crate) mod sealed {
                     }))
                 }
 
-                fn consume_room(&mut self, period_id: i64, metric: Metric, amount: i64) -> Result<Option<UsagePeriod>> {
+                fn consume_room(&mut self, account: i64, period_id: i64, metric: Metric, amount: i64) -> Result<Option<UsagePeriod>> {
                     Ok(with_metric!(metric, |used, reserved, limit| {
                         diesel::update(
                             usage_periods::table
-                                .find(period_id)
+                                .filter(usage_periods::account.eq(account))
+                                .filter(usage_periods::id.eq(period_id))
                                 .filter((used + reserved + amount).le(limit)),
                         )
                         .set(used.eq(used + amount))
@@ -783,17 +808,16 @@ pub(crate) mod sealed {
                         .get_result(self)?)
                 }
 
-                fn take_reservation(&mut self, id: i64, live_at: Option<NaiveDateTime>) -> Result<Option<ReservationRow>> {
+                fn take_reservation(&mut self, account: i64, id: i64, live_at: Option<NaiveDateTime>) -> Result<Option<ReservationRow>> {
+                    let this = usage_reservations::table
+                        .filter(usage_reservations::account.eq(account))
+                        .filter(usage_reservations::id.eq(id));
                     let row = match live_at {
-                        Some(at) => diesel::delete(
-                            usage_reservations::table
-                                .find(id)
-                                .filter(usage_reservations::expires_at.gt(at)),
-                        )
-                        .returning(ReservationRow::as_returning())
-                        .get_result(self)
-                        .optional()?,
-                        None => diesel::delete(usage_reservations::table.find(id))
+                        Some(at) => diesel::delete(this.filter(usage_reservations::expires_at.gt(at)))
+                            .returning(ReservationRow::as_returning())
+                            .get_result(self)
+                            .optional()?,
+                        None => diesel::delete(this)
                             .returning(ReservationRow::as_returning())
                             .get_result(self)
                             .optional()?,
@@ -801,12 +825,16 @@ pub(crate) mod sealed {
                     Ok(row)
                 }
 
-                fn take_expired(&mut self, period_id: Option<i64>, at: NaiveDateTime) -> Result<Vec<ReservationRow>> {
+                fn take_expired(&mut self, period: Option<(i64, i64)>, at: NaiveDateTime) -> Result<Vec<ReservationRow>> {
+                    // One period's sweep is routed by its account; the sweep of every account
+                    // (a cron job's) reads and deletes across accounts.
                     let expired = usage_reservations::table
                         .filter(usage_reservations::expires_at.le(at))
                         .into_boxed();
-                    let expired = match period_id {
-                        Some(p) => expired.filter(usage_reservations::period_id.eq(p)),
+                    let expired = match period {
+                        Some((account, p)) => expired
+                            .filter(usage_reservations::account.eq(account))
+                            .filter(usage_reservations::period_id.eq(p)),
                         None => expired,
                     };
                     let ids: Vec<i64> = expired.select(usage_reservations::id).load(self)?;
@@ -814,18 +842,26 @@ pub(crate) mod sealed {
                         return Ok(Vec::new());
                     }
                     // Re-checked by the delete: a reservation settled meanwhile is not returned.
-                    Ok(diesel::delete(
-                        usage_reservations::table
-                            .filter(usage_reservations::id.eq_any(&ids))
-                            .filter(usage_reservations::expires_at.le(at)),
-                    )
-                    .returning(ReservationRow::as_returning())
-                    .load(self)?)
+                    let gone = usage_reservations::table
+                        .filter(usage_reservations::id.eq_any(&ids))
+                        .filter(usage_reservations::expires_at.le(at));
+                    Ok(match period {
+                        Some((account, _)) => diesel::delete(gone.filter(usage_reservations::account.eq(account)))
+                            .returning(ReservationRow::as_returning())
+                            .load(self)?,
+                        None => diesel::delete(gone)
+                            .returning(ReservationRow::as_returning())
+                            .load(self)?,
+                    })
                 }
 
-                fn settle(&mut self, period_id: i64, unreserve: Usage, add_used: Usage) -> Result<UsagePeriod> {
+                fn settle(&mut self, account_id: i64, period_id: i64, unreserve: Usage, add_used: Usage) -> Result<UsagePeriod> {
                     use usage_periods::*;
-                    Ok(diesel::update(usage_periods::table.find(period_id))
+                    Ok(diesel::update(
+                        usage_periods::table
+                            .filter(account.eq(account_id))
+                            .filter(id.eq(period_id)),
+                    )
                         .set((
                             tokens_reserved.eq(tokens_reserved - unreserve.tokens),
                             reports_reserved.eq(reports_reserved - unreserve.reports),
@@ -848,7 +884,9 @@ pub(crate) mod sealed {
             account: i64,
             start: NaiveDateTime,
         ) -> Result<Option<UsagePeriod>>;
-        fn period_by_id(&mut self, id: i64) -> Result<UsagePeriod>;
+        /// The period `id` of `account` (every statement names the account: the key a
+        /// distributed table is routed by).
+        fn period_by_id(&mut self, account: i64, id: i64) -> Result<UsagePeriod>;
         fn account_limits(&mut self, account: i64) -> Result<Option<Usage>>;
         fn create_period(&mut self, new: &NewUsagePeriod) -> Result<Obtained<UsagePeriod>>;
         fn upsert_account(&mut self, row: &UsageAccountRow) -> Result<()>;
@@ -862,11 +900,18 @@ pub(crate) mod sealed {
         fn insert_event(&mut self, event: &NewUsageEvent<'_>) -> Result<Option<i64>>;
         fn find_event(&mut self, account: i64, key: &str) -> Result<Option<UsageEvent>>;
         /// `UPDATE usage_periods SET n = n + d … RETURNING`, then the totals into the event.
-        fn apply_increment(&mut self, period_id: i64, event_id: i64, d: Usage) -> Result<Usage>;
+        fn apply_increment(
+            &mut self,
+            account: i64,
+            period_id: i64,
+            event_id: i64,
+            d: Usage,
+        ) -> Result<Usage>;
         fn prune_events(&mut self, older_than: NaiveDateTime) -> Result<usize>;
         /// `UPDATE … SET reserved = reserved + n WHERE used + reserved + n <= limit RETURNING *`.
         fn reserve_room(
             &mut self,
+            account: i64,
             period_id: i64,
             metric: Metric,
             amount: i64,
@@ -874,26 +919,30 @@ pub(crate) mod sealed {
         /// `UPDATE … SET used = used + n WHERE used + reserved + n <= limit RETURNING *`.
         fn consume_room(
             &mut self,
+            account: i64,
             period_id: i64,
             metric: Metric,
             amount: i64,
         ) -> Result<Option<UsagePeriod>>;
         fn insert_reservation(&mut self, new: &NewReservation<'_>) -> Result<i64>;
-        /// `DELETE … WHERE id = $1 [AND expires_at > $2] RETURNING`.
+        /// `DELETE … WHERE account = $1 AND id = $2 [AND expires_at > $3] RETURNING`.
         fn take_reservation(
             &mut self,
+            account: i64,
             id: i64,
             live_at: Option<NaiveDateTime>,
         ) -> Result<Option<ReservationRow>>;
-        /// Deletes the expired reservations (of one period) and returns them.
+        /// Deletes the expired reservations (of one period, `(account, period id)`) and
+        /// returns them.
         fn take_expired(
             &mut self,
-            period_id: Option<i64>,
+            period: Option<(i64, i64)>,
             at: NaiveDateTime,
         ) -> Result<Vec<ReservationRow>>;
         /// Moves units out of `reserved` and into `used`.
         fn settle(
             &mut self,
+            account: i64,
             period_id: i64,
             unreserve: Usage,
             add_used: Usage,
@@ -937,7 +986,7 @@ pub(crate) fn check_amount(field: &str, amount: i64, zero_ok: bool) -> Result<()
 }
 
 upsert_kit::counter! {
-    table = usage_periods, key = (id: i64), amounts = (tokens_used, reports_used, chats_used);
+    table = usage_periods, key = (account: i64, id: i64), amounts = (tokens_used, reports_used, chats_used);
     /// The usage counters of a period row, declared for [`upsert_kit::counter`].
     #[derive(Debug, Clone, Copy)]
     pub struct PeriodCounters;

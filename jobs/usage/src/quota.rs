@@ -6,7 +6,8 @@
 //!
 //! ```sql
 //! WITH up AS (UPDATE usage_periods SET tokens_reserved = tokens_reserved + $n
-//!              WHERE id = $period AND tokens_used + tokens_reserved + $n <= tokens_limit
+//!              WHERE account = $account AND id = $period
+//!                AND tokens_used + tokens_reserved + $n <= tokens_limit
 //!             RETURNING id)
 //! INSERT INTO usage_reservations (period_id, …) SELECT up.id, … FROM up RETURNING id
 //! ```
@@ -194,7 +195,7 @@ pub fn try_consume<C: UsageConnection>(
     check_amount("amount", amount, false)?;
     check_instant("at", at)?;
     with_sweep(conn.backend(), account, metric, amount, at, |b, period| {
-        b.consume_one(period.id, metric, amount)
+        b.consume_one(account, period.id, metric, amount)
     })
 }
 
@@ -217,12 +218,12 @@ fn with_sweep<B: Backend, T>(
         Ok(done) => return Ok(done),
         Err(period_id) => period_id,
     };
-    if sweep(b, Some(refused), at)? > 0 {
+    if sweep(b, Some((account, refused)), at)? > 0 {
         if let Ok(done) = run(b)? {
             return Ok(done);
         }
     }
-    let available = b.period_by_id(refused)?.available(metric);
+    let available = b.period_by_id(account, refused)?.available(metric);
     Err(Error::QuotaExceeded {
         requested: amount,
         available,
@@ -264,10 +265,11 @@ pub fn commit<C: UsageConnection>(
     }
     conn.backend().write_tx(|b| {
         let row = b
-            .take_reservation(reservation.id, Some(at))?
+            .take_reservation(reservation.account, reservation.id, Some(at))?
             .ok_or_else(|| gone(reservation.id))?;
         let metric = Metric::parse(&row.metric)?;
         b.settle(
+            row.account,
             row.period_id,
             Usage::of(metric, row.amount),
             Usage::of(metric, actual),
@@ -302,11 +304,12 @@ pub fn commit<C: UsageConnection>(
 /// ```
 pub fn release<C: UsageConnection>(conn: &mut C, reservation: &Reservation) -> Result<bool> {
     conn.backend().write_tx(|b| {
-        let Some(row) = b.take_reservation(reservation.id, None)? else {
+        let Some(row) = b.take_reservation(reservation.account, reservation.id, None)? else {
             return Ok(false);
         };
         let metric = Metric::parse(&row.metric)?;
         b.settle(
+            row.account,
             row.period_id,
             Usage::of(metric, row.amount),
             Usage::default(),
@@ -321,7 +324,9 @@ pub fn release<C: UsageConnection>(conn: &mut C, reservation: &Reservation) -> R
 /// period when they would be refused.
 ///
 /// **Cost**: on PostgreSQL, `BEGIN`, one `SELECT` and one `DELETE … RETURNING` of the expired
-/// rows, one `UPDATE` per period concerned (in period order), `COMMIT`.
+/// rows, one `UPDATE` per period concerned (in account and period order), `COMMIT`. The
+/// other statements of this crate name the account (the key a distributed table is routed
+/// by); this sweep, for every account, reads and deletes across accounts.
 ///
 /// # Errors
 /// [`Error::InvalidInput`] when `at` is out of range; database errors (the sweep is then rolled
@@ -348,21 +353,22 @@ pub fn expire_reservations<C: UsageConnection>(conn: &mut C, at: NaiveDateTime) 
     sweep(conn.backend(), None, at)
 }
 
-fn sweep<B: Backend>(b: &mut B, period_id: Option<i64>, at: NaiveDateTime) -> Result<usize> {
+fn sweep<B: Backend>(b: &mut B, period: Option<(i64, i64)>, at: NaiveDateTime) -> Result<usize> {
     b.write_tx(|b| {
-        let expired = b.take_expired(period_id, at)?;
-        let mut per_period: BTreeMap<i64, Usage> = BTreeMap::new();
+        let expired = b.take_expired(period, at)?;
+        // Keyed (account, period id): every settle names the account.
+        let mut per_period: BTreeMap<(i64, i64), Usage> = BTreeMap::new();
         for row in &expired {
             let metric = Metric::parse(&row.metric)?;
-            let sum = per_period.entry(row.period_id).or_default();
+            let sum = per_period.entry((row.account, row.period_id)).or_default();
             match metric {
                 Metric::Tokens => sum.tokens += row.amount,
                 Metric::Reports => sum.reports += row.amount,
                 Metric::Chats => sum.chats += row.amount,
             }
         }
-        for (period, unreserve) in per_period {
-            b.settle(period, unreserve, Usage::default())?;
+        for ((account, period), unreserve) in per_period {
+            b.settle(account, period, unreserve, Usage::default())?;
         }
         if !expired.is_empty() {
             tracing::debug!(count = expired.len(), "swept expired reservations");
