@@ -49,21 +49,37 @@
 //! UPDATE/SHARE commands"). Without a tenant column the statements filter by id alone: keep
 //! such a queue on one server, or on one shard of a distributed database.
 //!
-//! Claims are PostgreSQL-only (SQLite has no `SKIP LOCKED`), by type: [`Queue::claim`] takes
-//! a `&mut PgConnection`, so a claim over an SQLite connection does not compile (the library's
+//! # On MySQL and MariaDB
+//! The same calls take a `MysqlConnection` (MariaDB 10.6+, MySQL 8.0+, which have
+//! `SKIP LOCKED`), with the same guarantees; [`mysql`] says what each one
+//! sends (no `RETURNING` there: one short transaction per call) and which isolation it needs.
+//!
+//! Claims take PostgreSQL and MySQL connections only ([`ClaimConnection`]; SQLite has no
+//! `SKIP LOCKED`), by type: a claim over an SQLite connection does not compile (the library's
 //! compile-fail suite, `tests/ui/claim_on_sqlite.rs`, holds the message).
 
 use crate::error::{Error, Result};
 use chrono::{DateTime, Utc};
-use diesel::deserialize::{self, QueryableByName};
+#[cfg(feature = "postgres")]
+use diesel::deserialize;
+#[cfg(feature = "postgres")]
+use diesel::deserialize::QueryableByName;
+#[cfg(feature = "postgres")]
 use diesel::pg::{Pg, PgConnection};
+#[cfg(feature = "postgres")]
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
+#[cfg(feature = "postgres")]
 use diesel::row::NamedRow;
+#[cfg(feature = "postgres")]
 use diesel::sql_types::{BigInt, Double, Integer, Text, Timestamptz, Untyped};
+#[cfg(feature = "postgres")]
 use diesel::{QueryResult, RunQueryDsl};
 use std::fmt;
 use std::marker::PhantomData;
 use std::time::Duration;
+
+#[cfg(feature = "mysql")]
+pub mod mysql;
 
 /// A table used as a work queue, declared by its row type.
 ///
@@ -122,14 +138,17 @@ use std::time::Duration;
 /// CREATE INDEX tasks_leased ON tasks (locked_until) WHERE status = 'processing';
 /// ```
 ///
+/// On MySQL/MariaDB: `DATETIME(6)` (UTC) for the lease, `VARCHAR` for the status and holder,
+/// and an index on `(status, id)` (see [`mysql`](crate::claim::mysql#the-table)).
+///
 /// The examples of this module use this `Task` queue.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a claim queue's row type",
     note = "implement `upsert_kit::claim::ClaimQueue` for it (`type Table = my_table::table;`) and derive `diesel::QueryableByName`"
 )]
-pub trait ClaimQueue: QueryableByName<Pg> + Sized + 'static {
+pub trait ClaimQueue: Sized + 'static {
     /// The Diesel table (`schema::my_table::table`).
-    type Table: diesel::Table + Default + QueryFragment<Pg>;
+    type Table: diesel::Table + Default;
     /// The id column.
     const ID: &'static str = "id";
     /// The tenant column, when the queue has one (default: none). Every statement then
@@ -205,6 +224,7 @@ impl fmt::Display for Tenant {
 }
 
 /// `tenant_column = $n`, bound with the value's SQL type.
+#[cfg(feature = "postgres")]
 fn push_tenant<'b>(
     out: &mut AstPass<'_, 'b, Pg>,
     column: &str,
@@ -237,7 +257,8 @@ pub struct Claim<Q> {
     pub item: Q,
 }
 
-impl<Q: ClaimQueue> QueryableByName<Pg> for Claim<Q> {
+#[cfg(feature = "postgres")]
+impl<Q: ClaimQueue + QueryableByName<Pg>> QueryableByName<Pg> for Claim<Q> {
     fn build<'a>(row: &impl NamedRow<'a, Pg>) -> deserialize::Result<Self> {
         Ok(Claim {
             id: NamedRow::get::<BigInt, i64>(row, Q::ID)?,
@@ -270,6 +291,91 @@ pub struct Reaped {
     pub requeued: usize,
     /// Expired claims that had used their last attempt: parked (status `failed`).
     pub parked: usize,
+}
+
+/// A connection claims run on: `PgConnection`, `MysqlConnection` (MariaDB 10.6+, MySQL 8.0+),
+/// or an r2d2 pooled connection of either, for a queue whose row type reads rows of that
+/// backend (`#[derive(QueryableByName)]` does for every backend its field types fit).
+/// Sealed; SQLite has no `SKIP LOCKED`, so an SQLite connection is not one.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot run claims of `{Q}`",
+    note = "claims need a PostgreSQL or MySQL/MariaDB connection (`&mut PgConnection`, `&mut MysqlConnection`, or a pooled one) and a queue row type that derives `diesel::QueryableByName`"
+)]
+pub trait ClaimConnection<Q: ClaimQueue>: sealed::Sealed {
+    /// [`Queue::claim`].
+    #[doc(hidden)]
+    fn claim_items(&mut self, queue: &Queue<Q>, limit: usize) -> Result<Vec<Claim<Q>>>;
+    /// [`Queue::complete`].
+    #[doc(hidden)]
+    fn complete_item(&mut self, queue: &Queue<Q>, claim: &Claim<Q>) -> Result<()>;
+    /// [`Queue::fail`].
+    #[doc(hidden)]
+    fn fail_item(&mut self, queue: &Queue<Q>, claim: &Claim<Q>, error: &str) -> Result<Failed>;
+    /// [`Queue::extend`].
+    #[doc(hidden)]
+    fn extend_item(&mut self, queue: &Queue<Q>, claim: &mut Claim<Q>) -> Result<()>;
+    /// [`Queue::reap_expired`].
+    #[doc(hidden)]
+    fn reap_items(&mut self, queue: &Queue<Q>) -> Result<Reaped>;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    #[cfg(feature = "postgres")]
+    impl Sealed for diesel::PgConnection {}
+    #[cfg(feature = "mysql")]
+    impl Sealed for diesel::MysqlConnection {}
+    #[cfg(feature = "r2d2")]
+    impl<C: diesel::r2d2::R2D2Connection + 'static> Sealed
+        for diesel::r2d2::PooledConnection<diesel::r2d2::ConnectionManager<C>>
+    {
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl<Q> ClaimConnection<Q> for PgConnection
+where
+    Q: ClaimQueue + QueryableByName<Pg>,
+    Q::Table: QueryFragment<Pg>,
+{
+    fn claim_items(&mut self, queue: &Queue<Q>, limit: usize) -> Result<Vec<Claim<Q>>> {
+        queue.pg_claim(self, limit)
+    }
+    fn complete_item(&mut self, queue: &Queue<Q>, claim: &Claim<Q>) -> Result<()> {
+        queue.pg_complete(self, claim)
+    }
+    fn fail_item(&mut self, queue: &Queue<Q>, claim: &Claim<Q>, error: &str) -> Result<Failed> {
+        queue.pg_fail(self, claim, error)
+    }
+    fn extend_item(&mut self, queue: &Queue<Q>, claim: &mut Claim<Q>) -> Result<()> {
+        queue.pg_extend(self, claim)
+    }
+    fn reap_items(&mut self, queue: &Queue<Q>) -> Result<Reaped> {
+        queue.pg_reap_expired(self)
+    }
+}
+
+#[cfg(feature = "r2d2")]
+impl<Q, C> ClaimConnection<Q> for diesel::r2d2::PooledConnection<diesel::r2d2::ConnectionManager<C>>
+where
+    Q: ClaimQueue,
+    C: ClaimConnection<Q> + diesel::r2d2::R2D2Connection + 'static,
+{
+    fn claim_items(&mut self, queue: &Queue<Q>, limit: usize) -> Result<Vec<Claim<Q>>> {
+        (**self).claim_items(queue, limit)
+    }
+    fn complete_item(&mut self, queue: &Queue<Q>, claim: &Claim<Q>) -> Result<()> {
+        (**self).complete_item(queue, claim)
+    }
+    fn fail_item(&mut self, queue: &Queue<Q>, claim: &Claim<Q>, error: &str) -> Result<Failed> {
+        (**self).fail_item(queue, claim, error)
+    }
+    fn extend_item(&mut self, queue: &Queue<Q>, claim: &mut Claim<Q>) -> Result<()> {
+        (**self).extend_item(queue, claim)
+    }
+    fn reap_items(&mut self, queue: &Queue<Q>) -> Result<Reaped> {
+        (**self).reap_items(queue)
+    }
 }
 
 /// The longest `last_error` kept, in characters.
@@ -323,6 +429,7 @@ impl<Q> fmt::Debug for Queue<Q> {
 /// The longest lease or backoff: what fits in an `i32` of milliseconds (about 24 days).
 const MAX_MILLIS: u128 = i32::MAX as u128;
 
+#[cfg(feature = "postgres")]
 fn millis(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -470,6 +577,7 @@ impl<Q: ClaimQueue> Queue<Q> {
     }
 
     /// The tenants to run a claim or reap for: `[None]` without a tenant column.
+    #[cfg(feature = "postgres")]
     fn scopes(&self) -> Result<Vec<Option<&Tenant>>> {
         match Q::TENANT {
             None => Ok(vec![None]),
@@ -512,8 +620,9 @@ impl<Q: ClaimQueue> Queue<Q> {
 
     /// Claims up to `limit` due items for this holder, in id order, and returns them.
     ///
-    /// One statement, one round trip, atomic on its own (it needs no transaction from the
-    /// caller, and inside one its lease becomes visible at the caller's commit):
+    /// On PostgreSQL one statement, one round trip, atomic on its own (it needs no transaction
+    /// from the caller, and inside one its lease becomes visible at the caller's commit); on
+    /// MySQL one short transaction ([`mysql`](crate::claim::mysql#what-is-sent)):
     ///
     /// ```sql
     /// UPDATE t SET status = 'processing', holder = $1,
@@ -557,7 +666,127 @@ impl<Q: ClaimQueue> Queue<Q> {
     /// }
     /// # Ok(()) }
     /// ```
-    pub fn claim(&self, conn: &mut PgConnection, limit: usize) -> Result<Vec<Claim<Q>>> {
+    pub fn claim<C: ClaimConnection<Q> + ?Sized>(
+        &self,
+        conn: &mut C,
+        limit: usize,
+    ) -> Result<Vec<Claim<Q>>> {
+        conn.claim_items(self, limit)
+    }
+
+    /// Marks a claimed item done. One statement, fenced by the claim's id, holder and attempt.
+    /// Run it in the same transaction as the work's own writes to make them exactly-once.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] when the claim is no longer this holder's (its lease expired and it
+    /// was reaped or re-claimed): the item may be processed again elsewhere. The statement's
+    /// errors otherwise.
+    ///
+    /// # Examples
+    /// See [`Queue::claim`].
+    pub fn complete<C: ClaimConnection<Q> + ?Sized>(
+        &self,
+        conn: &mut C,
+        claim: &Claim<Q>,
+    ) -> Result<()> {
+        conn.complete_item(self, claim)
+    }
+
+    /// Records a failed attempt: back to the queue (status `retry`, due after
+    /// [`Queue::backoff_for`]`(claim.attempt)`), or parked (status `failed`) when this was
+    /// attempt `max_attempts` or later. `error` is stored in the last-error column, cut to
+    /// [`MAX_ERROR_CHARS`]; never pass secrets in it. One statement, fenced as
+    /// [`Queue::complete`].
+    ///
+    /// # Errors
+    /// As [`Queue::complete`].
+    ///
+    /// # Examples
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// use upsert_kit::claim::{Failed, Queue};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (_db, mut conn) = establish_pg()?;
+    /// let queue = Queue::<Task>::new("worker-1")?.max_attempts(3);
+    /// for claim in queue.claim(&mut conn, 1)? {
+    ///     match queue.fail(&mut conn, &claim, "upstream returned 503")? {
+    ///         Failed::Retry { at } => println!("retry at {at}"),
+    ///         Failed::Parked => println!("gave up"),
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn fail<C: ClaimConnection<Q> + ?Sized>(
+        &self,
+        conn: &mut C,
+        claim: &Claim<Q>,
+        error: &str,
+    ) -> Result<Failed> {
+        conn.fail_item(self, claim, error)
+    }
+
+    /// Extends the claim's lease to now + the configured lease (a heartbeat for long work) and
+    /// updates `claim.locked_until`. One statement, fenced as [`Queue::complete`]; a lease
+    /// that expired but was not reaped yet is still this holder's and is extended.
+    ///
+    /// # Errors
+    /// As [`Queue::complete`].
+    ///
+    /// # Examples
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// use upsert_kit::claim::Queue;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (_db, mut conn) = establish_pg()?;
+    /// let queue = Queue::<Task>::new("worker-1")?;
+    /// for mut claim in queue.claim(&mut conn, 1)? {
+    ///     // … a long step …
+    ///     queue.extend(&mut conn, &mut claim)?;
+    ///     // … the next step …
+    ///     queue.complete(&mut conn, &claim)?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn extend<C: ClaimConnection<Q> + ?Sized>(
+        &self,
+        conn: &mut C,
+        claim: &mut Claim<Q>,
+    ) -> Result<()> {
+        conn.extend_item(self, claim)
+    }
+
+    /// Returns every expired lease to the queue: status `retry`, due at once, the last error
+    /// saying whose lease expired; claims that had used `max_attempts` are parked (`failed`)
+    /// instead. One statement; it locks the expired rows `FOR UPDATE SKIP LOCKED`, so
+    /// concurrent reapers (and a holder completing at that instant) never block each other and
+    /// never reap one row twice. Call it before claiming (as a scheduler's loop does), or from a
+    /// timer.
+    ///
+    /// # Errors
+    /// The statement's errors.
+    ///
+    /// # Examples
+    /// ```
+    /// # include!("doctest_setup.rs");
+    /// use upsert_kit::claim::Queue;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (_db, mut conn) = establish_pg()?;
+    /// let reaped = Queue::<Task>::new("reaper")?.reap_expired(&mut conn)?;
+    /// println!("{} requeued, {} parked", reaped.requeued, reaped.parked);
+    /// # Ok(()) }
+    /// ```
+    pub fn reap_expired<C: ClaimConnection<Q> + ?Sized>(&self, conn: &mut C) -> Result<Reaped> {
+        conn.reap_items(self)
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl<Q: ClaimQueue> Queue<Q>
+where
+    Q: QueryableByName<Pg>,
+    Q::Table: QueryFragment<Pg>,
+{
+    fn pg_claim(&self, conn: &mut PgConnection, limit: usize) -> Result<Vec<Claim<Q>>> {
         if limit == 0 {
             return Ok(Vec::new());
         }
@@ -587,17 +816,7 @@ impl<Q: ClaimQueue> Queue<Q> {
         Ok(all)
     }
 
-    /// Marks a claimed item done. One statement, fenced by the claim's id, holder and attempt.
-    /// Run it in the same transaction as the work's own writes to make them exactly-once.
-    ///
-    /// # Errors
-    /// [`Error::NotFound`] when the claim is no longer this holder's (its lease expired and it
-    /// was reaped or re-claimed): the item may be processed again elsewhere. The statement's
-    /// errors otherwise.
-    ///
-    /// # Examples
-    /// See [`Queue::claim`].
-    pub fn complete(&self, conn: &mut PgConnection, claim: &Claim<Q>) -> Result<()> {
+    fn pg_complete(&self, conn: &mut PgConnection, claim: &Claim<Q>) -> Result<()> {
         let n = QueueSql::<Q, Untyped>::new(
             claim.tenant.as_ref(),
             Statement::Complete {
@@ -610,31 +829,7 @@ impl<Q: ClaimQueue> Queue<Q> {
         fenced(n, claim)
     }
 
-    /// Records a failed attempt: back to the queue (status `retry`, due after
-    /// [`Queue::backoff_for`]`(claim.attempt)`), or parked (status `failed`) when this was
-    /// attempt `max_attempts` or later. `error` is stored in the last-error column, cut to
-    /// [`MAX_ERROR_CHARS`]; never pass secrets in it. One statement, fenced as
-    /// [`Queue::complete`].
-    ///
-    /// # Errors
-    /// As [`Queue::complete`].
-    ///
-    /// # Examples
-    /// ```
-    /// # include!("doctest_setup.rs");
-    /// use upsert_kit::claim::{Failed, Queue};
-    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let (_db, mut conn) = establish_pg()?;
-    /// let queue = Queue::<Task>::new("worker-1")?.max_attempts(3);
-    /// for claim in queue.claim(&mut conn, 1)? {
-    ///     match queue.fail(&mut conn, &claim, "upstream returned 503")? {
-    ///         Failed::Retry { at } => println!("retry at {at}"),
-    ///         Failed::Parked => println!("gave up"),
-    ///     }
-    /// }
-    /// # Ok(()) }
-    /// ```
-    pub fn fail(&self, conn: &mut PgConnection, claim: &Claim<Q>, error: &str) -> Result<Failed> {
+    fn pg_fail(&self, conn: &mut PgConnection, claim: &Claim<Q>, error: &str) -> Result<Failed> {
         let error: String = error.chars().take(MAX_ERROR_CHARS).collect();
         let park = claim.attempt >= self.max_attempts;
         let delay_ms = millis(self.backoff_for(claim.attempt));
@@ -657,29 +852,7 @@ impl<Q: ClaimQueue> Queue<Q> {
         })
     }
 
-    /// Extends the claim's lease to now + the configured lease (a heartbeat for long work) and
-    /// updates `claim.locked_until`. One statement, fenced as [`Queue::complete`]; a lease
-    /// that expired but was not reaped yet is still this holder's and is extended.
-    ///
-    /// # Errors
-    /// As [`Queue::complete`].
-    ///
-    /// # Examples
-    /// ```
-    /// # include!("doctest_setup.rs");
-    /// use upsert_kit::claim::Queue;
-    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let (_db, mut conn) = establish_pg()?;
-    /// let queue = Queue::<Task>::new("worker-1")?;
-    /// for mut claim in queue.claim(&mut conn, 1)? {
-    ///     // … a long step …
-    ///     queue.extend(&mut conn, &mut claim)?;
-    ///     // … the next step …
-    ///     queue.complete(&mut conn, &claim)?;
-    /// }
-    /// # Ok(()) }
-    /// ```
-    pub fn extend(&self, conn: &mut PgConnection, claim: &mut Claim<Q>) -> Result<()> {
+    fn pg_extend(&self, conn: &mut PgConnection, claim: &mut Claim<Q>) -> Result<()> {
         let lease_ms = millis(self.lease);
         let rows: Vec<DateTime<Utc>> = QueueSql::<Q, Timestamptz>::new(
             claim.tenant.as_ref(),
@@ -698,27 +871,7 @@ impl<Q: ClaimQueue> Queue<Q> {
         Ok(())
     }
 
-    /// Returns every expired lease to the queue: status `retry`, due at once, the last error
-    /// saying whose lease expired; claims that had used `max_attempts` are parked (`failed`)
-    /// instead. One statement; it locks the expired rows `FOR UPDATE SKIP LOCKED`, so
-    /// concurrent reapers (and a holder completing at that instant) never block each other and
-    /// never reap one row twice. Call it before claiming (as a scheduler's loop does), or from a
-    /// timer.
-    ///
-    /// # Errors
-    /// The statement's errors.
-    ///
-    /// # Examples
-    /// ```
-    /// # include!("doctest_setup.rs");
-    /// use upsert_kit::claim::Queue;
-    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let (_db, mut conn) = establish_pg()?;
-    /// let reaped = Queue::<Task>::new("reaper")?.reap_expired(&mut conn)?;
-    /// println!("{} requeued, {} parked", reaped.requeued, reaped.parked);
-    /// # Ok(()) }
-    /// ```
-    pub fn reap_expired(&self, conn: &mut PgConnection) -> Result<Reaped> {
+    fn pg_reap_expired(&self, conn: &mut PgConnection) -> Result<Reaped> {
         let mut reaped = Reaped::default();
         for tenant in self.scopes()? {
             let statuses: Vec<String> = QueueSql::<Q, Text>::new(
@@ -756,6 +909,7 @@ fn fenced<Q>(rows: usize, claim: &Claim<Q>) -> Result<()> {
 
 /// The queue's statements. Identifiers and status literals come from [`ClaimQueue`]; every
 /// value is a bind parameter.
+#[cfg(feature = "postgres")]
 enum Statement<'a> {
     Claim {
         holder: &'a String,
@@ -786,6 +940,7 @@ enum Statement<'a> {
     },
 }
 
+#[cfg(feature = "postgres")]
 struct QueueSql<'a, Q: ClaimQueue, ST> {
     table: Q::Table,
     /// The tenant every part of the statement filters by (a queue with a tenant column).
@@ -794,6 +949,7 @@ struct QueueSql<'a, Q: ClaimQueue, ST> {
     _types: PhantomData<fn() -> (Q, ST)>,
 }
 
+#[cfg(feature = "postgres")]
 impl<'a, Q: ClaimQueue, ST> QueueSql<'a, Q, ST> {
     fn new(tenant: Option<&'a Tenant>, statement: Statement<'a>) -> Self {
         QueueSql {
@@ -805,25 +961,33 @@ impl<'a, Q: ClaimQueue, ST> QueueSql<'a, Q, ST> {
     }
 }
 
+#[cfg(feature = "postgres")]
 impl<Q: ClaimQueue, ST> QueryId for QueueSql<'_, Q, ST> {
     type QueryId = ();
     const HAS_STATIC_QUERY_ID: bool = false;
 }
 
+#[cfg(feature = "postgres")]
 impl<Q: ClaimQueue, ST: 'static> Query for QueueSql<'_, Q, ST> {
     type SqlType = ST;
 }
 
+#[cfg(feature = "postgres")]
 impl<Q: ClaimQueue, ST, Conn> RunQueryDsl<Conn> for QueueSql<'_, Q, ST> {}
 
 /// `'literal'` (status names are checked by [`Queue::new`] to need no escaping).
+#[cfg(feature = "postgres")]
 fn push_literal(out: &mut AstPass<'_, '_, Pg>, s: &str) {
     out.push_sql("'");
     out.push_sql(s);
     out.push_sql("'");
 }
 
-impl<Q: ClaimQueue, ST> QueryFragment<Pg> for QueueSql<'_, Q, ST> {
+#[cfg(feature = "postgres")]
+impl<Q: ClaimQueue, ST> QueryFragment<Pg> for QueueSql<'_, Q, ST>
+where
+    Q::Table: QueryFragment<Pg>,
+{
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
         let table = &self.table;
         // ` AND tenant = $` for a queue with a tenant column.
@@ -1029,7 +1193,7 @@ impl<Q: ClaimQueue, ST> QueryFragment<Pg> for QueueSql<'_, Q, ST> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "postgres"))]
 mod tests {
     use super::*;
 

@@ -162,7 +162,7 @@ diesel::table! {
 }
 
 /// A claimed task, as a worker reads it.
-#[cfg(feature = "postgres")]
+#[cfg(any(feature = "postgres", feature = "mysql"))]
 #[derive(Debug, diesel::QueryableByName)]
 #[diesel(table_name = tasks)]
 #[allow(dead_code)]
@@ -171,7 +171,7 @@ struct Task {
     name: String,
 }
 
-#[cfg(feature = "postgres")]
+#[cfg(any(feature = "postgres", feature = "mysql"))]
 impl upsert_kit::claim::ClaimQueue for Task {
     type Table = tasks::table;
 }
@@ -192,6 +192,28 @@ fn establish_pg(
              locked_until TIMESTAMPTZ,
              holder TEXT,
              last_error TEXT);
+         INSERT INTO tasks (name) VALUES ('resize'), ('index'), ('mail');",
+    );
+    let conn = db.conn();
+    Ok((db, conn))
+}
+
+/// A MySQL/MariaDB database of its own on the test server (see the `upsert-kit-support`
+/// crate), with the examples' `tasks` queue and three pending tasks; dropped with the guard.
+#[cfg(feature = "mysql")]
+#[allow(dead_code)]
+fn establish_mysql(
+) -> Result<(upsert_kit_support::TestMysql, diesel::MysqlConnection), Box<dyn std::error::Error>> {
+    let db = upsert_kit_support::TestMysql::with_sql(
+        "CREATE TABLE tasks (
+             id BIGINT AUTO_INCREMENT PRIMARY KEY,
+             name TEXT NOT NULL,
+             status VARCHAR(16) NOT NULL DEFAULT 'pending',
+             attempts INT NOT NULL DEFAULT 0,
+             locked_until DATETIME(6) NULL,
+             holder VARCHAR(200) NULL,
+             last_error TEXT NULL,
+             KEY tasks_due (status, id));
          INSERT INTO tasks (name) VALUES ('resize'), ('index'), ('mail');",
     );
     let conn = db.conn();

@@ -15,7 +15,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]
 
-#[cfg(feature = "postgres")]
+#[cfg(any(feature = "postgres", feature = "mysql"))]
 pub mod claim;
 pub mod conn;
 pub mod counter;
@@ -25,7 +25,7 @@ mod error;
 pub mod get_or_create;
 pub mod idempotency;
 pub mod limits;
-#[cfg(feature = "postgres")]
+#[cfg(any(feature = "postgres", feature = "mysql"))]
 pub mod lock;
 pub mod period;
 pub mod quota;

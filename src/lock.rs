@@ -1,4 +1,5 @@
-//! PostgreSQL advisory locks, named by a namespace and a key.
+//! Named locks, by a namespace and a key: PostgreSQL advisory locks and MySQL/MariaDB named
+//! locks (`GET_LOCK`, in [`mysql`]), behind the same guard.
 //!
 //! # Lock keys
 //! A [`LockKey`] is a pair of 32-bit integers, the form taken by
@@ -50,23 +51,40 @@
 //! dropped (also while a panic unwinds), and when it *cannot* show that the lock is gone (the
 //! unlock failed: aborted transaction, lost connection) it marks the connection broken, so
 //! r2d2 closes it instead of reusing it, and closing it makes the server release its locks.
-//! See [`PgSession`].
+//! See [`LockSession`].
 //!
-//! Locks and claims take PostgreSQL connections only: `lock(&mut sqlite_conn, key)` does not
-//! compile (``the trait `PgSession` is not implemented for `SqliteConnection` ``; the
-//! library's compile-fail suite, `tests/ui/lock_on_sqlite.rs`, holds the full message).
+//! # On MySQL and MariaDB
+//! The session-scoped calls are the same ([`lock`], [`try_lock`], [`try_lock_for`],
+//! [`with_lock`], the [`SessionLock`] guard and its poisoning) on a `MysqlConnection` or a
+//! pooled one, with `GET_LOCK` / `RELEASE_LOCK`; [`mysql`] says how a
+//! [`LockKey`] becomes a lock name and what each call sends. MySQL has no transaction-scoped
+//! named lock and no shared one, so [`xact_lock`], [`try_xact_lock`], [`shared_xact_lock`],
+//! [`try_shared_xact_lock`], [`lock_shared`] and [`try_lock_shared`] take PostgreSQL
+//! connections only: on a MySQL connection they do not compile (the compile-fail suite's
+//! `tests/ui/xact_lock_on_mysql.rs`).
+//!
+//! SQLite has no named locks: `lock(&mut sqlite_conn, key)` does not compile
+//! (``the trait `LockSession` is not implemented for `SqliteConnection` ``; the library's
+//! compile-fail suite, `tests/ui/lock_on_sqlite.rs`, holds the full message), nor do claims.
 
 use crate::error::{Error, Result};
+#[cfg(feature = "postgres")]
 use crate::tx;
 use diesel::connection::{AnsiTransactionManager, TransactionManager};
+#[cfg(feature = "postgres")]
 use diesel::pg::PgConnection;
-#[cfg(feature = "r2d2")]
+#[cfg(all(feature = "postgres", feature = "r2d2"))]
 use diesel::r2d2::{ConnectionManager, PooledConnection};
+#[cfg(feature = "postgres")]
 use diesel::sql_types::{BigInt, Bool, Integer, Text};
+#[cfg(feature = "postgres")]
 use diesel::RunQueryDsl;
 use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::time::Duration;
+
+#[cfg(feature = "mysql")]
+pub mod mysql;
 
 /// An advisory-lock name: a namespace and a key, mapped to PostgreSQL's `(int4, int4)` space.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -140,10 +158,12 @@ impl LockKey {
     }
 }
 
+#[cfg(feature = "postgres")]
 diesel::define_sql_function! {
     /// `pg_advisory_xact_lock(int4, int4)`: waits for the exclusive transaction-scoped lock.
     fn pg_advisory_xact_lock(class: Integer, object: Integer);
 }
+#[cfg(feature = "postgres")]
 diesel::define_sql_function! {
     /// `pg_try_advisory_xact_lock(int4, int4)`: takes the exclusive transaction-scoped lock if free.
     fn pg_try_advisory_xact_lock(class: Integer, object: Integer) -> diesel::sql_types::Bool;
@@ -177,6 +197,7 @@ diesel::define_sql_function! {
 /// })?; // released here
 /// # Ok(()) }
 /// ```
+#[cfg(feature = "postgres")]
 pub fn xact_lock(conn: &mut PgConnection, key: LockKey) -> Result<()> {
     diesel::select(pg_advisory_xact_lock(key.class, key.object)).execute(conn)?;
     Ok(())
@@ -205,51 +226,63 @@ pub fn xact_lock(conn: &mut PgConnection, key: LockKey) -> Result<()> {
 /// })?;
 /// # Ok(()) }
 /// ```
+#[cfg(feature = "postgres")]
 pub fn try_xact_lock(conn: &mut PgConnection, key: LockKey) -> Result<bool> {
     Ok(diesel::select(pg_try_advisory_xact_lock(key.class, key.object)).get_result(conn)?)
 }
 
+#[cfg(feature = "postgres")]
 diesel::define_sql_function! {
     /// `pg_advisory_xact_lock_shared(int4, int4)`: waits for the shared transaction-scoped lock.
     fn pg_advisory_xact_lock_shared(class: Integer, object: Integer);
 }
+#[cfg(feature = "postgres")]
 diesel::define_sql_function! {
     /// `pg_try_advisory_xact_lock_shared(int4, int4)`: takes the shared transaction-scoped lock
     /// if no session holds it exclusively.
     fn pg_try_advisory_xact_lock_shared(class: Integer, object: Integer) -> Bool;
 }
+#[cfg(feature = "postgres")]
 diesel::define_sql_function! {
     /// `pg_advisory_lock(int4, int4)`: waits for the exclusive session-scoped lock.
     fn pg_advisory_lock(class: Integer, object: Integer);
 }
+#[cfg(feature = "postgres")]
 diesel::define_sql_function! {
     /// `pg_advisory_lock_shared(int4, int4)`: waits for the shared session-scoped lock.
     fn pg_advisory_lock_shared(class: Integer, object: Integer);
 }
+#[cfg(feature = "postgres")]
 diesel::define_sql_function! {
     /// `pg_try_advisory_lock(int4, int4)`: takes the exclusive session-scoped lock if free.
     fn pg_try_advisory_lock(class: Integer, object: Integer) -> Bool;
 }
+#[cfg(feature = "postgres")]
 diesel::define_sql_function! {
     /// `pg_try_advisory_lock_shared(int4, int4)`: takes the shared session-scoped lock if free.
     fn pg_try_advisory_lock_shared(class: Integer, object: Integer) -> Bool;
 }
+#[cfg(feature = "postgres")]
 diesel::define_sql_function! {
     /// `pg_advisory_unlock(int4, int4)`: releases one level of the exclusive session lock.
     fn pg_advisory_unlock(class: Integer, object: Integer) -> Bool;
 }
+#[cfg(feature = "postgres")]
 diesel::define_sql_function! {
     /// `pg_advisory_unlock_shared(int4, int4)`: releases one level of the shared session lock.
     fn pg_advisory_unlock_shared(class: Integer, object: Integer) -> Bool;
 }
+#[cfg(feature = "postgres")]
 diesel::define_sql_function! {
     /// `set_config(name, value, is_local)`.
     fn set_config(name: Text, value: Text, is_local: Bool) -> Text;
 }
+#[cfg(feature = "postgres")]
 diesel::define_sql_function! {
     /// `current_setting(name)`.
     fn current_setting(name: Text) -> Text;
 }
+#[cfg(feature = "postgres")]
 diesel::define_sql_function! {
     /// `pg_backend_pid()`.
     fn pg_backend_pid() -> Integer;
@@ -278,6 +311,7 @@ diesel::define_sql_function! {
 /// })?;
 /// # Ok(()) }
 /// ```
+#[cfg(feature = "postgres")]
 pub fn shared_xact_lock(conn: &mut PgConnection, key: LockKey) -> Result<()> {
     diesel::select(pg_advisory_xact_lock_shared(key.class, key.object)).execute(conn)?;
     Ok(())
@@ -301,64 +335,131 @@ pub fn shared_xact_lock(conn: &mut PgConnection, key: LockKey) -> Result<()> {
 /// println!("shared lock taken: {got}");
 /// # Ok(()) }
 /// ```
+#[cfg(feature = "postgres")]
 pub fn try_shared_xact_lock(conn: &mut PgConnection, key: LockKey) -> Result<bool> {
     Ok(diesel::select(pg_try_advisory_xact_lock_shared(key.class, key.object)).get_result(conn)?)
 }
 
-/// A PostgreSQL connection a [`SessionLock`] can hold: `&mut PgConnection`, an owned
-/// `PgConnection`, an r2d2 `PooledConnection` of PostgreSQL connections, or a `&mut` of any of
-/// these (so a second guard can be taken through a first one: `lock(&mut *guard, other)`).
+/// A connection a [`SessionLock`] can hold: a PostgreSQL or MySQL/MariaDB connection
+/// (`&mut PgConnection`, `&mut MysqlConnection`, an owned one), an r2d2 `PooledConnection` of
+/// either, or a `&mut` of any of these (so a second guard can be taken through a first one:
+/// `lock(&mut *guard, other)`).
 ///
-/// SQLite connections are not `PgSession`s: advisory locks are PostgreSQL-only, by type.
+/// SQLite connections are not `LockSession`s: SQLite has no named locks, by type.
 #[diagnostic::on_unimplemented(
-    message = "`{Self}` cannot hold a PostgreSQL advisory lock",
-    note = "advisory locks need a PostgreSQL session: pass `&mut PgConnection`, a `PgConnection`, or a pooled PostgreSQL connection (`pool.get()?`)"
+    message = "`{Self}` cannot hold a session lock",
+    note = "session locks need a PostgreSQL or MySQL/MariaDB session: pass `&mut PgConnection`, `&mut MysqlConnection`, an owned connection, or a pooled one (`pool.get()?`)"
 )]
-pub trait PgSession {
+pub trait LockSession {
+    /// The connection: `PgConnection` or `MysqlConnection`.
+    type Connection: LockBackend;
+
     /// The connection.
-    fn pg(&mut self) -> &mut PgConnection;
+    fn connection(&mut self) -> &mut Self::Connection;
 
     /// The connection, shared.
-    fn pg_ref(&self) -> &PgConnection;
+    fn connection_ref(&self) -> &Self::Connection;
 
     /// Makes sure the session is not reused while it may still hold a lock: marks the
     /// connection's transaction manager broken. An r2d2 pool then closes the connection when it
     /// comes back instead of handing it out again (closing ends the session, and the server
     /// releases its locks); Diesel refuses to open transactions on it. A borrowed
-    /// `&mut PgConnection` that is not pooled stays open: drop it.
+    /// `&mut PgConnection` (or `&mut MysqlConnection`) that is not pooled stays open: drop it.
     fn poison(&mut self) {
-        AnsiTransactionManager::transaction_manager_status_mut(self.pg()).set_in_error();
+        poison(self.connection());
     }
 }
 
-impl PgSession for PgConnection {
-    fn pg(&mut self) -> &mut PgConnection {
+/// Marks `conn`'s transaction manager broken (see [`LockSession::poison`]).
+fn poison<C: LockBackend>(conn: &mut C) {
+    AnsiTransactionManager::transaction_manager_status_mut(conn).set_in_error();
+}
+
+/// A backend with session-scoped named locks: PostgreSQL (advisory locks) and MySQL/MariaDB
+/// (`GET_LOCK`). Implemented for `PgConnection` and `MysqlConnection`; sealed.
+pub trait LockBackend:
+    diesel::Connection<TransactionManager = AnsiTransactionManager> + sealed::Sealed
+{
+    /// Refuses session-scoped locks where the session is not kept (PostgreSQL in pooler mode).
+    #[doc(hidden)]
+    fn refuse_session_lock(&mut self, operation: &'static str) -> Result<()>;
+
+    /// Takes the session lock `key`, waiting as `wait` says: `Ok(None)` when not granted.
+    /// On an error no lock is held, or the connection is poisoned.
+    #[doc(hidden)]
+    fn acquire_lock(&mut self, key: LockKey, mode: LockMode, wait: Wait) -> Result<Option<Held>>;
+
+    /// Releases one level of a lock taken by [`LockBackend::acquire_lock`]: whether this
+    /// session held it.
+    #[doc(hidden)]
+    fn release_lock(&mut self, held: &Held) -> Result<bool>;
+}
+
+/// How long [`LockBackend::acquire_lock`] waits.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// Until granted (or a server-side timeout).
+    Forever,
+    /// Not at all.
+    No,
+    /// At most this long (whole milliseconds, at least 1).
+    For(Duration),
+}
+
+/// A lock a guard holds: its key and mode, and the name the server knows it by where locks are
+/// named by strings (MySQL).
+#[doc(hidden)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Held {
+    key: LockKey,
+    mode: LockMode,
+    name: Option<String>,
+}
+
+mod sealed {
+    pub trait Sealed {}
+    #[cfg(feature = "postgres")]
+    impl Sealed for diesel::PgConnection {}
+    #[cfg(feature = "mysql")]
+    impl Sealed for diesel::MysqlConnection {}
+}
+
+#[cfg(feature = "postgres")]
+impl LockSession for PgConnection {
+    type Connection = PgConnection;
+
+    fn connection(&mut self) -> &mut PgConnection {
         self
     }
 
-    fn pg_ref(&self) -> &PgConnection {
+    fn connection_ref(&self) -> &PgConnection {
         self
     }
 }
 
-#[cfg(feature = "r2d2")]
-impl PgSession for PooledConnection<ConnectionManager<PgConnection>> {
-    fn pg(&mut self) -> &mut PgConnection {
+#[cfg(all(feature = "postgres", feature = "r2d2"))]
+impl LockSession for PooledConnection<ConnectionManager<PgConnection>> {
+    type Connection = PgConnection;
+
+    fn connection(&mut self) -> &mut PgConnection {
         self
     }
 
-    fn pg_ref(&self) -> &PgConnection {
+    fn connection_ref(&self) -> &PgConnection {
         self
     }
 }
 
-impl<T: PgSession + ?Sized> PgSession for &mut T {
-    fn pg(&mut self) -> &mut PgConnection {
-        (**self).pg()
+impl<T: LockSession + ?Sized> LockSession for &mut T {
+    type Connection = T::Connection;
+
+    fn connection(&mut self) -> &mut T::Connection {
+        (**self).connection()
     }
 
-    fn pg_ref(&self) -> &PgConnection {
-        (**self).pg_ref()
+    fn connection_ref(&self) -> &T::Connection {
+        (**self).connection_ref()
     }
 
     fn poison(&mut self) {
@@ -366,12 +467,39 @@ impl<T: PgSession + ?Sized> PgSession for &mut T {
     }
 }
 
+#[cfg(feature = "postgres")]
+impl LockBackend for PgConnection {
+    fn refuse_session_lock(&mut self, operation: &'static str) -> Result<()> {
+        refuse_in_pooler_mode(self, operation)
+    }
+
+    fn acquire_lock(&mut self, key: LockKey, mode: LockMode, wait: Wait) -> Result<Option<Held>> {
+        let taken = match wait {
+            Wait::Forever => {
+                acquire(self, key, mode)?;
+                true
+            }
+            Wait::No => try_acquire(self, key, mode)?,
+            Wait::For(timeout) => acquire_within(self, key, mode, timeout)?,
+        };
+        Ok(taken.then_some(Held {
+            key,
+            mode,
+            name: None,
+        }))
+    }
+
+    fn release_lock(&mut self, held: &Held) -> Result<bool> {
+        unlock(self, held.key, held.mode)
+    }
+}
+
 /// Exclusive or shared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum LockMode {
-    /// One holder at a time (`ExclusiveLock` in `pg_locks`).
+    /// One holder at a time (`ExclusiveLock` in `pg_locks`; every MySQL named lock).
     Exclusive,
-    /// Many shared holders, no exclusive one (`ShareLock` in `pg_locks`).
+    /// Many shared holders, no exclusive one (`ShareLock` in `pg_locks`; PostgreSQL only).
     Shared,
 }
 
@@ -384,56 +512,66 @@ impl fmt::Display for LockMode {
     }
 }
 
-/// A session-scoped advisory lock, held until this guard is released or dropped (or the session
-/// ends). It holds the connection, and derefs to it, so the protected work runs on the same
-/// session: `guard.transaction(|conn| …)`, `diesel::insert_into(t).values(v).execute(&mut *guard)`.
+/// A session-scoped lock (a PostgreSQL advisory lock, a MySQL named lock), held until this
+/// guard is released or dropped (or the session ends). It holds the connection, and derefs to
+/// it, so the protected work runs on the same session: `guard.transaction(|conn| …)`,
+/// `diesel::insert_into(t).values(v).execute(&mut *guard)`.
 ///
 /// - [`SessionLock::release`] unlocks and reports errors.
 /// - Dropping it unlocks too (also while a panic unwinds), ignoring errors.
 /// - Either way, when the unlock fails (the session is in an aborted transaction, the connection
-///   was lost, …) the connection is [poisoned](PgSession::poison): a pooled connection is then
+///   was lost, …) the connection is [poisoned](LockSession::poison): a pooled connection is then
 ///   closed by r2d2 instead of being reused with the lock possibly still held, and closing it
 ///   makes the server release the lock.
 ///
 /// The lock is not tied to a transaction: taking it inside a transaction that then rolls back
 /// keeps it. Session locks stack: the same session taking a key twice holds it twice and must
-/// release it twice (each guard releases its own level).
+/// release it twice (each guard releases its own level); MySQL's named locks (5.7+, MariaDB
+/// 10.0.2+) stack the same way.
 #[must_use = "the lock is released as soon as the guard is dropped"]
-pub struct SessionLock<C: PgSession> {
+pub struct SessionLock<C: LockSession> {
     conn: Option<C>,
-    key: LockKey,
-    mode: LockMode,
+    held: Held,
 }
 
-impl<C: PgSession> fmt::Debug for SessionLock<C> {
+impl<C: LockSession> fmt::Debug for SessionLock<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SessionLock")
-            .field("key", &self.key)
-            .field("mode", &self.mode)
-            .field("held", &self.conn.is_some())
-            .finish()
+        let mut d = f.debug_struct("SessionLock");
+        d.field("key", &self.held.key)
+            .field("mode", &self.held.mode);
+        if let Some(name) = &self.held.name {
+            d.field("name", name);
+        }
+        d.field("held", &self.conn.is_some()).finish()
     }
 }
 
-impl<C: PgSession> SessionLock<C> {
+impl<C: LockSession> SessionLock<C> {
     /// The lock's key.
     pub fn key(&self) -> LockKey {
-        self.key
+        self.held.key
     }
 
     /// Exclusive or shared.
     pub fn mode(&self) -> LockMode {
-        self.mode
+        self.held.mode
     }
 
-    /// Releases the lock now (one round trip: `pg_advisory_unlock`).
+    /// The name the server knows the lock by, where locks are named by strings: on MySQL the
+    /// `GET_LOCK` name ([`mysql`](crate::lock::mysql#lock-names)); `None` on PostgreSQL.
+    pub fn server_name(&self) -> Option<&str> {
+        self.held.name.as_deref()
+    }
+
+    /// Releases the lock now (one round trip: `pg_advisory_unlock`, MySQL's `RELEASE_LOCK`).
     ///
     /// # Errors
     /// - The round trip's error (e.g. [`Error::ConnectionLost`] when the backend is gone, or
     ///   [`Error::Database`] inside an aborted transaction); the connection is then poisoned
-    ///   (see [`PgSession::poison`]).
+    ///   (see [`LockSession::poison`]).
     /// - [`Error::NotFound`] when the server says this session did not hold the lock (someone
-    ///   called `pg_advisory_unlock_all()` on it); nothing is held, the connection is kept.
+    ///   called `pg_advisory_unlock_all()` or `RELEASE_ALL_LOCKS()` on it); nothing is held,
+    ///   the connection is kept.
     ///
     /// # Examples
     /// ```
@@ -453,12 +591,12 @@ impl<C: PgSession> SessionLock<C> {
         let Some(mut conn) = self.conn.take() else {
             return Ok(());
         };
-        let released = unlock(conn.pg(), self.key, self.mode);
+        let released = conn.connection().release_lock(&self.held);
         match released {
             Ok(true) => Ok(()),
             Ok(false) => Err(Error::NotFound(format!(
-                "advisory lock {:?} ({}) was not held by this session",
-                self.key, self.mode
+                "session lock {:?} ({}) was not held by this session",
+                self.held.key, self.held.mode
             ))),
             Err(e) => {
                 conn.poison();
@@ -468,34 +606,35 @@ impl<C: PgSession> SessionLock<C> {
     }
 }
 
-impl<C: PgSession> Deref for SessionLock<C> {
-    type Target = PgConnection;
+impl<C: LockSession> Deref for SessionLock<C> {
+    type Target = C::Connection;
 
-    fn deref(&self) -> &PgConnection {
+    fn deref(&self) -> &C::Connection {
         // The `Option` is `None` only inside `release` and `drop`.
         let conn = self.conn.as_ref().expect("the guard holds its connection");
-        conn.pg_ref()
+        conn.connection_ref()
     }
 }
 
-impl<C: PgSession> DerefMut for SessionLock<C> {
-    fn deref_mut(&mut self) -> &mut PgConnection {
+impl<C: LockSession> DerefMut for SessionLock<C> {
+    fn deref_mut(&mut self) -> &mut C::Connection {
         self.conn
             .as_mut()
             .expect("the guard holds its connection")
-            .pg()
+            .connection()
     }
 }
 
-impl<C: PgSession> Drop for SessionLock<C> {
+impl<C: LockSession> Drop for SessionLock<C> {
     fn drop(&mut self) {
         if let Err(e) = self.unlock() {
-            tracing::debug!(key = ?self.key, error = %e, "advisory unlock on drop failed; connection poisoned");
+            tracing::debug!(key = ?self.held.key, error = %e, "session unlock on drop failed; connection poisoned");
         }
     }
 }
 
 /// `pg_advisory_unlock(_shared)`: whether this session held the lock.
+#[cfg(feature = "postgres")]
 fn unlock(conn: &mut PgConnection, key: LockKey, mode: LockMode) -> Result<bool> {
     let released = match mode {
         LockMode::Exclusive => {
@@ -509,6 +648,7 @@ fn unlock(conn: &mut PgConnection, key: LockKey, mode: LockMode) -> Result<bool>
 }
 
 /// `pg_advisory_lock(_shared)`: waits.
+#[cfg(feature = "postgres")]
 fn acquire(conn: &mut PgConnection, key: LockKey, mode: LockMode) -> Result<()> {
     match mode {
         LockMode::Exclusive => {
@@ -522,6 +662,7 @@ fn acquire(conn: &mut PgConnection, key: LockKey, mode: LockMode) -> Result<()> 
 }
 
 /// `pg_try_advisory_lock(_shared)`: never waits.
+#[cfg(feature = "postgres")]
 fn try_acquire(conn: &mut PgConnection, key: LockKey, mode: LockMode) -> Result<bool> {
     let taken = match mode {
         LockMode::Exclusive => {
@@ -534,8 +675,51 @@ fn try_acquire(conn: &mut PgConnection, key: LockKey, mode: LockMode) -> Result<
     Ok(taken?)
 }
 
+/// `pg_advisory_lock` under a `lock_timeout` of `timeout`, in a transaction of its own (see
+/// [`try_lock_for`]): whether it was granted in time.
+#[cfg(feature = "postgres")]
+fn acquire_within(
+    pg: &mut PgConnection,
+    key: LockKey,
+    mode: LockMode,
+    timeout: Duration,
+) -> Result<bool> {
+    let millis = timeout.as_millis();
+    let nested = tx::in_transaction(pg);
+    let mut acquired = false;
+    let outcome = tx::transaction(pg, |c| {
+        let previous: Option<String> = if nested {
+            Some(diesel::select(current_setting("lock_timeout")).get_result(c)?)
+        } else {
+            None
+        };
+        diesel::select(set_config("lock_timeout", format!("{millis}ms"), true)).execute(c)?;
+        acquire(c, key, mode)?;
+        acquired = true;
+        if let Some(previous) = previous {
+            diesel::select(set_config("lock_timeout", previous, true)).execute(c)?;
+        }
+        Ok(())
+    });
+    match outcome {
+        Ok(()) => Ok(true),
+        Err(Error::LockTimeout(_)) if !acquired => Ok(false),
+        Err(e) => {
+            if acquired {
+                // Granted, then the restore or the commit failed: give the lock back, or make
+                // sure the session is not reused.
+                if !matches!(unlock(pg, key, mode), Ok(true)) {
+                    poison(pg);
+                }
+            }
+            Err(e)
+        }
+    }
+}
+
 /// [`Error::SessionStateUnavailable`] when `conn` is in pooler mode: a session lock would stay
 /// on a server connection the pooler hands to other clients.
+#[cfg(feature = "postgres")]
 fn refuse_in_pooler_mode(conn: &mut PgConnection, operation: &'static str) -> Result<()> {
     if crate::db::is_pooler_mode(conn) {
         Err(Error::SessionStateUnavailable { operation })
@@ -544,21 +728,34 @@ fn refuse_in_pooler_mode(conn: &mut PgConnection, operation: &'static str) -> Re
     }
 }
 
-fn guard<C: PgSession>(conn: C, key: LockKey, mode: LockMode) -> SessionLock<C> {
-    SessionLock {
-        conn: Some(conn),
-        key,
-        mode,
-    }
+/// Takes the lock through `conn`'s backend and wraps it in a guard.
+fn take<C: LockSession>(
+    mut conn: C,
+    key: LockKey,
+    mode: LockMode,
+    wait: Wait,
+    operation: &'static str,
+) -> Result<Option<SessionLock<C>>> {
+    conn.connection().refuse_session_lock(operation)?;
+    Ok(conn
+        .connection()
+        .acquire_lock(key, mode, wait)?
+        .map(|held| SessionLock {
+            conn: Some(conn),
+            held,
+        }))
 }
 
-/// Waits for the exclusive session-scoped advisory lock `key` and returns its guard.
+/// Waits for the exclusive session-scoped lock `key` and returns its guard.
 ///
 /// Guarantee: while the guard lives no other session holds `key` (exclusively or shared).
 /// Released when the guard is released or dropped, or when the session ends; *not* at the end
-/// of a transaction. One round trip (`pg_advisory_lock`). Waits as long as it takes, bounded
-/// only by the session's `lock_timeout` and `statement_timeout` (see [`try_lock_for`] for a
-/// bound of its own); the wait is visible to PostgreSQL's deadlock detector.
+/// of a transaction. One round trip:
+/// - PostgreSQL: `pg_advisory_lock`. Waits as long as it takes, bounded only by the session's
+///   `lock_timeout` and `statement_timeout` (see [`try_lock_for`] for a bound of its own); the
+///   wait is visible to PostgreSQL's deadlock detector.
+/// - MySQL/MariaDB: `GET_LOCK(name, 31536000)` (a year: MariaDB refuses the negative timeout
+///   MySQL 8 reads as "forever"). See [`mysql`] for the name.
 ///
 /// # Errors
 /// [`Error::Deadlock`] when waiting would deadlock (two sessions taking two locks in opposite
@@ -579,14 +776,14 @@ fn guard<C: PgSession>(conn: C, key: LockKey, mode: LockMode) -> SessionLock<C> 
 /// guard.release()?;
 /// # Ok(()) }
 /// ```
-pub fn lock<C: PgSession>(mut conn: C, key: LockKey) -> Result<SessionLock<C>> {
-    refuse_in_pooler_mode(conn.pg(), "lock::lock")?;
-    acquire(conn.pg(), key, LockMode::Exclusive)?;
-    Ok(guard(conn, key, LockMode::Exclusive))
+pub fn lock<C: LockSession>(conn: C, key: LockKey) -> Result<SessionLock<C>> {
+    take(conn, key, LockMode::Exclusive, Wait::Forever, "lock::lock")?
+        .ok_or_else(|| Error::LockTimeout(format!("session lock {key:?} not granted")))
 }
 
 /// Waits for the shared session-scoped advisory lock `key`: many sessions may hold it shared,
-/// none while another holds it exclusively. As [`lock`] otherwise.
+/// none while another holds it exclusively. As [`lock`] otherwise. PostgreSQL only (MySQL's
+/// named locks have no shared mode: a MySQL connection does not compile here).
 ///
 /// # Errors
 /// As [`lock`].
@@ -601,15 +798,25 @@ pub fn lock<C: PgSession>(mut conn: C, key: LockKey) -> Result<SessionLock<C>> {
 /// drop(guard); // released
 /// # Ok(()) }
 /// ```
-pub fn lock_shared<C: PgSession>(mut conn: C, key: LockKey) -> Result<SessionLock<C>> {
-    refuse_in_pooler_mode(conn.pg(), "lock::lock_shared")?;
-    acquire(conn.pg(), key, LockMode::Shared)?;
-    Ok(guard(conn, key, LockMode::Shared))
+#[cfg(feature = "postgres")]
+pub fn lock_shared<C: LockSession<Connection = PgConnection>>(
+    conn: C,
+    key: LockKey,
+) -> Result<SessionLock<C>> {
+    take(
+        conn,
+        key,
+        LockMode::Shared,
+        Wait::Forever,
+        "lock::lock_shared",
+    )?
+    .ok_or_else(|| Error::LockTimeout(format!("session lock {key:?} not granted")))
 }
 
-/// Takes the exclusive session-scoped advisory lock `key` if no other session holds it, at
-/// once, without waiting: `Ok(None)` when it is taken (an owned connection is then dropped,
-/// which returns a pooled one to its pool). One round trip (`pg_try_advisory_lock`).
+/// Takes the exclusive session-scoped lock `key` if no other session holds it, at once,
+/// without waiting: `Ok(None)` when it is taken (an owned connection is then dropped, which
+/// returns a pooled one to its pool). One round trip (`pg_try_advisory_lock`; MySQL:
+/// `GET_LOCK(name, 0)`).
 ///
 /// # Errors
 /// The round trip's errors.
@@ -626,14 +833,12 @@ pub fn lock_shared<C: PgSession>(mut conn: C, key: LockKey) -> Result<SessionLoc
 /// }
 /// # Ok(()) }
 /// ```
-pub fn try_lock<C: PgSession>(mut conn: C, key: LockKey) -> Result<Option<SessionLock<C>>> {
-    refuse_in_pooler_mode(conn.pg(), "lock::try_lock")?;
-    Ok(try_acquire(conn.pg(), key, LockMode::Exclusive)?
-        .then(|| guard(conn, key, LockMode::Exclusive)))
+pub fn try_lock<C: LockSession>(conn: C, key: LockKey) -> Result<Option<SessionLock<C>>> {
+    take(conn, key, LockMode::Exclusive, Wait::No, "lock::try_lock")
 }
 
 /// Takes the shared session-scoped advisory lock `key` unless a session holds it exclusively,
-/// without waiting. As [`try_lock`] otherwise.
+/// without waiting. As [`try_lock`] otherwise; PostgreSQL only, as [`lock_shared`].
 ///
 /// # Errors
 /// The round trip's errors.
@@ -648,27 +853,40 @@ pub fn try_lock<C: PgSession>(mut conn: C, key: LockKey) -> Result<Option<Sessio
 /// assert!(reader.is_some());
 /// # Ok(()) }
 /// ```
-pub fn try_lock_shared<C: PgSession>(mut conn: C, key: LockKey) -> Result<Option<SessionLock<C>>> {
-    refuse_in_pooler_mode(conn.pg(), "lock::try_lock_shared")?;
-    Ok(try_acquire(conn.pg(), key, LockMode::Shared)?.then(|| guard(conn, key, LockMode::Shared)))
+#[cfg(feature = "postgres")]
+pub fn try_lock_shared<C: LockSession<Connection = PgConnection>>(
+    conn: C,
+    key: LockKey,
+) -> Result<Option<SessionLock<C>>> {
+    take(
+        conn,
+        key,
+        LockMode::Shared,
+        Wait::No,
+        "lock::try_lock_shared",
+    )
 }
 
-/// Waits at most `timeout` for the exclusive session-scoped advisory lock `key`: `Ok(None)`
-/// when it was not granted in time (an owned connection is then dropped).
+/// Waits at most `timeout` for the exclusive session-scoped lock `key`: `Ok(None)` when it was
+/// not granted in time (an owned connection is then dropped).
 ///
-/// # Mechanism: `lock_timeout`, not polling
-/// It runs, in a short transaction of its own (a savepoint inside the caller's transaction),
-/// `SELECT set_config('lock_timeout', '<timeout>ms', true)` then `SELECT pg_advisory_lock(…)`,
-/// and commits: the session lock outlives that transaction. The wait happens in the server's
-/// lock queue, so the lock is granted the moment its holder lets go (no polling interval,
-/// no round trips while waiting, waiters served in order, deadlocks detected), and the server
-/// itself bounds the wait. On timeout the transaction (or savepoint) rolls back, which also
-/// restores the previous `lock_timeout`, and the connection is usable at once; inside a
-/// caller's transaction the previous value is restored explicitly after a success. Polling
-/// `pg_try_advisory_lock` would need no transaction but costs a round trip per interval, adds
-/// up to one interval of latency, and lets a steady stream of other takers starve the poller.
-/// The cost here: 4 round trips (6 inside a transaction), and a transaction (holding a
-/// snapshot) open while waiting.
+/// # Mechanism: the server's own timeout, not polling
+/// On PostgreSQL it runs, in a short transaction of its own (a savepoint inside the caller's
+/// transaction), `SELECT set_config('lock_timeout', '<timeout>ms', true)` then
+/// `SELECT pg_advisory_lock(…)`, and commits: the session lock outlives that transaction. The
+/// wait happens in the server's lock queue, so the lock is granted the moment its holder lets
+/// go (no polling interval, no round trips while waiting, waiters served in order, deadlocks
+/// detected), and the server itself bounds the wait. On timeout the transaction (or savepoint)
+/// rolls back, which also restores the previous `lock_timeout`, and the connection is usable at
+/// once; inside a caller's transaction the previous value is restored explicitly after a
+/// success. Polling `pg_try_advisory_lock` would need no transaction but costs a round trip per
+/// interval, adds up to one interval of latency, and lets a steady stream of other takers
+/// starve the poller. The cost here: 4 round trips (6 inside a transaction), and a transaction
+/// (holding a snapshot) open while waiting.
+///
+/// On MySQL/MariaDB it is one round trip, `GET_LOCK(name, <timeout in seconds>)`: the timeout
+/// is `GET_LOCK`'s own argument (fractional seconds), the server bounds the wait, and no
+/// transaction is opened.
 ///
 /// `timeout` is rounded up to whole milliseconds; `Duration::ZERO` behaves as [`try_lock`].
 ///
@@ -690,12 +908,13 @@ pub fn try_lock_shared<C: PgSession>(mut conn: C, key: LockKey) -> Result<Option
 /// guard.release()?;
 /// # Ok(()) }
 /// ```
-pub fn try_lock_for<C: PgSession>(
+pub fn try_lock_for<C: LockSession>(
     mut conn: C,
     key: LockKey,
     timeout: Duration,
 ) -> Result<Option<SessionLock<C>>> {
-    refuse_in_pooler_mode(conn.pg(), "lock::try_lock_for")?;
+    conn.connection()
+        .refuse_session_lock("lock::try_lock_for")?;
     if timeout.is_zero() {
         return try_lock(conn, key);
     }
@@ -705,42 +924,13 @@ pub fn try_lock_for<C: PgSession>(
             "must be at most i32::MAX milliseconds (about 24 days)",
         )
     })?;
-    let pg = conn.pg();
-    let nested = tx::in_transaction(pg);
-    let mut acquired = false;
-    let outcome = tx::transaction(pg, |c| {
-        let previous: Option<String> = if nested {
-            Some(diesel::select(current_setting("lock_timeout")).get_result(c)?)
-        } else {
-            None
-        };
-        diesel::select(set_config("lock_timeout", format!("{millis}ms"), true)).execute(c)?;
-        acquire(c, key, LockMode::Exclusive)?;
-        acquired = true;
-        if let Some(previous) = previous {
-            diesel::select(set_config("lock_timeout", previous, true)).execute(c)?;
-        }
-        Ok(())
-    });
-    match outcome {
-        Ok(()) => Ok(Some(guard(conn, key, LockMode::Exclusive))),
-        Err(Error::LockTimeout(_)) if !acquired => Ok(None),
-        Err(e) => {
-            if acquired {
-                // Granted, then the restore or the commit failed: give the lock back, or make
-                // sure the session is not reused.
-                if !matches!(unlock(conn.pg(), key, LockMode::Exclusive), Ok(true)) {
-                    conn.poison();
-                }
-            }
-            Err(e)
-        }
-    }
+    let wait = Wait::For(Duration::from_millis(millis as u64));
+    take(conn, key, LockMode::Exclusive, wait, "lock::try_lock_for")
 }
 
-/// Runs `f` on `conn` while holding the exclusive session-scoped advisory lock `key`: waits
-/// for the lock (as [`lock`]), runs `f`, releases the lock (also when `f` fails or panics) and
-/// returns `f`'s result. Two round trips besides `f`'s.
+/// Runs `f` on `conn` while holding the exclusive session-scoped lock `key`: waits for the
+/// lock (as [`lock`]), runs `f`, releases the lock (also when `f` fails or panics) and returns
+/// `f`'s result. Two round trips besides `f`'s.
 ///
 /// # Errors
 /// The lock's errors (as [`lock`]), `f`'s error, or else the release's error (as
@@ -761,19 +951,25 @@ pub fn try_lock_for<C: PgSession>(
 /// ```
 pub fn with_lock<C, T, E, F>(conn: C, key: LockKey, f: F) -> std::result::Result<T, E>
 where
-    C: PgSession,
-    F: FnOnce(&mut PgConnection) -> std::result::Result<T, E>,
+    C: LockSession,
+    F: FnOnce(&mut C::Connection) -> std::result::Result<T, E>,
     E: From<Error>,
 {
-    let mut conn = conn;
-    refuse_in_pooler_mode(conn.pg(), "lock::with_lock")?;
-    let mut guard = lock(conn, key)?;
+    let mut guard = take(
+        conn,
+        key,
+        LockMode::Exclusive,
+        Wait::Forever,
+        "lock::with_lock",
+    )?
+    .ok_or_else(|| Error::LockTimeout(format!("session lock {key:?} not granted")))?;
     let value = f(&mut guard)?;
     guard.release()?;
     Ok(value)
 }
 
 /// A key in PostgreSQL's advisory-lock space, as `pg_locks` shows it.
+#[cfg(feature = "postgres")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AdvisoryKey {
     /// A two-part key (`pg_advisory_lock(int4, int4)`): the form this module takes.
@@ -783,6 +979,7 @@ pub enum AdvisoryKey {
 }
 
 /// One advisory lock held or awaited, from `pg_locks`.
+#[cfg(feature = "postgres")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AdvisoryLock {
     /// The backend holding (or waiting for) it.
@@ -795,6 +992,7 @@ pub struct AdvisoryLock {
     pub granted: bool,
 }
 
+#[cfg(feature = "postgres")]
 #[derive(diesel::QueryableByName)]
 struct LockRow {
     #[diesel(sql_type = Integer)]
@@ -811,6 +1009,7 @@ struct LockRow {
     granted: bool,
 }
 
+#[cfg(feature = "postgres")]
 impl From<LockRow> for AdvisoryLock {
     fn from(r: LockRow) -> Self {
         // classid and objid are `oid`s (unsigned 32-bit); the functions took signed values.
@@ -839,6 +1038,7 @@ impl From<LockRow> for AdvisoryLock {
 /// `pg_advisory_lock(bigint)`) or 2 (a two-part key): the two spaces SQL can take. Extensions
 /// take advisory locks of their own with other `objsubid`s (Citus: 4 to 12, e.g. 5 and 8 for
 /// its shard and colocation locks); they are not the user's and are left out.
+#[cfg(feature = "postgres")]
 const LOCKS_SQL: &str = "SELECT l.pid, l.classid::int8 AS classid, l.objid::int8 AS objid, \
      l.objsubid::int4 AS objsubid, l.mode, l.granted FROM pg_locks l \
      WHERE l.locktype = 'advisory' AND l.objsubid IN (1, 2) \
@@ -865,6 +1065,7 @@ const LOCKS_SQL: &str = "SELECT l.pid, l.classid::int8 AS classid, l.objid::int8
 /// assert!(held_locks(&mut guard)?.iter().any(|l| l.key == AdvisoryKey::Pair(key)));
 /// # Ok(()) }
 /// ```
+#[cfg(feature = "postgres")]
 pub fn held_locks(conn: &mut PgConnection) -> Result<Vec<AdvisoryLock>> {
     let sql = format!("{LOCKS_SQL} AND l.pid = pg_backend_pid() ORDER BY 2, 3, 4");
     let rows: Vec<LockRow> = diesel::sql_query(sql).load(conn)?;
@@ -891,6 +1092,7 @@ pub fn held_locks(conn: &mut PgConnection) -> Result<Vec<AdvisoryLock>> {
 /// }
 /// # Ok(()) }
 /// ```
+#[cfg(feature = "postgres")]
 pub fn server_locks(conn: &mut PgConnection) -> Result<Vec<AdvisoryLock>> {
     let sql = format!("{LOCKS_SQL} ORDER BY 1, 2, 3, 4");
     let rows: Vec<LockRow> = diesel::sql_query(sql).load(conn)?;
@@ -911,11 +1113,12 @@ pub fn server_locks(conn: &mut PgConnection) -> Result<Vec<AdvisoryLock>> {
 /// println!("backend {}", upsert_kit::lock::backend_pid(&mut conn)?);
 /// # Ok(()) }
 /// ```
+#[cfg(feature = "postgres")]
 pub fn backend_pid(conn: &mut PgConnection) -> Result<i32> {
     Ok(diesel::select(pg_backend_pid()).get_result(conn)?)
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "postgres"))]
 mod tests {
     use super::LOCKS_SQL;
 

@@ -21,6 +21,12 @@
 //!   (the transaction-scoped locks are in the `upsert` bench's `lock/pg`).
 //! - `claim/pg`: `naive::claim_select_then_update` + mark done vs `Queue::claim` +
 //!   `Queue::complete`, one item per claim, on a queue refilled (unmeasured) before each sample.
+//! - `*/mysql`: on MySQL/MariaDB (`MYSQL_DATABASE_URL`, else 127.0.0.1:3306, else a throwaway
+//!   `mariadbd`; `UPSERT_KIT_BENCH_MYSQL=0` leaves them out), on the race crate's MySQL tables
+//!   (`upsert_race::mysql`): `upsert` (`atomic_upsert` of an existing key), `bulk` (one
+//!   `bulk_upsert` of 1,000 rows), `increment` (`counter::increment`), `quota`
+//!   (`quota::try_consume`), `session_lock` (`GET_LOCK` + `RELEASE_LOCK`) and `claim`
+//!   (`Queue::claim` + `Queue::complete`, one item per claim).
 
 use backfill_scheduler::schema::backfill_log;
 use backfill_scheduler::{schedule_months, BackfillMonth};
@@ -266,6 +272,109 @@ fn claim_pg(c: &mut Criterion, conn: &mut PgConnection) {
     g.finish();
 }
 
+fn mysql_enabled() -> bool {
+    std::env::var("UPSERT_KIT_BENCH_MYSQL").map_or(true, |v| v != "0")
+}
+
+fn mysql_benches(c: &mut Criterion, conn: &mut diesel::MysqlConnection) {
+    use upsert_kit::tables::Quotas;
+    use upsert_race::mysql::{Item, Stat};
+    let data = upsert_race::payload::stats_payload(0);
+    let rows: Vec<Stat> = (0..1000)
+        .map(|i| Stat {
+            stats_type: format!("key-{i}"),
+            data: data.clone(),
+            created_at: now(),
+            updated_at: now(),
+        })
+        .collect();
+    upsert_kit::bulk_upsert(conn, &rows).unwrap();
+    conn.batch_execute(
+        "INSERT INTO race_counter (id, n) VALUES (1, 0);
+         INSERT INTO upsert_kit_quotas (quota_key, quota_limit) VALUES ('bench', 9223372036854775807)",
+    )
+    .unwrap();
+
+    let mut g = group(c, "upsert/mysql");
+    let mut i = 0;
+    g.bench_function("atomic_upsert_existing_key", |b| {
+        b.iter(|| {
+            i = (i + 1) % rows.len();
+            upsert_kit::atomic_upsert(&mut *conn, &rows[i]).unwrap()
+        })
+    });
+    g.finish();
+
+    let mut g = group(c, "bulk/mysql");
+    g.throughput(Throughput::Elements(rows.len() as u64));
+    g.bench_function("bulk_upsert_1000", |b| {
+        b.iter(|| upsert_kit::bulk_upsert(&mut *conn, &rows).unwrap())
+    });
+    g.finish();
+
+    let mut g = group(c, "increment/mysql");
+    g.bench_function("atomic", |b| {
+        b.iter(|| {
+            upsert_kit::counter::increment::<upsert_race::generic::RaceCounter, _>(
+                &mut *conn,
+                &1,
+                [1],
+            )
+            .unwrap()
+        })
+    });
+    g.finish();
+
+    let mut g = group(c, "quota/mysql");
+    let quota_key = "bench".to_owned();
+    g.bench_function("try_consume", |b| {
+        b.iter(|| {
+            upsert_kit::quota::try_consume::<Quotas, _>(&mut *conn, &quota_key, 1, now()).unwrap()
+        })
+    });
+    g.finish();
+
+    let key = LockKey::new("bench", 2);
+    let mut g = group(c, "session_lock/mysql");
+    g.bench_function("lock_release", |b| {
+        b.iter(|| lock::lock(&mut *conn, key).unwrap().release().unwrap())
+    });
+    g.bench_function("try_lock_release", |b| {
+        b.iter(|| {
+            lock::try_lock(&mut *conn, key)
+                .unwrap()
+                .expect("the lock is free")
+                .release()
+                .unwrap()
+        })
+    });
+    g.finish();
+
+    let mut g = group(c, "claim/mysql");
+    let queue = Queue::<Item>::new("bench").unwrap();
+    g.bench_function("claim_complete", |b| {
+        b.iter_custom(|iters| {
+            conn.batch_execute("TRUNCATE race_queue").unwrap();
+            let mut left = iters;
+            while left > 0 {
+                let n = left.min(1000) as usize;
+                let values = vec!["()"; n].join(", ");
+                conn.batch_execute(&format!("INSERT INTO race_queue () VALUES {values}"))
+                    .unwrap();
+                left -= n as u64;
+            }
+            let t0 = Instant::now();
+            for _ in 0..iters {
+                for claim in queue.claim(&mut *conn, 1).unwrap() {
+                    queue.complete(&mut *conn, &claim).unwrap();
+                }
+            }
+            t0.elapsed()
+        })
+    });
+    g.finish();
+}
+
 fn main() {
     // The usage tables and the backfill queue; the SQLite file gets the usage tables only
     // (claims are PostgreSQL-only).
@@ -297,8 +406,15 @@ fn main() {
     quota_sqlite(&mut c, &mut sqlite);
     session_lock_pg(&mut c, &mut pg);
     claim_pg(&mut c, &mut pg);
+    let mysql_db = mysql_enabled().then(|| {
+        let db = upsert_kit_support::TestMysql::new();
+        let mut conn = db.conn();
+        upsert_race::mysql::create_tables(&mut conn).expect("the race tables on MySQL");
+        mysql_benches(&mut c, &mut conn);
+        db
+    });
 
     c.final_summary();
     drop((pg, sqlite));
-    drop((db, sqlite_db));
+    drop((db, sqlite_db, mysql_db));
 }

@@ -24,6 +24,7 @@
 #![warn(missing_docs, missing_debug_implementations)]
 
 pub mod generic;
+pub mod mysql;
 pub mod naive;
 pub mod payload;
 pub mod primitives;
@@ -75,9 +76,13 @@ pub struct Config {
     pub progress: bool,
 }
 
-/// One cell of the report: a scenario, a pattern, a worker count.
+/// One cell of the report: a backend, a scenario, a pattern, a worker count.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Row {
+    /// `postgresql` or `mysql` (MariaDB here); rows of reports written before the MySQL
+    /// scenarios read as `postgresql`.
+    #[serde(default = "default_backend")]
+    pub backend: String,
     /// Scenario name.
     pub scenario: String,
     /// `naive` or `atomic`.
@@ -108,6 +113,35 @@ pub struct Row {
     pub over_limit: i64,
     /// Wall time of the cell, in seconds.
     pub seconds: f64,
+}
+
+fn default_backend() -> String {
+    "postgresql".to_owned()
+}
+
+/// A connection the runner gives each worker: PostgreSQL's, or MySQL's for [`mysql`].
+pub trait RaceConnection: Sized + Send {
+    /// The backend's name in [`Row::backend`].
+    const BACKEND: &'static str;
+    /// Opens a connection to `url`.
+    ///
+    /// # Errors
+    /// When the server does not answer or refuses the login.
+    fn connect(url: &str) -> upsert_kit::Result<Self>;
+}
+
+impl RaceConnection for PgConnection {
+    const BACKEND: &'static str = "postgresql";
+    fn connect(url: &str) -> upsert_kit::Result<Self> {
+        connect_pg(url)
+    }
+}
+
+impl RaceConnection for diesel::MysqlConnection {
+    const BACKEND: &'static str = "mysql";
+    fn connect(url: &str) -> upsert_kit::Result<Self> {
+        upsert_kit::db::connect_mysql(url)
+    }
 }
 
 /// The migrations of the race database, in the order they are applied: the sync jobs' stats
@@ -186,7 +220,16 @@ pub fn run(config: &Config) -> Result<Vec<Row>> {
     migrate(&mut conn)?;
     scenarios::create_tables(&mut conn)?;
 
-    let cells: Vec<(&dyn Scenario, Pattern, usize)> = chosen
+    run_cells(db.url(), &chosen, config)
+}
+
+/// Runs every cell of `config` with `chosen` on the database `url` and returns the rows.
+pub(crate) fn run_cells<C: RaceConnection>(
+    url: &str,
+    chosen: &[Box<dyn Scenario<C>>],
+    config: &Config,
+) -> Result<Vec<Row>> {
+    let cells: Vec<(&dyn Scenario<C>, Pattern, usize)> = chosen
         .iter()
         .flat_map(|s| {
             config
@@ -206,7 +249,7 @@ pub fn run(config: &Config) -> Result<Vec<Row>> {
                 pattern.as_str()
             );
             bar.set_message(format!("round {}: {name}", round + 1));
-            let m = run_cell(&db, scenario, pattern, workers, config.stop)
+            let m = run_cell(url, scenario, pattern, workers, config.stop)
                 .with_context(|| name.clone())?;
             match &mut measured[i] {
                 Some(sum) => sum.add(m),
@@ -249,10 +292,16 @@ impl Measured {
         self.seconds += other.seconds;
     }
 
-    fn row(mut self, scenario: &dyn Scenario, pattern: Pattern, workers: usize) -> Row {
+    fn row<C: RaceConnection>(
+        mut self,
+        scenario: &dyn Scenario<C>,
+        pattern: Pattern,
+        workers: usize,
+    ) -> Row {
         self.latencies_ns.sort_unstable();
         let errors: u64 = self.errors.values().sum();
         Row {
+            backend: C::BACKEND.to_owned(),
             scenario: scenario.name().to_owned(),
             pattern: pattern.as_str().to_owned(),
             workers,
@@ -300,18 +349,18 @@ struct WorkerResult {
     errors: BTreeMap<String, u64>,
 }
 
-fn run_cell(
-    db: &TestDb,
-    scenario: &dyn Scenario,
+fn run_cell<C: RaceConnection>(
+    url: &str,
+    scenario: &dyn Scenario<C>,
     pattern: Pattern,
     workers: usize,
     stop: Stop,
 ) -> Result<Measured> {
-    let mut admin = connect_pg(db.url())?;
+    let mut admin = C::connect(url)?;
     scenario.prepare(&mut admin)?;
     // Every worker connects before the start, so connecting is not measured.
     let conns = (0..workers)
-        .map(|_| connect_pg(db.url()))
+        .map(|_| C::connect(url))
         .collect::<upsert_kit::Result<Vec<_>>>()?;
     let start = Barrier::new(workers + 1);
     let round = Barrier::new(workers);
@@ -367,11 +416,11 @@ fn percentile(sorted_ns: &[u64], q: f64) -> f64 {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn work(
-    scenario: &dyn Scenario,
+fn work<C: RaceConnection>(
+    scenario: &dyn Scenario<C>,
     pattern: Pattern,
     worker: usize,
-    mut conn: PgConnection,
+    mut conn: C,
     stop: Stop,
     start: &Barrier,
     round: &Barrier,

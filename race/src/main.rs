@@ -29,6 +29,17 @@ struct Args {
     #[arg(long)]
     database_url: Option<String>,
 
+    /// The backend to race on: postgres, or mysql (MySQL/MariaDB: the scenarios upsert,
+    /// first-insert, counter, quota, bulk and claim).
+    #[arg(long, default_value = "postgres", value_parser = ["postgres", "mysql"])]
+    backend: String,
+
+    /// Admin URL of the MySQL/MariaDB server for `--backend mysql` (a user allowed to CREATE
+    /// DATABASE). Default: MYSQL_DATABASE_URL, else mysql://root@127.0.0.1:3306/test when it
+    /// answers, else a throwaway mariadbd.
+    #[arg(long)]
+    mysql_url: Option<String>,
+
     /// Scenarios, comma-separated: upsert, first-insert, counter, counter-retry, quota,
     /// get-or-create, lock, bulk, claim, usage-counter, usage-counter-retry, usage-quota.
     /// Default: all.
@@ -130,7 +141,12 @@ fn run(args: &Args) -> Result<()> {
     };
     let config = Config {
         admin_url: args.database_url.clone(),
-        scenarios: if args.scenario.is_empty() {
+        scenarios: if args.scenario.is_empty() && args.backend == "mysql" {
+            upsert_race::mysql::NAMES
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
+        } else if args.scenario.is_empty() {
             scenarios::available()
         } else {
             args.scenario.clone()
@@ -152,7 +168,11 @@ fn run(args: &Args) -> Result<()> {
         },
         progress: !args.no_progress,
     };
-    let rows = upsert_race::run(&config)?;
+    let rows = if args.backend == "mysql" {
+        upsert_race::mysql::run(&config, args.mysql_url.as_deref())?
+    } else {
+        upsert_race::run(&config)?
+    };
     report(&rows, args)
 }
 

@@ -103,8 +103,9 @@ pub struct Anomalies {
     pub over_limit: i64,
 }
 
-/// A race scenario.
-pub trait Scenario: Send + Sync {
+/// A race scenario, on PostgreSQL unless `C` says otherwise (the MySQL scenarios of
+/// [`crate::mysql`] are `Scenario<MysqlConnection>`).
+pub trait Scenario<C = PgConnection>: Send + Sync {
     /// Its name on the command line and in the report.
     fn name(&self) -> &'static str;
     /// What the throughput counts.
@@ -120,16 +121,11 @@ pub trait Scenario: Send + Sync {
         false
     }
     /// Resets the scenario's tables before a cell.
-    fn prepare(&self, conn: &mut PgConnection) -> Result<()>;
+    fn prepare(&self, conn: &mut C) -> Result<()>;
     /// One operation of `pattern`; returns its effect (see [`Tally::effect`]).
-    fn op(
-        &self,
-        conn: &mut PgConnection,
-        pattern: Pattern,
-        op: &mut Op<'_>,
-    ) -> upsert_kit::Result<u64>;
+    fn op(&self, conn: &mut C, pattern: Pattern, op: &mut Op<'_>) -> upsert_kit::Result<u64>;
     /// Counts the damage after a cell.
-    fn verify(&self, conn: &mut PgConnection, tally: &Tally) -> Result<Anomalies>;
+    fn verify(&self, conn: &mut C, tally: &Tally) -> Result<Anomalies>;
 }
 
 /// Every scenario name, in report order.

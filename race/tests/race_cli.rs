@@ -245,3 +245,40 @@ fn a_server_that_does_not_answer_is_an_error_that_keeps_the_password_secret() {
         "leaks the password: {stderr}"
     );
 }
+
+#[test]
+fn on_mysql_the_atomic_patterns_are_exact_and_every_row_names_the_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("race-mysql.json");
+    Command::cargo_bin("upsert-race")
+        .unwrap()
+        .args([
+            "--backend",
+            "mysql",
+            "--mysql-url",
+            &upsert_kit_support::mysql_admin_url(),
+            "--scenario",
+            "counter,claim",
+            "--workers",
+            "4",
+            "--ops",
+            "25",
+            "--claim-items",
+            "50",
+            "--no-progress",
+        ])
+        .arg("--json")
+        .arg(&json)
+        .assert()
+        .success();
+    let rows: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(rows.len(), 4);
+    for row in &rows {
+        assert_eq!(row["backend"], "mysql");
+        if row["pattern"] == "atomic" {
+            assert_eq!(field(row, "lost_updates"), 0, "{row}");
+            assert_eq!(field(row, "duplicate_rows"), 0, "{row}");
+            assert_eq!(field(row, "errors"), 0, "{row}");
+        }
+    }
+}

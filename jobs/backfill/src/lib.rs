@@ -55,7 +55,7 @@ use diesel::pg::PgConnection;
 use diesel::RunQueryDsl;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 use std::fmt;
-use upsert_kit::claim::{ClaimQueue, Failed, Queue};
+use upsert_kit::claim::{ClaimConnection, ClaimQueue, Failed, Queue};
 use upsert_kit::{Error, Result};
 
 /// The crate's migrations (PostgreSQL): the `backfill_log` table and its indexes. Run them
@@ -261,6 +261,7 @@ pub fn backfill<Q, F, E>(
 ) -> Result<BackfillReport>
 where
     Q: MonthRow,
+    PgConnection: ClaimConnection<Q>,
     F: FnMut(i32, u32) -> std::result::Result<(), E>,
     E: fmt::Display,
 {

@@ -9,6 +9,7 @@
 
 use crate::error::JobError;
 use diesel::migration::MigrationSource;
+use diesel::mysql::{Mysql, MysqlConnection};
 use diesel::pg::{Pg, PgConnection};
 use diesel::sqlite::{Sqlite, SqliteConnection};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
@@ -19,6 +20,10 @@ pub const PG_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/post
 
 /// The SQLite migrations (`migrations/sqlite`): the same tables as [`PG_MIGRATIONS`].
 pub const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+
+/// The MySQL/MariaDB migrations (`migrations/mysql`): the same tables as [`PG_MIGRATIONS`]
+/// (`JSON` for the payload, `DATETIME(6)` for the timestamps, `VARCHAR(64)` keys).
+pub const MYSQL_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/mysql");
 
 /// Connections whose schema this crate can migrate: [`PgConnection`] with [`PG_MIGRATIONS`],
 /// [`SqliteConnection`] with [`SQLITE_MIGRATIONS`].
@@ -43,6 +48,12 @@ where
 impl Migrate for PgConnection {
     fn run_migrations(&mut self) -> Result<usize, JobError> {
         apply::<Pg, _>(self, PG_MIGRATIONS)
+    }
+}
+
+impl Migrate for MysqlConnection {
+    fn run_migrations(&mut self) -> Result<usize, JobError> {
+        apply::<Mysql, _>(self, MYSQL_MIGRATIONS)
     }
 }
 

@@ -19,6 +19,13 @@
 //!   the refresh and the store. Runs that start together queue on the lock; each one re-reads the
 //!   token after taking it, so only the first refreshes and the others find a fresh token.
 //!   The lock is released at commit or rollback; it holds across processes and hosts.
+//! - MySQL/MariaDB: there is no transaction-scoped named lock, so the token transaction runs
+//!   inside the session-scoped named lock of the same key (`GET_LOCK`, see
+//!   [`upsert_kit::lock::mysql`]): taken before `BEGIN`, so the transaction's REPEATABLE READ
+//!   snapshot is taken after it and sees the token the previous holder committed, and
+//!   released after `COMMIT`, so the next holder finds it. The migrations run under the named
+//!   lock [`MIGRATION_LOCK_NAMESPACE`] (MySQL's DDL commits on its own, so no transaction
+//!   would hold them together).
 //! - SQLite: the token transaction is `BEGIN IMMEDIATE`, which takes the database's single
 //!   write lock at once; it plays the advisory lock's part (for every account at once). A run
 //!   that waits longer than the connection's busy timeout (5 s unless the URL's
@@ -37,6 +44,7 @@ use crate::error::JobError;
 use crate::models::{StravaAuth, WakatimeAuth};
 use crate::schema::{strava_auth, wakatime_auth};
 use chrono::NaiveDateTime;
+use diesel::mysql::MysqlConnection;
 use diesel::pg::PgConnection;
 use diesel::sqlite::SqliteConnection;
 use diesel::{OptionalExtension, QueryDsl, RunQueryDsl};
@@ -48,8 +56,9 @@ use upsert_kit::lock::{self, LockKey};
 use upsert_kit::upsert::Newer;
 use upsert_kit::{atomic_upsert_auth, AuthModel, UpsertOutcome, Upsertable};
 
-/// Connections a sync run can write through: PostgreSQL and SQLite. Implemented for
-/// [`PgConnection`] and [`SqliteConnection`]; the run logic is generic over it.
+/// Connections a sync run can write through: PostgreSQL, SQLite and MySQL/MariaDB. Implemented
+/// for [`PgConnection`], [`SqliteConnection`] and [`MysqlConnection`]; the run logic is generic
+/// over it.
 ///
 /// # Examples
 ///
@@ -85,7 +94,7 @@ pub trait SyncConnection: Sized {
     /// [`upsert_kit::Error::OutcomeUnknown`] (the run may or may not have been applied).
     fn sync_transaction<T>(
         &mut self,
-        f: impl FnOnce(&mut Self) -> Result<T, JobError>,
+        f: impl FnMut(&mut Self) -> Result<T, JobError>,
     ) -> Result<T, JobError>;
 
     /// Serialises token refreshes of one account for the rest of the current transaction:
@@ -95,6 +104,27 @@ pub trait SyncConnection: Sized {
     /// # Errors
     /// Database errors (deadlock, lock timeout).
     fn lock_token_refresh(&mut self, key: LockKey) -> Result<(), JobError>;
+
+    /// Runs `f` in one transaction during which no other run holds the token lock `key`:
+    /// [`SyncConnection::sync_transaction`] with [`SyncConnection::lock_token_refresh`] first
+    /// (PostgreSQL, SQLite); on MySQL the transaction inside the session-scoped named lock
+    /// `key`, taken before it begins and released after it ends.
+    ///
+    /// # Errors
+    /// As [`SyncConnection::sync_transaction`], and the lock's errors.
+    fn token_transaction<T>(
+        &mut self,
+        key: LockKey,
+        f: impl FnOnce(&mut Self) -> Result<T, JobError>,
+    ) -> Result<T, JobError> {
+        let mut f = Some(f);
+        self.sync_transaction(|conn| {
+            conn.lock_token_refresh(key)?;
+            // PostgreSQL and SQLite run the transaction once.
+            let f = f.take().expect("a token transaction runs once");
+            f(conn)
+        })
+    }
 
     /// The stored Strava token of `account`, if any.
     ///
@@ -184,7 +214,7 @@ macro_rules! token_readers {
 impl SyncConnection for PgConnection {
     fn sync_transaction<T>(
         &mut self,
-        f: impl FnOnce(&mut Self) -> Result<T, JobError>,
+        f: impl FnMut(&mut Self) -> Result<T, JobError>,
     ) -> Result<T, JobError> {
         upsert_kit::transaction(self, f)
     }
@@ -200,7 +230,7 @@ impl SyncConnection for PgConnection {
 impl SyncConnection for SqliteConnection {
     fn sync_transaction<T>(
         &mut self,
-        f: impl FnOnce(&mut Self) -> Result<T, JobError>,
+        f: impl FnMut(&mut Self) -> Result<T, JobError>,
     ) -> Result<T, JobError> {
         upsert_kit::tx::immediate_transaction(self, f)
     }
@@ -212,10 +242,69 @@ impl SyncConnection for SqliteConnection {
     token_readers!();
 }
 
-/// The database of a sync run: a PostgreSQL connection or an SQLite file.
+impl SyncConnection for MysqlConnection {
+    /// `BEGIN` at the session's isolation (REPEATABLE READ by default), run again from the
+    /// start, up to [`MYSQL_DEADLOCK_ATTEMPTS`] times, when InnoDB rolled it back as a deadlock
+    /// victim (runs that first-insert the same stats rows together can deadlock on the unique
+    /// index's gap locks; nothing of the victim was applied). Inside an open transaction it is a
+    /// savepoint, not retried (the caller's transaction was rolled back with it).
+    fn sync_transaction<T>(
+        &mut self,
+        mut f: impl FnMut(&mut Self) -> Result<T, JobError>,
+    ) -> Result<T, JobError> {
+        let nested = upsert_kit::tx::in_transaction(self);
+        let mut attempt = 1;
+        loop {
+            match upsert_kit::transaction(self, &mut f) {
+                Err(JobError::Database(upsert_kit::Error::Deadlock(m)))
+                    if !nested && attempt < MYSQL_DEADLOCK_ATTEMPTS =>
+                {
+                    tracing::info!(
+                        attempt,
+                        "deadlock victim, running the transaction again: {m}"
+                    );
+                    attempt += 1;
+                    std::thread::sleep(Duration::from_millis(u64::from(attempt) * 5));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// MySQL has no transaction-scoped named lock: refused (the token transaction takes the
+    /// session-scoped one around the transaction, see [`SyncConnection::token_transaction`]).
+    fn lock_token_refresh(&mut self, _key: LockKey) -> Result<(), JobError> {
+        Err(JobError::Config(
+            "MySQL has no transaction-scoped lock: run the token transaction with token_transaction"
+                .into(),
+        ))
+    }
+
+    fn token_transaction<T>(
+        &mut self,
+        key: LockKey,
+        f: impl FnOnce(&mut Self) -> Result<T, JobError>,
+    ) -> Result<T, JobError> {
+        let mut guard = lock::lock(&mut *self, key)?;
+        let outcome = upsert_kit::transaction(&mut *guard, f);
+        let released = guard.release();
+        let value = outcome?;
+        released?;
+        Ok(value)
+    }
+
+    token_readers!();
+}
+
+/// How many times a MySQL run's transaction is run when it keeps being a deadlock's victim.
+pub const MYSQL_DEADLOCK_ATTEMPTS: u32 = 5;
+
+/// The database of a sync run: a PostgreSQL or MySQL/MariaDB connection, or an SQLite file.
 pub enum SyncDatabase {
     /// `postgres://…` or `postgresql://…`.
     Postgres(PgConnection),
+    /// `mysql://…` or `mariadb://…`.
+    Mysql(MysqlConnection),
     /// Any other URL: an SQLite file path.
     Sqlite(SqliteConnection),
 }
@@ -224,12 +313,14 @@ impl fmt::Debug for SyncDatabase {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             SyncDatabase::Postgres(_) => "SyncDatabase::Postgres",
+            SyncDatabase::Mysql(_) => "SyncDatabase::Mysql",
             SyncDatabase::Sqlite(_) => "SyncDatabase::Sqlite",
         })
     }
 }
 
-/// The advisory-lock namespace that serialises migrations of concurrent runs (PostgreSQL).
+/// The lock namespace that serialises migrations of concurrent runs (PostgreSQL's advisory
+/// lock, MySQL's named lock).
 pub const MIGRATION_LOCK_NAMESPACE: &str = "upsert-kit-migrations";
 
 /// Seconds libpq waits for a PostgreSQL server to answer, unless the URL says otherwise.
@@ -269,13 +360,7 @@ impl SyncDatabase {
             BackendKind::Sqlite => {
                 SyncDatabase::Sqlite(db::connect_sqlite(url).map_err(unavailable)?)
             }
-            BackendKind::Mysql => {
-                return Err(JobError::Config(format!(
-                    "{}: the sync jobs do not run on MySQL/MariaDB yet; use a postgres:// URL \
-                     or an SQLite file",
-                    db::redact_url(url)
-                )))
-            }
+            BackendKind::Mysql => SyncDatabase::Mysql(db::connect_mysql(url).map_err(unavailable)?),
         };
         // Runs that start together on a fresh database must not race to create the tables:
         // the migrations run in one transaction, under an advisory lock on PostgreSQL and
@@ -285,6 +370,12 @@ impl SyncDatabase {
                 lock::xact_lock(c, LockKey::new(MIGRATION_LOCK_NAMESPACE, 0))?;
                 migrations::run_migrations(c)
             })?,
+            // MySQL's DDL commits on its own: the named lock alone serialises the runs.
+            SyncDatabase::Mysql(c) => lock::with_lock(
+                &mut *c,
+                LockKey::new(MIGRATION_LOCK_NAMESPACE, 0),
+                migrations::run_migrations,
+            )?,
             // Only a run with something to migrate takes SQLite's write lock: the check is a
             // plain read, so runs on a migrated file do not queue behind each other here.
             SyncDatabase::Sqlite(c) => {
@@ -303,6 +394,7 @@ impl SyncDatabase {
     pub fn backend(&self) -> BackendKind {
         match self {
             SyncDatabase::Postgres(_) => BackendKind::Postgres,
+            SyncDatabase::Mysql(_) => BackendKind::Mysql,
             SyncDatabase::Sqlite(_) => BackendKind::Sqlite,
         }
     }
@@ -482,8 +574,7 @@ where
     C: SyncConnection,
     A: StoredToken + Upsertable<C, Newer<A::ExpiresAt>>,
 {
-    conn.sync_transaction(|conn| {
-        conn.lock_token_refresh(lock_key)?;
+    conn.token_transaction(lock_key, |conn| {
         // Read only now, under the lock: a run that waited finds the token the first refreshed.
         let stored = load(conn)?;
         let margin = chrono::Duration::from_std(margin)

@@ -413,6 +413,7 @@ pub fn sync(
     match db {
         SyncDatabase::Postgres(c) => sync_with(c, account, source),
         SyncDatabase::Sqlite(c) => sync_with(c, account, source),
+        SyncDatabase::Mysql(c) => sync_with(c, account, source),
     }
 }
 
@@ -443,23 +444,31 @@ where
 {
     let lock_key = LockKey::new(LOCK_NAMESPACE, account);
     match source {
-        StravaSource::Capture(capture) => conn.sync_transaction(|conn| {
-            let mut summary = SyncSummary::new();
-            if let (Some(token), Some(athlete)) = (&capture.token, capture.athlete_id) {
-                conn.lock_token_refresh(lock_key)?;
-                let row = token.clone().into_row(account, athlete);
-                summary.auth = atomic_upsert_auth(conn, &row)
-                    .map_err(|e| name_input(e.into(), Some(&capture.source_name), "token"))?
-                    .into();
+        StravaSource::Capture(capture) => {
+            let has_token = capture.token.is_some() && capture.athlete_id.is_some();
+            let write = |conn: &mut C| {
+                let mut summary = SyncSummary::new();
+                if let (Some(token), Some(athlete)) = (&capture.token, capture.athlete_id) {
+                    let row = token.clone().into_row(account, athlete);
+                    summary.auth = atomic_upsert_auth(conn, &row)
+                        .map_err(|e| name_input(e.into(), Some(&capture.source_name), "token"))?
+                        .into();
+                }
+                write_stats(
+                    conn,
+                    &capture.stats,
+                    Some(&capture.source_name),
+                    &mut summary,
+                )?;
+                Ok(summary)
+            };
+            // The token lock (when a token is stored) for the whole transaction.
+            if has_token {
+                conn.token_transaction(lock_key, write)
+            } else {
+                conn.sync_transaction(write)
             }
-            write_stats(
-                conn,
-                &capture.stats,
-                Some(&capture.source_name),
-                &mut summary,
-            )?;
-            Ok(summary)
-        }),
+        }
         StravaSource::Online(api) => {
             let (token, auth) = ensure_fresh_token(
                 conn,

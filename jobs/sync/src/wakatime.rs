@@ -517,6 +517,7 @@ pub fn sync(
     match db {
         SyncDatabase::Postgres(c) => sync_with(c, account, source),
         SyncDatabase::Sqlite(c) => sync_with(c, account, source),
+        SyncDatabase::Mysql(c) => sync_with(c, account, source),
     }
 }
 
@@ -551,10 +552,9 @@ where
             // Built before the transaction: on SQLite it holds the file's only write lock, and
             // turning large stats into rows is work that needs no lock.
             let rows = stats_rows(&capture.stats);
-            conn.sync_transaction(|conn| {
+            let write = |conn: &mut C| {
                 let mut summary = SyncSummary::new();
                 if let Some(token) = &capture.token {
-                    conn.lock_token_refresh(lock_key)?;
                     let stored = conn.wakatime_token(account)?;
                     let row = token
                         .clone()
@@ -563,7 +563,13 @@ where
                 }
                 write_stats(conn, &rows, None, &mut summary)?;
                 Ok(summary)
-            })
+            };
+            // The token lock (when a token is stored) for the whole transaction.
+            if capture.token.is_some() {
+                conn.token_transaction(lock_key, write)
+            } else {
+                conn.sync_transaction(write)
+            }
         }
         WakatimeSource::Online(api) => {
             // Fetched and written in one fixed order, so that concurrent runs lock the rows in

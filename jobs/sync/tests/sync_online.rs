@@ -8,10 +8,10 @@ use diesel::RunQueryDsl;
 use serde_json::{json, Value};
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
-use sync_jobs::db::{PG_MIGRATIONS, SQLITE_MIGRATIONS};
+use sync_jobs::db::{MYSQL_MIGRATIONS, PG_MIGRATIONS, SQLITE_MIGRATIONS};
 use sync_jobs::SyncConnection;
 use sync_support::*;
-use upsert_kit_support::{TestDb, TestSqlite};
+use upsert_kit_support::{TestDb, TestMysql, TestSqlite};
 
 const ATHLETE: i64 = 134815;
 const STATS_PATH: &str = "/athletes/134815/stats";
@@ -437,8 +437,14 @@ fn naive_refreshes(url: &str, api: &FakeApi, runs: usize) -> usize {
     let token_url = format!("{}/oauth/token", api.url());
     let db_url = url.to_owned();
     upsert_kit_support::race(runs, move |i| {
-        let mut conn = upsert_kit::db::connect_pg(&db_url).unwrap();
-        let stored = conn.strava_token(1).unwrap().unwrap();
+        let stored = match upsert_kit::db::BackendKind::of(&db_url) {
+            upsert_kit::db::BackendKind::Mysql => upsert_kit::db::connect_mysql(&db_url)
+                .unwrap()
+                .strava_token(1),
+            _ => upsert_kit::db::connect_pg(&db_url).unwrap().strava_token(1),
+        }
+        .unwrap()
+        .unwrap();
         all_read.wait();
         if stored.expires_at < chrono::Utc::now().naive_utc() {
             ureq::post(&token_url)
@@ -448,14 +454,22 @@ fn naive_refreshes(url: &str, api: &FakeApi, runs: usize) -> usize {
                 ])
                 .unwrap();
             // The naive store: an unconditional UPDATE, whoever finishes last wins.
-            diesel::sql_query(
-                "UPDATE strava_auth SET access_token = $1, expires_at = $2 WHERE id = 1",
-            )
-            .bind::<diesel::sql_types::Text, _>(format!("naive-access-{i}"))
-            .bind::<diesel::sql_types::Timestamp, _>(
-                chrono::Utc::now().naive_utc() + chrono::Duration::hours(6),
-            )
-            .execute(&mut conn)
+            let expires = chrono::Utc::now().naive_utc() + chrono::Duration::hours(6);
+            let access = format!("naive-access-{i}");
+            match upsert_kit::db::BackendKind::of(&db_url) {
+                upsert_kit::db::BackendKind::Mysql => diesel::sql_query(
+                    "UPDATE strava_auth SET access_token = ?, expires_at = ? WHERE id = 1",
+                )
+                .bind::<diesel::sql_types::Text, _>(access)
+                .bind::<diesel::sql_types::Timestamp, _>(expires)
+                .execute(&mut upsert_kit::db::connect_mysql(&db_url).unwrap()),
+                _ => diesel::sql_query(
+                    "UPDATE strava_auth SET access_token = $1, expires_at = $2 WHERE id = 1",
+                )
+                .bind::<diesel::sql_types::Text, _>(access)
+                .bind::<diesel::sql_types::Timestamp, _>(expires)
+                .execute(&mut upsert_kit::db::connect_pg(&db_url).unwrap()),
+            }
             .unwrap();
         }
     });
@@ -465,7 +479,22 @@ fn naive_refreshes(url: &str, api: &FakeApi, runs: usize) -> usize {
 
 #[test]
 fn eight_strava_sync_processes_started_together_refresh_the_token_once() {
-    eight_runs_refresh_once(false);
+    eight_runs_refresh_once(Where::Direct);
+}
+
+/// The same eight runs on MariaDB, where the token transaction runs inside the named lock
+/// (`GET_LOCK`) of the account, at the server's default REPEATABLE READ.
+#[test]
+fn eight_strava_sync_processes_on_mariadb_refresh_the_token_once() {
+    eight_runs_refresh_once(Where::Mysql);
+}
+
+/// Where [`eight_runs_refresh_once`] runs.
+#[derive(Clone, Copy, PartialEq)]
+enum Where {
+    Direct,
+    Pooler,
+    Mysql,
 }
 
 /// The same eight runs through PgBouncer in transaction mode, with the crate's pooler mode on
@@ -473,14 +502,30 @@ fn eight_strava_sync_processes_started_together_refresh_the_token_once() {
 /// there too (RELIABILITY case 28).
 #[test]
 fn eight_strava_sync_processes_through_pgbouncer_in_pooler_mode_refresh_the_token_once() {
-    eight_runs_refresh_once(true);
+    eight_runs_refresh_once(Where::Pooler);
 }
 
 /// Eight `strava-sync` runs started together on an expired token, on the database directly or
 /// through the test process's PgBouncer in pooler mode: one refresh, each row written once.
-fn eight_runs_refresh_once(through_pooler: bool) {
+fn eight_runs_refresh_once(place: Where) {
     const RUNS: usize = 8;
-    let db = TestDb::migrated(PG_MIGRATIONS);
+    enum Db {
+        Pg(TestDb),
+        My(TestMysql),
+    }
+    let db = match place {
+        Where::Mysql => {
+            let db = TestMysql::new();
+            sync_jobs::db::run_migrations(&mut db.conn()).unwrap();
+            let _ = MYSQL_MIGRATIONS;
+            Db::My(db)
+        }
+        _ => Db::Pg(TestDb::migrated(PG_MIGRATIONS)),
+    };
+    let direct_url = match &db {
+        Db::Pg(db) => db.url().to_owned(),
+        Db::My(db) => db.url().to_owned(),
+    };
     let api = strava_api();
     // A slow token endpoint makes the runs overlap while the first one refreshes.
     api.on(
@@ -488,14 +533,13 @@ fn eight_runs_refresh_once(through_pooler: bool) {
         "/oauth/token",
         Reply::json(200, strava_token(1)).delay(Duration::from_millis(300)),
     );
-    store_expired_strava_token(db.url());
-    let naive = naive_refreshes(db.url(), &api, RUNS);
+    store_expired_strava_token(&direct_url);
+    let naive = naive_refreshes(&direct_url, &api, RUNS);
 
     let before = api.count("POST", "/oauth/token");
-    let url = if through_pooler {
-        db.pooled_url()
-    } else {
-        db.url().to_owned()
+    let url = match (&db, place) {
+        (Db::Pg(db), Where::Pooler) => db.pooled_url(),
+        _ => direct_url.clone(),
     };
     let base = api.url();
     let outputs = run_together(RUNS, move || {
@@ -545,7 +589,7 @@ fn eight_runs_refresh_once(through_pooler: bool) {
         (3, 0, 3 * RUNS as u64 - 3)
     );
     assert_eq!(
-        rows_per_type(db.url(), "strava_stats"),
+        rows_per_type(&direct_url, "strava_stats"),
         [
             ("all_time".into(), 1),
             ("recent".into(), 1),

@@ -644,3 +644,75 @@ fn a_successful_run_at_trace_level_prints_no_secret_either() {
         );
     }
 }
+
+/// A MySQL/MariaDB URL's password (every character that breaks naive URL parsing, percent-
+/// encoded in the URL) is never printed: not by a run that succeeds at trace level as a user
+/// with that password, nor when the password is refused, nor when the server does not answer.
+#[test]
+fn a_mysql_urls_password_is_never_printed_on_success_or_on_failure() {
+    use diesel::RunQueryDsl;
+    let db = upsert_kit_support::TestMysql::new();
+    let user = format!("sync_{}", &db.name()[db.name().len().saturating_sub(10)..]);
+    let mut admin = db.conn();
+    // The password has no quote or backslash, so it can stand in the statement as a literal
+    // (CREATE USER takes no bind parameters).
+    assert!(!DB_PASSWORD.contains(['\'', '\\']));
+    for sql in [
+        format!("CREATE USER '{user}'@'%' IDENTIFIED BY '{DB_PASSWORD}'"),
+        format!("CREATE USER '{user}'@'localhost' IDENTIFIED BY '{DB_PASSWORD}'"),
+        format!("CREATE USER '{user}'@'127.0.0.1' IDENTIFIED BY '{DB_PASSWORD}'"),
+        format!("GRANT ALL ON `{}`.* TO '{user}'@'%'", db.name()),
+        format!("GRANT ALL ON `{}`.* TO '{user}'@'localhost'", db.name()),
+        format!("GRANT ALL ON `{}`.* TO '{user}'@'127.0.0.1'", db.name()),
+    ] {
+        diesel::sql_query(sql).execute(&mut admin).unwrap();
+    }
+    let (scheme, rest) = db.url().split_once("://").unwrap();
+    let (_, host_and_db) = rest.split_once('@').unwrap();
+    let url = format!("{scheme}://{user}:{}@{host_and_db}", encode(DB_PASSWORD));
+    let wrong = format!("{scheme}://{user}:{}x@{host_and_db}", encode(DB_PASSWORD));
+    let nowhere = format!(
+        "{scheme}://{user}:{}@127.0.0.1:1/nowhere",
+        encode(DB_PASSWORD)
+    );
+
+    for bin in ["strava-sync", "wakatime-sync"] {
+        let capture = example(capture_name(bin));
+        let out = armed(bin, &url)
+            .arg("--from-file")
+            .arg(&capture)
+            .output()
+            .unwrap();
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{bin} on MySQL failed:\n{all}");
+        assert!(all.contains("MySQL/MariaDB"), "{all}");
+        for f in forbidden() {
+            assert!(!all.contains(&f), "{bin}: {f:?} printed:\n{all}");
+        }
+        let refused = armed(bin, &wrong)
+            .arg("--from-file")
+            .arg(&capture)
+            .output()
+            .unwrap();
+        assert_clean(
+            &format!("{bin}: refused password"),
+            &refused,
+            "Access denied",
+        );
+        let unanswered = armed(bin, &nowhere)
+            .arg("--from-file")
+            .arg(&capture)
+            .output()
+            .unwrap();
+        assert_clean(&format!("{bin}: no server"), &unanswered, "cannot connect");
+    }
+    for host in ["%", "localhost", "127.0.0.1"] {
+        diesel::sql_query(format!("DROP USER '{user}'@'{host}'"))
+            .execute(&mut admin)
+            .unwrap();
+    }
+}

@@ -294,13 +294,24 @@ pub fn snapshot(url: &str) -> Vec<String> {
             "stats_type || '|' || json(data) || '|' || created_at || '|' || updated_at",
             "id || '|' || access_token || '|' || refresh_token || '|' || expires_at || '|' || updated_at",
         ),
-        BackendKind::Mysql => panic!("the sync tests run on PostgreSQL and SQLite"),
+        BackendKind::Mysql => (
+            "CONCAT_WS('|', stats_type, data, created_at, updated_at)",
+            "CONCAT_WS('|', id, access_token, refresh_token, expires_at, updated_at)",
+        ),
+    };
+    let concat = |prefix: &str, body: &str| match BackendKind::of(url) {
+        BackendKind::Mysql => format!("CONCAT('{prefix}|', {body})"),
+        _ => format!("'{prefix}|' || {body}"),
     };
     let sql = format!(
-        "SELECT 'strava_stats|' || {stats} AS line FROM strava_stats \
-         UNION ALL SELECT 'wakatime_stats|' || {stats} FROM wakatime_stats \
-         UNION ALL SELECT 'strava_auth|' || {auth} FROM strava_auth \
-         UNION ALL SELECT 'wakatime_auth|' || {auth} FROM wakatime_auth"
+        "SELECT {} AS line FROM strava_stats \
+         UNION ALL SELECT {} FROM wakatime_stats \
+         UNION ALL SELECT {} FROM strava_auth \
+         UNION ALL SELECT {} FROM wakatime_auth",
+        concat("strava_stats", stats),
+        concat("wakatime_stats", stats),
+        concat("strava_auth", auth),
+        concat("wakatime_auth", auth)
     );
     let mut lines: Vec<String> = match BackendKind::of(url) {
         BackendKind::Postgres => {
@@ -311,7 +322,10 @@ pub fn snapshot(url: &str) -> Vec<String> {
             let mut c = SqliteConnection::establish(url).unwrap();
             diesel::sql_query(sql).load::<Line>(&mut c).unwrap()
         }
-        BackendKind::Mysql => panic!("the sync tests run on PostgreSQL and SQLite"),
+        BackendKind::Mysql => {
+            let mut c = upsert_kit::db::connect_mysql(url).unwrap();
+            diesel::sql_query(sql).load::<Line>(&mut c).unwrap()
+        }
     }
     .into_iter()
     .map(|l| l.line)
@@ -329,8 +343,12 @@ pub fn rows_per_type(url: &str, table: &str) -> Vec<(String, i64)> {
         #[diesel(sql_type = diesel::sql_types::BigInt)]
         n: i64,
     }
+    let count = match BackendKind::of(url) {
+        BackendKind::Mysql => "CAST(COUNT(*) AS SIGNED)",
+        _ => "CAST(COUNT(*) AS BIGINT)",
+    };
     let sql = format!(
-        "SELECT stats_type, CAST(COUNT(*) AS BIGINT) AS n FROM {table} GROUP BY stats_type ORDER BY stats_type"
+        "SELECT stats_type, {count} AS n FROM {table} GROUP BY stats_type ORDER BY stats_type"
     );
     let rows = match BackendKind::of(url) {
         BackendKind::Postgres => {
@@ -341,7 +359,10 @@ pub fn rows_per_type(url: &str, table: &str) -> Vec<(String, i64)> {
             let mut c = SqliteConnection::establish(url).unwrap();
             diesel::sql_query(sql).load::<Row>(&mut c).unwrap()
         }
-        BackendKind::Mysql => panic!("the sync tests run on PostgreSQL and SQLite"),
+        BackendKind::Mysql => {
+            let mut c = upsert_kit::db::connect_mysql(url).unwrap();
+            diesel::sql_query(sql).load::<Row>(&mut c).unwrap()
+        }
     };
     rows.into_iter().map(|r| (r.stats_type, r.n)).collect()
 }
@@ -359,6 +380,10 @@ pub fn execute(url: &str, sql: &str) {
                 .execute(&mut SqliteConnection::establish(url).unwrap())
                 .unwrap();
         }
-        BackendKind::Mysql => panic!("the sync tests run on PostgreSQL and SQLite"),
+        BackendKind::Mysql => {
+            diesel::sql_query(sql)
+                .execute(&mut upsert_kit::db::connect_mysql(url).unwrap())
+                .unwrap();
+        }
     }
 }
