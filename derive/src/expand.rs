@@ -132,6 +132,7 @@ pub(crate) fn expand(input: &DeriveInput, model: &Model) -> TokenStream {
     });
     let bind_impls = quote! {
         impl #bind_generics #krate::BindRow<__DB> for #name #ty_generics where #(#row_where,)* {
+            const ONE_BIND_PER_COLUMN: bool = true;
             fn walk_row<'__b>(
                 &'__b self,
                 mut out: #diesel::query_builder::AstPass<'_, '__b, __DB>,

@@ -38,6 +38,13 @@ pub trait UpsertModel {
 
 /// Writes one row's values as bind parameters: `$1, $2, …`.
 pub trait BindRow<DB: Backend>: UpsertModel {
+    /// Whether [`BindRow::walk_row`] pushes exactly one bind parameter per column and nothing
+    /// else, so that a statement may refer to the `i`-th column's value by its position
+    /// (`?i` on SQLite). The derive's implementations do; a hand-written one that writes SQL of
+    /// its own for some column keeps the default, `false`.
+    #[doc(hidden)]
+    const ONE_BIND_PER_COLUMN: bool = false;
+
     /// Pushes the values, in [`UpsertModel::COLUMNS`] order, separated by commas.
     ///
     /// # Errors
