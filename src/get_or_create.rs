@@ -253,6 +253,55 @@ where
     }
 }
 
+/// `SELECT <selection> FROM t WHERE (t.k1, t.k2) = ($1, $2)`: the row with `row`'s key,
+/// binding the key's values alone ([`BindRow::walk_key`], for models with
+/// [`BindRow::ONE_BIND_PER_COLUMN`]).
+#[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
+struct SelectByKeyAlone<'a, M: UpsertModel, S> {
+    table: M::Table,
+    row: &'a M,
+    selection: S,
+}
+
+impl<M: UpsertModel, S> QueryId for SelectByKeyAlone<'_, M, S> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl<M: UpsertModel, S: Expression> Query for SelectByKeyAlone<'_, M, S> {
+    type SqlType = S::SqlType;
+}
+
+impl<M: UpsertModel, S, Conn> RunQueryDsl<Conn> for SelectByKeyAlone<'_, M, S> {}
+
+impl<M, S, DB> QueryFragment<DB> for SelectByKeyAlone<'_, M, S>
+where
+    DB: Backend,
+    M: BindRow<DB>,
+    M::Table: QueryFragment<DB>,
+    S: QueryFragment<DB>,
+{
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        out.push_sql("SELECT ");
+        self.selection.walk_ast(out.reborrow())?;
+        out.push_sql(" FROM ");
+        self.table.walk_ast(out.reborrow())?;
+        out.push_sql(" WHERE (");
+        for (i, key) in M::KEY.iter().enumerate() {
+            if i > 0 {
+                out.push_sql(", ");
+            }
+            self.table.walk_ast(out.reborrow())?;
+            out.push_sql(".");
+            out.push_identifier(key)?;
+        }
+        out.push_sql(") = (");
+        self.row.walk_key(out.reborrow())?;
+        out.push_sql(")");
+        Ok(())
+    }
+}
+
 /// One insert-then-read pair: `Ok(None)` when the row vanished in between.
 fn attempt<C, M, R, DB>(conn: &mut C, row: &M) -> Result<Option<Obtained<R>>>
 where
@@ -318,21 +367,32 @@ where
 #[cfg(feature = "sqlite")]
 impl<M, R> GetOrCreate<SqliteConnection, R> for M
 where
-    M: UpsertModel,
+    M: UpsertModel + BindRow<Sqlite>,
     R: Selectable<Sqlite>,
     for<'a> InsertReturning<'a, M, diesel::dsl::AsSelect<R, Sqlite>, Sqlite>:
         LoadQuery<'a, SqliteConnection, R>,
     for<'a> SelectByKey<'a, M, diesel::dsl::AsSelect<R, Sqlite>>:
         LoadQuery<'a, SqliteConnection, R>,
+    for<'a> SelectByKeyAlone<'a, M, diesel::dsl::AsSelect<R, Sqlite>>:
+        LoadQuery<'a, SqliteConnection, R>,
 {
     fn get_or_create_validated(conn: &mut SqliteConnection, row: &Self) -> Result<Obtained<R>> {
         // In-process reads cost no round trip: read first, and write only on a miss.
-        let found = SelectByKey {
-            table: M::Table::default(),
-            row,
-            selection: R::as_select(),
-        }
-        .load::<R>(conn)?;
+        let found = if <M as BindRow<Sqlite>>::ONE_BIND_PER_COLUMN {
+            SelectByKeyAlone {
+                table: M::Table::default(),
+                row,
+                selection: R::as_select(),
+            }
+            .load::<R>(conn)?
+        } else {
+            SelectByKey {
+                table: M::Table::default(),
+                row,
+                selection: R::as_select(),
+            }
+            .load::<R>(conn)?
+        };
         if let Some(existing) = found.into_iter().next() {
             return Ok(Obtained {
                 row: existing,
