@@ -390,7 +390,7 @@ impl Scenario for Claim {
     ) -> upsert_kit::Result<u64> {
         let holder = format!("worker-{}", op.worker);
         match pattern {
-            Pattern::Diesel => return Err(crate::scenarios::no_diesel_side()),
+            Pattern::Diesel => Err(crate::scenarios::no_diesel_side()),
             Pattern::Naive => {
                 let claimed =
                     backfill_scheduler::naive::claim_select_then_update(conn, &holder, 1)?;
