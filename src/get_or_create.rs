@@ -20,7 +20,7 @@
 //!   `BEGIN IMMEDIATE` and a `COMMIT`). The `INSERT` takes SQLite's
 //!   single write lock when it starts, so it cannot miss a committed row; the `SELECT` reads
 //!   the newest committed state. Writers of the same process are kept out of the gap by the
-//!   file's writer gate ([`tx::immediate_transaction`](crate::tx::immediate_transaction)); a
+//!   file's writer gate ([`tx::immediate_transaction`]); a
 //!   row deleted in between by another process is handled as on PostgreSQL (retried, then
 //!   [`Error::NotFound`]).
 //!
