@@ -30,9 +30,11 @@ pub(crate) mod derive_support;
 mod helpers;
 pub(crate) mod model;
 pub(crate) mod statement;
+mod stream;
 
 pub use helpers::{atomic_upsert_auth, atomic_upsert_stats, AuthModel, Changed, Newer, StatsModel};
 pub use model::{BindColumns, BindRow, CheckedValue, ColumnArrays, UpsertModel};
+pub use stream::{bulk_upsert_stream, Commit};
 
 use crate::error::{Error, InvalidInput, Result};
 use crate::tx;
