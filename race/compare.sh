@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The crate next to the database's own limit, in one go: the same statements, table and
-# payload through pgbench (prepared) and through upsert-race, then the ratio crate/pgbench.
+# The crate next to the database's own limit and to the code it replaces, in one go: the same
+# statements, table and payload through pgbench (prepared) and through upsert-race (the naive
+# pattern, plain Diesel's upsert and the crate), then the ratios crate/pgbench and
+# crate/plain Diesel.
 #
 #   cargo build --release -p upsert-race
 #   race/compare.sh [SECONDS]             # per measurement, default 5; ROUNDS=3 rounds
@@ -87,9 +89,11 @@ for round in $(seq "$ROUNDS"); do
     for c in $CLIENTS; do
         seed $KEYS
         pg=$(pgbench_tps "$c" single_upsert.sql)
-        race "single-$round-$c" --scenario upsert --patterns atomic --workers "$c" --keys $KEYS
+        race "single-$round-$c" --scenario upsert --patterns naive,diesel,atomic --workers "$c" --keys $KEYS
         crate=$(per_sec "single-$round-$c" atomic "$c")
         add "pg_single_$c" "$pg"; add "crate_single_$c" "$crate"
+        add "naive_single_$c" "$(per_sec "single-$round-$c" naive "$c")"
+        add "diesel_single_$c" "$(per_sec "single-$round-$c" diesel "$c")"
         ROUND_RATIOS[single_$c]+="$(ratio "$crate" "$pg") "
     done
     # 1,000-row batches on one connection: pgbench unnest and generate_series, then the
@@ -100,9 +104,10 @@ for round in $(seq "$ROUNDS"); do
     generate=$(awk -v t="$(pgbench_tps 1 bulk_generate.sql)" -v b=$BATCH 'BEGIN { print t * b }')
     seed $BULK_KEYS
     parse=$(awk -v t="$(pgbench_tps 1 bulk_generate_parse.sql)" -v b=$BATCH 'BEGIN { print t * b }')
-    race "bulk-$round" --scenario bulk --patterns naive,atomic --workers 1 --batch $BATCH --bulk-keys $BULK_KEYS
+    race "bulk-$round" --scenario bulk --patterns naive,diesel,atomic --workers 1 --batch $BATCH --bulk-keys $BULK_KEYS
     bulk=$(per_sec "bulk-$round" atomic 1)
     loop=$(per_sec "bulk-$round" naive 1)
+    add diesel_bulk "$(per_sec "bulk-$round" diesel 1)"
     add pg_unnest "$unnest"; add pg_generate "$generate"; add pg_parse "$parse"; add crate_bulk "$bulk"; add crate_loop "$loop"
     ROUND_RATIOS[unnest]+="$(ratio "$bulk" "$unnest") "
     ROUND_RATIOS[generate]+="$(ratio "$bulk" "$generate") "
@@ -110,18 +115,22 @@ for round in $(seq "$ROUNDS"); do
     ROUND_RATIOS[loop]+="$(ratio "$bulk" "$loop") "
 done
 
-mean() { awk -v s="${SUM[$1]}" -v n="$ROUNDS" 'BEGIN { printf "%.0f", s / n }'; }
-line() { # label clients pgbench-key crate-key ratios-key
-    local pg="-" r
-    [ "$3" = "-" ] || pg=$(mean "$3")
-    if [ "$3" = "-" ]; then r=$(ratio "${SUM[crate_bulk]}" "${SUM[crate_loop]}"); else r=$(ratio "${SUM[$4]}" "${SUM[$3]}"); fi
-    printf '%-50s %7s %11s %11s %7s   %s\n' "$1" "$2" "$pg" "$(mean "$4")" "$r" "${ROUND_RATIOS[$5]}"
+mean() { awk -v s="${SUM[$1]:-0}" -v n="$ROUNDS" 'BEGIN { printf "%.0f", s / n }'; }
+or_dash() { if [ "$1" = "-" ]; then echo -; else mean "$1"; fi; }
+line() { # label clients pgbench-key naive-key diesel-key crate-key ratios-key
+    local r d="-"
+    if [ "$3" = "-" ]; then r=$(ratio "${SUM[crate_bulk]}" "${SUM[crate_loop]}"); else r=$(ratio "${SUM[$6]}" "${SUM[$3]}"); fi
+    [ "$5" = "-" ] || d=$(ratio "${SUM[$6]}" "${SUM[$5]}")
+    printf '%-50s %7s %9s %9s %9s %9s %8s %8s   %s\n' "$1" "$2" "$(or_dash "$4")" "$(or_dash "$5")" \
+        "$(mean "$6")" "$(or_dash "$3")" "$r" "$d" "${ROUND_RATIOS[$7]}"
 }
-printf '\n%-50s %7s %11s %11s %7s   %s\n' "measurement (mean of $ROUNDS rounds x ${SECS}s)" clients pgbench crate ratio "per round"
+printf '\n%-50s %7s %9s %9s %9s %9s %8s %8s   %s\n' "measurement (mean of $ROUNDS rounds x ${SECS}s)" \
+    clients naive diesel crate pgbench /pgbench /diesel "crate/pgbench per round"
 for c in $CLIENTS; do
-    line "single-row upsert, ops/s (-M prepared)" "$c" "pg_single_$c" "crate_single_$c" "single_$c"
+    line "single-row upsert, ops/s (-M prepared)" "$c" "pg_single_$c" "naive_single_$c" "diesel_single_$c" "crate_single_$c" "single_$c"
 done
-line "1,000-row batch, rows/s (unnest)" 1 pg_unnest crate_bulk unnest
-line "1,000-row batch, rows/s (server-generated)" 1 pg_generate crate_bulk generate
-line "1,000-row batch, rows/s (generated, JSON per row)" 1 pg_parse crate_bulk parse
-line "loop of single upserts, rows/s (ratio: bulk/loop)" 1 - crate_loop loop
+line "1,000-row batch, rows/s (unnest)" 1 pg_unnest crate_loop diesel_bulk crate_bulk unnest
+line "1,000-row batch, rows/s (server-generated)" 1 pg_generate crate_loop diesel_bulk crate_bulk generate
+line "1,000-row batch, rows/s (generated, JSON per row)" 1 pg_parse crate_loop diesel_bulk crate_bulk parse
+line "loop of single upserts, rows/s (ratio: bulk/loop)" 1 - - - crate_loop loop
+echo "naive: the naive pattern (single rows: query-then-upsert; batches: a loop of the crate's single upserts); diesel: plain Diesel's upsert (batches: one multi-row values(&vec))"

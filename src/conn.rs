@@ -206,9 +206,9 @@ pub trait WriteConnection: sealed::Sealed {
     #[doc(hidden)]
     fn write<T>(&mut self, f: impl FnOnce(&mut Self::Raw) -> Result<T>) -> Result<T>;
 
-    /// Runs one statement that is atomic by itself: as is on PostgreSQL, in an immediate
-    /// transaction on SQLite (so it waits for the write lock in the busy handler instead of
-    /// failing to upgrade a read).
+    /// Runs one statement that is atomic by itself: as is on PostgreSQL and on SQLite (a
+    /// writing statement takes SQLite's write lock when it starts, so it never fails to
+    /// upgrade a read), after the process's writer gate of the file on SQLite.
     #[doc(hidden)]
     fn single<T>(&mut self, f: impl FnOnce(&mut Self::Raw) -> Result<T>) -> Result<T>;
 
@@ -336,7 +336,11 @@ macro_rules! direct_connection {
 direct_connection!(diesel::PgConnection, direct, tx::transaction);
 
 #[cfg(feature = "sqlite")]
-direct_connection!(diesel::SqliteConnection, tx::sqlite_write, tx::sqlite_write);
+direct_connection!(
+    diesel::SqliteConnection,
+    tx::sqlite_single,
+    tx::sqlite_write
+);
 
 // MySQL has no `RETURNING`: the primitives run their write and the read of its row in
 // `write` (a transaction); `single` runs a statement that is atomic by itself.

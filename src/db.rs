@@ -432,27 +432,31 @@ pub fn connect_sqlite(url: &str) -> Result<SqliteConnection> {
     let (path, busy_ms) = sqlite_target(url)?;
     let mut conn = SqliteConnection::establish(&path)
         .map_err(|e| Error::Connect(format!("cannot open SQLite database {path:?}: {e}")))?;
-    sqlite_setup(&mut conn, busy_ms).map_err(|e| match Error::from(e) {
+    sqlite_setup(&mut conn, &path, busy_ms).map_err(|e| match Error::from(e) {
         Error::Busy(m) => Error::Busy(format!("{path:?}: {m}")),
         other => Error::Connect(format!("cannot set up SQLite database {path:?}: {other}")),
     })?;
     Ok(conn)
 }
 
-/// Per-connection SQLite settings of [`connect_sqlite`] and [`sqlite_pool`].
+/// Per-connection SQLite settings of [`connect_sqlite`] and [`sqlite_pool`], and the file's
+/// in-process writer gate (`crate::sqlite_gate`).
 #[cfg(feature = "sqlite")]
-fn sqlite_setup(conn: &mut SqliteConnection, busy_ms: u32) -> diesel::QueryResult<()> {
+fn sqlite_setup(conn: &mut SqliteConnection, path: &str, busy_ms: u32) -> diesel::QueryResult<()> {
     use diesel::connection::SimpleConnection;
     // The busy timeout first: the journal-mode change may wait for another connection.
     conn.batch_execute(&format!(
         "PRAGMA busy_timeout = {busy_ms}; PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON;"
-    ))
+    ))?;
+    crate::sqlite_gate::install(conn, path, busy_ms);
+    Ok(())
 }
 
 /// [`sqlite_setup`] as the pool's connection customizer.
 #[cfg(all(feature = "sqlite", feature = "r2d2"))]
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct SqliteSetup {
+    path: String,
     busy_ms: u32,
 }
 
@@ -462,7 +466,7 @@ impl diesel::r2d2::CustomizeConnection<SqliteConnection, diesel::r2d2::Error> fo
         &self,
         conn: &mut SqliteConnection,
     ) -> std::result::Result<(), diesel::r2d2::Error> {
-        sqlite_setup(conn, self.busy_ms).map_err(diesel::r2d2::Error::QueryError)
+        sqlite_setup(conn, &self.path, self.busy_ms).map_err(diesel::r2d2::Error::QueryError)
     }
 }
 
@@ -542,7 +546,10 @@ pub fn sqlite_pool(url: &str, size: u32) -> Result<SqlitePool> {
     Pool::builder()
         .max_size(size)
         .connection_timeout(Duration::from_secs(10))
-        .connection_customizer(Box::new(SqliteSetup { busy_ms }))
+        .connection_customizer(Box::new(SqliteSetup {
+            path: path.clone(),
+            busy_ms,
+        }))
         .build(ConnectionManager::<SqliteConnection>::new(path))
         .map_err(|e| Error::Pool(e.to_string()))
 }

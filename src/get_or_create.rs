@@ -14,9 +14,15 @@
 //!   One statement cannot do both: a `SELECT` in the same statement as the `INSERT` uses the
 //!   statement's snapshot, which does not contain a row committed by the transaction the
 //!   `INSERT` waited for.
-//! - **SQLite**: the same two statements inside one `BEGIN IMMEDIATE` transaction (a savepoint
-//!   when the caller already has a transaction open). SQLite admits one writer at a time, so
-//!   nothing can slip in between them and the read cannot miss.
+//! - **SQLite**: first the `SELECT` (in-process, no round trip: a row that exists is returned
+//!   by one read, as the naive read-then-insert would), and on a miss the same two statements
+//!   as on PostgreSQL, with no transaction of their own either (a transaction would cost a
+//!   `BEGIN IMMEDIATE` and a `COMMIT`). The `INSERT` takes SQLite's
+//!   single write lock when it starts, so it cannot miss a committed row; the `SELECT` reads
+//!   the newest committed state. Writers of the same process are kept out of the gap by the
+//!   file's writer gate ([`tx::immediate_transaction`]); a
+//!   row deleted in between by another process is handled as on PostgreSQL (retried, then
+//!   [`Error::NotFound`]).
 //! - **MySQL / MariaDB**: `INSERT … ON DUPLICATE KEY UPDATE k = IF((@upsert_kit_hit := nonce)
 //!   IS NULL, k, k)`, which changes nothing but records whether the key existed (not
 //!   `INSERT IGNORE`, which would turn unrelated errors into warnings), then `SELECT … FOR
@@ -64,7 +70,7 @@ use diesel::r2d2::{ConnectionManager, PooledConnection, R2D2Connection};
 use diesel::sqlite::{Sqlite, SqliteConnection};
 use diesel::{QueryResult, RunQueryDsl, Selectable};
 
-/// How many times [`get_or_create`] runs its insert-then-read pair on PostgreSQL before giving
+/// How many times [`get_or_create`] runs its insert-then-read pair before giving
 /// up, when the row keeps being deleted between the two statements.
 pub const GET_OR_CREATE_ATTEMPTS: u32 = 3;
 
@@ -101,7 +107,7 @@ pub trait GetOrCreate<C, R>: UpsertModel + Sized {
 ///
 /// **Cost**: PostgreSQL, one round trip when the row is created, two when it exists (see the
 /// [module documentation](self) for the statements and why no transaction is opened); SQLite,
-/// one immediate transaction.
+/// one read when the row exists, else the same statements, no transaction either.
 ///
 /// # Errors
 /// - [`Error::InvalidInput`] when [`UpsertModel::validate`] rejects `row`; nothing is sent.
@@ -307,7 +313,7 @@ where
 #[cfg(feature = "sqlite")]
 impl<M, R> GetOrCreate<SqliteConnection, R> for M
 where
-    M: UpsertModel,
+    M: UpsertModel + BindRow<Sqlite>,
     R: Selectable<Sqlite>,
     for<'a> InsertReturning<'a, M, diesel::dsl::AsSelect<R, Sqlite>, Sqlite>:
         LoadQuery<'a, SqliteConnection, R>,
@@ -315,8 +321,30 @@ where
         LoadQuery<'a, SqliteConnection, R>,
 {
     fn get_or_create_validated(conn: &mut SqliteConnection, row: &Self) -> Result<Obtained<R>> {
-        tx::sqlite_write(conn, |conn| {
-            attempt::<_, M, R, Sqlite>(conn, row)?.ok_or_else(vanished)
+        // In-process reads cost no round trip: read first, and write only on a miss.
+        let found = SelectByKey {
+            table: M::Table::default(),
+            row,
+            selection: R::as_select(),
+        }
+        .load::<R>(conn)?;
+        if let Some(existing) = found.into_iter().next() {
+            return Ok(Obtained {
+                row: existing,
+                created: false,
+            });
+        }
+        tx::sqlite_single(conn, |conn| {
+            for _ in 0..GET_OR_CREATE_ATTEMPTS {
+                if let Some(obtained) = attempt::<_, M, R, Sqlite>(conn, row)? {
+                    return Ok(obtained);
+                }
+                tracing::debug!(
+                    model = std::any::type_name::<M>(),
+                    "get-or-create: the conflicting row vanished before it was read; trying again"
+                );
+            }
+            Err(vanished())
         })
     }
 }

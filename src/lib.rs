@@ -30,6 +30,8 @@ pub mod lock;
 pub mod period;
 pub mod quota;
 pub mod retry;
+#[cfg(feature = "sqlite")]
+mod sqlite_gate;
 pub mod tables;
 pub mod tx;
 pub mod upsert;

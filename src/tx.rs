@@ -73,6 +73,11 @@ where
 ///
 /// Errors are reported as by [`transaction`].
 ///
+/// On a connection of [`connect_sqlite`](crate::db::connect_sqlite) or
+/// [`sqlite_pool`](crate::db::sqlite_pool), the writers of one process queue for the file
+/// before `BEGIN IMMEDIATE` (on a condition variable, not in SQLite's sleeping busy handler),
+/// up to the busy timeout; writers in other processes wait in the busy handler as before.
+///
 /// # Errors
 /// `f`'s error, or the classified error of `BEGIN`, `COMMIT` or `ROLLBACK`; a busy database
 /// past its timeout is [`Error::Busy`] (retryable: nothing was applied).
@@ -99,6 +104,7 @@ where
     if in_transaction(conn) {
         transaction(conn, f)
     } else {
+        let _gate = crate::sqlite_gate::enter(conn).map_err(E::from)?;
         run(conn, f, |conn, body| conn.immediate_transaction(body))
     }
 }
@@ -165,6 +171,19 @@ pub fn statement_error(in_transaction: bool, e: diesel::result::Error) -> Error 
         )),
         err => err,
     }
+}
+
+/// One SQLite statement that writes, atomic by itself: outside a transaction it commits on its
+/// own, and since it writes, SQLite takes the write lock when it starts (waiting in the busy
+/// handler) and reads nothing before; inside the caller's transaction it is part of it. The
+/// writers of one process queue for the file first (see [`immediate_transaction`]).
+#[cfg(feature = "sqlite")]
+pub(crate) fn sqlite_single<T>(
+    conn: &mut diesel::SqliteConnection,
+    f: impl FnOnce(&mut diesel::SqliteConnection) -> Result<T>,
+) -> Result<T> {
+    let _gate = crate::sqlite_gate::enter(conn)?;
+    f(conn)
 }
 
 /// The crate's own SQLite write path ([`immediate_transaction`] with the crate's error).

@@ -655,3 +655,35 @@ fn the_upsert_statement_is_prepared_once_per_connection() {
     );
     assert!(upserts.iter().any(|s| s.contains("unnest(")));
 }
+
+#[test]
+fn a_stream_of_rows_is_upserted_chunk_by_chunk_and_the_last_row_of_a_key_wins() {
+    use upsert_kit::upsert::{bulk_upsert_stream, Commit};
+    let db = fixture::pg();
+    let mut conn = db.conn();
+    // 25 rows over 10 keys, in chunks of 4: keys repeat within and across chunks.
+    let rows = || (0..25).map(|i| stats(&format!("key-{}", i % 10), i));
+    let outcome = bulk_upsert_stream(&mut conn, rows(), 4, Commit::PerChunk).unwrap();
+    assert_eq!(outcome.rows() + outcome.collapsed, 25);
+    assert_eq!(outcome.inserted, 10, "{outcome:?}");
+    let stored = stored_stats(&mut conn);
+    assert_eq!(stored.len(), 10);
+    for (kind, data, _, _) in &stored {
+        let k: i64 = kind.strip_prefix("key-").unwrap().parse().unwrap();
+        let last = (0..25).filter(|i| i % 10 == k).max().unwrap();
+        assert_eq!(data["count"], json!(last), "{kind}");
+    }
+
+    // All or nothing: an invalid row late in the stream (named by its position) writes
+    // nothing, though earlier chunks were valid; per chunk, the chunks before it stay.
+    let bad = || rows().chain(std::iter::once(stats("", 99)));
+    for (commit, expected_new) in [(Commit::AllOrNothing, 0), (Commit::PerChunk, 2)] {
+        conn.batch_execute("TRUNCATE stats").unwrap();
+        let e = bulk_upsert_stream(&mut conn, bad().skip(22), 2, commit).unwrap_err();
+        assert!(
+            matches!(e, upsert_kit::Error::InvalidInput(ref i) if i.field == "rows[3].stats_type"),
+            "{e:?}"
+        );
+        assert_eq!(stored_stats(&mut conn).len(), expected_new, "{commit:?}");
+    }
+}

@@ -198,3 +198,71 @@ fn concurrent_upserts_of_one_new_key_leave_one_row() {
     );
     assert_eq!(stored(&mut db.conn()).len(), 1);
 }
+
+diesel::table! {
+    /// Daily totals per user: a two-column key whose columns are not the first ones.
+    daily_totals (user_id, day) {
+        note -> Text,
+        user_id -> BigInt,
+        total -> BigInt,
+        day -> Date,
+    }
+}
+
+#[derive(Debug, Clone, upsert_kit::Upsert)]
+#[upsert(table = daily_totals, key(user_id, day))]
+struct DailyTotal {
+    note: String,
+    user_id: i64,
+    total: i64,
+    day: NaiveDate,
+}
+
+#[test]
+fn a_two_column_key_in_the_middle_of_the_row_updates_only_its_own_row() {
+    let db = upsert_kit_support::TestSqlite::with_sql(
+        "CREATE TABLE daily_totals (note TEXT NOT NULL, user_id BIGINT NOT NULL,
+            total BIGINT NOT NULL, day DATE NOT NULL, PRIMARY KEY (user_id, day));",
+    );
+    let mut conn = db.conn();
+    let day = |d| NaiveDate::from_ymd_opt(2026, 12, d).unwrap();
+    let row = |user_id, d, total| DailyTotal {
+        note: format!("{user_id}/{d}: {total}"),
+        user_id,
+        total,
+        day: day(d),
+    };
+    for (user, d) in [(1, 1), (1, 2), (2, 1)] {
+        assert_eq!(
+            atomic_upsert(&mut conn, &row(user, d, 10)).unwrap(),
+            UpsertOutcome::Inserted
+        );
+    }
+    assert_eq!(
+        atomic_upsert(&mut conn, &row(1, 2, 20)).unwrap(),
+        UpsertOutcome::Updated
+    );
+    let skipped = Upsert::new(&row(2, 1, 5))
+        .update_if(excluded(daily_totals::total).gt(daily_totals::total))
+        .execute(&mut conn)
+        .unwrap();
+    assert_eq!(skipped, UpsertOutcome::Unchanged);
+    let stored: Vec<(i64, NaiveDate, i64, String)> = daily_totals::table
+        .select((
+            daily_totals::user_id,
+            daily_totals::day,
+            daily_totals::total,
+            daily_totals::note,
+        ))
+        .order((daily_totals::user_id, daily_totals::day))
+        .load(&mut conn)
+        .unwrap();
+    assert_eq!(
+        stored,
+        vec![
+            (1, day(1), 10, "1/1: 10".to_owned()),
+            (1, day(2), 20, "1/2: 20".to_owned()),
+            (2, day(1), 10, "2/1: 10".to_owned()),
+        ]
+    );
+}

@@ -120,7 +120,7 @@ pub(crate) fn expand(input: &DeriveInput, model: &Model) -> TokenStream {
             out.push_bind_param::<#st, #ty>(&self.#ident)?;
         }
     });
-    let key_binds = key.iter().enumerate().map(|(n, &i)| {
+    let key_matches = key.iter().enumerate().map(|(n, &i)| {
         let f = &fields[i];
         let ident = &f.ident;
         let ty = &f.ty;
@@ -131,6 +131,17 @@ pub(crate) fn expand(input: &DeriveInput, model: &Model) -> TokenStream {
             #and
             out.push_identifier(#name)?;
             out.push_sql(" = ");
+            out.push_bind_param::<#st, #ty>(&self.#ident)?;
+        }
+    });
+    let key_binds = key.iter().enumerate().map(|(i, &k)| {
+        let f = &fields[k];
+        let ident = &f.ident;
+        let ty = &f.ty;
+        let st = sql_type(f);
+        let comma = (i > 0).then(|| quote!(out.push_sql(", ");));
+        quote! {
+            #comma
             out.push_bind_param::<#st, #ty>(&self.#ident)?;
         }
     });
@@ -146,6 +157,15 @@ pub(crate) fn expand(input: &DeriveInput, model: &Model) -> TokenStream {
     });
     let bind_impls = quote! {
         impl #bind_generics #krate::BindRow<__DB> for #name #ty_generics where #(#row_where,)* {
+            const ONE_BIND_PER_COLUMN: bool = true;
+
+            fn walk_key<'__b>(
+                &'__b self,
+                mut out: #diesel::query_builder::AstPass<'_, '__b, __DB>,
+            ) -> #diesel::QueryResult<()> {
+                #(#key_binds)*
+                ::core::result::Result::Ok(())
+            }
             fn walk_row<'__b>(
                 &'__b self,
                 mut out: #diesel::query_builder::AstPass<'_, '__b, __DB>,
@@ -158,7 +178,7 @@ pub(crate) fn expand(input: &DeriveInput, model: &Model) -> TokenStream {
                 &'__b self,
                 mut out: #diesel::query_builder::AstPass<'_, '__b, __DB>,
             ) -> #diesel::QueryResult<()> {
-                #(#key_binds)*
+                #(#key_matches)*
                 ::core::result::Result::Ok(())
             }
         }

@@ -41,13 +41,14 @@ struct Args {
     mysql_url: Option<String>,
 
     /// Scenarios, comma-separated: upsert, first-insert, counter, counter-retry, quota,
-    /// get-or-create, lock, bulk, claim, usage-counter, usage-counter-retry, usage-quota.
+    /// get-or-create, lock, bulk, hot-key, claim, usage-counter, usage-counter-retry, usage-quota.
     /// Default: all.
     #[arg(long, value_delimiter = ',')]
     scenario: Vec<String>,
 
-    /// Patterns, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "naive,atomic")]
+    /// Patterns, comma-separated: naive, diesel (plain Diesel's upsert, in the upsert,
+    /// first-insert, bulk and hot-key scenarios only), atomic.
+    #[arg(long, value_delimiter = ',', default_value = "naive,diesel,atomic")]
     patterns: Vec<String>,
 
     /// Worker counts to sweep, comma-separated; each worker has its own connection.

@@ -324,6 +324,7 @@ fn stats_anomalies(conn: &mut MysqlConnection, table: &str, expected: i64) -> Re
         duplicate_rows: c.rows - c.distinct_keys,
         lost_updates: expected - c.distinct_keys,
         over_limit: 0,
+        double_counted: 0,
     })
 }
 
@@ -348,6 +349,8 @@ impl Scenario<MysqlConnection> for SteadyUpsert {
     ) -> upsert_kit::Result<u64> {
         let row = &self.rows[op.rng.usize(..self.rows.len())];
         match pattern {
+            // No plain-Diesel side on MySQL (`patterns()` leaves it out).
+            Pattern::Diesel => return Err(crate::scenarios::no_diesel_side()),
             Pattern::Naive => query_then_upsert(conn, "race_stats", &row.stats_type, &row.data)?,
             Pattern::Atomic => {
                 atomic_upsert(conn, row)?;
@@ -386,6 +389,8 @@ impl Scenario<MysqlConnection> for FirstInsert {
             updated_at: timestamp(),
         };
         match pattern {
+            // No plain-Diesel side on MySQL (`patterns()` leaves it out).
+            Pattern::Diesel => return Err(crate::scenarios::no_diesel_side()),
             Pattern::Naive => query_then_upsert(conn, "race_first", &row.stats_type, &row.data)?,
             Pattern::Atomic => {
                 atomic_upsert(conn, &row)?;
@@ -427,6 +432,8 @@ impl Scenario<MysqlConnection> for BulkScenario {
         let start = op.rng.usize(..=self.rows.len() - self.batch);
         let batch = &self.rows[start..start + self.batch];
         match pattern {
+            // No plain-Diesel side on MySQL (`patterns()` leaves it out).
+            Pattern::Diesel => return Err(crate::scenarios::no_diesel_side()),
             Pattern::Naive => {
                 for row in batch {
                     atomic_upsert(conn, row)?;
@@ -465,6 +472,8 @@ impl Scenario<MysqlConnection> for Counter {
         _op: &mut Op<'_>,
     ) -> upsert_kit::Result<u64> {
         match pattern {
+            // No plain-Diesel side on MySQL (`patterns()` leaves it out).
+            Pattern::Diesel => return Err(crate::scenarios::no_diesel_side()),
             Pattern::Naive => {
                 let n: i64 = race_counter::table
                     .find(COUNTER_ID)
@@ -535,6 +544,8 @@ impl Scenario<MysqlConnection> for QuotaScenario {
         let window = self.current.load(Ordering::SeqCst);
         let key = Self::key(window);
         let granted = match pattern {
+            // No plain-Diesel side on MySQL (`patterns()` leaves it out).
+            Pattern::Diesel => return Err(crate::scenarios::no_diesel_side()),
             Pattern::Naive => {
                 let (limit, used, reserved): (i64, i64, i64) = upsert_kit_quotas::table
                     .find(&key)
@@ -583,6 +594,7 @@ impl Scenario<MysqlConnection> for QuotaScenario {
             duplicate_rows: 0,
             lost_updates: tally.effect as i64 - used,
             over_limit: over,
+            double_counted: 0,
         })
     }
 }
@@ -620,6 +632,8 @@ impl Scenario<MysqlConnection> for ClaimScenario {
                 .execute(conn)
         };
         match pattern {
+            // No plain-Diesel side on MySQL (`patterns()` leaves it out).
+            Pattern::Diesel => return Err(crate::scenarios::no_diesel_side()),
             Pattern::Naive => {
                 #[derive(QueryableByName)]
                 struct Id {
@@ -670,6 +684,7 @@ impl Scenario<MysqlConnection> for ClaimScenario {
             duplicate_rows: twice,
             lost_updates: (tally.effect as i64 - runs).abs(),
             over_limit: 0,
+            double_counted: 0,
         })
     }
 }

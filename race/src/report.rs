@@ -7,14 +7,15 @@ use plotters::prelude::*;
 use std::fmt::Write as _;
 use std::path::Path;
 
-/// The rows as an aligned text table, then the atomic/naive throughput ratio of each cell.
+/// The rows as an aligned text table, then the throughput ratios of each cell: atomic/naive,
+/// and atomic/diesel where plain Diesel ran.
 pub fn table(rows: &[Row]) -> String {
     let mut out = String::new();
     // As wide as the longest scenario name, at least 13.
     let w = rows.iter().map(|r| r.scenario.len()).fold(13, usize::max);
     let _ = writeln!(
         out,
-        "{:<w$} {:<7} {:>7} {:>10} {:>12} {:>10} {:>10} {:>7} {:>7} {:>9} {:>8} {:>10}",
+        "{:<w$} {:<7} {:>7} {:>10} {:>12} {:>10} {:>10} {:>7} {:>7} {:>9} {:>8} {:>8} {:>10}",
         "scenario",
         "pattern",
         "workers",
@@ -26,13 +27,14 @@ pub fn table(rows: &[Row]) -> String {
         "err %",
         "dup rows",
         "lost upd",
+        "doubled",
         "over-limit"
     );
     for r in rows {
         let _ =
             writeln!(
             out,
-            "{:<w$} {:<7} {:>7} {:>10} {:>12} {:>10.3} {:>10.3} {:>7} {:>7.2} {:>9} {:>8} {:>10}",
+            "{:<w$} {:<7} {:>7} {:>10} {:>12} {:>10.3} {:>10.3} {:>7} {:>7.2} {:>9} {:>8} {:>8} {:>10}",
             r.scenario,
             r.pattern,
             r.workers,
@@ -44,15 +46,26 @@ pub fn table(rows: &[Row]) -> String {
             r.error_rate * 100.0,
             r.duplicate_rows,
             r.lost_updates,
+            r.double_counted,
             r.over_limit
         );
     }
-    let ratios: Vec<String> = rows
-        .iter()
+    for peer in ["naive", "diesel"] {
+        let ratios = ratios(rows, peer);
+        if !ratios.is_empty() {
+            let _ = writeln!(out, "\natomic/{peer} throughput: {}", ratios.join(", "));
+        }
+    }
+    out
+}
+
+/// `scenario xW: atomic/peer` for each cell where both ran.
+fn ratios(rows: &[Row], peer: &str) -> Vec<String> {
+    rows.iter()
         .filter(|a| a.pattern == "atomic")
         .filter_map(|a| {
             let n = rows.iter().find(|n| {
-                n.pattern == "naive" && n.scenario == a.scenario && n.workers == a.workers
+                n.pattern == peer && n.scenario == a.scenario && n.workers == a.workers
             })?;
             (n.per_sec > 0.0).then(|| {
                 format!(
@@ -63,11 +76,7 @@ pub fn table(rows: &[Row]) -> String {
                 )
             })
         })
-        .collect();
-    if !ratios.is_empty() {
-        let _ = writeln!(out, "\natomic/naive throughput: {}", ratios.join(", "));
-    }
-    out
+        .collect()
 }
 
 /// Reads rows written by [`write_json`].
@@ -88,7 +97,8 @@ fn plot_error<E: std::fmt::Debug>(e: E) -> anyhow::Error {
 }
 
 /// Draws, for each scenario, throughput, error rate and anomalies (duplicate rows, lost
-/// updates and over-limit units per 100 operations) against workers, one line per pattern.
+/// updates, double counts and over-limit units per 100 operations) against workers, one line
+/// per pattern.
 pub fn write_plot(rows: &[Row], path: &Path) -> Result<()> {
     let mut scenarios: Vec<&str> = Vec::new();
     for r in rows {
@@ -124,10 +134,11 @@ pub fn write_plot(rows: &[Row], path: &Path) -> Result<()> {
         )?;
         draw(
             &panels[3 * i + 2],
-            &format!("{scenario}: dup + lost + over-limit per 100 ops"),
+            &format!("{scenario}: dup + lost + doubled + over-limit per 100 ops"),
             &cells,
             |r| {
-                let damage = (r.duplicate_rows + r.lost_updates + r.over_limit) as f64;
+                let damage =
+                    (r.duplicate_rows + r.lost_updates + r.double_counted + r.over_limit) as f64;
                 if r.operations == 0 {
                     0.0
                 } else {
@@ -180,7 +191,7 @@ fn draw(
         .x_desc("workers")
         .draw()
         .map_err(plot_error)?;
-    for (pattern, color) in [("naive", RED), ("atomic", BLUE)] {
+    for (pattern, color) in [("naive", RED), ("diesel", GREEN), ("atomic", BLUE)] {
         let points: Vec<(f64, f64)> = workers
             .iter()
             .enumerate()

@@ -8,6 +8,12 @@
 //! | `usage-counter`, `usage-counter-retry`, `usage-quota`, `get-or-create`, `claim` | see [`crate::primitives`] (the adopters') | |
 //! | `lock` | [`naive::read_add_write`] in a transaction | the same under [`lock::xact_lock`] |
 //! | `bulk` | a loop of [`atomic_upsert`] over a batch | one [`bulk_upsert`] of the batch |
+//! | `hot-key` | [`naive::query_then_upsert`], all workers on one existing key | [`atomic_upsert`] |
+//!
+//! `upsert`, `first-insert`, `hot-key` and `bulk` also run the third side, `diesel`: plain
+//! Diesel's `insert_into(t).values(&row).on_conflict(key).do_update().set(…)`, and for `bulk`
+//! its multi-row `values(&vec)` ([`crate::plain`]), what a Diesel user writes without the
+//! crate: as race-free as the crate's, and the peer its speed is measured against.
 //!
 //! `counter`, `counter-retry` and `lock` run on a table of the race crate's own
 //! ([`race_counter`], one row each); `counter-retry` and `quota` on the library's ready-made
@@ -15,6 +21,7 @@
 
 use crate::generic;
 use crate::naive;
+use crate::plain;
 use crate::primitives;
 use anyhow::{bail, Result};
 use chrono::{NaiveDate, NaiveDateTime};
@@ -26,33 +33,48 @@ use sync_jobs::schema::{strava_stats, wakatime_stats};
 use upsert_kit::lock::{self, LockKey};
 use upsert_kit::{atomic_upsert, bulk_upsert};
 
-/// The two sides of every scenario.
+/// The sides of a scenario.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pattern {
     /// The racy pattern the crate replaces.
     Naive,
+    /// Plain Diesel's own upsert, where one exists ([`Scenario::patterns`]).
+    Diesel,
     /// The crate's pattern.
     Atomic,
 }
 
 impl Pattern {
-    /// `naive` or `atomic`.
+    /// `naive`, `diesel` or `atomic`.
     pub fn as_str(self) -> &'static str {
         match self {
             Pattern::Naive => "naive",
+            Pattern::Diesel => "diesel",
             Pattern::Atomic => "atomic",
         }
     }
 
-    /// Parses `naive` or `atomic`.
+    /// Parses `naive`, `diesel` or `atomic`.
     pub fn parse(s: &str) -> Result<Pattern> {
         match s {
             "naive" => Ok(Pattern::Naive),
+            "diesel" => Ok(Pattern::Diesel),
             "atomic" => Ok(Pattern::Atomic),
-            other => bail!("unknown pattern {other:?} (naive, atomic)"),
+            other => bail!("unknown pattern {other:?} (naive, diesel, atomic)"),
         }
     }
 }
+
+/// The error of a scenario asked for a side it lacks (the runner never asks: it runs
+/// [`Scenario::patterns`] only).
+pub(crate) fn no_diesel_side() -> upsert_kit::Error {
+    upsert_kit::Error::invalid("pattern", "this scenario has no plain-Diesel side")
+}
+
+/// The patterns of the scenarios without a plain-Diesel side.
+pub const NAIVE_AND_ATOMIC: &[Pattern] = &[Pattern::Naive, Pattern::Atomic];
+/// The patterns of the upsert scenarios.
+pub const ALL_PATTERNS: &[Pattern] = &[Pattern::Naive, Pattern::Diesel, Pattern::Atomic];
 
 /// The scenarios' sizes.
 #[derive(Debug, Clone)]
@@ -99,6 +121,8 @@ pub struct Anomalies {
     /// Acknowledged writes the final state does not show (for `first-insert`: keys left
     /// without a row).
     pub lost_updates: i64,
+    /// Writes counted more than once (`counter-retry`: retried deliveries counted again).
+    pub double_counted: i64,
     /// Units granted beyond a limit.
     pub over_limit: i64,
 }
@@ -120,6 +144,10 @@ pub trait Scenario<C = PgConnection>: Send + Sync {
     fn lockstep(&self) -> bool {
         false
     }
+    /// The patterns it has; a pattern asked for that it lacks is left out of its cells.
+    fn patterns(&self) -> &'static [Pattern] {
+        NAIVE_AND_ATOMIC
+    }
     /// Resets the scenario's tables before a cell.
     fn prepare(&self, conn: &mut C) -> Result<()>;
     /// One operation of `pattern`; returns its effect (see [`Tally::effect`]).
@@ -138,6 +166,7 @@ pub const NAMES: &[&str] = &[
     "get-or-create",
     "lock",
     "bulk",
+    "hot-key",
     "claim",
     "usage-counter",
     "usage-counter-retry",
@@ -155,6 +184,7 @@ pub fn by_name(name: &str, params: &Params) -> Result<Box<dyn Scenario>> {
         "get-or-create" => Box::new(primitives::GetOrCreate),
         "lock" => Box::new(LockedCounter),
         "bulk" => Box::new(Bulk::new(params.bulk_keys, params.batch)?),
+        "hot-key" => Box::new(HotKey::new()),
         "claim" => Box::new(primitives::Claim::new(params.claim_items)?),
         "usage-counter" => Box::new(primitives::UsageCounter::new()),
         "usage-counter-retry" => Box::new(primitives::UsageCounterRetry::new()),
@@ -232,6 +262,9 @@ impl Scenario for SteadyUpsert {
     fn name(&self) -> &'static str {
         "upsert"
     }
+    fn patterns(&self) -> &'static [Pattern] {
+        ALL_PATTERNS
+    }
     fn prepare(&self, conn: &mut PgConnection) -> Result<()> {
         conn.batch_execute("TRUNCATE strava_stats")?;
         bulk_upsert(conn, &self.rows)?;
@@ -245,9 +278,16 @@ impl Scenario for SteadyUpsert {
     ) -> upsert_kit::Result<u64> {
         let row = &self.rows[op.rng.usize(..self.rows.len())];
         match pattern {
-            Pattern::Naive => naive::query_then_upsert(conn, row)?,
-            Pattern::Atomic => atomic_upsert(conn, row)?,
-        };
+            Pattern::Naive => {
+                naive::query_then_upsert(conn, row)?;
+            }
+            Pattern::Diesel => {
+                plain::upsert_strava(conn, row)?;
+            }
+            Pattern::Atomic => {
+                atomic_upsert(conn, row)?;
+            }
+        }
         Ok(1)
     }
     fn verify(&self, conn: &mut PgConnection, _tally: &Tally) -> Result<Anomalies> {
@@ -264,6 +304,9 @@ impl Scenario for FirstInsert {
     }
     fn lockstep(&self) -> bool {
         true
+    }
+    fn patterns(&self) -> &'static [Pattern] {
+        ALL_PATTERNS
     }
     fn prepare(&self, conn: &mut PgConnection) -> Result<()> {
         conn.batch_execute("TRUNCATE wakatime_stats")?;
@@ -282,9 +325,16 @@ impl Scenario for FirstInsert {
             updated_at: timestamp(),
         };
         match pattern {
-            Pattern::Naive => naive::query_then_upsert(conn, &row)?,
-            Pattern::Atomic => atomic_upsert(conn, &row)?,
-        };
+            Pattern::Naive => {
+                naive::query_then_upsert(conn, &row)?;
+            }
+            Pattern::Diesel => {
+                plain::upsert_wakatime(conn, &row)?;
+            }
+            Pattern::Atomic => {
+                atomic_upsert(conn, &row)?;
+            }
+        }
         Ok(1)
     }
     fn verify(&self, conn: &mut PgConnection, tally: &Tally) -> Result<Anomalies> {
@@ -300,7 +350,7 @@ impl Scenario for FirstInsert {
             duplicate_rows: rows - distinct,
             // One row per round is expected: a round without its row lost its write.
             lost_updates: tally.rounds as i64 - distinct,
-            over_limit: 0,
+            ..Anomalies::default()
         })
     }
 }
@@ -391,6 +441,9 @@ impl Scenario for Bulk {
     fn units_per_op(&self) -> u64 {
         self.batch as u64
     }
+    fn patterns(&self) -> &'static [Pattern] {
+        ALL_PATTERNS
+    }
     fn prepare(&self, conn: &mut PgConnection) -> Result<()> {
         conn.batch_execute("TRUNCATE strava_stats")?;
         bulk_upsert(conn, &self.rows)?;
@@ -409,6 +462,9 @@ impl Scenario for Bulk {
                 for row in batch {
                     atomic_upsert(conn, row)?;
                 }
+            }
+            Pattern::Diesel => {
+                plain::bulk_upsert_strava(conn, batch)?;
             }
             Pattern::Atomic => {
                 bulk_upsert(conn, batch)?;
@@ -435,6 +491,71 @@ fn stats_anomalies(conn: &mut PgConnection, expected: usize) -> Result<Anomalies
     Ok(Anomalies {
         duplicate_rows: rows - distinct,
         lost_updates: expected as i64 - distinct,
-        over_limit: 0,
+        ..Anomalies::default()
     })
+}
+
+/// `hot-key`: every worker upserts the same existing key, as fast as it can (the cron storm
+/// on one account): the row lock of that key is the whole contention. The naive side holds
+/// it from its `UPDATE` to its `COMMIT` (a round trip more); the others hold it for one
+/// statement.
+struct HotKey {
+    rows: Vec<StravaStats>,
+}
+
+impl HotKey {
+    /// One row per worker (as many as the report has ever used), all with the hot key and
+    /// each with its own payload, so that every write changes the row.
+    fn new() -> Self {
+        HotKey {
+            rows: (0..64)
+                .map(|w| StravaStats {
+                    stats_type: HOT_KEY.to_owned(),
+                    data: crate::payload::stats_payload(w),
+                    created_at: timestamp(),
+                    updated_at: timestamp(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The key of the `hot-key` scenario.
+const HOT_KEY: &str = "hot-key";
+
+impl Scenario for HotKey {
+    fn name(&self) -> &'static str {
+        "hot-key"
+    }
+    fn patterns(&self) -> &'static [Pattern] {
+        ALL_PATTERNS
+    }
+    fn prepare(&self, conn: &mut PgConnection) -> Result<()> {
+        conn.batch_execute("TRUNCATE strava_stats")?;
+        bulk_upsert(conn, &self.rows[..1])?;
+        Ok(())
+    }
+    fn op(
+        &self,
+        conn: &mut PgConnection,
+        pattern: Pattern,
+        op: &mut Op<'_>,
+    ) -> upsert_kit::Result<u64> {
+        let row = &self.rows[op.worker % self.rows.len()];
+        match pattern {
+            Pattern::Naive => {
+                naive::query_then_upsert(conn, row)?;
+            }
+            Pattern::Diesel => {
+                plain::upsert_strava(conn, row)?;
+            }
+            Pattern::Atomic => {
+                atomic_upsert(conn, row)?;
+            }
+        }
+        Ok(1)
+    }
+    fn verify(&self, conn: &mut PgConnection, _tally: &Tally) -> Result<Anomalies> {
+        stats_anomalies(conn, 1)
+    }
 }

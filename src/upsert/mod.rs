@@ -8,13 +8,18 @@
 //!   `xmax`; one written by `DO UPDATE` carries the updating transaction's id. This relies on an
 //!   implementation detail of PostgreSQL's MVCC that has held since `ON CONFLICT` exists (9.5).
 //!   A row filtered out by the condition returns nothing.
-//! - SQLite: inside one `BEGIN IMMEDIATE` transaction (SQLite has one writer, so nothing can
-//!   slip in between), `INSERT … ON CONFLICT DO NOTHING`, and only if that inserted nothing, the
-//!   `DO UPDATE` statement; the number of changed rows tells the outcome. When the caller
-//!   already has a transaction open (a whole job run in one `immediate_transaction`), the two
-//!   statements run in a savepoint of it instead (SQLite refuses a nested `BEGIN`); the first
-//!   statement takes the write lock if the caller's transaction does not hold it yet, so
-//!   nothing slips in between either.
+//! - SQLite: no transaction of its own, and the values bound once per statement. An upsert
+//!   without an update condition first runs `UPDATE … WHERE key = …`: one changed row is
+//!   `Updated`, the whole work when the key exists (the common case of a sync job). Otherwise
+//!   (a new key, or an `update_if` condition) one `INSERT … ON CONFLICT` statement reads
+//!   whether the key exists (a materialized common table expression that the insert's `SELECT`
+//!   reads, so it is computed before the row is written) and then inserts or updates,
+//!   `RETURNING NOT existed`. Each statement is atomic by itself: a writing statement takes
+//!   SQLite's single write lock when it starts, so nothing slips in between its read and its
+//!   write, and the outcome reported is that of the statement that wrote. Outside a
+//!   transaction each statement commits on its own, inside the caller's it is part of it.
+//!   Writers of one process queue for the file before they ask SQLite for the lock
+//!   ([`tx::immediate_transaction`]).
 //! - MySQL and MariaDB: one `INSERT … ON DUPLICATE KEY UPDATE` whose first assignment records
 //!   in session variables whether the key existed (a fresh nonce), whether the existing row is
 //!   the key's own and whether the condition held (judged once, on the stored row, before any
@@ -54,12 +59,14 @@ pub(crate) mod model;
 #[cfg(feature = "mysql")]
 mod mysql;
 pub(crate) mod statement;
+mod stream;
 
 pub use helpers::{
     atomic_upsert_auth, atomic_upsert_stats, incoming, AuthModel, Changed, Incoming, Newer,
     StatsModel,
 };
 pub use model::{BindColumns, BindRow, CheckedValue, ColumnArrays, UpsertModel};
+pub use stream::{bulk_upsert_stream, Commit};
 
 use crate::error::{Error, InvalidInput, Result};
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
@@ -75,6 +82,8 @@ use diesel::sqlite::{Sqlite, SqliteConnection};
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 use diesel::RunQueryDsl;
 use diesel::{Column, QueryResult};
+#[cfg(feature = "sqlite")]
+use statement::UpdateByKeySql;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 use statement::{OnConflict, UpsertSql, Values};
 use std::fmt;
@@ -259,8 +268,14 @@ where
     }
 }
 
+/// One row's upsert on SQLite, with the values bound once per statement. Without an update
+/// condition, first `UPDATE … WHERE key = …` ([`UpdateByKeySql`]): one changed row means the
+/// key existed and was overwritten, the whole work of the common case. Otherwise (a new key,
+/// or a condition) one statement that reads whether the key exists and writes the row
+/// ([`Values::Probed`]); it is atomic on its own, so whatever happened between the two
+/// statements, the outcome it reports is exact.
 #[cfg(feature = "sqlite")]
-fn sqlite_upsert_in_tx<M, F>(
+fn sqlite_upsert_row<M, F>(
     conn: &mut SqliteConnection,
     row: &M,
     update: &[&'static str],
@@ -271,24 +286,37 @@ where
     M::Table: QueryFragment<Sqlite>,
     F: QueryFragment<Sqlite>,
 {
-    let statement = |on_conflict| UpsertSql::<M, F, Sqlite> {
+    let in_tx = tx::in_transaction(conn);
+    if condition.is_none() && !update.is_empty() && M::ONE_BIND_PER_COLUMN {
+        let sql = UpdateByKeySql::<M> {
+            table: M::Table::default(),
+            row,
+            update,
+        };
+        if sql
+            .execute(conn)
+            .map_err(|e| tx::statement_error(in_tx, e))?
+            == 1
+        {
+            return Ok(UpsertOutcome::Updated);
+        }
+    }
+    let sql = UpsertSql::<M, F, Sqlite> {
         table: M::Table::default(),
-        values: Values::Row(row),
+        values: Values::Probed(row),
         update,
         condition,
-        on_conflict,
-        returning_inserted: false,
+        on_conflict: OnConflict::Update,
+        returning_inserted: true,
     };
-    if statement(OnConflict::Nothing).execute(conn)? == 1 {
-        return Ok(UpsertOutcome::Inserted);
+    match sql.load::<bool>(conn) {
+        Ok(flags) => Ok(match flags.first() {
+            Some(true) => UpsertOutcome::Inserted,
+            Some(false) => UpsertOutcome::Updated,
+            None => UpsertOutcome::Unchanged,
+        }),
+        Err(e) => Err(tx::statement_error(in_tx, e)),
     }
-    if update.is_empty() {
-        return Ok(UpsertOutcome::Unchanged);
-    }
-    Ok(match statement(OnConflict::Update).execute(conn)? {
-        0 => UpsertOutcome::Unchanged,
-        _ => UpsertOutcome::Updated,
-    })
 }
 
 #[cfg(feature = "sqlite")]
@@ -304,9 +332,7 @@ where
         update: &[&'static str],
         condition: Option<&F>,
     ) -> Result<UpsertOutcome> {
-        tx::sqlite_write(conn, |conn| {
-            sqlite_upsert_in_tx(conn, row, update, condition)
-        })
+        tx::sqlite_single(conn, |conn| sqlite_upsert_row(conn, row, update, condition))
     }
 
     fn upsert_sorted(
@@ -321,7 +347,7 @@ where
         tx::sqlite_write(conn, |conn| {
             let mut total = BulkOutcome::default();
             for row in rows {
-                total.record(sqlite_upsert_in_tx(conn, *row, update, condition)?);
+                total.record(sqlite_upsert_row(conn, *row, update, condition)?);
             }
             Ok(total)
         })
@@ -483,9 +509,8 @@ impl<'a, M: UpsertModel, F> Upsert<'a, M, F> {
         }
     }
 
-    /// Runs the upsert: one statement on PostgreSQL (one round trip), one immediate
-    /// transaction on SQLite, one statement and (unless it updated) a read of its session
-    /// variables on MySQL.
+    /// Runs the upsert: one statement on PostgreSQL (one round trip) and on SQLite, one
+    /// statement and (unless it updated) a read of its session variables on MySQL.
     ///
     /// # Errors
     /// - [`Error::InvalidInput`] before anything is sent, when [`UpsertModel::validate`] rejects

@@ -39,6 +39,26 @@ pub trait UpsertModel {
 
 /// Writes one row's values as bind parameters: `$1, $2, …`.
 pub trait BindRow<DB: Backend>: UpsertModel {
+    /// Whether [`BindRow::walk_row`] pushes exactly one bind parameter per column and nothing
+    /// else, so that a statement may refer to the `i`-th column's value by its position
+    /// (`?i` on SQLite). The derive's implementations do; a hand-written one that writes SQL of
+    /// its own for some column keeps the default, `false`. When it is `true`,
+    /// [`BindRow::walk_key`] is implemented too.
+    #[doc(hidden)]
+    const ONE_BIND_PER_COLUMN: bool = false;
+
+    /// Pushes the key's values alone, in [`UpsertModel::KEY`] order, separated by commas (the
+    /// derive's implementations; by default an error).
+    ///
+    /// # Errors
+    /// Serialization errors of the values; by default, that the model binds no key alone.
+    #[doc(hidden)]
+    fn walk_key<'b>(&'b self, _out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        Err(diesel::result::Error::QueryBuilderError(
+            "this model does not bind its key alone".into(),
+        ))
+    }
+
     /// Pushes the values, in [`UpsertModel::COLUMNS`] order, separated by commas.
     ///
     /// # Errors

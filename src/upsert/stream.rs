@@ -1,0 +1,114 @@
+//! Streaming bulk upserts: an iterator of any length, a bounded number of rows held.
+
+use super::{BulkOutcome, UpsertMany, Upsertable};
+use crate::error::{Error, InvalidInput, Result};
+use crate::tx;
+use diesel::connection::{AnsiTransactionManager, Connection};
+
+/// When the chunks of [`bulk_upsert_stream`] commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    /// Each chunk is its own transaction (one statement per chunk on PostgreSQL). Locks are
+    /// held for one chunk only, and a chunk's rows are sorted by key, so concurrent streams do
+    /// not deadlock. When a chunk fails, the chunks before it stay committed: an upsert is
+    /// idempotent, so run the whole stream again.
+    PerChunk,
+    /// One transaction around every chunk: all rows or none. Its locks are held until the end,
+    /// and rows are sorted within each chunk only, so two such streams over overlapping keys
+    /// in different orders can deadlock (a retryable [`Error::Deadlock`]); sort the input by
+    /// key to rule it out. The server keeps the whole transaction's changes until it commits.
+    AllOrNothing,
+}
+
+/// Upserts the rows of `rows`, of any length, holding at most `chunk_rows` of them at a time:
+/// each chunk of `chunk_rows` consecutive rows is one [`UpsertMany`] with the defaults of
+/// [`bulk_upsert`](super::bulk_upsert) (validated, keys collapsed with the last one winning,
+/// sorted by key, one statement on PostgreSQL).
+///
+/// **Bound**: the iterator's rows are moved into a buffer of `chunk_rows` rows, which is
+/// written and emptied before the next row is taken; the statement's column arrays borrow the
+/// buffer's rows. Memory is that of one chunk, whatever the stream's length.
+///
+/// **Across chunks** a key is not collapsed: a key in two chunks is written twice, in stream
+/// order, so the last row still wins, and it is counted in both chunks' outcomes (e.g. inserted
+/// by the first, updated by the second). `collapsed` counts rows collapsed within chunks.
+///
+/// # Errors
+/// - [`Error::InvalidInput`] naming the first invalid row by its position in the stream
+///   (`rows[i].field`); with [`Commit::PerChunk`] the chunks before its chunk are committed.
+/// - Any database error: with [`Commit::PerChunk`] the chunks before the failing one are
+///   committed, with [`Commit::AllOrNothing`] nothing is.
+///
+/// # Panics
+/// When `chunk_rows` is 0.
+///
+/// # Examples
+///
+/// ```
+/// # include!("../doctest_setup.rs");
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use upsert_kit::upsert::{bulk_upsert_stream, Commit};
+/// use upsert_kit::Upsert;
+/// #[derive(Upsert)]
+/// #[upsert(table = items, key(sku))]
+/// pub struct Item {
+///     pub sku: String,
+///     pub name: String,
+/// }
+/// let mut conn = establish_sqlite()?;
+/// // A million rows would be held 1,000 at a time; ten here.
+/// let rows = (0..10).map(|i| Item { sku: format!("sku-{}", i % 7), name: format!("item {i}") });
+/// let outcome = bulk_upsert_stream(&mut conn, rows, 4, Commit::AllOrNothing)?;
+/// // Keys 0 to 6, and keys 0 to 2 again in later chunks: the last row of each key wins.
+/// assert_eq!((outcome.inserted, outcome.updated), (7, 3));
+/// # Ok(()) }
+/// ```
+pub fn bulk_upsert_stream<C, M, I>(
+    conn: &mut C,
+    rows: I,
+    chunk_rows: usize,
+    commit: Commit,
+) -> Result<BulkOutcome>
+where
+    C: Connection<TransactionManager = AnsiTransactionManager>,
+    M: Upsertable<C>,
+    I: IntoIterator<Item = M>,
+{
+    assert!(chunk_rows > 0, "a chunk holds at least one row");
+    match commit {
+        Commit::PerChunk => stream(conn, rows.into_iter(), chunk_rows),
+        Commit::AllOrNothing => {
+            tx::transaction(conn, |conn| stream(conn, rows.into_iter(), chunk_rows))
+        }
+    }
+}
+
+fn stream<C, M, I>(conn: &mut C, rows: I, chunk_rows: usize) -> Result<BulkOutcome>
+where
+    M: Upsertable<C>,
+    I: Iterator<Item = M>,
+{
+    let mut total = BulkOutcome::default();
+    let mut buffer: Vec<M> = Vec::with_capacity(chunk_rows);
+    let mut rows = rows.enumerate().peekable();
+    while rows.peek().is_some() {
+        buffer.clear();
+        for (i, row) in rows.by_ref().take(chunk_rows) {
+            row.validate().map_err(|e| {
+                Error::InvalidInput(InvalidInput::new(
+                    format!("rows[{i}].{}", e.field),
+                    e.reason,
+                ))
+            })?;
+            buffer.push(row);
+        }
+        let part = UpsertMany::new(&buffer)
+            .chunk_size(chunk_rows)
+            .execute(conn)?;
+        total.inserted += part.inserted;
+        total.updated += part.updated;
+        total.unchanged += part.unchanged;
+        total.collapsed += part.collapsed;
+    }
+    Ok(total)
+}
