@@ -546,3 +546,58 @@ fn a_write_the_schema_refuses_is_reported_once_in_one_line() {
         "check violation",
     );
 }
+
+/// MySQL commits each `CREATE TABLE` by itself, so a run killed while migrating leaves tables
+/// without the migration recorded. The next run finishes the migration instead of failing on
+/// `Table 'strava_stats' already exists` forever (found by killing runs mid-migration).
+#[test]
+fn on_mysql_a_migration_cut_off_after_its_first_table_is_finished_by_the_next_run() {
+    use diesel::connection::SimpleConnection;
+    let db = upsert_kit_support::TestMysql::new();
+    db.conn()
+        .batch_execute(
+            "CREATE TABLE strava_stats (id BIGINT AUTO_INCREMENT PRIMARY KEY, \
+             stats_type VARCHAR(64) NOT NULL UNIQUE CHECK (stats_type <> ''), data JSON NOT NULL, \
+             created_at DATETIME(6) NOT NULL DEFAULT (UTC_TIMESTAMP(6)), \
+             updated_at DATETIME(6) NOT NULL DEFAULT (UTC_TIMESTAMP(6)))",
+        )
+        .unwrap();
+    let out = job("strava-sync", db.url())
+        .args(["--json", "--from-file"])
+        .arg(example("strava.json"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(counts(&summary(&out)), (3, 0, 0, "inserted".into()));
+}
+
+/// Eight runs started together on a fresh, unmigrated MySQL database: the migration runs once
+/// under its lock, one run inserts the rows, the others find them unchanged.
+#[test]
+fn on_mysql_eight_runs_at_once_migrate_a_fresh_database_once() {
+    let db = upsert_kit_support::TestMysql::new();
+    let url = db.url().to_owned();
+    let outs = upsert_kit_support::race(8, move |_| {
+        job("strava-sync", &url)
+            .args(["--json", "--from-file"])
+            .arg(example("strava.json"))
+            .output()
+            .unwrap()
+    });
+    let mut inserted = 0;
+    for out in &outs {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (i, u, n, _) = counts(&summary(out));
+        assert_eq!((i + u + n, u), (3, 0));
+        inserted += i;
+    }
+    assert_eq!(inserted, 3, "each stats row inserted by exactly one run");
+}
