@@ -136,12 +136,22 @@ impl Retry {
     ///
     /// # Errors
     /// The last error of `f`.
-    pub fn run<T>(&self, mut f: impl FnMut(u32) -> Result<T>) -> Result<T> {
+    pub fn run<T>(&self, f: impl FnMut(u32) -> Result<T>) -> Result<T> {
+        self.run_while(|e| self.retries(e), f)
+    }
+
+    /// [`Retry::run`], retrying only the errors `retry` accepts (the crate's own retries of
+    /// one error class).
+    pub(crate) fn run_while<T>(
+        &self,
+        retry: impl Fn(&Error) -> bool,
+        mut f: impl FnMut(u32) -> Result<T>,
+    ) -> Result<T> {
         let mut attempt = 0;
         loop {
             match f(attempt) {
                 Ok(value) => return Ok(value),
-                Err(e) if attempt + 1 < self.max_attempts && self.retries(&e) => {
+                Err(e) if attempt + 1 < self.max_attempts && retry(&e) => {
                     let delay = self.backoff(attempt);
                     tracing::debug!(
                         attempt,

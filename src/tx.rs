@@ -214,19 +214,12 @@ where
     #[cfg(feature = "mysql")]
     {
         if !in_transaction(conn.raw()) {
-            let mut attempt = 1;
-            loop {
-                match f(conn) {
-                    Err(Error::Deadlock(m)) if attempt < DEADLOCK_ATTEMPTS => {
-                        tracing::debug!(attempt, "deadlock victim, running the write again: {m}");
-                        attempt += 1;
-                        std::thread::sleep(std::time::Duration::from_millis(fastrand::u64(
-                            1..=5 * u64::from(attempt),
-                        )));
-                    }
-                    other => return other,
-                }
-            }
+            use std::time::Duration;
+            return crate::retry::Retry::new()
+                .max_attempts(DEADLOCK_ATTEMPTS)
+                .base_delay(Duration::from_millis(2))
+                .max_delay(Duration::from_millis(20))
+                .run_while(|e| matches!(e, Error::Deadlock(_)), |_| f(conn));
         }
     }
     f(conn)
