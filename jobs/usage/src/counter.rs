@@ -1,16 +1,21 @@
 //! Usage counters: atomic increments recorded once per idempotency key.
 //!
-//! An increment finds the account's current period (one `SELECT`), then, on PostgreSQL, runs
-//! one statement that is its own transaction:
+//! An increment is, on PostgreSQL, one statement that is its own transaction (one round trip);
+//! it finds the account's period by its natural key, the month's first instant:
 //!
 //! ```sql
 //! WITH up AS (UPDATE usage_periods SET tokens_used = tokens_used + $t, …
-//!             WHERE account = $account AND id = $period RETURNING id, tokens_used, …)
-//! INSERT INTO usage_events (account, idempotency_key, …, tokens_total, …)
-//! SELECT $account, $key, …, up.tokens_used, … FROM up
-//! RETURNING id, tokens_total, …
+//!             WHERE account = $account AND period_start = $start
+//!             RETURNING id, tokens_used, …)
+//! INSERT INTO usage_events (account, idempotency_key, period_id, …, tokens_total, …)
+//! SELECT $account, $key, up.id, …, up.tokens_used, … FROM up
+//! RETURNING id, period_id, tokens_total, …
 //! ```
 //!
+//! - On the first increment of a month the period row does not exist yet: nothing is updated,
+//!   nothing inserted, no row comes back; the period is then created with
+//!   [`get_or_create_usage_period`](crate::get_or_create_usage_period) and the statement runs
+//!   again.
 //! - The counter update is `SET n = n + d` under the row lock: concurrent increments queue on
 //!   the row, none reads a value and writes it back, so none is lost.
 //! - The ledger row, carrying the totals right after the update, commits with the counter
@@ -38,8 +43,8 @@
 //! [`crate::quota`] to refuse work that would exceed a limit.
 
 use crate::{
-    check_amount, check_instant, period_for, ApplyKeyed, Backend, Keyed, NewUsageEvent, Usage,
-    UsageConnection,
+    check_amount, check_instant, create_period, monthly_period, ApplyKeyed, Backend, Keyed,
+    KeyedRequest, Usage, UsageConnection,
 };
 use chrono::NaiveDateTime;
 use upsert_kit::{Error, Result};
@@ -47,9 +52,10 @@ use upsert_kit::{Error, Result};
 /// The longest idempotency key, in bytes (UTF-8).
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
 
-/// How many times an increment inserts its key again when the key's ledger row was pruned
-/// between the conflicting insert and the read.
-const KEY_ATTEMPTS: u32 = 2;
+/// How many times an increment runs its statement: once more after creating the month's
+/// period (its first use), and once more when the key's ledger row was pruned between the
+/// conflicting insert and the read.
+const ATTEMPTS: u32 = 3;
 
 /// The library's idempotency key (not blank, no control characters, at most
 /// [`upsert_kit::idempotency::MAX_KEY_LEN`] bytes); the usage ledger's column holds at most
@@ -106,9 +112,10 @@ pub struct Increment {
 /// [`Retry::idempotent`](upsert_kit::Retry::idempotent) and the second example). A repeat is recognised by the key
 /// alone, whatever its `at`.
 ///
-/// **Cost** (PostgreSQL, READ COMMITTED assumed): two round trips, the period's `SELECT` and
-/// the increment statement (see the [module documentation](self)); two or three more on the
-/// first use of a month; one more (the ledger read) for a repeated key. Inside the caller's
+/// **Cost** (PostgreSQL, READ COMMITTED assumed): one round trip, the increment statement (see
+/// the [module documentation](self)); three or four more on the first use of a month (the
+/// period is created, then the statement runs again); one more (the ledger read) for a
+/// repeated key. Inside the caller's
 /// transaction it runs in a savepoint (two more). Under REPEATABLE READ or SERIALIZABLE
 /// concurrent increments of one period fail with [`Error::SerializationFailure`] instead of
 /// waiting: retry them with [`Retry`](upsert_kit::Retry).
@@ -183,25 +190,27 @@ pub fn increment<C: UsageConnection>(
     check_amounts(&amounts)?;
     check_instant("at", at)?;
     let hash = request_hash(&amounts);
+    let (period_start, _) = monthly_period(at)?;
     let b = conn.backend();
+    let request = KeyedRequest {
+        account,
+        idempotency_key: key.as_str(),
+        period_start,
+        amounts,
+        request_hash: hash,
+        created_at: chrono::Utc::now().naive_utc(),
+    };
     let mut violation = None;
-    for _ in 0..KEY_ATTEMPTS {
-        let period = period_for(b, account, at)?.row;
-        let event = NewUsageEvent {
-            account,
-            idempotency_key: key.as_str(),
-            period_id: period.id,
-            tokens: amounts.tokens,
-            reports: amounts.reports,
-            chats: amounts.chats,
-            request_hash: hash,
-            created_at: chrono::Utc::now().naive_utc(),
-        };
-        match b.apply_keyed(&event, amounts)? {
-            Keyed::Applied { event_id, totals } => {
+    for _ in 0..ATTEMPTS {
+        match b.apply_keyed(&request)? {
+            Keyed::Applied {
+                event_id,
+                period_id,
+                totals,
+            } => {
                 return Ok(Increment {
                     event_id,
-                    period_id: period.id,
+                    period_id,
                     totals,
                     applied: true,
                 })
@@ -237,8 +246,10 @@ pub fn increment<C: UsageConnection>(
                 );
                 violation = v;
             }
-            Keyed::PeriodGone => {
-                tracing::debug!(account, "usage period deleted while in use; trying again");
+            Keyed::NoPeriod => {
+                // The month's first increment (or its period was deleted): create the period
+                // (`NotFound` for an unknown account, nothing written), then count.
+                create_period(b, account, at)?;
             }
         }
     }

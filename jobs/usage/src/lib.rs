@@ -386,6 +386,10 @@ where
 /// The statements of the usage functions, written once and compiled for each backend.
 pub(crate) mod sealed {
     use super::*;
+    use diesel::pg::Pg;
+    use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
+    use diesel::sql_types::{BigInt, Text, Timestamp};
+    use diesel::QueryResult;
 
     /// The write transaction and the migrations of a backend.
     pub trait WriteTx: Sized {
@@ -425,68 +429,129 @@ pub(crate) mod sealed {
         }
     }
 
+    /// A keyed increment as [`ApplyKeyed::apply_keyed`] takes it: the ledger row's fields,
+    /// with the period named by its start (the statement finds its row).
+    #[derive(Debug, Clone, Copy)]
+    pub struct KeyedRequest<'a> {
+        pub account: i64,
+        pub idempotency_key: &'a str,
+        /// The period's first instant ([`crate::monthly_period`]).
+        pub period_start: NaiveDateTime,
+        pub amounts: Usage,
+        pub request_hash: i64,
+        pub created_at: NaiveDateTime,
+    }
+
     /// What [`ApplyKeyed::apply_keyed`] did.
     #[derive(Debug)]
     pub enum Keyed {
-        /// The key was new: the amounts were added; the ledger row and the totals after.
-        Applied { event_id: i64, totals: Usage },
+        /// The key was new: the amounts were added; the ledger row, its period and the totals
+        /// after.
+        Applied {
+            event_id: i64,
+            period_id: i64,
+            totals: Usage,
+        },
         /// The key is in the ledger already (committed by another call): nothing was changed.
         /// On PostgreSQL this is decided from the statement's unique violation (SQLSTATE
         /// 23505, whatever the constraint's or index's name, which Citus changes or drops);
         /// the violation is carried along, to be reported if the ledger then has no row for
         /// the key (the violation was another unique index's).
         KeyTaken { violation: Option<Error> },
-        /// The period row is gone: nothing was changed.
-        PeriodGone,
+        /// The account has no row for the period (its first use, or the row was deleted):
+        /// nothing was changed.
+        NoPeriod,
     }
 
     /// The keyed increment: ledger row and counter change, atomically.
     pub trait ApplyKeyed {
-        /// Adds `d` to the event's period and records the event with the totals after, unless
-        /// its key is in the ledger.
-        fn apply_keyed(&mut self, event: &NewUsageEvent<'_>, d: Usage) -> Result<Keyed>;
+        /// Adds the request's amounts to its account's period starting at `period_start` and
+        /// records the event with the totals after, unless its key is in the ledger or the
+        /// period row does not exist.
+        fn apply_keyed(&mut self, request: &KeyedRequest<'_>) -> Result<Keyed>;
     }
 
-    /// The totals `RETURNING` of the PostgreSQL keyed increment.
-    #[derive(QueryableByName)]
-    struct Applied {
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        id: i64,
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        tokens_total: i64,
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        reports_total: i64,
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        chats_total: i64,
+    /// The PostgreSQL keyed increment, one statement and one round trip: the counter update
+    /// of the period found by its natural key `(account, period_start)` (the unique index),
+    /// then the ledger insert fed by its `RETURNING`:
+    ///
+    /// ```sql
+    /// WITH up AS (UPDATE usage_periods SET tokens_used = tokens_used + $1, …
+    ///             WHERE account = $4 AND period_start = $5
+    ///             RETURNING id, tokens_used, reports_used, chats_used)
+    /// INSERT INTO usage_events (account, idempotency_key, period_id, tokens, …, created_at)
+    /// SELECT $6, $7, up.id, $8, …, up.tokens_used, …, $13 FROM up
+    /// RETURNING id, period_id, tokens_total, reports_total, chats_total
+    /// ```
+    ///
+    /// When the key exists the insert raises a unique violation and the whole statement,
+    /// counter update included, is undone; when the period row does not exist nothing is
+    /// updated and nothing inserted (no row comes back). The period row is locked first, then
+    /// the key's index entry, by every increment: no deadlock between increments.
+    ///
+    /// A query fragment of its own rather than `diesel::sql_query`, which Diesel never keeps
+    /// prepared: the text is fixed, so each connection prepares it once.
+    struct PgKeyedIncrement<'a>(&'a KeyedRequest<'a>);
+
+    /// What [`PgKeyedIncrement`] returns: the ledger row's id, its period's id, the totals.
+    type KeyedRow = (i64, i64, i64, i64, i64);
+
+    impl QueryId for PgKeyedIncrement<'_> {
+        type QueryId = PgKeyedIncrement<'static>;
+        const HAS_STATIC_QUERY_ID: bool = true;
     }
 
-    /// One statement: the counter update, then the ledger insert fed by its `RETURNING`. When
-    /// the key exists the insert raises a unique violation and the whole statement, counter
-    /// update included, is undone. The period row is locked first, then the key's index entry,
-    /// by every increment: no deadlock between increments.
-    const PG_KEYED_INCREMENT: &str = "WITH up AS (\
-         UPDATE usage_periods SET tokens_used = tokens_used + $1, \
-         reports_used = reports_used + $2, chats_used = chats_used + $3 \
-         WHERE account = $5 AND id = $4 RETURNING id, tokens_used, reports_used, chats_used) \
-         INSERT INTO usage_events (account, idempotency_key, period_id, tokens, reports, chats, \
-         request_hash, tokens_total, reports_total, chats_total, created_at) \
-         SELECT $5, $6, up.id, $1, $2, $3, $7, up.tokens_used, up.reports_used, up.chats_used, $8 \
-         FROM up RETURNING id, tokens_total, reports_total, chats_total";
+    impl Query for PgKeyedIncrement<'_> {
+        type SqlType = (BigInt, BigInt, BigInt, BigInt, BigInt);
+    }
+
+    impl RunQueryDsl<PgConnection> for PgKeyedIncrement<'_> {}
+
+    impl QueryFragment<Pg> for PgKeyedIncrement<'_> {
+        fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+            let r = self.0;
+            let d = &r.amounts;
+            out.push_sql("WITH up AS (UPDATE usage_periods SET tokens_used = tokens_used + ");
+            out.push_bind_param::<BigInt, _>(&d.tokens)?;
+            out.push_sql(", reports_used = reports_used + ");
+            out.push_bind_param::<BigInt, _>(&d.reports)?;
+            out.push_sql(", chats_used = chats_used + ");
+            out.push_bind_param::<BigInt, _>(&d.chats)?;
+            out.push_sql(" WHERE account = ");
+            out.push_bind_param::<BigInt, _>(&r.account)?;
+            out.push_sql(" AND period_start = ");
+            out.push_bind_param::<Timestamp, _>(&r.period_start)?;
+            out.push_sql(
+                " RETURNING id, tokens_used, reports_used, chats_used) \
+                 INSERT INTO usage_events (account, idempotency_key, period_id, tokens, reports, \
+                 chats, request_hash, tokens_total, reports_total, chats_total, created_at) \
+                 SELECT ",
+            );
+            out.push_bind_param::<BigInt, _>(&r.account)?;
+            out.push_sql(", ");
+            out.push_bind_param::<Text, _>(&r.idempotency_key)?;
+            out.push_sql(", up.id, ");
+            out.push_bind_param::<BigInt, _>(&d.tokens)?;
+            out.push_sql(", ");
+            out.push_bind_param::<BigInt, _>(&d.reports)?;
+            out.push_sql(", ");
+            out.push_bind_param::<BigInt, _>(&d.chats)?;
+            out.push_sql(", ");
+            out.push_bind_param::<BigInt, _>(&r.request_hash)?;
+            out.push_sql(", up.tokens_used, up.reports_used, up.chats_used, ");
+            out.push_bind_param::<Timestamp, _>(&r.created_at)?;
+            out.push_sql(
+                " FROM up RETURNING id, period_id, tokens_total, reports_total, chats_total",
+            );
+            Ok(())
+        }
+    }
 
     impl ApplyKeyed for PgConnection {
-        fn apply_keyed(&mut self, event: &NewUsageEvent<'_>, d: Usage) -> Result<Keyed> {
-            use diesel::sql_types::{BigInt, Text, Timestamp};
+        fn apply_keyed(&mut self, request: &KeyedRequest<'_>) -> Result<Keyed> {
             let in_tx = upsert_kit::tx::in_transaction(self);
-            let statement = |conn: &mut PgConnection| -> Result<Vec<Applied>> {
-                diesel::sql_query(PG_KEYED_INCREMENT)
-                    .bind::<BigInt, _>(d.tokens)
-                    .bind::<BigInt, _>(d.reports)
-                    .bind::<BigInt, _>(d.chats)
-                    .bind::<BigInt, _>(event.period_id)
-                    .bind::<BigInt, _>(event.account)
-                    .bind::<Text, _>(event.idempotency_key)
-                    .bind::<BigInt, _>(event.request_hash)
-                    .bind::<Timestamp, _>(event.created_at)
+            let statement = |conn: &mut PgConnection| -> Result<Vec<KeyedRow>> {
+                PgKeyedIncrement(request)
                     .load(conn)
                     .map_err(|e| upsert_kit::tx::statement_error(in_tx, e))
             };
@@ -499,15 +564,16 @@ pub(crate) mod sealed {
             };
             match result {
                 Ok(rows) => Ok(match rows.into_iter().next() {
-                    Some(a) => Keyed::Applied {
-                        event_id: a.id,
+                    Some((event_id, period_id, tokens, reports, chats)) => Keyed::Applied {
+                        event_id,
+                        period_id,
                         totals: Usage {
-                            tokens: a.tokens_total,
-                            reports: a.reports_total,
-                            chats: a.chats_total,
+                            tokens,
+                            reports,
+                            chats,
                         },
                     },
-                    None => Keyed::PeriodGone,
+                    None => Keyed::NoPeriod,
                 }),
                 // The statement inserts one ledger row: a unique violation means its key (or,
                 // rarely, another unique index of the ledger) is taken. The caller reads the
@@ -525,14 +591,32 @@ pub(crate) mod sealed {
     }
 
     impl ApplyKeyed for SqliteConnection {
-        fn apply_keyed(&mut self, event: &NewUsageEvent<'_>, d: Usage) -> Result<Keyed> {
-            // One writer at a time: claim the key, then count, in one immediate transaction.
-            upsert_kit::tx::immediate_transaction(self, |conn| match conn.insert_event(event)? {
-                Some(event_id) => Ok(Keyed::Applied {
-                    event_id,
-                    totals: conn.apply_increment(event.account, event.period_id, event_id, d)?,
-                }),
-                None => Ok(Keyed::KeyTaken { violation: None }),
+        fn apply_keyed(&mut self, request: &KeyedRequest<'_>) -> Result<Keyed> {
+            // One writer at a time: find the period, claim the key, then count, in one
+            // immediate transaction.
+            upsert_kit::tx::immediate_transaction(self, |conn| {
+                let Some(period) = conn.find_period(request.account, request.period_start)? else {
+                    return Ok(Keyed::NoPeriod);
+                };
+                let d = request.amounts;
+                let event = NewUsageEvent {
+                    account: request.account,
+                    idempotency_key: request.idempotency_key,
+                    period_id: period.id,
+                    tokens: d.tokens,
+                    reports: d.reports,
+                    chats: d.chats,
+                    request_hash: request.request_hash,
+                    created_at: request.created_at,
+                };
+                match conn.insert_event(&event)? {
+                    Some(event_id) => Ok(Keyed::Applied {
+                        event_id,
+                        period_id: period.id,
+                        totals: conn.apply_increment(request.account, period.id, event_id, d)?,
+                    }),
+                    None => Ok(Keyed::KeyTaken { violation: None }),
+                }
             })
         }
     }
@@ -554,25 +638,72 @@ pub(crate) mod sealed {
         ) -> Result<Option<UsagePeriod>>;
     }
 
-    /// The id `RETURNING` of the PostgreSQL reservation statement.
-    #[derive(QueryableByName)]
-    struct ReservedId {
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        id: i64,
+    /// The PostgreSQL reservation, one statement: the conditional update of the period feeds
+    /// the reservation's insert, so both happen or neither.
+    ///
+    /// ```sql
+    /// WITH up AS (UPDATE usage_periods SET m_reserved = m_reserved + $1
+    ///             WHERE account = $2 AND id = $3 AND m_used + m_reserved + $4 <= m_limit
+    ///             RETURNING id)
+    /// INSERT INTO usage_reservations (period_id, account, metric, amount, expires_at, created_at)
+    /// SELECT up.id, $5, $6, $7, $8, $9 FROM up RETURNING id
+    /// ```
+    ///
+    /// `m` is the metric's column prefix, a fixed identifier: one text per metric, each
+    /// prepared once per connection (a query fragment, not `diesel::sql_query`, which Diesel
+    /// never keeps prepared).
+    struct PgReserve<'a> {
+        new: &'a NewReservation<'a>,
+        metric: Metric,
     }
 
-    /// One statement: the conditional update of the period feeds the reservation's insert, so
-    /// both happen or neither. The metric's columns are fixed identifiers, one text per metric.
-    macro_rules! pg_reserve_sql {
-        ($m:literal) => {
-            concat!(
-                "WITH up AS (UPDATE usage_periods SET ", $m, "_reserved = ", $m, "_reserved + $1 ",
-                "WHERE account = $3 AND id = $2 AND ", $m, "_used + ", $m, "_reserved + $1 <= ", $m, "_limit ",
-                "RETURNING id) ",
-                "INSERT INTO usage_reservations (period_id, account, metric, amount, expires_at, created_at) ",
-                "SELECT up.id, $3, $4, $1, $5, $6 FROM up RETURNING id"
-            )
-        };
+    impl QueryId for PgReserve<'_> {
+        type QueryId = ();
+        const HAS_STATIC_QUERY_ID: bool = false;
+    }
+
+    impl Query for PgReserve<'_> {
+        type SqlType = BigInt;
+    }
+
+    impl RunQueryDsl<PgConnection> for PgReserve<'_> {}
+
+    impl QueryFragment<Pg> for PgReserve<'_> {
+        fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+            let (n, m) = (self.new, self.metric.as_str());
+            out.push_sql("WITH up AS (UPDATE usage_periods SET ");
+            out.push_sql(m);
+            out.push_sql("_reserved = ");
+            out.push_sql(m);
+            out.push_sql("_reserved + ");
+            out.push_bind_param::<BigInt, _>(&n.amount)?;
+            out.push_sql(" WHERE account = ");
+            out.push_bind_param::<BigInt, _>(&n.account)?;
+            out.push_sql(" AND id = ");
+            out.push_bind_param::<BigInt, _>(&n.period_id)?;
+            for part in [" AND ", m, "_used + ", m, "_reserved + "] {
+                out.push_sql(part);
+            }
+            out.push_bind_param::<BigInt, _>(&n.amount)?;
+            for part in [" <= ", m, "_limit RETURNING id) "] {
+                out.push_sql(part);
+            }
+            out.push_sql(
+                "INSERT INTO usage_reservations \
+                 (period_id, account, metric, amount, expires_at, created_at) SELECT up.id, ",
+            );
+            out.push_bind_param::<BigInt, _>(&n.account)?;
+            out.push_sql(", ");
+            out.push_bind_param::<Text, _>(&n.metric)?;
+            out.push_sql(", ");
+            out.push_bind_param::<BigInt, _>(&n.amount)?;
+            out.push_sql(", ");
+            out.push_bind_param::<Timestamp, _>(&n.expires_at)?;
+            out.push_sql(", ");
+            out.push_bind_param::<Timestamp, _>(&n.created_at)?;
+            out.push_sql(" FROM up RETURNING id");
+            Ok(())
+        }
     }
 
     /// A statement's result, with a lost connection reported as an unknown outcome when the
@@ -587,23 +718,11 @@ pub(crate) mod sealed {
 
     impl QuotaStep for PgConnection {
         fn reserve_one(&mut self, new: &NewReservation<'_>, metric: Metric) -> Result<Option<i64>> {
-            use diesel::sql_types::{BigInt, Text, Timestamp};
-            let sql = match metric {
-                Metric::Tokens => pg_reserve_sql!("tokens"),
-                Metric::Reports => pg_reserve_sql!("reports"),
-                Metric::Chats => pg_reserve_sql!("chats"),
-            };
             let in_tx = upsert_kit::tx::in_transaction(self);
-            let rows: Vec<ReservedId> = diesel::sql_query(sql)
-                .bind::<BigInt, _>(new.amount)
-                .bind::<BigInt, _>(new.period_id)
-                .bind::<BigInt, _>(new.account)
-                .bind::<Text, _>(new.metric)
-                .bind::<Timestamp, _>(new.expires_at)
-                .bind::<Timestamp, _>(new.created_at)
+            let rows: Vec<i64> = PgReserve { new, metric }
                 .load(self)
                 .map_err(|e| upsert_kit::tx::statement_error(in_tx, e))?;
-            Ok(rows.first().map(|r| r.id))
+            Ok(rows.first().copied())
         }
 
         fn consume_one(
@@ -952,7 +1071,7 @@ pub(crate) mod sealed {
     backend!(PgConnection, SqliteConnection);
 }
 
-pub(crate) use sealed::{ApplyKeyed, Backend, Keyed, QuotaStep, WriteTx};
+pub(crate) use sealed::{ApplyKeyed, Backend, Keyed, KeyedRequest, QuotaStep, WriteTx};
 
 /// Checks a caller's instant (years 1 to 9999, the range both backends store).
 pub(crate) fn check_instant(field: &str, at: NaiveDateTime) -> Result<()> {
@@ -1104,13 +1223,24 @@ pub(crate) fn period_for<B: Backend>(
     account: i64,
     at: NaiveDateTime,
 ) -> Result<Obtained<UsagePeriod>> {
-    let (start, end) = monthly_period(at)?;
+    let (start, _) = monthly_period(at)?;
     if let Some(period) = b.find_period(account, start)? {
         return Ok(Obtained {
             row: period,
             created: false,
         });
     }
+    create_period(b, account, at)
+}
+
+/// Creates `account`'s period containing `at` with the account's current limits, or gets the
+/// one a concurrent call created.
+pub(crate) fn create_period<B: Backend>(
+    b: &mut B,
+    account: i64,
+    at: NaiveDateTime,
+) -> Result<Obtained<UsagePeriod>> {
+    let (start, end) = monthly_period(at)?;
     let limits = b
         .account_limits(account)?
         .ok_or_else(|| unknown_account(account))?;

@@ -471,3 +471,97 @@ fn sqlite_increments_from_8_threads_sum_exactly_and_a_shared_key_counts_once() {
     let rows: i64 = usage_events::table.count().get_result(&mut conn).unwrap();
     assert_eq!(rows, THREADS as i64 * EACH + 1);
 }
+
+/// The first increments of a month find no period row (the statement matches the period by
+/// `(account, period_start)` and updates nothing); each then creates the period, or gets the
+/// one a concurrent call created, and counts. From 8 threads at once, on both backends: one
+/// period per month, every increment counted in it, every caller told the same period.
+fn first_increments_of_a_month_at_once<C>(
+    pool: diesel::r2d2::Pool<diesel::r2d2::ConnectionManager<C>>,
+) where
+    C: diesel::r2d2::R2D2Connection + 'static,
+    diesel::r2d2::PooledConnection<diesel::r2d2::ConnectionManager<C>>: UsageConnection,
+{
+    const THREADS: usize = 8;
+    const MONTHS: u32 = 4;
+    set_usage_limits(&mut pool.get().unwrap(), ACCOUNT, big_limits(), at()).unwrap();
+    for month in 1..=MONTHS {
+        let when = NaiveDate::from_ymd_opt(2027, month, 9)
+            .unwrap()
+            .and_hms_opt(8, 0, 0)
+            .unwrap();
+        let p = pool.clone();
+        let results = race(THREADS, move |t| {
+            increment(
+                &mut p.get().unwrap(),
+                ACCOUNT,
+                &format!("m{month}-t{t}"),
+                when,
+                Usage::tokens(5),
+            )
+            .unwrap()
+        });
+        assert!(results.iter().all(|r| r.applied));
+        let mut conn = pool.get().unwrap();
+        let period = get_or_create_usage_period(&mut conn, ACCOUNT, when).unwrap();
+        assert!(!period.created, "the increments created the period");
+        assert!(results.iter().all(|r| r.period_id == period.row.id));
+        assert_eq!(period.row.tokens_used, 5 * THREADS as i64);
+        let mut totals: Vec<i64> = results.iter().map(|r| r.totals.tokens).collect();
+        totals.sort_unstable();
+        let expected: Vec<i64> = (1..=THREADS as i64).map(|n| 5 * n).collect();
+        assert_eq!(
+            totals, expected,
+            "each increment saw the totals right after its own"
+        );
+    }
+}
+
+#[test]
+fn the_first_increments_of_a_month_from_8_threads_create_one_period_and_count_all() {
+    let db = TestDb::migrated(PG_MIGRATIONS);
+    let pool = db.pool(8);
+    first_increments_of_a_month_at_once(pool.clone());
+    let periods: i64 = usage_periods::table
+        .filter(usage_periods::account.eq(ACCOUNT))
+        .count()
+        .get_result(&mut pool.get().unwrap())
+        .unwrap();
+    assert_eq!(periods, 4, "one period per month");
+}
+
+#[test]
+fn sqlite_first_increments_of_a_month_from_8_threads_create_one_period_and_count_all() {
+    let db = TestSqlite::migrated(SQLITE_MIGRATIONS);
+    let pool = db.pool(8);
+    first_increments_of_a_month_at_once(pool.clone());
+    let periods: i64 = usage_periods::table
+        .filter(usage_periods::account.eq(ACCOUNT))
+        .count()
+        .get_result(&mut pool.get().unwrap())
+        .unwrap();
+    assert_eq!(periods, 4, "one period per month");
+}
+
+/// A period deleted between two increments (an operator's clean-up): the next increment
+/// recreates it with the account's limits and counts there; nothing is lost or counted twice.
+#[test]
+fn an_increment_after_its_period_was_deleted_recreates_the_period_and_counts_once() {
+    let db = TestDb::migrated(PG_MIGRATIONS);
+    let mut conn = db.conn();
+    set_usage_limits(&mut conn, ACCOUNT, big_limits(), at()).unwrap();
+    let first = increment(&mut conn, ACCOUNT, "before", at(), Usage::tokens(4)).unwrap();
+    diesel::delete(usage_periods::table.filter(usage_periods::id.eq(first.period_id)))
+        .execute(&mut conn)
+        .unwrap();
+    let second = increment(&mut conn, ACCOUNT, "after", at(), Usage::tokens(6)).unwrap();
+    assert!(second.applied);
+    assert_ne!(second.period_id, first.period_id);
+    assert_eq!(second.totals.tokens, 6);
+    assert_eq!(tokens_used(&mut conn, ACCOUNT), 6);
+    assert_eq!(
+        ledger_rows(&mut conn),
+        1,
+        "the deleted period's ledger rows went with it"
+    );
+}
