@@ -426,40 +426,14 @@ fn extend_keeps_a_lease_alive_past_its_original_expiry_and_a_pooled_connection_c
 /// The tests above, on backend `$backend`; `$items` is how many jobs the eight workers drain.
 macro_rules! claim_tests {
     ($backend:ty, drained_items = $items:expr) => {
-        #[test]
-        fn eight_workers_drain_a_queue_processing_each_item_exactly_once() {
-            super::eight_workers_drain_a_queue_processing_each_item_exactly_once::<$backend>(
-                $items,
-            );
-        }
-
-        #[test]
-        fn an_empty_queue_returns_nothing_at_once_even_when_every_due_row_is_locked_elsewhere() {
-            super::an_empty_queue_returns_nothing_at_once_even_when_every_due_row_is_locked_elsewhere::<$backend>();
-        }
-
-        #[test]
-        fn a_dead_workers_claims_are_reclaimed_after_the_lease_and_its_late_completion_is_refused(
-        ) {
-            super::a_dead_workers_claims_are_reclaimed_after_the_lease_and_its_late_completion_is_refused::<$backend>();
-        }
-
-        #[test]
-        fn failures_count_attempts_back_off_and_park_the_item_past_the_maximum() {
-            super::failures_count_attempts_back_off_and_park_the_item_past_the_maximum::<$backend>(
-            );
-        }
-
-        #[test]
-        fn a_worker_that_keeps_dying_gets_its_item_parked_by_the_reaper() {
-            super::a_worker_that_keeps_dying_gets_its_item_parked_by_the_reaper::<$backend>();
-        }
-
-        #[test]
-        fn extend_keeps_a_lease_alive_past_its_original_expiry_and_a_pooled_connection_claims_the_same(
-        ) {
-            super::extend_keeps_a_lease_alive_past_its_original_expiry_and_a_pooled_connection_claims_the_same::<$backend>();
-        }
+        upsert_kit_support::tests_on!($backend:
+            eight_workers_drain_a_queue_processing_each_item_exactly_once($items),
+            an_empty_queue_returns_nothing_at_once_even_when_every_due_row_is_locked_elsewhere(),
+            a_dead_workers_claims_are_reclaimed_after_the_lease_and_its_late_completion_is_refused(),
+            failures_count_attempts_back_off_and_park_the_item_past_the_maximum(),
+            a_worker_that_keeps_dying_gets_its_item_parked_by_the_reaper(),
+            extend_keeps_a_lease_alive_past_its_original_expiry_and_a_pooled_connection_claims_the_same(),
+        );
     };
 }
 

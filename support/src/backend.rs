@@ -64,3 +64,18 @@ macro_rules! forward {
 forward!(crate::TestDb, PgConnection, "PostgreSQL");
 forward!(crate::TestMysql, MysqlConnection, "MySQL/MariaDB");
 forward!(crate::TestSqlite, SqliteConnection, "SQLite");
+
+/// `#[test]` wrappers that run test bodies written once, generic over a backend, on one
+/// backend: inside a module per backend, `tests_on!(Postgres: drains(5000), refuses())` defines
+/// `#[test] fn drains()` calling `super::drains::<Postgres>(5000)`, and `#[test] fn refuses()`
+/// calling `super::refuses::<Postgres>()`. The tests are then named by module and body,
+/// `postgres::drains`, `mysql::drains`, and each backend's figures stay at its call.
+#[macro_export]
+macro_rules! tests_on {
+    ($backend:ty: $($test:ident($($arg:expr),* $(,)?)),* $(,)?) => {$(
+        #[test]
+        fn $test() {
+            super::$test::<$backend>($($arg),*);
+        }
+    )*};
+}
