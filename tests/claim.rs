@@ -1,28 +1,30 @@
-//! Work claims (`FOR UPDATE SKIP LOCKED` with leases) on a real PostgreSQL server
-//! (RELIABILITY.md 16–18), on two queues of the tests' own: `jobs` with its own column and
-//! status names, `tasks` with the defaults.
+//! Work claims (`FOR UPDATE SKIP LOCKED` with leases) on real servers (RELIABILITY.md 16–18).
+//!
+//! Each guarantee is one test body, generic over the backend ([`Backend`]), run on PostgreSQL
+//! (`postgres::…`) and on MySQL/MariaDB at the server's default isolation, REPEATABLE READ
+//! (`mysql::…`): the same `Queue` calls on both. The queues are the tests' own: `jobs` with its
+//! own column and status names, `tasks` with the defaults. A backend's own tests are in its
+//! module.
 
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
+use diesel::r2d2::R2D2Connection;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use upsert_kit::claim::{ClaimQueue, Failed, Queue};
+use upsert_kit::claim::{ClaimConnection, ClaimQueue, Failed, Queue};
 use upsert_kit::Error;
-use upsert_kit_support::{race, TestDb};
+use upsert_kit_support::{race, TestDatabase};
 
 // A queue of the test's own, with its own column and status names, to show the claims are
-// generic over the table.
+// generic over the table. Only the columns the tests read are declared: the queue names the
+// others through `ClaimQueue`, and their types are the backend's (see each `create_jobs`).
 diesel::table! {
     jobs (job_id) {
-        job_id -> Int8,
-        payload -> Int4,
+        job_id -> BigInt,
+        payload -> Integer,
         state -> Text,
-        tries -> Int4,
-        lease_until -> Nullable<Timestamptz>,
-        worker -> Nullable<Text>,
-        error -> Nullable<Text>,
-        runs -> Int4,
+        runs -> Integer,
     }
 }
 
@@ -47,42 +49,14 @@ impl ClaimQueue for Job {
     const FAILED: &'static str = "dead";
 }
 
-fn jobs_table(conn: &mut PgConnection, items: i32) {
-    conn.batch_execute(&format!(
-        "CREATE TABLE jobs (
-             job_id BIGSERIAL PRIMARY KEY,
-             payload INT NOT NULL,
-             state TEXT NOT NULL DEFAULT 'queued',
-             tries INT NOT NULL DEFAULT 0,
-             lease_until TIMESTAMPTZ,
-             worker TEXT,
-             error TEXT,
-             runs INT NOT NULL DEFAULT 0);
-         CREATE INDEX jobs_due ON jobs (job_id) WHERE state IN ('queued', 'again');
-         INSERT INTO jobs (payload) SELECT g FROM generate_series(1, {items}) g;"
-    ))
-    .unwrap();
-}
-
-fn states(conn: &mut PgConnection) -> HashMap<String, i64> {
-    jobs::table
-        .group_by(jobs::state)
-        .select((jobs::state, diesel::dsl::count_star()))
-        .load::<(String, i64)>(conn)
-        .unwrap()
-        .into_iter()
-        .collect()
-}
-
-// A queue with the default column names and statuses.
+// A queue with the default column names and statuses; as for `jobs`, only the columns the tests
+// read are declared.
 diesel::table! {
     tasks (id) {
-        id -> Int8,
+        id -> BigInt,
         name -> Text,
         status -> Text,
-        attempts -> Int4,
-        locked_until -> Nullable<Timestamptz>,
-        holder -> Nullable<Text>,
+        attempts -> Integer,
         last_error -> Nullable<Text>,
     }
 }
@@ -98,51 +72,125 @@ impl ClaimQueue for Task {
     type Table = tasks::table;
 }
 
-/// A database with an empty `tasks` queue.
-fn tasks_db() -> TestDb {
-    TestDb::with_sql(
-        "CREATE TABLE tasks (
-             id BIGSERIAL PRIMARY KEY,
-             name TEXT NOT NULL,
-             status TEXT NOT NULL DEFAULT 'pending',
-             attempts INT NOT NULL DEFAULT 0,
-             locked_until TIMESTAMPTZ,
-             holder TEXT,
-             last_error TEXT);
-         CREATE INDEX tasks_due ON tasks (id) WHERE status IN ('pending', 'retry');
-         CREATE INDEX tasks_leased ON tasks (locked_until) WHERE status = 'processing';",
-    )
+/// What the claim tests need of a backend beyond its test database: the queues' DDL and the
+/// statements that differ.
+trait Backend: 'static {
+    /// The backend's test database.
+    type Db: TestDatabase<Connection = Self::Conn>;
+    /// Its connection, which claims run on.
+    type Conn: ClaimConnection<Job> + ClaimConnection<Task> + R2D2Connection + Rows + Send + 'static;
+
+    /// A session's isolation level by default, as [`Backend::isolation`] reads it.
+    const DEFAULT_ISOLATION: &'static str;
+
+    /// The empty `tasks` table.
+    const TASKS: &'static str;
+
+    /// Creates a `jobs` table named `table` with `items` queued jobs (payloads 1..=items).
+    fn create_jobs(conn: &mut Self::Conn, table: &str, items: i32);
+
+    /// Adds `n` pending tasks (`task-1`…).
+    fn schedule(conn: &mut Self::Conn, n: i32);
+
+    /// Makes a statement that waits for a row lock fail after 5 s instead of hanging.
+    fn bound_lock_waits(conn: &mut Self::Conn);
+
+    /// Ends every task's backoff, as time passing would: due a second ago, server time.
+    fn end_backoffs(conn: &mut Self::Conn);
+
+    /// The session's isolation level.
+    fn isolation(conn: &mut Self::Conn) -> String;
 }
 
-/// Adds `n` pending tasks.
-fn schedule(conn: &mut PgConnection, n: i32) {
-    conn.batch_execute(&format!(
-        "INSERT INTO tasks (name) SELECT 'task-' || g FROM generate_series(1, {n}) g"
-    ))
-    .unwrap();
+/// The tests' own reads and writes of the two queues: the same Diesel code on each backend's
+/// connection (implemented by a macro, as the queries' bounds differ per backend).
+trait Rows {
+    /// How many jobs are in each state.
+    fn job_states(&mut self) -> HashMap<String, i64>;
+    /// Counts one run of job `id`: the work a worker does with its claim.
+    fn run_job(&mut self, id: i64);
+    /// How many jobs did not run exactly once.
+    fn jobs_not_run_once(&mut self) -> i64;
+    /// How many tasks are in each status.
+    fn task_states(&mut self) -> HashMap<String, i64>;
+    /// Task `id`'s status, attempts and last error.
+    fn task(&mut self, id: i64) -> (String, i32, Option<String>);
 }
 
-fn task_states(conn: &mut PgConnection) -> HashMap<String, i64> {
-    tasks::table
-        .group_by(tasks::status)
-        .select((tasks::status, diesel::dsl::count_star()))
-        .load::<(String, i64)>(conn)
-        .unwrap()
-        .into_iter()
-        .collect()
+macro_rules! rows {
+    ($($conn:ty),*) => {$(
+        impl Rows for $conn {
+            fn job_states(&mut self) -> HashMap<String, i64> {
+                jobs::table
+                    .group_by(jobs::state)
+                    .select((jobs::state, diesel::dsl::count_star()))
+                    .load::<(String, i64)>(self)
+                    .unwrap()
+                    .into_iter()
+                    .collect()
+            }
+
+            fn run_job(&mut self, id: i64) {
+                diesel::update(jobs::table.find(id))
+                    .set(jobs::runs.eq(jobs::runs + 1))
+                    .execute(self)
+                    .unwrap();
+            }
+
+            fn jobs_not_run_once(&mut self) -> i64 {
+                jobs::table
+                    .filter(jobs::runs.ne(1))
+                    .count()
+                    .get_result(self)
+                    .unwrap()
+            }
+
+            fn task_states(&mut self) -> HashMap<String, i64> {
+                tasks::table
+                    .group_by(tasks::status)
+                    .select((tasks::status, diesel::dsl::count_star()))
+                    .load::<(String, i64)>(self)
+                    .unwrap()
+                    .into_iter()
+                    .collect()
+            }
+
+            fn task(&mut self, id: i64) -> (String, i32, Option<String>) {
+                tasks::table
+                    .find(id)
+                    .select((tasks::status, tasks::attempts, tasks::last_error))
+                    .get_result(self)
+                    .unwrap()
+            }
+        }
+    )*};
+}
+
+rows!(PgConnection, MysqlConnection);
+
+/// A database with `n` pending tasks.
+fn tasks_db<B: Backend>(n: i32) -> B::Db {
+    let db = B::Db::with_sql(B::TASKS);
+    B::schedule(&mut db.conn(), n);
+    db
 }
 
 /// One connection per thread, opened before the race starts.
-fn conns(db: &TestDb, n: usize) -> Arc<Mutex<Vec<PgConnection>>> {
+fn conns<D: TestDatabase>(db: &D, n: usize) -> Arc<Mutex<Vec<D::Connection>>> {
     Arc::new(Mutex::new((0..n).map(|_| db.conn()).collect()))
 }
 
-#[test]
-fn eight_workers_drain_five_thousand_items_each_exactly_once() {
+/// Eight workers drain a queue of `items` jobs, 20 claims at a time.
+fn eight_workers_drain_a_queue_processing_each_item_exactly_once<B: Backend>(items: i32) {
     const WORKERS: usize = 8;
-    const ITEMS: i32 = 5000;
-    let db = TestDb::new();
-    jobs_table(&mut db.conn(), ITEMS);
+    let db = B::Db::new();
+    let mut conn = db.conn();
+    assert_eq!(
+        B::isolation(&mut conn),
+        B::DEFAULT_ISOLATION,
+        "the server's default"
+    );
+    B::create_jobs(&mut conn, "jobs", items);
 
     let conns = conns(&db, WORKERS);
     let processed = race(WORKERS, move |i| {
@@ -152,15 +200,14 @@ fn eight_workers_drain_five_thousand_items_each_exactly_once() {
         loop {
             let claims = queue.claim(&mut conn, 20).unwrap();
             if claims.is_empty() {
+                // The claims changed no session's isolation level.
+                assert_eq!(B::isolation(&mut conn), B::DEFAULT_ISOLATION);
                 return mine;
             }
             for claim in claims {
                 assert_eq!(claim.attempt, 1);
                 assert_eq!(claim.holder, format!("worker-{i}"));
-                diesel::update(jobs::table.find(claim.id))
-                    .set(jobs::runs.eq(jobs::runs + 1))
-                    .execute(&mut conn)
-                    .unwrap();
+                conn.run_job(claim.id);
                 mine.push(claim.item.payload);
                 queue.complete(&mut conn, &claim).unwrap();
             }
@@ -173,37 +220,35 @@ fn eight_workers_drain_five_thousand_items_each_exactly_once() {
     all.sort_unstable();
     all.dedup();
     eprintln!(
-        "claim: {total} items processed by 8 workers {per_worker:?}; {} distinct",
+        "claim on {}: {total} items processed by {WORKERS} workers {per_worker:?}; {} distinct",
+        B::Db::BACKEND,
         all.len()
     );
-    assert_eq!(total, ITEMS as usize);
-    assert_eq!(all, (1..=ITEMS).collect::<Vec<_>>());
+    assert_eq!(total, items as usize);
+    assert_eq!(all, (1..=items).collect::<Vec<_>>());
     let mut conn = db.conn();
     assert_eq!(
-        states(&mut conn),
-        HashMap::from([("finished".into(), 5000)])
+        conn.job_states(),
+        HashMap::from([("finished".into(), i64::from(items))])
     );
-    let not_once: i64 = jobs::table
-        .filter(jobs::runs.ne(1))
-        .count()
-        .get_result(&mut conn)
-        .unwrap();
-    assert_eq!(not_once, 0);
+    assert_eq!(conn.jobs_not_run_once(), 0);
+    assert_eq!(B::isolation(&mut conn), B::DEFAULT_ISOLATION);
 }
 
-#[test]
-fn an_empty_queue_returns_nothing_at_once_even_when_every_due_row_is_locked_elsewhere() {
-    let db = tasks_db();
+fn an_empty_queue_returns_nothing_at_once_even_when_every_due_row_is_locked_elsewhere<
+    B: Backend,
+>() {
+    let db = tasks_db::<B>(0);
     let mut conn = db.conn();
-    // A claim that waited would fail here instead of hanging.
-    conn.batch_execute("SET statement_timeout = '5s'").unwrap();
+    // A claim that waited would fail here (after 5 s) instead of hanging.
+    B::bound_lock_waits(&mut conn);
     let queue = Queue::<Task>::new("w").unwrap();
 
     assert!(queue.claim(&mut conn, 10).unwrap().is_empty());
     assert!(queue.claim(&mut conn, 0).unwrap().is_empty());
     assert_eq!(queue.reap_expired(&mut conn).unwrap().requeued, 0);
 
-    schedule(&mut conn, 3);
+    B::schedule(&mut conn, 3);
     let mut other = db.conn();
     other
         .transaction(|other| {
@@ -216,18 +261,19 @@ fn an_empty_queue_returns_nothing_at_once_even_when_every_due_row_is_locked_else
     assert_eq!(queue.claim(&mut conn, 10).unwrap().len(), 3);
     // Everything is claimed: nothing is due.
     assert!(queue.claim(&mut conn, 10).unwrap().is_empty());
+    assert_eq!(B::isolation(&mut conn), B::DEFAULT_ISOLATION);
 }
 
-#[test]
-fn a_dead_workers_claims_are_reclaimed_after_the_lease_and_its_late_completion_is_refused() {
-    let db = tasks_db();
+fn a_dead_workers_claims_are_reclaimed_after_the_lease_and_its_late_completion_is_refused<
+    B: Backend,
+>() {
+    let db = tasks_db::<B>(5);
     let mut conn = db.conn();
-    schedule(&mut conn, 5);
     let lease = Duration::from_secs(1);
     let dead = Queue::<Task>::new("dead-worker").unwrap().lease(lease);
     let alive = Queue::<Task>::new("live-worker").unwrap().lease(lease);
 
-    // The dead worker claims three months and never comes back.
+    // The dead worker claims three items and never comes back.
     let mut dead_conn = db.conn();
     let stale = dead.claim(&mut dead_conn, 3).unwrap();
     assert_eq!(stale.len(), 3);
@@ -245,11 +291,7 @@ fn a_dead_workers_claims_are_reclaimed_after_the_lease_and_its_late_completion_i
     std::thread::sleep(lease + Duration::from_millis(300));
     let reaped = alive.reap_expired(&mut conn).unwrap();
     assert_eq!((reaped.requeued, reaped.parked), (3, 0));
-    let last_error: Option<String> = tasks::table
-        .find(stale[0].id)
-        .select(tasks::last_error)
-        .get_result(&mut conn)
-        .unwrap();
+    let (_, _, last_error) = conn.task(stale[0].id);
     assert_eq!(last_error.as_deref(), Some("lease of dead-worker expired"));
 
     let retaken = alive.claim(&mut conn, 10).unwrap();
@@ -277,14 +319,12 @@ fn a_dead_workers_claims_are_reclaimed_after_the_lease_and_its_late_completion_i
     for c in &retaken {
         alive.complete(&mut conn, c).unwrap();
     }
-    assert_eq!(task_states(&mut conn), HashMap::from([("done".into(), 5)]));
+    assert_eq!(conn.task_states(), HashMap::from([("done".into(), 5)]));
 }
 
-#[test]
-fn failures_count_attempts_back_off_and_park_the_item_past_the_maximum() {
-    let db = tasks_db();
+fn failures_count_attempts_back_off_and_park_the_item_past_the_maximum<B: Backend>() {
+    let db = tasks_db::<B>(1);
     let mut conn = db.conn();
-    schedule(&mut conn, 1);
     // Backoffs far longer than anything the test does, so "not due yet" holds however slow
     // the machine; each backoff is then ended by hand, as time passing would end it.
     let backoff = Duration::from_secs(60);
@@ -292,12 +332,6 @@ fn failures_count_attempts_back_off_and_park_the_item_past_the_maximum() {
         .unwrap()
         .max_attempts(3)
         .backoff(backoff, Duration::from_secs(90));
-    let end_backoffs = |conn: &mut PgConnection| {
-        conn.batch_execute(
-            "UPDATE tasks SET locked_until = statement_timestamp() - interval '1 second'",
-        )
-        .unwrap();
-    };
 
     for attempt in 1..=3 {
         let claims = queue.claim(&mut conn, 1).unwrap();
@@ -307,11 +341,7 @@ fn failures_count_attempts_back_off_and_park_the_item_past_the_maximum() {
         let failed = queue
             .fail(&mut conn, claim, &format!("failure {attempt}"))
             .unwrap();
-        let (status, attempts, error): (String, i32, Option<String>) = tasks::table
-            .find(claim.id)
-            .select((tasks::status, tasks::attempts, tasks::last_error))
-            .get_result(&mut conn)
-            .unwrap();
+        let (status, attempts, error) = conn.task(claim.id);
         assert_eq!(attempts, attempt);
         assert_eq!(error, Some(format!("failure {attempt}")));
         if attempt < 3 {
@@ -325,24 +355,22 @@ fn failures_count_attempts_back_off_and_park_the_item_past_the_maximum() {
             assert!(wait <= queue.backoff_for(attempt));
             assert!(wait > queue.backoff_for(attempt) / 2, "due in {wait:?}");
             // …and due after it.
-            end_backoffs(&mut conn);
+            B::end_backoffs(&mut conn);
         } else {
             assert_eq!(failed, Failed::Parked);
             assert_eq!(status, "failed");
         }
     }
-    end_backoffs(&mut conn);
+    B::end_backoffs(&mut conn);
     assert!(
         queue.claim(&mut conn, 1).unwrap().is_empty(),
         "parked item claimed"
     );
 }
 
-#[test]
-fn a_worker_that_keeps_dying_gets_its_item_parked_by_the_reaper() {
-    let db = tasks_db();
+fn a_worker_that_keeps_dying_gets_its_item_parked_by_the_reaper<B: Backend>() {
+    let db = tasks_db::<B>(1);
     let mut conn = db.conn();
-    schedule(&mut conn, 1);
     let lease = Duration::from_millis(500);
     let queue = Queue::<Task>::new("crashy")
         .unwrap()
@@ -361,29 +389,290 @@ fn a_worker_that_keeps_dying_gets_its_item_parked_by_the_reaper() {
     }
     assert_eq!(parked, 1);
     assert!(queue.claim(&mut conn, 1).unwrap().is_empty());
-    assert_eq!(
-        task_states(&mut conn),
-        HashMap::from([("failed".into(), 1)])
-    );
+    assert_eq!(conn.task_states(), HashMap::from([("failed".into(), 1)]));
 }
 
-#[test]
-fn extend_keeps_a_lease_alive_past_its_original_expiry() {
-    let db = tasks_db();
-    let mut conn = db.conn();
-    schedule(&mut conn, 1);
+fn extend_keeps_a_lease_alive_past_its_original_expiry_and_a_pooled_connection_claims_the_same<
+    B: Backend,
+>() {
+    let db = tasks_db::<B>(2);
+    let pool = db.pool(2);
     let lease = Duration::from_millis(600);
     let queue = Queue::<Task>::new("slow").unwrap().lease(lease);
     let reaper = Queue::<Task>::new("reaper").unwrap();
 
+    let mut conn = pool.get().unwrap();
     let mut claim = queue.claim(&mut conn, 1).unwrap().remove(0);
     let first_until = claim.locked_until;
     for _ in 0..3 {
         std::thread::sleep(Duration::from_millis(300));
         queue.extend(&mut conn, &mut claim).unwrap();
-        assert_eq!(reaper.reap_expired(&mut db.conn()).unwrap().requeued, 0);
+        assert_eq!(
+            reaper
+                .reap_expired(&mut pool.get().unwrap())
+                .unwrap()
+                .requeued,
+            0
+        );
     }
     assert!(claim.locked_until > first_until);
     // 900 ms after the claim, past its first lease: still ours.
     queue.complete(&mut conn, &claim).unwrap();
+    // Inside a caller's transaction the claim runs in a savepoint of it.
+    let inner = conn.transaction(|c| queue.claim(c, 5)).unwrap();
+    assert_eq!(inner.len(), 1);
+}
+
+/// The tests above, on backend `$backend`; `$items` is how many jobs the eight workers drain.
+macro_rules! claim_tests {
+    ($backend:ty, drained_items = $items:expr) => {
+        upsert_kit_support::tests_on!($backend:
+            eight_workers_drain_a_queue_processing_each_item_exactly_once($items),
+            an_empty_queue_returns_nothing_at_once_even_when_every_due_row_is_locked_elsewhere(),
+            a_dead_workers_claims_are_reclaimed_after_the_lease_and_its_late_completion_is_refused(),
+            failures_count_attempts_back_off_and_park_the_item_past_the_maximum(),
+            a_worker_that_keeps_dying_gets_its_item_parked_by_the_reaper(),
+            extend_keeps_a_lease_alive_past_its_original_expiry_and_a_pooled_connection_claims_the_same(),
+        );
+    };
+}
+
+mod postgres {
+    use super::*;
+    use upsert_kit_support::TestDb;
+
+    /// PostgreSQL, at its default isolation (READ COMMITTED).
+    pub struct Postgres;
+
+    impl Backend for Postgres {
+        type Db = TestDb;
+        type Conn = PgConnection;
+
+        const DEFAULT_ISOLATION: &'static str = "read committed";
+
+        const TASKS: &'static str = "CREATE TABLE tasks (
+                 id BIGSERIAL PRIMARY KEY,
+                 name TEXT NOT NULL,
+                 status TEXT NOT NULL DEFAULT 'pending',
+                 attempts INT NOT NULL DEFAULT 0,
+                 locked_until TIMESTAMPTZ,
+                 holder TEXT,
+                 last_error TEXT);
+             CREATE INDEX tasks_due ON tasks (id) WHERE status IN ('pending', 'retry');
+             CREATE INDEX tasks_leased ON tasks (locked_until) WHERE status = 'processing';";
+
+        fn create_jobs(conn: &mut PgConnection, table: &str, items: i32) {
+            conn.batch_execute(&format!(
+                "CREATE TABLE {table} (
+                     job_id BIGSERIAL PRIMARY KEY,
+                     payload INT NOT NULL,
+                     state TEXT NOT NULL DEFAULT 'queued',
+                     tries INT NOT NULL DEFAULT 0,
+                     lease_until TIMESTAMPTZ,
+                     worker TEXT,
+                     error TEXT,
+                     runs INT NOT NULL DEFAULT 0);
+                 CREATE INDEX {table}_due ON {table} (job_id) WHERE state IN ('queued', 'again');
+                 INSERT INTO {table} (payload) SELECT g FROM generate_series(1, {items}) g;"
+            ))
+            .unwrap();
+        }
+
+        fn schedule(conn: &mut PgConnection, n: i32) {
+            conn.batch_execute(&format!(
+                "INSERT INTO tasks (name) SELECT 'task-' || g FROM generate_series(1, {n}) g"
+            ))
+            .unwrap();
+        }
+
+        fn bound_lock_waits(conn: &mut PgConnection) {
+            conn.batch_execute("SET statement_timeout = '5s'").unwrap();
+        }
+
+        fn end_backoffs(conn: &mut PgConnection) {
+            conn.batch_execute(
+                "UPDATE tasks SET locked_until = statement_timestamp() - interval '1 second'",
+            )
+            .unwrap();
+        }
+
+        fn isolation(conn: &mut PgConnection) -> String {
+            diesel::select(diesel::dsl::sql::<diesel::sql_types::Text>(
+                "current_setting('transaction_isolation')",
+            ))
+            .get_result(conn)
+            .unwrap()
+        }
+    }
+
+    claim_tests!(Postgres, drained_items = 5000);
+}
+
+mod mysql {
+    use super::*;
+    use upsert_kit_support::TestMysql;
+
+    /// MySQL/MariaDB, at the server's default isolation (REPEATABLE READ).
+    pub struct Mysql;
+
+    impl Backend for Mysql {
+        type Db = TestMysql;
+        type Conn = MysqlConnection;
+
+        const DEFAULT_ISOLATION: &'static str = "REPEATABLE-READ";
+
+        const TASKS: &'static str = "CREATE TABLE tasks (
+                 id BIGINT AUTO_INCREMENT PRIMARY KEY,
+                 name TEXT NOT NULL,
+                 status VARCHAR(16) NOT NULL DEFAULT 'pending',
+                 attempts INT NOT NULL DEFAULT 0,
+                 locked_until DATETIME(6) NULL,
+                 holder VARCHAR(200) NULL,
+                 last_error TEXT NULL,
+                 KEY tasks_due (status, id))";
+
+        fn create_jobs(conn: &mut MysqlConnection, table: &str, items: i32) {
+            conn.batch_execute(&format!(
+                "CREATE TABLE {table} (
+                     job_id BIGINT AUTO_INCREMENT PRIMARY KEY,
+                     payload INT NOT NULL,
+                     state VARCHAR(16) NOT NULL DEFAULT 'queued',
+                     tries INT NOT NULL DEFAULT 0,
+                     lease_until DATETIME(6) NULL,
+                     worker VARCHAR(200) NULL,
+                     error TEXT NULL,
+                     runs INT NOT NULL DEFAULT 0,
+                     KEY {table}_due (state, job_id))"
+            ))
+            .unwrap();
+            insert_values(conn, &format!("{table} (payload)"), items, |i| {
+                format!("({i})")
+            });
+        }
+
+        fn schedule(conn: &mut MysqlConnection, n: i32) {
+            insert_values(conn, "tasks (name)", n, |i| format!("('task-{i}')"));
+        }
+
+        fn bound_lock_waits(conn: &mut MysqlConnection) {
+            conn.batch_execute("SET SESSION innodb_lock_wait_timeout = 5")
+                .unwrap();
+        }
+
+        fn end_backoffs(conn: &mut MysqlConnection) {
+            conn.batch_execute(
+                "UPDATE tasks SET locked_until = UTC_TIMESTAMP(6) - INTERVAL 1 SECOND",
+            )
+            .unwrap();
+        }
+
+        fn isolation(conn: &mut MysqlConnection) -> String {
+            diesel::select(diesel::dsl::sql::<diesel::sql_types::Text>(
+                "@@tx_isolation",
+            ))
+            .get_result(conn)
+            .or_else(|_| {
+                diesel::select(diesel::dsl::sql::<diesel::sql_types::Text>(
+                    "@@transaction_isolation",
+                ))
+                .get_result(conn)
+            })
+            .unwrap()
+        }
+    }
+
+    /// Inserts rows `row(1)`, …, `row(n)` into `target` (a table and its columns) in one
+    /// statement; nothing when `n` is 0.
+    fn insert_values(
+        conn: &mut MysqlConnection,
+        target: &str,
+        n: i32,
+        row: impl Fn(i32) -> String,
+    ) {
+        if n > 0 {
+            let values: Vec<String> = (1..=n).map(row).collect();
+            conn.batch_execute(&format!(
+                "INSERT INTO {target} VALUES {}",
+                values.join(", ")
+            ))
+            .unwrap();
+        }
+    }
+
+    claim_tests!(Mysql, drained_items = 3000);
+
+    #[derive(QueryableByName)]
+    struct IdRow {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        id: i64,
+    }
+
+    /// The naive queue: read the first queued id, then mark it running, in two statements.
+    fn naive_take(conn: &mut MysqlConnection, worker: &str) -> Option<i64> {
+        let id: Option<i64> = diesel::sql_query(
+            "SELECT job_id AS id FROM naive_jobs WHERE state = 'queued' ORDER BY job_id LIMIT 1",
+        )
+        .get_result::<IdRow>(conn)
+        .optional()
+        .unwrap()
+        .map(|r| r.id);
+        let id = id?;
+        diesel::sql_query("UPDATE naive_jobs SET state = 'running', worker = ? WHERE job_id = ?")
+            .bind::<diesel::sql_types::Text, _>(worker)
+            .bind::<diesel::sql_types::BigInt, _>(id)
+            .execute(conn)
+            .unwrap();
+        Some(id)
+    }
+
+    /// What the claims are for: without `SKIP LOCKED` and a claim in one statement, eight
+    /// workers at the server's default isolation take the same item.
+    #[test]
+    fn select_then_update_hands_out_duplicates_to_eight_workers_at_the_default_isolation() {
+        const WORKERS: usize = 8;
+        const NAIVE_ITEMS: i32 = 300;
+        let db = TestMysql::new();
+        let mut conn = db.conn();
+        assert_eq!(
+            Mysql::isolation(&mut conn),
+            "REPEATABLE-READ",
+            "the server's default"
+        );
+        Mysql::create_jobs(&mut conn, "naive_jobs", NAIVE_ITEMS);
+
+        let conns = conns(&db, WORKERS);
+        let handed_out = race(WORKERS, move |i| {
+            let mut conn = conns.lock().unwrap().pop().unwrap();
+            let mut naive = 0;
+            while let Some(id) = naive_take(&mut conn, &format!("worker-{i}")) {
+                diesel::sql_query(
+                    "UPDATE naive_jobs SET runs = runs + 1, state = 'finished' WHERE job_id = ?",
+                )
+                .bind::<diesel::sql_types::BigInt, _>(id)
+                .execute(&mut conn)
+                .unwrap();
+                naive += 1;
+            }
+            naive
+        });
+
+        let naive_total: i32 = handed_out.iter().sum();
+        #[derive(QueryableByName)]
+        struct Dup {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let naive_twice = diesel::sql_query("SELECT COUNT(*) AS n FROM naive_jobs WHERE runs > 1")
+            .get_result::<Dup>(&mut conn)
+            .unwrap()
+            .n;
+        eprintln!(
+            "naive select-then-update on MariaDB: {naive_total} hand-outs of {NAIVE_ITEMS} \
+             items, {naive_twice} items processed more than once"
+        );
+        assert!(
+            naive_twice > 0,
+            "the naive pattern handed out no item twice"
+        );
+    }
 }

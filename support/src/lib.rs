@@ -23,7 +23,8 @@
 //! Every [`TestDb`] is its own database, named `upsert_kit_t_<pid>_<counter>_<random>` and
 //! dropped when the value is dropped, so tests may run in parallel, in any order, from several
 //! test binaries at once. SQLite tests get a file in a temporary directory ([`TestSqlite`]).
-//! [`race`] starts threads together on a barrier.
+//! [`race`] starts threads together on a barrier. [`TestDatabase`] is the one trait over the
+//! three, for tests written once and run on each backend.
 //!
 //! MySQL/MariaDB tests get a database of their own the same way, on the server that
 //! [`mysql_admin_url`] finds (`MYSQL_DATABASE_URL`, else 127.0.0.1:3306, else a throwaway
@@ -37,11 +38,13 @@
 #![allow(clippy::new_without_default)]
 #![warn(missing_docs)]
 
+pub mod backend;
 pub mod citus;
 pub mod mysql;
 pub mod naive;
 pub mod payload;
 
+pub use backend::TestDatabase;
 pub use mysql::{mysql_admin_url, TestMysql};
 
 use diesel::connection::SimpleConnection;
