@@ -262,22 +262,17 @@ macro_rules! upsert_guarantees {
 
         #[test]
         fn stats_upsert_with_identical_data_reports_unchanged() {
+            use UpsertOutcome::{Inserted, Unchanged};
             let db = db();
             let mut conn = db.conn();
-            assert_eq!(
-                atomic_upsert_stats(&mut conn, &stats("ytd", 1)).unwrap(),
-                UpsertOutcome::Inserted
-            );
-            assert_eq!(
-                atomic_upsert_stats(&mut conn, &stats("ytd", 1)).unwrap(),
-                UpsertOutcome::Unchanged
-            );
-            let mut same = stats("ytd", 1);
-            same.updated_at = at(9);
-            assert_eq!(
-                atomic_upsert_stats(&mut conn, &same).unwrap(),
-                UpsertOutcome::Unchanged
-            );
+            // The same data, then the same data with a later updated_at.
+            let same = Stats {
+                updated_at: at(9),
+                ..stats("ytd", 1)
+            };
+            let outcomes = [stats("ytd", 1), stats("ytd", 1), same]
+                .map(|row| atomic_upsert_stats(&mut conn, &row).unwrap());
+            assert_eq!(outcomes, [Inserted, Unchanged, Unchanged]);
             assert_eq!(
                 stored_stats(&mut conn)[0].3,
                 at(1),
@@ -291,20 +286,13 @@ macro_rules! upsert_guarantees {
 
         #[test]
         fn auth_upsert_never_replaces_a_token_with_an_older_one() {
+            use UpsertOutcome::{Inserted, Unchanged};
             let db = db();
             let mut conn = db.conn();
-            assert_eq!(
-                atomic_upsert_auth(&mut conn, &token("t12", 12)).unwrap(),
-                UpsertOutcome::Inserted
-            );
-            assert_eq!(
-                atomic_upsert_auth(&mut conn, &token("t11", 11)).unwrap(),
-                UpsertOutcome::Unchanged
-            );
-            assert_eq!(
-                atomic_upsert_auth(&mut conn, &token("t12b", 12)).unwrap(),
-                UpsertOutcome::Unchanged
-            );
+            // A token, an older one, one as old.
+            let outcomes = [("t12", 12), ("t11", 11), ("t12b", 12)]
+                .map(|(access, hour)| atomic_upsert_auth(&mut conn, &token(access, hour)).unwrap());
+            assert_eq!(outcomes, [Inserted, Unchanged, Unchanged]);
             assert_eq!(stored_token(&mut conn), ("t12".to_owned(), at(12)));
             assert_eq!(
                 atomic_upsert_auth(&mut conn, &token("t13", 13)).unwrap(),

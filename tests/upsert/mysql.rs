@@ -161,17 +161,12 @@ fn the_affected_rows_count_cannot_tell_inserted_from_unchanged_but_the_outcome_d
         "the naive count: unchanged reads as inserted"
     );
 
+    let outcomes = [1, 1, 3].map(|n| atomic_upsert_stats(&mut conn, &stats("ytd", n)).unwrap());
+    use UpsertOutcome::{Inserted, Unchanged, Updated};
     assert_eq!(
-        atomic_upsert_stats(&mut conn, &stats("ytd", 1)).unwrap(),
-        UpsertOutcome::Inserted
-    );
-    assert_eq!(
-        atomic_upsert_stats(&mut conn, &stats("ytd", 1)).unwrap(),
-        UpsertOutcome::Unchanged
-    );
-    assert_eq!(
-        atomic_upsert_stats(&mut conn, &stats("ytd", 3)).unwrap(),
-        UpsertOutcome::Updated
+        outcomes,
+        [Inserted, Unchanged, Updated],
+        "the crate's outcome"
     );
 }
 
