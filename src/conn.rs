@@ -62,6 +62,11 @@ pub trait Dialect: Backend + sealed::Sealed {
     #[doc(hidden)]
     const DEFAULT_TABLES_SQL: &'static str;
 
+    /// Upgrades of the ready-made tables that cannot be written to run twice: a query that
+    /// returns a row while the upgrade is still to be done, and the upgrade's SQL.
+    #[doc(hidden)]
+    const DEFAULT_TABLES_UPGRADES: &'static [(&'static str, &'static str)] = &[];
+
     /// Pushes an expression that gives `columns` (integers, in order) as one JSON array text,
     /// e.g. `json_build_array("a", "b")::text` (PostgreSQL), `json_array("a", "b")` (SQLite).
     #[doc(hidden)]
@@ -124,6 +129,13 @@ impl Dialect for diesel::sqlite::Sqlite {
     const RETURNING: bool = true;
     const DEFAULT_TABLES_SQL: &'static str =
         include_str!("../migrations/sqlite/2026-12-01-000010_upsert_kit_tables/up.sql");
+    const DEFAULT_TABLES_UPGRADES: &'static [(&'static str, &'static str)] = &[(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' \
+         AND name = 'upsert_kit_reservations' AND sql NOT LIKE '%AUTOINCREMENT%'",
+        include_str!(
+            "../migrations/sqlite/2026-12-01-000165_upsert_kit_reservation_ids_never_reused/up.sql"
+        ),
+    )];
     binds!();
     fn push_int_array(out: &mut AstPass<'_, '_, Self>, columns: &[&str]) -> QueryResult<()> {
         out.push_sql("json_array(");

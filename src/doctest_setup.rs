@@ -130,7 +130,7 @@ fn establish_sqlite() -> Result<diesel::SqliteConnection, Box<dyn std::error::Er
             reserved BIGINT NOT NULL DEFAULT 0
         );
         CREATE TABLE credit_holds (
-            id INTEGER PRIMARY KEY,
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
             account BIGINT NOT NULL REFERENCES credits (account),
             amount BIGINT NOT NULL,
             expires_at TIMESTAMP NOT NULL

@@ -4,7 +4,9 @@
 //!
 //! The SQL is the repository's `migrations/` (one directory per backend, for the diesel CLI, see
 //! the root `diesel.toml`); [`create_tables`] runs the same SQL. Every statement is
-//! `CREATE … IF NOT EXISTS`, so both may run on one database.
+//! `CREATE … IF NOT EXISTS`, so both may run on one database; SQLite's later migration, which
+//! rebuilds the reservations table so that its ids are never reused (`AUTOINCREMENT`), runs
+//! only on a table still without it.
 //!
 //! # Examples
 //!
@@ -77,6 +79,19 @@ crate::quota! {
     pub struct Quotas;
 }
 
+/// A statement of the ready-made tables' own SQL, without binds.
+struct Fixed(&'static str);
+
+impl<DB: diesel::backend::Backend> diesel::query_builder::QueryFragment<DB> for Fixed {
+    fn walk_ast<'b>(
+        &'b self,
+        mut out: diesel::query_builder::AstPass<'_, 'b, DB>,
+    ) -> diesel::QueryResult<()> {
+        out.push_sql(self.0);
+        Ok(())
+    }
+}
+
 /// Creates the ready-made tables when they are missing (the SQL of `migrations/` for the
 /// connection's backend), in one transaction.
 ///
@@ -87,9 +102,15 @@ crate::quota! {
 /// # Examples
 /// See the [module documentation](self).
 pub fn create_tables<C: WriteConnection>(conn: &mut C) -> Result<()> {
+    use diesel::connection::SimpleConnection;
     let sql = <C::Backend as Dialect>::DEFAULT_TABLES_SQL;
     conn.write(|c| {
-        diesel::connection::SimpleConnection::batch_execute(c, sql)?;
+        c.batch_execute(sql)?;
+        for (pending, upgrade) in <C::Backend as Dialect>::DEFAULT_TABLES_UPGRADES {
+            if !c.run_ints(&Fixed(pending))?.is_empty() {
+                c.batch_execute(upgrade)?;
+            }
+        }
         Ok(())
     })
 }

@@ -37,7 +37,7 @@
 //! incoming key is new but another unique index matches an existing row, that row is left as
 //! it was and the upsert fails with the duplicate-key error naming that index
 //! ([`Error::Constraint`], `Unique`), as PostgreSQL's `ON CONFLICT (key)` does; a bulk upsert
-//! then writes nothing. Tested in `tests/upsert_mysql.rs`.
+//! then writes nothing. Tested in `tests/upsert/mysql.rs`.
 //!
 //! # Concurrency
 //! The statement is atomic on every backend: concurrent upserts of one new key never raise a
