@@ -2,7 +2,8 @@
 //! rows on PostgreSQL (a database of its own from the test harness, dropped at the end): rows
 //! per second and the peak resident memory of the process, each size in a process of its own
 //! (peak RSS only grows), rows generated lazily by the iterator (a ~1 KB stats row each, new
-//! keys: every row is inserted), chunks of 5,000 rows, each chunk committed on its own.
+//! keys: every row is inserted), chunks of 5,000 rows, each chunk committed on its own
+//! (`Commit::PerChunk`) or all of them in one transaction (`Commit::AllOrNothing`).
 //!
 //! ```text
 //! cargo bench --bench stream                    # 10k, 100k, 1M rows
@@ -21,6 +22,13 @@ use upsert_kit_support::payload;
 /// Set in the child process: the database URL and the row count.
 const URL_VAR: &str = "UPSERT_KIT_STREAM_URL";
 const ROWS_VAR: &str = "UPSERT_KIT_STREAM_ROWS";
+const COMMIT_VAR: &str = "UPSERT_KIT_STREAM_COMMIT";
+
+/// The commit modes measured, by the name the report gives them.
+const COMMITS: [(&str, Commit); 2] = [
+    ("per-chunk", Commit::PerChunk),
+    ("all-or-nothing", Commit::AllOrNothing),
+];
 /// Rows per chunk (the library's default chunk size).
 const CHUNK: usize = upsert_kit::upsert::DEFAULT_CHUNK_SIZE;
 
@@ -36,7 +44,7 @@ fn peak_rss_kb() -> u64 {
         .unwrap_or(0)
 }
 
-fn child(url: &str, n: usize) {
+fn child(url: &str, n: usize, commit: Commit) {
     let mut conn = upsert_kit::db::connect_pg(url).expect("connect");
     conn.batch_execute("TRUNCATE stats").expect("truncate");
     let data = payload::stats_payload(0);
@@ -51,7 +59,7 @@ fn child(url: &str, n: usize) {
         updated_at: at,
     });
     let t0 = Instant::now();
-    let outcome = bulk_upsert_stream(&mut conn, rows, CHUNK, Commit::PerChunk).expect("stream");
+    let outcome = bulk_upsert_stream(&mut conn, rows, CHUNK, commit).expect("stream");
     let secs = t0.elapsed().as_secs_f64();
     assert_eq!(outcome.inserted, n, "every row is new");
     println!(
@@ -62,8 +70,17 @@ fn child(url: &str, n: usize) {
 }
 
 fn main() {
-    if let (Ok(url), Ok(n)) = (std::env::var(URL_VAR), std::env::var(ROWS_VAR)) {
-        child(&url, n.parse().expect("a row count"));
+    if let (Ok(url), Ok(n), Ok(mode)) = (
+        std::env::var(URL_VAR),
+        std::env::var(ROWS_VAR),
+        std::env::var(COMMIT_VAR),
+    ) {
+        let commit = COMMITS
+            .iter()
+            .find(|(name, _)| *name == mode)
+            .map(|&(_, commit)| commit)
+            .expect("a commit mode");
+        child(&url, n.parse().expect("a row count"), commit);
         return;
     }
     let quick = std::env::var("UPSERT_KIT_BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
@@ -74,37 +91,41 @@ fn main() {
     };
     let db = fixture::pg();
     println!(
-        "{:>10} {:>9} {:>10} {:>16} {:>14}",
-        "rows", "seconds", "rows/s", "RSS before (MB)", "peak RSS (MB)"
+        "{:>15} {:>10} {:>9} {:>10} {:>16} {:>14}",
+        "commit", "rows", "seconds", "rows/s", "RSS before (MB)", "peak RSS (MB)"
     );
-    let mut first_rate = None;
-    for &n in sizes {
-        let out = std::process::Command::new(std::env::current_exe().expect("this bench"))
-            .env(URL_VAR, db.url())
-            .env(ROWS_VAR, n.to_string())
-            .output()
-            .expect("run a size");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{n} rows failed: {stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let f: Vec<f64> = stdout
-            .split_whitespace()
-            .map(|x| x.parse().expect("a figure"))
-            .collect();
-        let rate = f[2];
-        let ratio = rate / *first_rate.get_or_insert(rate);
-        println!(
-            "{:>10} {:>9.2} {:>10.0} {:>16.1} {:>14.1}   {:.2}x the {}-row rate",
-            n,
-            f[1],
-            rate,
-            f[3] / 1024.0,
-            f[4] / 1024.0,
-            ratio,
-            sizes[0]
-        );
+    for (mode, _) in COMMITS {
+        let mut first_rate = None;
+        for &n in sizes {
+            let out = std::process::Command::new(std::env::current_exe().expect("this bench"))
+                .env(URL_VAR, db.url())
+                .env(ROWS_VAR, n.to_string())
+                .env(COMMIT_VAR, mode)
+                .output()
+                .expect("run a size");
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "{n} rows ({mode}) failed: {stdout}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let f: Vec<f64> = stdout
+                .split_whitespace()
+                .map(|x| x.parse().expect("a figure"))
+                .collect();
+            let rate = f[2];
+            let ratio = rate / *first_rate.get_or_insert(rate);
+            println!(
+                "{:>15} {:>10} {:>9.2} {:>10.0} {:>16.1} {:>14.1}   {:.2}x the {}-row rate",
+                mode,
+                n,
+                f[1],
+                rate,
+                f[3] / 1024.0,
+                f[4] / 1024.0,
+                ratio,
+                sizes[0]
+            );
+        }
     }
 }
