@@ -69,6 +69,7 @@ use diesel::r2d2::{ConnectionManager, PooledConnection, R2D2Connection};
 #[cfg(feature = "sqlite")]
 use diesel::sqlite::{Sqlite, SqliteConnection};
 use diesel::{QueryResult, RunQueryDsl, Selectable};
+use std::marker::PhantomData;
 
 /// How many times [`get_or_create`] runs its insert-then-read pair before giving
 /// up, when the row keeps being deleted between the two statements.
@@ -219,9 +220,14 @@ struct SelectByKey<'a, M: UpsertModel, S> {
     selection: S,
 }
 
-impl<M: UpsertModel, S> QueryId for SelectByKey<'_, M, S> {
-    type QueryId = ();
-    const HAS_STATIC_QUERY_ID: bool = false;
+/// [`SelectByKey`]'s query id: its text depends only on the model's table and key columns
+/// ([`UpsertModel::StatementId`]) and on the selection, so the connection's statement cache
+/// finds it by type.
+struct SelectByKeyId<K, S>(PhantomData<(K, S)>);
+
+impl<M: UpsertModel, S: QueryId> QueryId for SelectByKey<'_, M, S> {
+    type QueryId = SelectByKeyId<M::StatementId, S::QueryId>;
+    const HAS_STATIC_QUERY_ID: bool = S::HAS_STATIC_QUERY_ID;
 }
 
 impl<M: UpsertModel, S: Expression> Query for SelectByKey<'_, M, S> {
@@ -354,10 +360,14 @@ where
 #[cfg(feature = "mysql")]
 struct MysqlSelectByKey<'a, M: UpsertModel, S>(SelectByKey<'a, M, S>);
 
+/// [`MysqlSelectByKey`]'s query id, as [`SelectByKeyId`] for the locking read.
 #[cfg(feature = "mysql")]
-impl<M: UpsertModel, S> QueryId for MysqlSelectByKey<'_, M, S> {
-    type QueryId = ();
-    const HAS_STATIC_QUERY_ID: bool = false;
+struct MysqlSelectByKeyId<K, S>(PhantomData<(K, S)>);
+
+#[cfg(feature = "mysql")]
+impl<M: UpsertModel, S: QueryId> QueryId for MysqlSelectByKey<'_, M, S> {
+    type QueryId = MysqlSelectByKeyId<M::StatementId, S::QueryId>;
+    const HAS_STATIC_QUERY_ID: bool = S::HAS_STATIC_QUERY_ID;
 }
 
 #[cfg(feature = "mysql")]

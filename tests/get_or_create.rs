@@ -166,3 +166,78 @@ fn sqlite_helpers_run_inside_a_callers_transaction_and_roll_back_with_it() {
     let stats: i64 = stats::table.count().get_result(&mut conn).unwrap();
     assert_eq!(stats, 0, "nothing half-written");
 }
+
+diesel::table! {
+    people (id) {
+        id -> BigInt,
+        email -> Text,
+        handle -> Text,
+    }
+}
+
+upsert_model! {
+    table = people, key = (email);
+    #[derive(Debug, Clone)]
+    struct PersonByEmail {
+        email: String,
+        handle: String,
+    }
+}
+
+upsert_model! {
+    table = people, key = (handle);
+    #[derive(Debug, Clone)]
+    struct PersonByHandle {
+        email: String,
+        handle: String,
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable)]
+#[diesel(table_name = people)]
+struct Person {
+    id: i64,
+    email: String,
+    handle: String,
+}
+
+/// Two models of one table with different keys, read into the same row type on one
+/// connection: the connection keeps each model's read by key as its own prepared statement
+/// (its cache key is the table and the key's columns), so each finds the row by its own key.
+macro_rules! two_keys_of_one_table {
+    ($conn:expr) => {{
+        let conn = $conn;
+        let by_email = |email: &str, handle: &str| PersonByEmail {
+            email: email.into(),
+            handle: handle.into(),
+        };
+        let by_handle = |email: &str, handle: &str| PersonByHandle {
+            email: email.into(),
+            handle: handle.into(),
+        };
+        let ada: Obtained<Person> = get_or_create(conn, &by_email("ada@x", "ada")).unwrap();
+        let bob: Obtained<Person> = get_or_create(conn, &by_handle("bob@x", "bob")).unwrap();
+        assert!(ada.created && bob.created);
+        for _ in 0..3 {
+            // The email of one row with the handle of the other: each model reads by its key.
+            let a: Obtained<Person> = get_or_create(conn, &by_email("ada@x", "bob")).unwrap();
+            let b: Obtained<Person> = get_or_create(conn, &by_handle("ada@x", "bob")).unwrap();
+            assert_eq!((a.created, &a.row), (false, &ada.row));
+            assert_eq!((b.created, &b.row), (false, &bob.row));
+        }
+    }};
+}
+
+#[test]
+fn two_models_of_one_table_with_different_keys_each_read_by_their_own_key() {
+    let pg = upsert_kit_support::TestDb::with_sql(
+        "CREATE TABLE people (id BIGSERIAL PRIMARY KEY, email TEXT NOT NULL UNIQUE, \
+         handle TEXT NOT NULL UNIQUE)",
+    );
+    two_keys_of_one_table!(&mut pg.conn());
+    let lite = upsert_kit_support::TestSqlite::with_sql(
+        "CREATE TABLE people (id INTEGER PRIMARY KEY, email TEXT NOT NULL UNIQUE, \
+         handle TEXT NOT NULL UNIQUE)",
+    );
+    two_keys_of_one_table!(&mut lite.conn());
+}

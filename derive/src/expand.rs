@@ -42,6 +42,10 @@ pub(crate) fn expand(input: &DeriveInput, model: &Model) -> TokenStream {
     // UpsertModel.
     let columns = fields.iter().map(column_name);
     let key_columns = key.iter().map(|&i| column_name(&fields[i]));
+    let key_column_types = key.iter().map(|&i| {
+        let column = &fields[i].column;
+        quote_spanned!(column.span()=> #table::#column)
+    });
     let keep_columns = keep.iter().map(|&i| column_name(&fields[i]));
     let mut model_where = base_where.clone();
     let cmp_key = key.iter().map(|&i| {
@@ -73,6 +77,7 @@ pub(crate) fn expand(input: &DeriveInput, model: &Model) -> TokenStream {
     let model_impl = quote! {
         impl #impl_generics #krate::UpsertModel for #name #ty_generics where #(#model_where,)* {
             type Table = #table::table;
+            type StatementId = (#table::table, (#(#key_column_types,)*));
             const COLUMNS: &'static [&'static str] = &[#(#columns),*];
             const KEY: &'static [&'static str] = &[#(#key_columns),*];
             const KEEP: &'static [&'static str] = &[#(#keep_columns),*];

@@ -21,6 +21,14 @@ use std::marker::PhantomData;
 pub trait UpsertModel {
     /// The Diesel table (`schema::my_table::table`).
     type Table: diesel::Table + Default;
+
+    /// A `'static` type standing for the model's table and key columns, by which Diesel's
+    /// prepared-statement cache finds the crate's read by key (`SELECT … WHERE key = …`)
+    /// instead of building and hashing its SQL on every call. `#[derive(Upsert)]` writes
+    /// `(table, (key_column, …))`, e.g. `(users::table, (users::email,))`; by hand, write the
+    /// same. Two models may share it only when their table and key columns are the same (their
+    /// reads are then the same statement).
+    type StatementId: 'static;
     /// Every column the model writes, in field order.
     const COLUMNS: &'static [&'static str];
     /// The conflict target: the columns of a unique index or the primary key.
