@@ -6,13 +6,16 @@
 //!
 //! ```sql
 //! WITH up AS (UPDATE usage_periods SET tokens_reserved = tokens_reserved + $n
-//!              WHERE account = $account AND id = $period
+//!              WHERE account = $account AND period_start = $start
 //!                AND tokens_used + tokens_reserved + $n <= tokens_limit
 //!             RETURNING id)
-//! INSERT INTO usage_reservations (period_id, …) SELECT up.id, … FROM up RETURNING id
+//! INSERT INTO usage_reservations (period_id, …) SELECT up.id, … FROM up
+//! RETURNING id, period_id
 //! ```
 //!
-//! [`try_consume`] is the same `UPDATE` on `tokens_used`, alone.
+//! [`try_consume`] is the same `UPDATE` on `tokens_used`, alone. The period is found by its
+//! natural key, the month's first instant: when nothing comes back (refused, or the month's
+//! first use and no period row yet), the period is got or created and the call tried again.
 //!
 //! On PostgreSQL (READ COMMITTED) a concurrent writer of the row makes the statement wait, and
 //! the condition is then evaluated again against the newest committed row, so two requests can
