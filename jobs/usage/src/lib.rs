@@ -621,18 +621,32 @@ pub(crate) mod sealed {
         }
     }
 
+    /// A reservation as [`QuotaStep::reserve_one`] takes it: the period named by its start (the
+    /// statement finds its row).
+    #[derive(Debug, Clone, Copy)]
+    pub struct ReserveAt {
+        pub account: i64,
+        /// The period's first instant ([`crate::monthly_period`]).
+        pub period_start: NaiveDateTime,
+        pub metric: Metric,
+        pub amount: i64,
+        pub expires_at: NaiveDateTime,
+        pub created_at: NaiveDateTime,
+    }
+
     /// The quota statements that change a period and (for a reservation) insert a row, as one
-    /// atomic step.
+    /// atomic step. Each finds the period by `(account, period_start)`, so that an accepted
+    /// call is one round trip on PostgreSQL; `None` when refused or when the period row does
+    /// not exist.
     pub trait QuotaStep {
         /// `reserved += amount` if `used + reserved + amount <= limit`, and the reservation's
-        /// insert, atomically: the reservation's id, or `None` when refused.
-        fn reserve_one(&mut self, new: &NewReservation<'_>, metric: Metric) -> Result<Option<i64>>;
-        /// `used += amount` if `used + reserved + amount <= limit`: the period after, or `None`
-        /// when refused.
+        /// insert, atomically: the reservation's id and its period's.
+        fn reserve_one(&mut self, new: &ReserveAt) -> Result<Option<(i64, i64)>>;
+        /// `used += amount` if `used + reserved + amount <= limit`: the period after.
         fn consume_one(
             &mut self,
             account: i64,
-            period_id: i64,
+            period_start: NaiveDateTime,
             metric: Metric,
             amount: i64,
         ) -> Result<Option<UsagePeriod>>;
@@ -643,19 +657,16 @@ pub(crate) mod sealed {
     ///
     /// ```sql
     /// WITH up AS (UPDATE usage_periods SET m_reserved = m_reserved + $1
-    ///             WHERE account = $2 AND id = $3 AND m_used + m_reserved + $4 <= m_limit
+    ///             WHERE account = $2 AND period_start = $3 AND m_used + m_reserved + $4 <= m_limit
     ///             RETURNING id)
     /// INSERT INTO usage_reservations (period_id, account, metric, amount, expires_at, created_at)
-    /// SELECT up.id, $5, $6, $7, $8, $9 FROM up RETURNING id
+    /// SELECT up.id, $5, $6, $7, $8, $9 FROM up RETURNING id, period_id
     /// ```
     ///
     /// `m` is the metric's column prefix, a fixed identifier: one text per metric, each
     /// prepared once per connection (a query fragment, not `diesel::sql_query`, which Diesel
     /// never keeps prepared).
-    struct PgReserve<'a> {
-        new: &'a NewReservation<'a>,
-        metric: Metric,
-    }
+    struct PgReserve<'a>(&'a ReserveAt);
 
     impl QueryId for PgReserve<'_> {
         type QueryId = ();
@@ -663,14 +674,14 @@ pub(crate) mod sealed {
     }
 
     impl Query for PgReserve<'_> {
-        type SqlType = BigInt;
+        type SqlType = (BigInt, BigInt);
     }
 
     impl RunQueryDsl<PgConnection> for PgReserve<'_> {}
 
     impl QueryFragment<Pg> for PgReserve<'_> {
         fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-            let (n, m) = (self.new, self.metric.as_str());
+            let (n, m) = (self.0, self.0.metric.as_str());
             out.push_sql("WITH up AS (UPDATE usage_periods SET ");
             out.push_sql(m);
             out.push_sql("_reserved = ");
@@ -679,8 +690,8 @@ pub(crate) mod sealed {
             out.push_bind_param::<BigInt, _>(&n.amount)?;
             out.push_sql(" WHERE account = ");
             out.push_bind_param::<BigInt, _>(&n.account)?;
-            out.push_sql(" AND id = ");
-            out.push_bind_param::<BigInt, _>(&n.period_id)?;
+            out.push_sql(" AND period_start = ");
+            out.push_bind_param::<Timestamp, _>(&n.period_start)?;
             for part in [" AND ", m, "_used + ", m, "_reserved + "] {
                 out.push_sql(part);
             }
@@ -694,14 +705,14 @@ pub(crate) mod sealed {
             );
             out.push_bind_param::<BigInt, _>(&n.account)?;
             out.push_sql(", ");
-            out.push_bind_param::<Text, _>(&n.metric)?;
+            out.push_bind_param::<Text, _>(n.metric.as_str())?;
             out.push_sql(", ");
             out.push_bind_param::<BigInt, _>(&n.amount)?;
             out.push_sql(", ");
             out.push_bind_param::<Timestamp, _>(&n.expires_at)?;
             out.push_sql(", ");
             out.push_bind_param::<Timestamp, _>(&n.created_at)?;
-            out.push_sql(" FROM up RETURNING id");
+            out.push_sql(" FROM up RETURNING id, period_id");
             Ok(())
         }
     }
@@ -717,9 +728,9 @@ pub(crate) mod sealed {
     }
 
     impl QuotaStep for PgConnection {
-        fn reserve_one(&mut self, new: &NewReservation<'_>, metric: Metric) -> Result<Option<i64>> {
+        fn reserve_one(&mut self, new: &ReserveAt) -> Result<Option<(i64, i64)>> {
             let in_tx = upsert_kit::tx::in_transaction(self);
-            let rows: Vec<i64> = PgReserve { new, metric }
+            let rows: Vec<(i64, i64)> = PgReserve(new)
                 .load(self)
                 .map_err(|e| upsert_kit::tx::statement_error(in_tx, e))?;
             Ok(rows.first().copied())
@@ -728,36 +739,46 @@ pub(crate) mod sealed {
         fn consume_one(
             &mut self,
             account: i64,
-            period_id: i64,
+            period_start: NaiveDateTime,
             metric: Metric,
             amount: i64,
         ) -> Result<Option<UsagePeriod>> {
             let in_tx = upsert_kit::tx::in_transaction(self);
-            alone(in_tx, self.consume_room(account, period_id, metric, amount))
+            alone(
+                in_tx,
+                self.consume_room(account, period_start, metric, amount),
+            )
         }
     }
 
     impl QuotaStep for SqliteConnection {
-        fn reserve_one(&mut self, new: &NewReservation<'_>, metric: Metric) -> Result<Option<i64>> {
+        fn reserve_one(&mut self, new: &ReserveAt) -> Result<Option<(i64, i64)>> {
             upsert_kit::tx::immediate_transaction(self, |c| {
-                if c.reserve_room(new.account, new.period_id, metric, new.amount)?
-                    .is_none()
-                {
+                let room = c.reserve_room(new.account, new.period_start, new.metric, new.amount)?;
+                let Some(period) = room else {
                     return Ok(None);
-                }
-                Ok(Some(c.insert_reservation(new)?))
+                };
+                let id = c.insert_reservation(&NewReservation {
+                    period_id: period.id,
+                    account: new.account,
+                    metric: new.metric.as_str(),
+                    amount: new.amount,
+                    expires_at: new.expires_at,
+                    created_at: new.created_at,
+                })?;
+                Ok(Some((id, period.id)))
             })
         }
 
         fn consume_one(
             &mut self,
             account: i64,
-            period_id: i64,
+            period_start: NaiveDateTime,
             metric: Metric,
             amount: i64,
         ) -> Result<Option<UsagePeriod>> {
             // One statement: atomic on its own, under SQLite's write lock.
-            self.consume_room(account, period_id, metric, amount)
+            self.consume_room(account, period_start, metric, amount)
         }
     }
 
@@ -890,12 +911,12 @@ pub(crate) mod sealed {
                         .execute(self)?)
                 }
 
-                fn reserve_room(&mut self, account: i64, period_id: i64, metric: Metric, amount: i64) -> Result<Option<UsagePeriod>> {
+                fn reserve_room(&mut self, account: i64, period_start: NaiveDateTime, metric: Metric, amount: i64) -> Result<Option<UsagePeriod>> {
                     Ok(with_metric!(metric, |used, reserved, limit| {
                         diesel::update(
                             usage_periods::table
                                 .filter(usage_periods::account.eq(account))
-                                .filter(usage_periods::id.eq(period_id))
+                                .filter(usage_periods::period_start.eq(period_start))
                                 .filter((used + reserved + amount).le(limit)),
                         )
                         .set(reserved.eq(reserved + amount))
@@ -905,12 +926,12 @@ pub(crate) mod sealed {
                     }))
                 }
 
-                fn consume_room(&mut self, account: i64, period_id: i64, metric: Metric, amount: i64) -> Result<Option<UsagePeriod>> {
+                fn consume_room(&mut self, account: i64, period_start: NaiveDateTime, metric: Metric, amount: i64) -> Result<Option<UsagePeriod>> {
                     Ok(with_metric!(metric, |used, reserved, limit| {
                         diesel::update(
                             usage_periods::table
                                 .filter(usage_periods::account.eq(account))
-                                .filter(usage_periods::id.eq(period_id))
+                                .filter(usage_periods::period_start.eq(period_start))
                                 .filter((used + reserved + amount).le(limit)),
                         )
                         .set(used.eq(used + amount))
@@ -1031,7 +1052,7 @@ pub(crate) mod sealed {
         fn reserve_room(
             &mut self,
             account: i64,
-            period_id: i64,
+            period_start: NaiveDateTime,
             metric: Metric,
             amount: i64,
         ) -> Result<Option<UsagePeriod>>;
@@ -1039,7 +1060,7 @@ pub(crate) mod sealed {
         fn consume_room(
             &mut self,
             account: i64,
-            period_id: i64,
+            period_start: NaiveDateTime,
             metric: Metric,
             amount: i64,
         ) -> Result<Option<UsagePeriod>>;
@@ -1071,7 +1092,7 @@ pub(crate) mod sealed {
     backend!(PgConnection, SqliteConnection);
 }
 
-pub(crate) use sealed::{ApplyKeyed, Backend, Keyed, KeyedRequest, QuotaStep, WriteTx};
+pub(crate) use sealed::{ApplyKeyed, Backend, Keyed, KeyedRequest, QuotaStep, ReserveAt, WriteTx};
 
 /// Checks a caller's instant (years 1 to 9999, the range both backends store).
 pub(crate) fn check_instant(field: &str, at: NaiveDateTime) -> Result<()> {

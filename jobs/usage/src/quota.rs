@@ -6,13 +6,16 @@
 //!
 //! ```sql
 //! WITH up AS (UPDATE usage_periods SET tokens_reserved = tokens_reserved + $n
-//!              WHERE account = $account AND id = $period
+//!              WHERE account = $account AND period_start = $start
 //!                AND tokens_used + tokens_reserved + $n <= tokens_limit
 //!             RETURNING id)
-//! INSERT INTO usage_reservations (period_id, …) SELECT up.id, … FROM up RETURNING id
+//! INSERT INTO usage_reservations (period_id, …) SELECT up.id, … FROM up
+//! RETURNING id, period_id
 //! ```
 //!
-//! [`try_consume`] is the same `UPDATE` on `tokens_used`, alone.
+//! [`try_consume`] is the same `UPDATE` on `tokens_used`, alone. The period is found by its
+//! natural key, the month's first instant: when nothing comes back (refused, or the month's
+//! first use and no period row yet), the period is got or created and the call tried again.
 //!
 //! On PostgreSQL (READ COMMITTED) a concurrent writer of the row makes the statement wait, and
 //! the condition is then evaluated again against the newest committed row, so two requests can
@@ -49,8 +52,8 @@
 //! the reservation is two statements there, made atomic by the transaction.
 
 use crate::{
-    check_amount, check_instant, period_for, Backend, Metric, NewReservation, QuotaStep, Usage,
-    UsageConnection, UsagePeriod, WriteTx,
+    check_amount, check_instant, monthly_period, period_for, Backend, Metric, QuotaStep, ReserveAt,
+    Usage, UsageConnection, UsagePeriod, WriteTx,
 };
 use chrono::NaiveDateTime;
 use std::collections::BTreeMap;
@@ -84,11 +87,12 @@ pub struct Reservation {
 /// one conditional `UPDATE … RETURNING` (see the [module documentation](self)); concurrent
 /// reservations never overshoot the limit, and when demand exceeds it they fill it exactly.
 ///
-/// **Cost** (PostgreSQL, READ COMMITTED assumed): two round trips, the period's `SELECT` and
-/// the reservation statement (its own transaction; inside the caller's transaction, part of
-/// it). When refused: the expired reservations of the period are
-/// swept (own transaction) and, if any were, the reservation is tried once more; the period is
-/// read for the error. A connection lost during the statement outside a transaction is
+/// **Cost** (PostgreSQL, READ COMMITTED assumed): one round trip, the reservation statement,
+/// which finds the period by its start (its own transaction; inside the caller's transaction,
+/// part of it). When refused, or on the first use of a month: the period is read (or created)
+/// and the reservation tried again; if still refused, the expired reservations of the period
+/// are swept (own transaction) and, if any were, the reservation is tried once more; the
+/// period is read for the error. A connection lost during the statement outside a transaction is
 /// [`Error::OutcomeUnknown`]: a reservation may have been made; it expires after `ttl`.
 ///
 /// # Errors
@@ -137,19 +141,19 @@ pub fn reserve<C: UsageConnection>(
         .ok_or_else(|| Error::invalid("ttl", "the expiry is out of range"))?;
     check_instant("ttl", expires_at)?;
     let b = conn.backend();
-    with_sweep(b, account, metric, amount, at, |b, period| {
-        let new = NewReservation {
-            period_id: period.id,
+    with_sweep(b, account, metric, amount, at, |b, period_start| {
+        let new = ReserveAt {
             account,
-            metric: metric.as_str(),
+            period_start,
+            metric,
             amount,
             expires_at,
             created_at: chrono::Utc::now().naive_utc(),
         };
-        Ok(b.reserve_one(&new, metric)?.map(|id| Reservation {
+        Ok(b.reserve_one(&new)?.map(|(id, period_id)| Reservation {
             id,
             account,
-            period_id: period.id,
+            period_id,
             metric,
             amount,
             expires_at,
@@ -161,8 +165,8 @@ pub fn reserve<C: UsageConnection>(
 /// allows it: `UPDATE … SET used = used + n WHERE used + reserved + n <= limit RETURNING`.
 /// Returns the period after the change.
 ///
-/// **Guarantee and cost**: as [`reserve`], without a reservation row: two round trips on
-/// PostgreSQL (the period's `SELECT`, the conditional `UPDATE`). A connection lost during the
+/// **Guarantee and cost**: as [`reserve`], without a reservation row: one round trip on
+/// PostgreSQL when accepted (the conditional `UPDATE`). A connection lost during the
 /// update outside a transaction is [`Error::OutcomeUnknown`]: do not retry it blindly, the
 /// units may have been consumed.
 ///
@@ -194,32 +198,39 @@ pub fn try_consume<C: UsageConnection>(
 ) -> Result<UsagePeriod> {
     check_amount("amount", amount, false)?;
     check_instant("at", at)?;
-    with_sweep(conn.backend(), account, metric, amount, at, |b, period| {
-        b.consume_one(account, period.id, metric, amount)
-    })
+    with_sweep(
+        conn.backend(),
+        account,
+        metric,
+        amount,
+        at,
+        |b, period_start| b.consume_one(account, period_start, metric, amount),
+    )
 }
 
-/// Runs `attempt` on the current period; when it is refused (`None`), sweeps the period's
-/// expired reservations in a transaction of their own and, if that freed anything, runs
-/// `attempt` once more.
+/// Runs `attempt` on the period starting at the month of `at`. When nothing comes back (the
+/// limit refused it, or the period does not exist yet), gets or creates the period and runs
+/// `attempt` again; when that is refused too, sweeps the period's expired reservations in a
+/// transaction of their own and, if that freed anything, runs `attempt` once more.
 fn with_sweep<B: Backend, T>(
     b: &mut B,
     account: i64,
     metric: Metric,
     amount: i64,
     at: NaiveDateTime,
-    attempt: impl Fn(&mut B, &UsagePeriod) -> Result<Option<T>>,
+    attempt: impl Fn(&mut B, NaiveDateTime) -> Result<Option<T>>,
 ) -> Result<T> {
-    let run = |b: &mut B| -> Result<std::result::Result<T, i64>> {
-        let period = period_for(b, account, at)?.row;
-        Ok(attempt(b, &period)?.ok_or(period.id))
-    };
-    let refused = match run(b)? {
-        Ok(done) => return Ok(done),
-        Err(period_id) => period_id,
-    };
+    let (start, _) = monthly_period(at)?;
+    if let Some(done) = attempt(b, start)? {
+        return Ok(done);
+    }
+    // Refused, or the month's first use (`NotFound` for an unknown account, nothing written).
+    let refused = period_for(b, account, at)?.row.id;
+    if let Some(done) = attempt(b, start)? {
+        return Ok(done);
+    }
     if sweep(b, Some((account, refused)), at)? > 0 {
-        if let Ok(done) = run(b)? {
+        if let Some(done) = attempt(b, start)? {
             return Ok(done);
         }
     }

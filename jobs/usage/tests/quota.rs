@@ -342,3 +342,67 @@ fn sqlite_reservations_from_8_threads_fill_the_limit_exactly() {
     let p = period(&mut db.conn(), 1);
     assert_eq!((p.tokens_used, p.tokens_reserved), (100, 0));
 }
+
+/// A month's first calls find no period row (each statement matches the period by
+/// `(account, period_start)`): the refused-or-missing call gets or creates the period and tries
+/// again. From 12 threads at once on a month without a period, half reserving and half
+/// consuming one token against a limit of 8: exactly 8 accepted, the 4 others refused with
+/// nothing left, one period holding all of it.
+fn first_calls_of_a_month_fill_the_limit_exactly<C>(
+    pool: diesel::r2d2::Pool<diesel::r2d2::ConnectionManager<C>>,
+) where
+    C: diesel::r2d2::R2D2Connection + 'static,
+    diesel::r2d2::PooledConnection<diesel::r2d2::ConnectionManager<C>>: UsageConnection,
+{
+    const THREADS: usize = 12;
+    const LIMIT: i64 = 8;
+    let when = NaiveDate::from_ymd_opt(2027, 3, 3)
+        .unwrap()
+        .and_hms_opt(3, 0, 0)
+        .unwrap();
+    set_usage_limits(&mut pool.get().unwrap(), 1, Usage::tokens(LIMIT), t0()).unwrap();
+    let p = pool.clone();
+    let outcomes = race(THREADS, move |t| {
+        let mut c = p.get().unwrap();
+        if t % 2 == 0 {
+            reserve(&mut c, 1, Metric::Tokens, 1, when, TTL).map(|r| r.period_id)
+        } else {
+            try_consume(&mut c, 1, Metric::Tokens, 1, when).map(|p| p.id)
+        }
+    });
+    let mut conn = pool.get().unwrap();
+    let period = get_or_create_usage_period(&mut conn, 1, when).unwrap();
+    assert!(!period.created, "the calls created the period");
+    let mut accepted = 0;
+    for outcome in &outcomes {
+        match outcome {
+            Ok(period_id) => {
+                assert_eq!(*period_id, period.row.id);
+                accepted += 1;
+            }
+            Err(Error::QuotaExceeded {
+                requested: 1,
+                available: 0,
+            }) => {}
+            Err(e) => panic!("unexpected error: {e:?}"),
+        }
+    }
+    assert_eq!(accepted, LIMIT);
+    assert_eq!(
+        period.row.tokens_used + period.row.tokens_reserved,
+        LIMIT,
+        "the limit filled exactly"
+    );
+}
+
+#[test]
+fn the_first_calls_of_a_month_from_12_threads_fill_the_limit_exactly() {
+    let db = TestDb::migrated(PG_MIGRATIONS);
+    first_calls_of_a_month_fill_the_limit_exactly(db.pool(12));
+}
+
+#[test]
+fn sqlite_first_calls_of_a_month_from_12_threads_fill_the_limit_exactly() {
+    let db = TestSqlite::migrated(SQLITE_MIGRATIONS);
+    first_calls_of_a_month_fill_the_limit_exactly(db.pool(12));
+}
