@@ -211,6 +211,27 @@ pub fn key(i: u64) -> String {
     format!("key-{i}")
 }
 
+/// One stats row written by `pattern`: the naive query-then-upsert, plain Diesel's upsert or
+/// the crate's (the `upsert` and `hot-key` scenarios differ only in the row they pick).
+fn upsert_strava_row(
+    conn: &mut PgConnection,
+    pattern: Pattern,
+    row: &StravaStats,
+) -> upsert_kit::Result<u64> {
+    match pattern {
+        Pattern::Naive => {
+            naive::query_then_upsert(conn, row)?;
+        }
+        Pattern::Diesel => {
+            plain::upsert_strava(conn, row)?;
+        }
+        Pattern::Atomic => {
+            atomic_upsert(conn, row)?;
+        }
+    }
+    Ok(1)
+}
+
 fn stats_rows(n: u64) -> Vec<StravaStats> {
     let data = crate::payload::stats_payload(0);
     (0..n)
@@ -277,18 +298,7 @@ impl Scenario for SteadyUpsert {
         op: &mut Op<'_>,
     ) -> upsert_kit::Result<u64> {
         let row = &self.rows[op.rng.usize(..self.rows.len())];
-        match pattern {
-            Pattern::Naive => {
-                naive::query_then_upsert(conn, row)?;
-            }
-            Pattern::Diesel => {
-                plain::upsert_strava(conn, row)?;
-            }
-            Pattern::Atomic => {
-                atomic_upsert(conn, row)?;
-            }
-        }
-        Ok(1)
+        upsert_strava_row(conn, pattern, row)
     }
     fn verify(&self, conn: &mut PgConnection, _tally: &Tally) -> Result<Anomalies> {
         stats_anomalies(conn, self.rows.len())
@@ -542,18 +552,7 @@ impl Scenario for HotKey {
         op: &mut Op<'_>,
     ) -> upsert_kit::Result<u64> {
         let row = &self.rows[op.worker % self.rows.len()];
-        match pattern {
-            Pattern::Naive => {
-                naive::query_then_upsert(conn, row)?;
-            }
-            Pattern::Diesel => {
-                plain::upsert_strava(conn, row)?;
-            }
-            Pattern::Atomic => {
-                atomic_upsert(conn, row)?;
-            }
-        }
-        Ok(1)
+        upsert_strava_row(conn, pattern, row)
     }
     fn verify(&self, conn: &mut PgConnection, _tally: &Tally) -> Result<Anomalies> {
         stats_anomalies(conn, 1)
