@@ -53,7 +53,7 @@ pub trait Dialect: Backend + sealed::Sealed {
     #[doc(hidden)]
     fn push_on_conflict_update(out: &mut AstPass<'_, '_, Self>, key: &[&str]) -> QueryResult<()> {
         out.push_sql(" ON CONFLICT (");
-        crate::upsert::statement::push_identifiers(out, key)?;
+        crate::sql::push_identifiers(out, key)?;
         out.push_sql(") DO UPDATE SET ");
         Ok(())
     }
@@ -117,7 +117,7 @@ impl Dialect for diesel::pg::Pg {
     binds!();
     fn push_int_array(out: &mut AstPass<'_, '_, Self>, columns: &[&str]) -> QueryResult<()> {
         out.push_sql("json_build_array(");
-        crate::upsert::statement::push_identifiers(out, columns)?;
+        crate::sql::push_identifiers(out, columns)?;
         out.push_sql(")::text");
         Ok(())
     }
@@ -139,7 +139,7 @@ impl Dialect for diesel::sqlite::Sqlite {
     binds!();
     fn push_int_array(out: &mut AstPass<'_, '_, Self>, columns: &[&str]) -> QueryResult<()> {
         out.push_sql("json_array(");
-        crate::upsert::statement::push_identifiers(out, columns)?;
+        crate::sql::push_identifiers(out, columns)?;
         out.push_sql(")");
         Ok(())
     }
@@ -155,7 +155,7 @@ impl Dialect for diesel::mysql::Mysql {
     fn push_int_array(out: &mut AstPass<'_, '_, Self>, columns: &[&str]) -> QueryResult<()> {
         // MySQL 8's JSON_ARRAY is of type JSON; the cast makes it text on both servers.
         out.push_sql("CAST(JSON_ARRAY(");
-        crate::upsert::statement::push_identifiers(out, columns)?;
+        crate::sql::push_identifiers(out, columns)?;
         out.push_sql(") AS CHAR)");
         Ok(())
     }
@@ -477,4 +477,34 @@ pub trait BindKey<DB: Backend>: Keyed {
 pub(crate) fn parse_ints(text: &str) -> Result<Vec<i64>> {
     serde_json::from_str(text)
         .map_err(|e| Error::Database(diesel::result::Error::DeserializationError(Box::new(e))))
+}
+
+/// How many times a MySQL write of the crate's own is run when InnoDB picks it as a deadlock's
+/// victim (concurrent first inserts of one key can deadlock on the index's gap locks).
+#[cfg(feature = "mysql")]
+pub(crate) const DEADLOCK_ATTEMPTS: u32 = 5;
+
+/// Runs `f` (a write whose every statement the crate sends, with no effect outside the
+/// database) again when the server rolled it back as a deadlock victim ([`Error::Deadlock`]),
+/// up to [`DEADLOCK_ATTEMPTS`] times, unless a transaction of the caller's is open: InnoDB
+/// then rolled back the caller's whole transaction, which only the caller can re-run.
+pub(crate) fn retry_deadlocks<C, T>(
+    conn: &mut C,
+    mut f: impl FnMut(&mut C) -> Result<T>,
+) -> Result<T>
+where
+    C: WriteConnection,
+{
+    #[cfg(feature = "mysql")]
+    {
+        if !tx::in_transaction(conn.raw()) {
+            use std::time::Duration;
+            return crate::retry::Retry::new()
+                .max_attempts(DEADLOCK_ATTEMPTS)
+                .base_delay(Duration::from_millis(2))
+                .max_delay(Duration::from_millis(20))
+                .run_while(|e| matches!(e, Error::Deadlock(_)), |_| f(conn));
+        }
+    }
+    f(conn)
 }

@@ -348,7 +348,7 @@ impl<'k, T: Counter> Increment<'k, T> {
         };
         for _ in 0..BOUND_ATTEMPTS {
             if !<C::Backend as Dialect>::RETURNING {
-                let step = crate::tx::retry_deadlocks(conn, |c| {
+                let step = crate::conn::retry_deadlocks(conn, |c| {
                     self.run_without_returning(c, amounts, bounds, fresh_row_fits)
                 })?;
                 match step {
@@ -730,9 +730,9 @@ impl<'a, T: Counter> UpsertIncrementSql<'a, T> {
         out.push_sql("INSERT INTO ");
         T::walk_table(out.reborrow())?;
         out.push_sql(" (");
-        crate::upsert::statement::push_identifiers(out, T::KEY)?;
+        crate::sql::push_identifiers(out, T::KEY)?;
         out.push_sql(", ");
-        crate::upsert::statement::push_identifiers(out, T::AMOUNTS)?;
+        crate::sql::push_identifiers(out, T::AMOUNTS)?;
         out.push_sql(") VALUES (");
         T::walk_key(self.key, KeyStyle::Values, out.reborrow())?;
         for amount in self.amounts {
@@ -826,7 +826,7 @@ where
             out.push_sql("CAST(JSON_ARRAY(CAST(COALESCE(@upsert_kit_hit = ");
             DB::push_int(&mut out, nonce)?;
             out.push_sql(", 0) AS SIGNED), CAST(COALESCE(@upsert_kit_ok, 0) AS SIGNED), ");
-            crate::upsert::statement::push_identifiers(&mut out, T::AMOUNTS)?;
+            crate::sql::push_identifiers(&mut out, T::AMOUNTS)?;
             out.push_sql(") AS CHAR)");
         } else if self.limits {
             let columns: Vec<&str> = T::AMOUNTS.iter().chain(T::LIMITS).copied().collect();

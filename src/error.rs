@@ -465,7 +465,7 @@ impl From<diesel::result::Error> for Error {
 impl From<r2d2::Error> for Error {
     fn from(e: r2d2::Error) -> Self {
         // r2d2 quotes the last connection error, which may quote the URL.
-        Error::Pool(crate::db::redact_message(&e.to_string()))
+        Error::Pool(crate::redact::redact_message(&e.to_string()))
     }
 }
 
@@ -473,7 +473,7 @@ impl From<diesel::ConnectionError> for Error {
     fn from(e: diesel::ConnectionError) -> Self {
         Error::Connect(format!(
             "cannot connect: {}",
-            crate::db::redact_message(&e.to_string())
+            crate::redact::redact_message(&e.to_string())
         ))
     }
 }

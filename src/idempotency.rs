@@ -608,7 +608,7 @@ where
                 out.push_sql("INSERT INTO ");
                 L::walk_table(out.reborrow())?;
                 out.push_sql(" (");
-                crate::upsert::statement::push_identifiers(
+                crate::sql::push_identifiers(
                     &mut out,
                     &[L::KEY, L::FINGERPRINT, L::RESULT, L::CREATED_AT],
                 )?;
@@ -658,7 +658,7 @@ where
             }
             Sql::Read { key } => {
                 out.push_sql("SELECT ");
-                crate::upsert::statement::push_identifiers(&mut out, &[L::FINGERPRINT, L::RESULT])?;
+                crate::sql::push_identifiers(&mut out, &[L::FINGERPRINT, L::RESULT])?;
                 out.push_sql(" FROM ");
                 L::walk_table(out.reborrow())?;
                 out.push_sql(" WHERE ");
@@ -709,7 +709,7 @@ where
         out.push_sql(") INSERT INTO ");
         L::walk_table(out.reborrow())?;
         out.push_sql(" (");
-        crate::upsert::statement::push_identifiers(
+        crate::sql::push_identifiers(
             &mut out,
             &[L::KEY, L::FINGERPRINT, L::RESULT, L::CREATED_AT],
         )?;

@@ -29,7 +29,9 @@ pub mod limits;
 pub mod lock;
 pub mod period;
 pub mod quota;
+pub mod redact;
 pub mod retry;
+mod sql;
 #[cfg(feature = "sqlite")]
 mod sqlite_gate;
 pub mod tables;

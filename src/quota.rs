@@ -362,7 +362,7 @@ where
         };
         if !<C::Backend as Dialect>::RETURNING {
             // MySQL: the update, then the row it changed, in one transaction.
-            return crate::tx::retry_deadlocks(conn, |conn| {
+            return crate::conn::retry_deadlocks(conn, |conn| {
                 conn.write(|c| {
                     if c.run_execute(&sql)? == 0 {
                         return Ok(None);
@@ -428,7 +428,7 @@ where
             };
             Ok(conn.single(|c| c.run_ints(&sql))?.into_iter().next())
         } else {
-            crate::tx::retry_deadlocks(conn, |conn| {
+            crate::conn::retry_deadlocks(conn, |conn| {
                 conn.write(|c| {
                     let held: Sql<'_, Q> = Sql::ReserveUpdate {
                         key,
@@ -566,7 +566,7 @@ where
             .next()
             .map(QuotaUsage::from))
     } else {
-        crate::tx::retry_deadlocks(conn, |conn| {
+        crate::conn::retry_deadlocks(conn, |conn| {
             conn.write(|c| {
                 if !<C::Backend as Dialect>::RETURNING {
                     // MySQL: the quota row first, as `reserve` takes it, so that neither waits on
@@ -652,7 +652,7 @@ where
             .next()
             .unwrap_or(0)
     } else {
-        crate::tx::retry_deadlocks(conn, |conn| {
+        crate::conn::retry_deadlocks(conn, |conn| {
             conn.write(|c| {
                 let update: Sql<'_, Q> = Sql::SweepUpdate { key, at };
                 c.run_execute(&update)?;
@@ -870,7 +870,7 @@ fn returning_usage<Q: Quota, DB: Dialect>(out: &mut AstPass<'_, '_, DB>) -> Quer
         return Ok(());
     }
     out.push_sql(" RETURNING ");
-    crate::upsert::statement::push_identifiers(out, &[Q::LIMIT, Q::USED, Q::RESERVED])
+    crate::sql::push_identifiers(out, &[Q::LIMIT, Q::USED, Q::RESERVED])
 }
 
 /// `UPDATE q SET reserved = reserved + $n WHERE key AND used + reserved + $n <= limit [+ $margin]`.
@@ -917,7 +917,7 @@ fn walk_insert_reservation<'b, Q: BindQuota<DB>, DB: Dialect>(
     out.push_sql("INSERT INTO ");
     Q::walk_reservations(out.reborrow())?;
     out.push_sql(" (");
-    crate::upsert::statement::push_identifiers(out, Q::KEY)?;
+    crate::sql::push_identifiers(out, Q::KEY)?;
     out.push_sql(", ");
     col(out, Q::RESERVATION_AMOUNT)?;
     out.push_sql(", ");
@@ -1130,13 +1130,13 @@ where
                     Q::walk_key(key, KeyStyle::Match, out.reborrow())?;
                 }
                 out.push_sql(" RETURNING ");
-                crate::upsert::statement::push_identifiers(out, Q::KEY)?;
+                crate::sql::push_identifiers(out, Q::KEY)?;
                 out.push_sql(", ");
                 col(out, Q::RESERVATION_AMOUNT)?;
                 out.push_sql(" AS ");
                 out.push_identifier(GONE_AMOUNT)?;
                 out.push_sql("), __kit_sums AS (SELECT ");
-                crate::upsert::statement::push_identifiers(out, Q::KEY)?;
+                crate::sql::push_identifiers(out, Q::KEY)?;
                 out.push_sql(", SUM(");
                 out.push_identifier(GONE_AMOUNT)?;
                 out.push_sql(") AS ");
@@ -1144,7 +1144,7 @@ where
                 out.push_sql(" FROM ");
                 out.push_identifier(GONE)?;
                 out.push_sql(" GROUP BY ");
-                crate::upsert::statement::push_identifiers(out, Q::KEY)?;
+                crate::sql::push_identifiers(out, Q::KEY)?;
                 out.push_sql("), __kit_up AS (UPDATE ");
                 Q::walk_table(out.reborrow())?;
                 out.push_sql(" SET ");
@@ -1213,7 +1213,7 @@ where
             }
             Sql::Read { key } => {
                 out.push_sql("SELECT ");
-                crate::upsert::statement::push_identifiers(out, &[Q::LIMIT, Q::USED, Q::RESERVED])?;
+                crate::sql::push_identifiers(out, &[Q::LIMIT, Q::USED, Q::RESERVED])?;
                 out.push_sql(" FROM ");
                 Q::walk_table(out.reborrow())?;
                 out.push_sql(" WHERE ");

@@ -104,7 +104,7 @@ impl Drop for Held {
 /// # Errors
 /// [`Error::Busy`] when another writer of the process held the gate past the busy timeout.
 pub(crate) fn enter(conn: &mut SqliteConnection) -> Result<Option<Held>> {
-    if crate::tx::in_transaction(conn) {
+    if crate::sql::in_transaction(conn) {
         return Ok(None);
     }
     let Some(marker) = conn.instrumentation().downcast_ref::<WriterGate>() else {

@@ -7,7 +7,7 @@
 //! way; [`transaction`] tells them apart, and it is what every primitive of this crate uses.
 
 use crate::error::{Error, Result};
-use diesel::connection::{AnsiTransactionManager, Connection, TransactionManager};
+use diesel::connection::Connection;
 
 /// The error of a transaction run by [`transaction`]: the body's own, or the database's
 /// (`BEGIN`, `COMMIT`, `ROLLBACK`), classified.
@@ -136,16 +136,7 @@ where
     }
 }
 
-/// Whether `conn` has an open transaction (or its transaction state is broken, which counts as
-/// open: nothing may assume autocommit then).
-pub fn in_transaction<C>(conn: &mut C) -> bool
-where
-    C: Connection<TransactionManager = AnsiTransactionManager>,
-{
-    AnsiTransactionManager::transaction_manager_status_mut(conn)
-        .transaction_depth()
-        .map_or(true, |depth| depth.is_some())
-}
+pub use crate::sql::in_transaction;
 
 /// Classifies the error of a single statement. Outside a transaction (`in_transaction` is
 /// false, as [`in_transaction`] said *before* the statement ran) the statement commits on its
@@ -193,34 +184,4 @@ pub(crate) fn sqlite_write<T>(
     f: impl FnOnce(&mut diesel::SqliteConnection) -> Result<T>,
 ) -> Result<T> {
     immediate_transaction(conn, f)
-}
-
-/// How many times a MySQL write of the crate's own is run when InnoDB picks it as a deadlock's
-/// victim (concurrent first inserts of one key can deadlock on the index's gap locks).
-#[cfg(feature = "mysql")]
-pub(crate) const DEADLOCK_ATTEMPTS: u32 = 5;
-
-/// Runs `f` (a write whose every statement the crate sends, with no effect outside the
-/// database) again when the server rolled it back as a deadlock victim ([`Error::Deadlock`]),
-/// up to [`DEADLOCK_ATTEMPTS`] times, unless a transaction of the caller's is open: InnoDB
-/// then rolled back the caller's whole transaction, which only the caller can re-run.
-pub(crate) fn retry_deadlocks<C, T>(
-    conn: &mut C,
-    mut f: impl FnMut(&mut C) -> Result<T>,
-) -> Result<T>
-where
-    C: crate::conn::WriteConnection,
-{
-    #[cfg(feature = "mysql")]
-    {
-        if !in_transaction(conn.raw()) {
-            use std::time::Duration;
-            return crate::retry::Retry::new()
-                .max_attempts(DEADLOCK_ATTEMPTS)
-                .base_delay(Duration::from_millis(2))
-                .max_delay(Duration::from_millis(20))
-                .run_while(|e| matches!(e, Error::Deadlock(_)), |_| f(conn));
-        }
-    }
-    f(conn)
 }

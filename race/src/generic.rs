@@ -13,7 +13,7 @@
 //! [`scenarios::create_tables`]: crate::scenarios::create_tables
 
 use crate::naive;
-use crate::scenarios::{
+use crate::scenario::{
     race_counter, reset_counter, timestamp, Anomalies, Op, Pattern, Scenario, Tally,
 };
 use anyhow::Result;
@@ -64,7 +64,7 @@ impl Scenario for Counter {
         _op: &mut Op<'_>,
     ) -> upsert_kit::Result<u64> {
         match pattern {
-            Pattern::Diesel => return Err(crate::scenarios::no_diesel_side()),
+            Pattern::Diesel => return Err(crate::scenario::no_diesel_side()),
             // As ORM code writes it: load, add, save (two round trips, no transaction).
             Pattern::Naive => naive::read_add_write(conn, COUNTER_ID)?,
             // One `UPDATE … SET n = n + 1 … RETURNING n`.
@@ -111,7 +111,7 @@ impl Scenario for CounterRetry {
         let mut counted = 0;
         for _delivery in 0..2 {
             match pattern {
-                Pattern::Diesel => return Err(crate::scenarios::no_diesel_side()),
+                Pattern::Diesel => return Err(crate::scenario::no_diesel_side()),
                 // No key: the retry is counted again.
                 Pattern::Naive => {
                     naive::read_add_write(conn, RETRY_ID)?;
@@ -134,18 +134,10 @@ impl Scenario for CounterRetry {
         Ok(counted)
     }
     fn verify(&self, conn: &mut PgConnection, tally: &Tally) -> Result<Anomalies> {
-        Ok(retry_anomalies(counter_value(conn, RETRY_ID)?, tally))
-    }
-}
-
-/// The damage of a retry scenario whose counter ended at `value`, when `tally.ok` requests
-/// completed and their deliveries said they added `tally.effect`: deliveries counted beyond
-/// one per request, and deliveries counted that the value does not show.
-pub(crate) fn retry_anomalies(value: i64, tally: &Tally) -> Anomalies {
-    Anomalies {
-        double_counted: tally.effect as i64 - tally.ok as i64,
-        lost_updates: tally.effect as i64 - value,
-        ..Anomalies::default()
+        Ok(crate::scenario::retry_anomalies(
+            counter_value(conn, RETRY_ID)?,
+            tally,
+        ))
     }
 }
 
@@ -214,7 +206,7 @@ impl Scenario for Quota {
         let window = self.current.load(Ordering::SeqCst);
         let key = Self::key(window);
         let granted = match pattern {
-            Pattern::Diesel => return Err(crate::scenarios::no_diesel_side()),
+            Pattern::Diesel => return Err(crate::scenario::no_diesel_side()),
             // Check, then act: two round trips, and the check may be stale when the act runs.
             Pattern::Naive => naive::try_consume_check_then_act(conn, &key, 1)?,
             // One conditional `UPDATE`.

@@ -30,12 +30,13 @@ pub mod payload;
 pub mod plain;
 pub mod primitives;
 pub mod report;
+pub mod scenario;
 pub mod scenarios;
 
 use anyhow::{bail, Context, Result};
 use diesel::pg::PgConnection;
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness};
-use scenarios::{Anomalies, Op, Pattern, Scenario, Tally};
+use scenario::{Anomalies, Op, Pattern, Scenario, Tally};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};

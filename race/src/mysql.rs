@@ -14,7 +14,7 @@
 //! Everything runs at the server's default isolation (REPEATABLE READ on MariaDB and MySQL).
 
 use crate::generic::RaceCounter;
-use crate::scenarios::{race_counter, timestamp, Anomalies, Op, Pattern, Scenario, Tally};
+use crate::scenario::{race_counter, timestamp, Anomalies, Op, Pattern, Scenario, Tally};
 use crate::{Config, Row};
 use anyhow::{bail, Context, Result};
 use chrono::NaiveDateTime;
@@ -185,7 +185,7 @@ pub fn default_admin_url() -> Result<String> {
 /// A name that has no MySQL scenario (see [`NAMES`]).
 pub fn by_name(
     name: &str,
-    params: &crate::scenarios::Params,
+    params: &crate::scenario::Params,
 ) -> Result<Box<dyn Scenario<MysqlConnection>>> {
     Ok(match name {
         "upsert" => Box::new(SteadyUpsert {
@@ -257,7 +257,7 @@ fn stats_rows(n: u64) -> Vec<Stat> {
     let data = crate::payload::stats_payload(0);
     (0..n)
         .map(|i| Stat {
-            stats_type: crate::scenarios::key(i),
+            stats_type: crate::scenario::key(i),
             data: data.clone(),
             created_at: timestamp(),
             updated_at: timestamp(),
@@ -350,7 +350,7 @@ impl Scenario<MysqlConnection> for SteadyUpsert {
         let row = &self.rows[op.rng.usize(..self.rows.len())];
         match pattern {
             // No plain-Diesel side on MySQL (`patterns()` leaves it out).
-            Pattern::Diesel => return Err(crate::scenarios::no_diesel_side()),
+            Pattern::Diesel => return Err(crate::scenario::no_diesel_side()),
             Pattern::Naive => query_then_upsert(conn, "race_stats", &row.stats_type, &row.data)?,
             Pattern::Atomic => {
                 atomic_upsert(conn, row)?;
@@ -390,7 +390,7 @@ impl Scenario<MysqlConnection> for FirstInsert {
         };
         match pattern {
             // No plain-Diesel side on MySQL (`patterns()` leaves it out).
-            Pattern::Diesel => return Err(crate::scenarios::no_diesel_side()),
+            Pattern::Diesel => return Err(crate::scenario::no_diesel_side()),
             Pattern::Naive => query_then_upsert(conn, "race_first", &row.stats_type, &row.data)?,
             Pattern::Atomic => {
                 atomic_upsert(conn, &row)?;
@@ -433,7 +433,7 @@ impl Scenario<MysqlConnection> for BulkScenario {
         let batch = &self.rows[start..start + self.batch];
         match pattern {
             // No plain-Diesel side on MySQL (`patterns()` leaves it out).
-            Pattern::Diesel => return Err(crate::scenarios::no_diesel_side()),
+            Pattern::Diesel => return Err(crate::scenario::no_diesel_side()),
             Pattern::Naive => {
                 for row in batch {
                     atomic_upsert(conn, row)?;
@@ -473,7 +473,7 @@ impl Scenario<MysqlConnection> for Counter {
     ) -> upsert_kit::Result<u64> {
         match pattern {
             // No plain-Diesel side on MySQL (`patterns()` leaves it out).
-            Pattern::Diesel => return Err(crate::scenarios::no_diesel_side()),
+            Pattern::Diesel => return Err(crate::scenario::no_diesel_side()),
             Pattern::Naive => {
                 let n: i64 = race_counter::table
                     .find(COUNTER_ID)
@@ -545,7 +545,7 @@ impl Scenario<MysqlConnection> for QuotaScenario {
         let key = Self::key(window);
         let granted = match pattern {
             // No plain-Diesel side on MySQL (`patterns()` leaves it out).
-            Pattern::Diesel => return Err(crate::scenarios::no_diesel_side()),
+            Pattern::Diesel => return Err(crate::scenario::no_diesel_side()),
             Pattern::Naive => {
                 let (limit, used, reserved): (i64, i64, i64) = upsert_kit_quotas::table
                     .find(&key)
@@ -633,7 +633,7 @@ impl Scenario<MysqlConnection> for ClaimScenario {
         };
         match pattern {
             // No plain-Diesel side on MySQL (`patterns()` leaves it out).
-            Pattern::Diesel => return Err(crate::scenarios::no_diesel_side()),
+            Pattern::Diesel => return Err(crate::scenario::no_diesel_side()),
             Pattern::Naive => {
                 #[derive(QueryableByName)]
                 struct Id {

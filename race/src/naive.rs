@@ -17,7 +17,7 @@
 //! `usage_tracking::naive` (get-or-create, counters, quotas) and `backfill_scheduler::naive`
 //! (the backfill scheduler, lockless claims).
 
-use crate::scenarios::race_counter;
+use crate::scenario::race_counter;
 use diesel::pg::PgConnection;
 use diesel::prelude::*;
 use upsert_kit::tables::upsert_kit_quotas;

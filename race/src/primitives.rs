@@ -11,7 +11,7 @@
 //! | `get-or-create` | [`naive::get_or_create_usage_period_select_then_insert`], all workers on one fresh period per round | [`get_or_create_usage_period`] |
 //! | `claim` | [`backfill_scheduler::naive::claim_select_then_update`] of one item, then mark it done | [`Queue::claim`] of one item, then [`Queue::complete`] |
 
-use crate::scenarios::{timestamp, Anomalies, Op, Pattern, Scenario, Tally};
+use crate::scenario::{timestamp, Anomalies, Op, Pattern, Scenario, Tally};
 use anyhow::{bail, Result};
 use backfill_scheduler::schema::backfill_log;
 use backfill_scheduler::{schedule_months, BackfillMonth};
@@ -91,7 +91,7 @@ impl Scenario for UsageCounter {
         op: &mut Op<'_>,
     ) -> upsert_kit::Result<u64> {
         match pattern {
-            Pattern::Diesel => return Err(crate::scenarios::no_diesel_side()),
+            Pattern::Diesel => return Err(crate::scenario::no_diesel_side()),
             // As ORM code writes it: load, add, save (two round trips, no transaction).
             Pattern::Naive => {
                 naive::increment_read_add_write(conn, self.period.load(Ordering::SeqCst), 1)?;
@@ -149,7 +149,7 @@ impl Scenario for UsageCounterRetry {
         let mut counted = 0;
         for _delivery in 0..2 {
             match pattern {
-                Pattern::Diesel => return Err(crate::scenarios::no_diesel_side()),
+                Pattern::Diesel => return Err(crate::scenario::no_diesel_side()),
                 // No key: the retry is counted again.
                 Pattern::Naive => {
                     naive::increment_read_add_write(conn, self.period.load(Ordering::SeqCst), 1)?;
@@ -167,7 +167,7 @@ impl Scenario for UsageCounterRetry {
     }
     fn verify(&self, conn: &mut PgConnection, tally: &Tally) -> Result<Anomalies> {
         let used = tokens_used(conn, self.period.load(Ordering::SeqCst))?;
-        Ok(crate::generic::retry_anomalies(used, tally))
+        Ok(crate::scenario::retry_anomalies(used, tally))
     }
 }
 
@@ -243,7 +243,7 @@ impl Scenario for UsageQuota {
     ) -> upsert_kit::Result<u64> {
         let window = self.current.load(Ordering::SeqCst);
         let granted = match pattern {
-            Pattern::Diesel => return Err(crate::scenarios::no_diesel_side()),
+            Pattern::Diesel => return Err(crate::scenario::no_diesel_side()),
             // Check, then act: two round trips, and the check may be stale when the act runs.
             Pattern::Naive => {
                 let period = self.periods.lock().expect("quota windows")[window as usize];
@@ -323,7 +323,7 @@ impl Scenario for GetOrCreate {
     ) -> upsert_kit::Result<u64> {
         let at = month_of_round(op.round);
         let obtained = match pattern {
-            Pattern::Diesel => return Err(crate::scenarios::no_diesel_side()),
+            Pattern::Diesel => return Err(crate::scenario::no_diesel_side()),
             Pattern::Naive => {
                 naive::get_or_create_usage_period_select_then_insert(conn, ACCOUNT, at)?
             }
@@ -390,7 +390,7 @@ impl Scenario for Claim {
     ) -> upsert_kit::Result<u64> {
         let holder = format!("worker-{}", op.worker);
         match pattern {
-            Pattern::Diesel => Err(crate::scenarios::no_diesel_side()),
+            Pattern::Diesel => Err(crate::scenario::no_diesel_side()),
             Pattern::Naive => {
                 let claimed =
                     backfill_scheduler::naive::claim_select_then_update(conn, &holder, 1)?;

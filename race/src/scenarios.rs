@@ -23,8 +23,11 @@ use crate::generic;
 use crate::naive;
 use crate::plain;
 use crate::primitives;
+pub use crate::scenario::{
+    key, timestamp, Anomalies, Op, Params, Pattern, Scenario, Tally, ALL_PATTERNS, NAIVE_AND_ATOMIC,
+};
+use crate::scenario::{race_counter, reset_counter};
 use anyhow::{bail, Result};
-use chrono::{NaiveDate, NaiveDateTime};
 use diesel::connection::SimpleConnection;
 use diesel::pg::PgConnection;
 use diesel::prelude::*;
@@ -32,129 +35,6 @@ use sync_jobs::models::{StravaStats, WakatimeStats};
 use sync_jobs::schema::{strava_stats, wakatime_stats};
 use upsert_kit::lock::{self, LockKey};
 use upsert_kit::{atomic_upsert, bulk_upsert};
-
-/// The sides of a scenario.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pattern {
-    /// The racy pattern the crate replaces.
-    Naive,
-    /// Plain Diesel's own upsert, where one exists ([`Scenario::patterns`]).
-    Diesel,
-    /// The crate's pattern.
-    Atomic,
-}
-
-impl Pattern {
-    /// `naive`, `diesel` or `atomic`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Pattern::Naive => "naive",
-            Pattern::Diesel => "diesel",
-            Pattern::Atomic => "atomic",
-        }
-    }
-
-    /// Parses `naive`, `diesel` or `atomic`.
-    pub fn parse(s: &str) -> Result<Pattern> {
-        match s {
-            "naive" => Ok(Pattern::Naive),
-            "diesel" => Ok(Pattern::Diesel),
-            "atomic" => Ok(Pattern::Atomic),
-            other => bail!("unknown pattern {other:?} (naive, diesel, atomic)"),
-        }
-    }
-}
-
-/// The error of a scenario asked for a side it lacks (the runner never asks: it runs
-/// [`Scenario::patterns`] only).
-pub(crate) fn no_diesel_side() -> upsert_kit::Error {
-    upsert_kit::Error::invalid("pattern", "this scenario has no plain-Diesel side")
-}
-
-/// The patterns of the scenarios without a plain-Diesel side.
-pub const NAIVE_AND_ATOMIC: &[Pattern] = &[Pattern::Naive, Pattern::Atomic];
-/// The patterns of the upsert scenarios.
-pub const ALL_PATTERNS: &[Pattern] = &[Pattern::Naive, Pattern::Diesel, Pattern::Atomic];
-
-/// The scenarios' sizes.
-#[derive(Debug, Clone)]
-pub struct Params {
-    /// Keys of the steady-state `upsert` scenario.
-    pub keys: u64,
-    /// Rows per batch of the `bulk` scenario.
-    pub batch: usize,
-    /// Keys of the `bulk` scenario (each batch is `batch` consecutive keys).
-    pub bulk_keys: u64,
-    /// Units per quota window of the `quota` and `usage-quota` scenarios.
-    pub quota_limit: i64,
-    /// Items queued for each cell of the `claim` scenario.
-    pub claim_items: usize,
-}
-
-/// One operation's context.
-#[derive(Debug)]
-pub struct Op<'a> {
-    /// The worker's index.
-    pub worker: usize,
-    /// This worker's operation number (in lockstep scenarios, the round, the same for all).
-    pub round: u64,
-    /// The worker's random numbers (seeded per worker: runs are repeatable).
-    pub rng: &'a mut fastrand::Rng,
-}
-
-/// What the workers of a cell did, summed.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Tally {
-    /// Operations that succeeded.
-    pub ok: u64,
-    /// The sum of the successful operations' effects (increments applied, units granted…).
-    pub effect: u64,
-    /// Rounds run (lockstep scenarios).
-    pub rounds: u64,
-}
-
-/// The damage found after a cell.
-#[derive(Debug, Default)]
-pub struct Anomalies {
-    /// Rows beyond the first for one key.
-    pub duplicate_rows: i64,
-    /// Acknowledged writes the final state does not show (for `first-insert`: keys left
-    /// without a row).
-    pub lost_updates: i64,
-    /// Writes counted more than once (`counter-retry`: retried deliveries counted again).
-    pub double_counted: i64,
-    /// Units granted beyond a limit.
-    pub over_limit: i64,
-}
-
-/// A race scenario, on PostgreSQL unless `C` says otherwise (the MySQL scenarios of
-/// [`crate::mysql`] are `Scenario<MysqlConnection>`).
-pub trait Scenario<C = PgConnection>: Send + Sync {
-    /// Its name on the command line and in the report.
-    fn name(&self) -> &'static str;
-    /// What the throughput counts.
-    fn unit(&self) -> &'static str {
-        "ops"
-    }
-    /// Units per operation (rows per batch for bulk scenarios).
-    fn units_per_op(&self) -> u64 {
-        1
-    }
-    /// Whether all workers start each operation together (a barrier per round).
-    fn lockstep(&self) -> bool {
-        false
-    }
-    /// The patterns it has; a pattern asked for that it lacks is left out of its cells.
-    fn patterns(&self) -> &'static [Pattern] {
-        NAIVE_AND_ATOMIC
-    }
-    /// Resets the scenario's tables before a cell.
-    fn prepare(&self, conn: &mut C) -> Result<()>;
-    /// One operation of `pattern`; returns its effect (see [`Tally::effect`]).
-    fn op(&self, conn: &mut C, pattern: Pattern, op: &mut Op<'_>) -> upsert_kit::Result<u64>;
-    /// Counts the damage after a cell.
-    fn verify(&self, conn: &mut C, tally: &Tally) -> Result<Anomalies>;
-}
 
 /// Every scenario name, in report order.
 pub const NAMES: &[&str] = &[
@@ -198,19 +78,6 @@ pub fn available() -> Vec<String> {
     NAMES.iter().map(|n| (*n).to_owned()).collect()
 }
 
-/// The timestamp every benchmark row carries, `2026-11-29 00:00:00` (fixed, so pgbench can
-/// send the same one).
-pub fn timestamp() -> NaiveDateTime {
-    NaiveDate::from_ymd_opt(2026, 11, 29)
-        .and_then(|d| d.and_hms_opt(0, 0, 0))
-        .expect("a valid date")
-}
-
-/// The key of row `i` in the upsert and bulk scenarios (pgbench builds the same).
-pub fn key(i: u64) -> String {
-    format!("key-{i}")
-}
-
 /// One stats row written by `pattern`: the naive query-then-upsert, plain Diesel's upsert or
 /// the crate's (the `upsert` and `hot-key` scenarios differ only in the row they pick).
 fn upsert_strava_row(
@@ -242,17 +109,6 @@ fn stats_rows(n: u64) -> Vec<StravaStats> {
             updated_at: timestamp(),
         })
         .collect()
-}
-
-diesel::table! {
-    /// The counters of the `counter` (id 1), `lock` (id 2) and `counter-retry` (id 3)
-    /// scenarios, declared for [`upsert_kit::counter`](mod@upsert_kit::counter) as [`generic::RaceCounter`].
-    race_counter (id) {
-        /// The counter's id.
-        id -> Int4,
-        /// Its value.
-        n -> Int8,
-    }
 }
 
 /// Creates the scenarios' own tables next to the adopters' migrations: [`race_counter`], and
@@ -363,17 +219,6 @@ impl Scenario for FirstInsert {
             ..Anomalies::default()
         })
     }
-}
-
-/// Sets counter `id` of [`race_counter`] to 0, creating its row.
-pub(crate) fn reset_counter(conn: &mut PgConnection, id: i32) -> Result<()> {
-    diesel::insert_into(race_counter::table)
-        .values((race_counter::id.eq(id), race_counter::n.eq(0_i64)))
-        .on_conflict(race_counter::id)
-        .do_update()
-        .set(race_counter::n.eq(0_i64))
-        .execute(conn)?;
-    Ok(())
 }
 
 fn counter_anomalies(conn: &mut PgConnection, id: i32, tally: &Tally) -> Result<Anomalies> {

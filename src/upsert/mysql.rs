@@ -87,7 +87,7 @@ where
         out.push_sql("INSERT INTO ");
         self.table.walk_ast(out.reborrow())?;
         out.push_sql(" (");
-        super::statement::push_identifiers(&mut out, M::COLUMNS)?;
+        crate::sql::push_identifiers(&mut out, M::COLUMNS)?;
         out.push_sql(") VALUES ");
         for (i, row) in self.rows.iter().enumerate() {
             out.push_sql(if i == 0 { "(" } else { ", (" });
@@ -226,7 +226,7 @@ where
     M::Table: QueryFragment<Mysql>,
     F: QueryFragment<Mysql>,
 {
-    tx::retry_deadlocks(conn, |conn| upsert_one_once(conn, row, update, condition))
+    crate::conn::retry_deadlocks(conn, |conn| upsert_one_once(conn, row, update, condition))
 }
 
 fn upsert_one_once<M, F>(
@@ -342,7 +342,7 @@ where
     M::Table: QueryFragment<Mysql>,
     F: QueryFragment<Mysql>,
 {
-    let result = tx::retry_deadlocks(conn, |conn| {
+    let result = crate::conn::retry_deadlocks(conn, |conn| {
         bulk_once(conn, rows, update, condition, chunk_size)
     });
     match result {

@@ -91,7 +91,7 @@ where
             out.push_sql(" (");
             out.push_identifier(EXISTED)?;
             out.push_sql(", ");
-            push_identifiers(&mut out, M::COLUMNS)?;
+            crate::sql::push_identifiers(&mut out, M::COLUMNS)?;
             out.push_sql(") AS MATERIALIZED (SELECT EXISTS (SELECT 1 FROM ");
             self.table.walk_ast(out.reborrow())?;
             for (i, key) in M::KEY.iter().enumerate() {
@@ -108,7 +108,7 @@ where
         out.push_sql("INSERT INTO ");
         self.table.walk_ast(out.reborrow())?;
         out.push_sql(" (");
-        push_identifiers(&mut out, M::COLUMNS)?;
+        crate::sql::push_identifiers(&mut out, M::COLUMNS)?;
         match &self.values {
             Values::Row(row) => {
                 out.push_sql(") VALUES (");
@@ -128,14 +128,14 @@ where
             Values::Probed(_) => {
                 // `WHERE true`: without it SQLite would read `ON CONFLICT` as a join's `ON`.
                 out.push_sql(") SELECT ");
-                push_identifiers(&mut out, M::COLUMNS)?;
+                crate::sql::push_identifiers(&mut out, M::COLUMNS)?;
                 out.push_sql(" FROM ");
                 out.push_identifier(PROBE)?;
                 out.push_sql(" WHERE true");
             }
         }
         out.push_sql(" ON CONFLICT (");
-        push_identifiers(&mut out, M::KEY)?;
+        crate::sql::push_identifiers(&mut out, M::KEY)?;
         out.push_sql(")");
         if self.on_conflict == OnConflict::Nothing || self.update.is_empty() {
             out.push_sql(" DO NOTHING");
@@ -167,19 +167,6 @@ where
         }
         Ok(())
     }
-}
-
-pub(crate) fn push_identifiers<DB: Backend>(
-    out: &mut AstPass<'_, '_, DB>,
-    names: &[&str],
-) -> QueryResult<()> {
-    for (i, name) in names.iter().enumerate() {
-        if i > 0 {
-            out.push_sql(", ");
-        }
-        out.push_identifier(name)?;
-    }
-    Ok(())
 }
 
 /// `UPDATE t SET (c2, c4) = (SELECT column2, column4 FROM (VALUES (?, ?, ?, ?))) WHERE
@@ -224,7 +211,7 @@ where
         out.push_sql("UPDATE ");
         self.table.walk_ast(out.reborrow())?;
         out.push_sql(" SET (");
-        push_identifiers(&mut out, self.update)?;
+        crate::sql::push_identifiers(&mut out, self.update)?;
         out.push_sql(") = (SELECT ");
         for (i, column) in self.update.iter().enumerate() {
             if i > 0 {

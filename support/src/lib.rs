@@ -39,6 +39,7 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod circles;
 pub mod citus;
 pub mod mysql;
 pub mod naive;
