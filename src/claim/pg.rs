@@ -1,0 +1,458 @@
+//! Claims on PostgreSQL: every [`Queue`](super::Queue) call is one statement (the claim a
+//! `FOR UPDATE SKIP LOCKED` scan in a data-modifying `WITH`; complete, fail and extend fenced by
+//! id, holder and attempt; a tenant filter in each part for a distributed queue).
+
+use super::{
+    fenced, Claim, ClaimConnection, ClaimQueue, Failed, Queue, Reaped, Tenant, MAX_ERROR_CHARS,
+};
+use crate::error::Result;
+use chrono::{DateTime, Utc};
+use diesel::deserialize::{self, QueryableByName};
+use diesel::pg::{Pg, PgConnection};
+use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
+use diesel::row::NamedRow;
+use diesel::sql_types::{BigInt, Double, Integer, Text, Timestamptz, Untyped};
+use diesel::{QueryResult, RunQueryDsl};
+use std::marker::PhantomData;
+use std::time::Duration;
+
+impl<Q: ClaimQueue + QueryableByName<Pg>> QueryableByName<Pg> for Claim<Q> {
+    fn build<'a>(row: &impl NamedRow<'a, Pg>) -> deserialize::Result<Self> {
+        Ok(Claim {
+            id: NamedRow::get::<BigInt, i64>(row, Q::ID)?,
+            // Set by `Queue::claim` from the tenant its statement named.
+            tenant: None,
+            attempt: NamedRow::get::<Integer, i32>(row, Q::ATTEMPTS)?,
+            holder: NamedRow::get::<Text, String>(row, Q::HOLDER)?,
+            locked_until: NamedRow::get::<Timestamptz, DateTime<Utc>>(row, Q::LOCKED_UNTIL)?,
+            item: Q::build(row)?,
+        })
+    }
+}
+
+impl<Q> ClaimConnection<Q> for PgConnection
+where
+    Q: ClaimQueue + QueryableByName<Pg>,
+    Q::Table: QueryFragment<Pg>,
+{
+    fn claim_items(&mut self, queue: &Queue<Q>, limit: usize) -> Result<Vec<Claim<Q>>> {
+        queue.pg_claim(self, limit)
+    }
+    fn complete_item(&mut self, queue: &Queue<Q>, claim: &Claim<Q>) -> Result<()> {
+        queue.pg_complete(self, claim)
+    }
+    fn fail_item(&mut self, queue: &Queue<Q>, claim: &Claim<Q>, error: &str) -> Result<Failed> {
+        queue.pg_fail(self, claim, error)
+    }
+    fn extend_item(&mut self, queue: &Queue<Q>, claim: &mut Claim<Q>) -> Result<()> {
+        queue.pg_extend(self, claim)
+    }
+    fn reap_items(&mut self, queue: &Queue<Q>) -> Result<Reaped> {
+        queue.pg_reap_expired(self)
+    }
+}
+
+impl<Q: ClaimQueue> Queue<Q>
+where
+    Q: QueryableByName<Pg>,
+    Q::Table: QueryFragment<Pg>,
+{
+    fn pg_claim(&self, conn: &mut PgConnection, limit: usize) -> Result<Vec<Claim<Q>>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let scopes = self.scopes()?;
+        let lease_ms = millis(self.lease);
+        let mut all = Vec::new();
+        for tenant in scopes {
+            let left = i64::try_from(limit - all.len()).unwrap_or(i64::MAX);
+            let mut claims: Vec<Claim<Q>> = QueueSql::<Q, Untyped>::new(
+                tenant,
+                Statement::Claim {
+                    holder: &self.holder,
+                    lease_ms: &lease_ms,
+                    limit: &left,
+                },
+            )
+            .load(conn)?;
+            claims.sort_by_key(|c| c.id);
+            for claim in &mut claims {
+                claim.tenant = tenant.cloned();
+            }
+            all.extend(claims);
+            if all.len() >= limit {
+                break;
+            }
+        }
+        Ok(all)
+    }
+
+    fn pg_complete(&self, conn: &mut PgConnection, claim: &Claim<Q>) -> Result<()> {
+        let n = QueueSql::<Q, Untyped>::new(
+            claim.tenant.as_ref(),
+            Statement::Complete {
+                id: &claim.id,
+                holder: &claim.holder,
+                attempt: &claim.attempt,
+            },
+        )
+        .execute(conn)?;
+        fenced(n, claim)
+    }
+
+    fn pg_fail(&self, conn: &mut PgConnection, claim: &Claim<Q>, error: &str) -> Result<Failed> {
+        let error: String = error.chars().take(MAX_ERROR_CHARS).collect();
+        let park = claim.attempt >= self.max_attempts;
+        let delay_ms = millis(self.backoff_for(claim.attempt));
+        let rows: Vec<Option<DateTime<Utc>>> =
+            QueueSql::<Q, diesel::sql_types::Nullable<Timestamptz>>::new(
+                claim.tenant.as_ref(),
+                Statement::Fail {
+                    id: &claim.id,
+                    holder: &claim.holder,
+                    attempt: &claim.attempt,
+                    error: &error,
+                    retry_after_ms: (!park).then_some(&delay_ms),
+                },
+            )
+            .load(conn)?;
+        fenced(rows.len(), claim)?;
+        Ok(match rows.into_iter().next().flatten() {
+            Some(at) => Failed::Retry { at },
+            None => Failed::Parked,
+        })
+    }
+
+    fn pg_extend(&self, conn: &mut PgConnection, claim: &mut Claim<Q>) -> Result<()> {
+        let lease_ms = millis(self.lease);
+        let rows: Vec<DateTime<Utc>> = QueueSql::<Q, Timestamptz>::new(
+            claim.tenant.as_ref(),
+            Statement::Extend {
+                id: &claim.id,
+                holder: &claim.holder,
+                attempt: &claim.attempt,
+                lease_ms: &lease_ms,
+            },
+        )
+        .load(conn)?;
+        fenced(rows.len(), claim)?;
+        if let Some(until) = rows.into_iter().next() {
+            claim.locked_until = until;
+        }
+        Ok(())
+    }
+
+    fn pg_reap_expired(&self, conn: &mut PgConnection) -> Result<Reaped> {
+        let mut reaped = Reaped::default();
+        for tenant in self.scopes()? {
+            let statuses: Vec<String> = QueueSql::<Q, Text>::new(
+                tenant,
+                Statement::Reap {
+                    max_attempts: &self.max_attempts,
+                },
+            )
+            .load(conn)?;
+            let parked = statuses.iter().filter(|s| *s == Q::FAILED).count();
+            reaped.requeued += statuses.len() - parked;
+            reaped.parked += parked;
+        }
+        Ok(reaped)
+    }
+}
+
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// `tenant_column = $n`, bound with the value's SQL type.
+fn push_tenant<'b>(
+    out: &mut AstPass<'_, 'b, Pg>,
+    column: &str,
+    tenant: &'b Tenant,
+) -> QueryResult<()> {
+    out.push_identifier(column)?;
+    out.push_sql(" = ");
+    match tenant {
+        Tenant::Int(v) => out.push_bind_param::<Integer, _>(v),
+        Tenant::BigInt(v) => out.push_bind_param::<BigInt, _>(v),
+        Tenant::Text(v) => out.push_bind_param::<Text, _>(v),
+    }
+}
+
+/// The queue's statements. Identifiers and status literals come from [`ClaimQueue`]; every
+/// value is a bind parameter.
+enum Statement<'a> {
+    Claim {
+        holder: &'a String,
+        lease_ms: &'a f64,
+        limit: &'a i64,
+    },
+    Complete {
+        id: &'a i64,
+        holder: &'a String,
+        attempt: &'a i32,
+    },
+    Fail {
+        id: &'a i64,
+        holder: &'a String,
+        attempt: &'a i32,
+        error: &'a String,
+        /// `None`: park.
+        retry_after_ms: Option<&'a f64>,
+    },
+    Extend {
+        id: &'a i64,
+        holder: &'a String,
+        attempt: &'a i32,
+        lease_ms: &'a f64,
+    },
+    Reap {
+        max_attempts: &'a i32,
+    },
+}
+
+struct QueueSql<'a, Q: ClaimQueue, ST> {
+    table: Q::Table,
+    /// The tenant every part of the statement filters by (a queue with a tenant column).
+    tenant: Option<&'a Tenant>,
+    statement: Statement<'a>,
+    _types: PhantomData<fn() -> (Q, ST)>,
+}
+
+impl<'a, Q: ClaimQueue, ST> QueueSql<'a, Q, ST> {
+    fn new(tenant: Option<&'a Tenant>, statement: Statement<'a>) -> Self {
+        QueueSql {
+            table: Q::Table::default(),
+            tenant,
+            statement,
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<Q: ClaimQueue, ST> QueryId for QueueSql<'_, Q, ST> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl<Q: ClaimQueue, ST: 'static> Query for QueueSql<'_, Q, ST> {
+    type SqlType = ST;
+}
+
+impl<Q: ClaimQueue, ST, Conn> RunQueryDsl<Conn> for QueueSql<'_, Q, ST> {}
+
+/// `'literal'` (status names are checked by [`Queue::new`] to need no escaping).
+fn push_literal(out: &mut AstPass<'_, '_, Pg>, s: &str) {
+    out.push_sql("'");
+    out.push_sql(s);
+    out.push_sql("'");
+}
+
+impl<Q: ClaimQueue, ST> QueryFragment<Pg> for QueueSql<'_, Q, ST>
+where
+    Q::Table: QueryFragment<Pg>,
+{
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        let table = &self.table;
+        // ` AND tenant = $` for a queue with a tenant column.
+        let tenant = self
+            .tenant
+            .and_then(|t| Q::TENANT.map(|column| (column, t)));
+        let and_tenant = |out: &mut AstPass<'_, 'b, Pg>| -> QueryResult<()> {
+            if let Some((column, value)) = tenant {
+                out.push_sql(" AND ");
+                push_tenant(out, column, value)?;
+            }
+            Ok(())
+        };
+        // `WHERE [tenant = $ AND] id = $ AND status = 'processing' AND holder = $ AND attempts = $`
+        let fence = |out: &mut AstPass<'_, 'b, Pg>,
+                     id: &'b i64,
+                     holder: &'b String,
+                     attempt: &'b i32|
+         -> QueryResult<()> {
+            out.push_sql(" WHERE ");
+            if let Some((column, value)) = tenant {
+                push_tenant(out, column, value)?;
+                out.push_sql(" AND ");
+            }
+            out.push_identifier(Q::ID)?;
+            out.push_sql(" = ");
+            out.push_bind_param::<BigInt, _>(id)?;
+            out.push_sql(" AND ");
+            out.push_identifier(Q::STATUS)?;
+            out.push_sql(" = ");
+            push_literal(out, Q::PROCESSING);
+            out.push_sql(" AND ");
+            out.push_identifier(Q::HOLDER)?;
+            out.push_sql(" = ");
+            out.push_bind_param::<Text, _>(holder)?;
+            out.push_sql(" AND ");
+            out.push_identifier(Q::ATTEMPTS)?;
+            out.push_sql(" = ");
+            out.push_bind_param::<Integer, _>(attempt)?;
+            Ok(())
+        };
+        out.push_sql("UPDATE ");
+        table.walk_ast(out.reborrow())?;
+        out.push_sql(" SET ");
+        match &self.statement {
+            Statement::Claim {
+                holder,
+                lease_ms,
+                limit,
+            } => {
+                out.push_identifier(Q::STATUS)?;
+                out.push_sql(" = ");
+                push_literal(&mut out, Q::PROCESSING);
+                out.push_sql(", ");
+                out.push_identifier(Q::HOLDER)?;
+                out.push_sql(" = ");
+                out.push_bind_param::<Text, _>(*holder)?;
+                out.push_sql(", ");
+                out.push_identifier(Q::LOCKED_UNTIL)?;
+                out.push_sql(" = statement_timestamp() + ");
+                out.push_bind_param::<Double, _>(*lease_ms)?;
+                out.push_sql(" * interval '1 millisecond', ");
+                out.push_identifier(Q::ATTEMPTS)?;
+                out.push_sql(" = ");
+                out.push_identifier(Q::ATTEMPTS)?;
+                out.push_sql(" + 1 WHERE ");
+                if let Some((column, value)) = tenant {
+                    push_tenant(&mut out, column, value)?;
+                    out.push_sql(" AND ");
+                }
+                out.push_identifier(Q::ID)?;
+                out.push_sql(" = ANY(ARRAY(SELECT ");
+                out.push_identifier(Q::ID)?;
+                out.push_sql(" FROM ");
+                table.walk_ast(out.reborrow())?;
+                out.push_sql(" WHERE ");
+                if let Some((column, value)) = tenant {
+                    push_tenant(&mut out, column, value)?;
+                    out.push_sql(" AND ");
+                }
+                out.push_identifier(Q::STATUS)?;
+                out.push_sql(" IN (");
+                push_literal(&mut out, Q::PENDING);
+                out.push_sql(", ");
+                push_literal(&mut out, Q::RETRY);
+                out.push_sql(") AND (");
+                out.push_identifier(Q::LOCKED_UNTIL)?;
+                out.push_sql(" IS NULL OR ");
+                out.push_identifier(Q::LOCKED_UNTIL)?;
+                out.push_sql(" <= statement_timestamp()) ORDER BY ");
+                out.push_identifier(Q::ID)?;
+                out.push_sql(" LIMIT ");
+                out.push_bind_param::<BigInt, _>(*limit)?;
+                out.push_sql(" FOR UPDATE SKIP LOCKED)) RETURNING *");
+            }
+            Statement::Complete {
+                id,
+                holder,
+                attempt,
+            } => {
+                out.push_identifier(Q::STATUS)?;
+                out.push_sql(" = ");
+                push_literal(&mut out, Q::DONE);
+                for column in [Q::HOLDER, Q::LOCKED_UNTIL, Q::LAST_ERROR] {
+                    out.push_sql(", ");
+                    out.push_identifier(column)?;
+                    out.push_sql(" = NULL");
+                }
+                fence(&mut out, id, holder, attempt)?;
+            }
+            Statement::Fail {
+                id,
+                holder,
+                attempt,
+                error,
+                retry_after_ms,
+            } => {
+                out.push_identifier(Q::STATUS)?;
+                out.push_sql(" = ");
+                push_literal(
+                    &mut out,
+                    if retry_after_ms.is_some() {
+                        Q::RETRY
+                    } else {
+                        Q::FAILED
+                    },
+                );
+                out.push_sql(", ");
+                out.push_identifier(Q::HOLDER)?;
+                out.push_sql(" = NULL, ");
+                out.push_identifier(Q::LAST_ERROR)?;
+                out.push_sql(" = ");
+                out.push_bind_param::<Text, _>(*error)?;
+                out.push_sql(", ");
+                out.push_identifier(Q::LOCKED_UNTIL)?;
+                match retry_after_ms {
+                    Some(ms) => {
+                        out.push_sql(" = statement_timestamp() + ");
+                        out.push_bind_param::<Double, _>(*ms)?;
+                        out.push_sql(" * interval '1 millisecond'");
+                    }
+                    None => out.push_sql(" = NULL"),
+                }
+                fence(&mut out, id, holder, attempt)?;
+                out.push_sql(" RETURNING ");
+                out.push_identifier(Q::LOCKED_UNTIL)?;
+            }
+            Statement::Extend {
+                id,
+                holder,
+                attempt,
+                lease_ms,
+            } => {
+                out.push_identifier(Q::LOCKED_UNTIL)?;
+                out.push_sql(" = statement_timestamp() + ");
+                out.push_bind_param::<Double, _>(*lease_ms)?;
+                out.push_sql(" * interval '1 millisecond'");
+                fence(&mut out, id, holder, attempt)?;
+                out.push_sql(" RETURNING ");
+                out.push_identifier(Q::LOCKED_UNTIL)?;
+            }
+            Statement::Reap { max_attempts } => {
+                // Every expression of SET reads the row as it was before the update.
+                out.push_identifier(Q::STATUS)?;
+                out.push_sql(" = CASE WHEN ");
+                out.push_identifier(Q::ATTEMPTS)?;
+                out.push_sql(" >= ");
+                out.push_bind_param::<Integer, _>(*max_attempts)?;
+                out.push_sql(" THEN ");
+                push_literal(&mut out, Q::FAILED);
+                out.push_sql(" ELSE ");
+                push_literal(&mut out, Q::RETRY);
+                out.push_sql(" END, ");
+                out.push_identifier(Q::LAST_ERROR)?;
+                out.push_sql(" = 'lease of ' || coalesce(");
+                out.push_identifier(Q::HOLDER)?;
+                out.push_sql(", '?') || ' expired', ");
+                out.push_identifier(Q::HOLDER)?;
+                out.push_sql(" = NULL, ");
+                out.push_identifier(Q::LOCKED_UNTIL)?;
+                out.push_sql(" = NULL WHERE ");
+                if let Some((column, value)) = tenant {
+                    push_tenant(&mut out, column, value)?;
+                    out.push_sql(" AND ");
+                }
+                out.push_identifier(Q::ID)?;
+                out.push_sql(" = ANY(ARRAY(SELECT ");
+                out.push_identifier(Q::ID)?;
+                out.push_sql(" FROM ");
+                table.walk_ast(out.reborrow())?;
+                out.push_sql(" WHERE ");
+                out.push_identifier(Q::STATUS)?;
+                out.push_sql(" = ");
+                push_literal(&mut out, Q::PROCESSING);
+                and_tenant(&mut out)?;
+                out.push_sql(" AND ");
+                out.push_identifier(Q::LOCKED_UNTIL)?;
+                out.push_sql(" <= statement_timestamp() FOR UPDATE SKIP LOCKED)) RETURNING ");
+                out.push_identifier(Q::STATUS)?;
+            }
+        }
+        Ok(())
+    }
+}
