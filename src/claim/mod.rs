@@ -733,7 +733,10 @@ fn fenced<Q>(rows: usize, claim: &Claim<Q>) -> Result<()> {
 
 #[cfg(all(test, feature = "postgres"))]
 mod tests {
+    use super::pg::{QueueSql, Statement};
     use super::*;
+    use diesel::pg::Pg;
+    use diesel::sql_types::Untyped;
 
     diesel::table! {
         work_items (id) {

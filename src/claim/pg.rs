@@ -181,7 +181,7 @@ fn push_tenant<'b>(
 
 /// The queue's statements. Identifiers and status literals come from [`ClaimQueue`]; every
 /// value is a bind parameter.
-enum Statement<'a> {
+pub(super) enum Statement<'a> {
     Claim {
         holder: &'a String,
         lease_ms: &'a f64,
@@ -211,7 +211,7 @@ enum Statement<'a> {
     },
 }
 
-struct QueueSql<'a, Q: ClaimQueue, ST> {
+pub(super) struct QueueSql<'a, Q: ClaimQueue, ST> {
     table: Q::Table,
     /// The tenant every part of the statement filters by (a queue with a tenant column).
     tenant: Option<&'a Tenant>,
@@ -220,7 +220,7 @@ struct QueueSql<'a, Q: ClaimQueue, ST> {
 }
 
 impl<'a, Q: ClaimQueue, ST> QueueSql<'a, Q, ST> {
-    fn new(tenant: Option<&'a Tenant>, statement: Statement<'a>) -> Self {
+    pub(super) fn new(tenant: Option<&'a Tenant>, statement: Statement<'a>) -> Self {
         QueueSql {
             table: Q::Table::default(),
             tenant,

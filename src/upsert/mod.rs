@@ -19,7 +19,7 @@
 //!   write, and the outcome reported is that of the statement that wrote. Outside a
 //!   transaction each statement commits on its own, inside the caller's it is part of it.
 //!   Writers of one process queue for the file before they ask SQLite for the lock
-//!   ([`tx::immediate_transaction`]).
+//!   ([`tx::immediate_transaction`](crate::tx::immediate_transaction)).
 //! - MySQL and MariaDB: one `INSERT … ON DUPLICATE KEY UPDATE` whose first assignment records
 //!   in session variables whether the key existed (a fresh nonce), whether the existing row is
 //!   the key's own and whether the condition held (judged once, on the stored row, before any
@@ -58,6 +58,10 @@ mod helpers;
 pub(crate) mod model;
 #[cfg(feature = "mysql")]
 mod mysql;
+#[cfg(feature = "postgres")]
+mod pg;
+#[cfg(feature = "sqlite")]
+mod sqlite;
 pub(crate) mod statement;
 mod stream;
 
@@ -69,25 +73,12 @@ pub use model::{BindColumns, BindRow, CheckedValue, ColumnArrays, UpsertModel};
 pub use stream::{bulk_upsert_stream, Commit};
 
 use crate::error::{Error, InvalidInput, Result};
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
-use crate::tx;
 use diesel::expression::{AppearsOnTable, Expression};
-#[cfg(feature = "postgres")]
-use diesel::pg::{Pg, PgConnection};
 use diesel::query_builder::{AstPass, QueryFragment, QueryId};
 #[cfg(feature = "r2d2")]
 use diesel::r2d2::{ConnectionManager, PooledConnection, R2D2Connection};
-#[cfg(feature = "sqlite")]
-use diesel::sqlite::{Sqlite, SqliteConnection};
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
-use diesel::RunQueryDsl;
 use diesel::{Column, QueryResult};
-#[cfg(feature = "sqlite")]
-use statement::UpdateByKeySql;
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
-use statement::{OnConflict, UpsertSql, Values};
 use std::fmt;
-
 /// What an upsert did to one row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum UpsertOutcome {
@@ -189,169 +180,6 @@ pub trait Upsertable<C, F = NoCondition>: UpsertModel + Sized {
         condition: Option<&F>,
         chunk_size: usize,
     ) -> Result<BulkOutcome>;
-}
-
-#[cfg(feature = "postgres")]
-impl<M, F> Upsertable<PgConnection, F> for M
-where
-    M: BindRow<Pg> + BindColumns<Pg>,
-    M::Table: QueryFragment<Pg>,
-    F: QueryFragment<Pg>,
-{
-    fn upsert_one(
-        conn: &mut PgConnection,
-        row: &Self,
-        update: &[&'static str],
-        condition: Option<&F>,
-    ) -> Result<UpsertOutcome> {
-        let sql = UpsertSql::<M, F, Pg> {
-            table: M::Table::default(),
-            values: Values::Row(row),
-            update,
-            condition,
-            on_conflict: OnConflict::Update,
-            returning_inserted: true,
-        };
-        let in_tx = tx::in_transaction(conn);
-        match sql.load::<bool>(conn) {
-            Ok(flags) => Ok(match flags.first() {
-                Some(true) => UpsertOutcome::Inserted,
-                Some(false) => UpsertOutcome::Updated,
-                None => UpsertOutcome::Unchanged,
-            }),
-            Err(e) => Err(tx::statement_error(in_tx, e)),
-        }
-    }
-
-    fn upsert_sorted(
-        conn: &mut PgConnection,
-        rows: &[&Self],
-        update: &[&'static str],
-        condition: Option<&F>,
-        chunk_size: usize,
-    ) -> Result<BulkOutcome> {
-        let run_chunk = |conn: &mut PgConnection, chunk: &[&M]| -> Result<BulkOutcome> {
-            let sql = UpsertSql::<M, F, Pg> {
-                table: M::Table::default(),
-                values: Values::Arrays(M::bind_columns(chunk)),
-                update,
-                condition,
-                on_conflict: OnConflict::Update,
-                returning_inserted: true,
-            };
-            let in_tx = tx::in_transaction(conn);
-            let flags = sql
-                .load::<bool>(conn)
-                .map_err(|e| tx::statement_error(in_tx, e))?;
-            let inserted = flags.iter().filter(|inserted| **inserted).count();
-            Ok(BulkOutcome {
-                inserted,
-                updated: flags.len() - inserted,
-                unchanged: chunk.len() - flags.len(),
-                collapsed: 0,
-            })
-        };
-        if rows.len() <= chunk_size {
-            // One statement is atomic on its own: no transaction round trips needed.
-            return run_chunk(conn, rows);
-        }
-        tx::transaction(conn, |conn| {
-            let mut total = BulkOutcome::default();
-            for chunk in rows.chunks(chunk_size) {
-                let part = run_chunk(conn, chunk)?;
-                total.inserted += part.inserted;
-                total.updated += part.updated;
-                total.unchanged += part.unchanged;
-            }
-            Ok(total)
-        })
-    }
-}
-
-/// One row's upsert on SQLite, with the values bound once per statement. Without an update
-/// condition, first `UPDATE … WHERE key = …` ([`UpdateByKeySql`]): one changed row means the
-/// key existed and was overwritten, the whole work of the common case. Otherwise (a new key,
-/// or a condition) one statement that reads whether the key exists and writes the row
-/// ([`Values::Probed`]); it is atomic on its own, so whatever happened between the two
-/// statements, the outcome it reports is exact.
-#[cfg(feature = "sqlite")]
-fn sqlite_upsert_row<M, F>(
-    conn: &mut SqliteConnection,
-    row: &M,
-    update: &[&'static str],
-    condition: Option<&F>,
-) -> Result<UpsertOutcome>
-where
-    M: BindRow<Sqlite>,
-    M::Table: QueryFragment<Sqlite>,
-    F: QueryFragment<Sqlite>,
-{
-    let in_tx = tx::in_transaction(conn);
-    if condition.is_none() && !update.is_empty() && M::ONE_BIND_PER_COLUMN {
-        let sql = UpdateByKeySql::<M> {
-            table: M::Table::default(),
-            row,
-            update,
-        };
-        if sql
-            .execute(conn)
-            .map_err(|e| tx::statement_error(in_tx, e))?
-            == 1
-        {
-            return Ok(UpsertOutcome::Updated);
-        }
-    }
-    let sql = UpsertSql::<M, F, Sqlite> {
-        table: M::Table::default(),
-        values: Values::Probed(row),
-        update,
-        condition,
-        on_conflict: OnConflict::Update,
-        returning_inserted: true,
-    };
-    match sql.load::<bool>(conn) {
-        Ok(flags) => Ok(match flags.first() {
-            Some(true) => UpsertOutcome::Inserted,
-            Some(false) => UpsertOutcome::Updated,
-            None => UpsertOutcome::Unchanged,
-        }),
-        Err(e) => Err(tx::statement_error(in_tx, e)),
-    }
-}
-
-#[cfg(feature = "sqlite")]
-impl<M, F> Upsertable<SqliteConnection, F> for M
-where
-    M: BindRow<Sqlite>,
-    M::Table: QueryFragment<Sqlite>,
-    F: QueryFragment<Sqlite>,
-{
-    fn upsert_one(
-        conn: &mut SqliteConnection,
-        row: &Self,
-        update: &[&'static str],
-        condition: Option<&F>,
-    ) -> Result<UpsertOutcome> {
-        tx::sqlite_single(conn, |conn| sqlite_upsert_row(conn, row, update, condition))
-    }
-
-    fn upsert_sorted(
-        conn: &mut SqliteConnection,
-        rows: &[&Self],
-        update: &[&'static str],
-        condition: Option<&F>,
-        _chunk_size: usize,
-    ) -> Result<BulkOutcome> {
-        // SQLite runs in-process: a statement per row costs no round trip, and with at most one
-        // row per statement the bind-parameter limit can never be reached.
-        tx::sqlite_write(conn, |conn| {
-            let mut total = BulkOutcome::default();
-            for row in rows {
-                total.record(sqlite_upsert_row(conn, *row, update, condition)?);
-            }
-            Ok(total)
-        })
-    }
 }
 
 #[cfg(feature = "mysql")]

@@ -57,20 +57,25 @@ use crate::upsert::{BindRow, NoCondition, UpsertModel};
 use diesel::backend::Backend;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 use diesel::connection::Connection;
-use diesel::expression::{Expression, SelectableHelper};
-#[cfg(feature = "mysql")]
-use diesel::mysql::{Mysql, MysqlConnection};
-#[cfg(feature = "postgres")]
-use diesel::pg::{Pg, PgConnection};
+use diesel::expression::Expression;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+use diesel::expression::SelectableHelper;
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 use diesel::query_dsl::methods::LoadQuery;
 #[cfg(feature = "r2d2")]
 use diesel::r2d2::{ConnectionManager, PooledConnection, R2D2Connection};
-#[cfg(feature = "sqlite")]
-use diesel::sqlite::{Sqlite, SqliteConnection};
-use diesel::{QueryResult, RunQueryDsl, Selectable};
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+use diesel::Selectable;
+use diesel::{QueryResult, RunQueryDsl};
 use std::marker::PhantomData;
 
+#[cfg(feature = "mysql")]
+mod mysql;
+#[cfg(feature = "postgres")]
+mod pg;
+#[cfg(feature = "sqlite")]
+mod sqlite;
 /// How many times [`get_or_create`] runs its insert-then-read pair before giving
 /// up, when the row keeps being deleted between the two statements.
 pub const GET_OR_CREATE_ATTEMPTS: u32 = 3;
@@ -126,7 +131,7 @@ pub trait GetOrCreate<C, R>: UpsertModel + Sized {
 /// ```
 /// use diesel::prelude::*;
 /// use upsert_kit::get_or_create::get_or_create;
-/// # include!("doctest_setup.rs");
+/// # include!("../doctest_setup.rs");
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use upsert_kit::Upsert;
 ///
@@ -291,147 +296,6 @@ fn vanished() -> Error {
         "get-or-create: the row was deleted between the insert and the read \
          {GET_OR_CREATE_ATTEMPTS} times in a row"
     ))
-}
-
-#[cfg(feature = "postgres")]
-impl<M, R> GetOrCreate<PgConnection, R> for M
-where
-    M: UpsertModel,
-    R: Selectable<Pg>,
-    for<'a> InsertReturning<'a, M, diesel::dsl::AsSelect<R, Pg>, Pg>:
-        LoadQuery<'a, PgConnection, R>,
-    for<'a> SelectByKey<'a, M, diesel::dsl::AsSelect<R, Pg>>: LoadQuery<'a, PgConnection, R>,
-{
-    fn get_or_create_validated(conn: &mut PgConnection, row: &Self) -> Result<Obtained<R>> {
-        for _ in 0..GET_OR_CREATE_ATTEMPTS {
-            if let Some(obtained) = attempt::<_, M, R, Pg>(conn, row)? {
-                return Ok(obtained);
-            }
-            tracing::debug!(
-                model = std::any::type_name::<M>(),
-                "get-or-create: the conflicting row vanished before it was read; trying again"
-            );
-        }
-        Err(vanished())
-    }
-}
-
-#[cfg(feature = "sqlite")]
-impl<M, R> GetOrCreate<SqliteConnection, R> for M
-where
-    M: UpsertModel + BindRow<Sqlite>,
-    R: Selectable<Sqlite>,
-    for<'a> InsertReturning<'a, M, diesel::dsl::AsSelect<R, Sqlite>, Sqlite>:
-        LoadQuery<'a, SqliteConnection, R>,
-    for<'a> SelectByKey<'a, M, diesel::dsl::AsSelect<R, Sqlite>>:
-        LoadQuery<'a, SqliteConnection, R>,
-{
-    fn get_or_create_validated(conn: &mut SqliteConnection, row: &Self) -> Result<Obtained<R>> {
-        // In-process reads cost no round trip: read first, and write only on a miss.
-        let found = SelectByKey {
-            table: M::Table::default(),
-            row,
-            selection: R::as_select(),
-        }
-        .load::<R>(conn)?;
-        if let Some(existing) = found.into_iter().next() {
-            return Ok(Obtained {
-                row: existing,
-                created: false,
-            });
-        }
-        tx::sqlite_single(conn, |conn| {
-            for _ in 0..GET_OR_CREATE_ATTEMPTS {
-                if let Some(obtained) = attempt::<_, M, R, Sqlite>(conn, row)? {
-                    return Ok(obtained);
-                }
-                tracing::debug!(
-                    model = std::any::type_name::<M>(),
-                    "get-or-create: the conflicting row vanished before it was read; trying again"
-                );
-            }
-            Err(vanished())
-        })
-    }
-}
-
-/// MySQL: `SELECT <selection> FROM t WHERE k1 = ? AND … FOR UPDATE`: the locking read sees the
-/// newest committed row even inside a REPEATABLE READ transaction whose snapshot predates it.
-#[cfg(feature = "mysql")]
-struct MysqlSelectByKey<'a, M: UpsertModel, S>(SelectByKey<'a, M, S>);
-
-/// [`MysqlSelectByKey`]'s query id, as [`SelectByKeyId`] for the locking read.
-#[cfg(feature = "mysql")]
-struct MysqlSelectByKeyId<K, S>(PhantomData<(K, S)>);
-
-#[cfg(feature = "mysql")]
-impl<M: UpsertModel, S: QueryId> QueryId for MysqlSelectByKey<'_, M, S> {
-    type QueryId = MysqlSelectByKeyId<M::StatementId, S::QueryId>;
-    const HAS_STATIC_QUERY_ID: bool = S::HAS_STATIC_QUERY_ID;
-}
-
-#[cfg(feature = "mysql")]
-impl<M: UpsertModel, S: Expression> Query for MysqlSelectByKey<'_, M, S> {
-    type SqlType = S::SqlType;
-}
-
-#[cfg(feature = "mysql")]
-impl<M: UpsertModel, S, Conn> RunQueryDsl<Conn> for MysqlSelectByKey<'_, M, S> {}
-
-#[cfg(feature = "mysql")]
-impl<M, S> QueryFragment<Mysql> for MysqlSelectByKey<'_, M, S>
-where
-    M: BindRow<Mysql>,
-    M::Table: QueryFragment<Mysql>,
-    S: QueryFragment<Mysql>,
-{
-    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Mysql>) -> QueryResult<()> {
-        self.0.walk_ast(out.reborrow())?;
-        out.push_sql(" FOR UPDATE");
-        Ok(())
-    }
-}
-
-/// MySQL: `INSERT … ON DUPLICATE KEY UPDATE` that changes nothing but records whether the key
-/// existed (see [`crate::upsert`]'s MySQL notes; not `INSERT IGNORE`, which turns unrelated
-/// errors into warnings), then the read. A row that collides on another unique index than the
-/// key fails with that index's duplicate-key error, as on PostgreSQL.
-#[cfg(feature = "mysql")]
-impl<M, R> GetOrCreate<MysqlConnection, R> for M
-where
-    M: BindRow<Mysql>,
-    M::Table: QueryFragment<Mysql>,
-    R: Selectable<Mysql>,
-    for<'a> MysqlSelectByKey<'a, M, diesel::dsl::AsSelect<R, Mysql>>:
-        LoadQuery<'a, MysqlConnection, R>,
-{
-    fn get_or_create_validated(conn: &mut MysqlConnection, row: &Self) -> Result<Obtained<R>> {
-        for _ in 0..GET_OR_CREATE_ATTEMPTS {
-            let outcome = <M as crate::upsert::Upsertable<MysqlConnection>>::upsert_one(
-                conn,
-                row,
-                &[],
-                None::<&NoCondition>,
-            )?;
-            let found = MysqlSelectByKey(SelectByKey {
-                table: M::Table::default(),
-                row,
-                selection: R::as_select(),
-            })
-            .load::<R>(conn)?;
-            if let Some(found) = found.into_iter().next() {
-                return Ok(Obtained {
-                    row: found,
-                    created: outcome == crate::UpsertOutcome::Inserted,
-                });
-            }
-            tracing::debug!(
-                model = std::any::type_name::<M>(),
-                "get-or-create: the row vanished before it was read; trying again"
-            );
-        }
-        Err(vanished())
-    }
 }
 
 #[cfg(feature = "r2d2")]
