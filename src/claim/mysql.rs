@@ -138,100 +138,330 @@ struct Until {
     at: Option<chrono::NaiveDateTime>,
 }
 
-/// A bound value.
-enum Bind {
-    BigInt(i64),
-    Int(i32),
-    Text(String),
+// The statements. Each is a small query fragment whose text depends only on the queue's
+// declaration (its table, columns and status literals) and on how many ids it names, so
+// Diesel's statement cache prepares it once per connection and shape; every value is a bind
+// parameter.
+
+/// Writes `Q`'s column `name` as an identifier.
+fn column(out: &mut AstPass<'_, '_, Mysql>, name: &str) -> QueryResult<()> {
+    out.push_identifier(name)
 }
 
-/// A statement: SQL text around bind parameters (`parts.len() == binds.len() + 1`). Its text
-/// depends only on the queue's declaration and on how many ids it names, so Diesel's
-/// statement cache prepares it once per connection and shape.
-struct Sql {
-    parts: Vec<String>,
-    binds: Vec<Bind>,
+/// `'literal'`: a status of the declaration ([`Queue::new`] checks that each needs no escaping).
+fn literal(out: &mut AstPass<'_, '_, Mysql>, status: &str) {
+    out.push_sql("'");
+    out.push_sql(status);
+    out.push_sql("'");
 }
 
-impl Sql {
-    fn new(sql: impl Into<String>) -> Sql {
-        Sql {
-            parts: vec![sql.into()],
-            binds: Vec::new(),
+/// `UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND`.
+fn from_now<'b>(out: &mut AstPass<'_, 'b, Mysql>, micros: &'b i64) -> QueryResult<()> {
+    out.push_sql("UTC_TIMESTAMP(6) + INTERVAL ");
+    out.push_bind_param::<BigInt, _>(micros)?;
+    out.push_sql(" MICROSECOND");
+    Ok(())
+}
+
+/// ` WHERE id IN (?, …)`.
+fn where_ids<'b, Q: ClaimQueue>(
+    out: &mut AstPass<'_, 'b, Mysql>,
+    ids: &'b [i64],
+) -> QueryResult<()> {
+    out.push_sql(" WHERE ");
+    column(out, Q::ID)?;
+    out.push_sql(" IN (");
+    for (i, id) in ids.iter().enumerate() {
+        if i > 0 {
+            out.push_sql(", ");
         }
+        out.push_bind_param::<BigInt, _>(id)?;
     }
+    out.push_sql(")");
+    Ok(())
+}
 
-    fn sql(mut self, sql: &str) -> Sql {
-        self.parts.last_mut().expect("never empty").push_str(sql);
-        self
-    }
+/// The fence of a claim's update: ` WHERE id = ? AND status = 'processing' AND holder = ? AND
+/// attempts = ?`.
+fn fence<'b, Q: ClaimQueue>(
+    out: &mut AstPass<'_, 'b, Mysql>,
+    claim: &'b Claim<Q>,
+) -> QueryResult<()> {
+    out.push_sql(" WHERE ");
+    column(out, Q::ID)?;
+    out.push_sql(" = ");
+    out.push_bind_param::<BigInt, _>(&claim.id)?;
+    out.push_sql(" AND ");
+    column(out, Q::STATUS)?;
+    out.push_sql(" = ");
+    literal(out, Q::PROCESSING);
+    out.push_sql(" AND ");
+    column(out, Q::HOLDER)?;
+    out.push_sql(" = ");
+    out.push_bind_param::<Text, _>(&claim.holder)?;
+    out.push_sql(" AND ");
+    column(out, Q::ATTEMPTS)?;
+    out.push_sql(" = ");
+    out.push_bind_param::<Integer, _>(&claim.attempt)?;
+    Ok(())
+}
 
-    fn bind(mut self, value: Bind) -> Sql {
-        self.binds.push(value);
-        self.parts.push(String::new());
-        self
-    }
+/// Declares a statement struct over queue `Q` (its table is the field `table`) and the
+/// query-builder traits every statement shares; `$walk` writes its text.
+macro_rules! statement {
+    (
+        $(#[$doc:meta])*
+        $name:ident<$lt:lifetime> { $($field:ident: $ty:ty),* $(,)? }
+        |$self:ident, $out:ident| $walk:block
+    ) => {
+        $(#[$doc])*
+        struct $name<$lt, Q: ClaimQueue> {
+            table: Q::Table,
+            $($field: $ty,)*
+            _queue: std::marker::PhantomData<&$lt Q>,
+        }
 
-    /// `(?, ?, …)` binding `ids`.
-    fn ids(mut self, ids: &[i64]) -> Sql {
-        self = self.sql("(");
-        for (i, id) in ids.iter().enumerate() {
-            if i > 0 {
-                self = self.sql(", ");
+        impl<$lt, Q: ClaimQueue> $name<$lt, Q> {
+            #[allow(clippy::new_ret_no_self)]
+            fn new($($field: $ty),*) -> Self {
+                $name { table: Q::Table::default(), $($field,)* _queue: std::marker::PhantomData }
             }
-            self = self.bind(Bind::BigInt(*id));
         }
-        self.sql(")")
-    }
-}
 
-impl QueryFragment<Mysql> for Sql {
-    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Mysql>) -> QueryResult<()> {
-        for (i, part) in self.parts.iter().enumerate() {
-            out.push_sql(part);
-            match self.binds.get(i) {
-                Some(Bind::BigInt(v)) => out.push_bind_param::<BigInt, _>(v)?,
-                Some(Bind::Int(v)) => out.push_bind_param::<Integer, _>(v)?,
-                Some(Bind::Text(v)) => out.push_bind_param::<Text, _>(v)?,
-                None => {}
+        impl<Q: ClaimQueue> QueryId for $name<'_, Q> {
+            type QueryId = ();
+            const HAS_STATIC_QUERY_ID: bool = false;
+        }
+
+        impl<Q: ClaimQueue> Query for $name<'_, Q> {
+            type SqlType = Untyped;
+        }
+
+        impl<Q: ClaimQueue> RunQueryDsl<MysqlConnection> for $name<'_, Q> {}
+
+        impl<Q: ClaimQueue> QueryFragment<Mysql> for $name<'_, Q>
+        where
+            Q::Table: QueryFragment<Mysql>,
+        {
+            fn walk_ast<'b>(&'b $self, mut $out: AstPass<'_, 'b, Mysql>) -> QueryResult<()> {
+                $walk
+                Ok(())
             }
         }
-        Ok(())
+    };
+}
+
+statement! {
+    /// `SELECT id AS id FROM t WHERE status IN ('pending', 'retry') AND (locked_until IS NULL
+    /// OR locked_until <= UTC_TIMESTAMP(6)) ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED`.
+    Due<'a> { limit: i64 }
+    |self, out| {
+        out.push_sql("SELECT ");
+        column(&mut out, Q::ID)?;
+        out.push_sql(" AS id FROM ");
+        self.table.walk_ast(out.reborrow())?;
+        out.push_sql(" WHERE ");
+        column(&mut out, Q::STATUS)?;
+        out.push_sql(" IN (");
+        literal(&mut out, Q::PENDING);
+        out.push_sql(", ");
+        literal(&mut out, Q::RETRY);
+        out.push_sql(") AND (");
+        column(&mut out, Q::LOCKED_UNTIL)?;
+        out.push_sql(" IS NULL OR ");
+        column(&mut out, Q::LOCKED_UNTIL)?;
+        out.push_sql(" <= UTC_TIMESTAMP(6)) ORDER BY ");
+        column(&mut out, Q::ID)?;
+        out.push_sql(" LIMIT ");
+        out.push_bind_param::<BigInt, _>(&self.limit)?;
+        out.push_sql(" FOR UPDATE SKIP LOCKED");
     }
 }
 
-impl QueryId for Sql {
-    type QueryId = ();
-    const HAS_STATIC_QUERY_ID: bool = false;
+statement! {
+    /// `UPDATE t SET status = 'processing', holder = ?, locked_until = <lease from now>,
+    /// attempts = attempts + 1 WHERE id IN (…)`: the rows [`Due`] just locked.
+    Take<'a> { holder: &'a str, lease_micros: i64, ids: &'a [i64] }
+    |self, out| {
+        out.push_sql("UPDATE ");
+        self.table.walk_ast(out.reborrow())?;
+        out.push_sql(" SET ");
+        column(&mut out, Q::STATUS)?;
+        out.push_sql(" = ");
+        literal(&mut out, Q::PROCESSING);
+        out.push_sql(", ");
+        column(&mut out, Q::HOLDER)?;
+        out.push_sql(" = ");
+        out.push_bind_param::<Text, _>(self.holder)?;
+        out.push_sql(", ");
+        column(&mut out, Q::LOCKED_UNTIL)?;
+        out.push_sql(" = ");
+        from_now(&mut out, &self.lease_micros)?;
+        out.push_sql(", ");
+        column(&mut out, Q::ATTEMPTS)?;
+        out.push_sql(" = ");
+        column(&mut out, Q::ATTEMPTS)?;
+        out.push_sql(" + 1");
+        where_ids::<Q>(&mut out, self.ids)?;
+    }
 }
 
-impl Query for Sql {
-    type SqlType = Untyped;
+statement! {
+    /// `SELECT * FROM t WHERE id IN (…) ORDER BY id`.
+    Rows<'a> { ids: &'a [i64] }
+    |self, out| {
+        out.push_sql("SELECT * FROM ");
+        self.table.walk_ast(out.reborrow())?;
+        where_ids::<Q>(&mut out, self.ids)?;
+        out.push_sql(" ORDER BY ");
+        column(&mut out, Q::ID)?;
+    }
 }
 
-impl RunQueryDsl<MysqlConnection> for Sql {}
-
-/// `` `name` `` (a backtick inside doubled).
-fn ident(name: &str) -> String {
-    format!("`{}`", name.replace('`', "``"))
+statement! {
+    /// `UPDATE t SET status = 'done', holder = NULL, locked_until = NULL, last_error = NULL
+    /// <fence>`.
+    Complete<'a> { claim: &'a Claim<Q> }
+    |self, out| {
+        out.push_sql("UPDATE ");
+        self.table.walk_ast(out.reborrow())?;
+        out.push_sql(" SET ");
+        column(&mut out, Q::STATUS)?;
+        out.push_sql(" = ");
+        literal(&mut out, Q::DONE);
+        for cleared in [Q::HOLDER, Q::LOCKED_UNTIL, Q::LAST_ERROR] {
+            out.push_sql(", ");
+            column(&mut out, cleared)?;
+            out.push_sql(" = NULL");
+        }
+        fence(&mut out, self.claim)?;
+    }
 }
 
-/// `'literal'` (status names are checked by [`Queue::new`] to need no escaping).
-fn lit(s: &str) -> String {
-    format!("'{s}'")
+statement! {
+    /// `UPDATE t SET status = 'retry' | 'failed', holder = NULL, last_error = ?, locked_until =
+    /// <backoff from now> | NULL <fence>`.
+    Fail<'a> { claim: &'a Claim<Q>, error: &'a str, retry_after_micros: Option<i64> }
+    |self, out| {
+        out.push_sql("UPDATE ");
+        self.table.walk_ast(out.reborrow())?;
+        out.push_sql(" SET ");
+        column(&mut out, Q::STATUS)?;
+        out.push_sql(" = ");
+        literal(&mut out, if self.retry_after_micros.is_some() { Q::RETRY } else { Q::FAILED });
+        out.push_sql(", ");
+        column(&mut out, Q::HOLDER)?;
+        out.push_sql(" = NULL, ");
+        column(&mut out, Q::LAST_ERROR)?;
+        out.push_sql(" = ");
+        out.push_bind_param::<Text, _>(self.error)?;
+        out.push_sql(", ");
+        column(&mut out, Q::LOCKED_UNTIL)?;
+        out.push_sql(" = ");
+        match &self.retry_after_micros {
+            Some(micros) => from_now(&mut out, micros)?,
+            None => out.push_sql("NULL"),
+        }
+        fence(&mut out, self.claim)?;
+    }
 }
 
-/// The queue's table as Diesel writes it (`` `schema`.`table` `` or `` `table` ``).
-fn table<Q: ClaimQueue>() -> String
-where
-    Q::Table: QueryFragment<Mysql>,
-{
-    use diesel::query_builder::QueryBuilder;
-    let mut out = diesel::mysql::MysqlQueryBuilder::new();
-    Q::Table::default()
-        .to_sql(&mut out, &Mysql)
-        .expect("a table's name is plain SQL");
-    out.finish()
+statement! {
+    /// `SELECT locked_until AS at FROM t WHERE id = ? FOR UPDATE`: when a failed item is due.
+    DueAt<'a> { id: i64 }
+    |self, out| {
+        out.push_sql("SELECT ");
+        column(&mut out, Q::LOCKED_UNTIL)?;
+        out.push_sql(" AS at FROM ");
+        self.table.walk_ast(out.reborrow())?;
+        out.push_sql(" WHERE ");
+        column(&mut out, Q::ID)?;
+        out.push_sql(" = ");
+        out.push_bind_param::<BigInt, _>(&self.id)?;
+        out.push_sql(" FOR UPDATE");
+    }
+}
+
+statement! {
+    /// `UPDATE t SET locked_until = <lease from now> <fence>`.
+    Extend<'a> { claim: &'a Claim<Q>, lease_micros: i64 }
+    |self, out| {
+        out.push_sql("UPDATE ");
+        self.table.walk_ast(out.reborrow())?;
+        out.push_sql(" SET ");
+        column(&mut out, Q::LOCKED_UNTIL)?;
+        out.push_sql(" = ");
+        from_now(&mut out, &self.lease_micros)?;
+        fence(&mut out, self.claim)?;
+    }
+}
+
+statement! {
+    /// `SELECT locked_until AS at FROM t <fence> FOR UPDATE`: the lease a claim holds.
+    Lease<'a> { claim: &'a Claim<Q> }
+    |self, out| {
+        out.push_sql("SELECT ");
+        column(&mut out, Q::LOCKED_UNTIL)?;
+        out.push_sql(" AS at FROM ");
+        self.table.walk_ast(out.reborrow())?;
+        fence(&mut out, self.claim)?;
+        out.push_sql(" FOR UPDATE");
+    }
+}
+
+statement! {
+    /// `SELECT id AS id, attempts AS attempts FROM t WHERE status = 'processing' AND
+    /// locked_until <= UTC_TIMESTAMP(6) ORDER BY id FOR UPDATE SKIP LOCKED`.
+    ExpiredLeases<'a> {}
+    |self, out| {
+        out.push_sql("SELECT ");
+        column(&mut out, Q::ID)?;
+        out.push_sql(" AS id, ");
+        column(&mut out, Q::ATTEMPTS)?;
+        out.push_sql(" AS attempts FROM ");
+        self.table.walk_ast(out.reborrow())?;
+        out.push_sql(" WHERE ");
+        column(&mut out, Q::STATUS)?;
+        out.push_sql(" = ");
+        literal(&mut out, Q::PROCESSING);
+        out.push_sql(" AND ");
+        column(&mut out, Q::LOCKED_UNTIL)?;
+        out.push_sql(" <= UTC_TIMESTAMP(6) ORDER BY ");
+        column(&mut out, Q::ID)?;
+        out.push_sql(" FOR UPDATE SKIP LOCKED");
+    }
+}
+
+statement! {
+    /// `UPDATE t SET status = CASE WHEN attempts >= ? THEN 'failed' ELSE 'retry' END,
+    /// last_error = CONCAT('lease of ', COALESCE(holder, '?'), ' expired'), holder = NULL,
+    /// locked_until = NULL WHERE id IN (…)`. MySQL assigns left to right, each assignment
+    /// seeing the ones before it: `last_error` reads the holder before it is cleared.
+    Reap<'a> { max_attempts: i32, ids: &'a [i64] }
+    |self, out| {
+        out.push_sql("UPDATE ");
+        self.table.walk_ast(out.reborrow())?;
+        out.push_sql(" SET ");
+        column(&mut out, Q::STATUS)?;
+        out.push_sql(" = CASE WHEN ");
+        column(&mut out, Q::ATTEMPTS)?;
+        out.push_sql(" >= ");
+        out.push_bind_param::<Integer, _>(&self.max_attempts)?;
+        out.push_sql(" THEN ");
+        literal(&mut out, Q::FAILED);
+        out.push_sql(" ELSE ");
+        literal(&mut out, Q::RETRY);
+        out.push_sql(" END, ");
+        column(&mut out, Q::LAST_ERROR)?;
+        out.push_sql(" = CONCAT('lease of ', COALESCE(");
+        column(&mut out, Q::HOLDER)?;
+        out.push_sql(", '?'), ' expired'), ");
+        column(&mut out, Q::HOLDER)?;
+        out.push_sql(" = NULL, ");
+        column(&mut out, Q::LOCKED_UNTIL)?;
+        out.push_sql(" = NULL");
+        where_ids::<Q>(&mut out, self.ids)?;
+    }
 }
 
 fn micros(d: std::time::Duration) -> i64 {
@@ -249,28 +479,6 @@ fn read_committed<T>(
             .map_err(crate::Error::from)?;
     }
     tx::transaction(conn, f)
-}
-
-/// `WHERE id = ? AND status = 'processing' AND holder = ? AND attempts = ?`.
-fn fence<Q: ClaimQueue>(sql: Sql, claim: &Claim<Q>) -> Sql {
-    sql.sql(&format!(" WHERE {} = ", ident(Q::ID)))
-        .bind(Bind::BigInt(claim.id))
-        .sql(&format!(
-            " AND {} = {} AND {} = ",
-            ident(Q::STATUS),
-            lit(Q::PROCESSING),
-            ident(Q::HOLDER)
-        ))
-        .bind(Bind::Text(claim.holder.clone()))
-        .sql(&format!(" AND {} = ", ident(Q::ATTEMPTS)))
-        .bind(Bind::Int(claim.attempt))
-}
-
-/// `UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND`.
-fn from_now(sql: Sql, d: std::time::Duration) -> Sql {
-    sql.sql("UTC_TIMESTAMP(6) + INTERVAL ")
-        .bind(Bind::BigInt(micros(d)))
-        .sql(" MICROSECOND")
 }
 
 /// Tenant-scoped queues ([`ClaimQueue::TENANT`], for distributed PostgreSQL) are refused on
@@ -299,39 +507,14 @@ where
             return Ok(Vec::new());
         }
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let t = table::<Q>();
-        let (id, lu) = (ident(Q::ID), ident(Q::LOCKED_UNTIL));
         read_committed(self, |conn| {
-            let candidates: Vec<Id> = Sql::new(format!(
-                "SELECT {id} AS id FROM {t} WHERE {} IN ({}, {}) \
-                 AND ({lu} IS NULL OR {lu} <= UTC_TIMESTAMP(6)) ORDER BY {id} LIMIT ",
-                ident(Q::STATUS),
-                lit(Q::PENDING),
-                lit(Q::RETRY)
-            ))
-            .bind(Bind::BigInt(limit))
-            .sql(" FOR UPDATE SKIP LOCKED")
-            .load(conn)?;
+            let candidates: Vec<Id> = Due::<Q>::new(limit).load(conn)?;
             let ids: Vec<i64> = candidates.into_iter().map(|r| r.id).collect();
+            let lease = micros(queue.lease_duration());
             let mut claims = Vec::with_capacity(ids.len());
             for chunk in ids.chunks(IDS_PER_STATEMENT) {
-                let update = Sql::new(format!(
-                    "UPDATE {t} SET {} = {}, {} = ",
-                    ident(Q::STATUS),
-                    lit(Q::PROCESSING),
-                    ident(Q::HOLDER)
-                ))
-                .bind(Bind::Text(queue.holder().to_owned()))
-                .sql(&format!(", {lu} = "));
-                let attempts = ident(Q::ATTEMPTS);
-                from_now(update, queue.lease_duration())
-                    .sql(&format!(", {attempts} = {attempts} + 1 WHERE {id} IN "))
-                    .ids(chunk)
-                    .execute(conn)?;
-                let rows: Vec<Claim<Q>> = Sql::new(format!("SELECT * FROM {t} WHERE {id} IN "))
-                    .ids(chunk)
-                    .sql(&format!(" ORDER BY {id}"))
-                    .load(conn)?;
+                Take::<Q>::new(queue.holder(), lease, chunk).execute(conn)?;
+                let rows: Vec<Claim<Q>> = Rows::<Q>::new(chunk).load(conn)?;
                 claims.extend(rows);
             }
             Ok(claims)
@@ -340,16 +523,7 @@ where
 
     fn complete_item(&mut self, _queue: &Queue<Q>, claim: &Claim<Q>) -> Result<()> {
         refuse_tenants::<Q>()?;
-        let mut sql = Sql::new(format!(
-            "UPDATE {} SET {} = {}",
-            table::<Q>(),
-            ident(Q::STATUS),
-            lit(Q::DONE)
-        ));
-        for column in [Q::HOLDER, Q::LOCKED_UNTIL, Q::LAST_ERROR] {
-            sql = sql.sql(&format!(", {} = NULL", ident(column)));
-        }
-        let n = fence(sql, claim).execute(self)?;
+        let n = Complete::new(claim).execute(self)?;
         fenced(n, claim)
     }
 
@@ -357,35 +531,14 @@ where
         refuse_tenants::<Q>()?;
         let error: String = error.chars().take(MAX_ERROR_CHARS).collect();
         let park = claim.attempt >= queue.attempts_allowed();
-        let t = table::<Q>();
+        let retry_after = (!park).then(|| micros(queue.backoff_for(claim.attempt)));
         tx::transaction(self, |conn| {
-            let sql = Sql::new(format!(
-                "UPDATE {t} SET {} = {}, {} = NULL, {} = ",
-                ident(Q::STATUS),
-                lit(if park { Q::FAILED } else { Q::RETRY }),
-                ident(Q::HOLDER),
-                ident(Q::LAST_ERROR)
-            ))
-            .bind(Bind::Text(error))
-            .sql(&format!(", {} = ", ident(Q::LOCKED_UNTIL)));
-            let sql = if park {
-                sql.sql("NULL")
-            } else {
-                from_now(sql, queue.backoff_for(claim.attempt))
-            };
-            let n = fence(sql, claim).execute(conn)?;
+            let n = Fail::new(claim, &error, retry_after).execute(conn)?;
             fenced(n, claim)?;
             if park {
                 return Ok(Failed::Parked);
             }
-            let until: Until = Sql::new(format!(
-                "SELECT {} AS at FROM {t} WHERE {} = ",
-                ident(Q::LOCKED_UNTIL),
-                ident(Q::ID)
-            ))
-            .bind(Bind::BigInt(claim.id))
-            .sql(" FOR UPDATE")
-            .get_result(conn)?;
+            let until: Until = DueAt::<Q>::new(claim.id).get_result(conn)?;
             Ok(match until.at {
                 Some(at) => Failed::Retry { at: at.and_utc() },
                 None => Failed::Parked,
@@ -395,14 +548,10 @@ where
 
     fn extend_item(&mut self, queue: &Queue<Q>, claim: &mut Claim<Q>) -> Result<()> {
         refuse_tenants::<Q>()?;
-        let t = table::<Q>();
-        let lu = ident(Q::LOCKED_UNTIL);
+        let lease = micros(queue.lease_duration());
         let until = tx::transaction(self, |conn| -> Result<_> {
-            let sql = Sql::new(format!("UPDATE {t} SET {lu} = "));
-            fence(from_now(sql, queue.lease_duration()), claim).execute(conn)?;
-            let rows: Vec<Until> = fence(Sql::new(format!("SELECT {lu} AS at FROM {t}")), claim)
-                .sql(" FOR UPDATE")
-                .load(conn)?;
+            Extend::new(claim, lease).execute(conn)?;
+            let rows: Vec<Until> = Lease::new(claim).load(conn)?;
             fenced(rows.len(), claim)?;
             Ok(rows.into_iter().next().and_then(|r| r.at))
         })?;
@@ -414,39 +563,12 @@ where
 
     fn reap_items(&mut self, queue: &Queue<Q>) -> Result<Reaped> {
         refuse_tenants::<Q>()?;
-        let t = table::<Q>();
-        let (id, attempts) = (ident(Q::ID), ident(Q::ATTEMPTS));
         let max_attempts = queue.attempts_allowed();
         read_committed(self, |conn| {
-            let expired: Vec<Expired> = Sql::new(format!(
-                "SELECT {id} AS id, {attempts} AS attempts FROM {t} WHERE {} = {} \
-                 AND {} <= UTC_TIMESTAMP(6) ORDER BY {id} FOR UPDATE SKIP LOCKED",
-                ident(Q::STATUS),
-                lit(Q::PROCESSING),
-                ident(Q::LOCKED_UNTIL)
-            ))
-            .load(conn)?;
+            let expired: Vec<Expired> = ExpiredLeases::<Q>::new().load(conn)?;
             let ids: Vec<i64> = expired.iter().map(|r| r.id).collect();
             for chunk in ids.chunks(IDS_PER_STATEMENT) {
-                // Assignments run left to right: `last_error` reads the holder before it is
-                // cleared.
-                Sql::new(format!(
-                    "UPDATE {t} SET {} = CASE WHEN {attempts} >= ",
-                    ident(Q::STATUS)
-                ))
-                .bind(Bind::Int(max_attempts))
-                .sql(&format!(
-                    " THEN {} ELSE {} END, {} = CONCAT('lease of ', COALESCE({}, '?'), ' expired'), \
-                     {} = NULL, {} = NULL WHERE {id} IN ",
-                    lit(Q::FAILED),
-                    lit(Q::RETRY),
-                    ident(Q::LAST_ERROR),
-                    ident(Q::HOLDER),
-                    ident(Q::HOLDER),
-                    ident(Q::LOCKED_UNTIL)
-                ))
-                .ids(chunk)
-                .execute(conn)?;
+                Reap::<Q>::new(max_attempts, chunk).execute(conn)?;
             }
             let parked = expired
                 .iter()

@@ -455,10 +455,19 @@ impl From<LockRow> for AdvisoryLock {
 /// `pg_advisory_lock(bigint)`) or 2 (a two-part key): the two spaces SQL can take. Extensions
 /// take advisory locks of their own with other `objsubid`s (Citus: 4 to 12, e.g. 5 and 8 for
 /// its shard and colocation locks); they are not the user's and are left out.
-const LOCKS_SQL: &str = "SELECT l.pid, l.classid::int8 AS classid, l.objid::int8 AS objid, \
-     l.objsubid::int4 AS objsubid, l.mode, l.granted FROM pg_locks l \
-     WHERE l.locktype = 'advisory' AND l.objsubid IN (1, 2) \
-     AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())";
+macro_rules! locks_sql {
+    ($($rest:literal)?) => {
+        concat!(
+            "SELECT l.pid, l.classid::int8 AS classid, l.objid::int8 AS objid, \
+             l.objsubid::int4 AS objsubid, l.mode, l.granted FROM pg_locks l \
+             WHERE l.locktype = 'advisory' AND l.objsubid IN (1, 2) \
+             AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            $(, $rest)?
+        )
+    };
+}
+#[cfg(test)]
+const LOCKS_SQL: &str = locks_sql!();
 
 /// The advisory locks this connection's session holds or waits for, in this database, session-
 /// and transaction-scoped alike (a key held several times is listed once). Only the locks SQL
@@ -482,7 +491,7 @@ const LOCKS_SQL: &str = "SELECT l.pid, l.classid::int8 AS classid, l.objid::int8
 /// # Ok(()) }
 /// ```
 pub fn held_locks(conn: &mut PgConnection) -> Result<Vec<AdvisoryLock>> {
-    let sql = format!("{LOCKS_SQL} AND l.pid = pg_backend_pid() ORDER BY 2, 3, 4");
+    let sql = locks_sql!(" AND l.pid = pg_backend_pid() ORDER BY 2, 3, 4");
     let rows: Vec<LockRow> = diesel::sql_query(sql).load(conn)?;
     Ok(rows.into_iter().map(AdvisoryLock::from).collect())
 }
@@ -508,7 +517,7 @@ pub fn held_locks(conn: &mut PgConnection) -> Result<Vec<AdvisoryLock>> {
 /// # Ok(()) }
 /// ```
 pub fn server_locks(conn: &mut PgConnection) -> Result<Vec<AdvisoryLock>> {
-    let sql = format!("{LOCKS_SQL} ORDER BY 1, 2, 3, 4");
+    let sql = locks_sql!(" ORDER BY 1, 2, 3, 4");
     let rows: Vec<LockRow> = diesel::sql_query(sql).load(conn)?;
     Ok(rows.into_iter().map(AdvisoryLock::from).collect())
 }
