@@ -72,6 +72,15 @@ pub trait Dialect: Backend + sealed::Sealed {
     #[doc(hidden)]
     fn push_int_array(out: &mut AstPass<'_, '_, Self>, columns: &[&str]) -> QueryResult<()>;
 
+    /// Pushes what makes a write return `columns` (integers) as one JSON array text:
+    /// ` RETURNING <array>` where writes return rows (PostgreSQL, SQLite); nothing on MySQL,
+    /// where the row is read back after the write.
+    #[doc(hidden)]
+    fn push_returning_ints(out: &mut AstPass<'_, '_, Self>, columns: &[&str]) -> QueryResult<()> {
+        out.push_sql(" RETURNING ");
+        Self::push_int_array(out, columns)
+    }
+
     /// Binds a `BIGINT`.
     #[doc(hidden)]
     fn push_int<'b>(out: &mut AstPass<'_, 'b, Self>, value: &'b i64) -> QueryResult<()>;
@@ -169,6 +178,9 @@ impl Dialect for diesel::mysql::Mysql {
     }
     fn push_on_conflict_update(out: &mut AstPass<'_, '_, Self>, _key: &[&str]) -> QueryResult<()> {
         out.push_sql(" ON DUPLICATE KEY UPDATE ");
+        Ok(())
+    }
+    fn push_returning_ints(_out: &mut AstPass<'_, '_, Self>, _columns: &[&str]) -> QueryResult<()> {
         Ok(())
     }
 }

@@ -479,6 +479,7 @@ where
     T: Counter + BindKey<C::Backend>,
     T::Amounts: StoredResult,
     C: WriteConnection,
+    C::Backend: crate::counter::CounterBackend,
 {
     T::validate_key(counter_key)?;
     let fp = fingerprint(format!("{counter_key:?}|{amounts:?}").as_bytes());

@@ -46,12 +46,23 @@
 //! Under REPEATABLE READ or SERIALIZABLE on PostgreSQL, concurrent increments of one row fail
 //! with [`Error::SerializationFailure`] instead of waiting: retry them with
 //! [`Retry`](crate::Retry).
+//!
+//! This file holds the API, its contract and the statements every backend shares; how each
+//! backend runs an increment ([`CounterBackend`]) is in a file of its own beside it: `pg.rs`,
+//! `sqlite.rs`, `mysql.rs` (with MySQL's own statements).
 
 use crate::conn::{BindKey, Dialect, KeyStyle, Keyed, WriteConnection};
 use crate::error::{BoundKind, Error, Result};
 use diesel::query_builder::{AstPass, QueryFragment};
 use diesel::QueryResult;
 use std::fmt::Debug;
+
+#[cfg(feature = "mysql")]
+mod mysql;
+#[cfg(feature = "postgres")]
+mod pg;
+#[cfg(feature = "sqlite")]
+mod sqlite;
 
 /// How many times a refused increment is tried again when the read that explains it finds the
 /// row within its bounds (a concurrent change made room in between).
@@ -109,7 +120,7 @@ pub trait Counter: Keyed {
 /// # Examples
 ///
 /// ```
-/// # include!("doctest_setup.rs");
+/// # include!("../doctest_setup.rs");
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// upsert_kit::counter! {
 ///     table = api_calls, key = (user_id: i64, day: chrono::NaiveDate), amounts = (calls, bytes);
@@ -176,7 +187,7 @@ macro_rules! counter {
 /// # Examples
 ///
 /// ```
-/// # include!("doctest_setup.rs");
+/// # include!("../doctest_setup.rs");
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// # upsert_kit::counter! {
 /// #     table = api_calls, key = (user_id: i64, day: chrono::NaiveDate), amounts = (calls, bytes);
@@ -199,6 +210,7 @@ pub fn increment<T, C>(
 where
     T: Counter + BindKey<C::Backend>,
     C: WriteConnection,
+    C::Backend: CounterBackend,
 {
     Increment::<T>::new(key, amounts).run(conn)
 }
@@ -223,6 +235,7 @@ pub fn upsert_increment<T, C>(conn: &mut C, key: &T::Key, amounts: T::Amounts) -
 where
     T: Counter + BindKey<C::Backend>,
     C: WriteConnection,
+    C::Backend: CounterBackend,
 {
     Increment::<T>::new(key, amounts)
         .creating()
@@ -237,7 +250,7 @@ where
 /// # Examples
 ///
 /// ```
-/// # include!("doctest_setup.rs");
+/// # include!("../doctest_setup.rs");
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// # upsert_kit::counter! {
 /// #     table = api_calls, key = (user_id: i64, day: chrono::NaiveDate), amounts = (calls, bytes);
@@ -323,6 +336,7 @@ impl<'k, T: Counter> Increment<'k, T> {
     where
         T: BindKey<C::Backend>,
         C: WriteConnection,
+        C::Backend: CounterBackend,
     {
         T::validate_key(self.key)?;
         if self.limits && T::LIMITS.is_empty() {
@@ -337,146 +351,40 @@ impl<'k, T: Counter> Increment<'k, T> {
                 "a limited increment never creates its row: create it with its limits first",
             ));
         }
-        let amounts = self.amounts.as_slice();
-        let fresh_row_fits = amounts
-            .iter()
-            .all(|&d| self.floor.is_none_or(|f| d >= f) && self.ceiling.is_none_or(|c| d <= c));
-        let bounds = Bounds {
-            floor: self.floor.as_ref(),
-            ceiling: self.ceiling.as_ref(),
-            limits: self.limits,
-        };
         for _ in 0..BOUND_ATTEMPTS {
-            if !<C::Backend as Dialect>::RETURNING {
-                let step = crate::conn::retry_deadlocks(conn, |c| {
-                    self.run_without_returning(c, amounts, bounds, fresh_row_fits)
-                })?;
-                match step {
-                    Step::Done(totals) => return Ok(totals),
-                    Step::Refused(row) => {
-                        if let Some(e) = self.refusal(&row) {
-                            return Err(e);
-                        }
-                        continue;
+            match C::Backend::increment_once(conn, &self)? {
+                Step::Done(totals) => return Ok(totals),
+                Step::Refused(row) => {
+                    if let Some(e) = self.refusal(&row) {
+                        return Err(e);
                     }
+                    tracing::debug!(
+                        counter = std::any::type_name::<T>(),
+                        "a refused increment now fits its bounds; trying again"
+                    );
                 }
             }
-            let texts = if self.create && fresh_row_fits {
-                let sql = UpsertIncrementSql::<T> {
-                    key: self.key,
-                    amounts,
-                    bounds,
-                    nonce: None,
-                };
-                conn.single(|c| c.run_texts(&sql))?
-            } else {
-                let sql = IncrementSql::<T> {
-                    key: self.key,
-                    amounts,
-                    bounds,
-                };
-                conn.single(|c| c.run_texts(&sql))?
-            };
-            if let Some(text) = texts.first() {
-                return totals::<T>(text).map(Some);
-            }
-            if !bounds.any() {
-                return Ok(None);
-            }
-            // Refused or missing: read the row to say which.
-            let read = ReadSql::<T> {
-                key: self.key,
-                limits: self.limits,
-                nonce: None,
-            };
-            let Some(text) = conn.raw().run_texts(&read)?.into_iter().next() else {
-                return Ok(None);
-            };
-            let row = crate::conn::parse_ints(&text)?;
-            if let Some(e) = self.refusal(&row) {
-                return Err(e);
-            }
-            tracing::debug!(
-                counter = std::any::type_name::<T>(),
-                "a refused increment now fits its bounds; trying again"
-            );
         }
         Err(Error::SerializationFailure(format!(
             "the counter row kept changing under a bounded increment {BOUND_ATTEMPTS} times"
         )))
     }
 
-    /// MySQL (no `RETURNING`): the write and the read of its row in one transaction. The
-    /// creating statement records in session variables whether the key existed
-    /// (`@upsert_kit_hit`, set to a fresh nonce by the update clause only) and whether the bounds
-    /// held (`@upsert_kit_ok`, evaluated once, before any column is assigned: MySQL assigns left
-    /// to right, and a bound read after `a = a + d` would see the new `a`).
-    fn run_without_returning<C>(
-        &self,
-        conn: &mut C,
-        amounts: &[i64],
-        bounds: Bounds<'_>,
-        fresh_row_fits: bool,
-    ) -> Result<Step<T::Amounts>>
-    where
-        T: BindKey<C::Backend>,
-        C: WriteConnection,
-    {
-        let n = T::AMOUNTS.len();
-        conn.write(|c| {
-            if self.create && fresh_row_fits {
-                let nonce = fastrand::i64(1..);
-                let sql = UpsertIncrementSql::<T> {
-                    key: self.key,
-                    amounts,
-                    bounds,
-                    nonce: Some(&nonce),
-                };
-                c.run_execute(&sql)?;
-                let read = ReadSql::<T> {
-                    key: self.key,
-                    limits: false,
-                    nonce: bounds.any().then_some(&nonce),
-                };
-                let Some(text) = c.run_texts(&read)?.into_iter().next() else {
-                    return Err(Error::NotFound("the upserted counter row is gone".into()));
-                };
-                let row = crate::conn::parse_ints(&text)?;
-                if !bounds.any() {
-                    return totals_of::<T>(&row).map(|t| Step::Done(Some(t)));
-                }
-                let (hit, ok, values) = (row[0] != 0, row[1] != 0, &row[2..]);
-                if !hit || ok {
-                    return totals_of::<T>(values).map(|t| Step::Done(Some(t)));
-                }
-                Ok(Step::Refused(values.to_vec()))
-            } else {
-                let sql = IncrementSql::<T> {
-                    key: self.key,
-                    amounts,
-                    bounds,
-                };
-                let changed = c.run_execute(&sql)?;
-                let read = ReadSql::<T> {
-                    key: self.key,
-                    limits: self.limits,
-                    nonce: None,
-                };
-                let Some(text) = c.run_texts(&read)?.into_iter().next() else {
-                    return Ok(Step::Done(None));
-                };
-                let row = crate::conn::parse_ints(&text)?;
-                // Without CLIENT_FOUND_ROWS a zero increment changes nothing and counts 0; no
-                // bound refuses it either.
-                if changed > 0 || amounts.iter().all(|&d| d == 0) {
-                    return totals_of::<T>(&row[..n]).map(|t| Step::Done(Some(t)));
-                }
-                if !bounds.any() {
-                    return Ok(Step::Done(None));
-                }
-                Ok(Step::Refused(row))
-            }
-        })
+    /// The bounds, as the statements write them.
+    fn bounds(&self) -> Bounds<'_> {
+        Bounds {
+            floor: self.floor.as_ref(),
+            ceiling: self.ceiling.as_ref(),
+            limits: self.limits,
+        }
+    }
+
+    /// Whether a row created from the amounts alone is within the constant bounds.
+    fn fresh_row_fits(&self) -> bool {
+        self.amounts
+            .as_slice()
+            .iter()
+            .all(|&d| self.floor.is_none_or(|f| d >= f) && self.ceiling.is_none_or(|c| d <= c))
     }
 
     /// The bound the increment crosses on `row` (amounts, then limits), if any.
@@ -518,16 +426,68 @@ impl<'k, T: Counter> Increment<'k, T> {
     }
 }
 
-/// What one try of an increment without `RETURNING` found.
-enum Step<A> {
-    /// The totals (or no row).
-    Done(Option<A>),
-    /// A bound refused it; the row as [`ReadSql`] reads it.
-    Refused(Vec<i64>),
+/// How a backend runs one try of an increment: implemented for each backend in a file of its
+/// own beside this one (`pg.rs`, `sqlite.rs`, `mysql.rs`). Sealed (through [`Dialect`]); its
+/// method is the crate's plumbing.
+pub trait CounterBackend: Dialect {
+    /// One try of `increment`: its totals, no row, or the row a bound refused it on.
+    #[doc(hidden)]
+    fn increment_once<T, C>(conn: &mut C, increment: &Increment<'_, T>) -> Result<Step<T::Amounts>>
+    where
+        T: Counter + BindKey<Self>,
+        C: WriteConnection<Backend = Self>;
 }
 
-fn totals<T: Counter>(text: &str) -> Result<T::Amounts> {
-    totals_of::<T>(&crate::conn::parse_ints(text)?)
+/// One try of an increment where a write returns its row (PostgreSQL, SQLite): the increment
+/// returns the totals in the same statement; when it returns nothing with bounds set, a read
+/// says whether the row is missing or a bound refused it.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+fn increment_returning<T, C>(conn: &mut C, inc: &Increment<'_, T>) -> Result<Step<T::Amounts>>
+where
+    T: Counter + BindKey<C::Backend>,
+    C: WriteConnection,
+{
+    let (amounts, bounds) = (inc.amounts.as_slice(), inc.bounds());
+    let texts = if inc.create && inc.fresh_row_fits() {
+        let sql = UpsertIncrementSql::<T> {
+            key: inc.key,
+            amounts,
+            bounds,
+        };
+        conn.single(|c| c.run_texts(&sql))?
+    } else {
+        let sql = IncrementSql::<T> {
+            key: inc.key,
+            amounts,
+            bounds,
+        };
+        conn.single(|c| c.run_texts(&sql))?
+    };
+    if let Some(text) = texts.first() {
+        return totals_of::<T>(&crate::conn::parse_ints(text)?).map(|t| Step::Done(Some(t)));
+    }
+    if !bounds.any() {
+        return Ok(Step::Done(None));
+    }
+    // Refused or missing: read the row to say which.
+    let read = ReadSql::<T> {
+        key: inc.key,
+        limits: inc.limits,
+    };
+    match conn.raw().run_texts(&read)?.into_iter().next() {
+        None => Ok(Step::Done(None)),
+        Some(text) => Ok(Step::Refused(crate::conn::parse_ints(&text)?)),
+    }
+}
+
+/// What one try of an increment found.
+#[doc(hidden)]
+#[derive(Debug)]
+pub enum Step<A> {
+    /// The totals (or no row).
+    Done(Option<A>),
+    /// A bound refused it; the row's amounts (and limits, for a limited increment).
+    Refused(Vec<i64>),
 }
 
 fn totals_of<T: Counter>(values: &[i64]) -> Result<T::Amounts> {
@@ -667,11 +627,7 @@ where
         let mut first = false;
         self.bounds
             .walk::<T, DB>(&mut out, self.amounts, false, false, &mut first)?;
-        if DB::RETURNING {
-            out.push_sql(" RETURNING ");
-            DB::push_int_array(&mut out, T::AMOUNTS)?;
-        }
-        Ok(())
+        DB::push_returning_ints(&mut out, T::AMOUNTS)
     }
 }
 
@@ -681,8 +637,6 @@ struct UpsertIncrementSql<'a, T: Counter> {
     key: &'a T::Key,
     amounts: &'a [i64],
     bounds: Bounds<'a>,
-    /// MySQL with bounds: the value the update clause stores in `@upsert_kit_hit`.
-    nonce: Option<&'a i64>,
 }
 
 impl<T, DB> QueryFragment<DB> for UpsertIncrementSql<'_, T>
@@ -695,7 +649,6 @@ where
             key: self.key,
             amounts: self.amounts,
             bounds: self.bounds,
-            nonce: self.nonce,
         };
         this.walk_into(&mut out)
     }
@@ -716,14 +669,14 @@ pub(crate) fn upsert_increment_sql<'b, T: Counter + BindKey<DB>, DB: Dialect>(
             ceiling: None,
             limits: false,
         },
-        nonce: None,
     };
     sql.walk_into(out)
 }
 
 impl<'a, T: Counter> UpsertIncrementSql<'a, T> {
-    /// Writes the statement into `out`, with binds borrowed for `'a`.
-    fn walk_into<DB: Dialect>(&self, out: &mut AstPass<'_, 'a, DB>) -> QueryResult<()>
+    /// Writes `INSERT INTO t (key…, a, …) VALUES (…)` and what starts the update of a
+    /// conflicting key (` ON CONFLICT (key) DO UPDATE SET ` or ` ON DUPLICATE KEY UPDATE `).
+    fn walk_insert<DB: Dialect>(&self, out: &mut AstPass<'_, 'a, DB>) -> QueryResult<()>
     where
         T: BindKey<DB>,
     {
@@ -740,49 +693,15 @@ impl<'a, T: Counter> UpsertIncrementSql<'a, T> {
             DB::push_int(out, amount)?;
         }
         out.push_sql(")");
-        DB::push_on_conflict_update(out, T::KEY)?;
-        if !DB::RETURNING && self.bounds.any() {
-            // MySQL: no WHERE on the update. The first assignment stores the nonce (the key
-            // existed) and the bounds, judged once on the stored row, before any column is
-            // assigned; every column then takes its new value only if they held.
-            for (i, column) in T::AMOUNTS.iter().enumerate() {
-                if i > 0 {
-                    out.push_sql(", ");
-                }
-                out.push_identifier(column)?;
-                out.push_sql(" = IF(");
-                if i == 0 {
-                    out.push_sql("(@upsert_kit_hit := ");
-                    let nonce = self.nonce.ok_or_else(|| {
-                        diesel::result::Error::QueryBuilderError(
-                            "a bounded MySQL upsert increment needs its nonce".into(),
-                        )
-                    })?;
-                    DB::push_int(out, nonce)?;
-                    // Nested IFs: each condition is evaluated before its branches, in order.
-                    out.push_sql(") IS NULL, ");
-                    out.push_identifier(column)?;
-                    out.push_sql(", IF((@upsert_kit_ok := COALESCE((");
-                    let mut first = true;
-                    let bounds = self.bounds;
-                    bounds.walk::<T, DB>(out, self.amounts, true, true, &mut first)?;
-                    out.push_sql("), FALSE)) IS NULL, ");
-                    out.push_identifier(column)?;
-                    out.push_sql(", IF(@upsert_kit_ok, ");
-                    walk_new::<T, DB>(out, i, self.amounts, true, true)?;
-                    out.push_sql(", ");
-                    out.push_identifier(column)?;
-                    out.push_sql(")))");
-                } else {
-                    out.push_sql("@upsert_kit_ok, ");
-                    walk_new::<T, DB>(out, i, self.amounts, true, true)?;
-                    out.push_sql(", ");
-                    out.push_identifier(column)?;
-                    out.push_sql(")");
-                }
-            }
-            return Ok(());
-        }
+        DB::push_on_conflict_update(out, T::KEY)
+    }
+
+    /// Writes the statement into `out`, with binds borrowed for `'a`.
+    fn walk_into<DB: Dialect>(&self, out: &mut AstPass<'_, 'a, DB>) -> QueryResult<()>
+    where
+        T: BindKey<DB>,
+    {
+        self.walk_insert(out)?;
         for (i, column) in T::AMOUNTS.iter().enumerate() {
             if i > 0 {
                 out.push_sql(", ");
@@ -797,11 +716,7 @@ impl<'a, T: Counter> UpsertIncrementSql<'a, T> {
             let bounds = self.bounds;
             bounds.walk::<T, DB>(out, self.amounts, true, true, &mut first)?;
         }
-        if DB::RETURNING {
-            out.push_sql(" RETURNING ");
-            DB::push_int_array(out, T::AMOUNTS)?;
-        }
-        Ok(())
+        DB::push_returning_ints(out, T::AMOUNTS)
     }
 }
 
@@ -809,9 +724,6 @@ impl<'a, T: Counter> UpsertIncrementSql<'a, T> {
 struct ReadSql<'a, T: Counter> {
     key: &'a T::Key,
     limits: bool,
-    /// MySQL: first the session variables of a bounded upsert increment (whether the key
-    /// existed, `@upsert_kit_hit = nonce`, and whether its bounds held) as 0 or 1.
-    nonce: Option<&'a i64>,
 }
 
 impl<T, DB> QueryFragment<DB> for ReadSql<'_, T>
@@ -821,14 +733,7 @@ where
 {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
         out.push_sql("SELECT ");
-        if let Some(nonce) = self.nonce {
-            // The variables' values then the amounts, as one JSON array (MySQL only).
-            out.push_sql("CAST(JSON_ARRAY(CAST(COALESCE(@upsert_kit_hit = ");
-            DB::push_int(&mut out, nonce)?;
-            out.push_sql(", 0) AS SIGNED), CAST(COALESCE(@upsert_kit_ok, 0) AS SIGNED), ");
-            crate::sql::push_identifiers(&mut out, T::AMOUNTS)?;
-            out.push_sql(") AS CHAR)");
-        } else if self.limits {
+        if self.limits {
             let columns: Vec<&str> = T::AMOUNTS.iter().chain(T::LIMITS).copied().collect();
             DB::push_int_array(&mut out, &columns)?;
         } else {

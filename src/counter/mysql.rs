@@ -1,0 +1,161 @@
+//! Counters on MySQL and MariaDB, which have no `RETURNING`: the increment and the read of the
+//! row's totals run in one transaction (the row lock the write takes makes the read give this
+//! increment's totals). The creating form with bounds, which `ON DUPLICATE KEY UPDATE` cannot
+//! put in a `WHERE`, stores in session variables whether the key existed (`@upsert_kit_hit`, a
+//! fresh nonce set by the update clause only) and whether the bounds held (`@upsert_kit_ok`,
+//! judged once, before any column is assigned: MySQL assigns left to right, and a bound read
+//! after `a = a + d` would see the new `a`); every column is assigned only if they held, and
+//! the read returns both variables with the totals.
+
+use super::{
+    totals_of, walk_new, Amounts, BindKey, Counter, CounterBackend, Increment, IncrementSql,
+    ReadSql, Step, UpsertIncrementSql,
+};
+use crate::conn::{KeyStyle, WriteConnection};
+use crate::error::{Error, Result};
+use diesel::mysql::Mysql;
+use diesel::query_builder::{AstPass, QueryFragment};
+use diesel::sql_types::BigInt;
+use diesel::QueryResult;
+
+impl CounterBackend for Mysql {
+    fn increment_once<T, C>(conn: &mut C, inc: &Increment<'_, T>) -> Result<Step<T::Amounts>>
+    where
+        T: Counter + BindKey<Self>,
+        C: WriteConnection<Backend = Self>,
+    {
+        crate::conn::retry_deadlocks(conn, |c| c.write(|c| once(c, inc)))
+    }
+}
+
+/// One try, in the caller's transaction (or the one [`WriteConnection::write`] opened).
+fn once<T, C>(c: &mut C, inc: &Increment<'_, T>) -> Result<Step<T::Amounts>>
+where
+    T: Counter + BindKey<Mysql>,
+    C: WriteConnection<Backend = Mysql>,
+{
+    let (amounts, bounds) = (inc.amounts.as_slice(), inc.bounds());
+    let upsert = UpsertIncrementSql::<T> {
+        key: inc.key,
+        amounts,
+        bounds,
+    };
+    if inc.create && inc.fresh_row_fits() && bounds.any() {
+        let nonce = fastrand::i64(1..);
+        c.run_execute(&BoundedUpsertIncrementSql {
+            upsert,
+            nonce: &nonce,
+        })?;
+        let read = ReadHitSql::<T> {
+            key: inc.key,
+            nonce: &nonce,
+        };
+        let Some(text) = c.run_texts(&read)?.into_iter().next() else {
+            return Err(Error::NotFound("the upserted counter row is gone".into()));
+        };
+        let row = crate::conn::parse_ints(&text)?;
+        let (hit, ok, values) = (row[0] != 0, row[1] != 0, &row[2..]);
+        if !hit || ok {
+            return totals_of::<T>(values).map(|t| Step::Done(Some(t)));
+        }
+        return Ok(Step::Refused(values.to_vec()));
+    }
+    let changed = if inc.create && inc.fresh_row_fits() {
+        c.run_execute(&upsert)?
+    } else {
+        c.run_execute(&IncrementSql::<T> {
+            key: inc.key,
+            amounts,
+            bounds,
+        })?
+    };
+    let read = ReadSql::<T> {
+        key: inc.key,
+        limits: inc.limits && !inc.create,
+    };
+    let Some(text) = c.run_texts(&read)?.into_iter().next() else {
+        return if inc.create && inc.fresh_row_fits() {
+            Err(Error::NotFound("the upserted counter row is gone".into()))
+        } else {
+            Ok(Step::Done(None))
+        };
+    };
+    let row = crate::conn::parse_ints(&text)?;
+    let n = T::AMOUNTS.len();
+    // Without CLIENT_FOUND_ROWS a zero increment changes nothing and counts 0; no bound
+    // refuses it either. A creating increment without bounds always lands.
+    if changed > 0 || amounts.iter().all(|&d| d == 0) || (inc.create && inc.fresh_row_fits()) {
+        return totals_of::<T>(&row[..n]).map(|t| Step::Done(Some(t)));
+    }
+    if !bounds.any() {
+        return Ok(Step::Done(None));
+    }
+    Ok(Step::Refused(row))
+}
+
+/// The creating increment with bounds: `INSERT … ON DUPLICATE KEY UPDATE a = IF((@upsert_kit_hit
+/// := ?) IS NULL, a, IF((@upsert_kit_ok := COALESCE((<bounds>), FALSE)) IS NULL, a,
+/// IF(@upsert_kit_ok, t.a + VALUES(a), a))), b = IF(@upsert_kit_ok, t.b + VALUES(b), b), …`.
+struct BoundedUpsertIncrementSql<'a, T: Counter> {
+    upsert: UpsertIncrementSql<'a, T>,
+    nonce: &'a i64,
+}
+
+impl<T: Counter + BindKey<Mysql>> QueryFragment<Mysql> for BoundedUpsertIncrementSql<'_, T> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Mysql>) -> QueryResult<()> {
+        self.upsert.walk_insert(&mut out)?;
+        for (i, column) in T::AMOUNTS.iter().enumerate() {
+            if i > 0 {
+                out.push_sql(", ");
+            }
+            out.push_identifier(column)?;
+            out.push_sql(" = IF(");
+            if i == 0 {
+                out.push_sql("(@upsert_kit_hit := ");
+                let nonce = self.nonce;
+                out.push_bind_param::<BigInt, _>(nonce)?;
+                // Nested IFs: each condition is evaluated before its branches, in order.
+                out.push_sql(") IS NULL, ");
+                out.push_identifier(column)?;
+                out.push_sql(", IF((@upsert_kit_ok := COALESCE((");
+                let mut first = true;
+                let bounds = self.upsert.bounds;
+                bounds.walk::<T, Mysql>(&mut out, self.upsert.amounts, true, true, &mut first)?;
+                out.push_sql("), FALSE)) IS NULL, ");
+                out.push_identifier(column)?;
+                out.push_sql(", IF(@upsert_kit_ok, ");
+                walk_new::<T, Mysql>(&mut out, i, self.upsert.amounts, true, true)?;
+                out.push_sql(", ");
+                out.push_identifier(column)?;
+                out.push_sql(")))");
+            } else {
+                out.push_sql("@upsert_kit_ok, ");
+                walk_new::<T, Mysql>(&mut out, i, self.upsert.amounts, true, true)?;
+                out.push_sql(", ");
+                out.push_identifier(column)?;
+                out.push_sql(")");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `SELECT CAST(JSON_ARRAY(<key existed>, <bounds held>, a, …) AS CHAR) FROM t WHERE key`: the
+/// session variables of [`BoundedUpsertIncrementSql`] as 0 or 1, then the amounts.
+struct ReadHitSql<'a, T: Counter> {
+    key: &'a T::Key,
+    nonce: &'a i64,
+}
+
+impl<T: Counter + BindKey<Mysql>> QueryFragment<Mysql> for ReadHitSql<'_, T> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Mysql>) -> QueryResult<()> {
+        out.push_sql("SELECT CAST(JSON_ARRAY(CAST(COALESCE(@upsert_kit_hit = ");
+        out.push_bind_param::<BigInt, _>(self.nonce)?;
+        out.push_sql(", 0) AS SIGNED), CAST(COALESCE(@upsert_kit_ok, 0) AS SIGNED), ");
+        crate::sql::push_identifiers(&mut out, T::AMOUNTS)?;
+        out.push_sql(") AS CHAR) FROM ");
+        T::walk_table(out.reborrow())?;
+        out.push_sql(" WHERE ");
+        T::walk_key(self.key, KeyStyle::Match, out.reborrow())
+    }
+}
