@@ -654,7 +654,9 @@ where
     }
 }
 
-/// The unbounded upserting increment, for statements that embed it (the keyed increment).
+/// The unbounded upserting increment, for statements that embed it (PostgreSQL's keyed
+/// increment).
+#[cfg(feature = "postgres")]
 pub(crate) fn upsert_increment_sql<'b, T: Counter + BindKey<DB>, DB: Dialect>(
     out: &mut AstPass<'_, 'b, DB>,
     key: &'b T::Key,

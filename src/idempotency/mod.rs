@@ -48,13 +48,24 @@
 //! as on PostgreSQL. The stored result is read `LOCK IN SHARE MODE`, which sees the newest
 //! committed row at any isolation level, REPEATABLE READ included. [`increment_once`] runs as
 //! [`run`] around the counter increment (one transaction).
+//!
+//! This file holds the API, its contract and the statements every backend shares; how each
+//! backend claims a key and runs a keyed increment ([`IdempotencyBackend`]) is in a file of its
+//! own beside it: `pg.rs`, `sqlite.rs`, `mysql.rs`.
 
 use crate::conn::{BindKey, Dialect, WriteConnection};
-use crate::counter::{Amounts, Counter};
+use crate::counter::{Amounts, Counter, CounterBackend};
 use crate::error::{Error, Result};
 use chrono::NaiveDateTime;
 use diesel::query_builder::{AstPass, QueryFragment};
 use diesel::QueryResult;
+
+#[cfg(feature = "mysql")]
+mod mysql;
+#[cfg(feature = "postgres")]
+mod pg;
+#[cfg(feature = "sqlite")]
+mod sqlite;
 
 /// The longest idempotency key, in bytes (UTF-8).
 pub const MAX_KEY_LEN: usize = 255;
@@ -104,7 +115,7 @@ pub trait BindLedger<DB: Dialect>: Ledger {
 /// # Examples
 ///
 /// ```
-/// # include!("doctest_setup.rs");
+/// # include!("../doctest_setup.rs");
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use diesel::RunQueryDsl;
 /// use upsert_kit::idempotency::{run, IdempotencyKey};
@@ -340,29 +351,14 @@ pub fn run<L, C, T, F>(
 where
     L: BindLedger<C::Backend>,
     C: WriteConnection,
+    C::Backend: IdempotencyBackend,
     T: StoredResult,
     F: FnOnce(&mut C::Raw) -> Result<T>,
 {
     let mut f = Some(f);
     for _ in 0..KEY_ATTEMPTS {
-        let nonce = fastrand::i64(1..);
         let outcome = conn.write(|c| {
-            let claim: Sql<'_, L> = Sql::Claim {
-                key: key.as_str(),
-                fingerprint,
-                at: &at,
-                nonce: &nonce,
-            };
-            let claimed = if <C::Backend as Dialect>::RETURNING {
-                !c.run_ints(&claim)?.is_empty()
-            } else {
-                // MySQL: the claim's update clause (run only when the key exists) stores the
-                // nonce in @upsert_kit_hit.
-                c.run_execute(&claim)?;
-                let claimed: Sql<'_, L> = Sql::Claimed { nonce: &nonce };
-                !c.run_ints(&claimed)?.is_empty()
-            };
-            if !claimed {
+            if !C::Backend::claim::<L, _>(c, key.as_str(), fingerprint, &at)? {
                 return Ok(None);
             }
             let f = f
@@ -370,9 +366,10 @@ where
                 .expect("the write runs once: a claimed key commits or fails");
             let value = f(c)?;
             let stored = value.to_stored()?;
-            let store: Sql<'_, L> = Sql::Store {
+            let store = StoreSql::<L> {
                 key: key.as_str(),
                 result: &stored,
+                _ledger: std::marker::PhantomData,
             };
             c.run_execute(&store)?;
             Ok(Some(value))
@@ -400,9 +397,13 @@ fn replay<L, C, T>(
 where
     L: BindLedger<C::Backend>,
     C: WriteConnection,
+    C::Backend: IdempotencyBackend,
     T: StoredResult,
 {
-    let read: Sql<'_, L> = Sql::Read { key: key.as_str() };
+    let read = ReadSql::<L> {
+        key: key.as_str(),
+        _ledger: std::marker::PhantomData,
+    };
     let Some((stored_fingerprint, result)) = conn.raw().run_text_pairs(&read)?.into_iter().next()
     else {
         return Ok(None);
@@ -446,7 +447,7 @@ fn vanished(key: &IdempotencyKey) -> Error {
 /// # Examples
 ///
 /// ```
-/// # include!("doctest_setup.rs");
+/// # include!("../doctest_setup.rs");
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// # upsert_kit::counter! {
 /// #     table = api_calls, key = (user_id: i64, day: chrono::NaiveDate), amounts = (calls, bytes);
@@ -479,60 +480,18 @@ where
     T: Counter + BindKey<C::Backend>,
     T::Amounts: StoredResult,
     C: WriteConnection,
-    C::Backend: crate::counter::CounterBackend,
+    C::Backend: IdempotencyBackend,
 {
     T::validate_key(counter_key)?;
     let fp = fingerprint(format!("{counter_key:?}|{amounts:?}").as_bytes());
-    if !<C::Backend as Dialect>::WRITABLE_CTE {
-        return run::<L, C, _, _>(conn, key, &fp, at, |c| {
-            crate::counter::upsert_increment::<T, _>(c, counter_key, amounts)
-        });
-    }
-    for _ in 0..KEY_ATTEMPTS {
-        let sql = KeyedIncrementSql::<L, T> {
-            key: key.as_str(),
-            fingerprint: &fp,
-            at: &at,
-            counter_key,
-            amounts: amounts.as_slice(),
-            _ledger: std::marker::PhantomData,
-        };
-        let raw = conn.raw();
-        let in_tx = crate::tx::in_transaction(raw);
-        let result = if in_tx {
-            // A savepoint keeps a repeated key's unique violation from aborting the caller's
-            // transaction.
-            crate::tx::transaction(raw, |c| c.run_texts(&sql))
-        } else {
-            raw.run_texts(&sql)
-        };
-        match result {
-            Ok(texts) => {
-                let text = texts.first().ok_or_else(|| {
-                    Error::NotFound("the keyed increment returned nothing".into())
-                })?;
-                return Ok(Idempotent {
-                    value: T::Amounts::from_stored(text)?,
-                    applied: true,
-                });
-            }
-            Err(Error::Constraint {
-                kind: crate::ConstraintKind::Unique,
-                ..
-            }) => {
-                match replay::<L, C, T::Amounts>(conn, key, &fp)? {
-                    Some(replayed) => return Ok(replayed),
-                    // Not the ledger's key (another unique index of the counter), or pruned
-                    // in between: try once more, and report the error if it stays.
-                    None => {
-                        tracing::debug!("keyed increment: unique violation without a ledger row");
-                    }
-                }
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Err(vanished(key))
+    <C::Backend as IdempotencyBackend>::increment_once::<L, T, C>(
+        conn,
+        key,
+        &fp,
+        counter_key,
+        amounts,
+        at,
+    )
 }
 
 /// Deletes the ledger rows created before `older_than` and returns how many. A pruned key is
@@ -544,7 +503,7 @@ where
 /// # Examples
 ///
 /// ```
-/// # include!("doctest_setup.rs");
+/// # include!("../doctest_setup.rs");
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// # upsert_kit::ledger! {
 /// #     table = idempotency_keys, key = key, fingerprint = fingerprint, result = result, created_at = created_at;
@@ -563,164 +522,176 @@ where
     L: BindLedger<C::Backend>,
     C: WriteConnection,
 {
-    let sql: Sql<'_, L> = Sql::Prune {
+    let sql = PruneSql::<L> {
         older_than: &older_than,
+        _ledger: std::marker::PhantomData,
     };
     conn.single(|c| c.run_execute(&sql))
 }
 
-/// The ledger statements.
-enum Sql<'a, L> {
-    /// `INSERT INTO l (key, fingerprint, result, created_at) VALUES ($1, $2, NULL, $3)
-    /// ON CONFLICT (key) DO NOTHING RETURNING 1`; on MySQL (no `RETURNING`, and not
-    /// `INSERT IGNORE`, which turns other errors into warnings) `… ON DUPLICATE KEY UPDATE
-    /// key = IF((@upsert_kit_hit := $nonce) IS NULL, key, key)`, which changes nothing.
-    Claim {
-        key: &'a str,
-        fingerprint: &'a str,
-        at: &'a NaiveDateTime,
-        nonce: &'a i64,
-    },
-    /// MySQL: one row when the claim inserted (`@upsert_kit_hit` is not its nonce).
-    Claimed { nonce: &'a i64 },
-    /// `UPDATE l SET result = $1 WHERE key = $2`.
-    Store { key: &'a str, result: &'a str },
-    /// `SELECT fingerprint, result FROM l WHERE key = $1` (`LOCK IN SHARE MODE` on MySQL).
-    Read { key: &'a str },
-    /// `DELETE FROM l WHERE created_at < $1`.
-    Prune { older_than: &'a NaiveDateTime },
-    #[allow(dead_code)]
-    Never(std::marker::PhantomData<L>),
-}
+/// How a backend claims a key and runs a keyed increment: implemented for each backend in a
+/// file of its own beside this one (`pg.rs`, `sqlite.rs`, `mysql.rs`). Sealed (through
+/// [`Dialect`]); its methods are the crate's plumbing.
+pub trait IdempotencyBackend: CounterBackend {
+    /// Inserts `key`'s ledger row (no result yet) unless the key is taken; whether this call
+    /// took it. Runs inside [`run`]'s transaction.
+    #[doc(hidden)]
+    fn claim<L, C>(c: &mut C, key: &str, fingerprint: &str, at: &NaiveDateTime) -> Result<bool>
+    where
+        L: BindLedger<Self>,
+        C: WriteConnection<Backend = Self>;
 
-impl<L, DB> QueryFragment<DB> for Sql<'_, L>
-where
-    L: BindLedger<DB>,
-    DB: Dialect,
-{
-    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
-        match self {
-            Sql::Claim {
-                key,
-                fingerprint,
-                at,
-                nonce,
-            } => {
-                out.push_sql("INSERT INTO ");
-                L::walk_table(out.reborrow())?;
-                out.push_sql(" (");
-                crate::sql::push_identifiers(
-                    &mut out,
-                    &[L::KEY, L::FINGERPRINT, L::RESULT, L::CREATED_AT],
-                )?;
-                out.push_sql(") VALUES (");
-                DB::push_text(&mut out, key)?;
-                out.push_sql(", ");
-                DB::push_text(&mut out, fingerprint)?;
-                out.push_sql(", NULL, ");
-                DB::push_timestamp(&mut out, at)?;
-                if !DB::RETURNING {
-                    out.push_sql(")");
-                    DB::push_on_conflict_update(&mut out, &[L::KEY])?;
-                    out.push_identifier(L::KEY)?;
-                    out.push_sql(" = IF((@upsert_kit_hit := ");
-                    DB::push_int(&mut out, nonce)?;
-                    out.push_sql(") IS NULL, ");
-                    out.push_identifier(L::KEY)?;
-                    out.push_sql(", ");
-                    out.push_identifier(L::KEY)?;
-                    out.push_sql(")");
-                    return Ok(());
-                }
-                out.push_sql(") ON CONFLICT (");
-                out.push_identifier(L::KEY)?;
-                out.push_sql(") DO NOTHING RETURNING CAST(1 AS BIGINT)");
-                Ok(())
-            }
-            Sql::Claimed { nonce } => {
-                out.push_sql(
-                    "SELECT CAST(1 AS SIGNED) FROM DUAL WHERE NOT COALESCE(@upsert_kit_hit = ",
-                );
-                DB::push_int(&mut out, nonce)?;
-                out.push_sql(", FALSE)");
-                Ok(())
-            }
-            Sql::Store { key, result } => {
-                out.push_sql("UPDATE ");
-                L::walk_table(out.reborrow())?;
-                out.push_sql(" SET ");
-                out.push_identifier(L::RESULT)?;
-                out.push_sql(" = ");
-                DB::push_text(&mut out, result)?;
-                out.push_sql(" WHERE ");
-                out.push_identifier(L::KEY)?;
-                out.push_sql(" = ");
-                DB::push_text(&mut out, key)
-            }
-            Sql::Read { key } => {
-                out.push_sql("SELECT ");
-                crate::sql::push_identifiers(&mut out, &[L::FINGERPRINT, L::RESULT])?;
-                out.push_sql(" FROM ");
-                L::walk_table(out.reborrow())?;
-                out.push_sql(" WHERE ");
-                out.push_identifier(L::KEY)?;
-                out.push_sql(" = ");
-                DB::push_text(&mut out, key)?;
-                if !DB::RETURNING {
-                    // MySQL: a locking read sees the newest committed row, also inside a
-                    // REPEATABLE READ transaction whose snapshot predates it.
-                    out.push_sql(" LOCK IN SHARE MODE");
-                }
-                Ok(())
-            }
-            Sql::Prune { older_than } => {
-                out.push_sql("DELETE FROM ");
-                L::walk_table(out.reborrow())?;
-                out.push_sql(" WHERE ");
-                out.push_identifier(L::CREATED_AT)?;
-                out.push_sql(" < ");
-                DB::push_timestamp(&mut out, older_than)
-            }
-            Sql::Never(_) => Ok(()),
-        }
+    /// What makes the read of a taken key's row see the newest committed row: nothing where a
+    /// statement reads it anyway (PostgreSQL's READ COMMITTED, SQLite's single writer),
+    /// ` LOCK IN SHARE MODE` on MySQL (also inside a REPEATABLE READ snapshot).
+    #[doc(hidden)]
+    fn push_read_lock(_out: &mut AstPass<'_, '_, Self>) {}
+
+    /// [`increment_once`] after its checks: by default [`run`] around the counter's
+    /// [`upsert_increment`](crate::counter::upsert_increment), one transaction.
+    #[doc(hidden)]
+    fn increment_once<L, T, C>(
+        conn: &mut C,
+        key: &IdempotencyKey,
+        fingerprint: &str,
+        counter_key: &T::Key,
+        amounts: T::Amounts,
+        at: NaiveDateTime,
+    ) -> Result<Idempotent<T::Amounts>>
+    where
+        L: BindLedger<Self>,
+        T: Counter + BindKey<Self>,
+        T::Amounts: StoredResult,
+        C: WriteConnection<Backend = Self>,
+    {
+        run::<L, C, _, _>(conn, key, fingerprint, at, |c| {
+            crate::counter::upsert_increment::<T, _>(c, counter_key, amounts)
+        })
     }
 }
 
-/// PostgreSQL: `WITH up AS (<upsert increment> RETURNING totals AS t) INSERT INTO l (key,
-/// fingerprint, result, created_at) SELECT $k, $f, up.t, $at FROM up RETURNING result`.
-struct KeyedIncrementSql<'a, L, T: Counter> {
+/// The claim where a write returns rows (PostgreSQL, SQLite): `INSERT INTO l (key,
+/// fingerprint, result, created_at) VALUES ($1, $2, NULL, $3) ON CONFLICT (key) DO NOTHING
+/// RETURNING 1`; a row back means this call took the key.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+fn claim_returning<L, C>(
+    c: &mut C,
+    key: &str,
+    fingerprint: &str,
+    at: &NaiveDateTime,
+) -> Result<bool>
+where
+    L: BindLedger<C::Backend>,
+    C: WriteConnection,
+{
+    struct ClaimSql<'a, L> {
+        insert: InsertKeySql<'a, L>,
+    }
+    impl<L: BindLedger<DB>, DB: Dialect> QueryFragment<DB> for ClaimSql<'_, L> {
+        fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+            self.insert.walk_ast(out.reborrow())?;
+            out.push_sql(" ON CONFLICT (");
+            out.push_identifier(L::KEY)?;
+            out.push_sql(") DO NOTHING RETURNING CAST(1 AS BIGINT)");
+            Ok(())
+        }
+    }
+    let claim = ClaimSql {
+        insert: InsertKeySql::<L> {
+            key,
+            fingerprint,
+            at,
+            _ledger: std::marker::PhantomData,
+        },
+    };
+    Ok(!c.run_ints(&claim)?.is_empty())
+}
+
+/// `INSERT INTO l (key, fingerprint, result, created_at) VALUES ($1, $2, NULL, $3)`: the start
+/// of every backend's claim.
+struct InsertKeySql<'a, L> {
     key: &'a str,
     fingerprint: &'a str,
     at: &'a NaiveDateTime,
-    counter_key: &'a T::Key,
-    amounts: &'a [i64],
-    #[allow(dead_code)]
     _ledger: std::marker::PhantomData<L>,
 }
 
-impl<L, T, DB> QueryFragment<DB> for KeyedIncrementSql<'_, L, T>
-where
-    L: BindLedger<DB>,
-    T: Counter + BindKey<DB>,
-    DB: Dialect,
-{
+impl<L: BindLedger<DB>, DB: Dialect> QueryFragment<DB> for InsertKeySql<'_, L> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
-        out.push_sql("WITH __kit_up (__kit_totals) AS (");
-        crate::counter::upsert_increment_sql::<T, DB>(&mut out, self.counter_key, self.amounts)?;
-        out.push_sql(") INSERT INTO ");
+        out.push_sql("INSERT INTO ");
         L::walk_table(out.reborrow())?;
         out.push_sql(" (");
         crate::sql::push_identifiers(
             &mut out,
             &[L::KEY, L::FINGERPRINT, L::RESULT, L::CREATED_AT],
         )?;
-        out.push_sql(") SELECT ");
+        out.push_sql(") VALUES (");
         DB::push_text(&mut out, self.key)?;
         out.push_sql(", ");
         DB::push_text(&mut out, self.fingerprint)?;
-        out.push_sql(", __kit_totals, ");
+        out.push_sql(", NULL, ");
         DB::push_timestamp(&mut out, self.at)?;
-        out.push_sql(" FROM __kit_up RETURNING ");
-        out.push_identifier(L::RESULT)
+        out.push_sql(")");
+        Ok(())
+    }
+}
+
+/// `UPDATE l SET result = $1 WHERE key = $2`.
+struct StoreSql<'a, L> {
+    key: &'a str,
+    result: &'a str,
+    _ledger: std::marker::PhantomData<L>,
+}
+
+impl<L: BindLedger<DB>, DB: Dialect> QueryFragment<DB> for StoreSql<'_, L> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        out.push_sql("UPDATE ");
+        L::walk_table(out.reborrow())?;
+        out.push_sql(" SET ");
+        out.push_identifier(L::RESULT)?;
+        out.push_sql(" = ");
+        DB::push_text(&mut out, self.result)?;
+        out.push_sql(" WHERE ");
+        out.push_identifier(L::KEY)?;
+        out.push_sql(" = ");
+        DB::push_text(&mut out, self.key)
+    }
+}
+
+/// `SELECT fingerprint, result FROM l WHERE key = $1` and the backend's read lock.
+struct ReadSql<'a, L> {
+    key: &'a str,
+    _ledger: std::marker::PhantomData<L>,
+}
+
+impl<L: BindLedger<DB>, DB: IdempotencyBackend> QueryFragment<DB> for ReadSql<'_, L> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        out.push_sql("SELECT ");
+        crate::sql::push_identifiers(&mut out, &[L::FINGERPRINT, L::RESULT])?;
+        out.push_sql(" FROM ");
+        L::walk_table(out.reborrow())?;
+        out.push_sql(" WHERE ");
+        out.push_identifier(L::KEY)?;
+        out.push_sql(" = ");
+        DB::push_text(&mut out, self.key)?;
+        DB::push_read_lock(&mut out);
+        Ok(())
+    }
+}
+
+/// `DELETE FROM l WHERE created_at < $1`.
+struct PruneSql<'a, L> {
+    older_than: &'a NaiveDateTime,
+    _ledger: std::marker::PhantomData<L>,
+}
+
+impl<L: BindLedger<DB>, DB: Dialect> QueryFragment<DB> for PruneSql<'_, L> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        out.push_sql("DELETE FROM ");
+        L::walk_table(out.reborrow())?;
+        out.push_sql(" WHERE ");
+        out.push_identifier(L::CREATED_AT)?;
+        out.push_sql(" < ");
+        DB::push_timestamp(&mut out, self.older_than)
     }
 }

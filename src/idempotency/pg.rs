@@ -1,0 +1,127 @@
+//! Idempotency keys on PostgreSQL: the claim is `INSERT … ON CONFLICT (key) DO NOTHING
+//! RETURNING 1`, and a keyed increment is one statement, `WITH up AS (<upsert increment>
+//! RETURNING totals) INSERT INTO ledger … SELECT … FROM up`: a repeated key fails the ledger
+//! insert with a unique violation, which undoes the counter change too.
+
+use super::{
+    claim_returning, replay, vanished, BindLedger, IdempotencyBackend, IdempotencyKey, Idempotent,
+    StoredResult, KEY_ATTEMPTS,
+};
+use crate::conn::{BindKey, Dialect, WriteConnection};
+use crate::counter::{Amounts, Counter};
+use crate::error::{Error, Result};
+use chrono::NaiveDateTime;
+use diesel::pg::Pg;
+use diesel::query_builder::{AstPass, QueryFragment};
+use diesel::QueryResult;
+
+impl IdempotencyBackend for Pg {
+    fn claim<L, C>(c: &mut C, key: &str, fingerprint: &str, at: &NaiveDateTime) -> Result<bool>
+    where
+        L: BindLedger<Self>,
+        C: WriteConnection<Backend = Self>,
+    {
+        claim_returning::<L, C>(c, key, fingerprint, at)
+    }
+
+    fn increment_once<L, T, C>(
+        conn: &mut C,
+        key: &IdempotencyKey,
+        fp: &str,
+        counter_key: &T::Key,
+        amounts: T::Amounts,
+        at: NaiveDateTime,
+    ) -> Result<Idempotent<T::Amounts>>
+    where
+        L: BindLedger<Self>,
+        T: Counter + BindKey<Self>,
+        T::Amounts: StoredResult,
+        C: WriteConnection<Backend = Self>,
+    {
+        for _ in 0..KEY_ATTEMPTS {
+            let sql = KeyedIncrementSql::<L, T> {
+                key: key.as_str(),
+                fingerprint: fp,
+                at: &at,
+                counter_key,
+                amounts: amounts.as_slice(),
+                _ledger: std::marker::PhantomData,
+            };
+            let raw = conn.raw();
+            let in_tx = crate::tx::in_transaction(raw);
+            let result = if in_tx {
+                // A savepoint keeps a repeated key's unique violation from aborting the caller's
+                // transaction.
+                crate::tx::transaction(raw, |c| c.run_texts(&sql))
+            } else {
+                raw.run_texts(&sql)
+            };
+            match result {
+                Ok(texts) => {
+                    let text = texts.first().ok_or_else(|| {
+                        Error::NotFound("the keyed increment returned nothing".into())
+                    })?;
+                    return Ok(Idempotent {
+                        value: T::Amounts::from_stored(text)?,
+                        applied: true,
+                    });
+                }
+                Err(Error::Constraint {
+                    kind: crate::ConstraintKind::Unique,
+                    ..
+                }) => {
+                    match replay::<L, C, T::Amounts>(conn, key, fp)? {
+                        Some(replayed) => return Ok(replayed),
+                        // Not the ledger's key (another unique index of the counter), or pruned
+                        // in between: try once more, and report the error if it stays.
+                        None => {
+                            tracing::debug!(
+                                "keyed increment: unique violation without a ledger row"
+                            );
+                        }
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(vanished(key))
+    }
+}
+
+/// PostgreSQL: `WITH up AS (<upsert increment> RETURNING totals AS t) INSERT INTO l (key,
+/// fingerprint, result, created_at) SELECT $k, $f, up.t, $at FROM up RETURNING result`.
+struct KeyedIncrementSql<'a, L, T: Counter> {
+    key: &'a str,
+    fingerprint: &'a str,
+    at: &'a NaiveDateTime,
+    counter_key: &'a T::Key,
+    amounts: &'a [i64],
+    #[allow(dead_code)]
+    _ledger: std::marker::PhantomData<L>,
+}
+
+impl<L, T> QueryFragment<Pg> for KeyedIncrementSql<'_, L, T>
+where
+    L: BindLedger<Pg>,
+    T: Counter + BindKey<Pg>,
+{
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        out.push_sql("WITH __kit_up (__kit_totals) AS (");
+        crate::counter::upsert_increment_sql::<T, Pg>(&mut out, self.counter_key, self.amounts)?;
+        out.push_sql(") INSERT INTO ");
+        L::walk_table(out.reborrow())?;
+        out.push_sql(" (");
+        crate::sql::push_identifiers(
+            &mut out,
+            &[L::KEY, L::FINGERPRINT, L::RESULT, L::CREATED_AT],
+        )?;
+        out.push_sql(") SELECT ");
+        Pg::push_text(&mut out, self.key)?;
+        out.push_sql(", ");
+        Pg::push_text(&mut out, self.fingerprint)?;
+        out.push_sql(", __kit_totals, ");
+        Pg::push_timestamp(&mut out, self.at)?;
+        out.push_sql(" FROM __kit_up RETURNING ");
+        out.push_identifier(L::RESULT)
+    }
+}
