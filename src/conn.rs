@@ -151,6 +151,13 @@ impl Dialect for diesel::mysql::Mysql {
     const RETURNING: bool = false;
     const DEFAULT_TABLES_SQL: &'static str =
         include_str!("../migrations/mysql/2026-12-01-000010_upsert_kit_tables/up.sql");
+    const DEFAULT_TABLES_UPGRADES: &'static [(&'static str, &'static str)] = &[(
+        "SELECT CAST(1 AS SIGNED) FROM information_schema.COLUMNS \
+         WHERE TABLE_SCHEMA = DATABASE() AND COLLATION_NAME = 'utf8mb4_bin' \
+         AND TABLE_NAME IN ('upsert_kit_idempotency_keys', 'upsert_kit_quotas', \
+         'upsert_kit_reservations') AND COLUMN_NAME IN ('key', 'quota_key')",
+        include_str!("../migrations/mysql/2026-12-01-000166_upsert_kit_keys_no_pad/up.sql"),
+    )];
     binds!();
     fn push_int_array(out: &mut AstPass<'_, '_, Self>, columns: &[&str]) -> QueryResult<()> {
         // MySQL 8's JSON_ARRAY is of type JSON; the cast makes it text on both servers.
