@@ -1,4 +1,4 @@
-//! Work claims with `FOR UPDATE SKIP LOCKED` and a lease (PostgreSQL only).
+//! Work claims with `FOR UPDATE SKIP LOCKED` and a lease, on PostgreSQL and MySQL/MariaDB.
 //!
 //! A queue is any table with a status column and a few bookkeeping columns ([`ClaimQueue`]).
 //! Workers on any number of connections, processes and hosts call [`Queue::claim`]: one

@@ -3,10 +3,10 @@
 //!
 //! The primitives of [`counter`](mod@crate::counter), [`quota`](mod@crate::quota) and
 //! [`idempotency`](crate::idempotency) are written once, generic over [`WriteConnection`]:
-//! `PgConnection`, `SqliteConnection` and r2d2 pooled connections of either. Each statement is a
-//! Diesel query fragment whose text depends only on the declaration (table and column names)
-//! and on which options are set, never on the values (bind parameters), so Diesel prepares it
-//! once per connection and keeps it in its statement cache.
+//! `PgConnection`, `SqliteConnection`, `MysqlConnection` and r2d2 pooled connections of each of
+//! them. Each statement is a Diesel query fragment whose text depends only on the declaration
+//! (table and column names) and on which options are set, never on the values (bind
+//! parameters), so Diesel prepares it once per connection and keeps it in its statement cache.
 //!
 //! What differs between backends is said by [`Dialect`]: whether a statement may contain a
 //! data-modifying `WITH` (PostgreSQL: one statement; elsewhere the same steps run in one
