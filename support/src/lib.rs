@@ -770,8 +770,8 @@ fi
             use std::io::Write;
             let _ = writeln!(
                 std::io::stderr(),
-                "upsert-kit tests: no pgbouncer binary; installing the Debian package \
-                 (apt-get install -y pgbouncer) for the pooler tests"
+                "upsert-kit tests: no pgbouncer binary; installing the Debian package for the \
+                 pooler tests (apt-get install -y pgbouncer, once across test processes)"
             );
         }
         let mut cmd = match on_path("flock") {
