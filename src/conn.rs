@@ -3,10 +3,10 @@
 //!
 //! The primitives of [`counter`](mod@crate::counter), [`quota`](mod@crate::quota) and
 //! [`idempotency`](crate::idempotency) are written once, generic over [`WriteConnection`]:
-//! `PgConnection`, `SqliteConnection` and r2d2 pooled connections of either. Each statement is a
-//! Diesel query fragment whose text depends only on the declaration (table and column names)
-//! and on which options are set, never on the values (bind parameters), so Diesel prepares it
-//! once per connection and keeps it in its statement cache.
+//! `PgConnection`, `SqliteConnection`, `MysqlConnection` and r2d2 pooled connections of each of
+//! them. Each statement is a Diesel query fragment whose text depends only on the declaration
+//! (table and column names) and on which options are set, never on the values (bind
+//! parameters), so Diesel prepares it once per connection and keeps it in its statement cache.
 //!
 //! What differs between backends is said by [`Dialect`]: whether a statement may contain a
 //! data-modifying `WITH` (PostgreSQL: one statement; elsewhere the same steps run in one
@@ -160,6 +160,13 @@ impl Dialect for diesel::mysql::Mysql {
     const RETURNING: bool = false;
     const DEFAULT_TABLES_SQL: &'static str =
         include_str!("../migrations/mysql/2026-12-01-000010_upsert_kit_tables/up.sql");
+    const DEFAULT_TABLES_UPGRADES: &'static [(&'static str, &'static str)] = &[(
+        "SELECT CAST(1 AS SIGNED) FROM information_schema.COLUMNS \
+         WHERE TABLE_SCHEMA = DATABASE() AND COLLATION_NAME = 'utf8mb4_bin' \
+         AND TABLE_NAME IN ('upsert_kit_idempotency_keys', 'upsert_kit_quotas', \
+         'upsert_kit_reservations') AND COLUMN_NAME IN ('key', 'quota_key')",
+        include_str!("../migrations/mysql/2026-12-01-000166_upsert_kit_keys_no_pad/up.sql"),
+    )];
     binds!();
     fn push_int_array(out: &mut AstPass<'_, '_, Self>, columns: &[&str]) -> QueryResult<()> {
         // MySQL 8's JSON_ARRAY is of type JSON; the cast makes it text on both servers.

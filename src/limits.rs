@@ -25,6 +25,10 @@
 //! | a float | NaN or infinite | not comparable, not JSON |
 //! | a timestamp | outside years 1 to 9999 | SQLite keeps four-digit years as text |
 //!
+//! Keys are compared byte for byte: `"a"`, `"a "` and `"A"` are three keys on every backend
+//! as long as MySQL's key columns are in a binary `NO PAD` collation (see [`MAX_KEY_BYTES`]),
+//! as the ready-made tables' are.
+//!
 //! A value that passes is read back equal, with Diesel, on every backend: a property test
 //! writes generated rows through the upsert on each backend and loads them back
 //! (`tests/roundtrip.rs`). "Equal" has three documented exceptions, none of which loses
@@ -63,9 +67,11 @@ use crate::error::InvalidInput;
 /// server then refuses the write and nothing is written.
 ///
 /// On MySQL and MariaDB, declare text keys with a binary `NO PAD` collation
-/// (`utf8mb4_0900_bin` on MySQL 8, `utf8mb4_nopad_bin` on MariaDB): under a `PAD SPACE`
+/// (`utf8mb4_0900_bin` on MySQL 8.0.17+, `utf8mb4_nopad_bin` on MariaDB): under a `PAD SPACE`
 /// collation such as `utf8mb4_bin`, `"a"` and `"a "` are one key there and two keys on
-/// PostgreSQL and SQLite.
+/// PostgreSQL and SQLite, and under the default (case-insensitive) ones `"a"` and `"A"` are
+/// one key too. The ready-made tables ([`tables`](crate::tables)) and the README's MySQL
+/// tables do; `tests/keys.rs` shows `"a"`, `"a "` and `"A"` as three keys on every backend.
 pub const MAX_KEY_BYTES: usize = 768;
 
 /// The deepest JSON document accepted, counted as MySQL and MariaDB count: a scalar or an empty

@@ -15,7 +15,8 @@
 //! }
 //! ```
 //!
-//! # The statements (PostgreSQL)
+//! # The statements
+//! On PostgreSQL:
 //! - [`try_consume`]: `UPDATE q SET used = used + $n WHERE key AND used + reserved + $n <= limit
 //!   RETURNING limit, used, reserved`.
 //! - [`reserve`]: `WITH up AS (UPDATE q SET reserved = reserved + $n WHERE key AND used +
@@ -604,9 +605,9 @@ where
 }
 
 /// Sweeps every reservation of every key that expired at or before `at`: deletes it and gives
-/// its units back, in one statement (PostgreSQL) or one transaction (SQLite). Returns how many
-/// were swept. Meant for a periodic job; [`reserve`] and [`try_consume`] also sweep their own
-/// key when they would be refused.
+/// its units back, in one statement (PostgreSQL) or one transaction (SQLite, MySQL/MariaDB).
+/// Returns how many were swept. Meant for a periodic job; [`reserve`] and [`try_consume`] also
+/// sweep their own key when they would be refused.
 ///
 /// # Errors
 /// Database errors (the sweep is then undone whole); [`Error::Deadlock`] when two sweeps of

@@ -4,9 +4,19 @@
 //!
 //! The SQL is the repository's `migrations/` (one directory per backend, for the diesel CLI, see
 //! the root `diesel.toml`); [`create_tables`] runs the same SQL. Every statement is
-//! `CREATE … IF NOT EXISTS`, so both may run on one database; SQLite's later migration, which
-//! rebuilds the reservations table so that its ids are never reused (`AUTOINCREMENT`), runs
-//! only on a table still without it.
+//! `CREATE … IF NOT EXISTS`, so both may run on one database. The later migrations that cannot
+//! run twice run only on tables still without them: SQLite's, which rebuilds the reservations
+//! table so that its ids are never reused (`AUTOINCREMENT`), and MySQL's, which changes the key
+//! columns of tables made in `utf8mb4_bin` to a binary NO PAD collation.
+//!
+//! Keys mean the same on every backend: `"a"`, `"a "` and `"A"` are three keys. On MySQL and
+//! MariaDB the key columns are `VARCHAR(255)` in MariaDB's `utf8mb4_nopad_bin` or MySQL's
+//! `utf8mb4_0900_bin` (8.0.17+; the SQL names both in version comments, and each server runs
+//! its own), not in a `PAD SPACE` collation such as `utf8mb4_bin`, which ignores trailing
+//! spaces (see [`limits`](crate::limits)). A database made by the first MySQL tables is
+//! upgraded by [`create_tables`] (or migration 000166): each reservation first takes its
+//! quota's own spelling of the key, which `PAD SPACE` had matched to another (`"k"` against
+//! `"k "`); afterwards a key spelled with other trailing spaces than a stored one is a new key.
 //!
 //! # Examples
 //!

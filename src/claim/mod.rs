@@ -1,5 +1,5 @@
-//! Work claims with `FOR UPDATE SKIP LOCKED` and a lease, on PostgreSQL, MySQL 8 and
-//! MariaDB 10.6+.
+//! Work claims with `FOR UPDATE SKIP LOCKED` and a lease, on PostgreSQL and
+//! MySQL/MariaDB (MySQL 8, MariaDB 10.6+).
 //!
 //! This file holds the API and its contract; each backend's statements are in a file of its
 //! own beside it: `pg.rs`, `mysql.rs` (SQLite has no `SKIP LOCKED`).

@@ -92,8 +92,9 @@ pub struct Obtained<R> {
 /// Models that [`get_or_create`] can insert over a connection `C`, returning rows of type `R`.
 ///
 /// Implemented for every model declared with [`#[derive(Upsert)]`](macro@crate::Upsert) over
-/// [`diesel::PgConnection`], [`diesel::SqliteConnection`] and r2d2 pooled connections of either, for every
-/// `R` that derives `Queryable` and `Selectable` for the model's table.
+/// [`diesel::PgConnection`], [`diesel::SqliteConnection`], `diesel::MysqlConnection` (feature
+/// `mysql`) and r2d2 pooled connections of each of them, for every `R` that derives `Queryable`
+/// and `Selectable` for the model's table.
 #[diagnostic::on_unimplemented(
     message = "cannot get-or-create `{Self}` as `{R}` over a `{C}`",
     note = "derive the model with `#[derive(upsert_kit::Upsert)]`, derive `Queryable` and `Selectable` (with `#[diesel(table_name = …)]` of the same table) on the row type, and pass `&mut PgConnection`, `&mut SqliteConnection` or a pooled connection of either"

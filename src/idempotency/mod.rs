@@ -225,6 +225,8 @@ impl IdempotencyKey {
 
 /// A request's fingerprint: 64-bit FNV-1a of `bytes`, as 16 hex digits, stable across builds and
 /// platforms. Any text identifying the request will do as a fingerprint; this one is short.
+/// Give it the request's payload (the body as received), so that a changed payload under the
+/// same key is told apart ([`run`]); for a JSON payload see [`fingerprint_json`].
 ///
 /// ```
 /// use upsert_kit::idempotency::fingerprint;
@@ -233,11 +235,116 @@ impl IdempotencyKey {
 /// assert_eq!(fingerprint(b"").len(), 16);
 /// ```
 pub fn fingerprint(bytes: &[u8]) -> String {
-    let mut hash = 0xcbf2_9ce4_8422_2325_u64;
-    for byte in bytes {
-        hash = (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
+    let mut hash = Fnv::new();
+    hash.feed(bytes);
+    hash.hex()
+}
+
+/// The fingerprint of a JSON payload: [`fingerprint`] of its compact text with every object's
+/// keys in order, so equal values (`==`) have equal fingerprints whatever the order their keys
+/// were written or parsed in, also when serde_json's `preserve_order` feature is on. Array
+/// order counts, and `1` and `1.0` differ, as they do for `==`.
+///
+/// A payload of your own type: `fingerprint_json(&serde_json::to_value(&request)?)`.
+///
+/// # Examples
+///
+/// ```
+/// # include!("doctest_setup.rs");
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use serde_json::json;
+/// use upsert_kit::idempotency::{fingerprint, fingerprint_json, run, IdempotencyKey};
+/// upsert_kit::ledger! {
+///     table = idempotency_keys, key = key, fingerprint = fingerprint, result = result, created_at = created_at;
+///     pub struct Keys;
+/// }
+///
+/// let order = json!({ "sku": "a-1", "qty": 2 });
+/// let retried = json!({ "qty": 2, "sku": "a-1" }); // the same order, its keys sent in another order
+/// assert_eq!(fingerprint_json(&order), fingerprint_json(&retried));
+/// assert_eq!(fingerprint_json(&order), fingerprint(br#"{"qty":2,"sku":"a-1"}"#));
+///
+/// let mut conn = establish_sqlite()?;
+/// let key = IdempotencyKey::new("order-42")?;
+/// let now = chrono::Utc::now().naive_utc();
+/// let first = run::<Keys, _, _, _>(&mut conn, &key, &fingerprint_json(&order), now, |_| Ok(42_i64))?;
+/// let again = run::<Keys, _, _, _>(&mut conn, &key, &fingerprint_json(&retried), now, |_| Ok(0_i64))?;
+/// assert!(first.applied && !again.applied);
+/// let changed = json!({ "sku": "a-1", "qty": 3 });
+/// let refused = run::<Keys, _, _, _>(&mut conn, &key, &fingerprint_json(&changed), now, |_| Ok(0_i64));
+/// assert!(matches!(refused, Err(upsert_kit::Error::IdempotencyConflict { .. })));
+/// # Ok(()) }
+/// ```
+pub fn fingerprint_json(payload: &serde_json::Value) -> String {
+    let mut hash = Fnv::new();
+    hash.feed_json(payload);
+    hash.hex()
+}
+
+/// 64-bit FNV-1a, fed bytes or a JSON value's canonical text.
+struct Fnv(u64);
+
+impl Fnv {
+    fn new() -> Fnv {
+        Fnv(0xcbf2_9ce4_8422_2325)
     }
-    format!("{hash:016x}")
+
+    fn feed(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = (self.0 ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    /// `value`'s compact JSON text, objects' keys in order, as serde_json writes a value whose
+    /// maps are sorted.
+    fn feed_json(&mut self, value: &serde_json::Value) {
+        use serde_json::Value;
+        match value {
+            Value::Object(map) => {
+                let mut entries: Vec<_> = map.iter().collect();
+                entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                self.feed(b"{");
+                for (i, (key, value)) in entries.into_iter().enumerate() {
+                    if i > 0 {
+                        self.feed(b",");
+                    }
+                    // Writing into the hash cannot fail.
+                    let _ = serde_json::to_writer(&mut *self, key.as_str());
+                    self.feed(b":");
+                    self.feed_json(value);
+                }
+                self.feed(b"}");
+            }
+            Value::Array(items) => {
+                self.feed(b"[");
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        self.feed(b",");
+                    }
+                    self.feed_json(item);
+                }
+                self.feed(b"]");
+            }
+            scalar => {
+                let _ = serde_json::to_writer(&mut *self, scalar);
+            }
+        }
+    }
+
+    fn hex(&self) -> String {
+        format!("{:016x}", self.0)
+    }
+}
+
+impl std::io::Write for Fnv {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.feed(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A result that can be stored in the ledger as text and read back.
@@ -324,6 +431,14 @@ pub struct Idempotent<T> {
 /// Runs `f` once per `key`: the first call runs it in a transaction and stores its result with
 /// the key; a repeat with the same `fingerprint` returns the stored result and runs nothing.
 /// `at` is the instant recorded as the key's `created_at` (for [`prune`]).
+///
+/// **The fingerprint must cover the payload.** A repeat is judged by its fingerprint alone,
+/// never by the payload: a repeat whose fingerprint differs is
+/// [`Error::IdempotencyConflict`], one whose fingerprint is the same gets the first call's
+/// result *even if its payload differs*. So make the fingerprint from everything the write
+/// depends on, in one line: `&fingerprint_json(&payload)` for a JSON payload
+/// ([`fingerprint_json`]: key order does not count), `&fingerprint(&body)` for the bytes of a
+/// request body ([`fingerprint`]). A constant (`""`) turns the conflict check off.
 ///
 /// `f` gets the transaction's connection; whatever it writes commits with the ledger row or not
 /// at all. When `f` fails, everything is rolled back, the key is free again, and `f`'s error is
@@ -439,7 +554,8 @@ fn vanished(key: &IdempotencyKey) -> Error {
 /// amounts (or another counter row) is [`Error::IdempotencyConflict`].
 ///
 /// **Cost**: PostgreSQL, one statement (its own transaction; a savepoint inside the caller's),
-/// one more read for a repeated key; SQLite, one immediate transaction.
+/// one more read for a repeated key; SQLite, one immediate transaction; MySQL/MariaDB, one
+/// transaction ([`run`] around the increment).
 ///
 /// # Errors
 /// As [`run`] and [`upsert_increment`](crate::counter::upsert_increment).

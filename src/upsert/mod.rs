@@ -156,7 +156,7 @@ impl<DB: diesel::backend::Backend> QueryFragment<DB> for NoCondition {
 /// Implemented for [`diesel::PgConnection`], [`diesel::SqliteConnection`],
 /// `diesel::MysqlConnection` (feature `mysql`) and r2d2 pooled connections of them, for every
 /// model declared with [`#[derive(Upsert)]`](macro@crate::Upsert) whose field types the backend
-/// can store. Advisory locks and claims are PostgreSQL-only; upserts are not.
+/// can store. Upserts run on all three backends (locks and claims on PostgreSQL and MySQL only).
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be upserted over a `{C}`",
     note = "derive the model with `#[derive(upsert_kit::Upsert)]`, check that each field's Rust type maps to its column's SQL type on this backend, and pass `&mut PgConnection`, `&mut SqliteConnection`, `&mut MysqlConnection` or a pooled connection of one of them"

@@ -32,7 +32,10 @@
 //!
 //! Tests of the pooler mode reach their database through PgBouncer in transaction pool mode:
 //! [`pgbouncer`] starts one per test process in front of this server (see [`pooler`]), and
-//! [`TestDb::through_pooler`] gives a database's URL through it.
+//! [`TestDb::through_pooler`] gives a database's URL through it. When the machine has no
+//! `pgbouncer` binary, a test process running as root with `apt-get` installs the Debian
+//! package first (once, under a file lock); elsewhere the pooler tests fail and say what to
+//! install.
 
 // `new()` creates a database on a server or a file on disk: not a `Default` value.
 #![allow(clippy::new_without_default)]
@@ -354,10 +357,15 @@ pub fn with_query_param(url: &str, param: &str) -> String {
 /// This test process's PgBouncer (transaction pool mode, in front of [`admin_url`]'s server),
 /// started on first use and stopped when the process exits.
 ///
+/// The `pgbouncer` binary is [`pooler::PGBOUNCER_VAR`], else the first on `PATH` or in
+/// `/usr/sbin`; with none, a test process running as root with `apt-get` installs the Debian
+/// package `pgbouncer` (once, serialised across test processes by a file lock, its own service
+/// stopped and disabled), unless [`pooler::INSTALL_VAR`] is `0`.
+///
 /// # Panics
-/// When there is no server or PgBouncer cannot be started: the message says how to provide
-/// it (`apt-get install -y pgbouncer`, or `UPSERT_KIT_PGBOUNCER=/path/to/pgbouncer`). A test
-/// that needs the pooler fails; it never skips.
+/// When there is no server or PgBouncer cannot be had: the message says how to provide it
+/// (`apt-get install -y pgbouncer` as root, or `UPSERT_KIT_PGBOUNCER=/path/to/pgbouncer`). A
+/// test that needs the pooler fails; it never skips.
 pub fn pgbouncer() -> &'static pooler::PgBouncer {
     static BOUNCER: OnceLock<Result<pooler::PgBouncer, String>> = OnceLock::new();
     match BOUNCER.get_or_init(|| pooler::PgBouncer::start(&admin_url(), pooler::DEFAULT_POOL_SIZE))
@@ -506,6 +514,15 @@ pub fn race<T: Send + 'static>(
 /// is a pipe held by the test process, as the throwaway cluster does: when the process ends,
 /// the pipe closes and the watchdog stops PgBouncer and removes the directory. As root it runs
 /// as the `postgres` system user (PgBouncer refuses root), through `runuser` (or `su`).
+///
+/// The binary is [`PGBOUNCER_VAR`](pooler::PGBOUNCER_VAR) when set, else the first `pgbouncer`
+/// on `PATH`, in `/usr/sbin` or `/usr/local`. When there is none and the test process runs as
+/// root with `apt-get` on `PATH` (and [`INSTALL_VAR`](pooler::INSTALL_VAR) is not `0`), it
+/// installs the Debian package `pgbouncer` with `apt-get install -y` (no question asked;
+/// `apt-get update` first only when the package is not found), under a `flock` on
+/// `$TMPDIR/upsert-kit-pgbouncer-install.lock` so that parallel test processes install it once,
+/// and stops and disables the service the package starts. Elsewhere (not root, no `apt-get`)
+/// the pooler tests fail with a message saying what to install.
 pub mod pooler {
     use super::throwaway::{as_owner, command_output, is_executable, on_path, postgres_user};
     use std::fs;
@@ -651,6 +668,9 @@ fi
         }
     }
 
+    /// The `pgbouncer` binary: [`PGBOUNCER_VAR`] when set, else the first on `PATH`, in
+    /// `/usr/sbin` or `/usr/local`; when there is none, the Debian package installed by
+    /// [`install_pgbouncer`] (once per test process).
     fn find_pgbouncer() -> Result<PathBuf, String> {
         if let Some(p) = std::env::var_os(PGBOUNCER_VAR).filter(|p| !p.is_empty()) {
             let p = PathBuf::from(p);
@@ -663,25 +683,128 @@ fi
                 ))
             };
         }
-        on_path("pgbouncer")
-            .or_else(|| {
-                [
-                    "/usr/sbin/pgbouncer",
-                    "/usr/local/sbin/pgbouncer",
-                    "/usr/local/bin/pgbouncer",
-                ]
-                .into_iter()
-                .map(PathBuf::from)
-                .find(|p| is_executable(p))
-            })
-            .ok_or_else(|| {
-                format!(
-                    "the pooler tests need PgBouncer, and no `pgbouncer` binary is on PATH nor \
-                     in /usr/sbin: install it (Debian/Ubuntu: apt-get install -y pgbouncer, \
-                     then stop the service it starts: service pgbouncer stop), or set \
-                     {PGBOUNCER_VAR}=/path/to/pgbouncer. The tests start their own PgBouncer."
-                )
-            })
+        if let Some(p) = installed_pgbouncer() {
+            return Ok(p);
+        }
+        static INSTALLED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+        INSTALLED.get_or_init(install_pgbouncer).clone()?;
+        installed_pgbouncer().ok_or_else(|| {
+            format!(
+                "the package pgbouncer is installed, yet no `pgbouncer` binary is on PATH nor \
+                 in /usr/sbin; set {PGBOUNCER_VAR}=/path/to/pgbouncer"
+            )
+        })
+    }
+
+    fn installed_pgbouncer() -> Option<PathBuf> {
+        on_path("pgbouncer").or_else(|| {
+            [
+                "/usr/sbin/pgbouncer",
+                "/usr/local/sbin/pgbouncer",
+                "/usr/local/bin/pgbouncer",
+            ]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| is_executable(p))
+        })
+    }
+
+    /// Set to `0` to keep the harness from installing PgBouncer: the pooler tests then fail
+    /// when there is no `pgbouncer` binary, saying how to provide one.
+    pub const INSTALL_VAR: &str = "UPSERT_KIT_TEST_INSTALL";
+
+    /// The file (in the temporary directory) whose `flock` serialises the install across test
+    /// processes.
+    const INSTALL_LOCK: &str = "upsert-kit-pgbouncer-install.lock";
+
+    /// The install, run as root under `flock`. It looks again first (another test process may
+    /// have installed the package while this one waited for the lock), installs the Debian
+    /// package without a question asked (refreshing the package lists once when the package
+    /// is not found: a fresh container has none), waits up to 5 min for another apt-get
+    /// holding dpkg's lock, then stops and disables the service the package starts: the tests
+    /// start PgBouncers of their own, on ports of their own.
+    const INSTALL: &str = r#"
+found() { command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ]; }
+found && exit 0
+export DEBIAN_FRONTEND=noninteractive
+apt() { apt-get -q -y -o DPkg::Lock::Timeout=300 "$@" </dev/null; }
+apt install pgbouncer || { apt update && apt install pgbouncer; } || exit 1
+if [ -d /run/systemd/system ]; then
+    systemctl disable --now pgbouncer || true
+else
+    service pgbouncer stop || true
+    update-rc.d pgbouncer disable || true
+fi
+"#;
+
+    /// Installs the Debian package `pgbouncer` when this process may (root, `apt-get` on
+    /// `PATH`, [`INSTALL_VAR`] not `0`), serialised across processes by a file lock (`flock`).
+    ///
+    /// # Errors
+    /// Where it cannot install, or the install failed: what to run instead.
+    fn install_pgbouncer() -> Result<(), String> {
+        let missing = "the pooler tests need PgBouncer, and no `pgbouncer` binary is on PATH \
+                       nor in /usr/sbin";
+        let how = format!(
+            "Install it (Debian/Ubuntu, as root: apt-get install -y pgbouncer, then stop the \
+             service it starts: service pgbouncer stop), or set \
+             {PGBOUNCER_VAR}=/path/to/pgbouncer. The tests start their own PgBouncer."
+        );
+        if std::env::var(INSTALL_VAR).is_ok_and(|v| v == "0") {
+            return Err(format!(
+                "{missing}, and {INSTALL_VAR}=0 keeps the tests from installing it. {how}"
+            ));
+        }
+        if command_output("id", &["-u"])? != "0" {
+            return Err(format!(
+                "{missing}. The tests install it themselves only when run as root with \
+                 apt-get. {how}"
+            ));
+        }
+        if on_path("apt-get").is_none() {
+            return Err(format!(
+                "{missing}, and there is no apt-get to install it with. {how}"
+            ));
+        }
+        {
+            // Past the test harness's capture, as for the throwaway cluster.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
+                "upsert-kit tests: no pgbouncer binary; installing the Debian package for the \
+                 pooler tests (apt-get install -y pgbouncer, once across test processes)"
+            );
+        }
+        let mut cmd = match on_path("flock") {
+            Some(flock) => {
+                let mut c = std::process::Command::new(flock);
+                c.arg(std::env::temp_dir().join(INSTALL_LOCK))
+                    .arg("/bin/sh");
+                c
+            }
+            // Without flock, dpkg's own lock (waited for up to 5 min) still keeps two installs
+            // apart; the second finds the package installed.
+            None => std::process::Command::new("/bin/sh"),
+        };
+        let out = cmd
+            .args(["-c", INSTALL, "upsert-kit-pgbouncer-install"])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("{missing}, and the install could not be run: {e}. {how}"))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let log = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+        Err(format!(
+            "{missing}, and installing it failed (apt-get install -y pgbouncer, {}):\n{tail}\n{how}",
+            out.status
+        ))
     }
 
     /// `Err((true, log))` when the port was taken.
