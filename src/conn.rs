@@ -8,13 +8,15 @@
 //! (table and column names) and on which options are set, never on the values (bind
 //! parameters), so Diesel prepares it once per connection and keeps it in its statement cache.
 //!
-//! What differs between backends is said by [`Dialect`]: whether a statement may contain a
-//! data-modifying `WITH` (PostgreSQL: one statement; elsewhere the same steps run in one
-//! transaction, which on SQLite holds the single write lock), whether it may return rows
-//! (`RETURNING`: PostgreSQL and SQLite; MySQL has none, so there the write runs in a
-//! transaction and the row is read back in it), how an upsert names the incoming row
-//! (`excluded.c` or `VALUES(c)`), and how a row's integers come back as one value
-//! (`json_build_array`, `json_array`, `JSON_ARRAY`).
+//! What differs between backends in the pieces every statement shares is said by [`Dialect`]:
+//! how a write returns rows (`RETURNING` on PostgreSQL and SQLite, nothing on MySQL, where the
+//! row is read back after the write), how an upsert names the incoming row (`excluded.c` or
+//! `VALUES(c)`), how a row's integers come back as one value (`json_build_array`,
+//! `json_array`, `JSON_ARRAY`). How each primitive runs on a backend (one statement, or steps
+//! in one transaction) is the primitive's own seam, implemented in its backend files:
+//! [`CounterBackend`](crate::counter::CounterBackend),
+//! [`IdempotencyBackend`](crate::idempotency::IdempotencyBackend),
+//! [`QuotaBackend`](crate::quota::QuotaBackend).
 
 use crate::error::{Error, Result};
 use crate::tx;
@@ -30,22 +32,25 @@ use std::marker::PhantomData;
 /// Implemented for [`diesel::pg::Pg`], [`diesel::sqlite::Sqlite`] and [`diesel::mysql::Mysql`];
 /// sealed.
 pub trait Dialect: Backend + sealed::Sealed {
-    /// Whether one statement may chain data-modifying steps
-    /// (`WITH up AS (UPDATE … RETURNING …) INSERT …`): PostgreSQL yes, SQLite and MySQL no
-    /// (there the steps run in one transaction instead).
-    const WRITABLE_CTE: bool;
-
-    /// Whether `INSERT`, `UPDATE` and `DELETE` may return rows (`RETURNING`): PostgreSQL and
-    /// SQLite yes, MySQL no (MariaDB's `RETURNING` does not cover `UPDATE`). Without it, the
-    /// write runs in a transaction with the read of its row after it.
-    const RETURNING: bool;
-
     /// Pushes the incoming row's value of `column` inside an upsert's update:
     /// `excluded."c"` (PostgreSQL, SQLite) or ``VALUES(`c`)`` (MySQL).
     #[doc(hidden)]
     fn push_excluded(out: &mut AstPass<'_, '_, Self>, column: &str) -> QueryResult<()> {
         out.push_sql("excluded.");
         out.push_identifier(column)
+    }
+
+    /// Pushes `a IS DISTINCT FROM <the incoming row's column>` (NULL-safe inequality);
+    /// ``NOT (a <=> VALUES(`c`))`` on MySQL, which has no `IS DISTINCT FROM`.
+    #[doc(hidden)]
+    fn push_distinct_from_excluded<'b>(
+        out: &mut AstPass<'_, 'b, Self>,
+        a: &'b dyn QueryFragment<Self>,
+        column: &str,
+    ) -> QueryResult<()> {
+        a.walk_ast(out.reborrow())?;
+        out.push_sql(" IS DISTINCT FROM ");
+        Self::push_excluded(out, column)
     }
 
     /// Pushes what starts an upsert's update of `key`'s conflict:
@@ -71,6 +76,14 @@ pub trait Dialect: Backend + sealed::Sealed {
     /// e.g. `json_build_array("a", "b")::text` (PostgreSQL), `json_array("a", "b")` (SQLite).
     #[doc(hidden)]
     fn push_int_array(out: &mut AstPass<'_, '_, Self>, columns: &[&str]) -> QueryResult<()>;
+
+    /// Pushes what makes a write return `columns`: ` RETURNING "a", "b"` where writes return
+    /// rows (PostgreSQL, SQLite); nothing on MySQL, where the row is read back after the write.
+    #[doc(hidden)]
+    fn push_returning(out: &mut AstPass<'_, '_, Self>, columns: &[&str]) -> QueryResult<()> {
+        out.push_sql(" RETURNING ");
+        crate::sql::push_identifiers(out, columns)
+    }
 
     /// Pushes what makes a write return `columns` (integers) as one JSON array text:
     /// ` RETURNING <array>` where writes return rows (PostgreSQL, SQLite); nothing on MySQL,
@@ -114,8 +127,6 @@ macro_rules! binds {
 
 #[cfg(feature = "postgres")]
 impl Dialect for diesel::pg::Pg {
-    const WRITABLE_CTE: bool = true;
-    const RETURNING: bool = true;
     const DEFAULT_TABLES_SQL: &'static str = concat!(
         include_str!("../migrations/postgres/2026-12-01-000010_upsert_kit_tables/up.sql"),
         "\n",
@@ -134,8 +145,6 @@ impl Dialect for diesel::pg::Pg {
 
 #[cfg(feature = "sqlite")]
 impl Dialect for diesel::sqlite::Sqlite {
-    const WRITABLE_CTE: bool = false;
-    const RETURNING: bool = true;
     const DEFAULT_TABLES_SQL: &'static str =
         include_str!("../migrations/sqlite/2026-12-01-000010_upsert_kit_tables/up.sql");
     const DEFAULT_TABLES_UPGRADES: &'static [(&'static str, &'static str)] = &[(
@@ -156,8 +165,6 @@ impl Dialect for diesel::sqlite::Sqlite {
 
 #[cfg(feature = "mysql")]
 impl Dialect for diesel::mysql::Mysql {
-    const WRITABLE_CTE: bool = false;
-    const RETURNING: bool = false;
     const DEFAULT_TABLES_SQL: &'static str =
         include_str!("../migrations/mysql/2026-12-01-000010_upsert_kit_tables/up.sql");
     const DEFAULT_TABLES_UPGRADES: &'static [(&'static str, &'static str)] = &[(
@@ -185,6 +192,21 @@ impl Dialect for diesel::mysql::Mysql {
     }
     fn push_on_conflict_update(out: &mut AstPass<'_, '_, Self>, _key: &[&str]) -> QueryResult<()> {
         out.push_sql(" ON DUPLICATE KEY UPDATE ");
+        Ok(())
+    }
+    fn push_distinct_from_excluded<'b>(
+        out: &mut AstPass<'_, 'b, Self>,
+        a: &'b dyn QueryFragment<Self>,
+        column: &str,
+    ) -> QueryResult<()> {
+        out.push_sql("NOT (");
+        a.walk_ast(out.reborrow())?;
+        out.push_sql(" <=> ");
+        Self::push_excluded(out, column)?;
+        out.push_sql(")");
+        Ok(())
+    }
+    fn push_returning(_out: &mut AstPass<'_, '_, Self>, _columns: &[&str]) -> QueryResult<()> {
         Ok(())
     }
     fn push_returning_ints(_out: &mut AstPass<'_, '_, Self>, _columns: &[&str]) -> QueryResult<()> {
@@ -507,6 +529,7 @@ pub(crate) const DEADLOCK_ATTEMPTS: u32 = 5;
 /// database) again when the server rolled it back as a deadlock victim ([`Error::Deadlock`]),
 /// up to [`DEADLOCK_ATTEMPTS`] times, unless a transaction of the caller's is open: InnoDB
 /// then rolled back the caller's whole transaction, which only the caller can re-run.
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
 pub(crate) fn retry_deadlocks<C, T>(
     conn: &mut C,
     mut f: impl FnMut(&mut C) -> Result<T>,

@@ -175,18 +175,7 @@ excluded_comparison!(
     /// one (NULL-safe). On MySQL: ``NOT (stored.col <=> VALUES(`col`))``.
     Changed,
     |column, out| {
-        // MySQL, the one backend without RETURNING, is also the one without IS DISTINCT FROM.
-        if DB::RETURNING {
-            column.walk_ast(out.reborrow())?;
-            out.push_sql(" IS DISTINCT FROM ");
-            DB::push_excluded(&mut out, C::NAME)?;
-        } else {
-            out.push_sql("NOT (");
-            column.walk_ast(out.reborrow())?;
-            out.push_sql(" <=> ");
-            DB::push_excluded(&mut out, C::NAME)?;
-            out.push_sql(")");
-        }
+        DB::push_distinct_from_excluded(&mut out, column, C::NAME)?;
     }
 );
 

@@ -65,6 +65,13 @@ use diesel::query_builder::{AstPass, QueryFragment};
 use diesel::QueryResult;
 use std::time::Duration;
 
+#[cfg(feature = "mysql")]
+mod mysql;
+#[cfg(feature = "postgres")]
+mod pg;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+
 /// The longest time to live of a reservation (one day).
 pub const MAX_RESERVATION_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
@@ -126,7 +133,7 @@ pub trait BindQuota<DB: Dialect>: Quota + BindKey<DB> {
 /// # Examples
 ///
 /// ```
-/// # include!("doctest_setup.rs");
+/// # include!("../doctest_setup.rs");
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use diesel::RunQueryDsl;
 /// use upsert_kit::quota;
@@ -259,7 +266,7 @@ pub struct Reservation<Q: Quota> {
 /// # Examples
 ///
 /// ```
-/// # include!("doctest_setup.rs");
+/// # include!("../doctest_setup.rs");
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// # upsert_kit::quota! {
 /// #     table = credits, key = (account: i64), limit = credit_limit, used = used, reserved = reserved;
@@ -285,6 +292,7 @@ pub fn try_consume<Q, C>(
 where
     Q: BindQuota<C::Backend>,
     C: WriteConnection,
+    C::Backend: QuotaBackend,
 {
     consume::<Q, C>(conn, key, amount, 0, at)
 }
@@ -300,7 +308,7 @@ where
 /// # Examples
 ///
 /// ```
-/// # include!("doctest_setup.rs");
+/// # include!("../doctest_setup.rs");
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// # upsert_kit::quota! {
 /// #     table = credits, key = (account: i64), limit = credit_limit, used = used, reserved = reserved;
@@ -327,6 +335,7 @@ pub fn try_consume_soft<Q, C>(
 where
     Q: BindQuota<C::Backend>,
     C: WriteConnection,
+    C::Backend: QuotaBackend,
 {
     if margin < 0 {
         return Err(Error::invalid("margin", "must not be negative"));
@@ -352,32 +361,11 @@ fn consume<Q, C>(
 where
     Q: BindQuota<C::Backend>,
     C: WriteConnection,
+    C::Backend: QuotaBackend,
 {
     check_amount("amount", amount)?;
     Q::validate_key(key)?;
-    let attempt = |conn: &mut C| -> Result<Option<QuotaUsage>> {
-        let sql: Sql<'_, Q> = Sql::Consume {
-            key,
-            amount: &amount,
-            margin: &margin,
-        };
-        if !<C::Backend as Dialect>::RETURNING {
-            // MySQL: the update, then the row it changed, in one transaction.
-            return crate::conn::retry_deadlocks(conn, |conn| {
-                conn.write(|c| {
-                    if c.run_execute(&sql)? == 0 {
-                        return Ok(None);
-                    }
-                    read_row::<Q, _>(c, key)
-                })
-            });
-        }
-        Ok(conn
-            .single(|c| c.run_int3(&sql))?
-            .into_iter()
-            .next()
-            .map(QuotaUsage::from))
-    };
+    let attempt = |conn: &mut C| C::Backend::consume_once::<Q, C>(conn, key, amount, margin);
     with_sweep::<Q, C, _>(conn, key, amount, margin, at, attempt)
 }
 
@@ -407,6 +395,7 @@ pub fn reserve<Q, C>(
 where
     Q: BindQuota<C::Backend>,
     C: WriteConnection,
+    C::Backend: QuotaBackend,
 {
     check_amount("amount", amount)?;
     Q::validate_key(key)?;
@@ -420,44 +409,7 @@ where
         .ok()
         .and_then(|ttl| at.checked_add_signed(ttl))
         .ok_or_else(|| Error::invalid("ttl", "the expiry is out of range"))?;
-    let attempt = |conn: &mut C| -> Result<Option<i64>> {
-        if <C::Backend as Dialect>::WRITABLE_CTE {
-            let sql: Sql<'_, Q> = Sql::ReserveCte {
-                key,
-                amount: &amount,
-                expires_at: &expires_at,
-            };
-            Ok(conn.single(|c| c.run_ints(&sql))?.into_iter().next())
-        } else {
-            crate::conn::retry_deadlocks(conn, |conn| {
-                conn.write(|c| {
-                    let held: Sql<'_, Q> = Sql::ReserveUpdate {
-                        key,
-                        amount: &amount,
-                    };
-                    let held = if <C::Backend as Dialect>::RETURNING {
-                        !c.run_int3(&held)?.is_empty()
-                    } else {
-                        c.run_execute(&held)? > 0
-                    };
-                    if !held {
-                        return Ok(None);
-                    }
-                    let insert: Sql<'_, Q> = Sql::ReserveInsert {
-                        key,
-                        amount: &amount,
-                        expires_at: &expires_at,
-                    };
-                    if !<C::Backend as Dialect>::RETURNING {
-                        c.run_execute(&insert)?;
-                        let last: Sql<'_, Q> = Sql::LastId;
-                        return Ok(c.run_ints(&last)?.into_iter().next());
-                    }
-                    Ok(c.run_ints(&insert)?.into_iter().next())
-                })
-            })
-        }
-    };
+    let attempt = |conn: &mut C| C::Backend::reserve_once::<Q, C>(conn, key, amount, &expires_at);
     let id = with_sweep::<Q, C, _>(conn, key, amount, 0, at, attempt)?;
     Ok(Reservation {
         id,
@@ -490,6 +442,7 @@ pub fn commit<Q, C>(
 where
     Q: BindQuota<C::Backend>,
     C: WriteConnection,
+    C::Backend: QuotaBackend,
 {
     if actual < 0 || actual > reservation.amount {
         return Err(Error::invalid(
@@ -517,7 +470,7 @@ where
 /// # Examples
 ///
 /// ```
-/// # include!("doctest_setup.rs");
+/// # include!("../doctest_setup.rs");
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// # upsert_kit::quota! {
 /// #     table = credits, key = (account: i64), limit = credit_limit, used = used, reserved = reserved;
@@ -538,6 +491,7 @@ pub fn release<Q, C>(conn: &mut C, reservation: &Reservation<Q>) -> Result<bool>
 where
     Q: BindQuota<C::Backend>,
     C: WriteConnection,
+    C::Backend: QuotaBackend,
 {
     Ok(settle(conn, reservation, 0, None)?.is_some())
 }
@@ -552,56 +506,9 @@ fn settle<Q, C>(
 where
     Q: BindQuota<C::Backend>,
     C: WriteConnection,
+    C::Backend: QuotaBackend,
 {
-    let (id, key) = (&reservation.id, &reservation.key);
-    if <C::Backend as Dialect>::WRITABLE_CTE {
-        let sql: Sql<'_, Q> = Sql::SettleCte {
-            id,
-            key,
-            actual: &actual,
-            at,
-        };
-        Ok(conn
-            .single(|c| c.run_int3(&sql))?
-            .into_iter()
-            .next()
-            .map(QuotaUsage::from))
-    } else {
-        crate::conn::retry_deadlocks(conn, |conn| {
-            conn.write(|c| {
-                if !<C::Backend as Dialect>::RETURNING {
-                    // MySQL: the quota row first, as `reserve` takes it, so that neither waits on
-                    // the other's gap lock in the reservations while holding what the other needs.
-                    let lock: Sql<'_, Q> = Sql::LockQuota { key };
-                    c.run_ints(&lock)?;
-                }
-                let take: Sql<'_, Q> = Sql::Take {
-                    id,
-                    key,
-                    actual: &actual,
-                    at,
-                };
-                let Some(amount) = c.run_ints(&take)?.into_iter().next() else {
-                    return Ok(None);
-                };
-                if !<C::Backend as Dialect>::RETURNING {
-                    // MySQL: `take` read the reservation FOR UPDATE; delete it now.
-                    let drop: Sql<'_, Q> = Sql::Drop { id, key };
-                    c.run_execute(&drop)?;
-                }
-                let sql: Sql<'_, Q> = Sql::Settle {
-                    key,
-                    actual: &actual,
-                    amount: &amount,
-                };
-                if !<C::Backend as Dialect>::RETURNING {
-                    c.run_execute(&sql)?;
-                    return read_row::<Q, _>(c, key);
-                }
-                Ok(c.run_int3(&sql)?.into_iter().next().map(QuotaUsage::from))
-            })
-        })
-    }
+    C::Backend::settle::<Q, C>(conn, reservation.id, &reservation.key, actual, at)
 }
 
 /// Sweeps every reservation of every key that expired at or before `at`: deletes it and gives
@@ -616,7 +523,7 @@ where
 /// # Examples
 ///
 /// ```
-/// # include!("doctest_setup.rs");
+/// # include!("../doctest_setup.rs");
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// # upsert_kit::quota! {
 /// #     table = credits, key = (account: i64), limit = credit_limit, used = used, reserved = reserved;
@@ -637,6 +544,7 @@ pub fn expire<Q, C>(conn: &mut C, at: NaiveDateTime) -> Result<usize>
 where
     Q: BindQuota<C::Backend>,
     C: WriteConnection,
+    C::Backend: QuotaBackend,
 {
     sweep::<Q, C>(conn, None, &at)
 }
@@ -645,23 +553,9 @@ fn sweep<Q, C>(conn: &mut C, key: Option<&Q::Key>, at: &NaiveDateTime) -> Result
 where
     Q: BindQuota<C::Backend>,
     C: WriteConnection,
+    C::Backend: QuotaBackend,
 {
-    let n = if <C::Backend as Dialect>::WRITABLE_CTE {
-        let sql: Sql<'_, Q> = Sql::SweepCte { key, at };
-        conn.single(|c| c.run_ints(&sql))?
-            .into_iter()
-            .next()
-            .unwrap_or(0)
-    } else {
-        crate::conn::retry_deadlocks(conn, |conn| {
-            conn.write(|c| {
-                let update: Sql<'_, Q> = Sql::SweepUpdate { key, at };
-                c.run_execute(&update)?;
-                let delete: Sql<'_, Q> = Sql::SweepDelete { key, at };
-                Ok(c.run_execute(&delete)? as i64)
-            })
-        })?
-    };
+    let n = C::Backend::sweep::<Q, C>(conn, key, at)?;
     if n > 0 {
         tracing::debug!(
             quota = std::any::type_name::<Q>(),
@@ -685,6 +579,7 @@ fn with_sweep<Q, C, T>(
 where
     Q: BindQuota<C::Backend>,
     C: WriteConnection,
+    C::Backend: QuotaBackend,
 {
     if let Some(done) = attempt(conn)? {
         return Ok(done);
@@ -710,7 +605,7 @@ where
 /// # Examples
 ///
 /// ```
-/// # include!("doctest_setup.rs");
+/// # include!("../doctest_setup.rs");
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// # upsert_kit::quota! {
 /// #     table = credits, key = (account: i64), limit = credit_limit, used = used, reserved = reserved;
@@ -728,18 +623,21 @@ pub fn usage<Q, C>(conn: &mut C, key: &Q::Key) -> Result<Option<QuotaUsage>>
 where
     Q: BindQuota<C::Backend>,
     C: WriteConnection,
+    C::Backend: QuotaBackend,
 {
     Q::validate_key(key)?;
     read::<Q, C>(conn, key)
 }
 
 /// The quota row with `key`, read on `c` (inside the caller's transaction, if any).
+#[cfg(feature = "mysql")]
 fn read_row<Q, C>(c: &mut C, key: &Q::Key) -> Result<Option<QuotaUsage>>
 where
     Q: BindQuota<C::Backend>,
     C: WriteConnection,
+    C::Backend: QuotaBackend,
 {
-    let sql: Sql<'_, Q> = Sql::Read { key };
+    let sql = ReadSql::<Q> { key };
     Ok(c.run_int3(&sql)?.into_iter().next().map(QuotaUsage::from))
 }
 
@@ -747,8 +645,9 @@ fn read<Q, C>(conn: &mut C, key: &Q::Key) -> Result<Option<QuotaUsage>>
 where
     Q: BindQuota<C::Backend>,
     C: WriteConnection,
+    C::Backend: QuotaBackend,
 {
-    let sql: Sql<'_, Q> = Sql::Read { key };
+    let sql = ReadSql::<Q> { key };
     Ok(conn
         .raw()
         .run_int3(&sql)?
@@ -764,82 +663,107 @@ fn check_amount(field: &str, amount: i64) -> Result<()> {
     Ok(())
 }
 
-/// The name of the deleted reservations' rows inside a PostgreSQL statement.
-const GONE: &str = "__kit_gone";
-/// The name of the quota row's update inside a PostgreSQL reservation.
-const HELD: &str = "__kit_held";
-/// The column of [`GONE`] holding an amount (or a sum of them).
-const GONE_AMOUNT: &str = "__kit_amount";
+/// How a backend runs the quota's steps: implemented for each backend in a file of its own
+/// beside this one (`pg.rs`, `sqlite.rs`, `mysql.rs`). Sealed (through [`Dialect`]); its
+/// methods are the crate's plumbing.
+pub trait QuotaBackend: Dialect {
+    /// Consumes `amount` if `used + reserved + amount <= limit + margin`: the quota after, or
+    /// `None` when refused (or the row is missing).
+    #[doc(hidden)]
+    fn consume_once<Q, C>(
+        conn: &mut C,
+        key: &Q::Key,
+        amount: i64,
+        margin: i64,
+    ) -> Result<Option<QuotaUsage>>
+    where
+        Q: BindQuota<Self>,
+        C: WriteConnection<Backend = Self>;
 
-/// The quota statements. Each variant's text depends only on the declaration (and whether an
-/// optional condition is present), never on the values.
-enum Sql<'a, Q: Quota> {
-    /// `UPDATE q SET used = used + $n WHERE key AND used + reserved + $n <= limit + $margin
-    /// RETURNING limit, used, reserved`.
-    Consume {
-        key: &'a Q::Key,
-        amount: &'a i64,
-        margin: &'a i64,
-    },
-    /// SQLite's first step of a reservation: `reserved += n` if it fits.
-    ReserveUpdate { key: &'a Q::Key, amount: &'a i64 },
-    /// SQLite's second step: the reservation row, `RETURNING id`.
-    ReserveInsert {
-        key: &'a Q::Key,
-        amount: &'a i64,
-        expires_at: &'a NaiveDateTime,
-    },
-    /// PostgreSQL: both steps in one statement, `RETURNING id`.
-    ReserveCte {
-        key: &'a Q::Key,
-        amount: &'a i64,
-        expires_at: &'a NaiveDateTime,
-    },
-    /// SQLite: `DELETE` a live reservation holding at least `actual`, `RETURNING amount`.
-    Take {
-        id: &'a i64,
-        key: &'a Q::Key,
-        actual: &'a i64,
-        at: Option<&'a NaiveDateTime>,
-    },
-    /// SQLite: `used += actual, reserved -= amount`.
-    Settle {
-        key: &'a Q::Key,
-        actual: &'a i64,
-        amount: &'a i64,
-    },
-    /// PostgreSQL: [`Sql::Take`] and [`Sql::Settle`] in one statement.
-    SettleCte {
-        id: &'a i64,
-        key: &'a Q::Key,
-        actual: &'a i64,
-        at: Option<&'a NaiveDateTime>,
-    },
-    /// PostgreSQL: delete the expired reservations (of one key, or all) and give their units
-    /// back; `SELECT count(*)` of them.
-    SweepCte {
-        key: Option<&'a Q::Key>,
-        at: &'a NaiveDateTime,
-    },
-    /// SQLite, first step of a sweep: give the expired reservations' units back.
-    SweepUpdate {
-        key: Option<&'a Q::Key>,
-        at: &'a NaiveDateTime,
-    },
-    /// SQLite, second step: delete them.
-    SweepDelete {
-        key: Option<&'a Q::Key>,
-        at: &'a NaiveDateTime,
-    },
-    /// `SELECT limit, used, reserved FROM q WHERE key`.
-    Read { key: &'a Q::Key },
-    /// MySQL: the id the reservation insert generated, `SELECT LAST_INSERT_ID()`.
-    LastId,
-    /// MySQL: `SELECT 1 FROM q WHERE key FOR UPDATE`, the quota row locked first.
-    LockQuota { key: &'a Q::Key },
-    /// MySQL: `DELETE FROM r WHERE id = $id AND key` (after [`Sql::Take`] read it `FOR UPDATE`).
-    Drop { id: &'a i64, key: &'a Q::Key },
+    /// Holds `amount` and records the reservation, or neither: its id, or `None` when refused.
+    #[doc(hidden)]
+    fn reserve_once<Q, C>(
+        conn: &mut C,
+        key: &Q::Key,
+        amount: i64,
+        expires_at: &NaiveDateTime,
+    ) -> Result<Option<i64>>
+    where
+        Q: BindQuota<Self>,
+        C: WriteConnection<Backend = Self>;
+
+    /// Deletes the reservation `id` (when live at `at`, if given) and moves `actual` of its
+    /// units to `used`: the quota after, or `None` when the reservation was gone.
+    #[doc(hidden)]
+    fn settle<Q, C>(
+        conn: &mut C,
+        id: i64,
+        key: &Q::Key,
+        actual: i64,
+        at: Option<&NaiveDateTime>,
+    ) -> Result<Option<QuotaUsage>>
+    where
+        Q: BindQuota<Self>,
+        C: WriteConnection<Backend = Self>;
+
+    /// Deletes the reservations (of `key`, or of every key) expired at `at` and gives their
+    /// units back: how many.
+    #[doc(hidden)]
+    fn sweep<Q, C>(conn: &mut C, key: Option<&Q::Key>, at: &NaiveDateTime) -> Result<i64>
+    where
+        Q: BindQuota<Self>,
+        C: WriteConnection<Backend = Self>;
 }
+
+/// Consumption where a write returns rows (PostgreSQL, SQLite): one conditional `UPDATE …
+/// RETURNING limit, used, reserved`.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+fn consume_returning<Q, C>(
+    conn: &mut C,
+    key: &Q::Key,
+    amount: i64,
+    margin: i64,
+) -> Result<Option<QuotaUsage>>
+where
+    Q: BindQuota<C::Backend>,
+    C: WriteConnection,
+{
+    let sql = HoldSql::<Q> {
+        key,
+        target: Q::USED,
+        amount: &amount,
+        margin: Some(&margin),
+    };
+    Ok(conn
+        .single(|c| c.run_int3(&sql))?
+        .into_iter()
+        .next()
+        .map(QuotaUsage::from))
+}
+
+/// A sweep as two statements in one transaction (SQLite, MySQL): give the expired
+/// reservations' units back, then delete them.
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
+fn sweep_in_steps<Q, C>(conn: &mut C, key: Option<&Q::Key>, at: &NaiveDateTime) -> Result<i64>
+where
+    Q: BindQuota<C::Backend>,
+    C: WriteConnection,
+{
+    crate::conn::retry_deadlocks(conn, |conn| {
+        conn.write(|c| {
+            c.run_execute(&SweepUpdateSql::<Q> { key, at })?;
+            Ok(c.run_execute(&SweepDeleteSql::<Q> { key, at })? as i64)
+        })
+    })
+}
+
+// The statements every backend shares. Each one's text depends only on the declaration (and
+// whether an optional condition is present), never on the values.
+
+/// The column holding a deleted reservation's amount (or a sum of them) in what a statement
+/// returns.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+const GONE_AMOUNT: &str = "__kit_amount";
 
 fn col<DB: Dialect>(out: &mut AstPass<'_, '_, DB>, name: &str) -> QueryResult<()> {
     out.push_identifier(name)
@@ -856,6 +780,7 @@ fn qcol<Q: BindQuota<DB>, DB: Dialect>(
 }
 
 /// `r.col` (qualified by the reservation table).
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
 fn rcol<Q: BindQuota<DB>, DB: Dialect>(
     out: &mut AstPass<'_, '_, DB>,
     name: &str,
@@ -865,383 +790,268 @@ fn rcol<Q: BindQuota<DB>, DB: Dialect>(
     out.push_identifier(name)
 }
 
-/// ` RETURNING limit, used, reserved` (nothing on MySQL).
-fn returning_usage<Q: Quota, DB: Dialect>(out: &mut AstPass<'_, '_, DB>) -> QueryResult<()> {
-    if !DB::RETURNING {
-        return Ok(());
-    }
-    out.push_sql(" RETURNING ");
-    crate::sql::push_identifiers(out, &[Q::LIMIT, Q::USED, Q::RESERVED])
+/// `UPDATE q SET <target> = <target> + $n WHERE key AND used + reserved + $n <= limit
+/// [+ $margin]`, then ` RETURNING limit, used, reserved` where writes return rows.
+struct HoldSql<'a, Q: Quota> {
+    key: &'a Q::Key,
+    target: &'static str,
+    amount: &'a i64,
+    margin: Option<&'a i64>,
 }
 
-/// `UPDATE q SET reserved = reserved + $n WHERE key AND used + reserved + $n <= limit [+ $margin]`.
-fn walk_hold<'b, Q: BindQuota<DB>, DB: Dialect>(
-    out: &mut AstPass<'_, 'b, DB>,
-    key: &'b Q::Key,
-    target: &str,
-    amount: &'b i64,
-    margin: Option<&'b i64>,
-) -> QueryResult<()> {
-    out.push_sql("UPDATE ");
-    Q::walk_table(out.reborrow())?;
-    out.push_sql(" SET ");
-    col(out, target)?;
-    out.push_sql(" = ");
-    col(out, target)?;
-    out.push_sql(" + ");
-    DB::push_int(out, amount)?;
-    out.push_sql(" WHERE ");
-    Q::walk_key(key, KeyStyle::Match, out.reborrow())?;
-    out.push_sql(" AND ");
-    col(out, Q::USED)?;
-    out.push_sql(" + ");
-    col(out, Q::RESERVED)?;
-    out.push_sql(" + ");
-    DB::push_int(out, amount)?;
-    out.push_sql(" <= ");
-    col(out, Q::LIMIT)?;
-    if let Some(margin) = margin {
-        out.push_sql(" + ");
-        DB::push_int(out, margin)?;
+impl<Q: BindQuota<DB>, DB: Dialect> QueryFragment<DB> for HoldSql<'_, Q> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        self.walk_update(&mut out)?;
+        DB::push_returning(&mut out, &[Q::LIMIT, Q::USED, Q::RESERVED])
     }
-    Ok(())
 }
 
-/// `INSERT INTO r (key…, amount, expires_at) ` followed by `VALUES (…)` or `SELECT … FROM up`.
-fn walk_insert_reservation<'b, Q: BindQuota<DB>, DB: Dialect>(
-    out: &mut AstPass<'_, 'b, DB>,
-    key: &'b Q::Key,
-    amount: &'b i64,
-    expires_at: &'b NaiveDateTime,
-    from: Option<&str>,
-) -> QueryResult<()> {
-    out.push_sql("INSERT INTO ");
-    Q::walk_reservations(out.reborrow())?;
-    out.push_sql(" (");
-    crate::sql::push_identifiers(out, Q::KEY)?;
-    out.push_sql(", ");
-    col(out, Q::RESERVATION_AMOUNT)?;
-    out.push_sql(", ");
-    col(out, Q::RESERVATION_EXPIRES_AT)?;
-    out.push_sql(if from.is_some() {
-        ") SELECT "
-    } else {
-        ") VALUES ("
-    });
-    Q::walk_key(key, KeyStyle::Values, out.reborrow())?;
-    out.push_sql(", ");
-    DB::push_int(out, amount)?;
-    out.push_sql(", ");
-    DB::push_timestamp(out, expires_at)?;
-    match from {
-        Some(cte) => {
-            out.push_sql(" FROM ");
-            out.push_identifier(cte)?;
-        }
-        None => out.push_sql(")"),
-    }
-    if DB::RETURNING {
-        out.push_sql(" RETURNING ");
-        col(out, Q::RESERVATION_ID)?;
-    }
-    Ok(())
-}
-
-/// `DELETE FROM r WHERE id = $id AND key AND amount >= $actual [AND expires_at > $at]
-/// RETURNING amount AS __kit_amount`; on MySQL `SELECT amount FROM r WHERE … FOR UPDATE`
-/// (followed by [`Sql::Drop`]).
-fn walk_take<'b, Q: BindQuota<DB>, DB: Dialect>(
-    out: &mut AstPass<'_, 'b, DB>,
-    id: &'b i64,
-    key: &'b Q::Key,
-    actual: &'b i64,
-    at: Option<&'b NaiveDateTime>,
-) -> QueryResult<()> {
-    if DB::RETURNING {
-        out.push_sql("DELETE FROM ");
-    } else {
-        out.push_sql("SELECT ");
-        col(out, Q::RESERVATION_AMOUNT)?;
-        out.push_sql(" FROM ");
-    }
-    Q::walk_reservations(out.reborrow())?;
-    out.push_sql(" WHERE ");
-    col(out, Q::RESERVATION_ID)?;
-    out.push_sql(" = ");
-    DB::push_int(out, id)?;
-    out.push_sql(" AND ");
-    Q::walk_key(key, KeyStyle::Match, out.reborrow())?;
-    out.push_sql(" AND ");
-    col(out, Q::RESERVATION_AMOUNT)?;
-    out.push_sql(" >= ");
-    DB::push_int(out, actual)?;
-    if let Some(at) = at {
-        out.push_sql(" AND ");
-        col(out, Q::RESERVATION_EXPIRES_AT)?;
-        out.push_sql(" > ");
-        DB::push_timestamp(out, at)?;
-    }
-    if !DB::RETURNING {
-        out.push_sql(" FOR UPDATE");
-        return Ok(());
-    }
-    out.push_sql(" RETURNING ");
-    col(out, Q::RESERVATION_AMOUNT)?;
-    out.push_sql(" AS ");
-    out.push_identifier(GONE_AMOUNT)
-}
-
-/// `r.k1 = q.k1 AND …`.
-fn walk_key_join<Q: BindQuota<DB>, DB: Dialect>(
-    out: &mut AstPass<'_, '_, DB>,
-    other: &str,
-) -> QueryResult<()> {
-    for (i, k) in Q::KEY.iter().enumerate() {
-        if i > 0 {
-            out.push_sql(" AND ");
-        }
-        qcol::<Q, DB>(out, k)?;
+impl<'a, Q: Quota> HoldSql<'a, Q> {
+    /// The `UPDATE` alone (PostgreSQL embeds it in a reservation).
+    fn walk_update<DB: Dialect>(&self, out: &mut AstPass<'_, 'a, DB>) -> QueryResult<()>
+    where
+        Q: BindQuota<DB>,
+    {
+        out.push_sql("UPDATE ");
+        Q::walk_table(out.reborrow())?;
+        out.push_sql(" SET ");
+        col(out, self.target)?;
         out.push_sql(" = ");
-        out.push_identifier(other)?;
-        out.push_sql(".");
-        out.push_identifier(k)?;
+        col(out, self.target)?;
+        out.push_sql(" + ");
+        DB::push_int(out, self.amount)?;
+        out.push_sql(" WHERE ");
+        Q::walk_key(self.key, KeyStyle::Match, out.reborrow())?;
+        out.push_sql(" AND ");
+        col(out, Q::USED)?;
+        out.push_sql(" + ");
+        col(out, Q::RESERVED)?;
+        out.push_sql(" + ");
+        DB::push_int(out, self.amount)?;
+        out.push_sql(" <= ");
+        col(out, Q::LIMIT)?;
+        if let Some(margin) = self.margin {
+            out.push_sql(" + ");
+            DB::push_int(out, margin)?;
+        }
+        Ok(())
     }
-    Ok(())
 }
 
-impl<Q, DB> QueryFragment<DB> for Sql<'_, Q>
-where
-    Q: BindQuota<DB>,
-    DB: Dialect,
-{
+/// `INSERT INTO r (key…, amount, expires_at) VALUES (…)` (or `SELECT … FROM <from>`), then
+/// ` RETURNING id` where writes return rows.
+struct InsertReservationSql<'a, Q: Quota> {
+    key: &'a Q::Key,
+    amount: &'a i64,
+    expires_at: &'a NaiveDateTime,
+    /// PostgreSQL: the `WITH` step whose row the insert selects from.
+    from: Option<&'static str>,
+}
+
+impl<Q: BindQuota<DB>, DB: Dialect> QueryFragment<DB> for InsertReservationSql<'_, Q> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
         let out = &mut out;
-        match self {
-            Sql::Consume {
-                key,
-                amount,
-                margin,
-            } => {
-                walk_hold::<Q, DB>(out, key, Q::USED, amount, Some(margin))?;
-                returning_usage::<Q, DB>(out)
-            }
-            Sql::ReserveUpdate { key, amount } => {
-                walk_hold::<Q, DB>(out, key, Q::RESERVED, amount, None)?;
-                returning_usage::<Q, DB>(out)
-            }
-            Sql::ReserveInsert {
-                key,
-                amount,
-                expires_at,
-            } => walk_insert_reservation::<Q, DB>(out, key, amount, expires_at, None),
-            Sql::ReserveCte {
-                key,
-                amount,
-                expires_at,
-            } => {
-                out.push_sql("WITH ");
-                out.push_identifier(HELD)?;
-                out.push_sql(" AS (");
-                walk_hold::<Q, DB>(out, key, Q::RESERVED, amount, None)?;
-                out.push_sql(" RETURNING 1) ");
-                walk_insert_reservation::<Q, DB>(out, key, amount, expires_at, Some(HELD))
-            }
-            Sql::Take {
-                id,
-                key,
-                actual,
-                at,
-            } => walk_take::<Q, DB>(out, id, key, actual, *at),
-            Sql::Settle {
-                key,
-                actual,
-                amount,
-            } => {
-                out.push_sql("UPDATE ");
-                Q::walk_table(out.reborrow())?;
-                out.push_sql(" SET ");
-                col(out, Q::USED)?;
-                out.push_sql(" = ");
-                col(out, Q::USED)?;
-                out.push_sql(" + ");
-                DB::push_int(out, actual)?;
-                out.push_sql(", ");
-                col(out, Q::RESERVED)?;
-                out.push_sql(" = ");
-                col(out, Q::RESERVED)?;
-                out.push_sql(" - ");
-                DB::push_int(out, amount)?;
-                out.push_sql(" WHERE ");
-                Q::walk_key(key, KeyStyle::Match, out.reborrow())?;
-                returning_usage::<Q, DB>(out)
-            }
-            Sql::SettleCte {
-                id,
-                key,
-                actual,
-                at,
-            } => {
-                out.push_sql("WITH ");
-                out.push_identifier(GONE)?;
-                out.push_sql(" AS (");
-                walk_take::<Q, DB>(out, id, key, actual, *at)?;
-                out.push_sql(") UPDATE ");
-                Q::walk_table(out.reborrow())?;
-                out.push_sql(" SET ");
-                col(out, Q::USED)?;
-                out.push_sql(" = ");
-                qcol::<Q, DB>(out, Q::USED)?;
-                out.push_sql(" + ");
-                DB::push_int(out, actual)?;
-                out.push_sql(", ");
-                col(out, Q::RESERVED)?;
-                out.push_sql(" = ");
-                qcol::<Q, DB>(out, Q::RESERVED)?;
-                out.push_sql(" - ");
-                out.push_identifier(GONE)?;
-                out.push_sql(".");
-                out.push_identifier(GONE_AMOUNT)?;
+        out.push_sql("INSERT INTO ");
+        Q::walk_reservations(out.reborrow())?;
+        out.push_sql(" (");
+        crate::sql::push_identifiers(out, Q::KEY)?;
+        out.push_sql(", ");
+        col(out, Q::RESERVATION_AMOUNT)?;
+        out.push_sql(", ");
+        col(out, Q::RESERVATION_EXPIRES_AT)?;
+        out.push_sql(if self.from.is_some() {
+            ") SELECT "
+        } else {
+            ") VALUES ("
+        });
+        Q::walk_key(self.key, KeyStyle::Values, out.reborrow())?;
+        out.push_sql(", ");
+        DB::push_int(out, self.amount)?;
+        out.push_sql(", ");
+        DB::push_timestamp(out, self.expires_at)?;
+        match self.from {
+            Some(step) => {
                 out.push_sql(" FROM ");
-                out.push_identifier(GONE)?;
-                out.push_sql(" WHERE ");
-                Q::walk_key(key, KeyStyle::Match, out.reborrow())?;
-                out.push_sql(" RETURNING ");
-                qcol::<Q, DB>(out, Q::LIMIT)?;
-                out.push_sql(", ");
-                qcol::<Q, DB>(out, Q::USED)?;
-                out.push_sql(", ");
-                qcol::<Q, DB>(out, Q::RESERVED)
+                out.push_identifier(step)?;
             }
-            Sql::SweepCte { key, at } => {
-                // WITH gone AS (DELETE … RETURNING key…, amount),
-                //      sums AS (SELECT key…, SUM(amount) FROM gone GROUP BY key…),
-                //      up AS (UPDATE q SET reserved = q.reserved - sums.amount FROM sums
-                //             WHERE q.key = sums.key RETURNING 1)
-                // SELECT count(*) FROM gone
-                out.push_sql("WITH ");
-                out.push_identifier(GONE)?;
-                out.push_sql(" AS (DELETE FROM ");
-                Q::walk_reservations(out.reborrow())?;
-                out.push_sql(" WHERE ");
-                col(out, Q::RESERVATION_EXPIRES_AT)?;
-                out.push_sql(" <= ");
-                DB::push_timestamp(out, at)?;
-                if let Some(key) = key {
-                    out.push_sql(" AND ");
-                    Q::walk_key(key, KeyStyle::Match, out.reborrow())?;
-                }
-                out.push_sql(" RETURNING ");
-                crate::sql::push_identifiers(out, Q::KEY)?;
-                out.push_sql(", ");
-                col(out, Q::RESERVATION_AMOUNT)?;
-                out.push_sql(" AS ");
-                out.push_identifier(GONE_AMOUNT)?;
-                out.push_sql("), __kit_sums AS (SELECT ");
-                crate::sql::push_identifiers(out, Q::KEY)?;
-                out.push_sql(", SUM(");
-                out.push_identifier(GONE_AMOUNT)?;
-                out.push_sql(") AS ");
-                out.push_identifier(GONE_AMOUNT)?;
-                out.push_sql(" FROM ");
-                out.push_identifier(GONE)?;
-                out.push_sql(" GROUP BY ");
-                crate::sql::push_identifiers(out, Q::KEY)?;
-                out.push_sql("), __kit_up AS (UPDATE ");
-                Q::walk_table(out.reborrow())?;
-                out.push_sql(" SET ");
-                col(out, Q::RESERVED)?;
-                out.push_sql(" = ");
-                qcol::<Q, DB>(out, Q::RESERVED)?;
-                out.push_sql(" - __kit_sums.");
-                out.push_identifier(GONE_AMOUNT)?;
-                out.push_sql(" FROM __kit_sums WHERE ");
-                walk_key_join::<Q, DB>(out, "__kit_sums")?;
-                out.push_sql(" RETURNING 1) SELECT count(*) FROM ");
-                out.push_identifier(GONE)
-            }
-            Sql::SweepUpdate { key, at } => {
-                // UPDATE q SET reserved = reserved - (SELECT COALESCE(SUM(r.amount), 0) FROM r
-                //   WHERE r.key = q.key AND r.expires_at <= $at) WHERE [key AND] EXISTS (…)
-                let expired = |out: &mut AstPass<'_, 'b, DB>| -> QueryResult<()> {
-                    out.push_sql(" FROM ");
-                    Q::walk_reservations(out.reborrow())?;
-                    out.push_sql(" WHERE ");
-                    for (i, k) in Q::KEY.iter().enumerate() {
-                        if i > 0 {
-                            out.push_sql(" AND ");
-                        }
-                        rcol::<Q, DB>(out, k)?;
-                        out.push_sql(" = ");
-                        qcol::<Q, DB>(out, k)?;
-                    }
-                    out.push_sql(" AND ");
-                    rcol::<Q, DB>(out, Q::RESERVATION_EXPIRES_AT)?;
-                    out.push_sql(" <= ");
-                    DB::push_timestamp(out, at)
-                };
-                out.push_sql("UPDATE ");
-                Q::walk_table(out.reborrow())?;
-                out.push_sql(" SET ");
-                col(out, Q::RESERVED)?;
-                out.push_sql(" = ");
-                col(out, Q::RESERVED)?;
-                out.push_sql(" - (SELECT COALESCE(SUM(");
-                rcol::<Q, DB>(out, Q::RESERVATION_AMOUNT)?;
-                out.push_sql("), 0)");
-                expired(out)?;
-                out.push_sql(") WHERE ");
-                if let Some(key) = key {
-                    Q::walk_key(key, KeyStyle::Match, out.reborrow())?;
-                    out.push_sql(" AND ");
-                }
-                out.push_sql("EXISTS (SELECT 1");
-                expired(out)?;
-                out.push_sql(")");
-                Ok(())
-            }
-            Sql::SweepDelete { key, at } => {
-                out.push_sql("DELETE FROM ");
-                Q::walk_reservations(out.reborrow())?;
-                out.push_sql(" WHERE ");
-                col(out, Q::RESERVATION_EXPIRES_AT)?;
-                out.push_sql(" <= ");
-                DB::push_timestamp(out, at)?;
-                if let Some(key) = key {
-                    out.push_sql(" AND ");
-                    Q::walk_key(key, KeyStyle::Match, out.reborrow())?;
-                }
-                Ok(())
-            }
-            Sql::Read { key } => {
-                out.push_sql("SELECT ");
-                crate::sql::push_identifiers(out, &[Q::LIMIT, Q::USED, Q::RESERVED])?;
-                out.push_sql(" FROM ");
-                Q::walk_table(out.reborrow())?;
-                out.push_sql(" WHERE ");
-                Q::walk_key(key, KeyStyle::Match, out.reborrow())
-            }
-            Sql::LastId => {
-                out.push_sql("SELECT CAST(LAST_INSERT_ID() AS SIGNED)");
-                Ok(())
-            }
-            Sql::LockQuota { key } => {
-                out.push_sql("SELECT CAST(1 AS SIGNED) FROM ");
-                Q::walk_table(out.reborrow())?;
-                out.push_sql(" WHERE ");
-                Q::walk_key(key, KeyStyle::Match, out.reborrow())?;
-                out.push_sql(" FOR UPDATE");
-                Ok(())
-            }
-            Sql::Drop { id, key } => {
-                out.push_sql("DELETE FROM ");
-                Q::walk_reservations(out.reborrow())?;
-                out.push_sql(" WHERE ");
-                col(out, Q::RESERVATION_ID)?;
-                out.push_sql(" = ");
-                DB::push_int(out, id)?;
-                out.push_sql(" AND ");
-                Q::walk_key(key, KeyStyle::Match, out.reborrow())
-            }
+            None => out.push_sql(")"),
         }
+        DB::push_returning(out, &[Q::RESERVATION_ID])
+    }
+}
+
+/// ` WHERE id = $id AND key AND amount >= $actual [AND expires_at > $at]`: the reservation, if
+/// it is still there, live, and holds at least `actual`.
+struct LiveReservation<'a, Q: Quota> {
+    id: &'a i64,
+    key: &'a Q::Key,
+    actual: &'a i64,
+    at: Option<&'a NaiveDateTime>,
+}
+
+impl<'a, Q: Quota> LiveReservation<'a, Q> {
+    fn walk<DB: Dialect>(&self, out: &mut AstPass<'_, 'a, DB>) -> QueryResult<()>
+    where
+        Q: BindQuota<DB>,
+    {
+        out.push_sql(" WHERE ");
+        col(out, Q::RESERVATION_ID)?;
+        out.push_sql(" = ");
+        DB::push_int(out, self.id)?;
+        out.push_sql(" AND ");
+        Q::walk_key(self.key, KeyStyle::Match, out.reborrow())?;
+        out.push_sql(" AND ");
+        col(out, Q::RESERVATION_AMOUNT)?;
+        out.push_sql(" >= ");
+        DB::push_int(out, self.actual)?;
+        if let Some(at) = self.at {
+            out.push_sql(" AND ");
+            col(out, Q::RESERVATION_EXPIRES_AT)?;
+            out.push_sql(" > ");
+            DB::push_timestamp(out, at)?;
+        }
+        Ok(())
+    }
+}
+
+/// `DELETE FROM r <live reservation> RETURNING amount AS __kit_amount` (PostgreSQL, SQLite).
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+struct TakeSql<'a, Q: Quota>(LiveReservation<'a, Q>);
+
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+impl<Q: BindQuota<DB>, DB: Dialect> QueryFragment<DB> for TakeSql<'_, Q> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        out.push_sql("DELETE FROM ");
+        Q::walk_reservations(out.reborrow())?;
+        self.0.walk(&mut out)?;
+        out.push_sql(" RETURNING ");
+        col(&mut out, Q::RESERVATION_AMOUNT)?;
+        out.push_sql(" AS ");
+        out.push_identifier(GONE_AMOUNT)
+    }
+}
+
+/// `UPDATE q SET used = used + $actual, reserved = reserved - $amount WHERE key`, then
+/// ` RETURNING limit, used, reserved` where writes return rows (SQLite, MySQL).
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
+struct SettleSql<'a, Q: Quota> {
+    key: &'a Q::Key,
+    actual: &'a i64,
+    amount: &'a i64,
+}
+
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
+impl<Q: BindQuota<DB>, DB: Dialect> QueryFragment<DB> for SettleSql<'_, Q> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        let out = &mut out;
+        out.push_sql("UPDATE ");
+        Q::walk_table(out.reborrow())?;
+        out.push_sql(" SET ");
+        col(out, Q::USED)?;
+        out.push_sql(" = ");
+        col(out, Q::USED)?;
+        out.push_sql(" + ");
+        DB::push_int(out, self.actual)?;
+        out.push_sql(", ");
+        col(out, Q::RESERVED)?;
+        out.push_sql(" = ");
+        col(out, Q::RESERVED)?;
+        out.push_sql(" - ");
+        DB::push_int(out, self.amount)?;
+        out.push_sql(" WHERE ");
+        Q::walk_key(self.key, KeyStyle::Match, out.reborrow())?;
+        DB::push_returning(out, &[Q::LIMIT, Q::USED, Q::RESERVED])
+    }
+}
+
+/// `UPDATE q SET reserved = reserved - (SELECT COALESCE(SUM(r.amount), 0) FROM r WHERE r.key =
+/// q.key AND r.expires_at <= $at) WHERE [key AND] EXISTS (…)`: the first step of a sweep in
+/// steps.
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
+struct SweepUpdateSql<'a, Q: Quota> {
+    key: Option<&'a Q::Key>,
+    at: &'a NaiveDateTime,
+}
+
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
+impl<Q: BindQuota<DB>, DB: Dialect> QueryFragment<DB> for SweepUpdateSql<'_, Q> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        let out = &mut out;
+        let expired = |out: &mut AstPass<'_, 'b, DB>| -> QueryResult<()> {
+            out.push_sql(" FROM ");
+            Q::walk_reservations(out.reborrow())?;
+            out.push_sql(" WHERE ");
+            for (i, k) in Q::KEY.iter().enumerate() {
+                if i > 0 {
+                    out.push_sql(" AND ");
+                }
+                rcol::<Q, DB>(out, k)?;
+                out.push_sql(" = ");
+                qcol::<Q, DB>(out, k)?;
+            }
+            out.push_sql(" AND ");
+            rcol::<Q, DB>(out, Q::RESERVATION_EXPIRES_AT)?;
+            out.push_sql(" <= ");
+            DB::push_timestamp(out, self.at)
+        };
+        out.push_sql("UPDATE ");
+        Q::walk_table(out.reborrow())?;
+        out.push_sql(" SET ");
+        col(out, Q::RESERVED)?;
+        out.push_sql(" = ");
+        col(out, Q::RESERVED)?;
+        out.push_sql(" - (SELECT COALESCE(SUM(");
+        rcol::<Q, DB>(out, Q::RESERVATION_AMOUNT)?;
+        out.push_sql("), 0)");
+        expired(out)?;
+        out.push_sql(") WHERE ");
+        if let Some(key) = self.key {
+            Q::walk_key(key, KeyStyle::Match, out.reborrow())?;
+            out.push_sql(" AND ");
+        }
+        out.push_sql("EXISTS (SELECT 1");
+        expired(out)?;
+        out.push_sql(")");
+        Ok(())
+    }
+}
+
+/// `DELETE FROM r WHERE expires_at <= $at [AND key]`: the second step of a sweep in steps.
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
+struct SweepDeleteSql<'a, Q: Quota> {
+    key: Option<&'a Q::Key>,
+    at: &'a NaiveDateTime,
+}
+
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
+impl<Q: BindQuota<DB>, DB: Dialect> QueryFragment<DB> for SweepDeleteSql<'_, Q> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        out.push_sql("DELETE FROM ");
+        Q::walk_reservations(out.reborrow())?;
+        out.push_sql(" WHERE ");
+        col(&mut out, Q::RESERVATION_EXPIRES_AT)?;
+        out.push_sql(" <= ");
+        DB::push_timestamp(&mut out, self.at)?;
+        if let Some(key) = self.key {
+            out.push_sql(" AND ");
+            Q::walk_key(key, KeyStyle::Match, out.reborrow())?;
+        }
+        Ok(())
+    }
+}
+
+/// `SELECT limit, used, reserved FROM q WHERE key`.
+struct ReadSql<'a, Q: Quota> {
+    key: &'a Q::Key,
+}
+
+impl<Q: BindQuota<DB>, DB: Dialect> QueryFragment<DB> for ReadSql<'_, Q> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        out.push_sql("SELECT ");
+        crate::sql::push_identifiers(&mut out, &[Q::LIMIT, Q::USED, Q::RESERVED])?;
+        out.push_sql(" FROM ");
+        Q::walk_table(out.reborrow())?;
+        out.push_sql(" WHERE ");
+        Q::walk_key(self.key, KeyStyle::Match, out.reborrow())
     }
 }
