@@ -491,7 +491,7 @@ pub trait Keyed {
     ///
     /// # Errors
     /// The first offending key column.
-    fn validate_key(key: &Self::Key) -> std::result::Result<(), crate::InvalidInput>;
+    fn validate_key(key: &Self::Key) -> std::result::Result<(), crate::error::InvalidInput>;
 }
 
 /// Writes a declaration's table and its key's values (as bind parameters, each with its

@@ -476,7 +476,7 @@ fn read_committed<T>(
 ) -> Result<T> {
     if !tx::in_transaction(conn) {
         conn.batch_execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
-            .map_err(crate::Error::from)?;
+            .map_err(crate::error::Error::from)?;
     }
     tx::transaction(conn, f)
 }
@@ -485,7 +485,7 @@ fn read_committed<T>(
 /// MySQL before anything is sent: its statements do not filter by a tenant.
 fn refuse_tenants<Q: ClaimQueue>() -> Result<()> {
     match Q::TENANT {
-        Some(_) => Err(crate::Error::invalid(
+        Some(_) => Err(crate::error::Error::invalid(
             "ClaimQueue::TENANT",
             "tenant-scoped queues are PostgreSQL-only (distributed tables); declare the MySQL queue without TENANT",
         )),

@@ -71,7 +71,7 @@ where
             if let Some(found) = found.into_iter().next() {
                 return Ok(Obtained {
                     row: found,
-                    created: outcome == crate::UpsertOutcome::Inserted,
+                    created: outcome == crate::upsert::UpsertOutcome::Inserted,
                 });
             }
             tracing::debug!(

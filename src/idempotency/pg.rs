@@ -67,7 +67,7 @@ impl IdempotencyBackend for Pg {
                     });
                 }
                 Err(Error::Constraint {
-                    kind: crate::ConstraintKind::Unique,
+                    kind: crate::error::ConstraintKind::Unique,
                     ..
                 }) => {
                     match replay::<L, C, T::Amounts>(conn, key, fp)? {

@@ -400,7 +400,7 @@ where
                 .ok_or_else(|| Error::NotFound("the bulk upsert's session variables".into()))?;
             if foreign > 0 {
                 return Err(Error::Constraint {
-                    kind: crate::ConstraintKind::Unique,
+                    kind: crate::error::ConstraintKind::Unique,
                     constraint: None,
                     message: ANOTHER_INDEX.into(),
                 });
