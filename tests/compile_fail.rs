@@ -1,12 +1,13 @@
-//! The compile errors of `#[derive(Upsert)]` and the calls the type system refuses, as a user
-//! sees them: one case per mistake in `tests/ui/*.rs`, its expected output (the whole of it) in
-//! the `.stderr` file beside it (trybuild compares them).
+//! The compile errors of `#[derive(Upsert)]`, of the declaration macros (`counter!`, `ledger!`,
+//! `quota!`) and of the calls the type system refuses, as a user sees them: one case per mistake
+//! in `tests/ui/*.rs`, its expected output (the whole of it) in the `.stderr` file beside it
+//! (trybuild compares them).
 //!
-//! A mistake in a model is there twice: the declaration alone (`name.rs`), and the declaration
-//! used as an adopter uses it (`name_used.rs`: `atomic_upsert` and `bulk_upsert` of the
-//! struct). Both must give the same output, one error per mistake at the user's tokens: the code
-//! that uses a declaration adds no error of its own, and none that points into the library or
-//! into Diesel.
+//! Each mistake in a declaration is there twice: the declaration alone (`name.rs`), and the
+//! declaration used as an adopter uses it (`name_used.rs`: `atomic_upsert` and `bulk_upsert` of
+//! the struct, or the declaration's own calls). Both must give the same output, one error per
+//! mistake at the user's tokens: the code that uses a declaration adds no error of its own, and
+//! none that points into the library or into Diesel.
 //!
 //! The expected output is what rustc 1.95 prints. Another compiler version may word or lay
 //! out some messages differently: the messages written by the derive itself are stable, the

@@ -1,5 +1,6 @@
-//! What the code of `#[derive(Upsert)]` calls. Not public API: reached through
-//! `upsert_kit::__private`, may change in any release.
+//! What the code of `#[derive(Upsert)]` and of the declaration macros (`counter!`, `ledger!`,
+//! `quota!`) calls. Not public API: reached through `upsert_kit::__private`, may change in any
+//! release.
 //!
 //! The derive cannot know, where the struct is declared, which backends upsert-kit is built
 //! with, nor whether a field's type can be written to its column. It asks the compiler where
@@ -116,7 +117,7 @@ impl Outcome for Gate<false> {
 /// Binds one value of Rust type `T` as SQL type `ST` on backend `DB`.
 #[diagnostic::on_unimplemented(
     message = "a value of type `{T}` cannot be written as `{ST}` on `{DB}`",
-    note = "`{T}` does not implement `diesel::serialize::ToSql<{ST}, {DB}>`: use the model with a connection of a backend that takes it, or change the field's type"
+    note = "`{T}` does not implement `diesel::serialize::ToSql<{ST}, {DB}>`: use the model or declaration with a connection of a backend that takes it, or change the field's or key's type"
 )]
 pub trait GatedBind<T: ?Sized, ST, DB: Backend> {
     /// Pushes `value` as a bind parameter.
@@ -195,6 +196,63 @@ fn refused() -> diesel::result::Error {
     diesel::result::Error::QueryBuilderError(
         "a value whose type was refused at compile time cannot be bound".into(),
     )
+}
+
+/// The SQL name of `column`. The declaration macros name a column that they need only the
+/// name of by its path, `column_name(&schema::table::column)`, never through an alias of the
+/// table: an unknown one is then reported as "cannot find … in module `table`", at the name.
+pub const fn column_name<C: diesel::Column>(_column: &C) -> &'static str {
+    C::NAME
+}
+
+/// What a quota's key column names in its reservation table when that table has no such
+/// column (see `__reservation_keys!`).
+pub struct NotAColumn;
+
+/// [`Fits`] for a column, [`DoesNotFit`] for [`NotAColumn`].
+pub trait ColumnOutcome {
+    /// [`Fits`] or [`DoesNotFit`].
+    type Is;
+}
+
+impl<C: diesel::Column> ColumnOutcome for C {
+    type Is = Fits;
+}
+
+impl ColumnOutcome for NotAColumn {
+    type Is = DoesNotFit;
+}
+
+/// The reservation table has a column for the quota table's key column `K`: implemented for
+/// every type when the outcome `O` is [`Fits`].
+#[diagnostic::on_unimplemented(
+    message = "the reservation table has no column named as the quota's key column `{K}`",
+    label = "not a column of the reservation table",
+    note = "a quota's reservation table carries the quota's key columns, under the same names"
+)]
+pub trait ReservationColumn<O, K> {
+    /// `()`.
+    type Checked;
+}
+
+impl<T: ?Sized, K> ReservationColumn<Fits, K> for T {
+    type Checked = ();
+}
+
+/// The key of a declaration (`counter!`, `quota!`) can be written to its column: implemented
+/// for every key type when the outcome `O` is [`Fits`]. `D` is the declaration, `C` the column.
+#[diagnostic::on_unimplemented(
+    message = "the key of `{D}` has type `{Self}`, which cannot be written to its column `{C}` of SQL type `{ST}`",
+    label = "cannot be written as `{ST}`",
+    note = "a key's type must implement `diesel::serialize::ToSql<{ST}, DB>` for a backend `DB` that upsert-kit is built with (PostgreSQL, SQLite, MySQL): change the key's type or the column's SQL type in `table!`"
+)]
+pub trait KeyFits<O, D, C, ST> {
+    /// `()`.
+    type Checked;
+}
+
+impl<T: ?Sized, D, C, ST> KeyFits<Fits, D, C, ST> for T {
+    type Checked = ();
 }
 
 /// The key values of two rows, compared.
