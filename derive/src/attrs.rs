@@ -1,5 +1,7 @@
 //! Reading the struct: its `#[upsert(…)]` and `#[diesel(…)]` attributes, its fields and the
-//! columns they map to. Every mistake becomes a `syn::Error` spanned at the user's tokens.
+//! columns they map to. Every mistake becomes a `syn::Error` spanned at the user's tokens, and
+//! the model is repaired around it (the bad piece left out), so that the impls can still be
+//! written and the code that uses the struct adds no error of its own.
 
 use proc_macro2::{Span, TokenStream, TokenTree};
 use quote::ToTokens;
@@ -47,10 +49,6 @@ impl Errors {
             Some(all) => all.combine(e),
             None => self.0 = Some(e),
         }
-    }
-
-    fn finish(self) -> syn::Result<()> {
-        self.0.map_or(Ok(()), Err)
     }
 }
 
@@ -132,13 +130,18 @@ fn is(attr: &Attribute, name: &str) -> bool {
 }
 
 impl Model {
-    pub(crate) fn from_input(input: &DeriveInput) -> syn::Result<Model> {
+    /// The model the struct declares, and the mistakes found in it. With mistakes, the model
+    /// is what is left without the bad pieces (an unknown or repeated key or keep column, a
+    /// field whose attribute is wrong): its impls compile, and only the errors are reported.
+    pub(crate) fn from_input(input: &DeriveInput) -> (Model, Option<syn::Error>) {
         let mut errors = Errors::default();
         let mut krate: Option<Path> = None;
         let mut upsert_table: Option<Path> = None;
         let mut diesel_table: Option<Path> = None;
         let mut key: Option<NameList> = None;
         let mut keep: Option<NameList> = None;
+        // An `upsert` attribute that did not parse may have held the key.
+        let mut upsert_attr_broken = false;
 
         for attr in &input.attrs {
             if is(attr, "upsert") {
@@ -166,6 +169,7 @@ impl Model {
                 });
                 if let Err(e) = parsed {
                     errors.push(e);
+                    upsert_attr_broken = true;
                 }
             } else if is(attr, "diesel") {
                 // Diesel's own derives report malformed `diesel` attributes.
@@ -199,20 +203,24 @@ impl Model {
             },
             _ => None,
         };
-        let Some(named) = named else {
-            return Err(syn::Error::new_spanned(
+        if named.is_none() {
+            errors.push(syn::Error::new_spanned(
                 &input.ident,
                 "`#[derive(Upsert)]` needs a struct with named fields, one per column",
             ));
-        };
+            upsert_attr_broken = true;
+        }
 
         let mut fields = Vec::new();
-        for f in &named.named {
+        // Fields whose attributes were wrong: reported, then left out of the impls.
+        let mut broken = Vec::new();
+        for f in named.into_iter().flat_map(|named| &named.named) {
             let ident = f.ident.clone().expect("named field");
             let mut column = ident.clone();
             let mut unchecked = false;
             let mut keep_attr = None;
             let mut skip = false;
+            let mut field_broken = false;
             for attr in &f.attrs {
                 if is(attr, "upsert") {
                     let parsed = attr.parse_nested_meta(|meta| {
@@ -249,12 +257,14 @@ impl Model {
                     });
                     if let Err(e) = parsed {
                         errors.push(e);
+                        field_broken = true;
                     }
                 }
             }
             if skip {
                 continue;
             }
+            broken.push(field_broken);
             fields.push(Field {
                 ident,
                 column,
@@ -280,6 +290,7 @@ impl Model {
 
         let mut key_idx = Vec::new();
         match &key {
+            None if upsert_attr_broken => {}
             None => errors.push(syn::Error::new_spanned(
                 &input.ident,
                 format!(
@@ -353,14 +364,27 @@ impl Model {
             }
         }
 
-        errors.finish()?;
-        Ok(Model {
+        // Leave the broken fields out, and renumber the key and keep columns.
+        let mut renumbered = Vec::new();
+        let mut next = 0;
+        for &b in &broken {
+            renumbered.push((!b).then_some(next));
+            next += usize::from(!b);
+        }
+        let fields = fields
+            .into_iter()
+            .zip(&broken)
+            .filter(|(_, &b)| !b)
+            .map(|(f, _)| f)
+            .collect();
+        let model = Model {
             krate: krate.unwrap_or_else(|| syn::parse_quote!(::upsert_kit)),
             table,
             fields,
-            key: key_idx,
-            keep: keep_idx,
-        })
+            key: key_idx.iter().filter_map(|&i| renumbered[i]).collect(),
+            keep: keep_idx.iter().filter_map(|&i| renumbered[i]).collect(),
+        };
+        (model, errors.0)
     }
 }
 

@@ -1,12 +1,58 @@
 //! The code `#[derive(Upsert)]` writes: the library's model traits, and one compile-time check
 //! per field, spanned at that field, so that a mistake is reported where it was made.
+//!
+//! Whether a field's type can be written to its column is a constant, `__UPSERT_FITS_<i>`,
+//! that the compiler works out where the struct is declared (see the library's
+//! `derive_support`). The check of a field requires it to be `true`, and reports at the field
+//! when it is not; the bind impls take the field through `Gate<__UPSERT_FITS_<i>>`, which asks
+//! the backend for nothing when the constant is `false`. So a field that fits nowhere is one
+//! error, at the field, and the impls still hold where the struct is used.
 
 use crate::attrs::{mentions, Field, Model};
-use proc_macro2::TokenStream;
+use proc_macro2::{Spacing, TokenStream, TokenTree};
 use quote::{format_ident, quote, quote_spanned, ToTokens};
 use syn::ext::IdentExt;
 use syn::spanned::Spanned;
 use syn::{DeriveInput, GenericParam, Ident, WherePredicate};
+
+/// `tokens` with every lifetime but `'static` made `'static`: a field's type as a constant
+/// outside the struct's generics can name it. (Whether a type can be written to a column
+/// never depends on its lifetimes.)
+fn with_static_lifetimes(tokens: TokenStream) -> TokenStream {
+    let mut out = Vec::new();
+    let mut after_quote = false;
+    for tt in tokens {
+        let tt = match tt {
+            TokenTree::Ident(ident) if after_quote && ident != "static" => {
+                TokenTree::Ident(Ident::new("static", ident.span()))
+            }
+            TokenTree::Group(group) => {
+                let mut new = proc_macro2::Group::new(
+                    group.delimiter(),
+                    with_static_lifetimes(group.stream()),
+                );
+                new.set_span(group.span());
+                TokenTree::Group(new)
+            }
+            tt => tt,
+        };
+        after_quote = matches!(&tt, TokenTree::Punct(p) if p.as_char() == '\'' && p.spacing() == Spacing::Joint);
+        out.push(tt);
+    }
+    out.into_iter().collect()
+}
+
+/// Whether `ty` is written `Option<…>` (by any path).
+fn is_option(ty: &syn::Type) -> bool {
+    match ty {
+        syn::Type::Path(path) => path
+            .path
+            .segments
+            .last()
+            .is_some_and(|segment| segment.ident == "Option"),
+        _ => false,
+    }
+}
 
 pub(crate) fn expand(input: &DeriveInput, model: &Model) -> TokenStream {
     let Model {
@@ -23,6 +69,7 @@ pub(crate) fn expand(input: &DeriveInput, model: &Model) -> TokenStream {
         .generics
         .type_params()
         .map(|p| p.ident.clone())
+        .chain(input.generics.const_params().map(|p| p.ident.clone()))
         .collect();
     let generic = |f: &Field| mentions(f.ty.to_token_stream(), &type_params);
     let sql_type = |f: &Field| {
@@ -33,6 +80,29 @@ pub(crate) fn expand(input: &DeriveInput, model: &Model) -> TokenStream {
         let column = &f.column;
         quote_spanned!(column.span()=> <#table::#column as #diesel::Column>::NAME)
     };
+
+    // Whether each field can be written to its column: a constant the compiler works out here
+    // (`true` for a field that depends on the struct's type parameters, whose impls then ask the
+    // backend directly).
+    let mut fits_consts = Vec::new();
+    let fits: Vec<TokenStream> = fields
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            if generic(f) {
+                return quote!(true);
+            }
+            let name = format_ident!("__UPSERT_FITS_{}", i);
+            let ty = with_static_lifetimes(f.ty.to_token_stream());
+            let st = sql_type(f);
+            fits_consts.push(quote! {
+                const #name: bool = <#private::Probe<#ty, #st>>::ON_PG
+                    || <#private::Probe<#ty, #st>>::ON_SQLITE
+                    || <#private::Probe<#ty, #st>>::ON_MYSQL;
+            });
+            quote!({ #name })
+        })
+        .collect();
 
     let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();
     let base_where: Vec<WherePredicate> = where_clause
@@ -107,57 +177,61 @@ pub(crate) fn expand(input: &DeriveInput, model: &Model) -> TokenStream {
     let mut row_where = model_where.clone();
     row_where.push(syn::parse_quote!(__DB: #diesel::backend::Backend));
     let mut columns_where = row_where.clone();
-    for f in fields {
+    for (f, fits) in fields.iter().zip(&fits) {
         let ty = &f.ty;
         let st = sql_type(f);
-        row_where.push(syn::parse_quote!(__DB: #diesel::sql_types::HasSqlType<#st>));
-        row_where.push(syn::parse_quote!(#ty: #diesel::serialize::ToSql<#st, __DB>));
-        columns_where.push(syn::parse_quote!(__DB: #private::ArrayBackend<#st>));
-        columns_where.push(syn::parse_quote!(#ty: #diesel::serialize::ToSql<#st, __DB>));
+        row_where.push(syn::parse_quote!(
+            #private::Gate<#fits>: #private::GatedBind<#ty, #st, __DB>
+        ));
+        columns_where.push(syn::parse_quote!(
+            #private::Gate<#fits>: #private::GatedArray<#ty, #st, __DB>
+        ));
     }
-    let binds = fields.iter().enumerate().map(|(i, f)| {
-        let ident = &f.ident;
-        let ty = &f.ty;
-        let st = sql_type(f);
-        let comma = (i > 0).then(|| quote!(out.push_sql(", ");));
-        quote! {
-            #comma
-            out.push_bind_param::<#st, #ty>(&self.#ident)?;
-        }
-    });
-    let key_matches = key.iter().enumerate().map(|(n, &i)| {
+    let push = |i: usize| {
         let f = &fields[i];
         let ident = &f.ident;
         let ty = &f.ty;
         let st = sql_type(f);
-        let name = column_name(f);
+        let fits = &fits[i];
+        quote! {
+            <#private::Gate<#fits> as #private::GatedBind<#ty, #st, __DB>>::push(&mut out, &self.#ident)?;
+        }
+    };
+    let binds = (0..fields.len()).map(|i| {
+        let comma = (i > 0).then(|| quote!(out.push_sql(", ");));
+        let push = push(i);
+        quote! {
+            #comma
+            #push
+        }
+    });
+    let key_matches = key.iter().enumerate().map(|(n, &i)| {
+        let name = column_name(&fields[i]);
         let and = (n > 0).then(|| quote!(out.push_sql(" AND ");));
+        let push = push(i);
         quote! {
             #and
             out.push_identifier(#name)?;
             out.push_sql(" = ");
-            out.push_bind_param::<#st, #ty>(&self.#ident)?;
+            #push
         }
     });
-    let key_binds = key.iter().enumerate().map(|(i, &k)| {
-        let f = &fields[k];
-        let ident = &f.ident;
-        let ty = &f.ty;
-        let st = sql_type(f);
-        let comma = (i > 0).then(|| quote!(out.push_sql(", ");));
+    let key_binds = key.iter().enumerate().map(|(n, &i)| {
+        let comma = (n > 0).then(|| quote!(out.push_sql(", ");));
+        let push = push(i);
         quote! {
             #comma
-            out.push_bind_param::<#st, #ty>(&self.#ident)?;
+            #push
         }
     });
-    let arrays = fields.iter().map(|f| {
+    let arrays = fields.iter().zip(&fits).map(|(f, fits)| {
         let ident = &f.ident;
         let ty = &f.ty;
         let st = sql_type(f);
         quote! {
-            ::std::boxed::Box::new(#private::ArrayBind::<#st, #ty>::new(
+            <#private::Gate<#fits> as #private::GatedArray<#ty, #st, __DB>>::array(
                 rows.iter().map(|r| &r.#ident).collect(),
-            ))
+            )
         }
     });
     let bind_impls = quote! {
@@ -195,11 +269,12 @@ pub(crate) fn expand(input: &DeriveInput, model: &Model) -> TokenStream {
         }
     };
 
-    // Compile-time checks, one per field, each reported at the field with its own message.
+    // Compile-time checks, one per field, each reported at the field with its own message: the
+    // field's type, projected through a trait implemented only when its constant is `true`.
     let table_text = table.to_token_stream().to_string().replace(' ', "");
     let struct_text = name.unraw().to_string();
     let mut check_items = Vec::new();
-    let mut check_calls = Vec::new();
+    let mut check_lets = Vec::new();
     for (i, f) in fields.iter().enumerate() {
         if generic(f) {
             continue;
@@ -208,23 +283,34 @@ pub(crate) fn expand(input: &DeriveInput, model: &Model) -> TokenStream {
         let field = f.ident.unraw().to_string();
         let column = f.column.unraw().to_string();
         let st = sql_type(f);
-        let fits = format_ident!("__UpsertFieldFits{}", i);
-        let assert_fits = format_ident!("__upsert_field_fits_{}", i);
+        let fits_trait = format_ident!("__UpsertFieldFits{}", i);
+        let fits = &fits[i];
         let message = format!(
-            "the field `{field}` of `{struct_text}` has type `{{T}}`, which cannot be written to its column \
+            "the field `{field}` of `{struct_text}` has type `{{Self}}`, which cannot be written to its column \
              `{table_text}.{column}` of SQL type `{{ST}}`"
         );
-        let note = "a field's type must implement `diesel::serialize::ToSql<{ST}, DB>` for a backend `DB` \
-                    that upsert-kit is built with (PostgreSQL, SQLite, MySQL): change the field's type or the \
-                    column's SQL type in `table!`";
+        let note = if is_option(ty) {
+            "an `Option` field writes NULL for `None`, so its column must be `Nullable<…>` in `table!` (and \
+             the type inside the `Option` must fit the SQL type inside `Nullable`); for a NOT NULL column, \
+             make the field's type the one inside the `Option`"
+        } else {
+            "a field's type must implement `diesel::serialize::ToSql<{ST}, DB>` for a backend `DB` that \
+             upsert-kit is built with (PostgreSQL, SQLite, MySQL): change the field's type or the column's \
+             SQL type in `table!`"
+        };
         check_items.push(quote! {
             #[diagnostic::on_unimplemented(message = #message, label = "cannot be written as `{ST}`", note = #note)]
-            trait #fits<T: ?Sized, ST> {}
-            impl<T: ?Sized, ST> #fits<T, ST> for #private::Fits {}
-            fn #assert_fits<P: #fits<T, ST>, T: ?Sized, ST>(_: P) {}
+            trait #fits_trait<O, ST> {
+                type Checked;
+            }
+            impl<T: ?Sized, ST> #fits_trait<#private::Fits, ST> for T {
+                type Checked = ();
+            }
         });
-        check_calls.push(quote_spanned! {ty.span()=>
-            #assert_fits::<_, #ty, #st>((&&&&#private::Probe::<#ty, #st>::NEW).fits());
+        check_lets.push(quote_spanned! {ty.span()=>
+            let _: ::core::marker::PhantomData<
+                <#ty as #fits_trait<<#private::Gate<#fits> as #private::Outcome>::Is, #st>>::Checked,
+            >;
         });
     }
     for &i in key {
@@ -234,22 +320,29 @@ pub(crate) fn expand(input: &DeriveInput, model: &Model) -> TokenStream {
         }
         let ty = &f.ty;
         let field = f.ident.unraw().to_string();
-        let ord = format_ident!("__UpsertKeyOrd{}", i);
-        let assert_ord = format_ident!("__upsert_key_ord_{}", i);
+        let ord_trait = format_ident!("__UpsertKeyOrd{}", i);
+        let ord = format_ident!("__UPSERT_ORD_{}", i);
+        let static_ty = with_static_lifetimes(ty.to_token_stream());
         let message =
-            format!("the key field `{field}` of `{struct_text}` has type `{{T}}`, which does not implement `Ord`");
+            format!("the key field `{field}` of `{struct_text}` has type `{{Self}}`, which does not implement `Ord`");
         check_items.push(quote! {
+            const #ord: bool = <#private::OrdProbe<#static_ty>>::ORD;
             #[diagnostic::on_unimplemented(
                 message = #message,
                 label = "a key's type must implement `Ord`",
                 note = "upsert-kit sorts the rows of a bulk upsert by key and collapses rows with equal keys"
             )]
-            trait #ord<T: ?Sized> {}
-            impl<T: ?Sized> #ord<T> for #private::Fits {}
-            fn #assert_ord<P: #ord<T>, T: ?Sized>(_: P) {}
+            trait #ord_trait<O> {
+                type Checked;
+            }
+            impl<T: ?Sized> #ord_trait<#private::Fits> for T {
+                type Checked = ();
+            }
         });
-        check_calls.push(quote_spanned! {ty.span()=>
-            #assert_ord::<_, #ty>((&&#private::OrdProbe::<#ty>::NEW).ordered());
+        check_lets.push(quote_spanned! {ty.span()=>
+            let _: ::core::marker::PhantomData<
+                <#ty as #ord_trait<<#private::Gate<{ #ord }> as #private::Outcome>::Is>>::Checked,
+            >;
         });
     }
     // Lifetimes only: the checks of fields that use the struct's type parameters are left to
@@ -258,15 +351,16 @@ pub(crate) fn expand(input: &DeriveInput, model: &Model) -> TokenStream {
     let checks = quote! {
         #(#check_items)*
         fn __upsert_field_checks<#(#lifetimes),*>() {
-            #[allow(unused_imports)]
-            use #private::{FitsMysql as _, FitsNoBackend as _, FitsPg as _, FitsSqlite as _, NotOrdered as _, Ordered as _};
-            #(#check_calls)*
+            #(#check_lets)*
         }
     };
 
     quote! {
         #[allow(non_camel_case_types, non_snake_case, dead_code, clippy::all)]
         const _: () = {
+            #[allow(unused_imports)]
+            use #private::{NotOnMysql as _, NotOnPg as _, NotOnSqlite as _, NotOrd as _};
+            #(#fits_consts)*
             #model_impl
             #bind_impls
             #checks

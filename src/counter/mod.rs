@@ -151,13 +151,12 @@ macro_rules! counter {
         $crate::__keyed_impl!($name, $($tp)::+, $($key : $kty),+);
 
         const _: () = {
-            use $($tp)::+ as __kit_table;
             impl $crate::counter::Counter for $name {
                 type Amounts = [i64; [$(stringify!($amount)),+].len()];
                 const AMOUNTS: &'static [&'static str] =
-                    &[$( <__kit_table::$amount as $crate::__private::diesel::Column>::NAME ),+];
+                    $crate::__column_names!([$($tp)::+] $($amount),+);
                 const LIMITS: &'static [&'static str] =
-                    &[$($( <__kit_table::$limit as $crate::__private::diesel::Column>::NAME ),+)?];
+                    $crate::__column_names!([$($tp)::+] $($($limit),+)?);
             }
             assert!(
                 <$name as $crate::counter::Counter>::LIMITS.is_empty()

@@ -152,25 +152,24 @@ macro_rules! ledger {
         $vis struct $name;
 
         const _: () = {
-            use $($tp)::+ as __kit_table;
             impl $crate::idempotency::Ledger for $name {
-                type Table = __kit_table::table;
-                const KEY: &'static str = <__kit_table::$key as $crate::__private::diesel::Column>::NAME;
-                const FINGERPRINT: &'static str = <__kit_table::$fp as $crate::__private::diesel::Column>::NAME;
-                const RESULT: &'static str = <__kit_table::$result as $crate::__private::diesel::Column>::NAME;
-                const CREATED_AT: &'static str = <__kit_table::$created as $crate::__private::diesel::Column>::NAME;
+                type Table = $($tp)::+::table;
+                const KEY: &'static str = $crate::__private::column_name(&$($tp)::+::$key);
+                const FINGERPRINT: &'static str = $crate::__private::column_name(&$($tp)::+::$fp);
+                const RESULT: &'static str = $crate::__private::column_name(&$($tp)::+::$result);
+                const CREATED_AT: &'static str = $crate::__private::column_name(&$($tp)::+::$created);
             }
 
             impl<DB> $crate::idempotency::BindLedger<DB> for $name
             where
                 DB: $crate::conn::Dialect,
-                __kit_table::table: $crate::__private::diesel::query_builder::QueryFragment<DB>,
+                $($tp)::+::table: $crate::__private::diesel::query_builder::QueryFragment<DB>,
             {
                 fn walk_table(
                     out: $crate::__private::diesel::query_builder::AstPass<'_, '_, DB>,
                 ) -> $crate::__private::diesel::QueryResult<()> {
                     $crate::__private::diesel::query_builder::QueryFragment::<DB>::walk_ast(
-                        &__kit_table::table,
+                        &$($tp)::+::table,
                         out,
                     )
                 }

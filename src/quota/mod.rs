@@ -168,31 +168,29 @@ macro_rules! quota {
         $crate::__keyed_impl!($name, $($tp)::+, $($key : $kty),+);
 
         const _: () = {
-            use $($tp)::+ as __kit_table;
-            use $($rp)::+ as __kit_reservations;
             impl $crate::quota::Quota for $name {
-                type Reservations = __kit_reservations::table;
-                const LIMIT: &'static str = <__kit_table::$limit as $crate::__private::diesel::Column>::NAME;
-                const USED: &'static str = <__kit_table::$used as $crate::__private::diesel::Column>::NAME;
-                const RESERVED: &'static str = <__kit_table::$reserved as $crate::__private::diesel::Column>::NAME;
-                const RESERVATION_ID: &'static str = <__kit_reservations::$rid as $crate::__private::diesel::Column>::NAME;
-                const RESERVATION_AMOUNT: &'static str = <__kit_reservations::$ramount as $crate::__private::diesel::Column>::NAME;
-                const RESERVATION_EXPIRES_AT: &'static str = <__kit_reservations::$rexpires as $crate::__private::diesel::Column>::NAME;
+                type Reservations = $($rp)::+::table;
+                const LIMIT: &'static str = $crate::__private::column_name(&$($tp)::+::$limit);
+                const USED: &'static str = $crate::__private::column_name(&$($tp)::+::$used);
+                const RESERVED: &'static str = $crate::__private::column_name(&$($tp)::+::$reserved);
+                const RESERVATION_ID: &'static str = $crate::__private::column_name(&$($rp)::+::$rid);
+                const RESERVATION_AMOUNT: &'static str = $crate::__private::column_name(&$($rp)::+::$ramount);
+                const RESERVATION_EXPIRES_AT: &'static str = $crate::__private::column_name(&$($rp)::+::$rexpires);
             }
             // The reservation table carries the quota's key columns, under the same names.
-            $( let _ = <__kit_reservations::$key as $crate::__private::diesel::Column>::NAME; )+
+            $crate::__reservation_keys!([$($tp)::+] [$($rp)::+] $($key),+);
 
             impl<DB> $crate::quota::BindQuota<DB> for $name
             where
                 DB: $crate::conn::Dialect,
                 $name: $crate::conn::BindKey<DB>,
-                __kit_reservations::table: $crate::__private::diesel::query_builder::QueryFragment<DB>,
+                $($rp)::+::table: $crate::__private::diesel::query_builder::QueryFragment<DB>,
             {
                 fn walk_reservations(
                     out: $crate::__private::diesel::query_builder::AstPass<'_, '_, DB>,
                 ) -> $crate::__private::diesel::QueryResult<()> {
                     $crate::__private::diesel::query_builder::QueryFragment::<DB>::walk_ast(
-                        &__kit_reservations::table,
+                        &$($rp)::+::table,
                         out,
                     )
                 }

@@ -1,0 +1,16 @@
+// A counter whose key column is misspelled.
+diesel::table! {
+    api_calls (user_id, day) {
+        user_id -> BigInt,
+        day -> Date,
+        calls -> BigInt,
+        bytes -> BigInt,
+    }
+}
+
+upsert_kit::counter! {
+    table = api_calls, key = (user: i64, day: chrono::NaiveDate), amounts = (calls, bytes);
+    pub struct ApiCalls;
+}
+
+fn main() {}

@@ -1,0 +1,25 @@
+// A field whose Rust type cannot be written to its column's SQL type.
+use upsert_kit::Upsert;
+
+diesel::table! {
+    orders (id) {
+        id -> BigInt,
+        qty -> BigInt,
+    }
+}
+
+#[derive(Upsert)]
+#[diesel(table_name = orders)]
+#[upsert(key(id))]
+struct Order {
+    id: i64,
+    qty: i32,
+}
+
+fn main() {}
+
+// The model used as an adopter uses it: one row, then many.
+fn store(conn: &mut diesel::PgConnection, row: &Order, rows: &[Order]) {
+    let _ = upsert_kit::atomic_upsert(conn, row);
+    let _ = upsert_kit::bulk_upsert(conn, rows);
+}

@@ -1,0 +1,25 @@
+// A key whose type is not `Ord`: bulk upserts sort and collapse rows by key.
+use upsert_kit::Upsert;
+
+diesel::table! {
+    readings (value) {
+        value -> Double,
+        label -> Text,
+    }
+}
+
+#[derive(Upsert)]
+#[diesel(table_name = readings)]
+#[upsert(key(value))]
+struct Reading {
+    value: f64,
+    label: String,
+}
+
+fn main() {}
+
+// The model used as an adopter uses it: one row, then many.
+fn store(conn: &mut diesel::PgConnection, row: &Reading, rows: &[Reading]) {
+    let _ = upsert_kit::atomic_upsert(conn, row);
+    let _ = upsert_kit::bulk_upsert(conn, rows);
+}

@@ -1,0 +1,23 @@
+// No key at all.
+use upsert_kit::Upsert;
+
+diesel::table! {
+    products (id) {
+        id -> BigInt,
+        sku -> Text,
+    }
+}
+
+#[derive(Upsert)]
+#[diesel(table_name = products)]
+struct Product {
+    sku: String,
+}
+
+fn main() {}
+
+// The model used as an adopter uses it: one row, then many.
+fn store(conn: &mut diesel::PgConnection, row: &Product, rows: &[Product]) {
+    let _ = upsert_kit::atomic_upsert(conn, row);
+    let _ = upsert_kit::bulk_upsert(conn, rows);
+}

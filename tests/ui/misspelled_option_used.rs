@@ -1,0 +1,26 @@
+// A misspelled option (`kye` for `key`): one error at it, none for the key it would have given.
+use upsert_kit::Upsert;
+
+diesel::table! {
+    products (id) {
+        id -> BigInt,
+        sku -> Text,
+        name -> Text,
+    }
+}
+
+#[derive(Upsert)]
+#[diesel(table_name = products)]
+#[upsert(kye(sku))]
+struct Product {
+    sku: String,
+    name: String,
+}
+
+fn main() {}
+
+// The model used as an adopter uses it: one row, then many.
+fn store(conn: &mut diesel::PgConnection, row: &Product, rows: &[Product]) {
+    let _ = upsert_kit::atomic_upsert(conn, row);
+    let _ = upsert_kit::bulk_upsert(conn, rows);
+}

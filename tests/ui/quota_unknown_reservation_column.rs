@@ -1,0 +1,26 @@
+// A quota whose reservation table's expiry column is misspelled.
+diesel::table! {
+    credits (account) {
+        account -> BigInt,
+        credit_limit -> BigInt,
+        used -> BigInt,
+        reserved -> BigInt,
+    }
+}
+
+diesel::table! {
+    credit_holds (id) {
+        id -> BigInt,
+        account -> BigInt,
+        amount -> BigInt,
+        expires_at -> Timestamp,
+    }
+}
+
+upsert_kit::quota! {
+    table = credits, key = (account: i64), limit = credit_limit, used = used, reserved = reserved;
+    reservations = credit_holds(id, amount, expires);
+    pub struct Credits;
+}
+
+fn main() {}

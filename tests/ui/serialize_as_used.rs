@@ -1,0 +1,35 @@
+// `serialize_as`, which the derive does not support: one error at the attribute.
+use upsert_kit::Upsert;
+
+diesel::table! {
+    products (id) {
+        id -> BigInt,
+        sku -> Text,
+        name -> Text,
+    }
+}
+
+struct Name(String);
+
+impl From<Name> for String {
+    fn from(name: Name) -> String {
+        name.0
+    }
+}
+
+#[derive(Upsert)]
+#[diesel(table_name = products)]
+#[upsert(key(sku))]
+struct Product {
+    sku: String,
+    #[diesel(serialize_as = String)]
+    name: Name,
+}
+
+fn main() {}
+
+// The model used as an adopter uses it: one row, then many.
+fn store(conn: &mut diesel::PgConnection, row: &Product, rows: &[Product]) {
+    let _ = upsert_kit::atomic_upsert(conn, row);
+    let _ = upsert_kit::bulk_upsert(conn, rows);
+}

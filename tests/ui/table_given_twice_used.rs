@@ -1,0 +1,24 @@
+// The table said twice, once to Diesel and once to the derive.
+use upsert_kit::Upsert;
+
+diesel::table! {
+    products (id) {
+        id -> BigInt,
+        sku -> Text,
+    }
+}
+
+#[derive(Upsert)]
+#[diesel(table_name = products)]
+#[upsert(table = products, key(sku))]
+struct Product {
+    sku: String,
+}
+
+fn main() {}
+
+// The model used as an adopter uses it: one row, then many.
+fn store(conn: &mut diesel::PgConnection, row: &Product, rows: &[Product]) {
+    let _ = upsert_kit::atomic_upsert(conn, row);
+    let _ = upsert_kit::bulk_upsert(conn, rows);
+}

@@ -1,0 +1,26 @@
+// A field renamed to a column the table does not have: reported at the attribute.
+use upsert_kit::Upsert;
+
+diesel::table! {
+    orders (id) {
+        id -> BigInt,
+        qty -> BigInt,
+    }
+}
+
+#[derive(Upsert)]
+#[diesel(table_name = orders)]
+#[upsert(key(id))]
+struct Order {
+    id: i64,
+    #[diesel(column_name = quantity)]
+    amount: i64,
+}
+
+fn main() {}
+
+// The model used as an adopter uses it: one row, then many.
+fn store(conn: &mut diesel::PgConnection, row: &Order, rows: &[Order]) {
+    let _ = upsert_kit::atomic_upsert(conn, row);
+    let _ = upsert_kit::bulk_upsert(conn, rows);
+}

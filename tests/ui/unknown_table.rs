@@ -1,0 +1,18 @@
+// A table that is not declared: the derive names it at the attribute.
+use upsert_kit::Upsert;
+
+diesel::table! {
+    products (id) {
+        id -> BigInt,
+        sku -> Text,
+    }
+}
+
+#[derive(Upsert)]
+#[diesel(table_name = product)]
+#[upsert(key(sku))]
+struct Product {
+    sku: String,
+}
+
+fn main() {}
