@@ -27,10 +27,12 @@
 //!   lock [`MIGRATION_LOCK_NAMESPACE`] (MySQL's DDL commits on its own, so no transaction
 //!   would hold them together).
 //! - SQLite: the token transaction is `BEGIN IMMEDIATE`, which takes the database's single
-//!   write lock at once; it plays the advisory lock's part (for every account at once). A run
-//!   that waits longer than the connection's busy timeout (5 s unless the URL's
-//!   `busy_timeout=<ms>` parameter says otherwise, see [`upsert_kit::db::connect_sqlite`])
-//!   fails with [`upsert_kit::Error::Busy`], which is retryable: it wrote nothing.
+//!   write lock at once; it plays the advisory lock's part (for every account at once). Runs
+//!   that overlap queue for that lock: each waits up to its connection's busy timeout (the
+//!   binaries' `--busy-timeout`, [`DEFAULT_BUSY_TIMEOUT`] unless the URL's `busy_timeout=<ms>`
+//!   parameter says otherwise, see [`BusyTimeout`] and [`upsert_kit::db::connect_sqlite`]). A
+//!   run that waited longer fails with [`upsert_kit::Error::Busy`], which is retryable: it
+//!   wrote nothing.
 //!
 //! # Opening
 //! A run opens the database and applies pending migrations (see [`SyncDatabase::open`]). On
@@ -325,6 +327,93 @@ pub const MIGRATION_LOCK_NAMESPACE: &str = "upsert-kit-migrations";
 
 /// Seconds libpq waits for a PostgreSQL server to answer, unless the URL says otherwise.
 pub const CONNECT_TIMEOUT_SECS: u32 = 10;
+
+/// How long a run on an SQLite file waits for another run's write lock (its connection's busy
+/// timeout) unless `--busy-timeout` or the URL's `busy_timeout=<ms>` parameter says otherwise.
+/// A run holds the lock while it writes: milliseconds for the example captures, a second or two
+/// for a capture of 30 MB. Five minutes lets a run wait out a queue of such runs (16 of them
+/// started together finish within about 30 s), and still ends a run that meets a file locked
+/// for good (a forgotten `BEGIN` in a shell) with an error instead of hanging the cron job.
+pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The longest busy timeout the binaries' `--busy-timeout` accepts: one hour.
+pub const MAX_BUSY_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// How long a run waits for an SQLite file's write lock before it fails with the retryable
+/// busy error, and what set it. PostgreSQL and MySQL URLs are not concerned (their runs wait
+/// for row and named locks as long as the server lets them).
+///
+/// ```
+/// use std::time::Duration;
+/// use sync_jobs::run::BusyTimeout;
+/// let five_minutes = Duration::from_secs(300);
+/// let option = BusyTimeout::of("sync.db", five_minutes);
+/// assert_eq!(option.url_for("sync.db"), "sync.db?busy_timeout=300000");
+/// assert_eq!(option.to_string(), "300 s (--busy-timeout 300)");
+/// // The URL's own parameter wins.
+/// let url = "sync.db?busy_timeout=30000";
+/// let own = BusyTimeout::of(url, five_minutes);
+/// assert_eq!(own.url_for(url), url);
+/// assert_eq!(own.to_string(), "30000 ms (the URL's busy_timeout=30000)");
+/// // Not an SQLite file: nothing to add.
+/// let pg = "postgres://app@db/app";
+/// assert_eq!(BusyTimeout::of(pg, five_minutes).url_for(pg), pg);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BusyTimeout {
+    /// The URL's own `busy_timeout=<ms>` parameter, as written.
+    Url(String),
+    /// The run's `--busy-timeout`, for a URL without its own parameter.
+    Option(Duration),
+}
+
+impl BusyTimeout {
+    /// The busy timeout of a run on `url` whose `--busy-timeout` is `option`: the URL's own
+    /// `busy_timeout` parameter when it has one, else `option`.
+    pub fn of(url: &str, option: Duration) -> Self {
+        match url_busy_timeout(url) {
+            Some(ms) => BusyTimeout::Url(ms.to_owned()),
+            None => BusyTimeout::Option(option),
+        }
+    }
+
+    /// The URL to open: an SQLite URL without its own `busy_timeout` parameter gets this one
+    /// (in milliseconds, as [`upsert_kit::db::connect_sqlite`] reads it); any other URL is
+    /// returned as it is.
+    pub fn url_for(&self, url: &str) -> String {
+        match self {
+            BusyTimeout::Option(wait) if BackendKind::of(url) == BackendKind::Sqlite => {
+                let sep = if url.contains('?') { '&' } else { '?' };
+                format!("{url}{sep}busy_timeout={}", wait.as_millis())
+            }
+            _ => url.to_owned(),
+        }
+    }
+}
+
+impl fmt::Display for BusyTimeout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BusyTimeout::Url(ms) => write!(f, "{ms} ms (the URL's busy_timeout={ms})"),
+            BusyTimeout::Option(wait) => {
+                let s = wait.as_secs();
+                write!(f, "{s} s (--busy-timeout {s})")
+            }
+        }
+    }
+}
+
+/// The text of an SQLite URL's `busy_timeout` parameter, read as
+/// [`upsert_kit::db::connect_sqlite`] reads it: in the query after the URL's last `?`.
+fn url_busy_timeout(url: &str) -> Option<&str> {
+    if BackendKind::of(url) != BackendKind::Sqlite {
+        return None;
+    }
+    let (_, query) = url.rsplit_once('?')?;
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("busy_timeout="))
+}
 
 impl SyncDatabase {
     /// Opens the database `url` names (see [`BackendKind::of`]) and applies the pending
