@@ -15,13 +15,13 @@
 //!
 //! # Single-flight token refresh
 //! - PostgreSQL: the token transaction holds the transaction-scoped advisory lock
-//!   `LockKey::new("<job>-token-refresh", account)` (see [`upsert_kit::lock`]) around the read,
+//!   `LockKey::new("<job>-token-refresh", account)` (see `upsert_kit::lock`) around the read,
 //!   the refresh and the store. Runs that start together queue on the lock; each one re-reads the
 //!   token after taking it, so only the first refreshes and the others find a fresh token.
 //!   The lock is released at commit or rollback; it holds across processes and hosts.
 //! - MySQL/MariaDB: there is no transaction-scoped named lock, so the token transaction runs
 //!   inside the session-scoped named lock of the same key (`GET_LOCK`, see
-//!   [`upsert_kit::lock::mysql`]): taken before `BEGIN`, so the transaction's REPEATABLE READ
+//!   `upsert_kit::lock::mysql`): taken before `BEGIN`, so the transaction's REPEATABLE READ
 //!   snapshot is taken after it and sees the token the previous holder committed, and
 //!   released after `COMMIT`, so the next holder finds it. The migrations run under the named
 //!   lock [`MIGRATION_LOCK_NAMESPACE`] (MySQL's DDL commits on its own, so no transaction
@@ -46,7 +46,9 @@ use crate::error::JobError;
 use crate::models::{StravaAuth, WakatimeAuth};
 use crate::schema::{strava_auth, wakatime_auth};
 use chrono::NaiveDateTime;
+#[cfg(feature = "mysql")]
 use diesel::mysql::MysqlConnection;
+#[cfg(feature = "postgres")]
 use diesel::pg::PgConnection;
 use diesel::sqlite::SqliteConnection;
 use diesel::{OptionalExtension, QueryDsl, RunQueryDsl};
@@ -54,13 +56,14 @@ use serde::Serialize;
 use std::fmt;
 use std::time::Duration;
 use upsert_kit::db::{self, BackendKind};
-use upsert_kit::lock::{self, LockKey};
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+use upsert_kit::lock::LockKey;
 use upsert_kit::upsert::Newer;
 use upsert_kit::{atomic_upsert_auth, AuthModel, UpsertOutcome, Upsertable};
 
-/// Connections a sync run can write through: PostgreSQL, SQLite and MySQL/MariaDB. Implemented
-/// for [`PgConnection`], [`SqliteConnection`] and [`MysqlConnection`]; the run logic is generic
-/// over it.
+/// Connections a sync run can write through: SQLite and, with the crate's features `postgres`
+/// and `mysql`, PostgreSQL and MySQL/MariaDB. Implemented for [`SqliteConnection`],
+/// `PgConnection` and `MysqlConnection`; the run logic is generic over it.
 ///
 /// # Examples
 ///
@@ -100,28 +103,28 @@ pub trait SyncConnection: Sized {
     ) -> Result<T, JobError>;
 
     /// Serialises token refreshes of one account for the rest of the current transaction:
-    /// PostgreSQL waits for the transaction-scoped advisory lock `key`; SQLite does nothing
+    /// PostgreSQL waits for the transaction-scoped advisory lock of `lock`; SQLite does nothing
     /// (its immediate transaction already holds the database's write lock).
     ///
     /// # Errors
     /// Database errors (deadlock, lock timeout).
-    fn lock_token_refresh(&mut self, key: LockKey) -> Result<(), JobError>;
+    fn lock_token_refresh(&mut self, lock: TokenLock) -> Result<(), JobError>;
 
-    /// Runs `f` in one transaction during which no other run holds the token lock `key`:
+    /// Runs `f` in one transaction during which no other run holds the token lock `lock`:
     /// [`SyncConnection::sync_transaction`] with [`SyncConnection::lock_token_refresh`] first
     /// (PostgreSQL, SQLite); on MySQL the transaction inside the session-scoped named lock
-    /// `key`, taken before it begins and released after it ends.
+    /// of `lock`, taken before it begins and released after it ends.
     ///
     /// # Errors
     /// As [`SyncConnection::sync_transaction`], and the lock's errors.
     fn token_transaction<T>(
         &mut self,
-        key: LockKey,
+        lock: TokenLock,
         f: impl FnOnce(&mut Self) -> Result<T, JobError>,
     ) -> Result<T, JobError> {
         let mut f = Some(f);
         self.sync_transaction(|conn| {
-            conn.lock_token_refresh(key)?;
+            conn.lock_token_refresh(lock)?;
             // PostgreSQL and SQLite run the transaction once.
             let f = f.take().expect("a token transaction runs once");
             f(conn)
@@ -213,6 +216,7 @@ macro_rules! token_readers {
     };
 }
 
+#[cfg(feature = "postgres")]
 impl SyncConnection for PgConnection {
     fn sync_transaction<T>(
         &mut self,
@@ -221,8 +225,8 @@ impl SyncConnection for PgConnection {
         upsert_kit::transaction(self, f)
     }
 
-    fn lock_token_refresh(&mut self, key: LockKey) -> Result<(), JobError> {
-        lock::xact_lock(self, key)?;
+    fn lock_token_refresh(&mut self, lock: TokenLock) -> Result<(), JobError> {
+        upsert_kit::lock::xact_lock(self, lock.key())?;
         Ok(())
     }
 
@@ -237,13 +241,14 @@ impl SyncConnection for SqliteConnection {
         upsert_kit::tx::immediate_transaction(self, f)
     }
 
-    fn lock_token_refresh(&mut self, _key: LockKey) -> Result<(), JobError> {
+    fn lock_token_refresh(&mut self, _lock: TokenLock) -> Result<(), JobError> {
         Ok(())
     }
 
     token_readers!();
 }
 
+#[cfg(feature = "mysql")]
 impl SyncConnection for MysqlConnection {
     /// `BEGIN` at the session's isolation (REPEATABLE READ by default), run again from the
     /// start, up to [`MYSQL_DEADLOCK_ATTEMPTS`] times, when InnoDB rolled it back as a deadlock
@@ -275,7 +280,7 @@ impl SyncConnection for MysqlConnection {
 
     /// MySQL has no transaction-scoped named lock: refused (the token transaction takes the
     /// session-scoped one around the transaction, see [`SyncConnection::token_transaction`]).
-    fn lock_token_refresh(&mut self, _key: LockKey) -> Result<(), JobError> {
+    fn lock_token_refresh(&mut self, _lock: TokenLock) -> Result<(), JobError> {
         Err(JobError::Config(
             "MySQL has no transaction-scoped lock: run the token transaction with token_transaction"
                 .into(),
@@ -284,10 +289,10 @@ impl SyncConnection for MysqlConnection {
 
     fn token_transaction<T>(
         &mut self,
-        key: LockKey,
+        lock: TokenLock,
         f: impl FnOnce(&mut Self) -> Result<T, JobError>,
     ) -> Result<T, JobError> {
-        let mut guard = lock::lock(&mut *self, key)?;
+        let mut guard = upsert_kit::lock::lock(&mut *self, lock.key())?;
         let outcome = upsert_kit::transaction(&mut *guard, f);
         let released = guard.release();
         let value = outcome?;
@@ -298,14 +303,43 @@ impl SyncConnection for MysqlConnection {
     token_readers!();
 }
 
+/// The lock that serialises the token refreshes of one account: the job's namespace
+/// ([`crate::strava::LOCK_NAMESPACE`], [`crate::wakatime::LOCK_NAMESPACE`]) and the account.
+/// On PostgreSQL it is the advisory lock `LockKey::new(namespace, account)` of
+/// `upsert_kit::lock`, on MySQL the named lock of that key; on SQLite the database's write
+/// lock, which an immediate transaction holds, stands in for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TokenLock {
+    /// The job's lock namespace.
+    pub namespace: &'static str,
+    /// The account whose token is refreshed.
+    pub account: i64,
+}
+
+impl TokenLock {
+    /// The lock of `account`'s token in `namespace`.
+    pub fn new(namespace: &'static str, account: i64) -> Self {
+        TokenLock { namespace, account }
+    }
+
+    /// The library's lock key.
+    #[cfg(any(feature = "postgres", feature = "mysql"))]
+    fn key(self) -> LockKey {
+        LockKey::new(self.namespace, self.account)
+    }
+}
+
 /// How many times a MySQL run's transaction is run when it keeps being a deadlock's victim.
 pub const MYSQL_DEADLOCK_ATTEMPTS: u32 = 5;
 
-/// The database of a sync run: a PostgreSQL or MySQL/MariaDB connection, or an SQLite file.
+/// The database of a sync run: an SQLite file or, with the crate's features `postgres` and
+/// `mysql`, a PostgreSQL or MySQL/MariaDB connection.
 pub enum SyncDatabase {
-    /// `postgres://…` or `postgresql://…`.
+    /// `postgres://…` or `postgresql://…` (feature `postgres`).
+    #[cfg(feature = "postgres")]
     Postgres(PgConnection),
-    /// `mysql://…` or `mariadb://…`.
+    /// `mysql://…` or `mariadb://…` (feature `mysql`).
+    #[cfg(feature = "mysql")]
     Mysql(MysqlConnection),
     /// Any other URL: an SQLite file path.
     Sqlite(SqliteConnection),
@@ -314,7 +348,9 @@ pub enum SyncDatabase {
 impl fmt::Debug for SyncDatabase {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            #[cfg(feature = "postgres")]
             SyncDatabase::Postgres(_) => "SyncDatabase::Postgres",
+            #[cfg(feature = "mysql")]
             SyncDatabase::Mysql(_) => "SyncDatabase::Mysql",
             SyncDatabase::Sqlite(_) => "SyncDatabase::Sqlite",
         })
@@ -434,7 +470,8 @@ impl SyncDatabase {
     /// # Errors
     /// [`JobError::DatabaseUnavailable`] when the server does not answer or the file cannot be
     /// opened (the message shows the URL with its password redacted),
-    /// [`JobError::Migration`] when a migration fails.
+    /// [`JobError::BackendNotBuilt`] when the URL names a server backend this build was made
+    /// without (features `postgres`, `mysql`), [`JobError::Migration`] when a migration fails.
     pub fn open(url: &str) -> Result<Self, JobError> {
         let unavailable = |e: upsert_kit::Error| match e {
             upsert_kit::Error::Connect(m) | upsert_kit::Error::ConnectionLost(m) => {
@@ -443,24 +480,34 @@ impl SyncDatabase {
             other => JobError::Database(other),
         };
         let mut db = match BackendKind::of(url) {
+            #[cfg(feature = "postgres")]
             BackendKind::Postgres => {
                 SyncDatabase::Postgres(db::connect_pg(&with_timeout(url)).map_err(unavailable)?)
+            }
+            #[cfg(feature = "mysql")]
+            BackendKind::Mysql => SyncDatabase::Mysql(db::connect_mysql(url).map_err(unavailable)?),
+            #[cfg(not(all(feature = "postgres", feature = "mysql")))]
+            #[allow(unreachable_patterns)]
+            // with one server feature, one of the two is matched above
+            BackendKind::Postgres | BackendKind::Mysql => {
+                return Err(JobError::backend_not_built(url))
             }
             BackendKind::Sqlite => {
                 SyncDatabase::Sqlite(db::connect_sqlite(url).map_err(unavailable)?)
             }
-            BackendKind::Mysql => SyncDatabase::Mysql(db::connect_mysql(url).map_err(unavailable)?),
         };
         // Runs that start together on a fresh database must not race to create the tables:
         // the migrations run in one transaction, under an advisory lock on PostgreSQL and
         // under SQLite's write lock, so the second run finds them applied.
         let applied = match &mut db {
+            #[cfg(feature = "postgres")]
             SyncDatabase::Postgres(c) => c.sync_transaction(|c| {
-                lock::xact_lock(c, LockKey::new(MIGRATION_LOCK_NAMESPACE, 0))?;
+                upsert_kit::lock::xact_lock(c, LockKey::new(MIGRATION_LOCK_NAMESPACE, 0))?;
                 migrations::run_migrations(c)
             })?,
             // MySQL's DDL commits on its own: the named lock alone serialises the runs.
-            SyncDatabase::Mysql(c) => lock::with_lock(
+            #[cfg(feature = "mysql")]
+            SyncDatabase::Mysql(c) => upsert_kit::lock::with_lock(
                 &mut *c,
                 LockKey::new(MIGRATION_LOCK_NAMESPACE, 0),
                 migrations::run_migrations,
@@ -482,13 +529,16 @@ impl SyncDatabase {
     /// The backend.
     pub fn backend(&self) -> BackendKind {
         match self {
+            #[cfg(feature = "postgres")]
             SyncDatabase::Postgres(_) => BackendKind::Postgres,
+            #[cfg(feature = "mysql")]
             SyncDatabase::Mysql(_) => BackendKind::Mysql,
             SyncDatabase::Sqlite(_) => BackendKind::Sqlite,
         }
     }
 }
 
+#[cfg(feature = "postgres")]
 /// `url` with `connect_timeout` added to its query unless it has one. The query is looked for
 /// after the userinfo (which ends at the last `@`): a password may hold `?` or `&`.
 fn with_timeout(url: &str) -> String {
@@ -654,7 +704,7 @@ impl StoredToken for WakatimeAuth {
 /// happened to the stored row.
 pub(crate) fn ensure_fresh_token<C, A>(
     conn: &mut C,
-    lock_key: LockKey,
+    lock: TokenLock,
     margin: Duration,
     load: impl Fn(&mut C) -> Result<Option<A>, JobError>,
     refresh: impl FnOnce(Option<&A>) -> Result<A, JobError>,
@@ -663,7 +713,7 @@ where
     C: SyncConnection,
     A: StoredToken + Upsertable<C, Newer<A::ExpiresAt>>,
 {
-    conn.token_transaction(lock_key, |conn| {
+    conn.token_transaction(lock, |conn| {
         // Read only now, under the lock: a run that waited finds the token the first refreshed.
         let stored = load(conn)?;
         let margin = chrono::Duration::from_std(margin)
@@ -715,6 +765,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "postgres")]
     fn postgres_urls_get_a_connect_timeout_unless_they_have_one() {
         assert_eq!(
             with_timeout("postgres://h/db"),

@@ -85,7 +85,8 @@ fn without_values(line: &str, args: &[String]) -> String {
 /// The options both sync jobs take.
 #[derive(Debug, clap::Args)]
 pub struct CommonArgs {
-    /// Database: postgres://… for PostgreSQL, otherwise an SQLite file path (created if missing).
+    /// Database: an SQLite file path (created if missing); postgres://… (PostgreSQL) or
+    /// mysql://… (MySQL, MariaDB) in a build with the feature postgres or mysql.
     #[arg(
         long,
         env = "DATABASE_URL",
