@@ -2,14 +2,18 @@
 //! one set per backend.
 //!
 //! The binaries apply them on start ([`crate::SyncDatabase::open`], under a lock so runs that
-//! start together migrate once). They are also plain Diesel migrations: from `jobs/sync/`,
+//! start together migrate once). All three sets are embedded whichever backends the crate is
+//! built with (features `postgres` and `mysql`); [`Migrate`] is implemented for the connections
+//! it has. They are also plain Diesel migrations: from `jobs/sync/`,
 //! `diesel migration run --database-url postgres://…` applies the PostgreSQL set
 //! (`diesel.toml` points at `migrations/postgres`); the SQLite set is
 //! `--migration-dir migrations/sqlite`.
 
 use crate::error::JobError;
 use diesel::migration::MigrationSource;
+#[cfg(feature = "mysql")]
 use diesel::mysql::{Mysql, MysqlConnection};
+#[cfg(feature = "postgres")]
 use diesel::pg::{Pg, PgConnection};
 use diesel::sqlite::{Sqlite, SqliteConnection};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
@@ -25,8 +29,9 @@ pub const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/
 /// (`JSON` for the payload, `DATETIME(6)` for the timestamps, `VARCHAR(64)` keys).
 pub const MYSQL_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/mysql");
 
-/// Connections whose schema this crate can migrate: [`PgConnection`] with [`PG_MIGRATIONS`],
-/// [`SqliteConnection`] with [`SQLITE_MIGRATIONS`].
+/// Connections whose schema this crate can migrate: [`SqliteConnection`] with
+/// [`SQLITE_MIGRATIONS`]; with the feature `postgres`, `PgConnection` with [`PG_MIGRATIONS`];
+/// with the feature `mysql`, `MysqlConnection` with [`MYSQL_MIGRATIONS`].
 pub trait Migrate {
     /// Applies every pending migration of this backend's set; returns how many ran.
     ///
@@ -45,12 +50,14 @@ where
         .map_err(|e| JobError::Migration(e.to_string()))
 }
 
+#[cfg(feature = "postgres")]
 impl Migrate for PgConnection {
     fn run_migrations(&mut self) -> Result<usize, JobError> {
         apply::<Pg, _>(self, PG_MIGRATIONS)
     }
 }
 
+#[cfg(feature = "mysql")]
 impl Migrate for MysqlConnection {
     fn run_migrations(&mut self) -> Result<usize, JobError> {
         apply::<Mysql, _>(self, MYSQL_MIGRATIONS)

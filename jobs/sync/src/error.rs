@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::time::Duration;
+use upsert_kit::db::BackendKind;
 
 /// Every error of a sync run. Messages are one line and never contain tokens, client secrets
 /// or database passwords: API errors name the endpoint (a URL without credentials) and the
@@ -75,6 +76,49 @@ pub enum JobError {
     /// The database refused or failed (the stats written by this run were rolled back).
     #[error(transparent)]
     Database(#[from] upsert_kit::Error),
+
+    /// The URL names a server backend this build was made without: PostgreSQL and MySQL are
+    /// features of the crate (`postgres`, `mysql`), off by default so that the default build
+    /// links no database client library. Nothing was opened.
+    #[error(
+        "{url}: this build of the sync jobs has no {} backend: build them with the feature \"{}\" \
+         (cargo build --release -p sync-jobs --features {}; it links {})",
+        backend_name(*.backend),
+        backend_feature(*.backend),
+        backend_feature(*.backend),
+        backend_library(*.backend)
+    )]
+    BackendNotBuilt {
+        /// The database URL, its password redacted.
+        url: String,
+        /// The backend it names.
+        backend: BackendKind,
+    },
+}
+
+fn backend_name(backend: BackendKind) -> &'static str {
+    match backend {
+        BackendKind::Postgres => "PostgreSQL",
+        BackendKind::Mysql => "MySQL/MariaDB",
+        BackendKind::Sqlite => "SQLite",
+    }
+}
+
+fn backend_feature(backend: BackendKind) -> &'static str {
+    match backend {
+        BackendKind::Postgres => "postgres",
+        BackendKind::Mysql => "mysql",
+        // Always built in; never reported.
+        BackendKind::Sqlite => "sqlite",
+    }
+}
+
+fn backend_library(backend: BackendKind) -> &'static str {
+    match backend {
+        BackendKind::Postgres => "libpq",
+        BackendKind::Mysql => "libmysqlclient or MariaDB's libmariadb",
+        BackendKind::Sqlite => "SQLite, compiled in",
+    }
 }
 
 fn retry_hint(after: Option<Duration>) -> String {
@@ -92,6 +136,29 @@ fn detail_suffix(detail: &Option<String>) -> String {
 }
 
 impl JobError {
+    /// A [`JobError::BackendNotBuilt`] error for `url`, which is shown with its password
+    /// redacted.
+    ///
+    /// ```
+    /// use sync_jobs::JobError;
+    /// let e = JobError::backend_not_built("postgres://sync:hunter2@db/stats");
+    /// assert_eq!(
+    ///     e.to_string(),
+    ///     "postgres://sync:***@db/stats: this build of the sync jobs has no PostgreSQL backend: \
+    ///      build them with the feature \"postgres\" (cargo build --release -p sync-jobs \
+    ///      --features postgres; it links libpq)"
+    /// );
+    /// assert!(!e.is_transient());
+    /// let e = JobError::backend_not_built("mariadb://root@127.0.0.1:3306/test");
+    /// assert!(e.to_string().contains("no MySQL/MariaDB backend: build them with the feature \"mysql\""));
+    /// ```
+    pub fn backend_not_built(url: &str) -> Self {
+        JobError::BackendNotBuilt {
+            url: upsert_kit::db::redact_url(url),
+            backend: BackendKind::of(url),
+        }
+    }
+
     /// A [`JobError::Payload`] error.
     pub fn payload(source_name: impl Into<String>, reason: impl Into<String>) -> Self {
         JobError::Payload {

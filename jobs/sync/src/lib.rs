@@ -24,7 +24,7 @@ pub mod wakatime;
 
 pub use error::{JobError, Secret};
 pub use http::HttpClient;
-pub use run::{AuthOutcome, StatsCounts, SyncConnection, SyncDatabase, SyncSummary};
+pub use run::{AuthOutcome, StatsCounts, SyncConnection, SyncDatabase, SyncSummary, TokenLock};
 
 /// Reads a capture from `path`, or from stdin when `path` is `-`. Returns the text and the
 /// name to use in error messages (the path, or `stdin`).

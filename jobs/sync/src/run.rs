@@ -15,22 +15,24 @@
 //!
 //! # Single-flight token refresh
 //! - PostgreSQL: the token transaction holds the transaction-scoped advisory lock
-//!   `LockKey::new("<job>-token-refresh", account)` (see [`upsert_kit::lock`]) around the read,
+//!   `LockKey::new("<job>-token-refresh", account)` (see `upsert_kit::lock`) around the read,
 //!   the refresh and the store. Runs that start together queue on the lock; each one re-reads the
 //!   token after taking it, so only the first refreshes and the others find a fresh token.
 //!   The lock is released at commit or rollback; it holds across processes and hosts.
 //! - MySQL/MariaDB: there is no transaction-scoped named lock, so the token transaction runs
 //!   inside the session-scoped named lock of the same key (`GET_LOCK`, see
-//!   [`upsert_kit::lock::mysql`]): taken before `BEGIN`, so the transaction's REPEATABLE READ
+//!   `upsert_kit::lock::mysql`): taken before `BEGIN`, so the transaction's REPEATABLE READ
 //!   snapshot is taken after it and sees the token the previous holder committed, and
 //!   released after `COMMIT`, so the next holder finds it. The migrations run under the named
 //!   lock [`MIGRATION_LOCK_NAMESPACE`] (MySQL's DDL commits on its own, so no transaction
 //!   would hold them together).
 //! - SQLite: the token transaction is `BEGIN IMMEDIATE`, which takes the database's single
-//!   write lock at once; it plays the advisory lock's part (for every account at once). A run
-//!   that waits longer than the connection's busy timeout (5 s unless the URL's
-//!   `busy_timeout=<ms>` parameter says otherwise, see [`upsert_kit::db::connect_sqlite`])
-//!   fails with [`upsert_kit::Error::Busy`], which is retryable: it wrote nothing.
+//!   write lock at once; it plays the advisory lock's part (for every account at once). Runs
+//!   that overlap queue for that lock: each waits up to its connection's busy timeout (the
+//!   binaries' `--busy-timeout`, [`DEFAULT_BUSY_TIMEOUT`] unless the URL's `busy_timeout=<ms>`
+//!   parameter says otherwise, see [`BusyTimeout`] and [`upsert_kit::db::connect_sqlite`]). A
+//!   run that waited longer fails with [`upsert_kit::Error::Busy`], which is retryable: it
+//!   wrote nothing.
 //!
 //! # Opening
 //! A run opens the database and applies pending migrations (see [`SyncDatabase::open`]). On
@@ -44,7 +46,9 @@ use crate::error::JobError;
 use crate::models::{StravaAuth, WakatimeAuth};
 use crate::schema::{strava_auth, wakatime_auth};
 use chrono::NaiveDateTime;
+#[cfg(feature = "mysql")]
 use diesel::mysql::MysqlConnection;
+#[cfg(feature = "postgres")]
 use diesel::pg::PgConnection;
 use diesel::sqlite::SqliteConnection;
 use diesel::{OptionalExtension, QueryDsl, RunQueryDsl};
@@ -52,13 +56,14 @@ use serde::Serialize;
 use std::fmt;
 use std::time::Duration;
 use upsert_kit::db::{self, BackendKind};
-use upsert_kit::lock::{self, LockKey};
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+use upsert_kit::lock::LockKey;
 use upsert_kit::upsert::Newer;
 use upsert_kit::{atomic_upsert_auth, AuthModel, UpsertOutcome, Upsertable};
 
-/// Connections a sync run can write through: PostgreSQL, SQLite and MySQL/MariaDB. Implemented
-/// for [`PgConnection`], [`SqliteConnection`] and [`MysqlConnection`]; the run logic is generic
-/// over it.
+/// Connections a sync run can write through: SQLite and, with the crate's features `postgres`
+/// and `mysql`, PostgreSQL and MySQL/MariaDB. Implemented for [`SqliteConnection`],
+/// `PgConnection` and `MysqlConnection`; the run logic is generic over it.
 ///
 /// # Examples
 ///
@@ -98,28 +103,28 @@ pub trait SyncConnection: Sized {
     ) -> Result<T, JobError>;
 
     /// Serialises token refreshes of one account for the rest of the current transaction:
-    /// PostgreSQL waits for the transaction-scoped advisory lock `key`; SQLite does nothing
+    /// PostgreSQL waits for the transaction-scoped advisory lock of `lock`; SQLite does nothing
     /// (its immediate transaction already holds the database's write lock).
     ///
     /// # Errors
     /// Database errors (deadlock, lock timeout).
-    fn lock_token_refresh(&mut self, key: LockKey) -> Result<(), JobError>;
+    fn lock_token_refresh(&mut self, lock: TokenLock) -> Result<(), JobError>;
 
-    /// Runs `f` in one transaction during which no other run holds the token lock `key`:
+    /// Runs `f` in one transaction during which no other run holds the token lock `lock`:
     /// [`SyncConnection::sync_transaction`] with [`SyncConnection::lock_token_refresh`] first
     /// (PostgreSQL, SQLite); on MySQL the transaction inside the session-scoped named lock
-    /// `key`, taken before it begins and released after it ends.
+    /// of `lock`, taken before it begins and released after it ends.
     ///
     /// # Errors
     /// As [`SyncConnection::sync_transaction`], and the lock's errors.
     fn token_transaction<T>(
         &mut self,
-        key: LockKey,
+        lock: TokenLock,
         f: impl FnOnce(&mut Self) -> Result<T, JobError>,
     ) -> Result<T, JobError> {
         let mut f = Some(f);
         self.sync_transaction(|conn| {
-            conn.lock_token_refresh(key)?;
+            conn.lock_token_refresh(lock)?;
             // PostgreSQL and SQLite run the transaction once.
             let f = f.take().expect("a token transaction runs once");
             f(conn)
@@ -211,6 +216,7 @@ macro_rules! token_readers {
     };
 }
 
+#[cfg(feature = "postgres")]
 impl SyncConnection for PgConnection {
     fn sync_transaction<T>(
         &mut self,
@@ -219,8 +225,8 @@ impl SyncConnection for PgConnection {
         upsert_kit::transaction(self, f)
     }
 
-    fn lock_token_refresh(&mut self, key: LockKey) -> Result<(), JobError> {
-        lock::xact_lock(self, key)?;
+    fn lock_token_refresh(&mut self, lock: TokenLock) -> Result<(), JobError> {
+        upsert_kit::lock::xact_lock(self, lock.key())?;
         Ok(())
     }
 
@@ -235,13 +241,14 @@ impl SyncConnection for SqliteConnection {
         upsert_kit::tx::immediate_transaction(self, f)
     }
 
-    fn lock_token_refresh(&mut self, _key: LockKey) -> Result<(), JobError> {
+    fn lock_token_refresh(&mut self, _lock: TokenLock) -> Result<(), JobError> {
         Ok(())
     }
 
     token_readers!();
 }
 
+#[cfg(feature = "mysql")]
 impl SyncConnection for MysqlConnection {
     /// `BEGIN` at the session's isolation (REPEATABLE READ by default), run again from the
     /// start, up to [`MYSQL_DEADLOCK_ATTEMPTS`] times, when InnoDB rolled it back as a deadlock
@@ -273,7 +280,7 @@ impl SyncConnection for MysqlConnection {
 
     /// MySQL has no transaction-scoped named lock: refused (the token transaction takes the
     /// session-scoped one around the transaction, see [`SyncConnection::token_transaction`]).
-    fn lock_token_refresh(&mut self, _key: LockKey) -> Result<(), JobError> {
+    fn lock_token_refresh(&mut self, _lock: TokenLock) -> Result<(), JobError> {
         Err(JobError::Config(
             "MySQL has no transaction-scoped lock: run the token transaction with token_transaction"
                 .into(),
@@ -282,10 +289,10 @@ impl SyncConnection for MysqlConnection {
 
     fn token_transaction<T>(
         &mut self,
-        key: LockKey,
+        lock: TokenLock,
         f: impl FnOnce(&mut Self) -> Result<T, JobError>,
     ) -> Result<T, JobError> {
-        let mut guard = lock::lock(&mut *self, key)?;
+        let mut guard = upsert_kit::lock::lock(&mut *self, lock.key())?;
         let outcome = upsert_kit::transaction(&mut *guard, f);
         let released = guard.release();
         let value = outcome?;
@@ -296,14 +303,43 @@ impl SyncConnection for MysqlConnection {
     token_readers!();
 }
 
+/// The lock that serialises the token refreshes of one account: the job's namespace
+/// ([`crate::strava::LOCK_NAMESPACE`], [`crate::wakatime::LOCK_NAMESPACE`]) and the account.
+/// On PostgreSQL it is the advisory lock `LockKey::new(namespace, account)` of
+/// `upsert_kit::lock`, on MySQL the named lock of that key; on SQLite the database's write
+/// lock, which an immediate transaction holds, stands in for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TokenLock {
+    /// The job's lock namespace.
+    pub namespace: &'static str,
+    /// The account whose token is refreshed.
+    pub account: i64,
+}
+
+impl TokenLock {
+    /// The lock of `account`'s token in `namespace`.
+    pub fn new(namespace: &'static str, account: i64) -> Self {
+        TokenLock { namespace, account }
+    }
+
+    /// The library's lock key.
+    #[cfg(any(feature = "postgres", feature = "mysql"))]
+    fn key(self) -> LockKey {
+        LockKey::new(self.namespace, self.account)
+    }
+}
+
 /// How many times a MySQL run's transaction is run when it keeps being a deadlock's victim.
 pub const MYSQL_DEADLOCK_ATTEMPTS: u32 = 5;
 
-/// The database of a sync run: a PostgreSQL or MySQL/MariaDB connection, or an SQLite file.
+/// The database of a sync run: an SQLite file or, with the crate's features `postgres` and
+/// `mysql`, a PostgreSQL or MySQL/MariaDB connection.
 pub enum SyncDatabase {
-    /// `postgres://…` or `postgresql://…`.
+    /// `postgres://…` or `postgresql://…` (feature `postgres`).
+    #[cfg(feature = "postgres")]
     Postgres(PgConnection),
-    /// `mysql://…` or `mariadb://…`.
+    /// `mysql://…` or `mariadb://…` (feature `mysql`).
+    #[cfg(feature = "mysql")]
     Mysql(MysqlConnection),
     /// Any other URL: an SQLite file path.
     Sqlite(SqliteConnection),
@@ -312,7 +348,9 @@ pub enum SyncDatabase {
 impl fmt::Debug for SyncDatabase {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
+            #[cfg(feature = "postgres")]
             SyncDatabase::Postgres(_) => "SyncDatabase::Postgres",
+            #[cfg(feature = "mysql")]
             SyncDatabase::Mysql(_) => "SyncDatabase::Mysql",
             SyncDatabase::Sqlite(_) => "SyncDatabase::Sqlite",
         })
@@ -325,6 +363,93 @@ pub const MIGRATION_LOCK_NAMESPACE: &str = "upsert-kit-migrations";
 
 /// Seconds libpq waits for a PostgreSQL server to answer, unless the URL says otherwise.
 pub const CONNECT_TIMEOUT_SECS: u32 = 10;
+
+/// How long a run on an SQLite file waits for another run's write lock (its connection's busy
+/// timeout) unless `--busy-timeout` or the URL's `busy_timeout=<ms>` parameter says otherwise.
+/// A run holds the lock while it writes: milliseconds for the example captures, a second or two
+/// for a capture of 30 MB. Five minutes lets a run wait out a queue of such runs (16 of them
+/// started together finish within about 30 s), and still ends a run that meets a file locked
+/// for good (a forgotten `BEGIN` in a shell) with an error instead of hanging the cron job.
+pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The longest busy timeout the binaries' `--busy-timeout` accepts: one hour.
+pub const MAX_BUSY_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// How long a run waits for an SQLite file's write lock before it fails with the retryable
+/// busy error, and what set it. PostgreSQL and MySQL URLs are not concerned (their runs wait
+/// for row and named locks as long as the server lets them).
+///
+/// ```
+/// use std::time::Duration;
+/// use sync_jobs::run::BusyTimeout;
+/// let five_minutes = Duration::from_secs(300);
+/// let option = BusyTimeout::of("sync.db", five_minutes);
+/// assert_eq!(option.url_for("sync.db"), "sync.db?busy_timeout=300000");
+/// assert_eq!(option.to_string(), "300 s (--busy-timeout 300)");
+/// // The URL's own parameter wins.
+/// let url = "sync.db?busy_timeout=30000";
+/// let own = BusyTimeout::of(url, five_minutes);
+/// assert_eq!(own.url_for(url), url);
+/// assert_eq!(own.to_string(), "30000 ms (the URL's busy_timeout=30000)");
+/// // Not an SQLite file: nothing to add.
+/// let pg = "postgres://app@db/app";
+/// assert_eq!(BusyTimeout::of(pg, five_minutes).url_for(pg), pg);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BusyTimeout {
+    /// The URL's own `busy_timeout=<ms>` parameter, as written.
+    Url(String),
+    /// The run's `--busy-timeout`, for a URL without its own parameter.
+    Option(Duration),
+}
+
+impl BusyTimeout {
+    /// The busy timeout of a run on `url` whose `--busy-timeout` is `option`: the URL's own
+    /// `busy_timeout` parameter when it has one, else `option`.
+    pub fn of(url: &str, option: Duration) -> Self {
+        match url_busy_timeout(url) {
+            Some(ms) => BusyTimeout::Url(ms.to_owned()),
+            None => BusyTimeout::Option(option),
+        }
+    }
+
+    /// The URL to open: an SQLite URL without its own `busy_timeout` parameter gets this one
+    /// (in milliseconds, as [`upsert_kit::db::connect_sqlite`] reads it); any other URL is
+    /// returned as it is.
+    pub fn url_for(&self, url: &str) -> String {
+        match self {
+            BusyTimeout::Option(wait) if BackendKind::of(url) == BackendKind::Sqlite => {
+                let sep = if url.contains('?') { '&' } else { '?' };
+                format!("{url}{sep}busy_timeout={}", wait.as_millis())
+            }
+            _ => url.to_owned(),
+        }
+    }
+}
+
+impl fmt::Display for BusyTimeout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BusyTimeout::Url(ms) => write!(f, "{ms} ms (the URL's busy_timeout={ms})"),
+            BusyTimeout::Option(wait) => {
+                let s = wait.as_secs();
+                write!(f, "{s} s (--busy-timeout {s})")
+            }
+        }
+    }
+}
+
+/// The text of an SQLite URL's `busy_timeout` parameter, read as
+/// [`upsert_kit::db::connect_sqlite`] reads it: in the query after the URL's last `?`.
+fn url_busy_timeout(url: &str) -> Option<&str> {
+    if BackendKind::of(url) != BackendKind::Sqlite {
+        return None;
+    }
+    let (_, query) = url.rsplit_once('?')?;
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("busy_timeout="))
+}
 
 impl SyncDatabase {
     /// Opens the database `url` names (see [`BackendKind::of`]) and applies the pending
@@ -345,7 +470,8 @@ impl SyncDatabase {
     /// # Errors
     /// [`JobError::DatabaseUnavailable`] when the server does not answer or the file cannot be
     /// opened (the message shows the URL with its password redacted),
-    /// [`JobError::Migration`] when a migration fails.
+    /// [`JobError::BackendNotBuilt`] when the URL names a server backend this build was made
+    /// without (features `postgres`, `mysql`), [`JobError::Migration`] when a migration fails.
     pub fn open(url: &str) -> Result<Self, JobError> {
         let unavailable = |e: upsert_kit::Error| match e {
             upsert_kit::Error::Connect(m) | upsert_kit::Error::ConnectionLost(m) => {
@@ -354,24 +480,34 @@ impl SyncDatabase {
             other => JobError::Database(other),
         };
         let mut db = match BackendKind::of(url) {
+            #[cfg(feature = "postgres")]
             BackendKind::Postgres => {
                 SyncDatabase::Postgres(db::connect_pg(&with_timeout(url)).map_err(unavailable)?)
+            }
+            #[cfg(feature = "mysql")]
+            BackendKind::Mysql => SyncDatabase::Mysql(db::connect_mysql(url).map_err(unavailable)?),
+            #[cfg(not(all(feature = "postgres", feature = "mysql")))]
+            #[allow(unreachable_patterns)]
+            // with one server feature, one of the two is matched above
+            BackendKind::Postgres | BackendKind::Mysql => {
+                return Err(JobError::backend_not_built(url))
             }
             BackendKind::Sqlite => {
                 SyncDatabase::Sqlite(db::connect_sqlite(url).map_err(unavailable)?)
             }
-            BackendKind::Mysql => SyncDatabase::Mysql(db::connect_mysql(url).map_err(unavailable)?),
         };
         // Runs that start together on a fresh database must not race to create the tables:
         // the migrations run in one transaction, under an advisory lock on PostgreSQL and
         // under SQLite's write lock, so the second run finds them applied.
         let applied = match &mut db {
+            #[cfg(feature = "postgres")]
             SyncDatabase::Postgres(c) => c.sync_transaction(|c| {
-                lock::xact_lock(c, LockKey::new(MIGRATION_LOCK_NAMESPACE, 0))?;
+                upsert_kit::lock::xact_lock(c, LockKey::new(MIGRATION_LOCK_NAMESPACE, 0))?;
                 migrations::run_migrations(c)
             })?,
             // MySQL's DDL commits on its own: the named lock alone serialises the runs.
-            SyncDatabase::Mysql(c) => lock::with_lock(
+            #[cfg(feature = "mysql")]
+            SyncDatabase::Mysql(c) => upsert_kit::lock::with_lock(
                 &mut *c,
                 LockKey::new(MIGRATION_LOCK_NAMESPACE, 0),
                 migrations::run_migrations,
@@ -393,13 +529,16 @@ impl SyncDatabase {
     /// The backend.
     pub fn backend(&self) -> BackendKind {
         match self {
+            #[cfg(feature = "postgres")]
             SyncDatabase::Postgres(_) => BackendKind::Postgres,
+            #[cfg(feature = "mysql")]
             SyncDatabase::Mysql(_) => BackendKind::Mysql,
             SyncDatabase::Sqlite(_) => BackendKind::Sqlite,
         }
     }
 }
 
+#[cfg(feature = "postgres")]
 /// `url` with `connect_timeout` added to its query unless it has one. The query is looked for
 /// after the userinfo (which ends at the last `@`): a password may hold `?` or `&`.
 fn with_timeout(url: &str) -> String {
@@ -565,7 +704,7 @@ impl StoredToken for WakatimeAuth {
 /// happened to the stored row.
 pub(crate) fn ensure_fresh_token<C, A>(
     conn: &mut C,
-    lock_key: LockKey,
+    lock: TokenLock,
     margin: Duration,
     load: impl Fn(&mut C) -> Result<Option<A>, JobError>,
     refresh: impl FnOnce(Option<&A>) -> Result<A, JobError>,
@@ -574,7 +713,7 @@ where
     C: SyncConnection,
     A: StoredToken + Upsertable<C, Newer<A::ExpiresAt>>,
 {
-    conn.token_transaction(lock_key, |conn| {
+    conn.token_transaction(lock, |conn| {
         // Read only now, under the lock: a run that waited finds the token the first refreshed.
         let stored = load(conn)?;
         let margin = chrono::Duration::from_std(margin)
@@ -626,6 +765,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "postgres")]
     fn postgres_urls_get_a_connect_timeout_unless_they_have_one() {
         assert_eq!(
             with_timeout("postgres://h/db"),

@@ -26,13 +26,14 @@ use super::error::{JobError, Secret};
 use super::http::HttpClient;
 use super::json::{self, Obj, Shape};
 use super::models::{StravaAuth, StravaStats};
-use super::run::{ensure_fresh_token, name_input, SyncConnection, SyncDatabase, SyncSummary};
+use super::run::{
+    ensure_fresh_token, name_input, SyncConnection, SyncDatabase, SyncSummary, TokenLock,
+};
 use crate::schema::{strava_auth, strava_stats};
 use chrono::NaiveDateTime;
 use serde::Serialize;
 use serde_json::Value;
 use std::time::Duration;
-use upsert_kit::lock::LockKey;
 use upsert_kit::upsert::{Changed, Newer};
 use upsert_kit::{atomic_upsert_auth, atomic_upsert_stats, Upsertable};
 
@@ -411,8 +412,10 @@ pub fn sync(
     source: &StravaSource,
 ) -> Result<SyncSummary, JobError> {
     match db {
+        #[cfg(feature = "postgres")]
         SyncDatabase::Postgres(c) => sync_with(c, account, source),
         SyncDatabase::Sqlite(c) => sync_with(c, account, source),
+        #[cfg(feature = "mysql")]
         SyncDatabase::Mysql(c) => sync_with(c, account, source),
     }
 }
@@ -442,7 +445,7 @@ where
     StravaStats: Upsertable<C, Changed<strava_stats::data>>,
     StravaAuth: Upsertable<C, Newer<strava_auth::expires_at>>,
 {
-    let lock_key = LockKey::new(LOCK_NAMESPACE, account);
+    let lock = TokenLock::new(LOCK_NAMESPACE, account);
     match source {
         StravaSource::Capture(capture) => {
             let has_token = capture.token.is_some() && capture.athlete_id.is_some();
@@ -464,7 +467,7 @@ where
             };
             // The token lock (when a token is stored) for the whole transaction.
             if has_token {
-                conn.token_transaction(lock_key, write)
+                conn.token_transaction(lock, write)
             } else {
                 conn.sync_transaction(write)
             }
@@ -472,7 +475,7 @@ where
         StravaSource::Online(api) => {
             let (token, auth) = ensure_fresh_token(
                 conn,
-                lock_key,
+                lock,
                 api.refresh_margin,
                 |c| c.strava_token(account),
                 |stored| refresh(api, account, stored),

@@ -27,7 +27,9 @@ use super::error::{JobError, Secret};
 use super::http::HttpClient;
 use super::json::{self, Obj, Shape};
 use super::models::{WakatimeAuth, WakatimeStats};
-use super::run::{ensure_fresh_token, name_input, SyncConnection, SyncDatabase, SyncSummary};
+use super::run::{
+    ensure_fresh_token, name_input, SyncConnection, SyncDatabase, SyncSummary, TokenLock,
+};
 use crate::schema::{wakatime_auth, wakatime_stats};
 use chrono::NaiveDateTime;
 use serde::Serialize;
@@ -35,7 +37,6 @@ use serde_json::Value;
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
-use upsert_kit::lock::LockKey;
 use upsert_kit::upsert::{Changed, Newer};
 use upsert_kit::{atomic_upsert_auth, atomic_upsert_stats, Upsertable};
 
@@ -515,8 +516,10 @@ pub fn sync(
     source: &WakatimeSource,
 ) -> Result<SyncSummary, JobError> {
     match db {
+        #[cfg(feature = "postgres")]
         SyncDatabase::Postgres(c) => sync_with(c, account, source),
         SyncDatabase::Sqlite(c) => sync_with(c, account, source),
+        #[cfg(feature = "mysql")]
         SyncDatabase::Mysql(c) => sync_with(c, account, source),
     }
 }
@@ -546,7 +549,7 @@ where
     WakatimeStats: Upsertable<C, Changed<wakatime_stats::data>>,
     WakatimeAuth: Upsertable<C, Newer<wakatime_auth::expires_at>>,
 {
-    let lock_key = LockKey::new(LOCK_NAMESPACE, account);
+    let lock = TokenLock::new(LOCK_NAMESPACE, account);
     match source {
         WakatimeSource::Capture(capture) => {
             // Built before the transaction: on SQLite it holds the file's only write lock, and
@@ -566,7 +569,7 @@ where
             };
             // The token lock (when a token is stored) for the whole transaction.
             if capture.token.is_some() {
-                conn.token_transaction(lock_key, write)
+                conn.token_transaction(lock, write)
             } else {
                 conn.sync_transaction(write)
             }
@@ -582,7 +585,7 @@ where
             }
             let (token, auth) = ensure_fresh_token(
                 conn,
-                lock_key,
+                lock,
                 api.refresh_margin,
                 |c| c.wakatime_token(account),
                 |stored| refresh(api, account, stored),

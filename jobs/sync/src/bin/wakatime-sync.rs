@@ -80,11 +80,12 @@ fn run(args: &Args) -> anyhow::Result<(String, SyncSummary)> {
         ),
     };
     let url = &args.common.database_url;
-    let mut db = SyncDatabase::open(url)
-        .map_err(|e| common::name_busy_database(e, url))
+    let (waited, open_url) = args.common.busy_timeout();
+    let mut db = SyncDatabase::open(&open_url)
+        .map_err(|e| common::name_busy_database(e, url, &waited))
         .context("opening the database")?;
     let summary = wakatime::sync(&mut db, args.account, &source)
-        .map_err(|e| common::name_busy_database(e, url))?;
+        .map_err(|e| common::name_busy_database(e, url, &waited))?;
     Ok((source_name, summary))
 }
 

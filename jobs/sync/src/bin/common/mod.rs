@@ -1,6 +1,8 @@
 //! What the two sync binaries share: logging, the database argument, output and exit codes.
 
 use std::process::ExitCode;
+use std::time::Duration;
+use sync_jobs::run::BusyTimeout;
 use sync_jobs::{secrets, SyncSummary};
 use upsert_kit::db::{redact_url, BackendKind};
 
@@ -83,7 +85,8 @@ fn without_values(line: &str, args: &[String]) -> String {
 /// The options both sync jobs take.
 #[derive(Debug, clap::Args)]
 pub struct CommonArgs {
-    /// Database: postgres://… for PostgreSQL, otherwise an SQLite file path (created if missing).
+    /// Database: an SQLite file path (created if missing); postgres://… (PostgreSQL) or
+    /// mysql://… (MySQL, MariaDB) in a build with the feature postgres or mysql.
     #[arg(
         long,
         env = "DATABASE_URL",
@@ -99,6 +102,25 @@ pub struct CommonArgs {
     /// Print the summary as one JSON object.
     #[arg(long)]
     pub json: bool,
+
+    /// SQLite: wait up to this many seconds for another run's write lock before giving up
+    /// (0 to 3600; the URL's own busy_timeout parameter, in milliseconds, wins).
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = sync_jobs::run::DEFAULT_BUSY_TIMEOUT.as_secs(),
+        value_parser = clap::value_parser!(u64).range(0..=sync_jobs::run::MAX_BUSY_TIMEOUT.as_secs())
+    )]
+    pub busy_timeout: u64,
+}
+
+impl CommonArgs {
+    /// How long the run waits for an SQLite file's write lock, and the URL to open with it.
+    pub fn busy_timeout(&self) -> (BusyTimeout, String) {
+        let wait = BusyTimeout::of(&self.database_url, Duration::from_secs(self.busy_timeout));
+        let url = wait.url_for(&self.database_url);
+        (wait, url)
+    }
 }
 
 /// Stderr for log lines, each one passed through [`secrets::scrub`] (the formatter writes one
@@ -167,11 +189,19 @@ pub fn parse_args<T: clap::Parser>(job: &str) -> T {
     }
 }
 
-/// `error`, naming the database (its URL redacted) when it was busy: the line then says which
-/// file to look at and that the run can be retried.
-pub fn name_busy_database(error: sync_jobs::JobError, database_url: &str) -> anyhow::Error {
+/// `error`, naming the database (its URL redacted) and how long the run waited when it was
+/// busy: the line then says which file to look at, that the run gave up after `waited`, and
+/// that it can be retried.
+pub fn name_busy_database(
+    error: sync_jobs::JobError,
+    database_url: &str,
+    waited: &BusyTimeout,
+) -> anyhow::Error {
     if error.is_busy() {
-        anyhow::Error::new(error).context(redact_url(database_url))
+        anyhow::Error::new(error).context(format!(
+            "{}: gave up after waiting {waited} for the write lock",
+            redact_url(database_url)
+        ))
     } else {
         error.into()
     }
