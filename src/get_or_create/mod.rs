@@ -97,7 +97,7 @@ pub struct Obtained<R> {
 /// and `Selectable` for the model's table.
 #[diagnostic::on_unimplemented(
     message = "cannot get-or-create `{Self}` as `{R}` over a `{C}`",
-    note = "derive the model with `#[derive(upsert_kit::Upsert)]`, derive `Queryable` and `Selectable` (with `#[diesel(table_name = …)]` of the same table) on the row type, and pass `&mut PgConnection`, `&mut SqliteConnection` or a pooled connection of either"
+    note = "derive the model with `#[derive(upsert_kit::Upsert)]`, derive `Queryable` and `Selectable` (with `#[diesel(table_name = …)]` of the same table) on the row type, and pass `&mut PgConnection`, `&mut SqliteConnection`, `&mut MysqlConnection` or a pooled connection of one of them"
 )]
 pub trait GetOrCreate<C, R>: UpsertModel + Sized {
     /// Runs the get-or-create of a validated row.
