@@ -716,6 +716,7 @@ where
             key,
             fingerprint,
             at,
+            totals_from: None,
             _ledger: std::marker::PhantomData,
         },
     };
@@ -723,11 +724,13 @@ where
 }
 
 /// `INSERT INTO l (key, fingerprint, result, created_at) VALUES ($1, $2, NULL, $3)`: the start
-/// of every backend's claim.
+/// of every backend's claim; with `totals_from`, `… SELECT $1, $2, __kit_totals, $3 FROM
+/// <step>` (PostgreSQL's keyed increment stores the totals its `WITH` step returned).
 struct InsertKeySql<'a, L> {
     key: &'a str,
     fingerprint: &'a str,
     at: &'a NaiveDateTime,
+    totals_from: Option<&'static str>,
     _ledger: std::marker::PhantomData<L>,
 }
 
@@ -740,14 +743,30 @@ impl<L: BindLedger<DB>, DB: Dialect> QueryFragment<DB> for InsertKeySql<'_, L> {
             &mut out,
             &[L::KEY, L::FINGERPRINT, L::RESULT, L::CREATED_AT],
         )?;
-        out.push_sql(") VALUES (");
+        out.push_sql(if self.totals_from.is_some() {
+            ") SELECT "
+        } else {
+            ") VALUES ("
+        });
         DB::push_text(&mut out, self.key)?;
         out.push_sql(", ");
         DB::push_text(&mut out, self.fingerprint)?;
-        out.push_sql(", NULL, ");
+        out.push_sql(if self.totals_from.is_some() {
+            ", __kit_totals, "
+        } else {
+            ", NULL, "
+        });
         DB::push_timestamp(&mut out, self.at)?;
-        out.push_sql(")");
-        Ok(())
+        match self.totals_from {
+            Some(step) => {
+                out.push_sql(" FROM ");
+                out.push_identifier(step)
+            }
+            None => {
+                out.push_sql(")");
+                Ok(())
+            }
+        }
     }
 }
 

@@ -26,6 +26,7 @@ impl IdempotencyBackend for Mysql {
                 key,
                 fingerprint,
                 at,
+                totals_from: None,
                 _ledger: std::marker::PhantomData,
             },
             nonce: &nonce,

@@ -5,9 +5,9 @@
 
 use super::{
     claim_returning, replay, vanished, BindLedger, IdempotencyBackend, IdempotencyKey, Idempotent,
-    StoredResult, KEY_ATTEMPTS,
+    InsertKeySql, StoredResult, KEY_ATTEMPTS,
 };
-use crate::conn::{BindKey, Dialect, WriteConnection};
+use crate::conn::{BindKey, WriteConnection};
 use crate::counter::{Amounts, Counter};
 use crate::error::{Error, Result};
 use chrono::NaiveDateTime;
@@ -40,12 +40,15 @@ impl IdempotencyBackend for Pg {
     {
         for _ in 0..KEY_ATTEMPTS {
             let sql = KeyedIncrementSql::<L, T> {
-                key: key.as_str(),
-                fingerprint: fp,
-                at: &at,
                 counter_key,
                 amounts: amounts.as_slice(),
-                _ledger: std::marker::PhantomData,
+                ledger: InsertKeySql {
+                    key: key.as_str(),
+                    fingerprint: fp,
+                    at: &at,
+                    totals_from: Some("__kit_up"),
+                    _ledger: std::marker::PhantomData,
+                },
             };
             let raw = conn.raw();
             let in_tx = crate::tx::in_transaction(raw);
@@ -91,13 +94,10 @@ impl IdempotencyBackend for Pg {
 /// PostgreSQL: `WITH up AS (<upsert increment> RETURNING totals AS t) INSERT INTO l (key,
 /// fingerprint, result, created_at) SELECT $k, $f, up.t, $at FROM up RETURNING result`.
 struct KeyedIncrementSql<'a, L, T: Counter> {
-    key: &'a str,
-    fingerprint: &'a str,
-    at: &'a NaiveDateTime,
     counter_key: &'a T::Key,
     amounts: &'a [i64],
-    #[allow(dead_code)]
-    _ledger: std::marker::PhantomData<L>,
+    /// The ledger row, its result the totals of `__kit_up`.
+    ledger: InsertKeySql<'a, L>,
 }
 
 impl<L, T> QueryFragment<Pg> for KeyedIncrementSql<'_, L, T>
@@ -108,20 +108,9 @@ where
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
         out.push_sql("WITH __kit_up (__kit_totals) AS (");
         crate::counter::upsert_increment_sql::<T, Pg>(&mut out, self.counter_key, self.amounts)?;
-        out.push_sql(") INSERT INTO ");
-        L::walk_table(out.reborrow())?;
-        out.push_sql(" (");
-        crate::sql::push_identifiers(
-            &mut out,
-            &[L::KEY, L::FINGERPRINT, L::RESULT, L::CREATED_AT],
-        )?;
-        out.push_sql(") SELECT ");
-        Pg::push_text(&mut out, self.key)?;
-        out.push_sql(", ");
-        Pg::push_text(&mut out, self.fingerprint)?;
-        out.push_sql(", __kit_totals, ");
-        Pg::push_timestamp(&mut out, self.at)?;
-        out.push_sql(" FROM __kit_up RETURNING ");
+        out.push_sql(") ");
+        self.ledger.walk_ast(out.reborrow())?;
+        out.push_sql(" RETURNING ");
         out.push_identifier(L::RESULT)
     }
 }
