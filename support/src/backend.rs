@@ -2,8 +2,9 @@
 //! and runs it on each backend: `fn drains_each_item_once<D: TestDatabase>()` asks for
 //! `D::new()`, `db.conn()` and `db.pool(n)` whatever the server.
 
+use crate::server::{Server, ServerDb};
 use diesel::r2d2::{ConnectionManager, Pool, R2D2Connection};
-use diesel::{MysqlConnection, PgConnection, SqliteConnection};
+use diesel::SqliteConnection;
 
 /// A test database of one backend, created empty and dropped with the value: [`TestDb`]
 /// (PostgreSQL), [`TestMysql`] (MySQL/MariaDB) and [`TestSqlite`]. The methods are those of
@@ -61,9 +62,28 @@ macro_rules! forward {
     };
 }
 
-forward!(crate::TestDb, PgConnection, "PostgreSQL");
-forward!(crate::TestMysql, MysqlConnection, "MySQL/MariaDB");
 forward!(crate::TestSqlite, SqliteConnection, "SQLite");
+
+impl<S: Server> TestDatabase for ServerDb<S> {
+    type Connection = S::Connection;
+    const BACKEND: &'static str = S::BACKEND;
+
+    fn new() -> Self {
+        ServerDb::new()
+    }
+    fn with_sql(sql: &str) -> Self {
+        ServerDb::with_sql(sql)
+    }
+    fn url(&self) -> &str {
+        ServerDb::url(self)
+    }
+    fn conn(&self) -> S::Connection {
+        ServerDb::conn(self)
+    }
+    fn pool(&self, size: u32) -> Pool<ConnectionManager<S::Connection>> {
+        ServerDb::pool(self, size)
+    }
+}
 
 /// `#[test]` wrappers that run test bodies written once, generic over a backend, on one
 /// backend: inside a module per backend, `tests_on!(Postgres: drains(5000), refuses())` defines

@@ -47,22 +47,22 @@ pub mod citus;
 pub mod mysql;
 pub mod naive;
 pub mod payload;
+pub mod server;
 
 pub use backend::TestDatabase;
-pub use mysql::{mysql_admin_url, TestMysql};
+pub use mysql::mysql_admin_url;
 
 use diesel::connection::SimpleConnection;
 use diesel::migration::MigrationSource;
 use diesel::pg::Pg;
 use diesel::sqlite::Sqlite;
-use diesel::{PgConnection, RunQueryDsl, SqliteConnection};
+use diesel::{RunQueryDsl, SqliteConnection};
 use diesel_migrations::MigrationHarness;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, Mutex, OnceLock};
-use std::time::Duration;
 use upsert_kit::db::{
-    connect_pg, connect_sqlite, pg_pool, redact_url, sqlite_pool, BackendKind, PgPool, SqlitePool,
+    connect_pg, connect_sqlite, redact_url, sqlite_pool, BackendKind, SqlitePool,
 };
 
 /// The server tried when `DATABASE_URL` is not set.
@@ -224,22 +224,13 @@ pub fn database_exists(admin_url: &str, name: &str) -> bool {
 }
 
 /// A fresh PostgreSQL database of its own, dropped (with its connections) on drop.
-#[derive(Debug)]
-pub struct TestDb {
-    name: String,
-    url: String,
-    admin_url: String,
-}
+pub type TestDb = server::ServerDb<server::Postgres>;
 
-impl TestDb {
-    /// A new, empty database on [`admin_url`]'s server.
-    ///
-    /// # Panics
-    /// When there is no server (see [`admin_url`]) or the database cannot be created.
-    pub fn new() -> TestDb {
-        TestDb::on(&admin_url()).unwrap_or_else(|e| panic!("{e}"))
-    }
+/// A fresh MySQL/MariaDB database of its own, dropped (after its other sessions are ended) on
+/// drop.
+pub type TestMysql = server::ServerDb<server::Mysql>;
 
+impl server::ServerDb<server::Postgres> {
     /// A new database with `migrations` applied (a crate's `embed_migrations!`).
     ///
     /// # Panics
@@ -248,79 +239,8 @@ impl TestDb {
         let db = TestDb::new();
         db.conn()
             .run_pending_migrations(migrations)
-            .unwrap_or_else(|e| panic!("cannot migrate test database {}: {e}", db.name));
+            .unwrap_or_else(|e| panic!("cannot migrate test database {}: {e}", db.name()));
         db
-    }
-
-    /// A new database in which `sql` (statements separated by `;`) has run: test-only tables.
-    ///
-    /// # Panics
-    /// As [`TestDb::new`], and when the SQL fails.
-    pub fn with_sql(sql: &str) -> TestDb {
-        let db = TestDb::new();
-        db.conn()
-            .batch_execute(sql)
-            .unwrap_or_else(|e| panic!("cannot set up test database {}: {e}", db.name));
-        db
-    }
-
-    /// A new, empty database on the server of `admin_url` (a URL whose user may
-    /// `CREATE DATABASE`), for tools that are told their server: the race report's
-    /// `--database-url`. Dropped, with its connections, on drop.
-    ///
-    /// # Errors
-    /// A message (never holding the URL's password) when the server does not answer or
-    /// refuses to create the database.
-    pub fn on(admin_url: &str) -> Result<TestDb, String> {
-        let name = unique_database_name();
-        let mut admin = connect_pg(admin_url).map_err(|e| e.to_string())?;
-        // Identifiers cannot be bound; the name is ours, made of [a-z0-9_] only.
-        let create = format!("CREATE DATABASE \"{name}\"");
-        // CREATE DATABASE fails while another session is connected to the template database
-        // (someone's psql on template1): wait a little for it to go away.
-        let mut attempt = 0;
-        loop {
-            match diesel::sql_query(&create).execute(&mut admin) {
-                Ok(_) => break,
-                Err(e)
-                    if attempt < 20 && e.to_string().contains("being accessed by other users") =>
-                {
-                    attempt += 1;
-                    std::thread::sleep(Duration::from_millis(50 * attempt));
-                }
-                Err(e) => {
-                    return Err(format!(
-                        "cannot create test database {name} on {}: {e}",
-                        redact_url(admin_url)
-                    ))
-                }
-            }
-        }
-        Ok(TestDb {
-            url: with_database(admin_url, &name),
-            name,
-            admin_url: admin_url.to_owned(),
-        })
-    }
-
-    /// The database's name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// A URL of the database, for [`upsert_kit::db`] and the binaries' `DATABASE_URL`.
-    pub fn url(&self) -> &str {
-        &self.url
-    }
-
-    /// A new connection to the database.
-    pub fn conn(&self) -> PgConnection {
-        connect_pg(&self.url).unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    /// A new pool of `size` connections to the database.
-    pub fn pool(&self, size: u32) -> PgPool {
-        pg_pool(&self.url, size).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// A URL of the database through this test process's PgBouncer in transaction pool mode
@@ -331,7 +251,7 @@ impl TestDb {
     /// # Panics
     /// When no PgBouncer can be started; the message says how to provide one.
     pub fn through_pooler(&self) -> String {
-        pgbouncer().url_of(&self.name)
+        pgbouncer().url_of(self.name())
     }
 
     /// [`TestDb::through_pooler`] with the crate's pooler mode on
@@ -372,27 +292,6 @@ pub fn pgbouncer() -> &'static pooler::PgBouncer {
     {
         Ok(b) => b,
         Err(message) => panic!("{message}"),
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        // FORCE ends the connections still open (pools, threads of a failed test). Errors are
-        // ignored: a leftover database is harmless and is reported here only.
-        let drop_sql = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name);
-        let dropped = match connect_pg(&self.admin_url) {
-            Ok(mut admin) => diesel::sql_query(drop_sql)
-                .execute(&mut admin)
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        if let Err(e) = dropped {
-            eprintln!(
-                "upsert-kit tests: cannot drop test database {}: {e}",
-                self.name
-            );
-        }
     }
 }
 

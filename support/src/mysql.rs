@@ -15,14 +15,13 @@
 //!
 //! With none of these the tests fail and say how to provide a server: they never skip.
 //!
-//! Every [`TestMysql`] is its own database (`upsert_kit_t_<pid>_<counter>_<random>`), dropped
+//! Every [`TestMysql`](crate::TestMysql) is its own database (`upsert_kit_t_<pid>_<counter>_<random>`), dropped
 //! when the value is dropped.
 
-use diesel::connection::SimpleConnection;
-use diesel::{MysqlConnection, RunQueryDsl};
+use diesel::MysqlConnection;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
-use upsert_kit::db::{connect_mysql, mysql_pool, redact_url, BackendKind, MysqlPool};
+use upsert_kit::db::{connect_mysql, redact_url, BackendKind};
 
 /// The server tried when `MYSQL_DATABASE_URL` is not set.
 pub const DEFAULT_MYSQL_PROBE_URL: &str = "mysql://root@127.0.0.1:3306/test";
@@ -153,117 +152,6 @@ fn find_server() -> Result<Server, String> {
              mariadb-install-db, mariadbd).",
             redact_url(&probe)
         )),
-    }
-}
-
-/// A fresh MySQL/MariaDB database of its own, dropped on drop.
-#[derive(Debug)]
-pub struct TestMysql {
-    name: String,
-    url: String,
-    admin_url: String,
-}
-
-impl TestMysql {
-    /// A new, empty database on [`mysql_admin_url`]'s server.
-    ///
-    /// # Panics
-    /// When there is no server (see [`mysql_admin_url`]) or the database cannot be created.
-    pub fn new() -> TestMysql {
-        TestMysql::on(&mysql_admin_url()).unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    /// A new database in which `sql` (statements separated by `;`) has run.
-    ///
-    /// # Panics
-    /// As [`TestMysql::new`], and when the SQL fails.
-    pub fn with_sql(sql: &str) -> TestMysql {
-        let db = TestMysql::new();
-        db.conn()
-            .batch_execute(sql)
-            .unwrap_or_else(|e| panic!("cannot set up test database {}: {e}", db.name));
-        db
-    }
-
-    /// A new, empty database on the server of `admin_url` (a URL whose user may
-    /// `CREATE DATABASE`).
-    ///
-    /// # Errors
-    /// A message (never holding the URL's password) when the server does not answer or
-    /// refuses to create the database.
-    pub fn on(admin_url: &str) -> Result<TestMysql, String> {
-        let name = crate::unique_database_name();
-        let mut admin = connect_mysql(admin_url).map_err(|e| e.to_string())?;
-        // Identifiers cannot be bound; the name is ours, made of [a-z0-9_] only.
-        diesel::sql_query(format!(
-            "CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
-        ))
-        .execute(&mut admin)
-        .map_err(|e| {
-            format!(
-                "cannot create test database {name} on {}: {e}",
-                redact_url(admin_url)
-            )
-        })?;
-        Ok(TestMysql {
-            url: crate::with_database(admin_url, &name),
-            name,
-            admin_url: admin_url.to_owned(),
-        })
-    }
-
-    /// The database's name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// A URL of the database, for [`upsert_kit::db::connect_mysql`].
-    pub fn url(&self) -> &str {
-        &self.url
-    }
-
-    /// A new connection to the database.
-    pub fn conn(&self) -> MysqlConnection {
-        connect_mysql(&self.url).unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    /// A new pool of `size` connections to the database.
-    pub fn pool(&self, size: u32) -> MysqlPool {
-        mysql_pool(&self.url, size).unwrap_or_else(|e| panic!("{e}"))
-    }
-}
-
-impl Drop for TestMysql {
-    fn drop(&mut self) {
-        // MySQL has no DROP DATABASE … FORCE: end the database's other sessions first, or the
-        // drop waits for their metadata locks.
-        let name = self.name.clone();
-        let dropped = connect_mysql(&self.admin_url)
-            .map_err(|e| e.to_string())
-            .and_then(|mut admin| {
-                #[derive(diesel::QueryableByName)]
-                struct Session {
-                    #[diesel(sql_type = diesel::sql_types::BigInt)]
-                    id: i64,
-                }
-                let sessions: Vec<Session> = diesel::sql_query(
-                    "SELECT CAST(ID AS SIGNED) AS id FROM information_schema.PROCESSLIST \
-                     WHERE DB = ? AND ID <> CONNECTION_ID()",
-                )
-                .bind::<diesel::sql_types::Text, _>(&name)
-                .load(&mut admin)
-                .unwrap_or_default();
-                for s in sessions {
-                    let _ = diesel::sql_query(format!("KILL {}", s.id)).execute(&mut admin);
-                }
-                diesel::sql_query(format!("DROP DATABASE IF EXISTS `{name}`"))
-                    .execute(&mut admin)
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            });
-        if let Err(e) = dropped {
-            eprintln!("upsert-kit tests: cannot drop test database {name}: {e}");
-        }
     }
 }
 

@@ -4,7 +4,8 @@ use diesel::connection::SimpleConnection;
 use diesel::dsl::sql;
 use diesel::sql_types::{BigInt, Text};
 use diesel::{MysqlConnection, RunQueryDsl};
-use upsert_kit_support::mysql::{mysql_admin_url, throwaway, TestMysql};
+use upsert_kit_support::mysql::{mysql_admin_url, throwaway};
+use upsert_kit_support::TestMysql;
 
 fn database_exists(conn: &mut MysqlConnection, name: &str) -> bool {
     diesel::select(
