@@ -249,7 +249,7 @@ pub fn fingerprint(bytes: &[u8]) -> String {
 /// # Examples
 ///
 /// ```
-/// # include!("doctest_setup.rs");
+/// # include!("../doctest_setup.rs");
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use serde_json::json;
 /// use upsert_kit::idempotency::{fingerprint, fingerprint_json, run, IdempotencyKey};
