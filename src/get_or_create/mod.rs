@@ -52,7 +52,7 @@
 use crate::error::{Error, Result};
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 use crate::tx;
-use crate::upsert::statement::{OnConflict, UpsertSql, Values};
+use crate::upsert::statement::{OnConflict, Row, UpsertSql};
 use crate::upsert::{BindRow, NoCondition, UpsertModel};
 use diesel::backend::Backend;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
@@ -171,7 +171,8 @@ where
 /// `INSERT … ON CONFLICT (key) DO NOTHING RETURNING <selection>`.
 #[cfg_attr(not(any(feature = "postgres", feature = "sqlite")), allow(dead_code))]
 struct InsertReturning<'a, M: UpsertModel, S, DB: Backend> {
-    insert: UpsertSql<'a, M, NoCondition, DB>,
+    insert: UpsertSql<'a, M, NoCondition, Row<'a, M>>,
+    _backend: PhantomData<DB>,
     selection: S,
 }
 
@@ -181,13 +182,13 @@ impl<'a, M: UpsertModel, S, DB: Backend> InsertReturning<'a, M, S, DB> {
         InsertReturning {
             insert: UpsertSql {
                 table: M::Table::default(),
-                values: Values::Row(row),
+                source: Row(row),
                 update: &[],
                 condition: None,
                 on_conflict: OnConflict::Nothing,
-                returning_inserted: false,
             },
             selection,
+            _backend: PhantomData,
         }
     }
 }
