@@ -430,7 +430,8 @@ type PlainMany<C> = (fn(&mut C, &[Stats]) -> QueryResult<usize>, usize);
 
 fn bulk<C>(c: &mut Criterion, group: &str, conn: &mut C, loop_max: usize, plain: PlainMany<C>)
 where
-    Stats: upsert_kit::Upsertable<C>,
+    C: upsert_kit::conn::WriteConnection,
+    Stats: upsert_kit::Upsertable<C::Raw>,
 {
     let sizes = bulk_sizes();
     let rows = rows(*sizes.iter().max().expect("sizes"));

@@ -1,22 +1,35 @@
-//! The connections the counters, quotas and idempotency keys run on, and what they need to
-//! know about each backend's SQL.
+//! The seam between the primitives and the backends.
 //!
-//! The primitives of [`counter`](mod@crate::counter), [`quota`](mod@crate::quota) and
-//! [`idempotency`](crate::idempotency) are written once, generic over [`WriteConnection`]:
-//! `PgConnection`, `SqliteConnection`, `MysqlConnection` and r2d2 pooled connections of each of
-//! them. Each statement is a Diesel query fragment whose text depends only on the declaration
-//! (table and column names) and on which options are set, never on the values (bind
-//! parameters), so Diesel prepares it once per connection and keeps it in its statement cache.
+//! Every primitive takes any [`WriteConnection`]: `PgConnection`, `SqliteConnection`,
+//! `MysqlConnection`, or an r2d2 pooled connection of one of them. A pooled connection is
+//! forwarded to its inner one here, once ([`WriteConnection::raw`]), and nowhere else. Below
+//! it, each primitive has one trait that a backend implements in the primitive's folder, in
+//! the file named after the backend (`pg.rs`, `sqlite.rs`, `mysql.rs`):
 //!
-//! What differs between backends in the pieces every statement shares is said by [`Dialect`]:
-//! how a write returns rows (`RETURNING` on PostgreSQL and SQLite, nothing on MySQL, where the
-//! row is read back after the write), how an upsert names the incoming row (`excluded.c` or
-//! `VALUES(c)`), how a row's integers come back as one value (`json_build_array`,
-//! `json_array`, `JSON_ARRAY`). How each primitive runs on a backend (one statement, or steps
-//! in one transaction) is the primitive's own seam, implemented in its backend files:
-//! [`CounterBackend`](crate::counter::CounterBackend),
-//! [`IdempotencyBackend`](crate::idempotency::IdempotencyBackend),
-//! [`QuotaBackend`](crate::quota::QuotaBackend).
+//! | primitive | the backend's trait | implemented for |
+//! |---|---|---|
+//! | [`upsert`](crate::upsert) | [`Upsertable`](crate::Upsertable) | the model, per backend connection |
+//! | [`get_or_create`](mod@crate::get_or_create) | [`GetOrCreate`](crate::get_or_create::GetOrCreate) | the model, per backend connection |
+//! | [`counter`](mod@crate::counter) | [`CounterBackend`](crate::counter::CounterBackend) | the backend |
+//! | [`idempotency`](crate::idempotency) | [`IdempotencyBackend`](crate::idempotency::IdempotencyBackend) | the backend |
+//! | [`quota`](mod@crate::quota) | [`QuotaBackend`](crate::quota::QuotaBackend) | the backend |
+//! | [`claim`](crate::claim) | [`ClaimConnection`](crate::claim::ClaimConnection) | the backend's connection |
+//! | [`lock`](crate::lock) | [`LockBackend`](crate::lock::LockBackend) | the backend's connection |
+//!
+//! Upserts and get-or-create are implemented for the model because what a model needs of a
+//! backend (which of its field types the backend stores) is the model's; a lock guard owns
+//! its session ([`LockSession`](crate::lock::LockSession)), which a pooled connection keeps as
+//! long as it is checked out.
+//!
+//! The statements themselves are Diesel query fragments over the backend type (`Pg`,
+//! `Sqlite`, `Mysql`), not over a connection type: what runs them here is the synchronous
+//! [`WriteConnection`]; another front end (an asynchronous connection) would run the same
+//! fragments. Each statement's text depends only on the declaration (table and column names)
+//! and on which options are set, never on the values (bind parameters), so Diesel prepares it
+//! once per connection and keeps it in its statement cache. What the statements of every
+//! primitive share about a backend's SQL is [`Dialect`]: how an upsert names the incoming row
+//! (`excluded.c` or `VALUES(c)`), how a write returns its row (`RETURNING` or nothing), how
+//! a row's integers come back as one value.
 
 use crate::error::{Error, Result};
 use crate::tx;

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use upsert_kit::claim::{ClaimConnection, ClaimQueue, Failed, Queue};
+use upsert_kit::conn::WriteConnection;
 use upsert_kit::Error;
 use upsert_kit_support::{race, TestDatabase};
 
@@ -78,7 +79,15 @@ trait Backend: 'static {
     /// The backend's test database.
     type Db: TestDatabase<Connection = Self::Conn>;
     /// Its connection, which claims run on.
-    type Conn: ClaimConnection<Job> + ClaimConnection<Task> + R2D2Connection + Rows + Send + 'static;
+    type Conn: ClaimConnection<Job>
+        + ClaimConnection<Task>
+        + R2D2Connection
+        + diesel::Connection<
+            Backend = <Self::Conn as WriteConnection>::Backend,
+            TransactionManager = diesel::connection::AnsiTransactionManager,
+        > + Rows
+        + Send
+        + 'static;
 
     /// A session's isolation level by default, as [`Backend::isolation`] reads it.
     const DEFAULT_ISOLATION: &'static str;

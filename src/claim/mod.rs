@@ -62,6 +62,7 @@
 //! `SKIP LOCKED`), by type: a claim over an SQLite connection does not compile (the library's
 //! compile-fail suite, `tests/ui/claim_on_sqlite.rs`, holds the message).
 
+use crate::conn::WriteConnection;
 use crate::error::{Error, Result};
 use chrono::{DateTime, Utc};
 use std::fmt;
@@ -254,15 +255,18 @@ pub struct Reaped {
     pub parked: usize,
 }
 
-/// A connection claims run on: `PgConnection`, `MysqlConnection` (MariaDB 10.6+, MySQL 8.0+),
-/// or an r2d2 pooled connection of either, for a queue whose row type reads rows of that
-/// backend (`#[derive(QueryableByName)]` does for every backend its field types fit).
-/// Sealed; SQLite has no `SKIP LOCKED`, so an SQLite connection is not one.
+/// The backend's half of the claims of `Q`, on the backend's own connection: implemented in
+/// the backend's file (`pg.rs`, `mysql.rs` beside this one) for `PgConnection` and
+/// `MysqlConnection` (MariaDB 10.6+, MySQL 8.0+), for a queue whose row type reads rows of that
+/// backend (`#[derive(QueryableByName)]` does for every backend its field types fit). The
+/// [`Queue`]'s methods take any [`WriteConnection`] of these (a pooled one too) and reach this
+/// through [`WriteConnection::raw`]. Sealed; SQLite has no `SKIP LOCKED`, so an SQLite
+/// connection is not one.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot run claims of `{Q}`",
     note = "claims need a PostgreSQL or MySQL/MariaDB connection (`&mut PgConnection`, `&mut MysqlConnection`, or a pooled one) and a queue row type that derives `diesel::QueryableByName`"
 )]
-pub trait ClaimConnection<Q: ClaimQueue>: sealed::Sealed {
+pub trait ClaimConnection<Q: ClaimQueue>: WriteConnection<Raw = Self> {
     /// [`Queue::claim`].
     #[doc(hidden)]
     fn claim_items(&mut self, queue: &Queue<Q>, limit: usize) -> Result<Vec<Claim<Q>>>;
@@ -278,42 +282,6 @@ pub trait ClaimConnection<Q: ClaimQueue>: sealed::Sealed {
     /// [`Queue::reap_expired`].
     #[doc(hidden)]
     fn reap_items(&mut self, queue: &Queue<Q>) -> Result<Reaped>;
-}
-
-mod sealed {
-    pub trait Sealed {}
-    #[cfg(feature = "postgres")]
-    impl Sealed for diesel::PgConnection {}
-    #[cfg(feature = "mysql")]
-    impl Sealed for diesel::MysqlConnection {}
-    #[cfg(feature = "r2d2")]
-    impl<C: diesel::r2d2::R2D2Connection + 'static> Sealed
-        for diesel::r2d2::PooledConnection<diesel::r2d2::ConnectionManager<C>>
-    {
-    }
-}
-
-#[cfg(feature = "r2d2")]
-impl<Q, C> ClaimConnection<Q> for diesel::r2d2::PooledConnection<diesel::r2d2::ConnectionManager<C>>
-where
-    Q: ClaimQueue,
-    C: ClaimConnection<Q> + diesel::r2d2::R2D2Connection + 'static,
-{
-    fn claim_items(&mut self, queue: &Queue<Q>, limit: usize) -> Result<Vec<Claim<Q>>> {
-        (**self).claim_items(queue, limit)
-    }
-    fn complete_item(&mut self, queue: &Queue<Q>, claim: &Claim<Q>) -> Result<()> {
-        (**self).complete_item(queue, claim)
-    }
-    fn fail_item(&mut self, queue: &Queue<Q>, claim: &Claim<Q>, error: &str) -> Result<Failed> {
-        (**self).fail_item(queue, claim, error)
-    }
-    fn extend_item(&mut self, queue: &Queue<Q>, claim: &mut Claim<Q>) -> Result<()> {
-        (**self).extend_item(queue, claim)
-    }
-    fn reap_items(&mut self, queue: &Queue<Q>) -> Result<Reaped> {
-        (**self).reap_items(queue)
-    }
 }
 
 /// The longest `last_error` kept, in characters.
@@ -599,12 +567,11 @@ impl<Q: ClaimQueue> Queue<Q> {
     /// }
     /// # Ok(()) }
     /// ```
-    pub fn claim<C: ClaimConnection<Q> + ?Sized>(
-        &self,
-        conn: &mut C,
-        limit: usize,
-    ) -> Result<Vec<Claim<Q>>> {
-        conn.claim_items(self, limit)
+    pub fn claim<C: WriteConnection>(&self, conn: &mut C, limit: usize) -> Result<Vec<Claim<Q>>>
+    where
+        C::Raw: ClaimConnection<Q>,
+    {
+        conn.raw().claim_items(self, limit)
     }
 
     /// Marks a claimed item done. One statement, fenced by the claim's id, holder and attempt.
@@ -617,12 +584,11 @@ impl<Q: ClaimQueue> Queue<Q> {
     ///
     /// # Examples
     /// See [`Queue::claim`].
-    pub fn complete<C: ClaimConnection<Q> + ?Sized>(
-        &self,
-        conn: &mut C,
-        claim: &Claim<Q>,
-    ) -> Result<()> {
-        conn.complete_item(self, claim)
+    pub fn complete<C: WriteConnection>(&self, conn: &mut C, claim: &Claim<Q>) -> Result<()>
+    where
+        C::Raw: ClaimConnection<Q>,
+    {
+        conn.raw().complete_item(self, claim)
     }
 
     /// Records a failed attempt: back to the queue (status `retry`, due after
@@ -649,13 +615,16 @@ impl<Q: ClaimQueue> Queue<Q> {
     /// }
     /// # Ok(()) }
     /// ```
-    pub fn fail<C: ClaimConnection<Q> + ?Sized>(
+    pub fn fail<C: WriteConnection>(
         &self,
         conn: &mut C,
         claim: &Claim<Q>,
         error: &str,
-    ) -> Result<Failed> {
-        conn.fail_item(self, claim, error)
+    ) -> Result<Failed>
+    where
+        C::Raw: ClaimConnection<Q>,
+    {
+        conn.raw().fail_item(self, claim, error)
     }
 
     /// Extends the claim's lease to now + the configured lease (a heartbeat for long work) and
@@ -680,12 +649,11 @@ impl<Q: ClaimQueue> Queue<Q> {
     /// }
     /// # Ok(()) }
     /// ```
-    pub fn extend<C: ClaimConnection<Q> + ?Sized>(
-        &self,
-        conn: &mut C,
-        claim: &mut Claim<Q>,
-    ) -> Result<()> {
-        conn.extend_item(self, claim)
+    pub fn extend<C: WriteConnection>(&self, conn: &mut C, claim: &mut Claim<Q>) -> Result<()>
+    where
+        C::Raw: ClaimConnection<Q>,
+    {
+        conn.raw().extend_item(self, claim)
     }
 
     /// Returns every expired lease to the queue: status `retry`, due at once, the last error
@@ -708,8 +676,11 @@ impl<Q: ClaimQueue> Queue<Q> {
     /// println!("{} requeued, {} parked", reaped.requeued, reaped.parked);
     /// # Ok(()) }
     /// ```
-    pub fn reap_expired<C: ClaimConnection<Q> + ?Sized>(&self, conn: &mut C) -> Result<Reaped> {
-        conn.reap_items(self)
+    pub fn reap_expired<C: WriteConnection>(&self, conn: &mut C) -> Result<Reaped>
+    where
+        C::Raw: ClaimConnection<Q>,
+    {
+        conn.raw().reap_items(self)
     }
 }
 

@@ -49,6 +49,7 @@
 //! sequence (a `BIGSERIAL` id) without using it. When most calls find the row, read first and
 //! call `get_or_create` only on a miss (a plain `SELECT` by key first).
 
+use crate::conn::WriteConnection;
 use crate::error::{Error, Result};
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 use crate::tx;
@@ -63,8 +64,6 @@ use diesel::expression::SelectableHelper;
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 use diesel::query_dsl::methods::LoadQuery;
-#[cfg(feature = "r2d2")]
-use diesel::r2d2::{ConnectionManager, PooledConnection, R2D2Connection};
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 use diesel::Selectable;
 use diesel::{QueryResult, RunQueryDsl};
@@ -89,15 +88,16 @@ pub struct Obtained<R> {
     pub created: bool,
 }
 
-/// Models that [`get_or_create`] can insert over a connection `C`, returning rows of type `R`.
-///
-/// Implemented for every model declared with [`#[derive(Upsert)]`](macro@crate::Upsert) over
-/// [`diesel::PgConnection`], [`diesel::SqliteConnection`], `diesel::MysqlConnection` (feature
-/// `mysql`) and r2d2 pooled connections of each of them, for every `R` that derives `Queryable`
-/// and `Selectable` for the model's table.
+/// The backend's half of [`get_or_create`] of `Self`, returning rows of type `R`, on the
+/// backend's own connection `C`: implemented in the backend's file (`pg.rs`, `sqlite.rs`,
+/// `mysql.rs` beside this one) for [`diesel::PgConnection`], [`diesel::SqliteConnection`] and
+/// `diesel::MysqlConnection`, for every model declared with
+/// [`#[derive(Upsert)]`](macro@crate::Upsert) and every `R` that derives `Queryable` and
+/// `Selectable` for the model's table. [`get_or_create`] takes any [`WriteConnection`] (a
+/// pooled one too) and reaches this through [`WriteConnection::raw`].
 #[diagnostic::on_unimplemented(
     message = "cannot get-or-create `{Self}` as `{R}` over a `{C}`",
-    note = "derive the model with `#[derive(upsert_kit::Upsert)]`, derive `Queryable` and `Selectable` (with `#[diesel(table_name = …)]` of the same table) on the row type, and pass `&mut PgConnection`, `&mut SqliteConnection`, `&mut MysqlConnection` or a pooled connection of one of them"
+    note = "derive the model with `#[derive(upsert_kit::Upsert)]`, and derive `Queryable` and `Selectable` (with `#[diesel(table_name = …)]` of the same table) on the row type"
 )]
 pub trait GetOrCreate<C, R>: UpsertModel + Sized {
     /// Runs the get-or-create of a validated row.
@@ -162,10 +162,11 @@ pub trait GetOrCreate<C, R>: UpsertModel + Sized {
 /// ```
 pub fn get_or_create<C, M, R>(conn: &mut C, row: &M) -> Result<Obtained<R>>
 where
-    M: GetOrCreate<C, R>,
+    C: WriteConnection,
+    M: GetOrCreate<C::Raw, R>,
 {
     row.validate()?;
-    M::get_or_create_validated(conn, row)
+    M::get_or_create_validated(conn.raw(), row)
 }
 
 /// `INSERT … ON CONFLICT (key) DO NOTHING RETURNING <selection>`.
@@ -298,18 +299,4 @@ fn vanished() -> Error {
         "get-or-create: the row was deleted between the insert and the read \
          {GET_OR_CREATE_ATTEMPTS} times in a row"
     ))
-}
-
-#[cfg(feature = "r2d2")]
-impl<M, R, Conn> GetOrCreate<PooledConnection<ConnectionManager<Conn>>, R> for M
-where
-    Conn: R2D2Connection + 'static,
-    M: GetOrCreate<Conn, R>,
-{
-    fn get_or_create_validated(
-        conn: &mut PooledConnection<ConnectionManager<Conn>>,
-        row: &Self,
-    ) -> Result<Obtained<R>> {
-        M::get_or_create_validated(&mut **conn, row)
-    }
 }

@@ -70,6 +70,7 @@
 //! This file holds the API and its contract; each backend's statements are in a file of its
 //! own beside it: `pg.rs`, `mysql.rs`.
 
+use crate::conn::WriteConnection;
 use crate::error::{Error, Result};
 use diesel::connection::{AnsiTransactionManager, TransactionManager};
 use std::fmt;
@@ -196,9 +197,10 @@ fn poison<C: LockBackend>(conn: &mut C) {
 }
 
 /// A backend with session-scoped named locks: PostgreSQL (advisory locks) and MySQL/MariaDB
-/// (`GET_LOCK`). Implemented for `PgConnection` and `MysqlConnection`; sealed.
+/// (`GET_LOCK`). Implemented for `PgConnection` and `MysqlConnection` in the backend's file
+/// (`pg.rs`, `mysql.rs` beside this one); sealed (through [`WriteConnection`]).
 pub trait LockBackend:
-    diesel::Connection<TransactionManager = AnsiTransactionManager> + sealed::Sealed
+    WriteConnection<Raw = Self> + diesel::Connection<TransactionManager = AnsiTransactionManager>
 {
     /// Refuses session-scoped locks where the session is not kept (PostgreSQL in pooler mode).
     #[doc(hidden)]
@@ -237,12 +239,22 @@ pub struct Held {
     name: Option<String>,
 }
 
-mod sealed {
-    pub trait Sealed {}
-    #[cfg(feature = "postgres")]
-    impl Sealed for diesel::PgConnection {}
-    #[cfg(feature = "mysql")]
-    impl Sealed for diesel::MysqlConnection {}
+/// A pooled connection holds its session as long as it is checked out: a guard that owns one
+/// keeps the lock, and a poisoned one is closed by the pool when it comes back.
+#[cfg(feature = "r2d2")]
+impl<C> LockSession for diesel::r2d2::PooledConnection<diesel::r2d2::ConnectionManager<C>>
+where
+    C: LockBackend + diesel::r2d2::R2D2Connection + 'static,
+{
+    type Connection = C;
+
+    fn connection(&mut self) -> &mut C {
+        self
+    }
+
+    fn connection_ref(&self) -> &C {
+        self
+    }
 }
 
 impl<T: LockSession + ?Sized> LockSession for &mut T {

@@ -85,8 +85,6 @@ use super::{Held, LockBackend, LockKey, LockMode, LockSession, Wait};
 use crate::error::{Error, Result};
 use diesel::mysql::{Mysql, MysqlConnection};
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
-#[cfg(feature = "r2d2")]
-use diesel::r2d2::{ConnectionManager, PooledConnection};
 use diesel::sql_types::{BigInt, Double, Nullable, Text};
 use diesel::{QueryResult, RunQueryDsl};
 use std::marker::PhantomData;
@@ -124,19 +122,6 @@ pub fn lock_name(key: LockKey, database: &str) -> String {
 }
 
 impl LockSession for MysqlConnection {
-    type Connection = MysqlConnection;
-
-    fn connection(&mut self) -> &mut MysqlConnection {
-        self
-    }
-
-    fn connection_ref(&self) -> &MysqlConnection {
-        self
-    }
-}
-
-#[cfg(feature = "r2d2")]
-impl LockSession for PooledConnection<ConnectionManager<MysqlConnection>> {
     type Connection = MysqlConnection;
 
     fn connection(&mut self) -> &mut MysqlConnection {

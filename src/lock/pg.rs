@@ -6,8 +6,6 @@ use super::{poison, take, Held, LockBackend, LockKey, LockMode, LockSession, Ses
 use crate::error::{Error, Result};
 use crate::tx;
 use diesel::pg::PgConnection;
-#[cfg(feature = "r2d2")]
-use diesel::r2d2::{ConnectionManager, PooledConnection};
 use diesel::sql_types::{BigInt, Bool, Integer, Text};
 use diesel::RunQueryDsl;
 use std::time::Duration;
@@ -189,19 +187,6 @@ pub fn try_shared_xact_lock(conn: &mut PgConnection, key: LockKey) -> Result<boo
 }
 
 impl LockSession for PgConnection {
-    type Connection = PgConnection;
-
-    fn connection(&mut self) -> &mut PgConnection {
-        self
-    }
-
-    fn connection_ref(&self) -> &PgConnection {
-        self
-    }
-}
-
-#[cfg(feature = "r2d2")]
-impl LockSession for PooledConnection<ConnectionManager<PgConnection>> {
     type Connection = PgConnection;
 
     fn connection(&mut self) -> &mut PgConnection {

@@ -3,6 +3,7 @@
 
 use super::{Upsert, UpsertModel, UpsertOutcome, Upsertable};
 use crate::conn::Dialect;
+use crate::conn::WriteConnection;
 use crate::error::Result;
 use diesel::expression::{AppearsOnTable, Expression, ValidGrouping};
 use diesel::query_builder::{AstPass, QueryFragment, QueryId};
@@ -70,7 +71,8 @@ pub trait AuthModel: UpsertModel {
 /// As [`Upsert::execute`].
 pub fn atomic_upsert_stats<C, M>(conn: &mut C, row: &M) -> Result<UpsertOutcome>
 where
-    M: StatsModel + Upsertable<C, Changed<M::Data>>,
+    C: WriteConnection,
+    M: StatsModel + Upsertable<C::Raw, Changed<M::Data>>,
 {
     Upsert::new(row)
         .update_if(Changed::<M::Data>::default())
@@ -122,7 +124,8 @@ where
 /// As [`Upsert::execute`].
 pub fn atomic_upsert_auth<C, M>(conn: &mut C, row: &M) -> Result<UpsertOutcome>
 where
-    M: AuthModel + Upsertable<C, Newer<M::ExpiresAt>>,
+    C: WriteConnection,
+    M: AuthModel + Upsertable<C::Raw, Newer<M::ExpiresAt>>,
 {
     Upsert::new(row)
         .update_if(Newer::<M::ExpiresAt>::default())

@@ -72,11 +72,10 @@ pub use helpers::{
 pub use model::{BindColumns, BindRow, CheckedValue, ColumnArrays, UpsertModel};
 pub use stream::{bulk_upsert_stream, Commit};
 
+use crate::conn::WriteConnection;
 use crate::error::{Error, InvalidInput, Result};
 use diesel::expression::{AppearsOnTable, Expression};
 use diesel::query_builder::{AstPass, QueryFragment, QueryId};
-#[cfg(feature = "r2d2")]
-use diesel::r2d2::{ConnectionManager, PooledConnection, R2D2Connection};
 use diesel::{Column, QueryResult};
 use std::fmt;
 /// What an upsert did to one row.
@@ -151,15 +150,17 @@ impl<DB: diesel::backend::Backend> QueryFragment<DB> for NoCondition {
     }
 }
 
-/// Connections an upsert of `Self` can run on, with update condition `F`.
-///
-/// Implemented for [`diesel::PgConnection`], [`diesel::SqliteConnection`],
-/// `diesel::MysqlConnection` (feature `mysql`) and r2d2 pooled connections of them, for every
-/// model declared with [`#[derive(Upsert)]`](macro@crate::Upsert) whose field types the backend
-/// can store. Upserts run on all three backends (locks and claims on PostgreSQL and MySQL only).
+/// The backend's half of an upsert of `Self` with update condition `F`, on the backend's own
+/// connection `C`: implemented in the backend's file (`pg.rs`, `sqlite.rs`, `mysql.rs` beside
+/// this one) for [`diesel::PgConnection`], [`diesel::SqliteConnection`] and
+/// `diesel::MysqlConnection`, for every model declared with
+/// [`#[derive(Upsert)]`](macro@crate::Upsert) whose field types the backend can store.
+/// [`atomic_upsert`] and friends take any [`WriteConnection`] (a pooled one too) and reach this
+/// through [`WriteConnection::raw`]. Upserts run on all three backends (locks and claims on
+/// PostgreSQL and MySQL only).
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be upserted over a `{C}`",
-    note = "derive the model with `#[derive(upsert_kit::Upsert)]`, check that each field's Rust type maps to its column's SQL type on this backend, and pass `&mut PgConnection`, `&mut SqliteConnection`, `&mut MysqlConnection` or a pooled connection of one of them"
+    note = "derive the model with `#[derive(upsert_kit::Upsert)]` and check that each field's Rust type maps to its column's SQL type on this backend"
 )]
 pub trait Upsertable<C, F = NoCondition>: UpsertModel + Sized {
     /// Upserts one validated row.
@@ -180,59 +181,6 @@ pub trait Upsertable<C, F = NoCondition>: UpsertModel + Sized {
         condition: Option<&F>,
         chunk_size: usize,
     ) -> Result<BulkOutcome>;
-}
-
-#[cfg(feature = "mysql")]
-impl<M, F> Upsertable<diesel::MysqlConnection, F> for M
-where
-    M: BindRow<diesel::mysql::Mysql>,
-    M::Table: QueryFragment<diesel::mysql::Mysql>,
-    F: QueryFragment<diesel::mysql::Mysql>,
-{
-    fn upsert_one(
-        conn: &mut diesel::MysqlConnection,
-        row: &Self,
-        update: &[&'static str],
-        condition: Option<&F>,
-    ) -> Result<UpsertOutcome> {
-        mysql::upsert_one(conn, row, update, condition)
-    }
-
-    fn upsert_sorted(
-        conn: &mut diesel::MysqlConnection,
-        rows: &[&Self],
-        update: &[&'static str],
-        condition: Option<&F>,
-        chunk_size: usize,
-    ) -> Result<BulkOutcome> {
-        mysql::upsert_sorted(conn, rows, update, condition, chunk_size)
-    }
-}
-
-#[cfg(feature = "r2d2")]
-impl<M, F, Conn> Upsertable<PooledConnection<ConnectionManager<Conn>>, F> for M
-where
-    Conn: R2D2Connection + 'static,
-    M: Upsertable<Conn, F>,
-{
-    fn upsert_one(
-        conn: &mut PooledConnection<ConnectionManager<Conn>>,
-        row: &Self,
-        update: &[&'static str],
-        condition: Option<&F>,
-    ) -> Result<UpsertOutcome> {
-        M::upsert_one(&mut **conn, row, update, condition)
-    }
-
-    fn upsert_sorted(
-        conn: &mut PooledConnection<ConnectionManager<Conn>>,
-        rows: &[&Self],
-        update: &[&'static str],
-        condition: Option<&F>,
-        chunk_size: usize,
-    ) -> Result<BulkOutcome> {
-        M::upsert_sorted(&mut **conn, rows, update, condition, chunk_size)
-    }
 }
 
 /// The columns an existing row takes from the incoming one: every written column but the key,
@@ -349,11 +297,12 @@ impl<'a, M: UpsertModel, F> Upsert<'a, M, F> {
     ///   own (outside a transaction). An upsert is idempotent, so running it again is safe.
     pub fn execute<C>(&self, conn: &mut C) -> Result<UpsertOutcome>
     where
-        M: Upsertable<C, F>,
+        C: WriteConnection,
+        M: Upsertable<C::Raw, F>,
     {
         self.row.validate()?;
         let update = update_columns::<M>(&self.keep);
-        M::upsert_one(conn, self.row, &update, self.condition.as_ref())
+        M::upsert_one(conn.raw(), self.row, &update, self.condition.as_ref())
     }
 }
 
@@ -364,7 +313,8 @@ impl<'a, M: UpsertModel, F> Upsert<'a, M, F> {
 /// As [`Upsert::execute`].
 pub fn atomic_upsert<C, M>(conn: &mut C, row: &M) -> Result<UpsertOutcome>
 where
-    M: Upsertable<C>,
+    C: WriteConnection,
+    M: Upsertable<C::Raw>,
 {
     Upsert::new(row).execute(conn)
 }
@@ -462,7 +412,8 @@ impl<'a, M: UpsertModel, F> UpsertMany<'a, M, F> {
     /// - Any database error; the whole call is rolled back.
     pub fn execute<C>(&self, conn: &mut C) -> Result<BulkOutcome>
     where
-        M: Upsertable<C, F>,
+        C: WriteConnection,
+        M: Upsertable<C::Raw, F>,
     {
         for (i, row) in self.rows.iter().enumerate() {
             row.validate().map_err(|e| {
@@ -478,7 +429,7 @@ impl<'a, M: UpsertModel, F> UpsertMany<'a, M, F> {
         }
         let update = update_columns::<M>(&self.keep);
         let mut outcome = M::upsert_sorted(
-            conn,
+            conn.raw(),
             &sorted,
             &update,
             self.condition.as_ref(),
@@ -511,7 +462,8 @@ fn collapse_and_sort<M: UpsertModel>(rows: &[M]) -> Vec<&M> {
 /// As [`UpsertMany::execute`].
 pub fn bulk_upsert<C, M>(conn: &mut C, rows: &[M]) -> Result<BulkOutcome>
 where
-    M: Upsertable<C>,
+    C: WriteConnection,
+    M: Upsertable<C::Raw>,
 {
     UpsertMany::new(rows).execute(conn)
 }

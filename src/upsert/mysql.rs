@@ -41,7 +41,7 @@
 //! way at that row.
 
 use super::model::{BindRow, UpsertModel};
-use super::{BulkOutcome, UpsertOutcome};
+use super::{BulkOutcome, UpsertOutcome, Upsertable};
 use crate::conn::{Dialect, WriteConnection};
 use crate::error::{Error, Result};
 use crate::tx;
@@ -213,20 +213,32 @@ impl QueryFragment<Mysql> for Vars<'_> {
     }
 }
 
-/// One row (validated): the statement, then (unless the count already says "updated") the
-/// variables.
-pub(crate) fn upsert_one<M, F>(
-    conn: &mut MysqlConnection,
-    row: &M,
-    update: &[&'static str],
-    condition: Option<&F>,
-) -> Result<UpsertOutcome>
+impl<M, F> Upsertable<MysqlConnection, F> for M
 where
     M: BindRow<Mysql>,
     M::Table: QueryFragment<Mysql>,
     F: QueryFragment<Mysql>,
 {
-    crate::conn::retry_deadlocks(conn, |conn| upsert_one_once(conn, row, update, condition))
+    /// One row (validated): the statement, then (unless the count already says "updated")
+    /// the variables.
+    fn upsert_one(
+        conn: &mut MysqlConnection,
+        row: &M,
+        update: &[&'static str],
+        condition: Option<&F>,
+    ) -> Result<UpsertOutcome> {
+        crate::conn::retry_deadlocks(conn, |conn| upsert_one_once(conn, row, update, condition))
+    }
+
+    fn upsert_sorted(
+        conn: &mut MysqlConnection,
+        rows: &[&M],
+        update: &[&'static str],
+        condition: Option<&F>,
+        chunk_size: usize,
+    ) -> Result<BulkOutcome> {
+        upsert_sorted(conn, rows, update, condition, chunk_size)
+    }
 }
 
 fn upsert_one_once<M, F>(
@@ -330,7 +342,7 @@ where
 }
 
 /// Distinct, key-sorted, validated rows in one transaction.
-pub(crate) fn upsert_sorted<M, F>(
+fn upsert_sorted<M, F>(
     conn: &mut MysqlConnection,
     rows: &[&M],
     update: &[&'static str],

@@ -1,9 +1,9 @@
 //! Streaming bulk upserts: an iterator of any length, a bounded number of rows held.
 
 use super::{BulkOutcome, UpsertMany, Upsertable};
+use crate::conn::WriteConnection;
 use crate::error::{Error, InvalidInput, Result};
 use crate::tx;
-use diesel::connection::{AnsiTransactionManager, Connection};
 
 /// When the chunks of [`bulk_upsert_stream`] commit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,22 +70,23 @@ pub fn bulk_upsert_stream<C, M, I>(
     commit: Commit,
 ) -> Result<BulkOutcome>
 where
-    C: Connection<TransactionManager = AnsiTransactionManager>,
-    M: Upsertable<C>,
+    C: WriteConnection,
+    M: Upsertable<C::Raw>,
     I: IntoIterator<Item = M>,
 {
     assert!(chunk_rows > 0, "a chunk holds at least one row");
     match commit {
         Commit::PerChunk => stream(conn, rows.into_iter(), chunk_rows),
-        Commit::AllOrNothing => {
-            tx::transaction(conn, |conn| stream(conn, rows.into_iter(), chunk_rows))
-        }
+        Commit::AllOrNothing => tx::transaction(conn.raw(), |conn| {
+            stream(conn, rows.into_iter(), chunk_rows)
+        }),
     }
 }
 
 fn stream<C, M, I>(conn: &mut C, rows: I, chunk_rows: usize) -> Result<BulkOutcome>
 where
-    M: Upsertable<C>,
+    C: WriteConnection,
+    M: Upsertable<C::Raw>,
     I: Iterator<Item = M>,
 {
     let mut total = BulkOutcome::default();

@@ -55,6 +55,7 @@ use diesel::{OptionalExtension, QueryDsl, RunQueryDsl};
 use serde::Serialize;
 use std::fmt;
 use std::time::Duration;
+use upsert_kit::conn::WriteConnection;
 use upsert_kit::db::{self, BackendKind};
 #[cfg(any(feature = "postgres", feature = "mysql"))]
 use upsert_kit::lock::LockKey;
@@ -88,7 +89,7 @@ use upsert_kit::{atomic_upsert_auth, AuthModel, UpsertOutcome, Upsertable};
 /// assert!(conn.strava_token(1)?.is_none());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-pub trait SyncConnection: Sized {
+pub trait SyncConnection: WriteConnection {
     /// Runs `f` in one transaction: PostgreSQL `BEGIN` (READ COMMITTED), SQLite `BEGIN
     /// IMMEDIATE` (takes the write lock at once, so concurrent runs on one file are serialised);
     /// a savepoint when a transaction is already open. `f`'s error rolls everything back.
@@ -711,7 +712,7 @@ pub(crate) fn ensure_fresh_token<C, A>(
 ) -> Result<(A, AuthOutcome), JobError>
 where
     C: SyncConnection,
-    A: StoredToken + Upsertable<C, Newer<A::ExpiresAt>>,
+    A: StoredToken + Upsertable<C::Raw, Newer<A::ExpiresAt>>,
 {
     conn.token_transaction(lock, |conn| {
         // Read only now, under the lock: a run that waited finds the token the first refreshed.

@@ -442,8 +442,8 @@ pub fn sync_with<C>(
 ) -> Result<SyncSummary, JobError>
 where
     C: SyncConnection,
-    StravaStats: Upsertable<C, Changed<strava_stats::data>>,
-    StravaAuth: Upsertable<C, Newer<strava_auth::expires_at>>,
+    StravaStats: Upsertable<C::Raw, Changed<strava_stats::data>>,
+    StravaAuth: Upsertable<C::Raw, Newer<strava_auth::expires_at>>,
 {
     let lock = TokenLock::new(LOCK_NAMESPACE, account);
     match source {
@@ -507,7 +507,8 @@ fn write_stats<C>(
     summary: &mut SyncSummary,
 ) -> Result<(), JobError>
 where
-    StravaStats: Upsertable<C, Changed<strava_stats::data>>,
+    C: SyncConnection,
+    StravaStats: Upsertable<C::Raw, Changed<strava_stats::data>>,
 {
     for row in stats.rows(chrono::Utc::now().naive_utc()) {
         let outcome = atomic_upsert_stats(conn, &row)

@@ -546,8 +546,8 @@ pub fn sync_with<C>(
 ) -> Result<SyncSummary, JobError>
 where
     C: SyncConnection,
-    WakatimeStats: Upsertable<C, Changed<wakatime_stats::data>>,
-    WakatimeAuth: Upsertable<C, Newer<wakatime_auth::expires_at>>,
+    WakatimeStats: Upsertable<C::Raw, Changed<wakatime_stats::data>>,
+    WakatimeAuth: Upsertable<C::Raw, Newer<wakatime_auth::expires_at>>,
 {
     let lock = TokenLock::new(LOCK_NAMESPACE, account);
     match source {
@@ -630,7 +630,8 @@ fn write_stats<C>(
     summary: &mut SyncSummary,
 ) -> Result<(), JobError>
 where
-    WakatimeStats: Upsertable<C, Changed<wakatime_stats::data>>,
+    C: SyncConnection,
+    WakatimeStats: Upsertable<C::Raw, Changed<wakatime_stats::data>>,
 {
     for row in rows {
         let outcome = atomic_upsert_stats(conn, row)
