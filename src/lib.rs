@@ -17,6 +17,8 @@
 
 #[cfg(any(feature = "postgres", feature = "mysql"))]
 pub mod claim;
+#[cfg(feature = "r2d2")]
+pub mod coalesce;
 pub mod conn;
 pub mod counter;
 pub mod db;

@@ -1,0 +1,479 @@
+//! Many threads' single-row writes, written together: a [`Coalescer`] gathers the calls that
+//! arrive while a batch is being written and writes them as the next batch, in one
+//! transaction, telling each caller its own result.
+//!
+//! One call, one transaction, one commit is the limit of a direct call: where many writers
+//! meet (one hot counter row, a sync job's workers, an SQLite file shared by the threads of a
+//! process) each pays its round trips and its commit alone, and each waits for the commit of
+//! the one before it on a hot row. Through a `Coalescer`, the calls that queue during a batch
+//! share the next one's transaction and commit.
+//!
+//! # What each caller is told
+//! A batch runs its calls one after the other in the order they were queued, in one
+//! transaction, so each caller gets exactly what it would have got had the calls run one at a
+//! time in that order: its own `Inserted` / `Updated` / `Unchanged`, its own counter totals
+//! after its own increment, its own bound refusal, its own idempotency replay. Two upserts of
+//! one key in one batch keep their serial outcomes (the second sees the first's row).
+//!
+//! # Durable when it returns
+//! A call returns only after the transaction holding it has committed. When the batch fails
+//! as a whole (the connection is lost, the commit fails), every caller of the batch gets an
+//! error of the same class ([`Error::is_retryable`], [`Error::is_outcome_unknown`]) and nothing
+//! of the batch is applied; a deadlock, a serialization failure or a busy SQLite file is first
+//! retried (up to 3 times: nothing was applied). A call whose own statement fails (a
+//! constraint, a value the server refuses) fails its caller alone: the batch is rolled back and
+//! written again without it. Input the library refuses (an empty key, a NaN) is refused in the
+//! caller's thread before it is queued.
+//!
+//! # No waiting when alone
+//! A caller that finds nobody writing writes its own call at once, on its own thread. The
+//! others queue; after each batch the lead passes to the oldest queued caller (only that one is
+//! woken), so batches go out back to back and a caller waits for at most the batch in flight
+//! and its own. A batch holds at most [`CoalescerBuilder::max_batch`] calls.
+//!
+//! # Which connection
+//! A batch takes a connection of the pool for its transaction. On PostgreSQL and MySQL the
+//! transaction is `BEGIN … COMMIT` (it works behind a transaction-mode pooler); on SQLite it is
+//! `BEGIN IMMEDIATE`: one writer, many callers, instead of the file handed from thread to
+//! thread for every write. The calls of a batch share its transaction, so a call must not
+//! expect to be the outermost transaction: the primitives nest as savepoints.
+//!
+//! # Panics and drop
+//! A call that panics on the leader's thread is taken out of the batch (the others are written
+//! without it) and the panic is raised again in the caller's own thread; the `Coalescer` stays
+//! usable. Every call blocks its caller until it is answered, so nothing is queued when the
+//! last handle is dropped.
+//!
+//! # Examples
+//!
+//! ```
+//! # include!("../doctest_setup.rs");
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use upsert_kit::coalesce::Coalescer;
+//! use upsert_kit::{Upsert, UpsertOutcome};
+//!
+//! #[derive(Upsert)]
+//! #[upsert(table = items, key(sku))]
+//! pub struct Item {
+//!     pub sku: String,
+//!     pub name: String,
+//! }
+//!
+//! # use diesel::connection::SimpleConnection;
+//! # let dir = std::env::temp_dir().join(format!("upsert-kit-coalesce-doc-{}", std::process::id()));
+//! # std::fs::create_dir_all(&dir)?;
+//! # let path = dir.join("items.db");
+//! # let _ = std::fs::remove_file(&path);
+//! let pool = upsert_kit::db::sqlite_pool(path.to_str().unwrap(), 4)?;
+//! # pool.get()?.batch_execute("CREATE TABLE items (id INTEGER PRIMARY KEY, sku TEXT NOT NULL UNIQUE, name TEXT NOT NULL)")?;
+//! let writer = Coalescer::new(pool);
+//! let outcomes: Vec<UpsertOutcome> = std::thread::scope(|s| {
+//!     let handles: Vec<_> = (0..4)
+//!         .map(|i| {
+//!             let writer = &writer;
+//!             s.spawn(move || writer.upsert(Item { sku: format!("sku-{}", i % 2), name: format!("item {i}") }))
+//!         })
+//!         .collect();
+//!     handles.into_iter().map(|h| h.join().unwrap()).collect::<Result<_, _>>()
+//! })?;
+//! // Two new keys: each inserted once, whatever order the threads ran in.
+//! assert_eq!(outcomes.iter().filter(|o| **o == UpsertOutcome::Inserted).count(), 2);
+//! # std::fs::remove_dir_all(&dir)?;
+//! # Ok(()) }
+//! ```
+
+mod queue;
+
+use self::queue::{copy_of, Answer, Fault, Pending, Queue, Slot, Woken};
+use crate::conn::{BindKey, WriteConnection};
+use crate::counter::{Counter, CounterBackend, Increment};
+use crate::error::{Error, Result};
+use crate::get_or_create::{GetOrCreate, Obtained};
+use crate::idempotency::{
+    BindLedger, IdempotencyBackend, IdempotencyKey, Idempotent, StoredResult,
+};
+use crate::upsert::{
+    atomic_upsert, atomic_upsert_auth, atomic_upsert_stats, AuthModel, Changed, Newer, StatsModel,
+    UpsertOutcome, Upsertable,
+};
+use chrono::NaiveDateTime;
+use diesel::r2d2::{ConnectionManager, Pool, R2D2Connection};
+use std::any::Any;
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+/// The calls a batch holds at most, unless set with [`CoalescerBuilder::max_batch`].
+pub const DEFAULT_MAX_BATCH: usize = 256;
+
+/// A handle through which many threads write, their concurrent calls gathered into shared
+/// transactions (see the [module documentation](self)). Cheap to clone: clones share one queue
+/// and one pool.
+pub struct Coalescer<Conn: R2D2Connection + 'static> {
+    shared: Arc<Shared<Conn>>,
+}
+
+struct Shared<Conn: R2D2Connection + 'static> {
+    pool: Pool<ConnectionManager<Conn>>,
+    queue: Queue<Conn>,
+}
+
+impl<Conn: R2D2Connection + 'static> Clone for Coalescer<Conn> {
+    fn clone(&self) -> Self {
+        Coalescer {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<Conn: R2D2Connection + 'static> fmt::Debug for Coalescer<Conn> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Coalescer")
+            .field("max_batch", &self.shared.queue.max_batch())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Settings of a [`Coalescer`] before it is built.
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until `.build()`"]
+pub struct CoalescerBuilder {
+    max_batch: usize,
+}
+
+impl CoalescerBuilder {
+    /// At most `calls` calls in one batch (default [`DEFAULT_MAX_BATCH`]): a bound on one
+    /// transaction's size and on how long the calls queued behind it wait.
+    ///
+    /// # Panics
+    /// When `calls` is 0.
+    pub fn max_batch(mut self, calls: usize) -> Self {
+        assert!(calls > 0, "a batch holds at least one call");
+        self.max_batch = calls;
+        self
+    }
+
+    /// The coalescer over `pool`.
+    pub fn build<Conn>(self, pool: Pool<ConnectionManager<Conn>>) -> Coalescer<Conn>
+    where
+        Conn: R2D2Connection + WriteConnection<Raw = Conn> + 'static,
+    {
+        Coalescer {
+            shared: Arc::new(Shared {
+                pool,
+                queue: Queue::new(self.max_batch),
+            }),
+        }
+    }
+}
+
+impl Default for CoalescerBuilder {
+    fn default() -> Self {
+        CoalescerBuilder {
+            max_batch: DEFAULT_MAX_BATCH,
+        }
+    }
+}
+
+impl<Conn: R2D2Connection + 'static> Coalescer<Conn> {
+    /// How many calls wait for the next batch now.
+    pub fn queued(&self) -> usize {
+        self.shared.queue.queued()
+    }
+
+    /// What the batches did since the coalescer was built.
+    pub fn stats(&self) -> CoalescerStats {
+        let counts = &self.shared.queue.counts;
+        CoalescerStats {
+            batches: counts.batches.load(Ordering::Relaxed),
+            calls: counts.calls.load(Ordering::Relaxed),
+            taken_out: counts.taken_out.load(Ordering::Relaxed),
+            retried_batches: counts.retries.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl<Conn> Coalescer<Conn>
+where
+    Conn: R2D2Connection + WriteConnection<Raw = Conn> + 'static,
+{
+    /// A coalescer over `pool`, with the default settings.
+    pub fn new(pool: Pool<ConnectionManager<Conn>>) -> Self {
+        Self::builder().build(pool)
+    }
+
+    /// Settings first: `Coalescer::builder().max_batch(64).build(pool)`.
+    pub fn builder() -> CoalescerBuilder {
+        CoalescerBuilder::default()
+    }
+
+    /// Runs `f` on the connection of the next batch, inside its transaction, and returns its
+    /// result once that transaction has committed. Use it for what has no method of its own
+    /// here, e.g. an upsert with `keep` and `update_if`:
+    /// `writer.run(move |c| Upsert::new(&row).keep(t::created_at).update_if(cond).execute(c))`.
+    ///
+    /// `f` must only write through the connection it is given, and may run more than once:
+    /// when another call of its batch fails on its own, the batch is rolled back and written
+    /// again without it (what `f` wrote the first time is rolled back with it).
+    ///
+    /// # Errors
+    /// `f`'s error; the batch's, as the [module documentation](self) says.
+    pub fn run<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnMut(&mut Conn) -> Result<R> + Send + 'static,
+    {
+        let slot = Slot::new();
+        let call = Box::new(Call {
+            f,
+            kept: None,
+            slot: Arc::clone(&slot),
+            answered: false,
+            _conn: PhantomData,
+        });
+        if self.shared.queue.push(call) {
+            self.lead();
+        }
+        loop {
+            match slot.wait() {
+                Woken::Done(Ok(result)) => return result,
+                Woken::Done(Err(payload)) => std::panic::resume_unwind(payload),
+                Woken::Lead => self.lead(),
+            }
+        }
+    }
+
+    /// Writes one batch (if anything is queued), then passes the lead on.
+    fn lead(&self) {
+        let batch = self.shared.queue.take();
+        if batch.is_empty() {
+            return;
+        }
+        // Passed on however the batch ends, a panic of the library's own included, so that
+        // the queue never waits for a leader that is gone.
+        let _pass = PassLead(&self.shared.queue);
+        match self.shared.pool.get() {
+            Ok(mut conn) => queue::write_batch(&mut *conn, batch, &self.shared.queue.counts),
+            Err(e) => {
+                let e = Error::Pool(crate::redact::redact_message(&e.to_string()));
+                for call in batch {
+                    call.fail(copy_of(&e));
+                }
+            }
+        }
+    }
+
+    /// [`atomic_upsert`] through the next batch.
+    ///
+    /// # Errors
+    /// As [`atomic_upsert`]; [`Error::InvalidInput`] before the row is queued.
+    pub fn upsert<M>(&self, row: M) -> Result<UpsertOutcome>
+    where
+        M: Upsertable<Conn> + Send + 'static,
+    {
+        row.validate()?;
+        self.run(move |c| atomic_upsert(c, &row))
+    }
+
+    /// [`atomic_upsert_stats`] through the next batch.
+    ///
+    /// # Errors
+    /// As [`atomic_upsert_stats`].
+    pub fn upsert_stats<M>(&self, row: M) -> Result<UpsertOutcome>
+    where
+        M: StatsModel + Upsertable<Conn, Changed<M::Data>> + Send + 'static,
+    {
+        row.validate()?;
+        self.run(move |c| atomic_upsert_stats(c, &row))
+    }
+
+    /// [`atomic_upsert_auth`] through the next batch.
+    ///
+    /// # Errors
+    /// As [`atomic_upsert_auth`].
+    pub fn upsert_auth<M>(&self, row: M) -> Result<UpsertOutcome>
+    where
+        M: AuthModel + Upsertable<Conn, Newer<M::ExpiresAt>> + Send + 'static,
+    {
+        row.validate()?;
+        self.run(move |c| atomic_upsert_auth(c, &row))
+    }
+
+    /// [`get_or_create`](crate::get_or_create::get_or_create) through the next batch.
+    ///
+    /// # Errors
+    /// As [`get_or_create`](crate::get_or_create::get_or_create).
+    pub fn get_or_create<M, R>(&self, row: M) -> Result<Obtained<R>>
+    where
+        M: GetOrCreate<Conn, R> + Send + 'static,
+        R: Send + 'static,
+    {
+        row.validate()?;
+        self.run(move |c| crate::get_or_create::get_or_create(c, &row))
+    }
+
+    /// [`counter::increment`](crate::counter::increment) through the next batch: the totals
+    /// after this call's own increment, `None` when the row is missing.
+    ///
+    /// # Errors
+    /// As [`counter::increment`](crate::counter::increment).
+    pub fn increment<T>(&self, key: T::Key, amounts: T::Amounts) -> Result<Option<T::Amounts>>
+    where
+        T: Counter + BindKey<<Conn as WriteConnection>::Backend> + 'static,
+        T::Key: Send + Sized + 'static,
+        <Conn as WriteConnection>::Backend: CounterBackend,
+    {
+        self.increment_with::<T>(key, amounts, |i| i)
+    }
+
+    /// [`counter::upsert_increment`](crate::counter::upsert_increment) through the next batch.
+    ///
+    /// # Errors
+    /// As [`counter::upsert_increment`](crate::counter::upsert_increment).
+    pub fn upsert_increment<T>(&self, key: T::Key, amounts: T::Amounts) -> Result<T::Amounts>
+    where
+        T: Counter + BindKey<<Conn as WriteConnection>::Backend> + 'static,
+        T::Key: Send + Sized + 'static,
+        <Conn as WriteConnection>::Backend: CounterBackend,
+    {
+        self.increment_with::<T>(key, amounts, |i| i.creating())?
+            .ok_or_else(|| Error::NotFound("the counter row was not created".into()))
+    }
+
+    /// An [`Increment`] configured by `configure` (bounds, `creating`) through the next batch:
+    /// `writer.increment_with::<ApiCalls>(key, [1], |i| i.at_most(100))`. A bound is judged
+    /// on this call's own increment, in the batch's order.
+    ///
+    /// # Errors
+    /// As [`Increment::run`].
+    pub fn increment_with<T>(
+        &self,
+        key: T::Key,
+        amounts: T::Amounts,
+        configure: fn(Increment<'_, T>) -> Increment<'_, T>,
+    ) -> Result<Option<T::Amounts>>
+    where
+        T: Counter + BindKey<<Conn as WriteConnection>::Backend> + 'static,
+        T::Key: Send + Sized + 'static,
+        <Conn as WriteConnection>::Backend: CounterBackend,
+    {
+        T::validate_key(&key)?;
+        self.run(move |c| configure(Increment::<T>::new(&key, amounts)).run(c))
+    }
+
+    /// [`idempotency::increment_once`](crate::idempotency::increment_once) through the next
+    /// batch: the increment applied once per idempotency key, a repeat told it was replayed.
+    ///
+    /// # Errors
+    /// As [`idempotency::increment_once`](crate::idempotency::increment_once).
+    pub fn increment_once<L, T>(
+        &self,
+        key: IdempotencyKey,
+        counter_key: T::Key,
+        amounts: T::Amounts,
+        at: NaiveDateTime,
+    ) -> Result<Idempotent<T::Amounts>>
+    where
+        L: BindLedger<<Conn as WriteConnection>::Backend>,
+        T: Counter + BindKey<<Conn as WriteConnection>::Backend> + 'static,
+        T::Key: Send + Sized + 'static,
+        T::Amounts: StoredResult,
+        <Conn as WriteConnection>::Backend: IdempotencyBackend,
+    {
+        T::validate_key(&counter_key)?;
+        self.run(move |c| {
+            crate::idempotency::increment_once::<L, T, _>(c, &key, &counter_key, amounts, at)
+        })
+    }
+}
+
+/// What a [`Coalescer`]'s batches did: [`Coalescer::stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CoalescerStats {
+    /// Batches committed.
+    pub batches: u64,
+    /// Calls answered by those batches (`calls / batches` is the mean batch size).
+    pub calls: u64,
+    /// Calls taken out of their batch because their own statement failed or they panicked.
+    pub taken_out: u64,
+    /// Batches written again after a deadlock, a serialization failure or a busy file.
+    pub retried_batches: u64,
+}
+
+/// Passes the lead on when dropped (see [`Coalescer::lead`]).
+struct PassLead<'q, Conn>(&'q Queue<Conn>);
+
+impl<Conn> Drop for PassLead<'_, Conn> {
+    fn drop(&mut self) {
+        self.0.pass_lead();
+    }
+}
+
+/// One queued call: its closure, its result until the batch commits, and its caller's slot.
+struct Call<Conn, R, F> {
+    f: F,
+    kept: Option<Result<R>>,
+    slot: Arc<Slot<R>>,
+    answered: bool,
+    _conn: PhantomData<fn(&mut Conn)>,
+}
+
+impl<Conn, R, F> Call<Conn, R, F> {
+    fn answer(mut self, answer: Answer<R>) {
+        self.answered = true;
+        self.slot.done(answer);
+    }
+}
+
+impl<Conn, R, F> Pending<Conn> for Call<Conn, R, F>
+where
+    R: Send,
+    F: FnMut(&mut Conn) -> Result<R> + Send,
+{
+    fn run(&mut self, conn: &mut Conn) -> std::result::Result<(), Fault> {
+        self.kept = Some(match (self.f)(conn) {
+            Ok(value) => Ok(value),
+            Err(e) => Err(Fault::of(e)?),
+        });
+        Ok(())
+    }
+
+    fn finish(mut self: Box<Self>, batch: std::result::Result<(), &Error>) {
+        let result = match batch {
+            Ok(()) => self.kept.take().unwrap_or_else(|| {
+                Err(Error::Cancelled(
+                    "the coalesced call did not run in its batch".into(),
+                ))
+            }),
+            Err(e) => Err(copy_of(e)),
+        };
+        (*self).answer(Ok(result));
+    }
+
+    fn fail(self: Box<Self>, error: Error) {
+        (*self).answer(Ok(Err(error)));
+    }
+
+    fn panicked(self: Box<Self>, payload: Box<dyn Any + Send>) {
+        (*self).answer(Err(payload));
+    }
+
+    fn lead(&self) {
+        self.slot.lead();
+    }
+}
+
+impl<Conn, R, F> Drop for Call<Conn, R, F> {
+    fn drop(&mut self) {
+        // A batch abandoned by a panic of the library's own: its callers must not wait forever.
+        if !self.answered {
+            self.slot.done(Ok(Err(Error::OutcomeUnknown(
+                "the coalesced batch holding this call was abandoned by a panic; it may or may \
+                 not have been committed"
+                    .into(),
+            ))));
+        }
+    }
+}

@@ -1,0 +1,306 @@
+//! The group commit under [`Coalescer`](super::Coalescer): callers queue their calls, and one
+//! of them at a time (a leader) takes everything queued, writes it in one transaction on a
+//! connection of the pool, and hands each caller its own result.
+//!
+//! A caller that finds no leader becomes one at once: alone, it writes its own call with no
+//! wait. A caller that finds a batch in flight queues and sleeps on its own slot; the leader,
+//! after its batch, hands the lead to the first queued caller (waking that one only) or, with
+//! nothing queued, steps down. So batches go out back to back, each caller waits for at most the
+//! batch in flight and its own, and only the callers of a finished batch are woken.
+
+use crate::conn::WriteConnection;
+use crate::error::{Error, Result};
+use std::any::Any;
+use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+
+/// A caller's result, or the panic its call raised on the leader's thread (raised again on
+/// the caller's own).
+pub(super) type Answer<R> = std::thread::Result<Result<R>>;
+
+/// What a leader does with one queued call, whatever its result type.
+pub(super) trait Pending<Conn>: Send {
+    /// Runs the call inside the batch's transaction and keeps its result for [`Pending::finish`]:
+    /// `Err` only for an error that spoils the transaction (see [`Fault`]).
+    fn run(&mut self, conn: &mut Conn) -> std::result::Result<(), Fault>;
+    /// Hands the caller its result: the one kept by [`Pending::run`] when the batch committed,
+    /// else the batch's error.
+    fn finish(self: Box<Self>, batch: std::result::Result<(), &Error>);
+    /// Hands the caller its own error, alone (its call was taken out of the batch).
+    fn fail(self: Box<Self>, error: Error);
+    /// Hands the caller the panic its call raised (its call was taken out of the batch).
+    fn panicked(self: Box<Self>, payload: Box<dyn Any + Send>);
+    /// Wakes the caller as the next leader.
+    fn lead(&self);
+}
+
+/// Why a call spoiled its batch's transaction.
+pub(super) enum Fault {
+    /// The call panicked: the batch is rolled back and written again without it, and the
+    /// panic is raised again on the caller's thread.
+    Panic(Box<dyn Any + Send>),
+    /// The call's own statement failed (a constraint, a value the server refused): the batch is
+    /// rolled back and written again without it, and the caller gets this error.
+    Culprit(Error),
+    /// The connection or the transaction failed (lost connection, deadlock, busy file): every
+    /// caller of the batch gets this error's class.
+    Batch(Error),
+}
+
+impl Fault {
+    /// Sorts an error of a call inside a batch. Errors the library decides without the
+    /// database (refused input, a bound, an idempotency replay) are results, not faults.
+    pub(super) fn of(e: Error) -> std::result::Result<Error, Fault> {
+        match e {
+            Error::SerializationFailure(_)
+            | Error::Deadlock(_)
+            | Error::LockTimeout(_)
+            | Error::Busy(_)
+            | Error::StatementTimeout(_)
+            | Error::Cancelled(_)
+            | Error::Connect(_)
+            | Error::ConnectionLost(_)
+            | Error::OutcomeUnknown(_)
+            | Error::Pool(_) => Err(Fault::Batch(e)),
+            Error::Constraint { .. }
+            | Error::Database(_)
+            | Error::SessionStateUnavailable { .. } => Err(Fault::Culprit(e)),
+            other => Ok(other),
+        }
+    }
+}
+
+/// The same error for another caller of the batch: the same class and message.
+pub(super) fn copy_of(e: &Error) -> Error {
+    let text = e.to_string();
+    match e {
+        Error::SerializationFailure(m) => Error::SerializationFailure(m.clone()),
+        Error::Deadlock(m) => Error::Deadlock(m.clone()),
+        Error::LockTimeout(m) => Error::LockTimeout(m.clone()),
+        Error::Busy(m) => Error::Busy(m.clone()),
+        Error::StatementTimeout(m) => Error::StatementTimeout(m.clone()),
+        Error::Cancelled(m) => Error::Cancelled(m.clone()),
+        Error::Connect(m) => Error::Connect(m.clone()),
+        Error::ConnectionLost(m) => Error::ConnectionLost(m.clone()),
+        Error::OutcomeUnknown(m) => Error::OutcomeUnknown(m.clone()),
+        Error::Pool(m) => Error::Pool(m.clone()),
+        // Not batch-wide errors (see `Fault::of`); kept as text, not retryable.
+        _ => Error::Database(diesel::result::Error::QueryBuilderError(text.into())),
+    }
+}
+
+/// Where a caller sleeps until its result is in, or until it is made the leader.
+pub(super) struct Slot<R> {
+    state: Mutex<SlotState<R>>,
+    ready: Condvar,
+}
+
+enum SlotState<R> {
+    Waiting,
+    Lead,
+    Done(Answer<R>),
+}
+
+/// What a caller wakes up to.
+pub(super) enum Woken<R> {
+    Done(Answer<R>),
+    Lead,
+}
+
+impl<R> Slot<R> {
+    pub(super) fn new() -> Arc<Self> {
+        Arc::new(Slot {
+            state: Mutex::new(SlotState::Waiting),
+            ready: Condvar::new(),
+        })
+    }
+
+    fn set(&self, state: SlotState<R>) {
+        *lock(&self.state) = state;
+        self.ready.notify_one();
+    }
+
+    pub(super) fn done(&self, result: Answer<R>) {
+        self.set(SlotState::Done(result));
+    }
+
+    pub(super) fn lead(&self) {
+        // Only a queued caller is made the leader, and a queued caller has no result yet.
+        self.set(SlotState::Lead);
+    }
+
+    pub(super) fn wait(&self) -> Woken<R> {
+        let mut state = lock(&self.state);
+        loop {
+            match std::mem::replace(&mut *state, SlotState::Waiting) {
+                SlotState::Waiting => {
+                    state = self
+                        .ready
+                        .wait(state)
+                        .unwrap_or_else(PoisonError::into_inner);
+                }
+                SlotState::Lead => return Woken::Lead,
+                SlotState::Done(result) => return Woken::Done(result),
+            }
+        }
+    }
+}
+
+/// A lock that a caller's panic elsewhere does not spoil: every critical section here leaves
+/// the state whole.
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The queued calls and whether a leader is writing.
+pub(super) struct Queue<Conn> {
+    state: Mutex<QueueState<Conn>>,
+    max_batch: usize,
+    pub(super) counts: Counts,
+}
+
+/// What the batches did so far (see [`CoalescerStats`](super::CoalescerStats)).
+#[derive(Default)]
+pub(super) struct Counts {
+    pub(super) batches: AtomicU64,
+    pub(super) calls: AtomicU64,
+    pub(super) taken_out: AtomicU64,
+    pub(super) retries: AtomicU64,
+}
+
+struct QueueState<Conn> {
+    queued: VecDeque<Box<dyn Pending<Conn>>>,
+    leading: bool,
+}
+
+impl<Conn> Queue<Conn> {
+    pub(super) fn new(max_batch: usize) -> Self {
+        Queue {
+            state: Mutex::new(QueueState {
+                queued: VecDeque::new(),
+                leading: false,
+            }),
+            max_batch,
+            counts: Counts::default(),
+        }
+    }
+
+    /// The calls a batch holds at most.
+    pub(super) fn max_batch(&self) -> usize {
+        self.max_batch
+    }
+
+    /// How many calls wait for a batch.
+    pub(super) fn queued(&self) -> usize {
+        lock(&self.state).queued.len()
+    }
+
+    /// Queues a call: `true` when the caller is to lead (nobody was).
+    pub(super) fn push(&self, call: Box<dyn Pending<Conn>>) -> bool {
+        let mut state = lock(&self.state);
+        state.queued.push_back(call);
+        !std::mem::replace(&mut state.leading, true)
+    }
+
+    /// The next batch, oldest calls first; empty when nothing is queued (the leader then
+    /// steps down).
+    pub(super) fn take(&self) -> Vec<Box<dyn Pending<Conn>>> {
+        let mut state = lock(&self.state);
+        let n = state.queued.len().min(self.max_batch);
+        let batch: Vec<_> = state.queued.drain(..n).collect();
+        if batch.is_empty() {
+            state.leading = false;
+        }
+        batch
+    }
+
+    /// After a batch: the lead goes to the oldest queued caller, or nobody leads.
+    pub(super) fn pass_lead(&self) {
+        let mut state = lock(&self.state);
+        match state.queued.front() {
+            Some(next) => next.lead(),
+            None => state.leading = false,
+        }
+    }
+}
+
+/// How many times a batch that failed as a whole with a retryable error (a deadlock, a
+/// serialization failure, a busy file) is written again before its callers get the error.
+const BATCH_ATTEMPTS: u32 = 3;
+
+/// Writes one batch on `conn` in one transaction and hands every caller its result.
+///
+/// A call whose own statement fails is taken out and its caller told; the rest is written
+/// again (a transaction the server has refused a statement in cannot go on). An error of the
+/// whole batch reaches every caller; a retryable one is tried again first, since nothing of
+/// the batch was applied.
+#[allow(clippy::type_complexity)]
+pub(super) fn write_batch<Conn>(
+    conn: &mut Conn,
+    mut batch: Vec<Box<dyn Pending<Conn>>>,
+    counts: &Counts,
+) where
+    Conn: WriteConnection<Raw = Conn>,
+{
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let mut culprit = None;
+        let written = conn.write(|raw| {
+            for (i, call) in batch.iter_mut().enumerate() {
+                let run = std::panic::catch_unwind(AssertUnwindSafe(|| call.run(raw)));
+                match run.unwrap_or_else(|payload| Err(Fault::Panic(payload))) {
+                    Ok(()) => {}
+                    Err(Fault::Batch(e)) => return Err(e),
+                    Err(fault) => {
+                        culprit = Some((i, fault));
+                        return Err(Error::Cancelled("a call of the batch failed".into()));
+                    }
+                }
+            }
+            Ok(())
+        });
+        if let Some((i, fault)) = culprit {
+            counts.taken_out.fetch_add(1, Ordering::Relaxed);
+            let call = batch.remove(i);
+            match fault {
+                Fault::Panic(payload) => call.panicked(payload),
+                Fault::Culprit(e) | Fault::Batch(e) => call.fail(e),
+            }
+            if batch.is_empty() {
+                return;
+            }
+            continue;
+        }
+        match written {
+            Ok(()) => {
+                counts.batches.fetch_add(1, Ordering::Relaxed);
+                counts
+                    .calls
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                for call in batch {
+                    call.finish(Ok(()));
+                }
+                return;
+            }
+            Err(e @ (Error::Deadlock(_) | Error::SerializationFailure(_) | Error::Busy(_)))
+                if attempts < BATCH_ATTEMPTS =>
+            {
+                counts.retries.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(
+                    error = %e,
+                    calls = batch.len(),
+                    "coalesced batch: a retryable failure; writing it again"
+                );
+            }
+            Err(e) => {
+                for call in batch {
+                    call.finish(Err(&e));
+                }
+                return;
+            }
+        }
+    }
+}

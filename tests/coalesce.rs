@@ -1,0 +1,405 @@
+//! The coalescing writer on PostgreSQL, SQLite and MySQL/MariaDB: many threads' calls written
+//! in shared transactions, each caller told exactly what a serial run would have told it
+//! (one `Inserted` per new key, counter totals that are the prefix sums, bounds judged call by
+//! call), a failing or panicking call failing its own caller only, and a lost connection
+//! failing its whole batch with nothing written. Each test is written once, in
+//! [`coalesce_guarantees!`], and run in a module per backend.
+
+use diesel::prelude::*;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+use upsert_kit::coalesce::Coalescer;
+use upsert_kit::counter::Increment;
+use upsert_kit::{Error, Upsert, UpsertOutcome};
+use upsert_kit_support::{race, TestDb, TestMysql, TestSqlite};
+
+diesel::table! {
+    /// Keyed values; `v` may not be negative (a call writing -1 fails on its own).
+    entries (k) {
+        k -> Text,
+        v -> BigInt,
+    }
+}
+
+diesel::table! {
+    /// A counter row per page.
+    hits (page) {
+        page -> Text,
+        views -> BigInt,
+    }
+}
+
+#[derive(Upsert)]
+#[upsert(table = entries, key(k))]
+pub struct Entry {
+    pub k: String,
+    pub v: i64,
+}
+
+upsert_kit::counter! {
+    table = hits, key = (page: String), amounts = (views);
+    pub struct Hits;
+}
+
+const PG_SQL: &str = "
+CREATE TABLE entries (k TEXT PRIMARY KEY, v BIGINT NOT NULL CHECK (v >= 0));
+CREATE TABLE hits (page TEXT PRIMARY KEY, views BIGINT NOT NULL DEFAULT 0);";
+
+const MYSQL_SQL: &str = "
+CREATE TABLE entries (k VARCHAR(64) PRIMARY KEY, v BIGINT NOT NULL CHECK (v >= 0));
+CREATE TABLE hits (page VARCHAR(64) PRIMARY KEY, views BIGINT NOT NULL DEFAULT 0);";
+
+/// Waits until `writer` has `n` calls queued behind the batch in flight.
+fn until_queued<C: diesel::r2d2::R2D2Connection + 'static>(writer: &Coalescer<C>, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while writer.queued() < n {
+        assert!(Instant::now() < deadline, "the calls never queued");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// A module `$backend` of the coalescing writer's tests on the database `db`.
+macro_rules! coalesce_guarantees {
+    ($backend:ident, db = $db:expr, conn = $conn:ty) => {
+        mod $backend {
+            use super::*;
+
+            type Writer = Coalescer<$conn>;
+
+            fn count(conn: &mut $conn) -> i64 {
+                entries::table.count().get_result(conn).unwrap()
+            }
+
+            /// Runs `calls` on threads of their own while a first call holds the batch in
+            /// flight, so that all of them are queued together and written as one batch.
+            fn one_batch<T: Send + 'static>(
+                writer: &Writer,
+                calls: Vec<Box<dyn FnOnce(Writer) -> T + Send>>,
+            ) -> Vec<std::thread::Result<T>> {
+                let n = calls.len();
+                let (held, hold) = mpsc::channel::<()>();
+                let (gate, release) = mpsc::channel::<()>();
+                let release = std::sync::Mutex::new(release);
+                let holder = {
+                    let w = writer.clone();
+                    std::thread::spawn(move || {
+                        w.run(move |_| {
+                            let _ = held.send(());
+                            let _ = release.lock().unwrap().recv();
+                            Ok(())
+                        })
+                        .unwrap()
+                    })
+                };
+                hold.recv().unwrap();
+                let threads: Vec<_> = calls
+                    .into_iter()
+                    .map(|call| {
+                        let w = writer.clone();
+                        std::thread::spawn(move || call(w))
+                    })
+                    .collect();
+                until_queued(writer, n);
+                gate.send(()).unwrap();
+                holder.join().unwrap();
+                threads.into_iter().map(|t| t.join()).collect()
+            }
+
+            #[test]
+            fn many_threads_upserting_through_one_writer_insert_each_key_once() {
+                const THREADS: usize = 16;
+                const ROUNDS: usize = 20;
+                const KEYS: usize = 8;
+                let db = $db;
+                let writer = Coalescer::new(db.pool(4));
+                let w = writer.clone();
+                let outcomes = race(THREADS, move |t| {
+                    (0..ROUNDS)
+                        .map(|r| {
+                            let k = format!("key-{}", (t + r) % KEYS);
+                            w.upsert(Entry {
+                                k,
+                                v: (t * ROUNDS + r) as i64,
+                            })
+                            .unwrap()
+                        })
+                        .collect::<Vec<_>>()
+                });
+                let all: Vec<_> = outcomes.into_iter().flatten().collect();
+                let inserted = all
+                    .iter()
+                    .filter(|o| **o == UpsertOutcome::Inserted)
+                    .count();
+                assert_eq!(inserted, KEYS, "one insert per key, the rest updates");
+                assert_eq!(all.len() - inserted, THREADS * ROUNDS - KEYS);
+                assert_eq!(count(&mut db.conn()), KEYS as i64);
+                let stats = writer.stats();
+                assert_eq!(stats.calls, (THREADS * ROUNDS) as u64);
+                assert!(stats.batches >= 1 && stats.batches <= stats.calls);
+            }
+
+            /// Every increment of one hot row is counted, and each caller is told the totals
+            /// after its own increment: the totals told are exactly 1, 2, …, N.
+            #[test]
+            fn increments_of_one_hot_row_tell_each_caller_its_own_prefix_sum() {
+                const THREADS: usize = 16;
+                const ROUNDS: usize = 25;
+                let db = $db;
+                let writer = Coalescer::new(db.pool(4));
+                let w = writer.clone();
+                let told = race(THREADS, move |_| {
+                    (0..ROUNDS)
+                        .map(|_| w.upsert_increment::<Hits>("home".to_owned(), [1]).unwrap()[0])
+                        .collect::<Vec<_>>()
+                });
+                let mut told: Vec<i64> = told.into_iter().flatten().collect();
+                told.sort_unstable();
+                let n = (THREADS * ROUNDS) as i64;
+                assert_eq!(told, (1..=n).collect::<Vec<_>>());
+                let views: i64 = hits::table
+                    .select(hits::views)
+                    .get_result(&mut db.conn())
+                    .unwrap();
+                assert_eq!(views, n);
+            }
+
+            /// A ceiling is judged on each call's own increment, in the batch's order: exactly
+            /// `CEILING` increments pass, every other caller is refused, none goes past.
+            #[test]
+            fn a_ceiling_admits_exactly_as_many_increments_as_it_allows() {
+                const THREADS: usize = 16;
+                const ROUNDS: usize = 10;
+                const CEILING: i64 = 100;
+                let db = $db;
+                diesel::sql_query("INSERT INTO hits (page, views) VALUES ('capped', 0)")
+                    .execute(&mut db.conn())
+                    .unwrap();
+                let writer = Coalescer::new(db.pool(4));
+                let w = writer.clone();
+                let results = race(THREADS, move |_| {
+                    (0..ROUNDS)
+                        .map(|_| {
+                            w.increment_with::<Hits>(
+                                "capped".to_owned(),
+                                [1],
+                                |i: Increment<'_, Hits>| i.at_most(CEILING),
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                });
+                let results: Vec<_> = results.into_iter().flatten().collect();
+                let passed = results.iter().filter(|r| matches!(r, Ok(Some(_)))).count();
+                let refused = results
+                    .iter()
+                    .filter(|r| matches!(r, Err(Error::CounterBound { .. })))
+                    .count();
+                assert_eq!(passed as i64, CEILING);
+                assert_eq!(refused, THREADS * ROUNDS - CEILING as usize, "{results:?}");
+                let views: i64 = hits::table
+                    .filter(hits::page.eq("capped"))
+                    .select(hits::views)
+                    .get_result(&mut db.conn())
+                    .unwrap();
+                assert_eq!(views, CEILING);
+            }
+
+            /// A call whose own statement fails (here a check constraint) fails its caller
+            /// alone; the other calls of its batch are written.
+            #[test]
+            fn a_call_that_fails_on_its_own_fails_alone_and_its_batch_commits() {
+                let db = $db;
+                let writer = Coalescer::new(db.pool(4));
+                let calls: Vec<
+                    Box<dyn FnOnce(Writer) -> upsert_kit::Result<UpsertOutcome> + Send>,
+                > = (0..5)
+                    .map(|i| {
+                        Box::new(move |w: Writer| {
+                            let v = if i == 2 { -1 } else { i };
+                            w.upsert(Entry {
+                                k: format!("e{i}"),
+                                v,
+                            })
+                        }) as Box<dyn FnOnce(Writer) -> _ + Send>
+                    })
+                    .collect();
+                let results = one_batch(&writer, calls);
+                for (i, result) in results.into_iter().enumerate() {
+                    let result = result.expect("no call panicked");
+                    if i == 2 {
+                        let e = result.unwrap_err();
+                        assert!(matches!(e, Error::Constraint { .. }), "{e:?}");
+                        assert!(!e.is_retryable());
+                    } else {
+                        assert_eq!(result.unwrap(), UpsertOutcome::Inserted);
+                    }
+                }
+                assert_eq!(count(&mut db.conn()), 4);
+                let stats = writer.stats();
+                assert_eq!(stats.taken_out, 1);
+                // The holder's batch, then the four calls in one batch (written again without
+                // the failing one).
+                assert_eq!((stats.batches, stats.calls), (2, 5));
+            }
+
+            /// A call that panics on the leader's thread panics in its own caller's thread; the
+            /// rest of its batch is written and the writer stays usable.
+            #[test]
+            fn a_call_that_panics_panics_its_own_caller_only() {
+                let db = $db;
+                let writer = Coalescer::new(db.pool(4));
+                let calls: Vec<Box<dyn FnOnce(Writer) -> upsert_kit::Result<()> + Send>> = (0..4)
+                    .map(|i| {
+                        Box::new(move |w: Writer| {
+                            if i == 1 {
+                                w.run(|_| -> upsert_kit::Result<()> { panic!("a call's own bug") })
+                            } else {
+                                w.upsert(Entry {
+                                    k: format!("p{i}"),
+                                    v: i,
+                                })
+                                .map(drop)
+                            }
+                        }) as Box<dyn FnOnce(Writer) -> _ + Send>
+                    })
+                    .collect();
+                let results = one_batch(&writer, calls);
+                for (i, result) in results.into_iter().enumerate() {
+                    if i == 1 {
+                        let panic = result.unwrap_err();
+                        assert_eq!(panic.downcast_ref::<&str>(), Some(&"a call's own bug"));
+                    } else {
+                        result.unwrap().unwrap();
+                    }
+                }
+                assert_eq!(count(&mut db.conn()), 3);
+                assert_eq!(
+                    writer
+                        .upsert(Entry {
+                            k: "after".into(),
+                            v: 1
+                        })
+                        .unwrap(),
+                    UpsertOutcome::Inserted
+                );
+            }
+
+            /// Invalid input is refused in the caller's thread, before anything is queued.
+            #[test]
+            fn invalid_input_is_refused_before_it_is_queued() {
+                let db = $db;
+                let writer = Coalescer::new(db.pool(2));
+                let e = writer
+                    .upsert(Entry {
+                        k: String::new(),
+                        v: 1,
+                    })
+                    .unwrap_err();
+                assert!(matches!(e, Error::InvalidInput(_)), "{e:?}");
+                assert_eq!(writer.stats().calls, 0);
+                assert_eq!(count(&mut db.conn()), 0);
+            }
+        }
+    };
+}
+
+coalesce_guarantees!(
+    postgres,
+    db = TestDb::with_sql(PG_SQL),
+    conn = diesel::PgConnection
+);
+coalesce_guarantees!(
+    sqlite,
+    db = TestSqlite::with_sql(PG_SQL),
+    conn = diesel::SqliteConnection
+);
+coalesce_guarantees!(
+    mysql,
+    db = TestMysql::with_sql(MYSQL_SQL),
+    conn = diesel::MysqlConnection
+);
+
+/// A connection lost in the middle of a batch fails every caller of the batch with a retryable
+/// error, and nothing of the batch is written; the writer goes on with a new connection.
+#[test]
+fn a_batch_whose_connection_is_lost_writes_nothing_and_fails_every_caller() {
+    let db = TestDb::with_sql(PG_SQL);
+    let writer = Coalescer::new(db.pool(2));
+    let (held, hold) = mpsc::channel::<()>();
+    let (gate, release) = mpsc::channel::<()>();
+    let release = std::sync::Mutex::new(release);
+    let holder = {
+        let w = writer.clone();
+        std::thread::spawn(move || {
+            w.run(move |_| {
+                let _ = held.send(());
+                let _ = release.lock().unwrap().recv();
+                Ok(())
+            })
+            .unwrap()
+        })
+    };
+    hold.recv().unwrap();
+    let url = db.url().to_owned();
+    let mut threads: Vec<_> = (0..3)
+        .map(|i| {
+            let w = writer.clone();
+            std::thread::spawn(move || {
+                w.upsert(Entry {
+                    k: format!("lost{i}"),
+                    v: i,
+                })
+                .map(drop)
+            })
+        })
+        .collect();
+    until_queued(&writer, 3);
+    threads.push({
+        let w = writer.clone();
+        std::thread::spawn(move || {
+            w.run(move |c: &mut diesel::PgConnection| {
+                // Another session ends this batch's session, then the batch goes on on it.
+                #[derive(QueryableByName)]
+                struct Pid {
+                    #[diesel(sql_type = diesel::sql_types::Integer)]
+                    pid: i32,
+                }
+                let pid = diesel::sql_query("SELECT pg_backend_pid() AS pid")
+                    .get_result::<Pid>(c)
+                    .map_err(Error::from)?
+                    .pid;
+                let mut other = diesel::PgConnection::establish(&url).unwrap();
+                diesel::sql_query(format!("SELECT pg_terminate_backend({pid})"))
+                    .execute(&mut other)
+                    .unwrap();
+                diesel::sql_query("SELECT 1")
+                    .execute(c)
+                    .map_err(Error::from)?;
+                Ok(())
+            })
+        })
+    });
+    until_queued(&writer, 4);
+    gate.send(()).unwrap();
+    holder.join().unwrap();
+    for t in threads {
+        let e = t.join().unwrap().unwrap_err();
+        assert!(
+            e.is_retryable() || e.is_outcome_unknown(),
+            "each caller of the lost batch gets the batch's error: {e:?}"
+        );
+    }
+    let mut conn = db.conn();
+    assert_eq!(
+        entries::table.count().get_result::<i64>(&mut conn).unwrap(),
+        0
+    );
+    assert_eq!(
+        writer
+            .upsert(Entry {
+                k: "after".into(),
+                v: 1
+            })
+            .unwrap(),
+        UpsertOutcome::Inserted
+    );
+}
