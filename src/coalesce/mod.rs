@@ -26,13 +26,17 @@
 //! caller's thread before it is queued.
 //!
 //! # No waiting when alone
-//! A caller that finds nobody writing writes its own call at once, on its own thread. The
+//! A caller that finds nobody writing writes its own call at once, on its own thread, and a
+//! primitive's call alone in its batch runs exactly as the direct call does (one statement, no
+//! transaction around it; a [`Coalescer::run`] closure still gets its transaction). The
 //! others queue; after each batch the lead passes to the oldest queued caller (only that one is
 //! woken), so batches go out back to back and a caller waits for at most the batch in flight
 //! and its own. A batch holds at most [`CoalescerBuilder::max_batch`] calls.
 //!
 //! # Which connection
-//! A batch takes a connection of the pool for its transaction. On PostgreSQL and MySQL the
+//! A batch takes a connection of the pool for its transaction; the coalescer keeps the last
+//! batch's connection checked out for the next one (unless that batch lost it), so it holds
+//! one connection of the pool between batches. On PostgreSQL and MySQL the
 //! transaction is `BEGIN … COMMIT` (it works behind a transaction-mode pooler); on SQLite it is
 //! `BEGIN IMMEDIATE`: one writer, many callers, instead of the file handed from thread to
 //! thread for every write. The calls of a batch share its transaction, so a call must not
@@ -84,7 +88,7 @@
 
 mod queue;
 
-use self::queue::{copy_of, Answer, Fault, Pending, Queue, Slot, Woken};
+use self::queue::{copy_of, lock, Answer, Fault, Pending, Queue, Slot, Woken};
 use crate::conn::{BindKey, WriteConnection};
 use crate::counter::{Counter, CounterBackend, Increment};
 use crate::error::{Error, Result};
@@ -97,12 +101,12 @@ use crate::upsert::{
     UpsertOutcome, Upsertable,
 };
 use chrono::NaiveDateTime;
-use diesel::r2d2::{ConnectionManager, Pool, R2D2Connection};
+use diesel::r2d2::{ConnectionManager, Pool, PooledConnection, R2D2Connection};
 use std::any::Any;
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// The calls a batch holds at most, unless set with [`CoalescerBuilder::max_batch`].
 pub const DEFAULT_MAX_BATCH: usize = 256;
@@ -116,6 +120,9 @@ pub struct Coalescer<Conn: R2D2Connection + 'static> {
 
 struct Shared<Conn: R2D2Connection + 'static> {
     pool: Pool<ConnectionManager<Conn>>,
+    /// The connection of the last batch, kept for the next one (a checkout from the pool
+    /// costs a round trip when the pool tests connections on checkout, r2d2's default).
+    kept: Mutex<Option<PooledConnection<ConnectionManager<Conn>>>>,
     queue: Queue<Conn>,
 }
 
@@ -162,6 +169,7 @@ impl CoalescerBuilder {
         Coalescer {
             shared: Arc::new(Shared {
                 pool,
+                kept: Mutex::new(None),
                 queue: Queue::new(self.max_batch),
             }),
         }
@@ -224,12 +232,22 @@ where
         R: Send + 'static,
         F: FnMut(&mut Conn) -> Result<R> + Send + 'static,
     {
+        self.queue(f, false)
+    }
+
+    /// Queues a call and waits for its answer; `atomic` as [`Pending::atomic`].
+    fn queue<R, F>(&self, f: F, atomic: bool) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnMut(&mut Conn) -> Result<R> + Send + 'static,
+    {
         let slot = Slot::new();
         let call = Box::new(Call {
             f,
             kept: None,
             slot: Arc::clone(&slot),
             answered: false,
+            atomic,
             _conn: PhantomData,
         });
         if self.shared.queue.push(call) {
@@ -253,8 +271,15 @@ where
         // Passed on however the batch ends, a panic of the library's own included, so that
         // the queue never waits for a leader that is gone.
         let _pass = PassLead(&self.shared.queue);
-        match self.shared.pool.get() {
-            Ok(mut conn) => queue::write_batch(&mut *conn, batch, &self.shared.queue.counts),
+        let kept = lock(&self.shared.kept).take();
+        match kept.map_or_else(|| self.shared.pool.get(), Ok) {
+            Ok(mut conn) => {
+                if queue::write_batch(&mut *conn, batch, &self.shared.queue.counts)
+                    && !conn.is_broken()
+                {
+                    *lock(&self.shared.kept) = Some(conn);
+                }
+            }
             Err(e) => {
                 let e = Error::Pool(crate::redact::redact_message(&e.to_string()));
                 for call in batch {
@@ -273,7 +298,7 @@ where
         M: Upsertable<Conn> + Send + 'static,
     {
         row.validate()?;
-        self.run(move |c| atomic_upsert(c, &row))
+        self.queue(move |c| atomic_upsert(c, &row), true)
     }
 
     /// [`atomic_upsert_stats`] through the next batch.
@@ -285,7 +310,7 @@ where
         M: StatsModel + Upsertable<Conn, Changed<M::Data>> + Send + 'static,
     {
         row.validate()?;
-        self.run(move |c| atomic_upsert_stats(c, &row))
+        self.queue(move |c| atomic_upsert_stats(c, &row), true)
     }
 
     /// [`atomic_upsert_auth`] through the next batch.
@@ -297,7 +322,7 @@ where
         M: AuthModel + Upsertable<Conn, Newer<M::ExpiresAt>> + Send + 'static,
     {
         row.validate()?;
-        self.run(move |c| atomic_upsert_auth(c, &row))
+        self.queue(move |c| atomic_upsert_auth(c, &row), true)
     }
 
     /// [`get_or_create`](crate::get_or_create::get_or_create) through the next batch.
@@ -310,7 +335,7 @@ where
         R: Send + 'static,
     {
         row.validate()?;
-        self.run(move |c| crate::get_or_create::get_or_create(c, &row))
+        self.queue(move |c| crate::get_or_create::get_or_create(c, &row), true)
     }
 
     /// [`counter::increment`](crate::counter::increment) through the next batch: the totals
@@ -359,7 +384,10 @@ where
         <Conn as WriteConnection>::Backend: CounterBackend,
     {
         T::validate_key(&key)?;
-        self.run(move |c| configure(Increment::<T>::new(&key, amounts)).run(c))
+        self.queue(
+            move |c| configure(Increment::<T>::new(&key, amounts)).run(c),
+            true,
+        )
     }
 
     /// [`idempotency::increment_once`](crate::idempotency::increment_once) through the next
@@ -382,9 +410,12 @@ where
         <Conn as WriteConnection>::Backend: IdempotencyBackend,
     {
         T::validate_key(&counter_key)?;
-        self.run(move |c| {
-            crate::idempotency::increment_once::<L, T, _>(c, &key, &counter_key, amounts, at)
-        })
+        self.queue(
+            move |c| {
+                crate::idempotency::increment_once::<L, T, _>(c, &key, &counter_key, amounts, at)
+            },
+            true,
+        )
     }
 }
 
@@ -417,6 +448,7 @@ struct Call<Conn, R, F> {
     kept: Option<Result<R>>,
     slot: Arc<Slot<R>>,
     answered: bool,
+    atomic: bool,
     _conn: PhantomData<fn(&mut Conn)>,
 }
 
@@ -462,6 +494,10 @@ where
 
     fn lead(&self) {
         self.slot.lead();
+    }
+
+    fn atomic(&self) -> bool {
+        self.atomic
     }
 }
 

@@ -34,6 +34,9 @@ pub(super) trait Pending<Conn>: Send {
     fn panicked(self: Box<Self>, payload: Box<dyn Any + Send>);
     /// Wakes the caller as the next leader.
     fn lead(&self);
+    /// Whether the call is one statement of a primitive, atomic by itself, so that alone in
+    /// its batch it runs with no transaction around it.
+    fn atomic(&self) -> bool;
 }
 
 /// Why a call spoiled its batch's transaction.
@@ -237,13 +240,39 @@ const BATCH_ATTEMPTS: u32 = 3;
 /// whole batch reaches every caller; a retryable one is tried again first, since nothing of
 /// the batch was applied.
 #[allow(clippy::type_complexity)]
+/// Returns whether the connection is still fit for the next batch (no error of the
+/// connection's own).
 pub(super) fn write_batch<Conn>(
     conn: &mut Conn,
     mut batch: Vec<Box<dyn Pending<Conn>>>,
     counts: &Counts,
-) where
+) -> bool
+where
     Conn: WriteConnection<Raw = Conn>,
 {
+    if batch.len() == 1 && batch[0].atomic() {
+        // Alone: the call runs as a direct call would, with no transaction around it (the
+        // primitive is atomic by itself), and its result, whatever it is, is its own.
+        let mut call = batch.pop().expect("one call");
+        let run = std::panic::catch_unwind(AssertUnwindSafe(|| call.run(conn)));
+        counts.batches.fetch_add(1, Ordering::Relaxed);
+        counts.calls.fetch_add(1, Ordering::Relaxed);
+        return match run {
+            Ok(Ok(())) => {
+                call.finish(Ok(()));
+                true
+            }
+            Ok(Err(Fault::Culprit(e) | Fault::Batch(e))) => {
+                let fit = !lost(&e);
+                call.fail(e);
+                fit
+            }
+            Ok(Err(Fault::Panic(payload))) | Err(payload) => {
+                call.panicked(payload);
+                false
+            }
+        };
+    }
     let mut attempts = 0;
     loop {
         attempts += 1;
@@ -270,7 +299,7 @@ pub(super) fn write_batch<Conn>(
                 Fault::Culprit(e) | Fault::Batch(e) => call.fail(e),
             }
             if batch.is_empty() {
-                return;
+                return true;
             }
             continue;
         }
@@ -283,7 +312,7 @@ pub(super) fn write_batch<Conn>(
                 for call in batch {
                     call.finish(Ok(()));
                 }
-                return;
+                return true;
             }
             Err(e @ (Error::Deadlock(_) | Error::SerializationFailure(_) | Error::Busy(_)))
                 if attempts < BATCH_ATTEMPTS =>
@@ -299,8 +328,16 @@ pub(super) fn write_batch<Conn>(
                 for call in batch {
                     call.finish(Err(&e));
                 }
-                return;
+                return !lost(&e);
             }
         }
     }
+}
+
+/// Whether `e` says the connection itself failed, so that it is not used for another batch.
+fn lost(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::ConnectionLost(_) | Error::OutcomeUnknown(_) | Error::Connect(_)
+    )
 }
