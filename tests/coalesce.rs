@@ -163,6 +163,63 @@ macro_rules! coalesce_guarantees {
                 assert_eq!(views, n);
             }
 
+            /// Increments of two rows and of a missing row, from many threads at once: each
+            /// row's totals told are exactly its prefix sums, and every increment of the
+            /// missing row is told `None` and creates nothing.
+            #[test]
+            fn merged_increments_keep_each_row_and_each_caller_apart() {
+                const THREADS: usize = 12;
+                const ROUNDS: usize = 20;
+                let db = $db;
+                diesel::sql_query("INSERT INTO hits (page, views) VALUES ('a', 0), ('b', 1000)")
+                    .execute(&mut db.conn())
+                    .unwrap();
+                let writer = Coalescer::new(db.pool(4));
+                let w = writer.clone();
+                let told = race(THREADS, move |t| {
+                    (0..ROUNDS)
+                        .map(|r| {
+                            let page = ["a", "b", "missing"][(t + r) % 3].to_owned();
+                            let step = 1 + (t % 3) as i64;
+                            let after = w.increment::<Hits>(page.clone(), [step]).unwrap();
+                            (page, step, after.map(|a| a[0]))
+                        })
+                        .collect::<Vec<_>>()
+                });
+                let told: Vec<_> = told.into_iter().flatten().collect();
+                for (page, start) in [("a", 0), ("b", 1000)] {
+                    let mut mine: Vec<_> = told
+                        .iter()
+                        .filter(|(p, _, _)| p == page)
+                        .map(|(_, step, after)| (after.unwrap(), *step))
+                        .collect();
+                    mine.sort_unstable();
+                    // Sorted by the totals told, each is the one before plus its own step.
+                    let mut total = start;
+                    for (after, step) in &mine {
+                        total += step;
+                        assert_eq!(*after, total, "{page}: {mine:?}");
+                    }
+                    let stored: i64 = hits::table
+                        .filter(hits::page.eq(page))
+                        .select(hits::views)
+                        .get_result(&mut db.conn())
+                        .unwrap();
+                    assert_eq!(stored, total);
+                }
+                assert!(told
+                    .iter()
+                    .filter(|(p, _, _)| p == "missing")
+                    .all(|(_, _, a)| a.is_none()));
+                let missing: i64 = hits::table
+                    .filter(hits::page.eq("missing"))
+                    .count()
+                    .get_result(&mut db.conn())
+                    .unwrap();
+                assert_eq!(missing, 0);
+                assert_eq!(writer.stats().calls, (THREADS * ROUNDS) as u64);
+            }
+
             /// A ceiling is judged on each call's own increment, in the batch's order: exactly
             /// `CEILING` increments pass, every other caller is refused, none goes past.
             #[test]

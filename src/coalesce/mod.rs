@@ -86,7 +86,10 @@
 //! # Ok(()) }
 //! ```
 
+mod increments;
 mod queue;
+
+use self::increments::IncrementCall;
 
 use self::queue::{copy_of, lock, Answer, Fault, Pending, Queue, Slot, Woken};
 use crate::conn::{BindKey, WriteConnection};
@@ -250,6 +253,11 @@ where
             atomic,
             _conn: PhantomData,
         });
+        self.wait(call, &slot)
+    }
+
+    /// Queues `call`, whose answer comes in `slot`, and waits for it (leading when asked to).
+    fn wait<R>(&self, call: Box<dyn Pending<Conn>>, slot: &Slot<R>) -> Result<R> {
         if self.shared.queue.push(call) {
             self.lead();
         }
@@ -339,31 +347,52 @@ where
     }
 
     /// [`counter::increment`](crate::counter::increment) through the next batch: the totals
-    /// after this call's own increment, `None` when the row is missing.
+    /// after this call's own increment, `None` when the row is missing. The increments of one
+    /// row in one batch are written as one increment of their sum; each caller is told the
+    /// totals after its own share, as if the batch's increments of that row had run one after
+    /// the other.
     ///
     /// # Errors
     /// As [`counter::increment`](crate::counter::increment).
     pub fn increment<T>(&self, key: T::Key, amounts: T::Amounts) -> Result<Option<T::Amounts>>
     where
         T: Counter + BindKey<<Conn as WriteConnection>::Backend> + 'static,
-        T::Key: Send + Sized + 'static,
+        T::Key: PartialEq + Send + Sized + 'static,
         <Conn as WriteConnection>::Backend: CounterBackend,
     {
-        self.increment_with::<T>(key, amounts, |i| i)
+        self.merged_increment::<T>(key, amounts, false)
     }
 
-    /// [`counter::upsert_increment`](crate::counter::upsert_increment) through the next batch.
+    /// [`counter::upsert_increment`](crate::counter::upsert_increment) through the next batch,
+    /// merged as [`Coalescer::increment`] says.
     ///
     /// # Errors
     /// As [`counter::upsert_increment`](crate::counter::upsert_increment).
     pub fn upsert_increment<T>(&self, key: T::Key, amounts: T::Amounts) -> Result<T::Amounts>
     where
         T: Counter + BindKey<<Conn as WriteConnection>::Backend> + 'static,
-        T::Key: Send + Sized + 'static,
+        T::Key: PartialEq + Send + Sized + 'static,
         <Conn as WriteConnection>::Backend: CounterBackend,
     {
-        self.increment_with::<T>(key, amounts, |i| i.creating())?
+        self.merged_increment::<T>(key, amounts, true)?
             .ok_or_else(|| Error::NotFound("the counter row was not created".into()))
+    }
+
+    fn merged_increment<T>(
+        &self,
+        key: T::Key,
+        amounts: T::Amounts,
+        creating: bool,
+    ) -> Result<Option<T::Amounts>>
+    where
+        T: Counter + BindKey<<Conn as WriteConnection>::Backend> + 'static,
+        T::Key: PartialEq + Send + Sized + 'static,
+        <Conn as WriteConnection>::Backend: CounterBackend,
+    {
+        T::validate_key(&key)?;
+        let slot = Slot::new();
+        let call = IncrementCall::<Conn, T>::new(key, amounts, creating, Arc::clone(&slot));
+        self.wait(Box::new(call), &slot)
     }
 
     /// An [`Increment`] configured by `configure` (bounds, `creating`) through the next batch:
@@ -425,7 +454,8 @@ where
 pub struct CoalescerStats {
     /// Batches committed.
     pub batches: u64,
-    /// Calls answered by those batches (`calls / batches` is the mean batch size).
+    /// Calls answered by those batches (`calls / batches` is the mean batch size; merged
+    /// increments count once per caller).
     pub calls: u64,
     /// Calls taken out of their batch because their own statement failed or they panicked.
     pub taken_out: u64,

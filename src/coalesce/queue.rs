@@ -37,6 +37,19 @@ pub(super) trait Pending<Conn>: Send {
     /// Whether the call is one statement of a primitive, atomic by itself, so that alone in
     /// its batch it runs with no transaction around it.
     fn atomic(&self) -> bool;
+    /// How many callers this call answers (more than one once it has absorbed others).
+    fn callers(&self) -> usize {
+        1
+    }
+    /// The call as `Any`, for [`Pending::absorb`] to recognise a call of its own kind.
+    fn as_any(&mut self) -> Option<&mut dyn Any> {
+        None
+    }
+    /// Takes `other` into this call when both can be written as one statement (increments of
+    /// one counter row): `other` is then answered through this call and leaves the batch.
+    fn absorb(&mut self, _other: &mut dyn Pending<Conn>) -> bool {
+        false
+    }
 }
 
 /// Why a call spoiled its batch's transaction.
@@ -273,6 +286,7 @@ where
             }
         };
     }
+    merge(&mut batch);
     let mut attempts = 0;
     loop {
         attempts += 1;
@@ -306,9 +320,8 @@ where
         match written {
             Ok(()) => {
                 counts.batches.fetch_add(1, Ordering::Relaxed);
-                counts
-                    .calls
-                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                let callers: usize = batch.iter().map(|call| call.callers()).sum();
+                counts.calls.fetch_add(callers as u64, Ordering::Relaxed);
                 for call in batch {
                     call.finish(Ok(()));
                 }
@@ -340,4 +353,28 @@ fn lost(e: &Error) -> bool {
         e,
         Error::ConnectionLost(_) | Error::OutcomeUnknown(_) | Error::Connect(_)
     )
+}
+
+/// Merges the calls of a batch that can be written as one statement into the first of them.
+/// Any order of a batch's calls is one a serial run could have had (they were all in flight at
+/// once, and a caller has one call in flight), so a later call may join an earlier one.
+fn merge<Conn>(batch: &mut Vec<Box<dyn Pending<Conn>>>) {
+    let mut i = 0;
+    while i < batch.len() {
+        let (head, tail) = batch.split_at_mut(i + 1);
+        let first = &mut head[i];
+        let mut absorbed = vec![false; tail.len()];
+        for (j, other) in tail.iter_mut().enumerate() {
+            absorbed[j] = first.absorb(other.as_mut());
+        }
+        if absorbed.contains(&true) {
+            let mut flags = absorbed.into_iter();
+            let mut k = 0;
+            batch.retain(|_| {
+                k += 1;
+                k <= i + 1 || !flags.next().unwrap_or(false)
+            });
+        }
+        i += 1;
+    }
 }
