@@ -298,6 +298,58 @@ macro_rules! coalesce_guarantees {
                 assert_eq!((stats.batches, stats.calls), (2, 5));
             }
 
+            /// Upserts of one key in one batch keep their serial outcomes: one insert, then
+            /// updates, the last row's values stored; other keys are inserted once each.
+            #[test]
+            fn upserts_of_one_key_in_one_batch_are_told_their_serial_outcomes() {
+                let db = $db;
+                let writer = Coalescer::new(db.pool(4));
+                let keys = ["x", "y", "x", "x", "z", "y"];
+                let calls: Vec<
+                    Box<dyn FnOnce(Writer) -> upsert_kit::Result<(String, UpsertOutcome)> + Send>,
+                > = keys
+                    .iter()
+                    .enumerate()
+                    .map(|(i, k)| {
+                        let k = (*k).to_owned();
+                        Box::new(move |w: Writer| {
+                            w.upsert(Entry {
+                                k: k.clone(),
+                                v: i as i64,
+                            })
+                            .map(|o| (k, o))
+                        }) as Box<dyn FnOnce(Writer) -> _ + Send>
+                    })
+                    .collect();
+                let told: Vec<_> = one_batch(&writer, calls)
+                    .into_iter()
+                    .map(|r| r.unwrap().unwrap())
+                    .collect();
+                for key in ["x", "y", "z"] {
+                    let mine: Vec<_> = told
+                        .iter()
+                        .filter(|(k, _)| k == key)
+                        .map(|(_, o)| *o)
+                        .collect();
+                    let inserted = mine
+                        .iter()
+                        .filter(|o| **o == UpsertOutcome::Inserted)
+                        .count();
+                    assert_eq!(inserted, 1, "{key}: {mine:?}");
+                    assert!(
+                        mine.iter().all(|o| *o != UpsertOutcome::Unchanged),
+                        "{key}: {mine:?}"
+                    );
+                }
+                assert_eq!(count(&mut db.conn()), 3);
+                let stats = writer.stats();
+                assert_eq!(
+                    (stats.batches, stats.calls),
+                    (2, 7),
+                    "one batch for the six upserts"
+                );
+            }
+
             /// A call that panics on the leader's thread panics in its own caller's thread; the
             /// rest of its batch is written and the writer stays usable.
             #[test]

@@ -14,6 +14,8 @@ use std::sync::Arc;
 pub(super) struct IncrementCall<Conn, T: Counter> {
     key: T::Key,
     creating: bool,
+    /// Split out of a merged call that failed: never merged again.
+    alone: bool,
     shares: Vec<Share<T::Amounts>>,
     _conn: PhantomData<fn(&mut Conn)>,
 }
@@ -35,6 +37,7 @@ impl<Conn, T: Counter> IncrementCall<Conn, T> {
         IncrementCall {
             key,
             creating,
+            alone: false,
             shares: vec![Share {
                 amounts,
                 slot,
@@ -150,6 +153,22 @@ where
         Some(self)
     }
 
+    fn split(mut self: Box<Self>) -> Vec<Box<dyn Pending<Conn>>> {
+        let shares: Vec<_> = self.shares.drain(..).collect();
+        shares
+            .into_iter()
+            .map(|share| {
+                Box::new(IncrementCall::<Conn, T> {
+                    key: self.key.clone(),
+                    creating: self.creating,
+                    alone: true,
+                    shares: vec![share],
+                    _conn: PhantomData,
+                }) as Box<dyn Pending<Conn>>
+            })
+            .collect()
+    }
+
     fn absorb(&mut self, other: &mut dyn Pending<Conn>) -> bool {
         let Some(other) = other
             .as_any()
@@ -157,7 +176,7 @@ where
         else {
             return false;
         };
-        if other.key != self.key || other.creating != self.creating {
+        if self.alone || other.alone || other.key != self.key || other.creating != self.creating {
             return false;
         }
         self.shares.append(&mut other.shares);

@@ -88,8 +88,10 @@
 
 mod increments;
 mod queue;
+mod upserts;
 
 use self::increments::IncrementCall;
+use self::upserts::UpsertCall;
 
 use self::queue::{copy_of, lock, Answer, Fault, Pending, Queue, Slot, Woken};
 use crate::conn::{BindKey, WriteConnection};
@@ -100,8 +102,7 @@ use crate::idempotency::{
     BindLedger, IdempotencyBackend, IdempotencyKey, Idempotent, StoredResult,
 };
 use crate::upsert::{
-    atomic_upsert, atomic_upsert_auth, atomic_upsert_stats, AuthModel, Changed, Newer, StatsModel,
-    UpsertOutcome, Upsertable,
+    AuthModel, Changed, Newer, NoCondition, StatsModel, UpsertOutcome, Upsertable,
 };
 use chrono::NaiveDateTime;
 use diesel::r2d2::{ConnectionManager, Pool, PooledConnection, R2D2Connection};
@@ -297,40 +298,57 @@ where
         }
     }
 
-    /// [`atomic_upsert`] through the next batch.
+    /// [`atomic_upsert`](crate::atomic_upsert) through the next batch. The batch's upserts of
+    /// one model (and one helper: plain, stats or auth) are written together: on PostgreSQL as
+    /// one `INSERT … SELECT FROM unnest(…)` that tells each row's outcome (the rows of one key
+    /// in rounds, first rows first, since one statement may not write a row twice); on SQLite
+    /// and MySQL one statement per row in the batch's transaction. Each caller is told its own
+    /// row's outcome, as a serial run in the batch's order would have told it.
     ///
     /// # Errors
-    /// As [`atomic_upsert`]; [`Error::InvalidInput`] before the row is queued.
+    /// As [`atomic_upsert`](crate::atomic_upsert); [`Error::InvalidInput`] before the row is queued.
     pub fn upsert<M>(&self, row: M) -> Result<UpsertOutcome>
     where
         M: Upsertable<Conn> + Send + 'static,
     {
-        row.validate()?;
-        self.queue(move |c| atomic_upsert(c, &row), true)
+        self.merged_upsert(row, None::<NoCondition>)
     }
 
-    /// [`atomic_upsert_stats`] through the next batch.
+    /// [`atomic_upsert_stats`](crate::atomic_upsert_stats) through the next batch.
     ///
     /// # Errors
-    /// As [`atomic_upsert_stats`].
+    /// As [`atomic_upsert_stats`](crate::atomic_upsert_stats).
     pub fn upsert_stats<M>(&self, row: M) -> Result<UpsertOutcome>
     where
         M: StatsModel + Upsertable<Conn, Changed<M::Data>> + Send + 'static,
+        M::Data: Send,
     {
-        row.validate()?;
-        self.queue(move |c| atomic_upsert_stats(c, &row), true)
+        self.merged_upsert(row, Some(Changed::<M::Data>::default()))
     }
 
-    /// [`atomic_upsert_auth`] through the next batch.
+    /// [`atomic_upsert_auth`](crate::atomic_upsert_auth) through the next batch.
     ///
     /// # Errors
-    /// As [`atomic_upsert_auth`].
+    /// As [`atomic_upsert_auth`](crate::atomic_upsert_auth).
     pub fn upsert_auth<M>(&self, row: M) -> Result<UpsertOutcome>
     where
         M: AuthModel + Upsertable<Conn, Newer<M::ExpiresAt>> + Send + 'static,
+        M::ExpiresAt: Send,
+    {
+        self.merged_upsert(row, Some(Newer::<M::ExpiresAt>::default()))
+    }
+
+    /// Queues an upsert of `row` under `condition` (one without values of its own, the same
+    /// for every row of its kind) to be merged with the batch's other upserts of its kind.
+    fn merged_upsert<M, F>(&self, row: M, condition: Option<F>) -> Result<UpsertOutcome>
+    where
+        M: Upsertable<Conn, F> + Send + 'static,
+        F: Default + Send + 'static,
     {
         row.validate()?;
-        self.queue(move |c| atomic_upsert_auth(c, &row), true)
+        let slot = Slot::new();
+        let call = UpsertCall::<Conn, M, F>::new(row, condition, Arc::clone(&slot));
+        self.wait(Box::new(call), &slot)
     }
 
     /// [`get_or_create`](crate::get_or_create::get_or_create) through the next batch.
@@ -491,8 +509,9 @@ impl<Conn, R, F> Call<Conn, R, F> {
 
 impl<Conn, R, F> Pending<Conn> for Call<Conn, R, F>
 where
-    R: Send,
-    F: FnMut(&mut Conn) -> Result<R> + Send,
+    Conn: 'static,
+    R: Send + 'static,
+    F: FnMut(&mut Conn) -> Result<R> + Send + 'static,
 {
     fn run(&mut self, conn: &mut Conn) -> std::result::Result<(), Fault> {
         self.kept = Some(match (self.f)(conn) {
@@ -528,6 +547,10 @@ where
 
     fn atomic(&self) -> bool {
         self.atomic
+    }
+
+    fn split(self: Box<Self>) -> Vec<Box<dyn Pending<Conn>>> {
+        vec![self]
     }
 }
 

@@ -50,6 +50,10 @@ pub(super) trait Pending<Conn>: Send {
     fn absorb(&mut self, _other: &mut dyn Pending<Conn>) -> bool {
         false
     }
+    /// A call that absorbed others, as one call per caller again, none of which absorbs
+    /// another: when the merged statement fails on its own, the batch is written again with
+    /// these so that only the caller at fault fails.
+    fn split(self: Box<Self>) -> Vec<Box<dyn Pending<Conn>>>;
 }
 
 /// Why a call spoiled its batch's transaction.
@@ -306,6 +310,12 @@ where
             Ok(())
         });
         if let Some((i, fault)) = culprit {
+            if batch[i].callers() > 1 && !matches!(fault, Fault::Panic(_)) {
+                // A merged call failed: write its callers' calls one by one to find the culprit.
+                let parts = batch.remove(i).split();
+                batch.splice(i..i, parts);
+                continue;
+            }
             counts.taken_out.fetch_add(1, Ordering::Relaxed);
             let call = batch.remove(i);
             match fault {

@@ -172,6 +172,21 @@ pub trait Upsertable<C, F = NoCondition>: UpsertModel + Sized {
         condition: Option<&F>,
     ) -> Result<UpsertOutcome>;
 
+    /// Upserts validated rows of distinct keys, telling each row's outcome in input order;
+    /// runs inside the caller's transaction. By default one statement per row; PostgreSQL
+    /// writes them in one statement.
+    #[doc(hidden)]
+    fn upsert_rows(
+        conn: &mut C,
+        rows: &[&Self],
+        update: &[&'static str],
+        condition: Option<&F>,
+    ) -> Result<Vec<UpsertOutcome>> {
+        rows.iter()
+            .map(|row| Self::upsert_one(conn, row, update, condition))
+            .collect()
+    }
+
     /// Upserts distinct, key-sorted, validated rows in one transaction.
     #[doc(hidden)]
     fn upsert_sorted(
@@ -185,7 +200,7 @@ pub trait Upsertable<C, F = NoCondition>: UpsertModel + Sized {
 
 /// The columns an existing row takes from the incoming one: every written column but the key,
 /// the model's `keep` columns and `extra_keep`.
-fn update_columns<M: UpsertModel>(extra_keep: &[&'static str]) -> Vec<&'static str> {
+pub(crate) fn update_columns<M: UpsertModel>(extra_keep: &[&'static str]) -> Vec<&'static str> {
     M::COLUMNS
         .iter()
         .copied()

@@ -3,7 +3,7 @@
 
 use super::model::ColumnArrays;
 use super::statement::{OnConflict, Row, Source, UpsertSql};
-use super::{BindColumns, BindRow, BulkOutcome, UpsertOutcome, Upsertable};
+use super::{BindColumns, BindRow, BulkOutcome, UpsertModel, UpsertOutcome, Upsertable};
 use crate::error::Result;
 use crate::tx;
 use diesel::pg::{Pg, PgConnection};
@@ -39,6 +39,42 @@ where
             }),
             Err(e) => Err(tx::statement_error(in_tx, e)),
         }
+    }
+
+    fn upsert_rows(
+        conn: &mut PgConnection,
+        rows: &[&Self],
+        update: &[&'static str],
+        condition: Option<&F>,
+    ) -> Result<Vec<UpsertOutcome>> {
+        let sql = Told(UpsertSql::<M, F, _> {
+            table: M::Table::default(),
+            source: Numbered::<M>(M::bind_columns(rows), std::marker::PhantomData),
+            update,
+            condition,
+            on_conflict: OnConflict::Update,
+        });
+        let in_tx = tx::in_transaction(conn);
+        let told = sql
+            .load::<(i64, bool)>(conn)
+            .map_err(|e| tx::statement_error(in_tx, e))?;
+        let mut outcomes = vec![UpsertOutcome::Unchanged; rows.len()];
+        for (ord, inserted) in told {
+            let slot = usize::try_from(ord - 1)
+                .ok()
+                .and_then(|i| outcomes.get_mut(i))
+                .ok_or_else(|| {
+                    crate::error::Error::Database(diesel::result::Error::QueryBuilderError(
+                        "an upsert told the outcome of a row it was not given".into(),
+                    ))
+                })?;
+            *slot = if inserted {
+                UpsertOutcome::Inserted
+            } else {
+                UpsertOutcome::Updated
+            };
+        }
+        Ok(outcomes)
     }
 
     fn upsert_sorted(
@@ -114,5 +150,110 @@ impl<S: Source<Pg>> Source<Pg> for ReportingInsert<S> {
     fn walk_returning<'b>(&'b self, out: &mut AstPass<'_, 'b, Pg>) -> QueryResult<()> {
         out.push_sql(" RETURNING (xmax = 0)");
         Ok(())
+    }
+}
+
+/// Many rows numbered by their position, each written row told back with its number:
+///
+/// ```sql
+/// WITH "s" AS (SELECT * FROM unnest($1, $2, …) WITH ORDINALITY AS "s"(c1, c2, …, "n")),
+/// "w" AS (INSERT INTO t (c1, c2, …) SELECT c1, c2, … FROM "s" ON CONFLICT … DO UPDATE …
+///         RETURNING k1, …, (xmax = 0) AS "inserted")
+/// SELECT "s"."n", "w"."inserted" FROM "w" JOIN "s" ON "s".k1 = "w".k1 AND …
+/// ```
+///
+/// A row the condition left alone is not written, so it is not told: `Unchanged`. The rows'
+/// keys are distinct (one statement may not touch a row twice), so the join on the key finds
+/// each written row's number.
+struct Numbered<'a, M>(ColumnArrays<'a, Pg>, std::marker::PhantomData<M>);
+
+/// The names the numbered statement gives its own parts, unlike any column's.
+const SOURCE: &str = "__upsert_kit_rows";
+const WRITTEN: &str = "__upsert_kit_written";
+const NUMBER: &str = "__upsert_kit_n";
+const INSERTED: &str = "__upsert_kit_inserted";
+
+impl<M: UpsertModel> Source<Pg> for Numbered<'_, M> {
+    fn walk_prefix<'b>(&'b self, out: &mut AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        out.push_sql("WITH ");
+        out.push_identifier(SOURCE)?;
+        out.push_sql(" AS (SELECT * FROM unnest(");
+        for (i, column) in self.0.iter().enumerate() {
+            if i > 0 {
+                out.push_sql(", ");
+            }
+            column.walk_ast(out.reborrow())?;
+        }
+        out.push_sql(") WITH ORDINALITY AS ");
+        out.push_identifier(SOURCE)?;
+        out.push_sql("(");
+        crate::sql::push_identifiers(out, M::COLUMNS)?;
+        out.push_sql(", ");
+        out.push_identifier(NUMBER)?;
+        out.push_sql(")), ");
+        out.push_identifier(WRITTEN)?;
+        out.push_sql(" AS (");
+        Ok(())
+    }
+
+    fn walk_rows<'b>(&'b self, out: &mut AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        out.push_sql(") SELECT ");
+        crate::sql::push_identifiers(out, M::COLUMNS)?;
+        out.push_sql(" FROM ");
+        out.push_identifier(SOURCE)
+    }
+
+    fn walk_returning<'b>(&'b self, out: &mut AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        out.push_sql(" RETURNING ");
+        crate::sql::push_identifiers(out, M::KEY)?;
+        out.push_sql(", (xmax = 0) AS ");
+        out.push_identifier(INSERTED)?;
+        out.push_sql(") SELECT ");
+        out.push_identifier(SOURCE)?;
+        out.push_sql(".");
+        out.push_identifier(NUMBER)?;
+        out.push_sql(", ");
+        out.push_identifier(WRITTEN)?;
+        out.push_sql(".");
+        out.push_identifier(INSERTED)?;
+        out.push_sql(" FROM ");
+        out.push_identifier(WRITTEN)?;
+        out.push_sql(" JOIN ");
+        out.push_identifier(SOURCE)?;
+        out.push_sql(" ON ");
+        for (i, key) in M::KEY.iter().enumerate() {
+            if i > 0 {
+                out.push_sql(" AND ");
+            }
+            for (j, part) in [SOURCE, WRITTEN].into_iter().enumerate() {
+                if j > 0 {
+                    out.push_sql(" = ");
+                }
+                out.push_identifier(part)?;
+                out.push_sql(".");
+                out.push_identifier(key)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An upsert whose rows are told back as `(number, inserted)`.
+struct Told<S>(S);
+
+impl<S> diesel::query_builder::QueryId for Told<S> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl<S> diesel::query_builder::Query for Told<S> {
+    type SqlType = (diesel::sql_types::BigInt, diesel::sql_types::Bool);
+}
+
+impl<S, Conn> RunQueryDsl<Conn> for Told<S> {}
+
+impl<S: QueryFragment<Pg>> QueryFragment<Pg> for Told<S> {
+    fn walk_ast<'b>(&'b self, out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        self.0.walk_ast(out)
     }
 }

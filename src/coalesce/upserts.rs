@@ -1,0 +1,215 @@
+//! Upserts of one model with one condition, merged: the calls of a batch are written as one
+//! statement per round (PostgreSQL: one `INSERT … SELECT FROM unnest(…)` telling each row's
+//! outcome; SQLite and MySQL: one statement per row, in the batch's transaction), each caller
+//! told its own row's outcome.
+//!
+//! One statement may not write a row twice, so the rows of one key go out in rounds: the first
+//! row of every key, then the second ones, and so on. Each key's rows keep their order, and the
+//! rows of different keys touch different rows, so each caller is told what a serial run in
+//! that order would have told it.
+
+use super::queue::{copy_of, Answer, Fault, Pending, Slot};
+use crate::error::{Error, Result};
+use crate::upsert::{UpsertModel, UpsertOutcome, Upsertable};
+use std::any::Any;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+/// One or more callers' upserts of model `M` with condition `F` (the same for every row: a
+/// condition without values of its own, [`NoCondition`](crate::upsert::NoCondition),
+/// [`Changed`](crate::upsert::Changed), [`Newer`](crate::upsert::Newer)).
+pub(super) struct UpsertCall<Conn, M, F> {
+    condition: Option<F>,
+    update: Arc<[&'static str]>,
+    rows: Vec<Row<M>>,
+    /// Split out of a merged call that failed: never merged again.
+    alone: bool,
+    _conn: PhantomData<fn(&mut Conn)>,
+}
+
+/// One caller's row and where its answer goes.
+struct Row<M> {
+    row: M,
+    slot: Arc<Slot<UpsertOutcome>>,
+    kept: Option<Result<UpsertOutcome>>,
+}
+
+impl<Conn, M: UpsertModel, F> UpsertCall<Conn, M, F> {
+    pub(super) fn new(row: M, condition: Option<F>, slot: Arc<Slot<UpsertOutcome>>) -> Self {
+        UpsertCall {
+            condition,
+            update: crate::upsert::update_columns::<M>(&[]).into(),
+            rows: vec![Row {
+                row,
+                slot,
+                kept: None,
+            }],
+            alone: false,
+            _conn: PhantomData,
+        }
+    }
+
+    fn answer_all(&mut self, mut answer: impl FnMut(usize) -> Answer<UpsertOutcome>) {
+        for (i, row) in self.rows.drain(..).enumerate() {
+            row.slot.done(answer(i));
+        }
+    }
+
+    /// The rows' indexes in rounds: each round holds at most one row per key, sorted by key
+    /// (so that concurrent writers lock rows in one order), and a key's rows keep their order
+    /// across rounds.
+    fn rounds(&self) -> Vec<Vec<usize>> {
+        let mut order: Vec<usize> = (0..self.rows.len()).collect();
+        order.sort_by(|&a, &b| self.rows[a].row.cmp_key(&self.rows[b].row).then(a.cmp(&b)));
+        let mut rounds: Vec<Vec<usize>> = Vec::new();
+        let mut round = 0;
+        for (n, &i) in order.iter().enumerate() {
+            let same_key = n > 0 && {
+                let before = &self.rows[order[n - 1]].row;
+                before.cmp_key(&self.rows[i].row).is_eq()
+            };
+            round = if same_key { round + 1 } else { 0 };
+            if rounds.len() <= round {
+                rounds.push(Vec::new());
+            }
+            rounds[round].push(i);
+        }
+        rounds
+    }
+}
+
+impl<Conn, M, F> Pending<Conn> for UpsertCall<Conn, M, F>
+where
+    Conn: 'static,
+    M: Upsertable<Conn, F> + Send + 'static,
+    F: Default + Send + 'static,
+{
+    fn run(&mut self, conn: &mut Conn) -> std::result::Result<(), Fault> {
+        let condition = self.condition.as_ref();
+        let told = if let [only] = self.rows.as_slice() {
+            M::upsert_one(conn, &only.row, &self.update, condition).map(|o| vec![(0, o)])
+        } else {
+            let mut told = Vec::with_capacity(self.rows.len());
+            let mut failed = None;
+            for round in self.rounds() {
+                let rows: Vec<&M> = round.iter().map(|&i| &self.rows[i].row).collect();
+                match M::upsert_rows(conn, &rows, &self.update, condition) {
+                    Ok(outcomes) => told.extend(round.into_iter().zip(outcomes)),
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            failed.map_or(Ok(told), Err)
+        };
+        match told {
+            Ok(told) => {
+                for (i, outcome) in told {
+                    self.rows[i].kept = Some(Ok(outcome));
+                }
+            }
+            Err(e) => {
+                let own = Fault::of(e)?;
+                for row in &mut self.rows {
+                    row.kept = Some(Err(copy_of(&own)));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(mut self: Box<Self>, batch: std::result::Result<(), &Error>) {
+        let mut kept: Vec<_> = self.rows.iter_mut().map(|r| r.kept.take()).collect();
+        self.answer_all(|i| {
+            Ok(match batch {
+                Ok(()) => kept[i].take().unwrap_or_else(|| {
+                    Err(Error::Cancelled(
+                        "the coalesced call did not run in its batch".into(),
+                    ))
+                }),
+                Err(e) => Err(copy_of(e)),
+            })
+        });
+    }
+
+    fn fail(mut self: Box<Self>, error: Error) {
+        let mut error = Some(error);
+        self.answer_all(|_| {
+            Ok(Err(match error.take() {
+                Some(e) => e,
+                None => Error::Cancelled("another row of this merged upsert failed".into()),
+            }))
+        });
+    }
+
+    fn panicked(mut self: Box<Self>, payload: Box<dyn Any + Send>) {
+        let mut payload = Some(payload);
+        self.answer_all(|_| match payload.take() {
+            Some(p) => Err(p),
+            None => Ok(Err(Error::Cancelled(
+                "another row of this merged upsert panicked".into(),
+            ))),
+        });
+    }
+
+    fn lead(&self) {
+        self.rows[0].slot.lead();
+    }
+
+    fn atomic(&self) -> bool {
+        true
+    }
+
+    fn callers(&self) -> usize {
+        self.rows.len()
+    }
+
+    fn as_any(&mut self) -> Option<&mut dyn Any> {
+        Some(self)
+    }
+
+    fn absorb(&mut self, other: &mut dyn Pending<Conn>) -> bool {
+        let Some(other) = other
+            .as_any()
+            .and_then(|o| o.downcast_mut::<UpsertCall<Conn, M, F>>())
+        else {
+            return false;
+        };
+        if self.alone || other.alone {
+            return false;
+        }
+        self.rows.append(&mut other.rows);
+        true
+    }
+
+    fn split(mut self: Box<Self>) -> Vec<Box<dyn Pending<Conn>>> {
+        let conditional = self.condition.is_some();
+        let rows: Vec<_> = self.rows.drain(..).collect();
+        rows.into_iter()
+            .map(|row| {
+                Box::new(UpsertCall::<Conn, M, F> {
+                    // Every row has the same condition, a value-less one, made from its type.
+                    condition: conditional.then(F::default),
+                    update: Arc::clone(&self.update),
+                    rows: vec![row],
+                    alone: true,
+                    _conn: PhantomData,
+                }) as Box<dyn Pending<Conn>>
+            })
+            .collect()
+    }
+}
+
+impl<Conn, M, F> Drop for UpsertCall<Conn, M, F> {
+    fn drop(&mut self) {
+        // A batch abandoned by a panic of the library's own: its callers must not wait forever.
+        for row in self.rows.drain(..) {
+            row.slot.done(Ok(Err(Error::OutcomeUnknown(
+                "the coalesced batch holding this call was abandoned by a panic; it may or may \
+                 not have been committed"
+                    .into(),
+            ))));
+        }
+    }
+}
