@@ -195,6 +195,44 @@ fn upserts_bulk_and_get_or_create_pass_through_the_pooler_in_pooler_mode() {
     );
 }
 
+/// The coalescing writer through the pooler: its batches are transactions, so a transaction-
+/// mode pooler carries them; merged upserts and increments stay exact.
+#[test]
+fn the_coalescing_writer_is_exact_through_the_pooler_in_pooler_mode() {
+    let db = db();
+    let writer = upsert_kit::coalesce::Coalescer::new(pg_pool(&db.pooled_url(), 4).unwrap());
+    let w = writer.clone();
+    let told = race(THREADS, move |t| {
+        (0..25)
+            .map(|i| {
+                let outcome = w
+                    .upsert(row(&format!("c{}", (t + i) % 5), i as i64))
+                    .unwrap();
+                let views = w
+                    .upsert_increment::<Hits>("coalesced".to_owned(), [1])
+                    .unwrap()[0];
+                (outcome, views)
+            })
+            .collect::<Vec<_>>()
+    });
+    let told: Vec<_> = told.into_iter().flatten().collect();
+    let inserted = told
+        .iter()
+        .filter(|(o, _)| *o == UpsertOutcome::Inserted)
+        .count();
+    assert_eq!(inserted, 5, "one insert per key");
+    let mut views: Vec<i64> = told.iter().map(|(_, v)| *v).collect();
+    views.sort_unstable();
+    assert_eq!(views, (1..=(THREADS * 25) as i64).collect::<Vec<_>>());
+    let mut conn = db.conn();
+    let stored: i64 = hits::table
+        .filter(hits::page.eq("coalesced"))
+        .select(hits::views)
+        .get_result(&mut conn)
+        .unwrap();
+    assert_eq!(stored, (THREADS * 25) as i64);
+}
+
 #[test]
 fn counters_and_quotas_are_exact_through_the_pooler_in_pooler_mode() {
     let db = db();
