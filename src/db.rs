@@ -365,9 +365,9 @@ fn mysql_url(url: &str) -> String {
 /// # let db = upsert_kit_support::TestMysql::with_sql(
 /// #     "CREATE TABLE items (id BIGINT AUTO_INCREMENT PRIMARY KEY, sku VARCHAR(64) NOT NULL UNIQUE, name TEXT NOT NULL)");
 /// # let url = db.url();
-/// use upsert_kit::{atomic_upsert, bulk_upsert, Upsert, UpsertOutcome};
+/// use upsert_kit::{atomic_upsert, bulk_upsert, UpsertModel, UpsertOutcome};
 ///
-/// #[derive(Upsert)]
+/// #[derive(UpsertModel)]
 /// #[upsert(table = items, key(sku))]
 /// struct Item { sku: String, name: String }
 ///

@@ -56,7 +56,7 @@ pub use upsert::{
 /// for every backend whose types fit and [`BindColumns`] (bulk upserts on PostgreSQL).
 ///
 /// ```text
-/// #[derive(Insertable, Upsert)]
+/// #[derive(Insertable, UpsertModel)]
 /// #[diesel(table_name = products)]              // or #[upsert(table = products)]
 /// #[upsert(key(sku), keep(created_at))]
 /// struct NewProduct<'a> {
@@ -101,11 +101,11 @@ pub use upsert::{
 /// ```
 /// use diesel::prelude::*;
 /// use std::borrow::Cow;
-/// use upsert_kit::{atomic_upsert, bulk_upsert, Upsert, UpsertOutcome};
+/// use upsert_kit::{atomic_upsert, bulk_upsert, UpsertModel, UpsertOutcome};
 /// # include!("doctest_setup.rs");
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 ///
-/// #[derive(Insertable, Upsert)]
+/// #[derive(Insertable, UpsertModel)]
 /// #[diesel(table_name = items)]
 /// #[upsert(key(sku))]
 /// struct NewItem<'a> {
@@ -131,7 +131,7 @@ pub use upsert::{
 /// # Ok(()) }
 /// ```
 #[cfg(feature = "derive")]
-pub use upsert_kit_derive::Upsert;
+pub use upsert_kit_derive::UpsertModel;
 
 #[cfg(not(any(feature = "postgres", feature = "sqlite", feature = "mysql")))]
 compile_error!(

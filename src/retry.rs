@@ -35,9 +35,9 @@ pub const DEFAULT_MAX_DELAY: Duration = Duration::from_millis(500);
 /// ```
 /// # include!("doctest_setup.rs");
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// use upsert_kit::{atomic_upsert, Retry, Upsert, UpsertOutcome};
+/// use upsert_kit::{atomic_upsert, Retry, UpsertModel, UpsertOutcome};
 ///
-/// #[derive(Upsert)]
+/// #[derive(UpsertModel)]
 /// #[upsert(table = items, key(sku))]
 /// pub struct Item {
 ///     pub sku: String,

@@ -10,7 +10,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 use upsert_kit::coalesce::Coalescer;
 use upsert_kit::counter::Increment;
-use upsert_kit::{Error, Upsert, UpsertOutcome};
+use upsert_kit::{Error, UpsertModel, UpsertOutcome};
 use upsert_kit_support::{race, TestDb, TestMysql, TestSqlite};
 
 diesel::table! {
@@ -29,7 +29,7 @@ diesel::table! {
     }
 }
 
-#[derive(Upsert)]
+#[derive(UpsertModel)]
 #[upsert(table = entries, key(k))]
 pub struct Entry {
     pub k: String,

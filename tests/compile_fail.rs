@@ -1,4 +1,4 @@
-//! The compile errors of `#[derive(Upsert)]`, of the declaration macros (`counter!`, `ledger!`,
+//! The compile errors of `#[derive(UpsertModel)]`, of the declaration macros (`counter!`, `ledger!`,
 //! `quota!`) and of the calls the type system refuses, as a user sees them: one case per mistake
 //! in `tests/ui/*.rs`, its expected output (the whole of it) in the `.stderr` file beside it
 //! (trybuild compares them).

@@ -1,4 +1,4 @@
-//! `#[derive(Upsert)]` on the structs Diesel users already have: renamed columns, borrowed
+//! `#[derive(UpsertModel)]` on the structs Diesel users already have: renamed columns, borrowed
 //! rows, generics, foreign field types (`uuid::Uuid`) and the field attributes, on real
 //! PostgreSQL and SQLite databases. Its compile errors are in `compile_fail.rs`.
 
@@ -43,7 +43,7 @@ fn at(hour: u32) -> NaiveDateTime {
 }
 
 /// A row that borrows everything it can, names one column differently and keeps another.
-#[derive(Debug, Clone, Insertable, Upsert)]
+#[derive(Debug, Clone, Insertable, UpsertModel)]
 #[diesel(table_name = devices)]
 #[upsert(key(id))]
 struct NewDevice<'a> {
@@ -199,7 +199,7 @@ const NOTES: &str =
     "CREATE TABLE notes (slug TEXT PRIMARY KEY, body TEXT NOT NULL, score DOUBLE PRECISION NOT NULL, views BIGINT NOT NULL)";
 
 /// A model with a type parameter: its field's bounds are on the impls.
-#[derive(Debug, Upsert)]
+#[derive(Debug, UpsertModel)]
 #[upsert(table = notes, key(slug))]
 struct Note<B> {
     slug: String,
@@ -212,7 +212,7 @@ struct Note<B> {
 }
 
 /// The same table: a score that is not a number is refused unless the field is `unchecked`.
-#[derive(Debug, Upsert)]
+#[derive(Debug, UpsertModel)]
 #[upsert(table = notes, key(slug))]
 struct RawNote {
     slug: String,
@@ -301,7 +301,7 @@ fn a_null_key_of_a_foreign_type_is_refused_before_anything_is_sent() {
             name -> Text,
         }
     }
-    #[derive(Upsert)]
+    #[derive(UpsertModel)]
     #[upsert(table = owners, key(owner))]
     struct Owner {
         owner: Option<Uuid>,
@@ -342,7 +342,7 @@ mod schema {
 use schema::widgets;
 
 /// No table attribute: Diesel's default name (`Widget` → `widgets`).
-#[derive(Debug, Upsert)]
+#[derive(Debug, UpsertModel)]
 #[upsert(key(code))]
 struct Widget {
     code: String,
@@ -350,7 +350,7 @@ struct Widget {
 }
 
 /// A table given by its path, and a key named by its column rather than its field.
-#[derive(Debug, Upsert)]
+#[derive(Debug, UpsertModel)]
 #[diesel(table_name = schema::widgets)]
 #[upsert(key(label))]
 struct WidgetByLabel {
@@ -441,7 +441,7 @@ mod time_fields {
         }
     }
 
-    #[derive(Upsert)]
+    #[derive(UpsertModel)]
     #[upsert(table = events, key(name))]
     struct Event {
         name: String,
@@ -505,7 +505,7 @@ diesel::table! {
 /// A `u64` field fits `Unsigned<BigInt>` only on MySQL: the derive's field check accepts it
 /// because upsert-kit is built with `mysql` (the probe of each backend), and borrowed rows
 /// upsert there as elsewhere; the value checks run before anything is sent, as on every backend.
-#[derive(Debug, Clone, Upsert)]
+#[derive(Debug, Clone, UpsertModel)]
 #[diesel(table_name = counters_u)]
 #[upsert(key(name))]
 struct UnsignedRow<'a> {

@@ -19,7 +19,7 @@ diesel::table! {
     }
 }
 
-#[derive(Debug, Clone, upsert_kit::Upsert)]
+#[derive(Debug, Clone, upsert_kit::UpsertModel)]
 #[diesel(table_name = accounts)]
 #[upsert(key(id))]
 struct Account {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use upsert_kit::idempotency::{run, IdempotencyKey};
 use upsert_kit::tables::{create_tables, upsert_kit_quotas, IdempotencyKeys, Quotas};
 use upsert_kit::UpsertOutcome;
-use upsert_kit::{atomic_upsert, bulk_upsert, get_or_create, quota, Obtained, Upsert};
+use upsert_kit::{atomic_upsert, bulk_upsert, get_or_create, quota, Obtained, UpsertModel};
 use upsert_kit_support::{TestDb, TestMysql, TestSqlite};
 
 /// Three keys that a NO PAD binary collation keeps apart, and no other kind of collation does.
@@ -36,7 +36,7 @@ diesel::table! {
     }
 }
 
-#[derive(Debug, Clone, Insertable, Upsert)]
+#[derive(Debug, Clone, Insertable, UpsertModel)]
 #[diesel(table_name = products)]
 #[upsert(key(sku), keep(created_at))]
 pub struct Product {
@@ -63,7 +63,7 @@ diesel::table! {
     }
 }
 
-#[derive(Insertable, Upsert)]
+#[derive(Insertable, UpsertModel)]
 #[diesel(table_name = accounts)]
 #[upsert(key(email))]
 pub struct NewAccount {

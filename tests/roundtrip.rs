@@ -12,7 +12,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 use serde_json::Value;
 use upsert_kit::limits::{MAX_JSON_DEPTH, MAX_KEY_BYTES};
-use upsert_kit::{atomic_upsert, Error, Upsert};
+use upsert_kit::{atomic_upsert, Error, UpsertModel};
 use upsert_kit_support::{TestDb, TestMysql, TestSqlite};
 
 diesel::table! {
@@ -75,7 +75,7 @@ const MYSQL_SQL: &str = "CREATE TABLE samples (
 )";
 
 /// [`Sample`] on MySQL's table.
-#[derive(Debug, Clone, PartialEq, Insertable, Queryable, Selectable, Upsert)]
+#[derive(Debug, Clone, PartialEq, Insertable, Queryable, Selectable, UpsertModel)]
 #[diesel(table_name = on_mysql::samples)]
 #[upsert(key(k))]
 struct MysqlSample {
@@ -117,7 +117,7 @@ impl From<MysqlSample> for Sample {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Insertable, Queryable, Selectable, Upsert)]
+#[derive(Debug, Clone, PartialEq, Insertable, Queryable, Selectable, UpsertModel)]
 #[diesel(table_name = samples)]
 #[upsert(key(k))]
 struct Sample {

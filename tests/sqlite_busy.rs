@@ -110,7 +110,7 @@ diesel::table! {
     }
 }
 
-#[derive(Debug, Clone, upsert_kit::Upsert)]
+#[derive(Debug, Clone, upsert_kit::UpsertModel)]
 #[upsert(table = items, key(id))]
 struct Item {
     id: i64,

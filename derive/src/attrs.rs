@@ -11,7 +11,7 @@ use syn::parse::ParseStream;
 use syn::spanned::Spanned;
 use syn::{Attribute, Data, DeriveInput, Fields, Ident, LitStr, Path, Token, Type};
 
-/// A struct declared with `#[derive(Upsert)]`, checked.
+/// A struct declared with `#[derive(UpsertModel)]`, checked.
 pub(crate) struct Model {
     /// Where the library is: `::upsert_kit` unless `#[upsert(crate = …)]` says otherwise.
     pub krate: Path,
@@ -206,7 +206,7 @@ impl Model {
         if named.is_none() {
             errors.push(syn::Error::new_spanned(
                 &input.ident,
-                "`#[derive(Upsert)]` needs a struct with named fields, one per column",
+                "`#[derive(UpsertModel)]` needs a struct with named fields, one per column",
             ));
             upsert_attr_broken = true;
         }
@@ -246,7 +246,7 @@ impl Model {
                             skip = true;
                         } else if meta.path.is_ident("serialize_as") || meta.path.is_ident("embed") {
                             return Err(meta.error(format!(
-                                "`#[derive(Upsert)]` binds each field as it is and does not support `{}`; \
+                                "`#[derive(UpsertModel)]` binds each field as it is and does not support `{}`; \
                                  convert the value into a field of the column's type instead",
                                 meta.path.to_token_stream()
                             )));

@@ -1,4 +1,4 @@
-//! The code `#[derive(Upsert)]` writes: the library's model traits, and one compile-time check
+//! The code `#[derive(UpsertModel)]` writes: the library's model traits, and one compile-time check
 //! per field, spanned at that field, so that a mistake is reported where it was made.
 //!
 //! Whether a field's type can be written to its column is a constant, `__UPSERT_FITS_<i>`,

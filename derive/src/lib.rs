@@ -1,4 +1,4 @@
-//! `#[derive(Upsert)]` for upsert-kit. Use it as `upsert_kit::Upsert` (the library's `derive`
+//! `#[derive(UpsertModel)]` for upsert-kit. Use it as `upsert_kit::UpsertModel` (the library's `derive`
 //! feature, on by default); the attributes are documented there.
 //!
 //! The derive reads the struct's `#[upsert(…)]` and `#[diesel(…)]` attributes and writes the
@@ -16,8 +16,8 @@ use proc_macro::TokenStream;
 use syn::{parse_macro_input, DeriveInput};
 
 /// The derive's implementation; its attributes and examples are documented as
-/// `upsert_kit::Upsert`.
-#[proc_macro_derive(Upsert, attributes(upsert, diesel))]
+/// `upsert_kit::UpsertModel`.
+#[proc_macro_derive(UpsertModel, attributes(upsert, diesel))]
 pub fn derive_upsert(input: TokenStream) -> TokenStream {
     let input = parse_macro_input!(input as DeriveInput);
     // A mistake is reported at its tokens, and the impls of what is left are written all the

@@ -26,7 +26,7 @@ use diesel::sql_types::BigInt;
 use std::sync::atomic::{AtomicI64, Ordering};
 use upsert_kit::claim::{ClaimQueue, Queue};
 use upsert_kit::tables::{upsert_kit_quotas, Quotas};
-use upsert_kit::{atomic_upsert, bulk_upsert, counter, quota, Error, Upsert};
+use upsert_kit::{atomic_upsert, bulk_upsert, counter, quota, Error, UpsertModel};
 use upsert_kit_support::TestMysql;
 
 /// The scenarios that run on MySQL, in report order.
@@ -92,7 +92,7 @@ diesel::table! {
 }
 
 /// A row of [`race_stats`].
-#[derive(Debug, Clone, Insertable, Upsert)]
+#[derive(Debug, Clone, Insertable, UpsertModel)]
 #[diesel(table_name = race_stats)]
 #[upsert(key(stats_type), keep(created_at))]
 pub struct Stat {
@@ -107,7 +107,7 @@ pub struct Stat {
 }
 
 /// A row of [`race_first`].
-#[derive(Debug, Clone, Insertable, Upsert)]
+#[derive(Debug, Clone, Insertable, UpsertModel)]
 #[diesel(table_name = race_first)]
 #[upsert(key(stats_type), keep(created_at))]
 pub struct First {

@@ -54,9 +54,9 @@
 //! # include!("../doctest_setup.rs");
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use upsert_kit::coalesce::Coalescer;
-//! use upsert_kit::{Upsert, UpsertOutcome};
+//! use upsert_kit::{UpsertModel, UpsertOutcome};
 //!
-//! #[derive(Upsert)]
+//! #[derive(UpsertModel)]
 //! #[upsert(table = items, key(sku))]
 //! pub struct Item {
 //!     pub sku: String,

@@ -92,12 +92,12 @@ pub struct Obtained<R> {
 /// backend's own connection `C`: implemented in the backend's file (`pg.rs`, `sqlite.rs`,
 /// `mysql.rs` beside this one) for [`diesel::PgConnection`], [`diesel::SqliteConnection`] and
 /// `diesel::MysqlConnection`, for every model declared with
-/// [`#[derive(Upsert)]`](macro@crate::Upsert) and every `R` that derives `Queryable` and
+/// [`#[derive(UpsertModel)]`](derive@crate::UpsertModel) and every `R` that derives `Queryable` and
 /// `Selectable` for the model's table. [`get_or_create`] takes any [`WriteConnection`] (a
 /// pooled one too) and reaches this through [`WriteConnection::raw`].
 #[diagnostic::on_unimplemented(
     message = "cannot get-or-create `{Self}` as `{R}` over a `{C}`",
-    note = "derive the model with `#[derive(upsert_kit::Upsert)]`, and derive `Queryable` and `Selectable` (with `#[diesel(table_name = …)]` of the same table) on the row type"
+    note = "derive the model with `#[derive(upsert_kit::UpsertModel)]`, and derive `Queryable` and `Selectable` (with `#[diesel(table_name = …)]` of the same table) on the row type"
 )]
 pub trait GetOrCreate<C, R>: UpsertModel + Sized {
     /// Runs the get-or-create of a validated row.
@@ -134,9 +134,9 @@ pub trait GetOrCreate<C, R>: UpsertModel + Sized {
 /// use upsert_kit::get_or_create::get_or_create;
 /// # include!("../doctest_setup.rs");
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// use upsert_kit::Upsert;
+/// use upsert_kit::UpsertModel;
 ///
-/// #[derive(Insertable, Upsert)]
+/// #[derive(Insertable, UpsertModel)]
 /// #[diesel(table_name = stats)]
 /// #[upsert(key(stats_type))]
 /// pub struct NewStats {

@@ -1,4 +1,4 @@
-//! What the code of `#[derive(Upsert)]` and of the declaration macros (`counter!`, `ledger!`,
+//! What the code of `#[derive(UpsertModel)]` and of the declaration macros (`counter!`, `ledger!`,
 //! `quota!`) calls. Not public API: reached through `upsert_kit::__private`, may change in any
 //! release.
 //!

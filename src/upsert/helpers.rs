@@ -40,13 +40,13 @@ pub trait AuthModel: UpsertModel {
 /// # Examples
 ///
 /// ```
-/// use upsert_kit::{atomic_upsert_stats, StatsModel, Upsert, UpsertOutcome};
+/// use upsert_kit::{atomic_upsert_stats, StatsModel, UpsertModel, UpsertOutcome};
 /// # include!("../doctest_setup.rs");
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use diesel::{Connection, SqliteConnection};
 /// use serde_json::json;
 ///
-/// #[derive(Upsert)]
+/// #[derive(UpsertModel)]
 /// #[upsert(table = stats, key(stats_type), keep(created_at))]
 /// pub struct Stats {
 ///     pub stats_type: String,
@@ -88,13 +88,13 @@ where
 /// # Examples
 ///
 /// ```
-/// use upsert_kit::{atomic_upsert_auth, AuthModel, Upsert, UpsertOutcome};
+/// use upsert_kit::{atomic_upsert_auth, AuthModel, UpsertModel, UpsertOutcome};
 /// # include!("../doctest_setup.rs");
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use diesel::{Connection, SqliteConnection};
 /// use chrono::{Duration, Utc};
 ///
-/// #[derive(Upsert)]
+/// #[derive(UpsertModel)]
 /// #[upsert(table = tokens, key(id))]
 /// pub struct Token {
 ///     pub id: i64,
@@ -199,12 +199,12 @@ excluded_comparison!(
 /// exist on MySQL; this one gives every backend the same call.
 ///
 /// ```
-/// # use upsert_kit::{Upsert, UpsertOutcome};
+/// # use upsert_kit::{Upsert, UpsertModel, UpsertOutcome};
 /// # include!("../doctest_setup.rs");
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use diesel::ExpressionMethods;
 /// use upsert_kit::upsert::incoming;
-/// #[derive(Upsert)]
+/// #[derive(UpsertModel)]
 /// #[upsert(table = tokens, key(id))]
 /// pub struct Token {
 ///     pub id: i64,

@@ -154,13 +154,13 @@ impl<DB: diesel::backend::Backend> QueryFragment<DB> for NoCondition {
 /// connection `C`: implemented in the backend's file (`pg.rs`, `sqlite.rs`, `mysql.rs` beside
 /// this one) for [`diesel::PgConnection`], [`diesel::SqliteConnection`] and
 /// `diesel::MysqlConnection`, for every model declared with
-/// [`#[derive(Upsert)]`](macro@crate::Upsert) whose field types the backend can store.
+/// [`#[derive(UpsertModel)]`](derive@crate::UpsertModel) whose field types the backend can store.
 /// [`atomic_upsert`] and friends take any [`WriteConnection`] (a pooled one too) and reach this
 /// through [`WriteConnection::raw`]. Upserts run on all three backends (locks and claims on
 /// PostgreSQL and MySQL only).
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be upserted over a `{C}`",
-    note = "derive the model with `#[derive(upsert_kit::Upsert)]` and check that each field's Rust type maps to its column's SQL type on this backend"
+    note = "derive the model with `#[derive(upsert_kit::UpsertModel)]` and check that each field's Rust type maps to its column's SQL type on this backend"
 )]
 pub trait Upsertable<C, F = NoCondition>: UpsertModel + Sized {
     /// Upserts one validated row.
@@ -216,12 +216,12 @@ pub(crate) fn update_columns<M: UpsertModel>(extra_keep: &[&'static str]) -> Vec
 /// Overwrite only when the incoming row is newer, and never touch `updated_at` on conflict:
 ///
 /// ```
-/// # use upsert_kit::{Upsert, UpsertOutcome};
+/// # use upsert_kit::{Upsert, UpsertModel, UpsertOutcome};
 /// # include!("../doctest_setup.rs");
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// # use diesel::{Connection, SqliteConnection, ExpressionMethods};
 /// use diesel::upsert::excluded;
-/// #[derive(Upsert)]
+/// #[derive(UpsertModel)]
 /// #[upsert(table = tokens, key(id))]
 /// pub struct Token {
 ///     pub id: i64,

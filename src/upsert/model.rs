@@ -11,12 +11,12 @@ use std::marker::PhantomData;
 
 /// A row type that can be upserted: its table, the columns it writes, its conflict key.
 ///
-/// Declare it with `#[derive(Upsert)]` (the `derive` feature), which writes this trait and
+/// Declare it with `#[derive(UpsertModel)]` (the `derive` feature), which writes this trait and
 /// the bind traits from the struct definition. Implementing it by hand is possible (then also
 /// implement [`BindRow`] and, for bulk upserts on PostgreSQL, [`BindColumns`]) but rarely needed.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not an upsert model",
-    note = "derive it: `#[derive(upsert_kit::Upsert)]` and `#[upsert(key(…))]` on the struct"
+    note = "derive it: `#[derive(upsert_kit::UpsertModel)]` and `#[upsert(key(…))]` on the struct"
 )]
 pub trait UpsertModel {
     /// The Diesel table (`schema::my_table::table`).
@@ -24,7 +24,7 @@ pub trait UpsertModel {
 
     /// A `'static` type standing for the model's table and key columns, by which Diesel's
     /// prepared-statement cache finds the crate's read by key (`SELECT … WHERE key = …`)
-    /// instead of building and hashing its SQL on every call. `#[derive(Upsert)]` writes
+    /// instead of building and hashing its SQL on every call. `#[derive(UpsertModel)]` writes
     /// `(table, (key_column, …))`, e.g. `(users::table, (users::email,))`; by hand, write the
     /// same. Two models may share it only when their table and key columns are the same (their
     /// reads are then the same statement).
@@ -322,7 +322,7 @@ impl<T: CheckedValue> CheckedValue for Option<T> {
 }
 
 /// Declares an upsert model with the syntax of upsert-kit 0.1: a thin wrapper that puts
-/// `#[derive(Upsert)]` on the struct (the same code, the same checks).
+/// `#[derive(UpsertModel)]` on the struct (the same code, the same checks).
 ///
 /// ```text
 /// upsert_kit::upsert_model! {
@@ -335,7 +335,7 @@ impl<T: CheckedValue> CheckedValue for Option<T> {
 /// is
 ///
 /// ```text
-/// #[derive(Debug, Clone, upsert_kit::Upsert)]
+/// #[derive(Debug, Clone, upsert_kit::UpsertModel)]
 /// #[upsert(table = schema::my_table, key(key_column, …), keep(column, …))]
 /// pub struct MyRow { pub key_column: Type, pub other: Type, … }
 /// ```
@@ -377,7 +377,7 @@ macro_rules! upsert_model {
         $vis:vis struct $name:ident $($body:tt)*
     ) => {
         $(#[$meta])*
-        #[derive($crate::Upsert)]
+        #[derive($crate::UpsertModel)]
         #[upsert(crate = $crate, table = $($tp)::+, key($($key),+) $(, keep($($keep),*))?)]
         $vis struct $name $($body)*
     };

@@ -48,8 +48,8 @@ pub enum Commit {
 /// # include!("../doctest_setup.rs");
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use upsert_kit::upsert::{bulk_upsert_stream, Commit};
-/// use upsert_kit::Upsert;
-/// #[derive(Upsert)]
+/// use upsert_kit::UpsertModel;
+/// #[derive(UpsertModel)]
 /// #[upsert(table = items, key(sku))]
 /// pub struct Item {
 ///     pub sku: String,

@@ -1,5 +1,5 @@
 // A key column listed twice.
-use upsert_kit::Upsert;
+use upsert_kit::UpsertModel;
 
 diesel::table! {
     usage (account, day) {
@@ -9,7 +9,7 @@ diesel::table! {
     }
 }
 
-#[derive(Upsert)]
+#[derive(UpsertModel)]
 #[diesel(table_name = usage)]
 #[upsert(key(account, day, account))]
 struct Usage {

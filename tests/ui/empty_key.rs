@@ -1,5 +1,5 @@
 // An empty key: there is nothing to conflict on.
-use upsert_kit::Upsert;
+use upsert_kit::UpsertModel;
 
 diesel::table! {
     products (id) {
@@ -8,7 +8,7 @@ diesel::table! {
     }
 }
 
-#[derive(Upsert)]
+#[derive(UpsertModel)]
 #[diesel(table_name = products)]
 #[upsert(key())]
 struct Product {

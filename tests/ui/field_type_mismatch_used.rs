@@ -1,5 +1,5 @@
 // A field whose Rust type cannot be written to its column's SQL type.
-use upsert_kit::Upsert;
+use upsert_kit::UpsertModel;
 
 diesel::table! {
     orders (id) {
@@ -8,7 +8,7 @@ diesel::table! {
     }
 }
 
-#[derive(Upsert)]
+#[derive(UpsertModel)]
 #[diesel(table_name = orders)]
 #[upsert(key(id))]
 struct Order {

@@ -1,5 +1,5 @@
 // A keep column that is part of the key: key columns are never updated anyway.
-use upsert_kit::Upsert;
+use upsert_kit::UpsertModel;
 
 diesel::table! {
     products (id) {
@@ -9,7 +9,7 @@ diesel::table! {
     }
 }
 
-#[derive(Upsert)]
+#[derive(UpsertModel)]
 #[diesel(table_name = products)]
 #[upsert(key(sku), keep(sku))]
 struct Product {
@@ -17,7 +17,7 @@ struct Product {
     name: String,
 }
 
-#[derive(Upsert)]
+#[derive(UpsertModel)]
 #[diesel(table_name = products)]
 #[upsert(key(sku))]
 struct KeptByField {

@@ -1,6 +1,6 @@
 // `Upsert::keep` with a column of another table than the model's.
 use diesel::{Connection, SqliteConnection};
-use upsert_kit::Upsert;
+use upsert_kit::{Upsert, UpsertModel};
 
 diesel::table! {
     products (id) {
@@ -17,7 +17,7 @@ diesel::table! {
     }
 }
 
-#[derive(Upsert)]
+#[derive(UpsertModel)]
 #[diesel(table_name = products)]
 #[upsert(key(sku))]
 struct Product {

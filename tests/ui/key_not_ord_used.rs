@@ -1,5 +1,5 @@
 // A key whose type is not `Ord`: bulk upserts sort and collapse rows by key.
-use upsert_kit::Upsert;
+use upsert_kit::UpsertModel;
 
 diesel::table! {
     readings (value) {
@@ -8,7 +8,7 @@ diesel::table! {
     }
 }
 
-#[derive(Upsert)]
+#[derive(UpsertModel)]
 #[diesel(table_name = readings)]
 #[upsert(key(value))]
 struct Reading {

@@ -1,5 +1,5 @@
 // No key at all.
-use upsert_kit::Upsert;
+use upsert_kit::UpsertModel;
 
 diesel::table! {
     products (id) {
@@ -8,7 +8,7 @@ diesel::table! {
     }
 }
 
-#[derive(Upsert)]
+#[derive(UpsertModel)]
 #[diesel(table_name = products)]
 struct Product {
     sku: String,

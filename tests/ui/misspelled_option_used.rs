@@ -1,5 +1,5 @@
 // A misspelled option (`kye` for `key`): one error at it, none for the key it would have given.
-use upsert_kit::Upsert;
+use upsert_kit::UpsertModel;
 
 diesel::table! {
     products (id) {
@@ -9,7 +9,7 @@ diesel::table! {
     }
 }
 
-#[derive(Upsert)]
+#[derive(UpsertModel)]
 #[diesel(table_name = products)]
 #[upsert(kye(sku))]
 struct Product {

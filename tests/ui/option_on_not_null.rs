@@ -1,5 +1,5 @@
 // An `Option` field on a `NOT NULL` column: `None` could not be written.
-use upsert_kit::Upsert;
+use upsert_kit::UpsertModel;
 
 diesel::table! {
     users (id) {
@@ -9,7 +9,7 @@ diesel::table! {
     }
 }
 
-#[derive(Upsert)]
+#[derive(UpsertModel)]
 #[diesel(table_name = users)]
 #[upsert(key(email))]
 struct User {

@@ -1,7 +1,7 @@
 // A field type that PostgreSQL takes and SQLite does not (`uuid::Uuid` on a `Uuid` column): the
 // model compiles and upserts on PostgreSQL; its use on SQLite is refused at that call.
 use diesel::{Connection, SqliteConnection};
-use upsert_kit::Upsert;
+use upsert_kit::UpsertModel;
 
 diesel::table! {
     devices (id) {
@@ -10,7 +10,7 @@ diesel::table! {
     }
 }
 
-#[derive(Upsert)]
+#[derive(UpsertModel)]
 #[diesel(table_name = devices)]
 #[upsert(key(serial))]
 struct Device {

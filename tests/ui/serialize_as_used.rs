@@ -1,5 +1,5 @@
 // `serialize_as`, which the derive does not support: one error at the attribute.
-use upsert_kit::Upsert;
+use upsert_kit::UpsertModel;
 
 diesel::table! {
     products (id) {
@@ -17,7 +17,7 @@ impl From<Name> for String {
     }
 }
 
-#[derive(Upsert)]
+#[derive(UpsertModel)]
 #[diesel(table_name = products)]
 #[upsert(key(sku))]
 struct Product {

@@ -1,5 +1,5 @@
 // The table said twice, once to Diesel and once to the derive.
-use upsert_kit::Upsert;
+use upsert_kit::UpsertModel;
 
 diesel::table! {
     products (id) {
@@ -8,7 +8,7 @@ diesel::table! {
     }
 }
 
-#[derive(Upsert)]
+#[derive(UpsertModel)]
 #[diesel(table_name = products)]
 #[upsert(table = products, key(sku))]
 struct Product {

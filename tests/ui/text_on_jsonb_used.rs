@@ -1,5 +1,5 @@
 // A `String` field on a `Jsonb` column: the column holds JSON, not text.
-use upsert_kit::Upsert;
+use upsert_kit::UpsertModel;
 
 diesel::table! {
     stats (id) {
@@ -9,7 +9,7 @@ diesel::table! {
     }
 }
 
-#[derive(Upsert)]
+#[derive(UpsertModel)]
 #[diesel(table_name = stats)]
 #[upsert(key(stats_type))]
 struct Stats {

@@ -1,5 +1,5 @@
 // A keep column that is not a field of the struct.
-use upsert_kit::Upsert;
+use upsert_kit::UpsertModel;
 
 diesel::table! {
     products (id) {
@@ -10,7 +10,7 @@ diesel::table! {
     }
 }
 
-#[derive(Upsert)]
+#[derive(UpsertModel)]
 #[diesel(table_name = products)]
 #[upsert(key(sku), keep(created))]
 struct Product {

@@ -1,5 +1,5 @@
 // A field renamed to a column the table does not have: reported at the attribute.
-use upsert_kit::Upsert;
+use upsert_kit::UpsertModel;
 
 diesel::table! {
     orders (id) {
@@ -8,7 +8,7 @@ diesel::table! {
     }
 }
 
-#[derive(Upsert)]
+#[derive(UpsertModel)]
 #[diesel(table_name = orders)]
 #[upsert(key(id))]
 struct Order {

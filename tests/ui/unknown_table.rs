@@ -1,5 +1,5 @@
 // A table that is not declared: the derive names it at the attribute.
-use upsert_kit::Upsert;
+use upsert_kit::UpsertModel;
 
 diesel::table! {
     products (id) {
@@ -8,7 +8,7 @@ diesel::table! {
     }
 }
 
-#[derive(Upsert)]
+#[derive(UpsertModel)]
 #[diesel(table_name = product)]
 #[upsert(key(sku))]
 struct Product {

@@ -42,7 +42,7 @@ diesel::table! {
 const DAILY_TOTALS_SQL: &str = "CREATE TABLE daily_totals (note TEXT NOT NULL,
     user_id BIGINT NOT NULL, total BIGINT NOT NULL, day DATE NOT NULL, PRIMARY KEY (user_id, day))";
 
-#[derive(Debug, Clone, upsert_kit::Upsert)]
+#[derive(Debug, Clone, upsert_kit::UpsertModel)]
 #[upsert(table = daily_totals, key(user_id, day))]
 struct DailyTotal {
     note: String,

@@ -63,7 +63,7 @@ CREATE TABLE people (
     UNIQUE KEY people_email (email)
 );";
 
-#[derive(Debug, Clone, PartialEq, Insertable, upsert_kit::Upsert)]
+#[derive(Debug, Clone, PartialEq, Insertable, upsert_kit::UpsertModel)]
 #[diesel(table_name = stats)]
 #[upsert(key(stats_type), keep(created_at))]
 struct Stats {
@@ -77,7 +77,7 @@ impl StatsModel for Stats {
     type Data = stats::data;
 }
 
-#[derive(Debug, Clone, PartialEq, upsert_kit::Upsert)]
+#[derive(Debug, Clone, PartialEq, upsert_kit::UpsertModel)]
 #[diesel(table_name = tokens)]
 #[upsert(key(id))]
 struct Token {
@@ -93,7 +93,7 @@ impl AuthModel for Token {
     type ExpiresAt = tokens::expires_at;
 }
 
-#[derive(Debug, Clone, PartialEq, upsert_kit::Upsert)]
+#[derive(Debug, Clone, PartialEq, upsert_kit::UpsertModel)]
 #[diesel(table_name = people)]
 #[upsert(key(id))]
 struct Person {
@@ -374,7 +374,7 @@ struct StoredStats {
     data: serde_json::Value,
 }
 
-#[derive(Debug, Clone, upsert_kit::Upsert)]
+#[derive(Debug, Clone, upsert_kit::UpsertModel)]
 #[diesel(table_name = stats)]
 #[upsert(key(stats_type))]
 struct NewStats {

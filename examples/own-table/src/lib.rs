@@ -19,7 +19,7 @@ use diesel::connection::SimpleConnection;
 use diesel::pg::PgConnection;
 use diesel::upsert::excluded;
 use diesel::ExpressionMethods;
-use upsert_kit::{Upsert, UpsertOutcome};
+use upsert_kit::{Upsert, UpsertModel, UpsertOutcome};
 
 diesel::table! {
     /// The last reported status of each service.
@@ -44,7 +44,7 @@ pub const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS service_status (
 )";
 
 /// One health check's report.
-#[derive(Debug, Clone, PartialEq, Eq, diesel::Insertable, Upsert)]
+#[derive(Debug, Clone, PartialEq, Eq, diesel::Insertable, UpsertModel)]
 #[diesel(table_name = service_status)]
 #[upsert(key(service), keep(first_seen))]
 pub struct Report {

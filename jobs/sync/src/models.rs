@@ -2,10 +2,10 @@
 
 use crate::schema::{strava_auth, strava_stats, wakatime_auth, wakatime_stats};
 use chrono::NaiveDateTime;
-use upsert_kit::{AuthModel, StatsModel, Upsert};
+use upsert_kit::{AuthModel, StatsModel, UpsertModel};
 
 /// One Strava stats row (`ytd`, `all_time`, `recent`).
-#[derive(Debug, Clone, PartialEq, Upsert)]
+#[derive(Debug, Clone, PartialEq, UpsertModel)]
 #[diesel(table_name = strava_stats)]
 #[upsert(key(stats_type), keep(created_at))]
 pub struct StravaStats {
@@ -24,7 +24,7 @@ impl StatsModel for StravaStats {
 }
 
 /// One WakaTime stats row (a stats range such as `last_7_days`).
-#[derive(Debug, Clone, PartialEq, Upsert)]
+#[derive(Debug, Clone, PartialEq, UpsertModel)]
 #[diesel(table_name = wakatime_stats)]
 #[upsert(key(stats_type), keep(created_at))]
 pub struct WakatimeStats {
@@ -43,7 +43,7 @@ impl StatsModel for WakatimeStats {
 }
 
 /// A Strava OAuth token of one account.
-#[derive(Clone, PartialEq, Upsert)]
+#[derive(Clone, PartialEq, UpsertModel)]
 #[diesel(table_name = strava_auth)]
 #[upsert(key(id))]
 pub struct StravaAuth {
@@ -66,7 +66,7 @@ impl AuthModel for StravaAuth {
 }
 
 /// A WakaTime OAuth token of one account.
-#[derive(Clone, PartialEq, Upsert)]
+#[derive(Clone, PartialEq, UpsertModel)]
 #[diesel(table_name = wakatime_auth)]
 #[upsert(key(id))]
 pub struct WakatimeAuth {

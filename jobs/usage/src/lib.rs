@@ -264,7 +264,7 @@ pub(crate) mod rows {
     use super::*;
 
     /// A new month of an account (get-or-create: never overwritten).
-    #[derive(Debug, Insertable, upsert_kit::Upsert)]
+    #[derive(Debug, Insertable, upsert_kit::UpsertModel)]
     #[diesel(table_name = usage_periods)]
     #[upsert(key(account, period_start))]
     pub struct NewUsagePeriod {
@@ -278,7 +278,7 @@ pub(crate) mod rows {
     }
 
     /// An account's limits (upserted when they change).
-    #[derive(Debug, Insertable, upsert_kit::Upsert)]
+    #[derive(Debug, Insertable, upsert_kit::UpsertModel)]
     #[diesel(table_name = usage_accounts)]
     #[upsert(key(account))]
     pub struct UsageAccountRow {
