@@ -289,9 +289,9 @@ fn mysql_benches(c: &mut Criterion, conn: &mut diesel::MysqlConnection) {
         })
         .collect();
     upsert_kit::bulk_upsert(conn, &rows).unwrap();
+    // `race_counter` has its rows already.
     conn.batch_execute(
-        "INSERT INTO race_counter (id, n) VALUES (1, 0);
-         INSERT INTO upsert_kit_quotas (quota_key, quota_limit) VALUES ('bench', 9223372036854775807)",
+        "INSERT INTO upsert_kit_quotas (quota_key, quota_limit) VALUES ('bench', 9223372036854775807)",
     )
     .unwrap();
 
@@ -315,7 +315,7 @@ fn mysql_benches(c: &mut Criterion, conn: &mut diesel::MysqlConnection) {
     let mut g = group(c, "increment/mysql");
     g.bench_function("atomic", |b| {
         b.iter(|| {
-            upsert_kit::counter::increment::<upsert_race::generic::RaceCounter, _>(
+            upsert_kit::counter::increment::<upsert_race::tables::RaceCounter, _>(
                 &mut *conn,
                 &1,
                 [1],

@@ -1,21 +1,18 @@
-//! The scenarios of the library's generic primitives, on tables the race crate declares itself:
-//! the counter table [`race_counter`] (created by [`scenarios::create_tables`]) and the
-//! ready-made ledger and quota tables of [`upsert_kit::tables`] (created with
-//! [`upsert_kit::tables::create_tables`]), each against its naive baseline in [`naive`] on the
-//! same table.
+//! The scenarios of the library's generic primitives, on tables the race crate declares itself
+//! ([`crate::tables`]): the counter table [`race_counter`](crate::tables::race_counter) and the
+//! ready-made ledger and quota tables of [`upsert_kit::tables`], each against its naive baseline
+//! in [`naive`] on the same table.
 //!
 //! | scenario | naive | atomic |
 //! |---|---|---|
 //! | `counter` | [`naive::read_add_write`] of one hot row | [`counter::increment`] of it |
 //! | `counter-retry` | the same, each request delivered twice (a retry after a lost acknowledgement) | [`idempotency::increment_once`], both deliveries with the request's key |
 //! | `quota` | [`naive::try_consume_check_then_act`] | [`quota::try_consume`] |
-//!
-//! [`scenarios::create_tables`]: crate::scenarios::create_tables
 
 use crate::naive;
-use crate::scenario::{
-    race_counter, reset_counter, timestamp, Anomalies, Op, Pattern, Scenario, Tally,
-};
+use crate::scenario::{timestamp, Anomalies, Op, Pattern, Scenario, Tally};
+use crate::sql::RaceSql;
+use crate::tables::{RaceCounter, COUNTER, RETRY_COUNTER};
 use anyhow::Result;
 use diesel::connection::SimpleConnection;
 use diesel::dsl::sql;
@@ -27,25 +24,6 @@ use upsert_kit::idempotency::{self, IdempotencyKey};
 use upsert_kit::tables::{upsert_kit_quotas, IdempotencyKeys, Quotas};
 use upsert_kit::{counter, quota, Error};
 
-upsert_kit::counter! {
-    table = race_counter, key = (id: i32), amounts = (n);
-    /// The race crate's counter table, [`race_counter`], declared for [`upsert_kit::counter`](mod@upsert_kit::counter).
-    #[derive(Debug, Clone, Copy)]
-    pub struct RaceCounter;
-}
-
-/// The row of the `counter` scenario.
-const COUNTER_ID: i32 = 1;
-/// The row of the `counter-retry` scenario.
-const RETRY_ID: i32 = 3;
-
-fn counter_value(conn: &mut PgConnection, id: i32) -> Result<i64> {
-    Ok(race_counter::table
-        .find(id)
-        .select(race_counter::n)
-        .get_result(conn)?)
-}
-
 /// `counter`: every worker adds one to one hot row.
 #[derive(Debug, Default)]
 pub struct Counter;
@@ -55,7 +33,7 @@ impl Scenario for Counter {
         "counter"
     }
     fn prepare(&self, conn: &mut PgConnection) -> Result<()> {
-        reset_counter(conn, COUNTER_ID)
+        Ok(conn.set_counter(COUNTER, 0)?)
     }
     fn op(
         &self,
@@ -66,10 +44,10 @@ impl Scenario for Counter {
         match pattern {
             Pattern::Diesel => return Err(crate::scenario::no_diesel_side()),
             // As ORM code writes it: load, add, save (two round trips, no transaction).
-            Pattern::Naive => naive::read_add_write(conn, COUNTER_ID)?,
+            Pattern::Naive => naive::read_add_write(conn, COUNTER)?,
             // One `UPDATE … SET n = n + 1 … RETURNING n`.
             Pattern::Atomic => {
-                counter::increment::<RaceCounter, _>(conn, &COUNTER_ID, [1])?
+                counter::increment::<RaceCounter, _>(conn, &COUNTER, [1])?
                     .ok_or_else(|| Error::NotFound("the counter row is missing".into()))?;
             }
         }
@@ -77,7 +55,7 @@ impl Scenario for Counter {
     }
     fn verify(&self, conn: &mut PgConnection, tally: &Tally) -> Result<Anomalies> {
         Ok(Anomalies {
-            lost_updates: tally.effect as i64 - counter_value(conn, COUNTER_ID)?,
+            lost_updates: tally.effect as i64 - conn.counter_value(COUNTER)?,
             ..Anomalies::default()
         })
     }
@@ -99,7 +77,7 @@ impl Scenario for CounterRetry {
     fn prepare(&self, conn: &mut PgConnection) -> Result<()> {
         // The keys of a cell are reused by the next one: forget them.
         conn.batch_execute("TRUNCATE upsert_kit_idempotency_keys")?;
-        reset_counter(conn, RETRY_ID)
+        Ok(conn.set_counter(RETRY_COUNTER, 0)?)
     }
     fn op(
         &self,
@@ -114,7 +92,7 @@ impl Scenario for CounterRetry {
                 Pattern::Diesel => return Err(crate::scenario::no_diesel_side()),
                 // No key: the retry is counted again.
                 Pattern::Naive => {
-                    naive::read_add_write(conn, RETRY_ID)?;
+                    naive::read_add_write(conn, RETRY_COUNTER)?;
                     counted += 1;
                 }
                 // One statement: the increment and the key's ledger row, or neither.
@@ -122,7 +100,7 @@ impl Scenario for CounterRetry {
                     let done = idempotency::increment_once::<IdempotencyKeys, RaceCounter, _>(
                         conn,
                         &key,
-                        &RETRY_ID,
+                        &RETRY_COUNTER,
                         [1],
                         timestamp(),
                     )?;
@@ -135,7 +113,7 @@ impl Scenario for CounterRetry {
     }
     fn verify(&self, conn: &mut PgConnection, tally: &Tally) -> Result<Anomalies> {
         Ok(crate::scenario::retry_anomalies(
-            counter_value(conn, RETRY_ID)?,
+            conn.counter_value(RETRY_COUNTER)?,
             tally,
         ))
     }

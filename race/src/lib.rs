@@ -32,6 +32,8 @@ pub mod primitives;
 pub mod report;
 pub mod scenario;
 pub mod scenarios;
+pub mod sql;
+pub mod tables;
 
 use anyhow::{bail, Context, Result};
 use diesel::pg::PgConnection;
@@ -154,7 +156,7 @@ impl RaceConnection for diesel::MysqlConnection {
 /// tables (`upsert`, `first-insert`, `bulk`), the usage tables (`usage-counter`,
 /// `usage-counter-retry`, `usage-quota`, `get-or-create`) and the backfill queue (`claim`).
 /// The tables of `counter`, `counter-retry`, `quota` and `lock` are the race crate's own
-/// ([`scenarios::create_tables`]).
+/// ([`tables::create`]).
 pub const MIGRATIONS: [(&str, EmbeddedMigrations); 3] = [
     ("sync-jobs", sync_jobs::db::PG_MIGRATIONS),
     ("usage-tracking", usage_tracking::PG_MIGRATIONS),
@@ -224,7 +226,7 @@ pub fn run(config: &Config) -> Result<Vec<Row>> {
     let db = TestDb::on(&admin_url).map_err(anyhow::Error::msg)?;
     let mut conn = connect_pg(db.url()).context("connect to the race database")?;
     migrate(&mut conn)?;
-    scenarios::create_tables(&mut conn)?;
+    tables::create(&mut conn)?;
 
     run_cells(db.url(), &chosen, config)
 }

@@ -13,8 +13,10 @@
 //!
 //! Everything runs at the server's default isolation (REPEATABLE READ on MariaDB and MySQL).
 
-use crate::generic::RaceCounter;
-use crate::scenario::{race_counter, timestamp, Anomalies, Op, Pattern, Scenario, Tally};
+use crate::naive;
+use crate::scenario::{timestamp, Anomalies, Op, Pattern, Scenario, Tally};
+use crate::sql::RaceSql;
+use crate::tables::{RaceCounter, COUNTER};
 use crate::{Config, Row};
 use anyhow::{bail, Context, Result};
 use chrono::NaiveDateTime;
@@ -146,7 +148,6 @@ CREATE TABLE race_first (
     data JSON NOT NULL,
     created_at DATETIME(6) NOT NULL,
     updated_at DATETIME(6) NOT NULL);
-CREATE TABLE race_counter (id INT PRIMARY KEY, n BIGINT NOT NULL DEFAULT 0);
 CREATE TABLE race_queue (
     id BIGINT AUTO_INCREMENT PRIMARY KEY,
     runs INT NOT NULL DEFAULT 0,
@@ -242,15 +243,15 @@ pub fn run(config: &Config, admin_url: Option<&str>) -> Result<Vec<Row>> {
     crate::run_cells(db.url(), &chosen, config)
 }
 
-/// Creates this module's tables and the library's ready-made ones on `conn`'s database.
+/// Creates this module's tables and the race crate's own ([`crate::tables::create`]) on
+/// `conn`'s database.
 ///
 /// # Errors
 /// When a table exists already or the server refuses.
 pub fn create_tables(conn: &mut MysqlConnection) -> Result<()> {
     conn.batch_execute(TABLES_SQL)
         .context("create the race tables on MySQL")?;
-    upsert_kit::tables::create_tables(conn)?;
-    Ok(())
+    crate::tables::create(conn)
 }
 
 fn stats_rows(n: u64) -> Vec<Stat> {
@@ -450,9 +451,6 @@ impl Scenario<MysqlConnection> for BulkScenario {
     }
 }
 
-/// The row of the `counter` scenario.
-const COUNTER_ID: i32 = 1;
-
 struct Counter;
 
 impl Scenario<MysqlConnection> for Counter {
@@ -460,10 +458,7 @@ impl Scenario<MysqlConnection> for Counter {
         "counter"
     }
     fn prepare(&self, conn: &mut MysqlConnection) -> Result<()> {
-        conn.batch_execute(
-            "DELETE FROM race_counter; INSERT INTO race_counter (id, n) VALUES (1, 0)",
-        )?;
-        Ok(())
+        Ok(conn.set_counter(COUNTER, 0)?)
     }
     fn op(
         &self,
@@ -474,29 +469,17 @@ impl Scenario<MysqlConnection> for Counter {
         match pattern {
             // No plain-Diesel side on MySQL (`patterns()` leaves it out).
             Pattern::Diesel => return Err(crate::scenario::no_diesel_side()),
-            Pattern::Naive => {
-                let n: i64 = race_counter::table
-                    .find(COUNTER_ID)
-                    .select(race_counter::n)
-                    .get_result(conn)?;
-                diesel::update(race_counter::table.find(COUNTER_ID))
-                    .set(race_counter::n.eq(n + 1))
-                    .execute(conn)?;
-            }
+            Pattern::Naive => naive::read_add_write(conn, COUNTER)?,
             Pattern::Atomic => {
-                counter::increment::<RaceCounter, _>(conn, &COUNTER_ID, [1])?
+                counter::increment::<RaceCounter, _>(conn, &COUNTER, [1])?
                     .ok_or_else(|| Error::NotFound("the counter row is missing".into()))?;
             }
         }
         Ok(1)
     }
     fn verify(&self, conn: &mut MysqlConnection, tally: &Tally) -> Result<Anomalies> {
-        let n: i64 = race_counter::table
-            .find(COUNTER_ID)
-            .select(race_counter::n)
-            .get_result(conn)?;
         Ok(Anomalies {
-            lost_updates: tally.effect as i64 - n,
+            lost_updates: tally.effect as i64 - conn.counter_value(COUNTER)?,
             ..Anomalies::default()
         })
     }
@@ -546,24 +529,7 @@ impl Scenario<MysqlConnection> for QuotaScenario {
         let granted = match pattern {
             // No plain-Diesel side on MySQL (`patterns()` leaves it out).
             Pattern::Diesel => return Err(crate::scenario::no_diesel_side()),
-            Pattern::Naive => {
-                let (limit, used, reserved): (i64, i64, i64) = upsert_kit_quotas::table
-                    .find(&key)
-                    .select((
-                        upsert_kit_quotas::quota_limit,
-                        upsert_kit_quotas::used,
-                        upsert_kit_quotas::reserved,
-                    ))
-                    .get_result(conn)?;
-                if used + reserved + 1 > limit {
-                    false
-                } else {
-                    diesel::update(upsert_kit_quotas::table.find(&key))
-                        .set(upsert_kit_quotas::used.eq(upsert_kit_quotas::used + 1))
-                        .execute(conn)?;
-                    true
-                }
-            }
+            Pattern::Naive => naive::try_consume_check_then_act(conn, &key, 1)?,
             Pattern::Atomic => match quota::try_consume::<Quotas, _>(conn, &key, 1, timestamp()) {
                 Ok(_) => true,
                 Err(Error::QuotaExceeded { .. }) => false,

@@ -16,8 +16,9 @@
 //! crate: as race-free as the crate's, and the peer its speed is measured against.
 //!
 //! `counter`, `counter-retry` and `lock` run on a table of the race crate's own
-//! ([`race_counter`], one row each); `counter-retry` and `quota` on the library's ready-made
-//! ledger and quota tables ([`upsert_kit::tables`]). [`create_tables`] creates them all.
+//! ([`race_counter`](crate::tables::race_counter), one row each); `counter-retry` and `quota`
+//! on the library's ready-made ledger and quota tables ([`upsert_kit::tables`]).
+//! [`crate::tables::create`] creates them all.
 
 use crate::generic;
 use crate::naive;
@@ -26,7 +27,8 @@ use crate::primitives;
 pub use crate::scenario::{
     key, timestamp, Anomalies, Op, Params, Pattern, Scenario, Tally, ALL_PATTERNS, NAIVE_AND_ATOMIC,
 };
-use crate::scenario::{race_counter, reset_counter};
+use crate::sql::RaceSql;
+use crate::tables::LOCK_COUNTER;
 use anyhow::{bail, Result};
 use diesel::connection::SimpleConnection;
 use diesel::pg::PgConnection;
@@ -109,17 +111,6 @@ fn stats_rows(n: u64) -> Vec<StravaStats> {
             updated_at: timestamp(),
         })
         .collect()
-}
-
-/// Creates the scenarios' own tables next to the adopters' migrations: [`race_counter`], and
-/// the library's ready-made ledger, quota and reservation tables
-/// ([`upsert_kit::tables::create_tables`]).
-pub fn create_tables(conn: &mut PgConnection) -> Result<()> {
-    conn.batch_execute(
-        "CREATE TABLE race_counter (id INT4 PRIMARY KEY, n INT8 NOT NULL DEFAULT 0);",
-    )?;
-    upsert_kit::tables::create_tables(conn)?;
-    Ok(())
 }
 
 /// `upsert`: steady state over K existing keys, each operation on a random one.
@@ -221,29 +212,16 @@ impl Scenario for FirstInsert {
     }
 }
 
-fn counter_anomalies(conn: &mut PgConnection, id: i32, tally: &Tally) -> Result<Anomalies> {
-    let n: i64 = race_counter::table
-        .find(id)
-        .select(race_counter::n)
-        .get_result(conn)?;
-    Ok(Anomalies {
-        lost_updates: tally.effect as i64 - n,
-        ..Anomalies::default()
-    })
-}
-
 /// `lock`: a read-modify-write in a transaction, bare or under a transaction-scoped advisory
 /// lock (the pattern for work that cannot be one statement).
 struct LockedCounter;
-
-const LOCK_COUNTER_ID: i32 = 2;
 
 impl Scenario for LockedCounter {
     fn name(&self) -> &'static str {
         "lock"
     }
     fn prepare(&self, conn: &mut PgConnection) -> Result<()> {
-        reset_counter(conn, LOCK_COUNTER_ID)
+        Ok(conn.set_counter(LOCK_COUNTER, 0)?)
     }
     fn op(
         &self,
@@ -253,18 +231,18 @@ impl Scenario for LockedCounter {
     ) -> upsert_kit::Result<u64> {
         conn.transaction(|conn| {
             if pattern == Pattern::Atomic {
-                lock::xact_lock(
-                    conn,
-                    LockKey::new("upsert-race", i64::from(LOCK_COUNTER_ID)),
-                )?;
+                lock::xact_lock(conn, LockKey::new("upsert-race", i64::from(LOCK_COUNTER)))?;
             }
-            naive::read_add_write(conn, LOCK_COUNTER_ID)?;
+            naive::read_add_write(conn, LOCK_COUNTER)?;
             Ok::<_, upsert_kit::Error>(())
         })?;
         Ok(1)
     }
     fn verify(&self, conn: &mut PgConnection, tally: &Tally) -> Result<Anomalies> {
-        counter_anomalies(conn, LOCK_COUNTER_ID, tally)
+        Ok(Anomalies {
+            lost_updates: tally.effect as i64 - conn.counter_value(LOCK_COUNTER)?,
+            ..Anomalies::default()
+        })
     }
 }
 
