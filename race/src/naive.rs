@@ -13,8 +13,8 @@
 //!   model the library accepts: the baseline of the `upsert` and `first-insert` scenarios
 //!   there. It lives in the workspace's test harness (`upsert_kit_support::naive`), so that
 //!   the library's tests and benches and this report measure one and the same baseline; it is
-//!   re-exported here. MySQL's, which reads the same in MySQL's SQL, is the MySQL scenarios'
-//!   ([`crate::mysql`]).
+//!   re-exported here. MySQL's, which reads the same but in MySQL's SQL, and the lockless
+//!   claim of MySQL's queue are the MySQL backend's ([`crate::backend`]).
 //!
 //! The baselines of the adopters' primitives live next to the code that replaces them:
 //! `usage_tracking::naive` (get-or-create, counters, quotas) and `backfill_scheduler::naive`

@@ -3,12 +3,11 @@
 //! [`Scenario`] trait the runner drives, and the pieces the scenarios share (the fixed
 //! timestamp and keys).
 //!
-//! The scenarios themselves (`scenarios`, `generic`, `primitives`, `mysql`) and the naive
+//! The scenarios themselves (`scenarios`, `generic`, `primitives`), the backends and the naive
 //! baselines build on this module; it imports none of them.
 
 use anyhow::{bail, Result};
 use chrono::{NaiveDate, NaiveDateTime};
-use diesel::pg::PgConnection;
 
 /// The sides of a scenario.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -104,9 +103,10 @@ pub struct Anomalies {
     pub over_limit: i64,
 }
 
-/// A race scenario, on PostgreSQL unless `C` says otherwise (the MySQL scenarios of
-/// [`crate::mysql`] are `Scenario<MysqlConnection>`).
-pub trait Scenario<C = PgConnection>: Send + Sync {
+/// A race scenario on connections `C`: a scenario that runs on every backend implements it for
+/// every [`RaceConnection`](crate::backend::RaceConnection), a PostgreSQL-only one for
+/// `PgConnection`.
+pub trait Scenario<C>: Send + Sync {
     /// Its name on the command line and in the report.
     fn name(&self) -> &'static str;
     /// What the throughput counts.

@@ -2,8 +2,8 @@
 //! (declared for the library's counters as [`RaceCounter`]) and the library's ready-made
 //! ledger, quota and reservation tables ([`upsert_kit::tables`]), created by [`create`].
 //!
-//! Each backend's other tables are its own: the adopters' migrations ([`crate::MIGRATIONS`]) on
-//! PostgreSQL, the tables of [`crate::mysql`] on MySQL.
+//! Each backend's other tables (the adopters' migrations, MySQL's claim queue) are its own:
+//! see [`crate::backend`].
 
 use anyhow::{Context, Result};
 use diesel::connection::SimpleConnection;
