@@ -22,8 +22,9 @@
 //! - `claim/pg`: `naive::claim_select_then_update` + mark done vs `Queue::claim` +
 //!   `Queue::complete`, one item per claim, on a queue refilled (unmeasured) before each sample.
 //! - `*/mysql`: on MySQL/MariaDB (`MYSQL_DATABASE_URL`, else 127.0.0.1:3306, else a throwaway
-//!   `mariadbd`; `UPSERT_KIT_BENCH_MYSQL=0` leaves them out), on the race crate's MySQL tables
-//!   (`upsert_race::mysql`): `upsert` (`atomic_upsert` of an existing key), `bulk` (one
+//!   `mariadbd`; `UPSERT_KIT_BENCH_MYSQL=0` leaves them out), on the race's tables on MySQL
+//!   (`upsert_race::backend::mysql`, `upsert_race::tables`): `upsert` (`atomic_upsert` of an
+//!   existing key of `strava_stats`), `bulk` (one
 //!   `bulk_upsert` of 1,000 rows), `increment` (`counter::increment`), `quota`
 //!   (`quota::try_consume`), `session_lock` (`GET_LOCK` + `RELEASE_LOCK`) and `claim`
 //!   (`Queue::claim` + `Queue::complete`, one item per claim).
@@ -277,11 +278,13 @@ fn mysql_enabled() -> bool {
 }
 
 fn mysql_benches(c: &mut Criterion, conn: &mut diesel::MysqlConnection) {
+    use sync_jobs::models::StravaStats;
     use upsert_kit::tables::Quotas;
-    use upsert_race::mysql::{Item, Stat};
+    use upsert_race::backend::mysql::QueueItem;
+    use upsert_race::backend::RaceConnection;
     let data = upsert_race::payload::stats_payload(0);
-    let rows: Vec<Stat> = (0..1000)
-        .map(|i| Stat {
+    let rows: Vec<StravaStats> = (0..1000)
+        .map(|i| StravaStats {
             stats_type: format!("key-{i}"),
             data: data.clone(),
             created_at: now(),
@@ -289,9 +292,9 @@ fn mysql_benches(c: &mut Criterion, conn: &mut diesel::MysqlConnection) {
         })
         .collect();
     upsert_kit::bulk_upsert(conn, &rows).unwrap();
+    // `race_counter` has its rows already.
     conn.batch_execute(
-        "INSERT INTO race_counter (id, n) VALUES (1, 0);
-         INSERT INTO upsert_kit_quotas (quota_key, quota_limit) VALUES ('bench', 9223372036854775807)",
+        "INSERT INTO upsert_kit_quotas (quota_key, quota_limit) VALUES ('bench', 9223372036854775807)",
     )
     .unwrap();
 
@@ -315,7 +318,7 @@ fn mysql_benches(c: &mut Criterion, conn: &mut diesel::MysqlConnection) {
     let mut g = group(c, "increment/mysql");
     g.bench_function("atomic", |b| {
         b.iter(|| {
-            upsert_kit::counter::increment::<upsert_race::generic::RaceCounter, _>(
+            upsert_kit::counter::increment::<upsert_race::tables::RaceCounter, _>(
                 &mut *conn,
                 &1,
                 [1],
@@ -351,18 +354,10 @@ fn mysql_benches(c: &mut Criterion, conn: &mut diesel::MysqlConnection) {
     g.finish();
 
     let mut g = group(c, "claim/mysql");
-    let queue = Queue::<Item>::new("bench").unwrap();
+    let queue = Queue::<QueueItem>::new("bench").unwrap();
     g.bench_function("claim_complete", |b| {
         b.iter_custom(|iters| {
-            conn.batch_execute("TRUNCATE race_queue").unwrap();
-            let mut left = iters;
-            while left > 0 {
-                let n = left.min(1000) as usize;
-                let values = vec!["()"; n].join(", ");
-                conn.batch_execute(&format!("INSERT INTO race_queue () VALUES {values}"))
-                    .unwrap();
-                left -= n as u64;
-            }
+            conn.fill_queue(iters as usize).unwrap();
             let t0 = Instant::now();
             for _ in 0..iters {
                 for claim in queue.claim(&mut *conn, 1).unwrap() {
@@ -409,7 +404,9 @@ fn main() {
     let mysql_db = mysql_enabled().then(|| {
         let db = upsert_kit_support::TestMysql::new();
         let mut conn = db.conn();
-        upsert_race::mysql::create_tables(&mut conn).expect("the race tables on MySQL");
+        upsert_race::backend::RaceConnection::create_tables(&mut conn)
+            .expect("the race tables on MySQL");
+        upsert_race::tables::create(&mut conn).expect("the race tables on MySQL");
         mysql_benches(&mut c, &mut conn);
         db
     });

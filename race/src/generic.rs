@@ -1,83 +1,71 @@
-//! The scenarios of the library's generic primitives, on tables the race crate declares itself:
-//! the counter table [`race_counter`] (created by [`scenarios::create_tables`]) and the
-//! ready-made ledger and quota tables of [`upsert_kit::tables`] (created with
-//! [`upsert_kit::tables::create_tables`]), each against its naive baseline in [`naive`] on the
-//! same table.
+//! The scenarios of the library's generic counter, idempotency, quota and claim primitives, each
+//! against its naive baseline on the same table. `counter`, `quota` and `claim` are written once
+//! for every backend ([`RaceConnection`]); `counter-retry` runs on PostgreSQL.
 //!
 //! | scenario | naive | atomic |
 //! |---|---|---|
 //! | `counter` | [`naive::read_add_write`] of one hot row | [`counter::increment`] of it |
 //! | `counter-retry` | the same, each request delivered twice (a retry after a lost acknowledgement) | [`idempotency::increment_once`], both deliveries with the request's key |
 //! | `quota` | [`naive::try_consume_check_then_act`] | [`quota::try_consume`] |
+//! | `claim` | the backend's lockless claim of one item ([`RaceConnection::claim_select_then_update`]), then mark it done | [`Queue::claim`] of one item, then [`Queue::complete`] |
 //!
-//! [`scenarios::create_tables`]: crate::scenarios::create_tables
+//! The counters are rows of the race crate's [`race_counter`](crate::tables::race_counter), the
+//! quotas rows of the library's ready-made `upsert_kit_quotas` ([`crate::tables`]); the queue is
+//! the backend's ([`RaceConnection::Queue`]: the backfill scheduler's months on PostgreSQL, the
+//! race crate's `race_queue` on MySQL).
 
+use crate::backend::RaceConnection;
 use crate::naive;
-use crate::scenario::{
-    race_counter, reset_counter, timestamp, Anomalies, Op, Pattern, Scenario, Tally,
-};
-use anyhow::Result;
+use crate::scenario::{timestamp, Anomalies, Op, Pattern, Scenario, Tally};
+use crate::sql::RaceSql;
+use crate::tables::{RaceCounter, COUNTER, RETRY_COUNTER};
+use anyhow::{bail, Result};
 use diesel::connection::SimpleConnection;
-use diesel::dsl::sql;
 use diesel::pg::PgConnection;
-use diesel::prelude::*;
-use diesel::sql_types::BigInt;
 use std::sync::atomic::{AtomicI64, Ordering};
+use upsert_kit::claim::{ClaimConnection, Queue};
+use upsert_kit::conn::{BindKey, WriteConnection};
+use upsert_kit::counter::CounterBackend;
 use upsert_kit::idempotency::{self, IdempotencyKey};
-use upsert_kit::tables::{upsert_kit_quotas, IdempotencyKeys, Quotas};
+use upsert_kit::quota::{BindQuota, QuotaBackend};
+use upsert_kit::tables::{IdempotencyKeys, Quotas};
 use upsert_kit::{counter, quota, Error};
 
-upsert_kit::counter! {
-    table = race_counter, key = (id: i32), amounts = (n);
-    /// The race crate's counter table, [`race_counter`], declared for [`upsert_kit::counter`](mod@upsert_kit::counter).
-    #[derive(Debug, Clone, Copy)]
-    pub struct RaceCounter;
-}
-
-/// The row of the `counter` scenario.
-const COUNTER_ID: i32 = 1;
-/// The row of the `counter-retry` scenario.
-const RETRY_ID: i32 = 3;
-
-fn counter_value(conn: &mut PgConnection, id: i32) -> Result<i64> {
-    Ok(race_counter::table
-        .find(id)
-        .select(race_counter::n)
-        .get_result(conn)?)
-}
+/// The backend of connection `C`, as the library's primitives name it.
+type Db<C> = <C as WriteConnection>::Backend;
 
 /// `counter`: every worker adds one to one hot row.
 #[derive(Debug, Default)]
 pub struct Counter;
 
-impl Scenario for Counter {
+impl<C> Scenario<C> for Counter
+where
+    C: RaceConnection,
+    Db<C>: CounterBackend,
+    RaceCounter: BindKey<Db<C>>,
+{
     fn name(&self) -> &'static str {
         "counter"
     }
-    fn prepare(&self, conn: &mut PgConnection) -> Result<()> {
-        reset_counter(conn, COUNTER_ID)
+    fn prepare(&self, conn: &mut C) -> Result<()> {
+        Ok(conn.set_counter(COUNTER, 0)?)
     }
-    fn op(
-        &self,
-        conn: &mut PgConnection,
-        pattern: Pattern,
-        _op: &mut Op<'_>,
-    ) -> upsert_kit::Result<u64> {
+    fn op(&self, conn: &mut C, pattern: Pattern, _op: &mut Op<'_>) -> upsert_kit::Result<u64> {
         match pattern {
             Pattern::Diesel => return Err(crate::scenario::no_diesel_side()),
             // As ORM code writes it: load, add, save (two round trips, no transaction).
-            Pattern::Naive => naive::read_add_write(conn, COUNTER_ID)?,
-            // One `UPDATE … SET n = n + 1 … RETURNING n`.
+            Pattern::Naive => naive::read_add_write(conn, COUNTER)?,
+            // One `UPDATE … SET n = n + 1 … RETURNING n` (on MySQL the row is read back).
             Pattern::Atomic => {
-                counter::increment::<RaceCounter, _>(conn, &COUNTER_ID, [1])?
+                counter::increment::<RaceCounter, _>(conn, &COUNTER, [1])?
                     .ok_or_else(|| Error::NotFound("the counter row is missing".into()))?;
             }
         }
         Ok(1)
     }
-    fn verify(&self, conn: &mut PgConnection, tally: &Tally) -> Result<Anomalies> {
+    fn verify(&self, conn: &mut C, tally: &Tally) -> Result<Anomalies> {
         Ok(Anomalies {
-            lost_updates: tally.effect as i64 - counter_value(conn, COUNTER_ID)?,
+            lost_updates: tally.effect as i64 - conn.counter_value(COUNTER)?,
             ..Anomalies::default()
         })
     }
@@ -92,14 +80,14 @@ impl Scenario for Counter {
 #[derive(Debug, Default)]
 pub struct CounterRetry;
 
-impl Scenario for CounterRetry {
+impl Scenario<PgConnection> for CounterRetry {
     fn name(&self) -> &'static str {
         "counter-retry"
     }
     fn prepare(&self, conn: &mut PgConnection) -> Result<()> {
         // The keys of a cell are reused by the next one: forget them.
         conn.batch_execute("TRUNCATE upsert_kit_idempotency_keys")?;
-        reset_counter(conn, RETRY_ID)
+        Ok(conn.set_counter(RETRY_COUNTER, 0)?)
     }
     fn op(
         &self,
@@ -114,7 +102,7 @@ impl Scenario for CounterRetry {
                 Pattern::Diesel => return Err(crate::scenario::no_diesel_side()),
                 // No key: the retry is counted again.
                 Pattern::Naive => {
-                    naive::read_add_write(conn, RETRY_ID)?;
+                    naive::read_add_write(conn, RETRY_COUNTER)?;
                     counted += 1;
                 }
                 // One statement: the increment and the key's ledger row, or neither.
@@ -122,7 +110,7 @@ impl Scenario for CounterRetry {
                     let done = idempotency::increment_once::<IdempotencyKeys, RaceCounter, _>(
                         conn,
                         &key,
-                        &RETRY_ID,
+                        &RETRY_COUNTER,
                         [1],
                         timestamp(),
                     )?;
@@ -135,7 +123,7 @@ impl Scenario for CounterRetry {
     }
     fn verify(&self, conn: &mut PgConnection, tally: &Tally) -> Result<Anomalies> {
         Ok(crate::scenario::retry_anomalies(
-            counter_value(conn, RETRY_ID)?,
+            conn.counter_value(RETRY_COUNTER)?,
             tally,
         ))
     }
@@ -164,21 +152,9 @@ impl Quota {
         format!("window-{window}")
     }
 
-    /// Creates window `window`'s quota row, unless it exists.
-    fn open(&self, conn: &mut PgConnection, window: i64) -> QueryResult<()> {
-        diesel::insert_into(upsert_kit_quotas::table)
-            .values((
-                upsert_kit_quotas::quota_key.eq(Self::key(window)),
-                upsert_kit_quotas::quota_limit.eq(self.limit),
-            ))
-            .on_conflict_do_nothing()
-            .execute(conn)?;
-        Ok(())
-    }
-
     /// Opens window `window + 1` (whoever gets there first; the calls are idempotent).
-    fn advance(&self, conn: &mut PgConnection, window: i64) -> upsert_kit::Result<()> {
-        self.open(conn, window + 1)?;
+    fn advance<C: RaceConnection>(&self, conn: &mut C, window: i64) -> upsert_kit::Result<()> {
+        conn.open_quota(&Self::key(window + 1), self.limit)?;
         // The row exists before any worker is sent to it.
         let _ =
             self.current
@@ -187,22 +163,22 @@ impl Quota {
     }
 }
 
-impl Scenario for Quota {
+impl<C> Scenario<C> for Quota
+where
+    C: RaceConnection,
+    Db<C>: QuotaBackend,
+    Quotas: BindQuota<Db<C>>,
+{
     fn name(&self) -> &'static str {
         "quota"
     }
-    fn prepare(&self, conn: &mut PgConnection) -> Result<()> {
-        conn.batch_execute("TRUNCATE upsert_kit_reservations, upsert_kit_quotas")?;
-        self.open(conn, 0)?;
+    fn prepare(&self, conn: &mut C) -> Result<()> {
+        conn.batch_execute("DELETE FROM upsert_kit_reservations; DELETE FROM upsert_kit_quotas")?;
+        conn.open_quota(&Self::key(0), self.limit)?;
         self.current.store(0, Ordering::SeqCst);
         Ok(())
     }
-    fn op(
-        &self,
-        conn: &mut PgConnection,
-        pattern: Pattern,
-        _op: &mut Op<'_>,
-    ) -> upsert_kit::Result<u64> {
+    fn op(&self, conn: &mut C, pattern: Pattern, _op: &mut Op<'_>) -> upsert_kit::Result<u64> {
         let window = self.current.load(Ordering::SeqCst);
         let key = Self::key(window);
         let granted = match pattern {
@@ -223,18 +199,84 @@ impl Scenario for Quota {
             Ok(0)
         }
     }
-    fn verify(&self, conn: &mut PgConnection, tally: &Tally) -> Result<Anomalies> {
-        let (over, used): (i64, i64) = upsert_kit_quotas::table
-            .select((
-                sql::<BigInt>("coalesce(sum(greatest(used - quota_limit, 0)), 0)::int8"),
-                sql::<BigInt>("coalesce(sum(used), 0)::int8"),
-            ))
-            .get_result(conn)?;
+    fn verify(&self, conn: &mut C, tally: &Tally) -> Result<Anomalies> {
+        let windows = conn.quota_rows()?;
+        let over: i64 = windows
+            .iter()
+            .map(|&(limit, used)| (used - limit).max(0))
+            .sum();
+        let used: i64 = windows.iter().map(|&(_, used)| used).sum();
         Ok(Anomalies {
-            duplicate_rows: 0,
             lost_updates: tally.effect as i64 - used,
             over_limit: over,
-            double_counted: 0,
+            ..Anomalies::default()
+        })
+    }
+}
+
+/// `claim`: workers drain a queue of `items` items, one item per claim, and mark each done.
+#[derive(Debug)]
+pub struct Claim {
+    items: usize,
+}
+
+impl Claim {
+    /// The scenario with a queue of `items` items per cell, on connections `C`.
+    ///
+    /// # Errors
+    /// When `items` is 0 or above what `C`'s queue holds ([`RaceConnection::MAX_QUEUE_ITEMS`]:
+    /// 108,000 on PostgreSQL, the months of years 1000 to 9999).
+    pub fn new<C: RaceConnection>(items: usize) -> Result<Self> {
+        if items == 0 {
+            bail!("--claim-items must be positive");
+        }
+        if items > C::MAX_QUEUE_ITEMS {
+            bail!("--claim-items must be between 1 and {}", C::MAX_QUEUE_ITEMS);
+        }
+        Ok(Claim { items })
+    }
+}
+
+impl<C> Scenario<C> for Claim
+where
+    C: RaceConnection + ClaimConnection<C::Queue>,
+{
+    fn name(&self) -> &'static str {
+        "claim"
+    }
+    fn prepare(&self, conn: &mut C) -> Result<()> {
+        conn.fill_queue(self.items)
+    }
+    fn op(&self, conn: &mut C, pattern: Pattern, op: &mut Op<'_>) -> upsert_kit::Result<u64> {
+        let holder = format!("worker-{}", op.worker);
+        match pattern {
+            Pattern::Diesel => Err(crate::scenario::no_diesel_side()),
+            Pattern::Naive => {
+                let claimed = conn.claim_select_then_update(&holder)?;
+                for &id in &claimed {
+                    conn.mark_done(id)?;
+                }
+                Ok(claimed.len() as u64)
+            }
+            Pattern::Atomic => {
+                let queue = Queue::<C::Queue>::new(holder)?;
+                let claimed = queue.claim(conn, 1)?;
+                for claim in &claimed {
+                    queue.complete(conn, claim)?;
+                }
+                Ok(claimed.len() as u64)
+            }
+        }
+    }
+    fn verify(&self, conn: &mut C, tally: &Tally) -> Result<Anomalies> {
+        // Both patterns count an attempt per hand-out: attempts beyond the first are items
+        // handed out twice.
+        let counts = conn.queue_counts()?;
+        Ok(Anomalies {
+            duplicate_rows: counts.repeated,
+            // Hand-outs the workers saw but the queue does not show, and items left claimed.
+            lost_updates: (tally.effect as i64 - counts.handed_out).abs() + counts.unfinished,
+            ..Anomalies::default()
         })
     }
 }

@@ -2,29 +2,32 @@
 //! side under real concurrency, measured for throughput, latency, errors and the damage each
 //! leaves (duplicate rows, lost updates, units granted beyond a limit).
 //!
-//! The `upsert-race` binary parses its flags into a [`Config`] and calls [`run`], which
-//! creates a scratch database of its own (with the migrations of `sync-jobs`,
-//! `usage-tracking` and `backfill-scheduler`, and the race crate's own tables), runs every cell and returns the [`Row`]s;
-//! [`report`] turns them into a text table, JSON and an SVG plot.
+//! The `upsert-race` binary parses its flags into a [`Config`] and calls [`run`] for the
+//! backend it was asked for (PostgreSQL or MySQL/MariaDB), which creates a scratch database of
+//! its own (with the tables of that backend's scenarios), runs every cell and returns the
+//! [`Row`]s; [`report`] turns them into a text table, JSON and an SVG plot.
 //!
 //! The core is generic: a [`Scenario`] says how to reset its state, what one operation of each
 //! pattern is, and how to count the damage afterwards; the runner gives each worker its own
-//! connection, releases them together on a barrier, and times every operation. A new primitive
-//! is one more `Scenario` in [`scenarios::by_name`].
+//! connection, releases them together on a barrier, and times every operation. A scenario that
+//! runs on every backend is written once, generic over the connection
+//! ([`backend::RaceConnection`], which holds what differs between the backends: tables and
+//! the naive baselines' SQL); [`scenarios::Scenarios`] says which scenarios each backend runs.
 //!
-//! The `counter`, `counter-retry` and `quota` scenarios ([`generic`]) run the library's generic
-//! primitives on tables the race crate declares itself; the `usage-*`, `get-or-create` and
-//! `claim` scenarios ([`primitives`]) run the adopters' code.
+//! The `counter`, `counter-retry`, `quota` and `claim` scenarios ([`generic`]) run the
+//! library's generic primitives on tables the race crate declares itself ([`tables`]) or the
+//! backend's queue; the `usage-*` and `get-or-create` scenarios ([`primitives`]) run the
+//! usage-tracking example's code (PostgreSQL).
 //!
-//! [`naive`] holds the racy baselines of the upserts ([`naive::query_then_upsert`]) and of the
-//! generic counters and quotas, on the race crate's tables; the baselines of the adopters'
-//! primitives live next to the code that replaces them, in `usage_tracking::naive` and
-//! `backfill_scheduler::naive`. None of them is for application code.
+//! [`naive`] holds the racy baselines every backend shares (and re-exports PostgreSQL's naive
+//! upsert); the baselines of the adopters' primitives live next to the code that replaces
+//! them, in `usage_tracking::naive` and `backfill_scheduler::naive`. None of them is for
+//! application code.
 #![deny(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]
 
+pub mod backend;
 pub mod generic;
-pub mod mysql;
 pub mod naive;
 pub mod payload;
 pub mod plain;
@@ -32,18 +35,19 @@ pub mod primitives;
 pub mod report;
 pub mod scenario;
 pub mod scenarios;
+pub mod sql;
+pub mod tables;
 
 use anyhow::{bail, Context, Result};
-use diesel::pg::PgConnection;
-use diesel_migrations::{EmbeddedMigrations, MigrationHarness};
+use backend::RaceConnection;
 use scenario::{Anomalies, Op, Pattern, Scenario, Tally};
+use scenarios::Scenarios;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
-use upsert_kit::db::connect_pg;
-use upsert_kit_support::TestDb;
+use upsert_kit_support::server::ServerDb;
 
 /// When a worker stops.
 #[derive(Debug, Clone, Copy)]
@@ -58,9 +62,10 @@ pub enum Stop {
 #[derive(Debug, Clone)]
 pub struct Config {
     /// The server's admin URL (a user allowed to `CREATE DATABASE`); `None` for
-    /// [`default_admin_url`].
+    /// [`backend::default_admin_url`].
     pub admin_url: Option<String>,
-    /// Scenario names, in order.
+    /// Scenario names, in order; none for every scenario of the backend
+    /// ([`Scenarios::NAMES`]).
     pub scenarios: Vec<String>,
     /// Patterns, in order.
     pub patterns: Vec<Pattern>,
@@ -125,112 +130,41 @@ fn default_backend() -> String {
     "postgresql".to_owned()
 }
 
-/// A connection the runner gives each worker: PostgreSQL's, or MySQL's for [`mysql`].
-pub trait RaceConnection: Sized + Send {
-    /// The backend's name in [`Row::backend`].
-    const BACKEND: &'static str;
-    /// Opens a connection to `url`.
-    ///
-    /// # Errors
-    /// When the server does not answer or refuses the login.
-    fn connect(url: &str) -> upsert_kit::Result<Self>;
-}
-
-impl RaceConnection for PgConnection {
-    const BACKEND: &'static str = "postgresql";
-    fn connect(url: &str) -> upsert_kit::Result<Self> {
-        connect_pg(url)
-    }
-}
-
-impl RaceConnection for diesel::MysqlConnection {
-    const BACKEND: &'static str = "mysql";
-    fn connect(url: &str) -> upsert_kit::Result<Self> {
-        upsert_kit::db::connect_mysql(url)
-    }
-}
-
-/// The migrations of the race database, in the order they are applied: the sync jobs' stats
-/// tables (`upsert`, `first-insert`, `bulk`), the usage tables (`usage-counter`,
-/// `usage-counter-retry`, `usage-quota`, `get-or-create`) and the backfill queue (`claim`).
-/// The tables of `counter`, `counter-retry`, `quota` and `lock` are the race crate's own
-/// ([`scenarios::create_tables`]).
-pub const MIGRATIONS: [(&str, EmbeddedMigrations); 3] = [
-    ("sync-jobs", sync_jobs::db::PG_MIGRATIONS),
-    ("usage-tracking", usage_tracking::PG_MIGRATIONS),
-    ("backfill-scheduler", backfill_scheduler::MIGRATIONS),
-];
-
-/// Applies [`MIGRATIONS`] on `conn`.
-///
-/// # Errors
-/// The first migration that fails, naming its crate.
-pub fn migrate(conn: &mut PgConnection) -> Result<()> {
-    for (crate_name, migrations) in MIGRATIONS {
-        conn.run_pending_migrations(migrations)
-            .map_err(|e| anyhow::anyhow!("{e}"))
-            .with_context(|| format!("migrate the race database ({crate_name})"))?;
-    }
-    Ok(())
-}
-
-/// The server to run on when `--database-url` is not given: the test harness's choice
-/// ([`upsert_kit_support::admin_url`]): `DATABASE_URL`, else the local server on port 5432,
-/// else a throwaway cluster started from the PostgreSQL binaries on this machine, which lives
-/// as long as this process.
-///
-/// The harness reports a missing server by panicking; this turns that into an error, with the
-/// process's panic hook silenced meanwhile, so call it before starting threads of your own.
-///
-/// # Errors
-/// When none of these can be had; the message says how to provide a server.
-pub fn default_admin_url() -> Result<String> {
-    // The harness panics (its callers are tests); a tool wants the message as an error.
-    let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let found = std::panic::catch_unwind(upsert_kit_support::admin_url);
-    std::panic::set_hook(hook);
-    found.map_err(|panic| {
-        let message = panic
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| panic.downcast_ref::<&str>().copied())
-            .unwrap_or("no PostgreSQL server could be found or started");
-        anyhow::anyhow!("{message}")
-    })
-}
-
-/// Runs every cell of `config` on a scratch database of its own on the server of
-/// `config.admin_url` (created here with [`MIGRATIONS`], dropped on return) and returns the
-/// rows in order.
+/// Runs every cell of `config` on a scratch database of its own on the `C` server of
+/// `config.admin_url` (created here with the tables of `C`'s scenarios, dropped on return) and
+/// returns the rows in order.
 ///
 /// # Errors
 /// An unknown scenario, no or zero worker counts, a server that cannot be reached or refuses
 /// to create the database, or a scenario's own setup or check failing. Errors of the
 /// measured operations are not errors of the run: they are counted in the rows.
-pub fn run(config: &Config) -> Result<Vec<Row>> {
-    let chosen: Vec<Box<dyn Scenario>> = config
-        .scenarios
+pub fn run<C: Scenarios>(config: &Config) -> Result<Vec<Row>> {
+    let names: Vec<&str> = if config.scenarios.is_empty() {
+        C::NAMES.to_vec()
+    } else {
+        config.scenarios.iter().map(String::as_str).collect()
+    };
+    let chosen: Vec<Box<dyn Scenario<C>>> = names
         .iter()
-        .map(|name| scenarios::by_name(name, &config.params))
+        .map(|name| C::by_name(name, &config.params))
         .collect::<Result<_>>()?;
     if config.workers.is_empty() || config.workers.contains(&0) {
         bail!("--workers needs positive worker counts");
     }
     let admin_url = match &config.admin_url {
         Some(url) => url.clone(),
-        None => default_admin_url()?,
+        None => backend::default_admin_url::<C>()?,
     };
-    let db = TestDb::on(&admin_url).map_err(anyhow::Error::msg)?;
-    let mut conn = connect_pg(db.url()).context("connect to the race database")?;
-    migrate(&mut conn)?;
-    scenarios::create_tables(&mut conn)?;
+    let db = ServerDb::<C::Server>::on(&admin_url).map_err(anyhow::Error::msg)?;
+    let mut conn = C::connect(db.url()).context("connect to the race database")?;
+    conn.create_tables()?;
+    tables::create(&mut conn)?;
 
     run_cells(db.url(), &chosen, config)
 }
 
 /// Runs every cell of `config` with `chosen` on the database `url` and returns the rows.
-pub(crate) fn run_cells<C: RaceConnection>(
+fn run_cells<C: RaceConnection>(
     url: &str,
     chosen: &[Box<dyn Scenario<C>>],
     config: &Config,

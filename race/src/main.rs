@@ -6,11 +6,14 @@
 //! ```
 //!
 //! It creates its own database (`upsert_kit_t_<pid>_…`) on the server of `--database-url`
-//! (default: `DATABASE_URL`, else the local server, else a throwaway cluster) and drops it at
-//! the end. The work is done by the `upsert_race` library; this is its command line.
+//! (default: `DATABASE_URL`, else the local server, else a throwaway cluster), or with
+//! `--backend mysql` of `--mysql-url`, and drops it at the end. The work is done by the
+//! `upsert_race` library; this is its command line.
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use diesel::mysql::MysqlConnection;
+use diesel::pg::PgConnection;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -140,18 +143,14 @@ fn run(args: &Args) -> Result<()> {
         }
         None => bail!("--duration must be a positive number of seconds"),
     };
+    let mysql = args.backend == "mysql";
     let config = Config {
-        admin_url: args.database_url.clone(),
-        scenarios: if args.scenario.is_empty() && args.backend == "mysql" {
-            upsert_race::mysql::NAMES
-                .iter()
-                .map(|s| s.to_string())
-                .collect()
-        } else if args.scenario.is_empty() {
-            scenarios::available()
+        admin_url: if mysql {
+            args.mysql_url.clone()
         } else {
-            args.scenario.clone()
+            args.database_url.clone()
         },
+        scenarios: args.scenario.clone(),
         patterns: args
             .patterns
             .iter()
@@ -169,10 +168,10 @@ fn run(args: &Args) -> Result<()> {
         },
         progress: !args.no_progress,
     };
-    let rows = if args.backend == "mysql" {
-        upsert_race::mysql::run(&config, args.mysql_url.as_deref())?
+    let rows = if mysql {
+        upsert_race::run::<MysqlConnection>(&config)?
     } else {
-        upsert_race::run(&config)?
+        upsert_race::run::<PgConnection>(&config)?
     };
     report(&rows, args)
 }

@@ -2,25 +2,28 @@
 //! application code often writes it; each one is wrong under concurrency, and the race report
 //! shows how.
 //!
-//! - [`query_then_upsert`] is the query-then-insert code that
-//!   [`atomic_upsert`](upsert_kit::atomic_upsert) replaces, generic over any model the library
-//!   accepts: the baseline of the `upsert` and `first-insert` scenarios. It lives in the
-//!   workspace's test harness (`upsert_kit_support::naive`), so that the library's tests and
-//!   benches and this report measure one and the same baseline; it is re-exported here.
 //! - [`read_add_write`] and [`try_consume_check_then_act`] run on the race crate's own tables
-//!   (the counter table [`race_counter`] and the ready-made quota
-//!   table `upsert_kit_quotas`): the baselines of the `counter`, `counter-retry`, `lock` and
-//!   `quota` scenarios, next to the library's generic [`counter`](mod@upsert_kit::counter),
-//!   [`idempotency`](upsert_kit::idempotency) and [`quota`](mod@upsert_kit::quota).
+//!   (the counter table [`race_counter`] and the ready-made quota table `upsert_kit_quotas`),
+//!   on every backend ([`RaceSql`]): the baselines of the `counter`, `counter-retry`, `lock`
+//!   and `quota` scenarios, next to the library's generic
+//!   [`counter`](mod@upsert_kit::counter), [`idempotency`](upsert_kit::idempotency) and
+//!   [`quota`](mod@upsert_kit::quota).
+//! - [`query_then_upsert`] is the query-then-insert code that
+//!   [`atomic_upsert`](upsert_kit::atomic_upsert) replaces on PostgreSQL, generic over any
+//!   model the library accepts: the baseline of the `upsert` and `first-insert` scenarios
+//!   there. It lives in the workspace's test harness (`upsert_kit_support::naive`), so that
+//!   the library's tests and benches and this report measure one and the same baseline; it is
+//!   re-exported here. MySQL's, which reads the same but in MySQL's SQL, and the lockless
+//!   claim of MySQL's queue are the MySQL backend's ([`crate::backend`]).
 //!
 //! The baselines of the adopters' primitives live next to the code that replaces them:
 //! `usage_tracking::naive` (get-or-create, counters, quotas) and `backfill_scheduler::naive`
 //! (the backfill scheduler, lockless claims).
+//!
+//! [`race_counter`]: crate::tables::race_counter
 
-use crate::scenario::race_counter;
-use diesel::pg::PgConnection;
-use diesel::prelude::*;
-use upsert_kit::tables::upsert_kit_quotas;
+use crate::sql::RaceSql;
+use diesel::QueryResult;
 
 pub use upsert_kit_support::naive::query_then_upsert;
 
@@ -33,15 +36,9 @@ pub use upsert_kit_support::naive::query_then_upsert;
 ///
 /// # Errors
 /// Database errors; `NotFound` when the row is missing.
-pub fn read_add_write(conn: &mut PgConnection, id: i32) -> QueryResult<()> {
-    let n: i64 = race_counter::table
-        .find(id)
-        .select(race_counter::n)
-        .get_result(conn)?;
-    diesel::update(race_counter::table.find(id))
-        .set(race_counter::n.eq(n + 1))
-        .execute(conn)?;
-    Ok(())
+pub fn read_add_write<C: RaceSql>(conn: &mut C, id: i32) -> QueryResult<()> {
+    let n = conn.counter_value(id)?;
+    conn.set_counter(id, n + 1)
 }
 
 /// Check-then-consume of a quota row of `upsert_kit_quotas`: read its limit, used and reserved
@@ -53,20 +50,15 @@ pub fn read_add_write(conn: &mut PgConnection, id: i32) -> QueryResult<()> {
 ///
 /// # Errors
 /// Database errors; `NotFound` when the row is missing.
-pub fn try_consume_check_then_act(conn: &mut PgConnection, key: &str, n: i64) -> QueryResult<bool> {
-    let (limit, used, reserved): (i64, i64, i64) = upsert_kit_quotas::table
-        .find(key)
-        .select((
-            upsert_kit_quotas::quota_limit,
-            upsert_kit_quotas::used,
-            upsert_kit_quotas::reserved,
-        ))
-        .get_result(conn)?;
+pub fn try_consume_check_then_act<C: RaceSql>(
+    conn: &mut C,
+    key: &str,
+    n: i64,
+) -> QueryResult<bool> {
+    let (limit, used, reserved) = conn.quota_row(key)?;
     if used + reserved + n > limit {
         return Ok(false);
     }
-    diesel::update(upsert_kit_quotas::table.find(key))
-        .set(upsert_kit_quotas::used.eq(upsert_kit_quotas::used + n))
-        .execute(conn)?;
+    conn.add_used(key, n)?;
     Ok(true)
 }

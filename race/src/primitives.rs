@@ -1,7 +1,8 @@
-//! The scenarios of the adopters' primitives (the usage-tracking example's counters, quotas and
-//! periods, the backfill scheduler's claims): each adopter crate's call against the naive
-//! baseline it replaces (`usage_tracking::naive`, `backfill_scheduler::naive`). The library's
-//! generic counter, idempotency and quota primitives have theirs in [`crate::generic`].
+//! The scenarios of the usage-tracking example's primitives (its counters, quotas and periods),
+//! on PostgreSQL: each of its calls against the naive baseline it replaces
+//! (`usage_tracking::naive`). The library's generic counter, idempotency, quota and claim
+//! primitives have theirs in [`crate::generic`] (the `claim` scenario runs on the backfill
+//! scheduler's queue there).
 //!
 //! | scenario | naive | atomic |
 //! |---|---|---|
@@ -9,12 +10,9 @@
 //! | `usage-counter-retry` | the same, each request delivered twice (a retry after a lost acknowledgement) | [`counter::increment`], both deliveries with the request's key |
 //! | `usage-quota` | [`naive::try_consume_check_then_act`] | [`quota::try_consume`] |
 //! | `get-or-create` | [`naive::get_or_create_usage_period_select_then_insert`], all workers on one fresh period per round | [`get_or_create_usage_period`] |
-//! | `claim` | [`backfill_scheduler::naive::claim_select_then_update`] of one item, then mark it done | [`Queue::claim`] of one item, then [`Queue::complete`] |
 
 use crate::scenario::{timestamp, Anomalies, Op, Pattern, Scenario, Tally};
-use anyhow::{bail, Result};
-use backfill_scheduler::schema::backfill_log;
-use backfill_scheduler::{schedule_months, BackfillMonth};
+use anyhow::Result;
 use chrono::{NaiveDate, NaiveDateTime};
 use diesel::connection::SimpleConnection;
 use diesel::dsl::sql;
@@ -23,7 +21,6 @@ use diesel::prelude::*;
 use diesel::sql_types::BigInt;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Mutex;
-use upsert_kit::claim::Queue;
 use upsert_kit::Error;
 use usage_tracking::schema::usage_periods;
 use usage_tracking::{counter, naive, quota};
@@ -75,7 +72,7 @@ impl UsageCounter {
     }
 }
 
-impl Scenario for UsageCounter {
+impl Scenario<PgConnection> for UsageCounter {
     fn name(&self) -> &'static str {
         "usage-counter"
     }
@@ -130,7 +127,7 @@ impl UsageCounterRetry {
     }
 }
 
-impl Scenario for UsageCounterRetry {
+impl Scenario<PgConnection> for UsageCounterRetry {
     fn name(&self) -> &'static str {
         "usage-counter-retry"
     }
@@ -225,7 +222,7 @@ impl UsageQuota {
     }
 }
 
-impl Scenario for UsageQuota {
+impl Scenario<PgConnection> for UsageQuota {
     fn name(&self) -> &'static str {
         "usage-quota"
     }
@@ -302,7 +299,7 @@ fn month_of_round(round: u64) -> NaiveDateTime {
         .unwrap_or(NaiveDateTime::MAX)
 }
 
-impl Scenario for GetOrCreate {
+impl Scenario<PgConnection> for GetOrCreate {
     fn name(&self) -> &'static str {
         "get-or-create"
     }
@@ -343,88 +340,6 @@ impl Scenario for GetOrCreate {
             // One period per round is expected, and exactly one caller per round created it.
             lost_updates: (tally.rounds as i64 - distinct)
                 + (tally.rounds as i64 - tally.effect as i64).abs(),
-            over_limit: 0,
-            double_counted: 0,
-        })
-    }
-}
-
-/// `claim`: workers drain a queue of months, one item per claim, and mark each done.
-#[derive(Debug)]
-pub struct Claim {
-    items: usize,
-}
-
-impl Claim {
-    /// The scenario with a queue of `items` months per cell.
-    ///
-    /// # Errors
-    /// When `items` is 0 or above 108,000 (the months of years 1000 to 9999).
-    pub fn new(items: usize) -> Result<Self> {
-        if items == 0 || items > 9_000 * 12 {
-            bail!("--claim-items must be between 1 and 108000");
-        }
-        Ok(Claim { items })
-    }
-}
-
-impl Scenario for Claim {
-    fn name(&self) -> &'static str {
-        "claim"
-    }
-    fn prepare(&self, conn: &mut PgConnection) -> Result<()> {
-        conn.batch_execute("TRUNCATE backfill_log")?;
-        let last = 1000 * 12 + self.items as i32 - 1;
-        schedule_months(
-            conn,
-            (1000, 1),
-            (last.div_euclid(12), (last.rem_euclid(12) + 1) as u32),
-        )?;
-        Ok(())
-    }
-    fn op(
-        &self,
-        conn: &mut PgConnection,
-        pattern: Pattern,
-        op: &mut Op<'_>,
-    ) -> upsert_kit::Result<u64> {
-        let holder = format!("worker-{}", op.worker);
-        match pattern {
-            Pattern::Diesel => Err(crate::scenario::no_diesel_side()),
-            Pattern::Naive => {
-                let claimed =
-                    backfill_scheduler::naive::claim_select_then_update(conn, &holder, 1)?;
-                for (id, _year, _month) in &claimed {
-                    diesel::update(backfill_log::table.find(id))
-                        .set(backfill_log::status.eq("done"))
-                        .execute(conn)?;
-                }
-                Ok(claimed.len() as u64)
-            }
-            Pattern::Atomic => {
-                let queue = Queue::<BackfillMonth>::new(holder)?;
-                let claimed = queue.claim(conn, 1)?;
-                for claim in &claimed {
-                    queue.complete(conn, claim)?;
-                }
-                Ok(claimed.len() as u64)
-            }
-        }
-    }
-    fn verify(&self, conn: &mut PgConnection, tally: &Tally) -> Result<Anomalies> {
-        // Both patterns count an attempt per hand-out: attempts beyond the first are items
-        // handed out twice.
-        let (duplicates, attempts, unfinished): (i64, i64, i64) = backfill_log::table
-            .select((
-                sql::<BigInt>("coalesce(sum(greatest(attempts - 1, 0)), 0)::int8"),
-                sql::<BigInt>("coalesce(sum(attempts), 0)::int8"),
-                sql::<BigInt>("count(*) FILTER (WHERE status = 'processing')"),
-            ))
-            .get_result(conn)?;
-        Ok(Anomalies {
-            duplicate_rows: duplicates,
-            // Hand-outs the workers saw but the queue does not show, and items left claimed.
-            lost_updates: (tally.effect as i64 - attempts).abs() + unfinished,
             over_limit: 0,
             double_counted: 0,
         })

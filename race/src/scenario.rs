@@ -1,15 +1,13 @@
 //! What every race scenario is made of: its sides ([`Pattern`]), one operation's context
 //! ([`Op`]), what the workers did ([`Tally`]) and the damage found after ([`Anomalies`]), the
 //! [`Scenario`] trait the runner drives, and the pieces the scenarios share (the fixed
-//! timestamp and keys, the race crate's counter table [`race_counter`]).
+//! timestamp and keys).
 //!
-//! The scenarios themselves (`scenarios`, `generic`, `primitives`, `mysql`) and the naive
+//! The scenarios themselves (`scenarios`, `generic`, `primitives`), the backends and the naive
 //! baselines build on this module; it imports none of them.
 
 use anyhow::{bail, Result};
 use chrono::{NaiveDate, NaiveDateTime};
-use diesel::pg::PgConnection;
-use diesel::prelude::*;
 
 /// The sides of a scenario.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,9 +103,10 @@ pub struct Anomalies {
     pub over_limit: i64,
 }
 
-/// A race scenario, on PostgreSQL unless `C` says otherwise (the MySQL scenarios of
-/// [`crate::mysql`] are `Scenario<MysqlConnection>`).
-pub trait Scenario<C = PgConnection>: Send + Sync {
+/// A race scenario on connections `C`: a scenario that runs on every backend implements it for
+/// every [`RaceConnection`](crate::backend::RaceConnection), a PostgreSQL-only one for
+/// `PgConnection`.
+pub trait Scenario<C>: Send + Sync {
     /// Its name on the command line and in the report.
     fn name(&self) -> &'static str;
     /// What the throughput counts.
@@ -145,28 +144,6 @@ pub fn timestamp() -> NaiveDateTime {
 /// The key of row `i` in the upsert and bulk scenarios (pgbench builds the same).
 pub fn key(i: u64) -> String {
     format!("key-{i}")
-}
-
-diesel::table! {
-    /// The counters of the `counter` (id 1), `lock` (id 2) and `counter-retry` (id 3)
-    /// scenarios, declared for [`upsert_kit::counter`](mod@upsert_kit::counter) as [`crate::generic::RaceCounter`].
-    race_counter (id) {
-        /// The counter's id.
-        id -> Int4,
-        /// Its value.
-        n -> Int8,
-    }
-}
-
-/// Sets counter `id` of [`race_counter`] to 0, creating its row.
-pub(crate) fn reset_counter(conn: &mut PgConnection, id: i32) -> Result<()> {
-    diesel::insert_into(race_counter::table)
-        .values((race_counter::id.eq(id), race_counter::n.eq(0_i64)))
-        .on_conflict(race_counter::id)
-        .do_update()
-        .set(race_counter::n.eq(0_i64))
-        .execute(conn)?;
-    Ok(())
 }
 
 /// The damage of a retry scenario whose counter ended at `value`, when `tally.ok` requests

@@ -1,97 +1,161 @@
-//! The race scenarios: each one a naive pattern and its atomic replacement.
+//! The race scenarios, each one a naive pattern and its atomic replacement, and which of them
+//! each backend runs ([`Scenarios`]).
 //!
-//! | scenario | naive | atomic |
-//! |---|---|---|
-//! | `upsert` | [`naive::query_then_upsert`] over K existing keys | [`atomic_upsert`] |
-//! | `first-insert` | [`naive::query_then_upsert`], all workers on one fresh key per round | [`atomic_upsert`] |
-//! | `counter`, `counter-retry`, `quota` | see [`crate::generic`] (the library's generic primitives) | |
-//! | `usage-counter`, `usage-counter-retry`, `usage-quota`, `get-or-create`, `claim` | see [`crate::primitives`] (the adopters') | |
-//! | `lock` | [`naive::read_add_write`] in a transaction | the same under [`lock::xact_lock`] |
-//! | `bulk` | a loop of [`atomic_upsert`] over a batch | one [`bulk_upsert`] of the batch |
-//! | `hot-key` | [`naive::query_then_upsert`], all workers on one existing key | [`atomic_upsert`] |
+//! | scenario | naive | atomic | backends |
+//! |---|---|---|---|
+//! | `upsert` | the backend's query-then-upsert ([`RaceConnection::query_then_upsert`]) over K existing keys | [`atomic_upsert`] | all |
+//! | `first-insert` | the same, all workers on one fresh key per round | [`atomic_upsert`] | all |
+//! | `counter`, `quota`, `claim` | see [`crate::generic`] (the library's generic primitives) | | all |
+//! | `bulk` | a loop of [`atomic_upsert`] over a batch | one [`bulk_upsert`] of the batch | all |
+//! | `counter-retry` | see [`crate::generic`] | | PostgreSQL |
+//! | `usage-counter`, `usage-counter-retry`, `usage-quota`, `get-or-create` | see [`crate::primitives`] (the usage-tracking example's) | | PostgreSQL |
+//! | `lock` | [`naive::read_add_write`] in a transaction | the same under [`lock::xact_lock`] | PostgreSQL |
+//! | `hot-key` | the query-then-upsert, all workers on one existing key | [`atomic_upsert`] | PostgreSQL |
 //!
-//! `upsert`, `first-insert`, `hot-key` and `bulk` also run the third side, `diesel`: plain
-//! Diesel's `insert_into(t).values(&row).on_conflict(key).do_update().set(…)`, and for `bulk`
-//! its multi-row `values(&vec)` ([`crate::plain`]), what a Diesel user writes without the
-//! crate: as race-free as the crate's, and the peer its speed is measured against.
+//! The scenarios that run on every backend are written once, generic over the connection
+//! ([`RaceConnection`]); what differs between backends (tables, the naive baselines' SQL) is
+//! the backend's ([`crate::backend`]).
 //!
-//! `counter`, `counter-retry` and `lock` run on a table of the race crate's own
-//! ([`race_counter`], one row each); `counter-retry` and `quota` on the library's ready-made
-//! ledger and quota tables ([`upsert_kit::tables`]). [`create_tables`] creates them all.
+//! The upsert scenarios write the sync jobs' `strava_stats` rows ([`StravaStats`]). Where the
+//! backend has it ([`RaceConnection::UPSERT_PATTERNS`]: PostgreSQL), they also run the third
+//! side, `diesel`: plain Diesel's `insert_into(t).values(&row).on_conflict(key).do_update()
+//! .set(…)`, and for `bulk` its multi-row `values(&vec)` ([`crate::plain`]), what a Diesel user
+//! writes without the crate: as race-free as the crate's, and the peer its speed is measured
+//! against.
 
+use crate::backend::RaceConnection;
 use crate::generic;
 use crate::naive;
-use crate::plain;
 use crate::primitives;
 pub use crate::scenario::{
     key, timestamp, Anomalies, Op, Params, Pattern, Scenario, Tally, ALL_PATTERNS, NAIVE_AND_ATOMIC,
 };
-use crate::scenario::{race_counter, reset_counter};
-use anyhow::{bail, Result};
-use diesel::connection::SimpleConnection;
+use crate::sql::RaceSql;
+use crate::tables::{RaceCounter, LOCK_COUNTER};
+use anyhow::{anyhow, bail, Result};
+use diesel::connection::Connection;
+use diesel::mysql::MysqlConnection;
 use diesel::pg::PgConnection;
-use diesel::prelude::*;
-use sync_jobs::models::{StravaStats, WakatimeStats};
-use sync_jobs::schema::{strava_stats, wakatime_stats};
+use sync_jobs::models::StravaStats;
+use upsert_kit::claim::ClaimConnection;
+use upsert_kit::conn::{BindKey, WriteConnection};
+use upsert_kit::counter::CounterBackend;
 use upsert_kit::lock::{self, LockKey};
-use upsert_kit::{atomic_upsert, bulk_upsert};
+use upsert_kit::quota::{BindQuota, QuotaBackend};
+use upsert_kit::tables::Quotas;
+use upsert_kit::{atomic_upsert, bulk_upsert, Upsertable};
+use upsert_kit_support::server::Server;
 
-/// Every scenario name, in report order.
-pub const NAMES: &[&str] = &[
+/// The backend of connection `C`, as the library's primitives name it.
+type Db<C> = <C as WriteConnection>::Backend;
+
+/// The scenarios a backend runs.
+pub trait Scenarios: RaceConnection {
+    /// Every scenario name, in report order.
+    const NAMES: &'static [&'static str];
+
+    /// The scenario called `name`.
+    ///
+    /// # Errors
+    /// A name the backend does not run, or sizes the scenario refuses.
+    fn by_name(name: &str, params: &Params) -> Result<Box<dyn Scenario<Self>>>;
+}
+
+/// The scenarios every backend runs, in report order.
+pub const SHARED: &[&str] = &[
     "upsert",
     "first-insert",
     "counter",
-    "counter-retry",
     "quota",
-    "get-or-create",
-    "lock",
     "bulk",
-    "hot-key",
     "claim",
-    "usage-counter",
-    "usage-counter-retry",
-    "usage-quota",
 ];
 
-/// The scenario called `name`.
-pub fn by_name(name: &str, params: &Params) -> Result<Box<dyn Scenario>> {
-    Ok(match name {
+/// The scenario of [`SHARED`] called `name`, on `C`; `None` for another name.
+fn shared<C>(name: &str, params: &Params) -> Result<Option<Box<dyn Scenario<C>>>>
+where
+    C: RaceConnection + ClaimConnection<C::Queue>,
+    Db<C>: CounterBackend + QuotaBackend,
+    StravaStats: Upsertable<C>,
+    RaceCounter: BindKey<Db<C>>,
+    Quotas: BindQuota<Db<C>>,
+{
+    Ok(Some(match name {
         "upsert" => Box::new(SteadyUpsert::new(params.keys)),
         "first-insert" => Box::new(FirstInsert),
         "counter" => Box::new(generic::Counter),
-        "counter-retry" => Box::new(generic::CounterRetry),
         "quota" => Box::new(generic::Quota::new(params.quota_limit)),
-        "get-or-create" => Box::new(primitives::GetOrCreate),
-        "lock" => Box::new(LockedCounter),
         "bulk" => Box::new(Bulk::new(params.bulk_keys, params.batch)?),
-        "hot-key" => Box::new(HotKey::new()),
-        "claim" => Box::new(primitives::Claim::new(params.claim_items)?),
-        "usage-counter" => Box::new(primitives::UsageCounter::new()),
-        "usage-counter-retry" => Box::new(primitives::UsageCounterRetry::new()),
-        "usage-quota" => Box::new(primitives::UsageQuota::new(params.quota_limit)),
-        other => bail!("unknown scenario {other:?}; known: {}", NAMES.join(", ")),
-    })
+        "claim" => Box::new(generic::Claim::new::<C>(params.claim_items)?),
+        _ => return Ok(None),
+    }))
 }
 
-/// Every scenario, in report order.
-pub fn available() -> Vec<String> {
-    NAMES.iter().map(|n| (*n).to_owned()).collect()
+/// The error for `name`, which `C` does not run.
+fn unknown<C: Scenarios>(name: &str) -> anyhow::Error {
+    let backend = <C::Server as Server>::BACKEND;
+    if <PgConnection as Scenarios>::NAMES.contains(&name) {
+        anyhow!(
+            "scenario {name:?} has no {backend} version ({backend} runs: {})",
+            C::NAMES.join(", ")
+        )
+    } else {
+        anyhow!("unknown scenario {name:?}; known: {}", C::NAMES.join(", "))
+    }
 }
 
-/// One stats row written by `pattern`: the naive query-then-upsert, plain Diesel's upsert or
-/// the crate's (the `upsert` and `hot-key` scenarios differ only in the row they pick).
-fn upsert_strava_row(
-    conn: &mut PgConnection,
-    pattern: Pattern,
-    row: &StravaStats,
-) -> upsert_kit::Result<u64> {
+impl Scenarios for PgConnection {
+    const NAMES: &'static [&'static str] = &[
+        "upsert",
+        "first-insert",
+        "counter",
+        "counter-retry",
+        "quota",
+        "get-or-create",
+        "lock",
+        "bulk",
+        "hot-key",
+        "claim",
+        "usage-counter",
+        "usage-counter-retry",
+        "usage-quota",
+    ];
+
+    fn by_name(name: &str, params: &Params) -> Result<Box<dyn Scenario<Self>>> {
+        if let Some(scenario) = shared(name, params)? {
+            return Ok(scenario);
+        }
+        Ok(match name {
+            "counter-retry" => Box::new(generic::CounterRetry),
+            "get-or-create" => Box::new(primitives::GetOrCreate),
+            "lock" => Box::new(LockedCounter),
+            "hot-key" => Box::new(HotKey::new()),
+            "usage-counter" => Box::new(primitives::UsageCounter::new()),
+            "usage-counter-retry" => Box::new(primitives::UsageCounterRetry::new()),
+            "usage-quota" => Box::new(primitives::UsageQuota::new(params.quota_limit)),
+            other => return Err(unknown::<Self>(other)),
+        })
+    }
+}
+
+impl Scenarios for MysqlConnection {
+    const NAMES: &'static [&'static str] = SHARED;
+
+    fn by_name(name: &str, params: &Params) -> Result<Box<dyn Scenario<Self>>> {
+        shared(name, params)?.ok_or_else(|| unknown::<Self>(name))
+    }
+}
+
+/// One stats row written by `pattern`: the backend's naive query-then-upsert, plain Diesel's
+/// upsert or the crate's.
+fn upsert_row<C>(conn: &mut C, pattern: Pattern, row: &StravaStats) -> upsert_kit::Result<u64>
+where
+    C: RaceConnection,
+    StravaStats: Upsertable<C>,
+{
     match pattern {
-        Pattern::Naive => {
-            naive::query_then_upsert(conn, row)?;
-        }
-        Pattern::Diesel => {
-            plain::upsert_strava(conn, row)?;
-        }
+        Pattern::Naive => conn.query_then_upsert(row)?,
+        Pattern::Diesel => conn.plain_upsert(row)?,
         Pattern::Atomic => {
             atomic_upsert(conn, row)?;
         }
@@ -111,15 +175,28 @@ fn stats_rows(n: u64) -> Vec<StravaStats> {
         .collect()
 }
 
-/// Creates the scenarios' own tables next to the adopters' migrations: [`race_counter`], and
-/// the library's ready-made ledger, quota and reservation tables
-/// ([`upsert_kit::tables::create_tables`]).
-pub fn create_tables(conn: &mut PgConnection) -> Result<()> {
-    conn.batch_execute(
-        "CREATE TABLE race_counter (id INT4 PRIMARY KEY, n INT8 NOT NULL DEFAULT 0);",
-    )?;
-    upsert_kit::tables::create_tables(conn)?;
+/// Empties `strava_stats` and writes `rows` (unmeasured).
+fn reset_stats<C>(conn: &mut C, rows: &[StravaStats]) -> Result<()>
+where
+    C: RaceConnection,
+    StravaStats: Upsertable<C>,
+{
+    conn.batch_execute("TRUNCATE strava_stats")?;
+    if !rows.is_empty() {
+        bulk_upsert(conn, rows)?;
+    }
     Ok(())
+}
+
+/// Duplicate rows (more rows than distinct keys) and keys missing from `strava_stats`, when
+/// `expected` distinct keys were written.
+fn stats_anomalies<C: RaceConnection>(conn: &mut C, expected: i64) -> Result<Anomalies> {
+    let (rows, distinct) = conn.stats_counts()?;
+    Ok(Anomalies {
+        duplicate_rows: rows - distinct,
+        lost_updates: expected - distinct,
+        ..Anomalies::default()
+    })
 }
 
 /// `upsert`: steady state over K existing keys, each operation on a random one.
@@ -135,36 +212,37 @@ impl SteadyUpsert {
     }
 }
 
-impl Scenario for SteadyUpsert {
+impl<C> Scenario<C> for SteadyUpsert
+where
+    C: RaceConnection,
+    StravaStats: Upsertable<C>,
+{
     fn name(&self) -> &'static str {
         "upsert"
     }
     fn patterns(&self) -> &'static [Pattern] {
-        ALL_PATTERNS
+        C::UPSERT_PATTERNS
     }
-    fn prepare(&self, conn: &mut PgConnection) -> Result<()> {
-        conn.batch_execute("TRUNCATE strava_stats")?;
-        bulk_upsert(conn, &self.rows)?;
-        Ok(())
+    fn prepare(&self, conn: &mut C) -> Result<()> {
+        reset_stats(conn, &self.rows)
     }
-    fn op(
-        &self,
-        conn: &mut PgConnection,
-        pattern: Pattern,
-        op: &mut Op<'_>,
-    ) -> upsert_kit::Result<u64> {
+    fn op(&self, conn: &mut C, pattern: Pattern, op: &mut Op<'_>) -> upsert_kit::Result<u64> {
         let row = &self.rows[op.rng.usize(..self.rows.len())];
-        upsert_strava_row(conn, pattern, row)
+        upsert_row(conn, pattern, row)
     }
-    fn verify(&self, conn: &mut PgConnection, _tally: &Tally) -> Result<Anomalies> {
-        stats_anomalies(conn, self.rows.len())
+    fn verify(&self, conn: &mut C, _tally: &Tally) -> Result<Anomalies> {
+        stats_anomalies(conn, self.rows.len() as i64)
     }
 }
 
 /// `first-insert`: every round, all workers write the same new key at once (the cron storm).
 struct FirstInsert;
 
-impl Scenario for FirstInsert {
+impl<C> Scenario<C> for FirstInsert
+where
+    C: RaceConnection,
+    StravaStats: Upsertable<C>,
+{
     fn name(&self) -> &'static str {
         "first-insert"
     }
@@ -172,99 +250,23 @@ impl Scenario for FirstInsert {
         true
     }
     fn patterns(&self) -> &'static [Pattern] {
-        ALL_PATTERNS
+        C::UPSERT_PATTERNS
     }
-    fn prepare(&self, conn: &mut PgConnection) -> Result<()> {
-        conn.batch_execute("TRUNCATE wakatime_stats")?;
-        Ok(())
+    fn prepare(&self, conn: &mut C) -> Result<()> {
+        reset_stats(conn, &[])
     }
-    fn op(
-        &self,
-        conn: &mut PgConnection,
-        pattern: Pattern,
-        op: &mut Op<'_>,
-    ) -> upsert_kit::Result<u64> {
-        let row = WakatimeStats {
+    fn op(&self, conn: &mut C, pattern: Pattern, op: &mut Op<'_>) -> upsert_kit::Result<u64> {
+        let row = StravaStats {
             stats_type: format!("round-{}", op.round),
             data: crate::payload::stats_payload(op.round),
             created_at: timestamp(),
             updated_at: timestamp(),
         };
-        match pattern {
-            Pattern::Naive => {
-                naive::query_then_upsert(conn, &row)?;
-            }
-            Pattern::Diesel => {
-                plain::upsert_wakatime(conn, &row)?;
-            }
-            Pattern::Atomic => {
-                atomic_upsert(conn, &row)?;
-            }
-        }
-        Ok(1)
+        upsert_row(conn, pattern, &row)
     }
-    fn verify(&self, conn: &mut PgConnection, tally: &Tally) -> Result<Anomalies> {
-        use diesel::dsl::{count, count_star};
-        use diesel::prelude::AggregateExpressionMethods;
-        let (rows, distinct): (i64, i64) = wakatime_stats::table
-            .select((
-                count_star(),
-                count(wakatime_stats::stats_type).aggregate_distinct(),
-            ))
-            .get_result(conn)?;
-        Ok(Anomalies {
-            duplicate_rows: rows - distinct,
-            // One row per round is expected: a round without its row lost its write.
-            lost_updates: tally.rounds as i64 - distinct,
-            ..Anomalies::default()
-        })
-    }
-}
-
-fn counter_anomalies(conn: &mut PgConnection, id: i32, tally: &Tally) -> Result<Anomalies> {
-    let n: i64 = race_counter::table
-        .find(id)
-        .select(race_counter::n)
-        .get_result(conn)?;
-    Ok(Anomalies {
-        lost_updates: tally.effect as i64 - n,
-        ..Anomalies::default()
-    })
-}
-
-/// `lock`: a read-modify-write in a transaction, bare or under a transaction-scoped advisory
-/// lock (the pattern for work that cannot be one statement).
-struct LockedCounter;
-
-const LOCK_COUNTER_ID: i32 = 2;
-
-impl Scenario for LockedCounter {
-    fn name(&self) -> &'static str {
-        "lock"
-    }
-    fn prepare(&self, conn: &mut PgConnection) -> Result<()> {
-        reset_counter(conn, LOCK_COUNTER_ID)
-    }
-    fn op(
-        &self,
-        conn: &mut PgConnection,
-        pattern: Pattern,
-        _op: &mut Op<'_>,
-    ) -> upsert_kit::Result<u64> {
-        conn.transaction(|conn| {
-            if pattern == Pattern::Atomic {
-                lock::xact_lock(
-                    conn,
-                    LockKey::new("upsert-race", i64::from(LOCK_COUNTER_ID)),
-                )?;
-            }
-            naive::read_add_write(conn, LOCK_COUNTER_ID)?;
-            Ok::<_, upsert_kit::Error>(())
-        })?;
-        Ok(1)
-    }
-    fn verify(&self, conn: &mut PgConnection, tally: &Tally) -> Result<Anomalies> {
-        counter_anomalies(conn, LOCK_COUNTER_ID, tally)
+    fn verify(&self, conn: &mut C, tally: &Tally) -> Result<Anomalies> {
+        // One row per round is expected: a round without its row lost its write.
+        stats_anomalies(conn, tally.rounds as i64)
     }
 }
 
@@ -286,7 +288,11 @@ impl Bulk {
     }
 }
 
-impl Scenario for Bulk {
+impl<C> Scenario<C> for Bulk
+where
+    C: RaceConnection,
+    StravaStats: Upsertable<C>,
+{
     fn name(&self) -> &'static str {
         "bulk"
     }
@@ -297,19 +303,12 @@ impl Scenario for Bulk {
         self.batch as u64
     }
     fn patterns(&self) -> &'static [Pattern] {
-        ALL_PATTERNS
+        C::UPSERT_PATTERNS
     }
-    fn prepare(&self, conn: &mut PgConnection) -> Result<()> {
-        conn.batch_execute("TRUNCATE strava_stats")?;
-        bulk_upsert(conn, &self.rows)?;
-        Ok(())
+    fn prepare(&self, conn: &mut C) -> Result<()> {
+        reset_stats(conn, &self.rows)
     }
-    fn op(
-        &self,
-        conn: &mut PgConnection,
-        pattern: Pattern,
-        op: &mut Op<'_>,
-    ) -> upsert_kit::Result<u64> {
+    fn op(&self, conn: &mut C, pattern: Pattern, op: &mut Op<'_>) -> upsert_kit::Result<u64> {
         let start = op.rng.usize(..=self.rows.len() - self.batch);
         let batch = &self.rows[start..start + self.batch];
         match pattern {
@@ -318,36 +317,16 @@ impl Scenario for Bulk {
                     atomic_upsert(conn, row)?;
                 }
             }
-            Pattern::Diesel => {
-                plain::bulk_upsert_strava(conn, batch)?;
-            }
+            Pattern::Diesel => conn.plain_bulk_upsert(batch)?,
             Pattern::Atomic => {
                 bulk_upsert(conn, batch)?;
             }
         }
         Ok(self.batch as u64)
     }
-    fn verify(&self, conn: &mut PgConnection, _tally: &Tally) -> Result<Anomalies> {
-        stats_anomalies(conn, self.rows.len())
+    fn verify(&self, conn: &mut C, _tally: &Tally) -> Result<Anomalies> {
+        stats_anomalies(conn, self.rows.len() as i64)
     }
-}
-
-/// Duplicate rows (more rows than distinct keys) and keys missing from `strava_stats`, when
-/// `expected` distinct keys were written.
-fn stats_anomalies(conn: &mut PgConnection, expected: usize) -> Result<Anomalies> {
-    use diesel::dsl::{count, count_star};
-    use diesel::prelude::AggregateExpressionMethods;
-    let (rows, distinct): (i64, i64) = strava_stats::table
-        .select((
-            count_star(),
-            count(strava_stats::stats_type).aggregate_distinct(),
-        ))
-        .get_result(conn)?;
-    Ok(Anomalies {
-        duplicate_rows: rows - distinct,
-        lost_updates: expected as i64 - distinct,
-        ..Anomalies::default()
-    })
 }
 
 /// `hot-key`: every worker upserts the same existing key, as fast as it can (the cron storm
@@ -378,7 +357,7 @@ impl HotKey {
 /// The key of the `hot-key` scenario.
 const HOT_KEY: &str = "hot-key";
 
-impl Scenario for HotKey {
+impl Scenario<PgConnection> for HotKey {
     fn name(&self) -> &'static str {
         "hot-key"
     }
@@ -386,9 +365,7 @@ impl Scenario for HotKey {
         ALL_PATTERNS
     }
     fn prepare(&self, conn: &mut PgConnection) -> Result<()> {
-        conn.batch_execute("TRUNCATE strava_stats")?;
-        bulk_upsert(conn, &self.rows[..1])?;
-        Ok(())
+        reset_stats(conn, &self.rows[..1])
     }
     fn op(
         &self,
@@ -397,9 +374,43 @@ impl Scenario for HotKey {
         op: &mut Op<'_>,
     ) -> upsert_kit::Result<u64> {
         let row = &self.rows[op.worker % self.rows.len()];
-        upsert_strava_row(conn, pattern, row)
+        upsert_row(conn, pattern, row)
     }
     fn verify(&self, conn: &mut PgConnection, _tally: &Tally) -> Result<Anomalies> {
         stats_anomalies(conn, 1)
+    }
+}
+
+/// `lock`: a read-modify-write in a transaction, bare or under a transaction-scoped advisory
+/// lock (the pattern for work that cannot be one statement).
+struct LockedCounter;
+
+impl Scenario<PgConnection> for LockedCounter {
+    fn name(&self) -> &'static str {
+        "lock"
+    }
+    fn prepare(&self, conn: &mut PgConnection) -> Result<()> {
+        Ok(conn.set_counter(LOCK_COUNTER, 0)?)
+    }
+    fn op(
+        &self,
+        conn: &mut PgConnection,
+        pattern: Pattern,
+        _op: &mut Op<'_>,
+    ) -> upsert_kit::Result<u64> {
+        conn.transaction(|conn| {
+            if pattern == Pattern::Atomic {
+                lock::xact_lock(conn, LockKey::new("upsert-race", i64::from(LOCK_COUNTER)))?;
+            }
+            naive::read_add_write(conn, LOCK_COUNTER)?;
+            Ok::<_, upsert_kit::Error>(())
+        })?;
+        Ok(1)
+    }
+    fn verify(&self, conn: &mut PgConnection, tally: &Tally) -> Result<Anomalies> {
+        Ok(Anomalies {
+            lost_updates: tally.effect as i64 - conn.counter_value(LOCK_COUNTER)?,
+            ..Anomalies::default()
+        })
     }
 }
