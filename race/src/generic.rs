@@ -16,7 +16,7 @@
 
 use crate::backend::RaceConnection;
 use crate::naive;
-use crate::scenario::{timestamp, Anomalies, Op, Pattern, Scenario, Tally};
+use crate::scenario::{timestamp, Anomalies, Op, Pattern, Scenario, Tally, WITH_COALESCED};
 use crate::sql::RaceSql;
 use crate::tables::{RaceCounter, COUNTER, RETRY_COUNTER};
 use anyhow::{bail, Result};
@@ -50,9 +50,18 @@ where
     fn prepare(&self, conn: &mut C) -> Result<()> {
         Ok(conn.set_counter(COUNTER, 0)?)
     }
-    fn op(&self, conn: &mut C, pattern: Pattern, _op: &mut Op<'_>) -> upsert_kit::Result<u64> {
+    fn patterns(&self) -> &'static [Pattern] {
+        WITH_COALESCED
+    }
+    fn op(&self, conn: &mut C, pattern: Pattern, op: &mut Op<'_>) -> upsert_kit::Result<u64> {
         match pattern {
-            Pattern::Diesel => return Err(crate::scenario::no_diesel_side()),
+            p @ Pattern::Diesel => return Err(crate::scenario::missing_side(p)),
+            // The increments of a batch, one statement of their sum.
+            Pattern::Coalesced => {
+                op.writer::<C>()?
+                    .increment::<RaceCounter>(COUNTER, [1])?
+                    .ok_or_else(|| Error::NotFound("the counter row is missing".into()))?;
+            }
             // As ORM code writes it: load, add, save (two round trips, no transaction).
             Pattern::Naive => naive::read_add_write(conn, COUNTER)?,
             // One `UPDATE … SET n = n + 1 … RETURNING n` (on MySQL the row is read back).
@@ -99,7 +108,9 @@ impl Scenario<PgConnection> for CounterRetry {
         let mut counted = 0;
         for _delivery in 0..2 {
             match pattern {
-                Pattern::Diesel => return Err(crate::scenario::no_diesel_side()),
+                p @ (Pattern::Diesel | Pattern::Coalesced) => {
+                    return Err(crate::scenario::missing_side(p))
+                }
                 // No key: the retry is counted again.
                 Pattern::Naive => {
                     naive::read_add_write(conn, RETRY_COUNTER)?;
@@ -182,7 +193,9 @@ where
         let window = self.current.load(Ordering::SeqCst);
         let key = Self::key(window);
         let granted = match pattern {
-            Pattern::Diesel => return Err(crate::scenario::no_diesel_side()),
+            p @ (Pattern::Diesel | Pattern::Coalesced) => {
+                return Err(crate::scenario::missing_side(p))
+            }
             // Check, then act: two round trips, and the check may be stale when the act runs.
             Pattern::Naive => naive::try_consume_check_then_act(conn, &key, 1)?,
             // One conditional `UPDATE`.
@@ -250,7 +263,7 @@ where
     fn op(&self, conn: &mut C, pattern: Pattern, op: &mut Op<'_>) -> upsert_kit::Result<u64> {
         let holder = format!("worker-{}", op.worker);
         match pattern {
-            Pattern::Diesel => Err(crate::scenario::no_diesel_side()),
+            p @ (Pattern::Diesel | Pattern::Coalesced) => Err(crate::scenario::missing_side(p)),
             Pattern::Naive => {
                 let claimed = conn.claim_select_then_update(&holder)?;
                 for &id in &claimed {

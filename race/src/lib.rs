@@ -307,6 +307,22 @@ fn run_cell<C: RaceConnection>(
     let conns = (0..workers)
         .map(|_| C::connect(url))
         .collect::<upsert_kit::Result<Vec<_>>>()?;
+    // The coalesced cells' writer, over a pool of its own whose connection is made before
+    // the start too.
+    let writer = match pattern {
+        Pattern::Coalesced => {
+            let pool = diesel::r2d2::Pool::builder()
+                .max_size(2)
+                .build(diesel::r2d2::ConnectionManager::<C>::new(url))
+                .context("the coalescing writer's pool")?;
+            drop(pool.get().context("the coalescing writer's connection")?);
+            Some(upsert_kit::coalesce::Coalescer::new(pool))
+        }
+        _ => None,
+    };
+    let writer = writer
+        .as_ref()
+        .map(|w| w as &(dyn std::any::Any + Send + Sync));
     let start = Barrier::new(workers + 1);
     let round = Barrier::new(workers);
     let done = AtomicBool::new(false);
@@ -317,7 +333,11 @@ fn run_cell<C: RaceConnection>(
             .enumerate()
             .map(|(worker, conn)| {
                 let (start, round, done) = (&start, &round, &done);
-                s.spawn(move || work(scenario, pattern, worker, conn, stop, start, round, done))
+                s.spawn(move || {
+                    work(
+                        scenario, pattern, worker, conn, writer, stop, start, round, done,
+                    )
+                })
             })
             .collect();
         start.wait();
@@ -366,6 +386,7 @@ fn work<C: RaceConnection>(
     pattern: Pattern,
     worker: usize,
     mut conn: C,
+    writer: Option<&(dyn std::any::Any + Send + Sync)>,
     stop: Stop,
     start: &Barrier,
     round: &Barrier,
@@ -402,6 +423,7 @@ fn work<C: RaceConnection>(
             worker,
             round: i,
             rng: &mut rng,
+            writer,
         };
         let t = Instant::now();
         let result = scenario.op(&mut conn, pattern, &mut op);

@@ -50,8 +50,14 @@ struct Args {
     scenario: Vec<String>,
 
     /// Patterns, comma-separated: naive, diesel (plain Diesel's upsert, in the upsert,
-    /// first-insert, bulk and hot-key scenarios only), atomic.
-    #[arg(long, value_delimiter = ',', default_value = "naive,diesel,atomic")]
+    /// first-insert, bulk and hot-key scenarios only), atomic, coalesced (the atomic call
+    /// through one coalescing writer shared by the workers, in the upsert, first-insert,
+    /// hot-key and counter scenarios only).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "naive,diesel,atomic,coalesced"
+    )]
     patterns: Vec<String>,
 
     /// Worker counts to sweep, comma-separated; each worker has its own connection.

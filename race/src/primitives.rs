@@ -88,7 +88,9 @@ impl Scenario<PgConnection> for UsageCounter {
         op: &mut Op<'_>,
     ) -> upsert_kit::Result<u64> {
         match pattern {
-            Pattern::Diesel => return Err(crate::scenario::no_diesel_side()),
+            p @ (Pattern::Diesel | Pattern::Coalesced) => {
+                return Err(crate::scenario::missing_side(p))
+            }
             // As ORM code writes it: load, add, save (two round trips, no transaction).
             Pattern::Naive => {
                 naive::increment_read_add_write(conn, self.period.load(Ordering::SeqCst), 1)?;
@@ -146,7 +148,9 @@ impl Scenario<PgConnection> for UsageCounterRetry {
         let mut counted = 0;
         for _delivery in 0..2 {
             match pattern {
-                Pattern::Diesel => return Err(crate::scenario::no_diesel_side()),
+                p @ (Pattern::Diesel | Pattern::Coalesced) => {
+                    return Err(crate::scenario::missing_side(p))
+                }
                 // No key: the retry is counted again.
                 Pattern::Naive => {
                     naive::increment_read_add_write(conn, self.period.load(Ordering::SeqCst), 1)?;
@@ -240,7 +244,9 @@ impl Scenario<PgConnection> for UsageQuota {
     ) -> upsert_kit::Result<u64> {
         let window = self.current.load(Ordering::SeqCst);
         let granted = match pattern {
-            Pattern::Diesel => return Err(crate::scenario::no_diesel_side()),
+            p @ (Pattern::Diesel | Pattern::Coalesced) => {
+                return Err(crate::scenario::missing_side(p))
+            }
             // Check, then act: two round trips, and the check may be stale when the act runs.
             Pattern::Naive => {
                 let period = self.periods.lock().expect("quota windows")[window as usize];
@@ -320,7 +326,9 @@ impl Scenario<PgConnection> for GetOrCreate {
     ) -> upsert_kit::Result<u64> {
         let at = month_of_round(op.round);
         let obtained = match pattern {
-            Pattern::Diesel => return Err(crate::scenario::no_diesel_side()),
+            p @ (Pattern::Diesel | Pattern::Coalesced) => {
+                return Err(crate::scenario::missing_side(p))
+            }
             Pattern::Naive => {
                 naive::get_or_create_usage_period_select_then_insert(conn, ACCOUNT, at)?
             }

@@ -18,6 +18,9 @@ pub enum Pattern {
     Diesel,
     /// The crate's pattern.
     Atomic,
+    /// The crate's pattern through one [`Coalescer`](upsert_kit::coalesce::Coalescer) shared by
+    /// the workers (the scenarios that say so: [`WITH_COALESCED`], [`UPSERT_COALESCED`]).
+    Coalesced,
 }
 
 impl Pattern {
@@ -27,30 +30,46 @@ impl Pattern {
             Pattern::Naive => "naive",
             Pattern::Diesel => "diesel",
             Pattern::Atomic => "atomic",
+            Pattern::Coalesced => "coalesced",
         }
     }
 
-    /// Parses `naive`, `diesel` or `atomic`.
+    /// Parses `naive`, `diesel`, `atomic` or `coalesced`.
     pub fn parse(s: &str) -> Result<Pattern> {
         match s {
             "naive" => Ok(Pattern::Naive),
             "diesel" => Ok(Pattern::Diesel),
             "atomic" => Ok(Pattern::Atomic),
-            other => bail!("unknown pattern {other:?} (naive, diesel, atomic)"),
+            "coalesced" => Ok(Pattern::Coalesced),
+            other => bail!("unknown pattern {other:?} (naive, diesel, atomic, coalesced)"),
         }
     }
 }
 
 /// The error of a scenario asked for a side it lacks (the runner never asks: it runs
 /// [`Scenario::patterns`] only).
-pub(crate) fn no_diesel_side() -> upsert_kit::Error {
-    upsert_kit::Error::invalid("pattern", "this scenario has no plain-Diesel side")
+pub(crate) fn missing_side(pattern: Pattern) -> upsert_kit::Error {
+    let why = match pattern {
+        Pattern::Diesel => "this scenario has no plain-Diesel side",
+        _ => "this scenario has no such side",
+    };
+    upsert_kit::Error::invalid("pattern", why)
 }
 
 /// The patterns of the scenarios without a plain-Diesel side.
 pub const NAIVE_AND_ATOMIC: &[Pattern] = &[Pattern::Naive, Pattern::Atomic];
 /// The patterns of the upsert scenarios.
 pub const ALL_PATTERNS: &[Pattern] = &[Pattern::Naive, Pattern::Diesel, Pattern::Atomic];
+/// The patterns of a scenario without a plain-Diesel side that also runs through the
+/// coalescing writer.
+pub const WITH_COALESCED: &[Pattern] = &[Pattern::Naive, Pattern::Atomic, Pattern::Coalesced];
+/// The patterns of an upsert scenario that also runs through the coalescing writer.
+pub const UPSERT_COALESCED: &[Pattern] = &[
+    Pattern::Naive,
+    Pattern::Diesel,
+    Pattern::Atomic,
+    Pattern::Coalesced,
+];
 
 /// The scenarios' sizes.
 #[derive(Debug, Clone)]
@@ -68,7 +87,6 @@ pub struct Params {
 }
 
 /// One operation's context.
-#[derive(Debug)]
 pub struct Op<'a> {
     /// The worker's index.
     pub worker: usize,
@@ -76,6 +94,33 @@ pub struct Op<'a> {
     pub round: u64,
     /// The worker's random numbers (seeded per worker: runs are repeatable).
     pub rng: &'a mut fastrand::Rng,
+    /// The cell's coalescing writer (the [`Pattern::Coalesced`] cells only), shared by its
+    /// workers: a `Coalescer` of the cell's connection type ([`Op::writer`]).
+    pub writer: Option<&'a (dyn std::any::Any + Send + Sync)>,
+}
+
+impl std::fmt::Debug for Op<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Op")
+            .field("worker", &self.worker)
+            .field("round", &self.round)
+            .field("coalesced", &self.writer.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Op<'_> {
+    /// The cell's coalescing writer over connections `C`.
+    ///
+    /// # Errors
+    /// When the cell has none (not a [`Pattern::Coalesced`] cell).
+    pub fn writer<C: diesel::r2d2::R2D2Connection + 'static>(
+        &self,
+    ) -> upsert_kit::Result<&upsert_kit::coalesce::Coalescer<C>> {
+        self.writer.and_then(|w| w.downcast_ref()).ok_or_else(|| {
+            upsert_kit::Error::invalid("pattern", "this cell has no coalescing writer")
+        })
+    }
 }
 
 /// What the workers of a cell did, summed.

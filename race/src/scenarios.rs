@@ -28,7 +28,8 @@ use crate::generic;
 use crate::naive;
 use crate::primitives;
 pub use crate::scenario::{
-    key, timestamp, Anomalies, Op, Params, Pattern, Scenario, Tally, ALL_PATTERNS, NAIVE_AND_ATOMIC,
+    key, timestamp, Anomalies, Op, Params, Pattern, Scenario, Tally, NAIVE_AND_ATOMIC,
+    UPSERT_COALESCED,
 };
 use crate::sql::RaceSql;
 use crate::tables::{RaceCounter, LOCK_COUNTER};
@@ -148,7 +149,12 @@ impl Scenarios for MysqlConnection {
 
 /// One stats row written by `pattern`: the backend's naive query-then-upsert, plain Diesel's
 /// upsert or the crate's.
-fn upsert_row<C>(conn: &mut C, pattern: Pattern, row: &StravaStats) -> upsert_kit::Result<u64>
+fn upsert_row<C>(
+    conn: &mut C,
+    pattern: Pattern,
+    op: &Op<'_>,
+    row: &StravaStats,
+) -> upsert_kit::Result<u64>
 where
     C: RaceConnection,
     StravaStats: Upsertable<C>,
@@ -158,6 +164,9 @@ where
         Pattern::Diesel => conn.plain_upsert(row)?,
         Pattern::Atomic => {
             atomic_upsert(conn, row)?;
+        }
+        Pattern::Coalesced => {
+            op.writer::<C>()?.upsert(row.clone())?;
         }
     }
     Ok(1)
@@ -221,14 +230,14 @@ where
         "upsert"
     }
     fn patterns(&self) -> &'static [Pattern] {
-        C::UPSERT_PATTERNS
+        C::SINGLE_UPSERT_PATTERNS
     }
     fn prepare(&self, conn: &mut C) -> Result<()> {
         reset_stats(conn, &self.rows)
     }
     fn op(&self, conn: &mut C, pattern: Pattern, op: &mut Op<'_>) -> upsert_kit::Result<u64> {
         let row = &self.rows[op.rng.usize(..self.rows.len())];
-        upsert_row(conn, pattern, row)
+        upsert_row(conn, pattern, op, row)
     }
     fn verify(&self, conn: &mut C, _tally: &Tally) -> Result<Anomalies> {
         stats_anomalies(conn, self.rows.len() as i64)
@@ -250,7 +259,7 @@ where
         true
     }
     fn patterns(&self) -> &'static [Pattern] {
-        C::UPSERT_PATTERNS
+        C::SINGLE_UPSERT_PATTERNS
     }
     fn prepare(&self, conn: &mut C) -> Result<()> {
         reset_stats(conn, &[])
@@ -262,7 +271,7 @@ where
             created_at: timestamp(),
             updated_at: timestamp(),
         };
-        upsert_row(conn, pattern, &row)
+        upsert_row(conn, pattern, op, &row)
     }
     fn verify(&self, conn: &mut C, tally: &Tally) -> Result<Anomalies> {
         // One row per round is expected: a round without its row lost its write.
@@ -321,6 +330,7 @@ where
             Pattern::Atomic => {
                 bulk_upsert(conn, batch)?;
             }
+            p @ Pattern::Coalesced => return Err(crate::scenario::missing_side(p)),
         }
         Ok(self.batch as u64)
     }
@@ -362,7 +372,7 @@ impl Scenario<PgConnection> for HotKey {
         "hot-key"
     }
     fn patterns(&self) -> &'static [Pattern] {
-        ALL_PATTERNS
+        UPSERT_COALESCED
     }
     fn prepare(&self, conn: &mut PgConnection) -> Result<()> {
         reset_stats(conn, &self.rows[..1])
@@ -374,7 +384,7 @@ impl Scenario<PgConnection> for HotKey {
         op: &mut Op<'_>,
     ) -> upsert_kit::Result<u64> {
         let row = &self.rows[op.worker % self.rows.len()];
-        upsert_row(conn, pattern, row)
+        upsert_row(conn, pattern, op, row)
     }
     fn verify(&self, conn: &mut PgConnection, _tally: &Tally) -> Result<Anomalies> {
         stats_anomalies(conn, 1)

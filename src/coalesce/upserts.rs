@@ -57,8 +57,35 @@ impl<Conn, M: UpsertModel, F> UpsertCall<Conn, M, F> {
 
     /// The rows' indexes in rounds: each round holds at most one row per key, sorted by key
     /// (so that concurrent writers lock rows in one order), and a key's rows keep their order
-    /// across rounds.
-    fn rounds(&self) -> Vec<Vec<usize>> {
+    /// across rounds. Without a condition, a key's rows between its first and its last need
+    /// not be written: each would overwrite the row unconditionally (`Updated`) and be
+    /// overwritten by the last, and none touches the columns kept on update; they are returned
+    /// apart, and the rounds are two at most.
+    fn rounds(&self) -> (Vec<Vec<usize>>, Vec<usize>) {
+        let mut rounds = self.all_rounds();
+        let mut skipped = Vec::new();
+        if self.condition.is_none() && rounds.len() > 2 {
+            let mut last: Vec<usize> = Vec::new();
+            for round in rounds.drain(1..).rev() {
+                for i in round {
+                    // Rounds are walked from the last, so a key's first hit here is its last row.
+                    let key_seen = last
+                        .iter()
+                        .any(|&j| self.rows[j].row.cmp_key(&self.rows[i].row).is_eq());
+                    if key_seen {
+                        skipped.push(i);
+                    } else {
+                        last.push(i);
+                    }
+                }
+            }
+            last.sort_by(|&a, &b| self.rows[a].row.cmp_key(&self.rows[b].row));
+            rounds.push(last);
+        }
+        (rounds, skipped)
+    }
+
+    fn all_rounds(&self) -> Vec<Vec<usize>> {
         let mut order: Vec<usize> = (0..self.rows.len()).collect();
         order.sort_by(|&a, &b| self.rows[a].row.cmp_key(&self.rows[b].row).then(a.cmp(&b)));
         let mut rounds: Vec<Vec<usize>> = Vec::new();
@@ -89,9 +116,13 @@ where
         let told = if let [only] = self.rows.as_slice() {
             M::upsert_one(conn, &only.row, &self.update, condition).map(|o| vec![(0, o)])
         } else {
-            let mut told = Vec::with_capacity(self.rows.len());
+            let (rounds, skipped) = self.rounds();
+            let mut told: Vec<(usize, UpsertOutcome)> = skipped
+                .into_iter()
+                .map(|i| (i, UpsertOutcome::Updated))
+                .collect();
             let mut failed = None;
-            for round in self.rounds() {
+            for round in rounds {
                 let rows: Vec<&M> = round.iter().map(|&i| &self.rows[i].row).collect();
                 match M::upsert_rows(conn, &rows, &self.update, condition) {
                     Ok(outcomes) => told.extend(round.into_iter().zip(outcomes)),

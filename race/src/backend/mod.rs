@@ -12,7 +12,7 @@
 pub mod mysql;
 pub mod pg;
 
-use crate::scenario::{Pattern, NAIVE_AND_ATOMIC};
+use crate::scenario::{Pattern, NAIVE_AND_ATOMIC, WITH_COALESCED};
 use crate::sql::RaceSql;
 use anyhow::Result;
 use diesel::connection::SimpleConnection;
@@ -25,7 +25,13 @@ use upsert_kit_support::server::Server;
 
 /// A connection the race runs on: `PgConnection` ([`pg`]) or `MysqlConnection` ([`mysql`]).
 pub trait RaceConnection:
-    WriteConnection<Raw = Self> + RaceSql + SimpleConnection + Send + Sized + 'static
+    WriteConnection<Raw = Self>
+    + diesel::r2d2::R2D2Connection
+    + RaceSql
+    + SimpleConnection
+    + Send
+    + Sized
+    + 'static
 {
     /// The backend's name in [`Row::backend`](crate::Row::backend): `postgresql`, `mysql`.
     const BACKEND: &'static str;
@@ -43,6 +49,10 @@ pub trait RaceConnection:
     /// The sides of the upsert scenarios (`upsert`, `first-insert`, `bulk`, `hot-key`): naive
     /// and atomic, and plain Diesel's ([`RaceConnection::plain_upsert`]) where the backend has it.
     const UPSERT_PATTERNS: &'static [Pattern] = NAIVE_AND_ATOMIC;
+
+    /// The sides of the single-row upsert scenarios (`upsert`, `first-insert`, `hot-key`):
+    /// [`RaceConnection::UPSERT_PATTERNS`] and the coalescing writer.
+    const SINGLE_UPSERT_PATTERNS: &'static [Pattern] = WITH_COALESCED;
 
     /// Opens a connection to `url`.
     ///
@@ -74,7 +84,9 @@ pub trait RaceConnection:
     /// Whatever the statement raises; by default, that the backend has no such side.
     fn plain_upsert(&mut self, row: &StravaStats) -> upsert_kit::Result<()> {
         let _ = row;
-        Err(crate::scenario::no_diesel_side())
+        Err(crate::scenario::missing_side(
+            crate::scenario::Pattern::Diesel,
+        ))
     }
 
     /// Plain Diesel's upsert of many stats rows in one multi-row statement, where
@@ -84,7 +96,9 @@ pub trait RaceConnection:
     /// As [`RaceConnection::plain_upsert`].
     fn plain_bulk_upsert(&mut self, rows: &[StravaStats]) -> upsert_kit::Result<()> {
         let _ = rows;
-        Err(crate::scenario::no_diesel_side())
+        Err(crate::scenario::missing_side(
+            crate::scenario::Pattern::Diesel,
+        ))
     }
 
     /// Empties the queue of [`RaceConnection::Queue`] and queues `items` items.

@@ -6,7 +6,7 @@
 use super::{QueueCounts, RaceConnection};
 use crate::naive;
 use crate::plain;
-use crate::scenario::{Pattern, ALL_PATTERNS};
+use crate::scenario::{Pattern, ALL_PATTERNS, UPSERT_COALESCED};
 use anyhow::{Context, Result};
 use backfill_scheduler::schema::backfill_log;
 use backfill_scheduler::{schedule_months, BackfillMonth};
@@ -32,6 +32,7 @@ impl RaceConnection for PgConnection {
     type Server = upsert_kit_support::server::Postgres;
     type Queue = BackfillMonth;
     const UPSERT_PATTERNS: &'static [Pattern] = ALL_PATTERNS;
+    const SINGLE_UPSERT_PATTERNS: &'static [Pattern] = UPSERT_COALESCED;
     /// The months of years 1000 to 9999.
     const MAX_QUEUE_ITEMS: usize = 9_000 * 12;
 
