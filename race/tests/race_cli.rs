@@ -22,6 +22,22 @@ const SCENARIOS: &[&str] = &[
 /// The scenarios with a plain-Diesel side.
 const WITH_DIESEL: &[&str] = &["upsert", "first-insert", "bulk", "hot-key"];
 
+/// The scenarios with a side through the coalescing writer.
+const WITH_COALESCED: &[&str] = &["upsert", "first-insert", "hot-key", "counter"];
+
+/// The patterns a scenario runs on PostgreSQL.
+fn patterns_of(scenario: &str) -> Vec<&'static str> {
+    let mut patterns = vec!["naive"];
+    if WITH_DIESEL.contains(&scenario) {
+        patterns.push("diesel");
+    }
+    patterns.push("atomic");
+    if WITH_COALESCED.contains(&scenario) {
+        patterns.push("coalesced");
+    }
+    patterns
+}
+
 fn field(row: &Value, name: &str) -> i64 {
     row[name]
         .as_i64()
@@ -64,16 +80,11 @@ fn every_atomic_pattern_runs_clean_and_every_cell_is_reported() {
     let rows: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(
         rows.len(),
-        SCENARIOS.len() * 2 + WITH_DIESEL.len(),
+        SCENARIOS.len() * 2 + WITH_DIESEL.len() + WITH_COALESCED.len(),
         "one row per scenario and pattern"
     );
     for scenario in SCENARIOS {
-        let patterns: &[&str] = if WITH_DIESEL.contains(scenario) {
-            &["naive", "diesel", "atomic"]
-        } else {
-            &["naive", "atomic"]
-        };
-        for &pattern in patterns {
+        for pattern in patterns_of(scenario) {
             let row = rows
                 .iter()
                 .find(|r| r["scenario"] == *scenario && r["pattern"] == pattern)
@@ -246,10 +257,12 @@ fn without_a_database_url_and_with_no_local_server_it_runs_on_a_throwaway_cluste
     );
     assert!(stderr.contains("throwaway cluster"), "{stderr}");
     let rows: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    assert_eq!(rows.len(), 2, "{rows:?}");
-    let atomic = rows.iter().find(|r| r["pattern"] == "atomic").unwrap();
-    assert_eq!(field(atomic, "operations"), 20);
-    assert_eq!(field(atomic, "lost_updates"), 0);
+    assert_eq!(rows.len(), 3, "naive, atomic and coalesced: {rows:?}");
+    for pattern in ["atomic", "coalesced"] {
+        let row = rows.iter().find(|r| r["pattern"] == pattern).unwrap();
+        assert_eq!(field(row, "operations"), 20);
+        assert_eq!(field(row, "lost_updates"), 0);
+    }
 }
 
 #[test]
@@ -298,10 +311,14 @@ fn on_mysql_the_atomic_patterns_are_exact_and_every_row_names_the_backend() {
         .assert()
         .success();
     let rows: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    assert_eq!(rows.len(), 4);
+    assert_eq!(
+        rows.len(),
+        5,
+        "counter: naive, atomic, coalesced; claim: naive, atomic"
+    );
     for row in &rows {
         assert_eq!(row["backend"], "mysql");
-        if row["pattern"] == "atomic" {
+        if row["pattern"] != "naive" {
             assert_eq!(field(row, "lost_updates"), 0, "{row}");
             assert_eq!(field(row, "duplicate_rows"), 0, "{row}");
             assert_eq!(field(row, "errors"), 0, "{row}");
