@@ -187,6 +187,39 @@ where
     })
 }
 
+/// The atomic upsert through one coalescing writer (over a pool of its own, made by `pool`),
+/// called from one thread and from [`THREADS`] threads at once.
+fn coalesced<C>(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    threads: &diesel::r2d2::Pool<ConnectionManager<C>>,
+    url: &str,
+    rows: &[Stats],
+    pool: impl Fn(&str) -> diesel::r2d2::Pool<ConnectionManager<C>>,
+) where
+    C: diesel::r2d2::R2D2Connection + upsert_kit::conn::WriteConnection<Raw = C> + 'static,
+    Stats: upsert_kit::Upsertable<C>,
+{
+    let writer = upsert_kit::coalesce::Coalescer::new(pool(url));
+    let mut i = 0_usize;
+    g.bench_function(BenchmarkId::new("coalesced", "sequential"), |b| {
+        b.iter(|| {
+            i += 1;
+            writer
+                .upsert(rows[i % KEYS].clone())
+                .expect("coalesced upsert")
+        })
+    });
+    g.bench_function(BenchmarkId::new("coalesced", "8 threads"), |b| {
+        b.iter_custom(|iters| {
+            on_threads(threads, iters, |_, i| {
+                writer
+                    .upsert(rows[i as usize % KEYS].clone())
+                    .expect("coalesced upsert");
+            })
+        })
+    });
+}
+
 fn single_row_pg(c: &mut Criterion, url: &str) {
     let rows = rows(KEYS);
     let mut conn = upsert_kit::db::connect_pg(url).expect("connect");
@@ -238,6 +271,7 @@ fn single_row_pg(c: &mut Criterion, url: &str) {
             })
         })
     });
+    coalesced(&mut g, &pool, url, &rows, |u| pg_pool(u, 2).expect("pool"));
     g.finish();
     report_errors("single_row/pg/naive", &naive_errors);
 }
@@ -298,6 +332,9 @@ fn single_row_sqlite(c: &mut Criterion, url: &str) {
                 atomic_upsert(conn, &rows[i as usize % KEYS]).expect("atomic upsert");
             })
         })
+    });
+    coalesced(&mut g, &pool, url, &rows, |u| {
+        sqlite_pool(u, 2).expect("pool")
     });
     g.finish();
     report_errors("single_row/sqlite/naive", &naive_errors);
