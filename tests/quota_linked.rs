@@ -320,6 +320,48 @@ macro_rules! linked_guarantees {
                 );
             }
 
+            /// 16 threads released by a barrier: half hold 5 calls and give them back at once,
+            /// half consume one call at a time. A refusal read while units were held and then
+            /// released finds room after all and is tried again: every refusal reports less
+            /// room than it asked for, and consumption ends exactly at the limit.
+            #[test]
+            fn a_refusal_always_reports_less_room_than_asked_while_reservations_come_and_go() {
+                let db = $db;
+                let pool = db.pool(16);
+                let p = pool.clone();
+                let results = race(16, move |i| {
+                    let mut conn = p.get().unwrap();
+                    let (mut consumed, mut wrong) = (0, Vec::new());
+                    for _ in 0..40 {
+                        let (requested, result) = if i % 2 == 0 {
+                            let held = reserve::<Calls, _>(&mut conn, &december(), 5, TTL, now());
+                            if let Ok(r) = &held {
+                                assert!(release(&mut conn, r).unwrap());
+                            }
+                            (5, held.map(|_| ()))
+                        } else {
+                            let used = try_consume::<Calls, _>(&mut conn, &december(), 1, now());
+                            consumed += i64::from(used.is_ok());
+                            (1, used.map(|_| ()))
+                        };
+                        match result {
+                            Ok(()) | Err(Error::SerializationFailure(_)) => {}
+                            Err(Error::QuotaExceeded { available, .. })
+                                if available < requested => {}
+                            Err(e) => wrong.push(format!("{e:?}")),
+                        }
+                    }
+                    (consumed, wrong)
+                });
+                let consumed: i64 = results.iter().map(|r| r.0).sum();
+                let wrong: Vec<&String> = results.iter().flat_map(|r| &r.1).collect();
+                assert!(wrong.is_empty(), "{wrong:?}");
+                assert_eq!(consumed, 10);
+                let mut conn = db.conn();
+                let d = period(&mut conn, december());
+                assert_eq!((d.calls_used, d.calls_held), (10, 0));
+            }
+
             /// 16 threads released by a barrier reserve and commit credits and calls of one
             /// row, and consume both: each quota ends exactly at its limit, and every
             /// reservation made was settled once.

@@ -412,7 +412,9 @@ pub struct Reservation<Q: Quota> {
 
 /// Consumes `amount` units of the quota with `key` if the limit allows it, in one conditional
 /// `UPDATE`, and returns the quota after the change. When refused, the key's expired
-/// reservations are swept and the consumption is tried once more.
+/// reservations are swept and the consumption is tried once more; when the quota then read has
+/// room for it after all (another session changed or created the row in between), it is tried
+/// again.
 ///
 /// **Guarantee**: `used + reserved <= limit` always; concurrent consumers fill the limit exactly
 /// when demand exceeds it. **Cost**: one round trip on PostgreSQL when accepted.
@@ -421,6 +423,8 @@ pub struct Reservation<Q: Quota> {
 /// - [`Error::InvalidInput`]: `amount` below 1, a rejected key. Nothing is written.
 /// - [`Error::QuotaExceeded`]: not enough units left (`available` says how many were).
 /// - [`Error::NotFound`]: no quota row has `key`.
+/// - [`Error::SerializationFailure`] (retryable): the quota row kept changing between a refusal
+///   and its read (3 times).
 /// - [`Error::OutcomeUnknown`]: the connection dropped while the statement committed; the units
 ///   may have been consumed, do not retry blindly.
 ///
@@ -582,7 +586,8 @@ where
 
 /// Reserves `amount` units of the quota with `key` for `ttl` (from `at`): they count as used
 /// until the reservation is committed, released or expires. When refused, the key's expired
-/// reservations are swept and the reservation is tried once more.
+/// reservations are swept and the reservation is tried once more (and again when the quota
+/// then read has room for it after all, as [`try_consume`]).
 ///
 /// **Guarantee**: succeeds only if `used + reserved + amount <= limit`, decided in the same
 /// statement that records the reservation (see the [module documentation](self)).
@@ -591,7 +596,8 @@ where
 /// # Errors
 /// - [`Error::InvalidInput`]: `amount` below 1, `ttl` zero or above [`MAX_RESERVATION_TTL`],
 ///   a rejected key. Nothing is written.
-/// - [`Error::QuotaExceeded`], [`Error::NotFound`]: as [`try_consume`].
+/// - [`Error::QuotaExceeded`], [`Error::NotFound`], [`Error::SerializationFailure`]: as
+///   [`try_consume`].
 /// - [`Error::OutcomeUnknown`]: a reservation may have been made; it expires after `ttl`.
 ///
 /// # Examples
@@ -874,8 +880,14 @@ where
     Ok(usize::try_from(n).unwrap_or(0))
 }
 
+/// How many times a refused call is tried again when the read that explains the refusal finds
+/// room for it after all (the quota row changed in between: units given back, or the row was
+/// created by another session).
+const ROOM_ATTEMPTS: u32 = 3;
+
 /// Runs `attempt`; when refused (`None`), sweeps the key's expired reservations and, if that
-/// freed anything, runs it once more; then reads the quota to say how much was available.
+/// freed anything, runs it once more; then reads the quota to say how much was available, and
+/// runs `attempt` again if the read finds room for it after all.
 fn with_sweep<Q, C, T>(
     conn: &mut C,
     key: &Q::Key,
@@ -889,20 +901,34 @@ where
     C: WriteConnection,
     C::Backend: QuotaBackend,
 {
-    if let Some(done) = attempt(conn)? {
-        return Ok(done);
-    }
-    if sweep::<Q, C>(conn, Some(key), &at)? > 0 {
+    let mut swept = false;
+    for _ in 0..ROOM_ATTEMPTS {
         if let Some(done) = attempt(conn)? {
             return Ok(done);
         }
+        if !swept {
+            swept = true;
+            if sweep::<Q, C>(conn, Some(key), &at)? > 0 {
+                continue;
+            }
+        }
+        let usage = read::<Q, C>(conn, key)?
+            .ok_or_else(|| Error::NotFound(format!("no quota row has the key {key:?}")))?;
+        let available = (usage.limit + margin - usage.used - usage.reserved).max(0);
+        if available < amount {
+            return Err(Error::QuotaExceeded {
+                requested: amount,
+                available,
+            });
+        }
+        tracing::debug!(
+            quota = std::any::type_name::<Q>(),
+            "a refused call now fits its quota; trying again"
+        );
     }
-    let usage = read::<Q, C>(conn, key)?
-        .ok_or_else(|| Error::NotFound(format!("no quota row has the key {key:?}")))?;
-    Err(Error::QuotaExceeded {
-        requested: amount,
-        available: (usage.limit + margin - usage.used - usage.reserved).max(0),
-    })
+    Err(Error::SerializationFailure(format!(
+        "the quota row kept changing under a refused call {ROOM_ATTEMPTS} times"
+    )))
 }
 
 /// The quota row with `key`, if any.
@@ -935,6 +961,48 @@ where
 {
     Q::validate_key(key)?;
     read::<Q, C>(conn, key)
+}
+
+/// The quota row with `key` as `R`, a `#[derive(Queryable, Selectable)]` struct of the quota
+/// table, if there is one: a quota row found by its key (a natural key, such as an account
+/// and a period's start), as [`try_consume_returning`] returns it.
+///
+/// # Errors
+/// Database errors; [`Error::InvalidInput`] for a rejected key.
+///
+/// # Examples
+///
+/// ```
+/// # include!("../doctest_setup.rs");
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # upsert_kit::quota! {
+/// #     table = credits, key = (account: i64), limit = credit_limit, used = used, reserved = reserved;
+/// #     reservations = credit_holds(id, amount, expires_at);
+/// #     pub struct Credits;
+/// # }
+/// use diesel::prelude::*;
+/// use upsert_kit::quota::usage_returning;
+///
+/// #[derive(Debug, PartialEq, Queryable, Selectable)]
+/// #[diesel(table_name = credits)]
+/// struct Credit { account: i64, credit_limit: i64 }
+///
+/// let mut conn = establish_sqlite()?;
+/// assert_eq!(usage_returning::<Credits, Credit, _>(&mut conn, &7)?, None);
+/// diesel::sql_query("INSERT INTO credits (account, credit_limit) VALUES (7, 100)").execute(&mut conn)?;
+/// let found = usage_returning::<Credits, Credit, _>(&mut conn, &7)?;
+/// assert_eq!(found, Some(Credit { account: 7, credit_limit: 100 }));
+/// # Ok(()) }
+/// ```
+pub fn usage_returning<Q, R, C>(conn: &mut C, key: &Q::Key) -> Result<Option<R>>
+where
+    Q: BindQuota<C::Backend>,
+    C: WriteConnection,
+    C::Backend: QuotaBackend,
+    R: ReturnRow<C::Raw>,
+{
+    Q::validate_key(key)?;
+    read_row::<Q, C::Raw, _>(conn.raw(), key, &Returned::<R, C::Raw>::new())
 }
 
 /// The quota row with `key`, if any.
