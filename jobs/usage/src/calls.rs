@@ -3,23 +3,19 @@
 //! implemented for every connection whose backend binds the usage tables' declarations.
 
 use crate::schema::{usage_accounts as a, usage_events, usage_periods as p, usage_reservations};
-use crate::{counter, quota, ChatsQuota, Metric, PeriodCounters, PeriodKey, ReportsQuota};
-use crate::{monthly_period, TokensQuota, Usage, UsageEvents, UsagePeriod, MIGRATIONS};
+use crate::{counter, monthly_period, quota, Metric, PeriodKey, Usage, UsagePeriod, MIGRATIONS};
+use crate::{ChatsQuota, PeriodCounters, ReportsQuota, TokensQuota, UsageEvents};
 use chrono::NaiveDateTime;
-use diesel::connection::LoadConnection;
-use diesel::prelude::*;
 use diesel::query_dsl::{methods::ExecuteDsl, LoadQuery};
-use diesel::{dsl, dsl::Eq};
+use diesel::{connection::LoadConnection, dsl, dsl::Eq, prelude::*};
 use diesel_migrations::MigrationHarness;
 use std::time::Duration;
-use upsert_kit::conn::{BindKey, WriteConnection};
-use upsert_kit::get_or_create::GetOrCreate;
 use upsert_kit::idempotency::{IdempotencyBackend, IdempotencyKey, Idempotent, Record};
 use upsert_kit::quota::{self as q, BindQuota, Quota, QuotaBackend, ReturnRow};
-use upsert_kit::tables::ChooseBackend;
-use upsert_kit::{Error, Obtained, Result, Upsertable};
+use upsert_kit::{conn::BindKey, conn::WriteConnection, get_or_create::GetOrCreate};
+use upsert_kit::{tables::ChooseBackend, Error, Obtained, Result, Upsertable};
 
-/// A new month of an account (get-or-create: never overwritten).
+// The rows the calls write (a new month; an account's limits) and return.
 #[derive(Debug, Insertable, upsert_kit::Upsert)]
 #[diesel(table_name = p)]
 #[upsert(key(account, period_start))]
@@ -33,7 +29,6 @@ pub struct NewPeriod {
     created_at: NaiveDateTime,
 }
 
-/// An account's limits (upserted when they change).
 #[derive(Debug, Insertable, upsert_kit::Upsert)]
 #[diesel(table_name = a)]
 #[upsert(key(account))]
@@ -45,7 +40,6 @@ pub struct AccountRow {
     updated_at: NaiveDateTime,
 }
 
-/// A ledger row, as an increment returns it.
 #[derive(Debug, Queryable, Selectable)]
 #[diesel(table_name = usage_events)]
 pub struct EventRow {
@@ -56,7 +50,6 @@ pub struct EventRow {
     chats_total: i64,
 }
 
-/// A new reservation's period.
 #[derive(Debug, Queryable, Selectable)]
 #[diesel(table_name = usage_reservations)]
 pub struct HeldRow {
@@ -68,15 +61,13 @@ type ReadLimits = dsl::Limit<dsl::Select<dsl::Find<a::table, i64>, Limits>>;
 type Limits = (a::tokens_limit, a::reports_limit, a::chats_limit);
 type Open = dsl::Filter<dsl::Filter<p::table, Eq<p::account, i64>>, OpenAt>;
 type OpenAt = dsl::Gt<p::period_end, NaiveDateTime>;
-type SetLimits = dsl::Update<
-    Open,
-    (
-        Eq<p::tokens_limit, i64>,
-        Eq<p::reports_limit, i64>,
-        SetChats,
-    ),
->;
-type SetChats = Eq<p::chats_limit, i64>;
+type SetLimits = dsl::Update<Open, NewLimits>;
+type NewLimits = (
+    Set<p::tokens_limit>,
+    Set<p::reports_limit>,
+    Set<p::chats_limit>,
+);
+type Set<Column> = Eq<Column, i64>;
 
 /// `$body` with `$q` the quota declaration of the metric `$m`.
 macro_rules! with_quota {
@@ -107,14 +98,6 @@ fn held<Q: Quota<Key = PeriodKey>>(r: &quota::Reservation) -> q::Reservation<Q> 
         key,
         amount,
         expires_at,
-    }
-}
-
-/// A missing period (the library's [`Error::NotFound`]) as `None`.
-fn found<T>(result: Result<T>) -> Result<Option<T>> {
-    match result {
-        Err(Error::NotFound(_)) => Ok(None),
-        other => other.map(Some),
     }
 }
 
@@ -194,39 +177,32 @@ calls! {
 
     fn record(
         &mut self, key: &IdempotencyKey, hash: i64, period: &PeriodKey, d: Usage, now: NaiveDateTime
-    ) -> Result<Option<counter::Increment>> {
+    ) -> Result<counter::Increment> {
         let d = [d.tokens, d.reports, d.chats];
         let record = Record::<UsageEvents, PeriodCounters>::new(&period.0, key, &hash, period, d, now);
-        Ok(record.run::<EventRow, _>(self)?.map(|Idempotent { value: e, applied }| counter::Increment {
-            event_id: e.id,
-            period_id: e.period_id,
-            totals: Usage::new(e.tokens_total, e.reports_total, e.chats_total),
-            applied,
-        }))
+        let no_period = || Error::NotFound("no usage period".into());
+        let Idempotent { value: e, applied } = record.run::<EventRow, _>(self)?.ok_or_else(no_period)?;
+        let totals = Usage::new(e.tokens_total, e.reports_total, e.chats_total);
+        Ok(counter::Increment { event_id: e.id, period_id: e.period_id, totals, applied })
     }
 
     fn prune_events(&mut self, older_than: NaiveDateTime) -> Result<usize> {
         upsert_kit::idempotency::prune_records::<UsageEvents, _>(self, older_than)
     }
 
-    fn consume(&mut self, m: Metric, key: &PeriodKey, n: i64, at: NaiveDateTime) -> Result<Option<UsagePeriod>> {
-        with_quota!(m, Q => found(q::try_consume_returning::<Q, _, _>(self, key, n, at)))
+    fn consume(&mut self, m: Metric, key: &PeriodKey, n: i64, at: NaiveDateTime) -> Result<UsagePeriod> {
+        with_quota!(m, Q => q::try_consume_returning::<Q, _, _>(self, key, n, at))
     }
 
     fn reserve(
         &mut self, m: Metric, key: &PeriodKey, n: i64, ttl: Duration, at: NaiveDateTime
-    ) -> Result<Option<quota::Reservation>> {
-        let made = with_quota!(m, Q => found(q::reserve_returning::<Q, HeldRow, _>(self, key, n, ttl, at))
-            .map(|made| made.map(|(held, row)| (held.id, held.expires_at, row.period_id))));
-        Ok(made?.map(|(id, expires_at, period_id)| quota::Reservation {
-            id,
-            account: key.0,
-            period_id,
-            period_start: key.1,
-            metric: m,
-            amount: n,
-            expires_at,
-        }))
+    ) -> Result<quota::Reservation> {
+        let (id, expires_at, period_id) = with_quota!(m, Q => {
+            let (held, row) = q::reserve_returning::<Q, HeldRow, _>(self, key, n, ttl, at)?;
+            (held.id, held.expires_at, row.period_id)
+        });
+        let (account, period_start, metric, amount) = (key.0, key.1, m, n);
+        Ok(quota::Reservation { id, account, period_id, period_start, metric, amount, expires_at })
     }
 
     fn commit(&mut self, r: &quota::Reservation, actual: i64, at: NaiveDateTime) -> Result<UsagePeriod> {

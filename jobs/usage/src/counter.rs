@@ -3,37 +3,35 @@
 //! An increment is the library's recorded increment ([`upsert_kit::idempotency::Record`]) of
 //! the period's counters ([`PeriodCounters`](crate::PeriodCounters), found by the account and
 //! the month's first instant) in the usage ledger ([`UsageEvents`](crate::UsageEvents), keys
-//! unique per account): on PostgreSQL one statement, its own transaction, one round trip, `WITH
-//! up AS (UPDATE usage_periods SET tokens_used = tokens_used + $t, … WHERE account = $a AND
-//! period_start = $s RETURNING …) INSERT INTO usage_events … SELECT … FROM up RETURNING …`.
-//! The counter change and the ledger row (with the totals right after) commit together or not
-//! at all, and a key already in the ledger undoes both and returns the first call's row, so a
-//! retry after any failure, even an unknown outcome, counts the request once while its key is
-//! kept ([`prune_idempotency_keys`]). The month's first increment finds no period row: it
-//! creates the period and runs again. Increments count what happened; they are not checked
-//! against the limits (see [`crate::quota`]).
+//! unique per account): on PostgreSQL one statement, `WITH up AS (UPDATE usage_periods …
+//! RETURNING …) INSERT INTO usage_events … SELECT … FROM up RETURNING …`. The counter change
+//! and the ledger row (with the totals right after) commit together or not at all; a key in
+//! the ledger undoes both and returns the first call's row. Increments are not checked against
+//! the limits ([`crate::quota`]).
 
-use crate::{check_amount, check_instant, in_period, Usage, UsageConnection};
+use crate::{check_instant, in_period, Usage, UsageConnection};
 use chrono::NaiveDateTime;
 use upsert_kit::{Error, Result};
 
 /// The longest idempotency key, in bytes (UTF-8).
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
 
-/// The library's idempotency key (not blank, no control characters, at most
-/// [`upsert_kit::idempotency::MAX_KEY_LEN`] bytes); the usage ledger's column holds at most
-/// [`MAX_IDEMPOTENCY_KEY_LEN`] of them, checked by [`increment`]. Keys are scoped per account:
-/// two accounts may use the same key.
+/// The library's idempotency key; the usage ledger holds at most [`MAX_IDEMPOTENCY_KEY_LEN`]
+/// bytes of it ([`checked_key`]). Keys are scoped per account.
 pub use upsert_kit::idempotency::IdempotencyKey;
 
 /// A key for the usage ledger: the library's checks, and at most [`MAX_IDEMPOTENCY_KEY_LEN`]
-/// bytes (the `usage_events.idempotency_key` column's limit).
+/// bytes.
 ///
 /// ```
+/// use upsert_kit::Error;
 /// use usage_tracking::counter::checked_key;
 /// assert!(checked_key("job-42:2026-11-29").is_ok());
-/// assert!(checked_key("").is_err());
-/// assert!(checked_key(&"x".repeat(129)).is_err());
+/// assert!(checked_key(&"é".repeat(64)).is_ok()); // 128 bytes
+/// for bad in [String::new(), "  ".into(), "a\0b".into(), "x".repeat(129)] {
+///     let refused = checked_key(&bad);
+///     assert!(matches!(refused, Err(Error::InvalidInput(ref e)) if e.field == "idempotency_key"));
+/// }
 /// ```
 ///
 /// # Errors
@@ -41,13 +39,9 @@ pub use upsert_kit::idempotency::IdempotencyKey;
 /// than [`MAX_IDEMPOTENCY_KEY_LEN`] bytes, or contains a control character.
 pub fn checked_key(key: &str) -> Result<IdempotencyKey> {
     if key.len() > MAX_IDEMPOTENCY_KEY_LEN {
-        return Err(Error::invalid(
-            "idempotency_key",
-            format!(
-                "{} bytes is longer than the limit of {MAX_IDEMPOTENCY_KEY_LEN}",
-                key.len()
-            ),
-        ));
+        let len = key.len();
+        let limit = format!("{len} bytes is longer than the limit of {MAX_IDEMPOTENCY_KEY_LEN}");
+        return Err(Error::invalid("idempotency_key", limit));
     }
     IdempotencyKey::new(key)
 }
@@ -67,23 +61,18 @@ pub struct Increment {
 
 /// Adds `amounts` to `account`'s period containing `at`, once per `key`.
 ///
-/// **Guarantee**: concurrent increments never lose a count, and a key is counted once: every
-/// call with it, concurrent or later, returns the first call's [`Increment`] (`applied:
-/// false`) while the key is kept, so retrying after any error, [`Error::OutcomeUnknown`]
-/// included, is safe (a [`Retry`](upsert_kit::Retry) of it may be declared
-/// [`idempotent`](upsert_kit::Retry::idempotent)). A repeat is recognised by the key alone, whatever its `at`. **Cost**
-/// (PostgreSQL): one round trip; three or four more on a month's first use; one more for a
-/// repeated key; a savepoint inside the caller's transaction.
+/// Concurrent increments never lose a count, and every call with a key, concurrent or later,
+/// returns the first call's [`Increment`] (`applied: false`) while the key is kept: retrying
+/// after any error, [`Error::OutcomeUnknown`] included, counts once (declare such a
+/// [`Retry`](upsert_kit::Retry) [`idempotent`](upsert_kit::Retry::idempotent)). A repeat is
+/// recognised by its key alone, whatever its `at`. One round trip on PostgreSQL.
 ///
 /// # Errors
-/// - [`Error::InvalidInput`], nothing written: a bad key (see [`checked_key`]), an
-///   amount below 0 or above [`MAX_AMOUNT`](crate::MAX_AMOUNT), all amounts 0, `at` out
-///   of range.
-/// - [`Error::NotFound`]: `account` is not registered; nothing written.
-/// - [`Error::IdempotencyConflict`]: `key` was used for other amounts; nothing written.
-/// - [`Error::ConnectionLost`] / [`Error::OutcomeUnknown`]: retry with the same key.
-///
-/// # Examples
+/// [`Error::InvalidInput`] (a bad key, see [`checked_key`]; an amount below 0 or above
+/// [`MAX_AMOUNT`](crate::MAX_AMOUNT); all amounts 0; `at` out of range), [`Error::NotFound`]
+/// (an unregistered account), [`Error::IdempotencyConflict`] (the key was used for other
+/// amounts): nothing written. [`Error::ConnectionLost`], [`Error::OutcomeUnknown`]: retry with
+/// the same key.
 ///
 /// ```
 /// use diesel::{Connection, SqliteConnection};
@@ -105,7 +94,6 @@ pub struct Increment {
 /// assert!(matches!(other, Err(Error::IdempotencyConflict { .. })));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-///
 pub fn increment<C: UsageConnection>(
     conn: &mut C,
     account: i64,
@@ -114,34 +102,23 @@ pub fn increment<C: UsageConnection>(
     amounts: Usage,
 ) -> Result<Increment> {
     let key = checked_key(key)?;
-    for (name, amount) in [
-        ("amounts.tokens", amounts.tokens),
-        ("amounts.reports", amounts.reports),
-        ("amounts.chats", amounts.chats),
-    ] {
-        check_amount(name, amount, true)?;
-    }
+    amounts.check("amounts", true)?;
     if amounts == Usage::default() {
-        return Err(Error::invalid(
-            "amounts",
-            "all amounts are 0: an increment must add something",
-        ));
+        let why = "all amounts are 0: an increment must add something";
+        return Err(Error::invalid("amounts", why));
     }
     check_instant("at", at)?;
     let (hash, now) = (request_hash(&amounts), chrono::Utc::now().naive_utc());
-    in_period(conn, account, at, |c, period| {
-        c.record(&key, hash, period, amounts, now)
+    in_period(conn, account, at, |c, k| {
+        c.record(&key, hash, k, amounts, now)
     })
 }
 
 /// Deletes the ledger rows (idempotency keys) recorded before `older_than` (one `DELETE`), and
-/// returns how many. A pruned key is forgotten: a later increment with it counts again. Choose a
-/// retention longer than any retry of a request can take (e.g. days).
+/// returns how many: a pruned key counts again. Keep keys longer than any retry can take.
 ///
 /// # Errors
 /// [`Error::InvalidInput`] when `older_than` is out of range; database errors.
-///
-/// # Examples
 ///
 /// ```
 /// use diesel::{Connection, SqliteConnection};
@@ -187,17 +164,5 @@ mod tests {
         assert_eq!(a, request_hash(&Usage::tokens(5)));
         assert_ne!(a, request_hash(&Usage::tokens(6)));
         assert_ne!(request_hash(&Usage::new(0, 5, 0)), a);
-    }
-
-    #[test]
-    fn keys_are_bounded_and_not_blank() {
-        assert!(checked_key("k").is_ok());
-        assert!(checked_key(&"é".repeat(64)).is_ok()); // 128 bytes
-        for bad in [String::new(), "  ".into(), "a\0b".into(), "x".repeat(129)] {
-            assert!(matches!(
-                checked_key(&bad),
-                Err(Error::InvalidInput(ref e)) if e.field == "idempotency_key"
-            ));
-        }
     }
 }

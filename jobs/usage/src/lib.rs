@@ -1,21 +1,13 @@
 //! Usage tracking on [`upsert_kit`]: the worked example of get-or-create, counters and quotas.
 //!
-//! One row per account and calendar month (`usage_periods`), with token, report and chat
-//! counters, the units held by quota reservations, and the limits copied from the account
-//! (`usage_accounts`). It answers three production reports: two requests creating the same
-//! period ([`get_or_create_usage_period`]), increments lost or counted twice
-//! ([`counter::increment`], with idempotency keys), and two requests both spending the last
-//! unit of quota ([`quota::reserve`], [`quota::try_consume`]); [`set_usage_limits`] registers
-//! an account.
-//!
-//! Every write is one of the library's primitives on the tables declared here
-//! ([`PeriodCounters`], [`UsageEvents`], [`TokensQuota`], [`ReportsQuota`], [`ChatsQuota`]):
-//! the crate writes no statement of its own. Apply [`PG_MIGRATIONS`] or [`SQLITE_MIGRATIONS`]
-//! (or [`run_migrations`]) first. Every function takes a [`UsageConnection`]; instants are UTC
-//! `NaiveDateTime`s; errors are [`upsert_kit::Error`]s. On SQLite every write is one statement
-//! or one `BEGIN IMMEDIATE` transaction, so the guarantees of PostgreSQL hold there too (a
-//! writer that waits past the busy timeout gets [`Error::Busy`], retryable). [`naive`] keeps
-//! the racy patterns these functions replace, as baselines for the tests and the race report.
+//! One row per account and month (`usage_periods`): token, report and chat counters, units held
+//! by reservations, limits copied from the account. It answers three production reports: two
+//! requests creating one period ([`get_or_create_usage_period`]), increments lost or counted
+//! twice ([`counter::increment`]), two requests spending the last unit of quota ([`quota`]).
+//! Every write is a library primitive on the tables declared here ([`PeriodCounters`],
+//! [`UsageEvents`], [`TokensQuota`], …): no statement of its own. Functions take a
+//! [`UsageConnection`] and UTC instants; the guarantees hold on SQLite too. [`naive`] keeps the
+//! racy patterns they replace.
 //!
 //! # Examples
 //!
@@ -56,8 +48,7 @@ use std::fmt;
 use upsert_kit::tables::PerBackend;
 use upsert_kit::{Error, Obtained, Result};
 
-/// The PostgreSQL migrations of the usage tables (`usage_accounts`, `usage_periods`,
-/// `usage_events`, `usage_reservations`), for `diesel_migrations` or [`run_migrations`].
+/// The PostgreSQL migrations of the usage tables, for `diesel_migrations` or [`run_migrations`].
 pub const PG_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 
 /// The SQLite migrations: the same tables, columns and constraints as [`PG_MIGRATIONS`], except
@@ -77,8 +68,6 @@ pub(crate) const MIGRATIONS: PerBackend<Option<fn() -> EmbeddedMigrations>> = Pe
 ///
 /// # Errors
 /// [`Error::Migration`] when a migration fails (it is rolled back).
-///
-/// # Examples
 ///
 /// ```
 /// use diesel::{Connection, SqliteConnection};
@@ -122,19 +111,15 @@ impl Usage {
 
     /// The quantity of `metric`.
     pub fn get(&self, metric: Metric) -> i64 {
-        match metric {
-            Metric::Tokens => self.tokens,
-            Metric::Reports => self.reports,
-            Metric::Chats => self.chats,
-        }
+        [self.tokens, self.reports, self.chats][metric as usize]
     }
 
-    fn fields(&self) -> [(&'static str, i64); 3] {
-        [
-            ("tokens", self.tokens),
-            ("reports", self.reports),
-            ("chats", self.chats),
-        ]
+    /// Checks each quantity (named `{what}.tokens`, …) with [`check_amount`].
+    pub(crate) fn check(&self, what: &str, zero_ok: bool) -> Result<()> {
+        for metric in [Metric::Tokens, Metric::Reports, Metric::Chats] {
+            check_amount(&format!("{what}.{metric}"), self.get(metric), zero_ok)?;
+        }
+        Ok(())
     }
 }
 
@@ -152,11 +137,7 @@ pub enum Metric {
 impl Metric {
     /// `"tokens"`, `"reports"` or `"chats"` (as stored in `usage_reservations.metric`).
     pub fn as_str(self) -> &'static str {
-        match self {
-            Metric::Tokens => "tokens",
-            Metric::Reports => "reports",
-            Metric::Chats => "chats",
-        }
+        ["tokens", "reports", "chats"][self as usize]
     }
 }
 
@@ -208,11 +189,8 @@ impl UsagePeriod {
 
     /// The units held by live reservations.
     pub fn reserved(&self) -> Usage {
-        Usage::new(
-            self.tokens_reserved,
-            self.reports_reserved,
-            self.chats_reserved,
-        )
+        let p = self;
+        Usage::new(p.tokens_reserved, p.reports_reserved, p.chats_reserved)
     }
 
     /// The limits.
@@ -246,9 +224,8 @@ upsert_kit::ledger! {
     pub struct UsageEvents;
 }
 
-/// Declares the quota of one metric of a period row: found by its natural key; its
-/// reservations, in the table all metrics share, name the row by `(account, period_id)` and
-/// their metric.
+/// Declares the quota of each metric of a period row, found by its natural key; its
+/// reservations, in one table, name the row by `(account, period_id)` and carry the metric.
 macro_rules! metric_quota {
     ($($name:ident: $metric:literal ($limit:ident, $used:ident, $reserved:ident),)+) => {$(
         upsert_kit::quota! {
@@ -285,30 +262,24 @@ impl<C: calls::Calls> UsageConnection for C {}
 
 /// Checks a caller's instant (years 1 to 9999, the range both backends store).
 pub(crate) fn check_instant(field: &str, at: NaiveDateTime) -> Result<()> {
-    if (1..=9999).contains(&at.year()) {
-        Ok(())
-    } else {
-        Err(Error::invalid(
-            field,
-            format!("timestamp {at} is out of range (years 1 to 9999)"),
-        ))
+    if !(1..=9999).contains(&at.year()) {
+        let range = format!("timestamp {at} is out of range (years 1 to 9999)");
+        return Err(Error::invalid(field, range));
     }
+    Ok(())
 }
 
 /// Checks an amount to add, reserve or consume: `0..=MAX_AMOUNT`, and above 0 unless
 /// `zero_ok`.
 pub(crate) fn check_amount(field: &str, amount: i64, zero_ok: bool) -> Result<()> {
+    let invalid = |why: String| Err(Error::invalid(field, why));
     if amount < 0 || (amount == 0 && !zero_ok) {
         let bound = if zero_ok { "0 or more" } else { "above 0" };
-        return Err(Error::invalid(
-            field,
-            format!("{amount} is not allowed: amounts must be {bound}"),
-        ));
+        return invalid(format!("{amount} is not allowed: amounts must be {bound}"));
     }
     if amount > MAX_AMOUNT {
-        return Err(Error::invalid(
-            field,
-            format!("{amount} is above the largest amount, {MAX_AMOUNT}"),
+        return invalid(format!(
+            "{amount} is above the largest amount, {MAX_AMOUNT}"
         ));
     }
     Ok(())
@@ -319,8 +290,6 @@ pub(crate) fn check_amount(field: &str, amount: i64, zero_ok: bool) -> Result<()
 /// # Errors
 /// [`Error::InvalidInput`] when `at` is outside years 1 to 9999 or in December 9999 (the
 /// period's end would be out of range).
-///
-/// # Examples
 ///
 /// ```
 /// use chrono::NaiveDate;
@@ -335,28 +304,21 @@ pub fn monthly_period(at: NaiveDateTime) -> Result<(NaiveDateTime, NaiveDateTime
     // The library's calendar windows; this crate only adds its own range (years 1 to 9999).
     let (start, end) = upsert_kit::period::Window::Month.bounds(at)?;
     if end.year() > 9999 {
-        return Err(Error::invalid(
-            "at",
-            format!("the month of {at} ends outside years 1 to 9999"),
-        ));
+        let range = format!("the month of {at} ends outside years 1 to 9999");
+        return Err(Error::invalid("at", range));
     }
     Ok((start, end))
 }
 
-/// Registers `account` with its per-period `limits`, or changes them. The new limits apply
-/// to the account's current and future periods (periods whose end is after `at`); past
-/// periods keep theirs. Lowering a limit below what is used already is allowed: nothing more
-/// can then be reserved or consumed in that period.
-///
-/// **Guarantee**: one transaction: an upsert of `usage_accounts` ([`upsert_kit::atomic_upsert`])
-/// and one `UPDATE` of the open periods; concurrent calls leave the limits of one of them,
-/// never a mix. **Cost**: PostgreSQL, four round trips (`BEGIN`, two statements, `COMMIT`).
+/// Registers `account` with its per-period `limits`, or changes them: they apply to the
+/// account's periods that end after `at` (past ones keep theirs; a limit below what is used
+/// lets nothing more be reserved or consumed). One transaction ([`upsert_kit::atomic_upsert`]
+/// of the account, one `UPDATE` of its open periods): concurrent calls leave the limits of one
+/// of them, never a mix.
 ///
 /// # Errors
 /// [`Error::InvalidInput`] when a limit is negative or above [`MAX_AMOUNT`], or `at` is out of
 /// range; nothing is written.
-///
-/// # Examples
 ///
 /// ```
 /// use diesel::{Connection, SqliteConnection};
@@ -375,71 +337,55 @@ pub fn set_usage_limits<C: UsageConnection>(
     limits: Usage,
     at: NaiveDateTime,
 ) -> Result<()> {
-    for (name, limit) in limits.fields() {
-        check_amount(&format!("limits.{name}"), limit, true)?;
-    }
+    limits.check("limits", true)?;
     check_instant("at", at)?;
     conn.set_limits(account, limits, at)
 }
 
-/// Returns `account`'s usage period containing `at` (its calendar month, UTC, see
-/// [`monthly_period`]), creating it with the account's current limits when it does not exist;
-/// `created` says whether this call created it.
-///
-/// **Guarantee**: concurrent calls for one account and month return the same row and exactly
-/// one reports `created` (the unique index on `(account, period_start)` decides; see
-/// [`upsert_kit::get_or_create`](mod@upsert_kit::get_or_create)).
-/// **Cost**: one round trip when the period exists (a `SELECT` by its natural key, the common
-/// case); on first use of a month, the account's limits are read and the period is created
-/// with `get_or_create` (two or three more). No transaction of its own: inside the caller's it
-/// runs in it. READ COMMITTED is assumed; under REPEATABLE READ a concurrent creation can
-/// surface as [`Error::SerializationFailure`].
+/// Returns `account`'s usage period containing `at` (its month, see [`monthly_period`]),
+/// creating it with the account's current limits when it does not exist; `created` says
+/// whether this call created it. Concurrent calls for one month return the same row and exactly
+/// one reports `created` ([`upsert_kit::get_or_create`](mod@upsert_kit::get_or_create) on the
+/// unique `(account, period_start)`). One round trip when the period exists (a `SELECT` by its
+/// natural key); no transaction of its own. READ COMMITTED is assumed.
 ///
 /// # Errors
-/// - [`Error::InvalidInput`] when `at` is out of range.
-/// - [`Error::NotFound`] when `account` was never registered with [`set_usage_limits`]; nothing
-///   is written.
-///
-/// # Examples
-/// See [`set_usage_limits`].
+/// [`Error::InvalidInput`] for an `at` out of range; [`Error::NotFound`] for an account never
+/// registered with [`set_usage_limits`] (nothing written).
 pub fn get_or_create_usage_period<C: UsageConnection>(
     conn: &mut C,
     account: i64,
     at: NaiveDateTime,
 ) -> Result<Obtained<UsagePeriod>> {
     let (start, _) = monthly_period(at)?;
-    match conn.find_period(&(account, start))? {
-        Some(row) => Ok(Obtained {
-            row,
-            created: false,
-        }),
+    let (found, created) = (conn.find_period(&(account, start))?, false);
+    match found {
+        Some(row) => Ok(Obtained { row, created }),
         None => conn.create_period(account, at),
     }
 }
 
-/// Runs `call` on the period of `account` containing `at`; when the period does not exist yet
-/// (the month's first use: `None`), creates it and runs `call` again.
+/// Runs `call` on the period of `account` containing `at`; when there is no such period row
+/// yet (the month's first use: [`Error::NotFound`]), creates it and runs `call` again.
 pub(crate) fn in_period<C: UsageConnection, T>(
     conn: &mut C,
     account: i64,
     at: NaiveDateTime,
-    mut call: impl FnMut(&mut C, &PeriodKey) -> Result<Option<T>>,
+    mut call: impl FnMut(&mut C, &PeriodKey) -> Result<T>,
 ) -> Result<T> {
     let key = (account, monthly_period(at)?.0);
     for _ in 0..3 {
-        if let Some(done) = call(conn, &key)? {
-            return Ok(done);
+        match call(conn, &key) {
+            // `NotFound` for an unknown account, nothing written.
+            Err(Error::NotFound(_)) => _ = conn.create_period(account, at)?,
+            done => return done,
         }
-        // `NotFound` for an unknown account, nothing written.
-        conn.create_period(account, at)?;
     }
-    Err(Error::NotFound(format!(
-        "the usage period of account {account} kept disappearing"
-    )))
+    let gone = format!("the usage period of account {account} kept disappearing");
+    Err(Error::NotFound(gone))
 }
 
 pub(crate) fn unknown_account(account: i64) -> Error {
-    Error::NotFound(format!(
-        "usage account {account} is not registered (see set_usage_limits)"
-    ))
+    let why = format!("usage account {account} is not registered (see set_usage_limits)");
+    Error::NotFound(why)
 }

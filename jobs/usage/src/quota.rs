@@ -3,15 +3,11 @@
 //!
 //! Each metric of a period row is a quota of the library ([`TokensQuota`](crate::TokensQuota),
 //! [`ReportsQuota`](crate::ReportsQuota), [`ChatsQuota`](crate::ChatsQuota)), found by the
-//! period's natural key; the three keep their reservations in `usage_reservations`, each naming
-//! its period by `(account, period_id)` and its metric. Every call is one conditional statement
-//! of [`upsert_kit::quota`] (its own transaction; on SQLite, two in one `BEGIN IMMEDIATE`
-//! transaction): the check and the change, and for a reservation its row, happen together, so
-//! `used + reserved <= limit` holds at every commit and concurrent calls fill a limit exactly.
-//! A call refused sweeps its period's expired reservations and tries once more; the month's
-//! first call creates the period. Limits here are hard ([`crate::counter`] counts what happened
-//! and is not checked). Every function takes the current instant (`at`, UTC) from the caller:
-//! use one clock for all of them.
+//! period's natural key; their reservations share `usage_reservations`. Every call is one
+//! conditional statement of [`upsert_kit::quota`] (on SQLite, two in one `BEGIN IMMEDIATE`
+//! transaction), so `used + reserved <= limit` holds at every commit and concurrent calls fill
+//! a limit exactly; a call refused sweeps its period's expired reservations and tries once
+//! more. Every function takes the current instant (`at`, UTC): use one clock for all of them.
 
 use crate::{check_amount, check_instant, in_period, Metric, UsageConnection, UsagePeriod};
 use chrono::NaiveDateTime;
@@ -52,22 +48,26 @@ pub struct Reservation {
 /// - [`Error::NotFound`]: `account` is not registered. Nothing is written.
 /// - [`Error::QuotaExceeded`]: not enough units left (`available` says how many were).
 ///
-/// # Examples
-///
 /// ```
 /// use std::time::Duration;
 /// use diesel::{Connection, SqliteConnection};
-/// use usage_tracking::quota::{commit, reserve};
+/// use usage_tracking::quota::{commit, expire_reservations, release, reserve};
 /// use usage_tracking::{set_usage_limits, Metric, Usage};
 /// let mut conn = SqliteConnection::establish(":memory:")?;
 /// usage_tracking::run_migrations(&mut conn)?;
-/// let now = chrono::Utc::now().naive_utc();
+/// let (now, ttl) = (chrono::Utc::now().naive_utc(), Duration::from_secs(60));
 /// set_usage_limits(&mut conn, 7, Usage::tokens(100), now)?;
 ///
-/// let held = reserve(&mut conn, 7, Metric::Tokens, 80, now, Duration::from_secs(60))?;
-/// assert!(reserve(&mut conn, 7, Metric::Tokens, 30, now, Duration::from_secs(60)).is_err());
+/// let held = reserve(&mut conn, 7, Metric::Tokens, 80, now, ttl)?;
+/// assert!(reserve(&mut conn, 7, Metric::Tokens, 30, now, ttl).is_err());
 /// let period = commit(&mut conn, &held, 50, now)?; // used 50 of the 80 held
 /// assert_eq!((period.tokens_used, period.tokens_reserved), (50, 0));
+/// let held = reserve(&mut conn, 7, Metric::Tokens, 30, now, ttl)?;
+/// assert!(release(&mut conn, &held)?);
+/// assert!(!release(&mut conn, &held)?); // nothing left to give back
+/// let _held = reserve(&mut conn, 7, Metric::Tokens, 10, now, ttl)?;
+/// assert_eq!(expire_reservations(&mut conn, now)?, 0);
+/// assert_eq!(expire_reservations(&mut conn, now + chrono::Duration::seconds(60))?, 1);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn reserve<C: UsageConnection>(
@@ -80,19 +80,18 @@ pub fn reserve<C: UsageConnection>(
 ) -> Result<Reservation> {
     check_amount("amount", amount, false)?;
     check_instant("at", at)?;
-    if ttl.is_zero() || ttl > MAX_RESERVATION_TTL {
-        return Err(Error::invalid(
-            "ttl",
-            format!("{ttl:?} is not in (0, {MAX_RESERVATION_TTL:?}]"),
-        ));
-    }
-    let expires_at = chrono::Duration::from_std(ttl)
+    // The library refuses a `ttl` of 0 or of more than a day; the expiry must fit years 1-9999.
+    let expiry = chrono::Duration::from_std(ttl)
         .ok()
-        .and_then(|ttl| at.checked_add_signed(ttl))
-        .ok_or_else(|| Error::invalid("ttl", "the expiry is out of range"))?;
-    check_instant("ttl", expires_at)?;
-    in_period(conn, account, at, |c, period| {
-        c.reserve(metric, period, amount, ttl, at)
+        .map(|ttl| at.checked_add_signed(ttl));
+    if let Some(expires_at) = expiry {
+        check_instant(
+            "ttl",
+            expires_at.ok_or_else(|| Error::invalid("ttl", "out of range"))?,
+        )?;
+    }
+    in_period(conn, account, at, |c, k| {
+        c.reserve(metric, k, amount, ttl, at)
     })
 }
 
@@ -102,8 +101,6 @@ pub fn reserve<C: UsageConnection>(
 ///
 /// # Errors
 /// As [`reserve`] (without the `ttl` errors).
-///
-/// # Examples
 ///
 /// ```
 /// use diesel::{Connection, SqliteConnection};
@@ -128,22 +125,18 @@ pub fn try_consume<C: UsageConnection>(
 ) -> Result<UsagePeriod> {
     check_amount("amount", amount, false)?;
     check_instant("at", at)?;
-    in_period(conn, account, at, |c, period| {
-        c.consume(metric, period, amount, at)
-    })
+    in_period(conn, account, at, |c, k| c.consume(metric, k, amount, at))
 }
 
 /// Turns `reservation` into usage: `actual` units (at most the reserved amount) are added to
 /// `used`, and the whole reservation leaves `reserved`, in one statement that also deletes the
-/// reservation ([`upsert_kit::quota::commit`]). Returns the period after the change.
+/// reservation ([`upsert_kit::quota::commit`]). Returns the period after the change. (Example:
+/// [`reserve`].)
 ///
 /// # Errors
 /// - [`Error::InvalidInput`]: `actual` below 0 or above the reserved amount; `at` out of range.
 /// - [`Error::NotFound`]: the reservation was already committed or released, or expired
 ///   (`expires_at <= at`). Nothing is counted; use [`try_consume`] to count the work anyway.
-///
-/// # Examples
-/// See [`reserve`].
 pub fn commit<C: UsageConnection>(
     conn: &mut C,
     reservation: &Reservation,
@@ -152,41 +145,17 @@ pub fn commit<C: UsageConnection>(
 ) -> Result<UsagePeriod> {
     check_amount("actual", actual, true)?;
     check_instant("at", at)?;
-    if actual > reservation.amount {
-        return Err(Error::invalid(
-            "actual",
-            format!(
-                "{actual} is more than the {} units reserved",
-                reservation.amount
-            ),
-        ));
-    }
+    // The library refuses an `actual` above the reserved amount.
     conn.commit(reservation, actual, at)
 }
 
 /// Gives `reservation`'s units back. Returns `false` when there was nothing to give back (it
 /// was committed, released or swept already): releasing is idempotent.
 ///
+/// (Example: [`reserve`].)
+///
 /// # Errors
 /// Database errors only.
-///
-/// # Examples
-///
-/// ```
-/// use std::time::Duration;
-/// use diesel::{Connection, SqliteConnection};
-/// use usage_tracking::quota::{release, reserve};
-/// use usage_tracking::{get_or_create_usage_period, set_usage_limits, Metric, Usage};
-/// let mut conn = SqliteConnection::establish(":memory:")?;
-/// usage_tracking::run_migrations(&mut conn)?;
-/// let now = chrono::Utc::now().naive_utc();
-/// set_usage_limits(&mut conn, 7, Usage::tokens(100), now)?;
-/// let held = reserve(&mut conn, 7, Metric::Tokens, 100, now, Duration::from_secs(60))?;
-/// assert!(release(&mut conn, &held)?);
-/// assert!(!release(&mut conn, &held)?);
-/// assert_eq!(get_or_create_usage_period(&mut conn, 7, now)?.row.available(Metric::Tokens), 100);
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
 pub fn release<C: UsageConnection>(conn: &mut C, reservation: &Reservation) -> Result<bool> {
     conn.release(reservation)
 }
@@ -196,25 +165,10 @@ pub fn release<C: UsageConnection>(conn: &mut C, reservation: &Reservation) -> R
 /// [`upsert_kit::quota::expire`]; the one call of the crate that works across accounts).
 /// Returns how many were swept. Meant for a periodic job.
 ///
+/// (Example: [`reserve`].)
+///
 /// # Errors
 /// [`Error::InvalidInput`] when `at` is out of range; database errors.
-///
-/// # Examples
-///
-/// ```
-/// use std::time::Duration;
-/// use diesel::{Connection, SqliteConnection};
-/// use usage_tracking::quota::{expire_reservations, reserve};
-/// use usage_tracking::{set_usage_limits, Metric, Usage};
-/// let mut conn = SqliteConnection::establish(":memory:")?;
-/// usage_tracking::run_migrations(&mut conn)?;
-/// let now = chrono::Utc::now().naive_utc();
-/// set_usage_limits(&mut conn, 7, Usage::tokens(100), now)?;
-/// let _held = reserve(&mut conn, 7, Metric::Tokens, 10, now, Duration::from_secs(60))?;
-/// assert_eq!(expire_reservations(&mut conn, now)?, 0);
-/// assert_eq!(expire_reservations(&mut conn, now + chrono::Duration::seconds(60))?, 1);
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
 pub fn expire_reservations<C: UsageConnection>(conn: &mut C, at: NaiveDateTime) -> Result<usize> {
     check_instant("at", at)?;
     conn.expire(at)

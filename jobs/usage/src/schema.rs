@@ -15,8 +15,7 @@ diesel::table! {
 }
 
 diesel::table! {
-    /// One row per account and (monthly) period, unique `(account, period_start)`: counters,
-    /// units held by reservations, and limits (copied from the account).
+    /// One row per account and month, unique `(account, period_start)`.
     usage_periods (id) {
         id -> Int8,
         account -> Int8,
@@ -36,9 +35,8 @@ diesel::table! {
 }
 
 diesel::table! {
-    /// The idempotency ledger of usage increments, unique `(account, idempotency_key)`: the
-    /// amounts added, the request's fingerprint (`request_hash`, of the amounts) and the
-    /// period's totals right after the increment.
+    /// The ledger of usage increments, unique `(account, idempotency_key)`: the amounts, their
+    /// fingerprint (`request_hash`) and the period's totals right after.
     usage_events (id) {
         id -> Int8,
         account -> Int8,
@@ -56,8 +54,7 @@ diesel::table! {
 }
 
 diesel::table! {
-    /// Quota reservations of a period (`account`, `period_id`) and a `metric` (`tokens`,
-    /// `reports` or `chats`), counted in `usage_periods.*_reserved` until settled or expired.
+    /// Quota reservations of a period (`account`, `period_id`) and a `metric`.
     usage_reservations (id) {
         id -> Int8,
         period_id -> Int8,
