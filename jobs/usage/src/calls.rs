@@ -1,6 +1,5 @@
-//! The crate's calls of the library's primitives on the usage tables, one method each of the
-//! sealed trait [`Calls`], written once where the bounds the library's calls need are known:
-//! implemented for every connection whose backend binds the usage tables' declarations.
+//! The crate's calls of the library's primitives on the usage tables: the sealed trait
+//! [`Calls`], implemented for every connection whose backend binds the tables' declarations.
 
 use crate::schema::{usage_accounts as a, usage_events, usage_periods as p, usage_reservations};
 use crate::{counter, monthly_period, quota, Metric, PeriodKey, Usage, UsagePeriod, MIGRATIONS};
@@ -150,10 +149,9 @@ calls! {
 
     fn create_period(&mut self, account: i64, at: NaiveDateTime) -> Result<Obtained<UsagePeriod>> {
         let (period_start, period_end) = monthly_period(at)?;
-        let limits = a::table.find(account).select((a::tokens_limit, a::reports_limit, a::chats_limit));
-        let limits = limits.first(self.raw()).optional()?;
+        let limits = a::table.find(account).select(Limits::default()).first(self.raw());
         let (tokens_limit, reports_limit, chats_limit) =
-            limits.ok_or_else(|| crate::unknown_account(account))?;
+            limits.optional()?.ok_or_else(|| crate::unknown_account(account))?;
         let created_at = chrono::Utc::now().naive_utc();
         let new = NewPeriod {
             account, period_start, period_end, tokens_limit, reports_limit, chats_limit, created_at,
@@ -166,8 +164,8 @@ calls! {
         let updated_at = chrono::Utc::now().naive_utc();
         let row = AccountRow { account, tokens_limit, reports_limit, chats_limit, updated_at };
         let open = p::table.filter(p::account.eq(account)).filter(p::period_end.gt(at));
-        let (tokens, reports) = (p::tokens_limit.eq(tokens_limit), p::reports_limit.eq(reports_limit));
-        let set = (tokens, reports, p::chats_limit.eq(chats_limit));
+        let set = (p::tokens_limit.eq(tokens_limit), p::reports_limit.eq(reports_limit));
+        let set = (set.0, set.1, p::chats_limit.eq(chats_limit));
         // One transaction: concurrent calls leave the limits of one of them, never a mix.
         self.write(|c| {
             upsert_kit::atomic_upsert(c, &row)?;
@@ -179,9 +177,9 @@ calls! {
         &mut self, key: &IdempotencyKey, hash: i64, period: &PeriodKey, d: Usage, now: NaiveDateTime
     ) -> Result<counter::Increment> {
         let d = [d.tokens, d.reports, d.chats];
-        let record = Record::<UsageEvents, PeriodCounters>::new(&period.0, key, &hash, period, d, now);
+        let rec = Record::<UsageEvents, PeriodCounters>::new(&period.0, key, &hash, period, d, now);
         let no_period = || Error::NotFound("no usage period".into());
-        let Idempotent { value: e, applied } = record.run::<EventRow, _>(self)?.ok_or_else(no_period)?;
+        let Idempotent { value: e, applied } = rec.run::<EventRow, _>(self)?.ok_or_else(no_period)?;
         let totals = Usage::new(e.tokens_total, e.reports_total, e.chats_total);
         Ok(counter::Increment { event_id: e.id, period_id: e.period_id, totals, applied })
     }
@@ -190,8 +188,10 @@ calls! {
         upsert_kit::idempotency::prune_records::<UsageEvents, _>(self, older_than)
     }
 
-    fn consume(&mut self, m: Metric, key: &PeriodKey, n: i64, at: NaiveDateTime) -> Result<UsagePeriod> {
-        with_quota!(m, Q => q::try_consume_returning::<Q, _, _>(self, key, n, at))
+    fn consume(
+        &mut self, m: Metric, k: &PeriodKey, n: i64, at: NaiveDateTime
+    ) -> Result<UsagePeriod> {
+        with_quota!(m, Q => q::try_consume_returning::<Q, _, _>(self, k, n, at))
     }
 
     fn reserve(
@@ -205,8 +205,8 @@ calls! {
         Ok(quota::Reservation { id, account, period_id, period_start, metric, amount, expires_at })
     }
 
-    fn commit(&mut self, r: &quota::Reservation, actual: i64, at: NaiveDateTime) -> Result<UsagePeriod> {
-        with_quota!(r.metric, Q => q::commit_returning::<Q, _, _>(self, &held::<Q>(r), actual, at))
+    fn commit(&mut self, r: &quota::Reservation, n: i64, at: NaiveDateTime) -> Result<UsagePeriod> {
+        with_quota!(r.metric, Q => q::commit_returning::<Q, _, _>(self, &held::<Q>(r), n, at))
     }
 
     fn release(&mut self, r: &quota::Reservation) -> Result<bool> {

@@ -1,13 +1,11 @@
 //! Usage counters: atomic increments recorded once per idempotency key.
 //!
-//! An increment is the library's recorded increment ([`upsert_kit::idempotency::Record`]) of
-//! the period's counters ([`PeriodCounters`](crate::PeriodCounters), found by the account and
-//! the month's first instant) in the usage ledger ([`UsageEvents`](crate::UsageEvents), keys
-//! unique per account): on PostgreSQL one statement, `WITH up AS (UPDATE usage_periods …
-//! RETURNING …) INSERT INTO usage_events … SELECT … FROM up RETURNING …`. The counter change
-//! and the ledger row (with the totals right after) commit together or not at all; a key in
-//! the ledger undoes both and returns the first call's row. Increments are not checked against
-//! the limits ([`crate::quota`]).
+//! An increment is a recorded increment ([`upsert_kit::idempotency::Record`]) of
+//! [`PeriodCounters`](crate::PeriodCounters) in [`UsageEvents`](crate::UsageEvents): on
+//! PostgreSQL one statement, `WITH up AS (UPDATE usage_periods … RETURNING …) INSERT INTO
+//! usage_events … SELECT … FROM up RETURNING …`. The counter change and the ledger row (the
+//! totals right after) commit together or not at all; a key in the ledger undoes both and
+//! returns the first call's row. Increments are not checked against the limits.
 
 use crate::{check_instant, in_period, Usage, UsageConnection};
 use chrono::NaiveDateTime;

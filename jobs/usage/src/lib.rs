@@ -80,8 +80,7 @@ pub fn run_migrations<C: UsageConnection>(conn: &mut C) -> Result<usize> {
     conn.migrate()
 }
 
-/// The largest amount one call may add, reserve or consume (10^15): far above any real
-/// request, and small enough that counters cannot overflow `BIGINT` in practice.
+/// The largest amount one call may add, reserve or consume (10^15: no `BIGINT` overflow).
 pub const MAX_AMOUNT: i64 = 1_000_000_000_000_000;
 
 /// Token, report and chat quantities: amounts to add, counters, or limits.
@@ -198,8 +197,7 @@ impl UsagePeriod {
         Usage::new(self.tokens_limit, self.reports_limit, self.chats_limit)
     }
 
-    /// Units of `metric` that can still be reserved or consumed: `limit - used - reserved`,
-    /// never below zero.
+    /// Units of `metric` that can still be reserved or consumed: `limit - used - reserved` ≥ 0.
     pub fn available(&self, metric: Metric) -> i64 {
         (self.limits().get(metric) - self.used().get(metric) - self.reserved().get(metric)).max(0)
     }
@@ -209,7 +207,7 @@ upsert_kit::counter! {
     table = usage_periods, key = (account: i64, period_start: NaiveDateTime),
     amounts = (tokens_used, reports_used, chats_used);
     /// The usage counters of a period row, found by its natural key (the account and the
-    /// period's first instant), declared for [`upsert_kit::counter`].
+    /// period's first instant), declared for [`upsert_kit::counter`](mod@upsert_kit::counter).
     #[derive(Debug, Clone, Copy)]
     pub struct PeriodCounters;
 }
@@ -233,7 +231,7 @@ macro_rules! metric_quota {
             limit = $limit, used = $used, reserved = $reserved;
             reservations = usage_reservations(id, amount, expires_at),
                 link = (account = account, period_id = id), tag = (metric = $metric);
-            #[doc = concat!("The ", $metric, " quota of a period row, declared for [`upsert_kit::quota`].")]
+            #[doc = concat!("The ", $metric, " quota of a period row.")]
             #[derive(Debug, Clone, Copy)]
             pub struct $name;
         }

@@ -1,13 +1,12 @@
-//! Quotas: reserve units against a period's limit, then commit or release them; or consume
-//! units at once.
+//! Quotas: reserve units, then commit or release them; or consume units at once.
 //!
 //! Each metric of a period row is a quota of the library ([`TokensQuota`](crate::TokensQuota),
-//! [`ReportsQuota`](crate::ReportsQuota), [`ChatsQuota`](crate::ChatsQuota)), found by the
-//! period's natural key; their reservations share `usage_reservations`. Every call is one
-//! conditional statement of [`upsert_kit::quota`] (on SQLite, two in one `BEGIN IMMEDIATE`
-//! transaction), so `used + reserved <= limit` holds at every commit and concurrent calls fill
-//! a limit exactly; a call refused sweeps its period's expired reservations and tries once
-//! more. Every function takes the current instant (`at`, UTC): use one clock for all of them.
+//! [`ReportsQuota`](crate::ReportsQuota), [`ChatsQuota`](crate::ChatsQuota)) found by the
+//! period's natural key; their reservations share a table. Each call is one conditional
+//! statement of [`upsert_kit::quota`](mod@upsert_kit::quota) (two in one transaction on
+//! SQLite): `used + reserved <= limit` holds at every commit, concurrent calls fill a limit
+//! exactly, and a refused call sweeps its period's expired reservations and tries again. Every
+//! function takes the current instant (`at`, UTC): use one clock for all of them.
 
 use crate::{check_amount, check_instant, in_period, Metric, UsageConnection, UsagePeriod};
 use chrono::NaiveDateTime;
