@@ -15,7 +15,7 @@
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __keyed_impl {
-    (@table $table:tt, $name:ident, $( $key:ident : $kty:ty ),+) => {
+    (@table $table:tt, $name:ident, $( $key:ident : $kty:ty ),*) => {
         const _: () = {
             #[allow(unused_imports)]
             use $crate::__private::{
@@ -25,18 +25,18 @@ macro_rules! __keyed_impl {
 
             impl $crate::conn::Keyed for $name {
                 type Table = $crate::__column!($table table);
-                type Key = $crate::__key_type!($($kty),+);
+                type Key = $crate::__key_type!($($kty),*);
                 // The key's columns are named as types, as in the bounds below: an unknown one is
                 // one error.
                 const KEY: &'static [&'static str] = &[$(
                     <$crate::__column!($table $key) as $crate::__private::diesel::Column>::NAME
-                ),+];
+                ),*];
 
                 fn validate_key(
                     key: &Self::Key,
                 ) -> ::std::result::Result<(), $crate::InvalidInput> {
-                    $crate::__key_destructure!(key; $($key),+);
-                    $( (&&&$crate::__private::Value($key)).check_key_value(stringify!($key))?; )+
+                    $crate::__key_destructure!(key; $($key),*);
+                    $( (&&&$crate::__private::Value($key)).check_key_value(stringify!($key))?; )*
                     Ok(())
                 }
             }
@@ -49,7 +49,7 @@ macro_rules! __keyed_impl {
                 $(
                     $crate::__private::Gate<{ $crate::__fits!($kty, $crate::__sql_type!($table $key)) }>:
                         $crate::__private::GatedBind<$kty, $crate::__sql_type!($table $key), DB>,
-                )+
+                )*
             {
                 fn walk_table(
                     out: $crate::__private::diesel::query_builder::AstPass<'_, '_, DB>,
@@ -65,7 +65,8 @@ macro_rules! __keyed_impl {
                     style: $crate::conn::KeyStyle,
                     mut out: $crate::__private::diesel::query_builder::AstPass<'_, 'b, DB>,
                 ) -> $crate::__private::diesel::QueryResult<()> {
-                    $crate::__key_destructure!(key; $($key),+);
+                    $crate::__key_destructure!(key; $($key),*);
+                    #[allow(unused_mut)]
                     let mut i = 0usize;
                     $(
                         style.before(
@@ -77,8 +78,8 @@ macro_rules! __keyed_impl {
                             as $crate::__private::GatedBind<$kty, $crate::__sql_type!($table $key), DB>>
                             ::push(&mut out, $key)?;
                         i += 1;
-                    )+
-                    let _ = i;
+                    )*
+                    let _ = (i, style);
                     Ok(())
                 }
             }
@@ -95,7 +96,7 @@ macro_rules! __keyed_impl {
                             $crate::__sql_type!($table $key),
                         >>::Checked,
                     >;
-                )+
+                )*
             }
         };
     };
@@ -194,6 +195,7 @@ macro_rules! __fits {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __key_type {
+    () => { () };
     ($kty:ty) => { $kty };
     ($($kty:ty),+) => { ($($kty,)+) };
 }
@@ -202,6 +204,9 @@ macro_rules! __key_type {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __key_destructure {
+    ($v:ident;) => {
+        let _ = $v;
+    };
     ($v:ident; $key:ident) => {
         let $key = $v;
     };
@@ -341,12 +346,6 @@ impl<R: ReturnRow<C>, C: Connection> Returned<R, C> {
         Returned {
             columns: R::columns(),
         }
-    }
-}
-
-impl<R: ReturnRow<C>, C: Connection> std::fmt::Debug for Returned<R, C> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(std::any::type_name::<R>())
     }
 }
 

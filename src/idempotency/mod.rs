@@ -252,44 +252,8 @@ macro_rules! ledger {
             );
         };
     };
-    (@scope $name:ident $table:tt []) => {
-        const _: () = {
-            impl $crate::conn::Keyed for $name {
-                type Table = $crate::__column!($table table);
-                type Key = ();
-                const KEY: &'static [&'static str] = &[];
-                fn validate_key(_: &()) -> ::std::result::Result<(), $crate::InvalidInput> {
-                    Ok(())
-                }
-            }
-
-            impl<DB> $crate::conn::BindKey<DB> for $name
-            where
-                DB: $crate::__private::diesel::backend::Backend,
-                $crate::__column!($table table):
-                    $crate::__private::diesel::query_builder::QueryFragment<DB>,
-            {
-                fn walk_table(
-                    out: $crate::__private::diesel::query_builder::AstPass<'_, '_, DB>,
-                ) -> $crate::__private::diesel::QueryResult<()> {
-                    $crate::__private::diesel::query_builder::QueryFragment::<DB>::walk_ast(
-                        &$crate::__column!($table table),
-                        out,
-                    )
-                }
-
-                fn walk_key<'b>(
-                    _: &'b (),
-                    _: $crate::conn::KeyStyle,
-                    _: $crate::__private::diesel::query_builder::AstPass<'_, 'b, DB>,
-                ) -> $crate::__private::diesel::QueryResult<()> {
-                    Ok(())
-                }
-            }
-        };
-    };
-    (@scope $name:ident $table:tt [$( $scope:ident : $sty:ty ),+]) => {
-        $crate::__keyed_impl!(@table $table, $name, $($scope : $sty),+);
+    (@scope $name:ident $table:tt [$( $scope:ident : $sty:ty ),*]) => {
+        $crate::__keyed_impl!(@table $table, $name, $($scope : $sty),*);
     };
     (@row $table:tt [] []) => {
         const ROW: &'static [(&'static str, &'static str)] = &[];

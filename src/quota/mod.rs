@@ -1149,12 +1149,6 @@ impl<Q> UsageOut<Q> {
     }
 }
 
-impl<Q> std::fmt::Debug for UsageOut<Q> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("QuotaUsage")
-    }
-}
-
 impl<Q, C> Output<C> for UsageOut<Q>
 where
     Q: BindQuota<C::Backend>,
@@ -1193,12 +1187,6 @@ impl<Q> IdOut<Q> {
     }
 }
 
-impl<Q> std::fmt::Debug for IdOut<Q> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("reservation id")
-    }
-}
-
 impl<Q, C> Output<C> for IdOut<Q>
 where
     Q: BindQuota<C::Backend>,
@@ -1224,12 +1212,6 @@ impl<Q, R: ReturnRow<C>, C: diesel::Connection> IdAnd<Q, R, C> {
             then: R::columns(),
             _quota: std::marker::PhantomData,
         })
-    }
-}
-
-impl<Q, R: ReturnRow<C>, C: diesel::Connection> std::fmt::Debug for IdAnd<Q, R, C> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "reservation id and {}", std::any::type_name::<R>())
     }
 }
 
