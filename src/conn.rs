@@ -299,13 +299,13 @@ pub trait WriteConnection: sealed::Sealed {
 }
 
 /// A borrowed fragment given the SQL type of its rows, so Diesel can load it.
-struct Typed<'q, DB: Backend, ST> {
+pub(crate) struct Typed<'q, DB: Backend, ST> {
     inner: &'q dyn QueryFragment<DB>,
     _st: PhantomData<ST>,
 }
 
 impl<DB: Backend, ST> Typed<'_, DB, ST> {
-    fn of(inner: &dyn QueryFragment<DB>) -> Typed<'_, DB, ST> {
+    pub(crate) fn of(inner: &dyn QueryFragment<DB>) -> Typed<'_, DB, ST> {
         Typed {
             inner,
             _st: PhantomData,

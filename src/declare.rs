@@ -1,5 +1,6 @@
 //! The part of the declaration macros that every keyed declaration shares: [`Keyed`] and
-//! [`BindKey`] from a table path and `key = (column: Type, …)`, and the paths of columns.
+//! [`BindKey`] from a table path and `key = (column: Type, …)`, and the paths of columns; and
+//! the rows a primitive's write gives back as the caller's own struct ([`ReturnRow`]).
 //!
 //! A mistake in a declaration is one error at the user's tokens: an unknown table or column is
 //! named as the user wrote it (the macros write `schema::table::column`, never an alias), and a
@@ -14,7 +15,7 @@
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __keyed_impl {
-    (@table $table:tt, $name:ident, $( $key:ident : $kty:ty ),+) => {
+    (@table $table:tt, $name:ident, $( $key:ident : $kty:ty ),*) => {
         const _: () = {
             #[allow(unused_imports)]
             use $crate::__private::{
@@ -24,18 +25,18 @@ macro_rules! __keyed_impl {
 
             impl $crate::conn::Keyed for $name {
                 type Table = $crate::__column!($table table);
-                type Key = $crate::__key_type!($($kty),+);
+                type Key = $crate::__key_type!($($kty),*);
                 // The key's columns are named as types, as in the bounds below: an unknown one is
                 // one error.
                 const KEY: &'static [&'static str] = &[$(
                     <$crate::__column!($table $key) as $crate::__private::diesel::Column>::NAME
-                ),+];
+                ),*];
 
                 fn validate_key(
                     key: &Self::Key,
                 ) -> ::std::result::Result<(), $crate::InvalidInput> {
-                    $crate::__key_destructure!(key; $($key),+);
-                    $( (&&&$crate::__private::Value($key)).check_key_value(stringify!($key))?; )+
+                    $crate::__key_destructure!(key; $($key),*);
+                    $( (&&&$crate::__private::Value($key)).check_key_value(stringify!($key))?; )*
                     Ok(())
                 }
             }
@@ -48,7 +49,7 @@ macro_rules! __keyed_impl {
                 $(
                     $crate::__private::Gate<{ $crate::__fits!($kty, $crate::__sql_type!($table $key)) }>:
                         $crate::__private::GatedBind<$kty, $crate::__sql_type!($table $key), DB>,
-                )+
+                )*
             {
                 fn walk_table(
                     out: $crate::__private::diesel::query_builder::AstPass<'_, '_, DB>,
@@ -64,7 +65,8 @@ macro_rules! __keyed_impl {
                     style: $crate::conn::KeyStyle,
                     mut out: $crate::__private::diesel::query_builder::AstPass<'_, 'b, DB>,
                 ) -> $crate::__private::diesel::QueryResult<()> {
-                    $crate::__key_destructure!(key; $($key),+);
+                    $crate::__key_destructure!(key; $($key),*);
+                    #[allow(unused_mut)]
                     let mut i = 0usize;
                     $(
                         style.before(
@@ -76,8 +78,8 @@ macro_rules! __keyed_impl {
                             as $crate::__private::GatedBind<$kty, $crate::__sql_type!($table $key), DB>>
                             ::push(&mut out, $key)?;
                         i += 1;
-                    )+
-                    let _ = i;
+                    )*
+                    let _ = (i, style);
                     Ok(())
                 }
             }
@@ -94,7 +96,7 @@ macro_rules! __keyed_impl {
                             $crate::__sql_type!($table $key),
                         >>::Checked,
                     >;
-                )+
+                )*
             }
         };
     };
@@ -193,6 +195,7 @@ macro_rules! __fits {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __key_type {
+    () => { () };
     ($kty:ty) => { $kty };
     ($($kty:ty),+) => { ($($kty,)+) };
 }
@@ -201,10 +204,167 @@ macro_rules! __key_type {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __key_destructure {
+    ($v:ident;) => {
+        let _ = $v;
+    };
     ($v:ident; $key:ident) => {
         let $key = $v;
     };
     ($v:ident; $($key:ident),+) => {
         let ($(ref $key,)+) = *$v;
     };
+}
+
+/// A key component written on its own: `$crate::__key_column!(key, i, out; col: Type, …)`
+/// pushes the bind of the `i`-th component (in the declaration's order) of `key`, with its
+/// column's SQL type, into `out`; an `i` past the key is an error. For statements that compare
+/// one key column of another table (a reservation's) with its value.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __key_column {
+    ($table:tt $keyv:ident, $want:ident, $out:ident; $( $key:ident : $kty:ty ),+) => {{
+        $crate::__key_destructure!($keyv; $($key),+);
+        let mut i = 0usize;
+        $(
+            if i == $want {
+                return <$crate::__private::Gate<{ $crate::__fits!($kty, $crate::__sql_type!($table $key)) }>
+                    as $crate::__private::GatedBind<$kty, $crate::__sql_type!($table $key), DB>>
+                    ::push(&mut $out, $key);
+            }
+            i += 1;
+        )+
+        let _ = i;
+        Err($crate::__private::diesel::result::Error::QueryBuilderError(
+            "no such key column".into(),
+        ))
+    }};
+}
+
+use crate::conn::{Typed, WriteConnection};
+use crate::error::Result;
+use diesel::connection::{Connection, LoadConnection};
+use diesel::dsl::AsSelect;
+use diesel::query_builder::QueryFragment;
+use diesel::query_dsl::LoadQuery;
+use diesel::sql_types::BigInt;
+use diesel::{RunQueryDsl, SelectableHelper};
+
+/// A row a primitive's write gives back as the caller's own struct: any
+/// `#[derive(Queryable, Selectable)]` struct of the table the write changes (a subset of its
+/// columns, in any order). Implemented for every such struct on every connection; its methods
+/// are the crate's plumbing.
+///
+/// The write names the struct's columns in its `RETURNING` clause (PostgreSQL, SQLite), so the
+/// row comes back in the same round trip; on MySQL and MariaDB, which have no `RETURNING`, the
+/// row is read back in the write's transaction. See [`try_consume_returning`] and
+/// [`Record::run`] for examples.
+///
+/// [`try_consume_returning`]: crate::quota::try_consume_returning
+/// [`Record::run`]: crate::idempotency::Record::run
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a row upsert-kit can return from `{Conn}`",
+    note = "derive `Queryable` and `Selectable` on it, with `#[diesel(table_name = …)]` naming the table the write changes"
+)]
+pub trait ReturnRow<Conn: Connection>: Sized {
+    /// The struct's columns, as a select clause.
+    #[doc(hidden)]
+    type Columns: QueryFragment<Conn::Backend>;
+    /// The struct's columns.
+    #[doc(hidden)]
+    fn columns() -> Self::Columns;
+    /// Loads the rows of `q`, which returns [`ReturnRow::columns`].
+    #[doc(hidden)]
+    fn load(conn: &mut Conn, q: &dyn QueryFragment<Conn::Backend>) -> Result<Vec<Self>>;
+    /// Loads the rows of `q`, which returns a `BIGINT` and then [`ReturnRow::columns`].
+    #[doc(hidden)]
+    fn load_with_id(
+        conn: &mut Conn,
+        q: &dyn QueryFragment<Conn::Backend>,
+    ) -> Result<Vec<(i64, Self)>>;
+}
+
+impl<R, Conn> ReturnRow<Conn> for R
+where
+    Conn: LoadConnection
+        + Connection<TransactionManager = diesel::connection::AnsiTransactionManager>,
+    R: SelectableHelper<Conn::Backend> + 'static,
+    AsSelect<R, Conn::Backend>: QueryFragment<Conn::Backend>,
+    for<'q> Typed<'q, Conn::Backend, diesel::dsl::SqlTypeOf<R::SelectExpression>>:
+        LoadQuery<'q, Conn, R>,
+    for<'q> Typed<'q, Conn::Backend, (BigInt, diesel::dsl::SqlTypeOf<R::SelectExpression>)>:
+        LoadQuery<'q, Conn, (i64, R)>,
+{
+    type Columns = AsSelect<R, Conn::Backend>;
+
+    fn columns() -> Self::Columns {
+        R::as_select()
+    }
+
+    fn load(conn: &mut Conn, q: &dyn QueryFragment<Conn::Backend>) -> Result<Vec<Self>> {
+        let in_tx = crate::tx::in_transaction(conn);
+        Typed::<_, diesel::dsl::SqlTypeOf<R::SelectExpression>>::of(q)
+            .load(conn)
+            .map_err(|e| crate::tx::statement_error(in_tx, e))
+    }
+
+    fn load_with_id(
+        conn: &mut Conn,
+        q: &dyn QueryFragment<Conn::Backend>,
+    ) -> Result<Vec<(i64, Self)>> {
+        let in_tx = crate::tx::in_transaction(conn);
+        Typed::<_, (BigInt, diesel::dsl::SqlTypeOf<R::SelectExpression>)>::of(q)
+            .load(conn)
+            .map_err(|e| crate::tx::statement_error(in_tx, e))
+    }
+}
+
+/// What a statement of a primitive gives back, and how it is loaded: the columns it names
+/// (after ` RETURNING `, or in the read that follows a write on MySQL) and the rows it loads.
+/// Implemented for the primitives' own results (a quota's usage, a reservation's id) and, by
+/// [`Returned`], for the caller's [`ReturnRow`] structs.
+#[doc(hidden)]
+pub trait Output<C: WriteConnection> {
+    /// One row.
+    type Row;
+    /// The columns the statement returns.
+    fn columns(&self) -> &dyn QueryFragment<C::Backend>;
+    /// The rows of `q`, which returns [`Output::columns`].
+    ///
+    /// # Errors
+    /// Database errors.
+    fn load(&self, c: &mut C, q: &dyn QueryFragment<C::Backend>) -> Result<Vec<Self::Row>>;
+}
+
+/// The caller's struct `R` as what a statement gives back.
+pub(crate) struct Returned<R: ReturnRow<C>, C: Connection> {
+    columns: R::Columns,
+}
+
+impl<R: ReturnRow<C>, C: Connection> Returned<R, C> {
+    /// `R`'s columns.
+    pub(crate) fn new() -> Self {
+        Returned {
+            columns: R::columns(),
+        }
+    }
+}
+
+impl<R, C> Output<C> for Returned<R, C>
+where
+    C: WriteConnection + Connection<Backend = <C as WriteConnection>::Backend>,
+    R: ReturnRow<C>,
+{
+    type Row = R;
+
+    fn columns(&self) -> &dyn QueryFragment<<C as WriteConnection>::Backend> {
+        &self.columns
+    }
+
+    fn load(
+        &self,
+        c: &mut C,
+        q: &dyn QueryFragment<<C as WriteConnection>::Backend>,
+    ) -> Result<Vec<R>> {
+        R::load(c, q)
+    }
 }

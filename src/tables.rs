@@ -124,3 +124,86 @@ pub fn create_tables<C: WriteConnection>(conn: &mut C) -> Result<()> {
         Ok(())
     })
 }
+
+/// One value for each backend, and the one for a connection's: the migrations of a crate's own
+/// tables, say, whose SQL differs between backends (diesel's `embed_migrations!` embeds one
+/// directory per backend), so that a function generic over the connection runs the right one.
+///
+/// # Examples
+///
+/// ```
+/// use diesel::connection::SimpleConnection;
+/// use diesel::{Connection, SqliteConnection};
+/// use upsert_kit::conn::WriteConnection;
+/// use upsert_kit::tables::{ChooseBackend, PerBackend};
+///
+/// const CREATE: PerBackend<&str> = PerBackend {
+///     postgres: "CREATE TABLE notes (id BIGSERIAL PRIMARY KEY, body TEXT NOT NULL)",
+///     sqlite: "CREATE TABLE notes (id INTEGER PRIMARY KEY AUTOINCREMENT, body TEXT NOT NULL)",
+///     mysql: "CREATE TABLE notes (id BIGINT AUTO_INCREMENT PRIMARY KEY, body TEXT NOT NULL)",
+/// };
+///
+/// fn create_notes<C>(conn: &mut C) -> upsert_kit::Result<()>
+/// where
+///     C: WriteConnection,
+///     C::Backend: ChooseBackend,
+/// {
+///     let sql = *CREATE.of::<C>();
+///     conn.raw().batch_execute(sql)?;
+///     Ok(())
+/// }
+///
+/// let mut conn = SqliteConnection::establish(":memory:")?;
+/// create_notes(&mut conn)?;
+/// conn.batch_execute("INSERT INTO notes (body) VALUES ('hello')")?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct PerBackend<T> {
+    /// PostgreSQL's.
+    pub postgres: T,
+    /// SQLite's.
+    pub sqlite: T,
+    /// MySQL's and MariaDB's.
+    pub mysql: T,
+}
+
+impl<T> PerBackend<T> {
+    /// The value for `C`'s backend.
+    pub fn of<C>(&self) -> &T
+    where
+        C: WriteConnection,
+        C::Backend: ChooseBackend,
+    {
+        <C::Backend as ChooseBackend>::choose(self)
+    }
+}
+
+/// Which of a [`PerBackend`]'s values is a backend's: implemented for PostgreSQL, SQLite and
+/// MySQL; sealed.
+pub trait ChooseBackend: Dialect {
+    /// This backend's value.
+    #[doc(hidden)]
+    fn choose<T>(values: &PerBackend<T>) -> &T;
+}
+
+#[cfg(feature = "postgres")]
+impl ChooseBackend for diesel::pg::Pg {
+    fn choose<T>(values: &PerBackend<T>) -> &T {
+        &values.postgres
+    }
+}
+
+#[cfg(feature = "sqlite")]
+impl ChooseBackend for diesel::sqlite::Sqlite {
+    fn choose<T>(values: &PerBackend<T>) -> &T {
+        &values.sqlite
+    }
+}
+
+#[cfg(feature = "mysql")]
+impl ChooseBackend for diesel::mysql::Mysql {
+    fn choose<T>(values: &PerBackend<T>) -> &T {
+        &values.mysql
+    }
+}

@@ -452,6 +452,7 @@ where
             key: inc.key,
             amounts,
             bounds,
+            columns: None,
         };
         conn.single(|c| c.run_texts(&sql))?
     } else {
@@ -459,6 +460,7 @@ where
             key: inc.key,
             amounts,
             bounds,
+            columns: None,
         };
         conn.single(|c| c.run_texts(&sql))?
     };
@@ -597,11 +599,14 @@ fn walk_delta<'b, T: Counter, DB: Dialect>(
     }
 }
 
-/// `UPDATE t SET a = a + $1, … WHERE key [AND bounds] RETURNING <a, …>`.
+/// `UPDATE t SET a = a + $1, … WHERE key [AND bounds] RETURNING <a, …>` (or `RETURNING
+/// <columns>`).
 struct IncrementSql<'a, T: Counter> {
     key: &'a T::Key,
     amounts: &'a [i64],
     bounds: Bounds<'a>,
+    /// The columns to return by name instead of the totals as one JSON array.
+    columns: Option<&'a [&'a str]>,
 }
 
 impl<T, DB> QueryFragment<DB> for IncrementSql<'_, T>
@@ -610,6 +615,22 @@ where
     DB: Dialect,
 {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        let this = IncrementSql::<T> {
+            key: self.key,
+            amounts: self.amounts,
+            bounds: self.bounds,
+            columns: self.columns,
+        };
+        this.walk_into(&mut out)
+    }
+}
+
+impl<'a, T: Counter> IncrementSql<'a, T> {
+    /// Writes the statement into `out`, with binds borrowed for `'a`.
+    fn walk_into<DB: Dialect>(&self, out: &mut AstPass<'_, 'a, DB>) -> QueryResult<()>
+    where
+        T: BindKey<DB>,
+    {
         out.push_sql("UPDATE ");
         T::walk_table(out.reborrow())?;
         out.push_sql(" SET ");
@@ -619,23 +640,37 @@ where
             }
             out.push_identifier(column)?;
             out.push_sql(" = ");
-            walk_new::<T, DB>(&mut out, i, self.amounts, false, false)?;
+            walk_new::<T, DB>(out, i, self.amounts, false, false)?;
         }
         out.push_sql(" WHERE ");
         T::walk_key(self.key, KeyStyle::Match, out.reborrow())?;
         let mut first = false;
-        self.bounds
-            .walk::<T, DB>(&mut out, self.amounts, false, false, &mut first)?;
-        DB::push_returning_ints(&mut out, T::AMOUNTS)
+        let bounds = self.bounds;
+        bounds.walk::<T, DB>(out, self.amounts, false, false, &mut first)?;
+        push_totals::<T, DB>(out, self.columns)
+    }
+}
+
+/// ` RETURNING <the totals as one JSON array>`, or ` RETURNING <columns>` by name; nothing on
+/// MySQL.
+fn push_totals<T: Counter, DB: Dialect>(
+    out: &mut AstPass<'_, '_, DB>,
+    columns: Option<&[&str]>,
+) -> QueryResult<()> {
+    match columns {
+        None => DB::push_returning_ints(out, T::AMOUNTS),
+        Some(columns) => DB::push_returning(out, columns),
     }
 }
 
 /// `INSERT INTO t (key…, a, …) VALUES (…) ON CONFLICT (key) DO UPDATE SET a = t.a + excluded.a, …
-/// [WHERE bounds] RETURNING <a, …>`.
+/// [WHERE bounds] RETURNING <a, …>` (or `RETURNING <columns>`).
 struct UpsertIncrementSql<'a, T: Counter> {
     key: &'a T::Key,
     amounts: &'a [i64],
     bounds: Bounds<'a>,
+    /// As [`IncrementSql::columns`].
+    columns: Option<&'a [&'a str]>,
 }
 
 impl<T, DB> QueryFragment<DB> for UpsertIncrementSql<'_, T>
@@ -648,30 +683,45 @@ where
             key: self.key,
             amounts: self.amounts,
             bounds: self.bounds,
+            columns: self.columns,
         };
         this.walk_into(&mut out)
     }
 }
 
-/// The unbounded upserting increment, for statements that embed it (PostgreSQL's keyed
-/// increment).
-#[cfg(feature = "postgres")]
-pub(crate) fn upsert_increment_sql<'b, T: Counter + BindKey<DB>, DB: Dialect>(
+/// The unbounded increment (creating the row when `create`), for statements that embed it
+/// (PostgreSQL's keyed increments): it returns the totals as one JSON array, or `columns` by
+/// name.
+pub(crate) fn walk_increment<'b, T: Counter + BindKey<DB>, DB: Dialect>(
     out: &mut AstPass<'_, 'b, DB>,
     key: &'b T::Key,
     amounts: &'b [i64],
+    create: bool,
+    columns: Option<&'b [&'b str]>,
 ) -> QueryResult<()> {
-    // The fragment borrows nothing of its own: every bind points into `key` and `amounts`.
-    let sql = UpsertIncrementSql::<T> {
-        key,
-        amounts,
-        bounds: Bounds {
-            floor: None,
-            ceiling: None,
-            limits: false,
-        },
+    // The fragments borrow nothing of their own: every bind points into `key` and `amounts`.
+    let bounds = Bounds {
+        floor: None,
+        ceiling: None,
+        limits: false,
     };
-    sql.walk_into(out)
+    if create {
+        let sql = UpsertIncrementSql::<T> {
+            key,
+            amounts,
+            bounds,
+            columns,
+        };
+        sql.walk_into(out)
+    } else {
+        let sql = IncrementSql::<T> {
+            key,
+            amounts,
+            bounds,
+            columns,
+        };
+        sql.walk_into(out)
+    }
 }
 
 impl<'a, T: Counter> UpsertIncrementSql<'a, T> {
@@ -717,7 +767,7 @@ impl<'a, T: Counter> UpsertIncrementSql<'a, T> {
             let bounds = self.bounds;
             bounds.walk::<T, DB>(out, self.amounts, true, true, &mut first)?;
         }
-        DB::push_returning_ints(out, T::AMOUNTS)
+        push_totals::<T, DB>(out, self.columns)
     }
 }
 

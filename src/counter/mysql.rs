@@ -39,6 +39,7 @@ where
         key: inc.key,
         amounts,
         bounds,
+        columns: None,
     };
     if inc.create && inc.fresh_row_fits() && bounds.any() {
         let nonce = fastrand::i64(1..);
@@ -67,6 +68,7 @@ where
             key: inc.key,
             amounts,
             bounds,
+            columns: None,
         })?
     };
     let read = ReadSql::<T> {

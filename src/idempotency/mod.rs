@@ -38,6 +38,13 @@
 //! unique violation, which undoes the whole statement, counter change included; the ledger row
 //! is then read as above.
 //!
+//! [`Record`] is an idempotent increment recorded in a ledger of increments
+//! ([`IncrementLedger`]): typed columns instead of a text result (the key within a scope such
+//! as an account, a `BIGINT` fingerprint, the amounts, the totals after, columns of the counter
+//! row such as its id), written by the same one statement on PostgreSQL, and returned as the
+//! caller's own struct ([`ReturnRow`]). A missing counter row is created or reported (`None`),
+//! as the caller chooses.
+//!
 //! Under REPEATABLE READ or SERIALIZABLE, a repeat of a key committed after the caller's
 //! snapshot is a [`Error::SerializationFailure`] on PostgreSQL: retry the caller's transaction.
 //!
@@ -53,8 +60,9 @@
 //! backend claims a key and runs a keyed increment ([`IdempotencyBackend`]) is in a file of its
 //! own beside it: `pg.rs`, `sqlite.rs`, `mysql.rs`.
 
-use crate::conn::{BindKey, Dialect, WriteConnection};
+use crate::conn::{BindKey, Dialect, KeyStyle, Keyed, WriteConnection};
 use crate::counter::{Amounts, Counter, CounterBackend};
+use crate::declare::{Output, Returned};
 use crate::error::{Error, Result};
 use chrono::NaiveDateTime;
 use diesel::query_builder::{AstPass, QueryFragment};
@@ -66,6 +74,8 @@ mod mysql;
 mod pg;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+
+pub use crate::declare::ReturnRow;
 
 /// The longest idempotency key, in bytes (UTF-8).
 pub const MAX_KEY_LEN: usize = 255;
@@ -111,6 +121,29 @@ pub trait BindLedger<DB: Dialect>: Ledger {
 ///     pub struct Keys;
 /// }
 /// ```
+///
+/// That form declares a [`Ledger`], whose rows store each call's result as text ([`run`],
+/// [`increment_once`]). The second form declares a ledger of counter increments
+/// ([`IncrementLedger`], for [`Record`]), whose rows record each increment in typed columns:
+///
+/// ```text
+/// upsert_kit::ledger! {
+///     table = usage_log, scope = (account: i64), key = request, fingerprint = request_hash: i64,
+///     created_at = logged_at, amounts = (tokens, calls), totals = (tokens_after, calls_after),
+///     row = usage(usage_id = id);
+///     pub struct UsageLog;
+/// }
+/// ```
+///
+/// - `scope = (column: Type, …)` (optional): columns that make the ledger's unique key with
+///   the idempotency key (keys are then unique per account, say).
+/// - `fingerprint = column: Type`: `i64` for a `BIGINT` column, `String` for a `TEXT` one.
+/// - `amounts = (…)` (optional): the columns recording the amounts added, one per amount column
+///   of the counter; `totals = (…)`: the columns recording the counter's totals after.
+/// - `row = counter_table(ledger_column = counter_column, …)` (optional): columns copied from
+///   the counter row; the ledger then records that table's counters only.
+///
+/// See [`Record`] for an example.
 ///
 /// # Examples
 ///
@@ -176,6 +209,139 @@ macro_rules! ledger {
             }
         };
     };
+    // A ledger of counter increments (see `IncrementLedger`).
+    (
+        table = $($tp:ident)::+ ,
+        $( scope = ( $( $scope:ident : $sty:ty ),+ $(,)? ) , )?
+        key = $key:ident , fingerprint = $fp:ident : $fty:ty , created_at = $created:ident ,
+        $( amounts = ( $( $amount:ident ),+ $(,)? ) , )?
+        totals = ( $( $total:ident ),+ $(,)? )
+        $( , row = $($ctp:ident)::+ ( $( $rl:ident = $rc:ident ),+ $(,)? ) )? $(,)? ;
+        $(#[$meta:meta])*
+        $vis:vis struct $name:ident;
+    ) => {
+        $(#[$meta])*
+        $vis struct $name;
+
+        $crate::ledger!(@scope $name [$($tp)::+] [$($( $scope : $sty ),+)?]);
+
+        const _: () = {
+            #[allow(unused_imports)]
+            use $crate::__private::{
+                CheckOption as _, CheckValue as _, NoCheck as _, NotOnMysql as _, NotOnPg as _,
+                NotOnSqlite as _,
+            };
+
+            impl $crate::idempotency::IncrementLedger for $name {
+                type Fingerprint = $fty;
+                const IDEMPOTENCY_KEY: &'static str = $crate::__private::column_name(&$($tp)::+::$key);
+                const FINGERPRINT: &'static str = $crate::__private::column_name(&$($tp)::+::$fp);
+                const CREATED_AT: &'static str = $crate::__private::column_name(&$($tp)::+::$created);
+                const AMOUNTS: &'static [&'static str] =
+                    $crate::__column_names!([$($tp)::+] $($($amount),+)?);
+                const TOTALS: &'static [&'static str] =
+                    $crate::__column_names!([$($tp)::+] $($total),+);
+                $crate::ledger!(@row [$($tp)::+] [$($($ctp)::+)?] [$($( $rl = $rc ),+)?]);
+            }
+            $crate::ledger!(@records $name [$($($ctp)::+)?]);
+
+            // The fingerprint's type can be written to its column.
+            const _: () = assert!(
+                $crate::__fits!($fty, $crate::__sql_type!([$($tp)::+] $fp)),
+                concat!("the fingerprint's type `", stringify!($fty), "` cannot be written to the column `", stringify!($fp), "`")
+            );
+        };
+    };
+    (@scope $name:ident $table:tt [$( $scope:ident : $sty:ty ),*]) => {
+        $crate::__keyed_impl!(@table $table, $name, $($scope : $sty),*);
+    };
+    (@row $table:tt [] []) => {
+        const ROW: &'static [(&'static str, &'static str)] = &[];
+    };
+    (@row $table:tt $counter:tt [$( $rl:ident = $rc:ident ),+]) => {
+        const ROW: &'static [(&'static str, &'static str)] = &[$((
+            $crate::__private::column_name(&$crate::__column!($table $rl)),
+            $crate::__private::column_name(&$crate::__column!($counter $rc)),
+        )),+];
+    };
+    (@records $name:ident []) => {
+        impl<T: $crate::counter::Counter> $crate::idempotency::Records<T> for $name {}
+    };
+    (@records $name:ident [$($ctp:ident)::+]) => {
+        impl<T> $crate::idempotency::Records<T> for $name
+        where
+            T: $crate::counter::Counter + $crate::conn::Keyed<Table = $($ctp)::+::table>,
+        {
+        }
+    };
+}
+
+/// A ledger of counter increments: each row records one idempotent increment of a counter
+/// ([`Record`]) in typed columns of its own, written by the same statement as the increment:
+/// the idempotency key (unique within the row's scope), the request's fingerprint (a `BIGINT`
+/// or a `TEXT`), when it was applied, the amounts added, the counter's totals right after, and
+/// columns copied from the counter row (its id, say). A repeat of the key returns the row as
+/// the first call wrote it.
+///
+/// Declare it with the second form of [`ledger!`](crate::ledger!). Its [`Keyed`] key is the
+/// scope: the columns that, with the idempotency key, make the ledger's unique key (`()` when
+/// keys are unique on their own).
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a ledger of counter increments",
+    note = "declare it with `upsert_kit::ledger! {{ table = …, [scope = (col: Type, …),] key = …, fingerprint = col: Type, created_at = …, [amounts = (…),] totals = (…) [, row = counter_table(ledger_col = counter_col, …)]; pub struct Name; }}`"
+)]
+pub trait IncrementLedger: Keyed {
+    /// The fingerprint's Rust type: `i64` (a `BIGINT` column) or `String` (`TEXT`).
+    type Fingerprint: FingerprintValue;
+    /// The idempotency key column (`TEXT`): unique together with the scope's columns.
+    const IDEMPOTENCY_KEY: &'static str;
+    /// The fingerprint column: a repeat whose fingerprint differs is a conflict.
+    const FINGERPRINT: &'static str;
+    /// The instant the increment was applied (`TIMESTAMP`, UTC).
+    const CREATED_AT: &'static str;
+    /// The columns that record the amounts added, one per amount column of the counter, or none
+    /// (`&[]`). A repeat whose amounts differ is a conflict.
+    const AMOUNTS: &'static [&'static str];
+    /// The columns that record the counter's totals right after the increment, one per amount
+    /// column of the counter.
+    const TOTALS: &'static [&'static str];
+    /// Columns copied from the counter row: `(ledger column, counter column)`.
+    const ROW: &'static [(&'static str, &'static str)];
+}
+
+/// Says that a ledger of increments records increments of the counter `T`: every ledger of
+/// increments records any counter, except one whose `row = …` copies columns of a counter
+/// table, which records that table's counters only. The declaration implements it.
+#[diagnostic::on_unimplemented(
+    message = "the ledger `{Self}` does not record increments of `{T}`",
+    note = "its `row = table(…)` names another counter table than `{T}`'s"
+)]
+pub trait Records<T: Counter>: IncrementLedger {}
+
+/// A fingerprint a ledger of increments stores: `i64` (a `BIGINT` column) or `String` (`TEXT`).
+/// Sealed.
+pub trait FingerprintValue: std::fmt::Debug + sealed::Sealed {
+    /// Pushes the value as a bind parameter.
+    #[doc(hidden)]
+    fn push<'b, DB: Dialect>(&'b self, out: &mut AstPass<'_, 'b, DB>) -> QueryResult<()>;
+}
+
+impl FingerprintValue for i64 {
+    fn push<'b, DB: Dialect>(&'b self, out: &mut AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        DB::push_int(out, self)
+    }
+}
+
+impl FingerprintValue for String {
+    fn push<'b, DB: Dialect>(&'b self, out: &mut AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        DB::push_text(out, self)
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for i64 {}
+    impl Sealed for String {}
 }
 
 /// An idempotency key: 1 to [`MAX_KEY_LEN`] bytes, not blank, no control characters.
@@ -609,6 +775,288 @@ where
     )
 }
 
+/// An increment of a counter row recorded once per idempotency key in a ledger of increments
+/// ([`IncrementLedger`]): the counter change and the ledger row commit together, and every call
+/// with the key returns the ledger row as the first call wrote it, as the caller's own struct.
+///
+/// Built with [`Record::new`]; by default a missing counter row is not created (`run` returns
+/// `Ok(None)`, nothing written); [`Record::creating`] creates it.
+///
+/// # The statements
+/// - PostgreSQL, **one statement** (its own transaction; a savepoint inside the caller's):
+///   `WITH __kit_up AS (UPDATE counter SET a = a + $1, … WHERE key RETURNING a, …, <row
+///   columns>) INSERT INTO ledger (<scope>, key, fingerprint, created_at, <amounts>,
+///   <totals>, <row>) SELECT $…, __kit_up.a, …, __kit_up.<column> FROM __kit_up RETURNING
+///   <R>` (with [`Record::creating`], the `WITH` step is the counter's `INSERT … ON CONFLICT DO
+///   UPDATE`). A repeated key makes the insert fail with a unique violation, which undoes the
+///   whole statement, counter change included; the ledger row is then read. No counter row:
+///   nothing is updated, nothing inserted.
+/// - SQLite (in one `BEGIN IMMEDIATE` transaction) and MySQL/MariaDB (one transaction): the
+///   counter's increment, then `INSERT INTO ledger … SELECT …, counter.a, … FROM counter WHERE
+///   key`; a repeated key's unique violation rolls both back. MySQL reads the new row back.
+///
+/// A repeat (the key in the ledger, within its scope) with the same fingerprint and, where the
+/// ledger records them, the same amounts returns the stored row and writes nothing (`applied:
+/// false`); another fingerprint or other amounts is [`Error::IdempotencyConflict`]. The
+/// counter key is not compared: a repeat is recognised by its key alone.
+///
+/// **Locks** (PostgreSQL, READ COMMITTED): the counter row, then the key's unique-index entry,
+/// in this order in every call: keyed increments cannot deadlock one another.
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use diesel::connection::SimpleConnection;
+/// use diesel::prelude::*;
+/// use upsert_kit::idempotency::{IdempotencyKey, Record};
+///
+/// diesel::table! {
+///     usage (id) { id -> BigInt, account -> BigInt, day -> Date, tokens -> BigInt, calls -> BigInt, }
+/// }
+/// diesel::table! {
+///     usage_log (id) {
+///         id -> BigInt, account -> BigInt, request -> Text, request_hash -> BigInt,
+///         tokens -> BigInt, calls -> BigInt, tokens_after -> BigInt, calls_after -> BigInt,
+///         usage_id -> BigInt, logged_at -> Timestamp,
+///     }
+/// }
+/// upsert_kit::counter! {
+///     table = usage, key = (account: i64, day: chrono::NaiveDate), amounts = (tokens, calls);
+///     pub struct Usage;
+/// }
+/// upsert_kit::ledger! {
+///     table = usage_log, scope = (account: i64), key = request, fingerprint = request_hash: i64,
+///     created_at = logged_at, amounts = (tokens, calls), totals = (tokens_after, calls_after),
+///     row = usage(usage_id = id);
+///     pub struct UsageLog;
+/// }
+///
+/// /// What a call returns: the ledger row as its first call wrote it.
+/// #[derive(Debug, PartialEq, Queryable, Selectable)]
+/// #[diesel(table_name = usage_log)]
+/// struct Logged { id: i64, usage_id: i64, tokens_after: i64, calls_after: i64 }
+///
+/// let mut conn = SqliteConnection::establish(":memory:")?;
+/// conn.batch_execute(
+///     "CREATE TABLE usage (id INTEGER PRIMARY KEY AUTOINCREMENT, account BIGINT NOT NULL,
+///          day DATE NOT NULL, tokens BIGINT NOT NULL DEFAULT 0, calls BIGINT NOT NULL DEFAULT 0,
+///          UNIQUE (account, day));
+///      CREATE TABLE usage_log (id INTEGER PRIMARY KEY AUTOINCREMENT, account BIGINT NOT NULL,
+///          request TEXT NOT NULL, request_hash BIGINT NOT NULL, tokens BIGINT NOT NULL,
+///          calls BIGINT NOT NULL, tokens_after BIGINT NOT NULL, calls_after BIGINT NOT NULL,
+///          usage_id BIGINT NOT NULL, logged_at TIMESTAMP NOT NULL, UNIQUE (account, request));",
+/// )?;
+/// let day = chrono::NaiveDate::from_ymd_opt(2026, 12, 1).unwrap();
+/// let now = day.and_hms_opt(9, 0, 0).unwrap();
+/// let key = IdempotencyKey::new("request-1")?;
+///
+/// let first = Record::<UsageLog, Usage>::new(&7, &key, &42, &(7, day), [120, 1], now)
+///     .creating()
+///     .run::<Logged, _>(&mut conn)?
+///     .expect("created");
+/// let again = Record::<UsageLog, Usage>::new(&7, &key, &42, &(7, day), [120, 1], now)
+///     .creating()
+///     .run::<Logged, _>(&mut conn)?
+///     .expect("replayed");
+/// assert!(first.applied && !again.applied);
+/// assert_eq!(first.value, again.value);
+/// assert_eq!((again.value.tokens_after, again.value.calls_after), (120, 1)); // counted once
+///
+/// // The same key with other amounts is refused; another account's key is its own.
+/// let other = Record::<UsageLog, Usage>::new(&7, &key, &42, &(7, day), [5, 1], now).run::<Logged, _>(&mut conn);
+/// assert!(matches!(other, Err(upsert_kit::Error::IdempotencyConflict { .. })));
+/// // Without `creating`, a missing counter row is `None`, and nothing is written.
+/// let missing = Record::<UsageLog, Usage>::new(&8, &key, &42, &(8, day), [5, 1], now).run::<Logged, _>(&mut conn)?;
+/// assert_eq!(missing, None);
+/// # Ok(()) }
+/// ```
+#[must_use = "a record does nothing until it is `run`"]
+pub struct Record<'a, L: IncrementLedger, T: Counter> {
+    scope: &'a L::Key,
+    key: &'a IdempotencyKey,
+    fingerprint: &'a L::Fingerprint,
+    counter_key: &'a T::Key,
+    amounts: T::Amounts,
+    at: NaiveDateTime,
+    create: bool,
+}
+
+impl<L: IncrementLedger, T: Counter> std::fmt::Debug for Record<'_, L, T> {
+    /// The key and the fingerprint are left out: an idempotency key may be a secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Record")
+            .field("ledger", &std::any::type_name::<L>())
+            .field("counter", &std::any::type_name::<T>())
+            .field("amounts", &self.amounts)
+            .field("at", &self.at)
+            .field("create", &self.create)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a, L: IncrementLedger, T: Counter> Record<'a, L, T> {
+    /// Adds `amounts` to the counter row with `counter_key`, once per idempotency `key` within
+    /// `scope` (the ledger's scope columns' values; `&()` for a ledger without scope); the
+    /// ledger row records `fingerprint`, `at` (its `created_at`), the amounts, the totals after
+    /// and the counter row's copied columns.
+    pub fn new(
+        scope: &'a L::Key,
+        key: &'a IdempotencyKey,
+        fingerprint: &'a L::Fingerprint,
+        counter_key: &'a T::Key,
+        amounts: T::Amounts,
+        at: NaiveDateTime,
+    ) -> Self {
+        Record {
+            scope,
+            key,
+            fingerprint,
+            counter_key,
+            amounts,
+            at,
+            create: false,
+        }
+    }
+
+    /// Creates the counter row (its key and the amounts, its other columns at their defaults)
+    /// when it is missing, in the same statement. Default: a missing row is not created.
+    pub fn creating(mut self) -> Self {
+        self.create = true;
+        self
+    }
+
+    /// Runs the increment: the ledger row as `R` (a `#[derive(Queryable, Selectable)]` struct
+    /// of the ledger table), this call's (`applied: true`) or the first call's with the key;
+    /// `Ok(None)` when the counter row does not exist (and was not created), nothing written.
+    ///
+    /// # Errors
+    /// - [`Error::InvalidInput`]: a rejected scope or counter key, or a declaration whose
+    ///   amounts or totals do not match the counter's amount columns; nothing is sent.
+    /// - [`Error::IdempotencyConflict`]: the key was used with another fingerprint or other
+    ///   amounts; nothing written.
+    /// - [`Error::Constraint`]: another unique index of the ledger or the counter refused the
+    ///   row, and the key is not in the ledger.
+    /// - [`Error::OutcomeUnknown`] (the connection lost while the statement committed on its
+    ///   own), [`Error::ConnectionLost`], [`Error::Busy`]: retry with the same key; the
+    ///   increment is applied at most once.
+    pub fn run<R, C>(self, conn: &mut C) -> Result<Option<Idempotent<R>>>
+    where
+        L: Records<T> + BindKey<C::Backend>,
+        T: BindKey<C::Backend>,
+        C: WriteConnection,
+        C::Backend: IdempotencyBackend,
+        R: ReturnRow<C::Raw>,
+    {
+        L::validate_key(self.scope)?;
+        T::validate_key(self.counter_key)?;
+        let n = T::AMOUNTS.len();
+        if L::TOTALS.len() != n || !(L::AMOUNTS.is_empty() || L::AMOUNTS.len() == n) {
+            return Err(Error::invalid(
+                "ledger",
+                "its amounts and totals must match the counter's amount columns, one for one",
+            ));
+        }
+        let out = Returned::<R, C::Raw>::new();
+        let mut violation = None;
+        for _ in 0..KEY_ATTEMPTS {
+            match C::Backend::record_once::<L, T, C, _>(conn, &self, &out)? {
+                Recorded::Applied(row) => {
+                    return Ok(Some(Idempotent {
+                        value: row,
+                        applied: true,
+                    }))
+                }
+                Recorded::NoRow => return Ok(None),
+                Recorded::Taken(e) => {
+                    let raw = conn.raw();
+                    let replay = ReadRecordSql::<L, T, C::Backend> {
+                        rec: &self,
+                        columns: out.columns(),
+                        request: true,
+                    };
+                    if let Some(row) = out.load(raw, &replay)?.into_iter().next() {
+                        return Ok(Some(Idempotent {
+                            value: row,
+                            applied: false,
+                        }));
+                    }
+                    let taken = ReadRecordSql::<L, T, C::Backend> {
+                        rec: &self,
+                        columns: &KeyColumn::<L>(std::marker::PhantomData),
+                        request: false,
+                    };
+                    if !raw.run_texts(&taken)?.is_empty() {
+                        return Err(Error::IdempotencyConflict {
+                            key: self.key.as_str().to_owned(),
+                        });
+                    }
+                    // Not the ledger's key (another unique index), or pruned in between: try
+                    // again, and report the violation if it stays.
+                    tracing::debug!("recorded increment: unique violation without a ledger row");
+                    violation = Some(e);
+                }
+            }
+        }
+        Err(violation.unwrap_or_else(|| {
+            Error::NotFound(format!(
+                "an idempotency key's ledger row kept disappearing ({KEY_ATTEMPTS} attempts)"
+            ))
+        }))
+    }
+}
+
+/// What one try of a [`Record`] did.
+#[doc(hidden)]
+#[derive(Debug)]
+pub enum Recorded<R> {
+    /// The counter changed and the ledger row was written: the row.
+    Applied(R),
+    /// No counter row (and none created): nothing was written.
+    NoRow,
+    /// A unique violation undid the try: the key is taken (or another unique index refused).
+    Taken(Error),
+}
+
+impl<R> Recorded<R> {
+    /// A try's result: a unique violation is [`Recorded::Taken`].
+    fn of(result: Result<Recorded<R>>) -> Result<Recorded<R>> {
+        match result {
+            Err(
+                e @ Error::Constraint {
+                    kind: crate::error::ConstraintKind::Unique,
+                    ..
+                },
+            ) => Ok(Recorded::Taken(e)),
+            other => other,
+        }
+    }
+}
+
+/// The counter step of a [`Record`] written in steps (SQLite, MySQL), in `c`'s transaction:
+/// the counter's increment; `false` when there is no counter row. The ledger row is then
+/// [`RecordSql`] from the counter table.
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
+fn counted<L, T, C>(c: &mut C, rec: &Record<'_, L, T>) -> Result<bool>
+where
+    L: IncrementLedger,
+    T: Counter + BindKey<C::Backend>,
+    C: WriteConnection,
+    C::Backend: CounterBackend,
+{
+    let mut increment = crate::counter::Increment::<T>::new(rec.counter_key, rec.amounts);
+    if rec.create {
+        increment = increment.creating();
+    }
+    match C::Backend::increment_once(c, &increment)? {
+        crate::counter::Step::Done(totals) => Ok(totals.is_some()),
+        // No bounds were set: nothing can refuse the increment.
+        crate::counter::Step::Refused(_) => Err(Error::NotFound(
+            "an increment without bounds was refused".into(),
+        )),
+    }
+}
+
 /// Deletes the ledger rows created before `older_than` and returns how many. A pruned key is
 /// forgotten: a later call with it runs again.
 ///
@@ -637,9 +1085,67 @@ where
     L: BindLedger<C::Backend>,
     C: WriteConnection,
 {
-    let sql = PruneSql::<L> {
+    let sql = PruneSql::<C::Backend> {
+        table: L::walk_table,
+        created_at: L::CREATED_AT,
         older_than: &older_than,
-        _ledger: std::marker::PhantomData,
+    };
+    conn.single(|c| c.run_execute(&sql))
+}
+
+/// [`prune`] for a ledger of increments ([`IncrementLedger`]): deletes the rows created before
+/// `older_than` (of every scope) and returns how many. A pruned key is forgotten: a later
+/// [`Record`] with it counts again.
+///
+/// # Errors
+/// Database errors.
+///
+/// # Examples
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use diesel::connection::SimpleConnection;
+/// use diesel::prelude::*;
+/// use upsert_kit::idempotency::{prune_records, IdempotencyKey, Record};
+///
+/// diesel::table! { hits (page) { page -> Text, n -> BigInt, } }
+/// diesel::table! {
+///     hit_log (request) { request -> Text, request_hash -> Text, n_after -> BigInt, at -> Timestamp, }
+/// }
+/// upsert_kit::counter! { table = hits, key = (page: String), amounts = (n); pub struct Hits; }
+/// upsert_kit::ledger! {
+///     table = hit_log, key = request, fingerprint = request_hash: String, created_at = at, totals = (n_after);
+///     pub struct HitLog;
+/// }
+/// #[derive(Queryable, Selectable)]
+/// #[diesel(table_name = hit_log)]
+/// struct Logged { n_after: i64 }
+///
+/// let mut conn = SqliteConnection::establish(":memory:")?;
+/// conn.batch_execute(
+///     "CREATE TABLE hits (page TEXT PRIMARY KEY NOT NULL, n BIGINT NOT NULL DEFAULT 0);
+///      CREATE TABLE hit_log (request TEXT PRIMARY KEY NOT NULL, request_hash TEXT NOT NULL,
+///          n_after BIGINT NOT NULL, at TIMESTAMP NOT NULL);",
+/// )?;
+/// let now = chrono::Utc::now().naive_utc();
+/// let (key, page, fingerprint) = (IdempotencyKey::new("r-1")?, "/home".to_owned(), String::new());
+/// let hit = || Record::<HitLog, Hits>::new(&(), &key, &fingerprint, &page, [1], now).creating();
+/// assert!(hit().run::<Logged, _>(&mut conn)?.unwrap().applied);
+/// assert_eq!(prune_records::<HitLog, _>(&mut conn, now - chrono::Duration::days(7))?, 0);
+/// assert_eq!(prune_records::<HitLog, _>(&mut conn, now + chrono::Duration::seconds(1))?, 1);
+/// let again = hit().run::<Logged, _>(&mut conn)?.unwrap(); // the key was forgotten
+/// assert!(again.applied && again.value.n_after == 2);
+/// # Ok(()) }
+/// ```
+pub fn prune_records<L, C>(conn: &mut C, older_than: NaiveDateTime) -> Result<usize>
+where
+    L: IncrementLedger + BindKey<C::Backend>,
+    C: WriteConnection,
+{
+    let sql = PruneSql::<C::Backend> {
+        table: L::walk_table,
+        created_at: L::CREATED_AT,
+        older_than: &older_than,
     };
     conn.single(|c| c.run_execute(&sql))
 }
@@ -683,6 +1189,19 @@ pub trait IdempotencyBackend: CounterBackend {
             crate::counter::upsert_increment::<T, _>(c, counter_key, amounts)
         })
     }
+
+    /// One try of [`Record::run`]: the counter's increment and the ledger row, or neither.
+    #[doc(hidden)]
+    fn record_once<L, T, C, O>(
+        conn: &mut C,
+        rec: &Record<'_, L, T>,
+        out: &O,
+    ) -> Result<Recorded<O::Row>>
+    where
+        L: Records<T> + BindKey<Self>,
+        T: Counter + BindKey<Self>,
+        C: WriteConnection<Backend = Self>,
+        O: Output<C::Raw>;
 }
 
 /// The claim where a write returns rows (PostgreSQL, SQLite): `INSERT INTO l (key,
@@ -814,18 +1333,174 @@ impl<L: BindLedger<DB>, DB: IdempotencyBackend> QueryFragment<DB> for ReadSql<'_
 }
 
 /// `DELETE FROM l WHERE created_at < $1`.
-struct PruneSql<'a, L> {
+struct PruneSql<'a, DB: Dialect> {
+    table: fn(AstPass<'_, '_, DB>) -> QueryResult<()>,
+    created_at: &'static str,
     older_than: &'a NaiveDateTime,
-    _ledger: std::marker::PhantomData<L>,
 }
 
-impl<L: BindLedger<DB>, DB: Dialect> QueryFragment<DB> for PruneSql<'_, L> {
+impl<DB: Dialect> QueryFragment<DB> for PruneSql<'_, DB> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
         out.push_sql("DELETE FROM ");
-        L::walk_table(out.reborrow())?;
+        (self.table)(out.reborrow())?;
         out.push_sql(" WHERE ");
-        out.push_identifier(L::CREATED_AT)?;
+        out.push_identifier(self.created_at)?;
         out.push_sql(" < ");
         DB::push_timestamp(&mut out, self.older_than)
+    }
+}
+
+/// `INSERT INTO l (<scope…>, key, fingerprint, created_at, <amounts…>, <totals…>, <row…>)
+/// SELECT <scope values…>, $key, $fp, $at, <amount values…>, src.<counter amounts…>,
+/// src.<counter columns…> FROM src`: the ledger row of a [`Record`], its totals and copied
+/// columns read from `from` (PostgreSQL: the `WITH` step that changed the counter row, whose
+/// `RETURNING` names `columns`) or else from the counter row by key; then ` RETURNING
+/// <columns>` when asked.
+struct RecordSql<'a, L: IncrementLedger, T: Counter, DB> {
+    rec: &'a Record<'a, L, T>,
+    /// PostgreSQL: the counter's increment as a `WITH` step returning these columns.
+    from: Option<&'a [&'a str]>,
+    returning: Option<&'a dyn QueryFragment<DB>>,
+}
+
+/// The name of the counter's increment inside a recorded increment.
+const STEP: &str = "__kit_up";
+
+impl<L, T, DB> QueryFragment<DB> for RecordSql<'_, L, T, DB>
+where
+    L: IncrementLedger + BindKey<DB>,
+    T: Counter + BindKey<DB>,
+    DB: Dialect,
+{
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        let (out, rec) = (&mut out, self.rec);
+        let source = |out: &mut AstPass<'_, 'b, DB>, column: &str| -> QueryResult<()> {
+            match self.from {
+                Some(_) => out.push_identifier(STEP)?,
+                None => T::walk_table(out.reborrow())?,
+            }
+            out.push_sql(".");
+            out.push_identifier(column)
+        };
+        if let Some(columns) = self.from {
+            out.push_sql("WITH ");
+            out.push_identifier(STEP)?;
+            out.push_sql(" AS (");
+            crate::counter::walk_increment::<T, DB>(
+                out,
+                rec.counter_key,
+                rec.amounts.as_slice(),
+                rec.create,
+                Some(columns),
+            )?;
+            out.push_sql(") ");
+        }
+        out.push_sql("INSERT INTO ");
+        L::walk_table(out.reborrow())?;
+        out.push_sql(" (");
+        for column in L::KEY {
+            out.push_identifier(column)?;
+            out.push_sql(", ");
+        }
+        crate::sql::push_identifiers(out, &[L::IDEMPOTENCY_KEY, L::FINGERPRINT, L::CREATED_AT])?;
+        for column in L::AMOUNTS.iter().chain(L::TOTALS) {
+            out.push_sql(", ");
+            out.push_identifier(column)?;
+        }
+        for (column, _) in L::ROW {
+            out.push_sql(", ");
+            out.push_identifier(column)?;
+        }
+        out.push_sql(") SELECT ");
+        if !L::KEY.is_empty() {
+            L::walk_key(rec.scope, KeyStyle::Values, out.reborrow())?;
+            out.push_sql(", ");
+        }
+        DB::push_text(out, rec.key.as_str())?;
+        out.push_sql(", ");
+        rec.fingerprint.push(out)?;
+        out.push_sql(", ");
+        DB::push_timestamp(out, &rec.at)?;
+        if !L::AMOUNTS.is_empty() {
+            for amount in rec.amounts.as_slice() {
+                out.push_sql(", ");
+                DB::push_int(out, amount)?;
+            }
+        }
+        for column in T::AMOUNTS.iter().chain(L::ROW.iter().map(|(_, c)| c)) {
+            out.push_sql(", ");
+            source(out, column)?;
+        }
+        out.push_sql(" FROM ");
+        match self.from {
+            Some(_) => out.push_identifier(STEP)?,
+            None => {
+                T::walk_table(out.reborrow())?;
+                out.push_sql(" WHERE ");
+                T::walk_key(rec.counter_key, KeyStyle::Match, out.reborrow())?;
+            }
+        }
+        if let Some(columns) = self.returning {
+            out.push_sql(" RETURNING ");
+            columns.walk_ast(out.reborrow())?;
+        }
+        Ok(())
+    }
+}
+
+/// `SELECT <columns> FROM l WHERE [<scope> AND] key = $key [AND fingerprint = $fp AND
+/// <amounts> = $…]` and the backend's read lock: a [`Record`]'s ledger row (with `request`:
+/// only if it records the same request).
+struct ReadRecordSql<'a, L: IncrementLedger, T: Counter, DB> {
+    rec: &'a Record<'a, L, T>,
+    columns: &'a dyn QueryFragment<DB>,
+    request: bool,
+}
+
+impl<L, T, DB> QueryFragment<DB> for ReadRecordSql<'_, L, T, DB>
+where
+    L: IncrementLedger + BindKey<DB>,
+    T: Counter,
+    DB: IdempotencyBackend,
+{
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        let (out, rec) = (&mut out, self.rec);
+        out.push_sql("SELECT ");
+        self.columns.walk_ast(out.reborrow())?;
+        out.push_sql(" FROM ");
+        L::walk_table(out.reborrow())?;
+        out.push_sql(" WHERE ");
+        if !L::KEY.is_empty() {
+            L::walk_key(rec.scope, KeyStyle::Match, out.reborrow())?;
+            out.push_sql(" AND ");
+        }
+        out.push_identifier(L::IDEMPOTENCY_KEY)?;
+        out.push_sql(" = ");
+        DB::push_text(out, rec.key.as_str())?;
+        if self.request {
+            out.push_sql(" AND ");
+            out.push_identifier(L::FINGERPRINT)?;
+            out.push_sql(" = ");
+            rec.fingerprint.push(out)?;
+            for (column, amount) in L::AMOUNTS.iter().zip(rec.amounts.as_slice()) {
+                out.push_sql(" AND ");
+                out.push_identifier(column)?;
+                out.push_sql(" = ");
+                DB::push_int(out, amount)?;
+            }
+        }
+        DB::push_read_lock(out);
+        Ok(())
+    }
+}
+
+/// `l.key`: what the read of a taken key selects.
+struct KeyColumn<L>(std::marker::PhantomData<L>);
+
+impl<L: IncrementLedger + BindKey<DB>, DB: Dialect> QueryFragment<DB> for KeyColumn<L> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        L::walk_table(out.reborrow())?;
+        out.push_sql(".");
+        out.push_identifier(L::IDEMPOTENCY_KEY)
     }
 }

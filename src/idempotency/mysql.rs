@@ -3,11 +3,18 @@
 //! records that the key was taken (not `INSERT IGNORE`, which turns other errors into warnings),
 //! then `SELECT 1 … WHERE NOT COALESCE(@upsert_kit_hit = nonce, FALSE)`; the stored result is
 //! read `LOCK IN SHARE MODE`. A keyed increment is [`run`](super::run) around the counter's
-//! upsert increment.
+//! upsert increment; a recorded increment ([`Record`]) is, in one transaction, the counter's
+//! increment, `INSERT INTO ledger … SELECT … FROM counter WHERE key` and the read of the new
+//! ledger row.
 
-use super::{BindLedger, IdempotencyBackend, InsertKeySql};
-use crate::conn::WriteConnection;
-use crate::error::Result;
+use super::{
+    counted, BindLedger, IdempotencyBackend, InsertKeySql, ReadRecordSql, Record, RecordSql,
+    Recorded, Records,
+};
+use crate::conn::{BindKey, WriteConnection};
+use crate::counter::Counter;
+use crate::declare::Output;
+use crate::error::{Error, Result};
 use chrono::NaiveDateTime;
 use diesel::mysql::Mysql;
 use diesel::query_builder::{AstPass, QueryFragment};
@@ -37,6 +44,40 @@ impl IdempotencyBackend for Mysql {
 
     fn push_read_lock(out: &mut AstPass<'_, '_, Self>) {
         out.push_sql(" LOCK IN SHARE MODE");
+    }
+
+    fn record_once<L, T, C, O>(
+        conn: &mut C,
+        rec: &Record<'_, L, T>,
+        out: &O,
+    ) -> Result<Recorded<O::Row>>
+    where
+        L: Records<T> + BindKey<Self>,
+        T: Counter + BindKey<Self>,
+        C: WriteConnection<Backend = Self>,
+        O: Output<C::Raw>,
+    {
+        Recorded::of(crate::conn::retry_deadlocks(conn, |conn| {
+            conn.write(|c| {
+                if !counted::<L, T, _>(c, rec)? {
+                    return Ok(Recorded::NoRow);
+                }
+                c.run_execute(&RecordSql::<L, T, Mysql> {
+                    rec,
+                    from: None,
+                    returning: None,
+                })?;
+                let read = ReadRecordSql::<L, T, Mysql> {
+                    rec,
+                    columns: out.columns(),
+                    request: true,
+                };
+                match out.load(c, &read)?.into_iter().next() {
+                    Some(row) => Ok(Recorded::Applied(row)),
+                    None => Err(Error::NotFound("the new ledger row is gone".into())),
+                }
+            })
+        }))
     }
 }
 

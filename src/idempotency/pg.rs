@@ -1,14 +1,18 @@
 //! Idempotency keys on PostgreSQL: the claim is `INSERT … ON CONFLICT (key) DO NOTHING
 //! RETURNING 1`, and a keyed increment is one statement, `WITH up AS (<upsert increment>
 //! RETURNING totals) INSERT INTO ledger … SELECT … FROM up`: a repeated key fails the ledger
-//! insert with a unique violation, which undoes the counter change too.
+//! insert with a unique violation, which undoes the counter change too. A recorded increment
+//! ([`Record`]) is the same statement with typed ledger columns: `WITH __kit_up AS (UPDATE
+//! counter … RETURNING amounts…, columns…) INSERT INTO ledger (…) SELECT … FROM __kit_up
+//! RETURNING <the caller's columns>`.
 
 use super::{
     claim_returning, replay, vanished, BindLedger, IdempotencyBackend, IdempotencyKey, Idempotent,
-    InsertKeySql, StoredResult, KEY_ATTEMPTS,
+    InsertKeySql, Record, RecordSql, Recorded, Records, StoredResult, KEY_ATTEMPTS,
 };
 use crate::conn::{BindKey, WriteConnection};
 use crate::counter::{Amounts, Counter};
+use crate::declare::Output;
 use crate::error::{Error, Result};
 use chrono::NaiveDateTime;
 use diesel::pg::Pg;
@@ -38,6 +42,7 @@ impl IdempotencyBackend for Pg {
         T::Amounts: StoredResult,
         C: WriteConnection<Backend = Self>,
     {
+        let mut violation = None;
         for _ in 0..KEY_ATTEMPTS {
             let sql = KeyedIncrementSql::<L, T> {
                 counter_key,
@@ -69,10 +74,12 @@ impl IdempotencyBackend for Pg {
                         applied: true,
                     });
                 }
-                Err(Error::Constraint {
-                    kind: crate::error::ConstraintKind::Unique,
-                    ..
-                }) => {
+                Err(
+                    e @ Error::Constraint {
+                        kind: crate::error::ConstraintKind::Unique,
+                        ..
+                    },
+                ) => {
                     match replay::<L, C, T::Amounts>(conn, key, fp)? {
                         Some(replayed) => return Ok(replayed),
                         // Not the ledger's key (another unique index of the counter), or pruned
@@ -81,13 +88,50 @@ impl IdempotencyBackend for Pg {
                             tracing::debug!(
                                 "keyed increment: unique violation without a ledger row"
                             );
+                            violation = Some(e);
                         }
                     }
                 }
                 Err(e) => return Err(e),
             }
         }
-        Err(vanished(key))
+        Err(violation.unwrap_or_else(|| vanished(key)))
+    }
+
+    fn record_once<L, T, C, O>(
+        conn: &mut C,
+        rec: &Record<'_, L, T>,
+        out: &O,
+    ) -> Result<Recorded<O::Row>>
+    where
+        L: Records<T> + BindKey<Self>,
+        T: Counter + BindKey<Self>,
+        C: WriteConnection<Backend = Self>,
+        O: Output<C::Raw>,
+    {
+        // The `WITH` step returns the counter's amount columns and the columns the ledger copies.
+        let columns: Vec<&str> = T::AMOUNTS
+            .iter()
+            .copied()
+            .chain(L::ROW.iter().map(|(_, column)| *column))
+            .collect();
+        let sql = RecordSql::<L, T, Pg> {
+            rec,
+            from: Some(&columns),
+            returning: Some(out.columns()),
+        };
+        let raw = conn.raw();
+        // Alone, the statement is its own transaction (one round trip); inside the caller's, a
+        // savepoint keeps a repeated key's unique violation from aborting it.
+        let rows = if crate::tx::in_transaction(raw) {
+            crate::tx::transaction(raw, |c| out.load(c, &sql))
+        } else {
+            out.load(raw, &sql)
+        };
+        Recorded::of(rows.map(|rows| match rows.into_iter().next() {
+            Some(row) => Recorded::Applied(row),
+            None => Recorded::NoRow,
+        }))
     }
 }
 
@@ -107,7 +151,13 @@ where
 {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
         out.push_sql("WITH __kit_up (__kit_totals) AS (");
-        crate::counter::upsert_increment_sql::<T, Pg>(&mut out, self.counter_key, self.amounts)?;
+        crate::counter::walk_increment::<T, Pg>(
+            &mut out,
+            self.counter_key,
+            self.amounts,
+            true,
+            None,
+        )?;
         out.push_sql(") ");
         self.ledger.walk_ast(out.reborrow())?;
         out.push_sql(" RETURNING ");

@@ -1,94 +1,108 @@
 //! Quotas on MySQL and MariaDB (neither `RETURNING` nor a data-modifying `WITH`): each call is
 //! one transaction of the shared conditional statements followed by a read. Consumption is the
-//! `UPDATE`, then `SELECT limit, used, reserved`; a reservation the `UPDATE`, the `INSERT` of
-//! the reservation and `SELECT LAST_INSERT_ID()`; commit and release lock the quota row
+//! `UPDATE`, then `SELECT limit, used, reserved` (or the caller's columns); a reservation the
+//! `UPDATE`, the `INSERT … SELECT` of the reservation and the read of the row `LAST_INSERT_ID()`
+//! names; commit and release lock the quota row
 //! (`SELECT … FOR UPDATE`), read the reservation `FOR UPDATE`, `DELETE` it and update the
 //! quota. The quota row comes first in every writer, so InnoDB's gap locks on the reservations
 //! cannot make reserve and commit deadlock; a deadlock victim outside a caller's transaction
 //! is run again.
 
 use super::{
-    read_row, sweep_in_steps, BindQuota, HoldSql, InsertReservationSql, LiveReservation, Quota,
-    QuotaBackend, QuotaUsage, SettleSql,
+    rcol, read_row, sweep_in_steps, BindQuota, HoldSql, InsertReservationSql, LiveReservation,
+    Quota, QuotaBackend, SettleSql,
 };
 use crate::conn::{retry_deadlocks, KeyStyle, WriteConnection};
+use crate::declare::Output;
 use crate::error::Result;
 use chrono::NaiveDateTime;
 use diesel::mysql::Mysql;
 use diesel::query_builder::{AstPass, QueryFragment};
-use diesel::sql_types::BigInt;
 use diesel::QueryResult;
 
 impl QuotaBackend for Mysql {
-    fn consume_once<Q, C>(
+    fn consume_once<Q, C, O>(
         conn: &mut C,
         key: &Q::Key,
         amount: i64,
         margin: i64,
-    ) -> Result<Option<QuotaUsage>>
+        out: &O,
+    ) -> Result<Option<O::Row>>
     where
         Q: BindQuota<Self>,
         C: WriteConnection<Backend = Self>,
+        O: Output<C::Raw>,
     {
-        let sql = HoldSql::<Q> {
+        let sql = HoldSql::<Q, Mysql> {
             key,
             target: Q::USED,
             amount: &amount,
             margin: Some(&margin),
+            returning: None,
         };
         retry_deadlocks(conn, |conn| {
             conn.write(|c| {
                 if c.run_execute(&sql)? == 0 {
                     return Ok(None);
                 }
-                read_row::<Q, _>(c, key)
+                read_row::<Q, _, _>(c, key, out)
             })
         })
     }
 
-    fn reserve_once<Q, C>(
+    fn reserve_once<Q, C, O>(
         conn: &mut C,
         key: &Q::Key,
         amount: i64,
         expires_at: &NaiveDateTime,
-    ) -> Result<Option<i64>>
+        out: &O,
+    ) -> Result<Option<O::Row>>
     where
         Q: BindQuota<Self>,
         C: WriteConnection<Backend = Self>,
+        O: Output<C::Raw>,
     {
         retry_deadlocks(conn, |conn| {
             conn.write(|c| {
-                let hold = HoldSql::<Q> {
+                let hold = HoldSql::<Q, Mysql> {
                     key,
                     target: Q::RESERVED,
                     amount: &amount,
                     margin: None,
+                    returning: None,
                 };
                 if c.run_execute(&hold)? == 0 {
                     return Ok(None);
                 }
-                let insert = InsertReservationSql::<Q> {
+                let insert = InsertReservationSql::<Q, Mysql> {
                     key,
                     amount: &amount,
                     expires_at,
                     from: None,
+                    returning: None,
                 };
                 c.run_execute(&insert)?;
-                Ok(c.run_ints(&LastIdSql)?.into_iter().next())
+                let read = ReadReservationSql::<Q> {
+                    columns: out.columns(),
+                    _quota: std::marker::PhantomData,
+                };
+                Ok(out.load(c, &read)?.into_iter().next())
             })
         })
     }
 
-    fn settle<Q, C>(
+    fn settle<Q, C, O>(
         conn: &mut C,
         id: i64,
         key: &Q::Key,
         actual: i64,
         at: Option<&NaiveDateTime>,
-    ) -> Result<Option<QuotaUsage>>
+        out: &O,
+    ) -> Result<Option<O::Row>>
     where
         Q: BindQuota<Self>,
         C: WriteConnection<Backend = Self>,
+        O: Output<C::Raw>,
     {
         retry_deadlocks(conn, |conn| {
             conn.write(|c| {
@@ -101,17 +115,18 @@ impl QuotaBackend for Mysql {
                     actual: &actual,
                     at,
                 };
-                let Some(amount) = c.run_ints(&LockReservationSql(live))?.into_iter().next() else {
+                let Some(amount) = c.run_ints(&LockReservationSql(&live))?.pop() else {
                     return Ok(None);
                 };
-                c.run_execute(&DropSql::<Q> { id: &id, key })?;
-                let settle = SettleSql::<Q> {
+                c.run_execute(&DropSql(&live))?;
+                let settle = SettleSql::<Q, Mysql> {
                     key,
                     actual: &actual,
                     amount: &amount,
+                    returning: None,
                 };
                 c.run_execute(&settle)?;
-                read_row::<Q, _>(c, key)
+                read_row::<Q, _, _>(c, key, out)
             })
         })
     }
@@ -125,12 +140,21 @@ impl QuotaBackend for Mysql {
     }
 }
 
-/// `SELECT CAST(LAST_INSERT_ID() AS SIGNED)`: the id the reservation insert generated.
-struct LastIdSql;
+/// `SELECT <columns> FROM r WHERE r.id = LAST_INSERT_ID()`: the reservation just inserted.
+struct ReadReservationSql<'a, Q> {
+    columns: &'a dyn QueryFragment<Mysql>,
+    _quota: std::marker::PhantomData<Q>,
+}
 
-impl QueryFragment<Mysql> for LastIdSql {
+impl<Q: BindQuota<Mysql>> QueryFragment<Mysql> for ReadReservationSql<'_, Q> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Mysql>) -> QueryResult<()> {
-        out.push_sql("SELECT CAST(LAST_INSERT_ID() AS SIGNED)");
+        out.push_sql("SELECT ");
+        self.columns.walk_ast(out.reborrow())?;
+        out.push_sql(" FROM ");
+        Q::walk_reservations(out.reborrow())?;
+        out.push_sql(" WHERE ");
+        rcol::<Q, Mysql>(&mut out, Q::RESERVATION_ID)?;
+        out.push_sql(" = LAST_INSERT_ID()");
         Ok(())
     }
 }
@@ -152,7 +176,7 @@ impl<Q: BindQuota<Mysql>> QueryFragment<Mysql> for LockQuotaSql<'_, Q> {
 }
 
 /// `SELECT amount FROM r <live reservation> FOR UPDATE`.
-struct LockReservationSql<'a, Q: Quota>(LiveReservation<'a, Q>);
+struct LockReservationSql<'a, Q: Quota>(&'a LiveReservation<'a, Q>);
 
 impl<Q: BindQuota<Mysql>> QueryFragment<Mysql> for LockReservationSql<'_, Q> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Mysql>) -> QueryResult<()> {
@@ -166,21 +190,13 @@ impl<Q: BindQuota<Mysql>> QueryFragment<Mysql> for LockReservationSql<'_, Q> {
     }
 }
 
-/// `DELETE FROM r WHERE id = ? AND key` (after [`LockReservationSql`] read it `FOR UPDATE`).
-struct DropSql<'a, Q: Quota> {
-    id: &'a i64,
-    key: &'a Q::Key,
-}
+/// `DELETE FROM r <live reservation>` (after [`LockReservationSql`] read it `FOR UPDATE`).
+struct DropSql<'a, Q: Quota>(&'a LiveReservation<'a, Q>);
 
 impl<Q: BindQuota<Mysql>> QueryFragment<Mysql> for DropSql<'_, Q> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Mysql>) -> QueryResult<()> {
         out.push_sql("DELETE FROM ");
         Q::walk_reservations(out.reborrow())?;
-        out.push_sql(" WHERE ");
-        out.push_identifier(Q::RESERVATION_ID)?;
-        out.push_sql(" = ");
-        out.push_bind_param::<BigInt, _>(self.id)?;
-        out.push_sql(" AND ");
-        Q::walk_key(self.key, KeyStyle::Match, out.reborrow())
+        self.0.walk(&mut out)
     }
 }

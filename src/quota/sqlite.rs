@@ -4,67 +4,76 @@
 
 use super::{
     consume_returning, sweep_in_steps, BindQuota, HoldSql, InsertReservationSql, LiveReservation,
-    QuotaBackend, QuotaUsage, SettleSql, TakeSql,
+    QuotaBackend, SettleSql, TakeSql,
 };
 use crate::conn::WriteConnection;
+use crate::declare::Output;
 use crate::error::Result;
 use chrono::NaiveDateTime;
 use diesel::sqlite::Sqlite;
 
 impl QuotaBackend for Sqlite {
-    fn consume_once<Q, C>(
+    fn consume_once<Q, C, O>(
         conn: &mut C,
         key: &Q::Key,
         amount: i64,
         margin: i64,
-    ) -> Result<Option<QuotaUsage>>
+        out: &O,
+    ) -> Result<Option<O::Row>>
     where
         Q: BindQuota<Self>,
         C: WriteConnection<Backend = Self>,
+        O: Output<C::Raw>,
     {
-        consume_returning::<Q, C>(conn, key, amount, margin)
+        consume_returning::<Q, C, O>(conn, key, amount, margin, out)
     }
 
-    fn reserve_once<Q, C>(
+    fn reserve_once<Q, C, O>(
         conn: &mut C,
         key: &Q::Key,
         amount: i64,
         expires_at: &NaiveDateTime,
-    ) -> Result<Option<i64>>
+        out: &O,
+    ) -> Result<Option<O::Row>>
     where
         Q: BindQuota<Self>,
         C: WriteConnection<Backend = Self>,
+        O: Output<C::Raw>,
     {
         conn.write(|c| {
-            let hold = HoldSql::<Q> {
+            let hold = HoldSql::<Q, Sqlite> {
                 key,
                 target: Q::RESERVED,
                 amount: &amount,
                 margin: None,
+                returning: None,
             };
-            if c.run_int3(&hold)?.is_empty() {
+            if c.run_execute(&hold)? == 0 {
                 return Ok(None);
             }
-            let insert = InsertReservationSql::<Q> {
+            let insert = InsertReservationSql::<Q, Sqlite> {
                 key,
                 amount: &amount,
                 expires_at,
                 from: None,
+                returning: Some(out.columns()),
             };
-            Ok(c.run_ints(&insert)?.into_iter().next())
+            Ok(out.load(c, &insert)?.into_iter().next())
         })
     }
 
-    fn settle<Q, C>(
+    fn settle<Q, C, O>(
         conn: &mut C,
         id: i64,
         key: &Q::Key,
         actual: i64,
         at: Option<&NaiveDateTime>,
-    ) -> Result<Option<QuotaUsage>>
+        out: &O,
+    ) -> Result<Option<O::Row>>
     where
         Q: BindQuota<Self>,
         C: WriteConnection<Backend = Self>,
+        O: Output<C::Raw>,
     {
         conn.write(|c| {
             let take = TakeSql::<Q>(LiveReservation {
@@ -76,15 +85,13 @@ impl QuotaBackend for Sqlite {
             let Some(amount) = c.run_ints(&take)?.into_iter().next() else {
                 return Ok(None);
             };
-            let settle = SettleSql::<Q> {
+            let settle = SettleSql::<Q, Sqlite> {
                 key,
                 actual: &actual,
                 amount: &amount,
+                returning: Some(out.columns()),
             };
-            Ok(c.run_int3(&settle)?
-                .into_iter()
-                .next()
-                .map(QuotaUsage::from))
+            Ok(out.load(c, &settle)?.into_iter().next())
         })
     }
 

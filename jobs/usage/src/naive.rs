@@ -1,16 +1,7 @@
-//! **The racy patterns. Never use them.** Each function here is the code this crate replaces,
-//! written the way request handlers and cron jobs often write it, and each one is wrong under
-//! concurrency:
-//!
-//! | Naive pattern | What goes wrong | Use instead |
-//! |---|---|---|
-//! | [`get_or_create_usage_period_select_then_insert`] | two requests both see "no period" and both insert: one fails with a duplicate key | [`get_or_create_usage_period`](crate::get_or_create_usage_period) |
-//! | [`increment_read_add_write`] | two increments read the same value and write the same sum: one is lost | [`counter::increment`](crate::counter::increment) |
-//! | [`try_consume_check_then_act`] | requests that check at the same time all see the same room and all spend it: the limit is overshot | [`quota::try_consume`](crate::quota::try_consume), [`quota::reserve`](crate::quota::reserve) |
-//!
-//! They are public only so that this crate's tests and the race report (`upsert-race`) can run
-//! them side by side with the atomic functions and show the difference; nothing in this crate
-//! calls them. They run on PostgreSQL only.
+//! **The racy patterns. Never use them.** Each function here is code this crate replaces, as
+//! request handlers and cron jobs often write it, wrong under concurrency (see each one). They
+//! are public only for this crate's tests and the race report (`upsert-race`), run on
+//! PostgreSQL only, and nothing here calls them.
 
 use crate::schema::{usage_accounts, usage_periods};
 use crate::{monthly_period, unknown_account, UsagePeriod};
@@ -18,12 +9,9 @@ use diesel::pg::PgConnection;
 use diesel::prelude::*;
 use upsert_kit::{Obtained, Result};
 
-/// Select-then-insert creation of a usage period, as request handlers often write it: in one
-/// transaction, `SELECT` the account's period; if there is none, read the limits and `INSERT`.
-///
-/// **Racy: never use it.** Two requests at the start of a month both see "no period" and both insert: one
-/// fails with a duplicate-key error on `(account, period_start)` (without the unique index, two
-/// periods would exist and usage would be split between them). Use
+/// Select-then-insert creation of a usage period: in one transaction, `SELECT` the account's
+/// period; if there is none, read the limits and `INSERT`. **Racy: never use it**: two requests
+/// both insert, one fails on `(account, period_start)`. Use
 /// [`get_or_create_usage_period`](crate::get_or_create_usage_period).
 ///
 /// # Errors
@@ -43,10 +31,8 @@ pub fn get_or_create_usage_period_select_then_insert(
             .first(conn)
             .optional()?;
         if let Some(row) = existing {
-            return Ok(Obtained {
-                row,
-                created: false,
-            });
+            let created = false;
+            return Ok(Obtained { row, created });
         }
         let (tokens, reports, chats): (i64, i64, i64) = usage_accounts::table
             .find(account)
@@ -73,11 +59,9 @@ pub fn get_or_create_usage_period_select_then_insert(
     })
 }
 
-/// Read-add-write increment of a period's tokens: `SELECT tokens_used`, then
-/// `UPDATE … SET tokens_used = <value read> + $d`. Returns the value written.
-///
-/// **Racy: never use it.** Two increments that read the same value both write `value + d`: one increment is
-/// lost. (And without an idempotency key, a retried request counts twice.) Use
+/// Read-add-write increment of a period's tokens: `SELECT tokens_used`, then `UPDATE … SET
+/// tokens_used = <value read> + $d`; returns the value written. **Racy: never use it**: two
+/// increments that read one value lose one (and a retry counts twice). Use
 /// [`increment`](crate::counter::increment).
 ///
 /// # Errors
@@ -97,13 +81,10 @@ pub fn increment_read_add_write(
     Ok(used + tokens)
 }
 
-/// Check-then-consume of a period's tokens: read `used`, `reserved` and `limit`; if
-/// `used + reserved + n <= limit`, `UPDATE … SET tokens_used = tokens_used + n`. Returns whether
-/// it consumed.
-///
-/// **Racy: never use it.** Requests that check at the same time all see the same room and all consume it: the
-/// limit is overshot. Use [`try_consume`](crate::quota::try_consume) or
-/// [`reserve`](crate::quota::reserve).
+/// Check-then-consume of a period's tokens: read `used`, `reserved` and `limit`; if `used +
+/// reserved + n <= limit`, `UPDATE … SET tokens_used = tokens_used + n`; returns whether it
+/// consumed. **Racy: never use it**: requests that check at once overshoot the limit. Use
+/// [`try_consume`](crate::quota::try_consume) or [`reserve`](crate::quota::reserve).
 ///
 /// # Errors
 /// Database errors.
