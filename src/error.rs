@@ -100,19 +100,20 @@ pub enum Error {
     #[error("the outcome is unknown: {0}")]
     OutcomeUnknown(String),
 
-    /// The same idempotency key was used earlier with different arguments.
-    #[error("idempotency key {key:?} was already used with different arguments")]
+    /// The same idempotency key was used earlier with different arguments. The message does
+    /// not name the key (a key may be a secret); the field holds it, hidden from `Debug`.
+    #[error("the idempotency key was already used with different arguments")]
     IdempotencyConflict {
-        /// The key (keys are identifiers, never secrets).
-        key: String,
+        /// The key.
+        key: crate::redact::Redacted<String>,
     },
 
     /// The idempotency key's first call is still in flight (its ledger row holds no result yet);
     /// nothing was written. Try again later with the same key.
-    #[error("idempotency key {key:?} is in use by a call still in flight")]
+    #[error("the idempotency key is in use by a call still in flight")]
     IdempotencyInFlight {
-        /// The key.
-        key: String,
+        /// The key, hidden from `Debug`.
+        key: crate::redact::Redacted<String>,
     },
 
     /// A reservation or consumption would exceed the limit.

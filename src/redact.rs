@@ -12,6 +12,68 @@
 /// What a redacted password or secret is replaced with.
 pub const REDACTED: &str = "***";
 
+/// A value that may be a secret (an idempotency key, a token): reachable in code
+/// ([`Redacted::expose`], `Deref`, comparison with a `str`), shown as `***` by `Debug` and
+/// `Display`, so that an error or a struct holding one can be logged.
+///
+/// ```
+/// use upsert_kit::redact::Redacted;
+/// let key = Redacted::new("order-42:tok_live_abc".to_owned());
+/// assert_eq!(format!("{key:?} {key}"), "*** ***");
+/// assert!(key == *"order-42:tok_live_abc");
+/// assert_eq!(key.expose(), "order-42:tok_live_abc");
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash, Default)]
+pub struct Redacted<T>(T);
+
+impl<T> Redacted<T> {
+    /// Wraps `value`.
+    pub fn new(value: T) -> Self {
+        Redacted(value)
+    }
+
+    /// The value itself: what `Debug` and `Display` hide.
+    pub fn expose(&self) -> &T {
+        &self.0
+    }
+
+    /// The value, unwrapped.
+    pub fn into_inner(self) -> T {
+        self.0
+    }
+}
+
+impl<T> std::ops::Deref for Redacted<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> std::fmt::Debug for Redacted<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(REDACTED)
+    }
+}
+
+impl<T> std::fmt::Display for Redacted<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(REDACTED)
+    }
+}
+
+impl PartialEq<str> for Redacted<String> {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<&str> for Redacted<String> {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
+}
+
 /// Secret fragments shorter than this are not scrubbed on their own by [`scrub_secret`] (the
 /// whole secret always is): scrubbing every two-letter piece of a password would blank out
 /// ordinary words of the message, and a piece that short gives little away.

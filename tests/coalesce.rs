@@ -58,6 +58,28 @@ fn until_queued<C: diesel::r2d2::R2D2Connection + 'static>(writer: &Coalescer<C>
     }
 }
 
+/// Starts a call that holds `writer`'s batch in flight until the returned sender is sent to;
+/// returns once it holds it, with its thread.
+fn hold<C>(writer: &Coalescer<C>) -> (std::thread::JoinHandle<()>, mpsc::Sender<()>)
+where
+    C: diesel::r2d2::R2D2Connection + upsert_kit::conn::WriteConnection<Raw = C> + 'static,
+{
+    let (held, holding) = mpsc::channel::<()>();
+    let (gate, release) = mpsc::channel::<()>();
+    let release = std::sync::Mutex::new(release);
+    let w = writer.clone();
+    let holder = std::thread::spawn(move || {
+        w.run(move |_| {
+            let _ = held.send(());
+            let _ = release.lock().unwrap().recv();
+            Ok(())
+        })
+        .unwrap()
+    });
+    holding.recv().unwrap();
+    (holder, gate)
+}
+
 /// A module `$backend` of the coalescing writer's tests on the database `db`.
 macro_rules! coalesce_guarantees {
     ($backend:ident, db = $db:expr, conn = $conn:ty) => {
@@ -77,21 +99,7 @@ macro_rules! coalesce_guarantees {
                 calls: Vec<Box<dyn FnOnce(Writer) -> T + Send>>,
             ) -> Vec<std::thread::Result<T>> {
                 let n = calls.len();
-                let (held, hold) = mpsc::channel::<()>();
-                let (gate, release) = mpsc::channel::<()>();
-                let release = std::sync::Mutex::new(release);
-                let holder = {
-                    let w = writer.clone();
-                    std::thread::spawn(move || {
-                        w.run(move |_| {
-                            let _ = held.send(());
-                            let _ = release.lock().unwrap().recv();
-                            Ok(())
-                        })
-                        .unwrap()
-                    })
-                };
-                hold.recv().unwrap();
+                let (holder, gate) = hold(writer);
                 let threads: Vec<_> = calls
                     .into_iter()
                     .map(|call| {
@@ -433,21 +441,7 @@ coalesce_guarantees!(
 fn a_batch_whose_connection_is_lost_writes_nothing_and_fails_every_caller() {
     let db = TestDb::with_sql(PG_SQL);
     let writer = Coalescer::new(db.pool(2));
-    let (held, hold) = mpsc::channel::<()>();
-    let (gate, release) = mpsc::channel::<()>();
-    let release = std::sync::Mutex::new(release);
-    let holder = {
-        let w = writer.clone();
-        std::thread::spawn(move || {
-            w.run(move |_| {
-                let _ = held.send(());
-                let _ = release.lock().unwrap().recv();
-                Ok(())
-            })
-            .unwrap()
-        })
-    };
-    hold.recv().unwrap();
+    let (holder, gate) = hold(&writer);
     let url = db.url().to_owned();
     let mut threads: Vec<_> = (0..3)
         .map(|i| {

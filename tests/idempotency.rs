@@ -211,6 +211,16 @@ fn a_changed_payload_under_the_same_key_is_a_conflict_and_writes_nothing() {
         place_order(c, "b")
     });
     assert!(matches!(changed, Err(Error::IdempotencyConflict { ref key }) if key == "order-1"));
+    // A key may be a secret: neither the error's message nor its Debug output shows it, nor
+    // the key's own Debug.
+    let e = changed.unwrap_err();
+    for shown in [
+        e.to_string(),
+        format!("{e:?}"),
+        format!("{:?}", key("order-1")),
+    ] {
+        assert!(!shown.contains("order-1"), "{shown}");
+    }
     increment_once::<RequestLog, Visits, _>(&mut conn, &key("hit"), &"home".into(), [1], now())
         .unwrap();
     let other_amount =

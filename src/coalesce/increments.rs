@@ -2,10 +2,10 @@
 //! row are written as one increment of their sum, and each caller is told the totals after its
 //! own share (the totals after the sum, less what the callers after it added).
 
-use super::queue::{copy_of, Answer, Fault, Pending, Slot};
+use super::queue::{Callers, Fault, Pending, Slot};
 use crate::conn::{BindKey, WriteConnection};
 use crate::counter::{Amounts, Counter, CounterBackend, Increment};
-use crate::error::{Error, Result};
+use crate::error::Error;
 use std::any::Any;
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -16,15 +16,10 @@ pub(super) struct IncrementCall<Conn, T: Counter> {
     creating: bool,
     /// Split out of a merged call that failed: never merged again.
     alone: bool,
-    shares: Vec<Share<T::Amounts>>,
+    /// Each caller's amounts, in the callers' order.
+    amounts: Vec<T::Amounts>,
+    callers: Callers<Option<T::Amounts>>,
     _conn: PhantomData<fn(&mut Conn)>,
-}
-
-/// One caller's increment and where its answer goes.
-struct Share<A> {
-    amounts: A,
-    slot: Arc<Slot<Option<A>>>,
-    kept: Option<Result<Option<A>>>,
 }
 
 impl<Conn, T: Counter> IncrementCall<Conn, T> {
@@ -38,29 +33,20 @@ impl<Conn, T: Counter> IncrementCall<Conn, T> {
             key,
             creating,
             alone: false,
-            shares: vec![Share {
-                amounts,
-                slot,
-                kept: None,
-            }],
+            amounts: vec![amounts],
+            callers: Callers::one(slot),
             _conn: PhantomData,
         }
     }
 
     fn sum(&self) -> Option<T::Amounts> {
-        let mut sum = self.shares[0].amounts.as_slice().to_vec();
-        for share in &self.shares[1..] {
-            for (s, a) in sum.iter_mut().zip(share.amounts.as_slice()) {
+        let mut sum = self.amounts[0].as_slice().to_vec();
+        for amounts in &self.amounts[1..] {
+            for (s, a) in sum.iter_mut().zip(amounts.as_slice()) {
                 *s = s.checked_add(*a)?;
             }
         }
         T::Amounts::from_slice(&sum)
-    }
-
-    fn answer_all(&mut self, mut answer: impl FnMut(usize) -> Answer<Option<T::Amounts>>) {
-        for (i, share) in self.shares.drain(..).enumerate() {
-            share.slot.done(answer(i));
-        }
     }
 }
 
@@ -86,59 +72,40 @@ where
         }
         match increment.run(conn) {
             Ok(Some(total)) => {
+                // Each caller's totals: the totals after the sum, less what the callers after
+                // it added.
                 let mut after = total.as_slice().to_vec();
-                for share in self.shares.iter_mut().rev() {
-                    share.kept = Some(Ok(T::Amounts::from_slice(&after)));
-                    for (t, a) in after.iter_mut().zip(share.amounts.as_slice()) {
+                for (i, amounts) in self.amounts.iter().enumerate().rev() {
+                    self.callers.keep(i, Ok(T::Amounts::from_slice(&after)));
+                    for (t, a) in after.iter_mut().zip(amounts.as_slice()) {
                         *t -= a;
                     }
                 }
             }
             Ok(None) => {
-                for share in &mut self.shares {
-                    share.kept = Some(Ok(None));
+                for i in 0..self.amounts.len() {
+                    self.callers.keep(i, Ok(None));
                 }
             }
-            Err(e) => {
-                let own = Fault::of(e)?;
-                for share in &mut self.shares {
-                    share.kept = Some(Err(copy_of(&own)));
-                }
-            }
+            Err(e) => self.callers.keep_error(&Fault::of(e)?),
         }
         Ok(())
     }
 
     fn finish(mut self: Box<Self>, batch: std::result::Result<(), &Error>) {
-        let mut kept: Vec<_> = self.shares.iter_mut().map(|s| s.kept.take()).collect();
-        self.answer_all(|i| {
-            Ok(match batch {
-                Ok(()) => kept[i].take().unwrap_or_else(|| {
-                    Err(Error::Cancelled(
-                        "the coalesced call did not run in its batch".into(),
-                    ))
-                }),
-                Err(e) => Err(copy_of(e)),
-            })
-        });
+        self.callers.finish(batch);
     }
 
     fn fail(mut self: Box<Self>, error: Error) {
-        self.answer_all(|_| Ok(Err(copy_of(&error))));
+        self.callers.fail(error);
     }
 
     fn panicked(mut self: Box<Self>, payload: Box<dyn Any + Send>) {
-        let mut payload = Some(payload);
-        self.answer_all(|_| match payload.take() {
-            Some(p) => Err(p),
-            None => Ok(Err(Error::Cancelled(
-                "another call of this merged increment panicked".into(),
-            ))),
-        });
+        self.callers.panicked(payload);
     }
 
     fn lead(&self) {
-        self.shares[0].slot.lead();
+        self.callers.lead();
     }
 
     fn atomic(&self) -> bool {
@@ -146,23 +113,31 @@ where
     }
 
     fn callers(&self) -> usize {
-        self.shares.len()
+        self.callers.len()
     }
 
     fn as_any(&mut self) -> Option<&mut dyn Any> {
         Some(self)
     }
 
-    fn split(mut self: Box<Self>) -> Vec<Box<dyn Pending<Conn>>> {
-        let shares: Vec<_> = self.shares.drain(..).collect();
-        shares
+    fn split(self: Box<Self>) -> Vec<Box<dyn Pending<Conn>>> {
+        let IncrementCall {
+            key,
+            creating,
+            amounts,
+            callers,
+            ..
+        } = *self;
+        amounts
             .into_iter()
-            .map(|share| {
+            .zip(callers.split())
+            .map(|(amounts, callers)| {
                 Box::new(IncrementCall::<Conn, T> {
-                    key: self.key.clone(),
-                    creating: self.creating,
+                    key: key.clone(),
+                    creating,
                     alone: true,
-                    shares: vec![share],
+                    amounts: vec![amounts],
+                    callers,
                     _conn: PhantomData,
                 }) as Box<dyn Pending<Conn>>
             })
@@ -179,20 +154,8 @@ where
         if self.alone || other.alone || other.key != self.key || other.creating != self.creating {
             return false;
         }
-        self.shares.append(&mut other.shares);
+        self.amounts.append(&mut other.amounts);
+        self.callers.append(&mut other.callers);
         true
-    }
-}
-
-impl<Conn, T: Counter> Drop for IncrementCall<Conn, T> {
-    fn drop(&mut self) {
-        // A batch abandoned by a panic of the library's own: its callers must not wait forever.
-        for share in self.shares.drain(..) {
-            share.slot.done(Ok(Err(Error::OutcomeUnknown(
-                "the coalesced batch holding this call was abandoned by a panic; it may or may \
-                 not have been committed"
-                    .into(),
-            ))));
-        }
     }
 }

@@ -93,7 +93,7 @@ mod upserts;
 use self::increments::IncrementCall;
 use self::upserts::UpsertCall;
 
-use self::queue::{copy_of, lock, Answer, Fault, Pending, Queue, Slot, Woken};
+use self::queue::{copy_of, lock, Callers, Fault, Pending, Queue, Slot, Woken};
 use crate::conn::{BindKey, WriteConnection};
 use crate::counter::{Counter, CounterBackend, Increment};
 use crate::error::{Error, Result};
@@ -248,9 +248,7 @@ where
         let slot = Slot::new();
         let call = Box::new(Call {
             f,
-            kept: None,
-            slot: Arc::clone(&slot),
-            answered: false,
+            caller: Callers::one(Arc::clone(&slot)),
             atomic,
             _conn: PhantomData,
         });
@@ -490,21 +488,12 @@ impl<Conn> Drop for PassLead<'_, Conn> {
     }
 }
 
-/// One queued call: its closure, its result until the batch commits, and its caller's slot.
+/// One queued call: its closure and its caller.
 struct Call<Conn, R, F> {
     f: F,
-    kept: Option<Result<R>>,
-    slot: Arc<Slot<R>>,
-    answered: bool,
+    caller: Callers<R>,
     atomic: bool,
     _conn: PhantomData<fn(&mut Conn)>,
-}
-
-impl<Conn, R, F> Call<Conn, R, F> {
-    fn answer(mut self, answer: Answer<R>) {
-        self.answered = true;
-        self.slot.done(answer);
-    }
 }
 
 impl<Conn, R, F> Pending<Conn> for Call<Conn, R, F>
@@ -514,35 +503,28 @@ where
     F: FnMut(&mut Conn) -> Result<R> + Send + 'static,
 {
     fn run(&mut self, conn: &mut Conn) -> std::result::Result<(), Fault> {
-        self.kept = Some(match (self.f)(conn) {
+        let result = match (self.f)(conn) {
             Ok(value) => Ok(value),
             Err(e) => Err(Fault::of(e)?),
-        });
+        };
+        self.caller.keep(0, result);
         Ok(())
     }
 
     fn finish(mut self: Box<Self>, batch: std::result::Result<(), &Error>) {
-        let result = match batch {
-            Ok(()) => self.kept.take().unwrap_or_else(|| {
-                Err(Error::Cancelled(
-                    "the coalesced call did not run in its batch".into(),
-                ))
-            }),
-            Err(e) => Err(copy_of(e)),
-        };
-        (*self).answer(Ok(result));
+        self.caller.finish(batch);
     }
 
-    fn fail(self: Box<Self>, error: Error) {
-        (*self).answer(Ok(Err(error)));
+    fn fail(mut self: Box<Self>, error: Error) {
+        self.caller.fail(error);
     }
 
-    fn panicked(self: Box<Self>, payload: Box<dyn Any + Send>) {
-        (*self).answer(Err(payload));
+    fn panicked(mut self: Box<Self>, payload: Box<dyn Any + Send>) {
+        self.caller.panicked(payload);
     }
 
     fn lead(&self) {
-        self.slot.lead();
+        self.caller.lead();
     }
 
     fn atomic(&self) -> bool {
@@ -551,18 +533,5 @@ where
 
     fn split(self: Box<Self>) -> Vec<Box<dyn Pending<Conn>>> {
         vec![self]
-    }
-}
-
-impl<Conn, R, F> Drop for Call<Conn, R, F> {
-    fn drop(&mut self) {
-        // A batch abandoned by a panic of the library's own: its callers must not wait forever.
-        if !self.answered {
-            self.slot.done(Ok(Err(Error::OutcomeUnknown(
-                "the coalesced batch holding this call was abandoned by a panic; it may or may \
-                 not have been committed"
-                    .into(),
-            ))));
-        }
     }
 }

@@ -168,6 +168,109 @@ impl<R> Slot<R> {
     }
 }
 
+/// One caller of a call: where its answer goes, and its result until the batch commits.
+struct Caller<R> {
+    slot: Arc<Slot<R>>,
+    kept: Option<Result<R>>,
+}
+
+/// The callers a call answers: one, or several once calls of one kind are merged. Whatever is
+/// left unanswered when it is dropped (a batch abandoned by a panic of the library's own) is
+/// told so, so that no caller waits forever.
+pub(super) struct Callers<R>(Vec<Caller<R>>);
+
+impl<R> Callers<R> {
+    /// One caller, answered in `slot`.
+    pub(super) fn one(slot: Arc<Slot<R>>) -> Self {
+        Callers(vec![Caller { slot, kept: None }])
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Keeps the `i`-th caller's result for when the batch commits.
+    pub(super) fn keep(&mut self, i: usize, result: Result<R>) {
+        self.0[i].kept = Some(result);
+    }
+
+    /// Keeps `e` (a copy each) as every caller's result.
+    pub(super) fn keep_error(&mut self, e: &Error) {
+        for caller in &mut self.0 {
+            caller.kept = Some(Err(copy_of(e)));
+        }
+    }
+
+    /// Takes `other`'s callers after this one's.
+    pub(super) fn append(&mut self, other: &mut Callers<R>) {
+        self.0.append(&mut other.0);
+    }
+
+    /// One `Callers` per caller.
+    pub(super) fn split(mut self) -> Vec<Callers<R>> {
+        self.0.drain(..).map(|c| Callers(vec![c])).collect()
+    }
+
+    fn answer_all(&mut self, mut answer: impl FnMut(Option<Result<R>>) -> Answer<R>) {
+        for caller in self.0.drain(..) {
+            caller.slot.done(answer(caller.kept));
+        }
+    }
+
+    /// [`Pending::finish`]: each caller its kept result, or the batch's error.
+    pub(super) fn finish(&mut self, batch: std::result::Result<(), &Error>) {
+        self.answer_all(|kept| {
+            Ok(match batch {
+                Ok(()) => kept.unwrap_or_else(|| {
+                    Err(Error::Cancelled(
+                        "the coalesced call did not run in its batch".into(),
+                    ))
+                }),
+                Err(e) => Err(copy_of(e)),
+            })
+        });
+    }
+
+    /// [`Pending::fail`]: every caller the error (the first the error itself).
+    pub(super) fn fail(&mut self, error: Error) {
+        let mut error = Some(error);
+        self.answer_all(|_| {
+            Ok(Err(match error.take() {
+                Some(e) => e,
+                None => Error::Cancelled("another caller of this merged call failed".into()),
+            }))
+        });
+    }
+
+    /// [`Pending::panicked`]: the panic to the first caller, an error to the others.
+    pub(super) fn panicked(&mut self, payload: Box<dyn Any + Send>) {
+        let mut payload = Some(payload);
+        self.answer_all(|_| match payload.take() {
+            Some(p) => Err(p),
+            None => Ok(Err(Error::Cancelled(
+                "another caller of this merged call panicked".into(),
+            ))),
+        });
+    }
+
+    /// [`Pending::lead`].
+    pub(super) fn lead(&self) {
+        self.0[0].slot.lead();
+    }
+}
+
+impl<R> Drop for Callers<R> {
+    fn drop(&mut self) {
+        self.answer_all(|_| {
+            Ok(Err(Error::OutcomeUnknown(
+                "the coalesced batch holding this call was abandoned by a panic; it may or may \
+                 not have been committed"
+                    .into(),
+            )))
+        });
+    }
+}
+
 /// A lock that a caller's panic elsewhere does not spoil: every critical section here leaves
 /// the state whole.
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -8,8 +8,8 @@
 //! rows of different keys touch different rows, so each caller is told what a serial run in
 //! that order would have told it.
 
-use super::queue::{copy_of, Answer, Fault, Pending, Slot};
-use crate::error::{Error, Result};
+use super::queue::{Callers, Fault, Pending, Slot};
+use crate::error::Error;
 use crate::upsert::{UpsertModel, UpsertOutcome, Upsertable};
 use std::any::Any;
 use std::marker::PhantomData;
@@ -21,17 +21,12 @@ use std::sync::Arc;
 pub(super) struct UpsertCall<Conn, M, F> {
     condition: Option<F>,
     update: Arc<[&'static str]>,
-    rows: Vec<Row<M>>,
+    /// Each caller's row, in the callers' order.
+    rows: Vec<M>,
+    callers: Callers<UpsertOutcome>,
     /// Split out of a merged call that failed: never merged again.
     alone: bool,
     _conn: PhantomData<fn(&mut Conn)>,
-}
-
-/// One caller's row and where its answer goes.
-struct Row<M> {
-    row: M,
-    slot: Arc<Slot<UpsertOutcome>>,
-    kept: Option<Result<UpsertOutcome>>,
 }
 
 impl<Conn, M: UpsertModel, F> UpsertCall<Conn, M, F> {
@@ -39,19 +34,10 @@ impl<Conn, M: UpsertModel, F> UpsertCall<Conn, M, F> {
         UpsertCall {
             condition,
             update: crate::upsert::update_columns::<M>(&[]).into(),
-            rows: vec![Row {
-                row,
-                slot,
-                kept: None,
-            }],
+            rows: vec![row],
+            callers: Callers::one(slot),
             alone: false,
             _conn: PhantomData,
-        }
-    }
-
-    fn answer_all(&mut self, mut answer: impl FnMut(usize) -> Answer<UpsertOutcome>) {
-        for (i, row) in self.rows.drain(..).enumerate() {
-            row.slot.done(answer(i));
         }
     }
 
@@ -71,7 +57,7 @@ impl<Conn, M: UpsertModel, F> UpsertCall<Conn, M, F> {
                     // Rounds are walked from the last, so a key's first hit here is its last row.
                     let key_seen = last
                         .iter()
-                        .any(|&j| self.rows[j].row.cmp_key(&self.rows[i].row).is_eq());
+                        .any(|&j| self.rows[j].cmp_key(&self.rows[i]).is_eq());
                     if key_seen {
                         skipped.push(i);
                     } else {
@@ -79,7 +65,7 @@ impl<Conn, M: UpsertModel, F> UpsertCall<Conn, M, F> {
                     }
                 }
             }
-            last.sort_by(|&a, &b| self.rows[a].row.cmp_key(&self.rows[b].row));
+            last.sort_by(|&a, &b| self.rows[a].cmp_key(&self.rows[b]));
             rounds.push(last);
         }
         (rounds, skipped)
@@ -87,14 +73,11 @@ impl<Conn, M: UpsertModel, F> UpsertCall<Conn, M, F> {
 
     fn all_rounds(&self) -> Vec<Vec<usize>> {
         let mut order: Vec<usize> = (0..self.rows.len()).collect();
-        order.sort_by(|&a, &b| self.rows[a].row.cmp_key(&self.rows[b].row).then(a.cmp(&b)));
+        order.sort_by(|&a, &b| self.rows[a].cmp_key(&self.rows[b]).then(a.cmp(&b)));
         let mut rounds: Vec<Vec<usize>> = Vec::new();
         let mut round = 0;
         for (n, &i) in order.iter().enumerate() {
-            let same_key = n > 0 && {
-                let before = &self.rows[order[n - 1]].row;
-                before.cmp_key(&self.rows[i].row).is_eq()
-            };
+            let same_key = n > 0 && self.rows[order[n - 1]].cmp_key(&self.rows[i]).is_eq();
             round = if same_key { round + 1 } else { 0 };
             if rounds.len() <= round {
                 rounds.push(Vec::new());
@@ -114,7 +97,7 @@ where
     fn run(&mut self, conn: &mut Conn) -> std::result::Result<(), Fault> {
         let condition = self.condition.as_ref();
         let told = if let [only] = self.rows.as_slice() {
-            M::upsert_one(conn, &only.row, &self.update, condition).map(|o| vec![(0, o)])
+            M::upsert_one(conn, only, &self.update, condition).map(|o| vec![(0, o)])
         } else {
             let (rounds, skipped) = self.rounds();
             let mut told: Vec<(usize, UpsertOutcome)> = skipped
@@ -123,7 +106,7 @@ where
                 .collect();
             let mut failed = None;
             for round in rounds {
-                let rows: Vec<&M> = round.iter().map(|&i| &self.rows[i].row).collect();
+                let rows: Vec<&M> = round.iter().map(|&i| &self.rows[i]).collect();
                 match M::upsert_rows(conn, &rows, &self.update, condition) {
                     Ok(outcomes) => told.extend(round.into_iter().zip(outcomes)),
                     Err(e) => {
@@ -137,55 +120,28 @@ where
         match told {
             Ok(told) => {
                 for (i, outcome) in told {
-                    self.rows[i].kept = Some(Ok(outcome));
+                    self.callers.keep(i, Ok(outcome));
                 }
             }
-            Err(e) => {
-                let own = Fault::of(e)?;
-                for row in &mut self.rows {
-                    row.kept = Some(Err(copy_of(&own)));
-                }
-            }
+            Err(e) => self.callers.keep_error(&Fault::of(e)?),
         }
         Ok(())
     }
 
     fn finish(mut self: Box<Self>, batch: std::result::Result<(), &Error>) {
-        let mut kept: Vec<_> = self.rows.iter_mut().map(|r| r.kept.take()).collect();
-        self.answer_all(|i| {
-            Ok(match batch {
-                Ok(()) => kept[i].take().unwrap_or_else(|| {
-                    Err(Error::Cancelled(
-                        "the coalesced call did not run in its batch".into(),
-                    ))
-                }),
-                Err(e) => Err(copy_of(e)),
-            })
-        });
+        self.callers.finish(batch);
     }
 
     fn fail(mut self: Box<Self>, error: Error) {
-        let mut error = Some(error);
-        self.answer_all(|_| {
-            Ok(Err(match error.take() {
-                Some(e) => e,
-                None => Error::Cancelled("another row of this merged upsert failed".into()),
-            }))
-        });
+        self.callers.fail(error);
     }
 
     fn panicked(mut self: Box<Self>, payload: Box<dyn Any + Send>) {
-        let mut payload = Some(payload);
-        self.answer_all(|_| match payload.take() {
-            Some(p) => Err(p),
-            None => Ok(Err(Error::Cancelled(
-                "another row of this merged upsert panicked".into(),
-            ))),
-        });
+        self.callers.panicked(payload);
     }
 
     fn lead(&self) {
-        self.rows[0].slot.lead();
+        self.callers.lead();
     }
 
     fn atomic(&self) -> bool {
@@ -193,7 +149,7 @@ where
     }
 
     fn callers(&self) -> usize {
-        self.rows.len()
+        self.callers.len()
     }
 
     fn as_any(&mut self) -> Option<&mut dyn Any> {
@@ -211,36 +167,32 @@ where
             return false;
         }
         self.rows.append(&mut other.rows);
+        self.callers.append(&mut other.callers);
         true
     }
 
-    fn split(mut self: Box<Self>) -> Vec<Box<dyn Pending<Conn>>> {
-        let conditional = self.condition.is_some();
-        let rows: Vec<_> = self.rows.drain(..).collect();
+    fn split(self: Box<Self>) -> Vec<Box<dyn Pending<Conn>>> {
+        let UpsertCall {
+            condition,
+            update,
+            rows,
+            callers,
+            ..
+        } = *self;
+        let conditional = condition.is_some();
         rows.into_iter()
-            .map(|row| {
+            .zip(callers.split())
+            .map(|(row, callers)| {
                 Box::new(UpsertCall::<Conn, M, F> {
                     // Every row has the same condition, a value-less one, made from its type.
                     condition: conditional.then(F::default),
-                    update: Arc::clone(&self.update),
+                    update: Arc::clone(&update),
                     rows: vec![row],
+                    callers,
                     alone: true,
                     _conn: PhantomData,
                 }) as Box<dyn Pending<Conn>>
             })
             .collect()
-    }
-}
-
-impl<Conn, M, F> Drop for UpsertCall<Conn, M, F> {
-    fn drop(&mut self) {
-        // A batch abandoned by a panic of the library's own: its callers must not wait forever.
-        for row in self.rows.drain(..) {
-            row.slot.done(Ok(Err(Error::OutcomeUnknown(
-                "the coalesced batch holding this call was abandoned by a panic; it may or may \
-                 not have been committed"
-                    .into(),
-            ))));
-        }
     }
 }

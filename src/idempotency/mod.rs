@@ -352,8 +352,15 @@ mod sealed {
 /// assert!(IdempotencyKey::new(" ").is_err());
 /// assert!(IdempotencyKey::new("x".repeat(256)).is_err());
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct IdempotencyKey(String);
+
+/// Keys may be secrets: `Debug` shows the key's length, never the key.
+impl std::fmt::Debug for IdempotencyKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "IdempotencyKey({} bytes)", self.0.len())
+    }
+}
 
 impl IdempotencyKey {
     /// Checks and wraps `key`.
@@ -690,12 +697,12 @@ where
     };
     if stored_fingerprint != fingerprint {
         return Err(Error::IdempotencyConflict {
-            key: key.as_str().to_owned(),
+            key: crate::redact::Redacted::new(key.as_str().to_owned()),
         });
     }
     let Some(result) = result else {
         return Err(Error::IdempotencyInFlight {
-            key: key.as_str().to_owned(),
+            key: crate::redact::Redacted::new(key.as_str().to_owned()),
         });
     };
     Ok(Some(Idempotent {
@@ -988,7 +995,7 @@ impl<'a, L: IncrementLedger, T: Counter> Record<'a, L, T> {
                     };
                     if !raw.run_texts(&taken)?.is_empty() {
                         return Err(Error::IdempotencyConflict {
-                            key: self.key.as_str().to_owned(),
+                            key: crate::redact::Redacted::new(self.key.as_str().to_owned()),
                         });
                     }
                     // Not the ledger's key (another unique index), or pruned in between: try
