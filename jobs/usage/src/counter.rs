@@ -9,6 +9,7 @@
 
 use crate::{check_instant, in_period, Usage, UsageConnection};
 use chrono::NaiveDateTime;
+use upsert_kit::conn::WriteConnection;
 use upsert_kit::{Error, Result};
 
 /// The longest idempotency key, in bytes (UTF-8).
@@ -99,17 +100,37 @@ pub fn increment<C: UsageConnection>(
     at: NaiveDateTime,
     amounts: Usage,
 ) -> Result<Increment> {
-    let key = checked_key(key)?;
-    amounts.check("amounts", true)?;
-    if amounts == Usage::default() {
-        let why = "all amounts are 0: an increment must add something";
-        return Err(Error::invalid("amounts", why));
-    }
-    check_instant("at", at)?;
+    let key = checked(key, at, &amounts)?;
     let (hash, now) = (request_hash(&amounts), chrono::Utc::now().naive_utc());
     in_period(conn, account, at, |c, k| {
         c.record(&key, hash, k, amounts, now)
     })
+}
+
+/// The checks of [`increment`]'s input, made before anything is sent or queued.
+fn checked(key: &str, at: NaiveDateTime, amounts: &Usage) -> Result<IdempotencyKey> {
+    amounts.check("amounts", true)?;
+    if *amounts == Usage::default() {
+        let why = "all amounts are 0: an increment must add something";
+        return Err(Error::invalid("amounts", why));
+    }
+    check_instant("at", at)?;
+    checked_key(key)
+}
+
+/// [`increment`] through a [`Coalescer`](upsert_kit::coalesce::Coalescer) shared by request
+/// handlers: concurrent increments share one transaction, each caller told its own
+/// [`Increment`]. Errors as [`increment`]'s (a failed batch fails each of its callers).
+pub fn increment_coalesced<C>(
+    writer: &upsert_kit::coalesce::Coalescer<C>,
+    (account, key, at): (i64, &str, NaiveDateTime),
+    amounts: Usage,
+) -> Result<Increment>
+where
+    C: UsageConnection + diesel::r2d2::R2D2Connection + WriteConnection<Raw = C> + 'static,
+{
+    let key = checked(key, at, &amounts)?.as_str().to_owned();
+    writer.run(move |c| increment(c, account, &key, at, amounts))
 }
 
 /// Deletes the ledger rows (idempotency keys) recorded before `older_than` (one `DELETE`), and

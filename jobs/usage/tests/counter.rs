@@ -9,7 +9,9 @@ use std::time::Duration;
 use upsert_kit::db::connect_pg;
 use upsert_kit::{Error, Retry};
 use upsert_kit_support::{race, TestDb, TestSqlite};
-use usage_tracking::counter::{increment, prune_idempotency_keys, MAX_IDEMPOTENCY_KEY_LEN};
+use usage_tracking::counter::{
+    increment, increment_coalesced, prune_idempotency_keys, MAX_IDEMPOTENCY_KEY_LEN,
+};
 use usage_tracking::schema::{usage_events, usage_periods};
 use usage_tracking::{
     get_or_create_usage_period, naive, set_usage_limits, Usage, UsageConnection, MAX_AMOUNT,
@@ -192,6 +194,40 @@ fn one_idempotency_key_from_8_threads_and_3_sequential_retries_is_applied_once()
         .row;
     assert_eq!(period.used(), amounts);
     assert_eq!(ledger_rows(&mut conn), 1);
+}
+
+/// Through the coalescing writer: 8 threads x 25 increments, each key delivered twice (a
+/// retry); every key counts once, each caller is told its own increment, and the totals are
+/// exact.
+#[test]
+fn increments_through_the_coalescing_writer_count_each_key_once() {
+    let db = TestDb::migrated(PG_MIGRATIONS);
+    let mut conn = db.conn();
+    set_usage_limits(&mut conn, ACCOUNT, big_limits(), at()).unwrap();
+    let writer = upsert_kit::coalesce::Coalescer::new(db.pool(2));
+    let w = writer.clone();
+    let told = race(8, move |t| {
+        (0..25)
+            .flat_map(|i| {
+                let key = format!("req-{t}-{i}");
+                // The request and its retry.
+                [0, 1].map(|_| {
+                    increment_coalesced(&w, (ACCOUNT, &key, at()), Usage::tokens(3)).unwrap()
+                })
+            })
+            .collect::<Vec<_>>()
+    });
+    let told: Vec<_> = told.into_iter().flatten().collect();
+    assert_eq!(told.iter().filter(|r| r.applied).count(), 8 * 25);
+    let mut totals: Vec<i64> = told
+        .iter()
+        .filter(|r| r.applied)
+        .map(|r| r.totals.tokens)
+        .collect();
+    totals.sort_unstable();
+    assert_eq!(totals, (1..=200).map(|n| 3 * n).collect::<Vec<_>>());
+    assert_eq!(tokens_used(&mut conn, ACCOUNT), 600);
+    assert_eq!(ledger_rows(&mut conn), 200);
 }
 
 #[test]
