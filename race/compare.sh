@@ -6,6 +6,7 @@
 #
 #   cargo build --release -p upsert-race
 #   race/compare.sh [SECONDS]             # per measurement, default 5; ROUNDS=3 rounds
+#   CLIENTS="1 8 32" race/compare.sh 3    # the single-row clients (default "1 8")
 #
 # Environment: PGOPTIONS applies to both sides (e.g. '-c synchronous_commit=off' to take the
 # commit's flush out of the measurement), DATABASE_URL (admin URL, default postgres://postgres@127.0.0.1:5432/postgres),
@@ -29,7 +30,7 @@ KEYS=64
 BATCH=1000
 BULK_KEYS=20000
 TS="2026-11-29 00:00:00"
-CLIENTS="1 8"
+CLIENTS=${CLIENTS:-1 8}
 NPROC=$(nproc)
 
 for tool in pgbench psql jq; do
@@ -89,8 +90,11 @@ for round in $(seq "$ROUNDS"); do
     for c in $CLIENTS; do
         seed $KEYS
         pg=$(pgbench_tps "$c" single_upsert.sql)
-        race "single-$round-$c" --scenario upsert --patterns naive,diesel,atomic --workers "$c" --keys $KEYS
+        race "single-$round-$c" --scenario upsert --patterns naive,diesel,atomic,coalesced --workers "$c" --keys $KEYS
         crate=$(per_sec "single-$round-$c" atomic "$c")
+        coalesced=$(per_sec "single-$round-$c" coalesced "$c")
+        add "coalesced_single_$c" "$coalesced"
+        ROUND_RATIOS[coalesced_$c]+="$(ratio "$coalesced" "$pg") "
         add "pg_single_$c" "$pg"; add "crate_single_$c" "$crate"
         add "naive_single_$c" "$(per_sec "single-$round-$c" naive "$c")"
         add "diesel_single_$c" "$(per_sec "single-$round-$c" diesel "$c")"
@@ -128,6 +132,7 @@ printf '\n%-50s %7s %9s %9s %9s %9s %8s %8s   %s\n' "measurement (mean of $ROUND
     clients naive diesel crate pgbench /pgbench /diesel "crate/pgbench per round"
 for c in $CLIENTS; do
     line "single-row upsert, ops/s (-M prepared)" "$c" "pg_single_$c" "naive_single_$c" "diesel_single_$c" "crate_single_$c" "single_$c"
+    line "  the same through the coalescing writer" "$c" "pg_single_$c" - "diesel_single_$c" "coalesced_single_$c" "coalesced_$c"
 done
 line "1,000-row batch, rows/s (unnest)" 1 pg_unnest crate_loop diesel_bulk crate_bulk unnest
 line "1,000-row batch, rows/s (server-generated)" 1 pg_generate crate_loop diesel_bulk crate_bulk generate
