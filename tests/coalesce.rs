@@ -36,6 +36,11 @@ pub struct Entry {
     pub v: i64,
 }
 
+/// `v` is the payload: a stats upsert that would not change it leaves the row alone.
+impl upsert_kit::StatsModel for Entry {
+    type Data = entries::v;
+}
+
 upsert_kit::counter! {
     table = hits, key = (page: String), amounts = (views);
     pub struct Hits;
@@ -356,6 +361,51 @@ macro_rules! coalesce_guarantees {
                     (2, 7),
                     "one batch for the six upserts"
                 );
+            }
+
+            /// Stats upserts merged into one batch (one statement on PostgreSQL and MySQL, the
+            /// rows told apart): a new key `Inserted`, a changed value `Updated`, the same value
+            /// `Unchanged`, and a key sent twice with one value inserted once, then unchanged.
+            #[test]
+            fn stats_upserts_in_one_batch_are_each_told_their_own_outcome() {
+                let db = $db;
+                diesel::sql_query("INSERT INTO entries (k, v) VALUES ('same', 1), ('changed', 1)")
+                    .execute(&mut db.conn())
+                    .unwrap();
+                let writer = Coalescer::new(db.pool(4));
+                let rows = [
+                    ("same", 1),
+                    ("changed", 2),
+                    ("new", 3),
+                    ("twice", 5),
+                    ("twice", 5),
+                ];
+                let calls: Vec<
+                    Box<dyn FnOnce(Writer) -> upsert_kit::Result<UpsertOutcome> + Send>,
+                > = rows
+                    .iter()
+                    .map(|&(k, v)| {
+                        Box::new(move |w: Writer| w.upsert_stats(Entry { k: k.to_owned(), v }))
+                            as Box<dyn FnOnce(Writer) -> _ + Send>
+                    })
+                    .collect();
+                let told: Vec<UpsertOutcome> = one_batch(&writer, calls)
+                    .into_iter()
+                    .map(|r| r.unwrap().unwrap())
+                    .collect();
+                assert_eq!(told[0], UpsertOutcome::Unchanged);
+                assert_eq!(told[1], UpsertOutcome::Updated);
+                assert_eq!(told[2], UpsertOutcome::Inserted);
+                let mut twice = [told[3], told[4]];
+                twice.sort_by_key(|o| *o != UpsertOutcome::Inserted);
+                assert_eq!(twice, [UpsertOutcome::Inserted, UpsertOutcome::Unchanged]);
+                let stored: Vec<(String, i64)> = entries::table
+                    .order(entries::k)
+                    .load(&mut db.conn())
+                    .unwrap();
+                let expected = [("changed", 2), ("new", 3), ("same", 1), ("twice", 5)];
+                assert_eq!(stored, expected.map(|(k, v)| (k.to_owned(), v)).to_vec());
+                assert_eq!((writer.stats().batches, writer.stats().calls), (2, 6));
             }
 
             /// A call that panics on the leader's thread panics in its own caller's thread; the

@@ -1,7 +1,8 @@
 //! Upserts of one model with one condition, merged: the calls of a batch are written as one
 //! statement per round (PostgreSQL: one `INSERT … SELECT FROM unnest(…)` telling each row's
-//! outcome; SQLite and MySQL: one statement per row, in the batch's transaction), each caller
-//! told its own row's outcome.
+//! outcome; MySQL: one multi-row `ON DUPLICATE KEY UPDATE` whose rows' outcomes come back as
+//! bit masks; SQLite: one statement per row, in the batch's transaction), each caller told its
+//! own row's outcome.
 //!
 //! One statement may not write a row twice, so the rows of one key go out in rounds: the first
 //! row of every key, then the second ones, and so on. Each key's rows keep their order, and the

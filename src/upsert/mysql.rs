@@ -59,6 +59,10 @@ enum Marks<'a> {
     One(&'a i64),
     /// Many rows: counters `@upsert_kit_hits`, `@upsert_kit_foreign`, `@upsert_kit_updates`.
     Counting,
+    /// Many rows, each told apart (at most [`PER_ROW_MAX`]): the counters, and the bits of
+    /// `@upsert_kit_hitmask` (the key existed) and `@upsert_kit_okmask` (and was updated) at
+    /// the row's position, found by comparing the incoming key with each row's key.
+    PerRow,
     /// No marks (a plain `INSERT` without `ON DUPLICATE KEY`).
     PlainInsert,
 }
@@ -97,7 +101,7 @@ where
         let nonce = match self.marks {
             Marks::PlainInsert => return Ok(()),
             Marks::One(nonce) => Some(nonce),
-            Marks::Counting => None,
+            Marks::Counting | Marks::PerRow => None,
         };
         out.push_sql(" ON DUPLICATE KEY UPDATE ");
         let first_key = M::KEY[0];
@@ -160,6 +164,33 @@ where
             out.push_sql("@upsert_kit_updates + @upsert_kit_ok");
             close(&mut out, first_key)?;
         }
+        if matches!(self.marks, Marks::PerRow) {
+            // The incoming row's position: the row whose key it carries.
+            step(&mut out, &mut steps, "upsert_kit_at");
+            out.push_sql("CASE");
+            for (i, row) in self.rows.iter().enumerate() {
+                out.push_sql(" WHEN (");
+                for (j, k) in M::KEY.iter().enumerate() {
+                    if j > 0 {
+                        out.push_sql(", ");
+                    }
+                    Mysql::push_excluded(&mut out, k)?;
+                }
+                out.push_sql(") = (");
+                row.walk_key(out.reborrow())?;
+                out.push_sql(") THEN ");
+                // A position, not a value: the statement's text is made per row count anyway.
+                out.push_sql(&i.to_string());
+            }
+            out.push_sql(" ELSE 63 END");
+            close(&mut out, first_key)?;
+            step(&mut out, &mut steps, "upsert_kit_hitmask");
+            out.push_sql("@upsert_kit_hitmask | (1 << @upsert_kit_at)");
+            close(&mut out, first_key)?;
+            step(&mut out, &mut steps, "upsert_kit_okmask");
+            out.push_sql("@upsert_kit_okmask | (@upsert_kit_ok << @upsert_kit_at)");
+            close(&mut out, first_key)?;
+        }
         out.push_identifier(first_key)?;
         for _ in 0..steps {
             out.push_sql(")");
@@ -185,6 +216,10 @@ enum Vars<'a> {
     One(&'a i64),
     /// `SELECT hits, foreign, updates`.
     Counts,
+    /// `SET` the counters and the masks of [`Marks::PerRow`] to 0.
+    ResetMasks,
+    /// `SELECT foreign, hitmask, okmask`.
+    Masks,
     /// `SELECT @@max_allowed_packet`.
     MaxPacket,
 }
@@ -207,6 +242,14 @@ impl QueryFragment<Mysql> for Vars<'_> {
                 "SELECT CAST(@upsert_kit_hits AS SIGNED), CAST(@upsert_kit_foreign AS SIGNED), \
                  CAST(@upsert_kit_updates AS SIGNED)",
             ),
+            Vars::ResetMasks => out.push_sql(
+                "SET @upsert_kit_hits = 0, @upsert_kit_foreign = 0, @upsert_kit_updates = 0, \
+                 @upsert_kit_hitmask = 0, @upsert_kit_okmask = 0",
+            ),
+            Vars::Masks => out.push_sql(
+                "SELECT CAST(@upsert_kit_foreign AS SIGNED), CAST(@upsert_kit_hitmask AS SIGNED), \
+                 CAST(@upsert_kit_okmask AS SIGNED)",
+            ),
             Vars::MaxPacket => out.push_sql("SELECT CAST(@@max_allowed_packet AS SIGNED)"),
         }
         Ok(())
@@ -228,6 +271,56 @@ where
         condition: Option<&F>,
     ) -> Result<UpsertOutcome> {
         crate::conn::retry_deadlocks(conn, |conn| upsert_one_once(conn, row, update, condition))
+    }
+
+    /// Rows of distinct keys, each told apart: one statement per [`PER_ROW_MAX`] rows (the
+    /// positions of the rows the key existed for, and of those updated, as bits of two session
+    /// variables), in the caller's transaction. A row that met another unique index than the
+    /// key fails the call with [`ANOTHER_INDEX`], to be run again row by row.
+    fn upsert_rows(
+        conn: &mut MysqlConnection,
+        rows: &[&M],
+        update: &[&'static str],
+        condition: Option<&F>,
+    ) -> Result<Vec<UpsertOutcome>> {
+        if rows.len() == 1 || !M::ONE_BIND_PER_COLUMN {
+            return rows
+                .iter()
+                .map(|row| upsert_one_once(conn, *row, update, condition))
+                .collect();
+        }
+        let mut told = Vec::with_capacity(rows.len());
+        for chunk in rows.chunks(PER_ROW_MAX) {
+            conn.run_execute(&Vars::ResetMasks)?;
+            conn.run_execute(&MysqlUpsertSql {
+                table: M::Table::default(),
+                rows: chunk,
+                update,
+                condition,
+                marks: Marks::PerRow,
+            })?;
+            let (foreign, hits, oks) = conn
+                .run_int3(&Vars::Masks)?
+                .into_iter()
+                .next()
+                .ok_or_else(|| Error::NotFound("the upsert's session variables".into()))?;
+            let stray = (hits | oks) & !((1_i64 << chunk.len()) - 1);
+            if foreign > 0 || stray != 0 {
+                return Err(Error::Constraint {
+                    kind: crate::error::ConstraintKind::Unique,
+                    constraint: None,
+                    message: ANOTHER_INDEX.into(),
+                });
+            }
+            told.extend(
+                (0..chunk.len()).map(|i| match (hits >> i & 1, oks >> i & 1) {
+                    (0, _) => UpsertOutcome::Inserted,
+                    (_, 1) => UpsertOutcome::Updated,
+                    _ => UpsertOutcome::Unchanged,
+                }),
+            );
+        }
+        Ok(told)
     }
 
     fn upsert_sorted(
@@ -426,6 +519,9 @@ where
         Ok(total)
     })
 }
+
+/// The most rows of one statement told apart (bits of a signed 64-bit session variable).
+const PER_ROW_MAX: usize = 60;
 
 /// The marker of a bulk chunk that met another unique index (never returned to the caller).
 const ANOTHER_INDEX: &str = "upsert-kit: a row matched another unique index than the key";
