@@ -36,6 +36,21 @@ pub struct Entry {
     pub v: i64,
 }
 
+diesel::table! {
+    /// Keyed rows with a second unique column.
+    tagged (k) {
+        k -> Text,
+        tag -> Text,
+    }
+}
+
+#[derive(UpsertModel)]
+#[upsert(table = tagged, key(k))]
+pub struct Tagged {
+    pub k: String,
+    pub tag: String,
+}
+
 /// `v` is the payload: a stats upsert that would not change it leaves the row alone.
 impl upsert_kit::StatsModel for Entry {
     type Data = entries::v;
@@ -48,11 +63,13 @@ upsert_kit::counter! {
 
 const PG_SQL: &str = "
 CREATE TABLE entries (k TEXT PRIMARY KEY, v BIGINT NOT NULL CHECK (v >= 0));
-CREATE TABLE hits (page TEXT PRIMARY KEY, views BIGINT NOT NULL DEFAULT 0);";
+CREATE TABLE hits (page TEXT PRIMARY KEY, views BIGINT NOT NULL DEFAULT 0);
+CREATE TABLE tagged (k TEXT PRIMARY KEY, tag TEXT NOT NULL UNIQUE);";
 
 const MYSQL_SQL: &str = "
 CREATE TABLE entries (k VARCHAR(64) PRIMARY KEY, v BIGINT NOT NULL CHECK (v >= 0));
-CREATE TABLE hits (page VARCHAR(64) PRIMARY KEY, views BIGINT NOT NULL DEFAULT 0);";
+CREATE TABLE hits (page VARCHAR(64) PRIMARY KEY, views BIGINT NOT NULL DEFAULT 0);
+CREATE TABLE tagged (k VARCHAR(64) PRIMARY KEY, tag VARCHAR(64) NOT NULL UNIQUE);";
 
 /// Waits until `writer` has `n` calls queued behind the batch in flight.
 fn until_queued<C: diesel::r2d2::R2D2Connection + 'static>(writer: &Coalescer<C>, n: usize) {
@@ -406,6 +423,58 @@ macro_rules! coalesce_guarantees {
                 let expected = [("changed", 2), ("new", 3), ("same", 1), ("twice", 5)];
                 assert_eq!(stored, expected.map(|(k, v)| (k.to_owned(), v)).to_vec());
                 assert_eq!((writer.stats().batches, writer.stats().calls), (2, 6));
+            }
+
+            /// A row that collides on another unique index than the key fails its own caller
+            /// (the index named, the other row untouched); the rest of its batch is written.
+            #[test]
+            fn a_row_meeting_another_unique_index_fails_alone() {
+                let db = $db;
+                diesel::sql_query("INSERT INTO tagged (k, tag) VALUES ('a', 'red')")
+                    .execute(&mut db.conn())
+                    .unwrap();
+                let writer = Coalescer::new(db.pool(4));
+                // `a` keeps its tag, so `c`'s collides in every order the batch may run in.
+                let rows = [("b", "blue"), ("c", "red"), ("a", "red"), ("d", "white")];
+                let calls: Vec<
+                    Box<dyn FnOnce(Writer) -> upsert_kit::Result<UpsertOutcome> + Send>,
+                > = rows
+                    .iter()
+                    .map(|&(k, tag)| {
+                        Box::new(move |w: Writer| {
+                            w.upsert(Tagged {
+                                k: k.to_owned(),
+                                tag: tag.to_owned(),
+                            })
+                        }) as Box<dyn FnOnce(Writer) -> _ + Send>
+                    })
+                    .collect();
+                let told: Vec<_> = one_batch(&writer, calls)
+                    .into_iter()
+                    .map(|r| r.unwrap())
+                    .collect();
+                assert_eq!(told[0].as_ref().unwrap(), &UpsertOutcome::Inserted);
+                let e = told[1].as_ref().unwrap_err();
+                assert!(
+                    matches!(
+                        e,
+                        Error::Constraint {
+                            kind: upsert_kit::ConstraintKind::Unique,
+                            ..
+                        }
+                    ),
+                    "{e:?}"
+                );
+                assert_eq!(told[2].as_ref().unwrap(), &UpsertOutcome::Updated);
+                assert_eq!(told[3].as_ref().unwrap(), &UpsertOutcome::Inserted);
+                let stored: Vec<(String, String)> =
+                    tagged::table.order(tagged::k).load(&mut db.conn()).unwrap();
+                let expected = [("a", "red"), ("b", "blue"), ("d", "white")];
+                assert_eq!(
+                    stored,
+                    expected.map(|(k, t)| (k.to_owned(), t.to_owned())).to_vec()
+                );
+                assert_eq!(writer.stats().taken_out, 1);
             }
 
             /// A call that panics on the leader's thread panics in its own caller's thread; the
