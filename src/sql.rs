@@ -1,4 +1,5 @@
-//! The SQL helpers every statement of the crate shares: identifier lists, and whether a
+//! The SQL helpers every statement of the crate shares: identifier lists, qualified names, and
+//! whether a
 //! connection is inside a transaction (which decides how a failed statement is classified and
 //! whether the crate may open a transaction of its own).
 //!
@@ -21,6 +22,17 @@ pub(crate) fn push_identifiers<DB: Backend>(
         out.push_identifier(name)?;
     }
     Ok(())
+}
+
+/// Pushes `qualifier.column` as quoted identifiers: `"t"."c"`.
+pub(crate) fn push_qualified<DB: Backend>(
+    out: &mut AstPass<'_, '_, DB>,
+    qualifier: &str,
+    column: &str,
+) -> QueryResult<()> {
+    out.push_identifier(qualifier)?;
+    out.push_sql(".");
+    out.push_identifier(column)
 }
 
 /// Whether `conn` has an open transaction (or its transaction state is broken, which counts as

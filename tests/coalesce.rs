@@ -114,19 +114,30 @@ macro_rules! coalesce_guarantees {
                 entries::table.count().get_result(conn).unwrap()
             }
 
+            /// The views of `page`'s row, `None` when it has none.
+            fn views(conn: &mut $conn, page: &str) -> Option<i64> {
+                hits::table
+                    .filter(hits::page.eq(page))
+                    .select(hits::views)
+                    .get_result(conn)
+                    .optional()
+                    .unwrap()
+            }
+
             /// Runs `calls` on threads of their own while a first call holds the batch in
             /// flight, so that all of them are queued together and written as one batch.
-            fn one_batch<T: Send + 'static>(
+            fn one_batch<A: Send + 'static, T: Send + 'static>(
                 writer: &Writer,
-                calls: Vec<Box<dyn FnOnce(Writer) -> T + Send>>,
+                args: Vec<A>,
+                call: fn(&Writer, A) -> T,
             ) -> Vec<std::thread::Result<T>> {
-                let n = calls.len();
+                let n = args.len();
                 let (holder, gate) = hold(writer);
-                let threads: Vec<_> = calls
+                let threads: Vec<_> = args
                     .into_iter()
-                    .map(|call| {
+                    .map(|arg| {
                         let w = writer.clone();
-                        std::thread::spawn(move || call(w))
+                        std::thread::spawn(move || call(&w, arg))
                     })
                     .collect();
                 until_queued(writer, n);
@@ -186,11 +197,7 @@ macro_rules! coalesce_guarantees {
                 told.sort_unstable();
                 let n = (THREADS * ROUNDS) as i64;
                 assert_eq!(told, (1..=n).collect::<Vec<_>>());
-                let views: i64 = hits::table
-                    .select(hits::views)
-                    .get_result(&mut db.conn())
-                    .unwrap();
-                assert_eq!(views, n);
+                assert_eq!(views(&mut db.conn(), "home"), Some(n));
             }
 
             /// Increments of two rows and of a missing row, from many threads at once: each
@@ -230,23 +237,13 @@ macro_rules! coalesce_guarantees {
                         total += step;
                         assert_eq!(*after, total, "{page}: {mine:?}");
                     }
-                    let stored: i64 = hits::table
-                        .filter(hits::page.eq(page))
-                        .select(hits::views)
-                        .get_result(&mut db.conn())
-                        .unwrap();
-                    assert_eq!(stored, total);
+                    assert_eq!(views(&mut db.conn(), page), Some(total));
                 }
                 assert!(told
                     .iter()
                     .filter(|(p, _, _)| p == "missing")
                     .all(|(_, _, a)| a.is_none()));
-                let missing: i64 = hits::table
-                    .filter(hits::page.eq("missing"))
-                    .count()
-                    .get_result(&mut db.conn())
-                    .unwrap();
-                assert_eq!(missing, 0);
+                assert_eq!(views(&mut db.conn(), "missing"), None);
                 assert_eq!(writer.stats().calls, (THREADS * ROUNDS) as u64);
             }
 
@@ -282,12 +279,7 @@ macro_rules! coalesce_guarantees {
                     .count();
                 assert_eq!(passed as i64, CEILING);
                 assert_eq!(refused, THREADS * ROUNDS - CEILING as usize, "{results:?}");
-                let views: i64 = hits::table
-                    .filter(hits::page.eq("capped"))
-                    .select(hits::views)
-                    .get_result(&mut db.conn())
-                    .unwrap();
-                assert_eq!(views, CEILING);
+                assert_eq!(views(&mut db.conn(), "capped"), Some(CEILING));
             }
 
             /// A call whose own statement fails (here a check constraint) fails its caller
@@ -296,20 +288,13 @@ macro_rules! coalesce_guarantees {
             fn a_call_that_fails_on_its_own_fails_alone_and_its_batch_commits() {
                 let db = $db;
                 let writer = Coalescer::new(db.pool(4));
-                let calls: Vec<
-                    Box<dyn FnOnce(Writer) -> upsert_kit::Result<UpsertOutcome> + Send>,
-                > = (0..5)
-                    .map(|i| {
-                        Box::new(move |w: Writer| {
-                            let v = if i == 2 { -1 } else { i };
-                            w.upsert(Entry {
-                                k: format!("e{i}"),
-                                v,
-                            })
-                        }) as Box<dyn FnOnce(Writer) -> _ + Send>
+                let results = one_batch(&writer, (0..5).collect(), |w, i| {
+                    let v = if i == 2 { -1 } else { i };
+                    w.upsert(Entry {
+                        k: format!("e{i}"),
+                        v,
                     })
-                    .collect();
-                let results = one_batch(&writer, calls);
+                });
                 for (i, result) in results.into_iter().enumerate() {
                     let result = result.expect("no call panicked");
                     if i == 2 {
@@ -335,26 +320,17 @@ macro_rules! coalesce_guarantees {
                 let db = $db;
                 let writer = Coalescer::new(db.pool(4));
                 let keys = ["x", "y", "x", "x", "z", "y"];
-                let calls: Vec<
-                    Box<dyn FnOnce(Writer) -> upsert_kit::Result<(String, UpsertOutcome)> + Send>,
-                > = keys
-                    .iter()
-                    .enumerate()
-                    .map(|(i, k)| {
-                        let k = (*k).to_owned();
-                        Box::new(move |w: Writer| {
-                            w.upsert(Entry {
-                                k: k.clone(),
-                                v: i as i64,
-                            })
-                            .map(|o| (k, o))
-                        }) as Box<dyn FnOnce(Writer) -> _ + Send>
-                    })
-                    .collect();
-                let told: Vec<_> = one_batch(&writer, calls)
-                    .into_iter()
-                    .map(|r| r.unwrap().unwrap())
-                    .collect();
+                let args = keys.into_iter().enumerate().collect();
+                let told: Vec<_> = one_batch(&writer, args, |w, (i, k)| {
+                    let row = Entry {
+                        k: k.to_owned(),
+                        v: i as i64,
+                    };
+                    w.upsert(row).map(|o| (k.to_owned(), o))
+                })
+                .into_iter()
+                .map(|r| r.unwrap().unwrap())
+                .collect();
                 for key in ["x", "y", "z"] {
                     let mine: Vec<_> = told
                         .iter()
@@ -397,19 +373,12 @@ macro_rules! coalesce_guarantees {
                     ("twice", 5),
                     ("twice", 5),
                 ];
-                let calls: Vec<
-                    Box<dyn FnOnce(Writer) -> upsert_kit::Result<UpsertOutcome> + Send>,
-                > = rows
-                    .iter()
-                    .map(|&(k, v)| {
-                        Box::new(move |w: Writer| w.upsert_stats(Entry { k: k.to_owned(), v }))
-                            as Box<dyn FnOnce(Writer) -> _ + Send>
-                    })
-                    .collect();
-                let told: Vec<UpsertOutcome> = one_batch(&writer, calls)
-                    .into_iter()
-                    .map(|r| r.unwrap().unwrap())
-                    .collect();
+                let told: Vec<UpsertOutcome> = one_batch(&writer, rows.to_vec(), |w, (k, v)| {
+                    w.upsert_stats(Entry { k: k.to_owned(), v })
+                })
+                .into_iter()
+                .map(|r| r.unwrap().unwrap())
+                .collect();
                 assert_eq!(told[0], UpsertOutcome::Unchanged);
                 assert_eq!(told[1], UpsertOutcome::Updated);
                 assert_eq!(told[2], UpsertOutcome::Inserted);
@@ -436,23 +405,15 @@ macro_rules! coalesce_guarantees {
                 let writer = Coalescer::new(db.pool(4));
                 // `a` keeps its tag, so `c`'s collides in every order the batch may run in.
                 let rows = [("b", "blue"), ("c", "red"), ("a", "red"), ("d", "white")];
-                let calls: Vec<
-                    Box<dyn FnOnce(Writer) -> upsert_kit::Result<UpsertOutcome> + Send>,
-                > = rows
-                    .iter()
-                    .map(|&(k, tag)| {
-                        Box::new(move |w: Writer| {
-                            w.upsert(Tagged {
-                                k: k.to_owned(),
-                                tag: tag.to_owned(),
-                            })
-                        }) as Box<dyn FnOnce(Writer) -> _ + Send>
+                let told: Vec<_> = one_batch(&writer, rows.to_vec(), |w, (k, tag)| {
+                    w.upsert(Tagged {
+                        k: k.to_owned(),
+                        tag: tag.to_owned(),
                     })
-                    .collect();
-                let told: Vec<_> = one_batch(&writer, calls)
-                    .into_iter()
-                    .map(|r| r.unwrap())
-                    .collect();
+                })
+                .into_iter()
+                .map(|r| r.unwrap())
+                .collect();
                 assert_eq!(told[0].as_ref().unwrap(), &UpsertOutcome::Inserted);
                 let e = told[1].as_ref().unwrap_err();
                 assert!(
@@ -483,22 +444,17 @@ macro_rules! coalesce_guarantees {
             fn a_call_that_panics_panics_its_own_caller_only() {
                 let db = $db;
                 let writer = Coalescer::new(db.pool(4));
-                let calls: Vec<Box<dyn FnOnce(Writer) -> upsert_kit::Result<()> + Send>> = (0..4)
-                    .map(|i| {
-                        Box::new(move |w: Writer| {
-                            if i == 1 {
-                                w.run(|_| -> upsert_kit::Result<()> { panic!("a call's own bug") })
-                            } else {
-                                w.upsert(Entry {
-                                    k: format!("p{i}"),
-                                    v: i,
-                                })
-                                .map(drop)
-                            }
-                        }) as Box<dyn FnOnce(Writer) -> _ + Send>
-                    })
-                    .collect();
-                let results = one_batch(&writer, calls);
+                let results = one_batch(&writer, (0..4).collect(), |w, i| {
+                    if i == 1 {
+                        w.run(|_| -> upsert_kit::Result<()> { panic!("a call's own bug") })
+                    } else {
+                        w.upsert(Entry {
+                            k: format!("p{i}"),
+                            v: i,
+                        })
+                        .map(drop)
+                    }
+                });
                 for (i, result) in results.into_iter().enumerate() {
                     if i == 1 {
                         let panic = result.unwrap_err();

@@ -2,7 +2,7 @@
 //! row are written as one increment of their sum, and each caller is told the totals after its
 //! own share (the totals after the sum, less what the callers after it added).
 
-use super::queue::{Callers, Fault, Pending, Slot};
+use super::queue::{Answers, Callers, Fault, Pending, Slot};
 use crate::conn::{BindKey, WriteConnection};
 use crate::counter::{Amounts, Counter, CounterBackend, Increment};
 use crate::error::Error;
@@ -92,28 +92,16 @@ where
         Ok(())
     }
 
-    fn finish(mut self: Box<Self>, batch: std::result::Result<(), &Error>) {
-        self.callers.finish(batch);
+    fn callers_ref(&self) -> &dyn Answers {
+        &self.callers
     }
 
-    fn fail(mut self: Box<Self>, error: Error) {
-        self.callers.fail(error);
-    }
-
-    fn panicked(mut self: Box<Self>, payload: Box<dyn Any + Send>) {
-        self.callers.panicked(payload);
-    }
-
-    fn lead(&self) {
-        self.callers.lead();
+    fn callers_mut(&mut self) -> &mut dyn Answers {
+        &mut self.callers
     }
 
     fn atomic(&self) -> bool {
         true
-    }
-
-    fn callers(&self) -> usize {
-        self.callers.len()
     }
 
     fn as_any(&mut self) -> Option<&mut dyn Any> {

@@ -93,7 +93,7 @@ mod upserts;
 use self::increments::IncrementCall;
 use self::upserts::UpsertCall;
 
-use self::queue::{copy_of, lock, Callers, Fault, Pending, Queue, Slot, Woken};
+use self::queue::{copy_of, lock, Answers, Callers, Fault, Pending, Queue, Slot, Woken};
 use crate::conn::{BindKey, WriteConnection};
 use crate::counter::{Counter, CounterBackend, Increment};
 use crate::error::{Error, Result};
@@ -106,7 +106,6 @@ use crate::upsert::{
 };
 use chrono::NaiveDateTime;
 use diesel::r2d2::{ConnectionManager, Pool, PooledConnection, R2D2Connection};
-use std::any::Any;
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::atomic::Ordering;
@@ -513,20 +512,12 @@ where
         Ok(())
     }
 
-    fn finish(mut self: Box<Self>, batch: std::result::Result<(), &Error>) {
-        self.caller.finish(batch);
+    fn callers_ref(&self) -> &dyn Answers {
+        &self.caller
     }
 
-    fn fail(mut self: Box<Self>, error: Error) {
-        self.caller.fail(error);
-    }
-
-    fn panicked(mut self: Box<Self>, payload: Box<dyn Any + Send>) {
-        self.caller.panicked(payload);
-    }
-
-    fn lead(&self) {
-        self.caller.lead();
+    fn callers_mut(&mut self) -> &mut dyn Answers {
+        &mut self.caller
     }
 
     fn atomic(&self) -> bool {

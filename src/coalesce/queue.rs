@@ -25,21 +25,33 @@ pub(super) trait Pending<Conn>: Send {
     /// Runs the call inside the batch's transaction and keeps its result for [`Pending::finish`]:
     /// `Err` only for an error that spoils the transaction (see [`Fault`]).
     fn run(&mut self, conn: &mut Conn) -> std::result::Result<(), Fault>;
-    /// Hands the caller its result: the one kept by [`Pending::run`] when the batch committed,
-    /// else the batch's error.
-    fn finish(self: Box<Self>, batch: std::result::Result<(), &Error>);
-    /// Hands the caller its own error, alone (its call was taken out of the batch).
-    fn fail(self: Box<Self>, error: Error);
+    /// The call's callers, who get its answers.
+    fn callers_ref(&self) -> &dyn Answers;
+    /// The same, to answer them.
+    fn callers_mut(&mut self) -> &mut dyn Answers;
+    /// Hands the callers their results: the ones kept by [`Pending::run`] when the batch
+    /// committed, else the batch's error.
+    fn finish(mut self: Box<Self>, batch: std::result::Result<(), &Error>) {
+        self.callers_mut().finish(batch);
+    }
+    /// Hands the callers the error (their call was taken out of the batch).
+    fn fail(mut self: Box<Self>, error: Error) {
+        self.callers_mut().fail(error);
+    }
     /// Hands the caller the panic its call raised (its call was taken out of the batch).
-    fn panicked(self: Box<Self>, payload: Box<dyn Any + Send>);
-    /// Wakes the caller as the next leader.
-    fn lead(&self);
+    fn panicked(mut self: Box<Self>, payload: Box<dyn Any + Send>) {
+        self.callers_mut().panicked(payload);
+    }
+    /// Wakes the (first) caller as the next leader.
+    fn lead(&self) {
+        self.callers_ref().lead();
+    }
     /// Whether the call is one statement of a primitive, atomic by itself, so that alone in
     /// its batch it runs with no transaction around it.
     fn atomic(&self) -> bool;
     /// How many callers this call answers (more than one once it has absorbed others).
     fn callers(&self) -> usize {
-        1
+        self.callers_ref().len()
     }
     /// The call as `Any`, for [`Pending::absorb`] to recognise a call of its own kind.
     fn as_any(&mut self) -> Option<&mut dyn Any> {
@@ -168,6 +180,20 @@ impl<R> Slot<R> {
     }
 }
 
+/// What a call does with its callers whatever their result type: [`Callers`] as an object.
+pub(super) trait Answers {
+    /// Each caller its kept result, or the batch's error.
+    fn finish(&mut self, batch: std::result::Result<(), &Error>);
+    /// Every caller the error (the first the error itself).
+    fn fail(&mut self, error: Error);
+    /// The panic to the first caller, an error to the others.
+    fn panicked(&mut self, payload: Box<dyn Any + Send>);
+    /// Wakes the first caller as the next leader.
+    fn lead(&self);
+    /// How many callers.
+    fn len(&self) -> usize;
+}
+
 /// One caller of a call: where its answer goes, and its result until the batch commits.
 struct Caller<R> {
     slot: Arc<Slot<R>>,
@@ -183,10 +209,6 @@ impl<R> Callers<R> {
     /// One caller, answered in `slot`.
     pub(super) fn one(slot: Arc<Slot<R>>) -> Self {
         Callers(vec![Caller { slot, kept: None }])
-    }
-
-    pub(super) fn len(&self) -> usize {
-        self.0.len()
     }
 
     /// Keeps the `i`-th caller's result for when the batch commits.
@@ -216,9 +238,10 @@ impl<R> Callers<R> {
             caller.slot.done(answer(caller.kept));
         }
     }
+}
 
-    /// [`Pending::finish`]: each caller its kept result, or the batch's error.
-    pub(super) fn finish(&mut self, batch: std::result::Result<(), &Error>) {
+impl<R> Answers for Callers<R> {
+    fn finish(&mut self, batch: std::result::Result<(), &Error>) {
         self.answer_all(|kept| {
             Ok(match batch {
                 Ok(()) => kept.unwrap_or_else(|| {
@@ -231,8 +254,7 @@ impl<R> Callers<R> {
         });
     }
 
-    /// [`Pending::fail`]: every caller the error (the first the error itself).
-    pub(super) fn fail(&mut self, error: Error) {
+    fn fail(&mut self, error: Error) {
         let mut error = Some(error);
         self.answer_all(|_| {
             Ok(Err(match error.take() {
@@ -242,8 +264,7 @@ impl<R> Callers<R> {
         });
     }
 
-    /// [`Pending::panicked`]: the panic to the first caller, an error to the others.
-    pub(super) fn panicked(&mut self, payload: Box<dyn Any + Send>) {
+    fn panicked(&mut self, payload: Box<dyn Any + Send>) {
         let mut payload = Some(payload);
         self.answer_all(|_| match payload.take() {
             Some(p) => Err(p),
@@ -253,9 +274,12 @@ impl<R> Callers<R> {
         });
     }
 
-    /// [`Pending::lead`].
-    pub(super) fn lead(&self) {
+    fn lead(&self) {
         self.0[0].slot.lead();
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
     }
 }
 

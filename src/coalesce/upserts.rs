@@ -9,8 +9,7 @@
 //! rows of different keys touch different rows, so each caller is told what a serial run in
 //! that order would have told it.
 
-use super::queue::{Callers, Fault, Pending, Slot};
-use crate::error::Error;
+use super::queue::{Answers, Callers, Fault, Pending, Slot};
 use crate::upsert::{UpsertModel, UpsertOutcome, Upsertable};
 use std::any::Any;
 use std::marker::PhantomData;
@@ -129,28 +128,16 @@ where
         Ok(())
     }
 
-    fn finish(mut self: Box<Self>, batch: std::result::Result<(), &Error>) {
-        self.callers.finish(batch);
+    fn callers_ref(&self) -> &dyn Answers {
+        &self.callers
     }
 
-    fn fail(mut self: Box<Self>, error: Error) {
-        self.callers.fail(error);
-    }
-
-    fn panicked(mut self: Box<Self>, payload: Box<dyn Any + Send>) {
-        self.callers.panicked(payload);
-    }
-
-    fn lead(&self) {
-        self.callers.lead();
+    fn callers_mut(&mut self) -> &mut dyn Answers {
+        &mut self.callers
     }
 
     fn atomic(&self) -> bool {
         true
-    }
-
-    fn callers(&self) -> usize {
-        self.callers.len()
     }
 
     fn as_any(&mut self) -> Option<&mut dyn Any> {

@@ -160,9 +160,7 @@ impl<Q: BindQuota<Pg>> QueryFragment<Pg> for SettleSql<'_, Q> {
         out.push_sql(" = ");
         qcol::<Q, Pg>(out, Q::RESERVED)?;
         out.push_sql(" - ");
-        out.push_identifier(GONE)?;
-        out.push_sql(".");
-        out.push_identifier(GONE_AMOUNT)?;
+        crate::sql::push_qualified(out, GONE, GONE_AMOUNT)?;
         out.push_sql(" FROM ");
         out.push_identifier(GONE)?;
         out.push_sql(" WHERE ");

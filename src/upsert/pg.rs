@@ -5,6 +5,7 @@ use super::model::ColumnArrays;
 use super::statement::{OnConflict, Row, Source, UpsertSql};
 use super::{BindColumns, BindRow, BulkOutcome, UpsertModel, UpsertOutcome, Upsertable};
 use crate::error::Result;
+use crate::sql::push_qualified;
 use crate::tx;
 use diesel::pg::{Pg, PgConnection};
 use diesel::query_builder::{AstPass, QueryFragment};
@@ -209,13 +210,9 @@ impl<M: UpsertModel> Source<Pg> for Numbered<'_, M> {
         out.push_sql(", (xmax = 0) AS ");
         out.push_identifier(INSERTED)?;
         out.push_sql(") SELECT ");
-        out.push_identifier(SOURCE)?;
-        out.push_sql(".");
-        out.push_identifier(NUMBER)?;
+        push_qualified(out, SOURCE, NUMBER)?;
         out.push_sql(", ");
-        out.push_identifier(WRITTEN)?;
-        out.push_sql(".");
-        out.push_identifier(INSERTED)?;
+        push_qualified(out, WRITTEN, INSERTED)?;
         out.push_sql(" FROM ");
         out.push_identifier(WRITTEN)?;
         out.push_sql(" JOIN ");
@@ -225,14 +222,9 @@ impl<M: UpsertModel> Source<Pg> for Numbered<'_, M> {
             if i > 0 {
                 out.push_sql(" AND ");
             }
-            for (j, part) in [SOURCE, WRITTEN].into_iter().enumerate() {
-                if j > 0 {
-                    out.push_sql(" = ");
-                }
-                out.push_identifier(part)?;
-                out.push_sql(".");
-                out.push_identifier(key)?;
-            }
+            push_qualified(out, SOURCE, key)?;
+            out.push_sql(" = ");
+            push_qualified(out, WRITTEN, key)?;
         }
         Ok(())
     }
