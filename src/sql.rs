@@ -24,7 +24,9 @@ pub(crate) fn push_identifiers<DB: Backend>(
     Ok(())
 }
 
-/// Pushes `qualifier.column` as quoted identifiers: `"t"."c"`.
+/// Pushes `qualifier.column` as quoted identifiers: `"t"."c"` (PostgreSQL's statements name
+/// their common table expressions' columns so).
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
 pub(crate) fn push_qualified<DB: Backend>(
     out: &mut AstPass<'_, '_, DB>,
     qualifier: &str,
