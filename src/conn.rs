@@ -270,7 +270,17 @@ pub trait WriteConnection: sealed::Sealed {
     /// Runs `f` as one atomic write: a transaction (a savepoint inside the caller's) on
     /// PostgreSQL and MySQL, a `BEGIN IMMEDIATE` transaction on SQLite (one writer at a time).
     #[doc(hidden)]
-    fn write<T>(&mut self, f: impl FnOnce(&mut Self::Raw) -> Result<T>) -> Result<T>;
+    fn write<T>(&mut self, f: impl FnOnce(&mut Self::Raw) -> Result<T>) -> Result<T> {
+        self.write_as(f)
+    }
+
+    /// [`WriteConnection::write`] with the caller's error type (see
+    /// [`tx::write_transaction`]).
+    #[doc(hidden)]
+    fn write_as<T, E: From<Error>>(
+        &mut self,
+        f: impl FnOnce(&mut Self::Raw) -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E>;
 
     /// Runs one statement that is atomic by itself: as is on PostgreSQL and on SQLite (a
     /// writing statement takes SQLite's write lock when it starts, so it never fails to
@@ -346,7 +356,10 @@ macro_rules! direct_connection {
                 self
             }
 
-            fn write<T>(&mut self, f: impl FnOnce(&mut Self::Raw) -> Result<T>) -> Result<T> {
+            fn write_as<T, E: From<Error>>(
+                &mut self,
+                f: impl FnOnce(&mut Self::Raw) -> std::result::Result<T, E>,
+            ) -> std::result::Result<T, E> {
                 $write(self, f)
             }
 
@@ -405,7 +418,7 @@ direct_connection!(diesel::PgConnection, direct, tx::transaction);
 direct_connection!(
     diesel::SqliteConnection,
     tx::sqlite_single,
-    tx::sqlite_write
+    tx::immediate_transaction
 );
 
 // MySQL has no `RETURNING`: the primitives run their write and the read of its row in
@@ -428,8 +441,11 @@ where
     fn raw(&mut self) -> &mut C {
         self
     }
-    fn write<T>(&mut self, f: impl FnOnce(&mut C) -> Result<T>) -> Result<T> {
-        (**self).write(f)
+    fn write_as<T, E: From<Error>>(
+        &mut self,
+        f: impl FnOnce(&mut C) -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E> {
+        (**self).write_as(f)
     }
     fn single<T>(&mut self, f: impl FnOnce(&mut C) -> Result<T>) -> Result<T> {
         (**self).single(f)
@@ -562,4 +578,44 @@ where
         }
     }
     f(conn)
+}
+
+/// Runs `f` as one write transaction on any of the crate's connections, and commits it (or
+/// rolls it back when `f` fails): `BEGIN` on PostgreSQL and MySQL/MariaDB, `BEGIN IMMEDIATE`
+/// on SQLite (the database's write lock taken at once, after the process's other writers of the
+/// file, see [`tx::immediate_transaction`]); a savepoint inside a transaction of the caller's.
+/// The code that runs the same on every backend calls this one; errors are reported as by
+/// [`tx::transaction`].
+///
+/// # Errors
+/// `f`'s error, unchanged, or the classified error of `BEGIN`, `COMMIT` or `ROLLBACK`.
+///
+/// # Examples
+/// ```
+/// # include!("doctest_setup.rs");
+/// use diesel::connection::SimpleConnection;
+/// use diesel::prelude::*;
+/// use upsert_kit::conn::{write_transaction, WriteConnection};
+///
+/// // Generic over the backend: both rows or neither.
+/// fn add_two<C: WriteConnection>(conn: &mut C) -> upsert_kit::Result<()> {
+///     write_transaction(conn, |c| {
+///         c.batch_execute("INSERT INTO items (sku, name) VALUES ('a-1', 'first')")?;
+///         c.batch_execute("INSERT INTO items (sku, name) VALUES ('a-2', 'second')")?;
+///         Ok(())
+///     })
+/// }
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let mut conn = establish_sqlite()?;
+/// add_two(&mut conn)?;
+/// assert_eq!(items::table.count().get_result::<i64>(&mut conn)?, 2);
+/// # Ok(()) }
+/// ```
+pub fn write_transaction<C, T, E, F>(conn: &mut C, f: F) -> std::result::Result<T, E>
+where
+    C: WriteConnection,
+    E: From<Error>,
+    F: FnOnce(&mut C::Raw) -> std::result::Result<T, E>,
+{
+    conn.write_as(f)
 }

@@ -27,7 +27,6 @@ mod error;
 pub mod get_or_create;
 pub mod idempotency;
 pub mod limits;
-#[cfg(any(feature = "postgres", feature = "mysql"))]
 pub mod lock;
 pub mod period;
 pub mod quota;
@@ -47,9 +46,9 @@ pub use crate::{
 };
 pub use error::{BoundKind, ConstraintKind, Error, InvalidInput, Result};
 pub use upsert::{
-    atomic_upsert, atomic_upsert_auth, atomic_upsert_stats, bulk_upsert, AuthModel, BindColumns,
-    BindRow, BulkOutcome, CheckedValue, ColumnArrays, StatsModel, Upsert, UpsertMany, UpsertModel,
-    UpsertOutcome, Upsertable,
+    atomic_upsert, atomic_upsert_auth, atomic_upsert_stats, bulk_upsert, bulk_upsert_rows,
+    AuthModel, BindColumns, BindRow, BulkOutcome, CheckedValue, ColumnArrays, RowOutcome,
+    StatsModel, Upsert, UpsertMany, UpsertModel, UpsertOutcome, Upsertable,
 };
 
 /// Declares a struct as an upsert model of a Diesel table: writes [`UpsertModel`], [`BindRow`]

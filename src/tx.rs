@@ -176,12 +176,3 @@ pub(crate) fn sqlite_single<T>(
     let _gate = crate::sqlite_gate::enter(conn)?;
     f(conn)
 }
-
-/// The crate's own SQLite write path ([`immediate_transaction`] with the crate's error).
-#[cfg(feature = "sqlite")]
-pub(crate) fn sqlite_write<T>(
-    conn: &mut diesel::SqliteConnection,
-    f: impl FnOnce(&mut diesel::SqliteConnection) -> Result<T>,
-) -> Result<T> {
-    immediate_transaction(conn, f)
-}

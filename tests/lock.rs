@@ -14,7 +14,8 @@ use std::fmt::Debug;
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::Duration;
 use upsert_kit::lock::{
-    lock, try_lock, try_lock_for, with_lock, LockBackend, LockKey, LockSession,
+    exclusive_transaction, lock, try_lock, try_lock_for, with_lock, ExclusiveBackend, LockBackend,
+    LockKey, LockSession,
 };
 use upsert_kit::Error;
 use upsert_kit_support::{race, TestDatabase};
@@ -32,9 +33,9 @@ diesel::table! {
     }
 }
 
-/// The counters the critical sections increment: rows 1, 2 and 3 at 0.
+/// The counters the critical sections increment: rows 1 to 4 at 0.
 const COUNTER: &str = "CREATE TABLE counter (id INT PRIMARY KEY, n INT NOT NULL);
-     INSERT INTO counter VALUES (1, 0), (2, 0), (3, 0);";
+     INSERT INTO counter VALUES (1, 0), (2, 0), (3, 0), (4, 0);";
 
 /// The tests' own statements: the same Diesel code on each backend's connection (implemented
 /// by a macro, as the queries' bounds differ per backend).
@@ -75,7 +76,7 @@ macro_rules! counter {
     )*};
 }
 
-counter!(PgConnection, MysqlConnection);
+counter!(PgConnection, MysqlConnection, SqliteConnection);
 
 /// What the lock tests need of a backend beyond its test database: how it names sessions and
 /// locks, and how it shows who holds one.
@@ -84,6 +85,7 @@ trait Backend: 'static {
     type Db: TestDatabase<Connection = Self::Conn>;
     /// Its connection, which holds session locks.
     type Conn: LockBackend
+        + ExclusiveBackend
         + LockSession<Connection = Self::Conn>
         + R2D2Connection
         + Counter
@@ -146,7 +148,7 @@ fn unchecked_pool<B: Backend>(db: &B::Db) -> r2d2::Pool<ConnectionManager<B::Con
 type TransactionLock<C> = fn(&mut C, LockKey) -> upsert_kit::Result<()>;
 
 /// Row 1: no lock. Row 2: session lock (`with_lock`). Row 3: `transaction_lock`, the backend's
-/// transaction-scoped lock where it has one.
+/// transaction-scoped lock where it has one. Row 4: `exclusive_transaction`.
 fn mutual_exclusion_keeps_a_read_sleep_write_exact_and_without_the_lock_it_loses_updates<
     B: Backend,
 >(
@@ -156,6 +158,7 @@ fn mutual_exclusion_keeps_a_read_sleep_write_exact_and_without_the_lock_it_loses
     const ROUNDS: i32 = 6;
     let db = B::Db::with_sql(COUNTER);
     let (key, xkey) = (LockKey::new("counter", 2), LockKey::new("counter", 3));
+    let ekey = LockKey::new("counter", 4);
 
     let conns: Vec<_> = (0..THREADS).map(|_| db.conn()).collect();
     let conns = Arc::new(Mutex::new(conns));
@@ -176,12 +179,22 @@ fn mutual_exclusion_keeps_a_read_sleep_write_exact_and_without_the_lock_it_loses
                 })
                 .unwrap();
             }
+            exclusive_transaction(&mut conn, ekey, |c| {
+                read_sleep_write(c, 4);
+                Ok::<_, Error>(())
+            })
+            .unwrap();
         }
     });
 
     let mut conn = db.conn();
     let expected = THREADS as i32 * ROUNDS;
     let (naive, session, xact) = (conn.read(1), conn.read(2), conn.read(3));
+    assert_eq!(
+        conn.read(4),
+        expected,
+        "exclusive_transaction lost increments"
+    );
     eprintln!(
         "read-sleep-write x{expected} on {}: no lock lost {} increments; session lock lost {}; \
          transaction lock lost {}",
@@ -201,7 +214,49 @@ fn mutual_exclusion_keeps_a_read_sleep_write_exact_and_without_the_lock_it_loses
     assert!(naive < expected, "without the lock no increment was lost");
     assert_eq!(B::holder(&mut conn, key), None);
     assert_eq!(B::holder(&mut conn, xkey), None);
+    assert_eq!(B::holder(&mut conn, ekey), None);
     B::assert_no_lock_listed(&mut conn);
+}
+
+/// SQLite's exclusive transaction is `BEGIN IMMEDIATE`: threads of one process on one file
+/// keep a read-sleep-write exact with it, and lose increments without it.
+#[test]
+fn sqlite_exclusive_transaction_keeps_a_read_sleep_write_exact_and_without_it_updates_are_lost() {
+    const THREADS: usize = 8;
+    const ROUNDS: i32 = 6;
+    let db = Arc::new(upsert_kit_support::TestSqlite::with_sql(COUNTER));
+    let key = LockKey::new("counter", 4);
+    let shared = Arc::clone(&db);
+    race(THREADS, move |_| {
+        let mut conn = shared.conn();
+        for _ in 0..ROUNDS {
+            read_sleep_write(&mut conn, 1);
+            exclusive_transaction(&mut conn, key, |c| {
+                read_sleep_write(c, 4);
+                Ok::<_, Error>(())
+            })
+            .unwrap();
+        }
+    });
+    let mut conn = db.conn();
+    let expected = THREADS as i32 * ROUNDS;
+    let naive = conn.read(1);
+    eprintln!(
+        "read-sleep-write x{expected} on SQLite: no lock lost {}",
+        expected - naive
+    );
+    assert_eq!(conn.read(4), expected);
+    assert!(
+        naive < expected,
+        "without the exclusive transaction no increment was lost"
+    );
+    // A failing body rolls back and its error comes back unchanged.
+    let failed = exclusive_transaction(&mut conn, key, |c| {
+        c.write(4, 0);
+        Err::<(), _>(Error::NotFound("changed my mind".into()))
+    });
+    assert!(matches!(failed, Err(Error::NotFound(_))), "{failed:?}");
+    assert_eq!(conn.read(4), expected);
 }
 
 fn try_lock_returns_not_acquired_at_once_while_another_session_holds_it<B: Backend>() {
@@ -947,6 +1002,24 @@ mod mysql {
             guard_b.as_ref().unwrap().server_name()
         );
         assert!(try_lock(&mut other_a, key).unwrap().is_none());
+    }
+
+    #[test]
+    fn exclusive_transaction_inside_an_open_transaction_is_refused_and_sends_nothing() {
+        let db = TestMysql::with_sql(COUNTER);
+        let mut conn = db.conn();
+        let key = LockKey::new("counter", 4);
+        let refused = conn.transaction(|c| {
+            let inner = exclusive_transaction(c, key, |c| {
+                c.write(4, 9);
+                Ok::<_, Error>(())
+            });
+            assert!(matches!(inner, Err(Error::InvalidInput(_))), "{inner:?}");
+            Ok::<_, Error>(())
+        });
+        refused.unwrap();
+        assert_eq!(conn.read(4), 0);
+        assert!(super::free_elsewhere::<Mysql>(&db, key));
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! Named locks, by a namespace and a key: PostgreSQL advisory locks and MySQL/MariaDB named
-//! locks (`GET_LOCK`, in [`mysql`]), behind the same guard.
+//! Locks by a namespace and a key: on every backend a write transaction that no other holder of
+//! its key runs beside ([`exclusive_transaction`]); on PostgreSQL and MySQL/MariaDB, advisory and
+//! named locks (`GET_LOCK`) behind the same guard.
 //!
 //! # Lock keys
 //! A [`LockKey`] is a pair of 32-bit integers, the form taken by
@@ -20,72 +21,44 @@
 //! hold across processes and hosts that share one server; on distributed PostgreSQL (Citus)
 //! they are per node, so take them on the coordinator only.
 //!
-//! # Three ways to hold a lock
-//! - **Transaction-scoped** ([`xact_lock`], [`try_xact_lock`], [`shared_xact_lock`],
-//!   [`try_shared_xact_lock`]): taken inside a transaction the caller runs, released by the
-//!   server at its `COMMIT` or `ROLLBACK`. Nothing to release by hand, nothing can leak: prefer
-//!   these whenever the protected work fits in one transaction.
-//! - **Session-scoped behind a guard** ([`lock`], [`try_lock`], [`try_lock_for`],
-//!   [`lock_shared`], [`try_lock_shared`], [`with_lock`]): held across transactions (a
-//!   session lock survives the rollback of the transaction it was taken in) until the
-//!   [`SessionLock`] guard is released or dropped, or the session ends.
-//! - Either way the server releases every advisory lock of a session when the session ends
-//!   (connection closed, backend killed), so a crashed process never leaves a lock behind.
-//!
-//! # Behind a transaction-mode pooler
-//! A session lock lives on one server session; behind PgBouncer (or Supabase's pooler, RDS
-//! Proxy) in transaction mode the next transaction of the same client may run on another
-//! server connection, and the one holding the lock goes to another client, which then holds
-//! it too. On a connection in [pooler mode](crate::db#behind-a-transaction-mode-pooler-pooler-mode)
-//! the session-scoped functions ([`lock`], [`lock_shared`], [`try_lock`], [`try_lock_shared`],
-//! [`try_lock_for`], [`with_lock`]) therefore refuse with
-//! [`Error::SessionStateUnavailable`], sending nothing. The transaction-scoped ones hold there
-//! (the pooler keeps a transaction on one server connection, and the server releases the lock
-//! at its end); for work longer than a transaction use a claim with a lease
-//! ([`claim`](crate::claim)).
-//!
-//! # Pools
-//! A session lock belongs to the server session, not to the Rust value: a pooled connection
-//! that went back to an r2d2 pool still holding one would hand the lock to whoever checks it
-//! out next. The guard therefore owns (or mutably borrows) the connection, unlocks when it is
-//! dropped (also while a panic unwinds), and when it *cannot* show that the lock is gone (the
-//! unlock failed: aborted transaction, lost connection) it marks the connection broken, so
-//! r2d2 closes it instead of reusing it, and closing it makes the server release its locks.
-//! See [`LockSession`].
-//!
-//! # On MySQL and MariaDB
-//! The session-scoped calls are the same ([`lock`], [`try_lock`], [`try_lock_for`],
-//! [`with_lock`], the [`SessionLock`] guard and its poisoning) on a `MysqlConnection` or a
-//! pooled one, with `GET_LOCK` / `RELEASE_LOCK`; [`mysql`] says how a
-//! [`LockKey`] becomes a lock name and what each call sends. MySQL has no transaction-scoped
-//! named lock and no shared one, so [`xact_lock`], [`try_xact_lock`], [`shared_xact_lock`],
-//! [`try_shared_xact_lock`], [`lock_shared`] and [`try_lock_shared`] take PostgreSQL
-//! connections only: on a MySQL connection they do not compile (the compile-fail suite's
-//! `tests/ui/xact_lock_on_mysql.rs`).
-//!
-//! SQLite has no named locks: `lock(&mut sqlite_conn, key)` does not compile
-//! (``the trait `LockSession` is not implemented for `SqliteConnection` ``; the library's
-//! compile-fail suite, `tests/ui/lock_on_sqlite.rs`, holds the full message), nor do claims.
-//!
-//! This file holds the API and its contract; each backend's statements are in a file of its
-//! own beside it: `pg.rs`, `mysql.rs`.
+//! # One writer per key, on every backend
+//! [`exclusive_transaction`] runs a closure in one write transaction during which no other
+//! `exclusive_transaction` of the same key runs, on every backend: the read-decide-write of a
+//! token refresh, say, done by one process at a time. PostgreSQL takes the key's
+//! transaction-scoped advisory lock first thing in the transaction; MySQL/MariaDB, which has no
+//! transaction-scoped named lock, takes the session-scoped named lock before `BEGIN` (so the
+//! transaction's snapshot sees what the previous holder committed) and releases it after
+//! `COMMIT`; SQLite's `BEGIN IMMEDIATE` takes the database's single write lock, which excludes
+//! every other writer of the file, whatever its key.
+#![cfg_attr(
+    any(feature = "postgres", feature = "mysql"),
+    doc = include_str!("named.md")
+)]
 
 use crate::conn::WriteConnection;
-use crate::error::{Error, Result};
-use diesel::connection::{AnsiTransactionManager, TransactionManager};
-use std::fmt;
-use std::ops::{Deref, DerefMut};
-use std::time::Duration;
+use crate::error::Error;
+use diesel::connection::{AnsiTransactionManager, Connection};
 
 #[cfg(feature = "mysql")]
 pub mod mysql;
 #[cfg(feature = "postgres")]
 mod pg;
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+mod session;
+#[cfg(feature = "sqlite")]
+mod sqlite;
 #[cfg(feature = "postgres")]
 pub use pg::{
     backend_pid, held_locks, lock_shared, server_locks, shared_xact_lock, try_lock_shared,
     try_shared_xact_lock, try_xact_lock, xact_lock, AdvisoryKey, AdvisoryLock,
 };
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+pub use session::{
+    lock, try_lock, try_lock_for, with_lock, Held, LockBackend, LockMode, LockSession, SessionLock,
+    Wait,
+};
+#[cfg(feature = "postgres")]
+use session::{poison, take};
 /// An advisory-lock name: a namespace and a key, mapped to PostgreSQL's `(int4, int4)` space.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct LockKey {
@@ -161,431 +134,77 @@ impl LockKey {
     }
 }
 
-/// A connection a [`SessionLock`] can hold: a PostgreSQL or MySQL/MariaDB connection
-/// (`&mut PgConnection`, `&mut MysqlConnection`, an owned one), an r2d2 `PooledConnection` of
-/// either, or a `&mut` of any of these (so a second guard can be taken through a first one:
-/// `lock(&mut *guard, other)`).
-///
-/// SQLite connections are not `LockSession`s: SQLite has no named locks, by type.
+/// A connection [`exclusive_transaction`] runs on: `PgConnection`, `MysqlConnection` and
+/// `SqliteConnection` (an r2d2 pooled connection reaches it through [`WriteConnection`]).
+/// Implemented in each backend's file beside this one; sealed (through [`WriteConnection`]).
 #[diagnostic::on_unimplemented(
-    message = "`{Self}` cannot hold a session lock",
-    note = "session locks need a PostgreSQL or MySQL/MariaDB session: pass `&mut PgConnection`, `&mut MysqlConnection`, an owned connection, or a pooled one (`pool.get()?`)"
+    message = "`{Self}` cannot run an exclusive transaction",
+    note = "pass `&mut PgConnection`, `&mut MysqlConnection`, `&mut SqliteConnection` or an r2d2 pooled connection of one of them"
 )]
-pub trait LockSession {
-    /// The connection: `PgConnection` or `MysqlConnection`.
-    type Connection: LockBackend;
-
-    /// The connection.
-    fn connection(&mut self) -> &mut Self::Connection;
-
-    /// The connection, shared.
-    fn connection_ref(&self) -> &Self::Connection;
-
-    /// Makes sure the session is not reused while it may still hold a lock: marks the
-    /// connection's transaction manager broken. An r2d2 pool then closes the connection when it
-    /// comes back instead of handing it out again (closing ends the session, and the server
-    /// releases its locks); Diesel refuses to open transactions on it. A borrowed
-    /// `&mut PgConnection` (or `&mut MysqlConnection`) that is not pooled stays open: drop it.
-    fn poison(&mut self) {
-        poison(self.connection());
-    }
-}
-
-/// Marks `conn`'s transaction manager broken (see [`LockSession::poison`]).
-fn poison<C: LockBackend>(conn: &mut C) {
-    AnsiTransactionManager::transaction_manager_status_mut(conn).set_in_error();
-}
-
-/// A backend with session-scoped named locks: PostgreSQL (advisory locks) and MySQL/MariaDB
-/// (`GET_LOCK`). Implemented for `PgConnection` and `MysqlConnection` in the backend's file
-/// (`pg.rs`, `mysql.rs` beside this one); sealed (through [`WriteConnection`]).
-pub trait LockBackend:
-    WriteConnection<Raw = Self> + diesel::Connection<TransactionManager = AnsiTransactionManager>
+pub trait ExclusiveBackend:
+    WriteConnection<Raw = Self> + Connection<TransactionManager = AnsiTransactionManager>
 {
-    /// Refuses session-scoped locks where the session is not kept (PostgreSQL in pooler mode).
+    /// Runs `f` in a write transaction that holds `key` (see [`exclusive_transaction`]).
     #[doc(hidden)]
-    fn refuse_session_lock(&mut self, operation: &'static str) -> Result<()>;
-
-    /// Takes the session lock `key`, waiting as `wait` says: `Ok(None)` when not granted.
-    /// On an error no lock is held, or the connection is poisoned.
-    #[doc(hidden)]
-    fn acquire_lock(&mut self, key: LockKey, mode: LockMode, wait: Wait) -> Result<Option<Held>>;
-
-    /// Releases one level of a lock taken by [`LockBackend::acquire_lock`]: whether this
-    /// session held it.
-    #[doc(hidden)]
-    fn release_lock(&mut self, held: &Held) -> Result<bool>;
+    fn exclusive<T, E: From<Error>>(
+        &mut self,
+        key: LockKey,
+        f: impl FnOnce(&mut Self) -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E>;
 }
 
-/// How long [`LockBackend::acquire_lock`] waits.
-#[doc(hidden)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Wait {
-    /// Until granted (or a server-side timeout).
-    Forever,
-    /// Not at all.
-    No,
-    /// At most this long (whole milliseconds, at least 1).
-    For(Duration),
-}
-
-/// A lock a guard holds: its key and mode, and the name the server knows it by where locks are
-/// named by strings (MySQL).
-#[doc(hidden)]
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Held {
-    key: LockKey,
-    mode: LockMode,
-    name: Option<String>,
-}
-
-/// A pooled connection holds its session as long as it is checked out: a guard that owns one
-/// keeps the lock, and a poisoned one is closed by the pool when it comes back.
-#[cfg(feature = "r2d2")]
-impl<C> LockSession for diesel::r2d2::PooledConnection<diesel::r2d2::ConnectionManager<C>>
-where
-    C: LockBackend + diesel::r2d2::R2D2Connection + 'static,
-{
-    type Connection = C;
-
-    fn connection(&mut self) -> &mut C {
-        self
-    }
-
-    fn connection_ref(&self) -> &C {
-        self
-    }
-}
-
-impl<T: LockSession + ?Sized> LockSession for &mut T {
-    type Connection = T::Connection;
-
-    fn connection(&mut self) -> &mut T::Connection {
-        (**self).connection()
-    }
-
-    fn connection_ref(&self) -> &T::Connection {
-        (**self).connection_ref()
-    }
-
-    fn poison(&mut self) {
-        (**self).poison();
-    }
-}
-
-/// Exclusive or shared.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum LockMode {
-    /// One holder at a time (`ExclusiveLock` in `pg_locks`; every MySQL named lock).
-    Exclusive,
-    /// Many shared holders, no exclusive one (`ShareLock` in `pg_locks`; PostgreSQL only).
-    Shared,
-}
-
-impl fmt::Display for LockMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            LockMode::Exclusive => "exclusive",
-            LockMode::Shared => "shared",
-        })
-    }
-}
-
-/// A session-scoped lock (a PostgreSQL advisory lock, a MySQL named lock), held until this
-/// guard is released or dropped (or the session ends). It holds the connection, and derefs to
-/// it, so the protected work runs on the same session: `guard.transaction(|conn| …)`,
-/// `diesel::insert_into(t).values(v).execute(&mut *guard)`.
+/// Runs `f` in one write transaction during which no other `exclusive_transaction` of `key`
+/// runs, and commits it (or rolls it back when `f` fails): one process at a time reads, decides
+/// and writes what `key` names, on every backend.
 ///
-/// - [`SessionLock::release`] unlocks and reports errors.
-/// - Dropping it unlocks too (also while a panic unwinds), ignoring errors.
-/// - Either way, when the unlock fails (the session is in an aborted transaction, the connection
-///   was lost, …) the connection is [poisoned](LockSession::poison): a pooled connection is then
-///   closed by r2d2 instead of being reused with the lock possibly still held, and closing it
-///   makes the server release the lock.
+/// - PostgreSQL: `BEGIN`, then the transaction-scoped advisory lock of `key`
+///   (as `xact_lock`), released by the server at
+///   `COMMIT` or `ROLLBACK`. Holds behind a transaction-mode pooler. Inside a transaction of
+///   the caller's it is a savepoint, and the lock is held until the caller's transaction ends.
+/// - MySQL/MariaDB: the session-scoped named lock of `key` (`GET_LOCK`), then `BEGIN`, so the
+///   transaction's snapshot is taken after the previous holder committed; `RELEASE_LOCK`
+///   after `COMMIT`. Refused inside a transaction of the caller's (the lock would be released
+///   before the caller commits).
+/// - SQLite: `BEGIN IMMEDIATE`, which takes the database's single write lock at once: it
+///   excludes every other writer of the file, whatever its key (in a savepoint inside the
+///   caller's transaction, which holds or takes that lock).
 ///
-/// The lock is not tied to a transaction: taking it inside a transaction that then rolls back
-/// keeps it. Session locks stack: the same session taking a key twice holds it twice and must
-/// release it twice (each guard releases its own level); MySQL's named locks (5.7+, MariaDB
-/// 10.0.2+) stack the same way.
-#[must_use = "the lock is released as soon as the guard is dropped"]
-pub struct SessionLock<C: LockSession> {
-    conn: Option<C>,
-    held: Held,
-}
-
-impl<C: LockSession> fmt::Debug for SessionLock<C> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut d = f.debug_struct("SessionLock");
-        d.field("key", &self.held.key)
-            .field("mode", &self.held.mode);
-        if let Some(name) = &self.held.name {
-            d.field("name", name);
-        }
-        d.field("held", &self.conn.is_some()).finish()
-    }
-}
-
-impl<C: LockSession> SessionLock<C> {
-    /// The lock's key.
-    pub fn key(&self) -> LockKey {
-        self.held.key
-    }
-
-    /// Exclusive or shared.
-    pub fn mode(&self) -> LockMode {
-        self.held.mode
-    }
-
-    /// The name the server knows the lock by, where locks are named by strings: on MySQL the
-    /// `GET_LOCK` name ([`mysql`](crate::lock::mysql#lock-names)); `None` on PostgreSQL.
-    pub fn server_name(&self) -> Option<&str> {
-        self.held.name.as_deref()
-    }
-
-    /// Releases the lock now (one round trip: `pg_advisory_unlock`, MySQL's `RELEASE_LOCK`).
-    ///
-    /// # Errors
-    /// - The round trip's error (e.g. [`Error::ConnectionLost`] when the backend is gone, or
-    ///   [`Error::Database`] inside an aborted transaction); the connection is then poisoned
-    ///   (see [`LockSession::poison`]).
-    /// - [`Error::NotFound`] when the server says this session did not hold the lock (someone
-    ///   called `pg_advisory_unlock_all()` or `RELEASE_ALL_LOCKS()` on it); nothing is held,
-    ///   the connection is kept.
-    ///
-    /// # Examples
-    /// ```
-    /// # include!("../doctest_setup.rs");
-    /// use upsert_kit::lock::{lock, LockKey};
-    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let (_db, mut conn) = establish_pg()?;
-    /// let guard = lock(&mut conn, LockKey::new("reports", 2026))?;
-    /// guard.release()?;
-    /// # Ok(()) }
-    /// ```
-    pub fn release(mut self) -> Result<()> {
-        self.unlock()
-    }
-
-    fn unlock(&mut self) -> Result<()> {
-        let Some(mut conn) = self.conn.take() else {
-            return Ok(());
-        };
-        let released = conn.connection().release_lock(&self.held);
-        match released {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(Error::NotFound(format!(
-                "session lock {:?} ({}) was not held by this session",
-                self.held.key, self.held.mode
-            ))),
-            Err(e) => {
-                conn.poison();
-                Err(e)
-            }
-        }
-    }
-}
-
-impl<C: LockSession> Deref for SessionLock<C> {
-    type Target = C::Connection;
-
-    fn deref(&self) -> &C::Connection {
-        // The `Option` is `None` only inside `release` and `drop`.
-        let conn = self.conn.as_ref().expect("the guard holds its connection");
-        conn.connection_ref()
-    }
-}
-
-impl<C: LockSession> DerefMut for SessionLock<C> {
-    fn deref_mut(&mut self) -> &mut C::Connection {
-        self.conn
-            .as_mut()
-            .expect("the guard holds its connection")
-            .connection()
-    }
-}
-
-impl<C: LockSession> Drop for SessionLock<C> {
-    fn drop(&mut self) {
-        if let Err(e) = self.unlock() {
-            tracing::debug!(key = ?self.held.key, error = %e, "session unlock on drop failed; connection poisoned");
-        }
-    }
-}
-
-/// Takes the lock through `conn`'s backend and wraps it in a guard.
-fn take<C: LockSession>(
-    mut conn: C,
-    key: LockKey,
-    mode: LockMode,
-    wait: Wait,
-    operation: &'static str,
-) -> Result<Option<SessionLock<C>>> {
-    conn.connection().refuse_session_lock(operation)?;
-    Ok(conn
-        .connection()
-        .acquire_lock(key, mode, wait)?
-        .map(|held| SessionLock {
-            conn: Some(conn),
-            held,
-        }))
-}
-
-/// Waits for the exclusive session-scoped lock `key` and returns its guard.
-///
-/// Guarantee: while the guard lives no other session holds `key` (exclusively or shared).
-/// Released when the guard is released or dropped, or when the session ends; *not* at the end
-/// of a transaction. One round trip:
-/// - PostgreSQL: `pg_advisory_lock`. Waits as long as it takes, bounded only by the session's
-///   `lock_timeout` and `statement_timeout` (see [`try_lock_for`] for a bound of its own); the
-///   wait is visible to PostgreSQL's deadlock detector.
-/// - MySQL/MariaDB: `GET_LOCK(name, 31536000)` (a year: MariaDB refuses the negative timeout
-///   MySQL 8 reads as "forever"). See [`mysql`] for the name.
+/// `f` is run once; a deadlock or a busy database is returned as it is (retryable, nothing
+/// applied) for the caller to run it again.
 ///
 /// # Errors
-/// [`Error::Deadlock`] when waiting would deadlock (two sessions taking two locks in opposite
-/// orders; retryable), [`Error::LockTimeout`] when the session's `lock_timeout` expires, and
-/// the round trip's other errors. No lock is held after an error.
+/// `f`'s error, unchanged; the lock's errors ([`Error::Deadlock`], [`Error::LockTimeout`]);
+/// [`Error::Busy`] on SQLite past the busy timeout; [`Error::InvalidInput`] on MySQL inside an
+/// open transaction; a connection lost while committing is [`Error::OutcomeUnknown`].
 ///
 /// # Examples
 /// ```
 /// # include!("../doctest_setup.rs");
-/// use diesel::RunQueryDsl;
-/// use upsert_kit::lock::{lock, LockKey};
+/// use diesel::prelude::*;
+/// use upsert_kit::lock::{exclusive_transaction, LockKey};
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// # let (db, _) = establish_pg()?;
-/// let pool = upsert_kit::db::pg_pool(db.url(), 4)?;
-/// // The guard owns the pooled connection: it goes back to the pool only after the unlock.
-/// let mut guard = lock(pool.get()?, LockKey::new("token-refresh", 42))?;
-/// diesel::sql_query("SELECT 1").execute(&mut *guard)?;
-/// guard.release()?;
-/// # Ok(()) }
-/// ```
-pub fn lock<C: LockSession>(conn: C, key: LockKey) -> Result<SessionLock<C>> {
-    take(conn, key, LockMode::Exclusive, Wait::Forever, "lock::lock")?
-        .ok_or_else(|| Error::LockTimeout(format!("session lock {key:?} not granted")))
-}
-
-/// Takes the exclusive session-scoped lock `key` if no other session holds it, at once,
-/// without waiting: `Ok(None)` when it is taken (an owned connection is then dropped, which
-/// returns a pooled one to its pool). One round trip (`pg_try_advisory_lock`; MySQL:
-/// `GET_LOCK(name, 0)`).
-///
-/// # Errors
-/// The round trip's errors.
-///
-/// # Examples
-/// ```
-/// # include!("../doctest_setup.rs");
-/// use upsert_kit::lock::{try_lock, LockKey};
-/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// # let (_db, mut conn) = establish_pg()?;
-/// match try_lock(&mut conn, LockKey::new("nightly", 0))? {
-///     Some(_guard) => println!("this run does the work"),
-///     None => println!("another run is at it; exiting"),
-/// }
-/// # Ok(()) }
-/// ```
-pub fn try_lock<C: LockSession>(conn: C, key: LockKey) -> Result<Option<SessionLock<C>>> {
-    take(conn, key, LockMode::Exclusive, Wait::No, "lock::try_lock")
-}
-
-/// Waits at most `timeout` for the exclusive session-scoped lock `key`: `Ok(None)` when it was
-/// not granted in time (an owned connection is then dropped).
-///
-/// # Mechanism: the server's own timeout, not polling
-/// On PostgreSQL it runs, in a short transaction of its own (a savepoint inside the caller's
-/// transaction), `SELECT set_config('lock_timeout', '<timeout>ms', true)` then
-/// `SELECT pg_advisory_lock(…)`, and commits: the session lock outlives that transaction. The
-/// wait happens in the server's lock queue, so the lock is granted the moment its holder lets
-/// go (no polling interval, no round trips while waiting, waiters served in order, deadlocks
-/// detected), and the server itself bounds the wait. On timeout the transaction (or savepoint)
-/// rolls back, which also restores the previous `lock_timeout`, and the connection is usable at
-/// once; inside a caller's transaction the previous value is restored explicitly after a
-/// success. Polling `pg_try_advisory_lock` would need no transaction but costs a round trip per
-/// interval, adds up to one interval of latency, and lets a steady stream of other takers
-/// starve the poller. The cost here: 4 round trips (6 inside a transaction), and a transaction
-/// (holding a snapshot) open while waiting.
-///
-/// On MySQL/MariaDB it is one round trip, `GET_LOCK(name, <timeout in seconds>)`: the timeout
-/// is `GET_LOCK`'s own argument (fractional seconds), the server bounds the wait, and no
-/// transaction is opened.
-///
-/// `timeout` is rounded up to whole milliseconds; `Duration::ZERO` behaves as [`try_lock`].
-///
-/// # Errors
-/// [`Error::InvalidInput`] when `timeout` exceeds `i32::MAX` milliseconds (about 24 days);
-/// [`Error::Deadlock`] when waiting would deadlock; the round trips' other errors. No lock is
-/// held after an error.
-///
-/// # Examples
-/// ```
-/// # include!("../doctest_setup.rs");
-/// use std::time::Duration;
-/// use upsert_kit::lock::{try_lock_for, LockKey};
-/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// # let (_db, mut conn) = establish_pg()?;
-/// let Some(guard) = try_lock_for(&mut conn, LockKey::new("reports", 2026), Duration::from_secs(2))? else {
-///     return Ok(()); // still busy after 2 s
-/// };
-/// guard.release()?;
-/// # Ok(()) }
-/// ```
-pub fn try_lock_for<C: LockSession>(
-    mut conn: C,
-    key: LockKey,
-    timeout: Duration,
-) -> Result<Option<SessionLock<C>>> {
-    conn.connection()
-        .refuse_session_lock("lock::try_lock_for")?;
-    if timeout.is_zero() {
-        return try_lock(conn, key);
-    }
-    let millis = i32::try_from(timeout.as_nanos().div_ceil(1_000_000)).map_err(|_| {
-        Error::invalid(
-            "timeout",
-            "must be at most i32::MAX milliseconds (about 24 days)",
-        )
-    })?;
-    let wait = Wait::For(Duration::from_millis(millis as u64));
-    take(conn, key, LockMode::Exclusive, wait, "lock::try_lock_for")
-}
-
-/// Runs `f` on `conn` while holding the exclusive session-scoped lock `key`: waits for the
-/// lock (as [`lock`]), runs `f`, releases the lock (also when `f` fails or panics) and returns
-/// `f`'s result. Two round trips besides `f`'s.
-///
-/// # Errors
-/// The lock's errors (as [`lock`]), `f`'s error, or else the release's error (as
-/// [`SessionLock::release`]).
-///
-/// # Examples
-/// ```
-/// # include!("../doctest_setup.rs");
-/// use diesel::RunQueryDsl;
-/// use upsert_kit::lock::{with_lock, LockKey};
-/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// # let (_db, mut conn) = establish_pg()?;
-/// let n = with_lock(&mut conn, LockKey::new("token-refresh", 42), |conn| {
-///     // Only one process at a time gets here for account 42.
-///     Ok::<_, upsert_kit::Error>(diesel::sql_query("SELECT 1").execute(conn)?)
+/// let mut conn = establish_sqlite()?;
+/// // Read, decide and write with no other run of the same key in between.
+/// let sku = exclusive_transaction(&mut conn, LockKey::new("restock", 7), |conn| {
+///     let n: i64 = items::table.count().get_result(conn)?;
+///     diesel::insert_into(items::table)
+///         .values((items::sku.eq(format!("r-{n}")), items::name.eq("restocked")))
+///         .execute(conn)?;
+///     Ok::<_, upsert_kit::Error>(format!("r-{n}"))
 /// })?;
+/// assert_eq!(sku, "r-0");
 /// # Ok(()) }
 /// ```
-pub fn with_lock<C, T, E, F>(conn: C, key: LockKey, f: F) -> std::result::Result<T, E>
+pub fn exclusive_transaction<C, T, E, F>(
+    conn: &mut C,
+    key: LockKey,
+    f: F,
+) -> std::result::Result<T, E>
 where
-    C: LockSession,
-    F: FnOnce(&mut C::Connection) -> std::result::Result<T, E>,
+    C: WriteConnection,
+    C::Raw: ExclusiveBackend,
     E: From<Error>,
+    F: FnOnce(&mut C::Raw) -> std::result::Result<T, E>,
 {
-    let mut guard = take(
-        conn,
-        key,
-        LockMode::Exclusive,
-        Wait::Forever,
-        "lock::with_lock",
-    )?
-    .ok_or_else(|| Error::LockTimeout(format!("session lock {key:?} not granted")))?;
-    let value = f(&mut guard)?;
-    guard.release()?;
-    Ok(value)
+    conn.raw().exclusive(key, f)
 }

@@ -2,7 +2,7 @@
 //! [`SessionLock`] guard as PostgreSQL's session locks.
 //!
 //! On a `MysqlConnection` (or a pooled one) [`lock`](super::lock), [`try_lock`](super::try_lock),
-//! [`try_lock_for`](super::try_lock_for) and [`with_lock`](super::with_lock) are the same calls
+//! [`try_lock_for`](super::try_lock_for) and [`with_lock`] are the same calls
 //! as on PostgreSQL, with the same guard discipline: the guard owns (or borrows) the
 //! connection, its drop releases the lock (also while a panic unwinds), and a connection whose
 //! release failed is poisoned so that an r2d2 pool closes it (which makes the server release
@@ -81,7 +81,7 @@
 
 #[allow(unused_imports)] // in the docs' links
 use super::SessionLock;
-use super::{Held, LockBackend, LockKey, LockMode, LockSession, Wait};
+use super::{with_lock, ExclusiveBackend, Held, LockBackend, LockKey, LockMode, LockSession, Wait};
 use crate::error::{Error, Result};
 use diesel::mysql::{Mysql, MysqlConnection};
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
@@ -318,6 +318,25 @@ fn md5_hex(input: &[u8]) -> String {
         .flat_map(|w| w.to_le_bytes())
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// The named lock around the transaction: taken before `BEGIN`, released after `COMMIT`.
+impl ExclusiveBackend for MysqlConnection {
+    fn exclusive<T, E: From<Error>>(
+        &mut self,
+        key: LockKey,
+        f: impl FnOnce(&mut Self) -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E> {
+        if crate::tx::in_transaction(self) {
+            return Err(E::from(Error::invalid(
+                "conn",
+                "has a transaction open: on MySQL/MariaDB exclusive_transaction takes the named \
+                 lock before its own BEGIN and releases it after its COMMIT, so it cannot run \
+                 inside the caller's transaction",
+            )));
+        }
+        with_lock(&mut *self, key, |c| crate::tx::transaction(c, f))
+    }
 }
 
 #[cfg(test)]

@@ -2,7 +2,10 @@
 //! shared or exclusive), the session-scoped ones behind [`SessionLock`](super::SessionLock), and
 //! the introspection of `pg_locks`.
 
-use super::{poison, take, Held, LockBackend, LockKey, LockMode, LockSession, SessionLock, Wait};
+use super::{
+    poison, take, ExclusiveBackend, Held, LockBackend, LockKey, LockMode, LockSession, SessionLock,
+    Wait,
+};
 use crate::error::{Error, Result};
 use crate::tx;
 use diesel::pg::PgConnection;
@@ -51,6 +54,19 @@ diesel::define_sql_function! {
 pub fn xact_lock(conn: &mut PgConnection, key: LockKey) -> Result<()> {
     diesel::select(pg_advisory_xact_lock(key.class, key.object)).execute(conn)?;
     Ok(())
+}
+
+impl ExclusiveBackend for PgConnection {
+    fn exclusive<T, E: From<Error>>(
+        &mut self,
+        key: LockKey,
+        f: impl FnOnce(&mut Self) -> std::result::Result<T, E>,
+    ) -> std::result::Result<T, E> {
+        tx::transaction(self, |c| {
+            xact_lock(c, key)?;
+            f(c)
+        })
+    }
 }
 
 /// Takes the exclusive transaction-scoped advisory lock `key` if no other session holds it;

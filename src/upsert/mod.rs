@@ -70,7 +70,7 @@ pub use helpers::{
     StatsModel,
 };
 pub use model::{BindColumns, BindRow, CheckedValue, ColumnArrays, UpsertModel};
-pub use stream::{bulk_upsert_stream, Commit};
+pub use stream::{bulk_upsert_stream, bulk_upsert_stream_rows, Commit};
 
 use crate::conn::WriteConnection;
 use crate::error::{Error, InvalidInput, Result};
@@ -133,6 +133,65 @@ impl BulkOutcome {
     pub fn rows(&self) -> usize {
         self.inserted + self.updated + self.unchanged
     }
+
+    /// The counts of per-row outcomes (as [`UpsertMany::execute_rows`] gives them).
+    ///
+    /// ```
+    /// use upsert_kit::{BulkOutcome, RowOutcome};
+    /// let rows = [RowOutcome::Inserted, RowOutcome::Superseded { by: 2 }, RowOutcome::Unchanged];
+    /// let counts = BulkOutcome::tally(&rows);
+    /// assert_eq!((counts.inserted, counts.unchanged, counts.collapsed), (1, 1, 1));
+    /// ```
+    pub fn tally(rows: &[RowOutcome]) -> BulkOutcome {
+        let mut counts = BulkOutcome::default();
+        for row in rows {
+            match row.outcome() {
+                Some(outcome) => counts.record(outcome),
+                None => counts.collapsed += 1,
+            }
+        }
+        counts
+    }
+}
+
+/// What a bulk upsert did with one input row: its key's outcome, or that a later row of the
+/// same key in the same call took its place (rows that share a key are collapsed, the last one
+/// wins).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RowOutcome {
+    /// The key was new: the row was inserted.
+    Inserted,
+    /// The key existed: the row was overwritten.
+    Updated,
+    /// The key existed and the update's condition left the row as it was.
+    Unchanged,
+    /// Not written: the input row at index `by` (the last of this key) was written instead.
+    Superseded {
+        /// The index, in the input, of the row that was written for this key.
+        by: usize,
+    },
+}
+
+impl RowOutcome {
+    /// The outcome of the row's key, unless the row was superseded.
+    pub fn outcome(self) -> Option<UpsertOutcome> {
+        match self {
+            RowOutcome::Inserted => Some(UpsertOutcome::Inserted),
+            RowOutcome::Updated => Some(UpsertOutcome::Updated),
+            RowOutcome::Unchanged => Some(UpsertOutcome::Unchanged),
+            RowOutcome::Superseded { .. } => None,
+        }
+    }
+}
+
+impl From<UpsertOutcome> for RowOutcome {
+    fn from(outcome: UpsertOutcome) -> Self {
+        match outcome {
+            UpsertOutcome::Inserted => RowOutcome::Inserted,
+            UpsertOutcome::Updated => RowOutcome::Updated,
+            UpsertOutcome::Unchanged => RowOutcome::Unchanged,
+        }
+    }
 }
 
 /// The absence of an update condition: every existing row is overwritten.
@@ -186,6 +245,17 @@ pub trait Upsertable<C, F = NoCondition>: UpsertModel + Sized {
             .map(|row| Self::upsert_one(conn, row, update, condition))
             .collect()
     }
+
+    /// Upserts distinct, key-sorted, validated rows in one transaction, telling each row's
+    /// outcome in their order.
+    #[doc(hidden)]
+    fn upsert_sorted_rows(
+        conn: &mut C,
+        rows: &[&Self],
+        update: &[&'static str],
+        condition: Option<&F>,
+        chunk_size: usize,
+    ) -> Result<Vec<UpsertOutcome>>;
 
     /// Upserts distinct, key-sorted, validated rows in one transaction.
     #[doc(hidden)]
@@ -430,43 +500,127 @@ impl<'a, M: UpsertModel, F> UpsertMany<'a, M, F> {
         C: WriteConnection,
         M: Upsertable<C::Raw, F>,
     {
-        for (i, row) in self.rows.iter().enumerate() {
-            row.validate().map_err(|e| {
-                Error::InvalidInput(InvalidInput::new(
-                    format!("rows[{i}].{}", e.field),
-                    e.reason,
-                ))
-            })?;
-        }
-        let sorted = collapse_and_sort(self.rows);
+        validate_all(self.rows)?;
+        let (sorted, _) = collapse_and_sort(self.rows);
         if sorted.is_empty() {
             return Ok(BulkOutcome::default());
         }
         let update = update_columns::<M>(&self.keep);
-        let mut outcome = M::upsert_sorted(
-            conn.raw(),
-            &sorted,
-            &update,
-            self.condition.as_ref(),
-            self.chunk_size,
-        )?;
+        let rows: Vec<&M> = sorted.iter().map(|&i| &self.rows[i]).collect();
+        let condition = self.condition.as_ref();
+        let mut outcome = M::upsert_sorted(conn.raw(), &rows, &update, condition, self.chunk_size)?;
         outcome.collapsed = self.rows.len() - sorted.len();
         Ok(outcome)
     }
+
+    /// Runs the bulk upsert as [`execute`](Self::execute) does (validated, collapsed, sorted,
+    /// all or nothing) and tells what happened to each input row, in input order: its key's
+    /// [`UpsertOutcome`], or [`RowOutcome::Superseded`] naming the later row of the same key
+    /// that was written instead.
+    ///
+    /// - PostgreSQL: one statement per chunk, as [`execute`](Self::execute) sends, each row's
+    ///   outcome returned with its position (`WITH ORDINALITY`).
+    /// - MySQL/MariaDB: one multi-row `ON DUPLICATE KEY UPDATE` per 60 rows, each row's outcome
+    ///   read as a bit of two session variables (one round trip more per 60 rows than the
+    ///   counts of [`execute`](Self::execute), whose statements are larger).
+    /// - SQLite: the rows one by one in one transaction, as [`execute`](Self::execute).
+    ///
+    /// # Errors
+    /// As [`execute`](Self::execute).
+    ///
+    /// # Examples
+    /// ```
+    /// # include!("../doctest_setup.rs");
+    /// use upsert_kit::{atomic_upsert, RowOutcome, UpsertMany, UpsertModel};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// #[derive(UpsertModel)]
+    /// #[upsert(table = items, key(sku))]
+    /// struct Item<'a> {
+    ///     sku: &'a str,
+    ///     name: &'a str,
+    /// }
+    /// let mut conn = establish_sqlite()?;
+    /// atomic_upsert(&mut conn, &Item { sku: "a", name: "anvil" })?;
+    /// let rows = [
+    ///     Item { sku: "b", name: "bolt" },
+    ///     Item { sku: "a", name: "anvil, large" },
+    ///     Item { sku: "b", name: "bolt, long" },
+    /// ];
+    /// let told = UpsertMany::new(&rows).execute_rows(&mut conn)?;
+    /// assert_eq!(told, [RowOutcome::Superseded { by: 2 }, RowOutcome::Updated, RowOutcome::Inserted]);
+    /// # Ok(()) }
+    /// ```
+    pub fn execute_rows<C>(&self, conn: &mut C) -> Result<Vec<RowOutcome>>
+    where
+        C: WriteConnection,
+        M: Upsertable<C::Raw, F>,
+    {
+        validate_all(self.rows)?;
+        let (sorted, winner) = collapse_and_sort(self.rows);
+        let mut told: Vec<RowOutcome> = winner
+            .into_iter()
+            .map(|by| RowOutcome::Superseded { by })
+            .collect();
+        if sorted.is_empty() {
+            return Ok(told);
+        }
+        let update = update_columns::<M>(&self.keep);
+        let rows: Vec<&M> = sorted.iter().map(|&i| &self.rows[i]).collect();
+        let condition = self.condition.as_ref();
+        let outcomes =
+            M::upsert_sorted_rows(conn.raw(), &rows, &update, condition, self.chunk_size)?;
+        for (&i, outcome) in sorted.iter().zip(outcomes) {
+            told[i] = outcome.into();
+        }
+        Ok(told)
+    }
 }
 
-/// The rows sorted by key, keeping only the last row of each key.
-fn collapse_and_sort<M: UpsertModel>(rows: &[M]) -> Vec<&M> {
+/// Validates every row; the first invalid one is named by its index.
+fn validate_all<M: UpsertModel>(rows: &[M]) -> Result<()> {
+    for (i, row) in rows.iter().enumerate() {
+        row.validate().map_err(|e| {
+            Error::InvalidInput(InvalidInput::new(
+                format!("rows[{i}].{}", e.field),
+                e.reason,
+            ))
+        })?;
+    }
+    Ok(())
+}
+
+/// The input rows in key order, the last row of each key kept: `(written, winner)`, the kept
+/// rows' indexes in key order and, for every input row, the index of its key's kept row.
+fn collapse_and_sort<M: UpsertModel>(rows: &[M]) -> (Vec<usize>, Vec<usize>) {
     let mut order: Vec<usize> = (0..rows.len()).collect();
     order.sort_by(|&a, &b| rows[a].cmp_key(&rows[b]).then(a.cmp(&b)));
-    let mut out: Vec<&M> = Vec::with_capacity(rows.len());
-    for i in order {
-        match out.last_mut() {
-            Some(last) if last.cmp_key(&rows[i]).is_eq() => *last = &rows[i],
-            _ => out.push(&rows[i]),
+    let (mut written, mut winner) = (Vec::with_capacity(rows.len()), vec![0; rows.len()]);
+    let mut start = 0;
+    for k in 0..order.len() {
+        let next = order.get(k + 1).map(|&n| &rows[n]);
+        if next.is_none_or(|next| rows[order[k]].cmp_key(next).is_ne()) {
+            written.push(order[k]);
+            for &i in &order[start..=k] {
+                winner[i] = order[k];
+            }
+            start = k + 1;
         }
     }
-    out
+    (written, winner)
+}
+
+/// Upserts many rows with the defaults of [`atomic_upsert`], all or nothing, and tells what
+/// happened to each, in input order. Shorthand for `UpsertMany::new(rows).execute_rows(conn)`;
+/// see [`UpsertMany::execute_rows`].
+///
+/// # Errors
+/// As [`UpsertMany::execute`].
+pub fn bulk_upsert_rows<C, M>(conn: &mut C, rows: &[M]) -> Result<Vec<RowOutcome>>
+where
+    C: WriteConnection,
+    M: Upsertable<C::Raw>,
+{
+    UpsertMany::new(rows).execute_rows(conn)
 }
 
 /// Upserts many rows with the defaults of [`atomic_upsert`], all or nothing. Shorthand for

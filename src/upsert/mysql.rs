@@ -291,36 +291,44 @@ where
         }
         let mut told = Vec::with_capacity(rows.len());
         for chunk in rows.chunks(PER_ROW_MAX) {
-            conn.run_execute(&Vars::ResetMasks)?;
-            conn.run_execute(&MysqlUpsertSql {
-                table: M::Table::default(),
-                rows: chunk,
-                update,
-                condition,
-                marks: Marks::PerRow,
-            })?;
-            let (foreign, hits, oks) = conn
-                .run_int3(&Vars::Masks)?
-                .into_iter()
-                .next()
-                .ok_or_else(|| Error::NotFound("the upsert's session variables".into()))?;
-            let stray = (hits | oks) & !((1_i64 << chunk.len()) - 1);
-            if foreign > 0 || stray != 0 {
-                return Err(Error::Constraint {
-                    kind: crate::error::ConstraintKind::Unique,
-                    constraint: None,
-                    message: ANOTHER_INDEX.into(),
-                });
-            }
-            told.extend(
-                (0..chunk.len()).map(|i| match (hits >> i & 1, oks >> i & 1) {
-                    (0, _) => UpsertOutcome::Inserted,
-                    (_, 1) => UpsertOutcome::Updated,
-                    _ => UpsertOutcome::Unchanged,
-                }),
-            );
+            told.extend(tell_chunk(conn, chunk, update, condition)?);
         }
         Ok(told)
+    }
+
+    /// As [`Upsertable::upsert_rows`], in one transaction, in chunks of at most [`PER_ROW_MAX`]
+    /// rows cut below the packet limit as the counting chunks are; run again on a deadlock,
+    /// and row by row when a row met another unique index (which names it).
+    fn upsert_sorted_rows(
+        conn: &mut MysqlConnection,
+        rows: &[&M],
+        update: &[&'static str],
+        condition: Option<&F>,
+        chunk_size: usize,
+    ) -> Result<Vec<UpsertOutcome>> {
+        let result = crate::conn::retry_deadlocks(conn, |conn| {
+            tx::transaction(conn, |conn: &mut MysqlConnection| {
+                if rows.len() == 1 || !M::ONE_BIND_PER_COLUMN {
+                    return Self::upsert_rows(conn, rows, update, condition);
+                }
+                let max_packet = max_packet(conn)?;
+                let mut told = Vec::with_capacity(rows.len());
+                for chunk in chunks(rows, chunk_size.min(PER_ROW_MAX), max_packet) {
+                    told.extend(tell_chunk(conn, &chunk, update, condition)?);
+                }
+                Ok(told)
+            })
+        });
+        match result {
+            Err(e) if is_another_index(&e) => {
+                tx::transaction(conn, |conn: &mut MysqlConnection| {
+                    rows.iter()
+                        .map(|row| upsert_one_once(conn, *row, update, condition))
+                        .collect()
+                })
+            }
+            other => other,
+        }
     }
 
     fn upsert_sorted(
@@ -332,6 +340,60 @@ where
     ) -> Result<BulkOutcome> {
         upsert_sorted(conn, rows, update, condition, chunk_size)
     }
+}
+
+/// One statement of at most [`PER_ROW_MAX`] rows of distinct keys, each row's outcome read
+/// from the two session-variable masks; a row that met another unique index fails it with
+/// [`ANOTHER_INDEX`].
+fn tell_chunk<M, F>(
+    conn: &mut MysqlConnection,
+    chunk: &[&M],
+    update: &[&'static str],
+    condition: Option<&F>,
+) -> Result<Vec<UpsertOutcome>>
+where
+    M: BindRow<Mysql>,
+    M::Table: QueryFragment<Mysql>,
+    F: QueryFragment<Mysql>,
+{
+    conn.run_execute(&Vars::ResetMasks)?;
+    conn.run_execute(&MysqlUpsertSql {
+        table: M::Table::default(),
+        rows: chunk,
+        update,
+        condition,
+        marks: Marks::PerRow,
+    })?;
+    let (foreign, hits, oks) = conn
+        .run_int3(&Vars::Masks)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::NotFound("the upsert's session variables".into()))?;
+    let stray = (hits | oks) & !((1_i64 << chunk.len()) - 1);
+    if foreign > 0 || stray != 0 {
+        return Err(Error::Constraint {
+            kind: crate::error::ConstraintKind::Unique,
+            constraint: None,
+            message: ANOTHER_INDEX.into(),
+        });
+    }
+    let told = (0..chunk.len()).map(|i| match (hits >> i & 1, oks >> i & 1) {
+        (0, _) => UpsertOutcome::Inserted,
+        (_, 1) => UpsertOutcome::Updated,
+        _ => UpsertOutcome::Unchanged,
+    });
+    Ok(told.collect())
+}
+
+/// Whether `e` is the marker of a chunk that met another unique index.
+fn is_another_index(e: &Error) -> bool {
+    matches!(e, Error::Constraint { constraint: None, message, .. } if message == ANOTHER_INDEX)
+}
+
+/// The server's `max_allowed_packet` (4 MiB when it cannot be read as a size).
+fn max_packet(conn: &mut MysqlConnection) -> Result<usize> {
+    let read = conn.run_ints(&Vars::MaxPacket)?.first().copied();
+    Ok(read.map_or(4 << 20, |n| usize::try_from(n).unwrap_or(4 << 20)))
 }
 
 fn upsert_one_once<M, F>(
@@ -451,11 +513,7 @@ where
         bulk_once(conn, rows, update, condition, chunk_size)
     });
     match result {
-        Err(Error::Constraint {
-            constraint: None,
-            ref message,
-            ..
-        }) if message == ANOTHER_INDEX => {
+        Err(ref e) if is_another_index(e) => {
             // Rolled back: run the rows one by one, which names the index at the offending row
             // (and rolls back again), or succeeds if that row went away meanwhile.
             tx::transaction(conn, |conn: &mut MysqlConnection| {
@@ -483,10 +541,7 @@ where
     F: QueryFragment<Mysql>,
 {
     tx::transaction(conn, |conn: &mut MysqlConnection| {
-        let max_packet = conn
-            .run_ints(&Vars::MaxPacket)?
-            .first()
-            .map_or(4 << 20, |&n| usize::try_from(n).unwrap_or(4 << 20));
+        let max_packet = max_packet(conn)?;
         let mut total = BulkOutcome::default();
         for chunk in chunks(rows, chunk_size, max_packet) {
             conn.run_execute(&Vars::Reset)?;

@@ -78,6 +78,26 @@ where
         Ok(outcomes)
     }
 
+    fn upsert_sorted_rows(
+        conn: &mut PgConnection,
+        rows: &[&Self],
+        update: &[&'static str],
+        condition: Option<&F>,
+        chunk_size: usize,
+    ) -> Result<Vec<UpsertOutcome>> {
+        if rows.len() <= chunk_size {
+            // One statement is atomic on its own: no transaction round trips needed.
+            return Self::upsert_rows(conn, rows, update, condition);
+        }
+        tx::transaction(conn, |conn| {
+            let mut told = Vec::with_capacity(rows.len());
+            for chunk in rows.chunks(chunk_size) {
+                told.extend(Self::upsert_rows(conn, chunk, update, condition)?);
+            }
+            Ok(told)
+        })
+    }
+
     fn upsert_sorted(
         conn: &mut PgConnection,
         rows: &[&Self],

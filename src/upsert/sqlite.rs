@@ -80,22 +80,32 @@ where
         tx::sqlite_single(conn, |conn| sqlite_upsert_row(conn, row, update, condition))
     }
 
-    fn upsert_sorted(
+    fn upsert_sorted_rows(
         conn: &mut SqliteConnection,
         rows: &[&Self],
         update: &[&'static str],
         condition: Option<&F>,
         _chunk_size: usize,
-    ) -> Result<BulkOutcome> {
+    ) -> Result<Vec<UpsertOutcome>> {
         // SQLite runs in-process: a statement per row costs no round trip, and with at most one
         // row per statement the bind-parameter limit can never be reached.
-        tx::sqlite_write(conn, |conn| {
-            let mut total = BulkOutcome::default();
-            for row in rows {
-                total.record(sqlite_upsert_row(conn, *row, update, condition)?);
-            }
-            Ok(total)
+        tx::immediate_transaction(conn, |conn| {
+            let upsert = |row: &&Self| sqlite_upsert_row(conn, *row, update, condition);
+            rows.iter().map(upsert).collect()
         })
+    }
+
+    fn upsert_sorted(
+        conn: &mut SqliteConnection,
+        rows: &[&Self],
+        update: &[&'static str],
+        condition: Option<&F>,
+        chunk_size: usize,
+    ) -> Result<BulkOutcome> {
+        let told = Self::upsert_sorted_rows(conn, rows, update, condition, chunk_size)?;
+        let mut total = BulkOutcome::default();
+        told.into_iter().for_each(|outcome| total.record(outcome));
+        Ok(total)
     }
 }
 

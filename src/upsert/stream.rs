@@ -1,6 +1,6 @@
 //! Streaming bulk upserts: an iterator of any length, a bounded number of rows held.
 
-use super::{BulkOutcome, UpsertMany, Upsertable};
+use super::{BulkOutcome, RowOutcome, UpsertMany, Upsertable};
 use crate::conn::WriteConnection;
 use crate::error::{Error, InvalidInput, Result};
 use crate::tx;
@@ -74,16 +74,90 @@ where
     M: Upsertable<C::Raw>,
     I: IntoIterator<Item = M>,
 {
+    run(conn, rows, chunk_rows, commit, None)
+}
+
+/// As [`bulk_upsert_stream`], and tells what happened to each input row: `each(i, outcome)`
+/// is called for every row of a chunk, in input order, once the chunk is written; `i` is the
+/// row's position in the stream, and a [`RowOutcome::Superseded`] row names the position of
+/// the later row of its chunk that was written instead. Memory stays bounded by the chunk.
+/// With [`Commit::AllOrNothing`] the outcomes told are final only when the call returns `Ok`
+/// (an error rolls back the chunks already told).
+///
+/// # Errors
+/// As [`bulk_upsert_stream`].
+///
+/// # Panics
+/// When `chunk_rows` is 0.
+///
+/// # Examples
+///
+/// ```
+/// # include!("../doctest_setup.rs");
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use upsert_kit::upsert::{bulk_upsert_stream_rows, Commit};
+/// use upsert_kit::{RowOutcome, UpsertModel};
+/// #[derive(UpsertModel)]
+/// #[upsert(table = items, key(sku))]
+/// pub struct Item {
+///     pub sku: String,
+///     pub name: String,
+/// }
+/// let mut conn = establish_sqlite()?;
+/// let rows = ["a", "b", "a", "a"].map(|sku| Item { sku: sku.into(), name: "x".into() });
+/// let mut told = Vec::new();
+/// bulk_upsert_stream_rows(&mut conn, rows, 3, Commit::PerChunk, |i, o| told.push((i, o)))?;
+/// assert_eq!(told, [
+///     (0, RowOutcome::Superseded { by: 2 }), (1, RowOutcome::Inserted), (2, RowOutcome::Inserted),
+///     (3, RowOutcome::Updated), // the next chunk: "a" exists now
+/// ]);
+/// # Ok(()) }
+/// ```
+pub fn bulk_upsert_stream_rows<C, M, I>(
+    conn: &mut C,
+    rows: I,
+    chunk_rows: usize,
+    commit: Commit,
+    mut each: impl FnMut(usize, RowOutcome),
+) -> Result<BulkOutcome>
+where
+    C: WriteConnection,
+    M: Upsertable<C::Raw>,
+    I: IntoIterator<Item = M>,
+{
+    run(conn, rows, chunk_rows, commit, Some(&mut each))
+}
+
+/// What a stream tells of each row, if anything.
+type Each<'a> = Option<&'a mut dyn FnMut(usize, RowOutcome)>;
+
+fn run<C, M, I>(
+    conn: &mut C,
+    rows: I,
+    chunk_rows: usize,
+    commit: Commit,
+    mut each: Each<'_>,
+) -> Result<BulkOutcome>
+where
+    C: WriteConnection,
+    M: Upsertable<C::Raw>,
+    I: IntoIterator<Item = M>,
+{
     assert!(chunk_rows > 0, "a chunk holds at least one row");
     match commit {
-        Commit::PerChunk => stream(conn, rows.into_iter(), chunk_rows),
+        Commit::PerChunk => stream(conn, rows.into_iter(), chunk_rows, each),
         Commit::AllOrNothing => tx::transaction(conn.raw(), |conn| {
-            stream(conn, rows.into_iter(), chunk_rows)
+            stream(conn, rows.into_iter(), chunk_rows, each.take())
         }),
     }
 }
 
-fn stream<C, M, I>(conn: &mut C, rows: I, chunk_rows: usize) -> Result<BulkOutcome>
+fn stream<C, M, I>(
+    conn: &mut C,
+    rows: I,
+    chunk_rows: usize,
+    mut each: Each<'_>,
+) -> Result<BulkOutcome>
 where
     C: WriteConnection,
     M: Upsertable<C::Raw>,
@@ -103,9 +177,27 @@ where
             })?;
             buffer.push(row);
         }
-        let part = UpsertMany::new(&buffer)
-            .chunk_size(chunk_rows)
-            .execute(conn)?;
+        let many = UpsertMany::new(&buffer).chunk_size(chunk_rows);
+        let part = match each.as_mut() {
+            None => many.execute(conn)?,
+            Some(each) => {
+                // The chunk's first row's position in the stream.
+                let first = total.rows() + total.collapsed;
+                let told = many.execute_rows(conn)?;
+                for (i, outcome) in told.iter().enumerate() {
+                    each(
+                        first + i,
+                        match *outcome {
+                            RowOutcome::Superseded { by } => {
+                                RowOutcome::Superseded { by: first + by }
+                            }
+                            other => other,
+                        },
+                    );
+                }
+                BulkOutcome::tally(&told)
+            }
+        };
         total.inserted += part.inserted;
         total.updated += part.updated;
         total.unchanged += part.unchanged;

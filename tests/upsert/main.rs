@@ -394,6 +394,105 @@ macro_rules! upsert_guarantees {
         }
 
         #[test]
+        fn bulk_upsert_rows_tells_each_input_rows_outcome_in_input_order() {
+            use upsert_kit::upsert::{bulk_upsert_stream_rows, Changed, Commit};
+            use upsert_kit::{BulkOutcome, RowOutcome};
+            let db = db();
+            let mut conn = db.conn();
+            atomic_upsert(&mut conn, &stats("recent", 1)).unwrap();
+            atomic_upsert(&mut conn, &stats("same", 5)).unwrap();
+            // New, changed, unchanged and repeated keys, unsorted.
+            let rows = vec![
+                stats("ytd", 1),
+                stats("recent", 2),
+                stats("ytd", 3),
+                stats("same", 5),
+                stats("brand", 9),
+                stats("recent", 4),
+            ];
+            let told = UpsertMany::new(&rows)
+                .update_if(Changed::<stats::data>::default())
+                .execute_rows(&mut conn)
+                .unwrap();
+            assert_eq!(
+                told,
+                [
+                    RowOutcome::Superseded { by: 2 },
+                    RowOutcome::Superseded { by: 5 },
+                    RowOutcome::Inserted,
+                    RowOutcome::Unchanged,
+                    RowOutcome::Inserted,
+                    RowOutcome::Updated,
+                ]
+            );
+            let counts = BulkOutcome::tally(&told);
+            assert_eq!(
+                (counts.inserted, counts.updated, counts.unchanged, counts.collapsed),
+                (2, 1, 1, 2)
+            );
+            assert_eq!(stored_stats(&mut conn)[1].1["count"], 4, "recent is the last row's");
+
+            // Many rows over several statements (chunks of 40; MySQL tells 60 rows at most per
+            // statement): keys k000..k149, the even ones stored before, half of those with the
+            // same data; k000..k009 given twice (the second one wins).
+            for i in (0..150).step_by(2) {
+                atomic_upsert(&mut conn, &stats(&format!("k{i:03}"), i % 4)).unwrap();
+            }
+            let mut many: Vec<Stats> = (0..150).map(|i| stats(&format!("k{i:03}"), 0)).collect();
+            many.extend((0..10).map(|i| stats(&format!("k{i:03}"), 0)));
+            let told = UpsertMany::new(&many)
+                .update_if(Changed::<stats::data>::default())
+                .chunk_size(40)
+                .execute_rows(&mut conn)
+                .unwrap();
+            let expected: Vec<RowOutcome> = (0..160)
+                .map(|i| match i {
+                    0..=9 => RowOutcome::Superseded { by: 150 + i },
+                    150.. if (i - 150) % 2 == 1 => RowOutcome::Inserted,
+                    150.. if (i - 150) % 4 == 0 => RowOutcome::Unchanged,
+                    150.. => RowOutcome::Updated,
+                    i if i % 2 == 1 => RowOutcome::Inserted,
+                    i if i % 4 == 0 => RowOutcome::Unchanged,
+                    _ => RowOutcome::Updated,
+                })
+                .collect();
+            assert_eq!(told, expected);
+
+            // An invalid row: nothing written, the row named.
+            let mut broken = vec![stats("zz-first", 1), stats("zz-second", 1)];
+            broken[1].stats_type = "y".repeat(65);
+            let err = UpsertMany::new(&broken).execute_rows(&mut conn).unwrap_err();
+            assert!(matches!(err, $too_long), "{err:?}");
+            let first = stats::table.filter(stats::stats_type.eq("zz-first")).count();
+            assert_eq!(first.get_result::<i64>(&mut conn).unwrap(), 0);
+
+            // The stream tells each row once its chunk is written, positions in the stream.
+            let keys = ["s-a", "s-b", "s-a", "s-a", "s-c", "s-b", "s-b"];
+            let stream = keys.map(|k| stats(k, 3));
+            let mut seen = Vec::new();
+            let total = bulk_upsert_stream_rows(&mut conn, stream, 3, Commit::PerChunk, |i, o| {
+                seen.push((i, o))
+            })
+            .unwrap();
+            assert_eq!(
+                seen,
+                [
+                    (0, RowOutcome::Superseded { by: 2 }),
+                    (1, RowOutcome::Inserted),
+                    (2, RowOutcome::Inserted),
+                    (3, RowOutcome::Updated),
+                    (4, RowOutcome::Inserted),
+                    (5, RowOutcome::Updated),
+                    (6, RowOutcome::Updated), // the third chunk: keys are not collapsed across
+                ]
+            );
+            assert_eq!(
+                (total.inserted, total.updated, total.unchanged, total.collapsed),
+                (3, 3, 0, 1)
+            );
+        }
+
+        #[test]
         fn bulk_upsert_collapses_duplicates_counts_exactly_and_is_all_or_nothing() {
             let db = db();
             let mut conn = db.conn();

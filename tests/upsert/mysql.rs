@@ -295,6 +295,9 @@ fn a_row_colliding_on_another_unique_index_is_refused_naming_it_and_the_other_ro
     ];
     let err = bulk_upsert(&mut conn, &batch).unwrap_err();
     assert_eq!(err.constraint_name(), Some("people_email"), "{err}");
+    // Told row by row, the same: the index named, nothing written.
+    let err = upsert_kit::bulk_upsert_rows(&mut conn, &batch).unwrap_err();
+    assert_eq!(err.constraint_name(), Some("people_email"), "{err}");
     let all: Vec<(i64, String, String)> = people::table.order(people::id).load(&mut conn).unwrap();
     assert_eq!(
         all,
@@ -362,6 +365,9 @@ fn bulk_chunks_stay_under_the_placeholder_limit_and_max_allowed_packet() {
     );
     let outcome = bulk_upsert(&mut conn, &large).unwrap();
     assert_eq!(outcome.updated, n as usize);
+    // Told row by row: the per-row statements are cut below the packet limit too.
+    let told = upsert_kit::bulk_upsert_rows(&mut conn, &large).unwrap();
+    assert_eq!(told, vec![upsert_kit::RowOutcome::Updated; n as usize]);
 }
 
 // Get-or-create on MySQL.

@@ -3,20 +3,18 @@
 //!
 //! The binaries apply them on start ([`crate::SyncDatabase::open`], under a lock so runs that
 //! start together migrate once). All three sets are embedded whichever backends the crate is
-//! built with (features `postgres` and `mysql`); [`Migrate`] is implemented for the connections
-//! it has. They are also plain Diesel migrations: from `jobs/sync/`,
+//! built with (features `postgres` and `mysql`); [`run_migrations`] applies the set of the
+//! connection's backend. They are also plain Diesel migrations: from `jobs/sync/`,
 //! `diesel migration run --database-url postgres://…` applies the PostgreSQL set
 //! (`diesel.toml` points at `migrations/postgres`); the SQLite set is
 //! `--migration-dir migrations/sqlite`.
 
 use crate::error::JobError;
 use diesel::migration::MigrationSource;
-#[cfg(feature = "mysql")]
-use diesel::mysql::{Mysql, MysqlConnection};
-#[cfg(feature = "postgres")]
-use diesel::pg::{Pg, PgConnection};
 use diesel::sqlite::{Sqlite, SqliteConnection};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+use upsert_kit::conn::WriteConnection;
+use upsert_kit::tables::{ChooseBackend, PerBackend};
 
 /// The PostgreSQL migrations (`migrations/postgres`): `strava_stats`, `wakatime_stats`,
 /// `strava_auth`, `wakatime_auth`.
@@ -29,46 +27,12 @@ pub const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/
 /// (`JSON` for the payload, `DATETIME(6)` for the timestamps, `VARCHAR(64)` keys).
 pub const MYSQL_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/mysql");
 
-/// Connections whose schema this crate can migrate: [`SqliteConnection`] with
-/// [`SQLITE_MIGRATIONS`]; with the feature `postgres`, `PgConnection` with [`PG_MIGRATIONS`];
-/// with the feature `mysql`, `MysqlConnection` with [`MYSQL_MIGRATIONS`].
-pub trait Migrate {
-    /// Applies every pending migration of this backend's set; returns how many ran.
-    ///
-    /// # Errors
-    /// [`JobError::Migration`] when a migration fails; it is rolled back.
-    fn run_migrations(&mut self) -> Result<usize, JobError>;
-}
-
-fn apply<DB, C>(conn: &mut C, migrations: impl MigrationSource<DB>) -> Result<usize, JobError>
-where
-    DB: diesel::backend::Backend,
-    C: MigrationHarness<DB>,
-{
-    conn.run_pending_migrations(migrations)
-        .map(|applied| applied.len())
-        .map_err(|e| JobError::Migration(e.to_string()))
-}
-
-#[cfg(feature = "postgres")]
-impl Migrate for PgConnection {
-    fn run_migrations(&mut self) -> Result<usize, JobError> {
-        apply::<Pg, _>(self, PG_MIGRATIONS)
-    }
-}
-
-#[cfg(feature = "mysql")]
-impl Migrate for MysqlConnection {
-    fn run_migrations(&mut self) -> Result<usize, JobError> {
-        apply::<Mysql, _>(self, MYSQL_MIGRATIONS)
-    }
-}
-
-impl Migrate for SqliteConnection {
-    fn run_migrations(&mut self) -> Result<usize, JobError> {
-        apply::<Sqlite, _>(self, SQLITE_MIGRATIONS)
-    }
-}
+/// Each backend's migrations, for [`run_migrations`].
+const MIGRATIONS: PerBackend<fn() -> EmbeddedMigrations> = PerBackend {
+    postgres: || PG_MIGRATIONS,
+    sqlite: || SQLITE_MIGRATIONS,
+    mysql: || MYSQL_MIGRATIONS,
+};
 
 /// Whether `conn` (SQLite) lacks any migration of [`SQLITE_MIGRATIONS`], found with a plain
 /// read: unlike Diesel's `has_pending_migration`, which first runs `CREATE TABLE IF NOT
@@ -113,7 +77,8 @@ pub fn sqlite_needs_migrations(conn: &mut SqliteConnection) -> Result<bool, JobE
     }))
 }
 
-/// Applies the pending migrations of `conn`'s backend (see [`Migrate`]); returns how many ran.
+/// Applies the pending migrations of `conn`'s backend ([`PG_MIGRATIONS`],
+/// [`SQLITE_MIGRATIONS`] or [`MYSQL_MIGRATIONS`]); returns how many ran.
 ///
 /// ```
 /// use diesel::{Connection, SqliteConnection};
@@ -125,6 +90,15 @@ pub fn sqlite_needs_migrations(conn: &mut SqliteConnection) -> Result<bool, JobE
 ///
 /// # Errors
 /// [`JobError::Migration`] when a migration fails; it is rolled back.
-pub fn run_migrations<C: Migrate>(conn: &mut C) -> Result<usize, JobError> {
-    conn.run_migrations()
+pub fn run_migrations<C>(conn: &mut C) -> Result<usize, JobError>
+where
+    C: WriteConnection,
+    C::Backend: ChooseBackend,
+    C::Raw: MigrationHarness<C::Backend>,
+{
+    let migrations = MIGRATIONS.of::<C>()();
+    conn.raw()
+        .run_pending_migrations(migrations)
+        .map(|applied| applied.len())
+        .map_err(|e| JobError::Migration(e.to_string()))
 }

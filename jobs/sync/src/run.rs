@@ -46,25 +46,28 @@ use crate::error::JobError;
 use crate::models::{StravaAuth, WakatimeAuth};
 use crate::schema::{strava_auth, wakatime_auth};
 use chrono::NaiveDateTime;
+use diesel::dsl::{Find, Limit, Select};
 #[cfg(feature = "mysql")]
 use diesel::mysql::MysqlConnection;
 #[cfg(feature = "postgres")]
 use diesel::pg::PgConnection;
+use diesel::query_dsl::LoadQuery;
 use diesel::sqlite::SqliteConnection;
 use diesel::{OptionalExtension, QueryDsl, RunQueryDsl};
 use serde::Serialize;
 use std::fmt;
 use std::time::Duration;
-use upsert_kit::conn::WriteConnection;
+use upsert_kit::conn::write_transaction;
 use upsert_kit::db::{self, BackendKind};
-#[cfg(any(feature = "postgres", feature = "mysql"))]
-use upsert_kit::lock::LockKey;
+use upsert_kit::lock::{exclusive_transaction, ExclusiveBackend, LockKey};
 use upsert_kit::upsert::Newer;
 use upsert_kit::{atomic_upsert_auth, AuthModel, UpsertOutcome, Upsertable};
 
 /// Connections a sync run can write through: SQLite and, with the crate's features `postgres`
-/// and `mysql`, PostgreSQL and MySQL/MariaDB. Implemented for [`SqliteConnection`],
-/// `PgConnection` and `MysqlConnection`; the run logic is generic over it.
+/// and `mysql`, PostgreSQL and MySQL/MariaDB. Implemented once for every connection the
+/// library's [`exclusive_transaction`] runs on ([`SqliteConnection`], `PgConnection`,
+/// `MysqlConnection`); the run logic is generic over it, and each backend's behaviour is the
+/// library's.
 ///
 /// # Examples
 ///
@@ -89,11 +92,14 @@ use upsert_kit::{atomic_upsert_auth, AuthModel, UpsertOutcome, Upsertable};
 /// assert!(conn.strava_token(1)?.is_none());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-pub trait SyncConnection: WriteConnection {
-    /// Runs `f` in one transaction: PostgreSQL `BEGIN` (READ COMMITTED), SQLite `BEGIN
-    /// IMMEDIATE` (takes the write lock at once, so concurrent runs on one file are serialised);
-    /// a savepoint when a transaction is already open. `f`'s error rolls everything back.
-    /// Built on [`upsert_kit::transaction`] and [`upsert_kit::tx::immediate_transaction`].
+pub trait SyncConnection: ExclusiveBackend {
+    /// Runs `f` in one write transaction ([`upsert_kit::conn::write_transaction`]): PostgreSQL
+    /// and MySQL `BEGIN`, SQLite `BEGIN IMMEDIATE` (takes the write lock at once, so concurrent
+    /// runs on one file are serialised); a savepoint when a transaction is already open.
+    /// `f`'s error rolls everything back. Outside a transaction, a run the server rolled back as
+    /// a deadlock's victim (InnoDB: runs that first-insert the same stats rows together can
+    /// deadlock on the unique index's gap locks; nothing of the victim was applied) is run again
+    /// from the start, up to [`MYSQL_DEADLOCK_ATTEMPTS`] times.
     ///
     /// # Errors
     /// `f`'s error, unchanged, or the database's; a connection lost while committing is
@@ -103,18 +109,10 @@ pub trait SyncConnection: WriteConnection {
         f: impl FnMut(&mut Self) -> Result<T, JobError>,
     ) -> Result<T, JobError>;
 
-    /// Serialises token refreshes of one account for the rest of the current transaction:
-    /// PostgreSQL waits for the transaction-scoped advisory lock of `lock`; SQLite does nothing
-    /// (its immediate transaction already holds the database's write lock).
-    ///
-    /// # Errors
-    /// Database errors (deadlock, lock timeout).
-    fn lock_token_refresh(&mut self, lock: TokenLock) -> Result<(), JobError>;
-
-    /// Runs `f` in one transaction during which no other run holds the token lock `lock`:
-    /// [`SyncConnection::sync_transaction`] with [`SyncConnection::lock_token_refresh`] first
-    /// (PostgreSQL, SQLite); on MySQL the transaction inside the session-scoped named lock
-    /// of `lock`, taken before it begins and released after it ends.
+    /// Runs `f` in one transaction during which no other run holds the token lock `lock`: the
+    /// library's [`exclusive_transaction`] (PostgreSQL: the transaction-scoped advisory lock;
+    /// MySQL: the session-scoped named lock around the transaction; SQLite: `BEGIN IMMEDIATE`,
+    /// the database's write lock).
     ///
     /// # Errors
     /// As [`SyncConnection::sync_transaction`], and the lock's errors.
@@ -122,15 +120,7 @@ pub trait SyncConnection: WriteConnection {
         &mut self,
         lock: TokenLock,
         f: impl FnOnce(&mut Self) -> Result<T, JobError>,
-    ) -> Result<T, JobError> {
-        let mut f = Some(f);
-        self.sync_transaction(|conn| {
-            conn.lock_token_refresh(lock)?;
-            // PostgreSQL and SQLite run the transaction once.
-            let f = f.take().expect("a token transaction runs once");
-            f(conn)
-        })
-    }
+    ) -> Result<T, JobError>;
 
     /// The stored Strava token of `account`, if any.
     ///
@@ -151,111 +141,34 @@ impl From<diesel::result::Error> for JobError {
     }
 }
 
-macro_rules! token_readers {
-    () => {
-        fn strava_token(&mut self, account: i64) -> Result<Option<StravaAuth>, JobError> {
-            use strava_auth::dsl as t;
-            let row = t::strava_auth
-                .find(account)
-                .select((
-                    t::id,
-                    t::athlete_id,
-                    t::access_token,
-                    t::refresh_token,
-                    t::expires_at,
-                    t::updated_at,
-                ))
-                .first::<(i64, i64, String, String, NaiveDateTime, NaiveDateTime)>(self)
-                .optional()?;
-            if let Some((_, _, access, refresh, _, _)) = &row {
-                crate::secrets::register(access);
-                crate::secrets::register(refresh);
-            }
-            Ok(row.map(
-                |(id, athlete_id, access_token, refresh_token, expires_at, updated_at)| {
-                    StravaAuth {
-                        id,
-                        athlete_id,
-                        access_token,
-                        refresh_token,
-                        expires_at,
-                        updated_at,
-                    }
-                },
-            ))
-        }
+/// The columns of a token row, in the order of [`TokenRow`].
+type StravaColumns = (
+    strava_auth::id,
+    strava_auth::athlete_id,
+    strava_auth::access_token,
+    strava_auth::refresh_token,
+    strava_auth::expires_at,
+    strava_auth::updated_at,
+);
+type WakatimeColumns = (
+    wakatime_auth::id,
+    wakatime_auth::user_id,
+    wakatime_auth::access_token,
+    wakatime_auth::refresh_token,
+    wakatime_auth::expires_at,
+    wakatime_auth::updated_at,
+);
+/// A token row: id, account on the API, access token, refresh token, expiry, update time.
+type TokenRow<A> = (i64, A, String, String, NaiveDateTime, NaiveDateTime);
+/// The read of one account's token.
+type TokenQuery<T, C> = Limit<Select<Find<T, i64>, C>>;
 
-        fn wakatime_token(&mut self, account: i64) -> Result<Option<WakatimeAuth>, JobError> {
-            use wakatime_auth::dsl as t;
-            let row = t::wakatime_auth
-                .find(account)
-                .select((
-                    t::id,
-                    t::user_id,
-                    t::access_token,
-                    t::refresh_token,
-                    t::expires_at,
-                    t::updated_at,
-                ))
-                .first::<(i64, String, String, String, NaiveDateTime, NaiveDateTime)>(self)
-                .optional()?;
-            if let Some((_, _, access, refresh, _, _)) = &row {
-                crate::secrets::register(access);
-                crate::secrets::register(refresh);
-            }
-            Ok(row.map(
-                |(id, user_id, access_token, refresh_token, expires_at, updated_at)| WakatimeAuth {
-                    id,
-                    user_id,
-                    access_token,
-                    refresh_token,
-                    expires_at,
-                    updated_at,
-                },
-            ))
-        }
-    };
-}
-
-#[cfg(feature = "postgres")]
-impl SyncConnection for PgConnection {
-    fn sync_transaction<T>(
-        &mut self,
-        f: impl FnMut(&mut Self) -> Result<T, JobError>,
-    ) -> Result<T, JobError> {
-        upsert_kit::transaction(self, f)
-    }
-
-    fn lock_token_refresh(&mut self, lock: TokenLock) -> Result<(), JobError> {
-        upsert_kit::lock::xact_lock(self, lock.key())?;
-        Ok(())
-    }
-
-    token_readers!();
-}
-
-impl SyncConnection for SqliteConnection {
-    fn sync_transaction<T>(
-        &mut self,
-        f: impl FnMut(&mut Self) -> Result<T, JobError>,
-    ) -> Result<T, JobError> {
-        upsert_kit::tx::immediate_transaction(self, f)
-    }
-
-    fn lock_token_refresh(&mut self, _lock: TokenLock) -> Result<(), JobError> {
-        Ok(())
-    }
-
-    token_readers!();
-}
-
-#[cfg(feature = "mysql")]
-impl SyncConnection for MysqlConnection {
-    /// `BEGIN` at the session's isolation (REPEATABLE READ by default), run again from the
-    /// start, up to [`MYSQL_DEADLOCK_ATTEMPTS`] times, when InnoDB rolled it back as a deadlock
-    /// victim (runs that first-insert the same stats rows together can deadlock on the unique
-    /// index's gap locks; nothing of the victim was applied). Inside an open transaction it is a
-    /// savepoint, not retried (the caller's transaction was rolled back with it).
+impl<C> SyncConnection for C
+where
+    C: ExclusiveBackend,
+    TokenQuery<strava_auth::table, StravaColumns>: for<'a> LoadQuery<'a, C, TokenRow<i64>>,
+    TokenQuery<wakatime_auth::table, WakatimeColumns>: for<'a> LoadQuery<'a, C, TokenRow<String>>,
+{
     fn sync_transaction<T>(
         &mut self,
         mut f: impl FnMut(&mut Self) -> Result<T, JobError>,
@@ -263,7 +176,7 @@ impl SyncConnection for MysqlConnection {
         let nested = upsert_kit::tx::in_transaction(self);
         let mut attempt = 1;
         loop {
-            match upsert_kit::transaction(self, &mut f) {
+            match write_transaction(self, &mut f) {
                 Err(JobError::Database(upsert_kit::Error::Deadlock(m)))
                     if !nested && attempt < MYSQL_DEADLOCK_ATTEMPTS =>
                 {
@@ -279,30 +192,69 @@ impl SyncConnection for MysqlConnection {
         }
     }
 
-    /// MySQL has no transaction-scoped named lock: refused (the token transaction takes the
-    /// session-scoped one around the transaction, see [`SyncConnection::token_transaction`]).
-    fn lock_token_refresh(&mut self, _lock: TokenLock) -> Result<(), JobError> {
-        Err(JobError::Config(
-            "MySQL has no transaction-scoped lock: run the token transaction with token_transaction"
-                .into(),
-        ))
-    }
-
     fn token_transaction<T>(
         &mut self,
         lock: TokenLock,
         f: impl FnOnce(&mut Self) -> Result<T, JobError>,
     ) -> Result<T, JobError> {
-        let mut guard = upsert_kit::lock::lock(&mut *self, lock.key())?;
-        let outcome = upsert_kit::transaction(&mut *guard, f);
-        let released = guard.release();
-        let value = outcome?;
-        released?;
-        Ok(value)
+        exclusive_transaction(self, lock.key(), f)
     }
 
-    token_readers!();
+    fn strava_token(&mut self, account: i64) -> Result<Option<StravaAuth>, JobError> {
+        let columns: StravaColumns = Default::default();
+        let row = strava_auth::table
+            .find(account)
+            .select(columns)
+            .first(self)
+            .optional()?;
+        Ok(row.map(
+            |(id, athlete_id, access_token, refresh_token, expires_at, updated_at)| {
+                register(&access_token, &refresh_token);
+                StravaAuth {
+                    id,
+                    athlete_id,
+                    access_token,
+                    refresh_token,
+                    expires_at,
+                    updated_at,
+                }
+            },
+        ))
+    }
+
+    fn wakatime_token(&mut self, account: i64) -> Result<Option<WakatimeAuth>, JobError> {
+        let columns: WakatimeColumns = Default::default();
+        let row = wakatime_auth::table
+            .find(account)
+            .select(columns)
+            .first(self)
+            .optional()?;
+        Ok(row.map(
+            |(id, user_id, access_token, refresh_token, expires_at, updated_at)| {
+                register(&access_token, &refresh_token);
+                WakatimeAuth {
+                    id,
+                    user_id,
+                    access_token,
+                    refresh_token,
+                    expires_at,
+                    updated_at,
+                }
+            },
+        ))
+    }
 }
+
+/// Registers a stored token's two secrets for redaction (see [`crate::secrets`]).
+fn register(access: &str, refresh: &str) {
+    crate::secrets::register(access);
+    crate::secrets::register(refresh);
+}
+
+/// How many times a run's transaction is run when it keeps being a deadlock's victim (InnoDB
+/// picks victims among concurrent first inserts; the name stays from when only MySQL runs were
+/// run again).
+pub const MYSQL_DEADLOCK_ATTEMPTS: u32 = 5;
 
 /// The lock that serialises the token refreshes of one account: the job's namespace
 /// ([`crate::strava::LOCK_NAMESPACE`], [`crate::wakatime::LOCK_NAMESPACE`]) and the account.
@@ -324,14 +276,10 @@ impl TokenLock {
     }
 
     /// The library's lock key.
-    #[cfg(any(feature = "postgres", feature = "mysql"))]
     fn key(self) -> LockKey {
         LockKey::new(self.namespace, self.account)
     }
 }
-
-/// How many times a MySQL run's transaction is run when it keeps being a deadlock's victim.
-pub const MYSQL_DEADLOCK_ATTEMPTS: u32 = 5;
 
 /// The database of a sync run: an SQLite file or, with the crate's features `postgres` and
 /// `mysql`, a PostgreSQL or MySQL/MariaDB connection.
@@ -500,24 +448,20 @@ impl SyncDatabase {
         // Runs that start together on a fresh database must not race to create the tables:
         // the migrations run in one transaction, under an advisory lock on PostgreSQL and
         // under SQLite's write lock, so the second run finds them applied.
+        let key = LockKey::new(MIGRATION_LOCK_NAMESPACE, 0);
         let applied = match &mut db {
             #[cfg(feature = "postgres")]
-            SyncDatabase::Postgres(c) => c.sync_transaction(|c| {
-                upsert_kit::lock::xact_lock(c, LockKey::new(MIGRATION_LOCK_NAMESPACE, 0))?;
-                migrations::run_migrations(c)
-            })?,
+            SyncDatabase::Postgres(c) => exclusive_transaction(c, key, migrations::run_migrations)?,
             // MySQL's DDL commits on its own: the named lock alone serialises the runs.
             #[cfg(feature = "mysql")]
-            SyncDatabase::Mysql(c) => upsert_kit::lock::with_lock(
-                &mut *c,
-                LockKey::new(MIGRATION_LOCK_NAMESPACE, 0),
-                migrations::run_migrations,
-            )?,
+            SyncDatabase::Mysql(c) => {
+                upsert_kit::lock::with_lock(&mut *c, key, migrations::run_migrations)?
+            }
             // Only a run with something to migrate takes SQLite's write lock: the check is a
             // plain read, so runs on a migrated file do not queue behind each other here.
             SyncDatabase::Sqlite(c) => {
                 if migrations::sqlite_needs_migrations(c)? {
-                    c.sync_transaction(migrations::run_migrations)?
+                    exclusive_transaction(c, key, migrations::run_migrations)?
                 } else {
                     0
                 }
