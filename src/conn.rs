@@ -45,6 +45,10 @@ use std::marker::PhantomData;
 /// Implemented for [`diesel::pg::Pg`], [`diesel::sqlite::Sqlite`] and [`diesel::mysql::Mysql`];
 /// sealed.
 pub trait Dialect: Backend + sealed::Sealed {
+    /// The backend as OpenTelemetry's `db.system.name` names it: `"postgresql"`, `"sqlite"`,
+    /// `"mysql"` (MariaDB too).
+    const SYSTEM: &'static str;
+
     /// Pushes the incoming row's value of `column` inside an upsert's update:
     /// `excluded."c"` (PostgreSQL, SQLite) or ``VALUES(`c`)`` (MySQL).
     #[doc(hidden)]
@@ -140,6 +144,7 @@ macro_rules! binds {
 
 #[cfg(feature = "postgres")]
 impl Dialect for diesel::pg::Pg {
+    const SYSTEM: &'static str = "postgresql";
     const DEFAULT_TABLES_SQL: &'static str = concat!(
         include_str!("../migrations/postgres/2026-12-01-000010_upsert_kit_tables/up.sql"),
         "\n",
@@ -158,6 +163,7 @@ impl Dialect for diesel::pg::Pg {
 
 #[cfg(feature = "sqlite")]
 impl Dialect for diesel::sqlite::Sqlite {
+    const SYSTEM: &'static str = "sqlite";
     const DEFAULT_TABLES_SQL: &'static str =
         include_str!("../migrations/sqlite/2026-12-01-000010_upsert_kit_tables/up.sql");
     const DEFAULT_TABLES_UPGRADES: &'static [(&'static str, &'static str)] = &[(
@@ -178,6 +184,7 @@ impl Dialect for diesel::sqlite::Sqlite {
 
 #[cfg(feature = "mysql")]
 impl Dialect for diesel::mysql::Mysql {
+    const SYSTEM: &'static str = "mysql";
     const DEFAULT_TABLES_SQL: &'static str =
         include_str!("../migrations/mysql/2026-12-01-000010_upsert_kit_tables/up.sql");
     const DEFAULT_TABLES_UPGRADES: &'static [(&'static str, &'static str)] = &[(

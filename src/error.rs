@@ -250,6 +250,38 @@ impl Error {
         Error::InvalidInput(InvalidInput::new(field, reason))
     }
 
+    /// The error's class, a short stable name without any value of the call in it:
+    /// `"constraint"`, `"deadlock"`, `"busy"`, … (the variant's name in snake case). Spans record
+    /// it as `error.type`, and the metrics label errors and retries with it.
+    ///
+    /// ```
+    /// assert_eq!(upsert_kit::Error::Deadlock("…".into()).class(), "deadlock");
+    /// ```
+    pub fn class(&self) -> &'static str {
+        match self {
+            Error::InvalidInput(_) => "invalid_input",
+            Error::Constraint { .. } => "constraint",
+            Error::SerializationFailure(_) => "serialization_failure",
+            Error::Deadlock(_) => "deadlock",
+            Error::LockTimeout(_) => "lock_timeout",
+            Error::Busy(_) => "busy",
+            Error::StatementTimeout(_) => "statement_timeout",
+            Error::Cancelled(_) => "cancelled",
+            Error::Connect(_) => "connect",
+            Error::ConnectionLost(_) => "connection_lost",
+            Error::OutcomeUnknown(_) => "outcome_unknown",
+            Error::IdempotencyConflict { .. } => "idempotency_conflict",
+            Error::IdempotencyInFlight { .. } => "idempotency_in_flight",
+            Error::QuotaExceeded { .. } => "quota_exceeded",
+            Error::CounterBound { .. } => "counter_bound",
+            Error::NotFound(_) => "not_found",
+            Error::SessionStateUnavailable { .. } => "session_state_unavailable",
+            Error::Pool(_) => "pool",
+            Error::Migration(_) => "migration",
+            Error::Database(_) => "database",
+        }
+    }
+
     /// Whether re-running the whole transaction on a healthy connection can succeed and is
     /// safe: serialization failures, deadlocks, connections lost before `COMMIT` (the server
     /// rolled the transaction back), failed connects and a busy SQLite database.

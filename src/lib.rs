@@ -28,6 +28,7 @@ pub mod get_or_create;
 pub mod idempotency;
 pub mod limits;
 pub mod lock;
+mod observe;
 pub mod period;
 pub mod quota;
 pub mod redact;

@@ -153,14 +153,9 @@ impl Retry {
                 Ok(value) => return Ok(value),
                 Err(e) if attempt + 1 < self.max_attempts && retry(&e) => {
                     let delay = self.backoff(attempt);
-                    tracing::debug!(
-                        attempt,
-                        error = %e,
-                        delay_ms = delay.as_millis() as u64,
-                        "retrying the transaction"
-                    );
-                    std::thread::sleep(delay);
                     attempt += 1;
+                    crate::observe::retrying(attempt, &e, delay);
+                    std::thread::sleep(delay);
                 }
                 Err(e) => return Err(e),
             }

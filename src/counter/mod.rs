@@ -53,6 +53,7 @@
 
 use crate::conn::{BindKey, Dialect, KeyStyle, Keyed, WriteConnection};
 use crate::error::{BoundKind, Error, Result};
+use crate::observe;
 use diesel::query_builder::{AstPass, QueryFragment};
 use diesel::QueryResult;
 use std::fmt::Debug;
@@ -337,6 +338,33 @@ impl<'k, T: Counter> Increment<'k, T> {
         C: WriteConnection,
         C::Backend: CounterBackend,
     {
+        let table = observe::table_name::<T::Table>();
+        let operation = if self.create {
+            "upsert_increment"
+        } else {
+            "increment"
+        };
+        let call = match operation {
+            "upsert_increment" => observe::call!(C::Backend::SYSTEM, "upsert_increment", table),
+            _ => observe::call!(C::Backend::SYSTEM, "increment", table),
+        };
+        call.run(|call| {
+            let totals = self.run_unobserved(conn)?;
+            call.outcome(if totals.is_some() {
+                "applied"
+            } else {
+                "missing"
+            });
+            Ok(totals)
+        })
+    }
+
+    fn run_unobserved<C>(&self, conn: &mut C) -> Result<Option<T::Amounts>>
+    where
+        T: BindKey<C::Backend>,
+        C: WriteConnection,
+        C::Backend: CounterBackend,
+    {
         T::validate_key(self.key)?;
         if self.limits && T::LIMITS.is_empty() {
             return Err(Error::invalid(
@@ -351,7 +379,7 @@ impl<'k, T: Counter> Increment<'k, T> {
             ));
         }
         for _ in 0..BOUND_ATTEMPTS {
-            match C::Backend::increment_once(conn, &self)? {
+            match C::Backend::increment_once(conn, self)? {
                 Step::Done(totals) => return Ok(totals),
                 Step::Refused(row) => {
                     if let Some(e) = self.refusal(&row) {

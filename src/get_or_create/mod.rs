@@ -165,8 +165,18 @@ where
     C: WriteConnection,
     M: GetOrCreate<C::Raw, R>,
 {
-    row.validate()?;
-    M::get_or_create_validated(conn.raw(), row)
+    let table = crate::observe::table_name::<M::Table>();
+    crate::observe::call!(
+        <C::Backend as crate::conn::Dialect>::SYSTEM,
+        "get_or_create",
+        table
+    )
+    .run(|call| {
+        row.validate()?;
+        let obtained = M::get_or_create_validated(conn.raw(), row)?;
+        call.outcome(if obtained.created { "created" } else { "found" });
+        Ok(obtained)
+    })
 }
 
 /// `INSERT … ON CONFLICT (key) DO NOTHING RETURNING <selection>`.

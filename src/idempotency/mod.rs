@@ -64,6 +64,7 @@ use crate::conn::{BindKey, Dialect, KeyStyle, Keyed, WriteConnection};
 use crate::counter::{Amounts, Counter, CounterBackend};
 use crate::declare::{Output, Returned};
 use crate::error::{Error, Result};
+use crate::observe;
 use chrono::NaiveDateTime;
 use diesel::query_builder::{AstPass, QueryFragment};
 use diesel::QueryResult;
@@ -642,6 +643,47 @@ where
     T: StoredResult,
     F: FnOnce(&mut C::Raw) -> Result<T>,
 {
+    let table = observe::table_name::<L::Table>();
+    observe::call!(C::Backend::SYSTEM, "idempotent_run", table).run(|call| {
+        told(
+            call,
+            run_unobserved::<L, C, T, F>(conn, key, fingerprint, at, f),
+        )
+    })
+}
+
+/// What a call with an idempotency key tells its span and metrics: applied or replayed (a
+/// replay counted in `upsert_kit_idempotency_replays_total`), a key in flight counted in
+/// `upsert_kit_idempotency_in_flight_total`.
+fn told<T>(call: &observe::Call, done: Result<Idempotent<T>>) -> Result<Idempotent<T>> {
+    match &done {
+        Ok(Idempotent { applied: true, .. }) => call.outcome("applied"),
+        Ok(Idempotent { applied: false, .. }) => {
+            call.outcome("replayed");
+            call.count("upsert_kit_idempotency_replays_total", 1);
+        }
+        Err(Error::IdempotencyInFlight { .. }) => {
+            call.count("upsert_kit_idempotency_in_flight_total", 1)
+        }
+        Err(_) => {}
+    }
+    done
+}
+
+fn run_unobserved<L, C, T, F>(
+    conn: &mut C,
+    key: &IdempotencyKey,
+    fingerprint: &str,
+    at: NaiveDateTime,
+    f: F,
+) -> Result<Idempotent<T>>
+where
+    L: BindLedger<C::Backend>,
+    C: WriteConnection,
+    C::Backend: IdempotencyBackend,
+    T: StoredResult,
+    F: FnOnce(&mut C::Raw) -> Result<T>,
+{
     let mut f = Some(f);
     for _ in 0..KEY_ATTEMPTS {
         let outcome = conn.write(|c| {
@@ -770,16 +812,20 @@ where
     C: WriteConnection,
     C::Backend: IdempotencyBackend,
 {
-    T::validate_key(counter_key)?;
-    let fp = fingerprint(format!("{counter_key:?}|{amounts:?}").as_bytes());
-    <C::Backend as IdempotencyBackend>::increment_once::<L, T, C>(
-        conn,
-        key,
-        &fp,
-        counter_key,
-        amounts,
-        at,
-    )
+    let table = observe::table_name::<T::Table>();
+    observe::call!(C::Backend::SYSTEM, "increment_once", table).run(|call| {
+        T::validate_key(counter_key)?;
+        let fp = fingerprint(format!("{counter_key:?}|{amounts:?}").as_bytes());
+        let done = <C::Backend as IdempotencyBackend>::increment_once::<L, T, C>(
+            conn,
+            key,
+            &fp,
+            counter_key,
+            amounts,
+            at,
+        );
+        told(call, done)
+    })
 }
 
 /// An increment of a counter row recorded once per idempotency key in a ledger of increments
@@ -948,6 +994,27 @@ impl<'a, L: IncrementLedger, T: Counter> Record<'a, L, T> {
     ///   own), [`Error::ConnectionLost`], [`Error::Busy`]: retry with the same key; the
     ///   increment is applied at most once.
     pub fn run<R, C>(self, conn: &mut C) -> Result<Option<Idempotent<R>>>
+    where
+        L: Records<T> + BindKey<C::Backend>,
+        T: BindKey<C::Backend>,
+        C: WriteConnection,
+        C::Backend: IdempotencyBackend,
+        R: ReturnRow<C::Raw>,
+    {
+        let table = observe::table_name::<T::Table>();
+        observe::call!(C::Backend::SYSTEM, "record_increment", table).run(|call| {
+            match self.run_unobserved::<R, C>(conn) {
+                Ok(None) => {
+                    call.outcome("missing");
+                    Ok(None)
+                }
+                Ok(Some(done)) => told(call, Ok(done)).map(Some),
+                Err(e) => told(call, Err(e)).map(Some),
+            }
+        })
+    }
+
+    fn run_unobserved<R, C>(self, conn: &mut C) -> Result<Option<Idempotent<R>>>
     where
         L: Records<T> + BindKey<C::Backend>,
         T: BindKey<C::Backend>,

@@ -206,5 +206,7 @@ where
     E: From<Error>,
     F: FnOnce(&mut C::Raw) -> std::result::Result<T, E>,
 {
-    conn.raw().exclusive(key, f)
+    let system = <C::Backend as crate::conn::Dialect>::SYSTEM;
+    let call = crate::observe::call!(system, "exclusive_transaction", "");
+    call.run_as(|_| conn.raw().exclusive(key, f))
 }

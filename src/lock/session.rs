@@ -3,8 +3,9 @@
 //! beside this one.
 
 use super::LockKey;
-use crate::conn::WriteConnection;
+use crate::conn::{Dialect, WriteConnection};
 use crate::error::{Error, Result};
+use crate::observe;
 use diesel::connection::{AnsiTransactionManager, TransactionManager};
 use std::fmt;
 use std::ops::{Deref, DerefMut};
@@ -256,7 +257,7 @@ impl<C: LockSession> DerefMut for SessionLock<C> {
 impl<C: LockSession> Drop for SessionLock<C> {
     fn drop(&mut self) {
         if let Err(e) = self.unlock() {
-            tracing::debug!(key = ?self.held.key, error = %e, "session unlock on drop failed; connection poisoned");
+            tracing::debug!(error.type = e.class(), "session unlock on drop failed; connection poisoned");
         }
     }
 }
@@ -269,14 +270,22 @@ pub(super) fn take<C: LockSession>(
     wait: Wait,
     operation: &'static str,
 ) -> Result<Option<SessionLock<C>>> {
-    conn.connection().refuse_session_lock(operation)?;
-    Ok(conn
-        .connection()
-        .acquire_lock(key, mode, wait)?
-        .map(|held| SessionLock {
+    let system = <<C::Connection as WriteConnection>::Backend as Dialect>::SYSTEM;
+    observe::call!(system, "lock", "").run(|call| {
+        conn.connection().refuse_session_lock(operation)?;
+        let start = std::time::Instant::now();
+        let held = conn.connection().acquire_lock(key, mode, wait)?;
+        call.waited(start.elapsed());
+        call.outcome(if held.is_some() {
+            "acquired"
+        } else {
+            "not_granted"
+        });
+        Ok(held.map(|held| SessionLock {
             conn: Some(conn),
             held,
         }))
+    })
 }
 
 /// Waits for the exclusive session-scoped lock `key` and returns its guard.

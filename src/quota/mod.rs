@@ -67,6 +67,7 @@
 use crate::conn::{BindKey, Dialect, KeyStyle, Keyed, WriteConnection};
 use crate::declare::{Output, Returned};
 use crate::error::{Error, Result};
+use crate::observe;
 use chrono::NaiveDateTime;
 use diesel::query_builder::{AstPass, QueryFragment};
 use diesel::QueryResult;
@@ -577,11 +578,17 @@ where
     C::Backend: QuotaBackend,
     O: Output<C::Raw>,
 {
-    check_amount("amount", amount)?;
-    Q::validate_key(key)?;
-    let attempt =
-        |conn: &mut C| C::Backend::consume_once::<Q, C, O>(conn, key, amount, margin, out);
-    with_sweep::<Q, C, _>(conn, key, amount, margin, at, attempt)
+    let table = observe::table_name::<Q::Table>();
+    observe::call!(C::Backend::SYSTEM, "quota_consume", table).run(|call| {
+        let done = (|| {
+            check_amount("amount", amount)?;
+            Q::validate_key(key)?;
+            let attempt =
+                |conn: &mut C| C::Backend::consume_once::<Q, C, O>(conn, key, amount, margin, out);
+            with_sweep::<Q, C, _>(conn, key, amount, margin, at, attempt)
+        })();
+        refused(call, done)
+    })
 }
 
 /// Reserves `amount` units of the quota with `key` for `ttl` (from `at`): they count as used
@@ -671,24 +678,31 @@ where
     C::Backend: QuotaBackend,
     O: Output<C::Raw>,
 {
-    check_amount("amount", amount)?;
-    Q::validate_key(key)?;
-    if ttl.is_zero() || ttl > MAX_RESERVATION_TTL {
-        return Err(Error::invalid(
-            "ttl",
-            format!("{ttl:?} is not in (0, {MAX_RESERVATION_TTL:?}]"),
-        ));
-    }
-    let expires_at = chrono::Duration::from_std(ttl)
-        .ok()
-        .and_then(|ttl| at.checked_add_signed(ttl))
-        .ok_or_else(|| Error::invalid("ttl", "the expiry is out of range"))?;
-    let attempt =
-        |conn: &mut C| C::Backend::reserve_once::<Q, C, O>(conn, key, amount, &expires_at, out);
-    Ok((
-        with_sweep::<Q, C, _>(conn, key, amount, 0, at, attempt)?,
-        expires_at,
-    ))
+    let table = observe::table_name::<Q::Table>();
+    observe::call!(C::Backend::SYSTEM, "quota_reserve", table).run(|call| {
+        let done = (|| {
+            check_amount("amount", amount)?;
+            Q::validate_key(key)?;
+            if ttl.is_zero() || ttl > MAX_RESERVATION_TTL {
+                return Err(Error::invalid(
+                    "ttl",
+                    format!("{ttl:?} is not in (0, {MAX_RESERVATION_TTL:?}]"),
+                ));
+            }
+            let expires_at = chrono::Duration::from_std(ttl)
+                .ok()
+                .and_then(|ttl| at.checked_add_signed(ttl))
+                .ok_or_else(|| Error::invalid("ttl", "the expiry is out of range"))?;
+            let attempt = |conn: &mut C| {
+                C::Backend::reserve_once::<Q, C, O>(conn, key, amount, &expires_at, out)
+            };
+            Ok((
+                with_sweep::<Q, C, _>(conn, key, amount, 0, at, attempt)?,
+                expires_at,
+            ))
+        })();
+        refused(call, done)
+    })
 }
 
 /// Turns `reservation` into usage: `actual` units (at most the reserved amount) are added to
@@ -822,7 +836,19 @@ where
     C::Backend: QuotaBackend,
     O: Output<C::Raw>,
 {
-    C::Backend::settle::<Q, C, O>(conn, reservation.id, &reservation.key, actual, at, out)
+    let table = observe::table_name::<Q::Table>();
+    observe::call!(C::Backend::SYSTEM, "quota_settle", table).run(|call| {
+        let done =
+            C::Backend::settle::<Q, C, O>(conn, reservation.id, &reservation.key, actual, at, out);
+        if let Ok(settled) = &done {
+            call.outcome(if settled.is_some() {
+                "settled"
+            } else {
+                "missing"
+            });
+        }
+        done
+    })
 }
 
 /// Sweeps every reservation of every key that expired at or before `at`: deletes it and gives
@@ -869,15 +895,37 @@ where
     C: WriteConnection,
     C::Backend: QuotaBackend,
 {
-    let n = C::Backend::sweep::<Q, C>(conn, key, at)?;
-    if n > 0 {
-        tracing::debug!(
-            quota = std::any::type_name::<Q>(),
-            count = n,
-            "swept expired reservations"
-        );
+    let table = observe::table_name::<Q::Table>();
+    observe::call!(C::Backend::SYSTEM, "quota_expire", table).run(|call| {
+        let done = (|| {
+            let n = C::Backend::sweep::<Q, C>(conn, key, at)?;
+            if n > 0 {
+                tracing::debug!(
+                    quota = std::any::type_name::<Q>(),
+                    count = n,
+                    "swept expired reservations"
+                );
+            }
+            Ok(usize::try_from(n).unwrap_or(0))
+        })();
+        if let Ok(n) = &done {
+            call.rows(*n);
+        }
+        done
+    })
+}
+
+/// Counts a refusal (`upsert_kit_quota_refusals_total`) and tells it on the call's span.
+fn refused<T>(call: &observe::Call, done: Result<T>) -> Result<T> {
+    match &done {
+        Ok(_) => call.outcome("accepted"),
+        Err(Error::QuotaExceeded { .. }) => {
+            call.outcome("refused");
+            call.count("upsert_kit_quota_refusals_total", 1);
+        }
+        Err(_) => {}
     }
-    Ok(usize::try_from(n).unwrap_or(0))
+    done
 }
 
 /// How many times a refused call is tried again when the read that explains the refusal finds

@@ -72,8 +72,9 @@ pub use helpers::{
 pub use model::{BindColumns, BindRow, CheckedValue, ColumnArrays, UpsertModel};
 pub use stream::{bulk_upsert_stream, bulk_upsert_stream_rows, Commit};
 
-use crate::conn::WriteConnection;
+use crate::conn::{Dialect, WriteConnection};
 use crate::error::{Error, InvalidInput, Result};
+use crate::observe;
 use diesel::expression::{AppearsOnTable, Expression};
 use diesel::query_builder::{AstPass, QueryFragment, QueryId};
 use diesel::{Column, QueryResult};
@@ -385,9 +386,14 @@ impl<'a, M: UpsertModel, F> Upsert<'a, M, F> {
         C: WriteConnection,
         M: Upsertable<C::Raw, F>,
     {
-        self.row.validate()?;
-        let update = update_columns::<M>(&self.keep);
-        M::upsert_one(conn.raw(), self.row, &update, self.condition.as_ref())
+        let table = observe::table_name::<M::Table>();
+        observe::call!(<C::Backend as Dialect>::SYSTEM, "upsert", table).run(|call| {
+            self.row.validate()?;
+            let update = update_columns::<M>(&self.keep);
+            let outcome = M::upsert_one(conn.raw(), self.row, &update, self.condition.as_ref())?;
+            call.outcome(outcome.as_str());
+            Ok(outcome)
+        })
     }
 }
 
@@ -500,17 +506,22 @@ impl<'a, M: UpsertModel, F> UpsertMany<'a, M, F> {
         C: WriteConnection,
         M: Upsertable<C::Raw, F>,
     {
-        validate_all(self.rows)?;
-        let (sorted, _) = collapse_and_sort(self.rows);
-        if sorted.is_empty() {
-            return Ok(BulkOutcome::default());
-        }
-        let update = update_columns::<M>(&self.keep);
-        let rows: Vec<&M> = sorted.iter().map(|&i| &self.rows[i]).collect();
-        let condition = self.condition.as_ref();
-        let mut outcome = M::upsert_sorted(conn.raw(), &rows, &update, condition, self.chunk_size)?;
-        outcome.collapsed = self.rows.len() - sorted.len();
-        Ok(outcome)
+        let table = observe::table_name::<M::Table>();
+        observe::call!(<C::Backend as Dialect>::SYSTEM, "bulk_upsert", table).run(|call| {
+            validate_all(self.rows)?;
+            let (sorted, _) = collapse_and_sort(self.rows);
+            if sorted.is_empty() {
+                return Ok(BulkOutcome::default());
+            }
+            let update = update_columns::<M>(&self.keep);
+            let rows: Vec<&M> = sorted.iter().map(|&i| &self.rows[i]).collect();
+            let condition = self.condition.as_ref();
+            let mut outcome =
+                M::upsert_sorted(conn.raw(), &rows, &update, condition, self.chunk_size)?;
+            outcome.collapsed = self.rows.len() - sorted.len();
+            call.counts(outcome.inserted, outcome.updated, outcome.unchanged);
+            Ok(outcome)
+        })
     }
 
     /// Runs the bulk upsert as [`execute`](Self::execute) does (validated, collapsed, sorted,
@@ -551,6 +562,21 @@ impl<'a, M: UpsertModel, F> UpsertMany<'a, M, F> {
     /// # Ok(()) }
     /// ```
     pub fn execute_rows<C>(&self, conn: &mut C) -> Result<Vec<RowOutcome>>
+    where
+        C: WriteConnection,
+        M: Upsertable<C::Raw, F>,
+    {
+        let table = observe::table_name::<M::Table>();
+        let call = observe::call!(<C::Backend as Dialect>::SYSTEM, "bulk_upsert_rows", table);
+        call.run(|call| {
+            let told = self.rows_unobserved(conn)?;
+            let counts = BulkOutcome::tally(&told);
+            call.counts(counts.inserted, counts.updated, counts.unchanged);
+            Ok(told)
+        })
+    }
+
+    fn rows_unobserved<C>(&self, conn: &mut C) -> Result<Vec<RowOutcome>>
     where
         C: WriteConnection,
         M: Upsertable<C::Raw, F>,

@@ -1,8 +1,9 @@
 //! Streaming bulk upserts: an iterator of any length, a bounded number of rows held.
 
 use super::{BulkOutcome, RowOutcome, UpsertMany, Upsertable};
-use crate::conn::WriteConnection;
+use crate::conn::{Dialect, WriteConnection};
 use crate::error::{Error, InvalidInput, Result};
+use crate::observe;
 use crate::tx;
 
 /// When the chunks of [`bulk_upsert_stream`] commit.
@@ -144,12 +145,17 @@ where
     I: IntoIterator<Item = M>,
 {
     assert!(chunk_rows > 0, "a chunk holds at least one row");
-    match commit {
-        Commit::PerChunk => stream(conn, rows.into_iter(), chunk_rows, each),
-        Commit::AllOrNothing => tx::transaction(conn.raw(), |conn| {
-            stream(conn, rows.into_iter(), chunk_rows, each.take())
-        }),
-    }
+    let table = observe::table_name::<M::Table>();
+    observe::call!(C::Backend::SYSTEM, "bulk_upsert_stream", table).run(|call| {
+        let total = match commit {
+            Commit::PerChunk => stream(conn, rows.into_iter(), chunk_rows, each)?,
+            Commit::AllOrNothing => tx::transaction(conn.raw(), |conn| {
+                stream(conn, rows.into_iter(), chunk_rows, each.take())
+            })?,
+        };
+        call.counts(total.inserted, total.updated, total.unchanged);
+        Ok(total)
+    })
 }
 
 fn stream<C, M, I>(
