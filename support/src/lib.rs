@@ -250,9 +250,9 @@ impl<S: server::PgServer> server::ServerDb<S> {
     }
 
     /// A URL of the database through this test process's PgBouncer in transaction pool mode
-    /// in front of its server ([`pgbouncer`], [`pg18::pgbouncer`]), without the crate's pooler mode: add
-    /// [`POOLER_PARAM`](upsert_kit::db::POOLER_PARAM) (or use [`TestDb::pooled_url`]) to turn
-    /// it on.
+    /// in front of its server ([`pgbouncer`], [`pg18::pgbouncer`]), without the crate's pooler
+    /// mode: add [`POOLER_PARAM`](upsert_kit::db::POOLER_PARAM) (or use
+    /// [`TestDb::pooled_url`]) to turn it on.
     ///
     /// # Panics
     /// When no PgBouncer can be started; the message says how to provide one.
