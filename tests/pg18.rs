@@ -9,8 +9,8 @@
 //! and in its own test binary on the machine's server. Their SQLite and MySQL tests run here
 //! as well (they share the files).
 //!
-//! A new test file with PostgreSQL tests gets a line below. `tests/errors_mysql.rs`,
-//! `tests/sqlite_busy.rs` and `tests/compile_fail.rs` have none.
+//! A new test file with PostgreSQL tests gets a line below (a test here fails until it has
+//! one). `tests/errors_mysql.rs`, `tests/sqlite_busy.rs` and `tests/compile_fail.rs` have none.
 
 // Each test file declares the fixture module it uses (`tests/fixture/mod.rs`), as it does in its
 // own test binary: here that makes a copy per file.
@@ -84,5 +84,47 @@ fn the_server_of_these_tests_is_postgresql_18() {
     assert!(
         (180_000..190_000).contains(&version),
         "server_version_num {version} on the PostgreSQL 18 server"
+    );
+}
+
+/// Every test file of the library that uses the PostgreSQL `TestDb` is compiled here too: a
+/// new one without its line above fails this test instead of running on one version only.
+#[test]
+fn every_test_file_with_postgresql_tests_is_included_here() {
+    let tests = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
+    let this = include_str!("pg18.rs");
+    let mut roots = Vec::new();
+    for entry in std::fs::read_dir(&tests).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() && path.join("main.rs").is_file() {
+            roots.push(path.join("main.rs"));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            roots.push(path);
+        }
+    }
+    let mut missing = Vec::new();
+    for root in roots {
+        let relative = root
+            .strip_prefix(&tests)
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let text = std::fs::read_to_string(&root).unwrap();
+        // The file itself, or the modules it declares next to it (tests/upsert/*.rs).
+        let uses_pg = text.contains("TestDb")
+            || root.ends_with("main.rs")
+                && std::fs::read_dir(root.parent().unwrap())
+                    .unwrap()
+                    .flatten()
+                    .any(|e| std::fs::read_to_string(e.path()).is_ok_and(|t| t.contains("TestDb")));
+        if relative != "pg18.rs" && uses_pg && !this.contains(&format!("#[path = \"{relative}\"]"))
+        {
+            missing.push(relative);
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "not compiled in tests/pg18.rs: {missing:?}"
     );
 }
