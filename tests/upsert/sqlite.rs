@@ -1,10 +1,10 @@
 //! The shared guarantees on SQLite, on the fixture's tables.
 
-use crate::fixture::{stats, tokens, Stats, Token};
+use super::fixture::{stats, tokens, Stats, Token};
 use upsert_kit_support::TestSqlite;
 
 fn db() -> TestSqlite {
-    crate::fixture::sqlite()
+    super::fixture::sqlite()
 }
 
 upsert_guarantees!(
