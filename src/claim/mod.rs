@@ -761,8 +761,10 @@ impl<Q: ClaimQueue> Queue<Q> {
     /// statement (a plain read: it locks nothing, waits for no claim, and changes nothing), so
     /// the numbers are one consistent snapshot, judged against the server's clock.
     ///
-    /// It reads every row that is not `done` (through an index on the status column when the
-    /// table has one, such as MySQL's `(status, id)` key). For a queue with a tenant column
+    /// Its cost is one pass over the rows that are not `done`, found through an index that
+    /// leads with the status column when the table has one (MySQL's recommended `(status, id)`
+    /// key); without one, over the whole table (PostgreSQL's partial indexes recommended above
+    /// do not cover `failed`: add `(status)` if done rows pile up). For a queue with a tenant column
     /// ([`ClaimQueue::TENANT`], PostgreSQL) it counts the tenants this handle names
     /// ([`Queue::tenant`]), or the whole table when it names none.
     ///
