@@ -174,6 +174,7 @@ struct Task {
 #[cfg(any(feature = "postgres", feature = "mysql"))]
 impl upsert_kit::claim::ClaimQueue for Task {
     type Table = tasks::table;
+    const CREATED_AT: Option<&'static str> = Some("created_at");
 }
 
 /// A database of its own on the test server (see the `upsert-kit-support` crate), with the
@@ -191,7 +192,8 @@ fn establish_pg(
              attempts INT NOT NULL DEFAULT 0,
              locked_until TIMESTAMPTZ,
              holder TEXT,
-             last_error TEXT);
+             last_error TEXT,
+             created_at TIMESTAMPTZ NOT NULL DEFAULT now());
          INSERT INTO tasks (name) VALUES ('resize'), ('index'), ('mail');",
     );
     let conn = db.conn();
@@ -213,6 +215,7 @@ fn establish_mysql(
              locked_until DATETIME(6) NULL,
              holder VARCHAR(200) NULL,
              last_error TEXT NULL,
+             created_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
              KEY tasks_due (status, id));
          INSERT INTO tasks (name) VALUES ('resize'), ('index'), ('mail');",
     );

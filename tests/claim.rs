@@ -12,7 +12,7 @@ use diesel::r2d2::R2D2Connection;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use upsert_kit::claim::{ClaimConnection, ClaimQueue, Failed, Queue};
+use upsert_kit::claim::{ClaimConnection, ClaimQueue, Failed, Queue, QueueState, Reaped};
 use upsert_kit::conn::WriteConnection;
 use upsert_kit::Error;
 use upsert_kit_support::{race, TestDatabase};
@@ -73,6 +73,20 @@ impl ClaimQueue for Task {
     type Table = tasks::table;
 }
 
+/// The `tasks` queue with its enqueue time declared, so that its state tells the age of the
+/// oldest ready task.
+#[derive(Debug, Clone, QueryableByName)]
+#[diesel(table_name = tasks)]
+struct DatedTask {
+    #[allow(dead_code)]
+    name: String,
+}
+
+impl ClaimQueue for DatedTask {
+    type Table = tasks::table;
+    const CREATED_AT: Option<&'static str> = Some("created_at");
+}
+
 /// What the claim tests need of a backend beyond its test database: the queues' DDL and the
 /// statements that differ.
 trait Backend: 'static {
@@ -81,6 +95,7 @@ trait Backend: 'static {
     /// Its connection, which claims run on.
     type Conn: ClaimConnection<Job>
         + ClaimConnection<Task>
+        + ClaimConnection<DatedTask>
         + R2D2Connection
         + diesel::Connection<
             Backend = <Self::Conn as WriteConnection>::Backend,
@@ -109,6 +124,13 @@ trait Backend: 'static {
 
     /// The session's isolation level.
     fn isolation(conn: &mut Self::Conn) -> String;
+
+    /// Ends the leases of tasks `ids` a second ago, server time, as time passing would.
+    fn expire_leases(conn: &mut Self::Conn, ids: &[i64]);
+
+    /// Sets the enqueue time of task `id` (of every task when `None`) to `seconds` before the
+    /// server's clock.
+    fn enqueued_ago(conn: &mut Self::Conn, id: Option<i64>, seconds: i64);
 }
 
 /// The tests' own reads and writes of the two queues: the same Diesel code on each backend's
@@ -124,6 +146,8 @@ trait Rows {
     fn task_states(&mut self) -> HashMap<String, i64>;
     /// Task `id`'s status, attempts and last error.
     fn task(&mut self, id: i64) -> (String, i32, Option<String>);
+    /// Sets task `id`'s attempts, as earlier claims would have.
+    fn set_attempts(&mut self, id: i64, attempts: i32);
 }
 
 macro_rules! rows {
@@ -170,6 +194,13 @@ macro_rules! rows {
                     .select((tasks::status, tasks::attempts, tasks::last_error))
                     .get_result(self)
                     .unwrap()
+            }
+
+            fn set_attempts(&mut self, id: i64, attempts: i32) {
+                diesel::update(tasks::table.find(id))
+                    .set(tasks::attempts.eq(attempts))
+                    .execute(self)
+                    .unwrap();
             }
         }
     )*};
@@ -432,6 +463,132 @@ fn extend_keeps_a_lease_alive_past_its_original_expiry_and_a_pooled_connection_c
     assert_eq!(inner.len(), 1);
 }
 
+/// Ten tasks, one or more in each state, counted by one statement; then the reaper's counts,
+/// and the state after it.
+fn the_queue_state_counts_every_state_exactly_and_the_reaper_says_what_it_did<B: Backend>() {
+    let db = tasks_db::<B>(0);
+    let mut conn = db.conn();
+    let monitor = Queue::<DatedTask>::new("monitor").unwrap();
+    let undated = Queue::<Task>::new("monitor").unwrap();
+    assert_eq!(
+        monitor.state(&mut conn).unwrap(),
+        QueueState::default(),
+        "an empty queue"
+    );
+
+    B::schedule(&mut conn, 10);
+    B::enqueued_ago(&mut conn, None, 0);
+    // Long leases and backoffs: nothing expires or becomes due by itself during the test.
+    let queue = Queue::<DatedTask>::new("w")
+        .unwrap()
+        .lease(Duration::from_secs(600))
+        .max_attempts(2)
+        .backoff(Duration::from_secs(3600), Duration::from_secs(3600));
+    let claims = queue.claim(&mut conn, 6).unwrap();
+    assert_eq!(
+        claims.iter().map(|c| c.id).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5, 6]
+    );
+    queue.complete(&mut conn, &claims[0]).unwrap(); // 1: done
+    assert!(matches!(
+        queue.fail(&mut conn, &claims[1], "503").unwrap(),
+        Failed::Retry { .. }
+    )); // 2: waiting out its backoff
+    let last_try = queue.clone().max_attempts(1);
+    assert_eq!(
+        last_try.fail(&mut conn, &claims[2], "bad input").unwrap(),
+        Failed::Parked
+    ); // 3: parked
+    B::expire_leases(&mut conn, &[4, 5]); // 4, 5: expired, not reaped; 6: leased
+    conn.set_attempts(5, 2); // 5 has used its last attempt: the reaper will park it
+                             // 7-10 are ready; 7 was enqueued two hours ago, 8 one hour ago. 6, enqueued five hours
+                             // ago, is leased: it does not count for the age of the oldest *ready* item.
+    B::enqueued_ago(&mut conn, Some(7), 7200);
+    B::enqueued_ago(&mut conn, Some(8), 3600);
+    B::enqueued_ago(&mut conn, Some(6), 5 * 3600);
+
+    let state = monitor.state(&mut conn).unwrap();
+    let age = state.oldest_ready_age.expect("four tasks are ready");
+    assert!(
+        age >= Duration::from_secs(7200) && age < Duration::from_secs(7200 + 60),
+        "oldest ready task enqueued {age:?} ago"
+    );
+    assert_eq!(
+        state,
+        QueueState {
+            ready: 4,
+            waiting: 1,
+            leased: 1,
+            expired: 2,
+            parked: 1,
+            oldest_ready_age: Some(age),
+        }
+    );
+    // Without `CREATED_AT` the counts are the same and the age is unknown.
+    assert_eq!(
+        undated.state(&mut conn).unwrap(),
+        QueueState {
+            oldest_ready_age: None,
+            ..state
+        }
+    );
+    // A pooled connection reads the same.
+    assert_eq!(
+        undated.state(&mut db.pool(1).get().unwrap()).unwrap(),
+        QueueState {
+            oldest_ready_age: None,
+            ..state
+        }
+    );
+
+    // The reaper takes exactly the expired ones and says which it put back and which it parked.
+    let reaped = queue.reap_expired(&mut conn).unwrap();
+    assert_eq!(
+        reaped,
+        Reaped {
+            requeued: 1,
+            parked: 1
+        }
+    );
+    let after = monitor.state(&mut conn).unwrap();
+    assert_eq!(
+        (
+            after.ready,
+            after.waiting,
+            after.leased,
+            after.expired,
+            after.parked
+        ),
+        (5, 1, 1, 0, 2)
+    );
+    assert!(after.oldest_ready_age.unwrap() >= Duration::from_secs(7200));
+
+    // Once the workers take the ready tasks, nothing is ready and no age is given.
+    let taken = queue.claim(&mut conn, 10).unwrap();
+    assert_eq!(taken.len(), 5);
+    let drained = monitor.state(&mut conn).unwrap();
+    assert_eq!(
+        drained,
+        QueueState {
+            ready: 0,
+            waiting: 1,
+            leased: 6,
+            expired: 0,
+            parked: 2,
+            oldest_ready_age: None,
+        }
+    );
+    assert_eq!(
+        conn.task_states(),
+        HashMap::from([
+            ("done".into(), 1),
+            ("retry".into(), 1),
+            ("processing".into(), 6),
+            ("failed".into(), 2),
+        ])
+    );
+}
+
 /// The tests above, on backend `$backend`; `$items` is how many jobs the eight workers drain.
 macro_rules! claim_tests {
     ($backend:ty, drained_items = $items:expr) => {
@@ -442,6 +599,7 @@ macro_rules! claim_tests {
             failures_count_attempts_back_off_and_park_the_item_past_the_maximum(),
             a_worker_that_keeps_dying_gets_its_item_parked_by_the_reaper(),
             extend_keeps_a_lease_alive_past_its_original_expiry_and_a_pooled_connection_claims_the_same(),
+            the_queue_state_counts_every_state_exactly_and_the_reaper_says_what_it_did(),
         );
     };
 }
@@ -466,7 +624,8 @@ mod postgres {
                  attempts INT NOT NULL DEFAULT 0,
                  locked_until TIMESTAMPTZ,
                  holder TEXT,
-                 last_error TEXT);
+                 last_error TEXT,
+                 created_at TIMESTAMPTZ NOT NULL DEFAULT now());
              CREATE INDEX tasks_due ON tasks (id) WHERE status IN ('pending', 'retry');
              CREATE INDEX tasks_leased ON tasks (locked_until) WHERE status = 'processing';";
 
@@ -512,9 +671,68 @@ mod postgres {
             .get_result(conn)
             .unwrap()
         }
+
+        fn expire_leases(conn: &mut PgConnection, ids: &[i64]) {
+            let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
+            conn.batch_execute(&format!(
+                "UPDATE tasks SET locked_until = statement_timestamp() - interval '1 second' \
+                 WHERE id IN ({})",
+                ids.join(", ")
+            ))
+            .unwrap();
+        }
+
+        fn enqueued_ago(conn: &mut PgConnection, id: Option<i64>, seconds: i64) {
+            let only = id.map(|id| format!(" WHERE id = {id}")).unwrap_or_default();
+            conn.batch_execute(&format!(
+                "UPDATE tasks SET created_at = statement_timestamp() - {seconds} * interval '1 second'{only}"
+            ))
+            .unwrap();
+        }
     }
 
     claim_tests!(Postgres, drained_items = 5000);
+
+    /// `tasks` with a tenant column, `account`.
+    #[derive(Debug, QueryableByName)]
+    #[diesel(table_name = tasks)]
+    struct AccountTask {
+        #[allow(dead_code)]
+        name: String,
+    }
+
+    impl ClaimQueue for AccountTask {
+        type Table = tasks::table;
+        const TENANT: Option<&'static str> = Some("account");
+    }
+
+    #[test]
+    fn the_state_of_a_tenant_queue_counts_the_tenants_its_handle_names_or_every_tenant() {
+        let db = TestDb::with_sql(Postgres::TASKS);
+        let mut conn = db.conn();
+        conn.batch_execute(
+            "ALTER TABLE tasks ADD COLUMN account BIGINT NOT NULL DEFAULT 0;
+             INSERT INTO tasks (name, account)
+             VALUES ('a', 1), ('b', 1), ('c', 1), ('d', 2), ('e', 2), ('f', 3);",
+        )
+        .unwrap();
+        let worker = Queue::<AccountTask>::new("w").unwrap().tenant(1_i64);
+        assert_eq!(worker.claim(&mut conn, 1).unwrap().len(), 1);
+
+        let counts = |queue: Queue<AccountTask>, conn: &mut PgConnection| {
+            let s = queue.state(conn).unwrap();
+            (s.ready, s.leased)
+        };
+        let monitor = || Queue::<AccountTask>::new("monitor").unwrap();
+        assert_eq!(counts(monitor().tenant(1_i64), &mut conn), (2, 1));
+        assert_eq!(
+            counts(monitor().tenant(1_i64).tenant(2_i64), &mut conn),
+            (4, 1)
+        );
+        assert_eq!(counts(monitor().tenant(3_i64), &mut conn), (1, 0));
+        assert_eq!(counts(monitor().tenant(4_i64), &mut conn), (0, 0));
+        assert_eq!(counts(monitor(), &mut conn), (5, 1));
+    }
 }
 
 mod mysql {
@@ -538,6 +756,7 @@ mod mysql {
                  locked_until DATETIME(6) NULL,
                  holder VARCHAR(200) NULL,
                  last_error TEXT NULL,
+                 created_at DATETIME(6) NOT NULL DEFAULT '2000-01-01 00:00:00',
                  KEY tasks_due (status, id))";
 
         fn create_jobs(conn: &mut MysqlConnection, table: &str, items: i32) {
@@ -587,6 +806,24 @@ mod mysql {
                 .get_result(conn)
             })
             .unwrap()
+        }
+
+        fn expire_leases(conn: &mut MysqlConnection, ids: &[i64]) {
+            let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
+            conn.batch_execute(&format!(
+                "UPDATE tasks SET locked_until = UTC_TIMESTAMP(6) - INTERVAL 1 SECOND \
+                 WHERE id IN ({})",
+                ids.join(", ")
+            ))
+            .unwrap();
+        }
+
+        fn enqueued_ago(conn: &mut MysqlConnection, id: Option<i64>, seconds: i64) {
+            let only = id.map(|id| format!(" WHERE id = {id}")).unwrap_or_default();
+            conn.batch_execute(&format!(
+                "UPDATE tasks SET created_at = UTC_TIMESTAMP(6) - INTERVAL {seconds} SECOND{only}"
+            ))
+            .unwrap();
         }
     }
 

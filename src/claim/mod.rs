@@ -88,6 +88,7 @@ mod pg;
 /// | [`LOCKED_UNTIL`](ClaimQueue::LOCKED_UNTIL) | `locked_until` | `TIMESTAMPTZ` | the lease's end while processing; "not before" while waiting to retry |
 /// | [`HOLDER`](ClaimQueue::HOLDER) | `holder` | `TEXT` | the lease's holder |
 /// | [`LAST_ERROR`](ClaimQueue::LAST_ERROR) | `last_error` | `TEXT` | the last failure |
+/// | [`CREATED_AT`](ClaimQueue::CREATED_AT) | none | `TIMESTAMPTZ` | optional: when the item was enqueued, for [`QueueState::oldest_ready_age`] |
 ///
 /// A partial index on `(id) WHERE status IN ('pending', 'retry')` keeps claims cheap on a long
 /// table, and one on `(locked_until) WHERE status = 'processing'` the reaper.
@@ -125,7 +126,8 @@ mod pg;
 ///     attempts INT NOT NULL DEFAULT 0,
 ///     locked_until TIMESTAMPTZ,
 ///     holder TEXT,
-///     last_error TEXT
+///     last_error TEXT,
+///     created_at TIMESTAMPTZ NOT NULL DEFAULT now()  -- optional (ClaimQueue::CREATED_AT)
 /// );
 /// CREATE INDEX tasks_due ON tasks (id) WHERE status IN ('pending', 'retry');
 /// CREATE INDEX tasks_leased ON tasks (locked_until) WHERE status = 'processing';
@@ -159,6 +161,11 @@ pub trait ClaimQueue: Sized + 'static {
     const HOLDER: &'static str = "holder";
     /// The last error column.
     const LAST_ERROR: &'static str = "last_error";
+    /// The column holding when an item was enqueued, when the queue has one (default: none).
+    /// Only [`Queue::state`] reads it, for the age of the oldest ready item
+    /// ([`QueueState::oldest_ready_age`]); without it that age is `None`. `TIMESTAMPTZ` on
+    /// PostgreSQL; `DATETIME(6)` in UTC on MySQL/MariaDB, like the lease column.
+    const CREATED_AT: Option<&'static str> = None;
     /// Status of a new item, due at once.
     const PENDING: &'static str = "pending";
     /// Status of a failed item waiting for its next attempt (due once `locked_until` passed).
@@ -255,6 +262,69 @@ pub struct Reaped {
     pub parked: usize,
 }
 
+/// How many items of a queue are in each state, as one statement read them ([`Queue::state`]).
+///
+/// The states partition the queue's rows that are not `done`: an item is counted in exactly
+/// one of `ready`, `waiting`, `leased`, `expired` and `parked`, judged against the server's
+/// clock at the statement's start. `done` items are not counted (a queue that keeps them grows
+/// without bound; count them yourself if you need to).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueState {
+    /// Items a claim would take now: status `pending` or `retry`, and no "not before" time
+    /// (`locked_until`) ahead of the server's clock.
+    pub ready: u64,
+    /// Items due later: status `pending` or `retry` with `locked_until` still ahead (a failed
+    /// item waiting out its backoff).
+    pub waiting: u64,
+    /// Items claimed and within their lease: status `processing`, `locked_until` ahead (or
+    /// unset, which only a hand-made update produces: the reaper never takes such a row).
+    pub leased: u64,
+    /// Items whose lease expired but that no reaper has returned yet: status `processing`,
+    /// `locked_until` passed. [`Queue::reap_expired`] would take exactly these.
+    pub expired: u64,
+    /// Items parked after their last allowed attempt: status `failed`.
+    pub parked: u64,
+    /// How long ago the oldest ready item was enqueued (its [`ClaimQueue::CREATED_AT`]
+    /// column), by the server's clock; `None` when nothing is ready or the queue declares no
+    /// such column. A queue whose workers keep up keeps this short; a growing age says
+    /// they do not. (A time ahead of the server's clock counts as zero.)
+    pub oldest_ready_age: Option<Duration>,
+}
+
+/// [`QueueState`]'s statement reads one row of these columns, on every backend.
+#[derive(diesel::QueryableByName)]
+struct StateRow {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    ready: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    waiting: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    leased: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    expired: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    parked: i64,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::BigInt>)]
+    oldest_ready_micros: Option<i64>,
+}
+
+impl From<StateRow> for QueueState {
+    fn from(row: StateRow) -> Self {
+        // COUNT(*) is never negative.
+        let count = |n: i64| u64::try_from(n).unwrap_or(0);
+        QueueState {
+            ready: count(row.ready),
+            waiting: count(row.waiting),
+            leased: count(row.leased),
+            expired: count(row.expired),
+            parked: count(row.parked),
+            oldest_ready_age: row
+                .oldest_ready_micros
+                .map(|us| Duration::from_micros(u64::try_from(us).unwrap_or(0))),
+        }
+    }
+}
+
 /// The backend's half of the claims of `Q`, on the backend's own connection: implemented in
 /// the backend's file (`pg.rs`, `mysql.rs` beside this one) for `PgConnection` and
 /// `MysqlConnection` (MariaDB 10.6+, MySQL 8.0+), for a queue whose row type reads rows of that
@@ -282,6 +352,9 @@ pub trait ClaimConnection<Q: ClaimQueue>: WriteConnection<Raw = Self> {
     /// [`Queue::reap_expired`].
     #[doc(hidden)]
     fn reap_items(&mut self, queue: &Queue<Q>) -> Result<Reaped>;
+    /// [`Queue::state`].
+    #[doc(hidden)]
+    fn queue_state(&mut self, queue: &Queue<Q>) -> Result<QueueState>;
 }
 
 /// The longest `last_error` kept, in characters.
@@ -682,6 +755,64 @@ impl<Q: ClaimQueue> Queue<Q> {
     {
         conn.raw().reap_items(self)
     }
+
+    /// How many items are ready, waiting for their backoff, leased, expired but not reaped, and
+    /// parked, and how long ago the oldest ready item was enqueued ([`QueueState`]). One
+    /// statement (a plain read: it locks nothing, waits for no claim, and changes nothing), so
+    /// the numbers are one consistent snapshot, judged against the server's clock.
+    ///
+    /// Its cost is one pass over the rows that are not `done`, found through an index that
+    /// leads with the status column when the table has one (MySQL's recommended `(status, id)`
+    /// key); without one, over the whole table (PostgreSQL's partial indexes recommended above
+    /// do not cover `failed`: add `(status)` if done rows pile up). For a queue with a tenant column
+    /// ([`ClaimQueue::TENANT`], PostgreSQL) it counts the tenants this handle names
+    /// ([`Queue::tenant`]), or the whole table when it names none.
+    ///
+    /// On PostgreSQL (`now` is `statement_timestamp()`; `created_at` is
+    /// [`ClaimQueue::CREATED_AT`], `NULL` without it):
+    ///
+    /// ```sql
+    /// SELECT count(*) FILTER (WHERE status IN ('pending', 'retry')
+    ///                           AND (locked_until IS NULL OR locked_until <= now)) AS ready,
+    ///        count(*) FILTER (WHERE status IN ('pending', 'retry') AND locked_until > now) AS waiting,
+    ///        count(*) FILTER (WHERE status = 'processing'
+    ///                           AND (locked_until IS NULL OR locked_until > now)) AS leased,
+    ///        count(*) FILTER (WHERE status = 'processing' AND locked_until <= now) AS expired,
+    ///        count(*) FILTER (WHERE status = 'failed') AS parked,
+    ///        <microseconds from min(created_at) FILTER (WHERE <ready>) to now>
+    /// FROM t WHERE status IN ('pending', 'retry', 'processing', 'failed')
+    /// ```
+    ///
+    /// MySQL/MariaDB send the same with `COUNT(CASE WHEN … THEN 1 END)` and
+    /// `UTC_TIMESTAMP(6)` ([`mysql`](crate::claim::mysql#what-is-sent)).
+    ///
+    /// # Errors
+    /// The statement's errors (e.g. [`Error::Database`] when the table lacks a column).
+    ///
+    /// # Examples
+    /// ```
+    /// # include!("../doctest_setup.rs");
+    /// use upsert_kit::claim::Queue;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let (_db, mut conn) = establish_pg()?;
+    /// // Three tasks were enqueued; a worker claims one.
+    /// let queue = Queue::<Task>::new("worker-1")?;
+    /// let claims = queue.claim(&mut conn, 1)?;
+    ///
+    /// let state = Queue::<Task>::new("monitor")?.state(&mut conn)?;
+    /// assert_eq!((state.ready, state.leased, state.expired, state.parked), (2, 1, 0, 0));
+    /// // `Task` declares `CREATED_AT`: the age of the oldest ready task is known.
+    /// assert!(state.oldest_ready_age.is_some());
+    /// println!("{} ready, the oldest for {:?}", state.ready, state.oldest_ready_age);
+    /// # queue.complete(&mut conn, &claims[0])?;
+    /// # Ok(()) }
+    /// ```
+    pub fn state<C: WriteConnection>(&self, conn: &mut C) -> Result<QueueState>
+    where
+        C::Raw: ClaimConnection<Q>,
+    {
+        conn.raw().queue_state(self)
+    }
 }
 
 fn fenced<Q>(rows: usize, claim: &Claim<Q>) -> Result<()> {
@@ -704,7 +835,7 @@ fn fenced<Q>(rows: usize, claim: &Claim<Q>) -> Result<()> {
 
 #[cfg(all(test, feature = "postgres"))]
 mod tests {
-    use super::pg::{QueueSql, Statement};
+    use super::pg::{QueueSql, StateSql, Statement};
     use super::*;
     use diesel::pg::Pg;
     use diesel::sql_types::Untyped;
@@ -765,5 +896,27 @@ mod tests {
              WHERE \"status\" IN ('pending', 'retry')"
         ));
         assert!(sql.contains("LIMIT $3 FOR UPDATE SKIP LOCKED)) RETURNING *"));
+    }
+
+    #[test]
+    fn the_state_is_one_select_over_the_rows_not_done() {
+        let sql = diesel::debug_query::<Pg, _>(&StateSql::<Item>::new(&[])).to_string();
+        let ready = "\"status\" IN ('pending', 'retry') AND (\"locked_until\" IS NULL OR \
+                     \"locked_until\" <= statement_timestamp())";
+        assert_eq!(
+            sql,
+            format!(
+                "SELECT count(*) FILTER (WHERE {ready}) AS ready, \
+                 count(*) FILTER (WHERE \"status\" IN ('pending', 'retry') AND \
+                 (\"locked_until\" > statement_timestamp())) AS waiting, \
+                 count(*) FILTER (WHERE \"status\" = 'processing' AND (\"locked_until\" IS NULL \
+                 OR \"locked_until\" > statement_timestamp())) AS leased, \
+                 count(*) FILTER (WHERE \"status\" = 'processing' AND \
+                 (\"locked_until\" <= statement_timestamp())) AS expired, \
+                 count(*) FILTER (WHERE \"status\" = 'failed') AS parked, \
+                 CAST(NULL AS BIGINT) AS oldest_ready_micros FROM \"work_items\" \
+                 WHERE \"status\" IN ('pending', 'retry', 'processing', 'failed') -- binds: []"
+            )
+        );
     }
 }

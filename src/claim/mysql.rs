@@ -46,6 +46,20 @@
 //! MySQL assigns left to right, each assignment seeing the ones before it, so `last_error`
 //! reads the holder before it is cleared.
 //!
+//! [`Queue::state`]: one statement, a plain (non-locking) read; `now` is `UTC_TIMESTAMP(6)`,
+//! which MySQL evaluates once per statement, and `<ready>` what a claim takes:
+//! ```sql
+//! SELECT COUNT(CASE WHEN <ready> THEN 1 END) AS ready,
+//!        COUNT(CASE WHEN status IN ('pending', 'retry') AND locked_until > now THEN 1 END) AS waiting,
+//!        COUNT(CASE WHEN status = 'processing'
+//!                        AND (locked_until IS NULL OR locked_until > now) THEN 1 END) AS leased,
+//!        COUNT(CASE WHEN status = 'processing' AND locked_until <= now THEN 1 END) AS expired,
+//!        COUNT(CASE WHEN status = 'failed' THEN 1 END) AS parked,
+//!        TIMESTAMPDIFF(MICROSECOND, MIN(CASE WHEN <ready> THEN created_at END), now)
+//!            AS oldest_ready_micros          -- CAST(NULL AS SIGNED) without CREATED_AT
+//! FROM t WHERE status IN ('pending', 'retry', 'processing', 'failed')
+//! ```
+//!
 //! A queue with a tenant column ([`ClaimQueue::TENANT`], for distributed PostgreSQL) is refused
 //! with [`Error::InvalidInput`](crate::Error::InvalidInput) before anything is sent.
 //!
@@ -74,6 +88,7 @@
 //!     locked_until DATETIME(6) NULL,      -- UTC
 //!     holder VARCHAR(200) NULL,
 //!     last_error TEXT NULL,
+//!     created_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6), -- optional; UTC
 //!     KEY tasks_due (status, id)          -- MySQL has no partial index
 //! );
 //! ```
@@ -93,7 +108,10 @@
 //! # Ok(()) }
 //! ```
 
-use super::{fenced, Claim, ClaimConnection, ClaimQueue, Failed, Queue, Reaped, MAX_ERROR_CHARS};
+use super::{
+    fenced, Claim, ClaimConnection, ClaimQueue, Failed, Queue, QueueState, Reaped, StateRow,
+    MAX_ERROR_CHARS,
+};
 use crate::error::Result;
 use crate::tx;
 use diesel::connection::SimpleConnection;
@@ -464,6 +482,80 @@ statement! {
     }
 }
 
+/// `status IN ('pending', 'retry') AND (locked_until IS NULL OR locked_until <=
+/// UTC_TIMESTAMP(6))`: what a claim takes.
+fn ready<Q: ClaimQueue>(out: &mut AstPass<'_, '_, Mysql>) -> QueryResult<()> {
+    column(out, Q::STATUS)?;
+    out.push_sql(" IN (");
+    literal(out, Q::PENDING);
+    out.push_sql(", ");
+    literal(out, Q::RETRY);
+    out.push_sql(") AND (");
+    column(out, Q::LOCKED_UNTIL)?;
+    out.push_sql(" IS NULL OR ");
+    column(out, Q::LOCKED_UNTIL)?;
+    out.push_sql(" <= UTC_TIMESTAMP(6))");
+    Ok(())
+}
+
+statement! {
+    /// [`Queue::state`]'s one row of counts (the module's "What is sent").
+    State<'a> {}
+    |self, out| {
+        out.push_sql("SELECT COUNT(CASE WHEN ");
+        ready::<Q>(&mut out)?;
+        out.push_sql(" THEN 1 END) AS ready, COUNT(CASE WHEN ");
+        column(&mut out, Q::STATUS)?;
+        out.push_sql(" IN (");
+        literal(&mut out, Q::PENDING);
+        out.push_sql(", ");
+        literal(&mut out, Q::RETRY);
+        out.push_sql(") AND ");
+        column(&mut out, Q::LOCKED_UNTIL)?;
+        out.push_sql(" > UTC_TIMESTAMP(6) THEN 1 END) AS waiting, COUNT(CASE WHEN ");
+        column(&mut out, Q::STATUS)?;
+        out.push_sql(" = ");
+        literal(&mut out, Q::PROCESSING);
+        out.push_sql(" AND (");
+        column(&mut out, Q::LOCKED_UNTIL)?;
+        out.push_sql(" IS NULL OR ");
+        column(&mut out, Q::LOCKED_UNTIL)?;
+        out.push_sql(" > UTC_TIMESTAMP(6)) THEN 1 END) AS leased, COUNT(CASE WHEN ");
+        column(&mut out, Q::STATUS)?;
+        out.push_sql(" = ");
+        literal(&mut out, Q::PROCESSING);
+        out.push_sql(" AND ");
+        column(&mut out, Q::LOCKED_UNTIL)?;
+        out.push_sql(" <= UTC_TIMESTAMP(6) THEN 1 END) AS expired, COUNT(CASE WHEN ");
+        column(&mut out, Q::STATUS)?;
+        out.push_sql(" = ");
+        literal(&mut out, Q::FAILED);
+        out.push_sql(" THEN 1 END) AS parked, ");
+        match Q::CREATED_AT {
+            Some(created_at) => {
+                out.push_sql("TIMESTAMPDIFF(MICROSECOND, MIN(CASE WHEN ");
+                ready::<Q>(&mut out)?;
+                out.push_sql(" THEN ");
+                column(&mut out, created_at)?;
+                out.push_sql(" END), UTC_TIMESTAMP(6))");
+            }
+            None => out.push_sql("CAST(NULL AS SIGNED)"),
+        }
+        out.push_sql(" AS oldest_ready_micros FROM ");
+        self.table.walk_ast(out.reborrow())?;
+        out.push_sql(" WHERE ");
+        column(&mut out, Q::STATUS)?;
+        out.push_sql(" IN (");
+        for (i, status) in [Q::PENDING, Q::RETRY, Q::PROCESSING, Q::FAILED].into_iter().enumerate() {
+            if i > 0 {
+                out.push_sql(", ");
+            }
+            literal(&mut out, status);
+        }
+        out.push_sql(")");
+    }
+}
+
 fn micros(d: std::time::Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
@@ -579,5 +671,11 @@ where
                 parked,
             })
         })
+    }
+
+    fn queue_state(&mut self, _queue: &Queue<Q>) -> Result<QueueState> {
+        refuse_tenants::<Q>()?;
+        let row: StateRow = State::<Q>::new().get_result(self)?;
+        Ok(row.into())
     }
 }

@@ -3,7 +3,8 @@
 //! id, holder and attempt; a tenant filter in each part for a distributed queue).
 
 use super::{
-    fenced, Claim, ClaimConnection, ClaimQueue, Failed, Queue, Reaped, Tenant, MAX_ERROR_CHARS,
+    fenced, Claim, ClaimConnection, ClaimQueue, Failed, Queue, QueueState, Reaped, StateRow,
+    Tenant, MAX_ERROR_CHARS,
 };
 use crate::error::Result;
 use chrono::{DateTime, Utc};
@@ -49,6 +50,10 @@ where
     }
     fn reap_items(&mut self, queue: &Queue<Q>) -> Result<Reaped> {
         queue.pg_reap_expired(self)
+    }
+    fn queue_state(&mut self, queue: &Queue<Q>) -> Result<QueueState> {
+        let row: StateRow = StateSql::<Q>::new(queue.tenants()).get_result(self)?;
+        Ok(row.into())
     }
 }
 
@@ -172,6 +177,11 @@ fn push_tenant<'b>(
 ) -> QueryResult<()> {
     out.push_identifier(column)?;
     out.push_sql(" = ");
+    push_tenant_value(out, tenant)
+}
+
+/// `$n`, a tenant bound with its SQL type.
+fn push_tenant_value<'b>(out: &mut AstPass<'_, 'b, Pg>, tenant: &'b Tenant) -> QueryResult<()> {
     match tenant {
         Tenant::Int(v) => out.push_bind_param::<Integer, _>(v),
         Tenant::BigInt(v) => out.push_bind_param::<BigInt, _>(v),
@@ -453,6 +463,158 @@ where
                 out.push_identifier(Q::STATUS)?;
             }
         }
+        Ok(())
+    }
+}
+
+/// [`Queue::state`]'s statement: one row of counts, one pass over the rows not `done`.
+///
+/// ```sql
+/// SELECT count(*) FILTER (WHERE <ready>) AS ready, count(*) FILTER (WHERE <waiting>) AS waiting,
+///        count(*) FILTER (WHERE <leased>) AS leased, count(*) FILTER (WHERE <expired>) AS expired,
+///        count(*) FILTER (WHERE status = 'failed') AS parked,
+///        CAST(extract(epoch FROM statement_timestamp()
+///                                - min(created_at) FILTER (WHERE <ready>)) * 1000000 AS BIGINT)
+///            AS oldest_ready_micros   -- CAST(NULL AS BIGINT) without ClaimQueue::CREATED_AT
+/// FROM t WHERE [tenant IN ($1, …) AND] status IN ('pending', 'retry', 'processing', 'failed')
+/// ```
+pub(super) struct StateSql<'a, Q: ClaimQueue> {
+    table: Q::Table,
+    /// The tenants counted (a queue with a tenant column); none: the whole table.
+    tenants: &'a [Tenant],
+    _queue: PhantomData<fn() -> Q>,
+}
+
+impl<'a, Q: ClaimQueue> StateSql<'a, Q> {
+    pub(super) fn new(tenants: &'a [Tenant]) -> Self {
+        StateSql {
+            table: Q::Table::default(),
+            tenants,
+            _queue: PhantomData,
+        }
+    }
+}
+
+impl<Q: ClaimQueue> QueryId for StateSql<'_, Q> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl<Q: ClaimQueue> Query for StateSql<'_, Q> {
+    type SqlType = Untyped;
+}
+
+impl<Q: ClaimQueue, Conn> RunQueryDsl<Conn> for StateSql<'_, Q> {}
+
+/// `status IN ('pending', 'retry')`.
+fn push_waiting_status<Q: ClaimQueue>(out: &mut AstPass<'_, '_, Pg>) -> QueryResult<()> {
+    out.push_identifier(Q::STATUS)?;
+    out.push_sql(" IN (");
+    push_literal(out, Q::PENDING);
+    out.push_sql(", ");
+    push_literal(out, Q::RETRY);
+    out.push_sql(")");
+    Ok(())
+}
+
+/// `status = 'processing'`.
+fn push_processing<Q: ClaimQueue>(out: &mut AstPass<'_, '_, Pg>) -> QueryResult<()> {
+    out.push_identifier(Q::STATUS)?;
+    out.push_sql(" = ");
+    push_literal(out, Q::PROCESSING);
+    Ok(())
+}
+
+/// `locked_until IS NULL OR locked_until <= statement_timestamp()` when `passed`, else
+/// `locked_until > statement_timestamp()`; `or_unset` adds `locked_until IS NULL` to the
+/// latter.
+fn push_lease_end<Q: ClaimQueue>(
+    out: &mut AstPass<'_, '_, Pg>,
+    passed: bool,
+    or_unset: bool,
+) -> QueryResult<()> {
+    out.push_sql("(");
+    if or_unset {
+        out.push_identifier(Q::LOCKED_UNTIL)?;
+        out.push_sql(" IS NULL OR ");
+    }
+    out.push_identifier(Q::LOCKED_UNTIL)?;
+    out.push_sql(if passed {
+        " <= statement_timestamp())"
+    } else {
+        " > statement_timestamp())"
+    });
+    Ok(())
+}
+
+/// `status IN ('pending', 'retry') AND (locked_until IS NULL OR locked_until <=
+/// statement_timestamp())`: what a claim takes.
+fn push_ready<Q: ClaimQueue>(out: &mut AstPass<'_, '_, Pg>) -> QueryResult<()> {
+    push_waiting_status::<Q>(out)?;
+    out.push_sql(" AND ");
+    push_lease_end::<Q>(out, true, true)
+}
+
+impl<Q: ClaimQueue> QueryFragment<Pg> for StateSql<'_, Q>
+where
+    Q::Table: QueryFragment<Pg>,
+{
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        out.push_sql("SELECT count(*) FILTER (WHERE ");
+        push_ready::<Q>(&mut out)?;
+        out.push_sql(") AS ready, count(*) FILTER (WHERE ");
+        push_waiting_status::<Q>(&mut out)?;
+        out.push_sql(" AND ");
+        push_lease_end::<Q>(&mut out, false, false)?;
+        out.push_sql(") AS waiting, count(*) FILTER (WHERE ");
+        push_processing::<Q>(&mut out)?;
+        out.push_sql(" AND ");
+        push_lease_end::<Q>(&mut out, false, true)?;
+        out.push_sql(") AS leased, count(*) FILTER (WHERE ");
+        push_processing::<Q>(&mut out)?;
+        out.push_sql(" AND ");
+        push_lease_end::<Q>(&mut out, true, false)?;
+        out.push_sql(") AS expired, count(*) FILTER (WHERE ");
+        out.push_identifier(Q::STATUS)?;
+        out.push_sql(" = ");
+        push_literal(&mut out, Q::FAILED);
+        out.push_sql(") AS parked, ");
+        match Q::CREATED_AT {
+            Some(created_at) => {
+                out.push_sql("CAST(extract(epoch FROM statement_timestamp() - min(");
+                out.push_identifier(created_at)?;
+                out.push_sql(") FILTER (WHERE ");
+                push_ready::<Q>(&mut out)?;
+                out.push_sql(")) * 1000000 AS BIGINT)");
+            }
+            None => out.push_sql("CAST(NULL AS BIGINT)"),
+        }
+        out.push_sql(" AS oldest_ready_micros FROM ");
+        self.table.walk_ast(out.reborrow())?;
+        out.push_sql(" WHERE ");
+        if let (Some(column), false) = (Q::TENANT, self.tenants.is_empty()) {
+            out.push_identifier(column)?;
+            out.push_sql(" IN (");
+            for (i, tenant) in self.tenants.iter().enumerate() {
+                if i > 0 {
+                    out.push_sql(", ");
+                }
+                push_tenant_value(&mut out, tenant)?;
+            }
+            out.push_sql(") AND ");
+        }
+        out.push_identifier(Q::STATUS)?;
+        out.push_sql(" IN (");
+        for (i, status) in [Q::PENDING, Q::RETRY, Q::PROCESSING, Q::FAILED]
+            .into_iter()
+            .enumerate()
+        {
+            if i > 0 {
+                out.push_sql(", ");
+            }
+            push_literal(&mut out, status);
+        }
+        out.push_sql(")");
         Ok(())
     }
 }

@@ -10,8 +10,13 @@
 //! - [`schedule_months`] adds a range of months as `pending`;
 //! - [`backfill`] claims, processes and completes (or fails) due months until none is left;
 //! - [`BackfillMonth`] is the queue's row type, for direct use of [`Queue`]
-//!   (claim, complete, fail, extend, reap); [`BackfillMonthByYear`] the same row with `year`
-//!   as the queue's tenant column (the table distributed by year).
+//!   (claim, complete, fail, extend, reap, [state](Queue::state)); [`BackfillMonthByYear`] the
+//!   same row with `year` as the queue's tenant column (the table distributed by year). Both
+//!   declare `created_at`, so a queue's state tells how long ago its oldest due month was
+//!   scheduled.
+//!
+//! The `backfill-scheduler` binary (`src/main.rs`) schedules a range of months, runs a command
+//! for each due one, and prints the run's report and the queue's state at the end.
 //!
 //! # Behind a pooler, and on Citus
 //! Claims hold by their lease, a row of the table, so the scheduler needs no server session of
@@ -55,7 +60,7 @@ use diesel::pg::PgConnection;
 use diesel::RunQueryDsl;
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 use std::fmt;
-use upsert_kit::claim::{ClaimConnection, ClaimQueue, Failed, Queue};
+use upsert_kit::claim::{ClaimConnection, ClaimQueue, Failed, Queue, Reaped};
 use upsert_kit::{Error, Result};
 
 /// The crate's migrations (PostgreSQL): the `backfill_log` table and its indexes. Run them
@@ -87,6 +92,7 @@ pub struct BackfillMonth {
 
 impl ClaimQueue for BackfillMonth {
     type Table = backfill_log::table;
+    const CREATED_AT: Option<&'static str> = Some("created_at");
 }
 
 /// The same queue row as [`BackfillMonth`], with `year` declared as the queue's tenant column
@@ -121,6 +127,7 @@ pub struct BackfillMonthByYear {
 impl ClaimQueue for BackfillMonthByYear {
     type Table = backfill_log::table;
     const TENANT: Option<&'static str> = Some("year");
+    const CREATED_AT: Option<&'static str> = Some("created_at");
 }
 
 /// The queue row types of `backfill_log` that [`backfill`] drains: [`BackfillMonth`] and
@@ -213,8 +220,9 @@ pub struct BackfillReport {
     /// Months processed whose claim had been lost meanwhile (the lease expired and another
     /// scheduler took them back): their processing may be repeated elsewhere.
     pub lost: usize,
-    /// Expired leases of other schedulers returned to the queue (or parked) by this run.
-    pub reaped: usize,
+    /// Expired leases of other schedulers that this run's reaps returned to the queue
+    /// (`requeued`) or parked because they had used their last attempt (`parked`).
+    pub reaped: Reaped,
 }
 
 /// Runs the backfill scheduler on `conn` until no month is due: reaps expired leases, claims
@@ -268,7 +276,8 @@ where
     let mut report = BackfillReport::default();
     loop {
         let reaped = queue.reap_expired(conn)?;
-        report.reaped += reaped.requeued + reaped.parked;
+        report.reaped.requeued += reaped.requeued;
+        report.reaped.parked += reaped.parked;
         let claims = queue.claim(conn, 1)?;
         if claims.is_empty() {
             return Ok(report);

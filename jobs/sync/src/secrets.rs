@@ -68,6 +68,44 @@ pub fn scrub(text: &str) -> String {
     redact_shapes(&known)
 }
 
+/// One JSON log line (an object per line, as a JSON log formatter writes it) with every string
+/// in it, names and values, passed through [`scrub`]; written back as one line of valid JSON,
+/// without its line end. Scrubbing the decoded strings rather than the encoded line matters: in
+/// the encoded line a credential quoted inside a message is escaped
+/// (`{\"access_token\": \"…\"}`), where its shape does not match. A line that is not JSON comes
+/// back as an object of its own, `{"fields":{"message":"<the line, scrubbed>"}}`.
+///
+/// ```
+/// use sync_jobs::secrets;
+/// let line = r#"{"level":"WARN","fields":{"message":"answer: {\"access_token\": \"tok-1\"}"}}"#;
+/// let clean = secrets::scrub_json_line(line);
+/// assert!(!clean.contains("tok-1"));
+/// let value: serde_json::Value = serde_json::from_str(&clean).unwrap();
+/// assert_eq!(value["fields"]["message"], r#"answer: {"access_token": "***"}"#);
+/// ```
+pub fn scrub_json_line(line: &str) -> String {
+    use serde_json::Value;
+    fn scrub_value(value: Value) -> Value {
+        match value {
+            Value::String(s) => Value::String(scrub(&s)),
+            Value::Array(items) => Value::Array(items.into_iter().map(scrub_value).collect()),
+            Value::Object(fields) => Value::Object(
+                fields
+                    .into_iter()
+                    .map(|(k, v)| (scrub(&k), scrub_value(v)))
+                    .collect(),
+            ),
+            other => other,
+        }
+    }
+    match serde_json::from_str::<Value>(line.trim_end_matches(['\n', '\r'])) {
+        Ok(value) => scrub_value(value).to_string(),
+        Err(_) => {
+            serde_json::json!({ "fields": { "message": scrub(line.trim_end()) } }).to_string()
+        }
+    }
+}
+
 /// Removes credential-shaped values: `key=value` and `"key": "value"` for the
 /// [`CREDENTIAL_KEYS`], `Bearer <token>`, and the password of any URL.
 fn redact_shapes(text: &str) -> String {
@@ -197,6 +235,37 @@ mod tests {
         for piece in ["Zq9Vx", "Kp3Lm", "Rt8Wy", "Hj4Nb"] {
             assert!(!out.contains(piece), "{piece} in {out}");
         }
+    }
+
+    #[test]
+    fn a_json_lines_strings_are_scrubbed_decoded_where_the_encoded_line_would_keep_a_credential() {
+        register("Js0nReg1stered-Secret");
+        let line = serde_json::json!({
+            "fields": {
+                "message": r#"token endpoint said {"refresh_token": "unregistered-rt-77"}"#,
+                "url": "https://u:pw-in-url-99@api.example/x",
+                "quoted": "a \"Js0nReg1stered-Secret\" b",
+            },
+            "span": {"name": "sync", "account": 7},
+        })
+        .to_string();
+        // The encoded line hides the credential's shape from a scrub of the whole line...
+        assert!(scrub(&line).contains("unregistered-rt-77"));
+        // ...but not from a scrub of each decoded string.
+        let clean = scrub_json_line(&line);
+        for secret in ["unregistered-rt-77", "pw-in-url-99", "Js0nReg1stered"] {
+            assert!(!clean.contains(secret), "{secret} in {clean}");
+        }
+        let value: serde_json::Value = serde_json::from_str(&clean).unwrap();
+        assert_eq!(value["span"]["account"], 7);
+        assert_eq!(
+            value["fields"]["message"],
+            r#"token endpoint said {"refresh_token": "***"}"#
+        );
+        assert_eq!(
+            scrub_json_line("not json password=abc"),
+            r#"{"fields":{"message":"not json password=***"}}"#
+        );
     }
 
     #[test]

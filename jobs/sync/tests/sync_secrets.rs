@@ -716,3 +716,102 @@ fn a_mysql_urls_password_is_never_printed_on_success_or_on_failure() {
             .unwrap();
     }
 }
+
+/// [`online`] with `--log-format json`, and the API reached through a base URL with credentials
+/// (`API_PASSWORD`: a secret of the command line).
+fn online_json_logs(bin: &str, db_url: &str, api: &FakeApi) -> assert_cmd::Command {
+    let base = api
+        .url()
+        .replacen("http://", &format!("http://proxy:{API_PASSWORD}@"), 1);
+    let mut cmd = armed(bin, db_url);
+    cmd.args(["--log-format", "json"]);
+    if bin == "strava-sync" {
+        cmd.args(["--athlete-id", "134815", "--api-base", &base]);
+    } else {
+        cmd.args(["--range", "last_7_days"])
+            .arg("--api-base")
+            .arg(format!("{base}/api/v1"))
+            .arg("--oauth-base")
+            .arg(&base);
+    }
+    cmd
+}
+
+/// `--log-format json` at trace level: every line on stderr is a JSON object and none holds a
+/// secret (each value of a line is scrubbed decoded, see `secrets::scrub_json_line`), on a run
+/// that refreshes its token and succeeds, and on one whose token endpoint answers with the
+/// posted form (client secret, refresh token) and the bearer echoed in its error body, whose
+/// error line is then a JSON object too. On PostgreSQL, as a user with a password, through an
+/// API base URL with a password.
+#[test]
+fn json_logs_at_trace_level_are_json_lines_without_a_secret() {
+    let db = TestDb::migrated(PG_MIGRATIONS);
+    let url = with_password(db.url());
+    for bin in ["strava-sync", "wakatime-sync"] {
+        let json_lines = |case: &str, out: &Output| -> Vec<Value> {
+            let all = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            for f in forbidden() {
+                assert!(!all.contains(&f), "{bin}, {case}: {f:?} printed:\n{all}");
+            }
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .map(|line| {
+                    serde_json::from_str::<Value>(line)
+                        .unwrap_or_else(|e| panic!("{bin}, {case}: not JSON ({e}): {line}"))
+                })
+                .collect()
+        };
+
+        let api = FakeApi::start();
+        api.on("POST", "/oauth/token", echoing(400));
+        let out = online_json_logs(bin, &url, &api).output().unwrap();
+        assert!(!out.status.success(), "{bin}: {out:?}");
+        let lines = json_lines("refused refresh", &out);
+        let last = lines.last().expect("an error line");
+        assert_eq!(last["level"], "ERROR");
+        let message = last["fields"]["message"].as_str().unwrap();
+        assert!(message.starts_with(&format!("{bin}: error: ")), "{message}");
+        assert_eq!(
+            api.count("POST", "/oauth/token"),
+            1,
+            "{bin}: the refresh was tried"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l["level"] == "DEBUG" || l["level"] == "TRACE"),
+            "{bin}: logs at trace: {lines:?}"
+        );
+
+        let api = FakeApi::start();
+        api.on(
+            "POST",
+            "/oauth/token",
+            Reply::json(200, token_response(bin)),
+        );
+        api.on(
+            "GET",
+            stats_path(bin),
+            Reply::json(200, stats_response(bin)),
+        );
+        let out = online_json_logs(bin, &url, &api).output().unwrap();
+        assert!(out.status.success(), "{bin}: {out:?}");
+        let lines = json_lines("refresh and sync", &out);
+        assert!(
+            lines
+                .iter()
+                .all(|l| l["span"]["name"] == "sync" && l["span"]["source"] == "api"),
+            "{bin}: {lines:?}"
+        );
+        assert!(
+            lines
+                .iter()
+                .any(|l| l["fields"]["message"] == "token stored"),
+            "{bin}: {lines:?}"
+        );
+    }
+}

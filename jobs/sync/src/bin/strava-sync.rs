@@ -16,7 +16,7 @@ use sync_jobs::{read_capture, HttpClient, Secret, SyncDatabase, SyncSummary};
     version,
     after_help = "Secrets come from the environment only: STRAVA_CLIENT_ID and STRAVA_CLIENT_SECRET \
 (for token refreshes), STRAVA_REFRESH_TOKEN (to start when no token is stored yet).\n\
-Logging: RUST_LOG=info (default: warn)."
+Logging: RUST_LOG=info (default: warn); --log-format json for log collectors."
 )]
 struct Args {
     #[command(flatten)]
@@ -81,8 +81,15 @@ fn main() -> ExitCode {
     );
     let args: Args = common::parse_args("strava-sync");
     sync_jobs::secrets::register_url(&args.common.database_url);
-    common::init_tracing();
-    match run(&args) {
+    common::init_tracing(args.common.log_format);
+    let span = common::run_span(
+        "strava-sync",
+        args.account,
+        &args.common.database_url,
+        args.common.from_file.is_some(),
+    );
+    let outcome = span.in_scope(|| run(&args));
+    match outcome {
         Ok((source, summary)) => common::report_success(
             "strava-sync",
             &args.common.database_url,

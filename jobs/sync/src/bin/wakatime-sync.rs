@@ -17,7 +17,7 @@ use sync_jobs::{read_capture, HttpClient, Secret, SyncDatabase, SyncSummary};
     after_help = "Secrets come from the environment only: WAKATIME_CLIENT_ID and \
 WAKATIME_CLIENT_SECRET (for token refreshes; WAKATIME_REDIRECT_URI if your app needs it), \
 WAKATIME_REFRESH_TOKEN (to start when no token is stored yet).\n\
-Logging: RUST_LOG=info (default: warn)."
+Logging: RUST_LOG=info (default: warn); --log-format json for log collectors."
 )]
 struct Args {
     #[command(flatten)]
@@ -96,8 +96,15 @@ fn main() -> ExitCode {
     );
     let args: Args = common::parse_args("wakatime-sync");
     sync_jobs::secrets::register_url(&args.common.database_url);
-    common::init_tracing();
-    match run(&args) {
+    common::init_tracing(args.common.log_format);
+    let span = common::run_span(
+        "wakatime-sync",
+        args.account,
+        &args.common.database_url,
+        args.common.from_file.is_some(),
+    );
+    let outcome = span.in_scope(|| run(&args));
+    match outcome {
         Ok((source, summary)) => common::report_success(
             "wakatime-sync",
             &args.common.database_url,

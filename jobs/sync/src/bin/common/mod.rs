@@ -1,6 +1,7 @@
 //! What the two sync binaries share: logging, the database argument, output and exit codes.
 
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use sync_jobs::run::BusyTimeout;
 use sync_jobs::{secrets, SyncSummary};
@@ -37,11 +38,7 @@ pub fn protect(job: &'static str, env_secrets: &[&str]) {
             .map(|l| format!(" (at {}:{})", l.file(), l.line()))
             .unwrap_or_default();
         let line = secrets::scrub(&format!("{payload}{at}")).replace(['\n', '\r'], " ");
-        // Writing may fail too (stderr closed): there is nobody left to tell then.
-        let _ = std::io::Write::write_all(
-            &mut std::io::stderr(),
-            format!("{job}: error: internal error: {line}\n").as_bytes(),
-        );
+        error_line(job, &format!("internal error: {line}"));
     }));
 }
 
@@ -82,6 +79,17 @@ fn without_values(line: &str, args: &[String]) -> String {
     secrets::scrub(&out)
 }
 
+/// How log lines are written ([`CommonArgs::log_format`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines (tracing-subscriber's default format).
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target`, `fields` (the event's, with
+    /// `message`), `span` (the innermost span's name and fields) and `spans` (every span
+    /// from the root).
+    Json,
+}
+
 /// The options both sync jobs take.
 #[derive(Debug, clap::Args)]
 pub struct CommonArgs {
@@ -102,6 +110,11 @@ pub struct CommonArgs {
     /// Print the summary as one JSON object.
     #[arg(long)]
     pub json: bool,
+
+    /// Log lines on stderr: text (for people) or json (one JSON object per line, with the
+    /// spans' fields, for log collectors). Either way every line is scrubbed of secrets.
+    #[arg(long, value_enum, value_name = "FORMAT", default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 
     /// SQLite: wait up to this many seconds for another run's write lock before giving up
     /// (0 to 3600; the URL's own busy_timeout parameter, in milliseconds, wins).
@@ -139,10 +152,58 @@ impl std::io::Write for ScrubbingStderr {
     }
 }
 
-/// Logs to stderr at the level `RUST_LOG` sets (default: warnings and errors only), every
-/// line scrubbed of the process's secrets ([`secrets::scrub`]). The HTTP client's own logs
-/// are capped at `debug`: at `trace` it dumps raw bodies, and token responses carry secrets.
-pub fn init_tracing() {
+/// Stderr for JSON log lines: each line goes through [`secrets::scrub_json_line`], which
+/// scrubs every string of the object decoded (so a value gets the same scrubbing as in a text
+/// line) and writes it back as one line of valid JSON.
+struct ScrubbingJsonStderr;
+
+impl std::io::Write for ScrubbingJsonStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = String::from_utf8_lossy(buf);
+        let mut out = String::with_capacity(buf.len());
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            out.push_str(&secrets::scrub_json_line(line));
+            out.push('\n');
+        }
+        std::io::stderr().write_all(out.as_bytes())?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+/// Whether stderr carries JSON lines (`--log-format json`): the error line and a panic's line
+/// are then JSON objects too, so that a log collector reads every line the run writes after
+/// its arguments were parsed.
+static JSON_LINES: AtomicBool = AtomicBool::new(false);
+
+/// Writes `<job>: error: <text>` on stderr: as that line, or with `--log-format json` as one
+/// JSON object (`timestamp`, `level` `ERROR`, `target` the job, `fields.message` the line).
+/// `text` must be scrubbed already.
+fn error_line(job: &str, text: &str) {
+    let line = format!("{job}: error: {text}");
+    let line = if JSON_LINES.load(Ordering::Relaxed) {
+        serde_json::json!({
+            "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            "level": "ERROR",
+            "target": job,
+            "fields": { "message": line },
+        })
+        .to_string()
+    } else {
+        line
+    };
+    // Writing may fail (stderr closed): there is nobody left to tell then.
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), format!("{line}\n").as_bytes());
+}
+
+/// Logs to stderr at the level `RUST_LOG` sets (default: warnings and errors only), as text or
+/// as one JSON object per line (`format`), every line scrubbed of the process's secrets
+/// ([`secrets::scrub`]). The HTTP client's own logs are capped at `debug`: at `trace` it dumps
+/// raw bodies, and token responses carry secrets.
+pub fn init_tracing(format: LogFormat) {
     use tracing_subscriber::filter::{FilterExt, LevelFilter, Targets};
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
@@ -154,12 +215,47 @@ pub fn init_tracing() {
         .with_default(LevelFilter::TRACE)
         .with_target("ureq", LevelFilter::DEBUG)
         .with_target("ureq_proto", LevelFilter::DEBUG);
-    let layer = tracing_subscriber::fmt::layer()
-        .with_writer(|| ScrubbingStderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false)
-        .with_filter(no_raw_bodies.and(env));
+    let filter = no_raw_bodies.and(env);
+    JSON_LINES.store(format == LogFormat::Json, Ordering::Relaxed);
+    let layer = match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(|| ScrubbingStderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_target(false)
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .with_writer(|| ScrubbingJsonStderr)
+            .with_filter(filter)
+            .boxed(),
+    };
     tracing_subscriber::registry().with(layer).init();
+}
+
+/// The span of one run, at `info`: the job's name, the account, the database's backend and
+/// whether the data comes from a capture file or the API; never a URL, a path or a secret.
+/// Every log line of the run carries these fields (in JSON, under `span` and `spans`).
+pub fn run_span(
+    job: &'static str,
+    account: i64,
+    database_url: &str,
+    offline: bool,
+) -> tracing::Span {
+    let backend = match BackendKind::of(database_url) {
+        BackendKind::Postgres => "postgresql",
+        BackendKind::Sqlite => "sqlite",
+        BackendKind::Mysql => "mysql",
+    };
+    tracing::info_span!(
+        "sync",
+        job,
+        account,
+        backend,
+        source = if offline { "file" } else { "api" }
+    )
 }
 
 /// Parses the command line. `--help` and `--version` print and exit 0; a usage error (an
@@ -176,12 +272,19 @@ pub fn parse_args<T: clap::Parser>(job: &str) -> T {
                 .find(|l| !l.trim().is_empty())
                 .unwrap_or("invalid arguments");
             let first = first.strip_prefix("error: ").unwrap_or(first);
+            // The values an option accepts are the program's own words: shown.
+            let accepted = rendered
+                .lines()
+                .map(str::trim)
+                .find(|l| l.starts_with("[possible values: ") && l.ends_with(']'))
+                .map(|l| format!(" {l}"))
+                .unwrap_or_default();
             let args: Vec<String> = std::env::args_os()
                 .skip(1)
                 .map(|a| a.to_string_lossy().into_owned())
                 .collect();
             eprintln!(
-                "{job}: error: {} (see --help)",
+                "{job}: error: {}{accepted} (see --help)",
                 without_values(first, &args)
             );
             std::process::exit(2)
@@ -242,10 +345,10 @@ pub fn report_success(
     ExitCode::SUCCESS
 }
 
-/// Prints one line `<job>: error: <cause>: <cause>…` on stderr, scrubbed of the process's
-/// secrets, and returns failure.
+/// Prints one line `<job>: error: <cause>: <cause>…` on stderr (with `--log-format json`, as
+/// a JSON object), scrubbed of the process's secrets, and returns failure.
 pub fn report_error(job: &str, error: &anyhow::Error) -> ExitCode {
     let line = secrets::scrub(&format!("{error:#}")).replace(['\n', '\r'], " ");
-    eprintln!("{job}: error: {line}");
+    error_line(job, &line);
     ExitCode::FAILURE
 }
