@@ -50,6 +50,8 @@ mod keys;
 mod lock;
 // Not `pooler`: that name is the harness's module, which the tests reach as
 // `upsert_kit_support::pooler`.
+#[path = "observe.rs"]
+mod observe;
 #[path = "pooler.rs"]
 mod pooler_mode;
 #[path = "quota.rs"]

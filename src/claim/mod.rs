@@ -62,8 +62,21 @@
 //! `SKIP LOCKED`), by type: a claim over an SQLite connection does not compile (the library's
 //! compile-fail suite, `tests/ui/claim_on_sqlite.rs`, holds the message).
 
-use crate::conn::WriteConnection;
+use crate::conn::{Dialect, WriteConnection};
 use crate::error::{Error, Result};
+use crate::observe;
+
+/// Starts the observed call `$operation` of a queue's table on connection type `$C` (see
+/// [`observe`]).
+macro_rules! claim_call {
+    ($C:ty, $operation:literal) => {
+        observe::call!(
+            <<$C as WriteConnection>::Backend as Dialect>::SYSTEM,
+            $operation,
+            observe::table_name::<Q::Table>()
+        )
+    };
+}
 use chrono::{DateTime, Utc};
 use std::fmt;
 use std::marker::PhantomData;
@@ -644,7 +657,11 @@ impl<Q: ClaimQueue> Queue<Q> {
     where
         C::Raw: ClaimConnection<Q>,
     {
-        conn.raw().claim_items(self, limit)
+        claim_call!(C, "claim").run(|call| {
+            let claims = conn.raw().claim_items(self, limit)?;
+            call.rows(claims.len());
+            Ok(claims)
+        })
     }
 
     /// Marks a claimed item done. One statement, fenced by the claim's id, holder and attempt.
@@ -661,7 +678,7 @@ impl<Q: ClaimQueue> Queue<Q> {
     where
         C::Raw: ClaimConnection<Q>,
     {
-        conn.raw().complete_item(self, claim)
+        claim_call!(C, "claim_complete").run(|_| conn.raw().complete_item(self, claim))
     }
 
     /// Records a failed attempt: back to the queue (status `retry`, due after
@@ -697,7 +714,20 @@ impl<Q: ClaimQueue> Queue<Q> {
     where
         C::Raw: ClaimConnection<Q>,
     {
-        conn.raw().fail_item(self, claim, error)
+        claim_call!(C, "claim_fail").run(|call| {
+            let failed = conn.raw().fail_item(self, claim, error)?;
+            if failed == Failed::Parked {
+                call.outcome("parked");
+                call.count("upsert_kit_items_parked_total", 1);
+                tracing::warn!(
+                    attempt = claim.attempt,
+                    "item parked after its last attempt"
+                );
+            } else {
+                call.outcome("retry");
+            }
+            Ok(failed)
+        })
     }
 
     /// Extends the claim's lease to now + the configured lease (a heartbeat for long work) and
@@ -726,7 +756,7 @@ impl<Q: ClaimQueue> Queue<Q> {
     where
         C::Raw: ClaimConnection<Q>,
     {
-        conn.raw().extend_item(self, claim)
+        claim_call!(C, "claim_extend").run(|_| conn.raw().extend_item(self, claim))
     }
 
     /// Returns every expired lease to the queue: status `retry`, due at once, the last error
@@ -753,7 +783,23 @@ impl<Q: ClaimQueue> Queue<Q> {
     where
         C::Raw: ClaimConnection<Q>,
     {
-        conn.raw().reap_items(self)
+        claim_call!(C, "claim_reap_expired").run(|call| {
+            let reaped = conn.raw().reap_items(self)?;
+            call.rows(reaped.requeued + reaped.parked);
+            call.count(
+                "upsert_kit_leases_expired_total",
+                reaped.requeued + reaped.parked,
+            );
+            call.count("upsert_kit_items_parked_total", reaped.parked);
+            if reaped.requeued + reaped.parked > 0 {
+                tracing::info!(
+                    requeued = reaped.requeued,
+                    parked = reaped.parked,
+                    "expired leases reaped"
+                );
+            }
+            Ok(reaped)
+        })
     }
 
     /// How many items are ready, waiting for their backoff, leased, expired but not reaped, and
@@ -811,7 +857,7 @@ impl<Q: ClaimQueue> Queue<Q> {
     where
         C::Raw: ClaimConnection<Q>,
     {
-        conn.raw().queue_state(self)
+        claim_call!(C, "claim_state").run(|_| conn.raw().queue_state(self))
     }
 }
 

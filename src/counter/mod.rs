@@ -359,7 +359,8 @@ impl<'k, T: Counter> Increment<'k, T> {
         })
     }
 
-    fn run_unobserved<C>(&self, conn: &mut C) -> Result<Option<T::Amounts>>
+    /// [`Increment::run`] without a span of its own (inside another primitive's).
+    pub(crate) fn run_unobserved<C>(&self, conn: &mut C) -> Result<Option<T::Amounts>>
     where
         T: BindKey<C::Backend>,
         C: WriteConnection,

@@ -1259,8 +1259,12 @@ pub trait IdempotencyBackend: CounterBackend {
         T::Amounts: StoredResult,
         C: WriteConnection<Backend = Self>,
     {
-        run::<L, C, _, _>(conn, key, fingerprint, at, |c| {
-            crate::counter::upsert_increment::<T, _>(c, counter_key, amounts)
+        // The caller's span (`increment_once`) is the only one: the parts run unobserved.
+        run_unobserved::<L, C, _, _>(conn, key, fingerprint, at, |c| {
+            let increment = crate::counter::Increment::<T>::new(counter_key, amounts).creating();
+            increment
+                .run_unobserved(c)?
+                .ok_or_else(|| Error::NotFound("the upserted counter row returned nothing".into()))
         })
     }
 

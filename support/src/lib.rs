@@ -54,6 +54,7 @@ pub mod naive;
 pub mod payload;
 pub mod pg18;
 pub mod server;
+pub mod spans;
 
 pub use backend::TestDatabase;
 pub use mysql::mysql_admin_url;
