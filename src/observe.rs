@@ -9,7 +9,9 @@
 
 use crate::error::{Error, Result};
 use std::cell::Cell;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+#[cfg(feature = "metrics")]
+use std::time::Instant;
 
 /// The table's name for spans and metric labels: the Rust name of the `table!` module that
 /// declares `T` (`schema::users::table` is `"users"`), with no allocation.
@@ -19,14 +21,17 @@ pub(crate) fn table_name<T>() -> &'static str {
     path.rsplit("::").next().unwrap_or(path)
 }
 
-/// One primitive call: its span, entered while the call runs, and its metrics.
+/// One primitive call: its span, entered while the call runs, and its metrics. Without the
+/// feature `metrics` and a subscriber that wants the span, it costs a level check: the table's
+/// name and the clock are read only when something records them.
 pub(crate) struct Call {
     span: tracing::Span,
-    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
-    operation: &'static str,
-    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
-    table: &'static str,
     outcome: Cell<Option<&'static str>>,
+    #[cfg(feature = "metrics")]
+    operation: &'static str,
+    #[cfg(feature = "metrics")]
+    table: &'static str,
+    #[cfg(feature = "metrics")]
     start: Instant,
 }
 
@@ -39,7 +44,7 @@ macro_rules! call {
                 $operation,
                 db.system.name = $system,
                 db.operation.name = $operation,
-                db.collection.name = $table,
+                db.collection.name = ($table)(),
                 otel.name = ::tracing::field::Empty,
                 outcome = ::tracing::field::Empty,
                 rows = ::tracing::field::Empty,
@@ -58,16 +63,23 @@ macro_rules! call {
 pub(crate) use call;
 
 impl Call {
-    /// A call whose span is `span` (see [`call!`]).
-    pub(crate) fn new(span: tracing::Span, operation: &'static str, table: &'static str) -> Call {
+    /// A call whose span is `span` (see [`call!`]), of `operation` on the table `table` names.
+    pub(crate) fn new(
+        span: tracing::Span,
+        operation: &'static str,
+        table: impl Fn() -> &'static str,
+    ) -> Call {
         if !span.is_disabled() {
-            span.record("otel.name", format_args!("{operation} {table}"));
+            span.record("otel.name", format_args!("{operation} {}", table()));
         }
         Call {
             span,
-            operation,
-            table,
             outcome: Cell::new(None),
+            #[cfg(feature = "metrics")]
+            operation,
+            #[cfg(feature = "metrics")]
+            table: table(),
+            #[cfg(feature = "metrics")]
             start: Instant::now(),
         }
     }
@@ -186,7 +198,7 @@ impl Call {
             .record(self.start.elapsed().as_secs_f64());
         }
         #[cfg(not(feature = "metrics"))]
-        let _ = (outcome, self.start);
+        let _ = outcome;
     }
 }
 

@@ -73,7 +73,7 @@ macro_rules! claim_call {
         observe::call!(
             <<$C as WriteConnection>::Backend as Dialect>::SYSTEM,
             $operation,
-            observe::table_name::<Q::Table>()
+            observe::table_name::<Q::Table>
         )
     };
 }

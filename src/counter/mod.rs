@@ -338,7 +338,7 @@ impl<'k, T: Counter> Increment<'k, T> {
         C: WriteConnection,
         C::Backend: CounterBackend,
     {
-        let table = observe::table_name::<T::Table>();
+        let table = observe::table_name::<T::Table>;
         let operation = if self.create {
             "upsert_increment"
         } else {

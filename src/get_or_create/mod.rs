@@ -165,7 +165,7 @@ where
     C: WriteConnection,
     M: GetOrCreate<C::Raw, R>,
 {
-    let table = crate::observe::table_name::<M::Table>();
+    let table = crate::observe::table_name::<M::Table>;
     crate::observe::call!(
         <C::Backend as crate::conn::Dialect>::SYSTEM,
         "get_or_create",

@@ -643,7 +643,7 @@ where
     T: StoredResult,
     F: FnOnce(&mut C::Raw) -> Result<T>,
 {
-    let table = observe::table_name::<L::Table>();
+    let table = observe::table_name::<L::Table>;
     observe::call!(C::Backend::SYSTEM, "idempotent_run", table).run(|call| {
         told(
             call,
@@ -812,7 +812,7 @@ where
     C: WriteConnection,
     C::Backend: IdempotencyBackend,
 {
-    let table = observe::table_name::<T::Table>();
+    let table = observe::table_name::<T::Table>;
     observe::call!(C::Backend::SYSTEM, "increment_once", table).run(|call| {
         T::validate_key(counter_key)?;
         let fp = fingerprint(format!("{counter_key:?}|{amounts:?}").as_bytes());
@@ -1001,7 +1001,7 @@ impl<'a, L: IncrementLedger, T: Counter> Record<'a, L, T> {
         C::Backend: IdempotencyBackend,
         R: ReturnRow<C::Raw>,
     {
-        let table = observe::table_name::<T::Table>();
+        let table = observe::table_name::<T::Table>;
         observe::call!(C::Backend::SYSTEM, "record_increment", table).run(|call| {
             match self.run_unobserved::<R, C>(conn) {
                 Ok(None) => {

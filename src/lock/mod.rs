@@ -207,6 +207,6 @@ where
     F: FnOnce(&mut C::Raw) -> std::result::Result<T, E>,
 {
     let system = <C::Backend as crate::conn::Dialect>::SYSTEM;
-    let call = crate::observe::call!(system, "exclusive_transaction", "");
+    let call = crate::observe::call!(system, "exclusive_transaction", || "");
     call.run_as(|_| conn.raw().exclusive(key, f))
 }

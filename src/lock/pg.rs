@@ -52,7 +52,7 @@ diesel::define_sql_function! {
 /// # Ok(()) }
 /// ```
 pub fn xact_lock(conn: &mut PgConnection, key: LockKey) -> Result<()> {
-    crate::observe::call!("postgresql", "xact_lock", "").run(|call| {
+    crate::observe::call!("postgresql", "xact_lock", || "").run(|call| {
         let start = std::time::Instant::now();
         diesel::select(pg_advisory_xact_lock(key.class, key.object)).execute(conn)?;
         call.waited(start.elapsed());

@@ -271,7 +271,7 @@ pub(super) fn take<C: LockSession>(
     operation: &'static str,
 ) -> Result<Option<SessionLock<C>>> {
     let system = <<C::Connection as WriteConnection>::Backend as Dialect>::SYSTEM;
-    observe::call!(system, "lock", "").run(|call| {
+    observe::call!(system, "lock", || "").run(|call| {
         conn.connection().refuse_session_lock(operation)?;
         let start = std::time::Instant::now();
         let held = conn.connection().acquire_lock(key, mode, wait)?;

@@ -578,7 +578,7 @@ where
     C::Backend: QuotaBackend,
     O: Output<C::Raw>,
 {
-    let table = observe::table_name::<Q::Table>();
+    let table = observe::table_name::<Q::Table>;
     observe::call!(C::Backend::SYSTEM, "quota_consume", table).run(|call| {
         let done = (|| {
             check_amount("amount", amount)?;
@@ -678,7 +678,7 @@ where
     C::Backend: QuotaBackend,
     O: Output<C::Raw>,
 {
-    let table = observe::table_name::<Q::Table>();
+    let table = observe::table_name::<Q::Table>;
     observe::call!(C::Backend::SYSTEM, "quota_reserve", table).run(|call| {
         let done = (|| {
             check_amount("amount", amount)?;
@@ -836,7 +836,7 @@ where
     C::Backend: QuotaBackend,
     O: Output<C::Raw>,
 {
-    let table = observe::table_name::<Q::Table>();
+    let table = observe::table_name::<Q::Table>;
     observe::call!(C::Backend::SYSTEM, "quota_settle", table).run(|call| {
         let done =
             C::Backend::settle::<Q, C, O>(conn, reservation.id, &reservation.key, actual, at, out);
@@ -895,7 +895,7 @@ where
     C: WriteConnection,
     C::Backend: QuotaBackend,
 {
-    let table = observe::table_name::<Q::Table>();
+    let table = observe::table_name::<Q::Table>;
     observe::call!(C::Backend::SYSTEM, "quota_expire", table).run(|call| {
         let done = (|| {
             let n = C::Backend::sweep::<Q, C>(conn, key, at)?;

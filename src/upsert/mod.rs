@@ -386,7 +386,7 @@ impl<'a, M: UpsertModel, F> Upsert<'a, M, F> {
         C: WriteConnection,
         M: Upsertable<C::Raw, F>,
     {
-        let table = observe::table_name::<M::Table>();
+        let table = observe::table_name::<M::Table>;
         observe::call!(<C::Backend as Dialect>::SYSTEM, "upsert", table).run(|call| {
             self.row.validate()?;
             let update = update_columns::<M>(&self.keep);
@@ -506,7 +506,7 @@ impl<'a, M: UpsertModel, F> UpsertMany<'a, M, F> {
         C: WriteConnection,
         M: Upsertable<C::Raw, F>,
     {
-        let table = observe::table_name::<M::Table>();
+        let table = observe::table_name::<M::Table>;
         observe::call!(<C::Backend as Dialect>::SYSTEM, "bulk_upsert", table).run(|call| {
             validate_all(self.rows)?;
             let (sorted, _) = collapse_and_sort(self.rows);
@@ -566,7 +566,7 @@ impl<'a, M: UpsertModel, F> UpsertMany<'a, M, F> {
         C: WriteConnection,
         M: Upsertable<C::Raw, F>,
     {
-        let table = observe::table_name::<M::Table>();
+        let table = observe::table_name::<M::Table>;
         let call = observe::call!(<C::Backend as Dialect>::SYSTEM, "bulk_upsert_rows", table);
         call.run(|call| {
             let told = self.rows_unobserved(conn)?;

@@ -145,7 +145,7 @@ where
     I: IntoIterator<Item = M>,
 {
     assert!(chunk_rows > 0, "a chunk holds at least one row");
-    let table = observe::table_name::<M::Table>();
+    let table = observe::table_name::<M::Table>;
     observe::call!(C::Backend::SYSTEM, "bulk_upsert_stream", table).run(|call| {
         let total = match commit {
             Commit::PerChunk => stream(conn, rows.into_iter(), chunk_rows, each)?,
