@@ -529,7 +529,7 @@ fn totals_of<T: Counter>(values: &[i64]) -> Result<T::Amounts> {
 }
 
 /// The bounds of one increment, written as conditions on `target.amount + delta`.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Default)]
 struct Bounds<'a> {
     floor: Option<&'a i64>,
     ceiling: Option<&'a i64>,

@@ -24,7 +24,137 @@ impl CounterBackend for Mysql {
         T: Counter + BindKey<Self>,
         C: WriteConnection<Backend = Self>,
     {
+        if !inc.bounds().any() && T::AMOUNTS.len() <= TOTALS.len() {
+            return crate::conn::retry_deadlocks(conn, |c| tracked(c, inc));
+        }
         crate::conn::retry_deadlocks(conn, |c| c.write(|c| once(c, inc)))
+    }
+}
+
+/// The session variables an unbounded increment leaves its totals in, one per amount column.
+const TOTALS: [&str; 8] = [
+    "@upsert_kit_t0",
+    "@upsert_kit_t1",
+    "@upsert_kit_t2",
+    "@upsert_kit_t3",
+    "@upsert_kit_t4",
+    "@upsert_kit_t5",
+    "@upsert_kit_t6",
+    "@upsert_kit_t7",
+];
+
+/// An increment without bounds in two round trips and no transaction: one statement, atomic by
+/// itself, that leaves the row's new totals in session variables ([`TOTALS`]) as it writes
+/// them, then a `SELECT` of the variables. A plain increment that matched no row (the count
+/// says so: Diesel's connections count matched rows) ends there, with no read. A creating one
+/// tells an update from an insert by `@upsert_kit_hit`, a fresh nonce only its update clause
+/// sets; an inserted row's totals are the amounts.
+fn tracked<T, C>(c: &mut C, inc: &Increment<'_, T>) -> Result<Step<T::Amounts>>
+where
+    T: Counter + BindKey<Mysql>,
+    C: WriteConnection<Backend = Mysql>,
+{
+    let nonce = fastrand::i64(1..);
+    let amounts = inc.amounts.as_slice();
+    let sql = TrackedIncrementSql::<T> {
+        key: inc.key,
+        amounts,
+        create: inc.create,
+        nonce: &nonce,
+    };
+    if c.run_execute(&sql)? == 0 {
+        return Ok(Step::Done(None));
+    }
+    let read = ReadTotalsSql {
+        columns: T::AMOUNTS.len(),
+        nonce: &nonce,
+    };
+    let Some(text) = c.run_texts(&read)?.into_iter().next() else {
+        return Err(Error::NotFound("the increment's session variables".into()));
+    };
+    let row = crate::conn::parse_ints(&text)?;
+    if inc.create && row[0] == 0 {
+        return totals_of::<T>(amounts).map(|t| Step::Done(Some(t)));
+    }
+    totals_of::<T>(&row[1..]).map(|t| Step::Done(Some(t)))
+}
+
+/// `UPDATE t SET a = (@upsert_kit_t0 := a + ?), … WHERE key`, or with `create`, `INSERT … ON
+/// DUPLICATE KEY UPDATE a = IF((@upsert_kit_hit := ?) IS NULL, a, (@upsert_kit_t0 := a +
+/// VALUES(a))), b = (@upsert_kit_t1 := b + VALUES(b)), …`.
+struct TrackedIncrementSql<'a, T: Counter> {
+    key: &'a T::Key,
+    amounts: &'a [i64],
+    create: bool,
+    nonce: &'a i64,
+}
+
+impl<T: Counter + BindKey<Mysql>> QueryFragment<Mysql> for TrackedIncrementSql<'_, T> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Mysql>) -> QueryResult<()> {
+        if self.create {
+            let upsert = UpsertIncrementSql::<T> {
+                key: self.key,
+                amounts: self.amounts,
+                bounds: Default::default(),
+                columns: None,
+            };
+            upsert.walk_insert(&mut out)?;
+        } else {
+            out.push_sql("UPDATE ");
+            T::walk_table(out.reborrow())?;
+            out.push_sql(" SET ");
+        }
+        for (i, column) in T::AMOUNTS.iter().enumerate() {
+            if i > 0 {
+                out.push_sql(", ");
+            }
+            out.push_identifier(column)?;
+            out.push_sql(" = ");
+            if self.create && i == 0 {
+                out.push_sql("IF((@upsert_kit_hit := ");
+                out.push_bind_param::<BigInt, _>(self.nonce)?;
+                out.push_sql(") IS NULL, ");
+                out.push_identifier(column)?;
+                out.push_sql(", ");
+            }
+            out.push_sql("(");
+            out.push_sql(TOTALS[i]);
+            out.push_sql(" := ");
+            walk_new::<T, Mysql>(&mut out, i, self.amounts, false, self.create)?;
+            out.push_sql(")");
+            if self.create && i == 0 {
+                out.push_sql(")");
+            }
+        }
+        if !self.create {
+            out.push_sql(" WHERE ");
+            T::walk_key(self.key, KeyStyle::Match, out.reborrow())?;
+        }
+        Ok(())
+    }
+}
+
+/// `SELECT CAST(JSON_ARRAY(<the key existed>, COALESCE(CAST(@upsert_kit_t0 AS SIGNED), 0), …)
+/// AS CHAR)`.
+struct ReadTotalsSql<'a> {
+    columns: usize,
+    nonce: &'a i64,
+}
+
+impl QueryFragment<Mysql> for ReadTotalsSql<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Mysql>) -> QueryResult<()> {
+        out.push_sql("SELECT CAST(JSON_ARRAY(CAST(COALESCE(@upsert_kit_hit = ");
+        out.push_bind_param::<BigInt, _>(self.nonce)?;
+        out.push_sql(", 0) AS SIGNED)");
+        // A variable keeps the type of its last value (a bind parameter's may be text), and
+        // is NULL in a session that never set it (an insert leaves it unset): cast, 0 for NULL.
+        for total in &TOTALS[..self.columns] {
+            out.push_sql(", COALESCE(CAST(");
+            out.push_sql(total);
+            out.push_sql(" AS SIGNED), 0)");
+        }
+        out.push_sql(") AS CHAR)");
+        Ok(())
     }
 }
 
