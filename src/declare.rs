@@ -333,6 +333,12 @@ pub trait Output<C: WriteConnection> {
     /// # Errors
     /// Database errors.
     fn load(&self, c: &mut C, q: &dyn QueryFragment<C::Backend>) -> Result<Vec<Self::Row>>;
+
+    /// The row made of three integers (a quota's limit, used and reserved), when that is all
+    /// this output is: a backend may then read them from where its statement left them.
+    fn from_ints(&self) -> Option<fn((i64, i64, i64)) -> Self::Row> {
+        None
+    }
 }
 
 /// The caller's struct `R` as what a statement gives back.

@@ -1211,6 +1211,10 @@ where
     fn load(&self, c: &mut C, q: &dyn QueryFragment<C::Backend>) -> Result<Vec<QuotaUsage>> {
         Ok(c.run_int3(q)?.into_iter().map(QuotaUsage::from).collect())
     }
+
+    fn from_ints(&self) -> Option<fn((i64, i64, i64)) -> QuotaUsage> {
+        Some(QuotaUsage::from)
+    }
 }
 
 /// `q.limit, q.used, q.reserved`.
@@ -1447,6 +1451,14 @@ impl<'a, Q: Quota, DB: Dialect> HoldSql<'a, Q, DB> {
         col(out, self.target)?;
         out.push_sql(" + ");
         DB::push_int(out, self.amount)?;
+        self.walk_where(out)
+    }
+
+    /// ` WHERE key AND used + reserved + $n <= limit [+ $margin]`.
+    fn walk_where(&self, out: &mut AstPass<'_, 'a, DB>) -> QueryResult<()>
+    where
+        Q: BindQuota<DB>,
+    {
         out.push_sql(" WHERE ");
         Q::walk_key(self.key, KeyStyle::Match, out.reborrow())?;
         out.push_sql(" AND ");

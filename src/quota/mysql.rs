@@ -40,6 +40,18 @@ impl QuotaBackend for Mysql {
             margin: Some(&margin),
             returning: None,
         };
+        if let Some(row) = out.from_ints() {
+            // The usage alone: one statement that leaves it in session variables, then their
+            // read; the row lock is held for the statement only.
+            let tracked = TrackedHoldSql(&sql);
+            return retry_deadlocks(conn, |c| {
+                if c.run_execute(&tracked)? == 0 {
+                    return Ok(None);
+                }
+                let usage = c.run_int3(&ReadUsageSql)?.pop();
+                Ok(usage.map(row))
+            });
+        }
         retry_deadlocks(conn, |conn| {
             conn.write(|c| {
                 if c.run_execute(&sql)? == 0 {
@@ -198,5 +210,52 @@ impl<Q: BindQuota<Mysql>> QueryFragment<Mysql> for DropSql<'_, Q> {
         out.push_sql("DELETE FROM ");
         Q::walk_reservations(out.reborrow())?;
         self.0.walk(&mut out)
+    }
+}
+
+/// A consumption that keeps the row's usage after it in session variables: `UPDATE q SET used
+/// = (@upsert_kit_q_used := used + $n), reserved = (@upsert_kit_q_reserved := reserved), limit
+/// = (@upsert_kit_q_limit := limit) WHERE key AND used + reserved + $n <= limit [+ $margin]`
+/// (the `WHERE` reads the row before any assignment).
+struct TrackedHoldSql<'s, 'a, Q: Quota>(&'s HoldSql<'a, Q, Mysql>);
+
+impl<Q: BindQuota<Mysql>> QueryFragment<Mysql> for TrackedHoldSql<'_, '_, Q> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Mysql>) -> QueryResult<()> {
+        let hold = self.0;
+        out.push_sql("UPDATE ");
+        Q::walk_table(out.reborrow())?;
+        out.push_sql(" SET ");
+        out.push_identifier(hold.target)?;
+        out.push_sql(" = (@upsert_kit_q_used := ");
+        out.push_identifier(hold.target)?;
+        out.push_sql(" + ");
+        out.push_bind_param::<diesel::sql_types::BigInt, _>(hold.amount)?;
+        out.push_sql(")");
+        for (column, variable) in [
+            (Q::RESERVED, "@upsert_kit_q_reserved"),
+            (Q::LIMIT, "@upsert_kit_q_limit"),
+        ] {
+            out.push_sql(", ");
+            out.push_identifier(column)?;
+            out.push_sql(" = (");
+            out.push_sql(variable);
+            out.push_sql(" := ");
+            out.push_identifier(column)?;
+            out.push_sql(")");
+        }
+        hold.walk_where(&mut out)
+    }
+}
+
+/// `SELECT limit, used, reserved` as [`TrackedHoldSql`] left them.
+struct ReadUsageSql;
+
+impl QueryFragment<Mysql> for ReadUsageSql {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Mysql>) -> QueryResult<()> {
+        out.push_sql(
+            "SELECT CAST(@upsert_kit_q_limit AS SIGNED), CAST(@upsert_kit_q_used AS SIGNED), \
+             CAST(@upsert_kit_q_reserved AS SIGNED)",
+        );
+        Ok(())
     }
 }
