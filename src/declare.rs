@@ -336,10 +336,13 @@ pub trait Output<C: WriteConnection> {
 
     /// The row made of three integers (a quota's limit, used and reserved), when that is all
     /// this output is: a backend may then read them from where its statement left them.
-    fn from_ints(&self) -> Option<fn((i64, i64, i64)) -> Self::Row> {
+    fn ints_row(&self) -> Option<IntsRow<Self::Row>> {
         None
     }
 }
+
+/// A row made of three integers.
+pub(crate) type IntsRow<R> = fn((i64, i64, i64)) -> R;
 
 /// The caller's struct `R` as what a statement gives back.
 pub(crate) struct Returned<R: ReturnRow<C>, C: Connection> {

@@ -1212,7 +1212,7 @@ where
         Ok(c.run_int3(q)?.into_iter().map(QuotaUsage::from).collect())
     }
 
-    fn from_ints(&self) -> Option<fn((i64, i64, i64)) -> QuotaUsage> {
+    fn ints_row(&self) -> Option<crate::declare::IntsRow<QuotaUsage>> {
         Some(QuotaUsage::from)
     }
 }

@@ -40,7 +40,7 @@ impl QuotaBackend for Mysql {
             margin: Some(&margin),
             returning: None,
         };
-        if let Some(row) = out.from_ints() {
+        if let Some(row) = out.ints_row() {
             // The usage alone: one statement that leaves it in session variables, then their
             // read; the row lock is held for the statement only.
             let tracked = TrackedHoldSql(&sql);
