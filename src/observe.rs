@@ -36,7 +36,8 @@ pub(crate) struct Call {
 }
 
 /// Starts the span of one call of `$operation` (a literal: it is the span's name and its
-/// `db.operation.name`) on a table, on backend `$system` (`db.system.name`).
+/// `db.operation.name`) on backend `$system` (`db.system.name`), on the table `$table` names (a
+/// function, called only when something records it; `""` for none, such as a lock's).
 macro_rules! call {
     ($system:expr, $operation:literal, $table:expr) => {
         $crate::observe::Call::new(
@@ -44,7 +45,7 @@ macro_rules! call {
                 $operation,
                 db.system.name = $system,
                 db.operation.name = $operation,
-                db.collection.name = ($table)(),
+                db.collection.name = ::tracing::field::Empty,
                 otel.name = ::tracing::field::Empty,
                 outcome = ::tracing::field::Empty,
                 rows = ::tracing::field::Empty,
@@ -70,7 +71,13 @@ impl Call {
         table: impl Fn() -> &'static str,
     ) -> Call {
         if !span.is_disabled() {
-            span.record("otel.name", format_args!("{operation} {}", table()));
+            match table() {
+                "" => span.record("otel.name", operation),
+                table => {
+                    span.record("db.collection.name", table);
+                    span.record("otel.name", format_args!("{operation} {table}"))
+                }
+            };
         }
         Call {
             span,

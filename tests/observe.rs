@@ -353,6 +353,9 @@ mod server {
         assert_eq!(lock.len(), 1);
         assert_eq!(lock[0].field("db.system.name"), Some(system));
         assert_eq!(lock[0].field("outcome"), Some("acquired"));
+        // A lock has no table: no `db.collection.name`, and `otel.name` is the operation.
+        assert_eq!(lock[0].field("db.collection.name"), None);
+        assert_eq!(lock[0].field("otel.name"), Some("lock"));
         let waited: f64 = lock[0].field("wait_ms").unwrap().parse().unwrap();
         assert!(waited >= 0.0);
         assert_fields(&captured, "claim", system, "obs_tasks");
