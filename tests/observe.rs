@@ -215,7 +215,12 @@ macro_rules! sequence {
         let refused = captured.named("quota_consume")[1];
         assert_eq!(refused.field("error.type"), Some("quota_exceeded"));
         let exclusive = captured.named("exclusive_transaction");
-        assert_eq!(exclusive.len(), 1);
+        assert_eq!(
+            exclusive.len(),
+            1,
+            "exclusive: {:?}",
+            captured.spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+        );
         assert_eq!(exclusive[0].field("error.type"), None);
 
         let text = captured.text();
@@ -240,7 +245,11 @@ macro_rules! sequence {
             );
         }
         let errors = [up[0], up[1], ("class", "invalid_input")];
-        assert_eq!(metric(&snapshot, "upsert_kit_errors_total", &errors), 1);
+        assert_eq!(
+            metric(&snapshot, "upsert_kit_errors_total", &errors),
+            1,
+            "errors"
+        );
         let bulk = [("operation", "bulk_upsert"), ("table", "obs_items")];
         for (outcome, n) in [("inserted", 2), ("updated", 1), ("unchanged", 0)] {
             let labels = [bulk[0], bulk[1], ("outcome", outcome)];
@@ -251,7 +260,11 @@ macro_rules! sequence {
             );
         }
         let upserts = [up[0], up[1], ("outcome", "inserted")];
-        assert_eq!(metric(&snapshot, "upsert_kit_outcomes_total", &upserts), 1);
+        assert_eq!(
+            metric(&snapshot, "upsert_kit_outcomes_total", &upserts),
+            1,
+            "upsert outcomes"
+        );
         let calls = [("operation", "upsert"), ("table", "obs_items")];
         assert_eq!(
             metric(&snapshot, "upsert_kit_call_duration_seconds", &calls),

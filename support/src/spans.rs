@@ -79,7 +79,18 @@ pub fn capture<T>(f: impl FnOnce() -> T) -> (T, Captured) {
     let captured = Arc::new(Mutex::new(Captured::default()));
     let layer = Capture(Arc::clone(&captured));
     let subscriber = tracing_subscriber::registry().with(layer);
-    let value = tracing::subscriber::with_default(subscriber, f);
+    // `tracing` caches each call site's interest for all threads, computed when the site is
+    // first reached. While a single dispatcher is registered it asks only the reaching
+    // thread's own: a site first reached on a thread without a subscriber (another test's)
+    // would be cached as uninteresting for this one too. A second dispatcher, kept for the
+    // process, makes it ask every live one, this thread's included.
+    static OTHER: std::sync::OnceLock<tracing::Dispatch> = std::sync::OnceLock::new();
+    OTHER.get_or_init(|| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()));
+    let value = tracing::subscriber::with_default(subscriber, || {
+        // And the sites reached before this thread's subscriber was set are asked again.
+        tracing::callsite::rebuild_interest_cache();
+        f()
+    });
     let captured = captured.lock().unwrap().clone();
     (value, captured)
 }

@@ -110,9 +110,10 @@ impl Session for MysqlConnection {
     }
 }
 
-/// Returns once the session `id` waits on a lock; panics if it never does.
+/// Returns once the session `id` waits on a lock; panics if it never does (within 30 s: on a
+/// loaded machine the other thread may take seconds to send its statement).
 fn wait_until_waiting<S: Session>(probe: &mut S, id: i64) {
-    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while std::time::Instant::now() < give_up {
         if probe.is_waiting_on_a_lock(id) {
             return;
