@@ -2,30 +2,49 @@
 //! one), with `FOR UPDATE SKIP LOCKED` (MariaDB 10.6+, MySQL 8.0+).
 //!
 //! MySQL has no `RETURNING` on `UPDATE` (MariaDB has it on `INSERT` and `DELETE` only) and no
-//! `UPDATE … WHERE id IN (SELECT … FROM the same table)`, so each call that must both change
-//! rows and say what it changed is one short transaction of a few statements: lock the rows,
-//! update them, read them back, commit. Inside a caller's transaction the same statements run
-//! in a savepoint of it.
+//! `UPDATE … WHERE id IN (SELECT … FROM the same table)`. A claim outside a caller's transaction
+//! is two round trips: one `UPDATE` that joins the rows it locks with `SKIP LOCKED` and leaves
+//! their ids in a session variable, committed on its own, then a read of those rows by their ids
+//! (none when it took none). Inside a caller's transaction, and for the calls that must change
+//! a row and read it back, a short transaction of a few statements (a savepoint of the caller's).
 //!
 //! # What is sent
 //! `t` is the queue's table, the columns are [`ClaimQueue`]'s, the statuses its literals; every
 //! value is a bind parameter; times are the server's `UTC_TIMESTAMP(6)`.
 //!
-//! [`Queue::claim`]:
+//! [`Queue::claim`] takes the first due items, locked, skipping rows locked elsewhere; one
+//! range of the `(status, id)` index per status, read in id order (a single `status IN (…)
+//! ORDER BY id` would be read along the primary key through every finished row, locking each
+//! at REPEATABLE READ). Call that `<due ids>`:
 //! ```sql
-//! SET TRANSACTION ISOLATION LEVEL READ COMMITTED   -- only when not in a caller's transaction
-//! BEGIN
-//! SELECT id FROM t WHERE status IN ('pending', 'retry')
-//!   AND (locked_until IS NULL OR locked_until <= UTC_TIMESTAMP(6))
-//!   ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED
+//! (SELECT id FROM t WHERE status = 'pending'
+//!    AND (locked_until IS NULL OR locked_until <= UTC_TIMESTAMP(6))
+//!    ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED)
+//! UNION ALL (the same for status = 'retry') ORDER BY id LIMIT ?
+//! ```
+//! Outside a transaction (the derived table is materialized first, with its row locks;
+//! `STRAIGHT_JOIN` makes the update read `t` only through it; `JSON_TABLE` needs MariaDB 10.6
+//! or MySQL 8.0, as `SKIP LOCKED` does):
+//! ```sql
+//! UPDATE (<due ids>) AS due STRAIGHT_JOIN t ON t.id = due.id
+//!   JOIN (SELECT @upsert_kit_claimed := NULL AS reset) AS init
+//!   SET status = 'processing', holder = ?, locked_until = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND,
+//!       attempts = attempts + 1 + 0 * LENGTH(@upsert_kit_claimed := CONCAT_WS(',', @upsert_kit_claimed, t.id))
+//! -- only when it changed rows:
+//! SELECT t.* FROM JSON_TABLE(CONCAT('[', @upsert_kit_claimed, ']'), '$[*]' COLUMNS (id BIGINT PATH '$')) AS c
+//!   JOIN t ON t.id = c.id WHERE t.status = 'processing' AND t.holder = ? ORDER BY t.id
+//! ```
+//! (At REPEATABLE READ two such statements may deadlock on a gap of the `status` index; the
+//! victim changed nothing and is sent again, up to 3 times.) Inside a caller's transaction, in
+//! a savepoint of it at the caller's isolation level:
+//! ```sql
+//! SELECT id FROM (<due ids>) AS due ORDER BY id
 //! UPDATE t SET status = 'processing', holder = ?,
 //!   locked_until = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND, attempts = attempts + 1
 //!   WHERE id IN (?, …)                              -- the ids just locked
 //! SELECT * FROM t WHERE id IN (?, …) ORDER BY id
-//! COMMIT
 //! ```
-//! (an empty queue: the `SELECT … SKIP LOCKED` finds nothing, and the transaction commits at
-//! once.) [`Queue::complete`] is one statement, fenced by id, holder and attempt (the affected
+//! [`Queue::complete`] is one statement, fenced by id, holder and attempt (the affected
 //! row count is exact whatever the connection's `CLIENT_FOUND_ROWS` flag, since the status
 //! always changes):
 //! ```sql
@@ -70,10 +89,12 @@
 //! it is claiming right now is skipped. What REPEATABLE READ, MySQL's default, adds is gap
 //! locks: the scan's next-key locks would make the `UPDATE` (which moves the row in an index
 //! on `status`, an insert into that index) wait for the gap another claim locked while that
-//! claim waits for this one's: a deadlock. The claim and the reaper therefore run their own
-//! transaction at READ COMMITTED (`SET TRANSACTION` applies to the next transaction only; the
-//! session keeps its level), where InnoDB takes no gap locks for these statements, and never
-//! wait (SKIP LOCKED). Inside a caller's transaction they run at the caller's level: at
+//! claim waits for this one's: a deadlock. The reaper therefore runs its own transaction at
+//! READ COMMITTED (`SET TRANSACTION` applies to the next transaction only; the session keeps
+//! its level), where InnoDB takes no gap locks for these statements. The claim outside a
+//! transaction is one statement at the session's level, committed at once: its locks last one
+//! statement, it reads one index range per status, and a deadlock's victim (nothing applied) is
+//! sent again. Inside a caller's transaction the claim runs at the caller's level: at
 //! REPEATABLE READ two such claims may then deadlock, reported as [`Error::Deadlock`](crate::Error::Deadlock)
 //! (retryable: re-run the whole transaction). Complete, fail and extend touch one row by its
 //! primary key and need nothing beyond any level's current reads.
@@ -270,29 +291,12 @@ macro_rules! statement {
 }
 
 statement! {
-    /// `SELECT id AS id FROM t WHERE status IN ('pending', 'retry') AND (locked_until IS NULL
-    /// OR locked_until <= UTC_TIMESTAMP(6)) ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED`.
+    /// `SELECT id FROM (<due ids>) AS due ORDER BY id`: [`due_ids`] in a caller's transaction.
     Due<'a> { limit: i64 }
     |self, out| {
-        out.push_sql("SELECT ");
-        column(&mut out, Q::ID)?;
-        out.push_sql(" AS id FROM ");
-        self.table.walk_ast(out.reborrow())?;
-        out.push_sql(" WHERE ");
-        column(&mut out, Q::STATUS)?;
-        out.push_sql(" IN (");
-        literal(&mut out, Q::PENDING);
-        out.push_sql(", ");
-        literal(&mut out, Q::RETRY);
-        out.push_sql(") AND (");
-        column(&mut out, Q::LOCKED_UNTIL)?;
-        out.push_sql(" IS NULL OR ");
-        column(&mut out, Q::LOCKED_UNTIL)?;
-        out.push_sql(" <= UTC_TIMESTAMP(6)) ORDER BY ");
-        column(&mut out, Q::ID)?;
-        out.push_sql(" LIMIT ");
-        out.push_bind_param::<BigInt, _>(&self.limit)?;
-        out.push_sql(" FOR UPDATE SKIP LOCKED");
+        out.push_sql("SELECT id FROM (");
+        due_ids::<Q>(&mut out, &self.table, &self.limit)?;
+        out.push_sql(") AS upsert_kit_due ORDER BY id");
     }
 }
 
@@ -332,6 +336,84 @@ statement! {
         self.table.walk_ast(out.reborrow())?;
         where_ids::<Q>(&mut out, self.ids)?;
         out.push_sql(" ORDER BY ");
+        column(&mut out, Q::ID)?;
+    }
+}
+
+statement! {
+    /// The claim in one statement, outside a caller's transaction: `UPDATE (SELECT id FROM t
+    /// WHERE <ready> ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED) AS d STRAIGHT_JOIN t ON t.id =
+    /// d.id JOIN (SELECT @upsert_kit_claimed := NULL) AS init SET status = 'processing', holder
+    /// = ?, locked_until = <lease from now>, attempts = attempts + 1 + 0 *
+    /// LENGTH(@upsert_kit_claimed := CONCAT_WS(',', @upsert_kit_claimed, t.id))`. The derived
+    /// table `d` is materialized first, with its row locks, skipping rows locked elsewhere;
+    /// `STRAIGHT_JOIN` makes the update read `t` only through it (read first, `t`'s scan would
+    /// wait on every row locked elsewhere); the ids it took are left in the session variable
+    /// for [`Claimed`].
+    TakeDue<'a> { limit: i64, holder: &'a str, lease_micros: i64 }
+    |self, out| {
+        out.push_sql("UPDATE (");
+        due_ids::<Q>(&mut out, &self.table, &self.limit)?;
+        out.push_sql(") AS upsert_kit_due STRAIGHT_JOIN ");
+        self.table.walk_ast(out.reborrow())?;
+        out.push_sql(" ON ");
+        self.table.walk_ast(out.reborrow())?;
+        out.push_sql(".");
+        column(&mut out, Q::ID)?;
+        out.push_sql(" = upsert_kit_due.id JOIN (SELECT @upsert_kit_claimed := NULL AS reset) AS upsert_kit_init SET ");
+        column(&mut out, Q::STATUS)?;
+        out.push_sql(" = ");
+        literal(&mut out, Q::PROCESSING);
+        out.push_sql(", ");
+        column(&mut out, Q::HOLDER)?;
+        out.push_sql(" = ");
+        out.push_bind_param::<Text, _>(self.holder)?;
+        out.push_sql(", ");
+        column(&mut out, Q::LOCKED_UNTIL)?;
+        out.push_sql(" = ");
+        from_now(&mut out, &self.lease_micros)?;
+        out.push_sql(", ");
+        column(&mut out, Q::ATTEMPTS)?;
+        out.push_sql(" = ");
+        column(&mut out, Q::ATTEMPTS)?;
+        out.push_sql(" + 1 + 0 * LENGTH(@upsert_kit_claimed := CONCAT_WS(',', @upsert_kit_claimed, ");
+        self.table.walk_ast(out.reborrow())?;
+        out.push_sql(".");
+        column(&mut out, Q::ID)?;
+        out.push_sql("))");
+    }
+}
+
+statement! {
+    /// The rows [`TakeDue`] claimed, read back by the ids it left in the session: `SELECT t.*
+    /// FROM JSON_TABLE(CONCAT('[', @upsert_kit_claimed, ']'), '$[*]' COLUMNS (id BIGINT PATH
+    /// '$')) AS c JOIN t ON t.id = c.id WHERE t.status = 'processing' AND t.holder = ? ORDER BY
+    /// t.id` (a primary-key lookup per id).
+    Claimed<'a> { holder: &'a str }
+    |self, out| {
+        out.push_sql("SELECT ");
+        self.table.walk_ast(out.reborrow())?;
+        out.push_sql(".* FROM JSON_TABLE(CONCAT('[', @upsert_kit_claimed, ']'), '$[*]' COLUMNS (id BIGINT PATH '$')) AS upsert_kit_claimed JOIN ");
+        self.table.walk_ast(out.reborrow())?;
+        out.push_sql(" ON ");
+        self.table.walk_ast(out.reborrow())?;
+        out.push_sql(".");
+        column(&mut out, Q::ID)?;
+        out.push_sql(" = upsert_kit_claimed.id WHERE ");
+        self.table.walk_ast(out.reborrow())?;
+        out.push_sql(".");
+        column(&mut out, Q::STATUS)?;
+        out.push_sql(" = ");
+        literal(&mut out, Q::PROCESSING);
+        out.push_sql(" AND ");
+        self.table.walk_ast(out.reborrow())?;
+        out.push_sql(".");
+        column(&mut out, Q::HOLDER)?;
+        out.push_sql(" = ");
+        out.push_bind_param::<Text, _>(self.holder)?;
+        out.push_sql(" ORDER BY ");
+        self.table.walk_ast(out.reborrow())?;
+        out.push_sql(".");
         column(&mut out, Q::ID)?;
     }
 }
@@ -482,6 +564,46 @@ statement! {
     }
 }
 
+/// `(SELECT id AS id FROM t WHERE status = 'pending' AND <due> ORDER BY id LIMIT ? FOR UPDATE
+/// SKIP LOCKED) UNION ALL (the same for 'retry') ORDER BY id LIMIT ?`, `<due>` being
+/// `(locked_until IS NULL OR locked_until <= UTC_TIMESTAMP(6))`: the first `limit` due items,
+/// locked, skipping rows locked elsewhere. One range of the `(status, id)` index per status, read
+/// in id order: a single `status IN (…) ORDER BY id` would be read along the primary key
+/// through every finished row, locking each at REPEATABLE READ.
+fn due_ids<'b, Q: ClaimQueue>(
+    out: &mut AstPass<'_, 'b, Mysql>,
+    table: &'b Q::Table,
+    limit: &'b i64,
+) -> QueryResult<()>
+where
+    Q::Table: QueryFragment<Mysql>,
+{
+    for (i, status) in [Q::PENDING, Q::RETRY].into_iter().enumerate() {
+        if i > 0 {
+            out.push_sql(" UNION ALL ");
+        }
+        out.push_sql("(SELECT ");
+        column(out, Q::ID)?;
+        out.push_sql(" AS id FROM ");
+        table.walk_ast(out.reborrow())?;
+        out.push_sql(" WHERE ");
+        column(out, Q::STATUS)?;
+        out.push_sql(" = ");
+        literal(out, status);
+        out.push_sql(" AND (");
+        column(out, Q::LOCKED_UNTIL)?;
+        out.push_sql(" IS NULL OR ");
+        column(out, Q::LOCKED_UNTIL)?;
+        out.push_sql(" <= UTC_TIMESTAMP(6)) ORDER BY ");
+        column(out, Q::ID)?;
+        out.push_sql(" LIMIT ");
+        out.push_bind_param::<BigInt, _>(limit)?;
+        out.push_sql(" FOR UPDATE SKIP LOCKED)");
+    }
+    out.push_sql(" ORDER BY id LIMIT ");
+    out.push_bind_param::<BigInt, _>(limit)
+}
+
 /// `status IN ('pending', 'retry') AND (locked_until IS NULL OR locked_until <=
 /// UTC_TIMESTAMP(6))`: what a claim takes.
 fn ready<Q: ClaimQueue>(out: &mut AstPass<'_, '_, Mysql>) -> QueryResult<()> {
@@ -585,6 +707,10 @@ fn refuse_tenants<Q: ClaimQueue>() -> Result<()> {
     }
 }
 
+/// How many times a claim outside a transaction sends its statement when InnoDB picks it as a
+/// deadlock's victim (nothing of it applied) before the error reaches the caller.
+const DEADLOCK_ATTEMPTS: u32 = 3;
+
 /// How many ids one `IN (…)` list names at most.
 const IDS_PER_STATEMENT: usize = 1000;
 
@@ -599,10 +725,32 @@ where
             return Ok(Vec::new());
         }
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let lease = micros(queue.lease_duration());
+        if !tx::in_transaction(self) {
+            // Three round trips: READ COMMITTED for the next statement (see the module's
+            // "Isolation"), the claim, one statement committed on its own, then the rows it
+            // took (none to read when it took none). A deadlock's victim changed nothing and is
+            // sent again.
+            let mut attempt = 1;
+            let taken = loop {
+                self.batch_execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                    .map_err(crate::error::Error::from)?;
+                let take = TakeDue::<Q>::new(limit, queue.holder(), lease);
+                match take.execute(self).map_err(crate::error::Error::from) {
+                    Err(crate::error::Error::Deadlock(_)) if attempt < DEADLOCK_ATTEMPTS => {
+                        attempt += 1;
+                    }
+                    other => break other?,
+                }
+            };
+            if taken == 0 {
+                return Ok(Vec::new());
+            }
+            return Ok(Claimed::<Q>::new(queue.holder()).load(self)?);
+        }
         read_committed(self, |conn| {
             let candidates: Vec<Id> = Due::<Q>::new(limit).load(conn)?;
             let ids: Vec<i64> = candidates.into_iter().map(|r| r.id).collect();
-            let lease = micros(queue.lease_duration());
             let mut claims = Vec::with_capacity(ids.len());
             for chunk in ids.chunks(IDS_PER_STATEMENT) {
                 Take::<Q>::new(queue.holder(), lease, chunk).execute(conn)?;
