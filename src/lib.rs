@@ -142,5 +142,7 @@ compile_error!(
 pub mod __private {
     pub use crate::upsert::derive_support::*;
     pub use crate::upsert::model::{ArrayBackend, ArrayBind};
+    #[cfg(feature = "postgres")]
+    pub use crate::upsert::pg::{last_outcome_source, with_xmax_outcomes};
     pub use diesel;
 }

@@ -4,10 +4,13 @@
 //! # Outcomes
 //! Each row is reported [`UpsertOutcome::Inserted`], [`UpsertOutcome::Updated`] or
 //! [`UpsertOutcome::Unchanged`] (the row exists and the update's condition left it alone).
-//! - PostgreSQL: one statement, `RETURNING (xmax = 0)`. A tuple written by an insert has no
-//!   `xmax`; one written by `DO UPDATE` carries the updating transaction's id. This relies on an
-//!   implementation detail of PostgreSQL's MVCC that has held since `ON CONFLICT` exists (9.5).
-//!   A row filtered out by the condition returns nothing.
+//! - PostgreSQL: one statement. On PostgreSQL 18 and later `RETURNING WITH (OLD AS o) (o IS
+//!   NULL)`: the row before the statement is null for an insert (the documented way; the
+//!   server's version read once per process, and statements inside a transaction use `xmax`).
+//!   Before 18, `RETURNING (xmax = 0)`: a tuple written by an insert has no `xmax`; one written
+//!   by `DO UPDATE` carries the updating transaction's id, an implementation detail of
+//!   PostgreSQL's MVCC that has held since `ON CONFLICT` exists (9.5). A row filtered out by
+//!   the condition returns nothing.
 //! - SQLite: no transaction of its own, and the values bound once per statement. An upsert
 //!   without an update condition first runs `UPDATE … WHERE key = …`: one changed row is
 //!   `Updated`, the whole work when the key exists (the common case of a sync job). Otherwise
@@ -59,7 +62,7 @@ pub(crate) mod model;
 #[cfg(feature = "mysql")]
 mod mysql;
 #[cfg(feature = "postgres")]
-mod pg;
+pub(crate) mod pg;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 pub(crate) mod statement;

@@ -1,5 +1,21 @@
-//! Upserts on PostgreSQL: one `INSERT … ON CONFLICT … DO UPDATE … RETURNING (xmax = 0)` per
+//! Upserts on PostgreSQL: one `INSERT … ON CONFLICT … DO UPDATE … RETURNING <inserted>` per
 //! row, and bulk upserts as one statement per chunk with one array per column (`unnest`).
+//!
+//! # Telling an insert from an update
+//! On PostgreSQL 18 and later, `<inserted>` is `RETURNING WITH (OLD AS "__upsert_kit_old")
+//! ("__upsert_kit_old" IS NULL)`: the row before the statement, null for an inserted row, the
+//! documented way. Before 18 it is `RETURNING (xmax = 0)`: a tuple written by an insert has no
+//! deleting or locking transaction, one written by `DO UPDATE` carries the updating
+//! transaction's id (an implementation detail of PostgreSQL's MVCC that has held since `ON
+//! CONFLICT` exists, 9.5; tested on every outcome, and against `RETURNING old` on 18).
+//!
+//! The server's version is read once per process (`current_setting('server_version_num')`, one
+//! round trip on the first upsert outside a transaction), not per connection: Diesel's
+//! `PgConnection` keeps no state of a caller's. A statement inside a transaction always uses
+//! `xmax`, so a process whose connections reach servers of different versions can never abort
+//! a caller's transaction with the other version's syntax; outside a transaction, a statement
+//! with `RETURNING old` that fails on a server that turns out to be older (read again after the
+//! failure) is sent again with `xmax`, and the process uses `xmax` from then on.
 
 use super::model::ColumnArrays;
 use super::statement::{OnConflict, Row, Source, UpsertSql};
@@ -11,6 +27,147 @@ use diesel::pg::{Pg, PgConnection};
 use diesel::query_builder::{AstPass, QueryFragment};
 use diesel::QueryResult;
 use diesel::RunQueryDsl;
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+/// How a statement tells an inserted row from an updated one (the module's "Telling an insert
+/// from an update").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Teller {
+    /// `RETURNING WITH (OLD AS o) (o IS NULL)`: PostgreSQL 18 and later.
+    Old,
+    /// `RETURNING (xmax = 0)`: every version.
+    Xmax,
+}
+
+/// What the process knows of its server: [`UNKNOWN`], [`TELLS_OLD`] or [`TELLS_XMAX`].
+static SERVER: AtomicU8 = AtomicU8::new(UNKNOWN);
+const UNKNOWN: u8 = 0;
+const TELLS_OLD: u8 = 1;
+const TELLS_XMAX: u8 = 2;
+
+/// The first `server_version_num` with `RETURNING old`.
+const OLD_SINCE: i32 = 180_000;
+
+/// The name the statements give the row before them.
+const OLD: &str = "__upsert_kit_old";
+
+thread_local! {
+    /// Set by [`with_xmax_outcomes`]: this thread's upserts tell outcomes by `xmax`.
+    static FORCE_XMAX: Cell<bool> = const { Cell::new(false) };
+    /// How this thread's last PostgreSQL upsert statement told its outcomes.
+    static LAST: Cell<Option<Teller>> = const { Cell::new(None) };
+}
+
+diesel::define_sql_function! {
+    /// `current_setting(name)`.
+    fn current_setting(name: diesel::sql_types::Text) -> diesel::sql_types::Text;
+}
+
+/// The server's `server_version_num`.
+fn server_version(conn: &mut PgConnection) -> QueryResult<i32> {
+    let text: String = diesel::select(current_setting("server_version_num")).get_result(conn)?;
+    text.trim().parse().map_err(|_| {
+        diesel::result::Error::DeserializationError(
+            format!("server_version_num is not a number: {text:?}").into(),
+        )
+    })
+}
+
+/// Reads the server's version into [`SERVER`]; `None` when it cannot be read.
+fn learn(conn: &mut PgConnection) -> Option<Teller> {
+    let version = server_version(conn).ok()?;
+    let (state, teller) = if version >= OLD_SINCE {
+        (TELLS_OLD, Teller::Old)
+    } else {
+        (TELLS_XMAX, Teller::Xmax)
+    };
+    SERVER.store(state, Ordering::Relaxed);
+    Some(teller)
+}
+
+/// How the next statement on `conn` tells its outcomes: `xmax` inside a transaction (see the
+/// module's docs) or when forced, else what the process knows of its server, read once.
+fn teller(conn: &mut PgConnection, in_tx: bool) -> Teller {
+    if in_tx || FORCE_XMAX.with(Cell::get) {
+        return Teller::Xmax;
+    }
+    match SERVER.load(Ordering::Relaxed) {
+        TELLS_OLD => Teller::Old,
+        TELLS_XMAX => Teller::Xmax,
+        _ => learn(conn).unwrap_or(Teller::Xmax),
+    }
+}
+
+/// Runs `statement` as `teller` says, outside a transaction sending it again with `xmax` when
+/// its `RETURNING old` failed on a server older than 18 (the failed statement changed nothing).
+fn told<T>(
+    conn: &mut PgConnection,
+    statement: impl Fn(&mut PgConnection, Teller) -> QueryResult<T>,
+) -> Result<T> {
+    let in_tx = tx::in_transaction(conn);
+    let teller = teller(conn, in_tx);
+    LAST.with(|last| last.set(Some(teller)));
+    match statement(conn, teller) {
+        Ok(told) => Ok(told),
+        Err(e) if teller == Teller::Old && !in_tx && learn(conn) == Some(Teller::Xmax) => {
+            LAST.with(|last| last.set(Some(Teller::Xmax)));
+            drop(e);
+            statement(conn, Teller::Xmax).map_err(|e| tx::statement_error(in_tx, e))
+        }
+        Err(e) => Err(tx::statement_error(in_tx, e)),
+    }
+}
+
+/// Runs `f` with this thread's upserts telling their outcomes by `xmax` whatever the server's
+/// version (for a test that compares the two ways on PostgreSQL 18).
+#[doc(hidden)]
+pub fn with_xmax_outcomes<T>(f: impl FnOnce() -> T) -> T {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            FORCE_XMAX.with(|force| force.set(self.0));
+        }
+    }
+    let _reset = Reset(FORCE_XMAX.with(|force| force.replace(true)));
+    f()
+}
+
+/// How this thread's last PostgreSQL upsert statement told its outcomes: `"returning_old"`,
+/// `"xmax"`, or `None` before the first.
+#[doc(hidden)]
+pub fn last_outcome_source() -> Option<&'static str> {
+    LAST.with(Cell::get).map(|teller| match teller {
+        Teller::Old => "returning_old",
+        Teller::Xmax => "xmax",
+    })
+}
+
+impl Teller {
+    /// ` RETURNING [WITH (OLD AS "__upsert_kit_old")] `.
+    fn push_returning(self, out: &mut AstPass<'_, '_, Pg>) -> QueryResult<()> {
+        out.push_sql(" RETURNING ");
+        if self == Teller::Old {
+            out.push_sql("WITH (OLD AS ");
+            out.push_identifier(OLD)?;
+            out.push_sql(") ");
+        }
+        Ok(())
+    }
+
+    /// `("__upsert_kit_old" IS NULL)` or `(xmax = 0)`: true for an inserted row.
+    fn push_inserted(self, out: &mut AstPass<'_, '_, Pg>) -> QueryResult<()> {
+        match self {
+            Teller::Old => {
+                out.push_sql("(");
+                out.push_identifier(OLD)?;
+                out.push_sql(" IS NULL)");
+            }
+            Teller::Xmax => out.push_sql("(xmax = 0)"),
+        }
+        Ok(())
+    }
+}
 
 impl<M, F> Upsertable<PgConnection, F> for M
 where
@@ -24,22 +181,21 @@ where
         update: &[&'static str],
         condition: Option<&F>,
     ) -> Result<UpsertOutcome> {
-        let sql = UpsertSql::<M, F, _> {
-            table: M::Table::default(),
-            source: ReportingInsert(Row(row)),
-            update,
-            condition,
-            on_conflict: OnConflict::Update,
-        };
-        let in_tx = tx::in_transaction(conn);
-        match sql.load::<bool>(conn) {
-            Ok(flags) => Ok(match flags.first() {
-                Some(true) => UpsertOutcome::Inserted,
-                Some(false) => UpsertOutcome::Updated,
-                None => UpsertOutcome::Unchanged,
-            }),
-            Err(e) => Err(tx::statement_error(in_tx, e)),
-        }
+        let flags = told(conn, |conn, teller| {
+            UpsertSql::<M, F, _> {
+                table: M::Table::default(),
+                source: ReportingInsert(Row(row), teller),
+                update,
+                condition,
+                on_conflict: OnConflict::Update,
+            }
+            .load::<bool>(conn)
+        })?;
+        Ok(match flags.first() {
+            Some(true) => UpsertOutcome::Inserted,
+            Some(false) => UpsertOutcome::Updated,
+            None => UpsertOutcome::Unchanged,
+        })
     }
 
     fn upsert_rows(
@@ -48,17 +204,17 @@ where
         update: &[&'static str],
         condition: Option<&F>,
     ) -> Result<Vec<UpsertOutcome>> {
-        let sql = Told(UpsertSql::<M, F, _> {
-            table: M::Table::default(),
-            source: Numbered::<M>(M::bind_columns(rows), std::marker::PhantomData),
-            update,
-            condition,
-            on_conflict: OnConflict::Update,
-        });
-        let in_tx = tx::in_transaction(conn);
-        let told = sql
+        let columns = M::bind_columns(rows);
+        let told = told(conn, |conn, teller| {
+            Told(UpsertSql::<M, F, _> {
+                table: M::Table::default(),
+                source: Numbered::<M>(&columns, teller, std::marker::PhantomData),
+                update,
+                condition,
+                on_conflict: OnConflict::Update,
+            })
             .load::<(i64, bool)>(conn)
-            .map_err(|e| tx::statement_error(in_tx, e))?;
+        })?;
         let mut outcomes = vec![UpsertOutcome::Unchanged; rows.len()];
         for (ord, inserted) in told {
             let slot = usize::try_from(ord - 1)
@@ -106,17 +262,17 @@ where
         chunk_size: usize,
     ) -> Result<BulkOutcome> {
         let run_chunk = |conn: &mut PgConnection, chunk: &[&M]| -> Result<BulkOutcome> {
-            let sql = UpsertSql::<M, F, _> {
-                table: M::Table::default(),
-                source: ReportingInsert(Arrays(M::bind_columns(chunk))),
-                update,
-                condition,
-                on_conflict: OnConflict::Update,
-            };
-            let in_tx = tx::in_transaction(conn);
-            let flags = sql
+            let columns = M::bind_columns(chunk);
+            let flags = told(conn, |conn, teller| {
+                UpsertSql::<M, F, _> {
+                    table: M::Table::default(),
+                    source: ReportingInsert(Arrays(&columns), teller),
+                    update,
+                    condition,
+                    on_conflict: OnConflict::Update,
+                }
                 .load::<bool>(conn)
-                .map_err(|e| tx::statement_error(in_tx, e))?;
+            })?;
             let inserted = flags.iter().filter(|inserted| **inserted).count();
             Ok(BulkOutcome {
                 inserted,
@@ -143,9 +299,9 @@ where
 }
 
 /// Many rows, one array per column: `) SELECT * FROM unnest($1, $2, …)`.
-struct Arrays<'a>(ColumnArrays<'a, Pg>);
+struct Arrays<'c, 'a>(&'c ColumnArrays<'a, Pg>);
 
-impl Source<Pg> for Arrays<'_> {
+impl Source<Pg> for Arrays<'_, '_> {
     fn walk_rows<'b>(&'b self, out: &mut AstPass<'_, 'b, Pg>) -> QueryResult<()> {
         out.push_sql(") SELECT * FROM unnest(");
         for (i, column) in self.0.iter().enumerate() {
@@ -159,18 +315,17 @@ impl Source<Pg> for Arrays<'_> {
     }
 }
 
-/// `source`'s rows, and ` RETURNING (xmax = 0)`: one row per inserted or updated row, `true`
-/// when inserted (a freshly inserted tuple has no deleting or locking transaction; an
-/// implementation detail of PostgreSQL, tested on every outcome).
-struct ReportingInsert<S>(S);
+/// `source`'s rows, and ` RETURNING <inserted>`: one row per inserted or updated row, `true`
+/// when inserted (the module's "Telling an insert from an update").
+struct ReportingInsert<S>(S, Teller);
 
 impl<S: Source<Pg>> Source<Pg> for ReportingInsert<S> {
     fn walk_rows<'b>(&'b self, out: &mut AstPass<'_, 'b, Pg>) -> QueryResult<()> {
         self.0.walk_rows(out)
     }
     fn walk_returning<'b>(&'b self, out: &mut AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        out.push_sql(" RETURNING (xmax = 0)");
-        Ok(())
+        self.1.push_returning(out)?;
+        self.1.push_inserted(out)
     }
 }
 
@@ -179,14 +334,18 @@ impl<S: Source<Pg>> Source<Pg> for ReportingInsert<S> {
 /// ```sql
 /// WITH "s" AS (SELECT * FROM unnest($1, $2, …) WITH ORDINALITY AS "s"(c1, c2, …, "n")),
 /// "w" AS (INSERT INTO t (c1, c2, …) SELECT c1, c2, … FROM "s" ON CONFLICT … DO UPDATE …
-///         RETURNING k1, …, (xmax = 0) AS "inserted")
+///         RETURNING k1, …, <inserted> AS "inserted")
 /// SELECT "s"."n", "w"."inserted" FROM "w" JOIN "s" ON "s".k1 = "w".k1 AND …
 /// ```
 ///
 /// A row the condition left alone is not written, so it is not told: `Unchanged`. The rows'
 /// keys are distinct (one statement may not touch a row twice), so the join on the key finds
 /// each written row's number.
-struct Numbered<'a, M>(ColumnArrays<'a, Pg>, std::marker::PhantomData<M>);
+struct Numbered<'c, 'a, M>(
+    &'c ColumnArrays<'a, Pg>,
+    Teller,
+    std::marker::PhantomData<M>,
+);
 
 /// The names the numbered statement gives its own parts, unlike any column's.
 const SOURCE: &str = "__upsert_kit_rows";
@@ -194,7 +353,7 @@ const WRITTEN: &str = "__upsert_kit_written";
 const NUMBER: &str = "__upsert_kit_n";
 const INSERTED: &str = "__upsert_kit_inserted";
 
-impl<M: UpsertModel> Source<Pg> for Numbered<'_, M> {
+impl<M: UpsertModel> Source<Pg> for Numbered<'_, '_, M> {
     fn walk_prefix<'b>(&'b self, out: &mut AstPass<'_, 'b, Pg>) -> QueryResult<()> {
         out.push_sql("WITH ");
         out.push_identifier(SOURCE)?;
@@ -225,9 +384,11 @@ impl<M: UpsertModel> Source<Pg> for Numbered<'_, M> {
     }
 
     fn walk_returning<'b>(&'b self, out: &mut AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        out.push_sql(" RETURNING ");
+        self.1.push_returning(out)?;
         crate::sql::push_identifiers(out, M::KEY)?;
-        out.push_sql(", (xmax = 0) AS ");
+        out.push_sql(", ");
+        self.1.push_inserted(out)?;
+        out.push_sql(" AS ");
         out.push_identifier(INSERTED)?;
         out.push_sql(") SELECT ");
         push_qualified(out, SOURCE, NUMBER)?;

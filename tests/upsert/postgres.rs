@@ -269,3 +269,134 @@ fn a_stream_of_rows_is_upserted_chunk_by_chunk_and_the_last_row_of_a_key_wins() 
         assert_eq!(stored_stats(&mut conn).len(), expected_new, "{commit:?}");
     }
 }
+
+/// Every outcome of every kind of upsert, as this thread's calls tell them: the single-row
+/// upsert without and with a condition (the stats and auth helpers, `keep`), the per-row bulk
+/// outcomes and the bulk counts. Each item is `(call, outcome)`.
+fn every_outcome(conn: &mut PgConnection) -> Vec<(&'static str, String)> {
+    use upsert_kit::{
+        atomic_upsert, atomic_upsert_auth, atomic_upsert_stats, bulk_upsert, UpsertMany,
+    };
+    let stats = |kind: &str, n: i64| Stats {
+        stats_type: kind.into(),
+        data: serde_json::json!({ "count": n }),
+        created_at: super::at(0),
+        updated_at: super::at(n),
+    };
+    let token = |access: &str, hour: i64| Token {
+        id: 7,
+        user_id: 70,
+        access_token: access.into(),
+        refresh_token: "r".into(),
+        expires_at: super::at(hour),
+        updated_at: super::at(hour),
+    };
+    let mut told = Vec::new();
+    let mut one = |call: &'static str, outcome: upsert_kit::Result<upsert_kit::UpsertOutcome>| {
+        told.push((call, format!("{:?}", outcome.unwrap())));
+    };
+    one("upsert, new key", atomic_upsert(conn, &stats("a", 1)));
+    one("upsert, same values", atomic_upsert(conn, &stats("a", 1)));
+    one(
+        "stats, same data",
+        atomic_upsert_stats(conn, &stats("a", 1)),
+    );
+    one("stats, new data", atomic_upsert_stats(conn, &stats("a", 2)));
+    one("stats, new key", atomic_upsert_stats(conn, &stats("b", 1)));
+    one("auth, new key", atomic_upsert_auth(conn, &token("t1", 5)));
+    one(
+        "auth, older token",
+        atomic_upsert_auth(conn, &token("t0", 4)),
+    );
+    one(
+        "auth, same expiry",
+        atomic_upsert_auth(conn, &token("t0", 5)),
+    );
+    one(
+        "auth, newer token",
+        atomic_upsert_auth(conn, &token("t2", 6)),
+    );
+    let rows = [stats("c", 1), stats("a", 2), stats("b", 3), stats("c", 4)];
+    let per_row = UpsertMany::new(&rows)
+        .update_if(upsert_kit::upsert::Changed::<super::fixture::stats::data>::default())
+        .execute_rows(conn)
+        .unwrap();
+    told.extend(
+        per_row
+            .iter()
+            .map(|outcome| ("bulk rows", format!("{outcome:?}"))),
+    );
+    let counts = bulk_upsert(conn, &[stats("a", 2), stats("d", 1), stats("b", 5)]).unwrap();
+    told.push(("bulk counts", format!("{counts:?}")));
+    told
+}
+
+/// On PostgreSQL 18 the outcomes come from `RETURNING old` (the row before the statement), on
+/// 15–17 from `xmax`: the server's own way is the one taken, and on 18 the two tell every
+/// outcome of every kind of upsert alike (and as expected).
+#[test]
+fn returning_old_and_xmax_tell_every_outcome_alike_and_the_servers_own_way_is_taken() {
+    use upsert_kit::__private::{last_outcome_source, with_xmax_outcomes};
+    let by_default = db();
+    let by_xmax = db();
+    let version: i32 = diesel::select(diesel::dsl::sql::<diesel::sql_types::Text>(
+        "current_setting('server_version_num')",
+    ))
+    .get_result::<String>(&mut by_default.conn())
+    .unwrap()
+    .parse()
+    .unwrap();
+
+    let told = every_outcome(&mut by_default.conn());
+    let expected_way = if version >= 180_000 {
+        "returning_old"
+    } else {
+        "xmax"
+    };
+    assert_eq!(
+        last_outcome_source(),
+        Some(expected_way),
+        "server {version}"
+    );
+    let told_by_xmax = with_xmax_outcomes(|| every_outcome(&mut by_xmax.conn()));
+    assert_eq!(last_outcome_source(), Some("xmax"));
+    assert_eq!(told, told_by_xmax, "server {version}");
+
+    let expected = [
+        ("upsert, new key", "Inserted"),
+        ("upsert, same values", "Updated"),
+        ("stats, same data", "Unchanged"),
+        ("stats, new data", "Updated"),
+        ("stats, new key", "Inserted"),
+        ("auth, new key", "Inserted"),
+        ("auth, older token", "Unchanged"),
+        ("auth, same expiry", "Unchanged"),
+        ("auth, newer token", "Updated"),
+        ("bulk rows", "Superseded { by: 3 }"),
+        ("bulk rows", "Unchanged"),
+        ("bulk rows", "Updated"),
+        ("bulk rows", "Inserted"),
+        (
+            "bulk counts",
+            "BulkOutcome { inserted: 1, updated: 2, unchanged: 0, collapsed: 0 }",
+        ),
+    ];
+    let told: Vec<(&str, &str)> = told.iter().map(|(c, o)| (*c, o.as_str())).collect();
+    assert_eq!(told, expected);
+
+    // Inside a caller's transaction the statement is the one every version knows.
+    let mut conn = by_default.conn();
+    conn.transaction(|c| {
+        upsert_kit::atomic_upsert(
+            c,
+            &super::fixture::Stats {
+                stats_type: "in-tx".into(),
+                data: serde_json::json!({}),
+                created_at: super::at(0),
+                updated_at: super::at(0),
+            },
+        )
+    })
+    .unwrap();
+    assert_eq!(last_outcome_source(), Some("xmax"));
+}
