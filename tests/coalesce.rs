@@ -200,6 +200,43 @@ macro_rules! coalesce_guarantees {
                 assert_eq!(views(&mut db.conn(), "home"), Some(n));
             }
 
+            /// With three batches in flight (three lanes, three connections), upserts of a few
+            /// keys and increments of one hot row from many threads: each key inserted once,
+            /// the totals told exactly 1, 2, …, N, and the lanes' batches all counted.
+            #[test]
+            fn three_batches_in_flight_keep_every_caller_exact() {
+                const THREADS: usize = 12;
+                const ROUNDS: usize = 20;
+                const KEYS: usize = 6;
+                let db = $db;
+                let writer = Writer::builder().in_flight(3).build(db.pool(4));
+                let w = writer.clone();
+                let told = race(THREADS, move |t| {
+                    (0..ROUNDS)
+                        .map(|r| {
+                            let k = format!("key-{}", (t + r) % KEYS);
+                            let outcome = w.upsert(Entry { k, v: r as i64 }).unwrap();
+                            let total =
+                                w.upsert_increment::<Hits>("home".to_owned(), [1]).unwrap()[0];
+                            (outcome, total)
+                        })
+                        .collect::<Vec<_>>()
+                });
+                let told: Vec<(UpsertOutcome, i64)> = told.into_iter().flatten().collect();
+                let inserted = told
+                    .iter()
+                    .filter(|(o, _)| *o == UpsertOutcome::Inserted)
+                    .count();
+                assert_eq!(inserted, KEYS, "one insert per key, the rest updates");
+                let mut totals: Vec<i64> = told.iter().map(|(_, total)| *total).collect();
+                totals.sort_unstable();
+                let n = (THREADS * ROUNDS) as i64;
+                assert_eq!(totals, (1..=n).collect::<Vec<_>>());
+                assert_eq!(views(&mut db.conn(), "home"), Some(n));
+                assert_eq!(count(&mut db.conn()), KEYS as i64);
+                assert_eq!(writer.stats().calls, 2 * n as u64);
+            }
+
             /// Increments of two rows and of a missing row, from many threads at once: each
             /// row's totals told are exactly its prefix sums, and every increment of the
             /// missing row is told `None` and creates nothing.

@@ -79,6 +79,9 @@ pub struct Config {
     pub rounds: usize,
     /// The scenarios' sizes.
     pub params: scenarios::Params,
+    /// Batches the coalesced cells' writer has in flight at once
+    /// ([`CoalescerBuilder::in_flight`](upsert_kit::coalesce::CoalescerBuilder::in_flight)).
+    pub in_flight: usize,
     /// Draw a progress bar (on a terminal).
     pub progress: bool,
 }
@@ -192,8 +195,15 @@ fn run_cells<C: RaceConnection>(
                 pattern.as_str()
             );
             bar.set_message(format!("round {}: {name}", round + 1));
-            let m = run_cell(url, scenario, pattern, workers, config.stop)
-                .with_context(|| name.clone())?;
+            let m = run_cell(
+                url,
+                scenario,
+                pattern,
+                workers,
+                config.stop,
+                config.in_flight,
+            )
+            .with_context(|| name.clone())?;
             match &mut measured[i] {
                 Some(sum) => sum.add(m),
                 slot => *slot = Some(m),
@@ -300,6 +310,7 @@ fn run_cell<C: RaceConnection>(
     pattern: Pattern,
     workers: usize,
     stop: Stop,
+    in_flight: usize,
 ) -> Result<Measured> {
     let mut admin = C::connect(url)?;
     scenario.prepare(&mut admin)?;
@@ -312,11 +323,15 @@ fn run_cell<C: RaceConnection>(
     let writer = match pattern {
         Pattern::Coalesced => {
             let pool = diesel::r2d2::Pool::builder()
-                .max_size(2)
+                .max_size(in_flight as u32 + 1)
                 .build(diesel::r2d2::ConnectionManager::<C>::new(url))
                 .context("the coalescing writer's pool")?;
             drop(pool.get().context("the coalescing writer's connection")?);
-            Some(upsert_kit::coalesce::Coalescer::new(pool))
+            Some(
+                upsert_kit::coalesce::CoalescerBuilder::default()
+                    .in_flight(in_flight)
+                    .build(pool),
+            )
         }
         _ => None,
     };

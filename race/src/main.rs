@@ -98,6 +98,11 @@ struct Args {
     #[arg(long, default_value_t = 30_000)]
     claim_items: usize,
 
+    /// Batches the coalescing writer of the coalesced cells has in flight at once, each on its
+    /// own connection.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    in_flight: u32,
+
     /// Also write the rows as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -172,6 +177,7 @@ fn run(args: &Args) -> Result<()> {
             quota_limit: args.quota_limit,
             claim_items: args.claim_items,
         },
+        in_flight: args.in_flight as usize,
         progress: !args.no_progress,
     };
     let rows = if mysql {

@@ -33,10 +33,17 @@
 //! woken), so batches go out back to back and a caller waits for at most the batch in flight
 //! and its own. A batch holds at most [`CoalescerBuilder::max_batch`] calls.
 //!
+//! # Batches in flight
+//! By default one batch is in flight at a time. [`CoalescerBuilder::in_flight`] allows more,
+//! each in its own lane (its own queue, leader and connection): a caller goes to a lane with
+//! no batch in flight, else queues behind the shortest queue. More lanes pay where the server
+//! commits several connections together (MySQL/MariaDB) and the callers write different rows;
+//! one lane gathers the most calls into a statement where they meet on one row.
+//!
 //! # Which connection
-//! A batch takes a connection of the pool for its transaction; the coalescer keeps the last
-//! batch's connection checked out for the next one (unless that batch lost it), so it holds
-//! one connection of the pool between batches. On PostgreSQL and MySQL the
+//! A batch takes a connection of the pool for its transaction; each lane keeps its last
+//! batch's connection checked out for the next one (unless that batch lost it), so the
+//! coalescer holds one connection of the pool per lane between batches. On PostgreSQL and MySQL the
 //! transaction is `BEGIN … COMMIT` (it works behind a transaction-mode pooler); on SQLite it is
 //! `BEGIN IMMEDIATE`: one writer, many callers, instead of the file handed from thread to
 //! thread for every write. The calls of a batch share its transaction, so a call must not
@@ -123,7 +130,13 @@ pub struct Coalescer<Conn: R2D2Connection + 'static> {
 
 struct Shared<Conn: R2D2Connection + 'static> {
     pool: Pool<ConnectionManager<Conn>>,
-    /// The connection of the last batch, kept for the next one (a checkout from the pool
+    /// One per batch that may be in flight ([`CoalescerBuilder::in_flight`]).
+    lanes: Vec<Lane<Conn>>,
+}
+
+/// A queue of calls with its own leader and connection: one batch in flight at a time.
+struct Lane<Conn: R2D2Connection + 'static> {
+    /// The connection of the lane's last batch, kept for its next one (a checkout from the pool
     /// costs a round trip when the pool tests connections on checkout, r2d2's default).
     kept: Mutex<Option<PooledConnection<ConnectionManager<Conn>>>>,
     queue: Queue<Conn>,
@@ -140,7 +153,8 @@ impl<Conn: R2D2Connection + 'static> Clone for Coalescer<Conn> {
 impl<Conn: R2D2Connection + 'static> fmt::Debug for Coalescer<Conn> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Coalescer")
-            .field("max_batch", &self.shared.queue.max_batch())
+            .field("max_batch", &self.shared.lanes[0].queue.max_batch())
+            .field("in_flight", &self.shared.lanes.len())
             .finish_non_exhaustive()
     }
 }
@@ -150,6 +164,7 @@ impl<Conn: R2D2Connection + 'static> fmt::Debug for Coalescer<Conn> {
 #[must_use = "a builder does nothing until `.build()`"]
 pub struct CoalescerBuilder {
     max_batch: usize,
+    in_flight: usize,
 }
 
 impl CoalescerBuilder {
@@ -164,6 +179,24 @@ impl CoalescerBuilder {
         self
     }
 
+    /// At most `batches` batches written at once, each in its own transaction on its own
+    /// connection of the pool (default 1). A caller goes to a lane with no batch in flight,
+    /// where it writes at once, else queues behind the shortest queue. More than one pays where
+    /// the server commits several connections' transactions together (InnoDB's group commit
+    /// on MySQL/MariaDB) and many callers write different rows; where the callers meet on one
+    /// row (a hot counter), one batch in flight gathers the most calls into each statement,
+    /// and more only wait on that row's lock. The coalescer holds up to `batches` connections
+    /// of the pool between batches. The batches in flight together may wait on each other's
+    /// row locks; a deadlock between them is retried as any batch's.
+    ///
+    /// # Panics
+    /// When `batches` is 0.
+    pub fn in_flight(mut self, batches: usize) -> Self {
+        assert!(batches > 0, "at least one batch in flight");
+        self.in_flight = batches;
+        self
+    }
+
     /// The coalescer over `pool`.
     pub fn build<Conn>(self, pool: Pool<ConnectionManager<Conn>>) -> Coalescer<Conn>
     where
@@ -172,8 +205,12 @@ impl CoalescerBuilder {
         Coalescer {
             shared: Arc::new(Shared {
                 pool,
-                kept: Mutex::new(None),
-                queue: Queue::new(self.max_batch),
+                lanes: (0..self.in_flight)
+                    .map(|_| Lane {
+                        kept: Mutex::new(None),
+                        queue: Queue::new(self.max_batch),
+                    })
+                    .collect(),
             }),
         }
     }
@@ -183,6 +220,7 @@ impl Default for CoalescerBuilder {
     fn default() -> Self {
         CoalescerBuilder {
             max_batch: DEFAULT_MAX_BATCH,
+            in_flight: 1,
         }
     }
 }
@@ -190,18 +228,39 @@ impl Default for CoalescerBuilder {
 impl<Conn: R2D2Connection + 'static> Coalescer<Conn> {
     /// How many calls wait for the next batch now.
     pub fn queued(&self) -> usize {
-        self.shared.queue.queued()
+        self.shared
+            .lanes
+            .iter()
+            .map(|lane| lane.queue.queued())
+            .sum()
     }
 
     /// What the batches did since the coalescer was built.
     pub fn stats(&self) -> CoalescerStats {
-        let counts = &self.shared.queue.counts;
-        CoalescerStats {
-            batches: counts.batches.load(Ordering::Relaxed),
-            calls: counts.calls.load(Ordering::Relaxed),
-            taken_out: counts.taken_out.load(Ordering::Relaxed),
-            retried_batches: counts.retries.load(Ordering::Relaxed),
+        let mut stats = CoalescerStats::default();
+        for lane in &self.shared.lanes {
+            let counts = &lane.queue.counts;
+            stats.batches += counts.batches.load(Ordering::Relaxed);
+            stats.calls += counts.calls.load(Ordering::Relaxed);
+            stats.taken_out += counts.taken_out.load(Ordering::Relaxed);
+            stats.retried_batches += counts.retries.load(Ordering::Relaxed);
         }
+        stats
+    }
+
+    /// The lane a new call goes to: one with no batch in flight (its caller writes at once),
+    /// else the one with the fewest calls queued.
+    fn lane(&self) -> &Lane<Conn> {
+        let lanes = &self.shared.lanes;
+        let mut shortest = (&lanes[0], usize::MAX);
+        for lane in lanes {
+            match lane.queue.load() {
+                (false, _) => return lane,
+                (true, queued) if queued < shortest.1 => shortest = (lane, queued),
+                _ => {}
+            }
+        }
+        shortest.0
     }
 }
 
@@ -256,34 +315,33 @@ where
 
     /// Queues `call`, whose answer comes in `slot`, and waits for it (leading when asked to).
     fn wait<R>(&self, call: Box<dyn Pending<Conn>>, slot: &Slot<R>) -> Result<R> {
-        if self.shared.queue.push(call) {
-            self.lead();
+        let lane = self.lane();
+        if lane.queue.push(call) {
+            self.lead(lane);
         }
         loop {
             match slot.wait() {
                 Woken::Done(Ok(result)) => return result,
                 Woken::Done(Err(payload)) => std::panic::resume_unwind(payload),
-                Woken::Lead => self.lead(),
+                Woken::Lead => self.lead(lane),
             }
         }
     }
 
-    /// Writes one batch (if anything is queued), then passes the lead on.
-    fn lead(&self) {
-        let batch = self.shared.queue.take();
+    /// Writes one batch of `lane` (if anything is queued there), then passes the lead on.
+    fn lead(&self, lane: &Lane<Conn>) {
+        let batch = lane.queue.take();
         if batch.is_empty() {
             return;
         }
         // Passed on however the batch ends, a panic of the library's own included, so that
         // the queue never waits for a leader that is gone.
-        let _pass = PassLead(&self.shared.queue);
-        let kept = lock(&self.shared.kept).take();
+        let _pass = PassLead(&lane.queue);
+        let kept = lock(&lane.kept).take();
         match kept.map_or_else(|| self.shared.pool.get(), Ok) {
             Ok(mut conn) => {
-                if queue::write_batch(&mut *conn, batch, &self.shared.queue.counts)
-                    && !conn.is_broken()
-                {
-                    *lock(&self.shared.kept) = Some(conn);
+                if queue::write_batch(&mut *conn, batch, &lane.queue.counts) && !conn.is_broken() {
+                    *lock(&lane.kept) = Some(conn);
                 }
             }
             Err(e) => {

@@ -344,6 +344,12 @@ impl<Conn> Queue<Conn> {
         lock(&self.state).queued.len()
     }
 
+    /// Whether a leader is writing, and how many calls wait for a batch.
+    pub(super) fn load(&self) -> (bool, usize) {
+        let state = lock(&self.state);
+        (state.leading, state.queued.len())
+    }
+
     /// Queues a call: `true` when the caller is to lead (nobody was).
     pub(super) fn push(&self, call: Box<dyn Pending<Conn>>) -> bool {
         let mut state = lock(&self.state);
