@@ -1,6 +1,8 @@
-//! Counters on MySQL and MariaDB, which have no `RETURNING`: the increment and the read of the
-//! row's totals run in one transaction (the row lock the write takes makes the read give this
-//! increment's totals). The creating form with bounds, which `ON DUPLICATE KEY UPDATE` cannot
+//! Counters on MySQL and MariaDB, which have no `RETURNING`: an increment is one statement that
+//! leaves the row's new totals in session variables, then a read of them (two round trips, no
+//! transaction; see [`tracked`]). The creating form with bounds runs the increment and the read
+//! of the row in one transaction (the row lock the write takes makes the read give this
+//! increment's totals): `ON DUPLICATE KEY UPDATE` cannot
 //! put in a `WHERE`, stores in session variables whether the key existed (`@upsert_kit_hit`, a
 //! fresh nonce set by the update clause only) and whether the bounds held (`@upsert_kit_ok`,
 //! judged once, before any column is assigned: MySQL assigns left to right, and a bound read
@@ -8,8 +10,8 @@
 //! the read returns both variables with the totals.
 
 use super::{
-    totals_of, walk_new, Amounts, BindKey, Counter, CounterBackend, Increment, IncrementSql,
-    ReadSql, Step, UpsertIncrementSql,
+    totals_of, walk_new, Amounts, BindKey, Bounds, Counter, CounterBackend, Increment,
+    IncrementSql, ReadSql, Step, UpsertIncrementSql,
 };
 use crate::conn::{KeyStyle, WriteConnection};
 use crate::error::{Error, Result};
@@ -24,7 +26,7 @@ impl CounterBackend for Mysql {
         T: Counter + BindKey<Self>,
         C: WriteConnection<Backend = Self>,
     {
-        if !inc.bounds().any() && T::AMOUNTS.len() <= TOTALS.len() {
+        if (!inc.bounds().any() || !inc.create) && T::AMOUNTS.len() <= TOTALS.len() {
             return crate::conn::retry_deadlocks(conn, |c| tracked(c, inc));
         }
         crate::conn::retry_deadlocks(conn, |c| c.write(|c| once(c, inc)))
@@ -43,12 +45,15 @@ const TOTALS: [&str; 8] = [
     "@upsert_kit_t7",
 ];
 
-/// An increment without bounds in two round trips and no transaction: one statement, atomic by
-/// itself, that leaves the row's new totals in session variables ([`TOTALS`]) as it writes
-/// them, then a `SELECT` of the variables. A plain increment that matched no row (the count
-/// says so: Diesel's connections count matched rows) ends there, with no read. A creating one
-/// tells an update from an insert by `@upsert_kit_hit`, a fresh nonce only its update clause
-/// sets; an inserted row's totals are the amounts.
+/// An increment in two round trips and no transaction (all but the creating one with bounds):
+/// one statement, atomic by itself, that leaves the row's new totals in session variables
+/// ([`TOTALS`]) as it writes them, then a `SELECT` of the variables. A creating one tells an
+/// update from an insert by `@upsert_kit_hit`, a fresh nonce only its update clause sets; an
+/// inserted row's totals are the amounts. A plain increment that matched no row (the count says
+/// so: Diesel's connections count matched rows) is then judged by a read of the row instead:
+/// none, or one its bounds refused (the statement's `WHERE` holds them). That read comes after
+/// the refusal, not in its transaction: [`Increment`] judges the values it read again, and
+/// tries again if the increment now fits, as after any refusal.
 fn tracked<T, C>(c: &mut C, inc: &Increment<'_, T>) -> Result<Step<T::Amounts>>
 where
     T: Counter + BindKey<Mysql>,
@@ -56,14 +61,26 @@ where
 {
     let nonce = fastrand::i64(1..);
     let amounts = inc.amounts.as_slice();
+    let bounds = inc.bounds();
     let sql = TrackedIncrementSql::<T> {
         key: inc.key,
         amounts,
+        bounds,
         create: inc.create,
         nonce: &nonce,
     };
     if c.run_execute(&sql)? == 0 {
-        return Ok(Step::Done(None));
+        if !bounds.any() {
+            return Ok(Step::Done(None));
+        }
+        let read = ReadSql::<T> {
+            key: inc.key,
+            limits: inc.limits,
+        };
+        return match c.run_texts(&read)?.into_iter().next() {
+            None => Ok(Step::Done(None)),
+            Some(text) => Ok(Step::Refused(crate::conn::parse_ints(&text)?)),
+        };
     }
     let read = ReadTotalsSql {
         columns: T::AMOUNTS.len(),
@@ -79,12 +96,13 @@ where
     totals_of::<T>(&row[1..]).map(|t| Step::Done(Some(t)))
 }
 
-/// `UPDATE t SET a = (@upsert_kit_t0 := a + ?), … WHERE key`, or with `create`, `INSERT … ON
-/// DUPLICATE KEY UPDATE a = IF((@upsert_kit_hit := ?) IS NULL, a, (@upsert_kit_t0 := a +
-/// VALUES(a))), b = (@upsert_kit_t1 := b + VALUES(b)), …`.
+/// `UPDATE t SET a = (@upsert_kit_t0 := a + ?), … WHERE key [AND bounds]`, or with `create`
+/// (no bounds), `INSERT … ON DUPLICATE KEY UPDATE a = IF((@upsert_kit_hit := ?) IS NULL, a,
+/// (@upsert_kit_t0 := a + VALUES(a))), b = (@upsert_kit_t1 := b + VALUES(b)), …`.
 struct TrackedIncrementSql<'a, T: Counter> {
     key: &'a T::Key,
     amounts: &'a [i64],
+    bounds: Bounds<'a>,
     create: bool,
     nonce: &'a i64,
 }
@@ -129,6 +147,9 @@ impl<T: Counter + BindKey<Mysql>> QueryFragment<Mysql> for TrackedIncrementSql<'
         if !self.create {
             out.push_sql(" WHERE ");
             T::walk_key(self.key, KeyStyle::Match, out.reborrow())?;
+            let mut first = false;
+            let bounds = self.bounds;
+            bounds.walk::<T, Mysql>(&mut out, self.amounts, false, false, &mut first)?;
         }
         Ok(())
     }
