@@ -220,6 +220,30 @@ fn where_ids<'b, Q: ClaimQueue>(
     Ok(())
 }
 
+/// `status = 'processing', holder = ?, locked_until = <lease from now>, attempts = attempts`
+/// (the caller adds ` + 1`): what a claim sets.
+fn taken<'b, Q: ClaimQueue>(
+    out: &mut AstPass<'_, 'b, Mysql>,
+    holder: &'b str,
+    lease_micros: &'b i64,
+) -> QueryResult<()> {
+    column(out, Q::STATUS)?;
+    out.push_sql(" = ");
+    literal(out, Q::PROCESSING);
+    out.push_sql(", ");
+    column(out, Q::HOLDER)?;
+    out.push_sql(" = ");
+    out.push_bind_param::<Text, _>(holder)?;
+    out.push_sql(", ");
+    column(out, Q::LOCKED_UNTIL)?;
+    out.push_sql(" = ");
+    from_now(out, lease_micros)?;
+    out.push_sql(", ");
+    column(out, Q::ATTEMPTS)?;
+    out.push_sql(" = ");
+    column(out, Q::ATTEMPTS)
+}
+
 /// The fence of a claim's update: ` WHERE id = ? AND status = 'processing' AND holder = ? AND
 /// attempts = ?`.
 fn fence<'b, Q: ClaimQueue>(
@@ -308,21 +332,7 @@ statement! {
         out.push_sql("UPDATE ");
         self.table.walk_ast(out.reborrow())?;
         out.push_sql(" SET ");
-        column(&mut out, Q::STATUS)?;
-        out.push_sql(" = ");
-        literal(&mut out, Q::PROCESSING);
-        out.push_sql(", ");
-        column(&mut out, Q::HOLDER)?;
-        out.push_sql(" = ");
-        out.push_bind_param::<Text, _>(self.holder)?;
-        out.push_sql(", ");
-        column(&mut out, Q::LOCKED_UNTIL)?;
-        out.push_sql(" = ");
-        from_now(&mut out, &self.lease_micros)?;
-        out.push_sql(", ");
-        column(&mut out, Q::ATTEMPTS)?;
-        out.push_sql(" = ");
-        column(&mut out, Q::ATTEMPTS)?;
+        taken::<Q>(&mut out, self.holder, &self.lease_micros)?;
         out.push_sql(" + 1");
         where_ids::<Q>(&mut out, self.ids)?;
     }
@@ -361,21 +371,7 @@ statement! {
         out.push_sql(".");
         column(&mut out, Q::ID)?;
         out.push_sql(" = upsert_kit_due.id JOIN (SELECT @upsert_kit_claimed := NULL AS reset) AS upsert_kit_init SET ");
-        column(&mut out, Q::STATUS)?;
-        out.push_sql(" = ");
-        literal(&mut out, Q::PROCESSING);
-        out.push_sql(", ");
-        column(&mut out, Q::HOLDER)?;
-        out.push_sql(" = ");
-        out.push_bind_param::<Text, _>(self.holder)?;
-        out.push_sql(", ");
-        column(&mut out, Q::LOCKED_UNTIL)?;
-        out.push_sql(" = ");
-        from_now(&mut out, &self.lease_micros)?;
-        out.push_sql(", ");
-        column(&mut out, Q::ATTEMPTS)?;
-        out.push_sql(" = ");
-        column(&mut out, Q::ATTEMPTS)?;
+        taken::<Q>(&mut out, self.holder, &self.lease_micros)?;
         out.push_sql(" + 1 + 0 * LENGTH(@upsert_kit_claimed := CONCAT_WS(',', @upsert_kit_claimed, ");
         self.table.walk_ast(out.reborrow())?;
         out.push_sql(".");
