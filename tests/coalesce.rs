@@ -355,25 +355,41 @@ macro_rules! coalesce_guarantees {
             #[test]
             fn upserts_of_one_key_in_one_batch_are_told_their_serial_outcomes() {
                 let db = $db;
+                diesel::sql_query("INSERT INTO entries (k, v) VALUES ('old', 0)")
+                    .execute(&mut db.conn())
+                    .unwrap();
                 let writer = Coalescer::new(db.pool(4));
-                let keys = ["x", "y", "x", "x", "z", "y"];
+                let keys = ["x", "y", "x", "old", "x", "z", "y", "old"];
                 let args = keys.into_iter().enumerate().collect();
                 let told: Vec<_> = one_batch(&writer, args, |w, (i, k)| {
                     let row = Entry {
                         k: k.to_owned(),
                         v: i as i64,
                     };
-                    w.upsert(row).map(|o| (k.to_owned(), o))
+                    w.upsert(row).map(|o| (k.to_owned(), o, i as i64))
                 })
                 .into_iter()
                 .map(|r| r.unwrap().unwrap())
                 .collect();
+                let stored: std::collections::HashMap<String, i64> = entries::table
+                    .load(&mut db.conn())
+                    .unwrap()
+                    .into_iter()
+                    .collect();
                 for key in ["x", "y", "z"] {
                     let mine: Vec<_> = told
                         .iter()
-                        .filter(|(k, _)| k == key)
-                        .map(|(_, o)| *o)
+                        .filter(|(k, _, _)| k == key)
+                        .map(|(_, o, _)| *o)
                         .collect();
+                    // Serially, the row inserted came first and the row stored last: with two
+                    // rows or more, the caller told `Inserted` is not the one whose value stays.
+                    let first = told
+                        .iter()
+                        .find(|(k, o, _)| k == key && *o == UpsertOutcome::Inserted);
+                    if mine.len() > 1 {
+                        assert_ne!(first.map(|t| t.2), Some(stored[key]), "{key}: {told:?}");
+                    }
                     let inserted = mine
                         .iter()
                         .filter(|o| **o == UpsertOutcome::Inserted)
@@ -384,12 +400,18 @@ macro_rules! coalesce_guarantees {
                         "{key}: {mine:?}"
                     );
                 }
-                assert_eq!(count(&mut db.conn()), 3);
+                // A key that existed: every upsert of it updates it.
+                let old: Vec<_> = told.iter().filter(|(k, _, _)| k == "old").collect();
+                assert!(
+                    old.iter().all(|(_, o, _)| *o == UpsertOutcome::Updated),
+                    "{old:?}"
+                );
+                assert_eq!(count(&mut db.conn()), 4);
                 let stats = writer.stats();
                 assert_eq!(
                     (stats.batches, stats.calls),
-                    (2, 7),
-                    "one batch for the six upserts"
+                    (2, 9),
+                    "one batch for the eight upserts"
                 );
             }
 

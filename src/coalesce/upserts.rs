@@ -7,7 +7,9 @@
 //! One statement may not write a row twice, so the rows of one key go out in rounds: the first
 //! row of every key, then the second ones, and so on. Each key's rows keep their order, and the
 //! rows of different keys touch different rows, so each caller is told what a serial run in
-//! that order would have told it.
+//! that order would have told it. Without a condition, a key's middle rows are not written
+//! (each would only be overwritten: `Updated`), nor its first when the update writes every
+//! column but the key (one round: the last row written, its `Inserted` told to the first).
 
 use super::queue::{Answers, Callers, Fault, Pending, Slot};
 use crate::upsert::{UpsertModel, UpsertOutcome, Upsertable};
@@ -29,6 +31,9 @@ pub(super) struct UpsertCall<Conn, M, F> {
     _conn: PhantomData<fn(&mut Conn)>,
 }
 
+/// The rounds of a merged call, the rows not written and the heirs: [`UpsertCall::rounds`].
+type Rounds = (Vec<Vec<usize>>, Vec<usize>, Vec<(usize, usize)>);
+
 impl<Conn, M: UpsertModel, F> UpsertCall<Conn, M, F> {
     pub(super) fn new(row: M, condition: Option<F>, slot: Arc<Slot<UpsertOutcome>>) -> Self {
         UpsertCall {
@@ -43,32 +48,56 @@ impl<Conn, M: UpsertModel, F> UpsertCall<Conn, M, F> {
 
     /// The rows' indexes in rounds: each round holds at most one row per key, sorted by key
     /// (so that concurrent writers lock rows in one order), and a key's rows keep their order
-    /// across rounds. Without a condition, a key's rows between its first and its last need
-    /// not be written: each would overwrite the row unconditionally (`Updated`) and be
-    /// overwritten by the last, and none touches the columns kept on update; they are returned
-    /// apart, and the rounds are two at most.
-    fn rounds(&self) -> (Vec<Vec<usize>>, Vec<usize>) {
-        let mut rounds = self.all_rounds();
-        let mut skipped = Vec::new();
-        if self.condition.is_none() && rounds.len() > 2 {
-            let mut last: Vec<usize> = Vec::new();
-            for round in rounds.drain(1..).rev() {
-                for i in round {
-                    // Rounds are walked from the last, so a key's first hit here is its last row.
-                    let key_seen = last
-                        .iter()
-                        .any(|&j| self.rows[j].cmp_key(&self.rows[i]).is_eq());
-                    if key_seen {
-                        skipped.push(i);
-                    } else {
-                        last.push(i);
-                    }
+    /// across rounds; the rows not written, told `Updated`; and the pairs `(first, last)` of a
+    /// key whose first row takes the last one's `Inserted` (the last is then `Updated`).
+    ///
+    /// Without a condition every row of a key overwrites the one before it (`Updated`), so its
+    /// rows between the first and the last need not be written. When the update also writes
+    /// every column but the key's (no `keep`), the first need not be either: the last row
+    /// written alone leaves what the serial run leaves, and an insert of it means the key was
+    /// new, so the first row would have been the one inserted. One round then; else two at most.
+    fn rounds(&self) -> Rounds {
+        let rounds = self.all_rounds();
+        if self.condition.is_some() || rounds.len() < 2 {
+            return (rounds, Vec::new(), Vec::new());
+        }
+        let keeps_nothing = self.update.len() + M::KEY.len() == M::COLUMNS.len();
+        if !keeps_nothing && rounds.len() == 2 {
+            return (rounds, Vec::new(), Vec::new());
+        }
+        // Each key's rows in their order, the keys sorted.
+        let mut order: Vec<usize> = (0..self.rows.len()).collect();
+        order.sort_by(|&a, &b| self.rows[a].cmp_key(&self.rows[b]).then(a.cmp(&b)));
+        let mut keys: Vec<Vec<usize>> = Vec::new();
+        for i in order {
+            match keys.last_mut() {
+                Some(rows) if self.rows[rows[0]].cmp_key(&self.rows[i]).is_eq() => rows.push(i),
+                _ => keys.push(vec![i]),
+            }
+        }
+        let (mut firsts, mut lasts, mut skipped, mut heirs) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for rows in keys {
+            let (first, last) = (rows[0], rows[rows.len() - 1]);
+            if keeps_nothing {
+                lasts.push(last);
+                skipped.extend_from_slice(&rows[..rows.len() - 1]);
+                if first != last {
+                    heirs.push((first, last));
+                }
+            } else {
+                firsts.push(first);
+                if first != last {
+                    lasts.push(last);
+                    skipped.extend_from_slice(&rows[1..rows.len() - 1]);
                 }
             }
-            last.sort_by(|&a, &b| self.rows[a].cmp_key(&self.rows[b]));
-            rounds.push(last);
         }
-        (rounds, skipped)
+        let rounds = [firsts, lasts]
+            .into_iter()
+            .filter(|r| !r.is_empty())
+            .collect();
+        (rounds, skipped, heirs)
     }
 
     fn all_rounds(&self) -> Vec<Vec<usize>> {
@@ -99,23 +128,31 @@ where
         let told = if let [only] = self.rows.as_slice() {
             M::upsert_one(conn, only, &self.update, condition).map(|o| vec![(0, o)])
         } else {
-            let (rounds, skipped) = self.rounds();
-            let mut told: Vec<(usize, UpsertOutcome)> = skipped
-                .into_iter()
-                .map(|i| (i, UpsertOutcome::Updated))
-                .collect();
+            // The rows not written keep `Updated`.
+            let (rounds, _skipped, heirs) = self.rounds();
+            let mut told = vec![UpsertOutcome::Updated; self.rows.len()];
             let mut failed = None;
             for round in rounds {
                 let rows: Vec<&M> = round.iter().map(|&i| &self.rows[i]).collect();
                 match M::upsert_rows(conn, &rows, &self.update, condition) {
-                    Ok(outcomes) => told.extend(round.into_iter().zip(outcomes)),
+                    Ok(outcomes) => {
+                        for (i, outcome) in round.into_iter().zip(outcomes) {
+                            told[i] = outcome;
+                        }
+                    }
                     Err(e) => {
                         failed = Some(e);
                         break;
                     }
                 }
             }
-            failed.map_or(Ok(told), Err)
+            for (first, last) in heirs {
+                if told[last] == UpsertOutcome::Inserted {
+                    told[first] = UpsertOutcome::Inserted;
+                    told[last] = UpsertOutcome::Updated;
+                }
+            }
+            failed.map_or(Ok(told.into_iter().enumerate().collect::<Vec<_>>()), Err)
         };
         match told {
             Ok(told) => {
