@@ -412,10 +412,11 @@ pub struct Reservation<Q: Quota> {
 }
 
 /// Consumes `amount` units of the quota with `key` if the limit allows it, in one conditional
-/// `UPDATE`, and returns the quota after the change. When refused, the key's expired
-/// reservations are swept and the consumption is tried once more; when the quota then read has
-/// room for it after all (another session changed or created the row in between), it is tried
-/// again.
+/// `UPDATE`, and returns the quota after the change. When refused, the quota is read: when it
+/// has room after all (another session changed or created the row in between), the consumption
+/// is tried again; when units are reserved, the key's expired reservations are swept and it is
+/// tried once more if that freed any. A refusal of a quota with nothing reserved costs the
+/// statement and the read.
 ///
 /// **Guarantee**: `used + reserved <= limit` always; concurrent consumers fill the limit exactly
 /// when demand exceeds it. **Cost**: one round trip on PostgreSQL when accepted.
@@ -592,9 +593,9 @@ where
 }
 
 /// Reserves `amount` units of the quota with `key` for `ttl` (from `at`): they count as used
-/// until the reservation is committed, released or expires. When refused, the key's expired
-/// reservations are swept and the reservation is tried once more (and again when the quota
-/// then read has room for it after all, as [`try_consume`]).
+/// until the reservation is committed, released or expires. When refused, as [`try_consume`]:
+/// the quota is read, and the reservation tried again when it has room after all, or once more
+/// after sweeping the key's expired reservations when units are reserved.
 ///
 /// **Guarantee**: succeeds only if `used + reserved + amount <= limit`, decided in the same
 /// statement that records the reservation (see the [module documentation](self)).
@@ -933,9 +934,10 @@ fn refused<T>(call: &observe::Call, done: Result<T>) -> Result<T> {
 /// created by another session).
 const ROOM_ATTEMPTS: u32 = 3;
 
-/// Runs `attempt`; when refused (`None`), sweeps the key's expired reservations and, if that
-/// freed anything, runs it once more; then reads the quota to say how much was available, and
-/// runs `attempt` again if the read finds room for it after all.
+/// Runs `attempt`; when refused (`None`), reads the quota to say how much was available. If the
+/// read finds room after all, runs `attempt` again; if units are reserved, sweeps the key's
+/// expired reservations (once) and runs it again when that freed anything. A quota with
+/// nothing reserved has nothing to sweep: its refusal costs the attempt and the read.
 fn with_sweep<Q, C, T>(
     conn: &mut C,
     key: &Q::Key,
@@ -954,16 +956,16 @@ where
         if let Some(done) = attempt(conn)? {
             return Ok(done);
         }
-        if !swept {
-            swept = true;
-            if sweep::<Q, C>(conn, Some(key), &at)? > 0 {
-                continue;
-            }
-        }
         let usage = read::<Q, C>(conn, key)?
             .ok_or_else(|| Error::NotFound(format!("no quota row has the key {key:?}")))?;
         let available = (usage.limit + margin - usage.used - usage.reserved).max(0);
         if available < amount {
+            if usage.reserved > 0 && !swept {
+                swept = true;
+                if sweep::<Q, C>(conn, Some(key), &at)? > 0 {
+                    continue;
+                }
+            }
             return Err(Error::QuotaExceeded {
                 requested: amount,
                 available,
