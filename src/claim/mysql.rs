@@ -30,7 +30,7 @@
 //!   JOIN (SELECT @upsert_kit_claimed := NULL AS reset) AS init
 //!   SET status = 'processing', holder = ?, locked_until = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND,
 //!       attempts = attempts + 1 + 0 * LENGTH(@upsert_kit_claimed := CONCAT_WS(',', @upsert_kit_claimed, t.id))
-//! -- only when it changed rows:
+//! -- only when it changed rows; one row: SELECT * FROM t WHERE id = CAST(@upsert_kit_claimed AS SIGNED) AND …
 //! SELECT t.* FROM JSON_TABLE(CONCAT('[', @upsert_kit_claimed, ']'), '$[*]' COLUMNS (id BIGINT PATH '$')) AS c
 //!   JOIN t ON t.id = c.id WHERE t.status = 'processing' AND t.holder = ? ORDER BY t.id
 //! ```
@@ -415,6 +415,27 @@ statement! {
 }
 
 statement! {
+    /// The one row [`TakeDue`] claimed when it took one: `SELECT * FROM t WHERE id =
+    /// CAST(@upsert_kit_claimed AS SIGNED) AND status = 'processing' AND holder = ?` (a
+    /// primary-key lookup, no `JSON_TABLE`).
+    ClaimedOne<'a> { holder: &'a str }
+    |self, out| {
+        out.push_sql("SELECT * FROM ");
+        self.table.walk_ast(out.reborrow())?;
+        out.push_sql(" WHERE ");
+        column(&mut out, Q::ID)?;
+        out.push_sql(" = CAST(@upsert_kit_claimed AS SIGNED) AND ");
+        column(&mut out, Q::STATUS)?;
+        out.push_sql(" = ");
+        literal(&mut out, Q::PROCESSING);
+        out.push_sql(" AND ");
+        column(&mut out, Q::HOLDER)?;
+        out.push_sql(" = ");
+        out.push_bind_param::<Text, _>(self.holder)?;
+    }
+}
+
+statement! {
     /// `UPDATE t SET status = 'done', holder = NULL, locked_until = NULL, last_error = NULL
     /// <fence>`.
     Complete<'a> { claim: &'a Claim<Q> }
@@ -741,6 +762,9 @@ where
             };
             if taken == 0 {
                 return Ok(Vec::new());
+            }
+            if taken == 1 {
+                return Ok(ClaimedOne::<Q>::new(queue.holder()).load(self)?);
             }
             return Ok(Claimed::<Q>::new(queue.holder()).load(self)?);
         }
