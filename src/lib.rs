@@ -143,6 +143,6 @@ pub mod __private {
     pub use crate::upsert::derive_support::*;
     pub use crate::upsert::model::{ArrayBackend, ArrayBind};
     #[cfg(feature = "postgres")]
-    pub use crate::upsert::pg::{last_outcome_source, with_xmax_outcomes};
+    pub use crate::upsert::pg::{assume_returning_old, last_outcome_source, with_xmax_outcomes};
     pub use diesel;
 }

@@ -133,6 +133,13 @@ pub fn with_xmax_outcomes<T>(f: impl FnOnce() -> T) -> T {
     f()
 }
 
+/// Makes the process take its server for PostgreSQL 18 or later until a statement says
+/// otherwise (for a test of the way back to `xmax` on an older server).
+#[doc(hidden)]
+pub fn assume_returning_old() {
+    SERVER.store(TELLS_OLD, Ordering::Relaxed);
+}
+
 /// How this thread's last PostgreSQL upsert statement told its outcomes: `"returning_old"`,
 /// `"xmax"`, or `None` before the first.
 #[doc(hidden)]

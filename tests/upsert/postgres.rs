@@ -400,3 +400,42 @@ fn returning_old_and_xmax_tell_every_outcome_alike_and_the_servers_own_way_is_ta
     .unwrap();
     assert_eq!(last_outcome_source(), Some("xmax"));
 }
+
+/// A process that took its server for PostgreSQL 18 (its connections may reach servers of
+/// different versions) and meets an older one: the statement with `RETURNING old` fails there,
+/// outside a transaction, and is sent again with `xmax`, the caller told the right outcome. On
+/// PostgreSQL 18 the same calls take `RETURNING old`.
+#[test]
+fn an_older_server_met_after_a_newer_one_gets_the_xmax_statement_again() {
+    use upsert_kit::__private::{assume_returning_old, last_outcome_source};
+    let db = db();
+    let mut conn = db.conn();
+    let version: i32 = diesel::select(diesel::dsl::sql::<diesel::sql_types::Text>(
+        "current_setting('server_version_num')",
+    ))
+    .get_result::<String>(&mut conn)
+    .unwrap()
+    .parse()
+    .unwrap();
+    let expected_way = if version >= 180_000 {
+        "returning_old"
+    } else {
+        "xmax"
+    };
+    let row = |n: i64| Stats {
+        stats_type: "way-back".into(),
+        data: serde_json::json!({ "n": n }),
+        created_at: super::at(0),
+        updated_at: super::at(n),
+    };
+    for (n, expected) in [(1, "Inserted"), (2, "Updated")] {
+        assume_returning_old();
+        let outcome = upsert_kit::atomic_upsert(&mut conn, &row(n)).unwrap();
+        assert_eq!(format!("{outcome:?}"), expected, "server {version}");
+        assert_eq!(
+            last_outcome_source(),
+            Some(expected_way),
+            "server {version}"
+        );
+    }
+}
