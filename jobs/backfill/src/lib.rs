@@ -72,12 +72,20 @@ pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgre
 /// Applies the crate's pending migrations on `conn`; returns how many ran (0 when the table is
 /// already there). Other crates' migrations in the same database are left alone.
 ///
+/// Schedulers started together on a fresh database would race to create the table: the
+/// migrations run in one transaction under a transaction-scoped advisory lock
+/// ([`upsert_kit::lock::exclusive_transaction`], which holds behind a transaction-mode pooler
+/// too), so the first applies them and the others wait, then find nothing pending.
+///
 /// # Errors
 /// [`Error::Migration`] when a migration fails; it is rolled back.
 pub fn run_migrations(conn: &mut PgConnection) -> Result<usize> {
-    conn.run_pending_migrations(MIGRATIONS)
-        .map(|applied| applied.len())
-        .map_err(|e| Error::Migration(e.to_string()))
+    let key = upsert_kit::lock::LockKey::new("backfill-scheduler migrations", 0);
+    upsert_kit::lock::exclusive_transaction(conn, key, |c| {
+        c.run_pending_migrations(MIGRATIONS)
+            .map(|applied| applied.len())
+            .map_err(|e| Error::Migration(e.to_string()))
+    })
 }
 
 /// The backfill scheduler's queue row: one month of the `backfill_log` table.

@@ -318,6 +318,26 @@ fn schedule_months_rejects_impossible_months_and_writes_nothing() {
     );
 }
 
+/// Schedulers started together on a fresh database: every one's migration run succeeds, the
+/// migrations are applied once between them (without the lock, the others failed on the
+/// table the first was creating).
+#[test]
+fn schedulers_migrating_a_fresh_database_at_once_apply_the_migrations_once() {
+    let db = TestDb::new();
+    let url = db.url().to_owned();
+    let applied = race(6, move |_| {
+        let mut conn = PgConnection::establish(&url).unwrap();
+        backfill_scheduler::run_migrations(&mut conn)
+    });
+    let applied: Vec<usize> = applied.into_iter().map(Result::unwrap).collect();
+    assert_eq!(applied.iter().sum::<usize>(), 2, "{applied:?}");
+    assert_eq!(
+        applied.iter().filter(|&&n| n == 2).count(),
+        1,
+        "{applied:?}"
+    );
+}
+
 #[test]
 fn run_migrations_creates_the_backfill_table_once_and_then_has_nothing_to_do() {
     let db = TestDb::new();
