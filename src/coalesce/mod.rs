@@ -273,7 +273,8 @@ where
         Self::builder().build(pool)
     }
 
-    /// Settings first: `Coalescer::builder().max_batch(64).build(pool)`.
+    /// Settings first: `Coalescer::<PgConnection>::builder().max_batch(64).in_flight(2).build(pool)`
+    /// (the connection type named: the builder is built before it meets the pool).
     pub fn builder() -> CoalescerBuilder {
         CoalescerBuilder::default()
     }
