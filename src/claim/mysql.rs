@@ -35,7 +35,10 @@
 //!   JOIN t ON t.id = c.id WHERE t.status = 'processing' AND t.holder = ? ORDER BY t.id
 //! ```
 //! (At REPEATABLE READ two such statements may deadlock on a gap of the `status` index; the
-//! victim changed nothing and is sent again, up to 3 times.) Inside a caller's transaction, in
+//! victim changed nothing and is sent again, up to 3 times. The claim commits before its rows
+//! are read: when that read fails, the call fails and the items it took stay leased until
+//! their lease expires, then the reaper or another claim takes them back, as for a worker that
+//! died holding them.) Inside a caller's transaction, in
 //! a savepoint of it at the caller's isolation level:
 //! ```sql
 //! SELECT id FROM (<due ids>) AS due ORDER BY id
