@@ -37,8 +37,8 @@
 //! (At REPEATABLE READ two such statements may deadlock on a gap of the `status` index; the
 //! victim changed nothing and is sent again, up to 3 times. The claim commits before its rows
 //! are read: when that read fails, the call fails and the items it took stay leased until
-//! their lease expires, then the reaper or another claim takes them back, as for a worker that
-//! died holding them.) Inside a caller's transaction, in
+//! their lease expires and [`Queue::reap_expired`] requeues them, as for a worker that died
+//! holding them.) Inside a caller's transaction, in
 //! a savepoint of it at the caller's isolation level:
 //! ```sql
 //! SELECT id FROM (<due ids>) AS due ORDER BY id
