@@ -1,13 +1,14 @@
 //! Counters on MySQL and MariaDB, which have no `RETURNING`: an increment is one statement that
 //! leaves the row's new totals in session variables, then a read of them (two round trips, no
-//! transaction; see [`tracked`]). The creating form with bounds runs the increment and the read
-//! of the row in one transaction (the row lock the write takes makes the read give this
-//! increment's totals): `ON DUPLICATE KEY UPDATE` cannot
-//! put in a `WHERE`, stores in session variables whether the key existed (`@upsert_kit_hit`, a
-//! fresh nonce set by the update clause only) and whether the bounds held (`@upsert_kit_ok`,
-//! judged once, before any column is assigned: MySQL assigns left to right, and a bound read
-//! after `a = a + d` would see the new `a`); every column is assigned only if they held, and
-//! the read returns both variables with the totals.
+//! transaction; see [`tracked`] and [`tracked_bounded_create`]). A counter of more than eight
+//! amount columns, or a creating increment whose fresh row would break its bounds, runs the
+//! increment and the read of the row in one transaction (the row lock the write takes makes
+//! the read give this increment's totals). The creating form with bounds, which `ON DUPLICATE
+//! KEY UPDATE` cannot put in a `WHERE`, stores in session variables whether the key existed
+//! (`@upsert_kit_hit`, a fresh nonce set by the update clause only) and whether the bounds held
+//! (`@upsert_kit_ok`, judged once, before any column is assigned: MySQL assigns left to right,
+//! and a bound read after `a = a + d` would see the new `a`); every column is assigned only if
+//! they held, and the read returns both variables with the totals.
 
 use super::{
     totals_of, walk_new, Amounts, BindKey, Bounds, Counter, CounterBackend, Increment,
@@ -26,8 +27,13 @@ impl CounterBackend for Mysql {
         T: Counter + BindKey<Self>,
         C: WriteConnection<Backend = Self>,
     {
-        if (!inc.bounds().any() || !inc.create) && T::AMOUNTS.len() <= TOTALS.len() {
-            return crate::conn::retry_deadlocks(conn, |c| tracked(c, inc));
+        if T::AMOUNTS.len() <= TOTALS.len() {
+            if !inc.bounds().any() || !inc.create {
+                return crate::conn::retry_deadlocks(conn, |c| tracked(c, inc));
+            }
+            if inc.fresh_row_fits() {
+                return crate::conn::retry_deadlocks(conn, |c| tracked_bounded_create(c, inc));
+            }
         }
         crate::conn::retry_deadlocks(conn, |c| c.write(|c| once(c, inc)))
     }
@@ -85,6 +91,7 @@ where
     let read = ReadTotalsSql {
         columns: T::AMOUNTS.len(),
         nonce: &nonce,
+        ok: false,
     };
     let Some(text) = c.run_texts(&read)?.into_iter().next() else {
         return Err(Error::NotFound("the increment's session variables".into()));
@@ -94,6 +101,46 @@ where
         return totals_of::<T>(amounts).map(|t| Step::Done(Some(t)));
     }
     totals_of::<T>(&row[1..]).map(|t| Step::Done(Some(t)))
+}
+
+/// The creating increment with bounds in two round trips and no transaction:
+/// [`BoundedUpsertIncrementSql`], which judges the bounds once into `@upsert_kit_ok` and leaves
+/// the row's totals after it (changed or not) in [`TOTALS`], then a read of the variables. An
+/// inserted row's totals are the amounts (they fit the bounds: the caller checked); a refusal's
+/// values are the row's as the statement saw them under its lock.
+fn tracked_bounded_create<T, C>(c: &mut C, inc: &Increment<'_, T>) -> Result<Step<T::Amounts>>
+where
+    T: Counter + BindKey<Mysql>,
+    C: WriteConnection<Backend = Mysql>,
+{
+    let nonce = fastrand::i64(1..);
+    let amounts = inc.amounts.as_slice();
+    c.run_execute(&BoundedUpsertIncrementSql {
+        upsert: UpsertIncrementSql::<T> {
+            key: inc.key,
+            amounts,
+            bounds: inc.bounds(),
+            columns: None,
+        },
+        nonce: &nonce,
+    })?;
+    let read = ReadTotalsSql {
+        columns: T::AMOUNTS.len(),
+        nonce: &nonce,
+        ok: true,
+    };
+    let Some(text) = c.run_texts(&read)?.into_iter().next() else {
+        return Err(Error::NotFound("the increment's session variables".into()));
+    };
+    let row = crate::conn::parse_ints(&text)?;
+    let (hit, ok, values) = (row[0] != 0, row[1] != 0, &row[2..]);
+    if !hit {
+        return totals_of::<T>(amounts).map(|t| Step::Done(Some(t)));
+    }
+    if ok {
+        return totals_of::<T>(values).map(|t| Step::Done(Some(t)));
+    }
+    Ok(Step::Refused(values.to_vec()))
 }
 
 /// `UPDATE t SET a = (@upsert_kit_t0 := a + ?), … WHERE key [AND bounds]`, or with `create`
@@ -155,11 +202,13 @@ impl<T: Counter + BindKey<Mysql>> QueryFragment<Mysql> for TrackedIncrementSql<'
     }
 }
 
-/// `SELECT CAST(JSON_ARRAY(<the key existed>, COALESCE(CAST(@upsert_kit_t0 AS SIGNED), 0), …)
-/// AS CHAR)`.
+/// `SELECT CAST(JSON_ARRAY(<the key existed>, [<the bounds held>,] COALESCE(CAST(@upsert_kit_t0
+/// AS SIGNED), 0), …) AS CHAR)`.
 struct ReadTotalsSql<'a> {
     columns: usize,
     nonce: &'a i64,
+    /// Whether `@upsert_kit_ok` (the bounds held) is read too.
+    ok: bool,
 }
 
 impl QueryFragment<Mysql> for ReadTotalsSql<'_> {
@@ -167,6 +216,9 @@ impl QueryFragment<Mysql> for ReadTotalsSql<'_> {
         out.push_sql("SELECT CAST(JSON_ARRAY(CAST(COALESCE(@upsert_kit_hit = ");
         out.push_bind_param::<BigInt, _>(self.nonce)?;
         out.push_sql(", 0) AS SIGNED)");
+        if self.ok {
+            out.push_sql(", CAST(COALESCE(@upsert_kit_ok, 0) AS SIGNED)");
+        }
         // A variable keeps the type of its last value (a bind parameter's may be text), and
         // is NULL in a session that never set it (an insert leaves it unset): cast, 0 for NULL.
         for total in &TOTALS[..self.columns] {
@@ -248,7 +300,9 @@ where
 
 /// The creating increment with bounds: `INSERT … ON DUPLICATE KEY UPDATE a = IF((@upsert_kit_hit
 /// := ?) IS NULL, a, IF((@upsert_kit_ok := COALESCE((<bounds>), FALSE)) IS NULL, a,
-/// IF(@upsert_kit_ok, t.a + VALUES(a), a))), b = IF(@upsert_kit_ok, t.b + VALUES(b), b), …`.
+/// (@upsert_kit_t0 := IF(@upsert_kit_ok, t.a + VALUES(a), a)))), b = IF(@upsert_kit_ok,
+/// (@upsert_kit_t1 := t.b + VALUES(b)), (@upsert_kit_t1 := b)), …`: the totals after it are
+/// left in the variables whether the bounds held or not.
 struct BoundedUpsertIncrementSql<'a, T: Counter> {
     upsert: UpsertIncrementSql<'a, T>,
     nonce: &'a i64,
@@ -276,17 +330,23 @@ impl<T: Counter + BindKey<Mysql>> QueryFragment<Mysql> for BoundedUpsertIncremen
                 bounds.walk::<T, Mysql>(&mut out, self.upsert.amounts, true, true, &mut first)?;
                 out.push_sql("), FALSE)) IS NULL, ");
                 out.push_identifier(column)?;
-                out.push_sql(", IF(@upsert_kit_ok, ");
+                out.push_sql(", (");
+                out.push_sql(TOTALS[i]);
+                out.push_sql(" := IF(@upsert_kit_ok, ");
                 walk_new::<T, Mysql>(&mut out, i, self.upsert.amounts, true, true)?;
                 out.push_sql(", ");
                 out.push_identifier(column)?;
-                out.push_sql(")))");
+                out.push_sql("))))");
             } else {
-                out.push_sql("@upsert_kit_ok, ");
+                out.push_sql("@upsert_kit_ok, (");
+                out.push_sql(TOTALS[i]);
+                out.push_sql(" := ");
                 walk_new::<T, Mysql>(&mut out, i, self.upsert.amounts, true, true)?;
-                out.push_sql(", ");
+                out.push_sql("), (");
+                out.push_sql(TOTALS[i]);
+                out.push_sql(" := ");
                 out.push_identifier(column)?;
-                out.push_sql(")");
+                out.push_sql("))");
             }
         }
         Ok(())
