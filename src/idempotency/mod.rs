@@ -714,7 +714,7 @@ where
         }
         tracing::debug!("idempotency key pruned while in use; claiming it again");
     }
-    Err(vanished(key))
+    Err(vanished())
 }
 
 /// The stored result of a taken key, or `None` when its row is gone.
@@ -753,10 +753,11 @@ where
     }))
 }
 
-fn vanished(key: &IdempotencyKey) -> Error {
+/// The key's ledger row was pruned under every attempt. The message does not name the key (a
+/// key may be a secret).
+fn vanished() -> Error {
     Error::NotFound(format!(
-        "idempotency key {:?}: its ledger row kept disappearing ({KEY_ATTEMPTS} attempts)",
-        key.as_str()
+        "an idempotency key's ledger row kept disappearing ({KEY_ATTEMPTS} attempts)"
     ))
 }
 

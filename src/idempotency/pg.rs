@@ -95,7 +95,7 @@ impl IdempotencyBackend for Pg {
                 Err(e) => return Err(e),
             }
         }
-        Err(violation.unwrap_or_else(|| vanished(key)))
+        Err(violation.unwrap_or_else(vanished))
     }
 
     fn record_once<L, T, C, O>(
