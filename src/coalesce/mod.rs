@@ -252,6 +252,9 @@ impl<Conn: R2D2Connection + 'static> Coalescer<Conn> {
     /// else the one with the fewest calls queued.
     fn lane(&self) -> &Lane<Conn> {
         let lanes = &self.shared.lanes;
+        if let [only] = lanes.as_slice() {
+            return only;
+        }
         let mut shortest = (&lanes[0], usize::MAX);
         for lane in lanes {
             match lane.queue.load() {

@@ -57,23 +57,19 @@ impl<Conn, M: UpsertModel, F> UpsertCall<Conn, M, F> {
     /// written alone leaves what the serial run leaves, and an insert of it means the key was
     /// new, so the first row would have been the one inserted. One round then; else two at most.
     fn rounds(&self) -> Rounds {
-        let rounds = self.all_rounds();
-        if self.condition.is_some() || rounds.len() < 2 {
-            return (rounds, Vec::new(), Vec::new());
-        }
+        let keys = self.keys();
+        let depth = keys.iter().map(Vec::len).max().unwrap_or(0);
         let keeps_nothing = self.update.len() + M::KEY.len() == M::COLUMNS.len();
-        if !keeps_nothing && rounds.len() == 2 {
+        if self.condition.is_some() || depth < 2 || (!keeps_nothing && depth == 2) {
+            // Round r: each key's r-th row.
+            let rounds = (0..depth)
+                .map(|r| {
+                    keys.iter()
+                        .filter_map(|rows| rows.get(r).copied())
+                        .collect()
+                })
+                .collect();
             return (rounds, Vec::new(), Vec::new());
-        }
-        // Each key's rows in their order, the keys sorted.
-        let mut order: Vec<usize> = (0..self.rows.len()).collect();
-        order.sort_by(|&a, &b| self.rows[a].cmp_key(&self.rows[b]).then(a.cmp(&b)));
-        let mut keys: Vec<Vec<usize>> = Vec::new();
-        for i in order {
-            match keys.last_mut() {
-                Some(rows) if self.rows[rows[0]].cmp_key(&self.rows[i]).is_eq() => rows.push(i),
-                _ => keys.push(vec![i]),
-            }
         }
         let (mut firsts, mut lasts, mut skipped, mut heirs) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -100,20 +96,18 @@ impl<Conn, M: UpsertModel, F> UpsertCall<Conn, M, F> {
         (rounds, skipped, heirs)
     }
 
-    fn all_rounds(&self) -> Vec<Vec<usize>> {
+    /// Each key's rows in their order, the keys sorted.
+    fn keys(&self) -> Vec<Vec<usize>> {
         let mut order: Vec<usize> = (0..self.rows.len()).collect();
         order.sort_by(|&a, &b| self.rows[a].cmp_key(&self.rows[b]).then(a.cmp(&b)));
-        let mut rounds: Vec<Vec<usize>> = Vec::new();
-        let mut round = 0;
-        for (n, &i) in order.iter().enumerate() {
-            let same_key = n > 0 && self.rows[order[n - 1]].cmp_key(&self.rows[i]).is_eq();
-            round = if same_key { round + 1 } else { 0 };
-            if rounds.len() <= round {
-                rounds.push(Vec::new());
+        let mut keys: Vec<Vec<usize>> = Vec::new();
+        for i in order {
+            match keys.last_mut() {
+                Some(rows) if self.rows[rows[0]].cmp_key(&self.rows[i]).is_eq() => rows.push(i),
+                _ => keys.push(vec![i]),
             }
-            rounds[round].push(i);
         }
-        rounds
+        keys
     }
 }
 

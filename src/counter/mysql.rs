@@ -88,15 +88,7 @@ where
             Some(text) => Ok(Step::Refused(crate::conn::parse_ints(&text)?)),
         };
     }
-    let read = ReadTotalsSql {
-        columns: T::AMOUNTS.len(),
-        nonce: &nonce,
-        ok: false,
-    };
-    let Some(text) = c.run_texts(&read)?.into_iter().next() else {
-        return Err(Error::NotFound("the increment's session variables".into()));
-    };
-    let row = crate::conn::parse_ints(&text)?;
+    let row = read_totals::<T, C>(c, &nonce, false)?;
     if inc.create && row[0] == 0 {
         return totals_of::<T>(amounts).map(|t| Step::Done(Some(t)));
     }
@@ -124,15 +116,7 @@ where
         },
         nonce: &nonce,
     })?;
-    let read = ReadTotalsSql {
-        columns: T::AMOUNTS.len(),
-        nonce: &nonce,
-        ok: true,
-    };
-    let Some(text) = c.run_texts(&read)?.into_iter().next() else {
-        return Err(Error::NotFound("the increment's session variables".into()));
-    };
-    let row = crate::conn::parse_ints(&text)?;
+    let row = read_totals::<T, C>(c, &nonce, true)?;
     let (hit, ok, values) = (row[0] != 0, row[1] != 0, &row[2..]);
     if !hit {
         return totals_of::<T>(amounts).map(|t| Step::Done(Some(t)));
@@ -200,6 +184,24 @@ impl<T: Counter + BindKey<Mysql>> QueryFragment<Mysql> for TrackedIncrementSql<'
         }
         Ok(())
     }
+}
+
+/// Reads what an increment left in the session ([`ReadTotalsSql`]): whether the key existed
+/// (the `nonce` seen), with `ok` whether the bounds held, then the totals.
+fn read_totals<T: Counter, C: WriteConnection<Backend = Mysql>>(
+    c: &mut C,
+    nonce: &i64,
+    ok: bool,
+) -> Result<Vec<i64>> {
+    let read = ReadTotalsSql {
+        columns: T::AMOUNTS.len(),
+        nonce,
+        ok,
+    };
+    let Some(text) = c.run_texts(&read)?.into_iter().next() else {
+        return Err(Error::NotFound("the increment's session variables".into()));
+    };
+    crate::conn::parse_ints(&text)
 }
 
 /// `SELECT CAST(JSON_ARRAY(<the key existed>, [<the bounds held>,] COALESCE(CAST(@upsert_kit_t0
