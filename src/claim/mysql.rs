@@ -3,9 +3,10 @@
 //!
 //! MySQL has no `RETURNING` on `UPDATE` (MariaDB has it on `INSERT` and `DELETE` only) and no
 //! `UPDATE … WHERE id IN (SELECT … FROM the same table)`. A claim outside a caller's transaction
-//! is two round trips: one `UPDATE` that joins the rows it locks with `SKIP LOCKED` and leaves
-//! their ids in a session variable, committed on its own, then a read of those rows by their ids
-//! (none when it took none). Inside a caller's transaction, and for the calls that must change
+//! is three round trips: `SET TRANSACTION ISOLATION LEVEL READ COMMITTED` (see "Isolation"), one
+//! `UPDATE` that joins the rows it locks with `SKIP LOCKED` and leaves their ids in a session
+//! variable, committed on its own, then a read of those rows by their ids (none when it took
+//! none). Inside a caller's transaction, and for the calls that must change
 //! a row and read it back, a short transaction of a few statements (a savepoint of the caller's).
 //!
 //! # What is sent
@@ -34,8 +35,7 @@
 //! SELECT t.* FROM JSON_TABLE(CONCAT('[', @upsert_kit_claimed, ']'), '$[*]' COLUMNS (id BIGINT PATH '$')) AS c
 //!   JOIN t ON t.id = c.id WHERE t.status = 'processing' AND t.holder = ? ORDER BY t.id
 //! ```
-//! (At REPEATABLE READ two such statements may deadlock on a gap of the `status` index; the
-//! victim changed nothing and is sent again, up to 3 times. The claim commits before its rows
+//! (A deadlock's victim changed nothing and is sent again, up to 3 times. The claim commits before its rows
 //! are read: when that read fails, the call fails and the items it took stay leased until
 //! their lease expires and [`Queue::reap_expired`] requeues them, as for a worker that died
 //! holding them.) Inside a caller's transaction, in
@@ -94,10 +94,12 @@
 //! on `status`, an insert into that index) wait for the gap another claim locked while that
 //! claim waits for this one's: a deadlock. The reaper therefore runs its own transaction at
 //! READ COMMITTED (`SET TRANSACTION` applies to the next transaction only; the session keeps
-//! its level), where InnoDB takes no gap locks for these statements. The claim outside a
-//! transaction is one statement at the session's level, committed at once: its locks last one
-//! statement, it reads one index range per status, and a deadlock's victim (nothing applied) is
-//! sent again. Inside a caller's transaction the claim runs at the caller's level: at
+//! its level), where InnoDB takes no gap locks for these statements, and so does the claim
+//! outside a transaction, one statement committed at once: at REPEATABLE READ, concurrent claims
+//! deadlock on the gap locks of the `status` index (each scan locks gaps that the others' moved
+//! rows are inserted into; with 8 workers most claims did). Its locks last one statement,
+//! it reads one index range per status, and a deadlock's victim (nothing applied) is sent again.
+//! The `SET TRANSACTION` is a prepared statement: one round trip. Inside a caller's transaction the claim runs at the caller's level: at
 //! REPEATABLE READ two such claims may then deadlock, reported as [`Error::Deadlock`](crate::Error::Deadlock)
 //! (retryable: re-run the whole transaction). Complete, fail and extend touch one row by its
 //! primary key and need nothing beyond any level's current reads.
@@ -138,7 +140,6 @@ use super::{
 };
 use crate::error::Result;
 use crate::tx;
-use diesel::connection::SimpleConnection;
 use diesel::deserialize::{self, QueryableByName};
 use diesel::mysql::{Mysql, MysqlConnection};
 use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
@@ -702,6 +703,14 @@ fn micros(d: std::time::Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 
+/// `SET TRANSACTION ISOLATION LEVEL READ COMMITTED`: the next transaction only (a statement
+/// outside a transaction is one). Sent as a prepared statement, one round trip (Diesel's
+/// `batch_execute` would be three: it turns the multi-statement option on and off around it).
+fn next_read_committed(conn: &mut MysqlConnection) -> Result<()> {
+    diesel::sql_query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED").execute(conn)?;
+    Ok(())
+}
+
 /// Runs `f` in a transaction of its own at READ COMMITTED, or in a savepoint of the caller's
 /// transaction at the caller's level (see the module's "Isolation").
 fn read_committed<T>(
@@ -709,8 +718,7 @@ fn read_committed<T>(
     f: impl FnOnce(&mut MysqlConnection) -> Result<T>,
 ) -> Result<T> {
     if !tx::in_transaction(conn) {
-        conn.batch_execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
-            .map_err(crate::error::Error::from)?;
+        next_read_committed(conn)?;
     }
     tx::transaction(conn, f)
 }
@@ -753,8 +761,7 @@ where
             // sent again.
             let mut attempt = 1;
             let taken = loop {
-                self.batch_execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
-                    .map_err(crate::error::Error::from)?;
+                next_read_committed(self)?;
                 let take = TakeDue::<Q>::new(limit, queue.holder(), lease);
                 match take.execute(self).map_err(crate::error::Error::from) {
                     Err(crate::error::Error::Deadlock(_)) if attempt < DEADLOCK_ATTEMPTS => {
