@@ -99,7 +99,7 @@
 //! deadlock on the gap locks of the `status` index (each scan locks gaps that the others' moved
 //! rows are inserted into; with 8 workers most claims did). Its locks last one statement,
 //! it reads one index range per status, and a deadlock's victim (nothing applied) is sent again.
-//! The `SET TRANSACTION` is a prepared statement: one round trip. Inside a caller's transaction the claim runs at the caller's level: at
+//! The `SET TRANSACTION` is a statement Diesel keeps prepared: one round trip. Inside a caller's transaction the claim runs at the caller's level: at
 //! REPEATABLE READ two such claims may then deadlock, reported as [`Error::Deadlock`](crate::Error::Deadlock)
 //! (retryable: re-run the whole transaction). Complete, fail and extend touch one row by its
 //! primary key and need nothing beyond any level's current reads.
@@ -704,10 +704,23 @@ fn micros(d: std::time::Duration) -> i64 {
 }
 
 /// `SET TRANSACTION ISOLATION LEVEL READ COMMITTED`: the next transaction only (a statement
-/// outside a transaction is one). Sent as a prepared statement, one round trip (Diesel's
-/// `batch_execute` would be three: it turns the multi-statement option on and off around it).
+/// outside a transaction is one). A query fragment of its own, so that Diesel keeps it
+/// prepared: one round trip (`sql_query` text is prepared anew at each call, two; Diesel's
+/// `batch_execute` turns the multi-statement option on and off around it, three).
+#[derive(diesel::query_builder::QueryId)]
+struct NextReadCommitted;
+
+impl QueryFragment<Mysql> for NextReadCommitted {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Mysql>) -> QueryResult<()> {
+        out.push_sql("SET TRANSACTION ISOLATION LEVEL READ COMMITTED");
+        Ok(())
+    }
+}
+
+impl RunQueryDsl<MysqlConnection> for NextReadCommitted {}
+
 fn next_read_committed(conn: &mut MysqlConnection) -> Result<()> {
-    diesel::sql_query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED").execute(conn)?;
+    NextReadCommitted.execute(conn)?;
     Ok(())
 }
 
