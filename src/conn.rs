@@ -428,7 +428,8 @@ direct_connection!(
     tx::immediate_transaction
 );
 
-// MySQL has no `RETURNING`: the primitives run their write and the read of its row in
+// MySQL has no `RETURNING`: the primitives either leave what a write changed in session
+// variables and read them with a second statement, or run the write and the read of its row in
 // `write` (a transaction); `single` runs a statement that is atomic by itself.
 #[cfg(feature = "mysql")]
 direct_connection!(diesel::MysqlConnection, direct, tx::transaction);

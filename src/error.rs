@@ -15,7 +15,7 @@
 //!
 //! | error | message starts with | class |
 //! |---|---|---|
-//! | 1213 | `Deadlock found when trying to get lock` | [`Error::Deadlock`] (retryable) |
+//! | 1213, 3058 | `Deadlock found when trying to get lock`, `… get user-level lock` (MySQL 8's named locks) | [`Error::Deadlock`] (retryable) |
 //! | 1205 | `Lock wait timeout exceeded` | [`Error::LockTimeout`] (InnoDB undoes the statement, not the transaction) |
 //! | 1062 | `Duplicate entry '…' for key '…'` | [`Error::Constraint`], `Unique`, the key's name as the constraint |
 //! | 2006, 2013, 1927, 4031 | `… server has gone away`, `Lost connection to …`, `Connection was killed`, `The client was disconnected …` | [`Error::ConnectionLost`]; [`Error::OutcomeUnknown`] during `COMMIT` or a statement outside a transaction |
@@ -428,7 +428,8 @@ fn classify_mysql_message(message: &str) -> Option<Error> {
     let m = message.to_owned();
     if message.starts_with("Lock wait timeout exceeded") {
         Some(Error::LockTimeout(m))
-    } else if message.starts_with("Deadlock found when trying to get lock") {
+    } else if message.starts_with("Deadlock found when trying to get ") {
+        // 1213 (`… get lock`), and MySQL 8's 3058 between named locks (`… get user-level lock`).
         Some(Error::Deadlock(m))
     } else if message
         .to_ascii_lowercase()
@@ -532,6 +533,21 @@ mod tests {
             next = s.source();
         }
         out
+    }
+
+    #[test]
+    fn both_of_mysqls_deadlocks_are_retryable_deadlocks() {
+        for message in [
+            "Deadlock found when trying to get lock; try restarting transaction",
+            "Deadlock found when trying to get user-level lock; try rolling back transaction/releasing locks and restarting lock acquisition.",
+        ] {
+            let e = Error::from(diesel::result::Error::DatabaseError(
+                DatabaseErrorKind::Unknown,
+                Box::new(message.to_owned()),
+            ));
+            assert!(matches!(e, Error::Deadlock(_)), "{message}: {e:?}");
+            assert!(e.is_retryable());
+        }
     }
 
     #[test]

@@ -56,7 +56,8 @@
 //! # On MySQL and MariaDB
 //! The same calls take a `MysqlConnection` (MariaDB 10.6+, MySQL 8.0+, which have
 //! `SKIP LOCKED`), with the same guarantees; [`mysql`] says what each one
-//! sends (no `RETURNING` there: one short transaction per call) and which isolation it needs.
+//! sends (no `RETURNING` there: a claim is three round trips, complete one statement, fail,
+//! extend and reap a short transaction) and which isolation it needs.
 //!
 //! Claims take PostgreSQL and MySQL connections only ([`ClaimConnection`]; SQLite has no
 //! `SKIP LOCKED`), by type: a claim over an SQLite connection does not compile (the library's
@@ -609,7 +610,9 @@ impl<Q: ClaimQueue> Queue<Q> {
     ///
     /// On PostgreSQL one statement, one round trip, atomic on its own (it needs no transaction
     /// from the caller, and inside one its lease becomes visible at the caller's commit); on
-    /// MySQL one short transaction ([`mysql`](crate::claim::mysql#what-is-sent)):
+    /// MySQL, outside a transaction, three round trips and no transaction (the isolation
+    /// level, the claiming `UPDATE` committed on its own, the read of its rows), inside one a
+    /// savepoint of a few statements ([`mysql`](crate::claim::mysql#what-is-sent)):
     ///
     /// ```sql
     /// UPDATE t SET status = 'processing', holder = $1,
@@ -684,8 +687,8 @@ impl<Q: ClaimQueue> Queue<Q> {
     /// Records a failed attempt: back to the queue (status `retry`, due after
     /// [`Queue::backoff_for`]`(claim.attempt)`), or parked (status `failed`) when this was
     /// attempt `max_attempts` or later. `error` is stored in the last-error column, cut to
-    /// [`MAX_ERROR_CHARS`]; never pass secrets in it. One statement, fenced as
-    /// [`Queue::complete`].
+    /// [`MAX_ERROR_CHARS`]; never pass secrets in it. One statement on PostgreSQL (a short
+    /// transaction of two on MySQL), fenced as [`Queue::complete`].
     ///
     /// # Errors
     /// As [`Queue::complete`].
@@ -731,7 +734,8 @@ impl<Q: ClaimQueue> Queue<Q> {
     }
 
     /// Extends the claim's lease to now + the configured lease (a heartbeat for long work) and
-    /// updates `claim.locked_until`. One statement, fenced as [`Queue::complete`]; a lease
+    /// updates `claim.locked_until`. One statement on PostgreSQL (a short transaction of two on
+    /// MySQL), fenced as [`Queue::complete`]; a lease
     /// that expired but was not reaped yet is still this holder's and is extended.
     ///
     /// # Errors
@@ -761,8 +765,9 @@ impl<Q: ClaimQueue> Queue<Q> {
 
     /// Returns every expired lease to the queue: status `retry`, due at once, the last error
     /// saying whose lease expired; claims that had used `max_attempts` are parked (`failed`)
-    /// instead. One statement; it locks the expired rows `FOR UPDATE SKIP LOCKED`, so
-    /// concurrent reapers (and a holder completing at that instant) never block each other and
+    /// instead. One statement on PostgreSQL (on MySQL a transaction of a `SELECT … FOR UPDATE
+    /// SKIP LOCKED` and an `UPDATE` per 1,000 ids); it locks the expired rows `FOR UPDATE SKIP
+    /// LOCKED`, so concurrent reapers (and a holder completing at that instant) never block each other and
     /// never reap one row twice. Call it before claiming (as a scheduler's loop does), or from a
     /// timer.
     ///

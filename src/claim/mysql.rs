@@ -35,7 +35,8 @@
 //! SELECT t.* FROM JSON_TABLE(CONCAT('[', @upsert_kit_claimed, ']'), '$[*]' COLUMNS (id BIGINT PATH '$')) AS c
 //!   JOIN t ON t.id = c.id WHERE t.status = 'processing' AND t.holder = ? ORDER BY t.id
 //! ```
-//! (A deadlock's victim changed nothing and is sent again, up to 3 times. The claim commits before its rows
+//! (A deadlock's victim changed nothing and is sent again with its isolation statement, three
+//! sends in all. The claim commits before its rows
 //! are read: when that read fails, the call fails and the items it took stay leased until
 //! their lease expires and [`Queue::reap_expired`] requeues them, as for a worker that died
 //! holding them.) Inside a caller's transaction, in

@@ -33,16 +33,21 @@
 //! columns. Amounts are bound as `BIGINT`; amount columns may be `INTEGER` or `BIGINT`
 //! (PostgreSQL refuses a total past an `INTEGER` column's range with an error, nothing written).
 //!
-//! On SQLite each statement runs in a `BEGIN IMMEDIATE` transaction (one writer at a time).
+//! On SQLite each statement runs alone, after the process's writer gate of the file
+//! (`BEGIN IMMEDIATE`'s queue): a writing statement takes the write lock when it starts, so it
+//! reads nothing stale.
 //!
-//! On MySQL and MariaDB (no `RETURNING`) the increment and the read of the row's totals run in
-//! one transaction: `UPDATE t SET a = a + ? … WHERE key [AND bounds]`, then `SELECT
-//! CAST(JSON_ARRAY(a, b) AS CHAR) FROM t WHERE key`; the row lock taken by the write makes the
-//! read give this increment's totals. The creating form is `INSERT … ON DUPLICATE KEY UPDATE a =
-//! t.a + VALUES(a), …`; with bounds, which `ON DUPLICATE KEY` cannot put in a `WHERE`, the first
-//! assignment stores a nonce and the bounds (judged once, before any column changes) in session
-//! variables, every column is assigned only if they held, and the read returns both variables
-//! with the totals. Any isolation level, REPEATABLE READ included (tested).
+//! On MySQL and MariaDB (no `RETURNING`) an increment is two round trips and no transaction: one
+//! statement that leaves the row's new totals in session variables (`UPDATE t SET a =
+//! (@upsert_kit_t0 := a + ?) … WHERE key [AND bounds]`), then a `SELECT` of them, or of the row
+//! when a bounded increment matched nothing (to tell a refusal from a missing row). The
+//! creating form is `INSERT … ON DUPLICATE KEY UPDATE`; with bounds, which `ON DUPLICATE KEY`
+//! cannot put in a `WHERE`, the first assignment stores a nonce and the bounds' verdict (judged
+//! once, before any column changes) in session variables, and every column is assigned only if
+//! the bounds held. A counter of more than eight amount columns, or a creating increment whose
+//! fresh row would itself break the bounds, runs the write and a read of the row in one
+//! transaction instead. Any isolation level, REPEATABLE READ included (tested); the statements
+//! are in `src/counter/mysql.rs`.
 //! Under REPEATABLE READ or SERIALIZABLE on PostgreSQL, concurrent increments of one row fail
 //! with [`Error::SerializationFailure`] instead of waiting: retry them with
 //! [`Retry`](crate::Retry).
@@ -65,8 +70,8 @@ mod pg;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 
-/// How many times a refused increment is tried again when the read that explains it finds the
-/// row within its bounds (a concurrent change made room in between).
+/// How many times in all a refused increment is tried when the read that explains the refusal
+/// finds the row within its bounds (a concurrent change made room in between).
 pub const BOUND_ATTEMPTS: u32 = 3;
 
 /// A counter table's amounts: `[i64; N]`, one per amount column, in declaration order.

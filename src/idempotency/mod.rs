@@ -81,7 +81,7 @@ pub use crate::declare::ReturnRow;
 /// The longest idempotency key, in bytes (UTF-8).
 pub const MAX_KEY_LEN: usize = 255;
 
-/// How many times a call claims its key again when the key's row vanished (was pruned) between
+/// How many times in all a call claims its key when the key's row vanished (was pruned) between
 /// the claim and the read.
 pub const KEY_ATTEMPTS: u32 = 3;
 

@@ -70,7 +70,8 @@
 //! release it as often; each guard releases its own level. The lock is not tied to a
 //! transaction: commits and rollbacks leave it held. The server detects deadlocks between
 //! named locks (two sessions each waiting for the other's): MariaDB fails one `GET_LOCK` with
-//! 1213, [`Error::Deadlock`] (retryable; tested), MySQL 8 with `ER_USER_LOCK_DEADLOCK` (3058).
+//! 1213, [`Error::Deadlock`] (retryable; tested), MySQL 8 with `ER_USER_LOCK_DEADLOCK` (3058),
+//! also [`Error::Deadlock`] (recognised by its message; the suite has no MySQL 8 server).
 //! The server releases a session's named locks when it ends.
 //!
 //! # Isolation

@@ -41,14 +41,17 @@
 //! the quota row; reserve takes the quota row and inserts a new reservation. Two sweeps of many
 //! keys can deadlock each other ([`Error::Deadlock`], retryable): run one [`expire`] job.
 //!
-//! On SQLite (no data-modifying `WITH`) the same steps run as two statements inside one
-//! `BEGIN IMMEDIATE` transaction, which holds the single write lock: the same sums hold.
+//! On SQLite (no data-modifying `WITH`) consumption is one `UPDATE … RETURNING`; reserve,
+//! commit, release and sweeps run as two statements inside one `BEGIN IMMEDIATE` transaction,
+//! which holds the single write lock: the same sums hold.
 //!
-//! On MySQL and MariaDB (neither `RETURNING` nor writable `WITH`) each call is one transaction
-//! of the same conditional statements followed by a read: consume is the `UPDATE`, then `SELECT
-//! limit, used, reserved`; reserve the `UPDATE`, the `INSERT` of the reservation and `SELECT
-//! LAST_INSERT_ID()`; commit and release lock the quota row (`SELECT … FOR UPDATE`), read the
-//! reservation `FOR UPDATE`, `DELETE` it and update the quota. The quota row comes first in every
+//! On MySQL and MariaDB (neither `RETURNING` nor writable `WITH`) consumption is one
+//! conditional `UPDATE` that leaves `limit, used, reserved` in session variables, then a
+//! `SELECT` of them (two round trips, no transaction); the `_returning` form runs the `UPDATE`
+//! and a read of the caller's columns in one transaction. Reserve, commit and release are one
+//! transaction each: reserve is the `UPDATE`, the `INSERT … SELECT` of the reservation and a
+//! read of the row `LAST_INSERT_ID()` names; commit and release lock the quota row (`SELECT …
+//! FOR UPDATE`), read the reservation `FOR UPDATE`, `DELETE` it and update the quota. The quota row comes first in every
 //! writer, so InnoDB's gap locks on the reservations cannot make reserve and commit deadlock;
 //! a deadlock victim outside a caller's transaction is run again. Any isolation level, the
 //! default REPEATABLE READ included (tested): every decision is made by a locking statement on
@@ -597,8 +600,9 @@ where
 /// the quota is read, and the reservation tried again when it has room after all, or once more
 /// after sweeping the key's expired reservations when units are reserved.
 ///
-/// **Guarantee**: succeeds only if `used + reserved + amount <= limit`, decided in the same
-/// statement that records the reservation (see the [module documentation](self)).
+/// **Guarantee**: succeeds only if `used + reserved + amount <= limit`, decided in the
+/// statement that records the reservation (PostgreSQL) or in the same transaction (SQLite,
+/// MySQL; see the [module documentation](self)).
 /// **Cost**: one round trip on PostgreSQL when accepted.
 ///
 /// # Errors
@@ -709,7 +713,8 @@ where
 /// Turns `reservation` into usage: `actual` units (at most the reserved amount) are added to
 /// `used` and the whole reservation leaves `reserved`. Returns the quota after the change.
 ///
-/// The reservation row is deleted in the same statement, so committing twice, or committing a
+/// The reservation row is deleted in the same statement (PostgreSQL) or transaction (SQLite,
+/// MySQL) as the quota changes, so committing twice, or committing a
 /// released, expired (`expires_at <= at`) or swept reservation, is [`Error::NotFound`] and changes
 /// nothing.
 ///
@@ -929,7 +934,7 @@ fn refused<T>(call: &observe::Call, done: Result<T>) -> Result<T> {
     done
 }
 
-/// How many times a refused call is tried again when the read that explains the refusal finds
+/// How many times in all a refused call is tried when the read that explains the refusal finds
 /// room for it after all (the quota row changed in between: units given back, or the row was
 /// created by another session).
 const ROOM_ATTEMPTS: u32 = 3;

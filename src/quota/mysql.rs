@@ -1,8 +1,9 @@
-//! Quotas on MySQL and MariaDB (neither `RETURNING` nor a data-modifying `WITH`): each call is
-//! one transaction of the shared conditional statements followed by a read. Consumption is the
-//! `UPDATE`, then `SELECT limit, used, reserved` (or the caller's columns); a reservation the
-//! `UPDATE`, the `INSERT … SELECT` of the reservation and the read of the row `LAST_INSERT_ID()`
-//! names; commit and release lock the quota row
+//! Quotas on MySQL and MariaDB (neither `RETURNING` nor a data-modifying `WITH`). Consumption
+//! is the shared conditional `UPDATE`, leaving `limit, used, reserved` in session variables,
+//! then their `SELECT`: two round trips, no transaction (the `_returning` form: the `UPDATE`
+//! and a read of the caller's columns in one transaction). Reserve, commit and release are one
+//! transaction each: a reservation is the `UPDATE`, the `INSERT … SELECT` of the reservation
+//! and the read of the row `LAST_INSERT_ID()` names; commit and release lock the quota row
 //! (`SELECT … FOR UPDATE`), read the reservation `FOR UPDATE`, `DELETE` it and update the
 //! quota. The quota row comes first in every writer, so InnoDB's gap locks on the reservations
 //! cannot make reserve and commit deadlock; a deadlock victim outside a caller's transaction

@@ -49,8 +49,8 @@
 //! it after waiting for a concurrent writer; InnoDB's `ON DUPLICATE KEY UPDATE` locks the row and
 //! reads its newest version, also under REPEATABLE READ), so "only if newer" conditions cannot
 //! regress. On MySQL a concurrent first insert of one key can be picked as a deadlock victim
-//! (InnoDB's gap locks); outside a transaction of the caller's the upsert then runs again (up
-//! to 5 times), inside one the caller gets [`Error::Deadlock`], retryable.
+//! (InnoDB's gap locks); outside a transaction of the caller's the upsert then runs again (five
+//! attempts in all), inside one the caller gets [`Error::Deadlock`], retryable.
 //!
 //! # Isolation
 //! Any level: the statement's own row lock decides, not the snapshot (tested at PostgreSQL's
@@ -374,8 +374,10 @@ impl<'a, M: UpsertModel, F> Upsert<'a, M, F> {
         }
     }
 
-    /// Runs the upsert: one statement on PostgreSQL (one round trip) and on SQLite, one
-    /// statement and (unless it updated) a read of its session variables on MySQL.
+    /// Runs the upsert: one statement on PostgreSQL (one round trip); on SQLite an `UPDATE` by
+    /// key, then, for a new key or with `update_if`, the one statement that probes the key and
+    /// writes the row; on MySQL one statement and (unless it updated) a read of its session
+    /// variables.
     ///
     /// # Errors
     /// - [`Error::InvalidInput`] before anything is sent, when [`UpsertModel::validate`] rejects
@@ -535,8 +537,9 @@ impl<'a, M: UpsertModel, F> UpsertMany<'a, M, F> {
     /// - PostgreSQL: one statement per chunk, as [`execute`](Self::execute) sends, each row's
     ///   outcome returned with its position (`WITH ORDINALITY`).
     /// - MySQL/MariaDB: one multi-row `ON DUPLICATE KEY UPDATE` per 60 rows, each row's outcome
-    ///   read as a bit of two session variables (one round trip more per 60 rows than the
-    ///   counts of [`execute`](Self::execute), whose statements are larger).
+    ///   read as a bit of two session variables: three round trips per 60 rows (the variables'
+    ///   reset, the statement, their read), where [`execute`](Self::execute) sends three per
+    ///   chunk of up to its chunk size.
     /// - SQLite: the rows one by one in one transaction, as [`execute`](Self::execute).
     ///
     /// # Errors
