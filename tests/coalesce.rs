@@ -640,3 +640,97 @@ fn a_batch_whose_connection_is_lost_writes_nothing_and_fails_every_caller() {
         UpsertOutcome::Inserted
     );
 }
+
+/// A call of a test batch, its result as text.
+type BatchCall = Box<dyn FnOnce(&Coalescer<diesel::PgConnection>) -> String + Send>;
+
+/// Counts the `BEGIN`s (and savepoints) of the connections it is installed on.
+#[derive(Debug, Clone, Default)]
+struct Begins(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Begins {
+    fn count(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl diesel::r2d2::CustomizeConnection<diesel::PgConnection, diesel::r2d2::Error> for Begins {
+    fn on_acquire(&self, conn: &mut diesel::PgConnection) -> Result<(), diesel::r2d2::Error> {
+        let begins = std::sync::Arc::clone(&self.0);
+        conn.set_instrumentation(move |event: diesel::connection::InstrumentationEvent<'_>| {
+            if let diesel::connection::InstrumentationEvent::BeginTransaction { .. } = event {
+                begins.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        Ok(())
+    }
+}
+
+/// On PostgreSQL a batch whose calls merge into one statement (upserts of distinct keys, the
+/// increments of one row) goes out with no transaction around it, as a direct call; a batch of
+/// two statements (two upserts of one key under a condition, written in two rounds) is one
+/// transaction. The callers' outcomes are the same either way.
+#[test]
+fn a_batch_merged_into_one_statement_needs_no_transaction() {
+    let db = TestDb::with_sql(PG_SQL);
+    let begins = Begins::default();
+    let pool = diesel::r2d2::Pool::builder()
+        .max_size(2)
+        .connection_customizer(Box::new(begins.clone()))
+        .build(diesel::r2d2::ConnectionManager::<diesel::PgConnection>::new(db.url()))
+        .unwrap();
+    let writer = Coalescer::new(pool);
+    // Runs `calls` (each on a thread of its own) as one batch, queued behind a call that holds
+    // the batch in flight (its own batch: one transaction); returns their results and how many
+    // transactions the two batches opened.
+    let batch = |calls: Vec<BatchCall>| {
+        let before = begins.count();
+        let (holder, gate) = hold(&writer);
+        let n = calls.len();
+        let threads: Vec<_> = calls
+            .into_iter()
+            .map(|call| {
+                let w = writer.clone();
+                std::thread::spawn(move || call(&w))
+            })
+            .collect();
+        until_queued(&writer, n);
+        gate.send(()).unwrap();
+        holder.join().unwrap();
+        let told: Vec<String> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        (told, begins.count() - before)
+    };
+    let upsert = |k: &'static str, v: i64| -> BatchCall {
+        Box::new(move |w| format!("{:?}", w.upsert(Entry { k: k.into(), v }).unwrap()))
+    };
+
+    let (told, transactions) = batch(vec![upsert("a", 1), upsert("b", 2), upsert("c", 3)]);
+    assert_eq!(told, ["Inserted", "Inserted", "Inserted"]);
+    assert_eq!(transactions, 1, "the holding call's transaction only");
+
+    let increment = || -> BatchCall {
+        Box::new(|w| {
+            let totals = w.upsert_increment::<Hits>("home".to_owned(), [1]).unwrap();
+            format!("{}", totals[0])
+        })
+    };
+    let (mut told, transactions) = batch(vec![increment(), increment(), increment()]);
+    told.sort();
+    assert_eq!(told, ["1", "2", "3"]);
+    assert_eq!(transactions, 1, "the holding call's transaction only");
+
+    let stats = |k: &'static str, v: i64| -> BatchCall {
+        Box::new(move |w| format!("{:?}", w.upsert_stats(Entry { k: k.into(), v }).unwrap()))
+    };
+    let (mut told, transactions) = batch(vec![stats("d", 1), stats("d", 2)]);
+    told.sort();
+    assert_eq!(told, ["Inserted", "Updated"]);
+    assert_eq!(
+        transactions, 2,
+        "the holding call's, and the two rounds' one"
+    );
+    let mut conn = db.conn();
+    let stored: Vec<(String, i64)> = entries::table.order(entries::k).load(&mut conn).unwrap();
+    assert_eq!(stored.len(), 4);
+    assert!(stored.contains(&("d".to_owned(), 2)) || stored.contains(&("d".to_owned(), 1)));
+}

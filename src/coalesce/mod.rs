@@ -28,7 +28,10 @@
 //! # No waiting when alone
 //! A caller that finds nobody writing writes its own call at once, on its own thread, and a
 //! primitive's call alone in its batch runs exactly as the direct call does (one statement, no
-//! transaction around it; a [`Coalescer::run`] closure still gets its transaction). The
+//! transaction around it; a [`Coalescer::run`] closure still gets its transaction). So does a
+//! batch whose calls merge into one statement of a primitive: the increments of one counter
+//! row (one increment of their sum), and on PostgreSQL upserts of one kind written in one
+//! round (one statement writes all their rows or none). The
 //! others queue; after each batch the lead passes to the oldest queued caller (only that one is
 //! woken), so batches go out back to back and a caller waits for at most the batch in flight
 //! and its own. A batch holds at most [`CoalescerBuilder::max_batch`] calls.

@@ -428,7 +428,12 @@ where
     loop {
         attempts += 1;
         let mut culprit = None;
-        let written = conn.write(|raw| {
+        // One call left whose write is one statement of a primitive, atomic by itself (the
+        // merged increments of one row; upserts of distinct keys on PostgreSQL): it goes out
+        // with no transaction around it, as a direct call would (a round trip each for
+        // `BEGIN` and `COMMIT` saved; on MySQL, Diesel's `BEGIN` and `COMMIT` are three each).
+        let alone = batch.len() == 1 && batch[0].atomic();
+        let mut body = |raw: &mut Conn| {
             for (i, call) in batch.iter_mut().enumerate() {
                 let run = std::panic::catch_unwind(AssertUnwindSafe(|| call.run(raw)));
                 match run.unwrap_or_else(|payload| Err(Fault::Panic(payload))) {
@@ -441,7 +446,8 @@ where
                 }
             }
             Ok(())
-        });
+        };
+        let written = if alone { body(conn) } else { conn.write(body) };
         if let Some((i, fault)) = culprit {
             if batch[i].callers() > 1 && !matches!(fault, Fault::Panic(_)) {
                 // A merged call failed: write its callers' calls one by one to find the culprit.
@@ -451,12 +457,21 @@ where
             }
             counts.taken_out.fetch_add(1, Ordering::Relaxed);
             let call = batch.remove(i);
-            match fault {
-                Fault::Panic(payload) => call.panicked(payload),
-                Fault::Culprit(e) | Fault::Batch(e) => call.fail(e),
-            }
+            let fit = match fault {
+                Fault::Panic(payload) => {
+                    // Inside a transaction, rolled back; alone, the connection's state is
+                    // unknown.
+                    call.panicked(payload);
+                    !alone
+                }
+                Fault::Culprit(e) | Fault::Batch(e) => {
+                    let fit = !lost(&e);
+                    call.fail(e);
+                    fit
+                }
+            };
             if batch.is_empty() {
-                return true;
+                return fit;
             }
             continue;
         }

@@ -10,10 +10,14 @@
 //! that order would have told it. Without a condition, a key's middle rows are not written
 //! (each would only be overwritten: `Updated`), nor its first when the update writes every
 //! column but the key (one round: the last row written, its `Inserted` told to the first).
+//!
+//! On PostgreSQL a merged call of one round is one statement, which writes all its rows or
+//! none: alone in its batch, it goes out with no transaction around it, as a direct call.
 
 use super::queue::{Answers, Callers, Fault, Pending, Slot};
 use crate::upsert::{UpsertModel, UpsertOutcome, Upsertable};
 use std::any::Any;
+use std::cell::OnceCell;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
@@ -28,6 +32,8 @@ pub(super) struct UpsertCall<Conn, M, F> {
     callers: Callers<UpsertOutcome>,
     /// Split out of a merged call that failed: never merged again.
     alone: bool,
+    /// [`UpsertCall::rounds`], computed once per merged call.
+    rounds: OnceCell<Rounds>,
     _conn: PhantomData<fn(&mut Conn)>,
 }
 
@@ -42,6 +48,7 @@ impl<Conn, M: UpsertModel, F> UpsertCall<Conn, M, F> {
             rows: vec![row],
             callers: Callers::one(slot),
             alone: false,
+            rounds: OnceCell::new(),
             _conn: PhantomData,
         }
     }
@@ -56,8 +63,12 @@ impl<Conn, M: UpsertModel, F> UpsertCall<Conn, M, F> {
     /// every column but the key's (no `keep`), the first need not be either: the last row
     /// written alone leaves what the serial run leaves, and an insert of it means the key was
     /// new, so the first row would have been the one inserted. One round then; else two at most.
-    fn rounds(&self) -> Rounds {
-        let keys = self.keys();
+    fn rounds(&self) -> &Rounds {
+        self.rounds.get_or_init(|| self.rounds_of(self.keys()))
+    }
+
+    /// [`UpsertCall::rounds`] of `keys`.
+    fn rounds_of(&self, keys: Vec<Vec<usize>>) -> Rounds {
         let depth = keys.iter().map(Vec::len).max().unwrap_or(0);
         let keeps_nothing = self.update.len() + M::KEY.len() == M::COLUMNS.len();
         if self.condition.is_some() || depth < 2 || (!keeps_nothing && depth == 2) {
@@ -130,7 +141,7 @@ where
                 let rows: Vec<&M> = round.iter().map(|&i| &self.rows[i]).collect();
                 match M::upsert_rows(conn, &rows, &self.update, condition) {
                     Ok(outcomes) => {
-                        for (i, outcome) in round.into_iter().zip(outcomes) {
+                        for (&i, outcome) in round.iter().zip(outcomes) {
                             told[i] = outcome;
                         }
                     }
@@ -140,7 +151,7 @@ where
                     }
                 }
             }
-            for (first, last) in heirs {
+            for &(first, last) in heirs {
                 if told[last] == UpsertOutcome::Inserted {
                     told[first] = UpsertOutcome::Inserted;
                     told[last] = UpsertOutcome::Updated;
@@ -168,7 +179,10 @@ where
     }
 
     fn atomic(&self) -> bool {
-        true
+        // One row; or one round of rows that the backend writes in one statement, all of them
+        // or none (PostgreSQL).
+        self.rows.len() == 1
+            || (<M as Upsertable<Conn, F>>::ROWS_IN_ONE_STATEMENT && self.rounds().0.len() == 1)
     }
 
     fn as_any(&mut self) -> Option<&mut dyn Any> {
@@ -187,6 +201,7 @@ where
         }
         self.rows.append(&mut other.rows);
         self.callers.append(&mut other.callers);
+        self.rounds = OnceCell::new();
         true
     }
 
@@ -209,6 +224,7 @@ where
                     rows: vec![row],
                     callers,
                     alone: true,
+                    rounds: OnceCell::new(),
                     _conn: PhantomData,
                 }) as Box<dyn Pending<Conn>>
             })

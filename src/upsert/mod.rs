@@ -226,6 +226,12 @@ impl<DB: diesel::backend::Backend> QueryFragment<DB> for NoCondition {
     note = "derive the model with `#[derive(upsert_kit::UpsertModel)]` and check that each field's Rust type maps to its column's SQL type on this backend"
 )]
 pub trait Upsertable<C, F = NoCondition>: UpsertModel + Sized {
+    /// Whether [`Upsertable::upsert_rows`] writes any number of rows of distinct keys as one
+    /// statement, which applies all of them or none (PostgreSQL), so that a coalescing writer
+    /// may send it with no transaction around it, as a direct call.
+    #[doc(hidden)]
+    const ROWS_IN_ONE_STATEMENT: bool = false;
+
     /// Upserts one validated row.
     #[doc(hidden)]
     fn upsert_one(

@@ -182,6 +182,8 @@ where
     M::Table: QueryFragment<Pg>,
     F: QueryFragment<Pg>,
 {
+    const ROWS_IN_ONE_STATEMENT: bool = true;
+
     fn upsert_one(
         conn: &mut PgConnection,
         row: &Self,
