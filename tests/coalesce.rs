@@ -51,6 +51,24 @@ pub struct Tagged {
     pub tag: String,
 }
 
+diesel::table! {
+    /// Keyed values that keep the value they were first written with.
+    stamped (k) {
+        k -> Text,
+        v -> BigInt,
+        first_v -> BigInt,
+    }
+}
+
+/// `first_v` is kept: an update writes `v` only.
+#[derive(UpsertModel)]
+#[upsert(table = stamped, key(k), keep(first_v))]
+pub struct Stamped {
+    pub k: String,
+    pub v: i64,
+    pub first_v: i64,
+}
+
 /// `v` is the payload: a stats upsert that would not change it leaves the row alone.
 impl upsert_kit::StatsModel for Entry {
     type Data = entries::v;
@@ -64,12 +82,14 @@ upsert_kit::counter! {
 const PG_SQL: &str = "
 CREATE TABLE entries (k TEXT PRIMARY KEY, v BIGINT NOT NULL CHECK (v >= 0));
 CREATE TABLE hits (page TEXT PRIMARY KEY, views BIGINT NOT NULL DEFAULT 0);
-CREATE TABLE tagged (k TEXT PRIMARY KEY, tag TEXT NOT NULL UNIQUE);";
+CREATE TABLE tagged (k TEXT PRIMARY KEY, tag TEXT NOT NULL UNIQUE);
+CREATE TABLE stamped (k TEXT PRIMARY KEY, v BIGINT NOT NULL, first_v BIGINT NOT NULL);";
 
 const MYSQL_SQL: &str = "
 CREATE TABLE entries (k VARCHAR(64) PRIMARY KEY, v BIGINT NOT NULL CHECK (v >= 0));
 CREATE TABLE hits (page VARCHAR(64) PRIMARY KEY, views BIGINT NOT NULL DEFAULT 0);
-CREATE TABLE tagged (k VARCHAR(64) PRIMARY KEY, tag VARCHAR(64) NOT NULL UNIQUE);";
+CREATE TABLE tagged (k VARCHAR(64) PRIMARY KEY, tag VARCHAR(64) NOT NULL UNIQUE);
+CREATE TABLE stamped (k VARCHAR(64) PRIMARY KEY, v BIGINT NOT NULL, first_v BIGINT NOT NULL);";
 
 /// Waits until `writer` has `n` calls queued behind the batch in flight.
 fn until_queued<C: diesel::r2d2::R2D2Connection + 'static>(writer: &Coalescer<C>, n: usize) {
@@ -415,6 +435,76 @@ macro_rules! coalesce_guarantees {
                 );
             }
 
+            /// Upserts with a kept column, several of one key in one batch: the caller told
+            /// `Inserted` is the one whose kept value is stored, the value stored is a caller's
+            /// told `Updated`, and a key that existed keeps its kept value.
+            #[test]
+            fn upserts_with_a_kept_column_keep_the_first_callers_value() {
+                let db = $db;
+                diesel::sql_query("INSERT INTO stamped (k, v, first_v) VALUES ('old', 0, -1)")
+                    .execute(&mut db.conn())
+                    .unwrap();
+                let writer = Coalescer::new(db.pool(4));
+                let keys = ["x", "x", "old", "x", "y", "old", "x"];
+                let args = keys.into_iter().enumerate().collect();
+                let told: Vec<(String, UpsertOutcome, i64)> =
+                    one_batch(&writer, args, |w, (i, k)| {
+                        let (k, i) = (k.to_owned(), i as i64 + 1);
+                        let row = Stamped {
+                            k: k.clone(),
+                            v: i,
+                            first_v: i,
+                        };
+                        w.upsert(row).map(|o| (k, o, i))
+                    })
+                    .into_iter()
+                    .map(|r| r.unwrap().unwrap())
+                    .collect();
+                let stored: std::collections::HashMap<String, (i64, i64)> = stamped::table
+                    .select((stamped::k, (stamped::v, stamped::first_v)))
+                    .load(&mut db.conn())
+                    .unwrap()
+                    .into_iter()
+                    .collect();
+                let of = |key: &str| -> Vec<(UpsertOutcome, i64)> {
+                    told.iter()
+                        .filter(|t| t.0 == key)
+                        .map(|t| (t.1, t.2))
+                        .collect()
+                };
+                for key in ["x", "y"] {
+                    let mine = of(key);
+                    let inserted: Vec<i64> = mine
+                        .iter()
+                        .filter(|(o, _)| *o == UpsertOutcome::Inserted)
+                        .map(|(_, i)| *i)
+                        .collect();
+                    assert_eq!(inserted.len(), 1, "{key}: {mine:?}");
+                    let (v, first_v) = stored[key];
+                    assert_eq!(
+                        first_v, inserted[0],
+                        "{key}: kept from the insert: {mine:?}"
+                    );
+                    if mine.len() > 1 {
+                        assert!(
+                            mine.contains(&(UpsertOutcome::Updated, v)),
+                            "{key}: the stored value is an update's: {mine:?} {v}"
+                        );
+                    } else {
+                        assert_eq!(v, first_v);
+                    }
+                }
+                let old = of("old");
+                assert!(
+                    old.iter().all(|(o, _)| *o == UpsertOutcome::Updated),
+                    "{old:?}"
+                );
+                let (v, first_v) = stored["old"];
+                assert_eq!(first_v, -1);
+                assert!(old.iter().any(|(_, i)| *i == v), "{old:?} {v}");
+                assert_eq!(stored.len(), 3);
+            }
+
             /// Stats upserts merged into one batch (one statement on PostgreSQL and MySQL, the
             /// rows told apart): a new key `Inserted`, a changed value `Updated`, the same value
             /// `Unchanged`, and a key sent twice with one value inserted once, then unchanged.
@@ -666,10 +756,10 @@ impl diesel::r2d2::CustomizeConnection<diesel::PgConnection, diesel::r2d2::Error
     }
 }
 
-/// On PostgreSQL a batch whose calls merge into one statement (upserts of distinct keys, the
-/// increments of one row) goes out with no transaction around it, as a direct call; a batch of
-/// two statements (two upserts of one key under a condition, written in two rounds) is one
-/// transaction. The callers' outcomes are the same either way.
+/// On PostgreSQL a batch whose calls merge into one statement (upserts of distinct keys, or of
+/// one key without a condition, a kept column included; the increments of one row) goes out
+/// with no transaction around it, as a direct call; a batch of two statements (two upserts of
+/// one key under a condition, written in two rounds) is one transaction. The callers' outcomes are the same either way.
 #[test]
 fn a_batch_merged_into_one_statement_needs_no_transaction() {
     let db = TestDb::with_sql(PG_SQL);
@@ -717,6 +807,23 @@ fn a_batch_merged_into_one_statement_needs_no_transaction() {
     let (mut told, transactions) = batch(vec![increment(), increment(), increment()]);
     told.sort();
     assert_eq!(told, ["1", "2", "3"]);
+    assert_eq!(transactions, 1, "the holding call's transaction only");
+
+    // Two upserts of one key with a kept column: one statement (the last row, the first's kept
+    // column), its `Inserted` told to the first.
+    let stamped = |k: &'static str, v: i64| -> BatchCall {
+        Box::new(move |w| {
+            let row = Stamped {
+                k: k.into(),
+                v,
+                first_v: v,
+            };
+            format!("{:?}", w.upsert(row).unwrap())
+        })
+    };
+    let (mut told, transactions) = batch(vec![stamped("s", 1), stamped("s", 2), stamped("t", 3)]);
+    told.sort();
+    assert_eq!(told, ["Inserted", "Inserted", "Updated"]);
     assert_eq!(transactions, 1, "the holding call's transaction only");
 
     let stats = |k: &'static str, v: i64| -> BatchCall {

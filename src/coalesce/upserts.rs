@@ -11,11 +11,13 @@
 //! (each would only be overwritten: `Updated`), nor its first when the update writes every
 //! column but the key (one round: the last row written, its `Inserted` told to the first).
 //!
-//! On PostgreSQL a merged call of one round is one statement, which writes all its rows or
-//! none: alone in its batch, it goes out with no transaction around it, as a direct call.
+//! With `keep`, PostgreSQL writes each key's last row with the kept columns of its first row,
+//! in one round (see [`UpsertCall::rounds`]). On PostgreSQL a merged call of one round is one
+//! statement, which writes all its rows or none: alone in its batch, it goes out with no
+//! transaction around it, as a direct call.
 
 use super::queue::{Answers, Callers, Fault, Pending, Slot};
-use crate::upsert::{UpsertModel, UpsertOutcome, Upsertable};
+use crate::upsert::{UpsertOutcome, Upsertable};
 use std::any::Any;
 use std::cell::OnceCell;
 use std::marker::PhantomData;
@@ -37,10 +39,19 @@ pub(super) struct UpsertCall<Conn, M, F> {
     _conn: PhantomData<fn(&mut Conn)>,
 }
 
-/// The rounds of a merged call, the rows not written and the heirs: [`UpsertCall::rounds`].
-type Rounds = (Vec<Vec<usize>>, Vec<usize>, Vec<(usize, usize)>);
+/// How a merged call is written: [`UpsertCall::rounds`].
+struct Rounds {
+    /// The rows' indexes, one statement per round. The rows of no round are told `Updated`.
+    rounds: Vec<Vec<usize>>,
+    /// The pairs `(first, last)` of a key whose last row is written for both and whose first
+    /// takes its `Inserted` (the last is then `Updated`).
+    heirs: Vec<(usize, usize)>,
+    /// For a single round whose rows are written with the columns the update keeps taken
+    /// from each key's first row: those first rows, aligned with the round.
+    keeping: Option<Vec<usize>>,
+}
 
-impl<Conn, M: UpsertModel, F> UpsertCall<Conn, M, F> {
+impl<Conn, M: Upsertable<Conn, F>, F> UpsertCall<Conn, M, F> {
     pub(super) fn new(row: M, condition: Option<F>, slot: Arc<Slot<UpsertOutcome>>) -> Self {
         UpsertCall {
             condition,
@@ -55,14 +66,17 @@ impl<Conn, M: UpsertModel, F> UpsertCall<Conn, M, F> {
 
     /// The rows' indexes in rounds: each round holds at most one row per key, sorted by key
     /// (so that concurrent writers lock rows in one order), and a key's rows keep their order
-    /// across rounds; the rows not written, told `Updated`; and the pairs `(first, last)` of a
-    /// key whose first row takes the last one's `Inserted` (the last is then `Updated`).
+    /// across rounds; and the heirs.
     ///
     /// Without a condition every row of a key overwrites the one before it (`Updated`), so its
     /// rows between the first and the last need not be written. When the update also writes
     /// every column but the key's (no `keep`), the first need not be either: the last row
     /// written alone leaves what the serial run leaves, and an insert of it means the key was
-    /// new, so the first row would have been the one inserted. One round then; else two at most.
+    /// new, so the first row would have been the one inserted. One round then. With `keep`, the
+    /// serial run leaves the last row's updated columns and the kept columns of the first row
+    /// (when it inserted) or of the stored row: on PostgreSQL one round writes that row (the
+    /// last's columns, the first's kept ones), its `Inserted` told to the first; elsewhere two
+    /// rounds, the firsts then the lasts.
     fn rounds(&self) -> &Rounds {
         self.rounds.get_or_init(|| self.rounds_of(self.keys()))
     }
@@ -71,7 +85,9 @@ impl<Conn, M: UpsertModel, F> UpsertCall<Conn, M, F> {
     fn rounds_of(&self, keys: Vec<Vec<usize>>) -> Rounds {
         let depth = keys.iter().map(Vec::len).max().unwrap_or(0);
         let keeps_nothing = self.update.len() + M::KEY.len() == M::COLUMNS.len();
-        if self.condition.is_some() || depth < 2 || (!keeps_nothing && depth == 2) {
+        let one_statement = <M as Upsertable<Conn, F>>::ROWS_IN_ONE_STATEMENT;
+        if self.condition.is_some() || depth < 2 || (!keeps_nothing && depth == 2 && !one_statement)
+        {
             // Round r: each key's r-th row.
             let rounds = (0..depth)
                 .map(|r| {
@@ -80,31 +96,42 @@ impl<Conn, M: UpsertModel, F> UpsertCall<Conn, M, F> {
                         .collect()
                 })
                 .collect();
-            return (rounds, Vec::new(), Vec::new());
+            return Rounds {
+                rounds,
+                heirs: Vec::new(),
+                keeping: None,
+            };
         }
-        let (mut firsts, mut lasts, mut skipped, mut heirs) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut firsts, mut lasts, mut heirs) = (Vec::new(), Vec::new(), Vec::new());
         for rows in keys {
             let (first, last) = (rows[0], rows[rows.len() - 1]);
-            if keeps_nothing {
-                lasts.push(last);
-                skipped.extend_from_slice(&rows[..rows.len() - 1]);
-                if first != last {
-                    heirs.push((first, last));
-                }
-            } else {
-                firsts.push(first);
-                if first != last {
-                    lasts.push(last);
-                    skipped.extend_from_slice(&rows[1..rows.len() - 1]);
-                }
+            firsts.push(first);
+            lasts.push(last);
+            if first != last {
+                heirs.push((first, last));
             }
         }
-        let rounds = [firsts, lasts]
-            .into_iter()
-            .filter(|r| !r.is_empty())
-            .collect();
-        (rounds, skipped, heirs)
+        if keeps_nothing {
+            return Rounds {
+                rounds: vec![lasts],
+                heirs,
+                keeping: None,
+            };
+        }
+        if one_statement {
+            return Rounds {
+                rounds: vec![lasts],
+                heirs,
+                keeping: Some(firsts),
+            };
+        }
+        // The firsts, then the lasts of the keys that have more than one row.
+        let lasts = heirs.iter().map(|&(_, last)| last).collect();
+        Rounds {
+            rounds: vec![firsts, lasts],
+            heirs: Vec::new(),
+            keeping: None,
+        }
     }
 
     /// Each key's rows in their order, the keys sorted.
@@ -134,12 +161,23 @@ where
             M::upsert_one(conn, only, &self.update, condition).map(|o| vec![(0, o)])
         } else {
             // The rows not written keep `Updated`.
-            let (rounds, _skipped, heirs) = self.rounds();
+            let Rounds {
+                rounds,
+                heirs,
+                keeping,
+            } = self.rounds();
             let mut told = vec![UpsertOutcome::Updated; self.rows.len()];
             let mut failed = None;
             for round in rounds {
                 let rows: Vec<&M> = round.iter().map(|&i| &self.rows[i]).collect();
-                match M::upsert_rows(conn, &rows, &self.update, condition) {
+                let written = match keeping {
+                    Some(firsts) => {
+                        let firsts: Vec<&M> = firsts.iter().map(|&i| &self.rows[i]).collect();
+                        M::upsert_rows_keeping(conn, &rows, &firsts, &self.update)
+                    }
+                    None => M::upsert_rows(conn, &rows, &self.update, condition),
+                };
+                match written {
                     Ok(outcomes) => {
                         for (&i, outcome) in round.iter().zip(outcomes) {
                             told[i] = outcome;
@@ -182,7 +220,8 @@ where
         // One row; or one round of rows that the backend writes in one statement, all of them
         // or none (PostgreSQL).
         self.rows.len() == 1
-            || (<M as Upsertable<Conn, F>>::ROWS_IN_ONE_STATEMENT && self.rounds().0.len() == 1)
+            || (<M as Upsertable<Conn, F>>::ROWS_IN_ONE_STATEMENT
+                && self.rounds().rounds.len() == 1)
     }
 
     fn as_any(&mut self) -> Option<&mut dyn Any> {

@@ -241,6 +241,24 @@ pub trait Upsertable<C, F = NoCondition>: UpsertModel + Sized {
         condition: Option<&F>,
     ) -> Result<UpsertOutcome>;
 
+    /// Upserts validated rows of distinct keys, without a condition, each written with the
+    /// columns the update keeps (neither updated nor key) taken from the row of the same
+    /// position in `keeping` (the same keys): the last and the first upsert of each key in a
+    /// coalescing writer's batch written as one row. Tells each row's outcome (an `Inserted`
+    /// means the key was new). By default the `keeping` rows, then `rows`, two statements;
+    /// PostgreSQL writes the mixed rows in one.
+    #[doc(hidden)]
+    fn upsert_rows_keeping(
+        conn: &mut C,
+        rows: &[&Self],
+        keeping: &[&Self],
+        update: &[&'static str],
+    ) -> Result<Vec<UpsertOutcome>> {
+        let told = Self::upsert_rows(conn, keeping, update, None)?;
+        Self::upsert_rows(conn, rows, update, None)?;
+        Ok(told)
+    }
+
     /// Upserts validated rows of distinct keys, telling each row's outcome in input order;
     /// runs inside the caller's transaction. By default one statement per row; PostgreSQL
     /// writes them in one statement.

@@ -213,34 +213,24 @@ where
         update: &[&'static str],
         condition: Option<&F>,
     ) -> Result<Vec<UpsertOutcome>> {
-        let columns = M::bind_columns(rows);
-        let told = told(conn, |conn, teller| {
-            Told(UpsertSql::<M, F, _> {
-                table: M::Table::default(),
-                source: Numbered::<M>(&columns, teller, std::marker::PhantomData),
-                update,
-                condition,
-                on_conflict: OnConflict::Update,
-            })
-            .load::<(i64, bool)>(conn)
-        })?;
-        let mut outcomes = vec![UpsertOutcome::Unchanged; rows.len()];
-        for (ord, inserted) in told {
-            let slot = usize::try_from(ord - 1)
-                .ok()
-                .and_then(|i| outcomes.get_mut(i))
-                .ok_or_else(|| {
-                    crate::error::Error::Database(diesel::result::Error::QueryBuilderError(
-                        "an upsert told the outcome of a row it was not given".into(),
-                    ))
-                })?;
-            *slot = if inserted {
-                UpsertOutcome::Inserted
-            } else {
-                UpsertOutcome::Updated
-            };
+        upsert_columns::<M, F>(conn, M::bind_columns(rows), rows.len(), update, condition)
+    }
+
+    fn upsert_rows_keeping(
+        conn: &mut PgConnection,
+        rows: &[&Self],
+        keeping: &[&Self],
+        update: &[&'static str],
+    ) -> Result<Vec<UpsertOutcome>> {
+        // Each column an update keeps comes from `keeping`, every other one from `rows`.
+        let mut columns = M::bind_columns(rows);
+        let kept = M::bind_columns(keeping);
+        for ((name, column), kept) in M::COLUMNS.iter().zip(columns.iter_mut()).zip(kept) {
+            if !update.contains(name) && !M::KEY.contains(name) {
+                *column = kept;
+            }
         }
-        Ok(outcomes)
+        upsert_columns::<M, F>(conn, columns, rows.len(), update, None)
     }
 
     fn upsert_sorted_rows(
@@ -438,4 +428,47 @@ impl<S: QueryFragment<Pg>> QueryFragment<Pg> for Told<S> {
     fn walk_ast<'b>(&'b self, out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
         self.0.walk_ast(out)
     }
+}
+
+/// One statement writing the `n` rows whose columns are bound as `columns` (one array each),
+/// telling each row's outcome in their order.
+fn upsert_columns<M, F>(
+    conn: &mut PgConnection,
+    columns: crate::upsert::ColumnArrays<'_, Pg>,
+    n: usize,
+    update: &[&'static str],
+    condition: Option<&F>,
+) -> Result<Vec<UpsertOutcome>>
+where
+    M: BindRow<Pg> + BindColumns<Pg>,
+    M::Table: QueryFragment<Pg>,
+    F: QueryFragment<Pg>,
+{
+    let told = told(conn, |conn, teller| {
+        Told(UpsertSql::<M, F, _> {
+            table: M::Table::default(),
+            source: Numbered::<M>(&columns, teller, std::marker::PhantomData),
+            update,
+            condition,
+            on_conflict: OnConflict::Update,
+        })
+        .load::<(i64, bool)>(conn)
+    })?;
+    let mut outcomes = vec![UpsertOutcome::Unchanged; n];
+    for (ord, inserted) in told {
+        let slot = usize::try_from(ord - 1)
+            .ok()
+            .and_then(|i| outcomes.get_mut(i))
+            .ok_or_else(|| {
+                crate::error::Error::Database(diesel::result::Error::QueryBuilderError(
+                    "an upsert told the outcome of a row it was not given".into(),
+                ))
+            })?;
+        *slot = if inserted {
+            UpsertOutcome::Inserted
+        } else {
+            UpsertOutcome::Updated
+        };
+    }
+    Ok(outcomes)
 }
