@@ -362,8 +362,10 @@ where
 
     /// [`atomic_upsert`](crate::atomic_upsert) through the next batch. The batch's upserts of
     /// one model (and one helper: plain, stats or auth) are written together: on PostgreSQL as
-    /// one `INSERT … SELECT FROM unnest(…)` that tells each row's outcome (the rows of one key
-    /// in rounds, first rows first, since one statement may not write a row twice); on MySQL
+    /// one `INSERT … SELECT FROM unnest(…)` that tells each row's outcome (the rows of one key:
+    /// without a condition one row, the last one's columns and the first one's kept columns;
+    /// with a condition in rounds, first rows first, since one statement may not write a row
+    /// twice); on MySQL
     /// as one multi-row `INSERT … ON DUPLICATE KEY UPDATE` per round (up to 60 rows), each
     /// row's outcome read from session-variable bit masks; on SQLite one statement per row in
     /// the batch's transaction. Each caller is told its own
