@@ -759,7 +759,8 @@ impl diesel::r2d2::CustomizeConnection<diesel::PgConnection, diesel::r2d2::Error
 /// On PostgreSQL a batch whose calls merge into one statement (upserts of distinct keys, or of
 /// one key without a condition, a kept column included; the increments of one row) goes out
 /// with no transaction around it, as a direct call; a batch of two statements (two upserts of
-/// one key under a condition, written in two rounds) is one transaction. The callers' outcomes are the same either way.
+/// one key under a condition, written in two rounds) is one transaction. The callers' outcomes
+/// are the same either way.
 #[test]
 fn a_batch_merged_into_one_statement_needs_no_transaction() {
     let db = TestDb::with_sql(PG_SQL);

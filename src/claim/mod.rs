@@ -767,8 +767,8 @@ impl<Q: ClaimQueue> Queue<Q> {
     /// saying whose lease expired; claims that had used `max_attempts` are parked (`failed`)
     /// instead. One statement on PostgreSQL (on MySQL a transaction of a `SELECT … FOR UPDATE
     /// SKIP LOCKED` and an `UPDATE` per 1,000 ids); it locks the expired rows `FOR UPDATE SKIP
-    /// LOCKED`, so concurrent reapers (and a holder completing at that instant) never block each other and
-    /// never reap one row twice. Call it before claiming (as a scheduler's loop does), or from a
+    /// LOCKED`, so concurrent reapers (and a holder completing at that instant) never block
+    /// each other and never reap one row twice. Call it before claiming (as a scheduler's loop does), or from a
     /// timer.
     ///
     /// # Errors

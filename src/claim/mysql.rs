@@ -100,7 +100,8 @@
 //! deadlock on the gap locks of the `status` index (each scan locks gaps that the others' moved
 //! rows are inserted into; with 8 workers most claims did). Its locks last one statement,
 //! it reads one index range per status, and a deadlock's victim (nothing applied) is sent again.
-//! The `SET TRANSACTION` is a statement Diesel keeps prepared: one round trip. Inside a caller's transaction the claim runs at the caller's level: at
+//! The `SET TRANSACTION` is a statement Diesel keeps prepared: one round trip. Inside a
+//! caller's transaction the claim runs at the caller's level: at
 //! REPEATABLE READ two such claims may then deadlock, reported as [`Error::Deadlock`](crate::Error::Deadlock)
 //! (retryable: re-run the whole transaction). Complete, fail and extend touch one row by its
 //! primary key and need nothing beyond any level's current reads.

@@ -51,8 +51,8 @@
 //! and a read of the caller's columns in one transaction. Reserve, commit and release are one
 //! transaction each: reserve is the `UPDATE`, the `INSERT … SELECT` of the reservation and a
 //! read of the row `LAST_INSERT_ID()` names; commit and release lock the quota row (`SELECT …
-//! FOR UPDATE`), read the reservation `FOR UPDATE`, `DELETE` it and update the quota. The quota row comes first in every
-//! writer, so InnoDB's gap locks on the reservations cannot make reserve and commit deadlock;
+//! FOR UPDATE`), read the reservation `FOR UPDATE`, `DELETE` it and update the quota. The
+//! quota row comes first in every writer, so InnoDB's gap locks on the reservations cannot make reserve and commit deadlock;
 //! a deadlock victim outside a caller's transaction is run again. Any isolation level, the
 //! default REPEATABLE READ included (tested): every decision is made by a locking statement on
 //! the newest committed row.
