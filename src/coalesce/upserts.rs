@@ -11,8 +11,8 @@
 //! (each would only be overwritten: `Updated`), nor its first when the update writes every
 //! column but the key (one round: the last row written, its `Inserted` told to the first).
 //!
-//! With `keep`, PostgreSQL writes each key's last row with the kept columns of its first row,
-//! in one round (see [`UpsertCall::rounds`]). On PostgreSQL a merged call of one round is one
+//! With `keep`, each key's last row is written with the kept columns of its first row, in one
+//! round (see [`UpsertCall::rounds`]; one statement on PostgreSQL, two elsewhere). On PostgreSQL a merged call of one round is one
 //! statement, which writes all its rows or none: alone in its batch, it goes out with no
 //! transaction around it, as a direct call.
 
@@ -74,9 +74,9 @@ impl<Conn, M: Upsertable<Conn, F>, F> UpsertCall<Conn, M, F> {
     /// written alone leaves what the serial run leaves, and an insert of it means the key was
     /// new, so the first row would have been the one inserted. One round then. With `keep`, the
     /// serial run leaves the last row's updated columns and the kept columns of the first row
-    /// (when it inserted) or of the stored row: on PostgreSQL one round writes that row (the
-    /// last's columns, the first's kept ones), its `Inserted` told to the first; elsewhere two
-    /// rounds, the firsts then the lasts.
+    /// (when it inserted) or of the stored row: one round of that row (the last's columns, the
+    /// first's kept ones), its `Inserted` told to the first, which the backend writes as one
+    /// row (PostgreSQL) or as the firsts, then the lasts ([`Upsertable::upsert_rows_keeping`]).
     fn rounds(&self) -> &Rounds {
         self.rounds.get_or_init(|| self.rounds_of(self.keys()))
     }
@@ -85,9 +85,7 @@ impl<Conn, M: Upsertable<Conn, F>, F> UpsertCall<Conn, M, F> {
     fn rounds_of(&self, keys: Vec<Vec<usize>>) -> Rounds {
         let depth = keys.iter().map(Vec::len).max().unwrap_or(0);
         let keeps_nothing = self.update.len() + M::KEY.len() == M::COLUMNS.len();
-        let one_statement = <M as Upsertable<Conn, F>>::ROWS_IN_ONE_STATEMENT;
-        if self.condition.is_some() || depth < 2 || (!keeps_nothing && depth == 2 && !one_statement)
-        {
+        if self.condition.is_some() || depth < 2 {
             // Round r: each key's r-th row.
             let rounds = (0..depth)
                 .map(|r| {
@@ -111,26 +109,10 @@ impl<Conn, M: Upsertable<Conn, F>, F> UpsertCall<Conn, M, F> {
                 heirs.push((first, last));
             }
         }
-        if keeps_nothing {
-            return Rounds {
-                rounds: vec![lasts],
-                heirs,
-                keeping: None,
-            };
-        }
-        if one_statement {
-            return Rounds {
-                rounds: vec![lasts],
-                heirs,
-                keeping: Some(firsts),
-            };
-        }
-        // The firsts, then the lasts of the keys that have more than one row.
-        let lasts = heirs.iter().map(|&(_, last)| last).collect();
         Rounds {
-            rounds: vec![firsts, lasts],
-            heirs: Vec::new(),
-            keeping: None,
+            rounds: vec![lasts],
+            heirs,
+            keeping: (!keeps_nothing).then_some(firsts),
         }
     }
 

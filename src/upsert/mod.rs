@@ -245,8 +245,9 @@ pub trait Upsertable<C, F = NoCondition>: UpsertModel + Sized {
     /// columns the update keeps (neither updated nor key) taken from the row of the same
     /// position in `keeping` (the same keys): the last and the first upsert of each key in a
     /// coalescing writer's batch written as one row. Tells each row's outcome (an `Inserted`
-    /// means the key was new). By default the `keeping` rows, then `rows`, two statements;
-    /// PostgreSQL writes the mixed rows in one.
+    /// means the key was new). By default the `keeping` rows, then those of `rows` that are not
+    /// their own `keeping` row (the same reference), two statements inside the caller's
+    /// transaction; PostgreSQL writes the mixed rows in one.
     #[doc(hidden)]
     fn upsert_rows_keeping(
         conn: &mut C,
@@ -255,7 +256,13 @@ pub trait Upsertable<C, F = NoCondition>: UpsertModel + Sized {
         update: &[&'static str],
     ) -> Result<Vec<UpsertOutcome>> {
         let told = Self::upsert_rows(conn, keeping, update, None)?;
-        Self::upsert_rows(conn, rows, update, None)?;
+        let later: Vec<&Self> = (rows.iter().zip(keeping))
+            .filter(|(row, first)| !std::ptr::eq(**row, **first))
+            .map(|(row, _)| *row)
+            .collect();
+        if !later.is_empty() {
+            Self::upsert_rows(conn, &later, update, None)?;
+        }
         Ok(told)
     }
 
