@@ -384,6 +384,10 @@ macro_rules! linked_guarantees {
                                     credits += 1;
                                 }
                                 Err(Error::QuotaExceeded { .. }) => {}
+                                // Refused, and the row kept changing past the refusal's tries: retryable, nothing applied.
+                                Err(e @ Error::SerializationFailure(_)) => {
+                                    assert!(e.is_retryable())
+                                }
                                 Err(e) => panic!("unexpected {e:?}"),
                             }
                         } else {
@@ -398,6 +402,10 @@ macro_rules! linked_guarantees {
                                     calls += 1;
                                 }
                                 Err(Error::QuotaExceeded { .. }) => {}
+                                // Refused, and the row kept changing past the refusal's tries: retryable, nothing applied.
+                                Err(e @ Error::SerializationFailure(_)) => {
+                                    assert!(e.is_retryable())
+                                }
                                 Err(e) => panic!("unexpected {e:?}"),
                             }
                         }

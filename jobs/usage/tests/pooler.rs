@@ -102,6 +102,8 @@ fn periods_increments_and_reservations_hold_through_pgbouncer_in_pooler_mode() {
                     granted += 1;
                 }
                 Err(Error::QuotaExceeded { .. }) => {}
+                // Refused, and the row kept changing past the refusal's tries: retryable, nothing applied.
+                Err(e @ Error::SerializationFailure(_)) => assert!(e.is_retryable()),
                 Err(e) => panic!("{e}"),
             }
         }

@@ -333,6 +333,8 @@ fn sqlite_reservations_from_8_threads_fill_the_limit_exactly() {
                     granted += 1;
                 }
                 Err(Error::QuotaExceeded { .. }) => {}
+                // Refused, and the row kept changing past the refusal's tries: retryable, nothing applied.
+                Err(e @ Error::SerializationFailure(_)) => assert!(e.is_retryable()),
                 Err(e) => panic!("unexpected error: {e:?}"),
             }
         }
