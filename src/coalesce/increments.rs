@@ -57,7 +57,7 @@ where
     T: Counter + BindKey<Conn::Backend> + 'static,
     T::Key: PartialEq + Send,
 {
-    fn run(&mut self, conn: &mut Conn) -> std::result::Result<(), Fault> {
+    fn run(&mut self, conn: &mut Conn, _alone: bool) -> std::result::Result<(), Fault> {
         let Some(sum) = self.sum() else {
             return Err(Fault::Culprit(Error::InvalidInput(
                 crate::error::InvalidInput::new(

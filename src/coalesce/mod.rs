@@ -30,8 +30,10 @@
 //! primitive's call alone in its batch runs exactly as the direct call does (one statement, no
 //! transaction around it; a [`Coalescer::run`] closure still gets its transaction). So does a
 //! batch whose calls merge into one statement of a primitive: the increments of one counter
-//! row (one increment of their sum), and on PostgreSQL upserts of one kind written in one
-//! round (one statement writes all their rows or none). The
+//! row (one increment of their sum), and upserts of one kind written in one round on
+//! PostgreSQL (one statement writes all their rows or none) and on MySQL/MariaDB (one statement
+//! of up to 60 rows; a row that meets another unique index than the key is then written alone,
+//! failing its own caller only). The
 //! others queue; after each batch the lead passes to the oldest queued caller (only that one is
 //! woken), so batches go out back to back and a caller waits for at most the batch in flight
 //! and its own. A batch holds at most [`CoalescerBuilder::max_batch`] calls.
@@ -365,10 +367,9 @@ where
     /// one `INSERT … SELECT FROM unnest(…)` that tells each row's outcome (the rows of one key:
     /// without a condition one row, the last one's columns and the first one's kept columns;
     /// with a condition in rounds, first rows first, since one statement may not write a row
-    /// twice); on MySQL
-    /// as one multi-row `INSERT … ON DUPLICATE KEY UPDATE` per round (up to 60 rows), each
-    /// row's outcome read from session-variable bit masks; on SQLite one statement per row in
-    /// the batch's transaction. Each caller is told its own
+    /// twice); on MySQL as one multi-row `INSERT … ON DUPLICATE KEY UPDATE` per round (up to 60
+    /// rows), each row's outcome read from session-variable bit masks in one more round trip;
+    /// on SQLite one statement per row in the batch's transaction. Each caller is told its own
     /// row's outcome, as a serial run in the batch's order would have told it.
     ///
     /// # Errors
@@ -570,7 +571,7 @@ where
     R: Send + 'static,
     F: FnMut(&mut Conn) -> Result<R> + Send + 'static,
 {
-    fn run(&mut self, conn: &mut Conn) -> std::result::Result<(), Fault> {
+    fn run(&mut self, conn: &mut Conn, _alone: bool) -> std::result::Result<(), Fault> {
         let result = match (self.f)(conn) {
             Ok(value) => Ok(value),
             Err(e) => Err(Fault::of(e)?),

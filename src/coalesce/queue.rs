@@ -22,9 +22,15 @@ pub(super) type Answer<R> = std::thread::Result<Result<R>>;
 
 /// What a leader does with one queued call, whatever its result type.
 pub(super) trait Pending<Conn>: Send {
-    /// Runs the call inside the batch's transaction and keeps its result for [`Pending::finish`]:
-    /// `Err` only for an error that spoils the transaction (see [`Fault`]).
-    fn run(&mut self, conn: &mut Conn) -> std::result::Result<(), Fault>;
+    /// Runs the call inside the batch's transaction, or `alone` with none around it (see
+    /// [`Pending::atomic`]), and keeps its result for [`Pending::finish`]: `Err` only for an
+    /// error that spoils the transaction (see [`Fault`]).
+    fn run(&mut self, conn: &mut Conn, alone: bool) -> std::result::Result<(), Fault>;
+    /// Whether the connection is fit for the next batch after a run that returned `Ok` alone
+    /// (a caller's own error may have been a lost connection).
+    fn fit(&self) -> bool {
+        true
+    }
     /// The call's callers, who get its answers.
     fn callers_ref(&self) -> &dyn Answers;
     /// The same, to answer them.
@@ -404,13 +410,14 @@ where
         // Alone: the call runs as a direct call would, with no transaction around it (the
         // primitive is atomic by itself), and its result, whatever it is, is its own.
         let mut call = batch.pop().expect("one call");
-        let run = std::panic::catch_unwind(AssertUnwindSafe(|| call.run(conn)));
+        let run = std::panic::catch_unwind(AssertUnwindSafe(|| call.run(conn, true)));
         counts.batches.fetch_add(1, Ordering::Relaxed);
         counts.calls.fetch_add(1, Ordering::Relaxed);
         return match run {
             Ok(Ok(())) => {
+                let fit = call.fit();
                 call.finish(Ok(()));
-                true
+                fit
             }
             Ok(Err(Fault::Culprit(e) | Fault::Batch(e))) => {
                 let fit = !lost(&e);
@@ -429,13 +436,14 @@ where
         attempts += 1;
         let mut culprit = None;
         // One call left whose write is one statement of a primitive, atomic by itself (the
-        // merged increments of one row; upserts of distinct keys on PostgreSQL): it goes out
+        // merged increments of one row; upserts of distinct keys on PostgreSQL and MySQL,
+        // see `Upsertable::upsert_rows_each`): it goes out
         // with no transaction around it, as a direct call would (a round trip each for
         // `BEGIN` and `COMMIT` saved; on MySQL, Diesel's `BEGIN` and `COMMIT` are three each).
         let alone = batch.len() == 1 && batch[0].atomic();
         let mut body = |raw: &mut Conn| {
             for (i, call) in batch.iter_mut().enumerate() {
-                let run = std::panic::catch_unwind(AssertUnwindSafe(|| call.run(raw)));
+                let run = std::panic::catch_unwind(AssertUnwindSafe(|| call.run(raw, alone)));
                 match run.unwrap_or_else(|payload| Err(Fault::Panic(payload))) {
                     Ok(()) => {}
                     Err(Fault::Batch(e)) => return Err(e),
@@ -506,7 +514,7 @@ where
 }
 
 /// Whether `e` says the connection itself failed, so that it is not used for another batch.
-fn lost(e: &Error) -> bool {
+pub(super) fn lost(e: &Error) -> bool {
     matches!(
         e,
         Error::ConnectionLost(_) | Error::OutcomeUnknown(_) | Error::Connect(_)

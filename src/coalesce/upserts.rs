@@ -12,11 +12,15 @@
 //! column but the key (one round: the last row written, its `Inserted` told to the first).
 //!
 //! With `keep`, each key's last row is written with the kept columns of its first row, in one
-//! round (see [`UpsertCall::rounds`]; one statement on PostgreSQL, two elsewhere). On PostgreSQL a merged call of one round is one
-//! statement, which writes all its rows or none: alone in its batch, it goes out with no
-//! transaction around it, as a direct call.
+//! round (see [`UpsertCall::rounds`]; one statement on PostgreSQL, two elsewhere).
+//!
+//! A merged call of one round, alone in its batch, goes out with no transaction around it, as
+//! a direct call, where the backend writes it so that each row is one statement's and told its
+//! own result ([`Upsertable::upsert_rows_each`]): PostgreSQL (one statement, all rows or none)
+//! and MySQL (one statement of up to 60 rows; a row that met another unique index than the key
+//! is left out of it and written alone after it, failing its own caller only).
 
-use super::queue::{Answers, Callers, Fault, Pending, Slot};
+use super::queue::{lost, Answers, Callers, Fault, Pending, Slot};
 use crate::upsert::{UpsertOutcome, Upsertable};
 use std::any::Any;
 use std::cell::OnceCell;
@@ -36,6 +40,8 @@ pub(super) struct UpsertCall<Conn, M, F> {
     alone: bool,
     /// [`UpsertCall::rounds`], computed once per merged call.
     rounds: OnceCell<Rounds>,
+    /// A caller's own error, alone in the batch, was a lost connection.
+    unfit: bool,
     _conn: PhantomData<fn(&mut Conn)>,
 }
 
@@ -60,6 +66,7 @@ impl<Conn, M: Upsertable<Conn, F>, F> UpsertCall<Conn, M, F> {
             callers: Callers::one(slot),
             alone: false,
             rounds: OnceCell::new(),
+            unfit: false,
             _conn: PhantomData,
         }
     }
@@ -137,10 +144,10 @@ where
     M: Upsertable<Conn, F> + Send + 'static,
     F: Default + Send + 'static,
 {
-    fn run(&mut self, conn: &mut Conn) -> std::result::Result<(), Fault> {
+    fn run(&mut self, conn: &mut Conn, alone: bool) -> std::result::Result<(), Fault> {
         let condition = self.condition.as_ref();
         let told = if let [only] = self.rows.as_slice() {
-            M::upsert_one(conn, only, &self.update, condition).map(|o| vec![(0, o)])
+            M::upsert_one(conn, only, &self.update, condition).map(|o| vec![Ok(o)])
         } else {
             // The rows not written keep `Updated`.
             let Rounds {
@@ -148,7 +155,9 @@ where
                 heirs,
                 keeping,
             } = self.rounds();
-            let mut told = vec![UpsertOutcome::Updated; self.rows.len()];
+            let mut told: Vec<crate::Result<UpsertOutcome>> = (self.rows.iter())
+                .map(|_| Ok(UpsertOutcome::Updated))
+                .collect();
             let mut failed = None;
             for round in rounds {
                 let rows: Vec<&M> = round.iter().map(|&i| &self.rows[i]).collect();
@@ -156,8 +165,12 @@ where
                     Some(firsts) => {
                         let firsts: Vec<&M> = firsts.iter().map(|&i| &self.rows[i]).collect();
                         M::upsert_rows_keeping(conn, &rows, &firsts, &self.update)
+                            .map(|told| told.into_iter().map(Ok).collect())
                     }
-                    None => M::upsert_rows(conn, &rows, &self.update, condition),
+                    // With no transaction around it: each row its own result.
+                    None if alone => M::upsert_rows_each(conn, &rows, &self.update, condition),
+                    None => M::upsert_rows(conn, &rows, &self.update, condition)
+                        .map(|told| told.into_iter().map(Ok).collect()),
                 };
                 match written {
                     Ok(outcomes) => {
@@ -172,17 +185,18 @@ where
                 }
             }
             for &(first, last) in heirs {
-                if told[last] == UpsertOutcome::Inserted {
-                    told[first] = UpsertOutcome::Inserted;
-                    told[last] = UpsertOutcome::Updated;
+                if matches!(told[last], Ok(UpsertOutcome::Inserted)) {
+                    told[first] = Ok(UpsertOutcome::Inserted);
+                    told[last] = Ok(UpsertOutcome::Updated);
                 }
             }
-            failed.map_or(Ok(told.into_iter().enumerate().collect::<Vec<_>>()), Err)
+            failed.map_or(Ok(told), Err)
         };
         match told {
             Ok(told) => {
-                for (i, outcome) in told {
-                    self.callers.keep(i, Ok(outcome));
+                for (i, result) in told.into_iter().enumerate() {
+                    self.unfit |= matches!(&result, Err(e) if lost(e));
+                    self.callers.keep(i, result);
                 }
             }
             Err(e) => self.callers.keep_error(&Fault::of(e)?),
@@ -199,11 +213,24 @@ where
     }
 
     fn atomic(&self) -> bool {
-        // One row; or one round of rows that the backend writes in one statement, all of them
-        // or none (PostgreSQL).
-        self.rows.len() == 1
-            || (<M as Upsertable<Conn, F>>::ROWS_IN_ONE_STATEMENT
-                && self.rounds().rounds.len() == 1)
+        // One row; or one round of rows that the backend writes with no transaction, each
+        // row told its own result (PostgreSQL; MySQL without kept columns).
+        if self.rows.len() == 1 {
+            return true;
+        }
+        let Rounds {
+            rounds, keeping, ..
+        } = self.rounds();
+        rounds.len() == 1
+            && if keeping.is_some() {
+                <M as Upsertable<Conn, F>>::KEPT_ROWS_WITHOUT_TRANSACTION
+            } else {
+                <M as Upsertable<Conn, F>>::ROWS_WITHOUT_TRANSACTION
+            }
+    }
+
+    fn fit(&self) -> bool {
+        !self.unfit
     }
 
     fn as_any(&mut self) -> Option<&mut dyn Any> {
@@ -246,6 +273,7 @@ where
                     callers,
                     alone: true,
                     rounds: OnceCell::new(),
+                    unfit: false,
                     _conn: PhantomData,
                 }) as Box<dyn Pending<Conn>>
             })

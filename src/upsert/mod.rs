@@ -226,11 +226,18 @@ impl<DB: diesel::backend::Backend> QueryFragment<DB> for NoCondition {
     note = "derive the model with `#[derive(upsert_kit::UpsertModel)]` and check that each field's Rust type maps to its column's SQL type on this backend"
 )]
 pub trait Upsertable<C, F = NoCondition>: UpsertModel + Sized {
-    /// Whether [`Upsertable::upsert_rows`] writes any number of rows of distinct keys as one
-    /// statement, which applies all of them or none (PostgreSQL), so that a coalescing writer
-    /// may send it with no transaction around it, as a direct call.
+    /// Whether [`Upsertable::upsert_rows_each`] may go with no transaction around it, as a
+    /// direct call (a coalescing writer's merged upserts alone in their batch): each row is
+    /// written by one statement and told its own result, and a failure of the whole call wrote
+    /// nothing. PostgreSQL: one statement of all the rows; MySQL: one statement of up to 60 rows,
+    /// then alone each row that met another unique index than the key.
     #[doc(hidden)]
-    const ROWS_IN_ONE_STATEMENT: bool = false;
+    const ROWS_WITHOUT_TRANSACTION: bool = false;
+
+    /// Whether [`Upsertable::upsert_rows_keeping`] is one statement, which writes all its rows
+    /// or none (PostgreSQL), so that it may go with no transaction around it.
+    #[doc(hidden)]
+    const KEPT_ROWS_WITHOUT_TRANSACTION: bool = false;
 
     /// Upserts one validated row.
     #[doc(hidden)]
@@ -279,6 +286,24 @@ pub trait Upsertable<C, F = NoCondition>: UpsertModel + Sized {
         rows.iter()
             .map(|row| Self::upsert_one(conn, row, update, condition))
             .collect()
+    }
+
+    /// Upserts validated rows of distinct keys as [`Upsertable::upsert_rows`] does, each row
+    /// told its own result: the `Err` of the whole call means that it wrote nothing, and a
+    /// row's own `Err` is that row's alone (the others were written). By default
+    /// [`Upsertable::upsert_rows`]'s result for every row; MySQL writes alone, after the
+    /// others, a row that met another unique index than the key.
+    #[doc(hidden)]
+    fn upsert_rows_each(
+        conn: &mut C,
+        rows: &[&Self],
+        update: &[&'static str],
+        condition: Option<&F>,
+    ) -> Result<Vec<Result<UpsertOutcome>>> {
+        Ok(Self::upsert_rows(conn, rows, update, condition)?
+            .into_iter()
+            .map(Ok)
+            .collect())
     }
 
     /// Upserts distinct, key-sorted, validated rows in one transaction, telling each row's

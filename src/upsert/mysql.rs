@@ -38,7 +38,8 @@
 //! ([`Error::Constraint`](crate::Error::Constraint), `Unique`) as PostgreSQL's `ON CONFLICT
 //! (key)` does (or inserts, if the other row went away in between). A bulk upsert that meets
 //! such a row is rolled back whole and re-run row by row in one transaction, which fails the same
-//! way at that row.
+//! way at that row. A coalescing writer's merged upserts, sent with no transaction, learn each
+//! such row from a third mask and write it alone after the statement, failing its own caller.
 
 use super::model::{BindRow, UpsertModel};
 use super::{BulkOutcome, UpsertOutcome, Upsertable};
@@ -59,10 +60,12 @@ enum Marks<'a> {
     One(&'a i64),
     /// Many rows: counters `@upsert_kit_hits`, `@upsert_kit_foreign`, `@upsert_kit_updates`.
     Counting,
-    /// Many rows, each told apart (at most [`PER_ROW_MAX`]): the counters, and the bits of
-    /// `@upsert_kit_hitmask` (the key existed) and `@upsert_kit_okmask` (and was updated) at
-    /// the row's position, found by comparing the incoming key with each row's key.
-    PerRow,
+    /// Many rows, each told apart (at most [`PER_ROW_MAX`]): the bits of `@upsert_kit_hitmask`
+    /// (the key existed), `@upsert_kit_okmask` (and was updated) and `@upsert_kit_foreignmask`
+    /// (another unique index matched another row) at the row's position, found by comparing the
+    /// incoming key with each row's key. The first conflicting row clears the masks, which the
+    /// nonce `@upsert_kit_n` then marks as this statement's: no `SET` before the statement.
+    PerRow(&'a i64),
     /// No marks (a plain `INSERT` without `ON DUPLICATE KEY`).
     PlainInsert,
 }
@@ -84,8 +87,9 @@ where
     F: QueryFragment<Mysql>,
 {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Mysql>) -> QueryResult<()> {
-        if self.rows.len() > 1 {
-            // One text per row count: do not fill the statement cache with them.
+        if self.rows.len() > 1 && !matches!(self.marks, Marks::PerRow(_)) {
+            // One text per row count: do not fill the statement cache with them (a text per
+            // count up to [`PER_ROW_MAX`] is kept: the coalescing writer's statements).
             out.unsafe_to_cache_prepared();
         }
         out.push_sql("INSERT INTO ");
@@ -98,10 +102,11 @@ where
             row.walk_row(out.reborrow())?;
             out.push_sql(")");
         }
-        let nonce = match self.marks {
+        let (nonce, per_row) = match self.marks {
             Marks::PlainInsert => return Ok(()),
-            Marks::One(nonce) => Some(nonce),
-            Marks::Counting | Marks::PerRow => None,
+            Marks::One(nonce) => (Some(nonce), None),
+            Marks::PerRow(nonce) => (None, Some(nonce)),
+            Marks::Counting => (None, None),
         };
         out.push_sql(" ON DUPLICATE KEY UPDATE ");
         let first_key = M::KEY[0];
@@ -121,17 +126,32 @@ where
             Ok(())
         }
         let mut steps = 0;
-        match nonce {
-            Some(nonce) => {
+        match (nonce, per_row) {
+            (Some(nonce), _) => {
                 step(&mut out, &mut steps, "upsert_kit_hit");
                 out.push_bind_param::<diesel::sql_types::BigInt, i64>(nonce)?;
+                close(&mut out, first_key)?;
             }
-            None => {
+            (None, Some(nonce)) => {
+                for mask in MASKS {
+                    step(&mut out, &mut steps, mask);
+                    out.push_sql("IF(@upsert_kit_n <=> ");
+                    out.push_bind_param::<diesel::sql_types::BigInt, i64>(nonce)?;
+                    out.push_sql(", @");
+                    out.push_sql(mask);
+                    out.push_sql(", 0)");
+                    close(&mut out, first_key)?;
+                }
+                step(&mut out, &mut steps, "upsert_kit_n");
+                out.push_bind_param::<diesel::sql_types::BigInt, i64>(nonce)?;
+                close(&mut out, first_key)?;
+            }
+            (None, None) => {
                 step(&mut out, &mut steps, "upsert_kit_hits");
                 out.push_sql("@upsert_kit_hits + 1");
+                close(&mut out, first_key)?;
             }
         }
-        close(&mut out, first_key)?;
         step(&mut out, &mut steps, "upsert_kit_own");
         out.push_sql("(");
         for (i, k) in M::KEY.iter().enumerate() {
@@ -144,7 +164,8 @@ where
         }
         out.push_sql(")");
         close(&mut out, first_key)?;
-        if nonce.is_none() {
+        let counting = matches!(self.marks, Marks::Counting);
+        if counting {
             step(&mut out, &mut steps, "upsert_kit_foreign");
             out.push_sql("@upsert_kit_foreign + 1 - @upsert_kit_own");
             close(&mut out, first_key)?;
@@ -159,12 +180,12 @@ where
             None => out.push_sql("@upsert_kit_own"),
         }
         close(&mut out, first_key)?;
-        if nonce.is_none() {
+        if counting {
             step(&mut out, &mut steps, "upsert_kit_updates");
             out.push_sql("@upsert_kit_updates + @upsert_kit_ok");
             close(&mut out, first_key)?;
         }
-        if matches!(self.marks, Marks::PerRow) {
+        if per_row.is_some() {
             // The incoming row's position: the row whose key it carries.
             step(&mut out, &mut steps, "upsert_kit_at");
             out.push_sql("CASE");
@@ -176,7 +197,7 @@ where
                     }
                     Mysql::push_excluded(&mut out, k)?;
                 }
-                out.push_sql(") = (");
+                out.push_sql(") <=> (");
                 row.walk_key(out.reborrow())?;
                 out.push_sql(") THEN ");
                 // A position, not a value: the statement's text is made per row count anyway.
@@ -189,6 +210,9 @@ where
             close(&mut out, first_key)?;
             step(&mut out, &mut steps, "upsert_kit_okmask");
             out.push_sql("@upsert_kit_okmask | (@upsert_kit_ok << @upsert_kit_at)");
+            close(&mut out, first_key)?;
+            step(&mut out, &mut steps, "upsert_kit_foreignmask");
+            out.push_sql("@upsert_kit_foreignmask | ((NOT @upsert_kit_own) << @upsert_kit_at)");
             close(&mut out, first_key)?;
         }
         out.push_identifier(first_key)?;
@@ -216,10 +240,9 @@ enum Vars<'a> {
     One(&'a i64),
     /// `SELECT hits, foreign, updates`.
     Counts,
-    /// `SET` the counters and the masks of [`Marks::PerRow`] to 0.
-    ResetMasks,
-    /// `SELECT foreign, hitmask, okmask`.
-    Masks,
+    /// `SELECT hitmask, okmask, foreignmask` of the statement of [`Marks::PerRow`] with this
+    /// nonce (0 each when no row of it conflicted).
+    Masks(&'a i64),
     /// `SELECT @@max_allowed_packet`.
     MaxPacket,
 }
@@ -242,14 +265,16 @@ impl QueryFragment<Mysql> for Vars<'_> {
                 "SELECT CAST(@upsert_kit_hits AS SIGNED), CAST(@upsert_kit_foreign AS SIGNED), \
                  CAST(@upsert_kit_updates AS SIGNED)",
             ),
-            Vars::ResetMasks => out.push_sql(
-                "SET @upsert_kit_hits = 0, @upsert_kit_foreign = 0, @upsert_kit_updates = 0, \
-                 @upsert_kit_hitmask = 0, @upsert_kit_okmask = 0",
-            ),
-            Vars::Masks => out.push_sql(
-                "SELECT CAST(@upsert_kit_foreign AS SIGNED), CAST(@upsert_kit_hitmask AS SIGNED), \
-                 CAST(@upsert_kit_okmask AS SIGNED)",
-            ),
+            Vars::Masks(nonce) => {
+                for (i, mask) in MASKS.iter().enumerate() {
+                    out.push_sql(if i == 0 { "SELECT " } else { ", " });
+                    out.push_sql("CAST(IF(@upsert_kit_n <=> ");
+                    out.push_bind_param::<diesel::sql_types::BigInt, i64>(nonce)?;
+                    out.push_sql(", @");
+                    out.push_sql(mask);
+                    out.push_sql(", 0) AS SIGNED)");
+                }
+            }
             Vars::MaxPacket => out.push_sql("SELECT CAST(@@max_allowed_packet AS SIGNED)"),
         }
         Ok(())
@@ -262,6 +287,8 @@ where
     M::Table: QueryFragment<Mysql>,
     F: QueryFragment<Mysql>,
 {
+    const ROWS_WITHOUT_TRANSACTION: bool = true;
+
     /// One row (validated): the statement, then (unless the count already says "updated")
     /// the variables.
     fn upsert_one(
@@ -291,9 +318,44 @@ where
         }
         let mut told = Vec::with_capacity(rows.len());
         for chunk in rows.chunks(PER_ROW_MAX) {
-            told.extend(tell_chunk(conn, chunk, update, condition)?);
+            told.extend(own_rows(tell_chunk(conn, chunk, update, condition)?)?);
         }
         Ok(told)
+    }
+
+    /// Up to [`PER_ROW_MAX`] rows (or rows whose model binds a column with SQL of its own):
+    /// one statement, run again on a deadlock, which writes all of them but those that met
+    /// another unique index; each of those then alone, as [`Upsertable::upsert_one`]. More
+    /// rows: in one transaction (a savepoint inside the caller's), all or none.
+    fn upsert_rows_each(
+        conn: &mut MysqlConnection,
+        rows: &[&M],
+        update: &[&'static str],
+        condition: Option<&F>,
+    ) -> Result<Vec<Result<UpsertOutcome>>> {
+        if rows.len() == 1 || !M::ONE_BIND_PER_COLUMN {
+            // One statement per row: each row's own.
+            return Ok(rows
+                .iter()
+                .map(|row| Self::upsert_one(conn, row, update, condition))
+                .collect());
+        }
+        if rows.len() > PER_ROW_MAX {
+            let told = tx::transaction(conn, |conn: &mut MysqlConnection| {
+                Self::upsert_rows(conn, rows, update, condition)
+            })?;
+            return Ok(told.into_iter().map(Ok).collect());
+        }
+        let told =
+            crate::conn::retry_deadlocks(conn, |conn| tell_chunk(conn, rows, update, condition))?;
+        let mut each = Vec::with_capacity(rows.len());
+        for (told, row) in told.into_iter().zip(rows) {
+            each.push(match told {
+                Some(outcome) => Ok(outcome),
+                None => Self::upsert_one(conn, row, update, condition),
+            });
+        }
+        Ok(each)
     }
 
     /// As [`Upsertable::upsert_rows`], in one transaction, in chunks of at most [`PER_ROW_MAX`]
@@ -314,7 +376,7 @@ where
                 let max_packet = max_packet(conn)?;
                 let mut told = Vec::with_capacity(rows.len());
                 for chunk in chunks(rows, chunk_size.min(PER_ROW_MAX), max_packet) {
-                    told.extend(tell_chunk(conn, &chunk, update, condition)?);
+                    told.extend(own_rows(tell_chunk(conn, &chunk, update, condition)?)?);
                 }
                 Ok(told)
             })
@@ -343,46 +405,61 @@ where
 }
 
 /// One statement of at most [`PER_ROW_MAX`] rows of distinct keys, each row's outcome read
-/// from the two session-variable masks; a row that met another unique index fails it with
-/// [`ANOTHER_INDEX`].
+/// from the session-variable masks: `None` for a row that met another unique index than the
+/// key (not written: the row it met was left as it was).
 fn tell_chunk<M, F>(
     conn: &mut MysqlConnection,
     chunk: &[&M],
     update: &[&'static str],
     condition: Option<&F>,
-) -> Result<Vec<UpsertOutcome>>
+) -> Result<Vec<Option<UpsertOutcome>>>
 where
     M: BindRow<Mysql>,
     M::Table: QueryFragment<Mysql>,
     F: QueryFragment<Mysql>,
 {
-    conn.run_execute(&Vars::ResetMasks)?;
+    let nonce = fastrand::i64(1..);
     conn.run_execute(&MysqlUpsertSql {
         table: M::Table::default(),
         rows: chunk,
         update,
         condition,
-        marks: Marks::PerRow,
+        marks: Marks::PerRow(&nonce),
     })?;
-    let (foreign, hits, oks) = conn
-        .run_int3(&Vars::Masks)?
+    let (hits, oks, foreign) = conn
+        .run_int3(&Vars::Masks(&nonce))?
         .into_iter()
         .next()
         .ok_or_else(|| Error::NotFound("the upsert's session variables".into()))?;
-    let stray = (hits | oks) & !((1_i64 << chunk.len()) - 1);
-    if foreign > 0 || stray != 0 {
-        return Err(Error::Constraint {
-            kind: crate::error::ConstraintKind::Unique,
-            constraint: None,
-            message: ANOTHER_INDEX.into(),
-        });
+    // A conflict at no row's position (bit 63): cannot happen, as each incoming key is `<=>`
+    // to its own row's; refused rather than misreported.
+    if (hits | oks | foreign) & !((1_i64 << chunk.len()) - 1) != 0 {
+        return Err(another_index());
     }
-    let told = (0..chunk.len()).map(|i| match (hits >> i & 1, oks >> i & 1) {
-        (0, _) => UpsertOutcome::Inserted,
-        (_, 1) => UpsertOutcome::Updated,
-        _ => UpsertOutcome::Unchanged,
+    let told = (0..chunk.len()).map(|i| match (hits >> i & 1, oks >> i & 1, foreign >> i & 1) {
+        (_, _, 1) => None,
+        (0, _, _) => Some(UpsertOutcome::Inserted),
+        (_, 1, _) => Some(UpsertOutcome::Updated),
+        _ => Some(UpsertOutcome::Unchanged),
     });
     Ok(told.collect())
+}
+
+/// The outcomes of a statement's rows, or [`another_index`] when one of them met another
+/// unique index.
+fn own_rows(told: Vec<Option<UpsertOutcome>>) -> Result<Vec<UpsertOutcome>> {
+    told.into_iter()
+        .map(|t| t.ok_or_else(another_index))
+        .collect()
+}
+
+/// The marker error of a statement that met another unique index than the key.
+fn another_index() -> Error {
+    Error::Constraint {
+        kind: crate::error::ConstraintKind::Unique,
+        constraint: None,
+        message: ANOTHER_INDEX.into(),
+    }
 }
 
 /// Whether `e` is the marker of a chunk that met another unique index.
@@ -559,11 +636,7 @@ where
                 .next()
                 .ok_or_else(|| Error::NotFound("the bulk upsert's session variables".into()))?;
             if foreign > 0 {
-                return Err(Error::Constraint {
-                    kind: crate::error::ConstraintKind::Unique,
-                    constraint: None,
-                    message: ANOTHER_INDEX.into(),
-                });
+                return Err(another_index());
             }
             let hits = usize::try_from(hits).unwrap_or(0);
             let updates = usize::try_from(updates).unwrap_or(0);
@@ -574,6 +647,13 @@ where
         Ok(total)
     })
 }
+
+/// The session variables of [`Marks::PerRow`], one bit per row each.
+const MASKS: [&str; 3] = [
+    "upsert_kit_hitmask",
+    "upsert_kit_okmask",
+    "upsert_kit_foreignmask",
+];
 
 /// The most rows of one statement told apart (bits of a signed 64-bit session variable).
 const PER_ROW_MAX: usize = 60;

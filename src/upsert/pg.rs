@@ -182,7 +182,8 @@ where
     M::Table: QueryFragment<Pg>,
     F: QueryFragment<Pg>,
 {
-    const ROWS_IN_ONE_STATEMENT: bool = true;
+    const ROWS_WITHOUT_TRANSACTION: bool = true;
+    const KEPT_ROWS_WITHOUT_TRANSACTION: bool = true;
 
     fn upsert_one(
         conn: &mut PgConnection,
