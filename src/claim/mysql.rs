@@ -3,10 +3,10 @@
 //!
 //! MySQL has no `RETURNING` on `UPDATE` (MariaDB has it on `INSERT` and `DELETE` only) and no
 //! `UPDATE … WHERE id IN (SELECT … FROM the same table)`. A claim outside a caller's transaction
-//! is three round trips: `SET TRANSACTION ISOLATION LEVEL READ COMMITTED` (see "Isolation"), one
-//! `UPDATE` that joins the rows it locks with `SKIP LOCKED` and leaves their ids in a session
-//! variable, committed on its own, then a read of those rows by their ids (none when it took
-//! none). Inside a caller's transaction, and for the calls that must change
+//! is two round trips: one `UPDATE` that joins the rows it locks with `SKIP LOCKED` and leaves
+//! their ids in a session variable, committed on its own, then a read of those rows by their ids
+//! (none when it took none); three while claims contend, `SET TRANSACTION ISOLATION LEVEL READ
+//! COMMITTED` first (see "Isolation"). Inside a caller's transaction, and for the calls that must change
 //! a row and read it back, a short transaction of a few statements (a savepoint of the caller's).
 //!
 //! # What is sent
@@ -35,8 +35,8 @@
 //! SELECT t.* FROM JSON_TABLE(CONCAT('[', @upsert_kit_claimed, ']'), '$[*]' COLUMNS (id BIGINT PATH '$')) AS c
 //!   JOIN t ON t.id = c.id WHERE t.status = 'processing' AND t.holder = ? ORDER BY t.id
 //! ```
-//! (A deadlock's victim changed nothing and is sent again with its isolation statement, three
-//! sends in all. The claim commits before its rows
+//! (A deadlock's victim changed nothing and is sent again at READ COMMITTED, three sends in
+//! all. The claim commits before its rows
 //! are read: when that read fails, the call fails and the items it took stay leased until
 //! their lease expires and [`Queue::reap_expired`] requeues them, as for a worker that died
 //! holding them.) Inside a caller's transaction, in
@@ -95,12 +95,17 @@
 //! on `status`, an insert into that index) wait for the gap another claim locked while that
 //! claim waits for this one's: a deadlock. The reaper therefore runs its own transaction at
 //! READ COMMITTED (`SET TRANSACTION` applies to the next transaction only; the session keeps
-//! its level), where InnoDB takes no gap locks for these statements, and so does the claim
-//! outside a transaction, one statement committed at once: at REPEATABLE READ, concurrent claims
-//! deadlock on the gap locks of the `status` index (each scan locks gaps that the others' moved
-//! rows are inserted into; with 8 workers most claims did). Its locks last one statement,
-//! it reads one index range per status, and a deadlock's victim (nothing applied) is sent again.
-//! The `SET TRANSACTION` is a statement Diesel keeps prepared: one round trip. Inside a
+//! its level), where InnoDB takes no gap locks for these statements. The claim outside a
+//! transaction, one statement committed at once, runs at the session's level while claims do
+//! not contend (one worker never deadlocks: a round trip saved); at REPEATABLE READ concurrent
+//! claims deadlock on the gap locks of the `status` index (each scan locks gaps that the others'
+//! moved rows are inserted into; with 8 workers most claims did). So a deadlock's victim
+//! (nothing applied) is sent again at READ COMMITTED, and for ten seconds after any claim of
+//! the process was a victim, every claim sets READ COMMITTED first. Complete, fail and extend,
+//! which may meet such a claim's gap lock, are sent again when they are a deadlock's victim
+//! outside a caller's transaction (nothing of them applied). Its locks last one statement and
+//! it reads one index range per status. The `SET TRANSACTION` is a statement Diesel keeps
+//! prepared: one round trip. Inside a
 //! caller's transaction the claim runs at the caller's level: at
 //! REPEATABLE READ two such claims may then deadlock, reported as [`Error::Deadlock`](crate::Error::Deadlock)
 //! (retryable: re-run the whole transaction). Complete, fail and extend touch one row by its
@@ -726,6 +731,36 @@ fn next_read_committed(conn: &mut MysqlConnection) -> Result<()> {
     Ok(())
 }
 
+/// Whether claims contend: a claim of this process outside a transaction was a deadlock's
+/// victim less than [`CONTENDED_FOR`] ago. Until then claims set READ COMMITTED first.
+mod contention {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    use std::time::Instant;
+
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    /// Milliseconds since [`EPOCH`] plus one at the last deadlock; 0 for none yet.
+    static LAST_DEADLOCK: AtomicU64 = AtomicU64::new(0);
+
+    fn now() -> u64 {
+        let elapsed = EPOCH.get_or_init(Instant::now).elapsed().as_millis();
+        u64::try_from(elapsed).unwrap_or(u64::MAX - 1) + 1
+    }
+
+    pub(super) fn seen() {
+        LAST_DEADLOCK.store(now(), Ordering::Relaxed);
+    }
+
+    pub(super) fn recent() -> bool {
+        let last = LAST_DEADLOCK.load(Ordering::Relaxed);
+        let window = u64::try_from(super::CONTENDED_FOR.as_millis()).unwrap_or(u64::MAX);
+        last != 0 && now().saturating_sub(last) < window
+    }
+}
+
+/// How long after a claim's deadlock the claims of this process set READ COMMITTED first.
+const CONTENDED_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Runs `f` in a transaction of its own at READ COMMITTED, or in a savepoint of the caller's
 /// transaction at the caller's level (see the module's "Isolation").
 fn read_committed<T>(
@@ -770,16 +805,24 @@ where
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let lease = micros(queue.lease_duration());
         if !tx::in_transaction(self) {
-            // Three round trips: READ COMMITTED for the next statement (see the module's
-            // "Isolation"), the claim, one statement committed on its own, then the rows it
-            // took (none to read when it took none). A deadlock's victim changed nothing and is
-            // sent again.
+            // Two round trips: the claim, one statement committed on its own, then the rows it
+            // took (none to read when it took none); three while claims contend, READ
+            // COMMITTED set for the claim first (see the module's "Isolation"). A deadlock's
+            // victim changed nothing and is sent again, at READ COMMITTED.
             let mut attempt = 1;
+            let mut contended = contention::recent();
             let taken = loop {
-                next_read_committed(self)?;
+                if contended {
+                    next_read_committed(self)?;
+                }
                 let take = TakeDue::<Q>::new(limit, queue.holder(), lease);
                 match take.execute(self).map_err(crate::error::Error::from) {
-                    Err(crate::error::Error::Deadlock(_)) if attempt < DEADLOCK_ATTEMPTS => {
+                    Err(e @ crate::error::Error::Deadlock(_)) => {
+                        contention::seen();
+                        if attempt == DEADLOCK_ATTEMPTS {
+                            return Err(e);
+                        }
+                        contended = true;
                         attempt += 1;
                     }
                     other => break other?,
@@ -808,7 +851,8 @@ where
 
     fn complete_item(&mut self, _queue: &Queue<Q>, claim: &Claim<Q>) -> Result<()> {
         refuse_tenants::<Q>()?;
-        let n = Complete::new(claim).execute(self)?;
+        // A deadlock's victim (a claim's gap lock met at REPEATABLE READ) changed nothing.
+        let n = crate::conn::retry_deadlocks(self, |conn| Ok(Complete::new(claim).execute(conn)?))?;
         fenced(n, claim)
     }
 
@@ -817,16 +861,18 @@ where
         let error: String = error.chars().take(MAX_ERROR_CHARS).collect();
         let park = claim.attempt >= queue.attempts_allowed();
         let retry_after = (!park).then(|| micros(queue.backoff_for(claim.attempt)));
-        tx::transaction(self, |conn| {
-            let n = Fail::new(claim, &error, retry_after).execute(conn)?;
-            fenced(n, claim)?;
-            if park {
-                return Ok(Failed::Parked);
-            }
-            let until: Until = DueAt::<Q>::new(claim.id).get_result(conn)?;
-            Ok(match until.at {
-                Some(at) => Failed::Retry { at: at.and_utc() },
-                None => Failed::Parked,
+        crate::conn::retry_deadlocks(self, |conn| {
+            tx::transaction(conn, |conn| {
+                let n = Fail::new(claim, &error, retry_after).execute(conn)?;
+                fenced(n, claim)?;
+                if park {
+                    return Ok(Failed::Parked);
+                }
+                let until: Until = DueAt::<Q>::new(claim.id).get_result(conn)?;
+                Ok(match until.at {
+                    Some(at) => Failed::Retry { at: at.and_utc() },
+                    None => Failed::Parked,
+                })
             })
         })
     }
@@ -834,11 +880,13 @@ where
     fn extend_item(&mut self, queue: &Queue<Q>, claim: &mut Claim<Q>) -> Result<()> {
         refuse_tenants::<Q>()?;
         let lease = micros(queue.lease_duration());
-        let until = tx::transaction(self, |conn| -> Result<_> {
-            Extend::new(claim, lease).execute(conn)?;
-            let rows: Vec<Until> = Lease::new(claim).load(conn)?;
-            fenced(rows.len(), claim)?;
-            Ok(rows.into_iter().next().and_then(|r| r.at))
+        let until = crate::conn::retry_deadlocks(self, |conn| {
+            tx::transaction(conn, |conn| -> Result<_> {
+                Extend::new(claim, lease).execute(conn)?;
+                let rows: Vec<Until> = Lease::new(claim).load(conn)?;
+                fenced(rows.len(), claim)?;
+                Ok(rows.into_iter().next().and_then(|r| r.at))
+            })
         })?;
         if let Some(at) = until {
             claim.locked_until = at.and_utc();
