@@ -742,6 +742,20 @@ fn a_batch_whose_connection_is_lost_writes_nothing_and_fails_every_caller() {
 /// A call of a test batch, its result as text.
 type BatchCall<C = diesel::PgConnection> = Box<dyn FnOnce(&Coalescer<C>) -> String + Send>;
 
+/// A writer over a pool of two connections to `url` whose `BEGIN`s are counted.
+fn counted_writer<C>(url: &str) -> (Coalescer<C>, Begins)
+where
+    C: diesel::r2d2::R2D2Connection + upsert_kit::conn::WriteConnection<Raw = C> + 'static,
+{
+    let begins = Begins::default();
+    let pool = diesel::r2d2::Pool::builder()
+        .max_size(2)
+        .connection_customizer(Box::new(begins.clone()))
+        .build(diesel::r2d2::ConnectionManager::<C>::new(url))
+        .unwrap();
+    (Coalescer::new(pool), begins)
+}
+
 /// Runs `calls` (each on a thread of its own) as one batch of `writer`, queued behind a call
 /// that holds the batch in flight (its own batch: one transaction); returns their results and
 /// how many transactions the two batches opened, as counted by `begins`.
@@ -800,13 +814,7 @@ impl<C: diesel::Connection> diesel::r2d2::CustomizeConnection<C, diesel::r2d2::E
 #[test]
 fn a_batch_merged_into_one_statement_needs_no_transaction() {
     let db = TestDb::with_sql(PG_SQL);
-    let begins = Begins::default();
-    let pool = diesel::r2d2::Pool::builder()
-        .max_size(2)
-        .connection_customizer(Box::new(begins.clone()))
-        .build(diesel::r2d2::ConnectionManager::<diesel::PgConnection>::new(db.url()))
-        .unwrap();
-    let writer = Coalescer::new(pool);
+    let (writer, begins) = counted_writer::<diesel::PgConnection>(db.url());
     let batch = |calls: Vec<BatchCall>| counted_batch(&writer, &begins, calls);
     let upsert = |k: &'static str, v: i64| -> BatchCall {
         Box::new(move |w| format!("{:?}", w.upsert(Entry { k: k.into(), v }).unwrap()))
@@ -866,13 +874,7 @@ fn a_batch_merged_into_one_statement_needs_no_transaction() {
 #[test]
 fn on_mysql_merged_upserts_of_distinct_keys_need_no_transaction() {
     let db = TestMysql::with_sql(MYSQL_SQL);
-    let begins = Begins::default();
-    let pool = diesel::r2d2::Pool::builder()
-        .max_size(2)
-        .connection_customizer(Box::new(begins.clone()))
-        .build(diesel::r2d2::ConnectionManager::<diesel::MysqlConnection>::new(db.url()))
-        .unwrap();
-    let writer = Coalescer::new(pool);
+    let (writer, begins) = counted_writer::<diesel::MysqlConnection>(db.url());
     let tagged = |k: &'static str, tag: &'static str| -> BatchCall<diesel::MysqlConnection> {
         Box::new(move |w| {
             match w.upsert(Tagged {
