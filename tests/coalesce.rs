@@ -809,8 +809,8 @@ impl<C: diesel::Connection> diesel::r2d2::CustomizeConnection<C, diesel::r2d2::E
 /// On PostgreSQL a batch whose calls merge into one statement (upserts of distinct keys, or of
 /// one key without a condition, a kept column included; the increments of one row) goes out
 /// with no transaction around it, as a direct call; a batch of two statements (two upserts of
-/// one key under a condition, written in two rounds) is one transaction. The callers' outcomes
-/// are the same either way.
+/// one key under a condition, written in two rounds) is one transaction, and so is a
+/// [`Coalescer::run_atomic`] closure alone. The callers' outcomes are the same either way.
 #[test]
 fn a_batch_merged_into_one_statement_needs_no_transaction() {
     let db = TestDb::with_sql(PG_SQL);
@@ -852,6 +852,25 @@ fn a_batch_merged_into_one_statement_needs_no_transaction() {
     assert_eq!(told, ["Inserted", "Inserted", "Updated"]);
     assert_eq!(transactions, 1, "the holding call's transaction only");
 
+    // A closure atomic by itself: alone in its batch, no transaction; with company, one.
+    let atomic = |k: &'static str| -> BatchCall {
+        Box::new(move |w| {
+            let row = Entry { k: k.into(), v: 9 };
+            format!(
+                "{:?}",
+                w.run_atomic(move |c| upsert_kit::atomic_upsert(c, &row))
+                    .unwrap()
+            )
+        })
+    };
+    let (told, transactions) = batch(vec![atomic("e")]);
+    assert_eq!(told, ["Inserted"]);
+    assert_eq!(transactions, 1, "the holding call's transaction only");
+    let (mut told, transactions) = batch(vec![atomic("e"), atomic("f")]);
+    told.sort();
+    assert_eq!(told, ["Inserted", "Updated"]);
+    assert_eq!(transactions, 2, "the holding call's, and the batch's");
+
     let stats = |k: &'static str, v: i64| -> BatchCall {
         Box::new(move |w| format!("{:?}", w.upsert_stats(Entry { k: k.into(), v }).unwrap()))
     };
@@ -864,7 +883,7 @@ fn a_batch_merged_into_one_statement_needs_no_transaction() {
     );
     let mut conn = db.conn();
     let stored: Vec<(String, i64)> = entries::table.order(entries::k).load(&mut conn).unwrap();
-    assert_eq!(stored.len(), 4);
+    assert_eq!(stored.len(), 6);
     assert!(stored.contains(&("d".to_owned(), 2)) || stored.contains(&("d".to_owned(), 1)));
 }
 

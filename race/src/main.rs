@@ -52,7 +52,7 @@ struct Args {
     /// Patterns, comma-separated: naive, diesel (plain Diesel's upsert, in the upsert,
     /// first-insert, bulk and hot-key scenarios only), atomic, coalesced (the atomic call
     /// through one coalescing writer shared by the workers, in the upsert, first-insert,
-    /// hot-key and counter scenarios only).
+    /// hot-key, counter and usage-counter scenarios only).
     #[arg(
         long,
         value_delimiter = ',',

@@ -6,12 +6,12 @@
 //!
 //! | scenario | naive | atomic |
 //! |---|---|---|
-//! | `usage-counter` | [`naive::increment_read_add_write`] | [`counter::increment`], a fresh key per operation |
+//! | `usage-counter` | [`naive::increment_read_add_write`] | [`counter::increment`], a fresh key per operation (coalesced: [`counter::increment_coalesced`]) |
 //! | `usage-counter-retry` | the same, each request delivered twice (a retry after a lost acknowledgement) | [`counter::increment`], both deliveries with the request's key |
 //! | `usage-quota` | [`naive::try_consume_check_then_act`] | [`quota::try_consume`] |
 //! | `get-or-create` | [`naive::get_or_create_usage_period_select_then_insert`], all workers on one fresh period per round | [`get_or_create_usage_period`] |
 
-use crate::scenario::{timestamp, Anomalies, Op, Pattern, Scenario, Tally};
+use crate::scenario::{timestamp, Anomalies, Op, Pattern, Scenario, Tally, WITH_COALESCED};
 use anyhow::Result;
 use chrono::{NaiveDate, NaiveDateTime};
 use diesel::connection::SimpleConnection;
@@ -76,6 +76,9 @@ impl Scenario<PgConnection> for UsageCounter {
     fn name(&self) -> &'static str {
         "usage-counter"
     }
+    fn patterns(&self) -> &'static [Pattern] {
+        WITH_COALESCED
+    }
     fn prepare(&self, conn: &mut PgConnection) -> Result<()> {
         let period = reset_usage(conn, ACCOUNT, unlimited())?;
         self.period.store(period, Ordering::SeqCst);
@@ -87,17 +90,20 @@ impl Scenario<PgConnection> for UsageCounter {
         pattern: Pattern,
         op: &mut Op<'_>,
     ) -> upsert_kit::Result<u64> {
+        let key = || format!("w{}-{}", op.worker, op.round);
         match pattern {
-            p @ (Pattern::Diesel | Pattern::Coalesced) => {
-                return Err(crate::scenario::missing_side(p))
-            }
+            p @ Pattern::Diesel => return Err(crate::scenario::missing_side(p)),
             // As ORM code writes it: load, add, save (two round trips, no transaction).
             Pattern::Naive => {
                 naive::increment_read_add_write(conn, self.period.load(Ordering::SeqCst), 1)?;
             }
             Pattern::Atomic => {
-                let key = format!("w{}-{}", op.worker, op.round);
-                counter::increment(conn, ACCOUNT, &key, timestamp(), Usage::tokens(1))?;
+                counter::increment(conn, ACCOUNT, &key(), timestamp(), Usage::tokens(1))?;
+            }
+            Pattern::Coalesced => {
+                let (writer, key) = (op.writer::<PgConnection>()?, key());
+                let call = (ACCOUNT, key.as_str(), timestamp());
+                counter::increment_coalesced(writer, call, Usage::tokens(1))?;
             }
         }
         Ok(1)

@@ -23,7 +23,13 @@ const SCENARIOS: &[&str] = &[
 const WITH_DIESEL: &[&str] = &["upsert", "first-insert", "bulk", "hot-key"];
 
 /// The scenarios with a side through the coalescing writer.
-const WITH_COALESCED: &[&str] = &["upsert", "first-insert", "hot-key", "counter"];
+const WITH_COALESCED: &[&str] = &[
+    "upsert",
+    "first-insert",
+    "hot-key",
+    "counter",
+    "usage-counter",
+];
 
 /// The patterns a scenario runs on PostgreSQL.
 fn patterns_of(scenario: &str) -> Vec<&'static str> {

@@ -306,6 +306,27 @@ where
         self.queue(f, false)
     }
 
+    /// As [`Coalescer::run`], for an `f` that is atomic by itself: one statement, or a
+    /// transaction of its own (the crate's primitives, or a function made of one of them such
+    /// as an adopter's keyed increment). With other calls in its batch it runs inside the
+    /// batch's transaction (its own as a savepoint); alone in its batch it runs with no
+    /// transaction around it, as the direct call does, so that a caller who finds nobody else
+    /// writing pays nothing for the writer.
+    ///
+    /// An `f` of several statements that is not a transaction of its own must go through
+    /// [`Coalescer::run`]: alone, a failure between its statements would leave the first ones
+    /// written.
+    ///
+    /// # Errors
+    /// As [`Coalescer::run`].
+    pub fn run_atomic<R, F>(&self, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnMut(&mut Conn) -> Result<R> + Send + 'static,
+    {
+        self.queue(f, true)
+    }
+
     /// Queues a call and waits for its answer; `atomic` as [`Pending::atomic`].
     fn queue<R, F>(&self, f: F, atomic: bool) -> Result<R>
     where

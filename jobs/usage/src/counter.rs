@@ -119,8 +119,10 @@ fn checked(key: &str, at: NaiveDateTime, amounts: &Usage) -> Result<IdempotencyK
 }
 
 /// [`increment`] through a [`Coalescer`](upsert_kit::coalesce::Coalescer) shared by request
-/// handlers: concurrent increments share one transaction, each caller told its own
-/// [`Increment`]. Errors as [`increment`]'s (a failed batch fails each of its callers).
+/// handlers: concurrent increments share one transaction and its commit, each caller told its
+/// own [`Increment`]; an increment alone in its batch runs as the direct call does
+/// ([`Coalescer::run_atomic`](upsert_kit::coalesce::Coalescer::run_atomic)). Errors as
+/// [`increment`]'s (a failed batch fails each of its callers).
 pub fn increment_coalesced<C>(
     writer: &upsert_kit::coalesce::Coalescer<C>,
     (account, key, at): (i64, &str, NaiveDateTime),
@@ -130,7 +132,7 @@ where
     C: UsageConnection + diesel::r2d2::R2D2Connection + WriteConnection<Raw = C> + 'static,
 {
     let key = checked(key, at, &amounts)?.as_str().to_owned();
-    writer.run(move |c| increment(c, account, &key, at, amounts))
+    writer.run_atomic(move |c| increment(c, account, &key, at, amounts))
 }
 
 /// Deletes the ledger rows (idempotency keys) recorded before `older_than` (one `DELETE`), and
