@@ -65,7 +65,11 @@ enum Marks<'a> {
     /// (another unique index matched another row) at the row's position, found by comparing the
     /// incoming key with each row's key. The first conflicting row clears the masks, which the
     /// nonce `@upsert_kit_n` then marks as this statement's: no `SET` before the statement.
-    PerRow(&'a i64),
+    /// `cached`: Diesel keeps the statement prepared, one per row count (a coalescing
+    /// writer's, on the few connections it holds; not a bulk upsert's, on any connection of a
+    /// pool, where up to 60 texts per model and connection could reach the server's
+    /// `max_prepared_stmt_count`).
+    PerRow { nonce: &'a i64, cached: bool },
     /// No marks (a plain `INSERT` without `ON DUPLICATE KEY`).
     PlainInsert,
 }
@@ -87,9 +91,8 @@ where
     F: QueryFragment<Mysql>,
 {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Mysql>) -> QueryResult<()> {
-        if self.rows.len() > 1 && !matches!(self.marks, Marks::PerRow(_)) {
-            // One text per row count: do not fill the statement cache with them (a text per
-            // count up to [`PER_ROW_MAX`] is kept: the coalescing writer's statements).
+        if self.rows.len() > 1 && !matches!(self.marks, Marks::PerRow { cached: true, .. }) {
+            // One text per row count: do not fill the statement cache with them.
             out.unsafe_to_cache_prepared();
         }
         out.push_sql("INSERT INTO ");
@@ -105,7 +108,7 @@ where
         let (nonce, per_row) = match self.marks {
             Marks::PlainInsert => return Ok(()),
             Marks::One(nonce) => (Some(nonce), None),
-            Marks::PerRow(nonce) => (None, Some(nonce)),
+            Marks::PerRow { nonce, .. } => (None, Some(nonce)),
             Marks::Counting => (None, None),
         };
         out.push_sql(" ON DUPLICATE KEY UPDATE ");
@@ -318,7 +321,9 @@ where
         }
         let mut told = Vec::with_capacity(rows.len());
         for chunk in rows.chunks(PER_ROW_MAX) {
-            told.extend(own_rows(tell_chunk(conn, chunk, update, condition)?)?);
+            told.extend(own_rows(tell_chunk(
+                conn, chunk, update, condition, false,
+            )?)?);
         }
         Ok(told)
     }
@@ -346,8 +351,9 @@ where
             })?;
             return Ok(told.into_iter().map(Ok).collect());
         }
-        let told =
-            crate::conn::retry_deadlocks(conn, |conn| tell_chunk(conn, rows, update, condition))?;
+        let told = crate::conn::retry_deadlocks(conn, |conn| {
+            tell_chunk(conn, rows, update, condition, true)
+        })?;
         let mut each = Vec::with_capacity(rows.len());
         for (told, row) in told.into_iter().zip(rows) {
             each.push(match told {
@@ -376,7 +382,9 @@ where
                 let max_packet = max_packet(conn)?;
                 let mut told = Vec::with_capacity(rows.len());
                 for chunk in chunks(rows, chunk_size.min(PER_ROW_MAX), max_packet) {
-                    told.extend(own_rows(tell_chunk(conn, &chunk, update, condition)?)?);
+                    told.extend(own_rows(tell_chunk(
+                        conn, &chunk, update, condition, false,
+                    )?)?);
                 }
                 Ok(told)
             })
@@ -412,6 +420,7 @@ fn tell_chunk<M, F>(
     chunk: &[&M],
     update: &[&'static str],
     condition: Option<&F>,
+    cached: bool,
 ) -> Result<Vec<Option<UpsertOutcome>>>
 where
     M: BindRow<Mysql>,
@@ -424,7 +433,10 @@ where
         rows: chunk,
         update,
         condition,
-        marks: Marks::PerRow(&nonce),
+        marks: Marks::PerRow {
+            nonce: &nonce,
+            cached,
+        },
     })?;
     let (hits, oks, foreign) = conn
         .run_int3(&Vars::Masks(&nonce))?
