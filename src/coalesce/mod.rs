@@ -35,7 +35,8 @@
 //! of up to 60 rows; a row that meets another unique index than the key is then written alone,
 //! failing its own caller only). The
 //! others queue; after each batch the lead passes to the oldest queued caller (only that one is
-//! woken), so batches go out back to back and a caller waits for at most the batch in flight
+//! woken; it yields its core once before it takes the queue, so that the callers the batch
+//! just answered, if they come straight back, join its batch), so batches go out back to back and a caller waits for at most the batch in flight
 //! and its own. A batch holds at most [`CoalescerBuilder::max_batch`] calls.
 //!
 //! # Batches in flight
@@ -353,7 +354,13 @@ where
             match slot.wait() {
                 Woken::Done(Ok(result)) => return result,
                 Woken::Done(Err(payload)) => std::panic::resume_unwind(payload),
-                Woken::Lead => self.lead(lane),
+                Woken::Lead => {
+                    // The callers the last batch answered are runnable now; a caller that comes
+                    // straight back joins this batch rather than the next if it gets the core
+                    // first (one yield: no wait when no other thread is runnable).
+                    std::thread::yield_now();
+                    self.lead(lane)
+                }
             }
         }
     }
