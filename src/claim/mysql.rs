@@ -6,8 +6,9 @@
 //! is two round trips: one `UPDATE` that joins the rows it locks with `SKIP LOCKED` and leaves
 //! their ids in a session variable, committed on its own, then a read of those rows by their ids
 //! (none when it took none); three while claims contend, `SET TRANSACTION ISOLATION LEVEL READ
-//! COMMITTED` first (see "Isolation"). Inside a caller's transaction, and for the calls that must change
-//! a row and read it back, a short transaction of a few statements (a savepoint of the caller's).
+//! COMMITTED` first (see "Isolation"). Inside a caller's transaction, and for the calls that
+//! must change a row and read it back, a short transaction of a few statements (a savepoint of
+//! the caller's).
 //!
 //! # What is sent
 //! `t` is the queue's table, the columns are [`ClaimQueue`]'s, the statuses its literals; every

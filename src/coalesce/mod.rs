@@ -28,16 +28,17 @@
 //! # No waiting when alone
 //! A caller that finds nobody writing writes its own call at once, on its own thread, and a
 //! primitive's call alone in its batch runs exactly as the direct call does (one statement, no
-//! transaction around it; a [`Coalescer::run`] closure still gets its transaction). So does a
-//! batch whose calls merge into one statement of a primitive: the increments of one counter
-//! row (one increment of their sum), and upserts of one kind written in one round on
-//! PostgreSQL (one statement writes all their rows or none) and on MySQL/MariaDB (one statement
-//! of up to 60 rows; a row that meets another unique index than the key is then written alone,
-//! failing its own caller only). The
-//! others queue; after each batch the lead passes to the oldest queued caller (only that one is
-//! woken; it yields its core once before it takes the queue, so that the callers the batch
-//! just answered, if they come straight back, join its batch), so batches go out back to back and a caller waits for at most the batch in flight
-//! and its own. A batch holds at most [`CoalescerBuilder::max_batch`] calls.
+//! transaction around it; so does a [`Coalescer::run_atomic`] closure, while a
+//! [`Coalescer::run`] closure still gets its transaction). So does a batch whose calls merge
+//! into one statement of a primitive: the increments of one counter row (one increment of
+//! their sum), and upserts of one kind written in one round on PostgreSQL (one statement writes
+//! all their rows or none) and on MySQL/MariaDB (one statement of up to 60 rows; a row that
+//! meets another unique index than the key is then written alone, failing its own caller only).
+//! The others queue; after each batch the lead passes to the oldest queued caller (only that
+//! one is woken; it yields its core once before it takes the queue, so that the callers the
+//! batch just answered, if they come straight back, join its batch), so batches go out back to
+//! back and a caller waits for at most the batch in flight and its own. A batch holds at most
+//! [`CoalescerBuilder::max_batch`] calls.
 //!
 //! # Batches in flight
 //! By default one batch is in flight at a time. [`CoalescerBuilder::in_flight`] allows more,

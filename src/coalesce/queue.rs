@@ -436,10 +436,10 @@ where
         attempts += 1;
         let mut culprit = None;
         // One call left whose write is one statement of a primitive, atomic by itself (the
-        // merged increments of one row; upserts of distinct keys on PostgreSQL and MySQL,
-        // see `Upsertable::upsert_rows_each`): it goes out
-        // with no transaction around it, as a direct call would (a round trip each for
-        // `BEGIN` and `COMMIT` saved; on MySQL, Diesel's `BEGIN` and `COMMIT` are three each).
+        // merged increments of one row; upserts of distinct keys on PostgreSQL and MySQL, see
+        // `Upsertable::upsert_rows_each`): it goes out with no transaction around it, as a
+        // direct call would (a round trip each for `BEGIN` and `COMMIT` saved; on MySQL,
+        // Diesel's `BEGIN` and `COMMIT` are three each).
         let alone = batch.len() == 1 && batch[0].atomic();
         let mut body = |raw: &mut Conn| {
             for (i, call) in batch.iter_mut().enumerate() {
