@@ -748,16 +748,7 @@ mod mysql {
 
         const DEFAULT_ISOLATION: &'static str = "REPEATABLE-READ";
 
-        const TASKS: &'static str = "CREATE TABLE tasks (
-                 id BIGINT AUTO_INCREMENT PRIMARY KEY,
-                 name TEXT NOT NULL,
-                 status VARCHAR(16) NOT NULL DEFAULT 'pending',
-                 attempts INT NOT NULL DEFAULT 0,
-                 locked_until DATETIME(6) NULL,
-                 holder VARCHAR(200) NULL,
-                 last_error TEXT NULL,
-                 created_at DATETIME(6) NOT NULL DEFAULT '2000-01-01 00:00:00',
-                 KEY tasks_due (status, id))";
+        const TASKS: &'static str = upsert_kit_support::mysql::TASKS_TABLE;
 
         fn create_jobs(conn: &mut MysqlConnection, table: &str, items: i32) {
             conn.batch_execute(&format!(

@@ -26,18 +26,6 @@ impl ClaimQueue for Task {
     type Table = tasks::table;
 }
 
-const TASKS: &str = "
-CREATE TABLE tasks (
-    id BIGINT AUTO_INCREMENT PRIMARY KEY,
-    name TEXT NOT NULL,
-    status VARCHAR(16) NOT NULL DEFAULT 'pending',
-    attempts INT NOT NULL DEFAULT 0,
-    locked_until DATETIME(6) NULL,
-    holder VARCHAR(200) NULL,
-    last_error TEXT NULL,
-    KEY tasks_due (status, id));
-INSERT INTO tasks (name) VALUES ('first'), ('second');";
-
 /// The text of every statement a connection starts.
 #[derive(Clone, Default)]
 struct Statements(Arc<Mutex<Vec<String>>>);
@@ -58,7 +46,10 @@ impl Statements {
 
 #[test]
 fn an_uncontended_claim_is_two_statements_at_the_sessions_isolation() {
-    let db = TestMysql::with_sql(TASKS);
+    let db = TestMysql::with_sql(upsert_kit_support::mysql::TASKS_TABLE);
+    diesel::sql_query("INSERT INTO tasks (name) VALUES ('first'), ('second')")
+        .execute(&mut db.conn())
+        .unwrap();
     let mut conn = db.conn();
     let statements = Statements::default();
     conn.set_instrumentation(statements.clone());

@@ -28,6 +28,19 @@ pub const DEFAULT_MYSQL_PROBE_URL: &str = "mysql://root@127.0.0.1:3306/test";
 /// Overrides [`DEFAULT_MYSQL_PROBE_URL`]; point it where nothing listens to test the throwaway
 /// server.
 pub const MYSQL_PROBE_URL_VAR: &str = "UPSERT_KIT_TEST_MYSQL_PROBE_URL";
+/// The claim tests' `tasks` queue on MySQL/MariaDB: the claim module's documented table with
+/// the default column names (`created_at` defaulting to a fixed instant).
+pub const TASKS_TABLE: &str = "CREATE TABLE tasks (
+    id BIGINT AUTO_INCREMENT PRIMARY KEY,
+    name TEXT NOT NULL,
+    status VARCHAR(16) NOT NULL DEFAULT 'pending',
+    attempts INT NOT NULL DEFAULT 0,
+    locked_until DATETIME(6) NULL,
+    holder VARCHAR(200) NULL,
+    last_error TEXT NULL,
+    created_at DATETIME(6) NOT NULL DEFAULT '2000-01-01 00:00:00',
+    KEY tasks_due (status, id))";
+
 /// How long the probed server has to answer.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
