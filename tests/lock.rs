@@ -410,7 +410,7 @@ where
     assert!(try_lock(&mut third, key).unwrap().is_some());
 }
 
-fn opposite_lock_order_deadlocks_one_side_with_a_retryable_error<B: Backend>() {
+fn opposite_lock_order_fails_a_side_with_a_retryable_deadlock<B: Backend>() {
     let db = B::Db::new();
     let (a, b) = (LockKey::new("order", "a"), LockKey::new("order", "b"));
     // Worker 0 takes a then b; worker 1 b then a.
@@ -434,16 +434,26 @@ fn opposite_lock_order_deadlocks_one_side_with_a_retryable_error<B: Backend>() {
     });
     eprintln!("opposite lock order on {}: {outcomes:?}", B::Db::BACKEND);
     let errors: Vec<&Error> = outcomes.iter().filter_map(|r| r.as_ref().err()).collect();
-    assert_eq!(errors.len(), 1, "{outcomes:?}");
-    assert!(matches!(errors[0], Error::Deadlock(_)), "{:?}", errors[0]);
-    assert!(errors[0].is_retryable());
-    // The winner got its second lock, by the name the server knows it by.
-    let (winner, name) = outcomes
+    // PostgreSQL fails one side; MariaDB's detector of named-lock deadlocks may fail both when
+    // it finds the cycle from both waits at once (seen once in CI). Never none: no hang.
+    let most = if B::Db::BACKEND == "MySQL/MariaDB" {
+        2
+    } else {
+        1
+    };
+    assert!((1..=most).contains(&errors.len()), "{outcomes:?}");
+    for e in &errors {
+        assert!(matches!(e, Error::Deadlock(_)), "{e:?}");
+        assert!(e.is_retryable());
+    }
+    // The winner, if any, got its second lock, by the name the server knows it by.
+    if let Some((winner, name)) = outcomes
         .iter()
         .enumerate()
         .find_map(|(i, r)| r.as_ref().ok().map(|name| (i, name)))
-        .unwrap();
-    assert_eq!(name, &second_names[winner], "{outcomes:?}");
+    {
+        assert_eq!(name, &second_names[winner], "{outcomes:?}");
+    }
 }
 
 /// The tests above, on backend `$backend`; `$xact` is its transaction-scoped lock, if any.
@@ -455,7 +465,7 @@ macro_rules! lock_tests {
             dropping_the_guard_releases_the_lock_and_with_lock_releases_it_when_the_closure_fails(),
             a_pooled_guard_holds_its_connection_and_a_panic_while_holding_the_lock_leaves_the_next_checkout_without_it(),
             a_guard_whose_session_is_killed_never_returns_its_connection_to_the_pool(),
-            opposite_lock_order_deadlocks_one_side_with_a_retryable_error(),
+            opposite_lock_order_fails_a_side_with_a_retryable_deadlock(),
         );
     };
 }

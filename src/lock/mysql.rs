@@ -69,8 +69,9 @@
 //! A session that takes a name it holds takes it again (MySQL 5.7+, MariaDB 10.0.2+) and must
 //! release it as often; each guard releases its own level. The lock is not tied to a
 //! transaction: commits and rollbacks leave it held. The server detects deadlocks between
-//! named locks (two sessions each waiting for the other's): MariaDB fails one `GET_LOCK` with
-//! 1213, [`Error::Deadlock`] (retryable; tested), MySQL 8 with `ER_USER_LOCK_DEADLOCK` (3058),
+//! named locks (two sessions each waiting for the other's): MariaDB fails one `GET_LOCK` (now
+//! and then both, when it finds the cycle from both waits at once) with 1213,
+//! [`Error::Deadlock`] (retryable; tested), MySQL 8 with `ER_USER_LOCK_DEADLOCK` (3058),
 //! also [`Error::Deadlock`] (recognised by its message; the suite has no MySQL 8 server).
 //! The server releases a session's named locks when it ends.
 //!
