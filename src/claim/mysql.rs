@@ -36,8 +36,8 @@
 //! SELECT t.* FROM JSON_TABLE(CONCAT('[', @upsert_kit_claimed, ']'), '$[*]' COLUMNS (id BIGINT PATH '$')) AS c
 //!   JOIN t ON t.id = c.id WHERE t.status = 'processing' AND t.holder = ? ORDER BY t.id
 //! ```
-//! (A deadlock's victim changed nothing and is sent again at READ COMMITTED, three sends in
-//! all. The claim commits before its rows
+//! (A deadlock's victim changed nothing and is sent again at READ COMMITTED, up to three sends
+//! at that level. The claim commits before its rows
 //! are read: when that read fails, the call fails and the items it took stay leased until
 //! their lease expires and [`Queue::reap_expired`] requeues them, as for a worker that died
 //! holding them.) Inside a caller's transaction, in
@@ -786,8 +786,9 @@ fn refuse_tenants<Q: ClaimQueue>() -> Result<()> {
     }
 }
 
-/// How many times a claim outside a transaction sends its statement when InnoDB picks it as a
-/// deadlock's victim (nothing of it applied) before the error reaches the caller.
+/// How many times a claim outside a transaction sends its statement at READ COMMITTED when
+/// InnoDB picks it as a deadlock's victim (nothing of it applied) before the error reaches the
+/// caller; a first send at the session's level comes on top.
 const DEADLOCK_ATTEMPTS: u32 = 3;
 
 /// How many ids one `IN (…)` list names at most.
@@ -820,11 +821,15 @@ where
                 match take.execute(self).map_err(crate::error::Error::from) {
                     Err(e @ crate::error::Error::Deadlock(_)) => {
                         contention::seen();
-                        if attempt == DEADLOCK_ATTEMPTS {
+                        if !contended {
+                            // Sent at the session's level: now as many sends at READ
+                            // COMMITTED as a contended claim gets.
+                            contended = true;
+                        } else if attempt == DEADLOCK_ATTEMPTS {
                             return Err(e);
+                        } else {
+                            attempt += 1;
                         }
-                        contended = true;
-                        attempt += 1;
                     }
                     other => break other?,
                 }
