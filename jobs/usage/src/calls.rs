@@ -69,23 +69,13 @@ type NewLimits = (
 type Set<Column> = Eq<Column, i64>;
 
 /// `$body` with `$q` the quota declaration of the metric `$m`.
+#[rustfmt::skip]
 macro_rules! with_quota {
-    ($m:expr, $q:ident => $body:expr) => {
-        match $m {
-            Metric::Tokens => {
-                type $q = TokensQuota;
-                $body
-            }
-            Metric::Reports => {
-                type $q = ReportsQuota;
-                $body
-            }
-            Metric::Chats => {
-                type $q = ChatsQuota;
-                $body
-            }
-        }
-    };
+    ($m:expr, $q:ident => $body:expr) => { match $m {
+        Metric::Tokens => { type $q = TokensQuota; $body }
+        Metric::Reports => { type $q = ReportsQuota; $body }
+        Metric::Chats => { type $q = ChatsQuota; $body }
+    } };
 }
 
 /// The library's reservation behind a usage reservation.
@@ -174,8 +164,9 @@ calls! {
     }
 
     fn record(
-        &mut self, key: &IdempotencyKey, hash: i64, period: &PeriodKey, d: Usage, now: NaiveDateTime
+        &mut self, key: &IdempotencyKey, hash: i64, period: &PeriodKey, d: Usage
     ) -> Result<counter::Increment> {
+        let now = chrono::Utc::now().naive_utc();
         let d = [d.tokens, d.reports, d.chats];
         let rec = Record::<UsageEvents, PeriodCounters>::new(&period.0, key, &hash, period, d, now);
         let no_period = || Error::NotFound("no usage period".into());

@@ -101,10 +101,8 @@ pub fn increment<C: UsageConnection>(
     amounts: Usage,
 ) -> Result<Increment> {
     let key = checked(key, at, &amounts)?;
-    let (hash, now) = (request_hash(&amounts), chrono::Utc::now().naive_utc());
-    in_period(conn, account, at, |c, k| {
-        c.record(&key, hash, k, amounts, now)
-    })
+    let hash = request_hash(&amounts);
+    in_period(conn, account, at, |c, k| c.record(&key, hash, k, amounts))
 }
 
 /// The checks of [`increment`]'s input, made before anything is sent or queued.

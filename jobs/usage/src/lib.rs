@@ -270,17 +270,15 @@ pub(crate) fn check_instant(field: &str, at: NaiveDateTime) -> Result<()> {
 /// Checks an amount to add, reserve or consume: `0..=MAX_AMOUNT`, and above 0 unless
 /// `zero_ok`.
 pub(crate) fn check_amount(field: &str, amount: i64, zero_ok: bool) -> Result<()> {
-    let invalid = |why: String| Err(Error::invalid(field, why));
-    if amount < 0 || (amount == 0 && !zero_ok) {
-        let bound = if zero_ok { "0 or more" } else { "above 0" };
-        return invalid(format!("{amount} is not allowed: amounts must be {bound}"));
-    }
-    if amount > MAX_AMOUNT {
-        return invalid(format!(
-            "{amount} is above the largest amount, {MAX_AMOUNT}"
-        ));
-    }
-    Ok(())
+    let bound = if zero_ok { "0 or more" } else { "above 0" };
+    let why = if amount < 0 || (amount == 0 && !zero_ok) {
+        format!("{amount} is not allowed: amounts must be {bound}")
+    } else if amount > MAX_AMOUNT {
+        format!("{amount} is above the largest amount, {MAX_AMOUNT}")
+    } else {
+        return Ok(());
+    };
+    Err(Error::invalid(field, why))
 }
 
 /// The calendar month (UTC) containing `at`: `[first day 00:00, first day of the next month)`.

@@ -11,7 +11,7 @@
 use crate::{check_amount, check_instant, in_period, Metric, UsageConnection, UsagePeriod};
 use chrono::NaiveDateTime;
 use std::time::Duration;
-use upsert_kit::{Error, Result};
+use upsert_kit::Result;
 
 /// The longest time to live of a reservation (one day).
 pub const MAX_RESERVATION_TTL: Duration = upsert_kit::quota::MAX_RESERVATION_TTL;
@@ -80,14 +80,9 @@ pub fn reserve<C: UsageConnection>(
     check_amount("amount", amount, false)?;
     check_instant("at", at)?;
     // The library refuses a `ttl` of 0 or of more than a day; the expiry must fit years 1-9999.
-    let expiry = chrono::Duration::from_std(ttl)
-        .ok()
-        .map(|ttl| at.checked_add_signed(ttl));
-    if let Some(expires_at) = expiry {
-        check_instant(
-            "ttl",
-            expires_at.ok_or_else(|| Error::invalid("ttl", "out of range"))?,
-        )?;
+    if ttl <= MAX_RESERVATION_TTL {
+        let expires_at = at + chrono::Duration::from_std(ttl).unwrap_or_default();
+        check_instant("ttl", expires_at)?;
     }
     in_period(conn, account, at, |c, k| {
         c.reserve(metric, k, amount, ttl, at)

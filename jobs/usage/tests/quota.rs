@@ -277,6 +277,14 @@ fn bad_input_is_a_typed_error_and_writes_nothing() {
             "{case}: {result:?}"
         );
     }
+    // A lease that would end after 9999-12-31 is refused as a bad `ttl`.
+    let last_minute = chrono::NaiveDate::from_ymd_opt(9999, 12, 31)
+        .and_then(|d| d.and_hms_opt(23, 59, 30))
+        .unwrap();
+    assert!(matches!(
+        reserve(&mut conn, 1, Metric::Tokens, 5, last_minute, TTL),
+        Err(Error::InvalidInput(ref e)) if e.field == "ttl"
+    ));
     assert!(matches!(
         try_consume(&mut conn, 1, Metric::Chats, 0, t0()),
         Err(Error::InvalidInput(_))
