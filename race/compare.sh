@@ -7,7 +7,7 @@
 #   cargo build --release -p upsert-race
 #   race/compare.sh [SECONDS]             # per measurement, default 5; ROUNDS=3 rounds
 #   CLIENTS="1 8 32" race/compare.sh 3    # the single-row clients (default "1 8")
-#   IN_FLIGHT=2 race/compare.sh           # the coalescing writer's batches in flight (default 1)
+#   IN_FLIGHT=1 race/compare.sh           # the coalescing writer's batches in flight (default: the library's)
 #
 # Environment: PGOPTIONS applies to both sides (e.g. '-c synchronous_commit=off' to take the
 # commit's flush out of the measurement), DATABASE_URL (admin URL, default postgres://postgres@127.0.0.1:5432/postgres),
@@ -32,7 +32,7 @@ BATCH=1000
 BULK_KEYS=20000
 TS="2026-11-29 00:00:00"
 CLIENTS=${CLIENTS:-1 8}
-IN_FLIGHT=${IN_FLIGHT:-1}
+IN_FLIGHT=${IN_FLIGHT:-}
 NPROC=$(nproc)
 
 for tool in pgbench psql jq; do
@@ -80,7 +80,7 @@ per_sec() { # json-name pattern workers
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }'; }
 
-echo "pgbench $(pgbench --version | awk '{print $3}'), $ROUNDS rounds, $SECS s per measurement, $NPROC cores, $IN_FLIGHT coalesced batch(es) in flight; logs in $OUT" >&2
+echo "pgbench $(pgbench --version | awk '{print $3}'), $ROUNDS rounds, $SECS s per measurement, $NPROC cores, ${IN_FLIGHT:-the default number of} coalesced batches in flight; logs in $OUT" >&2
 
 # The machine is shared and its fsync latency moves: every round measures both sides back to
 # back, and the ratio is taken over the sums of all rounds (per-round ratios are shown too).
@@ -93,7 +93,7 @@ for round in $(seq "$ROUNDS"); do
         seed $KEYS
         pg=$(pgbench_tps "$c" single_upsert.sql)
         race "single-$round-$c" --scenario upsert --patterns naive,diesel,atomic,coalesced --workers "$c" --keys $KEYS \
-            --in-flight "$IN_FLIGHT"
+            ${IN_FLIGHT:+--in-flight "$IN_FLIGHT"}
         crate=$(per_sec "single-$round-$c" atomic "$c")
         coalesced=$(per_sec "single-$round-$c" coalesced "$c")
         add "coalesced_single_$c" "$coalesced"

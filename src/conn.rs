@@ -84,6 +84,12 @@ pub trait Dialect: Backend + sealed::Sealed {
     #[doc(hidden)]
     const DEFAULT_TABLES_SQL: &'static str;
 
+    /// How many batches a [`Coalescer`](crate::coalesce::Coalescer) has in flight unless
+    /// [`in_flight`](crate::coalesce::CoalescerBuilder::in_flight) says: two where the server
+    /// writes several connections' transactions at once; one on SQLite (one writer).
+    #[doc(hidden)]
+    const BATCHES_IN_FLIGHT: usize = 2;
+
     /// Upgrades of the ready-made tables that cannot be written to run twice: a query that
     /// returns a row while the upgrade is still to be done, and the upgrade's SQL.
     #[doc(hidden)]
@@ -164,6 +170,7 @@ impl Dialect for diesel::pg::Pg {
 #[cfg(feature = "sqlite")]
 impl Dialect for diesel::sqlite::Sqlite {
     const SYSTEM: &'static str = "sqlite";
+    const BATCHES_IN_FLIGHT: usize = 1;
     const DEFAULT_TABLES_SQL: &'static str =
         include_str!("../migrations/sqlite/2026-12-01-000010_upsert_kit_tables/up.sql");
     const DEFAULT_TABLES_UPGRADES: &'static [(&'static str, &'static str)] = &[(

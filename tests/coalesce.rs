@@ -130,6 +130,14 @@ macro_rules! coalesce_guarantees {
 
             type Writer = Coalescer<$conn>;
 
+            /// A writer with one batch in flight: the calls queued behind a held batch go
+            /// out together as the next one.
+            fn one_lane(
+                pool: diesel::r2d2::Pool<diesel::r2d2::ConnectionManager<$conn>>,
+            ) -> Writer {
+                Writer::builder().in_flight(1).build(pool)
+            }
+
             fn count(conn: &mut $conn) -> i64 {
                 entries::table.count().get_result(conn).unwrap()
             }
@@ -344,7 +352,7 @@ macro_rules! coalesce_guarantees {
             #[test]
             fn a_call_that_fails_on_its_own_fails_alone_and_its_batch_commits() {
                 let db = $db;
-                let writer = Coalescer::new(db.pool(4));
+                let writer = one_lane(db.pool(4));
                 let results = one_batch(&writer, (0..5).collect(), |w, i| {
                     let v = if i == 2 { -1 } else { i };
                     w.upsert(Entry {
@@ -378,7 +386,7 @@ macro_rules! coalesce_guarantees {
                 diesel::sql_query("INSERT INTO entries (k, v) VALUES ('old', 0)")
                     .execute(&mut db.conn())
                     .unwrap();
-                let writer = Coalescer::new(db.pool(4));
+                let writer = one_lane(db.pool(4));
                 let keys = ["x", "y", "x", "old", "x", "z", "y", "old"];
                 let args = keys.into_iter().enumerate().collect();
                 let told: Vec<_> = one_batch(&writer, args, |w, (i, k)| {
@@ -444,7 +452,7 @@ macro_rules! coalesce_guarantees {
                 diesel::sql_query("INSERT INTO stamped (k, v, first_v) VALUES ('old', 0, -1)")
                     .execute(&mut db.conn())
                     .unwrap();
-                let writer = Coalescer::new(db.pool(4));
+                let writer = one_lane(db.pool(4));
                 let keys = ["x", "x", "old", "x", "y", "old", "x"];
                 let args = keys.into_iter().enumerate().collect();
                 let told: Vec<(String, UpsertOutcome, i64)> =
@@ -514,7 +522,7 @@ macro_rules! coalesce_guarantees {
                 diesel::sql_query("INSERT INTO entries (k, v) VALUES ('same', 1), ('changed', 1)")
                     .execute(&mut db.conn())
                     .unwrap();
-                let writer = Coalescer::new(db.pool(4));
+                let writer = one_lane(db.pool(4));
                 let rows = [
                     ("same", 1),
                     ("changed", 2),
@@ -552,7 +560,7 @@ macro_rules! coalesce_guarantees {
                 diesel::sql_query("INSERT INTO tagged (k, tag) VALUES ('a', 'red')")
                     .execute(&mut db.conn())
                     .unwrap();
-                let writer = Coalescer::new(db.pool(4));
+                let writer = one_lane(db.pool(4));
                 // `a` keeps its tag, so `c`'s collides in every order the batch may run in.
                 let rows = [("b", "blue"), ("c", "red"), ("a", "red"), ("d", "white")];
                 let told: Vec<_> = one_batch(&writer, rows.to_vec(), |w, (k, tag)| {
@@ -600,7 +608,7 @@ macro_rules! coalesce_guarantees {
             #[test]
             fn a_call_that_panics_panics_its_own_caller_only() {
                 let db = $db;
-                let writer = Coalescer::new(db.pool(4));
+                let writer = one_lane(db.pool(4));
                 let results = one_batch(&writer, (0..4).collect(), |w, i| {
                     if i == 1 {
                         w.run(|_| -> upsert_kit::Result<()> { panic!("a call's own bug") })
@@ -672,7 +680,9 @@ coalesce_guarantees!(
 #[test]
 fn a_batch_whose_connection_is_lost_writes_nothing_and_fails_every_caller() {
     let db = TestDb::with_sql(PG_SQL);
-    let writer = Coalescer::new(db.pool(2));
+    let writer = upsert_kit::coalesce::CoalescerBuilder::default()
+        .in_flight(1)
+        .build(db.pool(2));
     let (holder, gate) = hold(&writer);
     let url = db.url().to_owned();
     let mut threads: Vec<_> = (0..3)
@@ -739,10 +749,60 @@ fn a_batch_whose_connection_is_lost_writes_nothing_and_fails_every_caller() {
     );
 }
 
+/// By default (PostgreSQL, MySQL) a second batch goes out while one is in flight: a call queued
+/// behind a held batch of one call (half of it or more) is written and answered on a
+/// connection of its own before the held batch ends.
+fn a_second_batch_goes_out_while_the_first_is_held<C>(
+    pool: diesel::r2d2::Pool<diesel::r2d2::ConnectionManager<C>>,
+) where
+    C: diesel::r2d2::R2D2Connection + upsert_kit::conn::WriteConnection<Raw = C> + 'static,
+    Entry: upsert_kit::Upsertable<C>,
+{
+    let writer = Coalescer::new(pool);
+    let (holder, gate) = hold(&writer);
+    let (told, answer) = mpsc::channel();
+    let w = writer.clone();
+    let second = std::thread::spawn(move || {
+        let outcome = w.upsert(Entry {
+            k: "second".into(),
+            v: 1,
+        });
+        told.send(outcome.map_err(|e| e.to_string())).unwrap();
+    });
+    let outcome = answer.recv_timeout(Duration::from_secs(20));
+    assert_eq!(
+        outcome,
+        Ok(Ok(UpsertOutcome::Inserted)),
+        "the queued call was answered while the first batch was held"
+    );
+    assert_eq!(
+        writer.stats().batches,
+        1,
+        "only the second batch has committed"
+    );
+    gate.send(()).unwrap();
+    holder.join().unwrap();
+    second.join().unwrap();
+    assert_eq!(writer.stats().batches, 2);
+}
+
+#[test]
+fn on_postgres_a_second_batch_goes_out_while_the_first_is_held() {
+    let db = TestDb::with_sql(PG_SQL);
+    a_second_batch_goes_out_while_the_first_is_held::<diesel::PgConnection>(db.pool(3));
+}
+
+#[test]
+fn on_mysql_a_second_batch_goes_out_while_the_first_is_held() {
+    let db = TestMysql::with_sql(MYSQL_SQL);
+    a_second_batch_goes_out_while_the_first_is_held::<diesel::MysqlConnection>(db.pool(3));
+}
+
 /// A call of a test batch, its result as text.
 type BatchCall<C = diesel::PgConnection> = Box<dyn FnOnce(&Coalescer<C>) -> String + Send>;
 
-/// A writer over a pool of two connections to `url` whose `BEGIN`s are counted.
+/// A writer over a pool of two connections to `url` whose `BEGIN`s are counted, with one batch
+/// in flight.
 fn counted_writer<C>(url: &str) -> (Coalescer<C>, Begins)
 where
     C: diesel::r2d2::R2D2Connection + upsert_kit::conn::WriteConnection<Raw = C> + 'static,
@@ -753,7 +813,12 @@ where
         .connection_customizer(Box::new(begins.clone()))
         .build(diesel::r2d2::ConnectionManager::<C>::new(url))
         .unwrap();
-    (Coalescer::new(pool), begins)
+    (
+        upsert_kit::coalesce::CoalescerBuilder::default()
+            .in_flight(1)
+            .build(pool),
+        begins,
+    )
 }
 
 /// Runs `calls` (each on a thread of its own) as one batch of `writer`, queued behind a call

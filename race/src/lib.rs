@@ -80,8 +80,9 @@ pub struct Config {
     /// The scenarios' sizes.
     pub params: scenarios::Params,
     /// Batches the coalesced cells' writer has in flight at once
-    /// ([`CoalescerBuilder::in_flight`](upsert_kit::coalesce::CoalescerBuilder::in_flight)).
-    pub in_flight: usize,
+    /// ([`CoalescerBuilder::in_flight`](upsert_kit::coalesce::CoalescerBuilder::in_flight));
+    /// `None`: the library's default.
+    pub in_flight: Option<usize>,
     /// Draw a progress bar (on a terminal).
     pub progress: bool,
 }
@@ -310,7 +311,7 @@ fn run_cell<C: RaceConnection>(
     pattern: Pattern,
     workers: usize,
     stop: Stop,
-    in_flight: usize,
+    in_flight: Option<usize>,
 ) -> Result<Measured> {
     let mut admin = C::connect(url)?;
     scenario.prepare(&mut admin)?;
@@ -322,16 +323,17 @@ fn run_cell<C: RaceConnection>(
     // the start too.
     let writer = match pattern {
         Pattern::Coalesced => {
+            // A connection per batch in flight (two unless told), and one to spare.
             let pool = diesel::r2d2::Pool::builder()
-                .max_size(in_flight as u32 + 1)
+                .max_size(in_flight.unwrap_or(2) as u32 + 1)
                 .build(diesel::r2d2::ConnectionManager::<C>::new(url))
                 .context("the coalescing writer's pool")?;
             drop(pool.get().context("the coalescing writer's connection")?);
-            Some(
-                upsert_kit::coalesce::CoalescerBuilder::default()
-                    .in_flight(in_flight)
-                    .build(pool),
-            )
+            let builder = upsert_kit::coalesce::CoalescerBuilder::default();
+            Some(match in_flight {
+                Some(n) => builder.in_flight(n).build(pool),
+                None => builder.build(pool),
+            })
         }
         _ => None,
     };

@@ -99,9 +99,9 @@ struct Args {
     claim_items: usize,
 
     /// Batches the coalescing writer of the coalesced cells has in flight at once, each on its
-    /// own connection.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
-    in_flight: u32,
+    /// own connection. Default: the library's (two on PostgreSQL and MySQL/MariaDB).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=64))]
+    in_flight: Option<u32>,
 
     /// Also write the rows as JSON to this file.
     #[arg(long)]
@@ -177,7 +177,7 @@ fn run(args: &Args) -> Result<()> {
             quota_limit: args.quota_limit,
             claim_items: args.claim_items,
         },
-        in_flight: args.in_flight as usize,
+        in_flight: args.in_flight.map(|n| n as usize),
         progress: !args.no_progress,
     };
     let rows = if mysql {

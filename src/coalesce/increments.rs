@@ -104,6 +104,10 @@ where
         true
     }
 
+    fn one_row(&self) -> bool {
+        self.amounts.len() > 1
+    }
+
     fn as_any(&mut self) -> Option<&mut dyn Any> {
         Some(self)
     }

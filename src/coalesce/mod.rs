@@ -41,20 +41,23 @@
 //! [`CoalescerBuilder::max_batch`] calls.
 //!
 //! # Batches in flight
-//! By default one batch is in flight at a time. [`CoalescerBuilder::in_flight`] allows more,
-//! each in its own lane (its own queue, leader and connection): a caller goes to a lane with
-//! no batch in flight, else queues behind the shortest queue. More lanes pay where the server
-//! commits several connections together (MySQL/MariaDB) and the callers write different rows;
-//! one lane gathers the most calls into a statement where they meet on one row.
+//! On PostgreSQL and MySQL/MariaDB up to two batches are in flight at once, each in its own
+//! transaction on its own connection; on SQLite one, since its file has one writer
+//! ([`CoalescerBuilder::in_flight`] sets another number). A caller that finds no batch in
+//! flight writes at once. While one is in flight the queued calls wait for it, unless the queue
+//! holds at least half as many calls as the last batch took: then its oldest caller writes
+//! them as another batch, whose statement and commit overlap the first one's (a smaller one
+//! would not pay for its own round trip and commit). No second batch goes out while the last
+//! one merged calls on one row (a hot counter): it would only wait on that row's lock.
 //!
 //! # Which connection
-//! A batch takes a connection of the pool for its transaction; each lane keeps its last
-//! batch's connection checked out for the next one (unless that batch lost it), so the
-//! coalescer holds one connection of the pool per lane between batches. On PostgreSQL and MySQL the
-//! transaction is `BEGIN … COMMIT` (it works behind a transaction-mode pooler); on SQLite it is
-//! `BEGIN IMMEDIATE`: one writer, many callers, instead of the file handed from thread to
-//! thread for every write. The calls of a batch share its transaction, so a call must not
-//! expect to be the outermost transaction: the primitives nest as savepoints.
+//! A batch takes a connection of the pool for its transaction; the coalescer keeps its last
+//! batches' connections checked out for the next ones (unless a batch lost its own), so it
+//! holds up to one connection of the pool per batch in flight between batches. On PostgreSQL
+//! and MySQL the transaction is `BEGIN … COMMIT` (it works behind a transaction-mode pooler);
+//! on SQLite it is `BEGIN IMMEDIATE`: one writer, many callers, instead of the file handed from
+//! thread to thread for every write. The calls of a batch share its transaction, so a call must
+//! not expect to be the outermost transaction: the primitives nest as savepoints.
 //!
 //! # Panics and drop
 //! A call that panics on the leader's thread is taken out of the batch (the others are written
@@ -108,7 +111,7 @@ use self::increments::IncrementCall;
 use self::upserts::UpsertCall;
 
 use self::queue::{copy_of, lock, Answers, Callers, Fault, Pending, Queue, Slot, Woken};
-use crate::conn::{BindKey, WriteConnection};
+use crate::conn::{BindKey, Dialect, WriteConnection};
 use crate::counter::{Counter, CounterBackend, Increment};
 use crate::error::{Error, Result};
 use crate::get_or_create::{GetOrCreate, Obtained};
@@ -137,15 +140,10 @@ pub struct Coalescer<Conn: R2D2Connection + 'static> {
 
 struct Shared<Conn: R2D2Connection + 'static> {
     pool: Pool<ConnectionManager<Conn>>,
-    /// One per batch that may be in flight ([`CoalescerBuilder::in_flight`]).
-    lanes: Vec<Lane<Conn>>,
-}
-
-/// A queue of calls with its own leader and connection: one batch in flight at a time.
-struct Lane<Conn: R2D2Connection + 'static> {
-    /// The connection of the lane's last batch, kept for its next one (a checkout from the pool
-    /// costs a round trip when the pool tests connections on checkout, r2d2's default).
-    kept: Mutex<Option<PooledConnection<ConnectionManager<Conn>>>>,
+    /// The connections of the last batches, kept for the next ones (a checkout from the pool
+    /// costs a round trip when the pool tests connections on checkout, r2d2's default): at
+    /// most one per batch in flight ([`CoalescerBuilder::in_flight`]).
+    kept: Mutex<Vec<PooledConnection<ConnectionManager<Conn>>>>,
     queue: Queue<Conn>,
 }
 
@@ -160,8 +158,8 @@ impl<Conn: R2D2Connection + 'static> Clone for Coalescer<Conn> {
 impl<Conn: R2D2Connection + 'static> fmt::Debug for Coalescer<Conn> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Coalescer")
-            .field("max_batch", &self.shared.lanes[0].queue.max_batch())
-            .field("in_flight", &self.shared.lanes.len())
+            .field("max_batch", &self.shared.queue.max_batch())
+            .field("in_flight", &self.shared.queue.max_leaders())
             .finish_non_exhaustive()
     }
 }
@@ -171,7 +169,8 @@ impl<Conn: R2D2Connection + 'static> fmt::Debug for Coalescer<Conn> {
 #[must_use = "a builder does nothing until `.build()`"]
 pub struct CoalescerBuilder {
     max_batch: usize,
-    in_flight: usize,
+    /// `None`: the backend's default.
+    in_flight: Option<usize>,
 }
 
 impl CoalescerBuilder {
@@ -187,20 +186,21 @@ impl CoalescerBuilder {
     }
 
     /// At most `batches` batches written at once, each in its own transaction on its own
-    /// connection of the pool (default 1). A caller goes to a lane with no batch in flight,
-    /// where it writes at once, else queues behind the shortest queue. More than one pays where
-    /// the server commits several connections' transactions together (InnoDB's group commit
-    /// on MySQL/MariaDB) and many callers write different rows; where the callers meet on one
-    /// row (a hot counter), one batch in flight gathers the most calls into each statement,
-    /// and more only wait on that row's lock. The coalescer holds up to `batches` connections
-    /// of the pool between batches. The batches in flight together may wait on each other's
-    /// row locks; a deadlock between them is retried as any batch's.
+    /// connection of the pool (default: two on PostgreSQL and MySQL/MariaDB, one on SQLite). A
+    /// caller that finds no batch in flight writes at once; while batches are in flight, another
+    /// one goes out when the queue holds at least half as many calls as the last batch took and
+    /// the last batch did not merge calls on one row (see the [module documentation](self)).
+    /// More than one pays where the server commits several connections' transactions together
+    /// and the callers write different rows; where they meet on one row, one batch in flight
+    /// gathers the most calls into each statement. The coalescer holds up to `batches`
+    /// connections of the pool between batches. The batches in flight together may wait on
+    /// each other's row locks; a deadlock between them is retried as any batch's.
     ///
     /// # Panics
     /// When `batches` is 0.
     pub fn in_flight(mut self, batches: usize) -> Self {
         assert!(batches > 0, "at least one batch in flight");
-        self.in_flight = batches;
+        self.in_flight = Some(batches);
         self
     }
 
@@ -212,12 +212,13 @@ impl CoalescerBuilder {
         Coalescer {
             shared: Arc::new(Shared {
                 pool,
-                lanes: (0..self.in_flight)
-                    .map(|_| Lane {
-                        kept: Mutex::new(None),
-                        queue: Queue::new(self.max_batch),
-                    })
-                    .collect(),
+                kept: Mutex::new(Vec::new()),
+                queue: Queue::new(
+                    self.max_batch,
+                    self.in_flight.unwrap_or(
+                        <<Conn as WriteConnection>::Backend as Dialect>::BATCHES_IN_FLIGHT,
+                    ),
+                ),
             }),
         }
     }
@@ -227,7 +228,7 @@ impl Default for CoalescerBuilder {
     fn default() -> Self {
         CoalescerBuilder {
             max_batch: DEFAULT_MAX_BATCH,
-            in_flight: 1,
+            in_flight: None,
         }
     }
 }
@@ -235,42 +236,18 @@ impl Default for CoalescerBuilder {
 impl<Conn: R2D2Connection + 'static> Coalescer<Conn> {
     /// How many calls wait for the next batch now.
     pub fn queued(&self) -> usize {
-        self.shared
-            .lanes
-            .iter()
-            .map(|lane| lane.queue.queued())
-            .sum()
+        self.shared.queue.queued()
     }
 
     /// What the batches did since the coalescer was built.
     pub fn stats(&self) -> CoalescerStats {
-        let mut stats = CoalescerStats::default();
-        for lane in &self.shared.lanes {
-            let counts = &lane.queue.counts;
-            stats.batches += counts.batches.load(Ordering::Relaxed);
-            stats.calls += counts.calls.load(Ordering::Relaxed);
-            stats.taken_out += counts.taken_out.load(Ordering::Relaxed);
-            stats.retried_batches += counts.retries.load(Ordering::Relaxed);
+        let counts = &self.shared.queue.counts;
+        CoalescerStats {
+            batches: counts.batches.load(Ordering::Relaxed),
+            calls: counts.calls.load(Ordering::Relaxed),
+            taken_out: counts.taken_out.load(Ordering::Relaxed),
+            retried_batches: counts.retries.load(Ordering::Relaxed),
         }
-        stats
-    }
-
-    /// The lane a new call goes to: one with no batch in flight (its caller writes at once),
-    /// else the one with the fewest calls queued.
-    fn lane(&self) -> &Lane<Conn> {
-        let lanes = &self.shared.lanes;
-        if let [only] = lanes.as_slice() {
-            return only;
-        }
-        let mut shortest = (&lanes[0], usize::MAX);
-        for lane in lanes {
-            match lane.queue.load() {
-                (false, _) => return lane,
-                (true, queued) if queued < shortest.1 => shortest = (lane, queued),
-                _ => {}
-            }
-        }
-        shortest.0
     }
 }
 
@@ -347,9 +324,8 @@ where
 
     /// Queues `call`, whose answer comes in `slot`, and waits for it (leading when asked to).
     fn wait<R>(&self, call: Box<dyn Pending<Conn>>, slot: &Slot<R>) -> Result<R> {
-        let lane = self.lane();
-        if lane.queue.push(call) {
-            self.lead(lane);
+        if self.shared.queue.push(call) {
+            self.lead();
         }
         loop {
             match slot.wait() {
@@ -360,26 +336,27 @@ where
                     // straight back joins this batch rather than the next if it gets the core
                     // first (one yield: no wait when no other thread is runnable).
                     std::thread::yield_now();
-                    self.lead(lane)
+                    self.lead()
                 }
             }
         }
     }
 
-    /// Writes one batch of `lane` (if anything is queued there), then passes the lead on.
-    fn lead(&self, lane: &Lane<Conn>) {
-        let batch = lane.queue.take();
+    /// Writes one batch (if anything is queued), then passes the lead on.
+    fn lead(&self) {
+        let queue = &self.shared.queue;
+        let batch = queue.take();
         if batch.is_empty() {
             return;
         }
         // Passed on however the batch ends, a panic of the library's own included, so that
         // the queue never waits for a leader that is gone.
-        let _pass = PassLead(&lane.queue);
-        let kept = lock(&lane.kept).take();
+        let _pass = PassLead(queue);
+        let kept = lock(&self.shared.kept).pop();
         match kept.map_or_else(|| self.shared.pool.get(), Ok) {
             Ok(mut conn) => {
-                if queue::write_batch(&mut *conn, batch, &lane.queue.counts) && !conn.is_broken() {
-                    *lock(&lane.kept) = Some(conn);
+                if queue::write_batch(&mut *conn, batch, &queue.counts) && !conn.is_broken() {
+                    lock(&self.shared.kept).push(conn);
                 }
             }
             Err(e) => {

@@ -1,19 +1,21 @@
-//! The group commit under [`Coalescer`](super::Coalescer): callers queue their calls, and one
-//! of them at a time (a leader) takes everything queued, writes it in one transaction on a
-//! connection of the pool, and hands each caller its own result.
+//! The group commit under [`Coalescer`](super::Coalescer): callers queue their calls, and a
+//! leader among them takes what is queued, writes it in one transaction on a connection of the
+//! pool, and hands each caller its own result.
 //!
 //! A caller that finds no leader becomes one at once: alone, it writes its own call with no
 //! wait. A caller that finds a batch in flight queues and sleeps on its own slot; the leader,
 //! after its batch, hands the lead to the first queued caller (waking that one only) or, with
 //! nothing queued, steps down. So batches go out back to back, each caller waits for at most the
-//! batch in flight and its own, and only the callers of a finished batch are woken.
+//! batch in flight and its own, and only the callers of a finished batch are woken. Up to
+//! `in_flight` leaders write at once: another is made while batches are in flight when the
+//! queue holds at least half as many calls as the last batch took ([`Queue::elect`]).
 
 use crate::conn::WriteConnection;
 use crate::error::{Error, Result};
 use std::any::Any;
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 /// A caller's result, or the panic its call raised on the leader's thread (raised again on
@@ -58,6 +60,11 @@ pub(super) trait Pending<Conn>: Send {
     /// How many callers this call answers (more than one once it has absorbed others).
     fn callers(&self) -> usize {
         self.callers_ref().len()
+    }
+    /// Whether the call writes one row for several callers (merged increments of one counter
+    /// row): a second batch in flight would wait on that row's lock.
+    fn one_row(&self) -> bool {
+        false
     }
     /// The call as `Any`, for [`Pending::absorb`] to recognise a call of its own kind.
     fn as_any(&mut self) -> Option<&mut dyn Any> {
@@ -307,10 +314,11 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The queued calls and whether a leader is writing.
+/// The queued calls and the leaders writing them.
 pub(super) struct Queue<Conn> {
     state: Mutex<QueueState<Conn>>,
     max_batch: usize,
+    max_leaders: usize,
     pub(super) counts: Counts,
 }
 
@@ -321,21 +329,34 @@ pub(super) struct Counts {
     pub(super) calls: AtomicU64,
     pub(super) taken_out: AtomicU64,
     pub(super) retries: AtomicU64,
+    /// Whether the last batch written had calls merged on one row ([`Pending::one_row`]).
+    pub(super) one_row: AtomicBool,
 }
 
 struct QueueState<Conn> {
     queued: VecDeque<Box<dyn Pending<Conn>>>,
-    leading: bool,
+    /// Leaders writing a batch, or made leaders and about to take one.
+    leaders: usize,
+    /// Whether a leader is about to take the queue (it takes from the front, where its own
+    /// call is): no other leader is made until it has.
+    electing: bool,
+    /// How many calls the last batch took.
+    last: usize,
 }
 
 impl<Conn> Queue<Conn> {
-    pub(super) fn new(max_batch: usize) -> Self {
+    /// A queue whose batches hold at most `max_batch` calls, with at most `max_leaders`
+    /// batches in flight at once.
+    pub(super) fn new(max_batch: usize, max_leaders: usize) -> Self {
         Queue {
             state: Mutex::new(QueueState {
                 queued: VecDeque::new(),
-                leading: false,
+                leaders: 0,
+                electing: false,
+                last: 0,
             }),
             max_batch,
+            max_leaders,
             counts: Counts::default(),
         }
     }
@@ -345,42 +366,71 @@ impl<Conn> Queue<Conn> {
         self.max_batch
     }
 
+    /// The batches in flight at most.
+    pub(super) fn max_leaders(&self) -> usize {
+        self.max_leaders
+    }
+
     /// How many calls wait for a batch.
     pub(super) fn queued(&self) -> usize {
         lock(&self.state).queued.len()
     }
 
-    /// Whether a leader is writing, and how many calls wait for a batch.
-    pub(super) fn load(&self) -> (bool, usize) {
-        let state = lock(&self.state);
-        (state.leading, state.queued.len())
+    /// Makes the oldest queued caller a leader when the queue calls for one: when nobody
+    /// leads; or, with fewer leaders than allowed, none about to take the queue and the last
+    /// batch not one of calls merged on one row, when it holds at least half as many calls as
+    /// the last batch took (a batch that small would wait for the one in flight and go out
+    /// barely fuller; one that size pays for its own round trip and commit; batches on one
+    /// row would only wait on its lock). Returns whether it did.
+    fn elect(&self, state: &mut QueueState<Conn>) -> bool {
+        let one_row = self.counts.one_row.load(Ordering::Relaxed);
+        let more = state.leaders < self.max_leaders && !state.electing && !one_row;
+        let room = more && state.queued.len() * 2 >= state.last;
+        if state.queued.is_empty() || !(state.leaders == 0 || room) {
+            return false;
+        }
+        state.leaders += 1;
+        state.electing = true;
+        true
     }
 
-    /// Queues a call: `true` when the caller is to lead (nobody was).
+    /// Queues a call: `true` when the caller is to lead now (see [`Queue::elect`]).
     pub(super) fn push(&self, call: Box<dyn Pending<Conn>>) -> bool {
         let mut state = lock(&self.state);
         state.queued.push_back(call);
-        !std::mem::replace(&mut state.leading, true)
+        self.elect(&mut state)
     }
 
-    /// The next batch, oldest calls first; empty when nothing is queued (the leader then
-    /// steps down).
+    /// A leader's batch, oldest calls first; empty when nothing is queued (the leader then
+    /// steps down). When what is left calls for another leader, its oldest caller is woken as
+    /// one.
     pub(super) fn take(&self) -> Vec<Box<dyn Pending<Conn>>> {
         let mut state = lock(&self.state);
+        state.electing = false;
         let n = state.queued.len().min(self.max_batch);
         let batch: Vec<_> = state.queued.drain(..n).collect();
         if batch.is_empty() {
-            state.leading = false;
+            state.leaders -= 1;
+        } else {
+            state.last = n;
         }
+        self.wake_leader(&mut state);
         batch
     }
 
-    /// After a batch: the lead goes to the oldest queued caller, or nobody leads.
+    /// After a batch: its leader steps down, and the oldest queued caller is woken as a leader
+    /// when the queue calls for one.
     pub(super) fn pass_lead(&self) {
         let mut state = lock(&self.state);
-        match state.queued.front() {
-            Some(next) => next.lead(),
-            None => state.leading = false,
+        state.leaders -= 1;
+        self.wake_leader(&mut state);
+    }
+
+    fn wake_leader(&self, state: &mut QueueState<Conn>) {
+        if self.elect(state) {
+            if let Some(next) = state.queued.front() {
+                next.lead();
+            }
         }
     }
 }
@@ -410,6 +460,7 @@ where
         // Alone: the call runs as a direct call would, with no transaction around it (the
         // primitive is atomic by itself), and its result, whatever it is, is its own.
         let mut call = batch.pop().expect("one call");
+        counts.one_row.store(false, Ordering::Relaxed);
         let run = std::panic::catch_unwind(AssertUnwindSafe(|| call.run(conn, true)));
         counts.batches.fetch_add(1, Ordering::Relaxed);
         counts.calls.fetch_add(1, Ordering::Relaxed);
@@ -431,6 +482,8 @@ where
         };
     }
     merge(&mut batch);
+    let one_row = batch.iter().any(|call| call.one_row());
+    counts.one_row.store(one_row, Ordering::Relaxed);
     let mut attempts = 0;
     loop {
         attempts += 1;
