@@ -798,6 +798,59 @@ fn on_mysql_a_second_batch_goes_out_while_the_first_is_held() {
     a_second_batch_goes_out_while_the_first_is_held::<diesel::MysqlConnection>(db.pool(3));
 }
 
+/// A second batch never waits for the pool: with the pool's other connection held by the
+/// application, a call queued behind a held batch goes back to the queue and is written by the
+/// next batch once the held one ends, instead of waiting for a connection that the held
+/// batch's leader keeps.
+fn a_second_batch_with_no_connection_to_spare_waits_in_the_queue<C>(
+    pool: diesel::r2d2::Pool<diesel::r2d2::ConnectionManager<C>>,
+) where
+    C: diesel::r2d2::R2D2Connection + upsert_kit::conn::WriteConnection<Raw = C> + 'static,
+    Entry: upsert_kit::Upsertable<C>,
+{
+    assert_eq!(pool.max_size(), 2);
+    let app = pool.get().unwrap();
+    let writer = Coalescer::new(pool);
+    let (holder, gate) = hold(&writer);
+    let (told, answer) = mpsc::channel();
+    let w = writer.clone();
+    let second = std::thread::spawn(move || {
+        let outcome = w.upsert(Entry {
+            k: "queued".into(),
+            v: 1,
+        });
+        told.send(outcome.map_err(|e| e.to_string())).unwrap();
+    });
+    assert_eq!(
+        answer.recv_timeout(Duration::from_millis(500)),
+        Err(mpsc::RecvTimeoutError::Timeout),
+        "no connection to spare: the call waits for the held batch"
+    );
+    gate.send(()).unwrap();
+    holder.join().unwrap();
+    let outcome = answer.recv_timeout(Duration::from_secs(20));
+    assert_eq!(outcome, Ok(Ok(UpsertOutcome::Inserted)));
+    second.join().unwrap();
+    assert_eq!(writer.stats().batches, 2);
+    drop(app);
+}
+
+#[test]
+fn on_postgres_a_second_batch_with_no_connection_to_spare_waits_in_the_queue() {
+    let db = TestDb::with_sql(PG_SQL);
+    a_second_batch_with_no_connection_to_spare_waits_in_the_queue::<diesel::PgConnection>(
+        db.pool(2),
+    );
+}
+
+#[test]
+fn on_mysql_a_second_batch_with_no_connection_to_spare_waits_in_the_queue() {
+    let db = TestMysql::with_sql(MYSQL_SQL);
+    a_second_batch_with_no_connection_to_spare_waits_in_the_queue::<diesel::MysqlConnection>(
+        db.pool(2),
+    );
+}
+
 /// A call of a test batch, its result as text.
 type BatchCall<C = diesel::PgConnection> = Box<dyn FnOnce(&Coalescer<C>) -> String + Send>;
 

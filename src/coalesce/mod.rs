@@ -53,7 +53,9 @@
 //! # Which connection
 //! A batch takes a connection of the pool for its transaction; the coalescer keeps its last
 //! batches' connections checked out for the next ones (unless a batch lost its own), so it
-//! holds up to one connection of the pool per batch in flight between batches. On PostgreSQL
+//! holds up to one connection of the pool per batch in flight between batches. A second batch
+//! in flight takes a connection only if the pool has one to spare; else its calls wait for the
+//! next batch. On PostgreSQL
 //! and MySQL the transaction is `BEGIN … COMMIT` (it works behind a transaction-mode pooler);
 //! on SQLite it is `BEGIN IMMEDIATE`: one writer, many callers, instead of the file handed from
 //! thread to thread for every write. The calls of a batch share its transaction, so a call must
@@ -192,8 +194,11 @@ impl CoalescerBuilder {
     /// the last batch did not merge calls on one row (see the [module documentation](self)).
     /// More than one pays where the server commits several connections' transactions together
     /// and the callers write different rows; where they meet on one row, one batch in flight
-    /// gathers the most calls into each statement. The coalescer holds up to `batches`
-    /// connections of the pool between batches. The batches in flight together may wait on
+    /// gathers the most calls into each statement. Never more than the pool's `max_size`; a
+    /// batch that goes out while another is in flight never waits for the pool: when it has no
+    /// connection to spare (the application's own calls hold them), its calls go back to the
+    /// queue for the next batch. The coalescer holds up to `batches` connections of the pool
+    /// between batches. The batches in flight together may wait on
     /// each other's row locks; a deadlock between them is retried as any batch's.
     ///
     /// # Panics
@@ -209,16 +214,14 @@ impl CoalescerBuilder {
     where
         Conn: R2D2Connection + WriteConnection<Raw = Conn> + 'static,
     {
+        let default = <<Conn as WriteConnection>::Backend as Dialect>::BATCHES_IN_FLIGHT;
+        // Never more batches in flight than the pool has connections.
+        let in_flight = (self.in_flight.unwrap_or(default)).min(pool.max_size() as usize);
         Coalescer {
             shared: Arc::new(Shared {
                 pool,
                 kept: Mutex::new(Vec::new()),
-                queue: Queue::new(
-                    self.max_batch,
-                    self.in_flight.unwrap_or(
-                        <<Conn as WriteConnection>::Backend as Dialect>::BATCHES_IN_FLIGHT,
-                    ),
-                ),
+                queue: Queue::new(self.max_batch, in_flight),
             }),
         }
     }
@@ -345,15 +348,31 @@ where
     /// Writes one batch (if anything is queued), then passes the lead on.
     fn lead(&self) {
         let queue = &self.shared.queue;
-        let batch = queue.take();
+        let (mut batch, alone) = queue.take();
         if batch.is_empty() {
             return;
         }
+        let kept = lock(&self.shared.kept).pop();
+        let conn = match kept {
+            Some(conn) => Ok(conn),
+            None if alone => self.shared.pool.get(),
+            // A second leader never waits for the pool: with no connection to spare, its batch
+            // goes back to the queue for the leader in flight.
+            None => match self.shared.pool.try_get() {
+                Some(conn) => Ok(conn),
+                None => match queue.give_back(batch) {
+                    None => return,
+                    Some(again) => {
+                        batch = again;
+                        self.shared.pool.get()
+                    }
+                },
+            },
+        };
         // Passed on however the batch ends, a panic of the library's own included, so that
         // the queue never waits for a leader that is gone.
         let _pass = PassLead(queue);
-        let kept = lock(&self.shared.kept).pop();
-        match kept.map_or_else(|| self.shared.pool.get(), Ok) {
+        match conn {
             Ok(mut conn) => {
                 if queue::write_batch(&mut *conn, batch, &queue.counts) && !conn.is_broken() {
                     lock(&self.shared.kept).push(conn);

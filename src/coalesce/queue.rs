@@ -340,6 +340,9 @@ struct QueueState<Conn> {
     /// Whether a leader is about to take the queue (it takes from the front, where its own
     /// call is): no other leader is made until it has.
     electing: bool,
+    /// Whether a leader found no connection to spare since the last batch ended: no other
+    /// leader is made until one ends ([`Queue::give_back`]).
+    starved: bool,
     /// How many calls the last batch took.
     last: usize,
 }
@@ -353,6 +356,7 @@ impl<Conn> Queue<Conn> {
                 queued: VecDeque::new(),
                 leaders: 0,
                 electing: false,
+                starved: false,
                 last: 0,
             }),
             max_batch,
@@ -384,7 +388,8 @@ impl<Conn> Queue<Conn> {
     /// row would only wait on its lock). Returns whether it did.
     fn elect(&self, state: &mut QueueState<Conn>) -> bool {
         let one_row = self.counts.one_row.load(Ordering::Relaxed);
-        let more = state.leaders < self.max_leaders && !state.electing && !one_row;
+        let more =
+            state.leaders < self.max_leaders && !state.electing && !state.starved && !one_row;
         let room = more && state.queued.len() * 2 >= state.last;
         if state.queued.is_empty() || !(state.leaders == 0 || room) {
             return false;
@@ -401,10 +406,11 @@ impl<Conn> Queue<Conn> {
         self.elect(&mut state)
     }
 
-    /// A leader's batch, oldest calls first; empty when nothing is queued (the leader then
-    /// steps down). When what is left calls for another leader, its oldest caller is woken as
-    /// one.
-    pub(super) fn take(&self) -> Vec<Box<dyn Pending<Conn>>> {
+    /// A leader's batch, oldest calls first, and whether its leader is the only one (else it
+    /// does not wait for a connection: [`Queue::give_back`]); empty when nothing is queued (the
+    /// leader then steps down). When what is left calls for another leader, its oldest caller
+    /// is woken as one.
+    pub(super) fn take(&self) -> (Vec<Box<dyn Pending<Conn>>>, bool) {
         let mut state = lock(&self.state);
         state.electing = false;
         let n = state.queued.len().min(self.max_batch);
@@ -414,8 +420,30 @@ impl<Conn> Queue<Conn> {
         } else {
             state.last = n;
         }
+        let alone = state.leaders == 1;
         self.wake_leader(&mut state);
-        batch
+        (batch, alone)
+    }
+
+    /// For a leader that is not the only one and found no connection to spare (the pool's
+    /// others are in use): puts its batch back at the front of the queue and steps down, so
+    /// that the leaders in flight write it, and no other leader is made until a batch ends.
+    /// Returns the batch when its leader has become the only one meanwhile: it then keeps it
+    /// and waits for a connection.
+    pub(super) fn give_back(
+        &self,
+        batch: Vec<Box<dyn Pending<Conn>>>,
+    ) -> Option<Vec<Box<dyn Pending<Conn>>>> {
+        let mut state = lock(&self.state);
+        if state.leaders == 1 {
+            return Some(batch);
+        }
+        for call in batch.into_iter().rev() {
+            state.queued.push_front(call);
+        }
+        state.leaders -= 1;
+        state.starved = true;
+        None
     }
 
     /// After a batch: its leader steps down, and the oldest queued caller is woken as a leader
@@ -423,6 +451,7 @@ impl<Conn> Queue<Conn> {
     pub(super) fn pass_lead(&self) {
         let mut state = lock(&self.state);
         state.leaders -= 1;
+        state.starved = false;
         self.wake_leader(&mut state);
     }
 

@@ -80,13 +80,12 @@ macro_rules! with_quota {
 
 /// The library's reservation behind a usage reservation.
 fn held<Q: Quota<Key = PeriodKey>>(r: &quota::Reservation) -> q::Reservation<Q> {
-    let (id, key, amount) = (r.id, (r.account, r.period_start), r.amount);
-    let expires_at = r.expires_at;
+    let key = (r.account, r.period_start);
     q::Reservation {
-        id,
+        id: r.id,
         key,
-        amount,
-        expires_at,
+        amount: r.amount,
+        expires_at: r.expires_at,
     }
 }
 

@@ -8,10 +8,11 @@
 //! exactly, and a refused call sweeps its period's expired reservations and tries again. Every
 //! function takes the current instant (`at`, UTC): use one clock for all of them.
 
-use crate::{check_amount, check_instant, in_period, Metric, UsageConnection, UsagePeriod};
+use crate::{check_amount, check_instant, in_period, Metric, Result, UsageConnection, UsagePeriod};
 use chrono::NaiveDateTime;
 use std::time::Duration;
-use upsert_kit::Result;
+#[cfg(doc)]
+use upsert_kit::Error;
 
 /// The longest time to live of a reservation (one day).
 pub const MAX_RESERVATION_TTL: Duration = upsert_kit::quota::MAX_RESERVATION_TTL;
