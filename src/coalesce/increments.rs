@@ -104,7 +104,7 @@ where
         true
     }
 
-    fn one_row(&self) -> bool {
+    fn hot(&self) -> bool {
         self.amounts.len() > 1
     }
 

@@ -47,8 +47,9 @@
 //! flight writes at once. While one is in flight the queued calls wait for it, unless the queue
 //! holds at least half as many calls as the last batch took: then its oldest caller writes
 //! them as another batch, whose statement and commit overlap the first one's (a smaller one
-//! would not pay for its own round trip and commit). No second batch goes out while the last
-//! one merged calls on one row (a hot counter): it would only wait on that row's lock.
+//! would not pay for its own round trip and commit). No second batch goes out after a batch
+//! that merged calls on one row (a hot counter: it would only wait on that row's lock) or held
+//! a [`Coalescer::run`] or [`Coalescer::run_atomic`] closure, whose rows the writer cannot see.
 //!
 //! # Which connection
 //! A batch takes a connection of the pool for its transaction; the coalescer keeps its last
@@ -191,7 +192,8 @@ impl CoalescerBuilder {
     /// connection of the pool (default: two on PostgreSQL and MySQL/MariaDB, one on SQLite). A
     /// caller that finds no batch in flight writes at once; while batches are in flight, another
     /// one goes out when the queue holds at least half as many calls as the last batch took and
-    /// the last batch did not merge calls on one row (see the [module documentation](self)).
+    /// the last batch neither merged calls on one row nor held a closure (see the [module
+    /// documentation](self)).
     /// More than one pays where the server commits several connections' transactions together
     /// and the callers write different rows; where they meet on one row, one batch in flight
     /// gathers the most calls into each statement. Never more than the pool's `max_size`; a
@@ -615,6 +617,10 @@ where
 
     fn atomic(&self) -> bool {
         self.atomic
+    }
+
+    fn hot(&self) -> bool {
+        true
     }
 
     fn split(self: Box<Self>) -> Vec<Box<dyn Pending<Conn>>> {

@@ -61,9 +61,11 @@ pub(super) trait Pending<Conn>: Send {
     fn callers(&self) -> usize {
         self.callers_ref().len()
     }
-    /// Whether the call writes one row for several callers (merged increments of one counter
-    /// row): a second batch in flight would wait on that row's lock.
-    fn one_row(&self) -> bool {
+    /// Whether a second batch in flight is not worth it after this call: it wrote one row for
+    /// several callers (merged increments of one counter row), on whose lock a second batch
+    /// would wait; or it is a closure ([`Coalescer::run`](super::Coalescer::run)), whose rows
+    /// the writer cannot see (a hot row's increments with an idempotency key, say).
+    fn hot(&self) -> bool {
         false
     }
     /// The call as `Any`, for [`Pending::absorb`] to recognise a call of its own kind.
@@ -329,8 +331,9 @@ pub(super) struct Counts {
     pub(super) calls: AtomicU64,
     pub(super) taken_out: AtomicU64,
     pub(super) retries: AtomicU64,
-    /// Whether the last batch written had calls merged on one row ([`Pending::one_row`]).
-    pub(super) one_row: AtomicBool,
+    /// Whether the last batch that ended had a call after which a second batch in flight is
+    /// not worth it ([`Pending::hot`]).
+    pub(super) hot: AtomicBool,
 }
 
 struct QueueState<Conn> {
@@ -381,15 +384,13 @@ impl<Conn> Queue<Conn> {
     }
 
     /// Makes the oldest queued caller a leader when the queue calls for one: when nobody
-    /// leads; or, with fewer leaders than allowed, none about to take the queue and the last
-    /// batch not one of calls merged on one row, when it holds at least half as many calls as
-    /// the last batch took (a batch that small would wait for the one in flight and go out
-    /// barely fuller; one that size pays for its own round trip and commit; batches on one
-    /// row would only wait on its lock). Returns whether it did.
+    /// leads; or, with fewer leaders than allowed, none about to take the queue and no hot call
+    /// in the last batch ([`Pending::hot`]), when it holds at least half as many calls as the
+    /// last batch took (a batch that small would wait for the one in flight and go out barely
+    /// fuller; one that size pays for its own round trip and commit). Returns whether it did.
     fn elect(&self, state: &mut QueueState<Conn>) -> bool {
-        let one_row = self.counts.one_row.load(Ordering::Relaxed);
-        let more =
-            state.leaders < self.max_leaders && !state.electing && !state.starved && !one_row;
+        let hot = self.counts.hot.load(Ordering::Relaxed);
+        let more = state.leaders < self.max_leaders && !state.electing && !state.starved && !hot;
         let room = more && state.queued.len() * 2 >= state.last;
         if state.queued.is_empty() || !(state.leaders == 0 || room) {
             return false;
@@ -474,13 +475,29 @@ const BATCH_ATTEMPTS: u32 = 3;
 /// again (a transaction the server has refused a statement in cannot go on). An error of the
 /// whole batch reaches every caller; a retryable one is tried again first, since nothing of
 /// the batch was applied.
-#[allow(clippy::type_complexity)]
+///
 /// Returns whether the connection is still fit for the next batch (no error of the
-/// connection's own).
+/// connection's own). Once the batch has ended, [`Counts::hot`] says whether it held a hot
+/// call ([`Pending::hot`]).
 pub(super) fn write_batch<Conn>(
+    conn: &mut Conn,
+    batch: Vec<Box<dyn Pending<Conn>>>,
+    counts: &Counts,
+) -> bool
+where
+    Conn: WriteConnection<Raw = Conn>,
+{
+    let mut hot = false;
+    let fit = write(conn, batch, counts, &mut hot);
+    counts.hot.store(hot, Ordering::Relaxed);
+    fit
+}
+
+fn write<Conn>(
     conn: &mut Conn,
     mut batch: Vec<Box<dyn Pending<Conn>>>,
     counts: &Counts,
+    hot: &mut bool,
 ) -> bool
 where
     Conn: WriteConnection<Raw = Conn>,
@@ -489,7 +506,7 @@ where
         // Alone: the call runs as a direct call would, with no transaction around it (the
         // primitive is atomic by itself), and its result, whatever it is, is its own.
         let mut call = batch.pop().expect("one call");
-        counts.one_row.store(false, Ordering::Relaxed);
+        *hot = call.hot();
         let run = std::panic::catch_unwind(AssertUnwindSafe(|| call.run(conn, true)));
         counts.batches.fetch_add(1, Ordering::Relaxed);
         counts.calls.fetch_add(1, Ordering::Relaxed);
@@ -511,8 +528,7 @@ where
         };
     }
     merge(&mut batch);
-    let one_row = batch.iter().any(|call| call.one_row());
-    counts.one_row.store(one_row, Ordering::Relaxed);
+    *hot = batch.iter().any(|call| call.hot());
     let mut attempts = 0;
     loop {
         attempts += 1;
