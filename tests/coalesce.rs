@@ -749,6 +749,28 @@ fn a_batch_whose_connection_is_lost_writes_nothing_and_fails_every_caller() {
     );
 }
 
+/// Upserts `k` through `writer` on a thread of its own; its outcome (an error as text) comes
+/// through the receiver.
+fn upsert_on_a_thread<C>(
+    writer: &Coalescer<C>,
+    k: &str,
+) -> (
+    std::thread::JoinHandle<()>,
+    mpsc::Receiver<Result<UpsertOutcome, String>>,
+)
+where
+    C: diesel::r2d2::R2D2Connection + upsert_kit::conn::WriteConnection<Raw = C> + 'static,
+    Entry: upsert_kit::Upsertable<C>,
+{
+    let (told, answer) = mpsc::channel();
+    let (w, k) = (writer.clone(), k.to_owned());
+    let thread = std::thread::spawn(move || {
+        let outcome = w.upsert(Entry { k, v: 1 });
+        told.send(outcome.map_err(|e| e.to_string())).unwrap();
+    });
+    (thread, answer)
+}
+
 /// By default (PostgreSQL, MySQL) a second batch goes out while one is in flight: a call queued
 /// behind a held batch of one call (half of it or more) is written and answered on a
 /// connection of its own before the held batch ends.
@@ -760,15 +782,7 @@ fn a_second_batch_goes_out_while_the_first_is_held<C>(
 {
     let writer = Coalescer::new(pool);
     let (holder, gate) = hold(&writer);
-    let (told, answer) = mpsc::channel();
-    let w = writer.clone();
-    let second = std::thread::spawn(move || {
-        let outcome = w.upsert(Entry {
-            k: "second".into(),
-            v: 1,
-        });
-        told.send(outcome.map_err(|e| e.to_string())).unwrap();
-    });
+    let (second, answer) = upsert_on_a_thread(&writer, "second");
     let outcome = answer.recv_timeout(Duration::from_secs(20));
     assert_eq!(
         outcome,
@@ -812,15 +826,7 @@ fn a_second_batch_with_no_connection_to_spare_waits_in_the_queue<C>(
     let app = pool.get().unwrap();
     let writer = Coalescer::new(pool);
     let (holder, gate) = hold(&writer);
-    let (told, answer) = mpsc::channel();
-    let w = writer.clone();
-    let second = std::thread::spawn(move || {
-        let outcome = w.upsert(Entry {
-            k: "queued".into(),
-            v: 1,
-        });
-        told.send(outcome.map_err(|e| e.to_string())).unwrap();
-    });
+    let (second, answer) = upsert_on_a_thread(&writer, "queued");
     assert_eq!(
         answer.recv_timeout(Duration::from_millis(500)),
         Err(mpsc::RecvTimeoutError::Timeout),
