@@ -797,7 +797,8 @@ fn a_second_batch_goes_out_while_the_first_is_held<C>(
     gate.send(()).unwrap();
     holder.join().unwrap();
     second.join().unwrap();
-    assert_eq!(writer.stats().batches, 2);
+    let stats = writer.stats();
+    assert_eq!((stats.batches, stats.overlapped_batches), (2, 1));
 }
 
 #[test]
@@ -837,7 +838,8 @@ fn a_second_batch_with_no_connection_to_spare_waits_in_the_queue<C>(
     let outcome = answer.recv_timeout(Duration::from_secs(20));
     assert_eq!(outcome, Ok(Ok(UpsertOutcome::Inserted)));
     second.join().unwrap();
-    assert_eq!(writer.stats().batches, 2);
+    let stats = writer.stats();
+    assert_eq!((stats.batches, stats.overlapped_batches), (2, 0));
     drop(app);
 }
 

@@ -252,6 +252,7 @@ impl<Conn: R2D2Connection + 'static> Coalescer<Conn> {
             calls: counts.calls.load(Ordering::Relaxed),
             taken_out: counts.taken_out.load(Ordering::Relaxed),
             retried_batches: counts.retries.load(Ordering::Relaxed),
+            overlapped_batches: counts.overlapped.load(Ordering::Relaxed),
         }
     }
 }
@@ -350,7 +351,7 @@ where
     /// Writes one batch (if anything is queued), then passes the lead on.
     fn lead(&self) {
         let queue = &self.shared.queue;
-        let (mut batch, alone) = queue.take();
+        let (mut batch, mut alone) = queue.take();
         if batch.is_empty() {
             return;
         }
@@ -365,12 +366,17 @@ where
                 None => match queue.give_back(batch) {
                     None => return,
                     Some(again) => {
+                        // The only leader now.
                         batch = again;
+                        alone = true;
                         self.shared.pool.get()
                     }
                 },
             },
         };
+        if !alone {
+            queue.counts.overlapped.fetch_add(1, Ordering::Relaxed);
+        }
         // Passed on however the batch ends, a panic of the library's own included, so that
         // the queue never waits for a leader that is gone.
         let _pass = PassLead(queue);
@@ -573,6 +579,9 @@ pub struct CoalescerStats {
     pub taken_out: u64,
     /// Batches written again after a deadlock, a serialization failure or a busy file.
     pub retried_batches: u64,
+    /// Batches that went out while another was in flight
+    /// ([`CoalescerBuilder::in_flight`]).
+    pub overlapped_batches: u64,
 }
 
 /// Passes the lead on when dropped (see [`Coalescer::lead`]).

@@ -331,6 +331,7 @@ pub(super) struct Counts {
     pub(super) calls: AtomicU64,
     pub(super) taken_out: AtomicU64,
     pub(super) retries: AtomicU64,
+    pub(super) overlapped: AtomicU64,
     /// Whether the last batch that ended had a call after which a second batch in flight is
     /// not worth it ([`Pending::hot`]).
     pub(super) hot: AtomicBool,
