@@ -54,6 +54,7 @@ macro_rules! call {
                 unchanged = ::tracing::field::Empty,
                 retries = ::tracing::field::Empty,
                 wait_ms = ::tracing::field::Empty,
+                overlapped = ::tracing::field::Empty,
                 error.type = ::tracing::field::Empty,
             ),
             $operation,
@@ -136,6 +137,12 @@ impl Call {
         ] {
             self.rows_metric(outcome, n);
         }
+    }
+
+    /// Whether a coalesced batch went out while another was in flight.
+    #[cfg(feature = "r2d2")]
+    pub(crate) fn overlapped(&self, overlapped: bool) {
+        self.span.record("overlapped", overlapped);
     }
 
     /// How long the call waited for a lock.

@@ -291,6 +291,49 @@ macro_rules! sequence {
     }};
 }
 
+/// A coalescing writer's batch is a span of its own (`coalesce_batch`: its calls, whether
+/// another batch was in flight, how it ended) and a call in the metrics; a batch whose only
+/// call failed on its own (a constraint) wrote nothing: `taken_out`. No key in any of it.
+#[test]
+fn a_coalesced_batch_is_told_in_a_span_and_in_the_metrics_without_its_keys() {
+    let db = upsert_kit_support::TestSqlite::new();
+    db.conn().batch_execute(SQL).unwrap();
+    let writer = upsert_kit::coalesce::Coalescer::new(db.pool(2));
+    let mut snapshot = Snapshot::new();
+    let ((), captured) = capture(|| {
+        snapshot = recorded(|| {
+            let told = writer.upsert(item(SECRET, "first")).unwrap();
+            assert_eq!(told, upsert_kit::UpsertOutcome::Inserted);
+            // A NULL name: the call's own constraint; its batch writes nothing.
+            let refused = writer.run_atomic(|c: &mut diesel::SqliteConnection| {
+                diesel::sql_query("INSERT INTO obs_items (sku, name) VALUES ('other', NULL)")
+                    .execute(c)?;
+                Ok(())
+            });
+            assert!(
+                matches!(refused, Err(Error::Constraint { .. })),
+                "{refused:?}"
+            );
+        });
+    });
+    let batches = captured.named("coalesce_batch");
+    assert_eq!(batches.len(), 2, "{captured:#?}");
+    for span in &batches {
+        assert_eq!(span.field("db.system.name"), Some("sqlite"));
+        assert_eq!(span.field("rows"), Some("1"));
+        assert_eq!(span.field("overlapped"), Some("false"));
+    }
+    assert_eq!(
+        outcomes(&captured, "coalesce_batch"),
+        ["committed", "taken_out"]
+    );
+    assert!(!captured.text().contains(SECRET), "a key reached a span");
+    let labels = [("operation", "coalesce_batch"), ("outcome", "committed")];
+    assert_eq!(metric(&snapshot, "upsert_kit_calls_total", &labels), 1);
+    let labels = [("operation", "coalesce_batch"), ("outcome", "taken_out")];
+    assert_eq!(metric(&snapshot, "upsert_kit_calls_total", &labels), 1);
+}
+
 #[test]
 fn sqlite_calls_are_told_in_spans_and_metrics_without_their_keys() {
     let db = upsert_kit_support::TestSqlite::new();

@@ -382,7 +382,19 @@ where
         let _pass = PassLead(queue);
         match conn {
             Ok(mut conn) => {
-                if queue::write_batch(&mut *conn, batch, &queue.counts) && !conn.is_broken() {
+                // The batch's span: its calls, whether another batch was in flight, how it
+                // ended (never a key or a value).
+                let system = <<Conn as WriteConnection>::Backend as Dialect>::SYSTEM;
+                let span = crate::observe::call!(system, "coalesce_batch", || "");
+                span.rows(batch.len());
+                span.overlapped(!alone);
+                let mut fit = false;
+                let _ = span.run(|span| {
+                    let mut ended = Ok("taken_out");
+                    fit = queue::write_batch(&mut *conn, batch, &queue.counts, &mut ended);
+                    ended.map(|outcome| span.outcome(outcome))
+                });
+                if fit && !conn.is_broken() {
                     lock(&self.shared.kept).push(conn);
                 }
             }

@@ -479,17 +479,21 @@ const BATCH_ATTEMPTS: u32 = 3;
 ///
 /// Returns whether the connection is still fit for the next batch (no error of the
 /// connection's own). Once the batch has ended, [`Counts::hot`] says whether it held a hot
-/// call ([`Pending::hot`]).
+/// call ([`Pending::hot`]), and `ended` how it ended, for its span: `Ok("committed")`,
+/// `Ok("taken_out")` (every call failed on its own: nothing written), or the error that failed
+/// the whole batch.
 pub(super) fn write_batch<Conn>(
     conn: &mut Conn,
     batch: Vec<Box<dyn Pending<Conn>>>,
     counts: &Counts,
+    ended: &mut Result<&'static str>,
 ) -> bool
 where
     Conn: WriteConnection<Raw = Conn>,
 {
     let mut hot = false;
-    let fit = write(conn, batch, counts, &mut hot);
+    *ended = Ok("taken_out");
+    let fit = write(conn, batch, counts, &mut hot, ended);
     counts.hot.store(hot, Ordering::Relaxed);
     fit
 }
@@ -499,6 +503,7 @@ fn write<Conn>(
     mut batch: Vec<Box<dyn Pending<Conn>>>,
     counts: &Counts,
     hot: &mut bool,
+    ended: &mut Result<&'static str>,
 ) -> bool
 where
     Conn: WriteConnection<Raw = Conn>,
@@ -513,11 +518,18 @@ where
         counts.calls.fetch_add(1, Ordering::Relaxed);
         return match run {
             Ok(Ok(())) => {
+                *ended = Ok("committed");
                 let fit = call.fit();
                 call.finish(Ok(()));
                 fit
             }
-            Ok(Err(Fault::Culprit(e) | Fault::Batch(e))) => {
+            Ok(Err(Fault::Batch(e))) => {
+                let fit = !lost(&e);
+                *ended = Err(copy_of(&e));
+                call.fail(e);
+                fit
+            }
+            Ok(Err(Fault::Culprit(e))) => {
                 let fit = !lost(&e);
                 call.fail(e);
                 fit
@@ -584,6 +596,7 @@ where
         }
         match written {
             Ok(()) => {
+                *ended = Ok("committed");
                 counts.batches.fetch_add(1, Ordering::Relaxed);
                 let callers: usize = batch.iter().map(|call| call.callers()).sum();
                 counts.calls.fetch_add(callers as u64, Ordering::Relaxed);
@@ -606,7 +619,9 @@ where
                 for call in batch {
                     call.finish(Err(&e));
                 }
-                return !lost(&e);
+                let fit = !lost(&e);
+                *ended = Err(e);
+                return fit;
             }
         }
     }
