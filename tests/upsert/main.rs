@@ -86,8 +86,11 @@ impl Session for PgConnection {
 }
 
 impl Session for MysqlConnection {
-    /// InnoDB refreshes what `INNODB_TRX` shows only when nobody read it for 100 ms: a probe
-    /// looking more often sees the first answer for ever.
+    /// InnoDB refreshes what `INNODB_TRX` shows only when nobody read it for 100 ms (counted
+    /// from the last read by any session): a probe looking more often sees the first answer for
+    /// ever, and so do two probes of concurrent tests whose reads together come closer than
+    /// that (seen in CI: two tests at once, neither saw its session wait within 30 s). So the
+    /// probes of this process take turns, each read at least `POLL` after the last one.
     const POLL: std::time::Duration = std::time::Duration::from_millis(150);
 
     fn session_id(&mut self) -> i64 {
@@ -99,6 +102,14 @@ impl Session for MysqlConnection {
     }
 
     fn is_waiting_on_a_lock(&mut self, id: i64) -> bool {
+        static LAST_READ: std::sync::Mutex<Option<std::time::Instant>> =
+            std::sync::Mutex::new(None);
+        let mut last = LAST_READ
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(since) = last.map(|at| at.elapsed()) {
+            std::thread::sleep(Self::POLL.saturating_sub(since));
+        }
         let waiting: Count = diesel::sql_query(
             "SELECT CAST(COUNT(*) AS SIGNED) AS n FROM information_schema.INNODB_TRX \
              WHERE trx_mysql_thread_id = ? AND trx_state = 'LOCK WAIT'",
@@ -106,6 +117,7 @@ impl Session for MysqlConnection {
         .bind::<BigInt, _>(id)
         .get_result(self)
         .unwrap();
+        *last = Some(std::time::Instant::now());
         waiting.n > 0
     }
 }
