@@ -206,19 +206,12 @@ fn establish_pg(
 #[allow(dead_code)]
 fn establish_mysql(
 ) -> Result<(upsert_kit_support::TestMysql, diesel::MysqlConnection), Box<dyn std::error::Error>> {
-    let db = upsert_kit_support::TestMysql::with_sql(
-        "CREATE TABLE tasks (
-             id BIGINT AUTO_INCREMENT PRIMARY KEY,
-             name TEXT NOT NULL,
-             status VARCHAR(16) NOT NULL DEFAULT 'pending',
-             attempts INT NOT NULL DEFAULT 0,
-             locked_until DATETIME(6) NULL,
-             holder VARCHAR(200) NULL,
-             last_error TEXT NULL,
-             created_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
-             KEY tasks_due (status, id));
-         INSERT INTO tasks (name) VALUES ('resize'), ('index'), ('mail');",
-    );
+    // The tests' queue, its items created now (the docs show their age).
+    let tasks = upsert_kit_support::mysql::TASKS_TABLE
+        .replace("DEFAULT '2000-01-01 00:00:00'", "DEFAULT CURRENT_TIMESTAMP(6)");
+    let db = upsert_kit_support::TestMysql::with_sql(&format!(
+        "{tasks}; INSERT INTO tasks (name) VALUES ('resize'), ('index'), ('mail');"
+    ));
     let conn = db.conn();
     Ok((db, conn))
 }
