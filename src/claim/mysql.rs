@@ -3,12 +3,13 @@
 //!
 //! MySQL has no `RETURNING` on `UPDATE` (MariaDB has it on `INSERT` and `DELETE` only) and no
 //! `UPDATE … WHERE id IN (SELECT … FROM the same table)`. A claim outside a caller's transaction
-//! is two round trips: one `UPDATE` that joins the rows it locks with `SKIP LOCKED` and leaves
-//! their ids in a session variable, committed on its own, then a read of those rows by their ids
-//! (none when it took none); three while claims contend, `SET TRANSACTION ISOLATION LEVEL READ
-//! COMMITTED` first (see "Isolation"). Inside a caller's transaction, and for the calls that
-//! must change a row and read it back, a short transaction of a few statements (a savepoint of
-//! the caller's).
+//! is two round trips while claims do not contend: one `UPDATE` that joins the rows it locks
+//! with `SKIP LOCKED` and leaves their ids in a session variable, committed on its own, then a
+//! read of those rows by their ids (none when it took none). While claims contend (see
+//! "Isolation") it is three: a plain read of the first due ids, the `UPDATE` of those still due
+//! and not locked elsewhere, found by primary key, then the read of what it took. Inside a
+//! caller's transaction, and for the calls that must change a row and read it back, a short
+//! transaction of a few statements (a savepoint of the caller's).
 //!
 //! # What is sent
 //! `t` is the queue's table, the columns are [`ClaimQueue`]'s, the statuses its literals; every
@@ -26,18 +27,33 @@
 //! ```
 //! Outside a transaction (the derived table is materialized first, with its row locks;
 //! `STRAIGHT_JOIN` makes the update read `t` only through it; `JSON_TABLE` needs MariaDB 10.6
-//! or MySQL 8.0, as `SKIP LOCKED` does):
+//! or MySQL 8.0, as `SKIP LOCKED` does), while claims do not contend:
 //! ```sql
 //! UPDATE (<due ids>) AS due STRAIGHT_JOIN t ON t.id = due.id
 //!   JOIN (SELECT @upsert_kit_claimed := NULL AS reset) AS init
 //!   SET status = 'processing', holder = ?, locked_until = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND,
 //!       attempts = attempts + 1 + 0 * LENGTH(@upsert_kit_claimed := CONCAT_WS(',', @upsert_kit_claimed, t.id))
-//! -- only when it changed rows; one row: SELECT * FROM t WHERE id = CAST(@upsert_kit_claimed AS SIGNED) AND …
+//! ```
+//! and while they contend, the first `limit + 7` due ids read without locks (`<due ids>`
+//! without `FOR UPDATE SKIP LOCKED`, each branch with `AND id > ?`), then those still due taken
+//! by primary key, in id order, skipping rows locked elsewhere (when others took every one,
+//! the next ids after them are read; none left, none taken):
+//! ```sql
+//! UPDATE (SELECT t.id AS id FROM JSON_TABLE(?, '$[*]' COLUMNS (id BIGINT PATH '$')) AS c
+//!           STRAIGHT_JOIN t FORCE INDEX (PRIMARY) ON t.id = c.id
+//!           WHERE status IN ('pending', 'retry') AND (locked_until IS NULL OR locked_until <= UTC_TIMESTAMP(6))
+//!           ORDER BY c.id LIMIT ? FOR UPDATE SKIP LOCKED) AS due   -- ? = '[4,5,…]', the ids read
+//!   STRAIGHT_JOIN t ON t.id = due.id JOIN (SELECT @upsert_kit_claimed := NULL AS reset) AS init
+//!   SET …                                                          -- as above
+//! ```
+//! then, either way, only when it changed rows (one row: `SELECT * FROM t WHERE id =
+//! CAST(@upsert_kit_claimed AS SIGNED) AND …`):
+//! ```sql
 //! SELECT t.* FROM JSON_TABLE(CONCAT('[', @upsert_kit_claimed, ']'), '$[*]' COLUMNS (id BIGINT PATH '$')) AS c
 //!   JOIN t ON t.id = c.id WHERE t.status = 'processing' AND t.holder = ? ORDER BY t.id
 //! ```
-//! (A deadlock's victim changed nothing and is sent again at READ COMMITTED, up to three sends
-//! at that level. The claim commits before its rows
+//! (A deadlock's victim changed nothing and is sent again as a contended claim. The claim
+//! commits before its rows
 //! are read: when that read fails, the call fails and the items it took stay leased until
 //! their lease expires and [`Queue::reap_expired`] requeues them, as for a worker that died
 //! holding them.) Inside a caller's transaction, in
@@ -62,8 +78,8 @@
 //! transaction, `UPDATE t SET locked_until = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND WHERE
 //! <fence>` then `SELECT locked_until FROM t WHERE <fence> FOR UPDATE` (the fence is judged by
 //! the row read back, not by an affected-rows count, which is 0 for an unchanged row without
-//! `CLIENT_FOUND_ROWS`). [`Queue::reap_expired`]: in one transaction (READ COMMITTED as for a
-//! claim), `SELECT id, attempts FROM t WHERE status = 'processing' AND locked_until <=
+//! `CLIENT_FOUND_ROWS`). [`Queue::reap_expired`]: in one transaction (at READ COMMITTED, see
+//! "Isolation"), `SELECT id, attempts FROM t WHERE status = 'processing' AND locked_until <=
 //! UTC_TIMESTAMP(6) ORDER BY id FOR UPDATE SKIP LOCKED`, then `UPDATE t SET status = CASE WHEN
 //! attempts >= ? THEN 'failed' ELSE 'retry' END, last_error = CONCAT('lease of ',
 //! COALESCE(holder, '?'), ' expired'), holder = NULL, locked_until = NULL WHERE id IN (…)`:
@@ -100,13 +116,17 @@
 //! transaction, one statement committed at once, runs at the session's level while claims do
 //! not contend (one worker never deadlocks: a round trip saved); at REPEATABLE READ concurrent
 //! claims deadlock on the gap locks of the `status` index (each scan locks gaps that the others'
-//! moved rows are inserted into; with 8 workers most claims did). So a deadlock's victim
-//! (nothing applied) is sent again at READ COMMITTED, and for ten seconds after any claim of
-//! the process was a victim, every claim sets READ COMMITTED first. Complete, fail and extend,
-//! which may meet such a claim's gap lock, are sent again when they are a deadlock's victim
-//! outside a caller's transaction (nothing of them applied). Its locks last one statement and
-//! it reads one index range per status. The `SET TRANSACTION` is a statement Diesel keeps
-//! prepared: one round trip. Inside a
+//! moved rows are inserted into). So a deadlock's victim (nothing applied) is sent again as a
+//! contended claim, and for ten seconds after any claim of the process was a victim, every
+//! claim outside a transaction is a contended one: its candidates are read without locks, and
+//! its locking read is a primary-key lookup of each, which takes no gap lock at any level and
+//! never walks the `status` index. That index, under many claims, holds many entries moved
+//! out of `pending` and not yet purged; a locking scan of it checks each of them against the
+//! transactions in flight (at 8 workers, claim and completion read 1,400 buffer-pool pages each
+//! that way, 290 as a contended claim). The candidates' read is a snapshot: a row claimed since is seen `processing` by
+//! the locking read and skipped, one claimed right now is locked and skipped. Complete, fail
+//! and extend, which may meet a claim's gap lock, are sent again when they are a deadlock's
+//! victim outside a caller's transaction (nothing of them applied). Inside a
 //! caller's transaction the claim runs at the caller's level: at
 //! REPEATABLE READ two such claims may then deadlock, reported as [`Error::Deadlock`](crate::Error::Deadlock)
 //! (retryable: re-run the whole transaction). Complete, fail and extend touch one row by its
@@ -126,6 +146,7 @@
 //!     KEY tasks_due (status, id)          -- MySQL has no partial index
 //! );
 //! ```
+//! The id column is the primary key: the contended claim looks candidates up by `PRIMARY`.
 //!
 //! ```
 //! # include!("../doctest_setup.rs");
@@ -212,6 +233,17 @@ fn from_now<'b>(out: &mut AstPass<'_, 'b, Mysql>, micros: &'b i64) -> QueryResul
     out.push_bind_param::<BigInt, _>(micros)?;
     out.push_sql(" MICROSECOND");
     Ok(())
+}
+
+/// `t.name`: `Q`'s column `name` qualified by its table.
+fn qualified<'b, T: QueryFragment<Mysql>>(
+    out: &mut AstPass<'_, 'b, Mysql>,
+    table: &'b T,
+    name: &str,
+) -> QueryResult<()> {
+    table.walk_ast(out.reborrow())?;
+    out.push_sql(".");
+    column(out, name)
 }
 
 /// ` WHERE id IN (?, …)`.
@@ -331,7 +363,18 @@ statement! {
     Due<'a> { limit: i64 }
     |self, out| {
         out.push_sql("SELECT id FROM (");
-        due_ids::<Q>(&mut out, &self.table, &self.limit)?;
+        due_ids::<Q>(&mut out, &self.table, &self.limit, None, true)?;
+        out.push_sql(") AS upsert_kit_due ORDER BY id");
+    }
+}
+
+statement! {
+    /// `SELECT id FROM (<due ids, id > ?, not locking>) AS due ORDER BY id`: the candidates of
+    /// a claim outside a caller's transaction, a plain read of the `(status, id)` index.
+    Candidates<'a> { limit: i64, after: i64 }
+    |self, out| {
+        out.push_sql("SELECT id FROM (");
+        due_ids::<Q>(&mut out, &self.table, &self.limit, Some(&self.after), false)?;
         out.push_sql(") AS upsert_kit_due ORDER BY id");
     }
 }
@@ -363,7 +406,7 @@ statement! {
 }
 
 statement! {
-    /// The claim in one statement, outside a caller's transaction: `UPDATE (SELECT id FROM t
+    /// The claim in one statement while claims do not contend (see [`TakeCandidates`]): `UPDATE (SELECT id FROM t
     /// WHERE <ready> ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED) AS d STRAIGHT_JOIN t ON t.id =
     /// d.id JOIN (SELECT @upsert_kit_claimed := NULL) AS init SET status = 'processing', holder
     /// = ?, locked_until = <lease from now>, attempts = attempts + 1 + 0 *
@@ -375,25 +418,62 @@ statement! {
     TakeDue<'a> { limit: i64, holder: &'a str, lease_micros: i64 }
     |self, out| {
         out.push_sql("UPDATE (");
-        due_ids::<Q>(&mut out, &self.table, &self.limit)?;
+        due_ids::<Q>(&mut out, &self.table, &self.limit, None, true)?;
         out.push_sql(") AS upsert_kit_due STRAIGHT_JOIN ");
         self.table.walk_ast(out.reborrow())?;
         out.push_sql(" ON ");
-        self.table.walk_ast(out.reborrow())?;
-        out.push_sql(".");
-        column(&mut out, Q::ID)?;
+        qualified(&mut out, &self.table, Q::ID)?;
         out.push_sql(" = upsert_kit_due.id JOIN (SELECT @upsert_kit_claimed := NULL AS reset) AS upsert_kit_init SET ");
         taken::<Q>(&mut out, self.holder, &self.lease_micros)?;
         out.push_sql(" + 1 + 0 * LENGTH(@upsert_kit_claimed := CONCAT_WS(',', @upsert_kit_claimed, ");
-        self.table.walk_ast(out.reborrow())?;
-        out.push_sql(".");
-        column(&mut out, Q::ID)?;
+        qualified(&mut out, &self.table, Q::ID)?;
         out.push_sql("))");
     }
 }
 
 statement! {
-    /// The rows [`TakeDue`] claimed, read back by the ids it left in the session: `SELECT t.*
+    /// The claim in one statement while claims contend: `UPDATE (SELECT t.id AS id
+    /// FROM JSON_TABLE(?, '$[*]' COLUMNS (id BIGINT PATH '$')) AS c STRAIGHT_JOIN t FORCE INDEX
+    /// (PRIMARY) ON t.id = c.id WHERE <ready> ORDER BY c.id LIMIT ? FOR UPDATE SKIP LOCKED) AS
+    /// d STRAIGHT_JOIN t ON
+    /// t.id = d.id JOIN (SELECT @upsert_kit_claimed := NULL) AS init SET status =
+    /// 'processing', holder = ?, locked_until = <lease from now>, attempts = attempts + 1 + 0 *
+    /// LENGTH(@upsert_kit_claimed := CONCAT_WS(',', @upsert_kit_claimed, t.id))`, the first
+    /// parameter the JSON array of the [`Candidates`] just read. The derived table `d` is
+    /// materialized first, with its row locks: the candidates sorted, then looked up one by one
+    /// by primary key (the only index it locks), each re-checked against its newest committed
+    /// version, skipping rows locked elsewhere, until `limit` are found (sorting by `t.id`
+    /// instead would lock every candidate before the sort);
+    /// `STRAIGHT_JOIN` makes the update read `t` only through it; the ids it took are left in
+    /// the session variable for [`Claimed`].
+    TakeCandidates<'a> { candidates: &'a str, limit: i64, holder: &'a str, lease_micros: i64 }
+    |self, out| {
+        out.push_sql("UPDATE (SELECT ");
+        qualified(&mut out, &self.table, Q::ID)?;
+        out.push_sql(" AS id FROM JSON_TABLE(");
+        out.push_bind_param::<Text, _>(self.candidates)?;
+        out.push_sql(", '$[*]' COLUMNS (id BIGINT PATH '$')) AS upsert_kit_candidate STRAIGHT_JOIN ");
+        self.table.walk_ast(out.reborrow())?;
+        out.push_sql(" FORCE INDEX (PRIMARY) ON ");
+        qualified(&mut out, &self.table, Q::ID)?;
+        out.push_sql(" = upsert_kit_candidate.id WHERE ");
+        ready::<Q>(&mut out)?;
+        out.push_sql(" ORDER BY upsert_kit_candidate.id LIMIT ");
+        out.push_bind_param::<BigInt, _>(&self.limit)?;
+        out.push_sql(" FOR UPDATE SKIP LOCKED) AS upsert_kit_due STRAIGHT_JOIN ");
+        self.table.walk_ast(out.reborrow())?;
+        out.push_sql(" ON ");
+        qualified(&mut out, &self.table, Q::ID)?;
+        out.push_sql(" = upsert_kit_due.id JOIN (SELECT @upsert_kit_claimed := NULL AS reset) AS upsert_kit_init SET ");
+        taken::<Q>(&mut out, self.holder, &self.lease_micros)?;
+        out.push_sql(" + 1 + 0 * LENGTH(@upsert_kit_claimed := CONCAT_WS(',', @upsert_kit_claimed, ");
+        qualified(&mut out, &self.table, Q::ID)?;
+        out.push_sql("))");
+    }
+}
+
+statement! {
+    /// The rows [`TakeDue`] or [`TakeCandidates`] claimed, read back by the ids it left in the session: `SELECT t.*
     /// FROM JSON_TABLE(CONCAT('[', @upsert_kit_claimed, ']'), '$[*]' COLUMNS (id BIGINT PATH
     /// '$')) AS c JOIN t ON t.id = c.id WHERE t.status = 'processing' AND t.holder = ? ORDER BY
     /// t.id` (a primary-key lookup per id).
@@ -404,30 +484,22 @@ statement! {
         out.push_sql(".* FROM JSON_TABLE(CONCAT('[', @upsert_kit_claimed, ']'), '$[*]' COLUMNS (id BIGINT PATH '$')) AS upsert_kit_claimed JOIN ");
         self.table.walk_ast(out.reborrow())?;
         out.push_sql(" ON ");
-        self.table.walk_ast(out.reborrow())?;
-        out.push_sql(".");
-        column(&mut out, Q::ID)?;
+        qualified(&mut out, &self.table, Q::ID)?;
         out.push_sql(" = upsert_kit_claimed.id WHERE ");
-        self.table.walk_ast(out.reborrow())?;
-        out.push_sql(".");
-        column(&mut out, Q::STATUS)?;
+        qualified(&mut out, &self.table, Q::STATUS)?;
         out.push_sql(" = ");
         literal(&mut out, Q::PROCESSING);
         out.push_sql(" AND ");
-        self.table.walk_ast(out.reborrow())?;
-        out.push_sql(".");
-        column(&mut out, Q::HOLDER)?;
+        qualified(&mut out, &self.table, Q::HOLDER)?;
         out.push_sql(" = ");
         out.push_bind_param::<Text, _>(self.holder)?;
         out.push_sql(" ORDER BY ");
-        self.table.walk_ast(out.reborrow())?;
-        out.push_sql(".");
-        column(&mut out, Q::ID)?;
+        qualified(&mut out, &self.table, Q::ID)?;
     }
 }
 
 statement! {
-    /// The one row [`TakeDue`] claimed when it took one: `SELECT * FROM t WHERE id =
+    /// The one row [`TakeDue`] or [`TakeCandidates`] claimed when it took one: `SELECT * FROM t WHERE id =
     /// CAST(@upsert_kit_claimed AS SIGNED) AND status = 'processing' AND holder = ?` (a
     /// primary-key lookup, no `JSON_TABLE`).
     ClaimedOne<'a> { holder: &'a str }
@@ -593,16 +665,19 @@ statement! {
     }
 }
 
-/// `(SELECT id AS id FROM t WHERE status = 'pending' AND <due> ORDER BY id LIMIT ? FOR UPDATE
-/// SKIP LOCKED) UNION ALL (the same for 'retry') ORDER BY id LIMIT ?`, `<due>` being
-/// `(locked_until IS NULL OR locked_until <= UTC_TIMESTAMP(6))`: the first `limit` due items,
-/// locked, skipping rows locked elsewhere. One range of the `(status, id)` index per status, read
-/// in id order: a single `status IN (…) ORDER BY id` would be read along the primary key
-/// through every finished row, locking each at REPEATABLE READ.
+/// `(SELECT id AS id FROM t WHERE status = 'pending' AND <due> ORDER BY id LIMIT ?) UNION ALL
+/// (the same for 'retry') ORDER BY id LIMIT ?`, `<due>` being `(locked_until IS NULL OR
+/// locked_until <= UTC_TIMESTAMP(6))`, each branch with ` AND id > ?` when `after` is given and
+/// ending in ` FOR UPDATE SKIP LOCKED` when `locking`: the first `limit` due items. One range of
+/// the `(status, id)` index per status, read in id order: a single `status IN (…) ORDER BY id`
+/// would be read along the primary key through every finished row, locking each at
+/// REPEATABLE READ.
 fn due_ids<'b, Q: ClaimQueue>(
     out: &mut AstPass<'_, 'b, Mysql>,
     table: &'b Q::Table,
     limit: &'b i64,
+    after: Option<&'b i64>,
+    locking: bool,
 ) -> QueryResult<()>
 where
     Q::Table: QueryFragment<Mysql>,
@@ -623,11 +698,22 @@ where
         column(out, Q::LOCKED_UNTIL)?;
         out.push_sql(" IS NULL OR ");
         column(out, Q::LOCKED_UNTIL)?;
-        out.push_sql(" <= UTC_TIMESTAMP(6)) ORDER BY ");
+        out.push_sql(" <= UTC_TIMESTAMP(6))");
+        if let Some(after) = after {
+            out.push_sql(" AND ");
+            column(out, Q::ID)?;
+            out.push_sql(" > ");
+            out.push_bind_param::<BigInt, _>(after)?;
+        }
+        out.push_sql(" ORDER BY ");
         column(out, Q::ID)?;
         out.push_sql(" LIMIT ");
         out.push_bind_param::<BigInt, _>(limit)?;
-        out.push_sql(" FOR UPDATE SKIP LOCKED)");
+        out.push_sql(if locking {
+            " FOR UPDATE SKIP LOCKED)"
+        } else {
+            ")"
+        });
     }
     out.push_sql(" ORDER BY id LIMIT ");
     out.push_bind_param::<BigInt, _>(limit)
@@ -733,7 +819,7 @@ fn next_read_committed(conn: &mut MysqlConnection) -> Result<()> {
 }
 
 /// Whether claims contend: a claim of this process outside a transaction was a deadlock's
-/// victim less than [`CONTENDED_FOR`] ago. Until then claims set READ COMMITTED first.
+/// victim less than [`CONTENDED_FOR`] ago. Until then claims read their candidates first.
 mod contention {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::OnceLock;
@@ -759,7 +845,7 @@ mod contention {
     }
 }
 
-/// How long after a claim's deadlock the claims of this process set READ COMMITTED first.
+/// How long after a claim's deadlock the claims of this process read their candidates first.
 const CONTENDED_FOR: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Runs `f` in a transaction of its own at READ COMMITTED, or in a savepoint of the caller's
@@ -786,10 +872,55 @@ fn refuse_tenants<Q: ClaimQueue>() -> Result<()> {
     }
 }
 
-/// How many times a claim outside a transaction sends its statement at READ COMMITTED when
-/// InnoDB picks it as a deadlock's victim (nothing of it applied) before the error reaches the
-/// caller; a first send at the session's level comes on top.
-const DEADLOCK_ATTEMPTS: u32 = 3;
+/// The claim while claims contend: reads the first due ids (a plain read of the `(status,
+/// id)` index), then claims those still due and not locked elsewhere ([`TakeCandidates`]).
+/// When others took every candidate between the read and the claim, reads the next ones; none
+/// left, none taken. Returns how many it took, their ids left in the session for [`Claimed`].
+fn take_candidates<Q>(
+    conn: &mut MysqlConnection,
+    queue: &Queue<Q>,
+    limit: i64,
+    lease: i64,
+) -> Result<usize>
+where
+    Q: ClaimQueue,
+    Q::Table: QueryFragment<Mysql>,
+{
+    let span = limit.saturating_add(CANDIDATE_SLACK);
+    let mut after = i64::MIN;
+    loop {
+        let candidates: Vec<Id> = Candidates::<Q>::new(span, after).load(conn)?;
+        let Some(last) = candidates.last() else {
+            return Ok(0);
+        };
+        after = last.id;
+        let list = json_ids(&candidates);
+        let taken = crate::conn::retry_deadlocks(conn, |conn| {
+            Ok(TakeCandidates::<Q>::new(&list, limit, queue.holder(), lease).execute(conn)?)
+        })?;
+        if taken > 0 {
+            return Ok(taken);
+        }
+    }
+}
+
+/// How many candidates beyond its limit a contended claim reads: those other workers take
+/// between the read and the claim are skipped.
+const CANDIDATE_SLACK: i64 = 7;
+
+/// `[1,2,3]`: the ids as the JSON array [`TakeDue`] binds.
+fn json_ids(ids: &[Id]) -> String {
+    let mut list = String::with_capacity(ids.len() * 8 + 2);
+    list.push('[');
+    for (i, id) in ids.iter().enumerate() {
+        if i > 0 {
+            list.push(',');
+        }
+        list.push_str(&id.id.to_string());
+    }
+    list.push(']');
+    list
+}
 
 /// How many ids one `IN (…)` list names at most.
 const IDS_PER_STATEMENT: usize = 1000;
@@ -807,40 +938,29 @@ where
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let lease = micros(queue.lease_duration());
         if !tx::in_transaction(self) {
-            // Two round trips: the claim, one statement committed on its own, then the rows it
-            // took (none to read when it took none); three while claims contend, READ
-            // COMMITTED set for the claim first (see the module's "Isolation"). A deadlock's
-            // victim changed nothing and is sent again, at READ COMMITTED.
-            let mut attempt = 1;
-            let mut contended = contention::recent();
-            let taken = loop {
-                if contended {
-                    next_read_committed(self)?;
-                }
-                let take = TakeDue::<Q>::new(limit, queue.holder(), lease);
-                match take.execute(self).map_err(crate::error::Error::from) {
-                    Err(e @ crate::error::Error::Deadlock(_)) => {
+            // While claims do not contend, two round trips: the claim, one statement committed
+            // on its own, then the rows it took (none to read when it took none). While they
+            // contend, three: a plain read of the first due ids, the claim of those still due
+            // and not locked elsewhere, then the rows it took (see the module's "Isolation").
+            let taken = match contention::recent() {
+                false => match TakeDue::<Q>::new(limit, queue.holder(), lease)
+                    .execute(self)
+                    .map_err(crate::error::Error::from)
+                {
+                    Err(crate::error::Error::Deadlock(_)) => {
+                        // Nothing of it applied: the claims contend.
                         contention::seen();
-                        if !contended {
-                            // Sent at the session's level: now as many sends at READ
-                            // COMMITTED as a contended claim gets.
-                            contended = true;
-                        } else if attempt == DEADLOCK_ATTEMPTS {
-                            return Err(e);
-                        } else {
-                            attempt += 1;
-                        }
+                        take_candidates(self, queue, limit, lease)?
                     }
-                    other => break other?,
-                }
+                    other => other?,
+                },
+                true => take_candidates(self, queue, limit, lease)?,
             };
-            if taken == 0 {
-                return Ok(Vec::new());
+            match taken {
+                0 => return Ok(Vec::new()),
+                1 => return Ok(ClaimedOne::<Q>::new(queue.holder()).load(self)?),
+                _ => return Ok(Claimed::<Q>::new(queue.holder()).load(self)?),
             }
-            if taken == 1 {
-                return Ok(ClaimedOne::<Q>::new(queue.holder()).load(self)?);
-            }
-            return Ok(Claimed::<Q>::new(queue.holder()).load(self)?);
         }
         read_committed(self, |conn| {
             let candidates: Vec<Id> = Due::<Q>::new(limit).load(conn)?;
@@ -924,5 +1044,91 @@ where
         refuse_tenants::<Q>()?;
         let row: StateRow = State::<Q>::new().get_result(self)?;
         Ok(row.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use diesel::connection::SimpleConnection;
+    use diesel::{Connection, QueryDsl};
+    use upsert_kit_support::TestMysql;
+
+    diesel::table! {
+        tasks (id) {
+            id -> BigInt,
+            name -> Text,
+        }
+    }
+
+    #[derive(Debug, QueryableByName)]
+    #[diesel(table_name = tasks)]
+    struct Task {
+        name: String,
+    }
+
+    impl ClaimQueue for Task {
+        type Table = tasks::table;
+    }
+
+    /// The contended claim reads past candidates that other transactions hold locked (those it
+    /// read first, and the next), takes the first free item without waiting for any lock, and
+    /// takes nothing once every due item is locked elsewhere.
+    #[test]
+    fn a_contended_claim_reads_past_candidates_locked_elsewhere() {
+        let db = TestMysql::with_sql(upsert_kit_support::mysql::TASKS_TABLE);
+        let mut conn = db.conn();
+        let names: Vec<String> = (1..=20).map(|i| format!("('task-{i}')")).collect();
+        conn.batch_execute(&format!(
+            "INSERT INTO tasks (name) VALUES {}",
+            names.join(", ")
+        ))
+        .unwrap();
+        // A claim that waited for a lock would fail here (after 2 s) instead of hanging.
+        conn.batch_execute("SET SESSION innodb_lock_wait_timeout = 2")
+            .unwrap();
+        let queue = Queue::<Task>::new("w").unwrap();
+        let lease = micros(queue.lease_duration());
+        let claim_one = |conn: &mut MysqlConnection| -> Vec<String> {
+            match take_candidates(conn, &queue, 1, lease).unwrap() {
+                0 => Vec::new(),
+                _ => ClaimedOne::<Task>::new(queue.holder())
+                    .load::<Claim<Task>>(conn)
+                    .unwrap()
+                    .into_iter()
+                    .map(|c| c.item.name)
+                    .collect(),
+            }
+        };
+
+        let mut other = db.conn();
+        other
+            .transaction(|other| {
+                // Another transaction holds the first 18 items: the first candidates
+                // (1 + CANDIDATE_SLACK of them) and then some.
+                // One row at a time by primary key: a range or a list would lock the rows
+                // and gaps around it too (REPEATABLE READ).
+                for id in 1..=18 {
+                    other.batch_execute(&format!(
+                        "SELECT id FROM tasks WHERE id = {id} FOR UPDATE"
+                    ))?;
+                }
+                assert_eq!(claim_one(&mut conn), ["task-19"]);
+                assert_eq!(claim_one(&mut conn), ["task-20"]);
+                assert!(claim_one(&mut conn).is_empty(), "every due item is locked");
+                Ok::<_, diesel::result::Error>(())
+            })
+            .unwrap();
+        assert_eq!(claim_one(&mut conn), ["task-1"]);
+        let attempts: Vec<i32> = tasks::table
+            .select(diesel::dsl::sql::<Integer>("attempts"))
+            .order(tasks::id)
+            .load(&mut conn)
+            .unwrap();
+        let mut expected = vec![0; 20];
+        for i in [0, 18, 19] {
+            expected[i] = 1;
+        }
+        assert_eq!(attempts, expected, "each item taken once");
     }
 }
