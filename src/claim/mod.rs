@@ -884,6 +884,30 @@ fn fenced<Q>(rows: usize, claim: &Claim<Q>) -> Result<()> {
     }
 }
 
+/// The names of a claim statement's template ([`crate::sql::push_template`]): `{t}` the
+/// queue's table, its columns by their role (`{id}`, `{status}`, `{holder}`,
+/// `{locked_until}`, `{attempts}`, `{last_error}`) and its statuses as literals (`{pending}`,
+/// `{retry}`, `{processing}`, `{done}`, `{failed}`).
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+pub(crate) fn word<Q: ClaimQueue>(name: &str) -> Option<crate::sql::Word> {
+    use crate::sql::Word::{Ident, Literal, Table};
+    Some(match name {
+        "t" => Table,
+        "id" => Ident(Q::ID),
+        "status" => Ident(Q::STATUS),
+        "holder" => Ident(Q::HOLDER),
+        "locked_until" => Ident(Q::LOCKED_UNTIL),
+        "attempts" => Ident(Q::ATTEMPTS),
+        "last_error" => Ident(Q::LAST_ERROR),
+        "pending" => Literal(Q::PENDING),
+        "retry" => Literal(Q::RETRY),
+        "processing" => Literal(Q::PROCESSING),
+        "done" => Literal(Q::DONE),
+        "failed" => Literal(Q::FAILED),
+        _ => return None,
+    })
+}
+
 #[cfg(all(test, feature = "postgres"))]
 mod tests {
     use super::pg::{QueueSql, StateSql, Statement};

@@ -164,10 +164,11 @@
 //! ```
 
 use super::{
-    fenced, Claim, ClaimConnection, ClaimQueue, Failed, Queue, QueueState, Reaped, StateRow,
+    fenced, word, Claim, ClaimConnection, ClaimQueue, Failed, Queue, QueueState, Reaped, StateRow,
     MAX_ERROR_CHARS,
 };
 use crate::error::Result;
+use crate::sql::push_template;
 use crate::tx;
 use diesel::deserialize::{self, QueryableByName};
 use diesel::mysql::{Mysql, MysqlConnection};
@@ -213,18 +214,19 @@ struct Until {
 // The statements. Each is a small query fragment whose text depends only on the queue's
 // declaration (its table, columns and status literals) and on how many ids it names, so
 // Diesel's statement cache prepares it once per connection and shape; every value is a bind
-// parameter.
+// parameter. Each is written as templates (the names of [`word`]: `{t}` the table, the columns
+// by their role, the statuses as literals) with its values bound between them.
 
-/// Writes `Q`'s column `name` as an identifier.
-fn column(out: &mut AstPass<'_, '_, Mysql>, name: &str) -> QueryResult<()> {
-    out.push_identifier(name)
-}
-
-/// `'literal'`: a status of the declaration ([`Queue::new`] checks that each needs no escaping).
-fn literal(out: &mut AstPass<'_, '_, Mysql>, status: &str) {
-    out.push_sql("'");
-    out.push_sql(status);
-    out.push_sql("'");
+/// Writes `template` for queue `Q` ([`push_template`] with the names of [`word`]).
+fn sql<'b, Q: ClaimQueue>(
+    out: &mut AstPass<'_, 'b, Mysql>,
+    table: &'b Q::Table,
+    template: &str,
+) -> QueryResult<()>
+where
+    Q::Table: QueryFragment<Mysql>,
+{
+    push_template(out, table, template, word::<Q>)
 }
 
 /// `UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND`.
@@ -235,25 +237,16 @@ fn from_now<'b>(out: &mut AstPass<'_, 'b, Mysql>, micros: &'b i64) -> QueryResul
     Ok(())
 }
 
-/// `t.name`: `Q`'s column `name` qualified by its table.
-fn qualified<'b, T: QueryFragment<Mysql>>(
-    out: &mut AstPass<'_, 'b, Mysql>,
-    table: &'b T,
-    name: &str,
-) -> QueryResult<()> {
-    table.walk_ast(out.reborrow())?;
-    out.push_sql(".");
-    column(out, name)
-}
-
 /// ` WHERE id IN (?, …)`.
 fn where_ids<'b, Q: ClaimQueue>(
     out: &mut AstPass<'_, 'b, Mysql>,
+    table: &'b Q::Table,
     ids: &'b [i64],
-) -> QueryResult<()> {
-    out.push_sql(" WHERE ");
-    column(out, Q::ID)?;
-    out.push_sql(" IN (");
+) -> QueryResult<()>
+where
+    Q::Table: QueryFragment<Mysql>,
+{
+    sql::<Q>(out, table, " WHERE {id} IN (")?;
     for (i, id) in ids.iter().enumerate() {
         if i > 0 {
             out.push_sql(", ");
@@ -268,49 +261,111 @@ fn where_ids<'b, Q: ClaimQueue>(
 /// (the caller adds ` + 1`): what a claim sets.
 fn taken<'b, Q: ClaimQueue>(
     out: &mut AstPass<'_, 'b, Mysql>,
+    table: &'b Q::Table,
     holder: &'b str,
     lease_micros: &'b i64,
-) -> QueryResult<()> {
-    column(out, Q::STATUS)?;
-    out.push_sql(" = ");
-    literal(out, Q::PROCESSING);
-    out.push_sql(", ");
-    column(out, Q::HOLDER)?;
-    out.push_sql(" = ");
+) -> QueryResult<()>
+where
+    Q::Table: QueryFragment<Mysql>,
+{
+    sql::<Q>(out, table, "{status} = {processing}, {holder} = ")?;
     out.push_bind_param::<Text, _>(holder)?;
-    out.push_sql(", ");
-    column(out, Q::LOCKED_UNTIL)?;
-    out.push_sql(" = ");
+    sql::<Q>(out, table, ", {locked_until} = ")?;
     from_now(out, lease_micros)?;
-    out.push_sql(", ");
-    column(out, Q::ATTEMPTS)?;
-    out.push_sql(" = ");
-    column(out, Q::ATTEMPTS)
+    sql::<Q>(out, table, ", {attempts} = {attempts}")
 }
 
 /// The fence of a claim's update: ` WHERE id = ? AND status = 'processing' AND holder = ? AND
 /// attempts = ?`.
 fn fence<'b, Q: ClaimQueue>(
     out: &mut AstPass<'_, 'b, Mysql>,
+    table: &'b Q::Table,
     claim: &'b Claim<Q>,
-) -> QueryResult<()> {
-    out.push_sql(" WHERE ");
-    column(out, Q::ID)?;
-    out.push_sql(" = ");
+) -> QueryResult<()>
+where
+    Q::Table: QueryFragment<Mysql>,
+{
+    sql::<Q>(out, table, " WHERE {id} = ")?;
     out.push_bind_param::<BigInt, _>(&claim.id)?;
-    out.push_sql(" AND ");
-    column(out, Q::STATUS)?;
-    out.push_sql(" = ");
-    literal(out, Q::PROCESSING);
-    out.push_sql(" AND ");
-    column(out, Q::HOLDER)?;
-    out.push_sql(" = ");
+    sql::<Q>(out, table, " AND {status} = {processing} AND {holder} = ")?;
     out.push_bind_param::<Text, _>(&claim.holder)?;
-    out.push_sql(" AND ");
-    column(out, Q::ATTEMPTS)?;
-    out.push_sql(" = ");
-    out.push_bind_param::<Integer, _>(&claim.attempt)?;
-    Ok(())
+    sql::<Q>(out, table, " AND {attempts} = ")?;
+    out.push_bind_param::<Integer, _>(&claim.attempt)
+}
+
+/// `(SELECT id AS id FROM t WHERE status = 'pending' AND <due> ORDER BY id LIMIT ?) UNION ALL
+/// (the same for 'retry') ORDER BY id LIMIT ?`, `<due>` being `(locked_until IS NULL OR
+/// locked_until <= UTC_TIMESTAMP(6))`, each branch with ` AND id > ?` when `after` is given and
+/// ending in ` FOR UPDATE SKIP LOCKED` when `locking`: the first `limit` due items. One range of
+/// the `(status, id)` index per status, read in id order: a single `status IN (…) ORDER BY id`
+/// would be read along the primary key through every finished row, locking each at
+/// REPEATABLE READ.
+fn due_ids<'b, Q: ClaimQueue>(
+    out: &mut AstPass<'_, 'b, Mysql>,
+    table: &'b Q::Table,
+    limit: &'b i64,
+    after: Option<&'b i64>,
+    locking: bool,
+) -> QueryResult<()>
+where
+    Q::Table: QueryFragment<Mysql>,
+{
+    for status in [
+        "(SELECT {id} AS id FROM {t} WHERE {status} = {pending}",
+        " UNION ALL (SELECT {id} AS id FROM {t} WHERE {status} = {retry}",
+    ] {
+        sql::<Q>(out, table, status)?;
+        sql::<Q>(
+            out,
+            table,
+            " AND ({locked_until} IS NULL OR {locked_until} <= UTC_TIMESTAMP(6))",
+        )?;
+        if let Some(after) = after {
+            sql::<Q>(out, table, " AND {id} > ")?;
+            out.push_bind_param::<BigInt, _>(after)?;
+        }
+        sql::<Q>(out, table, " ORDER BY {id} LIMIT ")?;
+        out.push_bind_param::<BigInt, _>(limit)?;
+        out.push_sql(if locking {
+            " FOR UPDATE SKIP LOCKED)"
+        } else {
+            ")"
+        });
+    }
+    out.push_sql(" ORDER BY id LIMIT ");
+    out.push_bind_param::<BigInt, _>(limit)
+}
+
+/// `status IN ('pending', 'retry') AND (locked_until IS NULL OR locked_until <=
+/// UTC_TIMESTAMP(6))`: what a claim takes.
+const READY: &str = "{status} IN ({pending}, {retry}) \
+                     AND ({locked_until} IS NULL OR {locked_until} <= UTC_TIMESTAMP(6))";
+
+/// ` AS upsert_kit_due STRAIGHT_JOIN t ON t.id = upsert_kit_due.id JOIN (SELECT
+/// @upsert_kit_claimed := NULL AS reset) AS init SET <taken> + 1 + 0 *
+/// LENGTH(@upsert_kit_claimed := CONCAT_WS(',', @upsert_kit_claimed, t.id))`: the claim of the
+/// ids of the derived table before it, which leaves them in the session for [`Claimed`].
+fn take_due<'b, Q: ClaimQueue>(
+    out: &mut AstPass<'_, 'b, Mysql>,
+    table: &'b Q::Table,
+    holder: &'b str,
+    lease_micros: &'b i64,
+) -> QueryResult<()>
+where
+    Q::Table: QueryFragment<Mysql>,
+{
+    sql::<Q>(
+        out,
+        table,
+        " AS upsert_kit_due STRAIGHT_JOIN {t} ON {t}.{id} = upsert_kit_due.id \
+         JOIN (SELECT @upsert_kit_claimed := NULL AS reset) AS upsert_kit_init SET ",
+    )?;
+    taken::<Q>(out, table, holder, lease_micros)?;
+    sql::<Q>(
+        out,
+        table,
+        " + 1 + 0 * LENGTH(@upsert_kit_claimed := CONCAT_WS(',', @upsert_kit_claimed, {t}.{id}))",
+    )
 }
 
 /// Declares a statement struct over queue `Q` (its table is the field `table`) and the
@@ -359,437 +414,264 @@ macro_rules! statement {
 }
 
 statement! {
-    /// `SELECT id FROM (<due ids>) AS due ORDER BY id`: [`due_ids`] in a caller's transaction.
+    /// The locked due ids, in a caller's transaction.
     Due<'a> { limit: i64 }
     |self, out| {
+        let t = &self.table;
         out.push_sql("SELECT id FROM (");
-        due_ids::<Q>(&mut out, &self.table, &self.limit, None, true)?;
+        due_ids::<Q>(&mut out, t, &self.limit, None, true)?;
         out.push_sql(") AS upsert_kit_due ORDER BY id");
     }
 }
 
 statement! {
-    /// `SELECT id FROM (<due ids, id > ?, not locking>) AS due ORDER BY id`: the candidates of
-    /// a claim outside a caller's transaction, a plain read of the `(status, id)` index.
+    /// The candidates of a contended claim outside a caller's transaction: the due ids after
+    /// `after`, a plain read of the `(status, id)` index.
     Candidates<'a> { limit: i64, after: i64 }
     |self, out| {
+        let t = &self.table;
         out.push_sql("SELECT id FROM (");
-        due_ids::<Q>(&mut out, &self.table, &self.limit, Some(&self.after), false)?;
+        due_ids::<Q>(&mut out, t, &self.limit, Some(&self.after), false)?;
         out.push_sql(") AS upsert_kit_due ORDER BY id");
     }
 }
 
 statement! {
-    /// `UPDATE t SET status = 'processing', holder = ?, locked_until = <lease from now>,
-    /// attempts = attempts + 1 WHERE id IN (…)`: the rows [`Due`] just locked.
+    /// The claim of the rows [`Due`] just locked.
     Take<'a> { holder: &'a str, lease_micros: i64, ids: &'a [i64] }
     |self, out| {
-        out.push_sql("UPDATE ");
-        self.table.walk_ast(out.reborrow())?;
-        out.push_sql(" SET ");
-        taken::<Q>(&mut out, self.holder, &self.lease_micros)?;
+        let t = &self.table;
+        sql::<Q>(&mut out, t, "UPDATE {t} SET ")?;
+        taken::<Q>(&mut out, t, self.holder, &self.lease_micros)?;
         out.push_sql(" + 1");
-        where_ids::<Q>(&mut out, self.ids)?;
+        where_ids::<Q>(&mut out, t, self.ids)?;
     }
 }
 
 statement! {
-    /// `SELECT * FROM t WHERE id IN (…) ORDER BY id`.
+    /// The rows of `ids`, in id order.
     Rows<'a> { ids: &'a [i64] }
     |self, out| {
-        out.push_sql("SELECT * FROM ");
-        self.table.walk_ast(out.reborrow())?;
-        where_ids::<Q>(&mut out, self.ids)?;
-        out.push_sql(" ORDER BY ");
-        column(&mut out, Q::ID)?;
+        let t = &self.table;
+        sql::<Q>(&mut out, t, "SELECT * FROM {t}")?;
+        where_ids::<Q>(&mut out, t, self.ids)?;
+        sql::<Q>(&mut out, t, " ORDER BY {id}")?;
     }
 }
 
 statement! {
-    /// The claim in one statement while claims do not contend (see [`TakeCandidates`]): `UPDATE (SELECT id FROM t
-    /// WHERE <ready> ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED) AS d STRAIGHT_JOIN t ON t.id =
-    /// d.id JOIN (SELECT @upsert_kit_claimed := NULL) AS init SET status = 'processing', holder
-    /// = ?, locked_until = <lease from now>, attempts = attempts + 1 + 0 *
-    /// LENGTH(@upsert_kit_claimed := CONCAT_WS(',', @upsert_kit_claimed, t.id))`. The derived
-    /// table `d` is materialized first, with its row locks, skipping rows locked elsewhere;
-    /// `STRAIGHT_JOIN` makes the update read `t` only through it (read first, `t`'s scan would
-    /// wait on every row locked elsewhere); the ids it took are left in the session variable
-    /// for [`Claimed`].
+    /// The claim in one statement while claims do not contend (see [`TakeCandidates`]): the
+    /// derived table of the locked due ids is materialized first, with its row locks, skipping
+    /// rows locked elsewhere; `STRAIGHT_JOIN` makes the update read `t` only through it (read
+    /// first, `t`'s scan would wait on every row locked elsewhere).
     TakeDue<'a> { limit: i64, holder: &'a str, lease_micros: i64 }
     |self, out| {
+        let t = &self.table;
         out.push_sql("UPDATE (");
-        due_ids::<Q>(&mut out, &self.table, &self.limit, None, true)?;
-        out.push_sql(") AS upsert_kit_due STRAIGHT_JOIN ");
-        self.table.walk_ast(out.reborrow())?;
-        out.push_sql(" ON ");
-        qualified(&mut out, &self.table, Q::ID)?;
-        out.push_sql(" = upsert_kit_due.id JOIN (SELECT @upsert_kit_claimed := NULL AS reset) AS upsert_kit_init SET ");
-        taken::<Q>(&mut out, self.holder, &self.lease_micros)?;
-        out.push_sql(" + 1 + 0 * LENGTH(@upsert_kit_claimed := CONCAT_WS(',', @upsert_kit_claimed, ");
-        qualified(&mut out, &self.table, Q::ID)?;
-        out.push_sql("))");
+        due_ids::<Q>(&mut out, t, &self.limit, None, true)?;
+        out.push_sql(")");
+        take_due::<Q>(&mut out, t, self.holder, &self.lease_micros)?;
     }
 }
 
 statement! {
-    /// The claim in one statement while claims contend: `UPDATE (SELECT t.id AS id
-    /// FROM JSON_TABLE(?, '$[*]' COLUMNS (id BIGINT PATH '$')) AS c STRAIGHT_JOIN t FORCE INDEX
-    /// (PRIMARY) ON t.id = c.id WHERE <ready> ORDER BY c.id LIMIT ? FOR UPDATE SKIP LOCKED) AS
-    /// d STRAIGHT_JOIN t ON
-    /// t.id = d.id JOIN (SELECT @upsert_kit_claimed := NULL) AS init SET status =
-    /// 'processing', holder = ?, locked_until = <lease from now>, attempts = attempts + 1 + 0 *
-    /// LENGTH(@upsert_kit_claimed := CONCAT_WS(',', @upsert_kit_claimed, t.id))`, the first
-    /// parameter the JSON array of the [`Candidates`] just read. The derived table `d` is
-    /// materialized first, with its row locks: the candidates sorted, then looked up one by one
-    /// by primary key (the only index it locks), each re-checked against its newest committed
-    /// version, skipping rows locked elsewhere, until `limit` are found (sorting by `t.id`
-    /// instead would lock every candidate before the sort);
-    /// `STRAIGHT_JOIN` makes the update read `t` only through it; the ids it took are left in
-    /// the session variable for [`Claimed`].
+    /// The claim in one statement while claims contend, the first parameter the JSON array of
+    /// the [`Candidates`] just read. The derived table is materialized first, with its row
+    /// locks: the candidates sorted, then looked up one by one by primary key (the only index
+    /// it locks), each re-checked against its newest committed version, skipping rows locked
+    /// elsewhere, until `limit` are found (sorting by `t.id` instead would lock every candidate
+    /// before the sort).
     TakeCandidates<'a> { candidates: &'a str, limit: i64, holder: &'a str, lease_micros: i64 }
     |self, out| {
-        out.push_sql("UPDATE (SELECT ");
-        qualified(&mut out, &self.table, Q::ID)?;
-        out.push_sql(" AS id FROM JSON_TABLE(");
+        let t = &self.table;
+        sql::<Q>(&mut out, t, "UPDATE (SELECT {t}.{id} AS id FROM JSON_TABLE(")?;
         out.push_bind_param::<Text, _>(self.candidates)?;
-        out.push_sql(", '$[*]' COLUMNS (id BIGINT PATH '$')) AS upsert_kit_candidate STRAIGHT_JOIN ");
-        self.table.walk_ast(out.reborrow())?;
-        out.push_sql(" FORCE INDEX (PRIMARY) ON ");
-        qualified(&mut out, &self.table, Q::ID)?;
-        out.push_sql(" = upsert_kit_candidate.id WHERE ");
-        ready::<Q>(&mut out)?;
+        sql::<Q>(
+            &mut out,
+            t,
+            ", '$[*]' COLUMNS (id BIGINT PATH '$')) AS upsert_kit_candidate \
+             STRAIGHT_JOIN {t} FORCE INDEX (PRIMARY) ON {t}.{id} = upsert_kit_candidate.id WHERE ",
+        )?;
+        sql::<Q>(&mut out, t, READY)?;
         out.push_sql(" ORDER BY upsert_kit_candidate.id LIMIT ");
         out.push_bind_param::<BigInt, _>(&self.limit)?;
-        out.push_sql(" FOR UPDATE SKIP LOCKED) AS upsert_kit_due STRAIGHT_JOIN ");
-        self.table.walk_ast(out.reborrow())?;
-        out.push_sql(" ON ");
-        qualified(&mut out, &self.table, Q::ID)?;
-        out.push_sql(" = upsert_kit_due.id JOIN (SELECT @upsert_kit_claimed := NULL AS reset) AS upsert_kit_init SET ");
-        taken::<Q>(&mut out, self.holder, &self.lease_micros)?;
-        out.push_sql(" + 1 + 0 * LENGTH(@upsert_kit_claimed := CONCAT_WS(',', @upsert_kit_claimed, ");
-        qualified(&mut out, &self.table, Q::ID)?;
-        out.push_sql("))");
+        out.push_sql(" FOR UPDATE SKIP LOCKED)");
+        take_due::<Q>(&mut out, t, self.holder, &self.lease_micros)?;
     }
 }
 
 statement! {
-    /// The rows [`TakeDue`] or [`TakeCandidates`] claimed, read back by the ids it left in the session: `SELECT t.*
-    /// FROM JSON_TABLE(CONCAT('[', @upsert_kit_claimed, ']'), '$[*]' COLUMNS (id BIGINT PATH
-    /// '$')) AS c JOIN t ON t.id = c.id WHERE t.status = 'processing' AND t.holder = ? ORDER BY
-    /// t.id` (a primary-key lookup per id).
+    /// The rows [`TakeDue`] or [`TakeCandidates`] claimed, read back by the ids it left in the
+    /// session (a primary-key lookup per id).
     Claimed<'a> { holder: &'a str }
     |self, out| {
-        out.push_sql("SELECT ");
-        self.table.walk_ast(out.reborrow())?;
-        out.push_sql(".* FROM JSON_TABLE(CONCAT('[', @upsert_kit_claimed, ']'), '$[*]' COLUMNS (id BIGINT PATH '$')) AS upsert_kit_claimed JOIN ");
-        self.table.walk_ast(out.reborrow())?;
-        out.push_sql(" ON ");
-        qualified(&mut out, &self.table, Q::ID)?;
-        out.push_sql(" = upsert_kit_claimed.id WHERE ");
-        qualified(&mut out, &self.table, Q::STATUS)?;
-        out.push_sql(" = ");
-        literal(&mut out, Q::PROCESSING);
-        out.push_sql(" AND ");
-        qualified(&mut out, &self.table, Q::HOLDER)?;
-        out.push_sql(" = ");
+        let t = &self.table;
+        sql::<Q>(
+            &mut out,
+            t,
+            "SELECT {t}.* FROM JSON_TABLE(CONCAT('[', @upsert_kit_claimed, ']'), \
+             '$[*]' COLUMNS (id BIGINT PATH '$')) AS upsert_kit_claimed \
+             JOIN {t} ON {t}.{id} = upsert_kit_claimed.id \
+             WHERE {t}.{status} = {processing} AND {t}.{holder} = ",
+        )?;
         out.push_bind_param::<Text, _>(self.holder)?;
-        out.push_sql(" ORDER BY ");
-        qualified(&mut out, &self.table, Q::ID)?;
+        sql::<Q>(&mut out, t, " ORDER BY {t}.{id}")?;
     }
 }
 
 statement! {
-    /// The one row [`TakeDue`] or [`TakeCandidates`] claimed when it took one: `SELECT * FROM t WHERE id =
-    /// CAST(@upsert_kit_claimed AS SIGNED) AND status = 'processing' AND holder = ?` (a
-    /// primary-key lookup, no `JSON_TABLE`).
+    /// The one row [`TakeDue`] or [`TakeCandidates`] claimed when it took one (a primary-key
+    /// lookup, no `JSON_TABLE`).
     ClaimedOne<'a> { holder: &'a str }
     |self, out| {
-        out.push_sql("SELECT * FROM ");
-        self.table.walk_ast(out.reborrow())?;
-        out.push_sql(" WHERE ");
-        column(&mut out, Q::ID)?;
-        out.push_sql(" = CAST(@upsert_kit_claimed AS SIGNED) AND ");
-        column(&mut out, Q::STATUS)?;
-        out.push_sql(" = ");
-        literal(&mut out, Q::PROCESSING);
-        out.push_sql(" AND ");
-        column(&mut out, Q::HOLDER)?;
-        out.push_sql(" = ");
+        let t = &self.table;
+        sql::<Q>(
+            &mut out,
+            t,
+            "SELECT * FROM {t} WHERE {id} = CAST(@upsert_kit_claimed AS SIGNED) \
+             AND {status} = {processing} AND {holder} = ",
+        )?;
         out.push_bind_param::<Text, _>(self.holder)?;
     }
 }
 
 statement! {
-    /// `UPDATE t SET status = 'done', holder = NULL, locked_until = NULL, last_error = NULL
-    /// <fence>`.
+    /// [`Queue::complete`]'s update.
     Complete<'a> { claim: &'a Claim<Q> }
     |self, out| {
-        out.push_sql("UPDATE ");
-        self.table.walk_ast(out.reborrow())?;
-        out.push_sql(" SET ");
-        column(&mut out, Q::STATUS)?;
-        out.push_sql(" = ");
-        literal(&mut out, Q::DONE);
-        for cleared in [Q::HOLDER, Q::LOCKED_UNTIL, Q::LAST_ERROR] {
-            out.push_sql(", ");
-            column(&mut out, cleared)?;
-            out.push_sql(" = NULL");
-        }
-        fence(&mut out, self.claim)?;
+        let t = &self.table;
+        sql::<Q>(
+            &mut out,
+            t,
+            "UPDATE {t} SET {status} = {done}, {holder} = NULL, {locked_until} = NULL, \
+             {last_error} = NULL",
+        )?;
+        fence::<Q>(&mut out, t, self.claim)?;
     }
 }
 
 statement! {
-    /// `UPDATE t SET status = 'retry' | 'failed', holder = NULL, last_error = ?, locked_until =
-    /// <backoff from now> | NULL <fence>`.
+    /// [`Queue::fail`]'s update: back to `retry` after the backoff, or parked as `failed`.
     Fail<'a> { claim: &'a Claim<Q>, error: &'a str, retry_after_micros: Option<i64> }
     |self, out| {
-        out.push_sql("UPDATE ");
-        self.table.walk_ast(out.reborrow())?;
-        out.push_sql(" SET ");
-        column(&mut out, Q::STATUS)?;
-        out.push_sql(" = ");
-        literal(&mut out, if self.retry_after_micros.is_some() { Q::RETRY } else { Q::FAILED });
-        out.push_sql(", ");
-        column(&mut out, Q::HOLDER)?;
-        out.push_sql(" = NULL, ");
-        column(&mut out, Q::LAST_ERROR)?;
-        out.push_sql(" = ");
+        let t = &self.table;
+        sql::<Q>(&mut out, t, match self.retry_after_micros {
+            Some(_) => "UPDATE {t} SET {status} = {retry}",
+            None => "UPDATE {t} SET {status} = {failed}",
+        })?;
+        sql::<Q>(&mut out, t, ", {holder} = NULL, {last_error} = ")?;
         out.push_bind_param::<Text, _>(self.error)?;
-        out.push_sql(", ");
-        column(&mut out, Q::LOCKED_UNTIL)?;
-        out.push_sql(" = ");
+        sql::<Q>(&mut out, t, ", {locked_until} = ")?;
         match &self.retry_after_micros {
             Some(micros) => from_now(&mut out, micros)?,
             None => out.push_sql("NULL"),
         }
-        fence(&mut out, self.claim)?;
+        fence::<Q>(&mut out, t, self.claim)?;
     }
 }
 
 statement! {
-    /// `SELECT locked_until AS at FROM t WHERE id = ? FOR UPDATE`: when a failed item is due.
+    /// When a failed item is due.
     DueAt<'a> { id: i64 }
     |self, out| {
-        out.push_sql("SELECT ");
-        column(&mut out, Q::LOCKED_UNTIL)?;
-        out.push_sql(" AS at FROM ");
-        self.table.walk_ast(out.reborrow())?;
-        out.push_sql(" WHERE ");
-        column(&mut out, Q::ID)?;
-        out.push_sql(" = ");
+        let t = &self.table;
+        sql::<Q>(&mut out, t, "SELECT {locked_until} AS at FROM {t} WHERE {id} = ")?;
         out.push_bind_param::<BigInt, _>(&self.id)?;
         out.push_sql(" FOR UPDATE");
     }
 }
 
 statement! {
-    /// `UPDATE t SET locked_until = <lease from now> <fence>`.
+    /// [`Queue::extend`]'s update.
     Extend<'a> { claim: &'a Claim<Q>, lease_micros: i64 }
     |self, out| {
-        out.push_sql("UPDATE ");
-        self.table.walk_ast(out.reborrow())?;
-        out.push_sql(" SET ");
-        column(&mut out, Q::LOCKED_UNTIL)?;
-        out.push_sql(" = ");
+        let t = &self.table;
+        sql::<Q>(&mut out, t, "UPDATE {t} SET {locked_until} = ")?;
         from_now(&mut out, &self.lease_micros)?;
-        fence(&mut out, self.claim)?;
+        fence::<Q>(&mut out, t, self.claim)?;
     }
 }
 
 statement! {
-    /// `SELECT locked_until AS at FROM t <fence> FOR UPDATE`: the lease a claim holds.
+    /// The lease a claim holds.
     Lease<'a> { claim: &'a Claim<Q> }
     |self, out| {
-        out.push_sql("SELECT ");
-        column(&mut out, Q::LOCKED_UNTIL)?;
-        out.push_sql(" AS at FROM ");
-        self.table.walk_ast(out.reborrow())?;
-        fence(&mut out, self.claim)?;
+        let t = &self.table;
+        sql::<Q>(&mut out, t, "SELECT {locked_until} AS at FROM {t}")?;
+        fence::<Q>(&mut out, t, self.claim)?;
         out.push_sql(" FOR UPDATE");
     }
 }
 
 statement! {
-    /// `SELECT id AS id, attempts AS attempts FROM t WHERE status = 'processing' AND
-    /// locked_until <= UTC_TIMESTAMP(6) ORDER BY id FOR UPDATE SKIP LOCKED`.
+    /// The expired leases, locked.
     ExpiredLeases<'a> {}
     |self, out| {
-        out.push_sql("SELECT ");
-        column(&mut out, Q::ID)?;
-        out.push_sql(" AS id, ");
-        column(&mut out, Q::ATTEMPTS)?;
-        out.push_sql(" AS attempts FROM ");
-        self.table.walk_ast(out.reborrow())?;
-        out.push_sql(" WHERE ");
-        column(&mut out, Q::STATUS)?;
-        out.push_sql(" = ");
-        literal(&mut out, Q::PROCESSING);
-        out.push_sql(" AND ");
-        column(&mut out, Q::LOCKED_UNTIL)?;
-        out.push_sql(" <= UTC_TIMESTAMP(6) ORDER BY ");
-        column(&mut out, Q::ID)?;
-        out.push_sql(" FOR UPDATE SKIP LOCKED");
+        sql::<Q>(
+            &mut out,
+            &self.table,
+            "SELECT {id} AS id, {attempts} AS attempts FROM {t} \
+             WHERE {status} = {processing} AND {locked_until} <= UTC_TIMESTAMP(6) \
+             ORDER BY {id} FOR UPDATE SKIP LOCKED",
+        )?;
     }
 }
 
 statement! {
-    /// `UPDATE t SET status = CASE WHEN attempts >= ? THEN 'failed' ELSE 'retry' END,
-    /// last_error = CONCAT('lease of ', COALESCE(holder, '?'), ' expired'), holder = NULL,
-    /// locked_until = NULL WHERE id IN (…)`. MySQL assigns left to right, each assignment
+    /// The expired leases put back or parked. MySQL assigns left to right, each assignment
     /// seeing the ones before it: `last_error` reads the holder before it is cleared.
     Reap<'a> { max_attempts: i32, ids: &'a [i64] }
     |self, out| {
-        out.push_sql("UPDATE ");
-        self.table.walk_ast(out.reborrow())?;
-        out.push_sql(" SET ");
-        column(&mut out, Q::STATUS)?;
-        out.push_sql(" = CASE WHEN ");
-        column(&mut out, Q::ATTEMPTS)?;
-        out.push_sql(" >= ");
+        let t = &self.table;
+        sql::<Q>(&mut out, t, "UPDATE {t} SET {status} = CASE WHEN {attempts} >= ")?;
         out.push_bind_param::<Integer, _>(&self.max_attempts)?;
-        out.push_sql(" THEN ");
-        literal(&mut out, Q::FAILED);
-        out.push_sql(" ELSE ");
-        literal(&mut out, Q::RETRY);
-        out.push_sql(" END, ");
-        column(&mut out, Q::LAST_ERROR)?;
-        out.push_sql(" = CONCAT('lease of ', COALESCE(");
-        column(&mut out, Q::HOLDER)?;
-        out.push_sql(", '?'), ' expired'), ");
-        column(&mut out, Q::HOLDER)?;
-        out.push_sql(" = NULL, ");
-        column(&mut out, Q::LOCKED_UNTIL)?;
-        out.push_sql(" = NULL");
-        where_ids::<Q>(&mut out, self.ids)?;
+        sql::<Q>(
+            &mut out,
+            t,
+            " THEN {failed} ELSE {retry} END, \
+             {last_error} = CONCAT('lease of ', COALESCE({holder}, '?'), ' expired'), \
+             {holder} = NULL, {locked_until} = NULL",
+        )?;
+        where_ids::<Q>(&mut out, t, self.ids)?;
     }
-}
-
-/// `(SELECT id AS id FROM t WHERE status = 'pending' AND <due> ORDER BY id LIMIT ?) UNION ALL
-/// (the same for 'retry') ORDER BY id LIMIT ?`, `<due>` being `(locked_until IS NULL OR
-/// locked_until <= UTC_TIMESTAMP(6))`, each branch with ` AND id > ?` when `after` is given and
-/// ending in ` FOR UPDATE SKIP LOCKED` when `locking`: the first `limit` due items. One range of
-/// the `(status, id)` index per status, read in id order: a single `status IN (…) ORDER BY id`
-/// would be read along the primary key through every finished row, locking each at
-/// REPEATABLE READ.
-fn due_ids<'b, Q: ClaimQueue>(
-    out: &mut AstPass<'_, 'b, Mysql>,
-    table: &'b Q::Table,
-    limit: &'b i64,
-    after: Option<&'b i64>,
-    locking: bool,
-) -> QueryResult<()>
-where
-    Q::Table: QueryFragment<Mysql>,
-{
-    for (i, status) in [Q::PENDING, Q::RETRY].into_iter().enumerate() {
-        if i > 0 {
-            out.push_sql(" UNION ALL ");
-        }
-        out.push_sql("(SELECT ");
-        column(out, Q::ID)?;
-        out.push_sql(" AS id FROM ");
-        table.walk_ast(out.reborrow())?;
-        out.push_sql(" WHERE ");
-        column(out, Q::STATUS)?;
-        out.push_sql(" = ");
-        literal(out, status);
-        out.push_sql(" AND (");
-        column(out, Q::LOCKED_UNTIL)?;
-        out.push_sql(" IS NULL OR ");
-        column(out, Q::LOCKED_UNTIL)?;
-        out.push_sql(" <= UTC_TIMESTAMP(6))");
-        if let Some(after) = after {
-            out.push_sql(" AND ");
-            column(out, Q::ID)?;
-            out.push_sql(" > ");
-            out.push_bind_param::<BigInt, _>(after)?;
-        }
-        out.push_sql(" ORDER BY ");
-        column(out, Q::ID)?;
-        out.push_sql(" LIMIT ");
-        out.push_bind_param::<BigInt, _>(limit)?;
-        out.push_sql(if locking {
-            " FOR UPDATE SKIP LOCKED)"
-        } else {
-            ")"
-        });
-    }
-    out.push_sql(" ORDER BY id LIMIT ");
-    out.push_bind_param::<BigInt, _>(limit)
-}
-
-/// `status IN ('pending', 'retry') AND (locked_until IS NULL OR locked_until <=
-/// UTC_TIMESTAMP(6))`: what a claim takes.
-fn ready<Q: ClaimQueue>(out: &mut AstPass<'_, '_, Mysql>) -> QueryResult<()> {
-    column(out, Q::STATUS)?;
-    out.push_sql(" IN (");
-    literal(out, Q::PENDING);
-    out.push_sql(", ");
-    literal(out, Q::RETRY);
-    out.push_sql(") AND (");
-    column(out, Q::LOCKED_UNTIL)?;
-    out.push_sql(" IS NULL OR ");
-    column(out, Q::LOCKED_UNTIL)?;
-    out.push_sql(" <= UTC_TIMESTAMP(6))");
-    Ok(())
 }
 
 statement! {
     /// [`Queue::state`]'s one row of counts (the module's "What is sent").
     State<'a> {}
     |self, out| {
+        let t = &self.table;
         out.push_sql("SELECT COUNT(CASE WHEN ");
-        ready::<Q>(&mut out)?;
-        out.push_sql(" THEN 1 END) AS ready, COUNT(CASE WHEN ");
-        column(&mut out, Q::STATUS)?;
-        out.push_sql(" IN (");
-        literal(&mut out, Q::PENDING);
-        out.push_sql(", ");
-        literal(&mut out, Q::RETRY);
-        out.push_sql(") AND ");
-        column(&mut out, Q::LOCKED_UNTIL)?;
-        out.push_sql(" > UTC_TIMESTAMP(6) THEN 1 END) AS waiting, COUNT(CASE WHEN ");
-        column(&mut out, Q::STATUS)?;
-        out.push_sql(" = ");
-        literal(&mut out, Q::PROCESSING);
-        out.push_sql(" AND (");
-        column(&mut out, Q::LOCKED_UNTIL)?;
-        out.push_sql(" IS NULL OR ");
-        column(&mut out, Q::LOCKED_UNTIL)?;
-        out.push_sql(" > UTC_TIMESTAMP(6)) THEN 1 END) AS leased, COUNT(CASE WHEN ");
-        column(&mut out, Q::STATUS)?;
-        out.push_sql(" = ");
-        literal(&mut out, Q::PROCESSING);
-        out.push_sql(" AND ");
-        column(&mut out, Q::LOCKED_UNTIL)?;
-        out.push_sql(" <= UTC_TIMESTAMP(6) THEN 1 END) AS expired, COUNT(CASE WHEN ");
-        column(&mut out, Q::STATUS)?;
-        out.push_sql(" = ");
-        literal(&mut out, Q::FAILED);
-        out.push_sql(" THEN 1 END) AS parked, ");
+        sql::<Q>(&mut out, t, READY)?;
+        sql::<Q>(
+            &mut out,
+            t,
+            " THEN 1 END) AS ready, \
+             COUNT(CASE WHEN {status} IN ({pending}, {retry}) \
+                 AND {locked_until} > UTC_TIMESTAMP(6) THEN 1 END) AS waiting, \
+             COUNT(CASE WHEN {status} = {processing} \
+                 AND ({locked_until} IS NULL OR {locked_until} > UTC_TIMESTAMP(6)) \
+                 THEN 1 END) AS leased, \
+             COUNT(CASE WHEN {status} = {processing} \
+                 AND {locked_until} <= UTC_TIMESTAMP(6) THEN 1 END) AS expired, \
+             COUNT(CASE WHEN {status} = {failed} THEN 1 END) AS parked, ",
+        )?;
         match Q::CREATED_AT {
             Some(created_at) => {
                 out.push_sql("TIMESTAMPDIFF(MICROSECOND, MIN(CASE WHEN ");
-                ready::<Q>(&mut out)?;
+                sql::<Q>(&mut out, t, READY)?;
                 out.push_sql(" THEN ");
-                column(&mut out, created_at)?;
+                out.push_identifier(created_at)?;
                 out.push_sql(" END), UTC_TIMESTAMP(6))");
             }
             None => out.push_sql("CAST(NULL AS SIGNED)"),
         }
-        out.push_sql(" AS oldest_ready_micros FROM ");
-        self.table.walk_ast(out.reborrow())?;
-        out.push_sql(" WHERE ");
-        column(&mut out, Q::STATUS)?;
-        out.push_sql(" IN (");
-        for (i, status) in [Q::PENDING, Q::RETRY, Q::PROCESSING, Q::FAILED].into_iter().enumerate() {
-            if i > 0 {
-                out.push_sql(", ");
-            }
-            literal(&mut out, status);
-        }
-        out.push_sql(")");
+        sql::<Q>(
+            &mut out,
+            t,
+            " AS oldest_ready_micros FROM {t} \
+             WHERE {status} IN ({pending}, {retry}, {processing}, {failed})",
+        )?;
     }
 }
 

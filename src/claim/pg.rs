@@ -3,10 +3,11 @@
 //! id, holder and attempt; a tenant filter in each part for a distributed queue).
 
 use super::{
-    fenced, Claim, ClaimConnection, ClaimQueue, Failed, Queue, QueueState, Reaped, StateRow,
+    fenced, word, Claim, ClaimConnection, ClaimQueue, Failed, Queue, QueueState, Reaped, StateRow,
     Tenant, MAX_ERROR_CHARS,
 };
 use crate::error::Result;
+use crate::sql::push_template;
 use chrono::{DateTime, Utc};
 use diesel::deserialize::{self, QueryableByName};
 use diesel::pg::{Pg, PgConnection};
@@ -169,17 +170,6 @@ fn millis(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// `tenant_column = $n`, bound with the value's SQL type.
-fn push_tenant<'b>(
-    out: &mut AstPass<'_, 'b, Pg>,
-    column: &str,
-    tenant: &'b Tenant,
-) -> QueryResult<()> {
-    out.push_identifier(column)?;
-    out.push_sql(" = ");
-    push_tenant_value(out, tenant)
-}
-
 /// `$n`, a tenant bound with its SQL type.
 fn push_tenant_value<'b>(out: &mut AstPass<'_, 'b, Pg>, tenant: &'b Tenant) -> QueryResult<()> {
     match tenant {
@@ -251,27 +241,25 @@ impl<Q: ClaimQueue, ST: 'static> Query for QueueSql<'_, Q, ST> {
 
 impl<Q: ClaimQueue, ST, Conn> RunQueryDsl<Conn> for QueueSql<'_, Q, ST> {}
 
-/// `'literal'` (status names are checked by [`Queue::new`] to need no escaping).
-fn push_literal(out: &mut AstPass<'_, '_, Pg>, s: &str) {
-    out.push_sql("'");
-    out.push_sql(s);
-    out.push_sql("'");
-}
-
 impl<Q: ClaimQueue, ST> QueryFragment<Pg> for QueueSql<'_, Q, ST>
 where
     Q::Table: QueryFragment<Pg>,
 {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        let table = &self.table;
-        // ` AND tenant = $` for a queue with a tenant column.
+        let t = &self.table;
+        let sql = |out: &mut AstPass<'_, 'b, Pg>, template: &str| {
+            push_template(out, t, template, word::<Q>)
+        };
+        // `tenant = $ AND ` for a queue with a tenant column.
         let tenant = self
             .tenant
             .and_then(|t| Q::TENANT.map(|column| (column, t)));
-        let and_tenant = |out: &mut AstPass<'_, 'b, Pg>| -> QueryResult<()> {
+        let tenant_and = |out: &mut AstPass<'_, 'b, Pg>| -> QueryResult<()> {
             if let Some((column, value)) = tenant {
+                out.push_identifier(column)?;
+                out.push_sql(" = ");
+                push_tenant_value(out, value)?;
                 out.push_sql(" AND ");
-                push_tenant(out, column, value)?;
             }
             Ok(())
         };
@@ -282,78 +270,34 @@ where
                      attempt: &'b i32|
          -> QueryResult<()> {
             out.push_sql(" WHERE ");
-            if let Some((column, value)) = tenant {
-                push_tenant(out, column, value)?;
-                out.push_sql(" AND ");
-            }
-            out.push_identifier(Q::ID)?;
-            out.push_sql(" = ");
+            tenant_and(out)?;
+            sql(out, "{id} = ")?;
             out.push_bind_param::<BigInt, _>(id)?;
-            out.push_sql(" AND ");
-            out.push_identifier(Q::STATUS)?;
-            out.push_sql(" = ");
-            push_literal(out, Q::PROCESSING);
-            out.push_sql(" AND ");
-            out.push_identifier(Q::HOLDER)?;
-            out.push_sql(" = ");
+            sql(out, " AND {status} = {processing} AND {holder} = ")?;
             out.push_bind_param::<Text, _>(holder)?;
-            out.push_sql(" AND ");
-            out.push_identifier(Q::ATTEMPTS)?;
-            out.push_sql(" = ");
-            out.push_bind_param::<Integer, _>(attempt)?;
-            Ok(())
+            sql(out, " AND {attempts} = ")?;
+            out.push_bind_param::<Integer, _>(attempt)
         };
-        out.push_sql("UPDATE ");
-        table.walk_ast(out.reborrow())?;
-        out.push_sql(" SET ");
+        sql(&mut out, "UPDATE {t} SET ")?;
         match &self.statement {
             Statement::Claim {
                 holder,
                 lease_ms,
                 limit,
             } => {
-                out.push_identifier(Q::STATUS)?;
-                out.push_sql(" = ");
-                push_literal(&mut out, Q::PROCESSING);
-                out.push_sql(", ");
-                out.push_identifier(Q::HOLDER)?;
-                out.push_sql(" = ");
+                sql(&mut out, "{status} = {processing}, {holder} = ")?;
                 out.push_bind_param::<Text, _>(*holder)?;
-                out.push_sql(", ");
-                out.push_identifier(Q::LOCKED_UNTIL)?;
-                out.push_sql(" = statement_timestamp() + ");
+                sql(&mut out, ", {locked_until} = statement_timestamp() + ")?;
                 out.push_bind_param::<Double, _>(*lease_ms)?;
-                out.push_sql(" * interval '1 millisecond', ");
-                out.push_identifier(Q::ATTEMPTS)?;
-                out.push_sql(" = ");
-                out.push_identifier(Q::ATTEMPTS)?;
-                out.push_sql(" + 1 WHERE ");
-                if let Some((column, value)) = tenant {
-                    push_tenant(&mut out, column, value)?;
-                    out.push_sql(" AND ");
-                }
-                out.push_identifier(Q::ID)?;
-                out.push_sql(" = ANY(ARRAY(SELECT ");
-                out.push_identifier(Q::ID)?;
-                out.push_sql(" FROM ");
-                table.walk_ast(out.reborrow())?;
-                out.push_sql(" WHERE ");
-                if let Some((column, value)) = tenant {
-                    push_tenant(&mut out, column, value)?;
-                    out.push_sql(" AND ");
-                }
-                out.push_identifier(Q::STATUS)?;
-                out.push_sql(" IN (");
-                push_literal(&mut out, Q::PENDING);
-                out.push_sql(", ");
-                push_literal(&mut out, Q::RETRY);
-                out.push_sql(") AND (");
-                out.push_identifier(Q::LOCKED_UNTIL)?;
-                out.push_sql(" IS NULL OR ");
-                out.push_identifier(Q::LOCKED_UNTIL)?;
-                out.push_sql(" <= statement_timestamp()) ORDER BY ");
-                out.push_identifier(Q::ID)?;
-                out.push_sql(" LIMIT ");
+                sql(
+                    &mut out,
+                    " * interval '1 millisecond', {attempts} = {attempts} + 1 WHERE ",
+                )?;
+                tenant_and(&mut out)?;
+                sql(&mut out, "{id} = ANY(ARRAY(SELECT {id} FROM {t} WHERE ")?;
+                tenant_and(&mut out)?;
+                sql(&mut out, READY)?;
+                sql(&mut out, " ORDER BY {id} LIMIT ")?;
                 out.push_bind_param::<BigInt, _>(*limit)?;
                 out.push_sql(" FOR UPDATE SKIP LOCKED)) RETURNING *");
             }
@@ -362,14 +306,11 @@ where
                 holder,
                 attempt,
             } => {
-                out.push_identifier(Q::STATUS)?;
-                out.push_sql(" = ");
-                push_literal(&mut out, Q::DONE);
-                for column in [Q::HOLDER, Q::LOCKED_UNTIL, Q::LAST_ERROR] {
-                    out.push_sql(", ");
-                    out.push_identifier(column)?;
-                    out.push_sql(" = NULL");
-                }
+                sql(
+                    &mut out,
+                    "{status} = {done}, {holder} = NULL, {locked_until} = NULL, \
+                     {last_error} = NULL",
+                )?;
                 fence(&mut out, id, holder, attempt)?;
             }
             Statement::Fail {
@@ -379,35 +320,24 @@ where
                 error,
                 retry_after_ms,
             } => {
-                out.push_identifier(Q::STATUS)?;
-                out.push_sql(" = ");
-                push_literal(
+                sql(
                     &mut out,
-                    if retry_after_ms.is_some() {
-                        Q::RETRY
-                    } else {
-                        Q::FAILED
+                    match retry_after_ms {
+                        Some(_) => "{status} = {retry}, {holder} = NULL, {last_error} = ",
+                        None => "{status} = {failed}, {holder} = NULL, {last_error} = ",
                     },
-                );
-                out.push_sql(", ");
-                out.push_identifier(Q::HOLDER)?;
-                out.push_sql(" = NULL, ");
-                out.push_identifier(Q::LAST_ERROR)?;
-                out.push_sql(" = ");
+                )?;
                 out.push_bind_param::<Text, _>(*error)?;
-                out.push_sql(", ");
-                out.push_identifier(Q::LOCKED_UNTIL)?;
                 match retry_after_ms {
                     Some(ms) => {
-                        out.push_sql(" = statement_timestamp() + ");
+                        sql(&mut out, ", {locked_until} = statement_timestamp() + ")?;
                         out.push_bind_param::<Double, _>(*ms)?;
                         out.push_sql(" * interval '1 millisecond'");
                     }
-                    None => out.push_sql(" = NULL"),
+                    None => sql(&mut out, ", {locked_until} = NULL")?,
                 }
                 fence(&mut out, id, holder, attempt)?;
-                out.push_sql(" RETURNING ");
-                out.push_identifier(Q::LOCKED_UNTIL)?;
+                sql(&mut out, " RETURNING {locked_until}")?;
             }
             Statement::Extend {
                 id,
@@ -415,52 +345,33 @@ where
                 attempt,
                 lease_ms,
             } => {
-                out.push_identifier(Q::LOCKED_UNTIL)?;
-                out.push_sql(" = statement_timestamp() + ");
+                sql(&mut out, "{locked_until} = statement_timestamp() + ")?;
                 out.push_bind_param::<Double, _>(*lease_ms)?;
                 out.push_sql(" * interval '1 millisecond'");
                 fence(&mut out, id, holder, attempt)?;
-                out.push_sql(" RETURNING ");
-                out.push_identifier(Q::LOCKED_UNTIL)?;
+                sql(&mut out, " RETURNING {locked_until}")?;
             }
             Statement::Reap { max_attempts } => {
                 // Every expression of SET reads the row as it was before the update.
-                out.push_identifier(Q::STATUS)?;
-                out.push_sql(" = CASE WHEN ");
-                out.push_identifier(Q::ATTEMPTS)?;
-                out.push_sql(" >= ");
+                sql(&mut out, "{status} = CASE WHEN {attempts} >= ")?;
                 out.push_bind_param::<Integer, _>(*max_attempts)?;
-                out.push_sql(" THEN ");
-                push_literal(&mut out, Q::FAILED);
-                out.push_sql(" ELSE ");
-                push_literal(&mut out, Q::RETRY);
-                out.push_sql(" END, ");
-                out.push_identifier(Q::LAST_ERROR)?;
-                out.push_sql(" = 'lease of ' || coalesce(");
-                out.push_identifier(Q::HOLDER)?;
-                out.push_sql(", '?') || ' expired', ");
-                out.push_identifier(Q::HOLDER)?;
-                out.push_sql(" = NULL, ");
-                out.push_identifier(Q::LOCKED_UNTIL)?;
-                out.push_sql(" = NULL WHERE ");
-                if let Some((column, value)) = tenant {
-                    push_tenant(&mut out, column, value)?;
-                    out.push_sql(" AND ");
-                }
-                out.push_identifier(Q::ID)?;
-                out.push_sql(" = ANY(ARRAY(SELECT ");
-                out.push_identifier(Q::ID)?;
-                out.push_sql(" FROM ");
-                table.walk_ast(out.reborrow())?;
-                out.push_sql(" WHERE ");
-                out.push_identifier(Q::STATUS)?;
-                out.push_sql(" = ");
-                push_literal(&mut out, Q::PROCESSING);
-                and_tenant(&mut out)?;
-                out.push_sql(" AND ");
-                out.push_identifier(Q::LOCKED_UNTIL)?;
-                out.push_sql(" <= statement_timestamp() FOR UPDATE SKIP LOCKED)) RETURNING ");
-                out.push_identifier(Q::STATUS)?;
+                sql(
+                    &mut out,
+                    " THEN {failed} ELSE {retry} END, \
+                     {last_error} = 'lease of ' || coalesce({holder}, '?') || ' expired', \
+                     {holder} = NULL, {locked_until} = NULL WHERE ",
+                )?;
+                tenant_and(&mut out)?;
+                sql(
+                    &mut out,
+                    "{id} = ANY(ARRAY(SELECT {id} FROM {t} WHERE {status} = {processing} AND ",
+                )?;
+                tenant_and(&mut out)?;
+                sql(
+                    &mut out,
+                    "{locked_until} <= statement_timestamp() FOR UPDATE SKIP LOCKED)) \
+                     RETURNING {status}",
+                )?;
             }
         }
         Ok(())
@@ -506,92 +417,44 @@ impl<Q: ClaimQueue> Query for StateSql<'_, Q> {
 
 impl<Q: ClaimQueue, Conn> RunQueryDsl<Conn> for StateSql<'_, Q> {}
 
-/// `status IN ('pending', 'retry')`.
-fn push_waiting_status<Q: ClaimQueue>(out: &mut AstPass<'_, '_, Pg>) -> QueryResult<()> {
-    out.push_identifier(Q::STATUS)?;
-    out.push_sql(" IN (");
-    push_literal(out, Q::PENDING);
-    out.push_sql(", ");
-    push_literal(out, Q::RETRY);
-    out.push_sql(")");
-    Ok(())
-}
-
-/// `status = 'processing'`.
-fn push_processing<Q: ClaimQueue>(out: &mut AstPass<'_, '_, Pg>) -> QueryResult<()> {
-    out.push_identifier(Q::STATUS)?;
-    out.push_sql(" = ");
-    push_literal(out, Q::PROCESSING);
-    Ok(())
-}
-
-/// `locked_until IS NULL OR locked_until <= statement_timestamp()` when `passed`, else
-/// `locked_until > statement_timestamp()`; `or_unset` adds `locked_until IS NULL` to the
-/// latter.
-fn push_lease_end<Q: ClaimQueue>(
-    out: &mut AstPass<'_, '_, Pg>,
-    passed: bool,
-    or_unset: bool,
-) -> QueryResult<()> {
-    out.push_sql("(");
-    if or_unset {
-        out.push_identifier(Q::LOCKED_UNTIL)?;
-        out.push_sql(" IS NULL OR ");
-    }
-    out.push_identifier(Q::LOCKED_UNTIL)?;
-    out.push_sql(if passed {
-        " <= statement_timestamp())"
-    } else {
-        " > statement_timestamp())"
-    });
-    Ok(())
-}
-
 /// `status IN ('pending', 'retry') AND (locked_until IS NULL OR locked_until <=
 /// statement_timestamp())`: what a claim takes.
-fn push_ready<Q: ClaimQueue>(out: &mut AstPass<'_, '_, Pg>) -> QueryResult<()> {
-    push_waiting_status::<Q>(out)?;
-    out.push_sql(" AND ");
-    push_lease_end::<Q>(out, true, true)
-}
+const READY: &str = "{status} IN ({pending}, {retry}) \
+                     AND ({locked_until} IS NULL OR {locked_until} <= statement_timestamp())";
 
 impl<Q: ClaimQueue> QueryFragment<Pg> for StateSql<'_, Q>
 where
     Q::Table: QueryFragment<Pg>,
 {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        let t = &self.table;
+        let sql = |out: &mut AstPass<'_, 'b, Pg>, template: &str| {
+            push_template(out, t, template, word::<Q>)
+        };
         out.push_sql("SELECT count(*) FILTER (WHERE ");
-        push_ready::<Q>(&mut out)?;
-        out.push_sql(") AS ready, count(*) FILTER (WHERE ");
-        push_waiting_status::<Q>(&mut out)?;
-        out.push_sql(" AND ");
-        push_lease_end::<Q>(&mut out, false, false)?;
-        out.push_sql(") AS waiting, count(*) FILTER (WHERE ");
-        push_processing::<Q>(&mut out)?;
-        out.push_sql(" AND ");
-        push_lease_end::<Q>(&mut out, false, true)?;
-        out.push_sql(") AS leased, count(*) FILTER (WHERE ");
-        push_processing::<Q>(&mut out)?;
-        out.push_sql(" AND ");
-        push_lease_end::<Q>(&mut out, true, false)?;
-        out.push_sql(") AS expired, count(*) FILTER (WHERE ");
-        out.push_identifier(Q::STATUS)?;
-        out.push_sql(" = ");
-        push_literal(&mut out, Q::FAILED);
-        out.push_sql(") AS parked, ");
+        sql(&mut out, READY)?;
+        sql(
+            &mut out,
+            ") AS ready, \
+             count(*) FILTER (WHERE {status} IN ({pending}, {retry}) \
+                 AND ({locked_until} > statement_timestamp())) AS waiting, \
+             count(*) FILTER (WHERE {status} = {processing} \
+                 AND ({locked_until} IS NULL OR {locked_until} > statement_timestamp())) AS leased, \
+             count(*) FILTER (WHERE {status} = {processing} \
+                 AND ({locked_until} <= statement_timestamp())) AS expired, \
+             count(*) FILTER (WHERE {status} = {failed}) AS parked, ",
+        )?;
         match Q::CREATED_AT {
             Some(created_at) => {
                 out.push_sql("CAST(extract(epoch FROM statement_timestamp() - min(");
                 out.push_identifier(created_at)?;
                 out.push_sql(") FILTER (WHERE ");
-                push_ready::<Q>(&mut out)?;
+                sql(&mut out, READY)?;
                 out.push_sql(")) * 1000000 AS BIGINT)");
             }
             None => out.push_sql("CAST(NULL AS BIGINT)"),
         }
-        out.push_sql(" AS oldest_ready_micros FROM ");
-        self.table.walk_ast(out.reborrow())?;
-        out.push_sql(" WHERE ");
+        sql(&mut out, " AS oldest_ready_micros FROM {t} WHERE ")?;
         if let (Some(column), false) = (Q::TENANT, self.tenants.is_empty()) {
             out.push_identifier(column)?;
             out.push_sql(" IN (");
@@ -603,18 +466,9 @@ where
             }
             out.push_sql(") AND ");
         }
-        out.push_identifier(Q::STATUS)?;
-        out.push_sql(" IN (");
-        for (i, status) in [Q::PENDING, Q::RETRY, Q::PROCESSING, Q::FAILED]
-            .into_iter()
-            .enumerate()
-        {
-            if i > 0 {
-                out.push_sql(", ");
-            }
-            push_literal(&mut out, status);
-        }
-        out.push_sql(")");
-        Ok(())
+        sql(
+            &mut out,
+            "{status} IN ({pending}, {retry}, {processing}, {failed})",
+        )
     }
 }
