@@ -257,13 +257,14 @@ where
     Ok(())
 }
 
-/// `status = 'processing', holder = ?, locked_until = <lease from now>, attempts = attempts`
-/// (the caller adds ` + 1`): what a claim sets.
+/// `status = 'processing', holder = ?, locked_until = <lease from now>, attempts = attempts +
+/// 1`, then the template `then`: what a claim sets.
 fn taken<'b, Q: ClaimQueue>(
     out: &mut AstPass<'_, 'b, Mysql>,
     table: &'b Q::Table,
     holder: &'b str,
     lease_micros: &'b i64,
+    then: &str,
 ) -> QueryResult<()>
 where
     Q::Table: QueryFragment<Mysql>,
@@ -272,7 +273,8 @@ where
     out.push_bind_param::<Text, _>(holder)?;
     sql::<Q>(out, table, ", {locked_until} = ")?;
     from_now(out, lease_micros)?;
-    sql::<Q>(out, table, ", {attempts} = {attempts}")
+    sql::<Q>(out, table, ", {attempts} = {attempts} + 1")?;
+    sql::<Q>(out, table, then)
 }
 
 /// The fence of a claim's update: ` WHERE id = ? AND status = 'processing' AND holder = ? AND
@@ -342,31 +344,14 @@ const READY: &str = "{status} IN ({pending}, {retry}) \
                      AND ({locked_until} IS NULL OR {locked_until} <= UTC_TIMESTAMP(6))";
 
 /// ` AS upsert_kit_due STRAIGHT_JOIN t ON t.id = upsert_kit_due.id JOIN (SELECT
-/// @upsert_kit_claimed := NULL AS reset) AS init SET <taken> + 1 + 0 *
-/// LENGTH(@upsert_kit_claimed := CONCAT_WS(',', @upsert_kit_claimed, t.id))`: the claim of the
-/// ids of the derived table before it, which leaves them in the session for [`Claimed`].
-fn take_due<'b, Q: ClaimQueue>(
-    out: &mut AstPass<'_, 'b, Mysql>,
-    table: &'b Q::Table,
-    holder: &'b str,
-    lease_micros: &'b i64,
-) -> QueryResult<()>
-where
-    Q::Table: QueryFragment<Mysql>,
-{
-    sql::<Q>(
-        out,
-        table,
-        " AS upsert_kit_due STRAIGHT_JOIN {t} ON {t}.{id} = upsert_kit_due.id \
-         JOIN (SELECT @upsert_kit_claimed := NULL AS reset) AS upsert_kit_init SET ",
-    )?;
-    taken::<Q>(out, table, holder, lease_micros)?;
-    sql::<Q>(
-        out,
-        table,
-        " + 1 + 0 * LENGTH(@upsert_kit_claimed := CONCAT_WS(',', @upsert_kit_claimed, {t}.{id}))",
-    )
-}
+/// @upsert_kit_claimed := NULL AS reset) AS init SET `: the claim of the ids of the derived
+/// table before it, which [`TAKEN_IDS`] leaves in the session for [`Claimed`].
+const JOIN_DUE: &str = " AS upsert_kit_due STRAIGHT_JOIN {t} ON {t}.{id} = upsert_kit_due.id \
+                        JOIN (SELECT @upsert_kit_claimed := NULL AS reset) AS upsert_kit_init SET ";
+
+/// Leaves each id the claim takes in the session variable (an added zero).
+const TAKEN_IDS: &str =
+    " + 0 * LENGTH(@upsert_kit_claimed := CONCAT_WS(',', @upsert_kit_claimed, {t}.{id}))";
 
 /// Declares a statement struct over queue `Q` (its table is the field `table`) and the
 /// query-builder traits every statement shares; `$walk` writes its text.
@@ -442,8 +427,7 @@ statement! {
     |self, out| {
         let t = &self.table;
         sql::<Q>(&mut out, t, "UPDATE {t} SET ")?;
-        taken::<Q>(&mut out, t, self.holder, &self.lease_micros)?;
-        out.push_sql(" + 1");
+        taken::<Q>(&mut out, t, self.holder, &self.lease_micros, "")?;
         where_ids::<Q>(&mut out, t, self.ids)?;
     }
 }
@@ -470,7 +454,8 @@ statement! {
         out.push_sql("UPDATE (");
         due_ids::<Q>(&mut out, t, &self.limit, None, true)?;
         out.push_sql(")");
-        take_due::<Q>(&mut out, t, self.holder, &self.lease_micros)?;
+        sql::<Q>(&mut out, t, JOIN_DUE)?;
+        taken::<Q>(&mut out, t, self.holder, &self.lease_micros, TAKEN_IDS)?;
     }
 }
 
@@ -496,7 +481,8 @@ statement! {
         out.push_sql(" ORDER BY upsert_kit_candidate.id LIMIT ");
         out.push_bind_param::<BigInt, _>(&self.limit)?;
         out.push_sql(" FOR UPDATE SKIP LOCKED)");
-        take_due::<Q>(&mut out, t, self.holder, &self.lease_micros)?;
+        sql::<Q>(&mut out, t, JOIN_DUE)?;
+        taken::<Q>(&mut out, t, self.holder, &self.lease_micros, TAKEN_IDS)?;
     }
 }
 
