@@ -889,7 +889,7 @@ fn fenced<Q>(rows: usize, claim: &Claim<Q>) -> Result<()> {
 /// `{locked_until}`, `{attempts}`, `{last_error}`) and its statuses as literals (`{pending}`,
 /// `{retry}`, `{processing}`, `{done}`, `{failed}`).
 #[cfg(any(feature = "postgres", feature = "mysql"))]
-pub(crate) fn word<Q: ClaimQueue>(name: &str) -> Option<crate::sql::Word> {
+fn word<Q: ClaimQueue>(name: &str) -> Option<crate::sql::Word> {
     use crate::sql::Word::{Ident, Literal, Table};
     Some(match name {
         "t" => Table,
@@ -906,6 +906,20 @@ pub(crate) fn word<Q: ClaimQueue>(name: &str) -> Option<crate::sql::Word> {
         "failed" => Literal(Q::FAILED),
         _ => return None,
     })
+}
+
+/// Writes a claim statement's `template` for queue `Q` ([`crate::sql::push_template`] with the
+/// names of [`word`]).
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+fn sql<'b, Q: ClaimQueue, DB: diesel::backend::Backend>(
+    out: &mut diesel::query_builder::AstPass<'_, 'b, DB>,
+    table: &'b Q::Table,
+    template: &str,
+) -> diesel::QueryResult<()>
+where
+    Q::Table: diesel::query_builder::QueryFragment<DB>,
+{
+    crate::sql::push_template(out, table, template, word::<Q>)
 }
 
 #[cfg(all(test, feature = "postgres"))]

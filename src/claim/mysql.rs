@@ -164,11 +164,10 @@
 //! ```
 
 use super::{
-    fenced, word, Claim, ClaimConnection, ClaimQueue, Failed, Queue, QueueState, Reaped, StateRow,
+    fenced, sql, Claim, ClaimConnection, ClaimQueue, Failed, Queue, QueueState, Reaped, StateRow,
     MAX_ERROR_CHARS,
 };
 use crate::error::Result;
-use crate::sql::push_template;
 use crate::tx;
 use diesel::deserialize::{self, QueryableByName};
 use diesel::mysql::{Mysql, MysqlConnection};
@@ -214,20 +213,8 @@ struct Until {
 // The statements. Each is a small query fragment whose text depends only on the queue's
 // declaration (its table, columns and status literals) and on how many ids it names, so
 // Diesel's statement cache prepares it once per connection and shape; every value is a bind
-// parameter. Each is written as templates (the names of [`word`]: `{t}` the table, the columns
+// parameter. Each is written as templates (the names of [`super::word`]: `{t}` the table, the columns
 // by their role, the statuses as literals) with its values bound between them.
-
-/// Writes `template` for queue `Q` ([`push_template`] with the names of [`word`]).
-fn sql<'b, Q: ClaimQueue>(
-    out: &mut AstPass<'_, 'b, Mysql>,
-    table: &'b Q::Table,
-    template: &str,
-) -> QueryResult<()>
-where
-    Q::Table: QueryFragment<Mysql>,
-{
-    push_template(out, table, template, word::<Q>)
-}
 
 /// `UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND`.
 fn from_now<'b>(out: &mut AstPass<'_, 'b, Mysql>, micros: &'b i64) -> QueryResult<()> {
@@ -246,7 +233,7 @@ fn where_ids<'b, Q: ClaimQueue>(
 where
     Q::Table: QueryFragment<Mysql>,
 {
-    sql::<Q>(out, table, " WHERE {id} IN (")?;
+    sql::<Q, Mysql>(out, table, " WHERE {id} IN (")?;
     for (i, id) in ids.iter().enumerate() {
         if i > 0 {
             out.push_sql(", ");
@@ -269,12 +256,12 @@ fn taken<'b, Q: ClaimQueue>(
 where
     Q::Table: QueryFragment<Mysql>,
 {
-    sql::<Q>(out, table, "{status} = {processing}, {holder} = ")?;
+    sql::<Q, Mysql>(out, table, "{status} = {processing}, {holder} = ")?;
     out.push_bind_param::<Text, _>(holder)?;
-    sql::<Q>(out, table, ", {locked_until} = ")?;
+    sql::<Q, Mysql>(out, table, ", {locked_until} = ")?;
     from_now(out, lease_micros)?;
-    sql::<Q>(out, table, ", {attempts} = {attempts} + 1")?;
-    sql::<Q>(out, table, then)
+    sql::<Q, Mysql>(out, table, ", {attempts} = {attempts} + 1")?;
+    sql::<Q, Mysql>(out, table, then)
 }
 
 /// The fence of a claim's update: ` WHERE id = ? AND status = 'processing' AND holder = ? AND
@@ -287,11 +274,11 @@ fn fence<'b, Q: ClaimQueue>(
 where
     Q::Table: QueryFragment<Mysql>,
 {
-    sql::<Q>(out, table, " WHERE {id} = ")?;
+    sql::<Q, Mysql>(out, table, " WHERE {id} = ")?;
     out.push_bind_param::<BigInt, _>(&claim.id)?;
-    sql::<Q>(out, table, " AND {status} = {processing} AND {holder} = ")?;
+    sql::<Q, Mysql>(out, table, " AND {status} = {processing} AND {holder} = ")?;
     out.push_bind_param::<Text, _>(&claim.holder)?;
-    sql::<Q>(out, table, " AND {attempts} = ")?;
+    sql::<Q, Mysql>(out, table, " AND {attempts} = ")?;
     out.push_bind_param::<Integer, _>(&claim.attempt)
 }
 
@@ -316,17 +303,17 @@ where
         "(SELECT {id} AS id FROM {t} WHERE {status} = {pending}",
         " UNION ALL (SELECT {id} AS id FROM {t} WHERE {status} = {retry}",
     ] {
-        sql::<Q>(out, table, status)?;
-        sql::<Q>(
+        sql::<Q, Mysql>(out, table, status)?;
+        sql::<Q, Mysql>(
             out,
             table,
             " AND ({locked_until} IS NULL OR {locked_until} <= UTC_TIMESTAMP(6))",
         )?;
         if let Some(after) = after {
-            sql::<Q>(out, table, " AND {id} > ")?;
+            sql::<Q, Mysql>(out, table, " AND {id} > ")?;
             out.push_bind_param::<BigInt, _>(after)?;
         }
-        sql::<Q>(out, table, " ORDER BY {id} LIMIT ")?;
+        sql::<Q, Mysql>(out, table, " ORDER BY {id} LIMIT ")?;
         out.push_bind_param::<BigInt, _>(limit)?;
         out.push_sql(if locking {
             " FOR UPDATE SKIP LOCKED)"
@@ -426,7 +413,7 @@ statement! {
     Take<'a> { holder: &'a str, lease_micros: i64, ids: &'a [i64] }
     |self, out| {
         let t = &self.table;
-        sql::<Q>(&mut out, t, "UPDATE {t} SET ")?;
+        sql::<Q, Mysql>(&mut out, t, "UPDATE {t} SET ")?;
         taken::<Q>(&mut out, t, self.holder, &self.lease_micros, "")?;
         where_ids::<Q>(&mut out, t, self.ids)?;
     }
@@ -437,9 +424,9 @@ statement! {
     Rows<'a> { ids: &'a [i64] }
     |self, out| {
         let t = &self.table;
-        sql::<Q>(&mut out, t, "SELECT * FROM {t}")?;
+        sql::<Q, Mysql>(&mut out, t, "SELECT * FROM {t}")?;
         where_ids::<Q>(&mut out, t, self.ids)?;
-        sql::<Q>(&mut out, t, " ORDER BY {id}")?;
+        sql::<Q, Mysql>(&mut out, t, " ORDER BY {id}")?;
     }
 }
 
@@ -454,7 +441,7 @@ statement! {
         out.push_sql("UPDATE (");
         due_ids::<Q>(&mut out, t, &self.limit, None, true)?;
         out.push_sql(")");
-        sql::<Q>(&mut out, t, JOIN_DUE)?;
+        sql::<Q, Mysql>(&mut out, t, JOIN_DUE)?;
         taken::<Q>(&mut out, t, self.holder, &self.lease_micros, TAKEN_IDS)?;
     }
 }
@@ -469,19 +456,19 @@ statement! {
     TakeCandidates<'a> { candidates: &'a str, limit: i64, holder: &'a str, lease_micros: i64 }
     |self, out| {
         let t = &self.table;
-        sql::<Q>(&mut out, t, "UPDATE (SELECT {t}.{id} AS id FROM JSON_TABLE(")?;
+        sql::<Q, Mysql>(&mut out, t, "UPDATE (SELECT {t}.{id} AS id FROM JSON_TABLE(")?;
         out.push_bind_param::<Text, _>(self.candidates)?;
-        sql::<Q>(
+        sql::<Q, Mysql>(
             &mut out,
             t,
             ", '$[*]' COLUMNS (id BIGINT PATH '$')) AS upsert_kit_candidate \
              STRAIGHT_JOIN {t} FORCE INDEX (PRIMARY) ON {t}.{id} = upsert_kit_candidate.id WHERE ",
         )?;
-        sql::<Q>(&mut out, t, READY)?;
+        sql::<Q, Mysql>(&mut out, t, READY)?;
         out.push_sql(" ORDER BY upsert_kit_candidate.id LIMIT ");
         out.push_bind_param::<BigInt, _>(&self.limit)?;
         out.push_sql(" FOR UPDATE SKIP LOCKED)");
-        sql::<Q>(&mut out, t, JOIN_DUE)?;
+        sql::<Q, Mysql>(&mut out, t, JOIN_DUE)?;
         taken::<Q>(&mut out, t, self.holder, &self.lease_micros, TAKEN_IDS)?;
     }
 }
@@ -492,7 +479,7 @@ statement! {
     Claimed<'a> { holder: &'a str }
     |self, out| {
         let t = &self.table;
-        sql::<Q>(
+        sql::<Q, Mysql>(
             &mut out,
             t,
             "SELECT {t}.* FROM JSON_TABLE(CONCAT('[', @upsert_kit_claimed, ']'), \
@@ -501,7 +488,7 @@ statement! {
              WHERE {t}.{status} = {processing} AND {t}.{holder} = ",
         )?;
         out.push_bind_param::<Text, _>(self.holder)?;
-        sql::<Q>(&mut out, t, " ORDER BY {t}.{id}")?;
+        sql::<Q, Mysql>(&mut out, t, " ORDER BY {t}.{id}")?;
     }
 }
 
@@ -511,7 +498,7 @@ statement! {
     ClaimedOne<'a> { holder: &'a str }
     |self, out| {
         let t = &self.table;
-        sql::<Q>(
+        sql::<Q, Mysql>(
             &mut out,
             t,
             "SELECT * FROM {t} WHERE {id} = CAST(@upsert_kit_claimed AS SIGNED) \
@@ -526,7 +513,7 @@ statement! {
     Complete<'a> { claim: &'a Claim<Q> }
     |self, out| {
         let t = &self.table;
-        sql::<Q>(
+        sql::<Q, Mysql>(
             &mut out,
             t,
             "UPDATE {t} SET {status} = {done}, {holder} = NULL, {locked_until} = NULL, \
@@ -541,13 +528,13 @@ statement! {
     Fail<'a> { claim: &'a Claim<Q>, error: &'a str, retry_after_micros: Option<i64> }
     |self, out| {
         let t = &self.table;
-        sql::<Q>(&mut out, t, match self.retry_after_micros {
+        sql::<Q, Mysql>(&mut out, t, match self.retry_after_micros {
             Some(_) => "UPDATE {t} SET {status} = {retry}",
             None => "UPDATE {t} SET {status} = {failed}",
         })?;
-        sql::<Q>(&mut out, t, ", {holder} = NULL, {last_error} = ")?;
+        sql::<Q, Mysql>(&mut out, t, ", {holder} = NULL, {last_error} = ")?;
         out.push_bind_param::<Text, _>(self.error)?;
-        sql::<Q>(&mut out, t, ", {locked_until} = ")?;
+        sql::<Q, Mysql>(&mut out, t, ", {locked_until} = ")?;
         match &self.retry_after_micros {
             Some(micros) => from_now(&mut out, micros)?,
             None => out.push_sql("NULL"),
@@ -561,7 +548,7 @@ statement! {
     DueAt<'a> { id: i64 }
     |self, out| {
         let t = &self.table;
-        sql::<Q>(&mut out, t, "SELECT {locked_until} AS at FROM {t} WHERE {id} = ")?;
+        sql::<Q, Mysql>(&mut out, t, "SELECT {locked_until} AS at FROM {t} WHERE {id} = ")?;
         out.push_bind_param::<BigInt, _>(&self.id)?;
         out.push_sql(" FOR UPDATE");
     }
@@ -572,7 +559,7 @@ statement! {
     Extend<'a> { claim: &'a Claim<Q>, lease_micros: i64 }
     |self, out| {
         let t = &self.table;
-        sql::<Q>(&mut out, t, "UPDATE {t} SET {locked_until} = ")?;
+        sql::<Q, Mysql>(&mut out, t, "UPDATE {t} SET {locked_until} = ")?;
         from_now(&mut out, &self.lease_micros)?;
         fence::<Q>(&mut out, t, self.claim)?;
     }
@@ -583,7 +570,7 @@ statement! {
     Lease<'a> { claim: &'a Claim<Q> }
     |self, out| {
         let t = &self.table;
-        sql::<Q>(&mut out, t, "SELECT {locked_until} AS at FROM {t}")?;
+        sql::<Q, Mysql>(&mut out, t, "SELECT {locked_until} AS at FROM {t}")?;
         fence::<Q>(&mut out, t, self.claim)?;
         out.push_sql(" FOR UPDATE");
     }
@@ -593,7 +580,7 @@ statement! {
     /// The expired leases, locked.
     ExpiredLeases<'a> {}
     |self, out| {
-        sql::<Q>(
+        sql::<Q, Mysql>(
             &mut out,
             &self.table,
             "SELECT {id} AS id, {attempts} AS attempts FROM {t} \
@@ -609,9 +596,9 @@ statement! {
     Reap<'a> { max_attempts: i32, ids: &'a [i64] }
     |self, out| {
         let t = &self.table;
-        sql::<Q>(&mut out, t, "UPDATE {t} SET {status} = CASE WHEN {attempts} >= ")?;
+        sql::<Q, Mysql>(&mut out, t, "UPDATE {t} SET {status} = CASE WHEN {attempts} >= ")?;
         out.push_bind_param::<Integer, _>(&self.max_attempts)?;
-        sql::<Q>(
+        sql::<Q, Mysql>(
             &mut out,
             t,
             " THEN {failed} ELSE {retry} END, \
@@ -628,8 +615,8 @@ statement! {
     |self, out| {
         let t = &self.table;
         out.push_sql("SELECT COUNT(CASE WHEN ");
-        sql::<Q>(&mut out, t, READY)?;
-        sql::<Q>(
+        sql::<Q, Mysql>(&mut out, t, READY)?;
+        sql::<Q, Mysql>(
             &mut out,
             t,
             " THEN 1 END) AS ready, \
@@ -645,14 +632,14 @@ statement! {
         match Q::CREATED_AT {
             Some(created_at) => {
                 out.push_sql("TIMESTAMPDIFF(MICROSECOND, MIN(CASE WHEN ");
-                sql::<Q>(&mut out, t, READY)?;
+                sql::<Q, Mysql>(&mut out, t, READY)?;
                 out.push_sql(" THEN ");
                 out.push_identifier(created_at)?;
                 out.push_sql(" END), UTC_TIMESTAMP(6))");
             }
             None => out.push_sql("CAST(NULL AS SIGNED)"),
         }
-        sql::<Q>(
+        sql::<Q, Mysql>(
             &mut out,
             t,
             " AS oldest_ready_micros FROM {t} \

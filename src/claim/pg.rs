@@ -3,11 +3,10 @@
 //! id, holder and attempt; a tenant filter in each part for a distributed queue).
 
 use super::{
-    fenced, word, Claim, ClaimConnection, ClaimQueue, Failed, Queue, QueueState, Reaped, StateRow,
+    fenced, sql, Claim, ClaimConnection, ClaimQueue, Failed, Queue, QueueState, Reaped, StateRow,
     Tenant, MAX_ERROR_CHARS,
 };
 use crate::error::Result;
-use crate::sql::push_template;
 use chrono::{DateTime, Utc};
 use diesel::deserialize::{self, QueryableByName};
 use diesel::pg::{Pg, PgConnection};
@@ -247,9 +246,6 @@ where
 {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
         let t = &self.table;
-        let sql = |out: &mut AstPass<'_, 'b, Pg>, template: &str| {
-            push_template(out, t, template, word::<Q>)
-        };
         // `tenant = $ AND ` for a queue with a tenant column.
         let tenant = self
             .tenant
@@ -271,33 +267,34 @@ where
          -> QueryResult<()> {
             out.push_sql(" WHERE ");
             tenant_and(out)?;
-            sql(out, "{id} = ")?;
+            sql::<Q, Pg>(out, t, "{id} = ")?;
             out.push_bind_param::<BigInt, _>(id)?;
-            sql(out, " AND {status} = {processing} AND {holder} = ")?;
+            sql::<Q, Pg>(out, t, " AND {status} = {processing} AND {holder} = ")?;
             out.push_bind_param::<Text, _>(holder)?;
-            sql(out, " AND {attempts} = ")?;
+            sql::<Q, Pg>(out, t, " AND {attempts} = ")?;
             out.push_bind_param::<Integer, _>(attempt)
         };
-        sql(&mut out, "UPDATE {t} SET ")?;
+        sql::<Q, Pg>(&mut out, t, "UPDATE {t} SET ")?;
         match &self.statement {
             Statement::Claim {
                 holder,
                 lease_ms,
                 limit,
             } => {
-                sql(&mut out, "{status} = {processing}, {holder} = ")?;
+                sql::<Q, Pg>(&mut out, t, "{status} = {processing}, {holder} = ")?;
                 out.push_bind_param::<Text, _>(*holder)?;
-                sql(&mut out, ", {locked_until} = statement_timestamp() + ")?;
+                sql::<Q, Pg>(&mut out, t, ", {locked_until} = statement_timestamp() + ")?;
                 out.push_bind_param::<Double, _>(*lease_ms)?;
-                sql(
+                sql::<Q, Pg>(
                     &mut out,
+                    t,
                     " * interval '1 millisecond', {attempts} = {attempts} + 1 WHERE ",
                 )?;
                 tenant_and(&mut out)?;
-                sql(&mut out, "{id} = ANY(ARRAY(SELECT {id} FROM {t} WHERE ")?;
+                sql::<Q, Pg>(&mut out, t, "{id} = ANY(ARRAY(SELECT {id} FROM {t} WHERE ")?;
                 tenant_and(&mut out)?;
-                sql(&mut out, READY)?;
-                sql(&mut out, " ORDER BY {id} LIMIT ")?;
+                sql::<Q, Pg>(&mut out, t, READY)?;
+                sql::<Q, Pg>(&mut out, t, " ORDER BY {id} LIMIT ")?;
                 out.push_bind_param::<BigInt, _>(*limit)?;
                 out.push_sql(" FOR UPDATE SKIP LOCKED)) RETURNING *");
             }
@@ -306,8 +303,9 @@ where
                 holder,
                 attempt,
             } => {
-                sql(
+                sql::<Q, Pg>(
                     &mut out,
+                    t,
                     "{status} = {done}, {holder} = NULL, {locked_until} = NULL, \
                      {last_error} = NULL",
                 )?;
@@ -320,8 +318,9 @@ where
                 error,
                 retry_after_ms,
             } => {
-                sql(
+                sql::<Q, Pg>(
                     &mut out,
+                    t,
                     match retry_after_ms {
                         Some(_) => "{status} = {retry}, {holder} = NULL, {last_error} = ",
                         None => "{status} = {failed}, {holder} = NULL, {last_error} = ",
@@ -330,14 +329,14 @@ where
                 out.push_bind_param::<Text, _>(*error)?;
                 match retry_after_ms {
                     Some(ms) => {
-                        sql(&mut out, ", {locked_until} = statement_timestamp() + ")?;
+                        sql::<Q, Pg>(&mut out, t, ", {locked_until} = statement_timestamp() + ")?;
                         out.push_bind_param::<Double, _>(*ms)?;
                         out.push_sql(" * interval '1 millisecond'");
                     }
-                    None => sql(&mut out, ", {locked_until} = NULL")?,
+                    None => sql::<Q, Pg>(&mut out, t, ", {locked_until} = NULL")?,
                 }
                 fence(&mut out, id, holder, attempt)?;
-                sql(&mut out, " RETURNING {locked_until}")?;
+                sql::<Q, Pg>(&mut out, t, " RETURNING {locked_until}")?;
             }
             Statement::Extend {
                 id,
@@ -345,30 +344,33 @@ where
                 attempt,
                 lease_ms,
             } => {
-                sql(&mut out, "{locked_until} = statement_timestamp() + ")?;
+                sql::<Q, Pg>(&mut out, t, "{locked_until} = statement_timestamp() + ")?;
                 out.push_bind_param::<Double, _>(*lease_ms)?;
                 out.push_sql(" * interval '1 millisecond'");
                 fence(&mut out, id, holder, attempt)?;
-                sql(&mut out, " RETURNING {locked_until}")?;
+                sql::<Q, Pg>(&mut out, t, " RETURNING {locked_until}")?;
             }
             Statement::Reap { max_attempts } => {
                 // Every expression of SET reads the row as it was before the update.
-                sql(&mut out, "{status} = CASE WHEN {attempts} >= ")?;
+                sql::<Q, Pg>(&mut out, t, "{status} = CASE WHEN {attempts} >= ")?;
                 out.push_bind_param::<Integer, _>(*max_attempts)?;
-                sql(
+                sql::<Q, Pg>(
                     &mut out,
+                    t,
                     " THEN {failed} ELSE {retry} END, \
                      {last_error} = 'lease of ' || coalesce({holder}, '?') || ' expired', \
                      {holder} = NULL, {locked_until} = NULL WHERE ",
                 )?;
                 tenant_and(&mut out)?;
-                sql(
+                sql::<Q, Pg>(
                     &mut out,
+                    t,
                     "{id} = ANY(ARRAY(SELECT {id} FROM {t} WHERE {status} = {processing} AND ",
                 )?;
                 tenant_and(&mut out)?;
-                sql(
+                sql::<Q, Pg>(
                     &mut out,
+                    t,
                     "{locked_until} <= statement_timestamp() FOR UPDATE SKIP LOCKED)) \
                      RETURNING {status}",
                 )?;
@@ -428,13 +430,10 @@ where
 {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
         let t = &self.table;
-        let sql = |out: &mut AstPass<'_, 'b, Pg>, template: &str| {
-            push_template(out, t, template, word::<Q>)
-        };
         out.push_sql("SELECT count(*) FILTER (WHERE ");
-        sql(&mut out, READY)?;
-        sql(
-            &mut out,
+        sql::<Q, Pg>(&mut out, t, READY)?;
+        sql::<Q, Pg>(
+            &mut out, t,
             ") AS ready, \
              count(*) FILTER (WHERE {status} IN ({pending}, {retry}) \
                  AND ({locked_until} > statement_timestamp())) AS waiting, \
@@ -449,12 +448,12 @@ where
                 out.push_sql("CAST(extract(epoch FROM statement_timestamp() - min(");
                 out.push_identifier(created_at)?;
                 out.push_sql(") FILTER (WHERE ");
-                sql(&mut out, READY)?;
+                sql::<Q, Pg>(&mut out, t, READY)?;
                 out.push_sql(")) * 1000000 AS BIGINT)");
             }
             None => out.push_sql("CAST(NULL AS BIGINT)"),
         }
-        sql(&mut out, " AS oldest_ready_micros FROM {t} WHERE ")?;
+        sql::<Q, Pg>(&mut out, t, " AS oldest_ready_micros FROM {t} WHERE ")?;
         if let (Some(column), false) = (Q::TENANT, self.tenants.is_empty()) {
             out.push_identifier(column)?;
             out.push_sql(" IN (");
@@ -466,8 +465,9 @@ where
             }
             out.push_sql(") AND ");
         }
-        sql(
+        sql::<Q, Pg>(
             &mut out,
+            t,
             "{status} IN ({pending}, {retry}, {processing}, {failed})",
         )
     }
