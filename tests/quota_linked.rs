@@ -323,7 +323,8 @@ macro_rules! linked_guarantees {
             /// 16 threads released by a barrier: half hold 5 calls and give them back at once,
             /// half consume one call at a time. A refusal read while units were held and then
             /// released finds room after all and is tried again: every refusal reports less
-            /// room than it asked for, and consumption ends exactly at the limit.
+            /// room than it asked for, and consumption (the race's, then one caller's until
+            /// refused) ends exactly at the limit.
             #[test]
             fn a_refusal_always_reports_less_room_than_asked_while_reservations_come_and_go() {
                 let db = $db;
@@ -356,8 +357,22 @@ macro_rules! linked_guarantees {
                 let consumed: i64 = results.iter().map(|r| r.0).sum();
                 let wrong: Vec<&String> = results.iter().flat_map(|r| &r.1).collect();
                 assert!(wrong.is_empty(), "{wrong:?}");
-                assert_eq!(consumed, 10);
+                // How much of the limit the race used depends on how long the holds kept it
+                // full (a loaded machine: most of it); what is left is consumed alone, and the
+                // sum is exactly the limit.
                 let mut conn = db.conn();
+                let mut after = 0;
+                let refusal = loop {
+                    match try_consume::<Calls, _>(&mut conn, &december(), 1, now()) {
+                        Ok(_) => after += 1,
+                        Err(e) => break e,
+                    }
+                };
+                assert!(
+                    matches!(refusal, Error::QuotaExceeded { available: 0, .. }),
+                    "{refusal:?}"
+                );
+                assert_eq!(consumed + after, 10);
                 let d = period(&mut conn, december());
                 assert_eq!((d.calls_used, d.calls_held), (10, 0));
             }
