@@ -146,7 +146,8 @@
 //!     KEY tasks_due (status, id)          -- MySQL has no partial index
 //! );
 //! ```
-//! The id column is the primary key: the contended claim looks candidates up by `PRIMARY`.
+//! The id column is the primary key: the contended claim looks candidates up by `PRIMARY` (on
+//! a table without one it fails with [`Error::InvalidInput`](crate::Error::InvalidInput)).
 //!
 //! ```
 //! # include!("../doctest_setup.rs");
@@ -752,10 +753,27 @@ where
         let list = json_ids(&candidates);
         let taken = crate::conn::retry_deadlocks(conn, |conn| {
             Ok(TakeCandidates::<Q>::new(&list, limit, queue.holder(), lease).execute(conn)?)
-        })?;
+        })
+        .map_err(no_primary_key)?;
         if taken > 0 {
             return Ok(taken);
         }
+    }
+}
+
+/// A queue table without a primary key (error 1176, `Key 'PRIMARY' doesn't exist`) as the
+/// caller's mistake it is: the contended claim looks its candidates up by `PRIMARY`.
+fn no_primary_key(e: crate::error::Error) -> crate::error::Error {
+    match &e {
+        crate::error::Error::Database(diesel::result::Error::DatabaseError(_, info))
+            if info.message().starts_with("Key 'PRIMARY' doesn't exist") =>
+        {
+            crate::error::Error::invalid(
+                "ClaimQueue::ID",
+                "the queue's table has no primary key; on MySQL its id column must be the primary key",
+            )
+        }
+        _ => e,
     }
 }
 
@@ -986,5 +1004,24 @@ mod tests {
             .load(&mut conn)
             .unwrap();
         assert_eq!(attempts, vec![1; 20], "each item taken once");
+    }
+
+    /// A queue table whose id is not its primary key is refused as the caller's mistake, not
+    /// as a database error, when a contended claim needs the key.
+    #[test]
+    fn a_contended_claim_on_a_table_without_a_primary_key_is_invalid_input() {
+        let ddl = upsert_kit_support::mysql::TASKS_TABLE.replace(
+            "id BIGINT AUTO_INCREMENT PRIMARY KEY",
+            "id BIGINT AUTO_INCREMENT UNIQUE KEY",
+        );
+        assert_ne!(ddl, upsert_kit_support::mysql::TASKS_TABLE);
+        let db = TestMysql::with_sql(&ddl);
+        let mut conn = db.conn();
+        conn.batch_execute("INSERT INTO tasks (name) VALUES ('a')")
+            .unwrap();
+        let queue = Queue::<Task>::new("w").unwrap();
+        let e = take_candidates(&mut conn, &queue, 1, micros(queue.lease_duration())).unwrap_err();
+        assert!(matches!(&e, crate::error::Error::InvalidInput(_)), "{e:?}");
+        assert!(e.to_string().contains("primary key"), "{e}");
     }
 }
