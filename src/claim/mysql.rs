@@ -123,11 +123,11 @@
 //! never walks the `status` index. That index, under many claims, holds many entries moved
 //! out of `pending` and not yet purged; a locking scan of it checks each of them against the
 //! transactions in flight (at 8 workers, claim and completion read 1,400 buffer-pool pages each
-//! that way, 290 as a contended claim). The candidates' read is a snapshot: a row claimed since is seen `processing` by
-//! the locking read and skipped, one claimed right now is locked and skipped. Complete, fail
-//! and extend, which may meet a claim's gap lock, are sent again when they are a deadlock's
-//! victim outside a caller's transaction (nothing of them applied). Inside a
-//! caller's transaction the claim runs at the caller's level: at
+//! that way, 290 as a contended claim). The candidates' read is a snapshot: a row claimed since
+//! is seen `processing` by the locking read and skipped, one claimed right now is locked and
+//! skipped. Complete, fail and extend, which may meet a claim's gap lock, are sent again when
+//! they are a deadlock's victim outside a caller's transaction (nothing of them applied).
+//! Inside a caller's transaction the claim runs at the caller's level: at
 //! REPEATABLE READ two such claims may then deadlock, reported as [`Error::Deadlock`](crate::Error::Deadlock)
 //! (retryable: re-run the whole transaction). Complete, fail and extend touch one row by its
 //! primary key and need nothing beyond any level's current reads.
