@@ -750,7 +750,9 @@ where
             return Ok(0);
         };
         after = last.id;
-        let list = json_ids(&candidates);
+        // The ids as the JSON array `TakeCandidates` binds.
+        let list = serde_json::Value::from(candidates.iter().map(|c| c.id).collect::<Vec<_>>())
+            .to_string();
         let taken = crate::conn::retry_deadlocks(conn, |conn| {
             Ok(TakeCandidates::<Q>::new(&list, limit, queue.holder(), lease).execute(conn)?)
         })
@@ -781,20 +783,6 @@ fn no_primary_key(e: crate::error::Error) -> crate::error::Error {
 /// between the read and the claim are skipped.
 const CANDIDATE_SLACK: i64 = 7;
 
-/// `[1,2,3]`: the ids as the JSON array [`TakeDue`] binds.
-fn json_ids(ids: &[Id]) -> String {
-    let mut list = String::with_capacity(ids.len() * 8 + 2);
-    list.push('[');
-    for (i, id) in ids.iter().enumerate() {
-        if i > 0 {
-            list.push(',');
-        }
-        list.push_str(&id.id.to_string());
-    }
-    list.push(']');
-    list
-}
-
 /// How many ids one `IN (…)` list names at most.
 const IDS_PER_STATEMENT: usize = 1000;
 
@@ -815,25 +803,24 @@ where
             // on its own, then the rows it took (none to read when it took none). While they
             // contend, three: a plain read of the first due ids, the claim of those still due
             // and not locked elsewhere, then the rows it took (see the module's "Isolation").
-            let taken = match contention::recent() {
-                false => match TakeDue::<Q>::new(limit, queue.holder(), lease)
-                    .execute(self)
-                    .map_err(crate::error::Error::from)
-                {
+            let taken = if contention::recent() {
+                take_candidates(self, queue, limit, lease)?
+            } else {
+                let take = TakeDue::<Q>::new(limit, queue.holder(), lease);
+                match take.execute(self).map_err(crate::error::Error::from) {
                     Err(crate::error::Error::Deadlock(_)) => {
                         // Nothing of it applied: the claims contend.
                         contention::seen();
                         take_candidates(self, queue, limit, lease)?
                     }
                     other => other?,
-                },
-                true => take_candidates(self, queue, limit, lease)?,
+                }
             };
-            match taken {
-                0 => return Ok(Vec::new()),
-                1 => return Ok(ClaimedOne::<Q>::new(queue.holder()).load(self)?),
-                _ => return Ok(Claimed::<Q>::new(queue.holder()).load(self)?),
-            }
+            return Ok(match taken {
+                0 => Vec::new(),
+                1 => ClaimedOne::<Q>::new(queue.holder()).load(self)?,
+                _ => Claimed::<Q>::new(queue.holder()).load(self)?,
+            });
         }
         read_committed(self, |conn| {
             let candidates: Vec<Id> = Due::<Q>::new(limit).load(conn)?;
