@@ -47,6 +47,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
+use upsert_kit::conn::{Dialect, WriteConnection};
 use upsert_kit_support::server::ServerDb;
 
 /// When a worker stops.
@@ -323,9 +324,12 @@ fn run_cell<C: RaceConnection>(
     // the start too.
     let writer = match pattern {
         Pattern::Coalesced => {
-            // A connection per batch in flight (two unless told), and one to spare.
+            // A connection per batch in flight (the library's number unless told), and one to
+            // spare.
+            let batches = in_flight
+                .unwrap_or(<<C as WriteConnection>::Backend as Dialect>::BATCHES_IN_FLIGHT);
             let pool = diesel::r2d2::Pool::builder()
-                .max_size(in_flight.unwrap_or(2) as u32 + 1)
+                .max_size(batches as u32 + 1)
                 .build(diesel::r2d2::ConnectionManager::<C>::new(url))
                 .context("the coalescing writer's pool")?;
             drop(pool.get().context("the coalescing writer's connection")?);

@@ -390,8 +390,8 @@ where
                 span.overlapped(!alone);
                 let mut fit = false;
                 let _ = span.run(|span| {
-                    let mut ended = Ok("taken_out");
-                    fit = queue::write_batch(&mut *conn, batch, &queue.counts, &mut ended);
+                    let (written_fit, ended) = queue::write_batch(&mut *conn, batch, &queue.counts);
+                    fit = written_fit;
                     ended.map(|outcome| span.outcome(outcome))
                 });
                 if fit && !conn.is_broken() {

@@ -478,24 +478,23 @@ const BATCH_ATTEMPTS: u32 = 3;
 /// the batch was applied.
 ///
 /// Returns whether the connection is still fit for the next batch (no error of the
-/// connection's own). Once the batch has ended, [`Counts::hot`] says whether it held a hot
-/// call ([`Pending::hot`]), and `ended` how it ended, for its span: `Ok("committed")`,
+/// connection's own), and how the batch ended, for its span: `Ok("committed")`,
 /// `Ok("taken_out")` (every call failed on its own: nothing written), or the error that failed
-/// the whole batch.
+/// the whole batch. Once it has ended, [`Counts::hot`] says whether it held a hot call
+/// ([`Pending::hot`]).
 pub(super) fn write_batch<Conn>(
     conn: &mut Conn,
     batch: Vec<Box<dyn Pending<Conn>>>,
     counts: &Counts,
-    ended: &mut Result<&'static str>,
-) -> bool
+) -> (bool, Result<&'static str>)
 where
     Conn: WriteConnection<Raw = Conn>,
 {
     let mut hot = false;
-    *ended = Ok("taken_out");
-    let fit = write(conn, batch, counts, &mut hot, ended);
+    let mut ended = Ok("taken_out");
+    let fit = write(conn, batch, counts, &mut hot, &mut ended);
     counts.hot.store(hot, Ordering::Relaxed);
-    fit
+    (fit, ended)
 }
 
 fn write<Conn>(
